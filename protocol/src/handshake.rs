@@ -1,0 +1,476 @@
+//! The end-to-end handshake: `Noise_XX_25519_AESGCM_SHA256` bound to Ed25519 identities.
+//!
+//! ```text
+//! initiator (caller)                                   responder (callee)
+//!   msg1  -> e                                    (exactly 32 bytes, no payload)
+//!   msg2  <- e, ee, s, es   + proof(responder)    (exactly 192 bytes)
+//!            initiator checks the proof, then that the proven NodeId is the one it dialed
+//!   msg3  -> s, se          + proof(initiator) + service + blob
+//!            responder checks the proof; the application decides (accept or deny)
+//!   frame <- Accept | Deny(reason)                (first transport frame)
+//! ```
+//!
+//! The prologue binds the protocol version, both NodeIds and the relay's session id, so a
+//! relay that re-routes, splices or relabels a handshake makes it fail. The service name and
+//! blob travel only in message 3, encrypted to the already authenticated responder.
+//!
+//! Driving contract (sans-IO): every `handle_*` method takes one message as yielded by a
+//! [`crate::Deframer`] and the current time, appends its answer (if any) length-prefixed to
+//! `out`, and consumes the state, so a failed step leaves nothing to misuse. Arm a timer
+//! for [`Initiator::deadline`] / [`Responder::deadline`]; a message handled after it fails
+//! with [`Error::Timeout`].
+
+use std::fmt;
+use std::time::Instant;
+
+use zeroize::Zeroizing;
+
+use crate::channel::Channel;
+use crate::domain;
+use crate::error::Error;
+use crate::frame::write_prefixed;
+use crate::identity::{Identity, verify};
+use crate::limits::{
+    HANDSHAKE_MSG1_LEN, HANDSHAKE_MSG2_LEN, IDENTITY_PROOF_LEN, Limits, MAX_HANDSHAKE_MSG3_LEN,
+    MAX_HELLO_BLOB, PROTOCOL_VERSION, TAG_LEN,
+};
+use crate::node_id::NodeId;
+use crate::noise;
+use crate::wire::{DenyReason, FrameType, IdentityProof, Msg3Payload, ServiceName};
+
+/// Label that starts every prologue.
+const PROLOGUE_LABEL: &[u8] = b"nullport/e2e";
+
+/// The relay's identifier for one dial, bound into the prologue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// The prologue: `"nullport/e2e" || version || initiator || responder || session (u64 BE)`.
+pub fn prologue(initiator: &NodeId, responder: &NodeId, session: SessionId) -> Vec<u8> {
+    let mut p = Vec::with_capacity(PROLOGUE_LABEL.len() + 1 + 32 + 32 + 8);
+    p.extend_from_slice(PROLOGUE_LABEL);
+    p.push(PROTOCOL_VERSION);
+    p.extend_from_slice(initiator.as_bytes());
+    p.extend_from_slice(responder.as_bytes());
+    p.extend_from_slice(&session.0.to_be_bytes());
+    p
+}
+
+/// A node's keys for handshakes: its identity, a per-process X25519 static key (never
+/// stored) and the signature that binds the two. Make one per process and share it.
+pub struct HandshakeKeys {
+    node_id: NodeId,
+    static_private: Zeroizing<Vec<u8>>,
+    proof: IdentityProof,
+}
+
+impl fmt::Debug for HandshakeKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HandshakeKeys({}, secret: ..)", self.node_id)
+    }
+}
+
+impl HandshakeKeys {
+    /// Generates a fresh X25519 static key and binds it to `identity`.
+    pub fn new(identity: &Identity) -> Result<Self, Error> {
+        let keypair = noise::builder().generate_keypair().map_err(|_| Error::Random)?;
+        Ok(Self::bind(identity, keypair.private, &keypair.public))
+    }
+
+    /// Binds a given X25519 static key (tests and known-answer vectors).
+    pub fn from_static(identity: &Identity, private: [u8; 32]) -> Result<Self, Error> {
+        let public = x25519_public(&private)?;
+        Ok(Self::bind(identity, private.to_vec(), &public))
+    }
+
+    fn bind(identity: &Identity, private: Vec<u8>, public: &[u8]) -> Self {
+        let proof = IdentityProof {
+            node_id: identity.node_id(),
+            signature: identity.sign(domain::NOISE_STATIC_V1, public),
+        };
+        Self {
+            node_id: identity.node_id(),
+            static_private: Zeroizing::new(private),
+            proof,
+        }
+    }
+
+    /// The identity these keys belong to.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    #[cfg(test)]
+    pub(crate) fn proof_for_tests(&self) -> (NodeId, [u8; 64]) {
+        (self.proof.node_id, self.proof.signature)
+    }
+}
+
+fn x25519_public(private: &[u8; 32]) -> Result<Vec<u8>, Error> {
+    // The public key of a static, via a throwaway one-message handshake state is overkill;
+    // snow exposes no direct derivation, so use curve25519-dalek's (the same implementation).
+    let point = curve25519_dalek::MontgomeryPoint::mul_base_clamped(*private);
+    Ok(point.to_bytes().to_vec())
+}
+
+/// Checks a peer's identity proof against the static key Noise authenticated.
+fn check_proof(proof: &IdentityProof, hs: &snow::HandshakeState) -> Result<NodeId, Error> {
+    let remote_static = hs.get_remote_static().ok_or(Error::BadIdentityProof)?;
+    verify(
+        &proof.node_id,
+        domain::NOISE_STATIC_V1,
+        remote_static,
+        &proof.signature,
+    )
+    .map_err(|_| Error::BadIdentityProof)?;
+    Ok(proof.node_id)
+}
+
+fn check_deadline(now: Instant, deadline: Instant) -> Result<(), Error> {
+    if now > deadline {
+        Err(Error::Timeout)
+    } else {
+        Ok(())
+    }
+}
+
+fn handshake_hash(hs: &snow::HandshakeState) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    let src = hs.get_handshake_hash();
+    let n = src.len().min(32);
+    h[..n].copy_from_slice(&src[..n]);
+    h
+}
+
+/// What the caller asks for when it opens a channel.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DialRequest {
+    /// The NodeId the caller means to reach; any other responder is refused.
+    pub expected: NodeId,
+    /// The relay's session id for this dial.
+    pub session: SessionId,
+    /// The service to open.
+    pub service: ServiceName,
+    /// Opaque bytes for the responder's decision (capability tokens), at most 16 KiB.
+    pub blob: Vec<u8>,
+}
+
+impl fmt::Debug for DialRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DialRequest")
+            .field("expected", &self.expected)
+            .field("session", &self.session)
+            .field("service", &self.service)
+            .field("blob_len", &self.blob.len())
+            .finish()
+    }
+}
+
+/// The caller's side before message 2.
+pub struct Initiator {
+    hs: snow::HandshakeState,
+    request: DialRequest,
+    proof: IdentityProof,
+    deadline: Instant,
+    limits: Limits,
+}
+
+impl Initiator {
+    /// Starts a handshake and appends message 1 to `out`.
+    pub fn start(
+        keys: &HandshakeKeys,
+        request: DialRequest,
+        limits: Limits,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Result<Self, Error> {
+        if request.expected == keys.node_id {
+            return Err(Error::SelfDial);
+        }
+        if request.blob.len() > MAX_HELLO_BLOB {
+            return Err(Error::TooLarge {
+                what: "handshake blob",
+                len: request.blob.len(),
+                max: MAX_HELLO_BLOB,
+            });
+        }
+        let prologue = prologue(&keys.node_id, &request.expected, request.session);
+        let mut hs = noise::builder()
+            .local_private_key(&keys.static_private)?
+            .prologue(&prologue)?
+            .build_initiator()?;
+        write_prefixed(out, HANDSHAKE_MSG1_LEN, |buf| {
+            hs.write_message(&[], buf).map_err(Error::from)
+        })?;
+        Ok(Self {
+            hs,
+            request,
+            proof: keys.proof.clone(),
+            deadline: now + limits.handshake_timeout,
+            limits,
+        })
+    }
+
+    /// When this handshake times out.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Handles message 2: authenticates the responder, checks it is the NodeId dialed (before
+    /// anything about the caller is sent), then appends message 3 to `out`.
+    pub fn handle_response(
+        mut self,
+        message: &[u8],
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Result<AwaitingVerdict, Error> {
+        check_deadline(now, self.deadline)?;
+        if message.len() != HANDSHAKE_MSG2_LEN {
+            return Err(Error::Malformed {
+                what: "handshake message 2 (wrong length)",
+            });
+        }
+        let mut payload = [0u8; HANDSHAKE_MSG2_LEN];
+        let n = self.hs.read_message(message, &mut payload)?;
+        let proof = IdentityProof::decode(&payload[..n])?;
+        let got = check_proof(&proof, &self.hs)?;
+        if got != self.request.expected {
+            return Err(Error::UnexpectedPeer {
+                expected: self.request.expected,
+                got,
+            });
+        }
+        let body = Msg3Payload {
+            proof: self.proof,
+            service: self.request.service.clone(),
+            blob: self.request.blob,
+        };
+        let mut plain = Vec::with_capacity(IDENTITY_PROOF_LEN + 3 + 64 + body.blob.len());
+        body.encode(&mut plain);
+        let hs = &mut self.hs;
+        write_prefixed(out, 32 + TAG_LEN + plain.len() + TAG_LEN, |buf| {
+            hs.write_message(&plain, buf).map_err(Error::from)
+        })?;
+        let hash = handshake_hash(&self.hs);
+        let transport = self.hs.into_transport_mode()?;
+        Ok(AwaitingVerdict {
+            channel: Channel::new(transport, got, self.request.service, hash, self.limits),
+            deadline: self.deadline,
+        })
+    }
+}
+
+/// The caller's side after message 3, waiting for the responder's accept or deny.
+pub struct AwaitingVerdict {
+    channel: Channel,
+    deadline: Instant,
+}
+
+impl AwaitingVerdict {
+    /// When this handshake times out.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The responder's proven identity.
+    pub fn peer(&self) -> NodeId {
+        self.channel.peer()
+    }
+
+    /// Handles the responder's first transport frame: the channel on accept,
+    /// [`Error::Denied`] on deny.
+    pub fn handle_verdict(mut self, message: &[u8], now: Instant) -> Result<Channel, Error> {
+        check_deadline(now, self.deadline)?;
+        let (frame_type, len) = self.channel.read_frame(message)?;
+        match (frame_type, len) {
+            (FrameType::Accept, 0) => Ok(self.channel),
+            (FrameType::Deny, 1) => Err(Error::Denied {
+                reason: DenyReason::from_code(self.channel.last_body(1)[0]),
+            }),
+            (FrameType::Accept | FrameType::Deny, _) => Err(Error::Malformed {
+                what: "verdict frame",
+            }),
+            (other, _) => {
+                self.channel.poison();
+                Err(Error::UnexpectedFrame { what: other.name() })
+            }
+        }
+    }
+}
+
+/// The callee's side before message 1.
+pub struct Responder {
+    hs: snow::HandshakeState,
+    proof: IdentityProof,
+    local: NodeId,
+    caller: NodeId,
+    deadline: Instant,
+    limits: Limits,
+}
+
+impl Responder {
+    /// Prepares to answer a dial that the relay says comes from `caller` in `session`.
+    pub fn new(
+        keys: &HandshakeKeys,
+        caller: NodeId,
+        session: SessionId,
+        limits: Limits,
+        now: Instant,
+    ) -> Result<Self, Error> {
+        if caller == keys.node_id {
+            return Err(Error::SelfDial);
+        }
+        let prologue = prologue(&caller, &keys.node_id, session);
+        let hs = noise::builder()
+            .local_private_key(&keys.static_private)?
+            .prologue(&prologue)?
+            .build_responder()?;
+        Ok(Self {
+            hs,
+            proof: keys.proof.clone(),
+            local: keys.node_id,
+            caller,
+            deadline: now + limits.handshake_timeout,
+            limits,
+        })
+    }
+
+    /// When this handshake times out.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Handles message 1 and appends message 2 (with this node's identity proof) to `out`.
+    pub fn handle_hello(
+        mut self,
+        message: &[u8],
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Result<AwaitingFinish, Error> {
+        check_deadline(now, self.deadline)?;
+        if message.len() != HANDSHAKE_MSG1_LEN {
+            return Err(Error::Malformed {
+                what: "handshake message 1 (wrong length)",
+            });
+        }
+        let mut payload = [0u8; HANDSHAKE_MSG1_LEN];
+        self.hs.read_message(message, &mut payload)?;
+        let mut plain = Vec::with_capacity(IDENTITY_PROOF_LEN);
+        self.proof.encode(&mut plain);
+        let hs = &mut self.hs;
+        write_prefixed(out, HANDSHAKE_MSG2_LEN, |buf| {
+            hs.write_message(&plain, buf).map_err(Error::from)
+        })?;
+        Ok(AwaitingFinish {
+            hs: self.hs,
+            local: self.local,
+            caller: self.caller,
+            deadline: self.deadline,
+            limits: self.limits,
+        })
+    }
+}
+
+/// The callee's side after message 2.
+pub struct AwaitingFinish {
+    hs: snow::HandshakeState,
+    local: NodeId,
+    caller: NodeId,
+    deadline: Instant,
+    limits: Limits,
+}
+
+impl AwaitingFinish {
+    /// When this handshake times out.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Handles message 3: authenticates the caller and yields its request for a decision.
+    pub fn handle_finish(mut self, message: &[u8], now: Instant) -> Result<Request, Error> {
+        check_deadline(now, self.deadline)?;
+        if message.len() > MAX_HANDSHAKE_MSG3_LEN {
+            return Err(Error::TooLarge {
+                what: "handshake message 3",
+                len: message.len(),
+                max: MAX_HANDSHAKE_MSG3_LEN,
+            });
+        }
+        let mut payload = vec![0u8; message.len()];
+        let n = self.hs.read_message(message, &mut payload)?;
+        let body = Msg3Payload::decode(&payload[..n])?;
+        let proven = check_proof(&body.proof, &self.hs)?;
+        if proven == self.local {
+            return Err(Error::SelfDial);
+        }
+        if proven != self.caller {
+            return Err(Error::CallerMismatch {
+                relay_said: self.caller,
+                proven,
+            });
+        }
+        let hash = handshake_hash(&self.hs);
+        let transport = self.hs.into_transport_mode()?;
+        Ok(Request {
+            channel: Channel::new(transport, proven, body.service, hash, self.limits),
+            blob: body.blob,
+        })
+    }
+}
+
+/// An authenticated caller's request, waiting for the callee's decision. No application
+/// byte can flow until [`Request::accept`].
+pub struct Request {
+    channel: Channel,
+    blob: Vec<u8>,
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("peer", &self.channel.peer())
+            .field("service", self.channel.service())
+            .field("blob_len", &self.blob.len())
+            .finish()
+    }
+}
+
+impl Request {
+    /// The caller, as proven by the handshake.
+    pub fn peer(&self) -> NodeId {
+        self.channel.peer()
+    }
+
+    /// The requested service.
+    pub fn service(&self) -> &ServiceName {
+        self.channel.service()
+    }
+
+    /// The opaque blob (capability tokens) the caller sent.
+    pub fn blob(&self) -> &[u8] {
+        &self.blob
+    }
+
+    /// The Noise handshake hash of this channel.
+    pub fn handshake_hash(&self) -> &[u8; 32] {
+        self.channel.handshake_hash()
+    }
+
+    /// Accepts: appends the accept frame to `out` and returns the channel.
+    pub fn accept(mut self, out: &mut Vec<u8>) -> Result<Channel, Error> {
+        self.channel.write_frame(FrameType::Accept, &[], out)?;
+        Ok(self.channel)
+    }
+
+    /// Refuses: appends the deny frame (with only the reason code) to `out`.
+    pub fn deny(mut self, reason: DenyReason, out: &mut Vec<u8>) -> Result<(), Error> {
+        self.channel
+            .write_frame(FrameType::Deny, &[reason.code()], out)
+    }
+}

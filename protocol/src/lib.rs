@@ -1,0 +1,38 @@
+//! nullport's wire protocol, sans-IO.
+//!
+//! This crate has no async runtime, no sockets and no clock: time and bytes are passed in,
+//! bytes come out. It holds
+//! - [`NodeId`]: a node's Ed25519 public key and its canonical text form;
+//! - [`Identity`]: the secret key, and context-bound signatures ([`domain`]);
+//! - the end-to-end handshake ([`handshake`]): `Noise_XX_25519_AESGCM_SHA256` bound to the
+//!   identities, with an explicit accept or deny before any application byte;
+//! - the [`Channel`] it yields, and the length-prefixed framing ([`Deframer`]).
+//!
+//! `docs/protocol.md` describes every byte layout.
+#![forbid(unsafe_code)]
+
+pub mod channel;
+pub mod domain;
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod identity;
+pub mod limits;
+pub mod node_id;
+pub mod noise;
+pub mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use channel::{Channel, Received};
+pub use error::Error;
+pub use frame::Deframer;
+pub use handshake::{
+    AwaitingFinish, AwaitingVerdict, DialRequest, HandshakeKeys, Initiator, Request, Responder,
+    SessionId,
+};
+pub use identity::{Identity, SignatureError};
+pub use limits::Limits;
+pub use node_id::{NodeId, NodeIdError};
+pub use wire::{DenyReason, ServiceName};

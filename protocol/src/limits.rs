@@ -1,0 +1,54 @@
+//! Named bounds of the end-to-end protocol. Every one is enforced before allocating.
+
+use std::time::Duration;
+
+/// Protocol version carried in the prologue. A different version never completes a handshake.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Largest Noise message (handshake or transport), fixed by the Noise specification.
+pub const MAX_NOISE_MESSAGE: usize = 65_535;
+/// AEAD tag length of every encrypted Noise payload.
+pub const TAG_LEN: usize = 16;
+/// Bytes a frame header takes in front of each Noise message on the wire (big-endian u16).
+pub const LENGTH_PREFIX: usize = 2;
+
+/// Longest service name, in bytes.
+pub const MAX_SERVICE_NAME: usize = 64;
+/// Largest opaque blob (capability tokens) carried in handshake message 3.
+pub const MAX_HELLO_BLOB: usize = 16 * 1024;
+
+/// Size of handshake message 1: the initiator's ephemeral key, and nothing else.
+pub const HANDSHAKE_MSG1_LEN: usize = 32;
+/// Size of an identity proof: Ed25519 public key + signature.
+pub const IDENTITY_PROOF_LEN: usize = 32 + 64;
+/// Size of handshake message 2: e, encrypted s, encrypted identity proof.
+pub const HANDSHAKE_MSG2_LEN: usize = 32 + (32 + TAG_LEN) + (IDENTITY_PROOF_LEN + TAG_LEN);
+/// Largest payload of handshake message 3: proof, service name, blob (with their lengths).
+pub const MAX_MSG3_PAYLOAD: usize = IDENTITY_PROOF_LEN + 1 + MAX_SERVICE_NAME + 2 + MAX_HELLO_BLOB;
+/// Largest handshake message 3.
+pub const MAX_HANDSHAKE_MSG3_LEN: usize = (32 + TAG_LEN) + MAX_MSG3_PAYLOAD + TAG_LEN;
+
+/// Largest plaintext a single transport frame carries (type byte excluded).
+pub const MAX_FRAME_DATA: usize = MAX_NOISE_MESSAGE - TAG_LEN - 1;
+
+/// Tunable limits of a handshake and a channel. `Default` gives safe values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A handshake that has not completed this long after it started fails with `Timeout`.
+    pub handshake_timeout: Duration,
+    /// The sender rekeys its direction after this many messages under one key.
+    pub rekey_after: u64,
+    /// A channel closes with `NonceExhausted` before sending or receiving more messages
+    /// than this in one direction (well below the 2^64 - 1 Noise nonce limit).
+    pub max_messages: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            rekey_after: 1 << 20,
+            max_messages: u64::MAX - 1024,
+        }
+    }
+}

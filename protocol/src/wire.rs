@@ -1,0 +1,282 @@
+//! Byte layouts of what travels inside the encrypted handshake and channel.
+//! `docs/protocol.md` describes the same layouts for implementers.
+
+use std::fmt;
+
+use crate::error::Error;
+use crate::limits::{IDENTITY_PROOF_LEN, MAX_HELLO_BLOB, MAX_SERVICE_NAME};
+use crate::node_id::NodeId;
+
+/// A service name: 1 to 64 bytes of `[A-Za-z0-9._-]`. Travels only inside message 3.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName(String);
+
+impl ServiceName {
+    /// Validates a service name.
+    pub fn new(name: &str) -> Result<Self, Error> {
+        let ok = !name.is_empty()
+            && name.len() <= MAX_SERVICE_NAME
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(Error::InvalidServiceName)
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServiceName({:?})", self.0)
+    }
+}
+
+/// Proof that an Ed25519 identity owns a Noise X25519 static key: `key || signature`, the
+/// signature over [`crate::domain::NOISE_STATIC_V1`] and the X25519 public key.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct IdentityProof {
+    pub(crate) node_id: NodeId,
+    pub(crate) signature: [u8; 64],
+}
+
+impl IdentityProof {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.node_id.as_bytes());
+        out.extend_from_slice(&self.signature);
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        if bytes.len() != IDENTITY_PROOF_LEN {
+            return Err(Error::BadIdentityProof);
+        }
+        let (key, sig) = bytes.split_at(32);
+        let node_id = NodeId::from_slice(key).map_err(|_| Error::BadIdentityProof)?;
+        let signature: [u8; 64] = sig.try_into().map_err(|_| Error::BadIdentityProof)?;
+        Ok(Self { node_id, signature })
+    }
+}
+
+/// Payload of handshake message 3: `proof(96) || len(1) || service || len(2, BE) || blob`.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Msg3Payload {
+    pub(crate) proof: IdentityProof,
+    pub(crate) service: ServiceName,
+    pub(crate) blob: Vec<u8>,
+}
+
+impl Msg3Payload {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        self.proof.encode(out);
+        out.push(self.service.0.len() as u8); // <= 64, checked by ServiceName
+        out.extend_from_slice(self.service.0.as_bytes());
+        out.extend_from_slice(&(self.blob.len() as u16).to_be_bytes()); // <= 16 KiB
+        out.extend_from_slice(&self.blob);
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        const WHAT: Error = Error::Malformed {
+            what: "handshake message 3 payload",
+        };
+        let proof_bytes = bytes.get(..IDENTITY_PROOF_LEN).ok_or(Error::BadIdentityProof)?;
+        let proof = IdentityProof::decode(proof_bytes)?;
+        let rest = &bytes[IDENTITY_PROOF_LEN..];
+        let (&name_len, rest) = rest.split_first().ok_or(WHAT)?;
+        let name = rest.get(..usize::from(name_len)).ok_or(WHAT)?;
+        let name = std::str::from_utf8(name).map_err(|_| Error::InvalidServiceName)?;
+        let service = ServiceName::new(name)?;
+        let rest = &rest[usize::from(name_len)..];
+        let len_bytes: [u8; 2] = rest.get(..2).ok_or(WHAT)?.try_into().map_err(|_| WHAT)?;
+        let blob_len = usize::from(u16::from_be_bytes(len_bytes));
+        if blob_len > MAX_HELLO_BLOB {
+            return Err(Error::TooLarge {
+                what: "handshake blob",
+                len: blob_len,
+                max: MAX_HELLO_BLOB,
+            });
+        }
+        let rest = &rest[2..];
+        if rest.len() != blob_len {
+            return Err(WHAT); // truncated, or trailing bytes
+        }
+        Ok(Self {
+            proof,
+            service,
+            blob: rest.to_vec(),
+        })
+    }
+}
+
+/// Why a responder refused a channel. Only the code crosses the wire; details stay in the
+/// responder's logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DenyReason {
+    /// Policy does not allow this caller to use this service.
+    NotAllowed,
+    /// No such service is exposed.
+    UnknownService,
+    /// A capability token was invalid, expired, revoked or did not cover the request.
+    BadToken,
+    /// The callee is over a rate or concurrency limit for this caller.
+    RateLimited,
+    /// The callee is shutting down or cannot serve now.
+    Unavailable,
+    /// A reason code this version does not know.
+    Other(u8),
+}
+
+impl DenyReason {
+    /// The wire code.
+    pub fn code(self) -> u8 {
+        match self {
+            DenyReason::NotAllowed => 1,
+            DenyReason::UnknownService => 2,
+            DenyReason::BadToken => 3,
+            DenyReason::RateLimited => 4,
+            DenyReason::Unavailable => 5,
+            DenyReason::Other(code) => code,
+        }
+    }
+
+    /// The reason for a wire code.
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            1 => DenyReason::NotAllowed,
+            2 => DenyReason::UnknownService,
+            3 => DenyReason::BadToken,
+            4 => DenyReason::RateLimited,
+            5 => DenyReason::Unavailable,
+            other => DenyReason::Other(other),
+        }
+    }
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenyReason::NotAllowed => f.write_str("not allowed"),
+            DenyReason::UnknownService => f.write_str("service not exposed"),
+            DenyReason::BadToken => f.write_str("capability token rejected"),
+            DenyReason::RateLimited => f.write_str("rate limited"),
+            DenyReason::Unavailable => f.write_str("service unavailable"),
+            DenyReason::Other(code) => write!(f, "refused (code {code})"),
+        }
+    }
+}
+
+/// The type byte that starts every decrypted transport frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameType {
+    /// Application bytes.
+    Data = 1,
+    /// Orderly end of this direction; anything after it is an error.
+    Close = 2,
+    /// The sender switched to the next key for its direction after this frame.
+    Rekey = 3,
+    /// First frame from the responder: the channel is accepted; application bytes may flow.
+    Accept = 4,
+    /// First frame from the responder: the channel is refused; one reason byte follows.
+    Deny = 5,
+}
+
+impl FrameType {
+    pub(crate) fn from_byte(byte: u8) -> Result<Self, Error> {
+        Ok(match byte {
+            1 => FrameType::Data,
+            2 => FrameType::Close,
+            3 => FrameType::Rekey,
+            4 => FrameType::Accept,
+            5 => FrameType::Deny,
+            _ => return Err(Error::Malformed { what: "frame type" }),
+        })
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            FrameType::Data => "data",
+            FrameType::Close => "close",
+            FrameType::Rekey => "rekey",
+            FrameType::Accept => "accept",
+            FrameType::Deny => "deny",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use proptest::prelude::*;
+
+    fn payload(blob: Vec<u8>) -> Msg3Payload {
+        Msg3Payload {
+            proof: IdentityProof {
+                node_id: Identity::from_seed([1; 32]).node_id(),
+                signature: [5; 64],
+            },
+            service: ServiceName::new("files").unwrap_or_else(|_| unreachable!()),
+            blob,
+        }
+    }
+
+    #[test]
+    fn service_names() {
+        assert!(ServiceName::new("mcp-files.v2_x").is_ok());
+        for bad in ["", "a b", "ü", "x/y", &"a".repeat(65)] {
+            assert_eq!(ServiceName::new(bad), Err(Error::InvalidServiceName), "{bad:?}");
+        }
+        assert!(ServiceName::new(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn msg3_rejects_trailing_and_truncated() {
+        let mut bytes = Vec::new();
+        payload(vec![1, 2, 3]).encode(&mut bytes);
+        assert!(Msg3Payload::decode(&bytes).is_ok());
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(matches!(Msg3Payload::decode(&trailing), Err(Error::Malformed { .. })));
+        assert!(matches!(
+            Msg3Payload::decode(&bytes[..bytes.len() - 1]),
+            Err(Error::Malformed { .. })
+        ));
+        assert_eq!(Msg3Payload::decode(&bytes[..50]), Err(Error::BadIdentityProof));
+    }
+
+    #[test]
+    fn deny_codes_round_trip() {
+        for code in 0..=255u8 {
+            assert_eq!(DenyReason::from_code(code).code(), code);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn msg3_round_trip(blob in proptest::collection::vec(any::<u8>(), 0..MAX_HELLO_BLOB)) {
+            let p = payload(blob);
+            let mut bytes = Vec::new();
+            p.encode(&mut bytes);
+            prop_assert_eq!(bytes.len(), IDENTITY_PROOF_LEN + 1 + 5 + 2 + p.blob.len());
+            prop_assert!(Msg3Payload::decode(&bytes) == Ok(p));
+        }
+
+        #[test]
+        fn msg3_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Msg3Payload::decode(&bytes);
+        }
+    }
+}
