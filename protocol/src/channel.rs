@@ -32,7 +32,7 @@ pub struct Channel {
     peer: NodeId,
     service: ServiceName,
     handshake_hash: [u8; 32],
-    limits: Limits,
+    pub(crate) limits: Limits,
     scratch: Vec<u8>,
     sent: u64,
     received: u64,

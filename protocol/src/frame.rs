@@ -205,7 +205,10 @@ mod tests {
     fn full_size_message_fits() {
         let big = vec![7u8; MAX_NOISE_MESSAGE];
         let bytes = encode(&[big.clone(), vec![1]]);
-        assert_eq!(decode_in_chunks(&bytes, 4096, MAX_NOISE_MESSAGE), Ok(vec![big, vec![1]]));
+        assert_eq!(
+            decode_in_chunks(&bytes, 4096, MAX_NOISE_MESSAGE),
+            Ok(vec![big, vec![1]])
+        );
     }
 
     proptest! {

@@ -31,8 +31,8 @@ use crate::error::Error;
 use crate::frame::write_prefixed;
 use crate::identity::{Identity, verify};
 use crate::limits::{
-    HANDSHAKE_MSG1_LEN, HANDSHAKE_MSG2_LEN, IDENTITY_PROOF_LEN, Limits, MAX_HANDSHAKE_MSG3_LEN,
-    MAX_HELLO_BLOB, PROTOCOL_VERSION, TAG_LEN,
+    HANDSHAKE_MSG1_LEN, HANDSHAKE_MSG2_LEN, IDENTITY_PROOF_LEN, Limits, MAX_HANDSHAKE_MSG2_LEN,
+    MAX_HANDSHAKE_MSG3_LEN, MAX_HELLO_BLOB, PROTOCOL_VERSION, TAG_LEN,
 };
 use crate::node_id::NodeId;
 use crate::noise;
@@ -66,7 +66,7 @@ pub fn prologue(initiator: &NodeId, responder: &NodeId, session: SessionId) -> V
 /// stored) and the signature that binds the two. Make one per process and share it.
 pub struct HandshakeKeys {
     node_id: NodeId,
-    static_private: Zeroizing<Vec<u8>>,
+    pub(crate) static_private: Zeroizing<Vec<u8>>,
     proof: IdentityProof,
 }
 
@@ -79,14 +79,16 @@ impl fmt::Debug for HandshakeKeys {
 impl HandshakeKeys {
     /// Generates a fresh X25519 static key and binds it to `identity`.
     pub fn new(identity: &Identity) -> Result<Self, Error> {
-        let keypair = noise::builder().generate_keypair().map_err(|_| Error::Random)?;
+        let keypair = noise::builder()
+            .generate_keypair()
+            .map_err(|_| Error::Random)?;
         Ok(Self::bind(identity, keypair.private, &keypair.public))
     }
 
     /// Binds a given X25519 static key (tests and known-answer vectors).
-    pub fn from_static(identity: &Identity, private: [u8; 32]) -> Result<Self, Error> {
-        let public = x25519_public(&private)?;
-        Ok(Self::bind(identity, private.to_vec(), &public))
+    pub fn from_static(identity: &Identity, private: [u8; 32]) -> Self {
+        let public = curve25519_dalek::MontgomeryPoint::mul_base_clamped(private).to_bytes();
+        Self::bind(identity, private.to_vec(), &public)
     }
 
     fn bind(identity: &Identity, private: Vec<u8>, public: &[u8]) -> Self {
@@ -110,13 +112,6 @@ impl HandshakeKeys {
     pub(crate) fn proof_for_tests(&self) -> (NodeId, [u8; 64]) {
         (self.proof.node_id, self.proof.signature)
     }
-}
-
-fn x25519_public(private: &[u8; 32]) -> Result<Vec<u8>, Error> {
-    // The public key of a static, via a throwaway one-message handshake state is overkill;
-    // snow exposes no direct derivation, so use curve25519-dalek's (the same implementation).
-    let point = curve25519_dalek::MontgomeryPoint::mul_base_clamped(*private);
-    Ok(point.to_bytes().to_vec())
 }
 
 /// Checks a peer's identity proof against the static key Noise authenticated.
@@ -205,7 +200,7 @@ impl Initiator {
             .local_private_key(&keys.static_private)?
             .prologue(&prologue)?
             .build_initiator()?;
-        write_prefixed(out, HANDSHAKE_MSG1_LEN, |buf| {
+        write_prefixed(out, HANDSHAKE_MSG1_LEN + TAG_LEN, |buf| {
             hs.write_message(&[], buf).map_err(Error::from)
         })?;
         Ok(Self {
@@ -231,12 +226,14 @@ impl Initiator {
         out: &mut Vec<u8>,
     ) -> Result<AwaitingVerdict, Error> {
         check_deadline(now, self.deadline)?;
-        if message.len() != HANDSHAKE_MSG2_LEN {
-            return Err(Error::Malformed {
-                what: "handshake message 2 (wrong length)",
+        if message.len() > MAX_HANDSHAKE_MSG2_LEN {
+            return Err(Error::TooLarge {
+                what: "handshake message 2",
+                len: message.len(),
+                max: MAX_HANDSHAKE_MSG2_LEN,
             });
         }
-        let mut payload = [0u8; HANDSHAKE_MSG2_LEN];
+        let mut payload = [0u8; MAX_HANDSHAKE_MSG2_LEN];
         let n = self.hs.read_message(message, &mut payload)?;
         let proof = IdentityProof::decode(&payload[..n])?;
         let got = check_proof(&proof, &self.hs)?;
@@ -427,7 +424,7 @@ impl AwaitingFinish {
 /// An authenticated caller's request, waiting for the callee's decision. No application
 /// byte can flow until [`Request::accept`].
 pub struct Request {
-    channel: Channel,
+    pub(crate) channel: Channel,
     blob: Vec<u8>,
 }
 

@@ -90,7 +90,10 @@ mod tests {
     fn signature_verifies_only_in_its_context() {
         let id = Identity::from_seed([3; 32]);
         let sig = id.sign(domain::NOISE_STATIC_V1, b"body");
-        assert_eq!(verify(&id.node_id(), domain::NOISE_STATIC_V1, b"body", &sig), Ok(()));
+        assert_eq!(
+            verify(&id.node_id(), domain::NOISE_STATIC_V1, b"body", &sig),
+            Ok(())
+        );
         for other in [
             domain::RELAY_AUTH_V1,
             domain::TOKEN_V1,

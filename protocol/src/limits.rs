@@ -23,6 +23,8 @@ pub const HANDSHAKE_MSG1_LEN: usize = 32;
 pub const IDENTITY_PROOF_LEN: usize = 32 + 64;
 /// Size of handshake message 2: e, encrypted s, encrypted identity proof.
 pub const HANDSHAKE_MSG2_LEN: usize = 32 + (32 + TAG_LEN) + (IDENTITY_PROOF_LEN + TAG_LEN);
+/// Largest message 2 accepted: room for a malformed (overlong) proof to be reported as such.
+pub const MAX_HANDSHAKE_MSG2_LEN: usize = HANDSHAKE_MSG2_LEN + 256;
 /// Largest payload of handshake message 3: proof, service name, blob (with their lengths).
 pub const MAX_MSG3_PAYLOAD: usize = IDENTITY_PROOF_LEN + 1 + MAX_SERVICE_NAME + 2 + MAX_HELLO_BLOB;
 /// Largest handshake message 3.

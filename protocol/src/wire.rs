@@ -46,7 +46,7 @@ impl fmt::Debug for ServiceName {
 
 /// Proof that an Ed25519 identity owns a Noise X25519 static key: `key || signature`, the
 /// signature over [`crate::domain::NOISE_STATIC_V1`] and the X25519 public key.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct IdentityProof {
     pub(crate) node_id: NodeId,
     pub(crate) signature: [u8; 64],
@@ -70,7 +70,7 @@ impl IdentityProof {
 }
 
 /// Payload of handshake message 3: `proof(96) || len(1) || service || len(2, BE) || blob`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Msg3Payload {
     pub(crate) proof: IdentityProof,
     pub(crate) service: ServiceName,
@@ -90,7 +90,9 @@ impl Msg3Payload {
         const WHAT: Error = Error::Malformed {
             what: "handshake message 3 payload",
         };
-        let proof_bytes = bytes.get(..IDENTITY_PROOF_LEN).ok_or(Error::BadIdentityProof)?;
+        let proof_bytes = bytes
+            .get(..IDENTITY_PROOF_LEN)
+            .ok_or(Error::BadIdentityProof)?;
         let proof = IdentityProof::decode(proof_bytes)?;
         let rest = &bytes[IDENTITY_PROOF_LEN..];
         let (&name_len, rest) = rest.split_first().ok_or(WHAT)?;
@@ -237,7 +239,11 @@ mod tests {
     fn service_names() {
         assert!(ServiceName::new("mcp-files.v2_x").is_ok());
         for bad in ["", "a b", "ü", "x/y", &"a".repeat(65)] {
-            assert_eq!(ServiceName::new(bad), Err(Error::InvalidServiceName), "{bad:?}");
+            assert_eq!(
+                ServiceName::new(bad),
+                Err(Error::InvalidServiceName),
+                "{bad:?}"
+            );
         }
         assert!(ServiceName::new(&"a".repeat(64)).is_ok());
     }
@@ -249,12 +255,18 @@ mod tests {
         assert!(Msg3Payload::decode(&bytes).is_ok());
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert!(matches!(Msg3Payload::decode(&trailing), Err(Error::Malformed { .. })));
+        assert!(matches!(
+            Msg3Payload::decode(&trailing),
+            Err(Error::Malformed { .. })
+        ));
         assert!(matches!(
             Msg3Payload::decode(&bytes[..bytes.len() - 1]),
             Err(Error::Malformed { .. })
         ));
-        assert_eq!(Msg3Payload::decode(&bytes[..50]), Err(Error::BadIdentityProof));
+        assert_eq!(
+            Msg3Payload::decode(&bytes[..50]),
+            Err(Error::BadIdentityProof)
+        );
     }
 
     #[test]
