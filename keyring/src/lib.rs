@@ -1,1 +1,15 @@
-//! placeholder
+//! nullport's keys at rest and local trust: identity key files (encrypted by default), the
+//! trust store of peer aliases, and (in later issues) policy, capability tokens, revocation
+//! and the audit log.
+//!
+//! No async runtime and no network: plain `std::fs` at the edges only.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod fs;
+pub mod key_file;
+pub mod trust;
+
+pub use error::Error;
+pub use key_file::{KdfParams, Protection};
+pub use trust::TrustStore;

@@ -1,0 +1,116 @@
+//! The keyring layer's error.
+
+use std::path::PathBuf;
+
+/// What can go wrong loading or storing keys and the trust store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file exists and overwriting was not asked for.
+    #[error("{path} already exists (refusing to overwrite a key)")]
+    AlreadyExists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key file can be read by other users.
+    #[error("{path} has permissions {mode:o}; a key file must be 0600 (run: chmod 600 {path})")]
+    LoosePermissions {
+        /// The file.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// Not a nullport key file (wrong magic).
+    #[error("{path} is not a nullport key file")]
+    NotAKeyFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A key file version this build does not understand.
+    #[error("{path}: unsupported key file version {version}")]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version byte.
+        version: u8,
+    },
+    /// The file ends early.
+    #[error("{path} is truncated ({len} bytes)")]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        len: usize,
+    },
+    /// The file has bytes after its end, or an unknown kind, or an inconsistent key.
+    #[error("{path} is corrupt: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The key derivation parameters are below the floor or above the ceiling.
+    #[error("{path}: key derivation parameters out of bounds ({reason})")]
+    KdfParams {
+        /// The file.
+        path: PathBuf,
+        /// Which bound.
+        reason: String,
+    },
+    /// Wrong passphrase, or the encrypted file was altered: the two are indistinguishable
+    /// on purpose.
+    #[error("{path}: wrong passphrase, or the key file was altered")]
+    DecryptFailed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key is encrypted and no passphrase was given.
+    #[error("{path} is encrypted: a passphrase is needed")]
+    PassphraseRequired {
+        /// The file.
+        path: PathBuf,
+    },
+    /// An empty passphrase was given for a new key.
+    #[error("empty passphrase (use the plaintext opt-out explicitly if that is what you want)")]
+    EmptyPassphrase,
+    /// The trust store file is not valid.
+    #[error("{path}: {reason}")]
+    TrustStore {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (with line and column where known).
+        reason: String,
+    },
+    /// An alias is not in the trust store and is not a NodeId either.
+    #[error("unknown peer {name:?}: not a NodeId and not an alias in the trust store")]
+    UnknownAlias {
+        /// The name.
+        name: String,
+    },
+    /// An alias with characters outside `[A-Za-z0-9._-]` or longer than 64.
+    #[error("invalid alias {name:?}: use 1-64 characters of A-Z a-z 0-9 . _ -")]
+    InvalidAlias {
+        /// The alias.
+        name: String,
+    },
+    /// The alias already names another NodeId.
+    #[error("alias {name:?} already names {existing}")]
+    AliasTaken {
+        /// The alias.
+        name: String,
+        /// What it names now.
+        existing: nullport_protocol::NodeId,
+    },
+    /// Operating-system randomness failed.
+    #[error("randomness unavailable")]
+    Random,
+}

@@ -1,0 +1,81 @@
+//! Atomic, private file writes.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::error::Error;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` with mode 0600 through a temporary file in the same directory,
+/// fsynced and then moved into place, so a crash leaves exactly the old or the new file.
+/// Without `overwrite`, an existing file is an error (checked atomically by linking).
+pub fn write_private(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(), Error> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut suffix = [0u8; 8];
+    getrandom::getrandom(&mut suffix).map_err(|_| Error::Random)?;
+    let tmp = dir.join(format!(".{name}.tmp-{}", u64::from_le_bytes(suffix)));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        file.write_all(bytes).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        if overwrite {
+            fs::rename(&tmp, path).map_err(io(path))?;
+        } else {
+            fs::hard_link(&tmp, path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::AlreadyExists {
+                        path: path.to_owned(),
+                    }
+                } else {
+                    Error::Io {
+                        path: path.to_owned(),
+                        source: e,
+                    }
+                }
+            })?;
+            fs::remove_file(&tmp).map_err(io(&tmp))?;
+        }
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Reads a file that must not be readable by group or others.
+pub fn read_private(path: &Path) -> Result<Vec<u8>, Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(path).map_err(io(path))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::LoosePermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    fs::read(path).map_err(io(path))
+}

@@ -1,0 +1,507 @@
+//! Identity key files: encrypted at rest by default.
+//!
+//! Layout (all integers big-endian):
+//! ```text
+//! plaintext:  "NPKEY" | version=1 | kind=0 | seed(32) | node_id(32)
+//! encrypted:  "NPKEY" | version=1 | kind=1 | m_cost_kib(u32) | t_cost(u32) | p_cost(u32)
+//!             | salt(16) | nonce(24) | XChaCha20-Poly1305(seed(32)) + tag(16)
+//! ```
+//! The key is argon2id(passphrase, salt, params). Everything before the ciphertext is the
+//! AEAD's associated data, so the parameters are authenticated; they are also checked against
+//! a floor and a ceiling *before* the KDF runs. A wrong passphrase and any altered byte under
+//! the AEAD give the same [`Error::DecryptFailed`].
+
+use std::path::Path;
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use chacha20poly1305::XChaCha20Poly1305;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use nullport_protocol::Identity;
+use zeroize::Zeroizing;
+
+use crate::error::Error;
+use crate::fs::{read_private, write_private};
+
+const MAGIC: &[u8; 5] = b"NPKEY";
+const VERSION: u8 = 1;
+const KIND_PLAINTEXT: u8 = 0;
+const KIND_ENCRYPTED: u8 = 1;
+const HEADER: usize = MAGIC.len() + 2;
+const PLAINTEXT_LEN: usize = HEADER + 32 + 32;
+const SALT_LEN: usize = 16;
+const NONCE_LEN: usize = 24;
+const PARAMS_LEN: usize = 12;
+const ENCRYPTED_AAD_LEN: usize = HEADER + PARAMS_LEN + SALT_LEN + NONCE_LEN;
+const ENCRYPTED_LEN: usize = ENCRYPTED_AAD_LEN + 32 + 16;
+
+/// Argon2id cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_cost_kib: u32,
+    /// Passes.
+    pub t_cost: u32,
+    /// Lanes.
+    pub p_cost: u32,
+}
+
+impl KdfParams {
+    /// The floor (OWASP's argon2id minimum: 19 MiB, 2 passes, 1 lane).
+    pub const FLOOR: KdfParams = KdfParams {
+        m_cost_kib: 19 * 1024,
+        t_cost: 2,
+        p_cost: 1,
+    };
+    /// The ceiling: a file asking for more is refused before any work.
+    pub const CEILING: KdfParams = KdfParams {
+        m_cost_kib: 1024 * 1024,
+        t_cost: 16,
+        p_cost: 8,
+    };
+
+    fn check(&self) -> Result<(), String> {
+        let (lo, hi) = (Self::FLOOR, Self::CEILING);
+        for (name, v, min, max) in [
+            ("memory KiB", self.m_cost_kib, lo.m_cost_kib, hi.m_cost_kib),
+            ("passes", self.t_cost, lo.t_cost, hi.t_cost),
+            ("lanes", self.p_cost, lo.p_cost, hi.p_cost),
+        ] {
+            if v < min || v > max {
+                return Err(format!("{name} = {v}, allowed {min}..={max}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for KdfParams {
+    /// 64 MiB, 3 passes, 1 lane: about a quarter of a second on a laptop core.
+    fn default() -> Self {
+        KdfParams {
+            m_cost_kib: 64 * 1024,
+            t_cost: 3,
+            p_cost: 1,
+        }
+    }
+}
+
+/// How to protect a new key file.
+#[derive(Clone)]
+pub enum Protection {
+    /// Encrypt with a key derived from this passphrase.
+    Passphrase(Zeroizing<String>, KdfParams),
+    /// Store the seed in clear (0600 only): for unattended servers that accept the risk.
+    InsecurePlaintext,
+}
+
+impl std::fmt::Debug for Protection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Protection::Passphrase(_, p) => write!(f, "Passphrase(.., {p:?})"),
+            Protection::InsecurePlaintext => f.write_str("InsecurePlaintext"),
+        }
+    }
+}
+
+/// Is the key file at `path` encrypted? (Reads only the header.)
+pub fn is_encrypted(path: &Path) -> Result<bool, Error> {
+    let bytes = read_private(path)?;
+    parse_header(path, &bytes).map(|kind| kind == KIND_ENCRYPTED)
+}
+
+/// Writes `identity` to `path` (mode 0600, atomically). Refuses to replace an existing file
+/// unless `overwrite`.
+pub fn store(
+    path: &Path,
+    identity: &Identity,
+    protection: &Protection,
+    overwrite: bool,
+) -> Result<(), Error> {
+    let seed = identity.seed();
+    let mut bytes = Zeroizing::new(Vec::with_capacity(ENCRYPTED_LEN));
+    bytes.extend_from_slice(MAGIC);
+    bytes.push(VERSION);
+    match protection {
+        Protection::InsecurePlaintext => {
+            bytes.push(KIND_PLAINTEXT);
+            bytes.extend_from_slice(seed.as_ref());
+            bytes.extend_from_slice(identity.node_id().as_bytes());
+        }
+        Protection::Passphrase(pass, params) => {
+            if pass.is_empty() {
+                return Err(Error::EmptyPassphrase);
+            }
+            params.check().map_err(|reason| Error::KdfParams {
+                path: path.to_owned(),
+                reason,
+            })?;
+            let mut salt = [0u8; SALT_LEN];
+            let mut nonce = [0u8; NONCE_LEN];
+            getrandom::getrandom(&mut salt).map_err(|_| Error::Random)?;
+            getrandom::getrandom(&mut nonce).map_err(|_| Error::Random)?;
+            bytes.push(KIND_ENCRYPTED);
+            for v in [params.m_cost_kib, params.t_cost, params.p_cost] {
+                bytes.extend_from_slice(&v.to_be_bytes());
+            }
+            bytes.extend_from_slice(&salt);
+            bytes.extend_from_slice(&nonce);
+            let key = derive(path, pass.as_bytes(), &salt, params)?;
+            let cipher = XChaCha20Poly1305::new(key.as_ref().into());
+            let sealed = cipher
+                .encrypt(
+                    &nonce.into(),
+                    Payload {
+                        msg: seed.as_ref(),
+                        aad: &bytes,
+                    },
+                )
+                .map_err(|_| Error::Random)?;
+            bytes.extend_from_slice(&sealed);
+        }
+    }
+    write_private(path, &bytes, overwrite)
+}
+
+/// Loads the identity at `path`. `passphrase` is needed only for an encrypted file.
+pub fn load(path: &Path, passphrase: Option<&str>) -> Result<Identity, Error> {
+    let bytes = Zeroizing::new(read_private(path)?);
+    let kind = parse_header(path, &bytes)?;
+    let expected_len = if kind == KIND_PLAINTEXT {
+        PLAINTEXT_LEN
+    } else {
+        ENCRYPTED_LEN
+    };
+    if bytes.len() < expected_len {
+        return Err(Error::Truncated {
+            path: path.to_owned(),
+            len: bytes.len(),
+        });
+    }
+    if bytes.len() > expected_len {
+        return Err(Error::Corrupt {
+            path: path.to_owned(),
+            reason: "trailing bytes",
+        });
+    }
+    if kind == KIND_PLAINTEXT {
+        let seed: [u8; 32] = bytes[HEADER..HEADER + 32]
+            .try_into()
+            .map_err(|_| corrupt(path))?;
+        let identity = Identity::from_seed(seed);
+        if identity.node_id().as_bytes()[..] != bytes[HEADER + 32..] {
+            return Err(Error::Corrupt {
+                path: path.to_owned(),
+                reason: "stored NodeId does not match the key",
+            });
+        }
+        return Ok(identity);
+    }
+    let pass = passphrase.ok_or_else(|| Error::PassphraseRequired {
+        path: path.to_owned(),
+    })?;
+    let word = |i: usize| {
+        let at = HEADER + 4 * i;
+        u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+    };
+    let params = KdfParams {
+        m_cost_kib: word(0),
+        t_cost: word(1),
+        p_cost: word(2),
+    };
+    params.check().map_err(|reason| Error::KdfParams {
+        path: path.to_owned(),
+        reason,
+    })?;
+    let salt = &bytes[HEADER + PARAMS_LEN..HEADER + PARAMS_LEN + SALT_LEN];
+    let nonce: [u8; NONCE_LEN] = bytes[HEADER + PARAMS_LEN + SALT_LEN..ENCRYPTED_AAD_LEN]
+        .try_into()
+        .map_err(|_| corrupt(path))?;
+    let key = derive(path, pass.as_bytes(), salt, &params)?;
+    let cipher = XChaCha20Poly1305::new(key.as_ref().into());
+    let seed = cipher
+        .decrypt(
+            &nonce.into(),
+            Payload {
+                msg: &bytes[ENCRYPTED_AAD_LEN..],
+                aad: &bytes[..ENCRYPTED_AAD_LEN],
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| Error::DecryptFailed {
+            path: path.to_owned(),
+        })?;
+    let seed: [u8; 32] = seed.as_slice().try_into().map_err(|_| corrupt(path))?;
+    Ok(Identity::from_seed(seed))
+}
+
+fn corrupt(path: &Path) -> Error {
+    Error::Corrupt {
+        path: path.to_owned(),
+        reason: "inconsistent layout",
+    }
+}
+
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<u8, Error> {
+    if bytes.len() < HEADER {
+        if MAGIC.starts_with(bytes) {
+            return Err(Error::Truncated {
+                path: path.to_owned(),
+                len: bytes.len(),
+            });
+        }
+        return Err(Error::NotAKeyFile {
+            path: path.to_owned(),
+        });
+    }
+    if &bytes[..MAGIC.len()] != MAGIC {
+        return Err(Error::NotAKeyFile {
+            path: path.to_owned(),
+        });
+    }
+    if bytes[MAGIC.len()] != VERSION {
+        return Err(Error::UnsupportedVersion {
+            path: path.to_owned(),
+            version: bytes[MAGIC.len()],
+        });
+    }
+    match bytes[MAGIC.len() + 1] {
+        k @ (KIND_PLAINTEXT | KIND_ENCRYPTED) => Ok(k),
+        _ => Err(Error::Corrupt {
+            path: path.to_owned(),
+            reason: "unknown key kind",
+        }),
+    }
+}
+
+fn derive(
+    path: &Path,
+    pass: &[u8],
+    salt: &[u8],
+    params: &KdfParams,
+) -> Result<Zeroizing<[u8; 32]>, Error> {
+    let kdf_err = |e: argon2::Error| Error::KdfParams {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let p =
+        Params::new(params.m_cost_kib, params.t_cost, params.p_cost, Some(32)).map_err(kdf_err)?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, p)
+        .hash_password_into(pass, salt, key.as_mut())
+        .map_err(kdf_err)?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn fast() -> Protection {
+        Protection::Passphrase(Zeroizing::new("correct horse".into()), KdfParams::FLOOR)
+    }
+
+    fn setup() -> (tempfile::TempDir, std::path::PathBuf, Identity) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("identity.key");
+        (dir, path, Identity::from_seed([4; 32]))
+    }
+
+    #[test]
+    fn round_trip_encrypted_and_plaintext() {
+        let (_d, path, id) = setup();
+        store(&path, &id, &fast(), false).unwrap_or_else(|e| panic!("{e}"));
+        let mode = std::fs::metadata(&path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .ok();
+        assert_eq!(mode, Some(0o600));
+        assert!(matches!(is_encrypted(&path), Ok(true)));
+        let back = load(&path, Some("correct horse")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.node_id(), id.node_id());
+        let p2 = path.with_extension("plain");
+        store(&p2, &id, &Protection::InsecurePlaintext, false).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(is_encrypted(&p2), Ok(false)));
+        assert_eq!(
+            load(&p2, None).ok().map(|i| i.node_id()),
+            Some(id.node_id())
+        );
+    }
+
+    #[test]
+    fn never_overwrites_unless_asked() {
+        let (_d, path, id) = setup();
+        store(&path, &id, &Protection::InsecurePlaintext, false).unwrap_or_else(|e| panic!("{e}"));
+        let other = Identity::from_seed([5; 32]);
+        assert!(matches!(
+            store(&path, &other, &Protection::InsecurePlaintext, false),
+            Err(Error::AlreadyExists { .. })
+        ));
+        assert_eq!(
+            load(&path, None).ok().map(|i| i.node_id()),
+            Some(id.node_id())
+        );
+        store(&path, &other, &Protection::InsecurePlaintext, true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            load(&path, None).ok().map(|i| i.node_id()),
+            Some(other.node_id())
+        );
+        // No temporary files left behind.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap_or(Path::new(".")))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn wrong_passphrase_and_tamper_give_the_same_error() {
+        let (_d, path, id) = setup();
+        store(&path, &id, &fast(), false).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            load(&path, Some("wrong")),
+            Err(Error::DecryptFailed { .. })
+        ));
+        assert!(matches!(
+            load(&path, None),
+            Err(Error::PassphraseRequired { .. })
+        ));
+        let original = std::fs::read(&path).unwrap_or_default();
+        // Salt, nonce, ciphertext and tag bytes, and a parameter flip that stays in bounds.
+        for at in [
+            HEADER + 3,
+            HEADER + PARAMS_LEN,
+            HEADER + PARAMS_LEN + SALT_LEN + 1,
+            ENCRYPTED_AAD_LEN,
+            ENCRYPTED_LEN - 1,
+        ] {
+            let mut bytes = original.clone();
+            bytes[at] ^= 0x01;
+            std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+            let r = load(&path, Some("correct horse"));
+            assert!(
+                matches!(r, Err(Error::DecryptFailed { .. })),
+                "byte {at}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn kdf_parameters_are_bounded_before_running() {
+        let (_d, path, id) = setup();
+        store(&path, &id, &fast(), false).unwrap_or_else(|e| panic!("{e}"));
+        let original = std::fs::read(&path).unwrap_or_default();
+        for (field, value) in [
+            (0usize, 8u32),
+            (0, u32::MAX),
+            (1, 1),
+            (1, u32::MAX),
+            (2, 0),
+            (2, 255),
+        ] {
+            let mut bytes = original.clone();
+            let at = HEADER + 4 * field;
+            bytes[at..at + 4].copy_from_slice(&value.to_be_bytes());
+            std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+            let started = std::time::Instant::now();
+            let r = load(&path, Some("correct horse"));
+            assert!(
+                matches!(r, Err(Error::KdfParams { .. })),
+                "{field}={value}: {r:?}"
+            );
+            assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        }
+        let tiny = Protection::Passphrase(
+            Zeroizing::new("x".into()),
+            KdfParams {
+                m_cost_kib: 8,
+                t_cost: 1,
+                p_cost: 1,
+            },
+        );
+        assert!(matches!(
+            store(&path, &id, &tiny, true),
+            Err(Error::KdfParams { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_version_magic_and_trailing_each_have_their_error() {
+        let (_d, path, id) = setup();
+        store(&path, &id, &fast(), false).unwrap_or_else(|e| panic!("{e}"));
+        let original = std::fs::read(&path).unwrap_or_default();
+        let cases: Vec<(Vec<u8>, fn(&Error) -> bool)> = vec![
+            (original[..original.len() - 1].to_vec(), |e| {
+                matches!(e, Error::Truncated { .. })
+            }),
+            (original[..3].to_vec(), |e| {
+                matches!(e, Error::Truncated { .. })
+            }),
+            (Vec::new(), |e| matches!(e, Error::Truncated { .. })),
+            ([&original[..], b"x"].concat(), |e| {
+                matches!(e, Error::Corrupt { .. })
+            }),
+            ([b"NPKEY\x02", &original[6..]].concat(), |e| {
+                matches!(e, Error::UnsupportedVersion { version: 2, .. })
+            }),
+            ([b"SSH-K", &original[5..]].concat(), |e| {
+                matches!(e, Error::NotAKeyFile { .. })
+            }),
+            ([b"NPKEY\x01\x07", &original[7..]].concat(), |e| {
+                matches!(e, Error::Corrupt { .. })
+            }),
+        ];
+        for (i, (bytes, ok)) in cases.into_iter().enumerate() {
+            std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+            let r = load(&path, Some("correct horse"));
+            assert!(r.as_ref().err().is_some_and(ok), "case {i}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn plaintext_with_mismatched_node_id_is_corrupt() {
+        let (_d, path, id) = setup();
+        store(&path, &id, &Protection::InsecurePlaintext, false).unwrap_or_else(|e| panic!("{e}"));
+        let mut bytes = std::fs::read(&path).unwrap_or_default();
+        bytes[HEADER] ^= 1;
+        std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(load(&path, None), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn loose_permissions_are_refused() {
+        let (_d, path, id) = setup();
+        store(&path, &id, &Protection::InsecurePlaintext, false).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            load(&path, None),
+            Err(Error::LoosePermissions { mode: 0o644, .. })
+        ));
+    }
+
+    #[test]
+    fn errors_and_debug_never_show_secrets() {
+        let (_d, path, id) = setup();
+        store(&path, &id, &fast(), false).unwrap_or_else(|e| panic!("{e}"));
+        let err = load(&path, Some("wrong-secret-pass"))
+            .err()
+            .map(|e| format!("{e} {e:?}"))
+            .unwrap_or_default();
+        assert!(!err.contains("wrong-secret-pass"));
+        assert!(!format!("{:?}", fast()).contains("correct horse"));
+    }
+
+    #[test]
+    fn empty_passphrase_is_refused() {
+        let (_d, path, id) = setup();
+        let p = Protection::Passphrase(Zeroizing::new(String::new()), KdfParams::FLOOR);
+        assert!(matches!(
+            store(&path, &id, &p, false),
+            Err(Error::EmptyPassphrase)
+        ));
+        assert!(!path.exists());
+    }
+}
