@@ -432,7 +432,8 @@ mod tests {
         let (_d, path, id) = setup();
         store(&path, &id, &fast(), false).unwrap_or_else(|e| panic!("{e}"));
         let original = std::fs::read(&path).unwrap_or_default();
-        let cases: Vec<(Vec<u8>, fn(&Error) -> bool)> = vec![
+        type Case = (Vec<u8>, fn(&Error) -> bool);
+        let cases: Vec<Case> = vec![
             (original[..original.len() - 1].to_vec(), |e| {
                 matches!(e, Error::Truncated { .. })
             }),

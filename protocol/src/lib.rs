@@ -15,6 +15,8 @@ pub mod channel;
 pub mod domain;
 pub mod error;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod handshake;
 pub mod identity;
 pub mod limits;
