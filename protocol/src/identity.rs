@@ -60,6 +60,45 @@ impl Identity {
     }
 }
 
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32 key bytes follow.
+const SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+/// DER prefix of an Ed25519 PKCS#8 v1 private key (RFC 8410); the 32 seed bytes follow.
+const PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+impl Identity {
+    /// The private key as PKCS#8 v1 DER, for TLS libraries (relay-link authentication).
+    pub fn to_pkcs8_der(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        let mut der = zeroize::Zeroizing::new(Vec::with_capacity(48));
+        der.extend_from_slice(&PKCS8_PREFIX);
+        der.extend_from_slice(self.seed().as_ref());
+        der
+    }
+}
+
+impl NodeId {
+    /// The public key as an Ed25519 SubjectPublicKeyInfo (the RFC 7250 raw public key).
+    pub fn to_spki_der(&self) -> Vec<u8> {
+        let mut der = Vec::with_capacity(44);
+        der.extend_from_slice(&SPKI_PREFIX);
+        der.extend_from_slice(self.as_bytes());
+        der
+    }
+
+    /// Parses an Ed25519 SubjectPublicKeyInfo exactly (no other algorithm, no extra bytes)
+    /// and validates the key like [`NodeId::from_bytes`].
+    pub fn from_spki_der(der: &[u8]) -> Result<NodeId, crate::NodeIdError> {
+        match der.strip_prefix(&SPKI_PREFIX[..]) {
+            Some(key) => NodeId::from_slice(key),
+            None => Err(crate::NodeIdError::WrongLength {
+                expected: SPKI_PREFIX.len() + 32,
+                got: der.len(),
+            }),
+        }
+    }
+}
+
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Identity({}, secret: ..)", self.node_id)
@@ -110,6 +149,22 @@ mod tests {
             verify(&id.node_id(), domain::NOISE_STATIC_V1, b"bodY", &sig),
             Err(SignatureError::Invalid)
         );
+    }
+
+    #[test]
+    fn spki_round_trip_and_strictness() {
+        let id = Identity::from_seed([3; 32]).node_id();
+        let der = id.to_spki_der();
+        assert_eq!(der.len(), 44);
+        assert_eq!(NodeId::from_spki_der(&der), Ok(id));
+        let mut other_alg = der.clone();
+        other_alg[8] = 0x71; // Ed448's OID
+        assert!(NodeId::from_spki_der(&other_alg).is_err());
+        assert!(NodeId::from_spki_der(&der[..43]).is_err());
+        assert!(NodeId::from_spki_der(&[der.as_slice(), &[0]].concat()).is_err());
+        let pkcs8 = Identity::from_seed([3; 32]).to_pkcs8_der();
+        assert_eq!(pkcs8.len(), 48);
+        assert_eq!(&pkcs8[16..], &[3u8; 32]);
     }
 
     #[test]

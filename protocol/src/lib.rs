@@ -6,7 +6,8 @@
 //! - [`Identity`]: the secret key, and context-bound signatures ([`domain`]);
 //! - the end-to-end handshake ([`handshake`]): `Noise_XX_25519_AESGCM_SHA256` bound to the
 //!   identities, with an explicit accept or deny before any application byte;
-//! - the [`Channel`] it yields, and the length-prefixed framing ([`Deframer`]).
+//! - the [`Channel`] it yields, and the length-prefixed framing ([`Deframer`]);
+//! - the node <-> relay messages ([`relay_link`]) and key encodings for TLS ([`identity`]).
 //!
 //! `docs/protocol.md` describes every byte layout.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod identity;
 pub mod limits;
 pub mod node_id;
 pub mod noise;
+pub mod relay_link;
 pub mod wire;
 
 #[cfg(test)]
