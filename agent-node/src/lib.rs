@@ -1,5 +1,35 @@
-//! nullport's node: the embeddable `Node` API and the `nullport` daemon + CLI.
+//! nullport's node: the embeddable [`Node`] API (and the `nullport` binary built on it).
 //!
-//! The node is built in the node issue; this crate currently holds only its command-line
-//! entry point.
+//! A node dials *out* to one relay over QUIC, pinning the relay's key, and never listens on
+//! a network port. [`Node::dial`] opens an end-to-end authenticated, encrypted [`Channel`] to
+//! another node's service; [`Node::accept`] yields authenticated callers to accept or deny.
+//!
+//! ```no_run
+//! # async fn example(identity: std::sync::Arc<nullport_protocol::Identity>, peer: nullport_protocol::NodeId) -> Result<(), Box<dyn std::error::Error>> {
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! let relay = "np...@relay.example.net:7443".parse()?;
+//! let node = nullport_node::Node::start(nullport_node::NodeConfig::new(identity, relay)).await?;
+//! node.wait_online(std::time::Duration::from_secs(5)).await?;
+//! let mut channel = node.dial(peer, "echo").await?;
+//! channel.write_all(b"hello").await?;
+//! channel.shutdown().await?;
+//! let mut reply = Vec::new();
+//! channel.read_to_end(&mut reply).await?;
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod channel;
+pub mod error;
+pub mod handshake;
+mod link;
+pub mod node;
+pub mod relay_addr;
+mod tls;
+
+pub use channel::Channel;
+pub use error::Error;
+pub use handshake::IncomingChannel;
+pub use node::{LinkState, Node, NodeConfig, NodeLimits};
+pub use relay_addr::RelayAddr;

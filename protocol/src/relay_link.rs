@@ -220,11 +220,24 @@ mod tests {
         round_trip(NodeToRelay::Hello { version: 1 });
         round_trip(NodeToRelay::Dial { target: id(1) });
         round_trip(NodeToRelay::Presence { target: id(2) });
-        round_trip(RelayToNode::Welcome { version: 1, node_id: id(3) });
-        round_trip(RelayToNode::Dialed { session: SessionId(u64::MAX) });
-        round_trip(RelayToNode::Incoming { caller: id(4), session: SessionId(9) });
-        round_trip(RelayToNode::Presence { target: id(5), online: true });
-        round_trip(RelayToNode::Error { code: LinkErrorCode::Offline });
+        round_trip(RelayToNode::Welcome {
+            version: 1,
+            node_id: id(3),
+        });
+        round_trip(RelayToNode::Dialed {
+            session: SessionId(u64::MAX),
+        });
+        round_trip(RelayToNode::Incoming {
+            caller: id(4),
+            session: SessionId(9),
+        });
+        round_trip(RelayToNode::Presence {
+            target: id(5),
+            online: true,
+        });
+        round_trip(RelayToNode::Error {
+            code: LinkErrorCode::Offline,
+        });
     }
 
     #[test]
@@ -232,16 +245,28 @@ mod tests {
         let mut out = Vec::new();
         encode(&NodeToRelay::Hello { version: 1 }, &mut out);
         out.push(0);
-        assert_eq!(decode::<NodeToRelay>(&out[2..]), Err(LinkDecodeError::Malformed));
+        assert_eq!(
+            decode::<NodeToRelay>(&out[2..]),
+            Err(LinkDecodeError::Malformed)
+        );
         // A Dial naming the identity point (weak key).
         let mut weak = vec![1u8, 32, 1];
         weak.extend_from_slice(&[0; 31]);
-        assert_eq!(decode::<NodeToRelay>(&weak), Err(LinkDecodeError::Malformed));
+        assert_eq!(
+            decode::<NodeToRelay>(&weak),
+            Err(LinkDecodeError::Malformed)
+        );
         assert_eq!(
             decode_len([0x10, 0x00], MAX_LINK_MESSAGE),
-            Err(LinkDecodeError::TooLarge { len: 4096, max: MAX_LINK_MESSAGE })
+            Err(LinkDecodeError::TooLarge {
+                len: 4096,
+                max: MAX_LINK_MESSAGE
+            })
         );
-        assert_eq!(decode_len([0, 0], MAX_LINK_MESSAGE), Err(LinkDecodeError::Malformed));
+        assert_eq!(
+            decode_len([0, 0], MAX_LINK_MESSAGE),
+            Err(LinkDecodeError::Malformed)
+        );
     }
 
     proptest! {

@@ -1,62 +1,151 @@
-//! Cross-crate integration tests for nullport (test-only crate).
+//! Cross-crate integration tests for nullport (test-only crate): the [`TestNet`] harness
+//! that runs a real relay and real nodes (real QUIC on loopback, ephemeral ports) in-process.
 #![forbid(unsafe_code)]
 
-#[cfg(test)]
-mod key_and_handshake {
-    //! A key stored on disk, loaded back, and used for a real handshake.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-    use std::time::Instant;
+use nullport_node::{Node, NodeConfig, NodeLimits, RelayAddr};
+use nullport_protocol::{Identity, NodeId};
+use nullport_relay::testing::TestHooks;
+use nullport_relay::{Admission, Relay, RelayConfig, RelayLimits};
 
-    use nullport_keyring::{KdfParams, Protection, key_file};
-    use nullport_protocol::{
-        DialRequest, HandshakeKeys, Identity, Initiator, Limits, Responder, ServiceName, SessionId,
-    };
+/// A relay and its configuration knobs, for one test.
+pub struct TestNet {
+    /// The running relay (drop it to kill it).
+    pub relay: Option<Relay>,
+    /// The relay's identity.
+    pub relay_identity: Arc<Identity>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
 
-    #[test]
-    fn stored_identities_complete_a_handshake() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let (pa, pb) = (dir.path().join("a.key"), dir.path().join("b.key"));
-        let protection = Protection::Passphrase("pw".to_owned().into(), KdfParams::FLOOR);
-        for path in [&pa, &pb] {
-            let id = Identity::generate().unwrap_or_else(|e| panic!("{e}"));
-            key_file::store(path, &id, &protection, false).unwrap_or_else(|e| panic!("{e}"));
-        }
-        let a = key_file::load(&pa, Some("pw")).unwrap_or_else(|e| panic!("{e}"));
-        let b = key_file::load(&pb, Some("pw")).unwrap_or_else(|e| panic!("{e}"));
-        let (ka, kb) = (
-            HandshakeKeys::new(&a).unwrap_or_else(|e| panic!("{e}")),
-            HandshakeKeys::new(&b).unwrap_or_else(|e| panic!("{e}")),
-        );
-        let now = Instant::now();
-        let limits = Limits::default();
-        let mut m = Vec::new();
-        let dial = DialRequest {
-            expected: b.node_id(),
-            session: SessionId(42),
-            service: ServiceName::new("ssh").unwrap_or_else(|e| panic!("{e}")),
-            blob: Vec::new(),
-        };
-        let init =
-            Initiator::start(&ka, dial, limits, now, &mut m).unwrap_or_else(|e| panic!("{e}"));
-        let mut r = Vec::new();
-        let resp = Responder::new(&kb, a.node_id(), SessionId(42), limits, now)
-            .and_then(|x| x.handle_hello(&m[2..], now, &mut r))
-            .unwrap_or_else(|e| panic!("{e}"));
-        m.clear();
-        let verdict = init
-            .handle_response(&r[2..], now, &mut m)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let req = resp
-            .handle_finish(&m[2..], now)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(req.peer(), a.node_id());
-        assert_eq!(req.service().as_str(), "ssh");
-        r.clear();
-        let cb = req.accept(&mut r).unwrap_or_else(|e| panic!("{e}"));
-        let ca = verdict
-            .handle_verdict(&r[2..], now)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(ca.peer(), b.node_id());
-        assert_eq!(ca.handshake_hash(), cb.handshake_hash());
+/// How to start a test relay.
+#[derive(Default)]
+pub struct RelayOptions {
+    /// Allowlist (None: open).
+    pub allow: Option<Vec<NodeId>>,
+    /// Limits (None: defaults).
+    pub limits: Option<RelayLimits>,
+    /// Test hooks.
+    pub hooks: TestHooks,
+    /// Listen address (None: 127.0.0.1:0).
+    pub listen: Option<SocketAddr>,
+}
+
+impl TestNet {
+    /// Starts an open relay with default limits on an ephemeral loopback port.
+    pub async fn start() -> TestNet {
+        Self::start_with(RelayOptions::default()).await
     }
+
+    /// Starts a relay with options.
+    pub async fn start_with(options: RelayOptions) -> TestNet {
+        let identity = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
+        let relay = start_relay(&identity, options).await;
+        TestNet {
+            addr: relay.local_addr(),
+            relay: Some(relay),
+            relay_identity: identity,
+        }
+    }
+
+    /// Kills the relay and starts a new one with the same identity and port.
+    pub async fn restart(&mut self, options: RelayOptions) {
+        if let Some(relay) = self.relay.take() {
+            relay.shutdown().await;
+        }
+        let options = RelayOptions {
+            listen: Some(self.addr),
+            ..options
+        };
+        self.relay = Some(start_relay(&self.relay_identity, options).await);
+    }
+
+    /// The relay address nodes use.
+    pub fn relay_addr(&self) -> RelayAddr {
+        format!("{}@{}", self.relay_identity.node_id(), self.addr)
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The running relay.
+    pub fn relay(&self) -> &Relay {
+        self.relay
+            .as_ref()
+            .unwrap_or_else(|| panic!("relay not running"))
+    }
+
+    /// Starts a node with a fresh identity and waits until it is online.
+    pub async fn node(&self) -> Node {
+        let node = self
+            .node_unchecked(
+                Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}"))),
+                fast_limits(),
+            )
+            .await;
+        node.wait_online(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("node not online: {e}"));
+        node
+    }
+
+    /// Starts a node without waiting for it to come online.
+    pub async fn node_unchecked(&self, identity: Arc<Identity>, limits: NodeLimits) -> Node {
+        let mut config = NodeConfig::new(identity, self.relay_addr());
+        config.limits = limits;
+        Node::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("node start: {e}"))
+    }
+}
+
+/// Node limits with a quick reconnect, for tests.
+pub fn fast_limits() -> NodeLimits {
+    NodeLimits {
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        ..NodeLimits::default()
+    }
+}
+
+async fn start_relay(identity: &Arc<Identity>, options: RelayOptions) -> Relay {
+    let admission = match options.allow {
+        Some(ids) => Admission::fixed(ids),
+        None => Admission::open(),
+    };
+    let listen = options
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let mut config = RelayConfig::new(identity.clone(), listen, Arc::new(admission));
+    if let Some(limits) = options.limits {
+        config.limits = limits;
+    }
+    config.testing = options.hooks;
+    Relay::bind(config)
+        .await
+        .unwrap_or_else(|e| panic!("relay bind: {e}"))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), to fill transfers.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Installs a tracing subscriber honouring `RUST_LOG` (once).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }

@@ -1,0 +1,158 @@
+//! Async drivers for the sans-IO end-to-end handshake, over one relayed QUIC stream pair.
+
+use std::time::Instant;
+
+use nullport_protocol::limits::MAX_NOISE_MESSAGE;
+use nullport_protocol::{
+    Deframer, DenyReason, DialRequest, HandshakeKeys, Initiator, Limits, NodeId, Request,
+    Responder, SessionId,
+};
+
+use crate::channel::Channel;
+use crate::error::Error;
+
+/// Reads until the deframer holds one complete message and returns a copy of it.
+async fn next_message(
+    recv: &mut quinn::RecvStream,
+    deframer: &mut Deframer,
+) -> Result<Vec<u8>, Error> {
+    loop {
+        if let Some(m) = deframer.next_message()? {
+            return Ok(m.to_vec());
+        }
+        match recv.read(deframer.spare()).await {
+            Ok(Some(n)) => deframer.commit(n),
+            Ok(None) => return Err(nullport_protocol::Error::Truncated.into()),
+            Err(e) => {
+                return Err(Error::RelayLinkLost {
+                    reason: format!("stream failed during handshake: {e}"),
+                });
+            }
+        }
+    }
+}
+
+async fn write_all(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), Error> {
+    send.write_all(bytes)
+        .await
+        .map_err(|e| Error::RelayLinkLost {
+            reason: format!("stream failed during handshake: {e}"),
+        })
+}
+
+/// Runs the initiator side on a dial stream the relay has answered with `session`.
+pub(crate) async fn initiate(
+    keys: &HandshakeKeys,
+    request: DialRequest,
+    limits: Limits,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<Channel, Error> {
+    let service = request.service.to_string();
+    let expected = request.expected;
+    let mut deframer = Deframer::new(MAX_NOISE_MESSAGE);
+    let mut out = Vec::new();
+    let init = Initiator::start(keys, request, limits, Instant::now(), &mut out)?;
+    write_all(&mut send, &out).await?;
+    let msg2 = next_message(&mut recv, &mut deframer).await?;
+    out.clear();
+    let awaiting = init.handle_response(&msg2, Instant::now(), &mut out)?;
+    write_all(&mut send, &out).await?;
+    let verdict = next_message(&mut recv, &mut deframer).await?;
+    match awaiting.handle_verdict(&verdict, Instant::now()) {
+        Ok(inner) => Ok(Channel::new(inner, send, recv, deframer, Vec::new())),
+        Err(nullport_protocol::Error::Denied { reason }) => Err(Error::Denied {
+            peer: expected,
+            service,
+            reason,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A caller that completed the handshake and waits for this node's decision. Nothing but
+/// the handshake has been exchanged; no application byte flows before [`accept`].
+///
+/// [`accept`]: IncomingChannel::accept
+pub struct IncomingChannel {
+    request: Request,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    deframer: Deframer,
+    session: SessionId,
+}
+
+impl std::fmt::Debug for IncomingChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingChannel")
+            .field("peer", &self.request.peer())
+            .field("service", self.request.service())
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IncomingChannel {
+    /// The caller, proven by the handshake.
+    pub fn peer(&self) -> NodeId {
+        self.request.peer()
+    }
+
+    /// The requested service.
+    pub fn service(&self) -> &str {
+        self.request.service().as_str()
+    }
+
+    /// The opaque blob (capability tokens) the caller sent.
+    pub fn blob(&self) -> &[u8] {
+        self.request.blob()
+    }
+
+    /// Accepts the channel.
+    pub async fn accept(self) -> Result<Channel, Error> {
+        let mut out = Vec::new();
+        let inner = self.request.accept(&mut out)?;
+        let mut channel = Channel::new(inner, self.send, self.recv, self.deframer, out);
+        tokio::io::AsyncWriteExt::flush(&mut channel)
+            .await
+            .map_err(|e| Error::RelayLinkLost {
+                reason: e.to_string(),
+            })?;
+        Ok(channel)
+    }
+
+    /// Refuses the channel; the caller gets `Denied { reason }`.
+    pub async fn deny(mut self, reason: DenyReason) -> Result<(), Error> {
+        let mut out = Vec::new();
+        self.request.deny(reason, &mut out)?;
+        write_all(&mut self.send, &out).await?;
+        let _ = self.send.finish();
+        Ok(())
+    }
+}
+
+/// Runs the responder side on an incoming stream for a dial from `caller`.
+pub(crate) async fn respond(
+    keys: &HandshakeKeys,
+    caller: NodeId,
+    session: SessionId,
+    limits: Limits,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<IncomingChannel, Error> {
+    let mut deframer = Deframer::new(MAX_NOISE_MESSAGE);
+    let responder = Responder::new(keys, caller, session, limits, Instant::now())?;
+    let msg1 = next_message(&mut recv, &mut deframer).await?;
+    let mut out = Vec::new();
+    let awaiting = responder.handle_hello(&msg1, Instant::now(), &mut out)?;
+    write_all(&mut send, &out).await?;
+    let msg3 = next_message(&mut recv, &mut deframer).await?;
+    let request = awaiting.handle_finish(&msg3, Instant::now())?;
+    Ok(IncomingChannel {
+        request,
+        send,
+        recv,
+        deframer,
+        session,
+    })
+}

@@ -1,0 +1,37 @@
+//! Reading and writing relay-link messages on QUIC streams (node side).
+
+use nullport_protocol::relay_link;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+
+/// Reads one `len || postcard` message of at most `max` bytes.
+pub(crate) async fn read_message<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<T, Error> {
+    let lost = |e: quinn::ReadExactError| Error::RelayLinkLost {
+        reason: e.to_string(),
+    };
+    let mut prefix = [0u8; 2];
+    recv.read_exact(&mut prefix).await.map_err(lost)?;
+    let len = relay_link::decode_len(prefix, max).map_err(|e| Error::Link(e.into()))?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(lost)?;
+    relay_link::decode(&body).map_err(|e| Error::Link(e.into()))
+}
+
+/// Writes one message.
+pub(crate) async fn write_message<T: Serialize>(
+    send: &mut quinn::SendStream,
+    message: &T,
+) -> Result<(), Error> {
+    let mut buf = Vec::with_capacity(64);
+    relay_link::encode(message, &mut buf);
+    send.write_all(&buf)
+        .await
+        .map_err(|e| Error::RelayLinkLost {
+            reason: e.to_string(),
+        })
+}

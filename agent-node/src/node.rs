@@ -1,0 +1,619 @@
+//! [`Node`]: the embeddable API. One outbound relay link, dials out, accepts in.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nullport_protocol::relay_link::{
+    LINK_VERSION, LinkErrorCode, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode, close_code,
+};
+use nullport_protocol::{
+    DenyReason, DialRequest, HandshakeKeys, Identity, Limits, NodeId, ServiceName,
+};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::channel::Channel;
+use crate::error::Error;
+use crate::handshake::{IncomingChannel, initiate, respond};
+use crate::link::{read_message, write_message};
+use crate::relay_addr::RelayAddr;
+use crate::tls::{PresentedKey, client_crypto};
+
+/// The state of the relay link, as a person would want to see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    /// Not (yet, or no longer) connected; retrying with backoff.
+    Connecting {
+        /// Attempts since the last success.
+        attempt: u32,
+        /// Why the last attempt or connection failed.
+        last_error: Option<String>,
+    },
+    /// Connected and admitted.
+    Online,
+    /// The relay refused this node (or the relay key did not match); still retrying, slowly.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Bounds and timings of a node. `Default` gives safe values.
+#[derive(Debug, Clone)]
+pub struct NodeLimits {
+    /// End-to-end handshake limits (deadline, rekey interval).
+    pub handshake: Limits,
+    /// Time to connect to the relay and be admitted.
+    pub connect_timeout: Duration,
+    /// Total time a dial may take, including waiting for the relay link.
+    pub dial_timeout: Duration,
+    /// Incoming handshakes in progress at once.
+    pub max_pending_handshakes: usize,
+    /// Incoming handshakes in progress at once from one caller.
+    pub max_pending_per_peer: usize,
+    /// Authenticated channels waiting for [`Node::accept`]; over it, callers are denied
+    /// with "unavailable".
+    pub accept_queue: usize,
+    /// Reconnect backoff: first wait.
+    pub backoff_min: Duration,
+    /// Reconnect backoff: longest wait.
+    pub backoff_max: Duration,
+    /// Reconnect backoff after the relay refused this node.
+    pub refused_backoff_max: Duration,
+    /// QUIC keep-alive interval towards the relay.
+    pub keep_alive: Duration,
+    /// Relay link considered dead after this much silence.
+    pub idle_timeout: Duration,
+    /// Streams the relay may open to this node at once (incoming dials).
+    pub max_incoming_streams: u32,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        Self {
+            handshake: Limits::default(),
+            connect_timeout: Duration::from_secs(5),
+            dial_timeout: Duration::from_secs(15),
+            max_pending_handshakes: 64,
+            max_pending_per_peer: 8,
+            accept_queue: 64,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+            refused_backoff_max: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            max_incoming_streams: 256,
+        }
+    }
+}
+
+/// What a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's identity.
+    pub identity: Arc<Identity>,
+    /// The relay to dial out to.
+    pub relay: RelayAddr,
+    /// Bounds and timings.
+    pub limits: NodeLimits,
+}
+
+impl NodeConfig {
+    /// A config with default limits.
+    pub fn new(identity: Arc<Identity>, relay: RelayAddr) -> Self {
+        Self {
+            identity,
+            relay,
+            limits: NodeLimits::default(),
+        }
+    }
+}
+
+struct Inner {
+    node_id: NodeId,
+    keys: HandshakeKeys,
+    config: NodeConfig,
+    client: quinn::ClientConfig,
+    presented: PresentedKey,
+    state: watch::Sender<LinkState>,
+    conn: watch::Sender<Option<quinn::Connection>>,
+    control: tokio::sync::Mutex<Option<(quinn::SendStream, quinn::RecvStream)>>,
+    pending: Arc<Semaphore>,
+    per_peer: Mutex<HashMap<NodeId, usize>>,
+    incoming: mpsc::Sender<IncomingChannel>,
+}
+
+/// A running node. Dropping it closes the relay link and stops its tasks.
+pub struct Node {
+    inner: Arc<Inner>,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<IncomingChannel>>,
+    endpoint: quinn::Endpoint,
+    link: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node_id", &self.inner.node_id)
+            .field("relay", &self.inner.config.relay.to_string())
+            .field("state", &*self.inner.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Starts the node: binds a client-only UDP socket (no listener) and begins connecting to
+    /// the relay in the background. Use [`Node::wait_online`] to wait for admission.
+    pub async fn start(config: NodeConfig) -> Result<Node, Error> {
+        let keys = HandshakeKeys::new(&config.identity)?;
+        let presented: PresentedKey = Arc::default();
+        let crypto = client_crypto(&config.identity, config.relay.node_id, presented.clone())?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(Arc::new(transport_config(&config.limits)));
+        let bind: SocketAddr = match config
+            .relay
+            .resolve()
+            .await
+            .ok()
+            .and_then(|a| a.first().copied())
+        {
+            Some(SocketAddr::V6(_)) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            _ => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        };
+        let endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| Error::Setup(format!("binding UDP {bind}: {e}")))?;
+        let (incoming_tx, incoming_rx) = mpsc::channel(config.limits.accept_queue.max(1));
+        let inner = Arc::new(Inner {
+            node_id: config.identity.node_id(),
+            keys,
+            pending: Arc::new(Semaphore::new(config.limits.max_pending_handshakes)),
+            client,
+            presented,
+            state: watch::Sender::new(LinkState::Connecting {
+                attempt: 0,
+                last_error: None,
+            }),
+            conn: watch::Sender::new(None),
+            control: tokio::sync::Mutex::new(None),
+            per_peer: Mutex::new(HashMap::new()),
+            incoming: incoming_tx,
+            config,
+        });
+        let span = tracing::info_span!("node", id = %inner.node_id.fmt_short());
+        let link = tokio::spawn(run_link(inner.clone(), endpoint.clone()).instrument(span));
+        Ok(Node {
+            inner,
+            incoming: tokio::sync::Mutex::new(incoming_rx),
+            endpoint,
+            link,
+        })
+    }
+
+    /// This node's identity.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// The relay link's state now.
+    pub fn state(&self) -> LinkState {
+        self.inner.state.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the link state.
+    pub fn watch_state(&self) -> watch::Receiver<LinkState> {
+        self.inner.state.subscribe()
+    }
+
+    /// Waits until the relay admitted this node, or fails with the reason it did not.
+    pub async fn wait_online(&self, within: Duration) -> Result<(), Error> {
+        wait_connection(&self.inner, within).await.map(drop)
+    }
+
+    /// Opens a channel to `service` on `target`.
+    pub async fn dial(&self, target: NodeId, service: &str) -> Result<Channel, Error> {
+        self.dial_with(target, service, Vec::new()).await
+    }
+
+    /// Opens a channel, presenting `blob` (capability tokens) in the handshake.
+    pub async fn dial_with(
+        &self,
+        target: NodeId,
+        service: &str,
+        blob: Vec<u8>,
+    ) -> Result<Channel, Error> {
+        let service = ServiceName::new(service)?;
+        if target == self.inner.node_id {
+            return Err(nullport_protocol::Error::SelfDial.into());
+        }
+        let inner = &self.inner;
+        let limits = &inner.config.limits;
+        let span = tracing::debug_span!("dial", peer = %target.fmt_short(), %service);
+        timeout(
+            limits.dial_timeout,
+            async {
+                let conn = wait_connection(inner, limits.dial_timeout).await?;
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| describe(&e))?;
+                write_message(&mut send, &NodeToRelay::Dial { target }).await?;
+                let session = match read_message::<RelayToNode>(&mut recv, MAX_LINK_MESSAGE).await?
+                {
+                    RelayToNode::Dialed { session } => session,
+                    RelayToNode::Error {
+                        code: LinkErrorCode::Offline,
+                    } => return Err(Error::PeerOffline(target)),
+                    RelayToNode::Error { code } => return Err(Error::Link(code)),
+                    _ => return Err(Error::Link(LinkErrorCode::Malformed)),
+                };
+                let request = DialRequest {
+                    expected: target,
+                    session,
+                    service,
+                    blob,
+                };
+                initiate(&inner.keys, request, limits.handshake, send, recv).await
+            }
+            .instrument(span),
+        )
+        .await
+        .map_err(|_| Error::Timeout { what: "dial" })?
+    }
+
+    /// The next authenticated incoming channel, waiting for a decision. `None` once the node
+    /// is shut down.
+    pub async fn accept(&self) -> Option<IncomingChannel> {
+        self.incoming.lock().await.recv().await
+    }
+
+    /// Asks the relay whether `target` is online.
+    pub async fn presence(&self, target: NodeId) -> Result<bool, Error> {
+        wait_connection(&self.inner, self.inner.config.limits.connect_timeout).await?;
+        let mut control = self.inner.control.lock().await;
+        let (send, recv) = control.as_mut().ok_or(Error::RelayLinkLost {
+            reason: "no control stream".into(),
+        })?;
+        write_message(send, &NodeToRelay::Presence { target }).await?;
+        match read_message::<RelayToNode>(recv, MAX_LINK_MESSAGE).await? {
+            RelayToNode::Presence { target: t, online } if t == target => Ok(online),
+            RelayToNode::Error { code } => Err(Error::Link(code)),
+            _ => Err(Error::Link(LinkErrorCode::Malformed)),
+        }
+    }
+
+    /// Closes the relay link cleanly and stops.
+    pub async fn shutdown(self) {
+        self.link.abort();
+        self.endpoint
+            .close(close_code::NORMAL.into(), b"node shutting down");
+        let _ = timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.link.abort();
+        self.endpoint
+            .close(close_code::NORMAL.into(), b"node shutting down");
+    }
+}
+
+fn transport_config(limits: &NodeLimits) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(limits.max_incoming_streams.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window((4u32 << 20).into())
+        .receive_window((16u32 << 20).into())
+        .send_window(16 << 20)
+        .datagram_receive_buffer_size(None)
+        .keep_alive_interval(Some(limits.keep_alive))
+        .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok());
+    t
+}
+
+async fn wait_connection(inner: &Inner, within: Duration) -> Result<quinn::Connection, Error> {
+    let mut conn_rx = inner.conn.subscribe();
+    let found = timeout(within, async {
+        loop {
+            if let Some(conn) = conn_rx.borrow_and_update().clone() {
+                return Ok(conn);
+            }
+            if let LinkState::Refused { reason } = &*inner.state.borrow() {
+                return Err(Error::RelayRefused {
+                    reason: reason.clone(),
+                });
+            }
+            let mut state_rx = inner.state.subscribe();
+            tokio::select! {
+                r = conn_rx.changed() => if r.is_err() { return Err(Error::Shutdown) },
+                r = state_rx.changed() => if r.is_err() { return Err(Error::Shutdown) },
+            }
+        }
+    })
+    .await;
+    match found {
+        Ok(r) => r,
+        Err(_) => Err(match &*inner.state.borrow() {
+            LinkState::Connecting {
+                last_error: Some(e),
+                ..
+            } => Error::RelayUnreachable { reason: e.clone() },
+            LinkState::Refused { reason } => Error::RelayRefused {
+                reason: reason.clone(),
+            },
+            _ => Error::RelayUnreachable {
+                reason: "no answer from the relay".into(),
+            },
+        }),
+    }
+}
+
+/// Maps a QUIC connection error to what it means for the relay link.
+fn describe(e: &quinn::ConnectionError) -> Error {
+    use quinn::ConnectionError as C;
+    match e {
+        C::ApplicationClosed(close) => {
+            let code = u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX);
+            let reason = match code {
+                close_code::SUPERSEDED => return Error::Superseded,
+                close_code::NOT_ADMITTED => "not admitted",
+                close_code::UNSUPPORTED_VERSION => "unsupported relay-link version",
+                close_code::SHUTDOWN => {
+                    return Error::RelayLinkLost {
+                        reason: "relay shutting down".into(),
+                    };
+                }
+                close_code::CAPACITY => {
+                    return Error::RelayLinkLost {
+                        reason: "relay at capacity".into(),
+                    };
+                }
+                _ => {
+                    return Error::RelayLinkLost {
+                        reason: e.to_string(),
+                    };
+                }
+            };
+            Error::RelayRefused {
+                reason: reason.into(),
+            }
+        }
+        C::ConnectionClosed(close) if u64::from(close.error_code) == 0x100 + 49 => {
+            Error::RelayRefused {
+                reason: "not on the relay's allowlist (TLS access denied)".into(),
+            }
+        }
+        C::TimedOut => Error::RelayUnreachable {
+            reason: "no answer from the relay".into(),
+        },
+        _ => Error::RelayLinkLost {
+            reason: e.to_string(),
+        },
+    }
+}
+
+async fn connect_once(
+    inner: &Inner,
+    endpoint: &quinn::Endpoint,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), Error> {
+    let relay = &inner.config.relay;
+    let addr = relay.resolve().await?[0];
+    if let Ok(mut p) = inner.presented.lock() {
+        *p = None;
+    }
+    let connecting = endpoint
+        .connect_with(inner.client.clone(), addr, "nullport-relay")
+        .map_err(|e| Error::RelayUnreachable {
+            reason: e.to_string(),
+        })?;
+    let limits = &inner.config.limits;
+    let conn = match timeout(limits.connect_timeout, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            let presented = inner.presented.lock().ok().and_then(|p| p.clone());
+            return Err(match presented {
+                Some(p) if p != relay.node_id.to_string() => Error::WrongRelayKey {
+                    expected: relay.node_id,
+                    presented: p,
+                },
+                _ => describe(&e),
+            });
+        }
+        Err(_) => {
+            return Err(Error::RelayUnreachable {
+                reason: format!("no answer from {addr}"),
+            });
+        }
+    };
+    let admitted = timeout(limits.connect_timeout, async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| describe(&e))?;
+        write_message(
+            &mut send,
+            &NodeToRelay::Hello {
+                version: LINK_VERSION,
+            },
+        )
+        .await?;
+        match read_message::<RelayToNode>(&mut recv, MAX_LINK_MESSAGE).await {
+            Ok(RelayToNode::Welcome { node_id, .. }) if node_id == inner.node_id => {
+                Ok((send, recv))
+            }
+            Ok(RelayToNode::Error { code }) => Err(Error::Link(code)),
+            Ok(_) => Err(Error::Link(LinkErrorCode::Malformed)),
+            Err(e) => Err(conn.close_reason().map(|c| describe(&c)).unwrap_or(e)),
+        }
+    })
+    .await;
+    match admitted {
+        Ok(Ok((send, recv))) => Ok((conn, send, recv)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::RelayUnreachable {
+            reason: "relay did not answer hello".into(),
+        }),
+    }
+}
+
+async fn run_link(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
+    let limits = inner.config.limits.clone();
+    let mut backoff = Backoff::new(limits.backoff_min, limits.backoff_max);
+    let mut refused_backoff = Backoff::new(limits.backoff_min, limits.refused_backoff_max);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let refused = match connect_once(&inner, &endpoint).await {
+            Ok((conn, send, recv)) => {
+                attempt = 0;
+                backoff.reset();
+                refused_backoff.reset();
+                *inner.control.lock().await = Some((send, recv));
+                inner.conn.send_replace(Some(conn.clone()));
+                inner.state.send_replace(LinkState::Online);
+                tracing::info!(relay = %inner.config.relay, "relay link online");
+                let err = serve_incoming(&inner, &conn).await;
+                inner.conn.send_replace(None);
+                *inner.control.lock().await = None;
+                tracing::warn!("relay link down: {err}");
+                match err {
+                    Error::Superseded => {
+                        inner.state.send_replace(LinkState::Refused {
+                            reason: err.to_string(),
+                        });
+                        return;
+                    }
+                    Error::RelayRefused { reason } => {
+                        inner.state.send_replace(LinkState::Refused { reason });
+                        true
+                    }
+                    other => {
+                        inner.state.send_replace(LinkState::Connecting {
+                            attempt,
+                            last_error: Some(other.to_string()),
+                        });
+                        false
+                    }
+                }
+            }
+            Err(e @ (Error::RelayRefused { .. } | Error::WrongRelayKey { .. })) => {
+                tracing::warn!("relay refused: {e}");
+                inner.state.send_replace(LinkState::Refused {
+                    reason: e.to_string(),
+                });
+                true
+            }
+            Err(e) => {
+                tracing::debug!(attempt, "relay connect failed: {e}");
+                inner.state.send_replace(LinkState::Connecting {
+                    attempt,
+                    last_error: Some(e.to_string()),
+                });
+                false
+            }
+        };
+        let wait = if refused {
+            refused_backoff.next_wait()
+        } else {
+            backoff.next_wait()
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn serve_incoming(inner: &Arc<Inner>, conn: &quinn::Connection) -> Error {
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(handle_incoming(inner.clone(), send, recv).in_current_span());
+            }
+            Err(e) => return describe(&e),
+        }
+    }
+}
+
+/// Decrements a caller's pending-handshake count when dropped.
+struct PeerSlot<'a> {
+    inner: &'a Inner,
+    peer: NodeId,
+}
+
+impl Drop for PeerSlot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.inner.per_peer.lock()
+            && let Some(n) = m.get_mut(&self.peer)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.peer);
+            }
+        }
+    }
+}
+
+async fn handle_incoming(
+    inner: Arc<Inner>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let limits = &inner.config.limits;
+    let header = timeout(
+        limits.handshake.handshake_timeout,
+        read_message::<RelayToNode>(&mut recv, MAX_LINK_MESSAGE),
+    )
+    .await;
+    let Ok(Ok(RelayToNode::Incoming { caller, session })) = header else {
+        let _ = send.reset(0u32.into());
+        return;
+    };
+    let span = tracing::info_span!("incoming", peer = %caller.fmt_short(), %session);
+    async {
+        let Ok(_permit) = inner.pending.clone().try_acquire_owned() else {
+            tracing::warn!("too many handshakes in progress; refusing");
+            let _ = send.reset(0u32.into());
+            return;
+        };
+        let slot = {
+            let Ok(mut m) = inner.per_peer.lock() else {
+                return;
+            };
+            let n = m.entry(caller).or_insert(0);
+            if *n >= limits.max_pending_per_peer {
+                tracing::warn!("too many handshakes from this caller; refusing");
+                drop(m);
+                let _ = send.reset(0u32.into());
+                return;
+            }
+            *n += 1;
+            PeerSlot {
+                inner: &inner,
+                peer: caller,
+            }
+        };
+        let result = timeout(
+            limits.handshake.handshake_timeout,
+            respond(&inner.keys, caller, session, limits.handshake, send, recv),
+        )
+        .await;
+        drop(slot);
+        match result {
+            Ok(Ok(incoming)) => {
+                tracing::debug!(service = incoming.service(), "authenticated");
+                if let Err(
+                    mpsc::error::TrySendError::Full(incoming)
+                    | mpsc::error::TrySendError::Closed(incoming),
+                ) = inner.incoming.try_send(incoming)
+                {
+                    tracing::warn!("accept queue full; denying");
+                    let _ = incoming.deny(DenyReason::Unavailable).await;
+                }
+            }
+            Ok(Err(Error::Protocol(e @ nullport_protocol::Error::CallerMismatch { .. }))) => {
+                tracing::warn!("relay misbehaviour: {e}");
+            }
+            Ok(Err(e)) => tracing::info!("incoming handshake failed: {e}"),
+            Err(_) => tracing::info!("incoming handshake timed out"),
+        }
+    }
+    .instrument(span)
+    .await;
+}

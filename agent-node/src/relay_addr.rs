@@ -1,0 +1,117 @@
+//! Relay addresses: `<relay NodeId>@<host>:<port>`. The NodeId pins the relay's key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use nullport_protocol::NodeId;
+
+use crate::error::Error;
+
+/// Where a relay is and which key it must present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayAddr {
+    /// The relay's NodeId (pinned).
+    pub node_id: NodeId,
+    /// Host name or IP literal (IPv6 in brackets in text form).
+    pub host: String,
+    /// UDP port.
+    pub port: u16,
+}
+
+impl RelayAddr {
+    /// Resolves the host (DNS if needed) to socket addresses.
+    pub async fn resolve(&self) -> Result<Vec<SocketAddr>, Error> {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, self.port))
+            .await
+            .map_err(|e| Error::RelayUnreachable {
+                reason: format!("resolving {}: {e}", self.host),
+            })?
+            .collect();
+        if addrs.is_empty() {
+            return Err(Error::RelayUnreachable {
+                reason: format!("{} has no address", self.host),
+            });
+        }
+        Ok(addrs)
+    }
+}
+
+impl fmt::Display for RelayAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}:{}", self.node_id, self.host, self.port)
+    }
+}
+
+impl FromStr for RelayAddr {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        let bad = |reason: String| Error::InvalidRelayAddress {
+            address: text.to_owned(),
+            reason,
+        };
+        let (id, hostport) = text
+            .split_once('@')
+            .ok_or_else(|| bad("missing '@'".into()))?;
+        let node_id: NodeId = id.parse().map_err(|e| bad(format!("relay NodeId: {e}")))?;
+        let (host, port) = hostport
+            .rsplit_once(':')
+            .ok_or_else(|| bad("missing ':<port>'".into()))?;
+        if host.is_empty() {
+            return Err(bad("empty host".into()));
+        }
+        if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+            return Err(bad("IPv6 addresses go in brackets: [::1]:7443".into()));
+        }
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad(format!("port {port:?} is not 1-65535")))?;
+        Ok(Self {
+            node_id,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nullport_protocol::Identity;
+
+    #[test]
+    fn parses_and_prints() {
+        let id = Identity::from_seed([1; 32]).node_id();
+        for hp in ["relay.example.net:7443", "127.0.0.1:1", "[::1]:7443"] {
+            let text = format!("{id}@{hp}");
+            let addr: RelayAddr = text.parse().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(addr.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        let id = Identity::from_seed([1; 32]).node_id();
+        for bad in [
+            "relay.example.net:7443".to_owned(),
+            format!("{id}@relay.example.net"),
+            format!("{id}@:7443"),
+            format!("{id}@host:0"),
+            format!("{id}@host:99999"),
+            format!("{id}@::1:7443"),
+            "npabc@host:1".to_owned(),
+        ] {
+            assert!(
+                matches!(
+                    bad.parse::<RelayAddr>(),
+                    Err(Error::InvalidRelayAddress { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+}

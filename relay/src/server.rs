@@ -1,0 +1,582 @@
+//! The relay server: QUIC accept loop, admission, routing, dials.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use nullport_protocol::relay_link::{
+    LINK_VERSION, LinkErrorCode, NodeToRelay, RelayToNode, close_code,
+};
+use nullport_protocol::{NodeId, SessionId};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::Instrument;
+
+use crate::admission::Admission;
+use crate::config::{RelayConfig, RelayLimits};
+use crate::error::Error;
+use crate::link::{ReadError, read_message, write_message};
+use crate::metrics::Metrics;
+use crate::rate::RateLimiter;
+use crate::splice::{From, pump};
+use crate::tls;
+
+/// A running relay. Dropping it stops accepting and closes every connection.
+#[derive(Debug)]
+pub struct Relay {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    node_id: NodeId,
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Route {
+    conn: quinn::Connection,
+    generation: u64,
+}
+
+/// State shared by every connection task.
+pub(crate) struct Shared {
+    pub(crate) limits: RelayLimits,
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) metrics: Arc<Metrics>,
+    routes: DashMap<NodeId, Route>,
+    dial_limiter: RateLimiter,
+    pub(crate) byte_limiter: RateLimiter,
+    next_session: AtomicU64,
+    next_generation: AtomicU64,
+    pending_per_ip: Mutex<HashMap<IpAddr, usize>>,
+    #[cfg(feature = "testing")]
+    hooks: crate::testing::TestHooks,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("online", &self.routes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    #[cfg(feature = "testing")]
+    pub(crate) fn hook_chunk(&self, session: SessionId, side: From, chunk: Bytes) -> Vec<Bytes> {
+        use crate::testing::Direction;
+        match &self.hooks.splice {
+            Some(h) => {
+                let d = match side {
+                    From::Caller => Direction::CallerToTarget,
+                    From::Target => Direction::TargetToCaller,
+                };
+                h.on_chunk(session, d, chunk)
+            }
+            None => vec![chunk],
+        }
+    }
+
+    #[cfg(not(feature = "testing"))]
+    pub(crate) fn hook_chunk(&self, _s: SessionId, _side: From, chunk: Bytes) -> Vec<Bytes> {
+        vec![chunk]
+    }
+
+    #[cfg(feature = "testing")]
+    fn route_target(&self, target: NodeId) -> NodeId {
+        match self.hooks.reroute {
+            Some((from, to)) if from == target => to,
+            _ => target,
+        }
+    }
+
+    #[cfg(not(feature = "testing"))]
+    fn route_target(&self, target: NodeId) -> NodeId {
+        target
+    }
+
+    #[cfg(feature = "testing")]
+    fn caller_label(&self, caller: NodeId) -> NodeId {
+        self.hooks.relabel_caller.unwrap_or(caller)
+    }
+
+    #[cfg(not(feature = "testing"))]
+    fn caller_label(&self, caller: NodeId) -> NodeId {
+        caller
+    }
+}
+
+/// Counts a connection as pending (globally and for its source IP) until dropped.
+struct PendingGuard {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl PendingGuard {
+    fn try_new(shared: &Arc<Shared>, ip: IpAddr) -> Option<Self> {
+        let mut per_ip = shared.pending_per_ip.lock().ok()?;
+        let total = shared.metrics.pending.load(Ordering::Relaxed) as usize;
+        let online = shared.metrics.nodes_online.load(Ordering::Relaxed) as usize;
+        let mine = per_ip.entry(ip).or_insert(0);
+        if total >= shared.limits.max_pending
+            || *mine >= shared.limits.max_pending_per_ip
+            || online >= shared.limits.max_connections
+        {
+            if *mine == 0 {
+                per_ip.remove(&ip);
+            }
+            return None;
+        }
+        *mine += 1;
+        shared.metrics.pending.fetch_add(1, Ordering::Relaxed);
+        Some(Self {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.shared.metrics.pending.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut per_ip) = self.shared.pending_per_ip.lock()
+            && let Some(n) = per_ip.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Relay {
+    /// Binds the UDP socket and starts serving.
+    pub async fn bind(config: RelayConfig) -> Result<Relay, Error> {
+        let crypto = tls::server_crypto(&config.identity, config.admission.clone())?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(Arc::new(config.limits.transport_config()));
+        // Let the client's address be validated before spending crypto on it only when the
+        // pending budget is under pressure; quinn handles retry tokens itself.
+        let endpoint =
+            quinn::Endpoint::server(server, config.listen).map_err(|source| Error::Io {
+                what: format!("binding UDP {}", config.listen),
+                source,
+            })?;
+        let local_addr = endpoint.local_addr().map_err(|source| Error::Io {
+            what: "reading local address".into(),
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            dial_limiter: RateLimiter::new(
+                config.limits.dials_per_second,
+                config.limits.dial_burst,
+            ),
+            byte_limiter: RateLimiter::new(
+                config.limits.bytes_per_second,
+                config.limits.byte_burst,
+            ),
+            limits: config.limits,
+            admission: config.admission,
+            metrics: Arc::new(Metrics::default()),
+            routes: DashMap::new(),
+            next_session: AtomicU64::new(initial_session()),
+            next_generation: AtomicU64::new(1),
+            pending_per_ip: Mutex::new(HashMap::new()),
+            #[cfg(feature = "testing")]
+            hooks: config.testing,
+        });
+        let node_id = config.identity.node_id();
+        let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+        tracing::info!(relay = %node_id, %local_addr, open = shared.admission.is_open(), "relay listening");
+        Ok(Relay {
+            endpoint,
+            local_addr,
+            node_id,
+            shared,
+            tasks: vec![accept],
+        })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The relay's NodeId (what nodes pin).
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The address nodes use: `<relay NodeId>@<host:port>`.
+    pub fn address(&self) -> String {
+        format!("{}@{}", self.node_id, self.local_addr)
+    }
+
+    /// The relay's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// Prometheus text of the current counters.
+    pub fn render_metrics(&self) -> String {
+        self.shared.metrics.render(self.shared.admission.refusals())
+    }
+
+    /// Serves Prometheus metrics on `addr` (TCP); returns the bound address.
+    pub async fn serve_metrics(&mut self, addr: SocketAddr) -> Result<SocketAddr, Error> {
+        let listener = crate::metrics::bind(addr).await?;
+        let bound = listener.local_addr().map_err(|source| Error::Io {
+            what: "reading metrics address".into(),
+            source,
+        })?;
+        self.tasks.push(tokio::spawn(crate::metrics::serve(
+            listener,
+            self.shared.metrics.clone(),
+            self.shared.admission.clone(),
+        )));
+        Ok(bound)
+    }
+
+    /// Whether `id` is connected now.
+    pub fn is_online(&self, id: &NodeId) -> bool {
+        self.shared.routes.contains_key(id)
+    }
+
+    /// Closes every connection ("relay shutting down") and waits (bounded) for the socket to
+    /// drain.
+    pub async fn shutdown(self) {
+        self.endpoint
+            .close(close_code::SHUTDOWN.into(), b"relay shutting down");
+        let _ = timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.endpoint
+            .close(close_code::SHUTDOWN.into(), b"relay shutting down");
+    }
+}
+
+/// Session ids start at a random point so that a restarted relay does not reuse recent ones.
+fn initial_session() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t.rotate_left(17) ^ u64::from(std::process::id())
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let remote = incoming.remote_address();
+        let Some(guard) = PendingGuard::try_new(&shared, remote.ip()) else {
+            shared
+                .metrics
+                .admission_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%remote, "refusing connection: over a connection limit");
+            incoming.refuse();
+            continue;
+        };
+        let span = tracing::info_span!("conn", %remote);
+        tokio::spawn(handle_incoming(shared.clone(), incoming, guard).instrument(span));
+    }
+}
+
+async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming, guard: PendingGuard) {
+    let deadline = Instant::now() + shared.limits.admission_deadline;
+    let refused = || {
+        shared
+            .metrics
+            .admission_refused
+            .fetch_add(1, Ordering::Relaxed);
+    };
+    let Ok(connecting) = incoming.accept() else {
+        refused();
+        return;
+    };
+    let conn = match timeout_at(deadline, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!("handshake failed: {e}");
+            refused();
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("admission deadline passed during handshake");
+            refused();
+            return;
+        }
+    };
+    let Some(node_id) = tls::peer_node_id(&conn) else {
+        conn.close(close_code::NOT_ADMITTED.into(), b"no valid node key");
+        refused();
+        return;
+    };
+    // The verifier admitted it; check again in case the allowlist changed since.
+    if !shared.admission.admits(&node_id) {
+        conn.close(close_code::NOT_ADMITTED.into(), b"not admitted");
+        refused();
+        return;
+    }
+    let (mut ctl_send, mut ctl_recv) = match timeout_at(deadline, conn.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        _ => {
+            conn.close(close_code::ADMISSION_TIMEOUT.into(), b"no hello in time");
+            refused();
+            return;
+        }
+    };
+    let hello = timeout_at(
+        deadline,
+        read_message::<NodeToRelay>(&mut ctl_recv, shared.limits.max_link_message),
+    )
+    .await;
+    match hello {
+        Ok(Ok(NodeToRelay::Hello { version })) if version == LINK_VERSION => {}
+        Ok(Ok(NodeToRelay::Hello { .. })) => {
+            let _ = write_message(
+                &mut ctl_send,
+                &RelayToNode::Error {
+                    code: LinkErrorCode::UnsupportedVersion,
+                },
+            )
+            .await;
+            conn.close(
+                close_code::UNSUPPORTED_VERSION.into(),
+                b"unsupported relay-link version",
+            );
+            refused();
+            return;
+        }
+        Err(_) => {
+            conn.close(close_code::ADMISSION_TIMEOUT.into(), b"no hello in time");
+            refused();
+            return;
+        }
+        Ok(_) => {
+            conn.close(close_code::PROTOCOL_VIOLATION.into(), b"expected hello");
+            refused();
+            return;
+        }
+    }
+    drop(guard);
+    if write_message(
+        &mut ctl_send,
+        &RelayToNode::Welcome {
+            version: LINK_VERSION,
+            node_id,
+        },
+    )
+    .await
+    .is_err()
+    {
+        return;
+    }
+    let generation = shared.next_generation.fetch_add(1, Ordering::Relaxed);
+    let old = shared.routes.insert(
+        node_id,
+        Route {
+            conn: conn.clone(),
+            generation,
+        },
+    );
+    if let Some(old) = old {
+        shared.metrics.superseded.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(peer = %node_id.fmt_short(), "newer connection supersedes the old one");
+        old.conn.close(
+            close_code::SUPERSEDED.into(),
+            b"superseded by a newer connection",
+        );
+    } else {
+        shared.metrics.nodes_online.fetch_add(1, Ordering::Relaxed);
+    }
+    shared.metrics.admitted.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("node", peer = %node_id.fmt_short());
+    serve_node(shared.clone(), node_id, conn, ctl_send, ctl_recv)
+        .instrument(span)
+        .await;
+    let removed = shared
+        .routes
+        .remove_if(&node_id, |_, r| r.generation == generation);
+    if removed.is_some() {
+        shared.metrics.nodes_online.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_node(
+    shared: Arc<Shared>,
+    node_id: NodeId,
+    conn: quinn::Connection,
+    ctl_send: quinn::SendStream,
+    ctl_recv: quinn::RecvStream,
+) {
+    tracing::info!("node online");
+    let control = tokio::spawn(
+        control_stream(shared.clone(), node_id, conn.clone(), ctl_send, ctl_recv).in_current_span(),
+    );
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let span = tracing::debug_span!("dial");
+                tokio::spawn(handle_dial(shared.clone(), node_id, send, recv).instrument(span));
+            }
+            Err(e) => {
+                tracing::info!("node offline: {e}");
+                break;
+            }
+        }
+    }
+    control.abort();
+}
+
+async fn control_stream(
+    shared: Arc<Shared>,
+    node_id: NodeId,
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    loop {
+        match read_message::<NodeToRelay>(&mut recv, shared.limits.max_link_message).await {
+            Ok(NodeToRelay::Presence { target }) => {
+                let online = target != node_id && shared.routes.contains_key(&target);
+                if write_message(&mut send, &RelayToNode::Presence { target, online })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(_) => {
+                conn.close(
+                    close_code::PROTOCOL_VIOLATION.into(),
+                    b"unexpected control message",
+                );
+                return;
+            }
+            Err(ReadError::Decode(e)) => {
+                let _ = write_message(&mut send, &RelayToNode::Error { code: e.into() }).await;
+                conn.close(
+                    close_code::PROTOCOL_VIOLATION.into(),
+                    b"malformed control message",
+                );
+                return;
+            }
+            Err(ReadError::Eof) => {
+                conn.close(close_code::NORMAL.into(), b"control stream closed");
+                return;
+            }
+            Err(ReadError::Stream(_)) => return,
+        }
+    }
+}
+
+async fn handle_dial(
+    shared: Arc<Shared>,
+    caller: NodeId,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let refuse = |code: LinkErrorCode| RelayToNode::Error { code };
+    let request = timeout(
+        shared.limits.request_deadline,
+        read_message::<NodeToRelay>(&mut recv, shared.limits.max_link_message),
+    )
+    .await;
+    let target = match request {
+        Ok(Ok(NodeToRelay::Dial { target })) => target,
+        Ok(Err(ReadError::Decode(e))) => {
+            shared
+                .metrics
+                .dials_bad_request
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = write_message(&mut send, &refuse(e.into())).await;
+            let _ = send.finish();
+            return;
+        }
+        Ok(Ok(_)) => {
+            shared
+                .metrics
+                .dials_bad_request
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = write_message(&mut send, &refuse(LinkErrorCode::Malformed)).await;
+            let _ = send.finish();
+            return;
+        }
+        _ => {
+            shared
+                .metrics
+                .dials_bad_request
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = send.reset(0u32.into());
+            return;
+        }
+    };
+    if !shared
+        .dial_limiter
+        .try_take(&caller, 1, std::time::Instant::now())
+    {
+        shared
+            .metrics
+            .dials_rate_limited
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(target = %target.fmt_short(), "dial rate limited");
+        let _ = write_message(&mut send, &refuse(LinkErrorCode::RateLimited)).await;
+        let _ = send.finish();
+        return;
+    }
+    let target = shared.route_target(target);
+    if target == caller {
+        shared
+            .metrics
+            .dials_bad_request
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = write_message(&mut send, &refuse(LinkErrorCode::Refused)).await;
+        let _ = send.finish();
+        return;
+    }
+    let target_conn = shared.routes.get(&target).map(|r| r.conn.clone());
+    let opened = match target_conn {
+        Some(conn) => timeout(shared.limits.request_deadline, conn.open_bi())
+            .await
+            .ok()
+            .and_then(Result::ok),
+        None => None,
+    };
+    let Some((mut t_send, t_recv)) = opened else {
+        shared.metrics.dials_offline.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(target = %target.fmt_short(), "dial: target offline");
+        let _ = write_message(&mut send, &refuse(LinkErrorCode::Offline)).await;
+        let _ = send.finish();
+        return;
+    };
+    let session = SessionId(shared.next_session.fetch_add(1, Ordering::Relaxed));
+    let incoming = RelayToNode::Incoming {
+        caller: shared.caller_label(caller),
+        session,
+    };
+    if write_message(&mut t_send, &incoming).await.is_err()
+        || write_message(&mut send, &RelayToNode::Dialed { session })
+            .await
+            .is_err()
+    {
+        let _ = t_send.reset(0u32.into());
+        let _ = send.reset(0u32.into());
+        return;
+    }
+    shared.metrics.dials_ok.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.splices_open.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%session, target = %target.fmt_short(), "splicing");
+    let forward = pump(shared.clone(), session, From::Caller, caller, recv, t_send);
+    let backward = pump(shared.clone(), session, From::Target, target, t_recv, send);
+    tokio::join!(forward, backward);
+    shared.metrics.splices_open.fetch_sub(1, Ordering::Relaxed);
+}

@@ -1,0 +1,74 @@
+//! Blind byte splicing between a caller's dial stream and the target's incoming stream.
+//!
+//! Each direction reads a chunk only when the previous one was accepted by the other side,
+//! so QUIC flow control carries backpressure end to end and the relay holds at most one
+//! chunk per direction. The relay never parses these bytes: they are the end-to-end Noise
+//! handshake and channel.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use nullport_protocol::{NodeId, SessionId};
+
+use crate::server::Shared;
+
+/// Largest chunk read at once.
+const CHUNK: usize = 64 * 1024;
+
+/// Which end of the splice a pump reads from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum From {
+    Caller,
+    Target,
+}
+
+/// Copies `from` to `to` until the end of the stream or an error, then propagates it: a
+/// clean end as a clean end (FIN), anything else as a reset, so truncation is never dressed
+/// up as completion.
+pub(crate) async fn pump(
+    shared: Arc<Shared>,
+    session: SessionId,
+    side: From,
+    sender: NodeId,
+    mut from: quinn::RecvStream,
+    mut to: quinn::SendStream,
+) {
+    loop {
+        let chunk = tokio::select! {
+            r = from.read_chunk(CHUNK, true) => r,
+            _ = to.stopped() => {
+                let _ = from.stop(0u32.into());
+                return;
+            }
+        };
+        match chunk {
+            Ok(Some(chunk)) => {
+                let len = chunk.bytes.len() as u64;
+                let wait = shared.byte_limiter.charge(&sender, len, Instant::now());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                for bytes in shared.hook_chunk(session, side, chunk.bytes) {
+                    if to.write_chunk(bytes).await.is_err() {
+                        let _ = from.stop(0u32.into());
+                        return;
+                    }
+                }
+                shared
+                    .metrics
+                    .bytes_spliced
+                    .fetch_add(len, Ordering::Relaxed);
+            }
+            Ok(None) => {
+                let _ = to.finish();
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%session, ?side, "splice source failed: {e}");
+                let _ = to.reset(0u32.into());
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Test-only hooks (feature `testing`): a tap that sees every spliced byte, tampering
+//! modes, re-routing and relabelling, to prove the end-to-end layer detects a hostile relay.
+//! Reachable only through [`crate::RelayConfig`], never from the binary's command line.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use nullport_protocol::{NodeId, SessionId};
+
+/// Which way a chunk is travelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the dialing node to the dialed one.
+    CallerToTarget,
+    /// From the dialed node back to the caller.
+    TargetToCaller,
+}
+
+/// Sees (and may change) every chunk the relay splices.
+pub trait SpliceHook: Send + Sync + std::fmt::Debug {
+    /// Returns the chunks to forward instead of `chunk` (empty: drop it).
+    fn on_chunk(&self, session: SessionId, direction: Direction, chunk: Bytes) -> Vec<Bytes>;
+}
+
+/// All test hooks; the default does nothing.
+#[derive(Debug, Clone, Default)]
+pub struct TestHooks {
+    /// Called for every spliced chunk.
+    pub splice: Option<Arc<dyn SpliceHook>>,
+    /// Dials for the first NodeId are routed to the second.
+    pub reroute: Option<(NodeId, NodeId)>,
+    /// Targets are told this caller instead of the authenticated one.
+    pub relabel_caller: Option<NodeId>,
+}
+
+/// Records every spliced byte.
+#[derive(Debug, Default)]
+pub struct Tap {
+    /// Everything seen, in order of arrival, both directions.
+    pub bytes: Mutex<Vec<u8>>,
+}
+
+impl SpliceHook for Tap {
+    fn on_chunk(&self, _s: SessionId, _d: Direction, chunk: Bytes) -> Vec<Bytes> {
+        if let Ok(mut b) = self.bytes.lock() {
+            b.extend_from_slice(&chunk);
+        }
+        vec![chunk]
+    }
+}
+
+/// What a [`Tamper`] hook does once it reaches its byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TamperMode {
+    /// Flip the lowest bit of the byte at the offset.
+    FlipBit,
+    /// Drop the chunk that contains the offset.
+    DropChunk,
+    /// Send the chunk that contains the offset twice.
+    DuplicateChunk,
+}
+
+/// Tampers once with one direction, at a byte offset counted per session.
+#[derive(Debug)]
+pub struct Tamper {
+    /// The direction to tamper with.
+    pub direction: Direction,
+    /// The byte offset (in that direction's stream) to act on.
+    pub offset: u64,
+    /// What to do there.
+    pub mode: TamperMode,
+    seen: Mutex<std::collections::HashMap<SessionId, u64>>,
+}
+
+impl Tamper {
+    /// A tamper hook.
+    pub fn new(direction: Direction, offset: u64, mode: TamperMode) -> Self {
+        Self {
+            direction,
+            offset,
+            mode,
+            seen: Mutex::new(Default::default()),
+        }
+    }
+}
+
+impl SpliceHook for Tamper {
+    fn on_chunk(&self, session: SessionId, direction: Direction, chunk: Bytes) -> Vec<Bytes> {
+        if direction != self.direction {
+            return vec![chunk];
+        }
+        let Ok(mut seen) = self.seen.lock() else {
+            return vec![chunk];
+        };
+        let start = *seen.entry(session).or_insert(0);
+        let end = start + chunk.len() as u64;
+        seen.insert(session, end);
+        if !(start..end).contains(&self.offset) {
+            return vec![chunk];
+        }
+        match self.mode {
+            TamperMode::FlipBit => {
+                let mut v = chunk.to_vec();
+                v[(self.offset - start) as usize] ^= 1;
+                vec![Bytes::from(v)]
+            }
+            TamperMode::DropChunk => Vec::new(),
+            TamperMode::DuplicateChunk => vec![chunk.clone(), chunk],
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! nullport's integration tests: one test binary, a module per area.
+#![allow(missing_docs)]
+
+mod key_and_handshake;
+mod relay;

@@ -1,0 +1,589 @@
+//! The relay and the relay link, end to end over real QUIC on loopback.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nullport_node::{Error, LinkState, Node};
+use nullport_protocol::relay_link::LinkErrorCode;
+use nullport_protocol::{DenyReason, Identity};
+use nullport_relay::RelayLimits;
+use nullport_relay::testing::{Direction, Tamper, TamperMode, Tap, TestHooks};
+use nullport_tests::{RelayOptions, TestNet, fast_limits, init_tracing, pattern};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Serves every incoming channel on `node` with an echo (accepting all).
+fn serve_echo(node: Arc<Node>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(incoming) = node.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ch) = incoming.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match ch.read(&mut buf).await {
+                        Ok(0) => {
+                            let _ = ch.shutdown().await;
+                            return;
+                        }
+                        Ok(n) => {
+                            if ch.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_round_trip_through_the_relay() {
+    init_tracing();
+    let net = TestNet::start().await;
+    let (a, b) = (net.node().await, Arc::new(net.node().await));
+    let _server = serve_echo(b.clone());
+    let mut ch = a
+        .dial(b.node_id(), "echo")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ch.peer(), b.node_id());
+    ch.write_all(b"hello through the relay")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut got = Vec::new();
+    ch.read_to_end(&mut got)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got, b"hello through the relay");
+    assert!(
+        net.relay()
+            .render_metrics()
+            .contains("nullport_relay_dials_total{result=\"ok\"} 1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_both_ways_hashes_match() {
+    let net = TestNet::start().await;
+    let (a, b) = (net.node().await, Arc::new(net.node().await));
+    let size: usize = std::env::var("NULLPORT_BULK_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+        << 20;
+    let a_data = Arc::new(pattern(size, 1));
+    let b_data = Arc::new(pattern(size, 2));
+    let b2 = b.clone();
+    let bd = b_data.clone();
+    let server = tokio::spawn(async move {
+        let incoming = b2.accept().await.unwrap_or_else(|| panic!("no incoming"));
+        let ch = incoming.accept().await.unwrap_or_else(|e| panic!("{e}"));
+        let (mut r, mut w) = tokio::io::split(ch);
+        let writer = tokio::spawn(async move {
+            w.write_all(&bd).await.unwrap_or_else(|e| panic!("{e}"));
+            w.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+        });
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = r.read(&mut buf).await.unwrap_or_else(|e| panic!("{e}"));
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let _ = writer.await;
+        hasher.finalize().to_vec()
+    });
+    let ch = a
+        .dial(b.node_id(), "bulk")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut r, mut w) = tokio::io::split(ch);
+    let ad = a_data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&ad).await.unwrap_or_else(|e| panic!("{e}"));
+        w.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    });
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf).await.unwrap_or_else(|e| panic!("{e}"));
+        if n == 0 {
+            break;
+        }
+        total += n;
+        hasher.update(&buf[..n]);
+    }
+    let _ = writer.await;
+    assert_eq!(total, size);
+    assert_eq!(
+        hasher.finalize().to_vec(),
+        Sha256::digest(&*b_data).to_vec(),
+        "B -> A bytes differ"
+    );
+    let b_got = server.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        b_got,
+        Sha256::digest(&*a_data).to_vec(),
+        "A -> B bytes differ"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_node_is_refused_at_the_handshake() {
+    let allowed = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
+    let net = TestNet::start_with(RelayOptions {
+        allow: Some(vec![allowed.node_id()]),
+        ..Default::default()
+    })
+    .await;
+    let ok = net.node_unchecked(allowed, fast_limits()).await;
+    ok.wait_online(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stranger = net
+        .node_unchecked(
+            Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}"))),
+            fast_limits(),
+        )
+        .await;
+    let r = stranger.wait_online(Duration::from_secs(5)).await;
+    assert!(
+        matches!(&r, Err(Error::RelayRefused { reason }) if reason.contains("allowlist")),
+        "{r:?}"
+    );
+    assert!(matches!(stranger.state(), LinkState::Refused { .. }));
+    // It cannot dial or even ask about presence.
+    assert!(matches!(
+        stranger.dial(ok.node_id(), "x").await,
+        Err(Error::RelayRefused { .. })
+    ));
+    assert!(matches!(
+        stranger.presence(ok.node_id()).await,
+        Err(Error::RelayRefused { .. })
+    ));
+    assert!(!net.relay().is_online(&stranger.node_id()));
+    assert!(
+        net.relay()
+            .render_metrics()
+            .contains("nullport_relay_admission_refusals_total{reason=\"not_admitted\"} ")
+    );
+    assert!(
+        !net.relay()
+            .render_metrics()
+            .contains("reason=\"not_admitted\"} 0")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_relay_key_is_refused_by_the_node() {
+    let net = TestNet::start().await;
+    let impostor_key = Identity::generate()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .node_id();
+    let addr = format!("{impostor_key}@{}", net.addr)
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut config = nullport_node::NodeConfig::new(
+        Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}"))),
+        addr,
+    );
+    config.limits = fast_limits();
+    let node = Node::start(config).await.unwrap_or_else(|e| panic!("{e}"));
+    let r = node.wait_online(Duration::from_secs(5)).await;
+    assert!(
+        matches!(&r, Err(Error::RelayRefused { reason }) if reason.contains("relay key mismatch") && reason.contains(&net.relay_identity.node_id().to_string())),
+        "{r:?}"
+    );
+    assert!(!net.relay().is_online(&node.node_id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialing_an_offline_node_fails_fast() {
+    let net = TestNet::start().await;
+    let a = net.node().await;
+    let ghost = Identity::generate()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .node_id();
+    let started = Instant::now();
+    let r = a.dial(ghost, "ssh").await;
+    assert!(
+        matches!(r, Err(Error::PeerOffline(id)) if id == ghost),
+        "{r:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!a.presence(ghost).await.unwrap_or(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_denial_are_reported() {
+    let net = TestNet::start().await;
+    let (a, b) = (net.node().await, Arc::new(net.node().await));
+    assert_eq!(a.presence(b.node_id()).await.ok(), Some(true));
+    let b2 = b.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = b2.accept().await {
+            let _ = incoming.deny(DenyReason::NotAllowed).await;
+        }
+    });
+    let r = a.dial(b.node_id(), "files").await;
+    assert!(
+        matches!(&r, Err(Error::Denied { reason: DenyReason::NotAllowed, service, .. }) if service == "files"),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_restart_nodes_reconnect_and_old_channel_fails_clearly() {
+    let mut net = TestNet::start().await;
+    let (a, b) = (net.node().await, Arc::new(net.node().await));
+    let _server = serve_echo(b.clone());
+    let mut ch = a
+        .dial(b.node_id(), "echo")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ch.write_all(b"before")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut buf = [0u8; 6];
+    ch.read_exact(&mut buf)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    net.restart(RelayOptions::default()).await;
+    let back = Instant::now();
+    // The old channel fails with an error, never a clean (truncated) end.
+    let mut rest = Vec::new();
+    let r = ch.read_to_end(&mut rest).await;
+    assert!(r.is_err(), "old channel ended cleanly: {r:?}");
+    assert!(rest.is_empty());
+    // Both nodes come back by themselves, and a new channel works within 5 s.
+    loop {
+        match a.dial(b.node_id(), "echo").await {
+            Ok(mut ch) => {
+                ch.write_all(b"after")
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+                let mut got = Vec::new();
+                ch.read_to_end(&mut got)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(got, b"after");
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    back.elapsed() < Duration::from_secs(5),
+                    "no channel 5 s after restart: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(back.elapsed() < Duration::from_secs(5));
+}
+
+/// Runs one echo exchange with a marker under the given relay hooks; returns what the
+/// caller read and the error, if any.
+async fn exchange_under(
+    hooks: TestHooks,
+    payload: &[u8],
+) -> (Vec<u8>, Option<std::io::Error>, TestNet) {
+    let net = TestNet::start_with(RelayOptions {
+        hooks,
+        ..Default::default()
+    })
+    .await;
+    let (a, b) = (net.node().await, Arc::new(net.node().await));
+    let _server = serve_echo(b.clone());
+    let mut ch = match a.dial(b.node_id(), "secret-service").await {
+        Ok(ch) => ch,
+        Err(e) => return (Vec::new(), Some(std::io::Error::other(e)), net),
+    };
+    let mut got = Vec::new();
+    let r = async {
+        ch.write_all(payload).await?;
+        ch.shutdown().await?;
+        ch.read_to_end(&mut got).await
+    }
+    .await;
+    (got, r.err(), net)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_tap_never_sees_plaintext_or_service() {
+    let tap = Arc::new(Tap::default());
+    let marker = b"CANARY-7f3a9c-plaintext-marker".repeat(100);
+    let hooks = TestHooks {
+        splice: Some(tap.clone()),
+        ..Default::default()
+    };
+    let (got, err, _net) = exchange_under(hooks, &marker).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(got, marker);
+    let seen = tap.bytes.lock().map(|b| b.clone()).unwrap_or_default();
+    assert!(
+        seen.len() > marker.len() * 2,
+        "tap saw only {} bytes",
+        seen.len()
+    );
+    let contains = |needle: &[u8]| seen.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(b"CANARY-7f3a9c"));
+    assert!(!contains(b"secret-service"));
+}
+
+fn tamper(direction: Direction, offset: u64, mode: TamperMode) -> TestHooks {
+    TestHooks {
+        splice: Some(Arc::new(Tamper::new(direction, offset, mode))),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_relay_is_detected_and_nothing_altered_is_delivered() {
+    let payload = pattern(300_000, 9);
+    // Offsets: inside the handshake (msg1 at 0, msg2 back at 0) and inside data frames.
+    let cases = [
+        (Direction::CallerToTarget, 10, TamperMode::FlipBit),
+        (Direction::TargetToCaller, 50, TamperMode::FlipBit),
+        (Direction::CallerToTarget, 100_000, TamperMode::FlipBit),
+        (Direction::TargetToCaller, 200_000, TamperMode::FlipBit),
+        (Direction::CallerToTarget, 150_000, TamperMode::DropChunk),
+        (
+            Direction::TargetToCaller,
+            150_000,
+            TamperMode::DuplicateChunk,
+        ),
+    ];
+    for (direction, offset, mode) in cases {
+        let (got, err, _net) = exchange_under(tamper(direction, offset, mode), &payload).await;
+        let err = err
+            .unwrap_or_else(|| panic!("{direction:?} {offset} {mode:?}: tampering went unnoticed"));
+        assert!(
+            payload.starts_with(&got),
+            "{direction:?} {offset} {mode:?}: altered bytes delivered"
+        );
+        assert!(got.len() < payload.len());
+        let kind = err.kind();
+        assert!(
+            matches!(
+                kind,
+                std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::Other
+            ),
+            "{direction:?} {offset} {mode:?}: {err:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerouted_dial_is_refused_by_the_caller() {
+    // A relay that routes dials for B (offline) to M (a valid, online node).
+    let b = Identity::generate()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .node_id();
+    let m_identity = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
+    let net = TestNet::start_with(RelayOptions {
+        hooks: TestHooks {
+            reroute: Some((b, m_identity.node_id())),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let a = net.node().await;
+    let m = Arc::new(net.node_unchecked(m_identity, fast_limits()).await);
+    m.wait_online(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _server = serve_echo(m.clone());
+    let r = a.dial(b, "echo").await;
+    // M answers under its own identity: A's prologue names B, so message 2 fails
+    // authentication and A never sends message 3 (M never learns who called).
+    assert!(
+        matches!(
+            r,
+            Err(Error::Protocol(nullport_protocol::Error::Authentication))
+        ),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relabelled_caller_fails_the_handshake() {
+    let fake = Identity::generate()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .node_id();
+    let net = TestNet::start_with(RelayOptions {
+        hooks: TestHooks {
+            relabel_caller: Some(fake),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let (a, b) = (net.node().await, Arc::new(net.node().await));
+    let _server = serve_echo(b.clone());
+    let r = a.dial(b.node_id(), "echo").await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::Protocol(nullport_protocol::Error::Authentication))
+        ),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dial_rate_limit_is_per_identity() {
+    let limits = RelayLimits {
+        dials_per_second: 2,
+        dial_burst: 3,
+        ..RelayLimits::default()
+    };
+    let net = TestNet::start_with(RelayOptions {
+        limits: Some(limits),
+        ..Default::default()
+    })
+    .await;
+    let (a, b, c) = (
+        net.node().await,
+        Arc::new(net.node().await),
+        net.node().await,
+    );
+    let _server = serve_echo(b.clone());
+    let mut limited = 0;
+    for _ in 0..6 {
+        match a.dial(b.node_id(), "echo").await {
+            Ok(_) => {}
+            Err(Error::Link(LinkErrorCode::RateLimited)) => limited += 1,
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert!(limited >= 2, "only {limited} of 6 dials limited");
+    // Another identity is unaffected.
+    assert!(c.dial(b.node_id(), "echo").await.is_ok());
+}
+
+/// Serves every incoming channel with a sink that answers the SHA-256 of what it read.
+fn serve_sink(node: Arc<Node>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(incoming) = node.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ch) = incoming.accept().await else {
+                    return;
+                };
+                let mut hasher = Sha256::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = ch.read(&mut buf).await {
+                    if n == 0 {
+                        let _ = ch.write_all(&hasher.finalize()).await;
+                        let _ = ch.shutdown().await;
+                        return;
+                    }
+                    hasher.update(&buf[..n]);
+                }
+            });
+        }
+    })
+}
+
+async fn send_to_sink(node: &Node, to: nullport_protocol::NodeId, len: usize) -> Duration {
+    let data = pattern(len, 3);
+    let started = Instant::now();
+    let mut ch = node
+        .dial(to, "sink")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ch.write_all(&data).await.unwrap_or_else(|e| panic!("{e}"));
+    ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut digest = Vec::new();
+    ch.read_to_end(&mut digest)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(digest, Sha256::digest(&data).to_vec());
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_rate_limit_slows_only_that_sender() {
+    let limits = RelayLimits {
+        bytes_per_second: 2 << 20,
+        byte_burst: 512 << 10,
+        ..RelayLimits::default()
+    };
+    let net = TestNet::start_with(RelayOptions {
+        limits: Some(limits),
+        ..Default::default()
+    })
+    .await;
+    let (a, b, c) = (
+        net.node().await,
+        Arc::new(net.node().await),
+        net.node().await,
+    );
+    let _server = serve_sink(b.clone());
+    let (slow, fast) = tokio::join!(send_to_sink(&a, b.node_id(), 4 << 20), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        send_to_sink(&c, b.node_id(), 256 << 10).await
+    });
+    // A: 4 MiB at 2 MiB/s after a 512 KiB burst needs about 1.75 s. C, with its own bucket,
+    // is not held up by A's.
+    assert!(
+        slow >= Duration::from_millis(1500),
+        "limited sender took only {slow:?}"
+    );
+    assert!(
+        fast < Duration::from_millis(700),
+        "unrelated sender slowed down: {fast:?} (A: {slow:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_identity_twice_newest_wins_without_flapping() {
+    let net = TestNet::start().await;
+    let identity = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
+    let first = net.node_unchecked(identity.clone(), fast_limits()).await;
+    first
+        .wait_online(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let second = net.node_unchecked(identity.clone(), fast_limits()).await;
+    second
+        .wait_online(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut state = first.watch_state();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        state.wait_for(|s| matches!(s, LinkState::Refused { .. })),
+    )
+    .await;
+    assert!(
+        matches!(first.state(), LinkState::Refused { reason } if reason.contains("superseded")),
+        "{:?}",
+        first.state()
+    );
+    // No flapping: a second later the newest is still the one online.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(second.state(), LinkState::Online);
+    assert!(matches!(first.state(), LinkState::Refused { .. }));
+    assert!(
+        net.relay()
+            .render_metrics()
+            .contains("nullport_relay_superseded_total 1")
+    );
+}
