@@ -8,9 +8,9 @@ use std::path::Path;
 use crate::error::Error;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
+    move |error| Error::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
@@ -49,7 +49,7 @@ pub fn write_private(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(), E
                 } else {
                     Error::Io {
                         path: path.to_owned(),
-                        source: e,
+                        error: e,
                     }
                 }
             })?;

@@ -45,10 +45,10 @@ impl TrustStore {
                 file
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => TrustFile::default(),
-            Err(source) => {
+            Err(error) => {
                 return Err(Error::Io {
                     path: path.to_owned(),
-                    source,
+                    error,
                 });
             }
         };

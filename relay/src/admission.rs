@@ -112,9 +112,9 @@ impl Admission {
 }
 
 fn read_allowlist(path: &Path) -> Result<(HashSet<NodeId>, Option<SystemTime>), Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| Error::Io {
         what: format!("reading allowlist {}", path.display()),
-        source,
+        error,
     })?;
     let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
     let mut ids = HashSet::new();

@@ -10,12 +10,12 @@ pub enum Error {
     #[error("TLS setup: {0}")]
     Tls(String),
     /// Binding or using a socket failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What was being done.
         what: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The allowlist file is invalid.
     #[error("{path}:{line}: {reason}")]

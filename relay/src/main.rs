@@ -1,9 +1,241 @@
-//! `nullport-relay`: the rendezvous relay binary.
+//! `nullport-relay`: the rendezvous relay binary. A thin layer over the library.
 
-fn main() {
-    eprintln!(
-        "nullport-relay {}: the relay is not built yet (see docs/architecture.md)",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use nullport_keyring::{KdfParams, Protection, key_file};
+use nullport_protocol::Identity;
+use nullport_relay::{Admission, Relay, RelayConfig};
+
+/// nullport's rendezvous relay: the only listener in a nullport network.
+///
+/// Nodes dial out to it over QUIC (one UDP port) and are admitted by their Ed25519 key. It
+/// splices end-to-end encrypted channels between them and can read none of them.
+///
+/// Typical use on a VPS:
+///   nullport-relay init --key /var/lib/nullport-relay/relay.key --insecure-plaintext-key
+///   nullport-relay run --listen 0.0.0.0:7443 --key /var/lib/nullport-relay/relay.key --allow /etc/nullport-relay/allow
+#[derive(Parser, Debug)]
+#[command(name = "nullport-relay", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the relay's identity key and print the address nodes will use.
+    Init(InitArgs),
+    /// Run the relay in the foreground (logs to stderr; RUST_LOG=debug for more).
+    Run(RunArgs),
+    /// Print the relay's NodeId (and address, with --public).
+    Id(IdArgs),
+}
+
+#[derive(Args, Debug)]
+struct KeyArgs {
+    /// The relay's key file.
+    #[arg(long, default_value = "relay.key", env = "NULLPORT_RELAY_KEY")]
+    key: PathBuf,
+    /// Read the key passphrase from this file (first line). Otherwise from
+    /// $NULLPORT_RELAY_PASSPHRASE, or a prompt.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+    /// Store the key unencrypted (mode 0600 only): for unattended servers.
+    #[arg(long)]
+    insecure_plaintext_key: bool,
+    /// Replace an existing key file (the old identity is lost; nodes must re-pin).
+    #[arg(long)]
+    force: bool,
+    /// Host name or IP nodes will reach this relay at, to print the full address.
+    #[arg(long, default_value = "<host>")]
+    public: String,
+    /// UDP port nodes will reach this relay at.
+    #[arg(long, default_value_t = 7443)]
+    port: u16,
+}
+
+#[derive(Args, Debug)]
+struct IdArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+    /// Host name or IP to print the full address with.
+    #[arg(long)]
+    public: Option<String>,
+    /// UDP port for the printed address.
+    #[arg(long, default_value_t = 7443)]
+    port: u16,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("admission").required(true).args(["allow", "open"])))]
+struct RunArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+    /// UDP address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7443")]
+    listen: SocketAddr,
+    /// Admit only the NodeIds in this file (one a line, # comments). Re-read on SIGHUP and
+    /// when the file changes.
+    #[arg(long)]
+    allow: Option<PathBuf>,
+    /// Admit any node with a valid key (for testing or public relays).
+    #[arg(long)]
+    open: bool,
+    /// Serve Prometheus metrics on this TCP address (keep it on loopback).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Dials per second per node.
+    #[arg(long, default_value_t = 50)]
+    dials_per_second: u64,
+    /// Bytes per second per node through the relay (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    bytes_per_second: u64,
+    /// Admitted connections at once.
+    #[arg(long, default_value_t = 100_000)]
+    max_connections: usize,
+}
+
+fn passphrase(args: &KeyArgs, confirm: bool) -> anyhow::Result<String> {
+    if let Some(path) = &args.passphrase_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        return Ok(text.lines().next().unwrap_or("").to_owned());
+    }
+    if let Ok(p) = std::env::var("NULLPORT_RELAY_PASSPHRASE") {
+        return Ok(p);
+    }
+    let p = rpassword::prompt_password("relay key passphrase: ").context("reading passphrase from the terminal (or set NULLPORT_RELAY_PASSPHRASE / --passphrase-file)")?;
+    if confirm && rpassword::prompt_password("again: ")? != p {
+        bail!("passphrases differ");
+    }
+    Ok(p)
+}
+
+fn load_identity(args: &KeyArgs) -> anyhow::Result<Identity> {
+    let encrypted = key_file::is_encrypted(&args.key)
+        .with_context(|| format!("no usable relay key at {} (create one with `nullport-relay init`)", args.key.display()))?;
+    let pass = if encrypted { Some(passphrase(args, false)?) } else { None };
+    Ok(key_file::load(&args.key, pass.as_deref())?)
+}
+
+fn init(args: InitArgs) -> anyhow::Result<()> {
+    let identity = Identity::generate().map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
+    let protection = if args.insecure_plaintext_key {
+        Protection::InsecurePlaintext
+    } else {
+        Protection::Passphrase(passphrase(&args.key, true)?.into(), KdfParams::default())
+    };
+    if let Some(dir) = args.key.key.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    key_file::store(&args.key.key, &identity, &protection, args.force)?;
+    eprintln!("created relay key {}", args.key.key.display());
+    println!("{}@{}:{}", identity.node_id(), args.public, args.port);
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let identity = Arc::new(load_identity(&args.key)?);
+    let admission = match &args.allow {
+        Some(path) => Admission::from_file(path)?,
+        None => Admission::open(),
+    };
+    let admission = Arc::new(admission);
+    let mut config = RelayConfig::new(identity.clone(), args.listen, admission.clone());
+    config.limits.dials_per_second = args.dials_per_second;
+    config.limits.bytes_per_second = args.bytes_per_second;
+    config.limits.max_connections = args.max_connections;
+    let mut relay = Relay::bind(config).await?;
+    eprintln!("nullport-relay listening on udp {} as {}", relay.local_addr(), identity.node_id());
+    eprintln!("nodes use: {}@<this host>:{}", identity.node_id(), relay.local_addr().port());
+    if let Some(addr) = args.metrics {
+        let bound = relay.serve_metrics(addr).await?;
+        eprintln!("metrics on http://{bound}/metrics");
+    }
+    if let Some(path) = args.allow.clone() {
+        tokio::spawn(watch_allowlist(admission.clone(), path));
+    }
+    shutdown_signal().await;
+    eprintln!("shutting down");
+    relay.shutdown().await;
+    Ok(())
+}
+
+/// Reloads the allowlist on SIGHUP and when the file's modification time changes.
+async fn watch_allowlist(admission: Arc<Admission>, path: PathBuf) {
+    let report = |r: Result<Option<usize>, nullport_relay::Error>, path: &Path| match r {
+        Ok(Some(n)) => tracing::info!("allowlist {} reloaded: {n} nodes", path.display()),
+        Ok(None) => {}
+        Err(e) => tracing::error!("allowlist not reloaded, previous list stays in force: {e}"),
+    };
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("no SIGHUP handler: {e}");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        report(admission.reload(!forced), &path);
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match real_main(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nullport-relay: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init(args) => init(args),
+        Command::Id(args) => {
+            let identity = load_identity(&args.key)?;
+            match args.public {
+                Some(host) => println!("{}@{host}:{}", identity.node_id(), args.port),
+                None => println!("{}", identity.node_id()),
+            }
+            Ok(())
+        }
+        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
+    }
 }

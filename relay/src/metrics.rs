@@ -144,8 +144,8 @@ pub(crate) async fn serve(
 pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::Error> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| crate::Error::Io {
+        .map_err(|error| crate::Error::Io {
             what: format!("binding metrics listener {addr}"),
-            source,
+            error,
         })
 }

@@ -161,13 +161,13 @@ impl Relay {
         // Let the client's address be validated before spending crypto on it only when the
         // pending budget is under pressure; quinn handles retry tokens itself.
         let endpoint =
-            quinn::Endpoint::server(server, config.listen).map_err(|source| Error::Io {
+            quinn::Endpoint::server(server, config.listen).map_err(|error| Error::Io {
                 what: format!("binding UDP {}", config.listen),
-                source,
+                error,
             })?;
-        let local_addr = endpoint.local_addr().map_err(|source| Error::Io {
+        let local_addr = endpoint.local_addr().map_err(|error| Error::Io {
             what: "reading local address".into(),
-            source,
+            error,
         })?;
         let shared = Arc::new(Shared {
             dial_limiter: RateLimiter::new(
@@ -228,9 +228,9 @@ impl Relay {
     /// Serves Prometheus metrics on `addr` (TCP); returns the bound address.
     pub async fn serve_metrics(&mut self, addr: SocketAddr) -> Result<SocketAddr, Error> {
         let listener = crate::metrics::bind(addr).await?;
-        let bound = listener.local_addr().map_err(|source| Error::Io {
+        let bound = listener.local_addr().map_err(|error| Error::Io {
             what: "reading metrics address".into(),
-            source,
+            error,
         })?;
         self.tasks.push(tokio::spawn(crate::metrics::serve(
             listener,

@@ -2,4 +2,5 @@
 #![allow(missing_docs)]
 
 mod key_and_handshake;
+mod netns;
 mod relay;
