@@ -26,7 +26,7 @@ pub mod handshake;
 mod link;
 pub mod node;
 pub mod relay_addr;
-mod tls;
+pub mod tls;
 
 pub use channel::Channel;
 pub use error::Error;

@@ -101,6 +101,9 @@ pub struct NodeConfig {
     pub relay: RelayAddr,
     /// Bounds and timings.
     pub limits: NodeLimits,
+    /// Local UDP address for the client socket (default: any address, ephemeral port). This
+    /// is a source address, never a listener.
+    pub bind: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -110,6 +113,7 @@ impl NodeConfig {
             identity,
             relay,
             limits: NodeLimits::default(),
+            bind: None,
         }
     }
 }
@@ -155,15 +159,16 @@ impl Node {
         let crypto = client_crypto(&config.identity, config.relay.node_id, presented.clone())?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         client.transport_config(Arc::new(transport_config(&config.limits)));
-        let bind: SocketAddr = match config
+        let relay_ip = config
             .relay
             .resolve()
             .await
             .ok()
-            .and_then(|a| a.first().copied())
-        {
-            Some(SocketAddr::V6(_)) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-            _ => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            .and_then(|a| a.first().copied());
+        let bind: SocketAddr = match (config.bind, relay_ip) {
+            (Some(bind), _) => bind,
+            (None, Some(SocketAddr::V6(_))) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            (None, _) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         };
         let endpoint = quinn::Endpoint::client(bind)
             .map_err(|e| Error::Setup(format!("binding UDP {bind}: {e}")))?;

@@ -15,10 +15,11 @@ use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use crate::error::Error;
 
 /// What the relay presented on the last attempt, to explain a pin mismatch.
-pub(crate) type PresentedKey = Arc<Mutex<Option<String>>>;
+pub type PresentedKey = Arc<Mutex<Option<String>>>;
 
-/// Client crypto for `identity`, pinning `relay`.
-pub(crate) fn client_crypto(
+/// quinn client crypto for `identity`, accepting only the relay key `relay`; the key the
+/// relay actually presented is recorded in `presented`.
+pub fn client_crypto(
     identity: &Identity,
     relay: NodeId,
     presented: PresentedKey,

@@ -108,7 +108,8 @@ struct RunArgs {
 
 fn passphrase(args: &KeyArgs, confirm: bool) -> anyhow::Result<String> {
     if let Some(path) = &args.passphrase_file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         return Ok(text.lines().next().unwrap_or("").to_owned());
     }
     if let Ok(p) = std::env::var("NULLPORT_RELAY_PASSPHRASE") {
@@ -122,9 +123,17 @@ fn passphrase(args: &KeyArgs, confirm: bool) -> anyhow::Result<String> {
 }
 
 fn load_identity(args: &KeyArgs) -> anyhow::Result<Identity> {
-    let encrypted = key_file::is_encrypted(&args.key)
-        .with_context(|| format!("no usable relay key at {} (create one with `nullport-relay init`)", args.key.display()))?;
-    let pass = if encrypted { Some(passphrase(args, false)?) } else { None };
+    let encrypted = key_file::is_encrypted(&args.key).with_context(|| {
+        format!(
+            "no usable relay key at {} (create one with `nullport-relay init`)",
+            args.key.display()
+        )
+    })?;
+    let pass = if encrypted {
+        Some(passphrase(args, false)?)
+    } else {
+        None
+    };
     Ok(key_file::load(&args.key, pass.as_deref())?)
 }
 
@@ -156,8 +165,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.limits.bytes_per_second = args.bytes_per_second;
     config.limits.max_connections = args.max_connections;
     let mut relay = Relay::bind(config).await?;
-    eprintln!("nullport-relay listening on udp {} as {}", relay.local_addr(), identity.node_id());
-    eprintln!("nodes use: {}@<this host>:{}", identity.node_id(), relay.local_addr().port());
+    eprintln!(
+        "nullport-relay listening on udp {} as {}",
+        relay.local_addr(),
+        identity.node_id()
+    );
+    eprintln!(
+        "nodes use: {}@<this host>:{}",
+        identity.node_id(),
+        relay.local_addr().port()
+    );
     if let Some(addr) = args.metrics {
         let bound = relay.serve_metrics(addr).await?;
         eprintln!("metrics on http://{bound}/metrics");
@@ -212,7 +229,9 @@ async fn shutdown_signal() {
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

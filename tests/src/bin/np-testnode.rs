@@ -19,7 +19,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn usage() -> ! {
-    eprintln!("usage: np-testnode relay --listen ADDR | sink --relay ADDR | send --relay ADDR PEER BYTES");
+    eprintln!(
+        "usage: np-testnode relay --listen ADDR | sink --relay ADDR | send --relay ADDR PEER BYTES"
+    );
     std::process::exit(2)
 }
 
@@ -33,7 +35,12 @@ fn say(line: &str) {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let identity = Arc::new(Identity::generate().unwrap_or_else(|_| usage()));
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["relay", "--listen", addr] => {
             let listen: SocketAddr = addr.parse().unwrap_or_else(|_| usage());
             let config = RelayConfig::new(identity.clone(), listen, Arc::new(Admission::open()));
@@ -52,7 +59,9 @@ async fn main() {
             say(&format!("node {}", node.node_id()));
             while let Some(incoming) = node.accept().await {
                 tokio::spawn(async move {
-                    let Ok(mut ch) = incoming.accept().await else { return };
+                    let Ok(mut ch) = incoming.accept().await else {
+                        return;
+                    };
                     let mut hasher = Sha256::new();
                     let mut buf = vec![0u8; 64 * 1024];
                     while let Ok(n) = ch.read(&mut buf).await {
@@ -77,7 +86,9 @@ async fn main() {
                 ch.write_all(&data).await.map_err(|e| e.to_string())?;
                 ch.shutdown().await.map_err(|e| e.to_string())?;
                 let mut digest = Vec::new();
-                ch.read_to_end(&mut digest).await.map_err(|e| e.to_string())?;
+                ch.read_to_end(&mut digest)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if digest != Sha256::digest(&data).to_vec() {
                     return Err("digest mismatch".to_owned());
                 }

@@ -1,6 +1,7 @@
 //! nullport's integration tests: one test binary, a module per area.
 #![allow(missing_docs)]
 
+mod exhaustion;
 mod key_and_handshake;
 mod netns;
 mod relay;

@@ -19,7 +19,10 @@ fn run(args: &[&str]) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)))
+        Err(format!(
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
@@ -29,7 +32,8 @@ fn prerequisites() -> Result<(), String> {
         return Err("not root".into());
     }
     for tool in ["ip", "nft", "ss"] {
-        run(&["sh", "-c", &format!("command -v {tool}")]).map_err(|_| format!("{tool} not installed"))?;
+        run(&["sh", "-c", &format!("command -v {tool}")])
+            .map_err(|_| format!("{tool} not installed"))?;
     }
     Ok(())
 }
@@ -59,7 +63,11 @@ impl Namespaces {
         run(&full)
     }
 
-    fn spawn(&mut self, ns: usize, args: &[&str]) -> Result<(BufReader<std::process::ChildStdout>, u32), String> {
+    fn spawn(
+        &mut self,
+        ns: usize,
+        args: &[&str],
+    ) -> Result<(BufReader<std::process::ChildStdout>, u32), String> {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.names[ns]])
             .args(args)
@@ -81,8 +89,15 @@ fn first_line(reader: &mut BufReader<std::process::ChildStdout>) -> String {
 }
 
 fn setup(tag: &str) -> Result<Namespaces, String> {
-    let names = [format!("np-r-{tag}"), format!("np-a-{tag}"), format!("np-b-{tag}")];
-    let ns = Namespaces { names: names.clone(), children: Vec::new() };
+    let names = [
+        format!("np-r-{tag}"),
+        format!("np-a-{tag}"),
+        format!("np-b-{tag}"),
+    ];
+    let ns = Namespaces {
+        names: names.clone(),
+        children: Vec::new(),
+    };
     for n in &names {
         run(&["ip", "netns", "add", n])?;
         ns.exec(0, &["true"])?;
@@ -92,21 +107,50 @@ fn setup(tag: &str) -> Result<Namespaces, String> {
     for (i, side) in [(1, "a"), (2, "b")] {
         let (r_if, n_if) = (format!("r{side}{tag}"), format!("{side}r{tag}"));
         let (r_if, n_if) = (&r_if[..r_if.len().min(15)], &n_if[..n_if.len().min(15)]);
-        run(&["ip", "link", "add", r_if, "netns", &names[0], "type", "veth", "peer", "name", n_if, "netns", &names[i]])?;
-        run(&["ip", "-n", &names[0], "addr", "add", &format!("198.18.{i}.1/24"), "dev", r_if])?;
-        run(&["ip", "-n", &names[i], "addr", "add", &format!("198.18.{i}.2/24"), "dev", n_if])?;
+        run(&[
+            "ip", "link", "add", r_if, "netns", &names[0], "type", "veth", "peer", "name", n_if,
+            "netns", &names[i],
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            &names[0],
+            "addr",
+            "add",
+            &format!("198.18.{i}.1/24"),
+            "dev",
+            r_if,
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            &names[i],
+            "addr",
+            "add",
+            &format!("198.18.{i}.2/24"),
+            "dev",
+            n_if,
+        ])?;
         run(&["ip", "-n", &names[0], "link", "set", r_if, "up"])?;
         run(&["ip", "-n", &names[i], "link", "set", n_if, "up"])?;
         // Node hosts: drop every new inbound connection or datagram.
         ns.exec(i, &["nft", "add table inet nullport_test"])?;
         ns.exec(i, &["nft", "add chain inet nullport_test input { type filter hook input priority 0; policy accept; }"])?;
-        ns.exec(i, &["nft", "add rule inet nullport_test input ct state new counter drop"])?;
+        ns.exec(
+            i,
+            &[
+                "nft",
+                "add rule inet nullport_test input ct state new counter drop",
+            ],
+        )?;
     }
     Ok(ns)
 }
 
 fn drop_counter(ns: &Namespaces, i: usize) -> u64 {
-    let text = ns.exec(i, &["nft", "list chain inet nullport_test input"]).unwrap_or_default();
+    let text = ns
+        .exec(i, &["nft", "list chain inet nullport_test input"])
+        .unwrap_or_default();
     text.split("packets ")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
@@ -120,40 +164,74 @@ fn zero_inbound_ports_nodes_behind_drop_all_firewalls_still_talk() {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("network-namespace test cannot run under CI: {why}");
         }
-        eprintln!("\n*** SKIPPING zero_inbound_ports test: {why} (it runs as root with iproute2 + nftables; CI runs it) ***\n");
+        eprintln!(
+            "\n*** SKIPPING zero_inbound_ports test: {why} (it runs as root with iproute2 + nftables; CI runs it) ***\n"
+        );
         return;
     }
     let tag = format!("{}", std::process::id() % 100_000);
     let mut ns = setup(&tag).unwrap_or_else(|e| panic!("namespace setup: {e}"));
 
-    let (mut relay_out, _) = ns.spawn(0, &[TESTNODE, "relay", "--listen", "0.0.0.0:7443"]).unwrap_or_else(|e| panic!("{e}"));
+    let (mut relay_out, _) = ns
+        .spawn(0, &[TESTNODE, "relay", "--listen", "0.0.0.0:7443"])
+        .unwrap_or_else(|e| panic!("{e}"));
     let relay_line = first_line(&mut relay_out);
-    let relay_id = relay_line.strip_prefix("relay ").unwrap_or_else(|| panic!("relay said {relay_line:?}"));
+    let relay_id = relay_line
+        .strip_prefix("relay ")
+        .unwrap_or_else(|| panic!("relay said {relay_line:?}"));
 
     let (mut b_out, _) = ns
-        .spawn(2, &[TESTNODE, "sink", "--relay", &format!("{relay_id}@198.18.2.1:7443")])
+        .spawn(
+            2,
+            &[
+                TESTNODE,
+                "sink",
+                "--relay",
+                &format!("{relay_id}@198.18.2.1:7443"),
+            ],
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     let b_line = first_line(&mut b_out);
-    let b_id = b_line.strip_prefix("node ").unwrap_or_else(|| panic!("node B said {b_line:?}"));
+    let b_id = b_line
+        .strip_prefix("node ")
+        .unwrap_or_else(|| panic!("node B said {b_line:?}"));
 
     // The firewall is live: a probe datagram from the relay host to B is dropped and counted.
     let before = drop_counter(&ns, 2);
     let _ = ns.exec(0, &["bash", "-c", "echo probe > /dev/udp/198.18.2.2/9"]);
     std::thread::sleep(Duration::from_millis(200));
-    assert!(drop_counter(&ns, 2) > before, "nftables drop rule did not see the probe");
+    assert!(
+        drop_counter(&ns, 2) > before,
+        "nftables drop rule did not see the probe"
+    );
 
     let sent = ns
-        .exec(1, &[TESTNODE, "send", "--relay", &format!("{relay_id}@198.18.1.1:7443"), b_id, "8388608"])
+        .exec(
+            1,
+            &[
+                TESTNODE,
+                "send",
+                "--relay",
+                &format!("{relay_id}@198.18.1.1:7443"),
+                b_id,
+                "8388608",
+            ],
+        )
         .unwrap_or_else(|e| panic!("sender: {e}"));
     assert!(sent.starts_with("ok 8388608 "), "sender said {sent:?}");
 
     // No listening TCP socket on a non-loopback address in either node's namespace.
     for i in [1, 2] {
-        let listening = ns.exec(i, &["ss", "-Hltn"]).unwrap_or_else(|e| panic!("{e}"));
+        let listening = ns
+            .exec(i, &["ss", "-Hltn"])
+            .unwrap_or_else(|e| panic!("{e}"));
         let exposed: Vec<&str> = listening
             .lines()
             .filter(|l| !l.contains("127.0.0.1:") && !l.contains("[::1]:"))
             .collect();
-        assert!(exposed.is_empty(), "node namespace {i} listens: {exposed:?}");
+        assert!(
+            exposed.is_empty(),
+            "node namespace {i} listens: {exposed:?}"
+        );
     }
 }

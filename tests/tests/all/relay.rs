@@ -587,3 +587,54 @@ async fn same_identity_twice_newest_wins_without_flapping() {
             .contains("nullport_relay_superseded_total 1")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_over_http_without_payload() {
+    let mut net = TestNet::start().await;
+    let bound = net
+        .relay
+        .as_mut()
+        .unwrap_or_else(|| panic!("no relay"))
+        .serve_metrics("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (a, b) = (net.node().await, Arc::new(net.node().await));
+    let _server = serve_echo(b.clone());
+    let mut ch = a
+        .dial(b.node_id(), "echo")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ch.write_all(b"METRICS-CANARY")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut got = Vec::new();
+    ch.read_to_end(&mut got)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = tokio::net::TcpStream::connect(bound)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(response.starts_with("HTTP/1.1 200 OK"));
+    assert!(
+        response.contains("nullport_relay_nodes_online 2"),
+        "{response}"
+    );
+    assert!(response.contains("nullport_relay_dials_total{result=\"ok\"} 1"));
+    assert!(!response.contains("METRICS-CANARY") && !response.contains("echo"));
+    let spliced: u64 = response
+        .lines()
+        .find_map(|l| l.strip_prefix("nullport_relay_spliced_bytes_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(spliced > 2 * 14, "spliced {spliced}");
+}

@@ -1,0 +1,308 @@
+//! Resource exhaustion against the relay and a callee: the relay and everyone else keep
+//! serving legitimate traffic.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use nullport_node::tls::client_crypto;
+use nullport_node::{Node, NodeConfig};
+use nullport_protocol::Identity;
+use nullport_protocol::relay_link::{self, LINK_VERSION, NodeToRelay, RelayToNode};
+use nullport_relay::RelayLimits;
+use nullport_tests::{RelayOptions, TestNet, fast_limits, pattern};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A raw relay-link client: completes TLS with a valid key, then does what the test says.
+async fn raw_connect(
+    net: &TestNet,
+    bind: SocketAddr,
+) -> Result<(quinn::Endpoint, quinn::Connection, Identity), String> {
+    let identity = Identity::generate().map_err(|e| e.to_string())?;
+    let crypto = client_crypto(&identity, net.relay_identity.node_id(), Arc::default())
+        .map_err(|e| e.to_string())?;
+    let endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
+    let connecting = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(crypto)),
+            net.addr,
+            "nullport-relay",
+        )
+        .map_err(|e| e.to_string())?;
+    let conn = connecting.await.map_err(|e| e.to_string())?;
+    Ok((endpoint, conn, identity))
+}
+
+async fn hello(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut buf = Vec::new();
+    relay_link::encode(
+        &NodeToRelay::Hello {
+            version: LINK_VERSION,
+        },
+        &mut buf,
+    );
+    send.write_all(&buf).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut prefix = [0u8; 2];
+    recv.read_exact(&mut prefix)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+    recv.read_exact(&mut body)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        relay_link::decode::<RelayToNode>(&body),
+        Ok(RelayToNode::Welcome { .. })
+    ));
+    (send, recv)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_flood_is_bounded_and_reclaimed() {
+    nullport_tests::init_tracing();
+    let limits = RelayLimits {
+        admission_deadline: Duration::from_secs(2),
+        max_pending: 100,
+        max_pending_per_ip: 10,
+        ..RelayLimits::default()
+    };
+    let net = TestNet::start_with(RelayOptions {
+        limits: Some(limits),
+        ..Default::default()
+    })
+    .await;
+    let metrics = net.relay().metrics();
+    // 20 connections from 127.0.0.1 that finish TLS but never say hello; 3 of them drip one
+    // byte of a hello a second.
+    let mut stallers = Vec::new();
+    let mut refused_at_once = 0;
+    for i in 0..20 {
+        match raw_connect(
+            &net,
+            "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+        )
+        .await
+        {
+            Ok((endpoint, conn, _)) => {
+                if i < 3 {
+                    let c = conn.clone();
+                    tokio::spawn(async move {
+                        if let Ok((mut send, _recv)) = c.open_bi().await {
+                            for b in [0u8, 3, 0] {
+                                let _ = send.write_all(&[b]).await;
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    });
+                }
+                stallers.push((endpoint, conn));
+            }
+            Err(_) => refused_at_once += 1,
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        metrics.pending.load(Ordering::Relaxed) <= 10,
+        "pending over the per-IP cap"
+    );
+    // quinn's refusal reaches the client as a failed or immediately closed connection.
+    let closed_now = stallers
+        .iter()
+        .filter(|(_, c)| c.close_reason().is_some())
+        .count();
+    assert!(
+        refused_at_once + closed_now >= 10,
+        "only {refused_at_once} + {closed_now} of 20 refused at once"
+    );
+    // A legitimate node from another source address is admitted promptly meanwhile.
+    let mut config = NodeConfig::new(
+        Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}"))),
+        net.relay_addr(),
+    );
+    config.limits = fast_limits();
+    config.bind = Some("127.0.0.2:0".parse().unwrap_or_else(|_| unreachable!()));
+    let started = Instant::now();
+    let legit = Node::start(config).await.unwrap_or_else(|e| panic!("{e}"));
+    legit
+        .wait_online(Duration::from_secs(2))
+        .await
+        .unwrap_or_else(|e| panic!("legit node not admitted: {e}"));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "admission took {:?}",
+        started.elapsed()
+    );
+    // Every staller is closed at the admission deadline, and every permit is reclaimed.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for (_, conn) in &stallers {
+        assert!(
+            conn.close_reason().is_some(),
+            "a staller outlived the admission deadline"
+        );
+    }
+    assert_eq!(metrics.pending.load(Ordering::Relaxed), 0);
+    assert_eq!(metrics.nodes_online.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_flood_at_a_callee_is_capped_per_caller() {
+    nullport_tests::init_tracing();
+    let net = TestNet::start().await;
+    let b = Arc::new(net.node().await);
+    let c = net.node().await;
+    let b2 = b.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = b2.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut ch) = incoming.accept().await {
+                    let _ = ch.write_all(b"hi").await;
+                    let _ = ch.shutdown().await;
+                }
+            });
+        }
+    });
+    // The attacker: an admitted node that opens 50 dials to B and never sends message 1.
+    let (_ep, conn, _) = raw_connect(
+        &net,
+        "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _control = hello(&conn).await;
+    let mut reset = 0;
+    let mut streams = Vec::new();
+    for _ in 0..50 {
+        let (mut send, recv) = conn.open_bi().await.unwrap_or_else(|e| panic!("{e}"));
+        let mut buf = Vec::new();
+        relay_link::encode(
+            &NodeToRelay::Dial {
+                target: b.node_id(),
+            },
+            &mut buf,
+        );
+        let _ = send.write_all(&buf).await;
+        streams.push((send, recv));
+    }
+    // Past its per-caller cap, B resets the extra streams (the relay propagates the reset).
+    // A refused stream is reset (its `Dialed` may be discarded with it); one still waiting
+    // for the handshake just stays silent.
+    for (_, recv) in &mut streams {
+        let mut buf = [0u8; 64];
+        let refused = loop {
+            match tokio::time::timeout(Duration::from_millis(300), recv.read(&mut buf)).await {
+                Ok(Ok(Some(_))) => continue, // the Dialed answer
+                Ok(Ok(None) | Err(_)) => break true,
+                Err(_) => break false,
+            }
+        };
+        reset += usize::from(refused);
+    }
+    assert!(
+        reset >= 40,
+        "only {reset} of 50 half-open handshakes were refused"
+    );
+    // Another caller still gets through promptly.
+    let started = Instant::now();
+    let mut ch = c
+        .dial(b.node_id(), "greet")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut got = Vec::new();
+    ch.read_to_end(&mut got)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got, b"hi");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_backpressures_only_its_sender() {
+    let net = TestNet::start().await;
+    let (a, b, c, d) = (
+        net.node().await,
+        Arc::new(net.node().await),
+        net.node().await,
+        Arc::new(net.node().await),
+    );
+    // B accepts and then never reads.
+    let b2 = b.clone();
+    let held = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let held2 = held.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = b2.accept().await {
+            if let Ok(ch) = incoming.accept().await {
+                held2.lock().await.push(ch);
+            }
+        }
+    });
+    // D echoes.
+    let d2 = d.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = d2.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut ch) = incoming.accept().await {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = ch.read(&mut buf).await {
+                        if n == 0 || ch.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = ch.shutdown().await;
+                }
+            });
+        }
+    });
+    let mut flood = a
+        .dial(b.node_id(), "sink")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let chunk = vec![0u8; 64 * 1024];
+    let flooded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let f2 = flooded.clone();
+    let flooder = tokio::spawn(async move {
+        loop {
+            if flood.write_all(&chunk).await.is_err() {
+                return;
+            }
+            f2.fetch_add(chunk.len(), Ordering::Relaxed);
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Meanwhile C and D exchange 8 MiB with the right bytes.
+    let data = pattern(8 << 20, 5);
+    let mut ch = c
+        .dial(d.node_id(), "echo")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut r, mut w) = tokio::io::split(&mut ch);
+    let write = async {
+        w.write_all(&data).await.unwrap_or_else(|e| panic!("{e}"));
+        w.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    };
+    let mut got = Vec::new();
+    let started = Instant::now();
+    let (_, n) = tokio::join!(write, r.read_to_end(&mut got));
+    assert_eq!(n.ok(), Some(data.len()));
+    assert!(got == data);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "C-D slowed: {:?}",
+        started.elapsed()
+    );
+    // A is held back by flow control: what it could write is bounded by the windows on its
+    // path (relay and B stream windows, 4 MiB each, plus the channel's own buffer).
+    let stuck_at = flooded.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        flooded.load(Ordering::Relaxed),
+        stuck_at,
+        "A is still writing: no backpressure"
+    );
+    assert!(
+        stuck_at < 12 << 20,
+        "A buffered {stuck_at} bytes into a consumer that never reads"
+    );
+    flooder.abort();
+}
