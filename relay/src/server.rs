@@ -64,8 +64,14 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// The chunks to forward for `chunk`, and whether to end the direction after them.
     #[cfg(feature = "testing")]
-    pub(crate) fn hook_chunk(&self, session: SessionId, side: From, chunk: Bytes) -> Vec<Bytes> {
+    pub(crate) fn hook_chunk(
+        &self,
+        session: SessionId,
+        side: From,
+        chunk: Bytes,
+    ) -> (Vec<Bytes>, bool) {
         use crate::testing::Direction;
         match &self.hooks.splice {
             Some(h) => {
@@ -73,15 +79,22 @@ impl Shared {
                     From::Caller => Direction::CallerToTarget,
                     From::Target => Direction::TargetToCaller,
                 };
-                h.on_chunk(session, d, chunk)
+                let out = h.on_chunk(session, d, chunk);
+                (out.chunks, out.finish)
             }
-            None => vec![chunk],
+            None => (vec![chunk], false),
         }
     }
 
+    /// The chunks to forward for `chunk` (always just itself without the `testing` feature).
     #[cfg(not(feature = "testing"))]
-    pub(crate) fn hook_chunk(&self, _s: SessionId, _side: From, chunk: Bytes) -> Vec<Bytes> {
-        vec![chunk]
+    pub(crate) fn hook_chunk(
+        &self,
+        _s: SessionId,
+        _side: From,
+        chunk: Bytes,
+    ) -> (Vec<Bytes>, bool) {
+        (vec![chunk], false)
     }
 
     #[cfg(feature = "testing")]

@@ -49,7 +49,8 @@ pub(crate) async fn pump(
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
-                for bytes in shared.hook_chunk(session, side, chunk.bytes) {
+                let (chunks, finish) = shared.hook_chunk(session, side, chunk.bytes);
+                for bytes in chunks {
                     if to.write_chunk(bytes).await.is_err() {
                         let _ = from.stop(0u32.into());
                         return;
@@ -59,6 +60,11 @@ pub(crate) async fn pump(
                     .metrics
                     .bytes_spliced
                     .fetch_add(len, Ordering::Relaxed);
+                if finish {
+                    let _ = to.finish();
+                    let _ = from.stop(0u32.into());
+                    return;
+                }
             }
             Ok(None) => {
                 let _ = to.finish();

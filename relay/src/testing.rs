@@ -16,10 +16,29 @@ pub enum Direction {
     TargetToCaller,
 }
 
+/// What to do with a chunk.
+#[derive(Debug, Clone, Default)]
+pub struct HookOutput {
+    /// Chunks to forward instead (empty: drop it).
+    pub chunks: Vec<Bytes>,
+    /// After forwarding them, end this direction cleanly (FIN), as a truncating relay would.
+    pub finish: bool,
+}
+
+impl HookOutput {
+    /// Forward these chunks.
+    pub fn forward(chunks: Vec<Bytes>) -> Self {
+        Self {
+            chunks,
+            finish: false,
+        }
+    }
+}
+
 /// Sees (and may change) every chunk the relay splices.
 pub trait SpliceHook: Send + Sync + std::fmt::Debug {
-    /// Returns the chunks to forward instead of `chunk` (empty: drop it).
-    fn on_chunk(&self, session: SessionId, direction: Direction, chunk: Bytes) -> Vec<Bytes>;
+    /// What to forward instead of `chunk`.
+    fn on_chunk(&self, session: SessionId, direction: Direction, chunk: Bytes) -> HookOutput;
 }
 
 /// All test hooks; the default does nothing.
@@ -41,11 +60,11 @@ pub struct Tap {
 }
 
 impl SpliceHook for Tap {
-    fn on_chunk(&self, _s: SessionId, _d: Direction, chunk: Bytes) -> Vec<Bytes> {
+    fn on_chunk(&self, _s: SessionId, _d: Direction, chunk: Bytes) -> HookOutput {
         if let Ok(mut b) = self.bytes.lock() {
             b.extend_from_slice(&chunk);
         }
-        vec![chunk]
+        HookOutput::forward(vec![chunk])
     }
 }
 
@@ -58,6 +77,10 @@ pub enum TamperMode {
     DropChunk,
     /// Send the chunk that contains the offset twice.
     DuplicateChunk,
+    /// Hold the chunk that contains the offset and send it after the next one (reorder).
+    SwapWithNext,
+    /// Forward bytes up to the offset, then end the stream cleanly (truncation).
+    TruncateAt,
 }
 
 /// Tampers once with one direction, at a byte offset counted per session.
@@ -70,6 +93,7 @@ pub struct Tamper {
     /// What to do there.
     pub mode: TamperMode,
     seen: Mutex<std::collections::HashMap<SessionId, u64>>,
+    held: Mutex<Option<Bytes>>,
 }
 
 impl Tamper {
@@ -80,32 +104,47 @@ impl Tamper {
             offset,
             mode,
             seen: Mutex::new(Default::default()),
+            held: Mutex::new(None),
         }
     }
 }
 
 impl SpliceHook for Tamper {
-    fn on_chunk(&self, session: SessionId, direction: Direction, chunk: Bytes) -> Vec<Bytes> {
+    fn on_chunk(&self, session: SessionId, direction: Direction, chunk: Bytes) -> HookOutput {
         if direction != self.direction {
-            return vec![chunk];
+            return HookOutput::forward(vec![chunk]);
+        }
+        if let Some(held) = self.held.lock().ok().and_then(|mut h| h.take()) {
+            return HookOutput::forward(vec![chunk, held]);
         }
         let Ok(mut seen) = self.seen.lock() else {
-            return vec![chunk];
+            return HookOutput::forward(vec![chunk]);
         };
         let start = *seen.entry(session).or_insert(0);
         let end = start + chunk.len() as u64;
         seen.insert(session, end);
         if !(start..end).contains(&self.offset) {
-            return vec![chunk];
+            return HookOutput::forward(vec![chunk]);
         }
+        let at = (self.offset - start) as usize;
         match self.mode {
             TamperMode::FlipBit => {
                 let mut v = chunk.to_vec();
-                v[(self.offset - start) as usize] ^= 1;
-                vec![Bytes::from(v)]
+                v[at] ^= 1;
+                HookOutput::forward(vec![Bytes::from(v)])
             }
-            TamperMode::DropChunk => Vec::new(),
-            TamperMode::DuplicateChunk => vec![chunk.clone(), chunk],
+            TamperMode::DropChunk => HookOutput::default(),
+            TamperMode::DuplicateChunk => HookOutput::forward(vec![chunk.clone(), chunk]),
+            TamperMode::SwapWithNext => {
+                if let Ok(mut h) = self.held.lock() {
+                    *h = Some(chunk);
+                }
+                HookOutput::default()
+            }
+            TamperMode::TruncateAt => HookOutput {
+                chunks: vec![chunk.slice(..at)],
+                finish: true,
+            },
         }
     }
 }

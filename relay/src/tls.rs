@@ -1,7 +1,7 @@
 //! TLS 1.3 for the relay link: the relay presents its Ed25519 key and requires the node's,
 //! both as RFC 7250 raw public keys. No certificates, no CA.
 //!
-//! Admission happens in [`NodeVerifier`], inside the TLS handshake: a key that is invalid,
+//! Admission happens in the client-key verifier, inside the TLS handshake: a key that is invalid,
 //! weak, or (in allowlist mode) unknown is refused with a TLS alert, so such a node never gets
 //! a connection, a stream, or a word about who is online.
 

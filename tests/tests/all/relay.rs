@@ -476,6 +476,38 @@ async fn dial_rate_limit_is_per_identity() {
     assert!(limited >= 2, "only {limited} of 6 dials limited");
     // Another identity is unaffected.
     assert!(c.dial(b.node_id(), "echo").await.is_ok());
+    // The bucket is keyed on the identity: reconnecting does not refill it.
+    let a_identity = Arc::new(Identity::from_seed([0; 32]));
+    drop(a);
+    let again = net.node_unchecked(a_identity.clone(), fast_limits()).await;
+    again
+        .wait_online(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut limited_again = 0;
+    for _ in 0..6 {
+        if matches!(
+            again.dial(b.node_id(), "echo").await,
+            Err(Error::Link(LinkErrorCode::RateLimited))
+        ) {
+            limited_again += 1;
+        }
+    }
+    drop(again);
+    let reconnected = net.node_unchecked(a_identity, fast_limits()).await;
+    reconnected
+        .wait_online(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = reconnected.dial(b.node_id(), "echo").await;
+    assert!(
+        limited_again >= 2,
+        "first connection of the seeded identity: {limited_again} limited"
+    );
+    assert!(
+        matches!(r, Err(Error::Link(LinkErrorCode::RateLimited))),
+        "reconnect refilled the bucket: {r:?}"
+    );
 }
 
 /// Serves every incoming channel with a sink that answers the SHA-256 of what it read.
@@ -637,4 +669,114 @@ async fn metrics_are_served_over_http_without_payload() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!(spliced > 2 * 14, "spliced {spliced}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_truncation_is_reported_as_truncated() {
+    let payload = pattern(300_000, 4);
+    let hooks = tamper(Direction::TargetToCaller, 120_000, TamperMode::TruncateAt);
+    let (got, err, _net) = exchange_under(hooks, &payload).await;
+    let err = err.unwrap_or_else(|| panic!("truncation went unnoticed"));
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err:?}");
+    let inner = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<nullport_protocol::Error>());
+    assert_eq!(inner, Some(&nullport_protocol::Error::Truncated));
+    assert!(got.len() < 120_000 && payload.starts_with(&got));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impostor_without_the_key_is_refused() {
+    // The impostor presents the victim's public key but can only sign with its own key.
+    let victim = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
+    let net = TestNet::start_with(RelayOptions {
+        allow: Some(vec![victim.node_id()]),
+        ..Default::default()
+    })
+    .await;
+    let impostor = Identity::generate().unwrap_or_else(|e| panic!("{e}"));
+    let pkcs8 = impostor.to_pkcs8_der();
+    let key = rustls::crypto::ring::sign::any_eddsa_type(
+        &rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_slice()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let forged = rustls::sign::CertifiedKey::new(
+        vec![rustls::pki_types::CertificateDer::from(
+            victim.node_id().to_spki_der(),
+        )],
+        key,
+    );
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_client_cert_resolver(Arc::new(
+            rustls::client::AlwaysResolvesClientRawPublicKeys::new(Arc::new(forged)),
+        ));
+    config.alpn_protocols = vec![nullport_protocol::relay_link::ALPN.to_vec()];
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(config).unwrap_or_else(|e| panic!("{e}"));
+    let endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let conn = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(crypto)),
+            net.addr,
+            "nullport-relay",
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .await;
+    let refused = match conn {
+        Err(_) => true,
+        Ok(conn) => {
+            conn.open_bi().await.is_err()
+                || tokio::time::timeout(Duration::from_secs(2), conn.closed())
+                    .await
+                    .is_ok()
+        }
+    };
+    assert!(refused, "an impostor without the private key was admitted");
+    assert!(!net.relay().is_online(&victim.node_id()));
+}
+
+/// A server verifier that accepts any raw key (the impostor test only attacks the relay).
+#[derive(Debug)]
+struct AcceptAny;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        vec![rustls::SignatureScheme::ED25519]
+    }
+    fn requires_raw_public_keys(&self) -> bool {
+        true
+    }
 }
