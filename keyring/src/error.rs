@@ -79,6 +79,12 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// The passphrase could not be obtained.
+    #[error("no passphrase from {source_name}")]
+    PassphraseUnavailable {
+        /// Where it was looked for.
+        source_name: String,
+    },
     /// An empty passphrase was given for a new key.
     #[error("empty passphrase (use the plaintext opt-out explicitly if that is what you want)")]
     EmptyPassphrase,

@@ -8,8 +8,10 @@
 pub mod error;
 pub mod fs;
 pub mod key_file;
+pub mod passphrase;
 pub mod trust;
 
 pub use error::Error;
 pub use key_file::{KdfParams, Protection};
+pub use passphrase::PassphraseSource;
 pub use trust::TrustStore;

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use nullport_keyring::{KdfParams, Protection, key_file};
+use nullport_keyring::{KdfParams, PassphraseSource, Protection, key_file};
 use nullport_protocol::Identity;
 use nullport_relay::{Admission, Relay, RelayConfig};
 
@@ -106,20 +106,17 @@ struct RunArgs {
     max_connections: usize,
 }
 
-fn passphrase(args: &KeyArgs, confirm: bool) -> anyhow::Result<String> {
-    if let Some(path) = &args.passphrase_file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        return Ok(text.lines().next().unwrap_or("").to_owned());
-    }
-    if let Ok(p) = std::env::var("NULLPORT_RELAY_PASSPHRASE") {
-        return Ok(p);
-    }
-    let p = rpassword::prompt_password("relay key passphrase: ").context("reading passphrase from the terminal (or set NULLPORT_RELAY_PASSPHRASE / --passphrase-file)")?;
-    if confirm && rpassword::prompt_password("again: ")? != p {
-        bail!("passphrases differ");
-    }
-    Ok(p)
+fn passphrase(args: &KeyArgs, confirm: bool) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    let source =
+        PassphraseSource::choose(args.passphrase_file.clone(), "NULLPORT_RELAY_PASSPHRASE");
+    let pass = source.read(|| {
+        let p = rpassword::prompt_password("relay key passphrase: ")?;
+        if confirm && rpassword::prompt_password("again: ")? != p {
+            return Err(std::io::Error::other("passphrases differ"));
+        }
+        Ok(p)
+    })?;
+    Ok(pass)
 }
 
 fn load_identity(args: &KeyArgs) -> anyhow::Result<Identity> {
@@ -134,7 +131,10 @@ fn load_identity(args: &KeyArgs) -> anyhow::Result<Identity> {
     } else {
         None
     };
-    Ok(key_file::load(&args.key, pass.as_deref())?)
+    Ok(key_file::load(
+        &args.key,
+        pass.as_ref().map(|p| p.as_str()),
+    )?)
 }
 
 fn init(args: InitArgs) -> anyhow::Result<()> {
@@ -142,7 +142,7 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
     let protection = if args.insecure_plaintext_key {
         Protection::InsecurePlaintext
     } else {
-        Protection::Passphrase(passphrase(&args.key, true)?.into(), KdfParams::default())
+        Protection::Passphrase(passphrase(&args.key, true)?, KdfParams::default())
     };
     if let Some(dir) = args.key.key.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -260,10 +260,14 @@ impl Relay {
 
     /// Closes every connection ("relay shutting down") and waits (bounded) for the socket to
     /// drain.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.endpoint
             .close(close_code::SHUTDOWN.into(), b"relay shutting down");
         let _ = timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
 

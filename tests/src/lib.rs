@@ -123,9 +123,24 @@ async fn start_relay(identity: &Arc<Identity>, options: RelayOptions) -> Relay {
         config.limits = limits;
     }
     config.testing = options.hooks;
-    Relay::bind(config)
-        .await
-        .unwrap_or_else(|e| panic!("relay bind: {e}"))
+    // A restarted relay reuses its port; the old socket may take a moment to be released.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let attempt = RelayConfig {
+            identity: config.identity.clone(),
+            listen: config.listen,
+            admission: config.admission.clone(),
+            limits: config.limits.clone(),
+            testing: config.testing.clone(),
+        };
+        match Relay::bind(attempt).await {
+            Ok(relay) => return relay,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("relay bind: {e}"),
+        }
+    }
 }
 
 /// Deterministic pseudo-random bytes (xorshift), to fill transfers.
