@@ -496,6 +496,27 @@ mod tests {
     }
 
     #[test]
+    fn crash_between_write_and_rename_leaves_the_old_key() {
+        // A crash after the temporary file was written but before the rename leaves a stray
+        // temporary file: the key file itself is exactly the old one, and the next store
+        // works.
+        let (_d, path, id) = setup();
+        store(&path, &id, &Protection::InsecurePlaintext, false).unwrap_or_else(|e| panic!("{e}"));
+        let stray = path.with_file_name(".identity.key.tmp-42");
+        std::fs::write(&stray, b"NPKEY\x01\x00 half written").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            load(&path, None).ok().map(|i| i.node_id()),
+            Some(id.node_id())
+        );
+        let new = Identity::from_seed([6; 32]);
+        store(&path, &new, &Protection::InsecurePlaintext, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            load(&path, None).ok().map(|i| i.node_id()),
+            Some(new.node_id())
+        );
+    }
+
+    #[test]
     fn empty_passphrase_is_refused() {
         let (_d, path, id) = setup();
         let p = Protection::Passphrase(Zeroizing::new(String::new()), KdfParams::FLOOR);
