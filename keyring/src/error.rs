@@ -88,7 +88,7 @@ pub enum Error {
     /// An empty passphrase was given for a new key.
     #[error("empty passphrase (use the plaintext opt-out explicitly if that is what you want)")]
     EmptyPassphrase,
-    /// The trust store file is not valid.
+    /// The trust store or policy file is not valid.
     #[error("{path}: {reason}")]
     TrustStore {
         /// The file.

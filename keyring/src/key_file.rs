@@ -3,9 +3,11 @@
 //! Layout (all integers big-endian):
 //! ```text
 //! plaintext:  "NPKEY" | version=1 | kind=0 | seed(32) | node_id(32)
-//! encrypted:  "NPKEY" | version=1 | kind=1 | m_cost_kib(u32) | t_cost(u32) | p_cost(u32)
-//!             | salt(16) | nonce(24) | XChaCha20-Poly1305(seed(32)) + tag(16)
+//! encrypted:  "NPKEY" | version=1 | kind=1 | node_id(32) | m_cost_kib(u32) | t_cost(u32)
+//!             | p_cost(u32) | salt(16) | nonce(24) | XChaCha20-Poly1305(seed(32)) + tag(16)
 //! ```
+//! The NodeId is stored in clear (it is public) so `nullport id` needs no passphrase; it is
+//! authenticated with everything else and checked against the decrypted key.
 //! The key is argon2id(passphrase, salt, params). Everything before the ciphertext is the
 //! AEAD's associated data, so the parameters are authenticated; they are also checked against
 //! a floor and a ceiling *before* the KDF runs. A wrong passphrase and any altered byte under
@@ -31,7 +33,9 @@ const PLAINTEXT_LEN: usize = HEADER + 32 + 32;
 const SALT_LEN: usize = 16;
 const NONCE_LEN: usize = 24;
 const PARAMS_LEN: usize = 12;
-const ENCRYPTED_AAD_LEN: usize = HEADER + PARAMS_LEN + SALT_LEN + NONCE_LEN;
+const ENCRYPTED_ID_LEN: usize = 32;
+const PARAMS_AT: usize = HEADER + ENCRYPTED_ID_LEN;
+const ENCRYPTED_AAD_LEN: usize = PARAMS_AT + PARAMS_LEN + SALT_LEN + NONCE_LEN;
 const ENCRYPTED_LEN: usize = ENCRYPTED_AAD_LEN + 32 + 16;
 
 /// Argon2id cost parameters.
@@ -140,6 +144,7 @@ pub fn store(
             getrandom::getrandom(&mut salt).map_err(|_| Error::Random)?;
             getrandom::getrandom(&mut nonce).map_err(|_| Error::Random)?;
             bytes.push(KIND_ENCRYPTED);
+            bytes.extend_from_slice(identity.node_id().as_bytes());
             for v in [params.m_cost_kib, params.t_cost, params.p_cost] {
                 bytes.extend_from_slice(&v.to_be_bytes());
             }
@@ -200,7 +205,7 @@ pub fn load(path: &Path, passphrase: Option<&str>) -> Result<Identity, Error> {
         path: path.to_owned(),
     })?;
     let word = |i: usize| {
-        let at = HEADER + 4 * i;
+        let at = PARAMS_AT + 4 * i;
         u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
     };
     let params = KdfParams {
@@ -212,8 +217,8 @@ pub fn load(path: &Path, passphrase: Option<&str>) -> Result<Identity, Error> {
         path: path.to_owned(),
         reason,
     })?;
-    let salt = &bytes[HEADER + PARAMS_LEN..HEADER + PARAMS_LEN + SALT_LEN];
-    let nonce: [u8; NONCE_LEN] = bytes[HEADER + PARAMS_LEN + SALT_LEN..ENCRYPTED_AAD_LEN]
+    let salt = &bytes[PARAMS_AT + PARAMS_LEN..PARAMS_AT + PARAMS_LEN + SALT_LEN];
+    let nonce: [u8; NONCE_LEN] = bytes[PARAMS_AT + PARAMS_LEN + SALT_LEN..ENCRYPTED_AAD_LEN]
         .try_into()
         .map_err(|_| corrupt(path))?;
     let key = derive(path, pass.as_bytes(), salt, &params)?;
@@ -231,7 +236,29 @@ pub fn load(path: &Path, passphrase: Option<&str>) -> Result<Identity, Error> {
             path: path.to_owned(),
         })?;
     let seed: [u8; 32] = seed.as_slice().try_into().map_err(|_| corrupt(path))?;
-    Ok(Identity::from_seed(seed))
+    let identity = Identity::from_seed(seed);
+    if identity.node_id().as_bytes()[..] != bytes[HEADER..PARAMS_AT] {
+        return Err(Error::Corrupt {
+            path: path.to_owned(),
+            reason: "stored NodeId does not match the key",
+        });
+    }
+    Ok(identity)
+}
+
+/// The NodeId stored in a key file, without decrypting it (no passphrase needed).
+pub fn read_node_id(path: &Path) -> Result<nullport_protocol::NodeId, Error> {
+    let bytes = read_private(path)?;
+    let kind = parse_header(path, &bytes)?;
+    let at = if kind == KIND_PLAINTEXT { HEADER + 32 } else { HEADER };
+    let id = bytes.get(at..at + 32).ok_or(Error::Truncated {
+        path: path.to_owned(),
+        len: bytes.len(),
+    })?;
+    nullport_protocol::NodeId::from_slice(id).map_err(|_| Error::Corrupt {
+        path: path.to_owned(),
+        reason: "stored NodeId is not a valid key",
+    })
 }
 
 fn corrupt(path: &Path) -> Error {
@@ -369,11 +396,12 @@ mod tests {
             Err(Error::PassphraseRequired { .. })
         ));
         let original = std::fs::read(&path).unwrap_or_default();
-        // Salt, nonce, ciphertext and tag bytes, and a parameter flip that stays in bounds.
+        // Stored NodeId, a parameter flip that stays in bounds, salt, nonce, ciphertext, tag.
         for at in [
-            HEADER + 3,
-            HEADER + PARAMS_LEN,
-            HEADER + PARAMS_LEN + SALT_LEN + 1,
+            HEADER + 5,
+            PARAMS_AT + 3,
+            PARAMS_AT + PARAMS_LEN,
+            PARAMS_AT + PARAMS_LEN + SALT_LEN + 1,
             ENCRYPTED_AAD_LEN,
             ENCRYPTED_LEN - 1,
         ] {
@@ -402,7 +430,7 @@ mod tests {
             (2, 255),
         ] {
             let mut bytes = original.clone();
-            let at = HEADER + 4 * field;
+            let at = PARAMS_AT + 4 * field;
             bytes[at..at + 4].copy_from_slice(&value.to_be_bytes());
             std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
             let started = std::time::Instant::now();
@@ -459,6 +487,16 @@ mod tests {
             let r = load(&path, Some("correct horse"));
             assert!(r.as_ref().err().is_some_and(ok), "case {i}: {r:?}");
         }
+    }
+
+    #[test]
+    fn node_id_is_readable_without_the_passphrase() {
+        let (_d, path, id) = setup();
+        store(&path, &id, &fast(), false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read_node_id(&path).ok(), Some(id.node_id()));
+        let p2 = path.with_extension("plain");
+        store(&p2, &id, &Protection::InsecurePlaintext, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read_node_id(&p2).ok(), Some(id.node_id()));
     }
 
     #[test]

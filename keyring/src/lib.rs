@@ -9,9 +9,11 @@ pub mod error;
 pub mod fs;
 pub mod key_file;
 pub mod passphrase;
+pub mod policy;
 pub mod trust;
 
 pub use error::Error;
 pub use key_file::{KdfParams, Protection};
 pub use passphrase::PassphraseSource;
+pub use policy::{Decision, Policy};
 pub use trust::TrustStore;
