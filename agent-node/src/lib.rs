@@ -21,11 +21,16 @@
 
 pub mod backoff;
 pub mod channel;
+pub mod config_file;
+pub mod control;
+pub mod daemon;
 pub mod error;
 pub mod handshake;
+pub mod home;
 mod link;
 pub mod node;
 pub mod relay_addr;
+pub mod service;
 pub mod tls;
 
 pub use channel::Channel;

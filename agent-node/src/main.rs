@@ -1,9 +1,38 @@
-//! `nullport`: the node daemon and CLI.
+//! `nullport`: the node daemon and CLI. A thin layer over the `nullport_node` library.
 
-fn main() {
-    eprintln!(
-        "nullport {}: the node is not built yet (see docs/architecture.md)",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+mod cli;
+mod quickstart;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    // The daemon logs what it does; one-shot commands only warn.
+    let default_filter = if cli.is_daemon() {
+        "warn,nullport_node=info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nullport: error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nullport: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

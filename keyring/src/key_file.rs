@@ -250,7 +250,11 @@ pub fn load(path: &Path, passphrase: Option<&str>) -> Result<Identity, Error> {
 pub fn read_node_id(path: &Path) -> Result<nullport_protocol::NodeId, Error> {
     let bytes = read_private(path)?;
     let kind = parse_header(path, &bytes)?;
-    let at = if kind == KIND_PLAINTEXT { HEADER + 32 } else { HEADER };
+    let at = if kind == KIND_PLAINTEXT {
+        HEADER + 32
+    } else {
+        HEADER
+    };
     let id = bytes.get(at..at + 32).ok_or(Error::Truncated {
         path: path.to_owned(),
         len: bytes.len(),

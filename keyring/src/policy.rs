@@ -124,7 +124,8 @@ impl Policy {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
-        let text = format!("# nullport policy: which peers may use which service (default deny)\n{text}");
+        let text =
+            format!("# nullport policy: which peers may use which service (default deny)\n{text}");
         write_private(&self.path, text.as_bytes(), true)
     }
 }
@@ -137,22 +138,41 @@ mod tests {
     #[test]
     fn default_deny_aliases_and_ids() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let (a, b) = (Identity::from_seed([1; 32]).node_id(), Identity::from_seed([2; 32]).node_id());
-        let mut trust = TrustStore::load(&dir.path().join("trust.toml")).unwrap_or_else(|e| panic!("{e}"));
-        let mut policy = Policy::load(&dir.path().join("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let (a, b) = (
+            Identity::from_seed([1; 32]).node_id(),
+            Identity::from_seed([2; 32]).node_id(),
+        );
+        let mut trust =
+            TrustStore::load(&dir.path().join("trust.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let mut policy =
+            Policy::load(&dir.path().join("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(policy.decide(&a, "ssh", &trust), Decision::Denied);
         assert!(policy.allow("laptop", "ssh"));
         assert!(!policy.allow("laptop", "ssh"));
         assert!(policy.allow(&b.to_string(), "web"));
         // The alias is not trusted yet: still denied; once trusted, allowed.
         assert_eq!(policy.decide(&a, "ssh", &trust), Decision::Denied);
-        trust.add("laptop", a, false).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(policy.decide(&a, "ssh", &trust), Decision::Allowed { rule: "laptop".into() });
+        trust
+            .add("laptop", a, false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            policy.decide(&a, "ssh", &trust),
+            Decision::Allowed {
+                rule: "laptop".into()
+            }
+        );
         assert_eq!(policy.decide(&a, "web", &trust), Decision::Denied);
-        assert!(matches!(policy.decide(&b, "web", &trust), Decision::Allowed { .. }));
+        assert!(matches!(
+            policy.decide(&b, "web", &trust),
+            Decision::Allowed { .. }
+        ));
         policy.save().unwrap_or_else(|e| panic!("{e}"));
-        let mut again = Policy::load(&dir.path().join("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(again.decide(&a, "ssh", &trust), Decision::Allowed { .. }));
+        let mut again =
+            Policy::load(&dir.path().join("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            again.decide(&a, "ssh", &trust),
+            Decision::Allowed { .. }
+        ));
         assert!(again.revoke("laptop", "ssh"));
         assert_eq!(again.decide(&a, "ssh", &trust), Decision::Denied);
     }
@@ -161,8 +181,12 @@ mod tests {
     fn malformed_policy_names_the_line() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("policy.toml");
-        std::fs::write(&path, "[services.ssh]\nallow = \"not-a-list\"\n").unwrap_or_else(|e| panic!("{e}"));
-        let err = Policy::load(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        std::fs::write(&path, "[services.ssh]\nallow = \"not-a-list\"\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = Policy::load(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("line 2"), "{err}");
     }
 }

@@ -1,0 +1,610 @@
+//! The `nullport` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use nullport_keyring::{KdfParams, PassphraseSource, Policy, Protection, TrustStore, key_file};
+use nullport_node::config_file::{NodeFile, ServiceSpec};
+use nullport_node::control::{ControlRequest, ControlResponse};
+use nullport_node::daemon::Daemon;
+use nullport_node::home::Home;
+use nullport_node::{NodeLimits, RelayAddr};
+use nullport_protocol::{Identity, NodeId, ServiceName};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// nullport: zero-trust transport for AI agents and their tools.
+///
+/// Every node dials out to a relay; nothing listens on the network. Two nodes prove their
+/// identities to each other before a single byte of payload flows, and the relay can read
+/// none of it. The callee decides who may use which service (default deny).
+///
+/// First steps:
+///   nullport init                                  create this node's identity
+///   nullport up --relay <relay NodeId>@host:7443   run the daemon (foreground)
+///   nullport expose tcp ssh 127.0.0.1:22           offer a local service ...
+///   nullport allow <peer> ssh                      ... to one peer
+///   nullport pipe <peer>/ssh                       reach a peer's service (ssh ProxyCommand)
+///
+/// Try it all on this machine, with nothing else running:  nullport quickstart
+#[derive(Parser, Debug)]
+#[command(name = "nullport", version, verbatim_doc_comment)]
+pub struct Cli {
+    /// The node's home directory (identity, trust store, config, policy, control socket).
+    #[arg(long, global = true, env = "NULLPORT_HOME")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create this node's identity key and print its NodeId.
+    Init(InitArgs),
+    /// Print this node's NodeId.
+    Id {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage peer aliases (like known_hosts); aliases work wherever a NodeId does.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+    /// Offer a local service to peers (default deny: also run `nullport allow`).
+    #[command(subcommand)]
+    Expose(ExposeCommand),
+    /// Stop offering a service.
+    Unexpose {
+        /// The service name.
+        name: String,
+    },
+    /// Allow a peer (alias or NodeId) to use a service.
+    Allow {
+        /// Alias or NodeId.
+        peer: String,
+        /// Service name.
+        service: String,
+    },
+    /// Take back an `allow`.
+    Deny {
+        /// Alias or NodeId.
+        peer: String,
+        /// Service name.
+        service: String,
+    },
+    /// Run the daemon in the foreground: the relay link, the services, the control socket.
+    Up(UpArgs),
+    /// Listen on a local TCP port; each connection becomes a channel to <peer>/<service>.
+    Connect {
+        /// `<peer>/<service>`, peer as alias or NodeId.
+        target: String,
+        /// Local address to listen on (loopback unless --allow-remote).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Permit a non-loopback listen address (anyone who can reach it gets your access).
+        #[arg(long)]
+        allow_remote: bool,
+    },
+    /// Connect stdin/stdout to <peer>/<service>, e.g.
+    /// ssh -o ProxyCommand='nullport pipe %h/ssh' user@files-server
+    Pipe {
+        /// `<peer>/<service>`, peer as alias or NodeId.
+        target: String,
+    },
+    /// Show the relay link, exposed services and open channels.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One-command demo: a relay and two nodes on loopback in a temporary directory, a real
+    /// local service exposed on one and called from the other, step by step.
+    Quickstart,
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// Store the key unencrypted (mode 0600 only): for unattended servers.
+    #[arg(long)]
+    insecure_plaintext_key: bool,
+    /// Read the new passphrase from this file (otherwise $NULLPORT_PASSPHRASE or a prompt).
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// Replace an existing identity (peers that trusted the old one will refuse this node).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+struct UpArgs {
+    /// The relay, `<relay NodeId>@host:port` (saved to the config for next time).
+    #[arg(long)]
+    relay: Option<String>,
+    /// Read the key passphrase from this file (otherwise $NULLPORT_PASSPHRASE or a prompt).
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum TrustCommand {
+    /// Name a NodeId.
+    Add {
+        /// The alias (letters, digits, `.`, `_`, `-`).
+        alias: String,
+        /// The NodeId.
+        node_id: String,
+        /// Replace an alias that names another NodeId.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Remove an alias.
+    Remove {
+        /// The alias.
+        alias: String,
+    },
+    /// List aliases.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ExposeCommand {
+    /// Forward channels to a local TCP address (SSH, HTTP, databases).
+    Tcp {
+        /// Service name.
+        name: String,
+        /// `host:port` to forward to.
+        target: String,
+    },
+    /// Run a command per channel with its stdin/stdout as the channel.
+    Exec {
+        /// Service name.
+        name: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+impl Cli {
+    /// Whether this invocation runs the daemon (which logs at info by default).
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, Command::Up(_))
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = Home::resolve(cli.home);
+    match cli.command {
+        Command::Init(args) => init(&home, args),
+        Command::Id { json } => {
+            let id = node_id(&home)?;
+            if json {
+                println!("{}", serde_json::json!({ "node_id": id.to_string() }));
+            } else {
+                println!("{id}");
+            }
+            Ok(())
+        }
+        Command::Trust(cmd) => trust(&home, cmd).await,
+        Command::Expose(cmd) => expose(&home, cmd).await,
+        Command::Unexpose { name } => {
+            let mut file = load_config(&home)?;
+            if file.services.remove(&name).is_none() {
+                bail!("no service named {name:?} is exposed");
+            }
+            file.save(&home.config())?;
+            println!("{name} is no longer exposed{}", reload(&home).await);
+            Ok(())
+        }
+        Command::Allow { peer, service } => {
+            let trust = TrustStore::load(&home.trust())?;
+            let id = trust.resolve(&peer)?;
+            let mut policy = Policy::load(&home.policy())?;
+            let added = policy.allow(&peer, &service);
+            policy.save()?;
+            let exposed = load_config(&home)?.services.contains_key(&service);
+            println!(
+                "{peer} ({}) {} use {service}{}{}",
+                id.fmt_short(),
+                if added { "may now" } else { "could already" },
+                if exposed {
+                    ""
+                } else {
+                    " (note: no service of that name is exposed yet)"
+                },
+                reload(&home).await
+            );
+            Ok(())
+        }
+        Command::Deny { peer, service } => {
+            let mut policy = Policy::load(&home.policy())?;
+            if !policy.revoke(&peer, &service) {
+                bail!("{peer} was not allowed to use {service}");
+            }
+            policy.save()?;
+            println!("{peer} may no longer use {service}{}", reload(&home).await);
+            Ok(())
+        }
+        Command::Up(args) => up(&home, args).await,
+        Command::Connect {
+            target,
+            listen,
+            allow_remote,
+        } => connect(&home, &target, listen, allow_remote).await,
+        Command::Pipe { target } => pipe(&home, &target).await,
+        Command::Status { json } => status(&home, json).await,
+        Command::Quickstart => crate::quickstart::run().await,
+    }
+}
+
+fn init(home: &Home, args: InitArgs) -> anyhow::Result<()> {
+    home.create()
+        .with_context(|| format!("creating {}", home.dir().display()))?;
+    let identity = Identity::generate().map_err(|e| anyhow!("randomness: {e}"))?;
+    let protection = if args.insecure_plaintext_key {
+        Protection::InsecurePlaintext
+    } else {
+        let pass =
+            PassphraseSource::choose(args.passphrase_file, "NULLPORT_PASSPHRASE").read(|| {
+                let p = rpassword::prompt_password("passphrase for the new identity key: ")?;
+                if rpassword::prompt_password("again: ")? != p {
+                    return Err(std::io::Error::other("passphrases differ"));
+                }
+                Ok(p)
+            })?;
+        Protection::Passphrase(pass, KdfParams::default())
+    };
+    key_file::store(&home.key(), &identity, &protection, args.force).map_err(|e| match e {
+        nullport_keyring::Error::AlreadyExists { path } => {
+            anyhow!(
+                "{} already holds an identity (`nullport id` shows it; --force replaces it)",
+                path.display()
+            )
+        }
+        other => other.into(),
+    })?;
+    eprintln!(
+        "created identity {} ({})",
+        home.key().display(),
+        if args.insecure_plaintext_key {
+            "unencrypted"
+        } else {
+            "encrypted"
+        }
+    );
+    println!("{}", identity.node_id());
+    Ok(())
+}
+
+fn node_id(home: &Home) -> anyhow::Result<NodeId> {
+    key_file::read_node_id(&home.key()).map_err(|e| match e {
+        nullport_keyring::Error::Io { .. } if !home.key().exists() => {
+            anyhow!(
+                "no identity in {} (run `nullport init`)",
+                home.dir().display()
+            )
+        }
+        other => anyhow!("key file unreadable: {other}"),
+    })
+}
+
+fn load_identity(home: &Home, passphrase_file: Option<PathBuf>) -> anyhow::Result<Identity> {
+    node_id(home)?;
+    let path = home.key();
+    let encrypted =
+        key_file::is_encrypted(&path).map_err(|e| anyhow!("key file unreadable: {e}"))?;
+    let pass = if encrypted {
+        Some(
+            PassphraseSource::choose(passphrase_file, "NULLPORT_PASSPHRASE")
+                .read(|| rpassword::prompt_password("identity key passphrase: "))?,
+        )
+    } else {
+        None
+    };
+    key_file::load(&path, pass.as_ref().map(|p| p.as_str()))
+        .map_err(|e| anyhow!("key file unreadable: {e}"))
+}
+
+fn load_config(home: &Home) -> anyhow::Result<NodeFile> {
+    Ok(NodeFile::load(&home.config())?)
+}
+
+async fn trust(home: &Home, cmd: TrustCommand) -> anyhow::Result<()> {
+    let mut store = TrustStore::load(&home.trust())?;
+    match cmd {
+        TrustCommand::Add {
+            alias,
+            node_id,
+            replace,
+        } => {
+            let id: NodeId = node_id
+                .parse()
+                .map_err(|e| anyhow!("{node_id:?} is not a NodeId: {e}"))?;
+            store.add(&alias, id, replace)?;
+            home.create()?;
+            store.save()?;
+            println!("{alias} = {id}{}", reload(home).await);
+        }
+        TrustCommand::Remove { alias } => {
+            if store.remove(&alias).is_none() {
+                bail!("no alias {alias:?}");
+            }
+            store.save()?;
+            println!("removed {alias}{}", reload(home).await);
+        }
+        TrustCommand::List { json } => {
+            if json {
+                let map: serde_json::Map<String, serde_json::Value> = store
+                    .entries()
+                    .map(|(a, id)| (a.to_owned(), id.to_string().into()))
+                    .collect();
+                println!("{}", serde_json::Value::Object(map));
+            } else {
+                for (alias, id) in store.entries() {
+                    println!("{alias:<20} {id}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn expose(home: &Home, cmd: ExposeCommand) -> anyhow::Result<()> {
+    let (name, spec) = match cmd {
+        ExposeCommand::Tcp { name, target } => {
+            let ok = target
+                .rsplit_once(':')
+                .map(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                .unwrap_or(false);
+            if !ok {
+                bail!("{target:?} is not host:port");
+            }
+            (name, ServiceSpec::Tcp(target))
+        }
+        ExposeCommand::Exec { name, command } => (name, ServiceSpec::Exec(command)),
+    };
+    ServiceName::new(&name)
+        .map_err(|_| anyhow!("invalid service name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"))?;
+    home.create()?;
+    let mut file = load_config(home)?;
+    file.services.insert(name.clone(), spec.clone());
+    file.save(&home.config())?;
+    println!(
+        "exposed {name}: {spec} (default deny: `nullport allow <peer> {name}`){}",
+        reload(home).await
+    );
+    Ok(())
+}
+
+/// Asks a running daemon to reload; returns a note for the user.
+async fn reload(home: &Home) -> String {
+    match control(home, &ControlRequest::Reload).await {
+        Ok((r, _)) if r.ok => " (daemon reloaded)".to_owned(),
+        Ok((r, _)) => format!(" (daemon did not reload: {})", r.error.unwrap_or_default()),
+        Err(_) => " (takes effect when the daemon starts)".to_owned(),
+    }
+}
+
+/// Sends one control request; returns the response and the stream (for pipes).
+async fn control(
+    home: &Home,
+    request: &ControlRequest,
+) -> anyhow::Result<(ControlResponse, BufReader<UnixStream>)> {
+    nullport_node::control::request(&home.socket(), request)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                anyhow!(
+                    "the nullport daemon is not running for {} (start it with `nullport up`)",
+                    home.dir().display()
+                )
+            }
+            _ => anyhow!("control socket {}: {e}", home.socket().display()),
+        })
+}
+
+fn split_target(target: &str) -> anyhow::Result<(&str, &str)> {
+    target
+        .split_once('/')
+        .filter(|(p, s)| !p.is_empty() && !s.is_empty())
+        .ok_or_else(|| anyhow!("{target:?} is not <peer>/<service>"))
+}
+
+async fn open_pipe(
+    home: &Home,
+    peer: &str,
+    service: &str,
+) -> anyhow::Result<BufReader<UnixStream>> {
+    let (response, stream) = control(
+        home,
+        &ControlRequest::Pipe {
+            peer: peer.to_owned(),
+            service: service.to_owned(),
+        },
+    )
+    .await?;
+    if !response.ok {
+        bail!(
+            "{}",
+            response.error.unwrap_or_else(|| "channel refused".into())
+        );
+    }
+    Ok(stream)
+}
+
+async fn pipe(home: &Home, target: &str) -> anyhow::Result<()> {
+    let (peer, service) = split_target(target)?;
+    let stream = open_pipe(home, peer, service).await?;
+    let (mut from_daemon, mut to_daemon) = tokio::io::split(stream);
+    let upload = async {
+        let r = tokio::io::copy(&mut tokio::io::stdin(), &mut to_daemon).await;
+        let _ = to_daemon.shutdown().await;
+        r
+    };
+    let download = async {
+        let mut stdout = tokio::io::stdout();
+        let r = tokio::io::copy(&mut from_daemon, &mut stdout).await;
+        let _ = stdout.flush().await;
+        r
+    };
+    tokio::pin!(upload, download);
+    // Done when the remote side is done; local stdin may stay open (as with ssh).
+    let mut upload_done = false;
+    loop {
+        tokio::select! {
+            r = &mut upload, if !upload_done => { upload_done = true; r?; }
+            r = &mut download => { r?; return Ok(()); }
+        }
+    }
+}
+
+async fn connect(
+    home: &Home,
+    target: &str,
+    listen: SocketAddr,
+    allow_remote: bool,
+) -> anyhow::Result<()> {
+    let (peer, service) = split_target(target)?;
+    if !listen.ip().is_loopback() && !allow_remote {
+        bail!(
+            "refusing to listen on {listen}: not a loopback address (anyone who reaches it would use your access); add --allow-remote if you mean it"
+        );
+    }
+    // Fail early and clearly if the daemon is not running.
+    control(home, &ControlRequest::Status).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => anyhow!("local port {listen} is already in use"),
+            _ => anyhow!("cannot listen on {listen}: {e}"),
+        })?;
+    let bound = listener.local_addr()?;
+    println!("listening on {bound} -> {peer}/{service}");
+    loop {
+        let (mut tcp, from) = listener.accept().await?;
+        let home = home.clone();
+        let (peer, service) = (peer.to_owned(), service.to_owned());
+        tokio::spawn(async move {
+            match open_pipe(&home, &peer, &service).await {
+                Ok(mut stream) => {
+                    let _ = tcp.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await;
+                }
+                Err(e) => eprintln!("{from}: {e:#}"),
+            }
+        });
+    }
+}
+
+async fn status(home: &Home, json: bool) -> anyhow::Result<()> {
+    let (response, _) = control(home, &ControlRequest::Status).await?;
+    let status = response
+        .status
+        .ok_or_else(|| anyhow!("{}", response.error.unwrap_or_default()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!("node     {}", status.node_id);
+    println!("relay    {}", status.relay);
+    println!("link     {}", status.link);
+    println!(
+        "services {}",
+        if status.services.is_empty() {
+            "(none)"
+        } else {
+            ""
+        }
+    );
+    for s in &status.services {
+        println!("  {:<16} {}", s.name, s.target);
+    }
+    println!(
+        "channels {}",
+        if status.channels.is_empty() {
+            "(none)"
+        } else {
+            ""
+        }
+    );
+    for c in &status.channels {
+        println!(
+            "  {:<3} {:<24} {:<12} in {:>10} B  out {:>10} B  {:>5} s",
+            c.direction, c.peer, c.service, c.bytes_in, c.bytes_out, c.age_secs
+        );
+    }
+    Ok(())
+}
+
+async fn up(home: &Home, args: UpArgs) -> anyhow::Result<()> {
+    let mut file = load_config(home)?;
+    let relay_text = match (&args.relay, &file.relay) {
+        (Some(r), _) => r.clone(),
+        (None, Some(r)) => r.clone(),
+        (None, None) => {
+            bail!("no relay: pass --relay <relay NodeId>@host:port (it is saved for next time)")
+        }
+    };
+    let relay: RelayAddr = relay_text.parse()?;
+    let identity = Arc::new(load_identity(home, args.passphrase_file)?);
+    if args.relay.is_some() && file.relay.as_deref() != Some(relay_text.as_str()) {
+        file.relay = Some(relay_text);
+        file.save(&home.config())?;
+    }
+    let daemon = Daemon::start(
+        home.clone(),
+        identity.clone(),
+        relay.clone(),
+        NodeLimits::default(),
+    )
+    .await?;
+    eprintln!(
+        "nullport {} up; relay {relay}; control socket {}",
+        identity.node_id(),
+        home.socket().display()
+    );
+    eprintln!("no inbound port is open: this node only dials out to the relay");
+    let mut state = daemon.node().watch_state();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            r = state.changed() => {
+                if r.is_err() { break; }
+                let s = state.borrow_and_update().clone();
+                eprintln!("relay link: {}", match s {
+                    nullport_node::LinkState::Online => "online".to_owned(),
+                    nullport_node::LinkState::Connecting { last_error: Some(e), .. } => format!("reconnecting ({e})"),
+                    nullport_node::LinkState::Connecting { .. } => "connecting".to_owned(),
+                    nullport_node::LinkState::Refused { reason } => format!("refused: {reason}"),
+                });
+            }
+        }
+    }
+    eprintln!("shutting down: closing channels");
+    daemon.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,119 @@
+//! The daemon's control protocol on its Unix socket (mode 0600, in the node's home).
+//!
+//! One JSON request line, one JSON response line. After a successful `pipe` response the
+//! connection carries the channel's raw bytes both ways.
+
+use serde::{Deserialize, Serialize};
+
+/// A request from the CLI.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum ControlRequest {
+    /// The daemon's state.
+    Status,
+    /// Re-read config, policy and trust store.
+    Reload,
+    /// Open a channel to `peer`/`service` and splice it to this connection.
+    Pipe {
+        /// Alias or NodeId.
+        peer: String,
+        /// Service name.
+        service: String,
+    },
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControlResponse {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// The error, if not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Status, for `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+impl ControlResponse {
+    /// Success without data.
+    pub fn ok() -> Self {
+        Self {
+            ok: true,
+            error: None,
+            status: None,
+        }
+    }
+
+    /// Failure.
+    pub fn error(e: impl std::fmt::Display) -> Self {
+        Self {
+            ok: false,
+            error: Some(e.to_string()),
+            status: None,
+        }
+    }
+}
+
+/// What `nullport status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// This node.
+    pub node_id: String,
+    /// The relay address.
+    pub relay: String,
+    /// The relay link state.
+    pub link: String,
+    /// Exposed services.
+    pub services: Vec<ServiceStatus>,
+    /// Open channels.
+    pub channels: Vec<ChannelStatus>,
+}
+
+/// One exposed service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Name.
+    pub name: String,
+    /// What it forwards to.
+    pub target: String,
+}
+
+/// One open channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChannelStatus {
+    /// "in" (a peer called us) or "out".
+    pub direction: String,
+    /// The peer (alias if known).
+    pub peer: String,
+    /// The service.
+    pub service: String,
+    /// Application bytes received.
+    pub bytes_in: u64,
+    /// Application bytes sent.
+    pub bytes_out: u64,
+    /// Seconds open.
+    pub age_secs: u64,
+}
+
+/// Sends one request to the daemon listening on `socket`; returns its answer and the
+/// connection (which carries the channel's bytes after a successful `pipe`).
+pub async fn request(
+    socket: &std::path::Path,
+    request: &ControlRequest,
+) -> std::io::Result<(
+    ControlResponse,
+    tokio::io::BufReader<tokio::net::UnixStream>,
+)> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut reader = tokio::io::BufReader::new(stream);
+    reader.get_mut().write_all(&line).await?;
+    let mut answer = String::new();
+    reader.read_line(&mut answer).await?;
+    let response = serde_json::from_str(&answer)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    Ok((response, reader))
+}

@@ -1,0 +1,484 @@
+//! The daemon behind `nullport up`: one relay link, the exposed services, the policy, and a
+//! Unix control socket for the CLI.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use nullport_keyring::{Decision, Policy, TrustStore};
+use nullport_protocol::{DenyReason, Identity, NodeId};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::config_file::{NodeFile, ServiceSpec};
+use crate::control::{ChannelStatus, ControlRequest, ControlResponse, ServiceStatus, Status};
+use crate::home::Home;
+use crate::service::{Counted, Counters, connect_tcp, forward, run_exec, spawn_exec};
+use crate::{Error, IncomingChannel, Node, NodeConfig, NodeLimits, RelayAddr};
+
+/// Largest control request line.
+const MAX_CONTROL_LINE: usize = 4096;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// Another daemon answers on this home's control socket.
+    #[error("a nullport daemon is already running for {0}")]
+    AlreadyRunning(String),
+    /// A file in the home is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// The node could not start.
+    #[error(transparent)]
+    Node(#[from] Error),
+    /// The control socket could not be created.
+    #[error("control socket {path}: {error}")]
+    Socket {
+        /// The socket path.
+        path: String,
+        /// The OS error.
+        error: std::io::Error,
+    },
+}
+
+struct OpenChannel {
+    direction: &'static str,
+    peer: NodeId,
+    service: String,
+    counters: Arc<Counters>,
+    opened: Instant,
+}
+
+struct State {
+    home: Home,
+    relay: RelayAddr,
+    node: Node,
+    config: RwLock<NodeFile>,
+    policy: RwLock<Policy>,
+    trust: RwLock<TrustStore>,
+    channels: Mutex<HashMap<u64, OpenChannel>>,
+    next_channel: AtomicU64,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A running daemon. [`Daemon::shutdown`] closes every channel with a close frame.
+pub struct Daemon {
+    state: Arc<State>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn load_files(home: &Home) -> Result<(NodeFile, Policy, TrustStore), DaemonError> {
+    let config = NodeFile::load(&home.config()).map_err(|e| DaemonError::Config(e.to_string()))?;
+    let policy = Policy::load(&home.policy()).map_err(|e| DaemonError::Config(e.to_string()))?;
+    let trust = TrustStore::load(&home.trust()).map_err(|e| DaemonError::Config(e.to_string()))?;
+    Ok((config, policy, trust))
+}
+
+impl Daemon {
+    /// Starts the node, the service acceptor and the control socket.
+    pub async fn start(
+        home: Home,
+        identity: Arc<Identity>,
+        relay: RelayAddr,
+        limits: NodeLimits,
+    ) -> Result<Daemon, DaemonError> {
+        let (config, policy, trust) = load_files(&home)?;
+        let socket = home.socket();
+        if UnixStream::connect(&socket).await.is_ok() {
+            return Err(DaemonError::AlreadyRunning(
+                home.dir().display().to_string(),
+            ));
+        }
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).map_err(|error| DaemonError::Socket {
+            path: socket.display().to_string(),
+            error,
+        })?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(
+                |error| DaemonError::Socket {
+                    path: socket.display().to_string(),
+                    error,
+                },
+            )?;
+        }
+        let mut node_config = NodeConfig::new(identity, relay.clone());
+        node_config.limits = limits;
+        let node = Node::start(node_config).await?;
+        let state = Arc::new(State {
+            home,
+            relay,
+            node,
+            config: RwLock::new(config),
+            policy: RwLock::new(policy),
+            trust: RwLock::new(trust),
+            channels: Mutex::new(HashMap::new()),
+            next_channel: AtomicU64::new(1),
+            shutdown: watch::Sender::new(false),
+        });
+        let span = tracing::info_span!("daemon", id = %state.node.node_id().fmt_short());
+        let tasks = vec![
+            tokio::spawn(accept_loop(state.clone()).instrument(span.clone())),
+            tokio::spawn(control_loop(state.clone(), listener).instrument(span)),
+        ];
+        Ok(Daemon { state, tasks })
+    }
+
+    /// The node behind the daemon.
+    pub fn node(&self) -> &Node {
+        &self.state.node
+    }
+
+    /// Closes every open channel with a close frame (bounded wait), the control socket and
+    /// the relay link.
+    pub async fn shutdown(self) {
+        self.state.shutdown.send_replace(true);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline
+            && self
+                .state
+                .channels
+                .lock()
+                .map(|c| !c.is_empty())
+                .unwrap_or(false)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(self.state.home.socket());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Removes a channel from the table when dropped.
+struct Registered {
+    state: Arc<State>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.state.channels.lock() {
+            c.remove(&self.id);
+        }
+    }
+}
+
+fn register(
+    state: &Arc<State>,
+    direction: &'static str,
+    peer: NodeId,
+    service: &str,
+) -> (Registered, Arc<Counters>) {
+    let id = state.next_channel.fetch_add(1, Ordering::Relaxed);
+    let counters = Arc::new(Counters::default());
+    if let Ok(mut c) = state.channels.lock() {
+        c.insert(
+            id,
+            OpenChannel {
+                direction,
+                peer,
+                service: service.to_owned(),
+                counters: counters.clone(),
+                opened: Instant::now(),
+            },
+        );
+    }
+    (
+        Registered {
+            state: state.clone(),
+            id,
+        },
+        counters,
+    )
+}
+
+async fn accept_loop(state: Arc<State>) {
+    while let Some(incoming) = state.node.accept().await {
+        let span = tracing::info_span!("channel", peer = %incoming.peer().fmt_short(), service = incoming.service());
+        tokio::spawn(serve_incoming(state.clone(), incoming).instrument(span));
+    }
+}
+
+async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
+    let peer = incoming.peer();
+    let name = incoming.service().to_owned();
+    let spec = state
+        .config
+        .read()
+        .ok()
+        .and_then(|c| c.services.get(&name).cloned());
+    let Some(spec) = spec else {
+        tracing::info!("denied: service not exposed");
+        let _ = incoming.deny(DenyReason::UnknownService).await;
+        return;
+    };
+    let decision = match (state.policy.read(), state.trust.read()) {
+        (Ok(policy), Ok(trust)) => policy.decide(&peer, &name, &trust),
+        _ => Decision::Denied,
+    };
+    let rule = match decision {
+        Decision::Allowed { rule } => rule,
+        Decision::Denied => {
+            tracing::info!(
+                "denied: no policy rule allows this peer (nullport allow <peer> {name})"
+            );
+            let _ = incoming.deny(DenyReason::NotAllowed).await;
+            return;
+        }
+    };
+    tracing::info!(%rule, target = %spec, "accepted");
+    let mut shutdown = state.shutdown.subscribe();
+    match spec {
+        ServiceSpec::Tcp(addr) => {
+            let mut tcp = match connect_tcp(&addr).await {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    tracing::warn!("service target {addr} unavailable: {e}");
+                    let _ = incoming.deny(DenyReason::Unavailable).await;
+                    return;
+                }
+            };
+            let Ok(channel) = incoming.accept().await else {
+                return;
+            };
+            let (_reg, counters) = register(&state, "in", peer, &name);
+            let mut channel = Counted::new(channel, counters);
+            tokio::select! {
+                r = forward(&mut channel, &mut tcp) => if let Err(e) = r { tracing::info!("channel ended: {e}") },
+                _ = cancelled(&mut shutdown) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), channel.get_mut().shutdown()).await;
+                }
+            }
+        }
+        ServiceSpec::Exec(command) => {
+            let child = match spawn_exec(&command) {
+                Ok(child) => child,
+                Err(e) => {
+                    tracing::warn!("cannot start {command:?}: {e}");
+                    let _ = incoming.deny(DenyReason::Unavailable).await;
+                    return;
+                }
+            };
+            let Ok(channel) = incoming.accept().await else {
+                return;
+            };
+            let (_reg, counters) = register(&state, "in", peer, &name);
+            let channel = Counted::new(channel, counters);
+            tokio::select! {
+                r = run_exec(channel, child, &name) => if let Err(e) = r { tracing::info!("exec channel ended: {e}") },
+                _ = cancelled(&mut shutdown) => {}
+            }
+        }
+    }
+}
+
+async fn control_loop(state: Arc<State>, listener: UnixListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(control_conn(state.clone(), stream).in_current_span());
+    }
+}
+
+async fn control_conn(state: Arc<State>, stream: UnixStream) {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut limited = tokio::io::AsyncReadExt::take(&mut reader, MAX_CONTROL_LINE as u64);
+        tokio::io::AsyncBufReadExt::read_until(&mut limited, b'\n', &mut line).await
+    })
+    .await;
+    if !matches!(read, Ok(Ok(n)) if n > 0) {
+        return;
+    }
+    let request: ControlRequest = match serde_json::from_slice(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = respond(
+                reader.get_mut(),
+                &ControlResponse::error(format!("bad request: {e}")),
+            )
+            .await;
+            return;
+        }
+    };
+    match request {
+        ControlRequest::Status => {
+            let mut response = ControlResponse::ok();
+            response.status = Some(status(&state));
+            let _ = respond(reader.get_mut(), &response).await;
+        }
+        ControlRequest::Reload => {
+            let response = match load_files(&state.home) {
+                Ok((config, policy, trust)) => {
+                    if let (Ok(mut c), Ok(mut p), Ok(mut t)) = (
+                        state.config.write(),
+                        state.policy.write(),
+                        state.trust.write(),
+                    ) {
+                        *c = config;
+                        *p = policy;
+                        *t = trust;
+                    }
+                    tracing::info!("reloaded config, policy and trust store");
+                    ControlResponse::ok()
+                }
+                Err(e) => ControlResponse::error(e),
+            };
+            let _ = respond(reader.get_mut(), &response).await;
+        }
+        ControlRequest::Pipe { peer, service } => {
+            let resolved = state
+                .trust
+                .read()
+                .map_err(|_| "trust store unavailable".to_owned())
+                .and_then(|t| t.resolve(&peer).map_err(|e| e.to_string()));
+            let target = match resolved {
+                Ok(id) => id,
+                Err(e) => {
+                    let _ = respond(reader.get_mut(), &ControlResponse::error(e)).await;
+                    return;
+                }
+            };
+            let channel = match state.node.dial(target, &service).await {
+                Ok(ch) => ch,
+                Err(e) => {
+                    let _ = respond(
+                        reader.get_mut(),
+                        &ControlResponse::error(explain(&e, &peer, &service)),
+                    )
+                    .await;
+                    return;
+                }
+            };
+            if respond(reader.get_mut(), &ControlResponse::ok())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let (_reg, counters) = register(&state, "out", target, &service);
+            let mut channel = Counted::new(channel, counters);
+            let mut shutdown = state.shutdown.subscribe();
+            let mut local = reader;
+            tokio::select! {
+                r = forward(&mut channel, &mut local) => if let Err(e) = r { tracing::info!("pipe ended: {e}") },
+                _ = cancelled(&mut shutdown) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), channel.get_mut().shutdown()).await;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when the daemon is shutting down.
+async fn cancelled(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Turns a dial error into what a person should read.
+pub fn explain(e: &Error, peer: &str, service: &str) -> String {
+    match e {
+        Error::Denied {
+            reason: DenyReason::UnknownService,
+            ..
+        } => format!("{peer} does not expose a service named {service:?}"),
+        Error::Denied {
+            reason: DenyReason::NotAllowed,
+            ..
+        } => {
+            format!(
+                "{peer} refused {service:?}: not allowed (its operator can run `nullport allow <your NodeId> {service}`)"
+            )
+        }
+        Error::Denied {
+            reason: DenyReason::Unavailable,
+            ..
+        } => {
+            format!("{peer} accepted you for {service:?}, but the service behind it is unavailable")
+        }
+        Error::PeerOffline(_) => format!("{peer} is offline (not connected to the relay)"),
+        other => other.to_string(),
+    }
+}
+
+async fn respond(stream: &mut UnixStream, response: &ControlResponse) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(response).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line).await
+}
+
+fn status(state: &State) -> Status {
+    let trust = state.trust.read().ok();
+    let name_of = |id: &NodeId| {
+        trust
+            .as_ref()
+            .and_then(|t| t.alias_of(id).map(str::to_owned))
+            .unwrap_or_else(|| id.to_string())
+    };
+    let services = state
+        .config
+        .read()
+        .map(|c| {
+            c.services
+                .iter()
+                .map(|(n, s)| ServiceStatus {
+                    name: n.clone(),
+                    target: s.to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut channels: Vec<ChannelStatus> = state
+        .channels
+        .lock()
+        .map(|c| {
+            c.values()
+                .map(|ch| ChannelStatus {
+                    direction: ch.direction.to_owned(),
+                    peer: name_of(&ch.peer),
+                    service: ch.service.clone(),
+                    bytes_in: ch.counters.bytes_in.load(Ordering::Relaxed),
+                    bytes_out: ch.counters.bytes_out.load(Ordering::Relaxed),
+                    age_secs: ch.opened.elapsed().as_secs(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    channels.sort_by_key(|c| std::cmp::Reverse(c.age_secs));
+    let link = match state.node.state() {
+        crate::LinkState::Online => "online".to_owned(),
+        crate::LinkState::Connecting {
+            attempt,
+            last_error,
+        } => match last_error {
+            Some(e) => format!("connecting (attempt {attempt}; last error: {e})"),
+            None => "connecting".to_owned(),
+        },
+        crate::LinkState::Refused { reason } => format!("refused: {reason}"),
+    };
+    Status {
+        node_id: state.node.node_id().to_string(),
+        relay: state.relay.to_string(),
+        link,
+        services,
+        channels,
+    }
+}

@@ -1,0 +1,69 @@
+//! A node's home directory: identity key, trust store, config, policy, audit log and the
+//! daemon's control socket. Several nodes on one machine are several homes.
+
+use std::path::{Path, PathBuf};
+
+/// The files of one node.
+#[derive(Debug, Clone)]
+pub struct Home {
+    dir: PathBuf,
+}
+
+impl Home {
+    /// `--home` if given, else `$NULLPORT_HOME`, else `$XDG_CONFIG_HOME/nullport`, else
+    /// `~/.config/nullport`.
+    pub fn resolve(explicit: Option<PathBuf>) -> Home {
+        let dir = explicit
+            .or_else(|| std::env::var_os("NULLPORT_HOME").map(PathBuf::from))
+            .or_else(|| {
+                std::env::var_os("XDG_CONFIG_HOME").map(|d| PathBuf::from(d).join("nullport"))
+            })
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/nullport")))
+            .unwrap_or_else(|| PathBuf::from(".nullport"));
+        Home { dir }
+    }
+
+    /// A home at exactly `dir`.
+    pub fn at(dir: impl Into<PathBuf>) -> Home {
+        Home { dir: dir.into() }
+    }
+
+    /// Creates the directory (mode 0700) if needed.
+    pub fn create(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The identity key file.
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("identity.key")
+    }
+
+    /// The trust store (aliases).
+    pub fn trust(&self) -> PathBuf {
+        self.dir.join("trust.toml")
+    }
+
+    /// The node config (relay, services).
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    /// The service policy.
+    pub fn policy(&self) -> PathBuf {
+        self.dir.join("policy.toml")
+    }
+
+    /// The daemon's control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("nullport.sock")
+    }
+}

@@ -1,0 +1,167 @@
+//! The services a daemon exposes: `tcp` (forward to a local address) and `exec` (a command's
+//! stdin/stdout, one process per channel).
+
+use std::io;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// Byte counters shared with `nullport status`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Bytes read from the channel.
+    pub bytes_in: AtomicU64,
+    /// Bytes written to the channel.
+    pub bytes_out: AtomicU64,
+}
+
+/// A stream that counts what passes through it.
+pub struct Counted<S> {
+    inner: S,
+    counters: Arc<Counters>,
+}
+
+impl<S> Counted<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, counters: Arc<Counters>) -> Self {
+        Self { inner, counters }
+    }
+
+    /// The wrapped stream.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.counters
+            .bytes_in
+            .fetch_add(n as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.counters
+                .bytes_out
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Connects to a `tcp` service's target (before the channel is accepted, so an unreachable
+/// target is a clean "unavailable" to the caller).
+pub async fn connect_tcp(target: &str) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {target} timed out"),
+            )
+        })??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Forwards bytes both ways until both sides are done; half-closes propagate.
+pub async fn forward<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional(a, b).await
+}
+
+/// Starts an `exec` service's process for one channel.
+pub fn spawn_exec(command: &[String]) -> io::Result<Child> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// Runs one channel against a spawned process: channel -> stdin, stdout -> channel, stderr
+/// to the log. The process is killed when the channel is done.
+pub async fn run_exec<C>(channel: C, mut child: Child, name: &str) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut stdin, mut stdout) = match (child.stdin.take(), child.stdout.take()) {
+        (Some(i), Some(o)) => (i, o),
+        _ => return Err(io::Error::other("child without pipes")),
+    };
+    if let Some(stderr) = child.stderr.take() {
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(service = %name, "stderr: {line}");
+            }
+        });
+    }
+    let (mut r, mut w) = tokio::io::split(channel);
+    let to_child = async {
+        let r = tokio::io::copy(&mut r, &mut stdin).await;
+        drop(stdin);
+        r
+    };
+    let from_child = async {
+        let r = tokio::io::copy(&mut stdout, &mut w).await;
+        let _ = w.shutdown().await;
+        r
+    };
+    tokio::pin!(to_child, from_child);
+    // The channel is done when the process's output ends (its input may stay open: a peer
+    // that never half-closes must not keep the process alive).
+    let mut input_done = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut to_child, if !input_done => {
+                input_done = true;
+                if let Err(e) = r {
+                    break Err(e);
+                }
+            }
+            r = &mut from_child => break r.map(drop),
+        }
+    };
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+    result
+}
