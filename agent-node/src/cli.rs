@@ -582,7 +582,7 @@ async fn up(home: &Home, args: UpArgs) -> anyhow::Result<()> {
                 let s = state.borrow_and_update().clone();
                 eprintln!("relay link: {}", match s {
                     nullport_node::LinkState::Online => "online".to_owned(),
-                    nullport_node::LinkState::Connecting { last_error: Some(e), .. } => format!("reconnecting ({e})"),
+                    nullport_node::LinkState::Connecting { last_error: Some(e), .. } => format!("down ({e}); retrying"),
                     nullport_node::LinkState::Connecting { .. } => "connecting".to_owned(),
                     nullport_node::LinkState::Refused { reason } => format!("refused: {reason}"),
                 });

@@ -150,7 +150,20 @@ async fn unauthenticated_flood_is_bounded_and_reclaimed() {
 async fn handshake_flood_at_a_callee_is_capped_per_caller() {
     nullport_tests::init_tracing();
     let net = TestNet::start().await;
-    let b = Arc::new(net.node().await);
+    let limits = nullport_node::NodeLimits {
+        max_pending_per_peer: 8,
+        ..fast_limits()
+    };
+    let b = Arc::new(
+        net.node_unchecked(
+            Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}"))),
+            limits,
+        )
+        .await,
+    );
+    b.wait_online(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let c = net.node().await;
     let b2 = b.clone();
     tokio::spawn(async move {

@@ -1,0 +1,556 @@
+//! The `nullport` binary end to end: real daemons (`nullport up`) with their own homes, a
+//! relay on loopback, and real clients (OpenSSH, curl) through `nullport pipe`/`connect`.
+#![allow(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nullport_protocol::Identity;
+use nullport_relay::{Admission, Relay, RelayConfig};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, Command};
+
+const NULLPORT: &str = env!("CARGO_BIN_EXE_nullport");
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+async fn nullport(home: &Path, args: &[&str]) -> Out {
+    let out = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("running nullport: {e}"));
+    Out {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn ok(home: &Path, args: &[&str]) -> String {
+    let out = nullport(home, args).await;
+    assert!(out.ok, "nullport {args:?} failed: {}", out.stderr);
+    out.stdout
+}
+
+async fn fails(home: &Path, args: &[&str]) -> String {
+    let out = nullport(home, args).await;
+    assert!(
+        !out.ok,
+        "nullport {args:?} should fail; said {}",
+        out.stdout
+    );
+    out.stderr
+}
+
+struct Net {
+    dir: tempfile::TempDir,
+    relay: Relay,
+    daemons: Vec<Child>,
+}
+
+impl Net {
+    async fn start() -> Net {
+        let identity = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
+        let relay = Relay::bind(RelayConfig::new(
+            identity,
+            "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+            Arc::new(Admission::open()),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        Net {
+            dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+            relay,
+            daemons: Vec::new(),
+        }
+    }
+
+    /// A new node home with an identity; returns (home, NodeId text).
+    async fn node(&self, name: &str) -> (PathBuf, String) {
+        let home = self.dir.path().join(name);
+        let id = ok(&home, &["init", "--insecure-plaintext-key"])
+            .await
+            .trim()
+            .to_owned();
+        assert!(id.starts_with("np") && id.len() == 54, "{id}");
+        (home, id)
+    }
+
+    /// Runs `nullport up` for `home` and waits until its link is online.
+    async fn up(&mut self, home: &Path) {
+        let child = Command::new(NULLPORT)
+            .arg("--home")
+            .arg(home)
+            .args(["up", "--relay", &self.relay.address()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.daemons.push(child);
+        let started = Instant::now();
+        loop {
+            let out = nullport(home, &["status"]).await;
+            if out.ok && out.stdout.contains("link     online") {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "daemon not online: {} {}",
+                out.stdout,
+                out.stderr
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Two daemons, `tool` (callee) and `agent` (caller), each trusting the other by alias.
+async fn pair() -> (Net, PathBuf, PathBuf) {
+    let mut net = Net::start().await;
+    let (tool, tool_id) = net.node("tool").await;
+    let (agent, agent_id) = net.node("agent").await;
+    ok(&tool, &["trust", "add", "agent", &agent_id]).await;
+    ok(&agent, &["trust", "add", "tool", &tool_id]).await;
+    net.up(&tool).await;
+    net.up(&agent).await;
+    (net, tool, agent)
+}
+
+fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Skips (loudly) outside CI when a real peer program is missing; fails under CI=true.
+fn require(tools: &[&str]) -> bool {
+    let missing: Vec<_> = tools.iter().filter(|t| !have(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("missing under CI: {missing:?} (.ci/run installs them)");
+    }
+    eprintln!("\n*** SKIPPING: {missing:?} not installed (CI installs them) ***\n");
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_runs_end_to_end() {
+    let out = Command::new(NULLPORT)
+        .arg("quickstart")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("HTTP/1.1 200 OK"), "{stdout}");
+    assert!(
+        stdout.contains("refused by the tool host") && stdout.contains("not allowed"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_service_round_trips_and_the_process_is_gone_afterwards() {
+    let (_net, tool, agent) = pair().await;
+    let marker = format!("np-exec-marker-{}", std::process::id());
+    ok(
+        &tool,
+        &[
+            "expose",
+            "exec",
+            "upper",
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z; sleep 0",
+            &marker,
+        ],
+    )
+    .await;
+    ok(&tool, &["allow", "agent", "upper"]).await;
+    let mut child = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&agent)
+        .args(["pipe", "tool/upper"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut stdin = child.stdin.take().unwrap_or_else(|| panic!("stdin"));
+    stdin
+        .write_all(b"hello through nullport\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("pipe hung"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "HELLO THROUGH NULLPORT\n"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        ps.stdout.is_empty(),
+        "exec process still running: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_through_connect_with_curl_50_mib_and_32_concurrent() {
+    if !require(&["curl", "python3"]) {
+        return;
+    }
+    let (_net, tool, agent) = pair().await;
+    // A real HTTP server (Python's) serving a 50 MiB file.
+    let www = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let body: Vec<u8> = (0..50u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(www.path().join("big.bin"), &body).unwrap_or_else(|e| panic!("{e}"));
+    let port = free_port();
+    let _http = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(www.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_tcp(port).await;
+    ok(
+        &tool,
+        &["expose", "tcp", "web", &format!("127.0.0.1:{port}")],
+    )
+    .await;
+    ok(&tool, &["allow", "agent", "web"]).await;
+    let local = free_port();
+    let _connect = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&agent)
+        .args([
+            "connect",
+            "tool/web",
+            "--listen",
+            &format!("127.0.0.1:{local}"),
+        ])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_tcp(local).await;
+    let url = format!("http://127.0.0.1:{local}/big.bin");
+    let got = Command::new("curl")
+        .args(["-sS", "--fail", &url])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(got.stdout.len(), body.len());
+    assert_eq!(
+        Sha256::digest(&got.stdout),
+        Sha256::digest(&body),
+        "50 MiB body differs"
+    );
+    // 32 concurrent requests, each must succeed with the right bytes.
+    std::fs::write(
+        www.path().join("small.txt"),
+        b"small file through nullport\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let small = format!("http://127.0.0.1:{local}/small.txt");
+    let mut handles = Vec::new();
+    for _ in 0..32 {
+        let small = small.clone();
+        handles.push(tokio::spawn(async move {
+            Command::new("curl")
+                .args(["-sS", "--fail", &small])
+                .output()
+                .await
+        }));
+    }
+    for h in handles {
+        let out = h
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, b"small file through nullport\n");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_through_pipe_as_proxy_command() {
+    if !require(&["ssh", "ssh-keygen", "/usr/sbin/sshd"]) {
+        return;
+    }
+    let (net, tool, agent) = pair().await;
+    let dir = net.dir.path().join("ssh");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    for key in ["host_key", "user_key"] {
+        let st = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(dir.join(key))
+            .status()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(st.success());
+    }
+    std::fs::copy(dir.join("user_key.pub"), dir.join("authorized_keys"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port = free_port();
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\nPermitRootLogin yes\n",
+        dir.join("host_key").display(),
+        dir.join("authorized_keys").display()
+    );
+    std::fs::write(dir.join("sshd_config"), config).unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let _sshd = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_tcp(port).await;
+    ok(
+        &tool,
+        &["expose", "tcp", "ssh", &format!("127.0.0.1:{port}")],
+    )
+    .await;
+    ok(&tool, &["allow", "agent", "ssh"]).await;
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let proxy = format!("{NULLPORT} --home {} pipe %h/ssh", agent.display());
+    let out = Command::new("ssh")
+        .args([
+            "-o",
+            &format!("ProxyCommand={proxy}"),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+        ])
+        .arg(dir.join("user_key"))
+        .arg(format!("{user}@tool"))
+        .arg("echo ssh-over-nullport $((6*7))")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "ssh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ssh-over-nullport 42\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_people_see() {
+    let (net, tool, agent) = pair().await;
+    ok(&tool, &["expose", "tcp", "web", "127.0.0.1:9"]).await;
+    // Unknown alias.
+    let e = fails(&agent, &["pipe", "nobody/web"]).await;
+    assert!(e.contains("unknown peer \"nobody\""), "{e}");
+    // Service not exposed.
+    ok(&tool, &["allow", "agent", "admin"]).await;
+    let e = fails(&agent, &["pipe", "tool/admin"]).await;
+    assert!(
+        e.contains("tool does not expose a service named \"admin\""),
+        "{e}"
+    );
+    // Caller not allowed.
+    let e = fails(&agent, &["pipe", "tool/web"]).await;
+    assert!(e.contains("tool refused \"web\": not allowed"), "{e}");
+    // Peer offline.
+    let ghost = Identity::generate()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .node_id()
+        .to_string();
+    ok(&agent, &["trust", "add", "ghost", &ghost]).await;
+    let e = fails(&agent, &["pipe", "ghost/web"]).await;
+    assert!(e.contains("ghost is offline"), "{e}");
+    // Daemon not running.
+    let (idle, _) = net.node("idle").await;
+    let e = fails(&idle, &["pipe", "tool/web"]).await;
+    assert!(
+        e.contains("daemon is not running") && e.contains("nullport up"),
+        "{e}"
+    );
+    let e = fails(&idle, &["status"]).await;
+    assert!(e.contains("daemon is not running"), "{e}");
+    // Local port in use.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let busy_addr = busy
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_string();
+    let e = fails(&agent, &["connect", "tool/web", "--listen", &busy_addr]).await;
+    assert!(
+        e.contains(&format!("local port {busy_addr} is already in use")),
+        "{e}"
+    );
+    let e = fails(&agent, &["connect", "tool/web", "--listen", "0.0.0.0:0"]).await;
+    assert!(e.contains("not a loopback address"), "{e}");
+    // Malformed config file: line and reason.
+    std::fs::write(
+        idle.join("config.toml"),
+        "relay = \"x\"\n[services.ssh]\ntcp = 22\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let e = fails(&idle, &["expose", "tcp", "web", "127.0.0.1:80"]).await;
+    assert!(e.contains("config.toml") && e.contains("line 3"), "{e}");
+    // Relay unreachable (nothing listens on that UDP port) and a relay with a wrong key.
+    let unreachable_relay = format!(
+        "{}@127.0.0.1:9",
+        Identity::generate()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .node_id()
+    );
+    std::fs::write(idle.join("config.toml"), "").unwrap_or_else(|e| panic!("{e}"));
+    let mut up = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&idle)
+        .args(["up", "--relay", &unreachable_relay])
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut stderr = up.stderr.take().unwrap_or_else(|| panic!("stderr"));
+    let mut seen = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if seen.contains("relay unreachable") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        seen.contains("relay link: down (relay unreachable"),
+        "{seen}"
+    );
+    drop(up);
+    // Key file unreadable.
+    std::fs::write(idle.join("identity.key"), b"garbage").unwrap_or_else(|e| panic!("{e}"));
+    let e = fails(&idle, &["up", "--relay", &net.relay.address()]).await;
+    assert!(
+        e.contains("key file unreadable") && e.contains("not a nullport key file"),
+        "{e}"
+    );
+    let e = fails(&idle, &["id"]).await;
+    assert!(e.contains("key file unreadable"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_unexpose_take_effect_without_restart() {
+    let (_net, tool, agent) = pair().await;
+    ok(&tool, &["expose", "exec", "hello", "--", "echo", "hi"]).await;
+    ok(&tool, &["allow", "agent", "hello"]).await;
+    let st = ok(&tool, &["status", "--json"]).await;
+    assert!(
+        st.contains("\"name\": \"hello\"") && st.contains("exec echo hi"),
+        "{st}"
+    );
+    assert_eq!(pipe_output(&agent, "tool/hello").await, "hi\n");
+    ok(&tool, &["unexpose", "hello"]).await;
+    let e = fails(&agent, &["pipe", "tool/hello"]).await;
+    assert!(e.contains("does not expose"), "{e}");
+    ok(&tool, &["expose", "exec", "hello", "--", "echo", "again"]).await;
+    ok(&tool, &["deny", "agent", "hello"]).await;
+    let e = fails(&agent, &["pipe", "tool/hello"]).await;
+    assert!(e.contains("not allowed"), "{e}");
+}
+
+async fn pipe_output(home: &Path, target: &str) -> String {
+    let out = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(home)
+        .args(["pipe", target])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn wait_tcp(port: u16) {
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nothing listens on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
