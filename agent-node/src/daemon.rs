@@ -280,9 +280,8 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
             };
             let (_reg, counters) = register(&state, "in", peer, &name);
             let channel = Counted::new(channel, counters);
-            tokio::select! {
-                r = run_exec(channel, child, &name) => if let Err(e) = r { tracing::info!("exec channel ended: {e}") },
-                _ = cancelled(&mut shutdown) => {}
+            if let Err(e) = run_exec(channel, child, &name, cancelled(&mut shutdown)).await {
+                tracing::info!("exec channel ended: {e}");
             }
         }
     }

@@ -36,5 +36,5 @@ pub mod tls;
 pub use channel::Channel;
 pub use error::Error;
 pub use handshake::IncomingChannel;
-pub use node::{LinkState, Node, NodeConfig, NodeLimits};
+pub use node::{Handlers, LinkState, Node, NodeConfig, NodeLimits};
 pub use relay_addr::RelayAddr;

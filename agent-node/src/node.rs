@@ -24,6 +24,44 @@ use crate::link::{read_message, write_message};
 use crate::relay_addr::RelayAddr;
 use crate::tls::{PresentedKey, client_crypto};
 
+type Handler = Arc<
+    dyn Fn(Channel) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Service handlers for [`Node::serve`], by service name.
+#[derive(Default, Clone)]
+pub struct Handlers {
+    map: HashMap<String, Handler>,
+}
+
+impl std::fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.map.keys()).finish()
+    }
+}
+
+impl Handlers {
+    /// No handlers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves `service` with `handler` (called once per accepted channel).
+    pub fn add<F, Fut>(mut self, service: &str, handler: F) -> Self
+    where
+        F: Fn(Channel) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.map.insert(
+            service.to_owned(),
+            Arc::new(move |ch| Box::pin(handler(ch))),
+        );
+        self
+    }
+}
+
 /// The state of the relay link, as a person would want to see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkState {
@@ -271,6 +309,33 @@ impl Node {
     /// is shut down.
     pub async fn accept(&self) -> Option<IncomingChannel> {
         self.incoming.lock().await.recv().await
+    }
+
+    /// Serves incoming channels until the node shuts down: each authenticated caller for a
+    /// service in `handlers` that `allow(peer, service)` admits is accepted and handed to
+    /// that service's handler on its own task; others are denied (unknown service, or not
+    /// allowed). For custom agents that expose tools without the daemon.
+    pub async fn serve<A>(&self, handlers: Handlers, allow: A)
+    where
+        A: Fn(NodeId, &str) -> bool + Send + Sync + 'static,
+    {
+        while let Some(incoming) = self.accept().await {
+            let Some(handler) = handlers.map.get(incoming.service()).cloned() else {
+                tokio::spawn(incoming.deny(DenyReason::UnknownService));
+                continue;
+            };
+            if !allow(incoming.peer(), incoming.service()) {
+                tokio::spawn(incoming.deny(DenyReason::NotAllowed));
+                continue;
+            }
+            let peer = incoming.peer();
+            tokio::spawn(async move {
+                match incoming.accept().await {
+                    Ok(channel) => handler(channel).await,
+                    Err(e) => tracing::info!(peer = %peer.fmt_short(), "accept failed: {e}"),
+                }
+            });
+        }
     }
 
     /// Asks the relay whether `target` is online.

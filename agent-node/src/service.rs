@@ -117,10 +117,12 @@ pub fn spawn_exec(command: &[String]) -> io::Result<Child> {
 }
 
 /// Runs one channel against a spawned process: channel -> stdin, stdout -> channel, stderr
-/// to the log. The process is killed when the channel is done.
-pub async fn run_exec<C>(channel: C, mut child: Child, name: &str) -> io::Result<()>
+/// to the log. The process is killed when the channel is done, or when `cancel` resolves
+/// (then its output ends and the channel is closed with a close frame).
+pub async fn run_exec<C, F>(channel: C, mut child: Child, name: &str, cancel: F) -> io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
+    F: std::future::Future<Output = ()>,
 {
     let (mut stdin, mut stdout) = match (child.stdin.take(), child.stdout.take()) {
         (Some(i), Some(o)) => (i, o),
@@ -146,12 +148,17 @@ where
         let _ = w.shutdown().await;
         r
     };
-    tokio::pin!(to_child, from_child);
+    tokio::pin!(to_child, from_child, cancel);
     // The channel is done when the process's output ends (its input may stay open: a peer
     // that never half-closes must not keep the process alive).
     let mut input_done = false;
+    let mut cancelled = false;
     let result = loop {
         tokio::select! {
+            _ = &mut cancel, if !cancelled => {
+                cancelled = true;
+                let _ = child.start_kill();
+            }
             r = &mut to_child, if !input_done => {
                 input_done = true;
                 if let Err(e) = r {

@@ -554,3 +554,61 @@ async fn wait_tcp(port: u16) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_open_channels_and_sigterm_closes_them_cleanly() {
+    let (mut net, tool, agent) = pair().await;
+    ok(&tool, &["expose", "exec", "cat", "--", "cat"]).await;
+    ok(&tool, &["allow", "agent", "cat"]).await;
+    let mut child = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&agent)
+        .args(["pipe", "tool/cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut stdin = child.stdin.take().unwrap_or_else(|| panic!("stdin"));
+    stdin
+        .write_all(b"0123456789")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The open channel shows up on both sides, with its bytes.
+    let started = Instant::now();
+    loop {
+        let st = ok(&tool, &["status"]).await;
+        if st.contains("in  agent") && st.contains("cat") && st.contains("in         10 B") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "status never showed the channel: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let st = ok(&agent, &["status", "--json"]).await;
+    assert!(
+        st.contains("\"direction\": \"out\"") && st.contains("\"peer\": \"tool\""),
+        "{st}"
+    );
+    // SIGTERM the tool daemon: the channel ends with a close frame, so the caller sees a
+    // clean end (exit 0), not a truncated stream.
+    let tool_daemon = net.daemons.remove(0);
+    let pid = tool_daemon.id().unwrap_or_else(|| panic!("no pid"));
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("pipe did not end after the callee shut down"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "caller saw an error: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0123456789");
+    drop(stdin);
+}

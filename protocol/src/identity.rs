@@ -27,9 +27,9 @@ pub struct Identity {
 
 impl Identity {
     /// A new random identity from the operating system's CSPRNG.
-    pub fn generate() -> Result<Self, getrandom::Error> {
+    pub fn generate() -> Result<Self, crate::Error> {
         let mut seed = zeroize::Zeroizing::new([0u8; 32]);
-        getrandom::getrandom(seed.as_mut())?;
+        getrandom::getrandom(seed.as_mut()).map_err(|_| crate::Error::Random)?;
         Ok(Self::from_seed(*seed))
     }
 

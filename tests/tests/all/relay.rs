@@ -780,3 +780,61 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
         true
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_dispatches_by_service_and_enforces_allow() {
+    use nullport_node::Handlers;
+    let net = TestNet::start().await;
+    let (tool, caller, stranger) = (
+        Arc::new(net.node().await),
+        net.node().await,
+        net.node().await,
+    );
+    let allowed = caller.node_id();
+    let server = tool.clone();
+    tokio::spawn(async move {
+        let handlers = Handlers::new().add("upper", |mut ch: nullport_node::Channel| async move {
+            let mut input = Vec::new();
+            if ch.read_to_end(&mut input).await.is_ok() {
+                let _ = ch.write_all(&input.to_ascii_uppercase()).await;
+                let _ = ch.shutdown().await;
+            }
+        });
+        server.serve(handlers, move |peer, _| peer == allowed).await;
+    });
+    let mut ch = caller
+        .dial(tool.node_id(), "upper")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ch.write_all(b"shout")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut got = Vec::new();
+    ch.read_to_end(&mut got)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got, b"SHOUT");
+    let r = caller.dial(tool.node_id(), "other").await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::Denied {
+                reason: DenyReason::UnknownService,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let r = stranger.dial(tool.node_id(), "upper").await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::Denied {
+                reason: DenyReason::NotAllowed,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}
