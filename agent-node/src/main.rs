@@ -1,4 +1,7 @@
 //! `nullport`: the node daemon and CLI. A thin layer over the `nullport_node` library.
+// The doc comments of `cli` are clap help text, where `<peer>/<service>` is the usual
+// notation, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
 
 mod cli;
 mod quickstart;
