@@ -68,13 +68,27 @@ enum Command {
         /// Service name.
         service: String,
     },
-    /// Take back an `allow`.
+    /// `deny PEER SERVICE` takes back an `allow`; `deny ID` refuses a waiting tool call.
     Deny {
-        /// Alias or NodeId.
+        /// Alias or NodeId (or an approval id, alone).
         peer: String,
-        /// Service name.
-        service: String,
+        /// Service name (absent: the first argument is an approval id).
+        service: Option<String>,
     },
+    /// Approve a tool call that waits for a human (see `nullport approvals`).
+    Approve {
+        /// The approval id.
+        id: String,
+    },
+    /// List tool calls waiting for a human's approval.
+    Approvals {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// MCP: bridge a local MCP client to a peer's MCP service, and set MCP rules.
+    #[command(subcommand)]
+    Mcp(McpCommand),
     /// Run the daemon in the foreground: the relay link, the services, the control socket.
     Up(UpArgs),
     /// Listen on a local TCP port; each connection becomes a channel to <peer>/<service>.
@@ -154,6 +168,48 @@ enum TrustCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum McpCommand {
+    /// A stdio MCP server for any MCP client: carries JSON-RPC to <peer>/<service>.
+    /// Client config: command "nullport", args ["mcp", "bridge", "files-server/files"].
+    Bridge {
+        /// `<peer>/<service>`.
+        target: String,
+    },
+    /// Set what a caller may do on an MCP service (replaces its previous rules).
+    Allow {
+        /// Alias or NodeId.
+        peer: String,
+        /// The MCP service.
+        service: String,
+        /// Tool names or `*` globs, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        tools: Vec<String>,
+        /// Resource URI prefixes, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        resources: Vec<String>,
+        /// Prompt names or globs, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        prompts: Vec<String>,
+        /// Extra JSON-RPC methods beyond the defaults, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        methods: Vec<String>,
+        /// Tool calls per minute.
+        #[arg(long)]
+        calls_per_minute: Option<u32>,
+        /// Tool calls in flight at once.
+        #[arg(long)]
+        max_concurrent: Option<u32>,
+    },
+    /// Make every call of a tool wait for a human (`nullport approve <id>`).
+    RequireApproval {
+        /// The MCP service.
+        service: String,
+        /// Tool name or glob.
+        tool: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ExposeCommand {
     /// Forward channels to a local TCP address (SSH, HTTP, databases).
     Tcp {
@@ -161,6 +217,15 @@ enum ExposeCommand {
         name: String,
         /// `host:port` to forward to.
         target: String,
+    },
+    /// Expose a stdio MCP server (one process per caller session) behind the JSON-RPC
+    /// firewall; set each caller's rules with `nullport mcp allow`.
+    Mcp {
+        /// Service name.
+        name: String,
+        /// The server command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
     /// Run a command per channel with its stdin/stdout as the channel.
     Exec {
@@ -223,7 +288,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Deny { peer, service } => {
+        Command::Deny {
+            peer: id,
+            service: None,
+        } => answer(&home, &id, false).await,
+        Command::Approve { id } => answer(&home, &id, true).await,
+        Command::Approvals { json } => approvals(&home, json).await,
+        Command::Mcp(cmd) => mcp(&home, cmd).await,
+        Command::Deny {
+            peer,
+            service: Some(service),
+        } => {
             let mut policy = Policy::load(&home.policy())?;
             if !policy.revoke(&peer, &service) {
                 bail!("{peer} was not allowed to use {service}");
@@ -241,6 +316,97 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pipe { target } => pipe(&home, &target).await,
         Command::Status { json } => status(&home, json).await,
         Command::Quickstart => crate::quickstart::run().await,
+    }
+}
+
+async fn answer(home: &Home, id: &str, approve: bool) -> anyhow::Result<()> {
+    let (response, _) = control(
+        home,
+        &ControlRequest::Answer {
+            id: id.to_owned(),
+            approve,
+        },
+    )
+    .await?;
+    if !response.ok {
+        bail!("{}", response.error.unwrap_or_default());
+    }
+    let what = response.approvals.and_then(|v| v.into_iter().next());
+    match what {
+        Some(a) => println!(
+            "{} {} call of {} by {}",
+            if approve { "approved" } else { "denied" },
+            a.service,
+            a.tool,
+            a.caller
+        ),
+        None => println!("{}", if approve { "approved" } else { "denied" }),
+    }
+    Ok(())
+}
+
+async fn approvals(home: &Home, json: bool) -> anyhow::Result<()> {
+    let (response, _) = control(home, &ControlRequest::Approvals).await?;
+    let list = response.approvals.unwrap_or_default();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else if list.is_empty() {
+        println!("no tool calls are waiting for approval");
+    } else {
+        for a in list {
+            println!(
+                "{}  {}/{}  caller {}  args sha256 {}  waiting {} s",
+                a.id, a.service, a.tool, a.caller, a.args_digest, a.waiting_secs
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
+    match cmd {
+        McpCommand::Bridge { target } => pipe(home, &target).await,
+        McpCommand::Allow {
+            peer,
+            service,
+            tools,
+            resources,
+            prompts,
+            methods,
+            calls_per_minute,
+            max_concurrent,
+        } => {
+            TrustStore::load(&home.trust())?.resolve(&peer)?;
+            let mut policy = Policy::load(&home.policy())?;
+            let rules = nullport_keyring::McpRules {
+                tools,
+                resources,
+                prompts,
+                methods,
+                calls_per_minute,
+                max_concurrent,
+            };
+            policy.set_mcp_rules(&peer, &service, rules.clone());
+            policy.save()?;
+            println!(
+                "{peer} on {service}: tools {:?}, resources {:?}, prompts {:?}{}",
+                rules.tools,
+                rules.resources,
+                rules.prompts,
+                reload(home).await
+            );
+            Ok(())
+        }
+        McpCommand::RequireApproval { service, tool } => {
+            let mut policy = Policy::load(&home.policy())?;
+            policy.require_approval(&service, &tool);
+            policy.save()?;
+            println!(
+                "calls of {service}/{tool} now wait for `nullport approve <id>`{}",
+                reload(home).await
+            );
+            Ok(())
+        }
     }
 }
 
@@ -369,6 +535,7 @@ async fn expose(home: &Home, cmd: ExposeCommand) -> anyhow::Result<()> {
             (name, ServiceSpec::Tcp(target))
         }
         ExposeCommand::Exec { name, command } => (name, ServiceSpec::Exec(command)),
+        ExposeCommand::Mcp { name, command } => (name, ServiceSpec::Mcp(command)),
     };
     ServiceName::new(&name)
         .map_err(|_| anyhow!("invalid service name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"))?;

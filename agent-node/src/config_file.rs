@@ -23,6 +23,9 @@ pub enum ServiceSpec {
     Tcp(String),
     /// A command; one process per channel, stdin/stdout piped, stderr logged.
     Exec(Vec<String>),
+    /// A stdio MCP server command, one process per caller session, behind the JSON-RPC
+    /// firewall.
+    Mcp(Vec<String>),
 }
 
 impl std::fmt::Display for ServiceSpec {
@@ -30,6 +33,7 @@ impl std::fmt::Display for ServiceSpec {
         match self {
             ServiceSpec::Tcp(addr) => write!(f, "tcp {addr}"),
             ServiceSpec::Exec(cmd) => write!(f, "exec {}", cmd.join(" ")),
+            ServiceSpec::Mcp(cmd) => write!(f, "mcp {}", cmd.join(" ")),
         }
     }
 }
@@ -115,6 +119,6 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("line 3") || err.contains("line 4"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
     }
 }

@@ -13,6 +13,15 @@ pub enum ControlRequest {
     Status,
     /// Re-read config, policy and trust store.
     Reload,
+    /// Tool calls waiting for a human's approval.
+    Approvals,
+    /// Approve or deny a waiting call.
+    Answer {
+        /// The approval id.
+        id: String,
+        /// Approve (true) or deny.
+        approve: bool,
+    },
     /// Open a channel to `peer`/`service` and splice it to this connection.
     Pipe {
         /// Alias or NodeId.
@@ -33,6 +42,9 @@ pub struct ControlResponse {
     /// Status, for `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// Waiting approvals, for `approvals` (and the one answered, for `answer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<Vec<crate::mcp::approvals::PendingApproval>>,
 }
 
 impl ControlResponse {
@@ -42,6 +54,7 @@ impl ControlResponse {
             ok: true,
             error: None,
             status: None,
+            approvals: None,
         }
     }
 
@@ -51,6 +64,7 @@ impl ControlResponse {
             ok: false,
             error: Some(e.to_string()),
             status: None,
+            approvals: None,
         }
     }
 }

@@ -14,9 +14,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::audit::Audit;
 use crate::config_file::{NodeFile, ServiceSpec};
 use crate::control::{ChannelStatus, ControlRequest, ControlResponse, ServiceStatus, Status};
 use crate::home::Home;
+use crate::mcp::approvals::Approvals;
+use crate::mcp::{GrantSource, Session, serve_stdio};
 use crate::service::{Counted, Counters, connect_tcp, forward, run_exec, spawn_exec};
 use crate::{Error, IncomingChannel, Node, NodeConfig, NodeLimits, RelayAddr};
 
@@ -64,6 +67,8 @@ struct State {
     channels: Mutex<HashMap<u64, OpenChannel>>,
     next_channel: AtomicU64,
     shutdown: watch::Sender<bool>,
+    approvals: Arc<Approvals>,
+    audit: Audit,
 }
 
 /// A running daemon. [`Daemon::shutdown`] closes every channel with a close frame.
@@ -108,6 +113,13 @@ impl Daemon {
                 },
             )?;
         }
+        let audit = Audit::open(&home.audit())
+            .map_err(|error| DaemonError::Config(format!("{}: {error}", home.audit().display())))?;
+        let approval_timeout = std::env::var("NULLPORT_APPROVAL_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(120));
         let mut node_config = NodeConfig::new(identity, relay.clone());
         node_config.limits = limits;
         let node = Node::start(node_config).await?;
@@ -121,6 +133,8 @@ impl Daemon {
             channels: Mutex::new(HashMap::new()),
             next_channel: AtomicU64::new(1),
             shutdown: watch::Sender::new(false),
+            approvals: Arc::new(Approvals::new(approval_timeout)),
+            audit,
         });
         let span = tracing::info_span!("daemon", id = %state.node.node_id().fmt_short());
         let tasks = vec![
@@ -225,6 +239,9 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
         .and_then(|c| c.services.get(&name).cloned());
     let Some(spec) = spec else {
         tracing::info!("denied: service not exposed");
+        state
+            .audit
+            .channel(&peer, &name, "denied", "service not exposed");
         let _ = incoming.deny(DenyReason::UnknownService).await;
         return;
     };
@@ -264,6 +281,39 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
                 _ = cancelled(&mut shutdown) => {
                     let _ = tokio::time::timeout(Duration::from_secs(2), channel.get_mut().shutdown()).await;
                 }
+            }
+        }
+        ServiceSpec::Mcp(command) => {
+            let source: GrantSource = {
+                let (state, name) = (state.clone(), name.clone());
+                Arc::new(move || {
+                    let (policy, trust) = (state.policy.read().ok()?, state.trust.read().ok()?);
+                    policy.mcp_grant(&peer, &name, &trust).or_else(|| {
+                        match policy.decide(&peer, &name, &trust) {
+                            Decision::Allowed { rule } => Some(nullport_keyring::McpGrant {
+                                rule,
+                                rules: Default::default(),
+                                approve: Vec::new(),
+                            }),
+                            Decision::Denied => None,
+                        }
+                    })
+                })
+            };
+            let Ok(channel) = incoming.accept().await else {
+                return;
+            };
+            let (_reg, counters) = register(&state, "in", peer, &name);
+            let channel = Counted::new(channel, counters);
+            let session = Session {
+                caller: peer,
+                service: name.clone(),
+            };
+            tokio::select! {
+                r = serve_stdio(channel, &command, source, session, state.approvals.clone(), state.audit.clone()) => {
+                    if let Err(e) = r { tracing::info!("mcp session ended: {e}") }
+                }
+                _ = cancelled(&mut shutdown) => {}
             }
         }
         ServiceSpec::Exec(command) => {
@@ -322,6 +372,22 @@ async fn control_conn(state: Arc<State>, stream: UnixStream) {
         ControlRequest::Status => {
             let mut response = ControlResponse::ok();
             response.status = Some(status(&state));
+            let _ = respond(reader.get_mut(), &response).await;
+        }
+        ControlRequest::Approvals => {
+            let mut response = ControlResponse::ok();
+            response.approvals = Some(state.approvals.list());
+            let _ = respond(reader.get_mut(), &response).await;
+        }
+        ControlRequest::Answer { id, approve } => {
+            let response = match state.approvals.answer(&id, approve) {
+                Ok(info) => {
+                    let mut r = ControlResponse::ok();
+                    r.approvals = Some(vec![info]);
+                    r
+                }
+                Err(e) => ControlResponse::error(e),
+            };
             let _ = respond(reader.get_mut(), &response).await;
         }
         ControlRequest::Reload => {

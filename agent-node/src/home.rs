@@ -62,6 +62,11 @@ impl Home {
         self.dir.join("policy.toml")
     }
 
+    /// The audit log (JSON lines).
+    pub fn audit(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
     /// The daemon's control socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("nullport.sock")

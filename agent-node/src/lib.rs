@@ -19,6 +19,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod backoff;
 pub mod channel;
 pub mod config_file;
@@ -28,6 +29,7 @@ pub mod error;
 pub mod handshake;
 pub mod home;
 mod link;
+pub mod mcp;
 pub mod node;
 pub mod relay_addr;
 pub mod service;

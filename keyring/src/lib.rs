@@ -15,5 +15,5 @@ pub mod trust;
 pub use error::Error;
 pub use key_file::{KdfParams, Protection};
 pub use passphrase::PassphraseSource;
-pub use policy::{Decision, Policy};
+pub use policy::{Decision, McpGrant, McpRules, Policy};
 pub use trust::TrustStore;

@@ -5,6 +5,21 @@
 //! [services.ssh]
 //! allow = ["laptop", "np..."]      # trust-store aliases or NodeIds
 //! ```
+//! MCP services get per-caller rules on top (methods, tools, resources, prompts, quotas) and
+//! a list of tools that need a human's approval:
+//! ```toml
+//! [mcp.files]
+//! approve = ["write_file"]
+//! [mcp.files.allow."alice-agent"]
+//! tools = ["read_file", "list_*"]          # exact names or globs with `*`
+//! resources = ["file:///srv/docs/"]        # URI prefixes
+//! prompts = []
+//! methods = []                              # extra JSON-RPC methods beyond the defaults
+//! calls_per_minute = 60
+//! max_concurrent = 4
+//! ```
+//! A caller with an MCP rule for a service may open a channel to it.
+//!
 //! Names are resolved through the trust store when a decision is made, so trusting an alias
 //! later takes effect without editing the policy.
 
@@ -23,6 +38,52 @@ use crate::trust::TrustStore;
 struct PolicyFile {
     #[serde(default)]
     services: BTreeMap<String, ServiceRule>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    mcp: BTreeMap<String, McpService>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct McpService {
+    #[serde(default)]
+    approve: Vec<String>,
+    #[serde(default)]
+    allow: BTreeMap<String, McpRules>,
+}
+
+/// What one caller may do on one MCP service.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpRules {
+    /// Tool names or `*` globs callable with `tools/call` (and listed by `tools/list`).
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Resource URI prefixes readable with `resources/read` (and listed).
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// Prompt names or globs for `prompts/get` (and listed).
+    #[serde(default)]
+    pub prompts: Vec<String>,
+    /// JSON-RPC methods allowed beyond the defaults.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// `tools/call` requests per minute (none: unlimited).
+    #[serde(default)]
+    pub calls_per_minute: Option<u32>,
+    /// `tools/call` requests in flight at once (none: unlimited).
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+}
+
+/// The MCP rules that apply to one caller on one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpGrant {
+    /// The policy entry (alias or NodeId) that matched: named in denials and the audit log.
+    pub rule: String,
+    /// What it allows.
+    pub rules: McpRules,
+    /// Tools that need a human's approval before each call.
+    pub approve: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -97,17 +158,50 @@ impl Policy {
         changed
     }
 
-    /// Decides whether `peer` may use `service`.
+    /// Decides whether `peer` may open a channel to `service` (an MCP rule counts).
     pub fn decide(&self, peer: &NodeId, service: &str, trust: &TrustStore) -> Decision {
-        let Some(rule) = self.file.services.get(service) else {
-            return Decision::Denied;
-        };
-        for name in &rule.allow {
-            if trust.resolve(name).ok().as_ref() == Some(peer) {
-                return Decision::Allowed { rule: name.clone() };
+        if let Some(rule) = self.file.services.get(service) {
+            for name in &rule.allow {
+                if trust.resolve(name).ok().as_ref() == Some(peer) {
+                    return Decision::Allowed { rule: name.clone() };
+                }
             }
         }
-        Decision::Denied
+        match self.mcp_grant(peer, service, trust) {
+            Some(grant) => Decision::Allowed { rule: grant.rule },
+            None => Decision::Denied,
+        }
+    }
+
+    /// The MCP rules for `peer` on `service`, if any.
+    pub fn mcp_grant(&self, peer: &NodeId, service: &str, trust: &TrustStore) -> Option<McpGrant> {
+        let svc = self.file.mcp.get(service)?;
+        svc.allow
+            .iter()
+            .find(|(name, _)| trust.resolve(name).ok().as_ref() == Some(peer))
+            .map(|(name, rules)| McpGrant {
+                rule: name.clone(),
+                rules: rules.clone(),
+                approve: svc.approve.clone(),
+            })
+    }
+
+    /// Sets the MCP rules for `peer` on `service`.
+    pub fn set_mcp_rules(&mut self, peer: &str, service: &str, rules: McpRules) {
+        self.file
+            .mcp
+            .entry(service.to_owned())
+            .or_default()
+            .allow
+            .insert(peer.to_owned(), rules);
+    }
+
+    /// Marks `tool` on `service` as needing approval.
+    pub fn require_approval(&mut self, service: &str, tool: &str) {
+        let svc = self.file.mcp.entry(service.to_owned()).or_default();
+        if !svc.approve.iter().any(|t| t == tool) {
+            svc.approve.push(tool.to_owned());
+        }
     }
 
     /// Every (service, allowed names) pair.
@@ -175,6 +269,39 @@ mod tests {
         ));
         assert!(again.revoke("laptop", "ssh"));
         assert_eq!(again.decide(&a, "ssh", &trust), Decision::Denied);
+    }
+
+    #[test]
+    fn mcp_rules_grant_the_channel_and_carry_the_rule_name() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let a = Identity::from_seed([1; 32]).node_id();
+        let mut trust =
+            TrustStore::load(&dir.path().join("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+        trust
+            .add("alice-agent", a, false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("policy.toml");
+        std::fs::write(
+            &path,
+            "[mcp.files]\napprove = [\"write_file\"]\n[mcp.files.allow.\"alice-agent\"]\ntools = [\"read_file\", \"list_*\"]\ncalls_per_minute = 10\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let policy = Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            policy.decide(&a, "files", &trust),
+            Decision::Allowed {
+                rule: "alice-agent".into()
+            }
+        );
+        let grant = policy
+            .mcp_grant(&a, "files", &trust)
+            .unwrap_or_else(|| panic!("no grant"));
+        assert_eq!(grant.rules.tools, vec!["read_file", "list_*"]);
+        assert_eq!(grant.rules.calls_per_minute, Some(10));
+        assert_eq!(grant.approve, vec!["write_file"]);
+        let b = Identity::from_seed([2; 32]).node_id();
+        assert_eq!(policy.decide(&b, "files", &trust), Decision::Denied);
+        assert!(policy.mcp_grant(&b, "files", &trust).is_none());
     }
 
     #[test]

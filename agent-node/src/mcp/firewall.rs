@@ -1,0 +1,704 @@
+//! The JSON-RPC firewall at the callee: every message from the caller is parsed once, the
+//! parsed value is checked against the caller's MCP rules, and that very value (re-encoded)
+//! is what the server receives. Results the caller may not see are filtered out of list
+//! responses. No I/O here: lines in, decisions out.
+//!
+//! Rules of the road:
+//! - batches (JSON arrays) are refused with -32600: batching left MCP in 2025-06-18 and has
+//!   been used to smuggle calls past tool filters;
+//! - unknown methods are denied (default deny); policy denials use code [`DENIED`] with the
+//!   rule named in the message and in `data`;
+//! - identity claims inside payloads mean nothing: the caller is who the handshake proved;
+//! - a malformed or oversize message gets an error and the session stays usable.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use nullport_keyring::McpGrant;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+/// JSON-RPC parse error.
+pub const PARSE_ERROR: i64 = -32700;
+/// JSON-RPC invalid request (also: batches, oversize messages).
+pub const INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC method not found (not allowed under default deny).
+pub const METHOD_NOT_FOUND: i64 = -32601;
+/// Denied by the callee's nullport policy.
+pub const DENIED: i64 = -32001;
+/// Over a per-caller quota.
+pub const QUOTA_EXCEEDED: i64 = -32002;
+/// A human did not approve the call (denied or timed out).
+pub const NOT_APPROVED: i64 = -32003;
+
+/// Largest message accepted from a caller, in bytes.
+pub const MAX_MESSAGE: usize = 4 << 20;
+
+/// Methods every caller with a grant may use; calls are further checked by name.
+const DEFAULT_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "prompts/list",
+    "prompts/get",
+];
+
+/// Notifications a caller may send.
+const CALLER_NOTIFICATIONS: &[&str] = &[
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+];
+
+/// What to do with one message from the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Send this line to the server.
+    Forward(Vec<u8>),
+    /// Send this line (a JSON-RPC error) back to the caller; nothing reaches the server.
+    Reply(Vec<u8>),
+    /// Ask a human first; forward `line` if approved, else reply `denied`.
+    Approve {
+        /// The request to forward if approved.
+        line: Vec<u8>,
+        /// The error to send if not.
+        denied: Vec<u8>,
+        /// The tool.
+        tool: String,
+        /// SHA-256 of the tool arguments (hex).
+        args_digest: String,
+    },
+    /// Drop silently (a notification or response that is not allowed).
+    Drop,
+}
+
+/// One MCP decision, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// JSON-RPC method (empty if unparseable).
+    pub method: String,
+    /// Tool, resource or prompt named, if any.
+    pub target: Option<String>,
+    /// SHA-256 of the arguments (hex), for `tools/call`.
+    pub args_digest: Option<String>,
+    /// "allowed", "denied", "approval", "invalid".
+    pub outcome: &'static str,
+    /// Why (the rule or the check).
+    pub reason: String,
+}
+
+/// Id of a request, as a map key.
+fn id_key(id: &Value) -> Option<String> {
+    match id {
+        Value::String(s) => Some(format!("s:{s}")),
+        Value::Number(n) => Some(format!("n:{n}")),
+        _ => None,
+    }
+}
+
+/// `*`-glob match (any number of `*`, each matching any run of characters).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+fn error_line(id: Value, code: i64, message: &str, data: Option<Value>) -> Vec<u8> {
+    let mut error = json!({ "code": code, "message": message });
+    if let Some(d) = data {
+        error["data"] = d;
+    }
+    let mut line = serde_json::to_vec(&json!({ "jsonrpc": "2.0", "id": id, "error": error }))
+        .unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+fn encode(value: &Value) -> Vec<u8> {
+    let mut line = serde_json::to_vec(value).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+/// Which list a pending request asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListKind {
+    Tools,
+    Resources,
+    ResourceTemplates,
+    Prompts,
+}
+
+/// The firewall for one caller session.
+#[derive(Debug)]
+pub struct Firewall {
+    grant: McpGrant,
+    pending_lists: HashMap<String, ListKind>,
+    pending_calls: HashSet<String>,
+    server_requests: HashSet<String>,
+    recent_calls: Vec<Instant>,
+}
+
+impl Firewall {
+    /// A firewall applying `grant`.
+    pub fn new(grant: McpGrant) -> Self {
+        Self {
+            grant,
+            pending_lists: HashMap::new(),
+            pending_calls: HashSet::new(),
+            server_requests: HashSet::new(),
+            recent_calls: Vec::new(),
+        }
+    }
+
+    /// Replaces the rules (policy reload).
+    pub fn set_grant(&mut self, grant: McpGrant) {
+        self.grant = grant;
+    }
+
+    fn deny(
+        &self,
+        id: Value,
+        method: &str,
+        target: Option<String>,
+        what: String,
+    ) -> (Verdict, Decision) {
+        let message = format!(
+            "denied by nullport policy (rule {:?}): {what}",
+            self.grant.rule
+        );
+        let data = json!({ "rule": self.grant.rule, "reason": what });
+        (
+            Verdict::Reply(error_line(id, DENIED, &message, Some(data))),
+            Decision {
+                method: method.to_owned(),
+                target,
+                args_digest: None,
+                outcome: "denied",
+                reason: what,
+            },
+        )
+    }
+
+    /// Checks one message (one line, without the newline) from the caller.
+    pub fn from_caller(&mut self, line: &[u8], now: Instant) -> (Verdict, Decision) {
+        let invalid = |code: i64, message: &str| {
+            (
+                Verdict::Reply(error_line(Value::Null, code, message, None)),
+                Decision {
+                    method: String::new(),
+                    target: None,
+                    args_digest: None,
+                    outcome: "invalid",
+                    reason: message.to_owned(),
+                },
+            )
+        };
+        if line.len() > MAX_MESSAGE {
+            return invalid(INVALID_REQUEST, "message too large");
+        }
+        let value: Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(_) => return invalid(PARSE_ERROR, "Parse error"),
+        };
+        let Value::Object(msg) = value else {
+            let what = if value.is_array() {
+                "batches are not accepted (MCP 2025-06-18 removed them)"
+            } else {
+                "not a JSON-RPC object"
+            };
+            return invalid(INVALID_REQUEST, what);
+        };
+        if msg.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return invalid(INVALID_REQUEST, "jsonrpc must be \"2.0\"");
+        }
+        let id = msg.get("id").cloned();
+        let method = msg.get("method").and_then(Value::as_str).map(str::to_owned);
+        match (method, id) {
+            // A response to a request the server sent us.
+            (None, Some(id)) => {
+                let known = id_key(&id).is_some_and(|k| self.server_requests.remove(&k));
+                let decision = Decision {
+                    method: "(response)".into(),
+                    target: None,
+                    args_digest: None,
+                    outcome: if known { "allowed" } else { "denied" },
+                    reason: if known {
+                        "answers a server request".into()
+                    } else {
+                        "answers nothing the server asked".into()
+                    },
+                };
+                if known {
+                    (Verdict::Forward(encode(&Value::Object(msg))), decision)
+                } else {
+                    (Verdict::Drop, decision)
+                }
+            }
+            (None, None) => invalid(INVALID_REQUEST, "neither a request nor a response"),
+            // A notification.
+            (Some(method), None) => {
+                let allowed = CALLER_NOTIFICATIONS.contains(&method.as_str());
+                let decision = Decision {
+                    method: method.clone(),
+                    target: None,
+                    args_digest: None,
+                    outcome: if allowed { "allowed" } else { "denied" },
+                    reason: "notification".into(),
+                };
+                if allowed {
+                    (Verdict::Forward(encode(&Value::Object(msg))), decision)
+                } else {
+                    (Verdict::Drop, decision)
+                }
+            }
+            (Some(method), Some(id)) => {
+                let Some(key) = id_key(&id) else {
+                    return invalid(INVALID_REQUEST, "request id must be a string or a number");
+                };
+                self.check_request(msg, method, id, key, now)
+            }
+        }
+    }
+
+    fn check_request(
+        &mut self,
+        msg: Map<String, Value>,
+        method: String,
+        id: Value,
+        key: String,
+        now: Instant,
+    ) -> (Verdict, Decision) {
+        let rules = &self.grant.rules;
+        if !DEFAULT_METHODS.contains(&method.as_str())
+            && !rules.methods.iter().any(|m| m == &method)
+        {
+            let what = format!("method {method:?} is not allowed");
+            let message = format!(
+                "Method not found or not allowed (rule {:?}): {method}",
+                self.grant.rule
+            );
+            return (
+                Verdict::Reply(error_line(
+                    id,
+                    METHOD_NOT_FOUND,
+                    &message,
+                    Some(json!({ "rule": self.grant.rule })),
+                )),
+                Decision {
+                    method,
+                    target: None,
+                    args_digest: None,
+                    outcome: "denied",
+                    reason: what,
+                },
+            );
+        }
+        let params = msg.get("params").and_then(Value::as_object);
+        let name = params
+            .and_then(|p| p.get("name"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let allowed_by =
+            |patterns: &[String], value: &str| patterns.iter().any(|p| glob_match(p, value));
+        let mut target = None;
+        let mut args_digest = None;
+        match method.as_str() {
+            "tools/call" => {
+                let Some(tool) = name else {
+                    return self.deny(id, &method, None, "tools/call without a tool name".into());
+                };
+                let tool = tool.as_str();
+                target = Some(tool.to_owned());
+                if !allowed_by(&rules.tools, tool) {
+                    return self.deny(id, &method, target, format!("tool {tool:?} is not allowed"));
+                }
+                let args = params
+                    .and_then(|p| p.get("arguments"))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let digest: String = Sha256::digest(serde_json::to_vec(&args).unwrap_or_default())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                args_digest = Some(digest.clone());
+                if let Some(limit) = rules.calls_per_minute {
+                    self.recent_calls
+                        .retain(|t| now.duration_since(*t) < Duration::from_secs(60));
+                    if self.recent_calls.len() >= limit as usize {
+                        let what = format!("quota: {limit} tool calls per minute");
+                        return (
+                            Verdict::Reply(error_line(
+                                id,
+                                QUOTA_EXCEEDED,
+                                &format!("over quota (rule {:?}): {what}", self.grant.rule),
+                                Some(json!({ "rule": self.grant.rule })),
+                            )),
+                            Decision {
+                                method,
+                                target,
+                                args_digest,
+                                outcome: "denied",
+                                reason: what,
+                            },
+                        );
+                    }
+                }
+                if let Some(limit) = rules.max_concurrent
+                    && self.pending_calls.len() >= limit as usize
+                {
+                    let what = format!("quota: {limit} concurrent tool calls");
+                    return (
+                        Verdict::Reply(error_line(
+                            id,
+                            QUOTA_EXCEEDED,
+                            &format!("over quota (rule {:?}): {what}", self.grant.rule),
+                            Some(json!({ "rule": self.grant.rule })),
+                        )),
+                        Decision {
+                            method,
+                            target,
+                            args_digest,
+                            outcome: "denied",
+                            reason: what,
+                        },
+                    );
+                }
+                self.recent_calls.push(now);
+                self.pending_calls.insert(key.clone());
+                if self.grant.approve.iter().any(|p| glob_match(p, tool)) {
+                    let line = encode(&Value::Object(msg));
+                    let denied = error_line(
+                        id,
+                        NOT_APPROVED,
+                        &format!("tool {tool:?} needs a human's approval, which was not given"),
+                        None,
+                    );
+                    return (
+                        Verdict::Approve {
+                            line,
+                            denied,
+                            tool: tool.to_owned(),
+                            args_digest: digest.clone(),
+                        },
+                        Decision {
+                            method,
+                            target,
+                            args_digest,
+                            outcome: "approval",
+                            reason: format!("rule {:?}; tool marked approve", self.grant.rule),
+                        },
+                    );
+                }
+            }
+            "resources/read" => {
+                let uri = params
+                    .and_then(|p| p.get("uri"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                let Some(uri) = uri else {
+                    return self.deny(id, &method, None, "resources/read without a uri".into());
+                };
+                let uri = uri.as_str();
+                target = Some(uri.to_owned());
+                if !rules.resources.iter().any(|p| uri.starts_with(p.as_str())) {
+                    return self.deny(
+                        id,
+                        &method,
+                        target,
+                        format!("resource {uri:?} is not under an allowed prefix"),
+                    );
+                }
+            }
+            "prompts/get" => {
+                let Some(prompt) = name else {
+                    return self.deny(id, &method, None, "prompts/get without a name".into());
+                };
+                let prompt = prompt.as_str();
+                target = Some(prompt.to_owned());
+                if !allowed_by(&rules.prompts, prompt) {
+                    return self.deny(
+                        id,
+                        &method,
+                        target,
+                        format!("prompt {prompt:?} is not allowed"),
+                    );
+                }
+            }
+            "tools/list" => {
+                self.pending_lists.insert(key, ListKind::Tools);
+            }
+            "resources/list" => {
+                self.pending_lists.insert(key, ListKind::Resources);
+            }
+            "resources/templates/list" => {
+                self.pending_lists.insert(key, ListKind::ResourceTemplates);
+            }
+            "prompts/list" => {
+                self.pending_lists.insert(key, ListKind::Prompts);
+            }
+            _ => {}
+        }
+        let reason = format!("rule {:?}", self.grant.rule);
+        (
+            Verdict::Forward(encode(&Value::Object(msg))),
+            Decision {
+                method,
+                target,
+                args_digest,
+                outcome: "allowed",
+                reason,
+            },
+        )
+    }
+
+    /// Filters one message (one line) from the server; `None` drops it.
+    pub fn from_server(&mut self, line: &[u8]) -> Option<Vec<u8>> {
+        let Ok(Value::Object(mut msg)) = serde_json::from_slice::<Value>(line) else {
+            return None;
+        };
+        let id_key = msg.get("id").and_then(id_key);
+        let is_request = msg.contains_key("method");
+        if let Some(key) = id_key {
+            if is_request {
+                self.server_requests.insert(key);
+            } else {
+                self.pending_calls.remove(&key);
+                if let Some(kind) = self.pending_lists.remove(&key)
+                    && let Some(result) = msg.get_mut("result").and_then(Value::as_object_mut)
+                {
+                    self.filter_list(kind, result);
+                }
+            }
+        }
+        Some(encode(&Value::Object(msg)))
+    }
+
+    fn filter_list(&self, kind: ListKind, result: &mut Map<String, Value>) {
+        let rules = &self.grant.rules;
+        let (field, key, check): (&str, &str, Box<dyn Fn(&str) -> bool>) = match kind {
+            ListKind::Tools => (
+                "tools",
+                "name",
+                Box::new(|n: &str| rules.tools.iter().any(|p| glob_match(p, n))),
+            ),
+            ListKind::Prompts => (
+                "prompts",
+                "name",
+                Box::new(|n: &str| rules.prompts.iter().any(|p| glob_match(p, n))),
+            ),
+            ListKind::Resources => (
+                "resources",
+                "uri",
+                Box::new(|u: &str| rules.resources.iter().any(|p| u.starts_with(p.as_str()))),
+            ),
+            ListKind::ResourceTemplates => (
+                "resourceTemplates",
+                "uriTemplate",
+                Box::new(|u: &str| rules.resources.iter().any(|p| u.starts_with(p.as_str()))),
+            ),
+        };
+        if let Some(Value::Array(items)) = result.get_mut(field) {
+            items.retain(|item| item.get(key).and_then(Value::as_str).is_some_and(&check));
+        }
+    }
+
+    /// Tool calls sent to the server and not answered yet.
+    pub fn calls_in_flight(&self) -> usize {
+        self.pending_calls.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nullport_keyring::McpRules;
+
+    fn fw(tools: &[&str]) -> Firewall {
+        Firewall::new(McpGrant {
+            rule: "alice-agent".into(),
+            rules: McpRules {
+                tools: tools.iter().map(|s| s.to_string()).collect(),
+                resources: vec!["file:///srv/".into()],
+                ..McpRules::default()
+            },
+            approve: vec!["write_*".into()],
+        })
+    }
+
+    fn reply_of(v: &Verdict) -> Value {
+        match v {
+            Verdict::Reply(l) => serde_json::from_slice(l).unwrap_or(Value::Null),
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("read_file", "read_file"));
+        assert!(!glob_match("read_file", "read_files"));
+        assert!(glob_match("list_*", "list_directory"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxcyyb"));
+        assert!(!glob_match("ab*ba", "aba"));
+    }
+
+    #[test]
+    fn allowed_call_is_forwarded_as_parsed() {
+        let mut f = fw(&["read_file"]);
+        let (v, d) = f.from_caller(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"/srv/a"}}}"#, Instant::now());
+        assert!(matches!(v, Verdict::Forward(_)));
+        assert_eq!(
+            (d.outcome, d.target.as_deref()),
+            ("allowed", Some("read_file"))
+        );
+        assert_eq!(d.args_digest.map(|s| s.len()), Some(64));
+    }
+
+    #[test]
+    fn hidden_tool_called_by_name_is_denied_with_the_rule() {
+        let mut f = fw(&["read_file"]);
+        let (v, d) = f.from_caller(br#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"delete_everything","arguments":{},"_meta":{"caller":"admin"}}}"#, Instant::now());
+        let r = reply_of(&v);
+        assert_eq!(r["id"], "x");
+        assert_eq!(r["error"]["code"], DENIED);
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("alice-agent")
+        );
+        assert_eq!(d.outcome, "denied");
+    }
+
+    #[test]
+    fn batches_malformed_and_unknown_methods_get_errors() {
+        let mut f = fw(&["*"]);
+        let now = Instant::now();
+        let (v, _) = f.from_caller(
+            br#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}]"#,
+            now,
+        );
+        assert_eq!(reply_of(&v)["error"]["code"], INVALID_REQUEST);
+        let (v, _) = f.from_caller(b"{not json", now);
+        assert_eq!(reply_of(&v)["error"]["code"], PARSE_ERROR);
+        let (v, _) = f.from_caller(br#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#, now);
+        assert_eq!(reply_of(&v)["error"]["code"], INVALID_REQUEST);
+        let (v, _) = f.from_caller(
+            br#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}"#,
+            now,
+        );
+        assert_eq!(reply_of(&v)["error"]["code"], METHOD_NOT_FOUND);
+        let (v, _) = f.from_caller(br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#, now);
+        assert_eq!(reply_of(&v)["error"]["code"], INVALID_REQUEST);
+        let big = vec![b' '; MAX_MESSAGE + 1];
+        let (v, _) = f.from_caller(&big, now);
+        assert_eq!(reply_of(&v)["error"]["code"], INVALID_REQUEST);
+        // And the session is still usable.
+        let (v, _) = f.from_caller(br#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#, now);
+        assert!(matches!(v, Verdict::Forward(_)));
+    }
+
+    #[test]
+    fn lists_are_filtered_to_what_the_caller_may_use() {
+        let mut f = fw(&["read_file", "list_*"]);
+        let (v, _) = f.from_caller(
+            br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#,
+            Instant::now(),
+        );
+        assert!(matches!(v, Verdict::Forward(_)));
+        let out = f.from_server(br#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"read_file"},{"name":"write_file"},{"name":"list_directory"}]}}"#);
+        let out: Value = serde_json::from_slice(&out.unwrap_or_default()).unwrap_or(Value::Null);
+        let names: Vec<&str> = out["result"]["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        assert_eq!(names, vec!["read_file", "list_directory"]);
+        // A response with another id is not filtered (and not confused with the list).
+        let (_, _) = f.from_caller(
+            br#"{"jsonrpc":"2.0","id":8,"method":"resources/list"}"#,
+            Instant::now(),
+        );
+        let out = f.from_server(br#"{"jsonrpc":"2.0","id":8,"result":{"resources":[{"uri":"file:///srv/a"},{"uri":"file:///etc/passwd"}]}}"#);
+        let out: Value = serde_json::from_slice(&out.unwrap_or_default()).unwrap_or(Value::Null);
+        assert_eq!(out["result"]["resources"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn resources_outside_prefix_and_unsolicited_responses() {
+        let mut f = fw(&[]);
+        let (v, _) = f.from_caller(br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///etc/shadow"}}"#, Instant::now());
+        assert_eq!(reply_of(&v)["error"]["code"], DENIED);
+        let (v, _) = f.from_caller(br#"{"jsonrpc":"2.0","id":99,"result":{}}"#, Instant::now());
+        assert_eq!(v, Verdict::Drop);
+        assert!(
+            f.from_server(br#"{"jsonrpc":"2.0","id":"s1","method":"roots/list"}"#)
+                .is_some()
+        );
+        let (v, _) = f.from_caller(
+            br#"{"jsonrpc":"2.0","id":"s1","result":{"roots":[]}}"#,
+            Instant::now(),
+        );
+        assert!(matches!(v, Verdict::Forward(_)));
+    }
+
+    #[test]
+    fn approval_and_quotas() {
+        let mut f = fw(&["*"]);
+        let now = Instant::now();
+        let (v, d) = f.from_caller(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_file","arguments":{"path":"x"}}}"#, now);
+        assert!(matches!(v, Verdict::Approve { ref tool, .. } if tool == "write_file"));
+        assert_eq!(d.outcome, "approval");
+        let mut f = Firewall::new(McpGrant {
+            rule: "r".into(),
+            rules: McpRules {
+                tools: vec!["*".into()],
+                calls_per_minute: Some(2),
+                max_concurrent: Some(5),
+                ..McpRules::default()
+            },
+            approve: vec![],
+        });
+        let call = |i: u32| {
+            format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"t"}}}}"#)
+        };
+        assert!(matches!(
+            f.from_caller(call(1).as_bytes(), now).0,
+            Verdict::Forward(_)
+        ));
+        assert!(matches!(
+            f.from_caller(call(2).as_bytes(), now).0,
+            Verdict::Forward(_)
+        ));
+        assert_eq!(
+            reply_of(&f.from_caller(call(3).as_bytes(), now).0)["error"]["code"],
+            QUOTA_EXCEEDED
+        );
+        assert!(matches!(
+            f.from_caller(call(4).as_bytes(), now + Duration::from_secs(61))
+                .0,
+            Verdict::Forward(_)
+        ));
+    }
+}
