@@ -494,30 +494,22 @@ impl Firewall {
 
     fn filter_list(&self, kind: ListKind, result: &mut Map<String, Value>) {
         let rules = &self.grant.rules;
-        let (field, key, check): (&str, &str, Box<dyn Fn(&str) -> bool>) = match kind {
-            ListKind::Tools => (
-                "tools",
-                "name",
-                Box::new(|n: &str| rules.tools.iter().any(|p| glob_match(p, n))),
-            ),
-            ListKind::Prompts => (
-                "prompts",
-                "name",
-                Box::new(|n: &str| rules.prompts.iter().any(|p| glob_match(p, n))),
-            ),
-            ListKind::Resources => (
-                "resources",
-                "uri",
-                Box::new(|u: &str| rules.resources.iter().any(|p| u.starts_with(p.as_str()))),
-            ),
-            ListKind::ResourceTemplates => (
-                "resourceTemplates",
-                "uriTemplate",
-                Box::new(|u: &str| rules.resources.iter().any(|p| u.starts_with(p.as_str()))),
-            ),
+        let (field, key) = match kind {
+            ListKind::Tools => ("tools", "name"),
+            ListKind::Prompts => ("prompts", "name"),
+            ListKind::Resources => ("resources", "uri"),
+            ListKind::ResourceTemplates => ("resourceTemplates", "uriTemplate"),
+        };
+        let allowed = |value: &str| match kind {
+            ListKind::Tools => rules.tools.iter().any(|p| glob_match(p, value)),
+            ListKind::Prompts => rules.prompts.iter().any(|p| glob_match(p, value)),
+            ListKind::Resources | ListKind::ResourceTemplates => rules
+                .resources
+                .iter()
+                .any(|p| value.starts_with(p.as_str())),
         };
         if let Some(Value::Array(items)) = result.get_mut(field) {
-            items.retain(|item| item.get(key).and_then(Value::as_str).is_some_and(&check));
+            items.retain(|item| item.get(key).and_then(Value::as_str).is_some_and(allowed));
         }
     }
 
