@@ -612,3 +612,339 @@ async fn status_lists_open_channels_and_sigterm_closes_them_cleanly() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "0123456789");
     drop(stdin);
 }
+
+// ---------------------------------------------------------------------------------------
+// MCP with real peers: the official reference servers (npm) and the official Python SDK.
+
+fn mcp_peers() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/mcp-peers/node_modules/@modelcontextprotocol");
+    let sdk = std::process::Command::new("python3")
+        .args(["-c", "import mcp.client.stdio"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if dir.join("server-filesystem/dist/index.js").exists()
+        && dir.join("server-everything").exists()
+        && sdk
+    {
+        return Some(dir);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("MCP peers missing under CI: run scripts/install-peers");
+    }
+    eprintln!(
+        "\n*** SKIPPING MCP test: run scripts/install-peers (npm MCP servers + Python mcp SDK) ***\n"
+    );
+    None
+}
+
+/// Runs the Python SDK client through `nullport mcp bridge` and returns its JSON report.
+async fn sdk_client(home: &Path, target: &str, calls: serde_json::Value) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_client.py");
+    let bridge = serde_json::json!([NULLPORT, "--home", home, "mcp", "bridge", target]);
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(bridge.to_string())
+        .arg(calls.to_string())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "SDK client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_filesystem_server_behind_the_firewall_with_the_python_sdk() {
+    let Some(peers) = mcp_peers() else { return };
+    let mut net = Net::start().await;
+    let (tool, tool_id) = net.node("tool").await;
+    let (agent, agent_id) = net.node("agent").await;
+    let (agent2, agent2_id) = net.node("agent2").await;
+    for (home, alias, id) in [
+        (&tool, "agent", &agent_id),
+        (&tool, "agent2", &agent2_id),
+        (&agent, "tool", &tool_id),
+        (&agent2, "tool", &tool_id),
+    ] {
+        ok(home, &["trust", "add", alias, id]).await;
+    }
+    let data = net.dir.path().join("shared-docs");
+    std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(data.join("hello.txt"), "hello from the tool host\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let server = peers.join("server-filesystem/dist/index.js");
+    ok(
+        &tool,
+        &[
+            "expose",
+            "mcp",
+            "files",
+            "--",
+            "node",
+            &server.display().to_string(),
+            &data.display().to_string(),
+        ],
+    )
+    .await;
+    ok(
+        &tool,
+        &[
+            "mcp",
+            "allow",
+            "agent",
+            "files",
+            "--tools",
+            "read_text_file,list_*",
+        ],
+    )
+    .await;
+    ok(
+        &tool,
+        &[
+            "mcp",
+            "allow",
+            "agent2",
+            "files",
+            "--tools",
+            "list_allowed_directories",
+        ],
+    )
+    .await;
+    net.up(&tool).await;
+    net.up(&agent).await;
+    net.up(&agent2).await;
+
+    let hello = data.join("hello.txt").display().to_string();
+    let sneaky = data.join("written-by-agent.txt");
+    let report = sdk_client(
+        &agent,
+        "tool/files",
+        serde_json::json!([
+            { "tool": "read_text_file", "args": { "path": hello } },
+            { "tool": "write_file", "args": { "path": sneaky.display().to_string(), "content": "pwned" } },
+            { "tool": "read_text_file", "args": { "path": hello, "_meta": { "caller": "admin" } } }
+        ]),
+    )
+    .await;
+    assert_eq!(report["server"], "secure-filesystem-server");
+    assert_eq!(
+        report["tools"],
+        serde_json::json!([
+            "list_allowed_directories",
+            "list_directory",
+            "list_directory_with_sizes",
+            "read_text_file"
+        ])
+    );
+    let calls = report["calls"].as_array().cloned().unwrap_or_default();
+    assert_eq!(calls[0]["ok"], true, "{report}");
+    assert!(
+        calls[0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("hello from the tool host"),
+        "{report}"
+    );
+    assert_eq!(calls[1]["ok"], false, "{report}");
+    assert_eq!(calls[1]["code"], -32001, "{report}");
+    assert!(
+        calls[1]["message"].as_str().unwrap_or("").contains("agent"),
+        "the denial names the rule: {report}"
+    );
+    assert!(!sneaky.exists(), "the forbidden write reached the server");
+    assert_eq!(calls[2]["ok"], true, "{report}");
+
+    // A second caller with other rules sees another tool list, and cannot read.
+    let report2 = sdk_client(
+        &agent2,
+        "tool/files",
+        serde_json::json!([{ "tool": "read_text_file", "args": { "path": hello } }]),
+    )
+    .await;
+    assert_eq!(
+        report2["tools"],
+        serde_json::json!(["list_allowed_directories"])
+    );
+    assert_eq!(report2["calls"][0]["code"], -32001, "{report2}");
+
+    // Every decision is in the tool host's audit log.
+    let audit = std::fs::read_to_string(tool.join("audit.log")).unwrap_or_default();
+    assert!(
+        audit.lines().any(|l| l.contains("\"event\":\"mcp\"")
+            && l.contains("write_file")
+            && l.contains("\"outcome\":\"denied\"")),
+        "{audit}"
+    );
+    assert!(
+        audit.lines().any(|l| l.contains("read_text_file")
+            && l.contains("\"outcome\":\"allowed\"")
+            && l.contains("args_sha256")),
+        "{audit}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_approval_approve_deny_and_timeout() {
+    let Some(peers) = mcp_peers() else { return };
+    let mut net = Net::start().await;
+    let (tool, tool_id) = net.node("tool").await;
+    let (agent, agent_id) = net.node("agent").await;
+    ok(&tool, &["trust", "add", "agent", &agent_id]).await;
+    ok(&agent, &["trust", "add", "tool", &tool_id]).await;
+    let data = net.dir.path().join("docs");
+    std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{e}"));
+    let server = peers.join("server-filesystem/dist/index.js");
+    ok(
+        &tool,
+        &[
+            "expose",
+            "mcp",
+            "files",
+            "--",
+            "node",
+            &server.display().to_string(),
+            &data.display().to_string(),
+        ],
+    )
+    .await;
+    ok(
+        &tool,
+        &["mcp", "allow", "agent", "files", "--tools", "write_file"],
+    )
+    .await;
+    ok(&tool, &["mcp", "require-approval", "files", "write_file"]).await;
+    // A short approval timeout for the timeout case.
+    // SAFETY of the test: the variable is read by the daemon child process only.
+    let child = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&tool)
+        .args(["up", "--relay", &net.relay.address()])
+        .env("NULLPORT_APPROVAL_TIMEOUT_SECS", "3")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    net.daemons.push(child);
+    net.up(&agent).await;
+    let started = Instant::now();
+    while !nullport(&tool, &["status"])
+        .await
+        .stdout
+        .contains("link     online")
+    {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    for (answer, file) in [
+        (Some("approve"), "approved.txt"),
+        (Some("deny"), "denied.txt"),
+        (None, "timed-out.txt"),
+    ] {
+        let path = data.join(file);
+        let calls = serde_json::json!([{ "tool": "write_file", "args": { "path": path.display().to_string(), "content": "written" } }]);
+        let agent_home = agent.clone();
+        let client =
+            tokio::spawn(async move { sdk_client(&agent_home, "tool/files", calls).await });
+        // Wait until the call is pending; nothing has run yet.
+        let started = Instant::now();
+        let id = loop {
+            let list: serde_json::Value =
+                serde_json::from_str(&ok(&tool, &["approvals", "--json"]).await)
+                    .unwrap_or_default();
+            if let Some(first) = list.as_array().and_then(|l| l.first()) {
+                assert_eq!(first["tool"], "write_file");
+                assert_eq!(first["args_digest"].as_str().map(str::len), Some(64));
+                break first["id"].as_str().unwrap_or_default().to_owned();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no pending approval"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(!path.exists(), "the call ran before approval");
+        if let Some(verb) = answer {
+            ok(&tool, &[verb, &id]).await;
+        }
+        let report = client.await.unwrap_or_else(|e| panic!("{e}"));
+        let call = &report["calls"][0];
+        match answer {
+            Some("approve") => {
+                assert_eq!(call["ok"], true, "{report}");
+                assert_eq!(
+                    std::fs::read_to_string(&path).ok().as_deref(),
+                    Some("written")
+                );
+            }
+            _ => {
+                assert_eq!(call["code"], -32003, "{report}");
+                assert!(!path.exists(), "a refused call ran");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_everything_server_echo_and_hidden_tools() {
+    let Some(peers) = mcp_peers() else { return };
+    let (mut net, tool, agent) = {
+        let mut net = Net::start().await;
+        let (tool, tool_id) = net.node("tool").await;
+        let (agent, agent_id) = net.node("agent").await;
+        ok(&tool, &["trust", "add", "agent", &agent_id]).await;
+        ok(&agent, &["trust", "add", "tool", &tool_id]).await;
+        net.up(&agent).await;
+        (net, tool, agent)
+    };
+    let pkg = peers.join("server-everything");
+    let entry = ["dist/index.js", "dist/stdio.js"]
+        .iter()
+        .map(|p| pkg.join(p))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| pkg.join("dist/index.js"));
+    ok(
+        &tool,
+        &[
+            "expose",
+            "mcp",
+            "everything",
+            "--",
+            "node",
+            &entry.display().to_string(),
+            "stdio",
+        ],
+    )
+    .await;
+    ok(
+        &tool,
+        &["mcp", "allow", "agent", "everything", "--tools", "echo"],
+    )
+    .await;
+    net.up(&tool).await;
+    let report = sdk_client(
+        &agent,
+        "tool/everything",
+        serde_json::json!([{ "tool": "echo", "args": { "message": "through nullport" } }, { "tool": "add", "args": { "a": 1, "b": 2 } }]),
+    )
+    .await;
+    assert_eq!(report["tools"], serde_json::json!(["echo"]), "{report}");
+    assert_eq!(report["calls"][0]["ok"], true, "{report}");
+    assert!(
+        report["calls"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("through nullport"),
+        "{report}"
+    );
+    assert_eq!(
+        report["calls"][1]["code"], -32001,
+        "a hidden tool called by name: {report}"
+    );
+}
