@@ -223,8 +223,11 @@ enum ExposeCommand {
     Mcp {
         /// Service name.
         name: String,
+        /// A local Streamable HTTP MCP server instead of a command: http://127.0.0.1:PORT/mcp
+        #[arg(long, conflicts_with = "command")]
+        url: Option<String>,
         /// The server command and its arguments (after `--`).
-        #[arg(last = true, required = true)]
+        #[arg(last = true, required_unless_present = "url")]
         command: Vec<String>,
     },
     /// Run a command per channel with its stdin/stdout as the channel.
@@ -535,7 +538,19 @@ async fn expose(home: &Home, cmd: ExposeCommand) -> anyhow::Result<()> {
             (name, ServiceSpec::Tcp(target))
         }
         ExposeCommand::Exec { name, command } => (name, ServiceSpec::Exec(command)),
-        ExposeCommand::Mcp { name, command } => (name, ServiceSpec::Mcp(command)),
+        ExposeCommand::Mcp {
+            name,
+            url: Some(url),
+            ..
+        } => {
+            nullport_node::mcp::http::HttpTarget::parse(&url).map_err(|e| anyhow!("{url}: {e}"))?;
+            (name, ServiceSpec::McpUrl(url))
+        }
+        ExposeCommand::Mcp {
+            name,
+            url: None,
+            command,
+        } => (name, ServiceSpec::Mcp(command)),
     };
     ServiceName::new(&name)
         .map_err(|_| anyhow!("invalid service name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"))?;

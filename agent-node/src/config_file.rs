@@ -26,6 +26,9 @@ pub enum ServiceSpec {
     /// A stdio MCP server command, one process per caller session, behind the JSON-RPC
     /// firewall.
     Mcp(Vec<String>),
+    /// A local Streamable HTTP MCP server (`http://127.0.0.1:PORT/mcp`), behind the firewall.
+    #[serde(rename = "mcp_url")]
+    McpUrl(String),
 }
 
 impl std::fmt::Display for ServiceSpec {
@@ -34,6 +37,7 @@ impl std::fmt::Display for ServiceSpec {
             ServiceSpec::Tcp(addr) => write!(f, "tcp {addr}"),
             ServiceSpec::Exec(cmd) => write!(f, "exec {}", cmd.join(" ")),
             ServiceSpec::Mcp(cmd) => write!(f, "mcp {}", cmd.join(" ")),
+            ServiceSpec::McpUrl(url) => write!(f, "mcp {url}"),
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::config_file::{NodeFile, ServiceSpec};
 use crate::control::{ChannelStatus, ControlRequest, ControlResponse, ServiceStatus, Status};
 use crate::home::Home;
 use crate::mcp::approvals::Approvals;
-use crate::mcp::{GrantSource, Session, serve_stdio};
+use crate::mcp::{GrantSource, Session, UpstreamSpec, serve};
 use crate::service::{Counted, Counters, connect_tcp, forward, run_exec, spawn_exec};
 use crate::{Error, IncomingChannel, Node, NodeConfig, NodeLimits, RelayAddr};
 
@@ -283,7 +283,19 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
                 }
             }
         }
-        ServiceSpec::Mcp(command) => {
+        ServiceSpec::Mcp(_) | ServiceSpec::McpUrl(_) => {
+            let upstream = match &spec {
+                ServiceSpec::McpUrl(url) => match crate::mcp::http::HttpTarget::parse(url) {
+                    Ok(t) => UpstreamSpec::Http(t),
+                    Err(e) => {
+                        tracing::warn!("bad MCP URL {url}: {e}");
+                        let _ = incoming.deny(DenyReason::Unavailable).await;
+                        return;
+                    }
+                },
+                ServiceSpec::Mcp(command) => UpstreamSpec::Stdio(command.clone()),
+                _ => return,
+            };
             let source: GrantSource = {
                 let (state, name) = (state.clone(), name.clone());
                 Arc::new(move || {
@@ -310,7 +322,7 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
                 service: name.clone(),
             };
             tokio::select! {
-                r = serve_stdio(channel, &command, source, session, state.approvals.clone(), state.audit.clone()) => {
+                r = serve(channel, &upstream, source, session, state.approvals.clone(), state.audit.clone()) => {
                     if let Err(e) = r { tracing::info!("mcp session ended: {e}") }
                 }
                 _ = cancelled(&mut shutdown) => {}

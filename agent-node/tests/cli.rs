@@ -948,3 +948,85 @@ async fn mcp_everything_server_echo_and_hidden_tools() {
         "a hidden tool called by name: {report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_streamable_http_server_behind_the_firewall() {
+    let Some(peers) = mcp_peers() else { return };
+    let pkg = peers.join("server-everything");
+    let entry = ["dist/index.js", "dist/stdio.js"]
+        .iter()
+        .map(|p| pkg.join(p))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| pkg.join("dist/index.js"));
+    let port = free_port();
+    let _http = Command::new("node")
+        .arg(&entry)
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_tcp(port).await;
+    let mut net = Net::start().await;
+    let (tool, tool_id) = net.node("tool").await;
+    let (agent, agent_id) = net.node("agent").await;
+    ok(&tool, &["trust", "add", "agent", &agent_id]).await;
+    ok(&agent, &["trust", "add", "tool", &tool_id]).await;
+    ok(
+        &tool,
+        &[
+            "expose",
+            "mcp",
+            "everything",
+            "--url",
+            &format!("http://127.0.0.1:{port}/mcp"),
+        ],
+    )
+    .await;
+    ok(
+        &tool,
+        &[
+            "mcp",
+            "allow",
+            "agent",
+            "everything",
+            "--tools",
+            "echo,get-sum",
+        ],
+    )
+    .await;
+    let e = fails(
+        &tool,
+        &["expose", "mcp", "remote", "--url", "http://10.1.2.3:80/mcp"],
+    )
+    .await;
+    assert!(e.contains("not loopback"), "{e}");
+    net.up(&tool).await;
+    net.up(&agent).await;
+    let report = sdk_client(
+        &agent,
+        "tool/everything",
+        serde_json::json!([
+            { "tool": "echo", "args": { "message": "over streamable http" } },
+            { "tool": "get-env", "args": {} }
+        ]),
+    )
+    .await;
+    let tools = report["tools"].as_array().cloned().unwrap_or_default();
+    assert!(
+        tools.contains(&serde_json::json!("echo"))
+            && tools.iter().all(|t| t == "echo" || t == "get-sum"),
+        "{report}"
+    );
+    assert_eq!(report["calls"][0]["ok"], true, "{report}");
+    assert!(
+        report["calls"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("over streamable http"),
+        "{report}"
+    );
+    assert_eq!(report["calls"][1]["code"], -32001, "{report}");
+}
