@@ -1,10 +1,11 @@
 //! nullport's keys at rest and local trust: identity key files (encrypted by default), the
 //! trust store of peer aliases, and (in later issues) policy, capability tokens, revocation
-//! and the audit log.
+//! and the audit log ([`audit`]: hash-chained JSON lines with signed checkpoints).
 //!
 //! No async runtime and no network: plain `std::fs` at the edges only.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod error;
 pub mod fs;
 pub mod key_file;
