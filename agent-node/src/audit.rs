@@ -1,67 +1,52 @@
-//! The node's audit log: one JSON object a line (stable field names, RFC 3339 UTC times).
-//! Every channel decision and every MCP decision goes through [`Audit`]; the audit issue
-//! adds the hash chain and signed checkpoints behind this same interface.
+//! The node's audit log: one JSON object a line (stable field names, RFC 3339 UTC times),
+//! hash-chained with signed checkpoints (`nullport_keyring::audit`). Every node, channel, dial
+//! and MCP decision goes through [`Audit`].
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use nullport_protocol::NodeId;
+use nullport_keyring::audit::{AuditConfig, AuditWriter, Checkpoint};
+use nullport_protocol::{Identity, NodeId};
 use serde_json::{Value, json};
 
 use crate::mcp::Session;
 use crate::mcp::firewall::Decision;
 
-/// Appends audit events to a file (or nowhere, for embedding without a home).
+/// Appends audit events to the node's tamper-evident log (or nowhere, for embedding without
+/// a home). Checkpoints are signed with the node's key; each new one is also handed to
+/// `witness` (the daemon sends it to the relay to be countersigned).
 #[derive(Clone, Default)]
 pub struct Audit {
-    file: Option<Arc<Mutex<std::fs::File>>>,
+    writer: Option<Arc<Mutex<AuditWriter>>>,
+    witness: Option<tokio::sync::mpsc::UnboundedSender<Checkpoint>>,
 }
 
 impl std::fmt::Debug for Audit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Audit")
-            .field("enabled", &self.file.is_some())
+            .field("enabled", &self.writer.is_some())
             .finish()
     }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for a time since the Unix epoch.
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        d.subsec_micros()
-    )
+    nullport_keyring::audit::rfc3339(t)
 }
 
 impl Audit {
-    /// Appends to `path` (created 0600).
-    pub fn open(path: &Path) -> std::io::Result<Audit> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
+    /// Continues (or starts) the log at `path`, signing checkpoints with `identity`.
+    pub fn open(
+        path: &Path,
+        identity: &Identity,
+        config: AuditConfig,
+    ) -> Result<Audit, nullport_keyring::audit::AuditError> {
+        let signer = Identity::from_seed(*identity.seed());
+        let writer = AuditWriter::open(path, signer, config)?;
         Ok(Audit {
-            file: Some(Arc::new(Mutex::new(file))),
+            writer: Some(Arc::new(Mutex::new(writer))),
+            witness: None,
         })
     }
 
@@ -70,44 +55,86 @@ impl Audit {
         Audit::default()
     }
 
-    fn write(&self, mut event: Value) {
-        let Some(file) = &self.file else { return };
-        event["ts"] = Value::String(rfc3339(SystemTime::now()));
-        let Ok(mut line) = serde_json::to_vec(&event) else {
+    /// Hands every new checkpoint to `tx` as well.
+    pub fn with_witness(mut self, tx: tokio::sync::mpsc::UnboundedSender<Checkpoint>) -> Audit {
+        self.witness = Some(tx);
+        self
+    }
+
+    fn write(&self, event: &str, fields: Value) {
+        let Some(writer) = &self.writer else { return };
+        let Value::Object(fields) = fields else {
             return;
         };
-        line.push(b'\n');
-        if let Ok(mut f) = file.lock()
-            && let Err(e) = f.write_all(&line)
-        {
+        let Ok(mut w) = writer.lock() else { return };
+        let before = w.latest_checkpoint().map(|c| c.seq);
+        if let Err(e) = w.append(event, fields) {
             tracing::error!("audit log write failed: {e}");
+            return;
         }
+        self.forward_checkpoint(&w, before);
+    }
+
+    fn forward_checkpoint(&self, w: &AuditWriter, before: Option<u64>) {
+        if let (Some(tx), Some(cp)) = (&self.witness, w.latest_checkpoint())
+            && Some(cp.seq) != before
+        {
+            let _ = tx.send(cp.clone());
+        }
+    }
+
+    /// Writes a signed checkpoint now (at shutdown).
+    pub fn checkpoint(&self) {
+        let Some(writer) = &self.writer else { return };
+        let Ok(mut w) = writer.lock() else { return };
+        let before = w.latest_checkpoint().map(|c| c.seq);
+        if let Err(e) = w.checkpoint() {
+            tracing::error!("audit checkpoint failed: {e}");
+        }
+        self.forward_checkpoint(&w, before);
+    }
+
+    /// A node event (start, stop, relay link up or down).
+    pub fn node(&self, event: &str, detail: &str) {
+        self.write(event, json!({ "detail": detail }));
     }
 
     /// A channel decision (accept or deny) at the callee.
     pub fn channel(&self, peer: &NodeId, service: &str, outcome: &str, rule: &str) {
-        self.write(json!({ "event": "channel", "caller": peer.to_string(), "service": service, "outcome": outcome, "rule": rule }));
+        self.write("channel", json!({ "caller": peer.to_string(), "service": service, "outcome": outcome, "rule": rule }));
+    }
+
+    /// A dial out (caller side).
+    pub fn dial(&self, peer: &NodeId, service: &str, outcome: &str) {
+        self.write(
+            "dial",
+            json!({ "peer": peer.to_string(), "service": service, "outcome": outcome }),
+        );
     }
 
     /// An MCP decision.
     pub fn mcp(&self, session: &Session, d: &Decision, latency: Duration) {
-        self.write(json!({
-            "event": "mcp",
-            "caller": session.caller.to_string(),
-            "service": session.service,
-            "method": d.method,
-            "target": d.target,
-            "args_sha256": d.args_digest,
-            "outcome": d.outcome,
-            "reason": d.reason,
-            "latency_us": latency.as_micros() as u64,
-        }));
+        self.write(
+            "mcp",
+            json!({
+                "caller": session.caller.to_string(),
+                "service": session.service,
+                "method": d.method,
+                "target": d.target,
+                "args_sha256": d.args_digest,
+                "outcome": d.outcome,
+                "reason": d.reason,
+                "latency_us": latency.as_micros() as u64,
+            }),
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn rfc3339_known_instants() {

@@ -13,6 +13,8 @@ pub enum ControlRequest {
     Status,
     /// Re-read config, policy and trust store.
     Reload,
+    /// The latest audit checkpoint the relay witnessed for this node.
+    AuditWitness,
     /// Tool calls waiting for a human's approval.
     Approvals,
     /// Approve or deny a waiting call.
@@ -45,6 +47,9 @@ pub struct ControlResponse {
     /// Waiting approvals, for `approvals` (and the one answered, for `answer`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approvals: Option<Vec<crate::mcp::approvals::PendingApproval>>,
+    /// The witnessed checkpoint, for `auditwitness`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<serde_json::Value>,
 }
 
 impl ControlResponse {
@@ -55,6 +60,7 @@ impl ControlResponse {
             error: None,
             status: None,
             approvals: None,
+            witness: None,
         }
     }
 
@@ -65,6 +71,7 @@ impl ControlResponse {
             error: Some(e.to_string()),
             status: None,
             approvals: None,
+            witness: None,
         }
     }
 }

@@ -22,6 +22,8 @@ use crate::mcp::approvals::Approvals;
 use crate::mcp::{GrantSource, Session, UpstreamSpec, serve};
 use crate::service::{Counted, Counters, connect_tcp, forward, run_exec, spawn_exec};
 use crate::{Error, IncomingChannel, Node, NodeConfig, NodeLimits, RelayAddr};
+use nullport_keyring::audit::{AuditConfig, Checkpoint};
+use nullport_protocol::relay_link::WitnessedCheckpoint;
 
 /// Largest control request line.
 const MAX_CONTROL_LINE: usize = 4096;
@@ -69,6 +71,7 @@ struct State {
     shutdown: watch::Sender<bool>,
     approvals: Arc<Approvals>,
     audit: Audit,
+    witness_idle: std::sync::atomic::AtomicBool,
 }
 
 /// A running daemon. [`Daemon::shutdown`] closes every channel with a close frame.
@@ -113,8 +116,18 @@ impl Daemon {
                 },
             )?;
         }
-        let audit = Audit::open(&home.audit())
-            .map_err(|error| DaemonError::Config(format!("{}: {error}", home.audit().display())))?;
+        let (witness_tx, witness_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut audit_config = AuditConfig::default();
+        if let Some(n) = std::env::var("NULLPORT_AUDIT_CHECKPOINT_EVERY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            audit_config.checkpoint_every = n;
+        }
+        let audit = Audit::open(&home.audit(), &identity, audit_config)
+            .map_err(|error| DaemonError::Config(error.to_string()))?
+            .with_witness(witness_tx);
+        audit.node("node-start", &format!("relay {relay}"));
         let approval_timeout = std::env::var("NULLPORT_APPROVAL_TIMEOUT_SECS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -135,11 +148,14 @@ impl Daemon {
             shutdown: watch::Sender::new(false),
             approvals: Arc::new(Approvals::new(approval_timeout)),
             audit,
+            witness_idle: std::sync::atomic::AtomicBool::new(true),
         });
         let span = tracing::info_span!("daemon", id = %state.node.node_id().fmt_short());
         let tasks = vec![
             tokio::spawn(accept_loop(state.clone()).instrument(span.clone())),
-            tokio::spawn(control_loop(state.clone(), listener).instrument(span)),
+            tokio::spawn(control_loop(state.clone(), listener).instrument(span.clone())),
+            tokio::spawn(witness_loop(state.clone(), witness_rx).instrument(span.clone())),
+            tokio::spawn(link_events(state.clone()).instrument(span)),
         ];
         Ok(Daemon { state, tasks })
     }
@@ -153,6 +169,8 @@ impl Daemon {
     /// the relay link.
     pub async fn shutdown(self) {
         self.state.shutdown.send_replace(true);
+        self.state.audit.node("node-stop", "shutdown");
+        self.state.audit.checkpoint();
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline
             && self
@@ -162,6 +180,11 @@ impl Daemon {
                 .map(|c| !c.is_empty())
                 .unwrap_or(false)
         {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Give the final checkpoint a moment to reach the relay.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && !self.state.witness_idle.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for t in &self.tasks {
@@ -222,6 +245,69 @@ fn register(
     )
 }
 
+/// Sends each new audit checkpoint to the relay to be witnessed, and keeps the latest
+/// countersigned one in the home (`audit.witness`). While the relay is unreachable, only the
+/// newest checkpoint waits.
+async fn witness_loop(state: Arc<State>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Checkpoint>) {
+    while let Some(mut cp) = rx.recv().await {
+        state.witness_idle.store(false, Ordering::Relaxed);
+        while let Ok(newer) = rx.try_recv() {
+            cp = newer;
+        }
+        let request = WitnessedCheckpoint {
+            seq: cp.seq,
+            head: cp.head.clone(),
+            node_sig: cp.sig.clone(),
+            relay_sig: String::new(),
+        };
+        loop {
+            match state.node.witness(request.clone()).await {
+                Ok(witnessed) => {
+                    if let Ok(json) = serde_json::to_vec_pretty(&witness_json(&witnessed)) {
+                        let _ = nullport_keyring::fs::write_private(
+                            &state.home.audit_witness(),
+                            &json,
+                            true,
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!("audit checkpoint {} not witnessed yet: {e}", cp.seq);
+                    if !rx.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
+        if rx.is_empty() {
+            state.witness_idle.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The witness file's content.
+pub fn witness_json(cp: &WitnessedCheckpoint) -> serde_json::Value {
+    serde_json::json!({ "seq": cp.seq, "head": cp.head, "node_sig": cp.node_sig, "relay_sig": cp.relay_sig })
+}
+
+/// Audits relay link changes.
+async fn link_events(state: Arc<State>) {
+    let mut rx = state.node.watch_state();
+    let mut online = false;
+    while rx.changed().await.is_ok() {
+        let now = matches!(*rx.borrow_and_update(), crate::LinkState::Online);
+        if now != online {
+            online = now;
+            state.audit.node(
+                if now { "link-up" } else { "link-down" },
+                &state.relay.to_string(),
+            );
+        }
+    }
+}
+
 async fn accept_loop(state: Arc<State>) {
     while let Some(incoming) = state.node.accept().await {
         let span = tracing::info_span!("channel", peer = %incoming.peer().fmt_short(), service = incoming.service());
@@ -255,11 +341,13 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
             tracing::info!(
                 "denied: no policy rule allows this peer (nullport allow <peer> {name})"
             );
+            state.audit.channel(&peer, &name, "denied", "no rule");
             let _ = incoming.deny(DenyReason::NotAllowed).await;
             return;
         }
     };
     tracing::info!(%rule, target = %spec, "accepted");
+    state.audit.channel(&peer, &name, "accepted", &rule);
     let mut shutdown = state.shutdown.subscribe();
     match spec {
         ServiceSpec::Tcp(addr) => {
@@ -386,6 +474,17 @@ async fn control_conn(state: Arc<State>, stream: UnixStream) {
             response.status = Some(status(&state));
             let _ = respond(reader.get_mut(), &response).await;
         }
+        ControlRequest::AuditWitness => {
+            let response = match state.node.witnessed().await {
+                Ok(cp) => {
+                    let mut r = ControlResponse::ok();
+                    r.witness = cp.map(|c| witness_json(&c));
+                    r
+                }
+                Err(e) => ControlResponse::error(e),
+            };
+            let _ = respond(reader.get_mut(), &response).await;
+        }
         ControlRequest::Approvals => {
             let mut response = ControlResponse::ok();
             response.approvals = Some(state.approvals.list());
@@ -434,7 +533,13 @@ async fn control_conn(state: Arc<State>, stream: UnixStream) {
                     return;
                 }
             };
-            let channel = match state.node.dial(target, &service).await {
+            let dialed = state.node.dial(target, &service).await;
+            state.audit.dial(
+                &target,
+                &service,
+                if dialed.is_ok() { "open" } else { "failed" },
+            );
+            let channel = match dialed {
                 Ok(ch) => ch,
                 Err(e) => {
                     let _ = respond(

@@ -67,6 +67,11 @@ impl Home {
         self.dir.join("audit.log")
     }
 
+    /// The latest audit checkpoint the relay countersigned (JSON).
+    pub fn audit_witness(&self) -> PathBuf {
+        self.dir.join("audit.witness")
+    }
+
     /// The daemon's control socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("nullport.sock")

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nullport_protocol::relay_link::{
-    LINK_VERSION, LinkErrorCode, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode, close_code,
+    LINK_VERSION, LinkErrorCode, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode, WitnessedCheckpoint,
+    close_code,
 };
 use nullport_protocol::{
     DenyReason, DialRequest, HandshakeKeys, Identity, Limits, NodeId, ServiceName,
@@ -351,6 +352,47 @@ impl Node {
             RelayToNode::Error { code } => Err(Error::Link(code)),
             _ => Err(Error::Link(LinkErrorCode::Malformed)),
         }
+    }
+
+    /// Sends an audit checkpoint to the relay to be countersigned and kept.
+    pub async fn witness(
+        &self,
+        checkpoint: WitnessedCheckpoint,
+    ) -> Result<WitnessedCheckpoint, Error> {
+        match self
+            .control_request(NodeToRelay::Witness { checkpoint })
+            .await?
+        {
+            RelayToNode::Witnessed {
+                checkpoint: Some(cp),
+            } => Ok(cp),
+            RelayToNode::Error { code } => Err(Error::Link(code)),
+            _ => Err(Error::Link(LinkErrorCode::Malformed)),
+        }
+    }
+
+    /// The latest checkpoint of this node that the relay witnessed.
+    pub async fn witnessed(&self) -> Result<Option<WitnessedCheckpoint>, Error> {
+        match self.control_request(NodeToRelay::WitnessQuery).await? {
+            RelayToNode::Witnessed { checkpoint } => Ok(checkpoint),
+            RelayToNode::Error { code } => Err(Error::Link(code)),
+            _ => Err(Error::Link(LinkErrorCode::Malformed)),
+        }
+    }
+
+    /// The pinned relay's NodeId.
+    pub fn relay_id(&self) -> NodeId {
+        self.inner.config.relay.node_id
+    }
+
+    async fn control_request(&self, request: NodeToRelay) -> Result<RelayToNode, Error> {
+        wait_connection(&self.inner, self.inner.config.limits.connect_timeout).await?;
+        let mut control = self.inner.control.lock().await;
+        let (send, recv) = control.as_mut().ok_or(Error::RelayLinkLost {
+            reason: "no control stream".into(),
+        })?;
+        write_message(send, &request).await?;
+        read_message::<RelayToNode>(recv, MAX_LINK_MESSAGE).await
     }
 
     /// Closes the relay link cleanly and stops.

@@ -1030,3 +1030,120 @@ async fn mcp_streamable_http_server_behind_the_firewall() {
     );
     assert_eq!(report["calls"][1]["code"], -32001, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_log_verifies_and_tampering_is_named_against_the_relay_witness() {
+    let mut net = Net::start().await;
+    let (tool, tool_id) = net.node("tool").await;
+    let (agent, agent_id) = net.node("agent").await;
+    ok(&tool, &["trust", "add", "agent", &agent_id]).await;
+    ok(&agent, &["trust", "add", "tool", &tool_id]).await;
+    ok(&tool, &["expose", "exec", "hello", "--", "echo", "hi"]).await;
+    ok(&tool, &["allow", "agent", "hello"]).await;
+    let child = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&tool)
+        .args(["up", "--relay", &net.relay.address()])
+        .env("NULLPORT_AUDIT_CHECKPOINT_EVERY", "3")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    net.daemons.push(child);
+    net.up(&agent).await;
+    let started = Instant::now();
+    while !nullport(&tool, &["status"])
+        .await
+        .stdout
+        .contains("link     online")
+    {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..4 {
+        assert_eq!(pipe_output(&agent, "tool/hello").await, "hi\n");
+    }
+    // Wait until the relay witnessed a checkpoint covering those entries.
+    let started = Instant::now();
+    loop {
+        let out = nullport(&tool, &["audit", "verify", "--witness"]).await;
+        let last = out
+            .stdout
+            .split("(last at entry ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .map(str::to_owned);
+        let witnessed = out
+            .stdout
+            .split("the checkpoint ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .map(str::to_owned);
+        if out.ok && last.is_some() && last == witnessed && last.as_deref() != Some("3") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{} {}",
+            out.stdout,
+            out.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = tool.join("audit.log");
+    let original = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        original
+            .lines()
+            .any(|l| l.contains("\"event\":\"channel\"") && l.contains("\"outcome\":\"accepted\"")),
+        "{original}"
+    );
+    let export = ok(
+        &tool,
+        &["audit", "export", "--since", "2000-01-01T00:00:00Z"],
+    )
+    .await;
+    assert!(
+        export.lines().count() >= 5 && export.lines().all(|l| l.starts_with('{')),
+        "{export}"
+    );
+    // Cut the tail from the last checkpoint on: the chain alone looks fine, the relay's
+    // witness does not.
+    let lines: Vec<&str> = original.lines().collect();
+    let cut = lines
+        .iter()
+        .rposition(|l| l.contains("\"event\":\"checkpoint\""))
+        .unwrap_or(lines.len());
+    std::fs::write(
+        &log,
+        lines[..cut]
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = nullport(&tool, &["audit", "verify"]).await;
+    assert!(
+        out.ok,
+        "without the witness the cut is invisible: {}",
+        out.stdout
+    );
+    let out = nullport(&tool, &["audit", "verify", "--witness"]).await;
+    assert!(
+        !out.ok && out.stdout.contains("truncated"),
+        "{}",
+        out.stdout
+    );
+    // Edit one byte of an early entry: named by line.
+    let edited = original.replacen("\"outcome\":\"accepted\"", "\"outcome\":\"acceptez\"", 1);
+    std::fs::write(&log, &edited).unwrap_or_else(|e| panic!("{e}"));
+    let out = nullport(&tool, &["audit", "verify"]).await;
+    assert!(
+        !out.ok
+            && out.stdout.contains("FAILED at line")
+            && out.stdout.contains("hash chain broken"),
+        "{}",
+        out.stdout
+    );
+    std::fs::write(&log, &original).unwrap_or_else(|e| panic!("{e}"));
+}

@@ -14,6 +14,8 @@ pub const TOKEN_V1: &str = "nullport-token-v1";
 pub const REVOCATION_V1: &str = "nullport-revocation-v1";
 /// Reserved: audit log checkpoints.
 pub const AUDIT_CHECKPOINT_V1: &str = "nullport-audit-checkpoint-v1";
+/// A relay's countersignature of a node's audit checkpoint (the witness).
+pub const AUDIT_WITNESS_V1: &str = "nullport-audit-witness-v1";
 /// Reserved: key rotation statements.
 pub const ROTATION_V1: &str = "nullport-rotation-v1";
 

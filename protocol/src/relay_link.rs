@@ -89,6 +89,35 @@ pub enum NodeToRelay {
         /// The NodeId asked about.
         target: NodeId,
     },
+    /// Control stream: countersign and keep this audit checkpoint of mine.
+    Witness {
+        /// The checkpoint.
+        checkpoint: WitnessedCheckpoint,
+    },
+    /// Control stream: the latest checkpoint of mine you witnessed.
+    WitnessQuery,
+}
+
+/// An audit checkpoint as a witness holds it: the node's signed head, and (once witnessed)
+/// the relay's countersignature over `"node:{id}\nseq:{seq}\nhead:{head}"` in the
+/// [`crate::domain::AUDIT_WITNESS_V1`] context. Hex strings, as in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WitnessedCheckpoint {
+    /// Checkpoint sequence number.
+    pub seq: u64,
+    /// Chain head the checkpoint signs (64 hex).
+    pub head: String,
+    /// The node's checkpoint signature (128 hex).
+    pub node_sig: String,
+    /// The relay's countersignature (128 hex; empty when sent by the node).
+    pub relay_sig: String,
+}
+
+impl WitnessedCheckpoint {
+    /// The bytes the relay countersigns.
+    pub fn witness_body(&self, node: &NodeId) -> Vec<u8> {
+        format!("node:{node}\nseq:{}\nhead:{}", self.seq, self.head).into_bytes()
+    }
 }
 
 /// Relay → node.
@@ -124,6 +153,11 @@ pub enum RelayToNode {
     Error {
         /// Why.
         code: LinkErrorCode,
+    },
+    /// Answer to `Witness` and `WitnessQuery`: the checkpoint as witnessed (none yet: `None`).
+    Witnessed {
+        /// The countersigned checkpoint.
+        checkpoint: Option<WitnessedCheckpoint>,
     },
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 use nullport_protocol::relay_link::{
-    LINK_VERSION, LinkErrorCode, NodeToRelay, RelayToNode, close_code,
+    LINK_VERSION, LinkErrorCode, NodeToRelay, RelayToNode, WitnessedCheckpoint, close_code,
 };
 use nullport_protocol::{NodeId, SessionId};
 use tokio::task::JoinHandle;
@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) byte_limiter: RateLimiter,
     next_session: AtomicU64,
     next_generation: AtomicU64,
+    identity: Arc<nullport_protocol::Identity>,
+    witnessed: DashMap<NodeId, WitnessedCheckpoint>,
     pending_per_ip: Mutex<HashMap<IpAddr, usize>>,
     #[cfg(feature = "testing")]
     hooks: crate::testing::TestHooks,
@@ -197,6 +199,8 @@ impl Relay {
             routes: DashMap::new(),
             next_session: AtomicU64::new(initial_session()),
             next_generation: AtomicU64::new(1),
+            identity: config.identity.clone(),
+            witnessed: DashMap::new(),
             pending_per_ip: Mutex::new(HashMap::new()),
             #[cfg(feature = "testing")]
             hooks: config.testing,
@@ -472,6 +476,26 @@ async fn control_stream(
                     return;
                 }
             }
+            Ok(NodeToRelay::Witness { checkpoint }) => {
+                let answer = match witness(&shared, node_id, checkpoint) {
+                    Ok(cp) => RelayToNode::Witnessed {
+                        checkpoint: Some(cp),
+                    },
+                    Err(code) => RelayToNode::Error { code },
+                };
+                if write_message(&mut send, &answer).await.is_err() {
+                    return;
+                }
+            }
+            Ok(NodeToRelay::WitnessQuery) => {
+                let checkpoint = shared.witnessed.get(&node_id).map(|c| c.clone());
+                if write_message(&mut send, &RelayToNode::Witnessed { checkpoint })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
             Ok(_) => {
                 conn.close(
                     close_code::PROTOCOL_VIOLATION.into(),
@@ -494,6 +518,47 @@ async fn control_stream(
             Err(ReadError::Stream(_)) => return,
         }
     }
+}
+
+/// Checks a node's audit checkpoint signature, countersigns it and keeps it as the node's
+/// latest. A checkpoint older than the one held is refused, so a node (or someone holding its
+/// disk) cannot roll the witness back.
+fn witness(
+    shared: &Shared,
+    node: NodeId,
+    mut cp: WitnessedCheckpoint,
+) -> Result<WitnessedCheckpoint, LinkErrorCode> {
+    use nullport_protocol::domain;
+    let sig = unhex::<64>(&cp.node_sig).ok_or(LinkErrorCode::Malformed)?;
+    if cp.head.len() != 64 || !cp.head.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(LinkErrorCode::Malformed);
+    }
+    let body = format!("seq:{}\nhead:{}", cp.seq, cp.head);
+    nullport_protocol::identity::verify(&node, domain::AUDIT_CHECKPOINT_V1, body.as_bytes(), &sig)
+        .map_err(|_| LinkErrorCode::Refused)?;
+    if let Some(held) = shared.witnessed.get(&node)
+        && held.seq > cp.seq
+    {
+        return Err(LinkErrorCode::Refused);
+    }
+    let relay_sig = shared
+        .identity
+        .sign(domain::AUDIT_WITNESS_V1, &cp.witness_body(&node));
+    cp.relay_sig = relay_sig.iter().map(|b| format!("{b:02x}")).collect();
+    shared.witnessed.insert(node, cp.clone());
+    tracing::debug!(seq = cp.seq, "witnessed audit checkpoint");
+    Ok(cp)
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 async fn handle_dial(
