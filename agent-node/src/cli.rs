@@ -454,11 +454,19 @@ async fn audit(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> {
                 None
             };
             let report = audit::verify(&path, &node, witnessed.as_ref())?;
-            for line in &report.torn {
-                println!("note: line {line} is a torn write (a crash mid-append), not tampering");
+            for (file, line) in &report.torn_at {
+                println!(
+                    "note: {} line {line} is a torn write (a crash mid-append), not tampering",
+                    file.display()
+                );
             }
             if let Some(p) = &report.problem {
-                println!("audit log FAILED at line {}: {}", p.line, p.reason);
+                println!(
+                    "audit log FAILED at {} line {}: {}",
+                    p.file.display(),
+                    p.line,
+                    p.reason
+                );
                 std::process::exit(1);
             }
             if let Some(Err(e)) = &report.witness {

@@ -1140,7 +1140,7 @@ async fn audit_log_verifies_and_tampering_is_named_against_the_relay_witness() {
     let out = nullport(&tool, &["audit", "verify"]).await;
     assert!(
         !out.ok
-            && out.stdout.contains("FAILED at line")
+            && out.stdout.contains("audit.log line")
             && out.stdout.contains("hash chain broken"),
         "{}",
         out.stdout

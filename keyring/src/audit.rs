@@ -18,7 +18,7 @@
 //! checkpoint (kept by the relay), which [`verify`] checks when given one.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -49,6 +49,9 @@ pub struct AuditConfig {
     pub checkpoint_interval: Duration,
     /// Durability.
     pub fsync: FsyncPolicy,
+    /// Past this size the file is rotated (`audit.log` -> `audit.log.N`); the chain and the
+    /// sequence continue in the new file.
+    pub max_file_bytes: u64,
 }
 
 impl Default for AuditConfig {
@@ -57,6 +60,7 @@ impl Default for AuditConfig {
             checkpoint_every: 256,
             checkpoint_interval: Duration::from_secs(60),
             fsync: FsyncPolicy::AtCheckpoint,
+            max_file_bytes: 64 << 20,
         }
     }
 }
@@ -156,6 +160,50 @@ pub struct AuditWriter {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     latest: Option<Checkpoint>,
+    bytes: u64,
+}
+
+/// The files of a log, oldest first: rotated ones (`<name>.1`, `<name>.2`, ...) then `<name>`.
+pub fn log_files(path: &Path) -> Vec<PathBuf> {
+    let mut rotated = rotated_files(path);
+    rotated.sort_by_key(|(n, _)| *n);
+    let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    files.push(path.to_owned());
+    files
+}
+
+fn rotated_files(path: &Path) -> Vec<(u64, PathBuf)> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    read.flatten()
+        .filter_map(|e| {
+            let file_name = e.file_name();
+            let n = file_name
+                .to_str()?
+                .strip_prefix(name)?
+                .strip_prefix('.')?
+                .parse::<u64>()
+                .ok()?;
+            Some((n, e.path()))
+        })
+        .collect()
+}
+
+fn last_line(path: &Path) -> Option<Vec<u8>> {
+    let content = std::fs::read(path).ok()?;
+    content
+        .split(|&b| b == b'\n')
+        .rfind(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
 }
 
 impl AuditWriter {
@@ -189,8 +237,37 @@ impl AuditWriter {
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             latest: None,
+            bytes: content.len() as u64,
         };
         if content.is_empty() {
+            // Continue a rotated log (a crash may have come between rename and first write).
+            let mut rotated = rotated_files(path);
+            rotated.sort_by_key(|(n, _)| *n);
+            if let Some((_, previous)) = rotated.last() {
+                let last = last_line(previous).ok_or_else(|| AuditError::Unreadable {
+                    path: previous.clone(),
+                    reason: "empty rotated file".into(),
+                })?;
+                let value: Value =
+                    serde_json::from_slice(&last).map_err(|e| AuditError::Unreadable {
+                        path: previous.clone(),
+                        reason: format!("last entry: {e}"),
+                    })?;
+                writer.next_seq = value["seq"].as_u64().unwrap_or(0) + 1;
+                writer.prev = sha256_hex(&last);
+                let mut fields = Map::new();
+                fields.insert(
+                    "from".into(),
+                    Value::String(
+                        previous
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                    ),
+                );
+                writer.write_entry("rotated", fields)?;
+                return Ok(writer);
+            }
             let node = writer.identity.node_id().to_string();
             let mut fields = Map::new();
             fields.insert("node".into(), Value::String(node));
@@ -255,11 +332,49 @@ impl AuditWriter {
             self.since_checkpoint += 1;
             let due = self.since_checkpoint >= self.config.checkpoint_every
                 || self.last_checkpoint.elapsed() >= self.config.checkpoint_interval;
-            if due {
+            if due || self.bytes >= self.config.max_file_bytes {
                 self.checkpoint()?;
+            }
+            if self.bytes >= self.config.max_file_bytes {
+                self.rotate()?;
             }
         }
         Ok(seq)
+    }
+
+    /// Moves the full file aside as `<name>.N` and continues the chain in a new file.
+    fn rotate(&mut self) -> Result<(), AuditError> {
+        let path = self.path.clone();
+        let io = |error| AuditError::Io {
+            path: path.clone(),
+            error,
+        };
+        self.file.sync_data().map_err(io)?;
+        let next = rotated_files(&self.path)
+            .iter()
+            .map(|(n, _)| *n)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let rotated = self.path.with_file_name(format!("{name}.{next}"));
+        std::fs::rename(&self.path, &rotated).map_err(io)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+            .map_err(io)?;
+        self.bytes = 0;
+        let mut fields = Map::new();
+        fields.insert("from".into(), Value::String(format!("{name}.{next}")));
+        self.write_entry("rotated", fields)?;
+        Ok(())
     }
 
     /// Writes a signed checkpoint now (also call at shutdown).
@@ -313,6 +428,7 @@ impl AuditWriter {
                 path: self.path.clone(),
                 error,
             })?;
+        self.bytes += with_newline.len() as u64;
         if self.config.fsync == FsyncPolicy::EveryEntry {
             self.file.sync_data().map_err(|error| AuditError::Io {
                 path: self.path.clone(),
@@ -329,7 +445,9 @@ impl AuditWriter {
 /// What is wrong at one line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// 1-based line number.
+    /// The file (the current log or a rotated one).
+    pub file: PathBuf,
+    /// 1-based line number in that file.
     pub line: usize,
     /// What is wrong.
     pub reason: String,
@@ -346,8 +464,10 @@ pub struct Report {
     pub last_checkpoint: Option<Checkpoint>,
     /// Entries after the last checkpoint (not covered by a signature).
     pub unsigned_tail: u64,
-    /// Torn lines found (with their recovery entry): not tampering.
+    /// Torn lines found (with their recovery entry), numbered across all files: not tampering.
     pub torn: Vec<usize>,
+    /// The same, as (file, line in file).
+    pub torn_at: Vec<(PathBuf, usize)>,
     /// The first problem, if any (verification stops there).
     pub problem: Option<Problem>,
     /// Whether the witnessed checkpoint (if one was given) is in the log.
@@ -370,17 +490,65 @@ pub fn verify(
     node: &NodeId,
     witnessed: Option<&Checkpoint>,
 ) -> Result<Report, AuditError> {
-    let file = File::open(path).map_err(|error| AuditError::Io {
-        path: path.to_owned(),
-        error,
-    })?;
-    let mut reader = BufReader::new(file);
+    let (mut report, starts) = verify_global(path, node, witnessed)?;
+    // Translate global line numbers into (file, line in file).
+    let locate = |global: usize| -> (PathBuf, usize) {
+        let (start, file) = starts
+            .iter()
+            .rev()
+            .find(|(s, _)| *s < global)
+            .cloned()
+            .unwrap_or((0, path.to_owned()));
+        (file, global - start)
+    };
+    if let Some(p) = report.problem.as_mut() {
+        let (file, line) = locate(p.line);
+        p.file = file;
+        p.line = line;
+    }
+    report.torn_at = report.torn.iter().map(|&l| locate(l)).collect();
+    Ok(report)
+}
+
+fn bytecount_lines(bytes: &[u8]) -> usize {
+    let newlines = bytes.iter().filter(|&&b| b == b'\n').count();
+    newlines + usize::from(!bytes.is_empty() && !bytes.ends_with(b"\n"))
+}
+
+fn verify_global(
+    path: &Path,
+    node: &NodeId,
+    witnessed: Option<&Checkpoint>,
+) -> Result<(Report, Vec<(usize, PathBuf)>), AuditError> {
+    // Read the rotated files and the current one as one stream, remembering where each
+    // file starts so problems are named by file and line.
+    let files = log_files(path);
+    let mut starts: Vec<(usize, PathBuf)> = Vec::new();
+    let mut chained: Box<dyn Read> = Box::new(std::io::empty());
+    let mut total_lines = 0usize;
+    for f in &files {
+        let bytes = match std::fs::read(f) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && f != path => continue,
+            Err(error) => {
+                return Err(AuditError::Io {
+                    path: f.clone(),
+                    error,
+                });
+            }
+        };
+        starts.push((total_lines, f.clone()));
+        total_lines += bytecount_lines(&bytes);
+        chained = Box::new(chained.chain(std::io::Cursor::new(bytes)));
+    }
+    let mut reader = BufReader::new(chained);
     let mut report = Report {
         entries: 0,
         checkpoints: 0,
         last_checkpoint: None,
         unsigned_tail: 0,
         torn: Vec::new(),
+        torn_at: Vec::new(),
         problem: None,
         witness: None,
     };
@@ -405,6 +573,7 @@ pub fn verify(
         let complete = buf.ends_with(b"\n");
         let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
         let fail = |reason: String| Problem {
+            file: PathBuf::new(),
             line: line_no,
             reason,
         };
@@ -429,10 +598,11 @@ pub fn verify(
                 && value["torn_sha256"].as_str() == Some(&torn_hash);
             if !names_it {
                 report.problem = Some(Problem {
+                    file: PathBuf::new(),
                     line: torn_line,
                     reason: "not a valid entry (edited or corrupted)".into(),
                 });
-                return Ok(report);
+                return Ok((report, starts));
             }
             report.torn.push(torn_line);
         }
@@ -447,13 +617,13 @@ pub fn verify(
                 ),
                 None => "entry without a sequence number".into(),
             }));
-            return Ok(report);
+            return Ok((report, starts));
         }
         if value["prev"].as_str() != Some(prev.as_str()) {
             report.problem = Some(fail(format!(
                 "hash chain broken: the entry before line {line_no} was changed, or entries were removed or reordered"
             )));
-            return Ok(report);
+            return Ok((report, starts));
         }
         if event == "checkpoint" {
             let head = value["head"].as_str().unwrap_or("");
@@ -474,7 +644,7 @@ pub fn verify(
                     "checkpoint signature invalid: the log was rewritten without the node's key"
                         .into(),
                 ));
-                return Ok(report);
+                return Ok((report, starts));
             }
             report.checkpoints += 1;
             report.unsigned_tail = 0;
@@ -496,10 +666,11 @@ pub fn verify(
     }
     if let Some((torn_line, _)) = pending_torn {
         report.problem = Some(Problem {
+            file: PathBuf::new(),
             line: torn_line,
             reason: "not a valid entry (edited or corrupted)".into(),
         });
-        return Ok(report);
+        return Ok((report, starts));
     }
     if let Some(w) = witnessed {
         report.witness = Some(if witness_seen {
@@ -519,30 +690,31 @@ pub fn verify(
     }
     if report.problem.is_none() && report.checkpoints == 0 {
         report.problem = Some(Problem {
+            file: PathBuf::new(),
             line: line_no.max(1),
             reason: "no signed checkpoint: integrity cannot be proven".into(),
         });
     }
-    Ok(report)
+    Ok((report, starts))
 }
 
-/// Reads entries (parsed) from `path`, skipping lines that are not entries.
+/// Reads the entries of the log at `path` (rotated files first), skipping lines that are
+/// not entries.
 pub fn entries(path: &Path) -> Result<Vec<Value>, AuditError> {
-    let mut file = File::open(path).map_err(|error| AuditError::Io {
-        path: path.to_owned(),
-        error,
-    })?;
-    file.seek(SeekFrom::Start(0))
-        .map_err(|error| AuditError::Io {
-            path: path.to_owned(),
-            error,
-        })?;
-    let reader = BufReader::new(file);
-    Ok(reader
-        .split(b'\n')
-        .filter_map(Result::ok)
-        .filter_map(|l| serde_json::from_slice(&l).ok())
-        .collect())
+    let mut out = Vec::new();
+    for f in log_files(path) {
+        let bytes = match std::fs::read(&f) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && f != path => continue,
+            Err(error) => return Err(AuditError::Io { path: f, error }),
+        };
+        out.extend(
+            bytes
+                .split(|&b| b == b'\n')
+                .filter_map(|l| serde_json::from_slice(l).ok()),
+        );
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -566,6 +738,7 @@ mod tests {
             checkpoint_every: 4,
             checkpoint_interval: Duration::from_secs(3600),
             fsync: FsyncPolicy::Never,
+            max_file_bytes: u64::MAX,
         };
         let mut w = AuditWriter::open(&path, identity, config).unwrap_or_else(|e| panic!("{e}"));
         for i in 0..n {
@@ -714,6 +887,7 @@ mod tests {
             checkpoint_every: 4,
             checkpoint_interval: Duration::from_secs(3600),
             fsync: FsyncPolicy::Never,
+            max_file_bytes: u64::MAX,
         };
         let mut w = AuditWriter::open(&path, Identity::from_seed([7; 32]), config)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -738,6 +912,56 @@ mod tests {
         write_lines(&path, &l);
         let p = problem(&path, &node).unwrap_or_else(|| panic!("not detected"));
         assert_eq!(p.line, 4);
+    }
+
+    #[test]
+    fn rotation_keeps_the_chain_across_files() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("audit.log");
+        let identity = Identity::from_seed([7; 32]);
+        let node = identity.node_id();
+        let config = AuditConfig {
+            checkpoint_every: 10,
+            checkpoint_interval: Duration::from_secs(3600),
+            fsync: FsyncPolicy::Never,
+            max_file_bytes: 4096,
+        };
+        let mut w = AuditWriter::open(&path, identity, config).unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..100 {
+            w.append("mcp", event(i)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        w.checkpoint().unwrap_or_else(|e| panic!("{e}"));
+        drop(w);
+        let files = log_files(&path);
+        assert!(files.len() >= 3, "{files:?}");
+        let r = verify(&path, &node, None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(r.ok(), "{r:?}");
+        assert_eq!(
+            entries(&path).map(|e| e.len()).ok(),
+            Some(r.entries as usize)
+        );
+        // Reopening continues the chain in the current file.
+        let mut w = AuditWriter::open(&path, Identity::from_seed([7; 32]), config)
+            .unwrap_or_else(|e| panic!("{e}"));
+        w.append("mcp", event(1000))
+            .unwrap_or_else(|e| panic!("{e}"));
+        w.checkpoint().unwrap_or_else(|e| panic!("{e}"));
+        drop(w);
+        assert!(verify(&path, &node, None).map(|r| r.ok()).unwrap_or(false));
+        // An edit in a rotated file is named by that file and line.
+        let first = files[0].clone();
+        let mut l = lines(&first);
+        l[3] = l[3].replace("allowed", "allowex");
+        write_lines(&first, &l);
+        let p = problem(&path, &node).unwrap_or_else(|| panic!("not detected"));
+        assert_eq!((p.file.clone(), p.line), (first.clone(), 5), "{p:?}");
+        // A deleted rotated file is a gap.
+        std::fs::remove_file(&files[1]).unwrap_or_else(|e| panic!("{e}"));
+        let p = problem(&path, &node).unwrap_or_else(|| panic!("not detected"));
+        assert!(
+            p.reason.contains("missing") || p.reason.contains("chain"),
+            "{p:?}"
+        );
     }
 
     #[test]
