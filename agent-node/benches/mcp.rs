@@ -180,6 +180,7 @@ async fn main() -> Res<()> {
         &ControlRequest::Pipe {
             peer: "tool".into(),
             service: "everything".into(),
+            mcp: true,
         },
     )
     .await?;

@@ -112,6 +112,44 @@ impl Audit {
         );
     }
 
+    /// A receipt this node issued (callee) or received and checked (caller).
+    pub fn receipt(&self, r: &crate::mcp::receipt::Receipt, role: &str, valid: bool) {
+        self.write(
+            "receipt",
+            json!({
+                "role": role,
+                "valid": valid,
+                "caller": r.caller,
+                "callee": r.callee,
+                "handshake": r.handshake,
+                "id": r.id,
+                "request_sha256": r.request_sha256,
+                "decision": r.decision,
+                "result_sha256": r.result_sha256,
+                "sig": r.sig,
+            }),
+        );
+    }
+
+    /// A caller's signature over a request digest: made here (caller) or checked (callee).
+    pub fn request_signature(
+        &self,
+        session: &Session,
+        s: Option<&crate::mcp::receipt::RequestSignature>,
+        valid: bool,
+    ) {
+        self.write(
+            "request-signature",
+            json!({
+                "caller": session.caller.to_string(),
+                "service": session.service,
+                "request_sha256": s.map(|s| s.request_sha256.clone()),
+                "sig": s.map(|s| s.sig.clone()),
+                "valid": valid,
+            }),
+        );
+    }
+
     /// An MCP decision.
     pub fn mcp(&self, session: &Session, d: &Decision, latency: Duration) {
         self.write(

@@ -349,7 +349,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             allow_remote,
         } => connect(&home, &target, listen, allow_remote).await,
-        Command::Pipe { target } => pipe(&home, &target).await,
+        Command::Pipe { target } => pipe(&home, &target, false).await,
         Command::Status { json } => status(&home, json).await,
         Command::Quickstart => crate::quickstart::run().await,
     }
@@ -545,7 +545,7 @@ async fn approvals(home: &Home, json: bool) -> anyhow::Result<()> {
 
 async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
     match cmd {
-        McpCommand::Bridge { target } => pipe(home, &target).await,
+        McpCommand::Bridge { target } => pipe(home, &target, true).await,
         McpCommand::Allow {
             peer,
             service,
@@ -780,12 +780,14 @@ async fn open_pipe(
     home: &Home,
     peer: &str,
     service: &str,
+    mcp: bool,
 ) -> anyhow::Result<BufReader<UnixStream>> {
     let (response, stream) = control(
         home,
         &ControlRequest::Pipe {
             peer: peer.to_owned(),
             service: service.to_owned(),
+            mcp,
         },
     )
     .await?;
@@ -798,9 +800,9 @@ async fn open_pipe(
     Ok(stream)
 }
 
-async fn pipe(home: &Home, target: &str) -> anyhow::Result<()> {
+async fn pipe(home: &Home, target: &str, mcp: bool) -> anyhow::Result<()> {
     let (peer, service) = split_target(target)?;
-    let stream = open_pipe(home, peer, service).await?;
+    let stream = open_pipe(home, peer, service, mcp).await?;
     let (mut from_daemon, mut to_daemon) = tokio::io::split(stream);
     let upload = async {
         let r = tokio::io::copy(&mut tokio::io::stdin(), &mut to_daemon).await;
@@ -851,7 +853,7 @@ async fn connect(
         let home = home.clone();
         let (peer, service) = (peer.to_owned(), service.to_owned());
         tokio::spawn(async move {
-            match open_pipe(&home, &peer, &service).await {
+            match open_pipe(&home, &peer, &service, false).await {
                 Ok(mut stream) => {
                     let _ = tcp.set_nodelay(true);
                     let _ = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await;

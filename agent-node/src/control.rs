@@ -30,6 +30,9 @@ pub enum ControlRequest {
         peer: String,
         /// Service name.
         service: String,
+        /// An MCP session: sign tool calls and check the callee's receipts.
+        #[serde(default)]
+        mcp: bool,
     },
 }
 

@@ -63,6 +63,7 @@ struct State {
     home: Home,
     relay: RelayAddr,
     node: Node,
+    identity: Arc<Identity>,
     config: RwLock<NodeFile>,
     policy: RwLock<Policy>,
     trust: RwLock<TrustStore>,
@@ -133,13 +134,14 @@ impl Daemon {
             .and_then(|v| v.parse().ok())
             .map(Duration::from_secs)
             .unwrap_or(Duration::from_secs(120));
-        let mut node_config = NodeConfig::new(identity, relay.clone());
+        let mut node_config = NodeConfig::new(identity.clone(), relay.clone());
         node_config.limits = limits;
         let node = Node::start(node_config).await?;
         let state = Arc::new(State {
             home,
             relay,
             node,
+            identity: identity.clone(),
             config: RwLock::new(config),
             policy: RwLock::new(policy),
             trust: RwLock::new(trust),
@@ -404,10 +406,13 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
                 return;
             };
             let (_reg, counters) = register(&state, "in", peer, &name);
+            let handshake = *channel.handshake_hash();
             let channel = Counted::new(channel, counters);
             let session = Session {
                 caller: peer,
                 service: name.clone(),
+                handshake,
+                signer: state.identity.clone(),
             };
             tokio::select! {
                 r = serve(channel, &upstream, source, session, state.approvals.clone(), state.audit.clone()) => {
@@ -520,7 +525,7 @@ async fn control_conn(state: Arc<State>, stream: UnixStream) {
             };
             let _ = respond(reader.get_mut(), &response).await;
         }
-        ControlRequest::Pipe { peer, service } => {
+        ControlRequest::Pipe { peer, service, mcp } => {
             let resolved = state
                 .trust
                 .read()
@@ -557,9 +562,25 @@ async fn control_conn(state: Arc<State>, stream: UnixStream) {
                 return;
             }
             let (_reg, counters) = register(&state, "out", target, &service);
+            let handshake = *channel.handshake_hash();
             let mut channel = Counted::new(channel, counters);
             let mut shutdown = state.shutdown.subscribe();
             let mut local = reader;
+            if mcp {
+                let session = Session {
+                    caller: state.node.node_id(),
+                    service: service.clone(),
+                    handshake,
+                    signer: state.identity.clone(),
+                };
+                tokio::select! {
+                    r = crate::mcp::caller_pipe(local, channel, session, target, state.audit.clone()) => {
+                        if let Err(e) = r { tracing::info!("mcp bridge ended: {e}") }
+                    }
+                    _ = cancelled(&mut shutdown) => {}
+                }
+                return;
+            }
             tokio::select! {
                 r = forward(&mut channel, &mut local) => if let Err(e) = r { tracing::info!("pipe ended: {e}") },
                 _ = cancelled(&mut shutdown) => {

@@ -175,6 +175,7 @@ async fn demo(root: &std::path::Path) -> anyhow::Result<()> {
         &ControlRequest::Pipe {
             peer: "tool-host".into(),
             service: "web".into(),
+            mcp: false,
         },
     )
     .await?;

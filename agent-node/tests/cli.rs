@@ -787,6 +787,40 @@ async fn mcp_filesystem_server_behind_the_firewall_with_the_python_sdk() {
             && l.contains("args_sha256")),
         "{audit}"
     );
+    // Signed receipts: the callee issued one per call (allowed and denied alike), checked the
+    // caller's request signatures, and the caller verified every receipt it received.
+    let issued = audit
+        .lines()
+        .filter(|l| l.contains("\"event\":\"receipt\"") && l.contains("\"role\":\"issued\""))
+        .count();
+    assert!(issued >= 3, "{audit}");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"event\":\"receipt\"") && l.contains("\"decision\":\"denied\"")),
+        "{audit}"
+    );
+    let checked = audit
+        .lines()
+        .filter(|l| l.contains("\"event\":\"request-signature\"") && l.contains("\"valid\":true"))
+        .count();
+    assert!(
+        checked >= 3 && !audit.contains("\"valid\":false"),
+        "{audit}"
+    );
+    let caller_audit = std::fs::read_to_string(agent.join("audit.log")).unwrap_or_default();
+    let received = caller_audit
+        .lines()
+        .filter(|l| {
+            l.contains("\"event\":\"receipt\"")
+                && l.contains("\"role\":\"received\"")
+                && l.contains("\"valid\":true")
+        })
+        .count();
+    assert!(
+        received >= 3 && !caller_audit.contains("\"valid\":false"),
+        "{caller_audit}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

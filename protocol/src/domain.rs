@@ -16,6 +16,10 @@ pub const REVOCATION_V1: &str = "nullport-revocation-v1";
 pub const AUDIT_CHECKPOINT_V1: &str = "nullport-audit-checkpoint-v1";
 /// A relay's countersignature of a node's audit checkpoint (the witness).
 pub const AUDIT_WITNESS_V1: &str = "nullport-audit-witness-v1";
+/// A callee's receipt for an MCP call (request digest, decision, result digest).
+pub const MCP_RECEIPT_V1: &str = "nullport-mcp-receipt-v1";
+/// A caller's signature over the digest of an MCP request it sent.
+pub const MCP_REQUEST_V1: &str = "nullport-mcp-request-v1";
 /// Reserved: key rotation statements.
 pub const ROTATION_V1: &str = "nullport-rotation-v1";
 

@@ -4,7 +4,9 @@
 pub mod approvals;
 pub mod firewall;
 pub mod http;
+pub mod receipt;
 
+use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,22 +40,15 @@ enum Upstream {
 
 impl Upstream {
     /// Delivers one allowed message; answers (HTTP) go through the firewall to the caller.
-    async fn send(
-        &self,
-        line: Vec<u8>,
-        firewall: &Arc<Mutex<Firewall>>,
-        to_caller: &mpsc::Sender<Vec<u8>>,
-    ) -> std::io::Result<()> {
+    async fn send(&self, line: Vec<u8>, out: &Outbound) -> std::io::Result<()> {
+        let to_caller = &out.tx;
         match self {
             Upstream::Stdio(stdin) => stdin.lock().await.write_all(&line).await,
             Upstream::Http(http) => {
                 let mut answers = Vec::new();
                 let result = http.post(&line, |m| answers.push(m)).await;
                 for m in answers {
-                    let filtered = firewall.lock().ok().and_then(|mut f| f.from_server(&m));
-                    if let Some(l) = filtered {
-                        let _ = to_caller.send(l).await;
-                    }
+                    out.deliver(&m).await;
                 }
                 if let Err(e) = &result {
                     // Answer the request so the caller does not wait forever.
@@ -119,6 +114,18 @@ async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, max: usize) -> std::
     }
 }
 
+/// The id of a `tools/call` request line, if it is one (for receipts; the decision itself is
+/// made by the firewall on its own parse).
+fn raw_tool_call_id(line: &[u8]) -> Option<serde_json::Value> {
+    if !line.windows(10).any(|w| w == b"tools/call") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    (v["method"] == "tools/call")
+        .then(|| v.get("id").cloned())
+        .flatten()
+}
+
 /// Looks up the caller's MCP rules in the policy in force (None: no longer allowed).
 pub type GrantSource = Arc<dyn Fn() -> Option<McpGrant> + Send + Sync>;
 
@@ -138,6 +145,103 @@ pub struct Session {
     pub caller: NodeId,
     /// The MCP service name.
     pub service: String,
+    /// The channel's Noise handshake hash (receipts are bound to it).
+    pub handshake: [u8; 32],
+    /// This node's identity, which signs receipts.
+    pub signer: Arc<nullport_protocol::Identity>,
+}
+
+/// A forwarded tool call awaiting its answer: (request id, request digest, decision).
+type PendingCall = (serde_json::Value, String, &'static str);
+
+/// The way back to the caller: list filtering, and signed receipts for tool calls.
+#[derive(Clone)]
+struct Outbound {
+    firewall: Arc<Mutex<Firewall>>,
+    tx: mpsc::Sender<Vec<u8>>,
+    session: Session,
+    audit: Audit,
+    pending: Arc<Mutex<HashMap<String, PendingCall>>>,
+}
+
+fn id_key(id: &serde_json::Value) -> Option<String> {
+    match id {
+        serde_json::Value::String(s) => Some(format!("s:{s}")),
+        serde_json::Value::Number(n) => Some(format!("n:{n}")),
+        _ => None,
+    }
+}
+
+impl Outbound {
+    /// Filters one server message and sends it (with a receipt if it answers a tool call).
+    /// False once the caller is gone.
+    async fn deliver(&self, raw: &[u8]) -> bool {
+        let filtered = self
+            .firewall
+            .lock()
+            .ok()
+            .and_then(|mut f| f.from_server(raw));
+        let Some(line) = filtered else { return true };
+        let receipt = self.receipt_for_answer(&line);
+        if self.tx.send(line).await.is_err() {
+            return false;
+        }
+        if let Some(r) = receipt {
+            let _ = self.tx.send(r.notification()).await;
+        }
+        true
+    }
+
+    /// Remembers a forwarded tool call, to sign a receipt when its answer comes.
+    fn expect(&self, id: serde_json::Value, request_sha256: String, decision: &'static str) {
+        if let (Some(key), Ok(mut p)) = (id_key(&id), self.pending.lock()) {
+            p.insert(key, (id, request_sha256, decision));
+        }
+    }
+
+    fn receipt_for_answer(&self, line: &[u8]) -> Option<receipt::Receipt> {
+        let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+        if v.get("method").is_some() {
+            return None;
+        }
+        let key = id_key(v.get("id")?)?;
+        let (id, request, decision) = self.pending.lock().ok()?.remove(&key)?;
+        Some(self.sign(&id, &request, decision, line))
+    }
+
+    fn sign(
+        &self,
+        id: &serde_json::Value,
+        request: &str,
+        decision: &str,
+        answer: &[u8],
+    ) -> receipt::Receipt {
+        let answer = answer.strip_suffix(b"\n").unwrap_or(answer);
+        let r = receipt::Receipt::sign(
+            &self.session.signer,
+            &self.session.handshake,
+            &self.session.caller,
+            id,
+            request,
+            decision,
+            &receipt::digest(answer),
+        );
+        self.audit.receipt(&r, "issued", true);
+        r
+    }
+
+    /// Sends a firewall reply to a tool call, followed by its receipt.
+    async fn reply_with_receipt(
+        &self,
+        line: Vec<u8>,
+        id: &serde_json::Value,
+        request: &str,
+        decision: &str,
+    ) {
+        let r = self.sign(id, request, decision, &line);
+        let _ = self.tx.send(line).await;
+        let _ = self.tx.send(r.notification()).await;
+    }
 }
 
 /// Serves one caller session: starts the upstream (a stdio server process, or a session with
@@ -168,6 +272,13 @@ where
         }
         let _ = writer.shutdown().await;
     });
+    let out = Outbound {
+        firewall: firewall.clone(),
+        tx: to_caller.clone(),
+        session: session.clone(),
+        audit: audit.clone(),
+        pending: Arc::new(Mutex::new(HashMap::new())),
+    };
     let (upstream, mut child, server_task) = match upstream {
         UpstreamSpec::Http(target) => (
             Upstream::Http(Arc::new(HttpUpstream::new(target.clone()))),
@@ -198,17 +309,13 @@ where
                 });
             }
             // Server -> caller, filtered.
-            let fw = firewall.clone();
-            let tx = to_caller.clone();
+            let server_out = out.clone();
             let server_task = tokio::spawn(async move {
                 let mut out = BufReader::new(stdout);
                 loop {
                     match read_line(&mut out, 64 << 20).await {
                         Ok(Line::Message(line)) => {
-                            let filtered = fw.lock().ok().and_then(|mut f| f.from_server(&line));
-                            if let Some(line) = filtered
-                                && tx.send(line).await.is_err()
-                            {
+                            if !server_out.deliver(&line).await {
                                 return;
                             }
                         }
@@ -231,6 +338,7 @@ where
         let upstream = upstream.clone();
         let firewall = firewall.clone();
         let tx = to_caller.clone();
+        let out = out.clone();
         async move {
             let mut input = BufReader::new(reader);
             loop {
@@ -241,6 +349,26 @@ where
                     Line::TooLong => vec![b' '; MAX_MESSAGE + 1],
                     Line::End => return Ok::<(), std::io::Error>(()),
                 };
+                // The caller daemon's signature over its next tool call: verify, audit, keep
+                // it away from the server.
+                if line
+                    .windows(receipt::REQUEST_SIGNATURE_METHOD.len())
+                    .any(|w| w == receipt::REQUEST_SIGNATURE_METHOD.as_bytes())
+                    && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
+                    && v["method"] == receipt::REQUEST_SIGNATURE_METHOD
+                {
+                    let sig: Option<receipt::RequestSignature> =
+                        serde_json::from_value(v["params"].clone()).ok();
+                    let valid = sig
+                        .as_ref()
+                        .is_some_and(|s| s.verify(&session.caller, &session.handshake));
+                    audit.request_signature(&session, sig.as_ref(), valid);
+                    continue;
+                }
+                let raw = line;
+                let call_id = raw_tool_call_id(&raw);
+                let request_sha = receipt::digest(&raw);
+                let line = raw;
                 // The policy may have been reloaded: decide with the rules in force now.
                 let current = grant().unwrap_or_else(revoked);
                 let (verdict, decision) = match firewall.lock() {
@@ -253,18 +381,20 @@ where
                 match verdict {
                     Verdict::Forward(line) => {
                         audit.mcp(&session, &decision, started.elapsed());
+                        if let Some(id) = call_id.clone() {
+                            out.expect(id, request_sha.clone(), "allowed");
+                        }
                         match &upstream {
-                            Upstream::Stdio(_) => upstream.send(line, &firewall, &tx).await?,
+                            Upstream::Stdio(_) => upstream.send(line, &out).await?,
                             // HTTP: initialize first and alone (it creates the session); the
                             // rest concurrently, so a slow call does not hold up a ping.
                             Upstream::Http(_) if decision.method == "initialize" => {
-                                let _ = upstream.send(line, &firewall, &tx).await;
+                                let _ = upstream.send(line, &out).await;
                             }
                             Upstream::Http(_) => {
-                                let (upstream, firewall, tx) =
-                                    (upstream.clone(), firewall.clone(), tx.clone());
+                                let (upstream, out) = (upstream.clone(), out.clone());
                                 tokio::spawn(async move {
-                                    let _ = upstream.send(line, &firewall, &tx).await;
+                                    let _ = upstream.send(line, &out).await;
                                 });
                             }
                         }
@@ -272,7 +402,15 @@ where
                     Verdict::Reply(line) => {
                         audit.mcp(&session, &decision, started.elapsed());
                         tracing::info!(peer = %session.caller.fmt_short(), method = %decision.method, target = ?decision.target, "mcp denied: {}", decision.reason);
-                        let _ = tx.send(line).await;
+                        match &call_id {
+                            Some(id) => {
+                                out.reply_with_receipt(line, id, &request_sha, "denied")
+                                    .await
+                            }
+                            None => {
+                                let _ = tx.send(line).await;
+                            }
+                        }
                     }
                     Verdict::Drop => audit.mcp(&session, &decision, started.elapsed()),
                     Verdict::Approve {
@@ -282,13 +420,14 @@ where
                         args_digest,
                     } => {
                         audit.mcp(&session, &decision, started.elapsed());
-                        let (approvals, session, audit, upstream, firewall, tx) = (
+                        let (approvals, session, audit, upstream, out, call_id, request_sha) = (
                             approvals.clone(),
                             session.clone(),
                             audit.clone(),
                             upstream.clone(),
-                            firewall.clone(),
-                            tx.clone(),
+                            out.clone(),
+                            call_id.clone(),
+                            request_sha.clone(),
                         );
                         tokio::spawn(async move {
                             let approved = approvals
@@ -297,10 +436,25 @@ where
                             let mut d = decision;
                             d.outcome = if approved { "approved" } else { "not approved" };
                             audit.mcp(&session, &d, started.elapsed());
-                            if approved {
-                                let _ = upstream.send(line, &firewall, &tx).await;
-                            } else {
-                                let _ = tx.send(denied).await;
+                            match (approved, call_id) {
+                                (true, id) => {
+                                    if let Some(id) = id {
+                                        out.expect(id, request_sha, "approved");
+                                    }
+                                    let _ = upstream.send(line, &out).await;
+                                }
+                                (false, Some(id)) => {
+                                    out.reply_with_receipt(
+                                        denied,
+                                        &id,
+                                        &request_sha,
+                                        "not approved",
+                                    )
+                                    .await
+                                }
+                                (false, None) => {
+                                    let _ = out.tx.send(denied).await;
+                                }
                             }
                         });
                     }
@@ -321,4 +475,116 @@ where
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), write_task).await;
     caller_result
+}
+
+/// The caller's side of an MCP session (`nullport mcp bridge`): relays lines between the
+/// local MCP client and the channel, signs each `tools/call` it sends (announced just before
+/// it), and checks the callee's receipts (audited, not passed to the client).
+pub async fn caller_pipe<L, C>(
+    local: L,
+    channel: C,
+    session: Session,
+    callee: NodeId,
+    audit: Audit,
+) -> std::io::Result<()>
+where
+    L: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let (local_r, mut local_w) = tokio::io::split(local);
+    let (channel_r, mut channel_w) = tokio::io::split(channel);
+    let pending: Mutex<HashMap<String, (String, Option<String>)>> = Mutex::new(HashMap::new());
+    let handshake_hex: String = session
+        .handshake
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let up = async {
+        let mut input = BufReader::new(local_r);
+        loop {
+            match read_line(&mut input, MAX_MESSAGE).await? {
+                Line::Message(line) => {
+                    if let Some(id) = raw_tool_call_id(&line) {
+                        let sha = receipt::digest(&line);
+                        let sig = receipt::RequestSignature::sign(
+                            &session.signer,
+                            &session.handshake,
+                            &sha,
+                        );
+                        audit.request_signature(&session, Some(&sig), true);
+                        channel_w.write_all(&sig.notification()).await?;
+                        if let (Some(key), Ok(mut p)) = (id_key(&id), pending.lock()) {
+                            p.insert(key, (sha, None));
+                        }
+                    }
+                    channel_w.write_all(&line).await?;
+                    channel_w.write_all(b"\n").await?;
+                }
+                Line::TooLong => {
+                    // Let the callee's firewall answer it, as it would for any oversize line.
+                    channel_w.write_all(&vec![b' '; MAX_MESSAGE + 1]).await?;
+                    channel_w.write_all(b"\n").await?;
+                }
+                Line::End => {
+                    channel_w.shutdown().await?;
+                    return Ok::<(), std::io::Error>(());
+                }
+            }
+        }
+    };
+    let down = async {
+        let mut input = BufReader::new(channel_r);
+        loop {
+            match read_line(&mut input, 64 << 20).await? {
+                Line::Message(line) => {
+                    if line
+                        .windows(receipt::RECEIPT_METHOD.len())
+                        .any(|w| w == receipt::RECEIPT_METHOD.as_bytes())
+                        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
+                        && v["method"] == receipt::RECEIPT_METHOD
+                    {
+                        if let Ok(r) =
+                            serde_json::from_value::<receipt::Receipt>(v["params"].clone())
+                        {
+                            let expected = serde_json::from_str::<serde_json::Value>(&r.id)
+                                .ok()
+                                .and_then(|id| id_key(&id))
+                                .and_then(|k| pending.lock().ok()?.remove(&k));
+                            let valid = r.verify()
+                                && r.callee == callee.to_string()
+                                && r.caller == session.signer.node_id().to_string()
+                                && r.handshake == handshake_hex
+                                && expected.is_some_and(|(req, res)| {
+                                    req == r.request_sha256
+                                        && res.as_deref() == Some(r.result_sha256.as_str())
+                                });
+                            if !valid {
+                                tracing::warn!(peer = %callee.fmt_short(), "MCP receipt does not match what was sent and received");
+                            }
+                            audit.receipt(&r, "received", valid);
+                        }
+                        continue;
+                    }
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
+                        && v.get("method").is_none()
+                        && let Some(key) = v.get("id").and_then(id_key)
+                        && let Ok(mut p) = pending.lock()
+                        && let Some(entry) = p.get_mut(&key)
+                    {
+                        entry.1 = Some(receipt::digest(&line));
+                    }
+                    local_w.write_all(&line).await?;
+                    local_w.write_all(b"\n").await?;
+                    local_w.flush().await?;
+                }
+                Line::TooLong => tracing::warn!("dropping an oversize message from the peer"),
+                Line::End => {
+                    let _ = local_w.shutdown().await;
+                    return Ok::<(), std::io::Error>(());
+                }
+            }
+        }
+    };
+    let (a, b) = tokio::join!(up, down);
+    a.and(b)
 }
