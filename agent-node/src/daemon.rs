@@ -119,6 +119,11 @@ impl Daemon {
         }
         let (witness_tx, witness_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut audit_config = AuditConfig::default();
+        audit_config.fsync = match std::env::var("NULLPORT_AUDIT_FSYNC").as_deref() {
+            Ok("entry") => nullport_keyring::audit::FsyncPolicy::EveryEntry,
+            Ok("never") => nullport_keyring::audit::FsyncPolicy::Never,
+            _ => nullport_keyring::audit::FsyncPolicy::AtCheckpoint,
+        };
         if let Some(n) = std::env::var("NULLPORT_AUDIT_CHECKPOINT_EVERY")
             .ok()
             .and_then(|v| v.parse().ok())

@@ -19,6 +19,9 @@ pub struct RelayConfig {
     pub admission: Arc<Admission>,
     /// Bounds.
     pub limits: RelayLimits,
+    /// Where to keep state that must survive a restart (witnessed audit checkpoints); none:
+    /// memory only.
+    pub state_dir: Option<std::path::PathBuf>,
     /// Test-only hooks (feature `testing`).
     #[cfg(feature = "testing")]
     pub testing: crate::testing::TestHooks,
@@ -32,6 +35,7 @@ impl RelayConfig {
             listen,
             admission,
             limits: RelayLimits::default(),
+            state_dir: None,
             #[cfg(feature = "testing")]
             testing: crate::testing::TestHooks::default(),
         }

@@ -104,6 +104,9 @@ struct RunArgs {
     /// Admitted connections at once.
     #[arg(long, default_value_t = 100_000)]
     max_connections: usize,
+    /// Keep state that must survive a restart here (witnessed audit checkpoints).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 fn passphrase(args: &KeyArgs, confirm: bool) -> anyhow::Result<zeroize::Zeroizing<String>> {
@@ -164,6 +167,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.limits.dials_per_second = args.dials_per_second;
     config.limits.bytes_per_second = args.bytes_per_second;
     config.limits.max_connections = args.max_connections;
+    if let Some(dir) = &args.state_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    config.state_dir = args.state_dir.clone();
     let mut relay = Relay::bind(config).await?;
     eprintln!(
         "nullport-relay listening on udp {} as {}",

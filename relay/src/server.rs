@@ -52,6 +52,7 @@ pub(crate) struct Shared {
     next_generation: AtomicU64,
     identity: Arc<nullport_protocol::Identity>,
     witnessed: DashMap<NodeId, WitnessedCheckpoint>,
+    witness_file: Option<std::path::PathBuf>,
     pending_per_ip: Mutex<HashMap<IpAddr, usize>>,
     #[cfg(feature = "testing")]
     hooks: crate::testing::TestHooks,
@@ -200,7 +201,8 @@ impl Relay {
             next_session: AtomicU64::new(initial_session()),
             next_generation: AtomicU64::new(1),
             identity: config.identity.clone(),
-            witnessed: DashMap::new(),
+            witnessed: load_witnesses(config.state_dir.as_deref()),
+            witness_file: config.state_dir.as_ref().map(|d| d.join("witnessed.json")),
             pending_per_ip: Mutex::new(HashMap::new()),
             #[cfg(feature = "testing")]
             hooks: config.testing,
@@ -546,8 +548,59 @@ fn witness(
         .sign(domain::AUDIT_WITNESS_V1, &cp.witness_body(&node));
     cp.relay_sig = relay_sig.iter().map(|b| format!("{b:02x}")).collect();
     shared.witnessed.insert(node, cp.clone());
+    save_witnesses(shared);
     tracing::debug!(seq = cp.seq, "witnessed audit checkpoint");
     Ok(cp)
+}
+
+/// Loads the witnessed checkpoints kept in `state_dir` (a missing or unreadable file: none,
+/// logged).
+fn load_witnesses(state_dir: Option<&std::path::Path>) -> DashMap<NodeId, WitnessedCheckpoint> {
+    let map = DashMap::new();
+    let Some(path) = state_dir.map(|d| d.join("witnessed.json")) else {
+        return map;
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => match serde_json::from_slice::<
+            std::collections::BTreeMap<String, WitnessedCheckpoint>,
+        >(&bytes)
+        {
+            Ok(entries) => {
+                for (id, cp) in entries {
+                    if let Ok(id) = id.parse::<NodeId>() {
+                        map.insert(id, cp);
+                    }
+                }
+            }
+            Err(e) => tracing::error!(
+                "{}: unreadable, starting without witnesses: {e}",
+                path.display()
+            ),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::error!("{}: {e}", path.display()),
+    }
+    map
+}
+
+/// Writes the witnessed checkpoints atomically (whole file; fine for a small network).
+fn save_witnesses(shared: &Shared) {
+    let Some(path) = &shared.witness_file else {
+        return;
+    };
+    let entries: std::collections::BTreeMap<String, WitnessedCheckpoint> = shared
+        .witnessed
+        .iter()
+        .map(|e| (e.key().to_string(), e.value().clone()))
+        .collect();
+    let result = serde_json::to_vec(&entries)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            nullport_keyring::fs::write_private(path, &bytes, true).map_err(|e| e.to_string())
+        });
+    if let Err(e) = result {
+        tracing::error!("saving witnessed checkpoints: {e}");
+    }
 }
 
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {

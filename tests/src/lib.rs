@@ -32,6 +32,8 @@ pub struct RelayOptions {
     pub hooks: TestHooks,
     /// Listen address (None: 127.0.0.1:0).
     pub listen: Option<SocketAddr>,
+    /// State directory (witnessed checkpoints).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl TestNet {
@@ -123,6 +125,7 @@ async fn start_relay(identity: &Arc<Identity>, options: RelayOptions) -> Relay {
         config.limits = limits;
     }
     config.testing = options.hooks;
+    config.state_dir = options.state_dir;
     // A restarted relay reuses its port; the old socket may take a moment to be released.
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
@@ -131,6 +134,7 @@ async fn start_relay(identity: &Arc<Identity>, options: RelayOptions) -> Relay {
             listen: config.listen,
             admission: config.admission.clone(),
             limits: config.limits.clone(),
+            state_dir: config.state_dir.clone(),
             testing: config.testing.clone(),
         };
         match Relay::bind(attempt).await {

@@ -838,3 +838,79 @@ async fn serve_dispatches_by_service_and_enforces_allow() {
         "{r:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn witnessed_checkpoints_survive_a_relay_restart_and_cannot_roll_back() {
+    use nullport_protocol::relay_link::WitnessedCheckpoint;
+    let state = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut net = TestNet::start_with(RelayOptions {
+        state_dir: Some(state.path().to_owned()),
+        ..Default::default()
+    })
+    .await;
+    let identity = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
+    let node = net.node_unchecked(identity.clone(), fast_limits()).await;
+    node.wait_online(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let checkpoint = |seq: u64| {
+        let head = format!("{seq:064x}");
+        let sig = identity.sign(
+            nullport_protocol::domain::AUDIT_CHECKPOINT_V1,
+            format!("seq:{seq}\nhead:{head}").as_bytes(),
+        );
+        WitnessedCheckpoint {
+            seq,
+            head,
+            node_sig: sig.iter().map(|b| format!("{b:02x}")).collect(),
+            relay_sig: String::new(),
+        }
+    };
+    let witnessed = node
+        .witness(checkpoint(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let relay_sig: Vec<u8> = (0..64)
+        .filter_map(|i| u8::from_str_radix(&witnessed.relay_sig[2 * i..2 * i + 2], 16).ok())
+        .collect();
+    let relay_sig: [u8; 64] = relay_sig
+        .try_into()
+        .unwrap_or_else(|_| panic!("bad relay sig"));
+    assert!(
+        nullport_protocol::identity::verify(
+            &net.relay_identity.node_id(),
+            nullport_protocol::domain::AUDIT_WITNESS_V1,
+            &witnessed.witness_body(&node.node_id()),
+            &relay_sig
+        )
+        .is_ok()
+    );
+    // A forged checkpoint (not signed by the node) and a rollback are refused.
+    let mut forged = checkpoint(11);
+    forged.head = format!("{:064x}", 99);
+    assert!(matches!(
+        node.witness(forged).await,
+        Err(Error::Link(LinkErrorCode::Refused))
+    ));
+    assert!(matches!(
+        node.witness(checkpoint(5)).await,
+        Err(Error::Link(LinkErrorCode::Refused))
+    ));
+    // The relay restarts with the same state directory: it still holds checkpoint 10.
+    net.restart(RelayOptions {
+        state_dir: Some(state.path().to_owned()),
+        ..Default::default()
+    })
+    .await;
+    let started = Instant::now();
+    let held = loop {
+        match node.witnessed().await {
+            Ok(held) => break held,
+            Err(e) => {
+                assert!(started.elapsed() < Duration::from_secs(5), "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(held.map(|c| c.seq), Some(10));
+}
