@@ -118,18 +118,19 @@ impl Daemon {
             )?;
         }
         let (witness_tx, witness_rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut audit_config = AuditConfig::default();
-        audit_config.fsync = match std::env::var("NULLPORT_AUDIT_FSYNC").as_deref() {
-            Ok("entry") => nullport_keyring::audit::FsyncPolicy::EveryEntry,
-            Ok("never") => nullport_keyring::audit::FsyncPolicy::Never,
-            _ => nullport_keyring::audit::FsyncPolicy::AtCheckpoint,
+        let defaults = AuditConfig::default();
+        let audit_config = AuditConfig {
+            fsync: match std::env::var("NULLPORT_AUDIT_FSYNC").as_deref() {
+                Ok("entry") => nullport_keyring::audit::FsyncPolicy::EveryEntry,
+                Ok("never") => nullport_keyring::audit::FsyncPolicy::Never,
+                _ => nullport_keyring::audit::FsyncPolicy::AtCheckpoint,
+            },
+            checkpoint_every: std::env::var("NULLPORT_AUDIT_CHECKPOINT_EVERY")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(defaults.checkpoint_every),
+            ..defaults
         };
-        if let Some(n) = std::env::var("NULLPORT_AUDIT_CHECKPOINT_EVERY")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            audit_config.checkpoint_every = n;
-        }
         let audit = Audit::open(&home.audit(), &identity, audit_config)
             .map_err(|error| DaemonError::Config(error.to_string()))?
             .with_witness(witness_tx);
