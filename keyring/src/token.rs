@@ -1,0 +1,829 @@
+//! Capability tokens: signed, scoped, time-bound, holder-bound, attenuable by delegation.
+//!
+//! A token is a chain of 1 to [`MAX_CHAIN`] links. Link 0 is issued by an issuer the callee
+//! trusts; each later link is issued by the previous link's holder and may only narrow it:
+//! same service, audience the same or newly pinned, every scope pattern covered by the
+//! parent's, validity inside the parent's. The last link's holder must be the NodeId the
+//! Noise handshake proved. Verification is offline at the callee.
+//!
+//! Wire form: `postcard(Chain)` where each link carries its body as the exact bytes signed
+//! (`postcard(TokenBody)`), so nothing is re-encoded before checking a signature. Text form:
+//! `npt1` + base64url (no padding). At most [`MAX_TOKEN_BYTES`] bytes.
+
+use nullport_protocol::{Identity, NodeId, domain, identity::verify};
+use serde::{Deserialize, Serialize};
+
+/// Deepest delegation chain accepted.
+pub const MAX_CHAIN: usize = 8;
+/// Largest encoded chain (it travels in handshake message 3, whose blob is 16 KiB).
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Token format version.
+pub const TOKEN_VERSION: u8 = 1;
+const TEXT_PREFIX: &str = "npt1";
+
+/// What a token allows. `None` in a list means "whatever the parent (or the issuer's own
+/// policy) allows"; `Some(list)` narrows to those patterns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scope {
+    /// MCP tool names or `*` globs.
+    pub tools: Option<Vec<String>>,
+    /// MCP resource URI prefixes.
+    pub resources: Option<Vec<String>>,
+    /// MCP prompt names or globs.
+    pub prompts: Option<Vec<String>>,
+    /// Extra JSON-RPC methods.
+    pub methods: Option<Vec<String>>,
+}
+
+/// The signed part of one link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenBody {
+    /// Format version.
+    pub version: u8,
+    /// Unique id (for revocation and audit).
+    pub id: [u8; 16],
+    /// Who signed this link.
+    pub issuer: NodeId,
+    /// Who may present it.
+    pub holder: NodeId,
+    /// The callee it is for (`None`: any).
+    pub audience: Option<NodeId>,
+    /// The service it opens.
+    pub service: String,
+    /// What it allows there.
+    pub scope: Scope,
+    /// Valid from (Unix seconds).
+    pub not_before: u64,
+    /// Valid until (Unix seconds).
+    pub expires: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct WireLink {
+    body: Vec<u8>,
+    sig: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct WireChain {
+    version: u8,
+    links: Vec<WireLink>,
+}
+
+/// One verified-structure link (signature not yet checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The decoded body.
+    pub body: TokenBody,
+    body_bytes: Vec<u8>,
+    sig: [u8; 64],
+}
+
+/// A delegation chain, root first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    /// The links.
+    pub links: Vec<Link>,
+}
+
+/// Why a token is refused. Each variant names the link (0 = root) where it applies.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Not a token (bad encoding, version, trailing bytes, empty chain).
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// Over the size bound.
+    #[error("token of {0} bytes exceeds {MAX_TOKEN_BYTES}")]
+    TooLarge(usize),
+    /// More links than allowed.
+    #[error("delegation chain of {0} links exceeds {MAX_CHAIN}")]
+    TooDeep(usize),
+    /// The root issuer is not trusted by this callee for this service.
+    #[error("issuer {0} is not trusted for this service")]
+    UntrustedIssuer(NodeId),
+    /// A link's signature does not verify.
+    #[error("link {0}: bad signature")]
+    BadSignature(usize),
+    /// A link has expired.
+    #[error("link {link}: expired at {expires}")]
+    Expired {
+        /// Which link.
+        link: usize,
+        /// When (Unix seconds).
+        expires: u64,
+    },
+    /// A link is not valid yet.
+    #[error("link {link}: not valid before {not_before}")]
+    NotYetValid {
+        /// Which link.
+        link: usize,
+        /// From when (Unix seconds).
+        not_before: u64,
+    },
+    /// A link's issuer is not the previous link's holder.
+    #[error("link {0}: issued by someone other than the previous holder")]
+    BrokenChain(usize),
+    /// A delegation widens its parent.
+    #[error("link {link}: widens its parent ({what})")]
+    Widened {
+        /// Which link.
+        link: usize,
+        /// What was widened.
+        what: &'static str,
+    },
+    /// Presented by someone other than its holder.
+    #[error("token held by {holder}, presented by {presenter}")]
+    WrongHolder {
+        /// The holder.
+        holder: NodeId,
+        /// Who presented it.
+        presenter: NodeId,
+    },
+    /// For another callee.
+    #[error("token is for another node")]
+    WrongAudience,
+    /// For another service.
+    #[error("token is for service {0:?}")]
+    WrongService(String),
+    /// Revoked.
+    #[error("token or key revoked")]
+    Revoked,
+}
+
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Whether every name `child` matches is also matched by `parent` (conservative: a glob child
+/// must equal a parent pattern, or the parent must be `*`, or the child's fixed prefix must
+/// extend a `prefix*` parent).
+pub fn pattern_covered(child: &str, parent: &str) -> bool {
+    if parent == "*" || child == parent {
+        return true;
+    }
+    if !child.contains('*') {
+        return glob_match(parent, child);
+    }
+    // child has a glob: accept only `P*` parents whose prefix the child's prefix extends,
+    // and a child that is a single trailing-star pattern.
+    match (parent.strip_suffix('*'), child.strip_suffix('*')) {
+        (Some(pp), Some(cp)) if !pp.contains('*') && !cp.contains('*') => cp.starts_with(pp),
+        _ => false,
+    }
+}
+
+/// Whether a list narrows (or equals) its parent list; `None` means unrestricted.
+fn list_narrows(child: &Option<Vec<String>>, parent: &Option<Vec<String>>, prefix: bool) -> bool {
+    match (child, parent) {
+        (_, None) => true,
+        (None, Some(_)) => false,
+        (Some(c), Some(p)) => c.iter().all(|ci| {
+            p.iter().any(|pi| {
+                if prefix {
+                    ci.starts_with(pi.as_str())
+                } else {
+                    pattern_covered(ci, pi)
+                }
+            })
+        }),
+    }
+}
+
+impl Scope {
+    fn narrows(&self, parent: &Scope) -> Option<&'static str> {
+        if !list_narrows(&self.tools, &parent.tools, false) {
+            return Some("tools");
+        }
+        if !list_narrows(&self.resources, &parent.resources, true) {
+            return Some("resources");
+        }
+        if !list_narrows(&self.prompts, &parent.prompts, false) {
+            return Some("prompts");
+        }
+        if !list_narrows(&self.methods, &parent.methods, false) {
+            return Some("methods");
+        }
+        None
+    }
+}
+
+/// base64url without padding.
+fn b64_encode(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len() * 4 / 3 + 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+fn b64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes = text.as_bytes();
+    if bytes.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c)? << (18 - 6 * i);
+        }
+        let produced = chunk.len() - 1;
+        for i in 0..produced {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+        // Canonical: unused low bits must be zero.
+        let used_bits = 8 * produced;
+        let mask = if used_bits >= 24 {
+            0
+        } else {
+            (1u32 << (24 - used_bits)) - 1
+        };
+        if n & mask != 0 {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+impl Token {
+    /// Issues a root token signed by `issuer`.
+    pub fn issue(
+        issuer: &Identity,
+        holder: NodeId,
+        audience: Option<NodeId>,
+        service: &str,
+        scope: Scope,
+        not_before: u64,
+        expires: u64,
+    ) -> Result<Token, TokenError> {
+        let mut id = [0u8; 16];
+        getrandom::getrandom(&mut id).map_err(|_| TokenError::Malformed("no randomness"))?;
+        let body = TokenBody {
+            version: TOKEN_VERSION,
+            id,
+            issuer: issuer.node_id(),
+            holder,
+            audience,
+            service: service.to_owned(),
+            scope,
+            not_before,
+            expires,
+        };
+        Ok(Token {
+            links: vec![sign_link(issuer, body)?],
+        })
+    }
+
+    /// Delegates to `holder` with a narrower (or equal) scope, signed by the current holder.
+    /// Refuses locally what a verifier would refuse.
+    pub fn delegate(
+        &self,
+        current_holder: &Identity,
+        holder: NodeId,
+        audience: Option<NodeId>,
+        scope: Scope,
+        not_before: u64,
+        expires: u64,
+    ) -> Result<Token, TokenError> {
+        let parent = &self.last().body;
+        if parent.holder != current_holder.node_id() {
+            return Err(TokenError::WrongHolder {
+                holder: parent.holder,
+                presenter: current_holder.node_id(),
+            });
+        }
+        if self.links.len() >= MAX_CHAIN {
+            return Err(TokenError::TooDeep(self.links.len() + 1));
+        }
+        let mut id = [0u8; 16];
+        getrandom::getrandom(&mut id).map_err(|_| TokenError::Malformed("no randomness"))?;
+        let body = TokenBody {
+            version: TOKEN_VERSION,
+            id,
+            issuer: current_holder.node_id(),
+            holder,
+            audience: audience.or(parent.audience),
+            service: parent.service.clone(),
+            scope,
+            not_before: not_before.max(parent.not_before),
+            expires,
+        };
+        let link = self.links.len();
+        check_attenuation(link, &body, parent)?;
+        let mut links = self.links.clone();
+        links.push(sign_link(current_holder, body)?);
+        Ok(Token { links })
+    }
+
+    /// The last link (the one presented).
+    pub fn last(&self) -> &Link {
+        &self.links[self.links.len() - 1]
+    }
+
+    /// The encoded chain.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let wire = WireChain {
+            version: TOKEN_VERSION,
+            links: self
+                .links
+                .iter()
+                .map(|l| WireLink {
+                    body: l.body_bytes.clone(),
+                    sig: l.sig.to_vec(),
+                })
+                .collect(),
+        };
+        postcard::to_stdvec(&wire).unwrap_or_default()
+    }
+
+    /// Decodes a chain (structure only; [`Token::verify`] checks it).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Token, TokenError> {
+        if bytes.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge(bytes.len()));
+        }
+        let (wire, rest): (WireChain, &[u8]) = postcard::take_from_bytes(bytes)
+            .map_err(|_| TokenError::Malformed("not a token chain"))?;
+        if !rest.is_empty() {
+            return Err(TokenError::Malformed("trailing bytes"));
+        }
+        if wire.version != TOKEN_VERSION {
+            return Err(TokenError::Malformed("unknown version"));
+        }
+        if wire.links.is_empty() {
+            return Err(TokenError::Malformed("empty chain"));
+        }
+        if wire.links.len() > MAX_CHAIN {
+            return Err(TokenError::TooDeep(wire.links.len()));
+        }
+        let mut links = Vec::with_capacity(wire.links.len());
+        for l in wire.links {
+            let (body, rest): (TokenBody, &[u8]) = postcard::take_from_bytes(&l.body)
+                .map_err(|_| TokenError::Malformed("bad link body"))?;
+            if !rest.is_empty() || body.version != TOKEN_VERSION {
+                return Err(TokenError::Malformed("bad link body"));
+            }
+            let sig: [u8; 64] = l
+                .sig
+                .as_slice()
+                .try_into()
+                .map_err(|_| TokenError::Malformed("bad signature length"))?;
+            links.push(Link {
+                body,
+                body_bytes: l.body,
+                sig,
+            });
+        }
+        Ok(Token { links })
+    }
+
+    /// Text form: `npt1` + base64url.
+    pub fn to_text(&self) -> String {
+        format!("{TEXT_PREFIX}{}", b64_encode(&self.to_bytes()))
+    }
+
+    /// Parses the text form.
+    pub fn from_text(text: &str) -> Result<Token, TokenError> {
+        let body = text
+            .trim()
+            .strip_prefix(TEXT_PREFIX)
+            .ok_or(TokenError::Malformed("not a nullport token (npt1...)"))?;
+        if body.len() > MAX_TOKEN_BYTES * 4 / 3 + 4 {
+            return Err(TokenError::TooLarge(body.len() * 3 / 4));
+        }
+        Token::from_bytes(&b64_decode(body).ok_or(TokenError::Malformed("bad base64url"))?)
+    }
+
+    /// Verifies the whole chain for a presentation by `presenter` to `callee` for
+    /// `service` at time `now` (Unix seconds, with `skew` seconds of tolerance), given the
+    /// issuers the callee trusts for that service. Returns the effective (last) scope.
+    pub fn verify(
+        &self,
+        presenter: &NodeId,
+        callee: &NodeId,
+        service: &str,
+        trusted_issuers: &[NodeId],
+        now: u64,
+        skew: u64,
+    ) -> Result<Scope, TokenError> {
+        let root = &self.links[0].body;
+        if !trusted_issuers.contains(&root.issuer) {
+            return Err(TokenError::UntrustedIssuer(root.issuer));
+        }
+        for (i, link) in self.links.iter().enumerate() {
+            verify(
+                &link.body.issuer,
+                domain::TOKEN_V1,
+                &link.body_bytes,
+                &link.sig,
+            )
+            .map_err(|_| TokenError::BadSignature(i))?;
+            if now > link.body.expires.saturating_add(skew) {
+                return Err(TokenError::Expired {
+                    link: i,
+                    expires: link.body.expires,
+                });
+            }
+            if now.saturating_add(skew) < link.body.not_before {
+                return Err(TokenError::NotYetValid {
+                    link: i,
+                    not_before: link.body.not_before,
+                });
+            }
+            if i > 0 {
+                let parent = &self.links[i - 1].body;
+                if link.body.issuer != parent.holder {
+                    return Err(TokenError::BrokenChain(i));
+                }
+                check_attenuation(i, &link.body, parent)?;
+            }
+        }
+        let last = &self.last().body;
+        if last.holder != *presenter {
+            return Err(TokenError::WrongHolder {
+                holder: last.holder,
+                presenter: *presenter,
+            });
+        }
+        if last.audience.is_some_and(|a| a != *callee) {
+            return Err(TokenError::WrongAudience);
+        }
+        if last.service != service {
+            return Err(TokenError::WrongService(last.service.clone()));
+        }
+        Ok(last.scope.clone())
+    }
+
+    /// Every link id (hex), for revocation checks.
+    pub fn ids(&self) -> Vec<String> {
+        self.links
+            .iter()
+            .map(|l| l.body.id.iter().map(|b| format!("{b:02x}")).collect())
+            .collect()
+    }
+}
+
+fn sign_link(issuer: &Identity, body: TokenBody) -> Result<Link, TokenError> {
+    let body_bytes =
+        postcard::to_stdvec(&body).map_err(|_| TokenError::Malformed("cannot encode"))?;
+    let sig = issuer.sign(domain::TOKEN_V1, &body_bytes);
+    Ok(Link {
+        body,
+        body_bytes,
+        sig,
+    })
+}
+
+fn check_attenuation(link: usize, child: &TokenBody, parent: &TokenBody) -> Result<(), TokenError> {
+    if child.service != parent.service {
+        return Err(TokenError::Widened {
+            link,
+            what: "service",
+        });
+    }
+    if parent.audience.is_some() && child.audience != parent.audience {
+        return Err(TokenError::Widened {
+            link,
+            what: "audience",
+        });
+    }
+    if child.expires > parent.expires {
+        return Err(TokenError::Widened {
+            link,
+            what: "expiry",
+        });
+    }
+    if child.not_before < parent.not_before {
+        return Err(TokenError::Widened {
+            link,
+            what: "not-before",
+        });
+    }
+    if let Some(what) = child.scope.narrows(&parent.scope) {
+        return Err(TokenError::Widened { link, what });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(seed: u8) -> Identity {
+        Identity::from_seed([seed; 32])
+    }
+
+    fn tools(list: &[&str]) -> Scope {
+        Scope {
+            tools: Some(list.iter().map(|s| s.to_string()).collect()),
+            ..Scope::default()
+        }
+    }
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn root(holder: &Identity) -> Token {
+        Token::issue(
+            &id(1),
+            holder.node_id(),
+            None,
+            "files",
+            tools(&["read_*", "list_directory"]),
+            NOW - 10,
+            NOW + 600,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn check(t: &Token, presenter: &Identity) -> Result<Scope, TokenError> {
+        t.verify(
+            &presenter.node_id(),
+            &id(9).node_id(),
+            "files",
+            &[id(1).node_id()],
+            NOW,
+            30,
+        )
+    }
+
+    #[test]
+    fn issue_delegate_verify_and_text_round_trip() {
+        let (a, b) = (id(2), id(3));
+        let t = root(&a);
+        assert_eq!(check(&t, &a), Ok(tools(&["read_*", "list_directory"])));
+        let d = t
+            .delegate(&a, b.node_id(), None, tools(&["read_file"]), NOW, NOW + 60)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(check(&d, &b), Ok(tools(&["read_file"])));
+        let text = d.to_text();
+        assert!(text.starts_with("npt1"));
+        assert_eq!(Token::from_text(&text).ok(), Some(d.clone()));
+        assert!(d.to_bytes().len() < 1024);
+    }
+
+    #[test]
+    fn widened_delegations_are_refused() {
+        let (a, b) = (id(2), id(3));
+        let t = root(&a);
+        let cases: Vec<(Scope, u64, &str)> = vec![
+            (tools(&["read_*", "write_file"]), NOW + 60, "tools"),
+            (tools(&["*"]), NOW + 60, "tools"),
+            (Scope::default(), NOW + 60, "tools"),
+            (tools(&["read_file"]), NOW + 601, "expiry"),
+        ];
+        for (scope, expires, what) in cases {
+            let r = t.delegate(&a, b.node_id(), None, scope, NOW, expires);
+            assert_eq!(
+                r.err(),
+                Some(TokenError::Widened { link: 1, what }),
+                "{what}"
+            );
+        }
+        // Forge a widened link by hand (as an attacker would) and present it: refused too.
+        let mut forged = t
+            .delegate(&a, b.node_id(), None, tools(&["read_file"]), NOW, NOW + 60)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut body = forged.links[1].body.clone();
+        body.scope = tools(&["*"]);
+        forged.links[1] = sign_link(&a, body).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            check(&forged, &b),
+            Err(TokenError::Widened {
+                link: 1,
+                what: "tools"
+            })
+        );
+        // Another service.
+        let mut body = forged.links[1].body.clone();
+        body.scope = tools(&["read_file"]);
+        body.service = "ssh".into();
+        forged.links[1] = sign_link(&a, body).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            check(&forged, &b),
+            Err(TokenError::Widened {
+                link: 1,
+                what: "service"
+            })
+        );
+    }
+
+    #[test]
+    fn edited_middle_link_fails_its_signature() {
+        let (a, b, c) = (id(2), id(3), id(4));
+        let t = root(&a)
+            .delegate(&a, b.node_id(), None, tools(&["read_file"]), NOW, NOW + 60)
+            .and_then(|t| t.delegate(&b, c.node_id(), None, tools(&["read_file"]), NOW, NOW + 30))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut bytes = t.to_bytes();
+        let target = bytes.len() / 2;
+        bytes[target] ^= 1;
+        let r = Token::from_bytes(&bytes).and_then(|t| check(&t, &c));
+        assert!(r.is_err());
+        // A body edit with the original signature kept.
+        let mut edited = t.clone();
+        edited.links[1].body.expires += 1;
+        edited.links[1].body_bytes = postcard::to_stdvec(&edited.links[1].body).unwrap_or_default();
+        assert_eq!(check(&edited, &c), Err(TokenError::BadSignature(1)));
+    }
+
+    #[test]
+    fn time_holder_audience_issuer_depth() {
+        let (a, b) = (id(2), id(3));
+        let t = root(&a);
+        let late = t.verify(
+            &a.node_id(),
+            &id(9).node_id(),
+            "files",
+            &[id(1).node_id()],
+            NOW + 631,
+            30,
+        );
+        assert_eq!(
+            late,
+            Err(TokenError::Expired {
+                link: 0,
+                expires: NOW + 600
+            })
+        );
+        assert!(
+            t.verify(
+                &a.node_id(),
+                &id(9).node_id(),
+                "files",
+                &[id(1).node_id()],
+                NOW + 629,
+                30
+            )
+            .is_ok(),
+            "within skew"
+        );
+        let early = Token::issue(
+            &id(1),
+            a.node_id(),
+            None,
+            "files",
+            Scope::default(),
+            NOW + 100,
+            NOW + 200,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            check(&early, &a),
+            Err(TokenError::NotYetValid {
+                link: 0,
+                not_before: NOW + 100
+            })
+        );
+        assert!(matches!(check(&t, &b), Err(TokenError::WrongHolder { .. })));
+        let pinned = Token::issue(
+            &id(1),
+            a.node_id(),
+            Some(id(8).node_id()),
+            "files",
+            Scope::default(),
+            NOW,
+            NOW + 60,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(check(&pinned, &a), Err(TokenError::WrongAudience));
+        assert_eq!(
+            t.verify(
+                &a.node_id(),
+                &id(9).node_id(),
+                "ssh",
+                &[id(1).node_id()],
+                NOW,
+                30
+            ),
+            Err(TokenError::WrongService("files".into()))
+        );
+        assert_eq!(
+            t.verify(
+                &a.node_id(),
+                &id(9).node_id(),
+                "files",
+                &[id(5).node_id()],
+                NOW,
+                30
+            ),
+            Err(TokenError::UntrustedIssuer(id(1).node_id()))
+        );
+        let mut deep = t.clone();
+        let mut holder = a;
+        for i in 0..MAX_CHAIN - 1 {
+            let next = id(20 + i as u8);
+            deep = deep
+                .delegate(
+                    &holder,
+                    next.node_id(),
+                    None,
+                    tools(&["read_file"]),
+                    NOW,
+                    NOW + 60,
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+            holder = next;
+        }
+        assert_eq!(deep.links.len(), MAX_CHAIN);
+        assert!(matches!(
+            deep.delegate(
+                &holder,
+                b.node_id(),
+                None,
+                tools(&["read_file"]),
+                NOW,
+                NOW + 60
+            ),
+            Err(TokenError::TooDeep(9))
+        ));
+        // A hand-built 9-link chain is refused at decoding.
+        let mut wire_links: Vec<WireLink> = deep
+            .links
+            .iter()
+            .map(|l| WireLink {
+                body: l.body_bytes.clone(),
+                sig: l.sig.to_vec(),
+            })
+            .collect();
+        wire_links.push(wire_links[0].clone());
+        let bytes = postcard::to_stdvec(&WireChain {
+            version: 1,
+            links: wire_links,
+        })
+        .unwrap_or_default();
+        assert_eq!(Token::from_bytes(&bytes), Err(TokenError::TooDeep(9)));
+    }
+
+    #[test]
+    fn pattern_coverage() {
+        assert!(pattern_covered("read_file", "read_*"));
+        assert!(pattern_covered("read_text*", "read_*"));
+        assert!(pattern_covered("anything*", "*"));
+        assert!(!pattern_covered("read_*", "read_file"));
+        assert!(!pattern_covered("*", "read_*"));
+        assert!(!pattern_covered("re*", "read_*"));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = Token::from_bytes(&bytes);
+        }
+
+        #[test]
+        fn base64_round_trip(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            prop_assert_eq!(b64_decode(&b64_encode(&bytes)), Some(bytes));
+        }
+
+        /// Attenuation never widens: whatever a delegate asks for, a chain that verifies
+        /// allows only names the root allowed.
+        #[test]
+        fn attenuation_never_widens(names in proptest::collection::vec("[a-z_]{1,8}\\*?", 0..4), probe in "[a-z_]{1,10}") {
+            let (a, b) = (id(2), id(3));
+            let t = root(&a);
+            if let Ok(d) = t.delegate(&a, b.node_id(), None, Scope { tools: Some(names.clone()), ..Scope::default() }, NOW, NOW + 60)
+                && let Ok(scope) = check(&d, &b)
+            {
+                let allowed_by_child = scope.tools.as_ref().is_some_and(|l| l.iter().any(|p| glob_match(p, &probe)));
+                let allowed_by_root = ["read_*", "list_directory"].iter().any(|p| glob_match(p, &probe));
+                prop_assert!(!allowed_by_child || allowed_by_root);
+            }
+        }
+    }
+}
