@@ -181,6 +181,7 @@ async fn main() -> Res<()> {
             peer: "tool".into(),
             service: "everything".into(),
             mcp: true,
+            token: None,
         },
     )
     .await?;

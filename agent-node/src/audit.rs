@@ -104,6 +104,11 @@ impl Audit {
         self.write("channel", json!({ "caller": peer.to_string(), "service": service, "outcome": outcome, "rule": rule }));
     }
 
+    /// A capability token presented to this node (accepted or denied, and why).
+    pub fn token(&self, peer: &NodeId, service: &str, ids: &[String], outcome: &str, reason: &str) {
+        self.write("token", json!({ "caller": peer.to_string(), "service": service, "token_ids": ids, "outcome": outcome, "reason": reason }));
+    }
+
     /// A dial out (caller side).
     pub fn dial(&self, peer: &NodeId, service: &str, outcome: &str) {
         self.write(

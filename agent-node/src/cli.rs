@@ -86,6 +86,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Capability tokens: issue, delegate (narrower only), inspect, trust an issuer.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// The tamper-evident audit log: show, verify, export.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -104,12 +107,18 @@ enum Command {
         /// Permit a non-loopback listen address (anyone who can reach it gets your access).
         #[arg(long)]
         allow_remote: bool,
+        /// Present a capability token (its text, or @FILE) on every channel.
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Connect stdin/stdout to <peer>/<service>, e.g.
     /// ssh -o ProxyCommand='nullport pipe %h/ssh' user@files-server
     Pipe {
         /// `<peer>/<service>`, peer as alias or NodeId.
         target: String,
+        /// Present a capability token (its text, or @FILE).
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Show the relay link, exposed services and open channels.
     Status {
@@ -170,6 +179,71 @@ enum TrustCommand {
     },
 }
 
+#[derive(Args, Debug)]
+struct ScopeArgs {
+    /// MCP tools (names or `*` globs), comma separated; omitted: whatever the parent allows.
+    #[arg(long, value_delimiter = ',')]
+    tools: Option<Vec<String>>,
+    /// MCP resource URI prefixes, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    resources: Option<Vec<String>>,
+    /// MCP prompts, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    prompts: Option<Vec<String>>,
+    /// Extra JSON-RPC methods, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    methods: Option<Vec<String>>,
+    /// The callee it is for (alias or NodeId); omitted: any (or the parent's).
+    #[arg(long)]
+    audience: Option<String>,
+    /// How long it is valid: 30s, 10m, 2h, 1d.
+    #[arg(long, default_value = "10m")]
+    ttl: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Issue a token signed by this node to a holder for a service.
+    Issue {
+        /// The holder (alias or NodeId): only it can present the token.
+        #[arg(long)]
+        to: String,
+        /// The service it opens.
+        #[arg(long)]
+        service: String,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Read the key passphrase from this file.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Delegate a token this node holds to another holder, never wider than it.
+    Delegate {
+        /// The token (text, or @FILE).
+        token: String,
+        /// The new holder (alias or NodeId).
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Read the key passphrase from this file.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Show a token's links (issuer, holder, service, scope, validity).
+    Inspect {
+        /// The token (text, or @FILE).
+        token: String,
+    },
+    /// Accept tokens issued by an issuer for a service on this node.
+    TrustIssuer {
+        /// Alias or NodeId.
+        issuer: String,
+        /// The service.
+        service: String,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum AuditCommand {
     /// Print the last entries (and follow new ones with -f).
@@ -206,6 +280,9 @@ enum McpCommand {
     Bridge {
         /// `<peer>/<service>`.
         target: String,
+        /// Present a capability token (its text, or @FILE).
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Set what a caller may do on an MCP service (replaces its previous rules).
     Allow {
@@ -331,6 +408,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Approvals { json } => approvals(&home, json).await,
         Command::Mcp(cmd) => mcp(&home, cmd).await,
         Command::Audit(cmd) => audit(&home, cmd).await,
+        Command::Token(cmd) => token(&home, cmd).await,
         Command::Deny {
             peer,
             service: Some(service),
@@ -348,11 +426,146 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             target,
             listen,
             allow_remote,
-        } => connect(&home, &target, listen, allow_remote).await,
-        Command::Pipe { target } => pipe(&home, &target, false).await,
+            token,
+        } => connect(&home, &target, listen, allow_remote, read_token(token)?).await,
+        Command::Pipe { target, token } => pipe(&home, &target, false, token).await,
         Command::Status { json } => status(&home, json).await,
         Command::Quickstart => crate::quickstart::run().await,
     }
+}
+
+/// A token argument: its text, or `@FILE`.
+fn read_token(arg: Option<String>) -> anyhow::Result<Option<String>> {
+    match arg {
+        Some(a) if a.starts_with('@') => {
+            let path = &a[1..];
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading token file {path}"))?;
+            Ok(Some(text.trim().to_owned()))
+        }
+        other => Ok(other),
+    }
+}
+
+fn parse_ttl(ttl: &str) -> anyhow::Result<u64> {
+    let split = ttl.find(|c: char| !c.is_ascii_digit()).unwrap_or(ttl.len());
+    let (num, unit) = ttl.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow!("bad --ttl {ttl:?}: use 30s, 10m, 2h or 1d"))?;
+    let factor = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("bad --ttl {ttl:?}: use 30s, 10m, 2h or 1d"),
+    };
+    Ok(n * factor)
+}
+
+fn scope_of(args: &ScopeArgs) -> nullport_keyring::token::Scope {
+    nullport_keyring::token::Scope {
+        tools: args.tools.clone(),
+        resources: args.resources.clone(),
+        prompts: args.prompts.clone(),
+        methods: args.methods.clone(),
+    }
+}
+
+async fn token(home: &Home, cmd: TokenCommand) -> anyhow::Result<()> {
+    use nullport_keyring::token::Token;
+    let trust = TrustStore::load(&home.trust())?;
+    let now = nullport_node::tokens::unix_now();
+    match cmd {
+        TokenCommand::Issue {
+            to,
+            service,
+            scope,
+            passphrase_file,
+        } => {
+            let identity = load_identity(home, passphrase_file)?;
+            let holder = trust.resolve(&to)?;
+            let audience = scope
+                .audience
+                .as_deref()
+                .map(|a| trust.resolve(a))
+                .transpose()?;
+            let t = Token::issue(
+                &identity,
+                holder,
+                audience,
+                &service,
+                scope_of(&scope),
+                now,
+                now + parse_ttl(&scope.ttl)?,
+            )?;
+            println!("{}", t.to_text());
+        }
+        TokenCommand::Delegate {
+            token,
+            to,
+            scope,
+            passphrase_file,
+        } => {
+            let identity = load_identity(home, passphrase_file)?;
+            let parent = Token::from_text(&read_token(Some(token))?.unwrap_or_default())?;
+            let holder = trust.resolve(&to)?;
+            let audience = scope
+                .audience
+                .as_deref()
+                .map(|a| trust.resolve(a))
+                .transpose()?;
+            let t = parent.delegate(
+                &identity,
+                holder,
+                audience,
+                scope_of(&scope),
+                now,
+                now + parse_ttl(&scope.ttl)?,
+            )?;
+            println!("{}", t.to_text());
+        }
+        TokenCommand::Inspect { token } => {
+            let t = Token::from_text(&read_token(Some(token))?.unwrap_or_default())?;
+            let time = |s: u64| {
+                nullport_node::audit::rfc3339(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
+                )
+            };
+            let links: Vec<serde_json::Value> = t
+                .links
+                .iter()
+                .zip(t.ids())
+                .map(|(l, id)| {
+                    let b = &l.body;
+                    serde_json::json!({
+                        "id": id,
+                        "issuer": b.issuer.to_string(),
+                        "holder": b.holder.to_string(),
+                        "audience": b.audience.map(|a| a.to_string()),
+                        "service": b.service,
+                        "scope": { "tools": b.scope.tools, "resources": b.scope.resources, "prompts": b.scope.prompts, "methods": b.scope.methods },
+                        "not_before": time(b.not_before),
+                        "expires": time(b.expires),
+                        "expired": now > b.expires,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&links)?);
+        }
+        TokenCommand::TrustIssuer { issuer, service } => {
+            trust.resolve(&issuer)?;
+            let mut policy = Policy::load(&home.policy())?;
+            let added = policy.trust_issuer(&issuer, &service);
+            policy.save()?;
+            println!(
+                "tokens from {issuer} {} open {service}{}",
+                if added { "now" } else { "already" },
+                reload(home).await
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn audit(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> {
@@ -545,7 +758,7 @@ async fn approvals(home: &Home, json: bool) -> anyhow::Result<()> {
 
 async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
     match cmd {
-        McpCommand::Bridge { target } => pipe(home, &target, true).await,
+        McpCommand::Bridge { target, token } => pipe(home, &target, true, token).await,
         McpCommand::Allow {
             peer,
             service,
@@ -781,6 +994,7 @@ async fn open_pipe(
     peer: &str,
     service: &str,
     mcp: bool,
+    token: Option<String>,
 ) -> anyhow::Result<BufReader<UnixStream>> {
     let (response, stream) = control(
         home,
@@ -788,6 +1002,7 @@ async fn open_pipe(
             peer: peer.to_owned(),
             service: service.to_owned(),
             mcp,
+            token,
         },
     )
     .await?;
@@ -800,9 +1015,9 @@ async fn open_pipe(
     Ok(stream)
 }
 
-async fn pipe(home: &Home, target: &str, mcp: bool) -> anyhow::Result<()> {
+async fn pipe(home: &Home, target: &str, mcp: bool, token: Option<String>) -> anyhow::Result<()> {
     let (peer, service) = split_target(target)?;
-    let stream = open_pipe(home, peer, service, mcp).await?;
+    let stream = open_pipe(home, peer, service, mcp, read_token(token)?).await?;
     let (mut from_daemon, mut to_daemon) = tokio::io::split(stream);
     let upload = async {
         let r = tokio::io::copy(&mut tokio::io::stdin(), &mut to_daemon).await;
@@ -831,6 +1046,7 @@ async fn connect(
     target: &str,
     listen: SocketAddr,
     allow_remote: bool,
+    token: Option<String>,
 ) -> anyhow::Result<()> {
     let (peer, service) = split_target(target)?;
     if !listen.ip().is_loopback() && !allow_remote {
@@ -851,9 +1067,9 @@ async fn connect(
     loop {
         let (mut tcp, from) = listener.accept().await?;
         let home = home.clone();
-        let (peer, service) = (peer.to_owned(), service.to_owned());
+        let (peer, service, token) = (peer.to_owned(), service.to_owned(), token.clone());
         tokio::spawn(async move {
-            match open_pipe(&home, &peer, &service, false).await {
+            match open_pipe(&home, &peer, &service, false, token).await {
                 Ok(mut stream) => {
                     let _ = tcp.set_nodelay(true);
                     let _ = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await;

@@ -33,6 +33,9 @@ pub enum ControlRequest {
         /// An MCP session: sign tool calls and check the callee's receipts.
         #[serde(default)]
         mcp: bool,
+        /// A capability token (text form) to present in the handshake.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
 }
 

@@ -21,6 +21,7 @@ use crate::home::Home;
 use crate::mcp::approvals::Approvals;
 use crate::mcp::{GrantSource, Session, UpstreamSpec, serve};
 use crate::service::{Counted, Counters, connect_tcp, forward, run_exec, spawn_exec};
+use crate::tokens;
 use crate::{Error, IncomingChannel, Node, NodeConfig, NodeLimits, RelayAddr};
 use nullport_keyring::audit::{AuditConfig, Checkpoint};
 use nullport_protocol::relay_link::WitnessedCheckpoint;
@@ -339,8 +340,40 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
         let _ = incoming.deny(DenyReason::UnknownService).await;
         return;
     };
-    let decision = match (state.policy.read(), state.trust.read()) {
-        (Ok(policy), Ok(trust)) => policy.decide(&peer, &name, &trust),
+    // A capability token, if presented, is the authority for this channel (its scope within
+    // the issuer's rules); otherwise the caller's own policy entry.
+    let blob = incoming.blob().to_vec();
+    let me = state.node.node_id();
+    let presented = if blob.is_empty() {
+        None
+    } else {
+        let checked = match (state.policy.read(), state.trust.read()) {
+            (Ok(policy), Ok(trust)) => tokens::check(&blob, &peer, &me, &name, &policy, &trust),
+            _ => Err("policy unavailable".to_owned()),
+        };
+        match checked {
+            Ok(p) => {
+                state
+                    .audit
+                    .token(&peer, &name, &p.token.ids(), "accepted", &p.rule);
+                Some(p)
+            }
+            Err(reason) => {
+                tracing::info!("denied: capability token refused: {reason}");
+                state.audit.token(&peer, &name, &[], "denied", &reason);
+                state
+                    .audit
+                    .channel(&peer, &name, "denied", &format!("token: {reason}"));
+                let _ = incoming.deny(DenyReason::BadToken).await;
+                return;
+            }
+        }
+    };
+    let decision = match (&presented, state.policy.read(), state.trust.read()) {
+        (Some(p), _, _) => Decision::Allowed {
+            rule: p.rule.clone(),
+        },
+        (None, Ok(policy), Ok(trust)) => policy.decide(&peer, &name, &trust),
         _ => Decision::Denied,
     };
     let rule = match decision {
@@ -394,8 +427,14 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
             };
             let source: GrantSource = {
                 let (state, name) = (state.clone(), name.clone());
+                let with_token = presented.is_some();
                 Arc::new(move || {
                     let (policy, trust) = (state.policy.read().ok()?, state.trust.read().ok()?);
+                    if with_token {
+                        // Re-checked for every message: an expired token stops working.
+                        let p = tokens::check(&blob, &peer, &me, &name, &policy, &trust).ok()?;
+                        return Some(tokens::grant(&p, &policy, &trust, &name));
+                    }
                     policy.mcp_grant(&peer, &name, &trust).or_else(|| {
                         match policy.decide(&peer, &name, &trust) {
                             Decision::Allowed { rule } => Some(nullport_keyring::McpGrant {
@@ -531,7 +570,27 @@ async fn control_conn(state: Arc<State>, stream: UnixStream) {
             };
             let _ = respond(reader.get_mut(), &response).await;
         }
-        ControlRequest::Pipe { peer, service, mcp } => {
+        ControlRequest::Pipe {
+            peer,
+            service,
+            mcp,
+            token,
+        } => {
+            let blob = match token
+                .as_deref()
+                .map(nullport_keyring::token::Token::from_text)
+            {
+                None => Vec::new(),
+                Some(Ok(t)) => t.to_bytes(),
+                Some(Err(e)) => {
+                    let _ = respond(
+                        reader.get_mut(),
+                        &ControlResponse::error(format!("bad token: {e}")),
+                    )
+                    .await;
+                    return;
+                }
+            };
             let resolved = state
                 .trust
                 .read()
@@ -544,7 +603,7 @@ async fn control_conn(state: Arc<State>, stream: UnixStream) {
                     return;
                 }
             };
-            let dialed = state.node.dial(target, &service).await;
+            let dialed = state.node.dial_with(target, &service, blob).await;
             state.audit.dial(
                 &target,
                 &service,
@@ -617,6 +676,12 @@ pub fn explain(e: &Error, peer: &str, service: &str) -> String {
                 "{peer} refused {service:?}: not allowed (its operator can run `nullport allow <your NodeId> {service}`)"
             )
         }
+        Error::Denied {
+            reason: DenyReason::BadToken,
+            ..
+        } => format!(
+            "{peer} refused the capability token for {service:?} (expired, not yours, not trusted, or wider than its issuer may grant)"
+        ),
         Error::Denied {
             reason: DenyReason::Unavailable,
             ..

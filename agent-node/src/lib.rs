@@ -34,6 +34,7 @@ pub mod node;
 pub mod relay_addr;
 pub mod service;
 pub mod tls;
+pub mod tokens;
 
 pub use channel::Channel;
 pub use error::Error;

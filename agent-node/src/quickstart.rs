@@ -176,6 +176,7 @@ async fn demo(root: &std::path::Path) -> anyhow::Result<()> {
             peer: "tool-host".into(),
             service: "web".into(),
             mcp: false,
+            token: None,
         },
     )
     .await?;

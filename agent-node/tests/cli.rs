@@ -1181,3 +1181,166 @@ async fn audit_log_verifies_and_tampering_is_named_against_the_relay_witness() {
     );
     std::fs::write(&log, &original).unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capability_tokens_open_a_service_only_for_their_holder_in_time() {
+    let mut net = Net::start().await;
+    let (tool, tool_id) = net.node("tool").await;
+    let (agent, agent_id) = net.node("agent").await;
+    let (agent2, agent2_id) = net.node("agent2").await;
+    let (admin, admin_id) = net.node("admin").await;
+    for (home, pairs) in [
+        (&tool, vec![("admin", &admin_id)]),
+        (
+            &admin,
+            vec![
+                ("agent", &agent_id),
+                ("agent2", &agent2_id),
+                ("tool", &tool_id),
+            ],
+        ),
+        (&agent, vec![("tool", &tool_id), ("agent2", &agent2_id)]),
+        (&agent2, vec![("tool", &tool_id), ("agent", &agent_id)]),
+    ] {
+        for (alias, id) in pairs {
+            ok(home, &["trust", "add", alias, id]).await;
+        }
+    }
+    ok(&tool, &["expose", "exec", "hello", "--", "echo", "hi"]).await;
+    ok(&tool, &["token", "trust-issuer", "admin", "hello"]).await;
+    let child = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&tool)
+        .args(["up", "--relay", &net.relay.address()])
+        .env("NULLPORT_TOKEN_SKEW_SECS", "0")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    net.daemons.push(child);
+    net.up(&agent).await;
+    net.up(&agent2).await;
+    let started = Instant::now();
+    while !nullport(&tool, &["status"])
+        .await
+        .stdout
+        .contains("link     online")
+    {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // No token, no policy entry: not allowed.
+    let e = fails(&agent, &["pipe", "tool/hello"]).await;
+    assert!(e.contains("not allowed"), "{e}");
+    // The admin's token for agent opens it.
+    let token = ok(
+        &admin,
+        &[
+            "token",
+            "issue",
+            "--to",
+            "agent",
+            "--service",
+            "hello",
+            "--ttl",
+            "10m",
+        ],
+    )
+    .await
+    .trim()
+    .to_owned();
+    assert!(token.starts_with("npt1"));
+    let inspect = ok(&admin, &["token", "inspect", &token]).await;
+    assert!(
+        inspect.contains(&agent_id) && inspect.contains("\"service\": \"hello\""),
+        "{inspect}"
+    );
+    let out = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&agent)
+        .args(["pipe", "tool/hello", "--token", &token])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    // The same token presented by someone else: refused.
+    let e = fails(&agent2, &["pipe", "tool/hello", "--token", &token]).await;
+    assert!(e.contains("refused the capability token"), "{e}");
+    // A token from an issuer the tool does not trust: refused.
+    let self_made = ok(
+        &agent2,
+        &["token", "issue", "--to", "agent", "--service", "hello"],
+    )
+    .await
+    .trim()
+    .to_owned();
+    let e = fails(&agent, &["pipe", "tool/hello", "--token", &self_made]).await;
+    assert!(e.contains("refused the capability token"), "{e}");
+    // A delegation may narrow, never widen: the CLI refuses a longer one.
+    let e = fails(
+        &agent,
+        &["token", "delegate", &token, "--to", "agent2", "--ttl", "1d"],
+    )
+    .await;
+    assert!(e.contains("widens its parent (expiry)"), "{e}");
+    let delegated = ok(
+        &agent,
+        &["token", "delegate", &token, "--to", "agent2", "--ttl", "1m"],
+    )
+    .await
+    .trim()
+    .to_owned();
+    let out = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&agent2)
+        .args(["pipe", "tool/hello", "--token", &delegated])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hi\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An expired token: refused.
+    let short = ok(
+        &admin,
+        &[
+            "token",
+            "issue",
+            "--to",
+            "agent",
+            "--service",
+            "hello",
+            "--ttl",
+            "1s",
+        ],
+    )
+    .await
+    .trim()
+    .to_owned();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let e = fails(&agent, &["pipe", "tool/hello", "--token", &short]).await;
+    assert!(e.contains("refused the capability token"), "{e}");
+    let audit = std::fs::read_to_string(tool.join("audit.log")).unwrap_or_default();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"event\":\"token\"") && l.contains("\"outcome\":\"accepted\"")),
+        "{audit}"
+    );
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"event\":\"token\"") && l.contains("expired")),
+        "{audit}"
+    );
+}

@@ -20,6 +20,13 @@
 //! ```
 //! A caller with an MCP rule for a service may open a channel to it.
 //!
+//! Capability tokens open a service when their root issuer is trusted for it; what they
+//! allow is the token's scope intersected with the issuer's own MCP rules (never more):
+//! ```toml
+//! [tokens.files]
+//! issuers = ["admin"]
+//! ```
+//!
 //! Names are resolved through the trust store when a decision is made, so trusting an alias
 //! later takes effect without editing the policy.
 
@@ -40,6 +47,15 @@ struct PolicyFile {
     services: BTreeMap<String, ServiceRule>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     mcp: BTreeMap<String, McpService>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    tokens: BTreeMap<String, TokenRule>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRule {
+    #[serde(default)]
+    issuers: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -186,6 +202,15 @@ impl Policy {
             })
     }
 
+    /// The tools of `service` that need a human's approval.
+    pub fn mcp_approve(&self, service: &str) -> Vec<String> {
+        self.file
+            .mcp
+            .get(service)
+            .map(|s| s.approve.clone())
+            .unwrap_or_default()
+    }
+
     /// Sets the MCP rules for `peer` on `service`.
     pub fn set_mcp_rules(&mut self, peer: &str, service: &str, rules: McpRules) {
         self.file
@@ -194,6 +219,30 @@ impl Policy {
             .or_default()
             .allow
             .insert(peer.to_owned(), rules);
+    }
+
+    /// The issuers whose capability tokens may open `service` (aliases resolved now).
+    pub fn token_issuers(&self, service: &str, trust: &TrustStore) -> Vec<NodeId> {
+        self.file
+            .tokens
+            .get(service)
+            .map(|r| {
+                r.issuers
+                    .iter()
+                    .filter_map(|n| trust.resolve(n).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Trusts `issuer` (alias or NodeId) to issue tokens for `service`.
+    pub fn trust_issuer(&mut self, issuer: &str, service: &str) -> bool {
+        let rule = self.file.tokens.entry(service.to_owned()).or_default();
+        if rule.issuers.iter().any(|i| i == issuer) {
+            return false;
+        }
+        rule.issuers.push(issuer.to_owned());
+        true
     }
 
     /// Marks `tool` on `service` as needing approval.

@@ -1,0 +1,157 @@
+//! Capability tokens at the callee: verification against the policy's trusted issuers, and
+//! the MCP rules a token grants (its scope intersected with the issuer's own rules).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nullport_keyring::token::{Scope, Token, pattern_covered};
+use nullport_keyring::{McpGrant, McpRules, Policy, TrustStore};
+use nullport_protocol::NodeId;
+
+/// Clock tolerance for token validity, in seconds (`NULLPORT_TOKEN_SKEW_SECS`, default 60).
+pub fn skew() -> u64 {
+    std::env::var("NULLPORT_TOKEN_SKEW_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A verified token presentation.
+#[derive(Debug, Clone)]
+pub struct Presented {
+    /// The token.
+    pub token: Token,
+    /// Its effective scope.
+    pub scope: Scope,
+    /// The root issuer.
+    pub issuer: NodeId,
+    /// How to name it in denials and the audit log.
+    pub rule: String,
+}
+
+/// Verifies `blob` as a token presented by `peer` to `callee` for `service`.
+pub fn check(
+    blob: &[u8],
+    peer: &NodeId,
+    callee: &NodeId,
+    service: &str,
+    policy: &Policy,
+    trust: &TrustStore,
+) -> Result<Presented, String> {
+    let token = Token::from_bytes(blob).map_err(|e| e.to_string())?;
+    let issuers = policy.token_issuers(service, trust);
+    let scope = token
+        .verify(peer, callee, service, &issuers, unix_now(), skew())
+        .map_err(|e| e.to_string())?;
+    let issuer = token.links[0].body.issuer;
+    let rule = format!(
+        "token from {}",
+        trust
+            .alias_of(&issuer)
+            .map(str::to_owned)
+            .unwrap_or_else(|| issuer.to_string())
+    );
+    Ok(Presented {
+        token,
+        scope,
+        issuer,
+        rule,
+    })
+}
+
+fn narrow(token: &Option<Vec<String>>, bound: Option<&Vec<String>>, prefix: bool) -> Vec<String> {
+    let covered = |t: &String, b: &String| {
+        if prefix {
+            t.starts_with(b.as_str())
+        } else {
+            pattern_covered(t, b)
+        }
+    };
+    match (token, bound) {
+        (Some(t), Some(b)) => t
+            .iter()
+            .filter(|t| b.iter().any(|b| covered(t, b)))
+            .cloned()
+            .collect(),
+        (Some(t), None) => t.clone(),
+        (None, Some(b)) => b.clone(),
+        (None, None) => {
+            if prefix {
+                vec![String::new()]
+            } else {
+                vec!["*".to_owned()]
+            }
+        }
+    }
+}
+
+/// The MCP rules a token grants: its scope within the issuer's own rules on the service (if
+/// the policy gives the issuer any), never more than either.
+pub fn grant(
+    presented: &Presented,
+    policy: &Policy,
+    trust: &TrustStore,
+    service: &str,
+) -> McpGrant {
+    let bound = policy
+        .mcp_grant(&presented.issuer, service, trust)
+        .map(|g| g.rules);
+    let b = bound.as_ref();
+    let s = &presented.scope;
+    McpGrant {
+        rule: presented.rule.clone(),
+        rules: McpRules {
+            tools: narrow(&s.tools, b.map(|r| &r.tools), false),
+            resources: narrow(&s.resources, b.map(|r| &r.resources), true),
+            prompts: narrow(&s.prompts, b.map(|r| &r.prompts), false),
+            methods: match (&s.methods, b) {
+                (Some(m), Some(r)) => m
+                    .iter()
+                    .filter(|m| r.methods.contains(m))
+                    .cloned()
+                    .collect(),
+                (Some(m), None) => m.clone(),
+                (None, Some(r)) => r.methods.clone(),
+                (None, None) => Vec::new(),
+            },
+            calls_per_minute: b.and_then(|r| r.calls_per_minute),
+            max_concurrent: b.and_then(|r| r.max_concurrent),
+        },
+        approve: policy.mcp_approve(service),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_scope_is_intersected_with_the_issuers_rules() {
+        let bound = Some(vec!["read_*".to_owned(), "list_directory".to_owned()]);
+        let token = Some(vec![
+            "read_file".to_owned(),
+            "write_file".to_owned(),
+            "*".to_owned(),
+        ]);
+        assert_eq!(narrow(&token, bound.as_ref(), false), vec!["read_file"]);
+        assert_eq!(
+            narrow(&None, bound.as_ref(), false),
+            vec!["read_*", "list_directory"]
+        );
+        assert_eq!(
+            narrow(
+                &Some(vec!["file:///srv/docs/a".into(), "file:///etc".into()]),
+                Some(&vec!["file:///srv/".into()]),
+                true
+            ),
+            vec!["file:///srv/docs/a"]
+        );
+    }
+}
