@@ -109,6 +109,17 @@ impl Audit {
         self.write("token", json!({ "caller": peer.to_string(), "service": service, "token_ids": ids, "outcome": outcome, "reason": reason }));
     }
 
+    /// A revocation list applied.
+    pub fn revocation(&self, list: &nullport_keyring::revocation::RevocationList) {
+        let tokens: Vec<String> = list
+            .tokens
+            .iter()
+            .map(|t| t.iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        let keys: Vec<String> = list.keys.iter().map(|k| k.to_string()).collect();
+        self.write("revocation", json!({ "signer": list.signer.to_string(), "version": list.version, "keys": keys, "tokens": tokens }));
+    }
+
     /// A dial out (caller side).
     pub fn dial(&self, peer: &NodeId, service: &str, outcome: &str) {
         self.write(

@@ -86,6 +86,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Revoke a node key (NodeId or alias) or a token, network-wide: signs this node's
+    /// revocation list and publishes it through the relay, which pushes it to every node.
+    /// Nodes that trust this node as a token issuer refuse the key or token from then on and
+    /// close its live channels.
+    Revoke {
+        /// NodeId, alias, or token (text or @FILE).
+        what: String,
+        /// Read the key passphrase from this file.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
     /// Capability tokens: issue, delegate (narrower only), inspect, trust an issuer.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -409,6 +420,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mcp(cmd) => mcp(&home, cmd).await,
         Command::Audit(cmd) => audit(&home, cmd).await,
         Command::Token(cmd) => token(&home, cmd).await,
+        Command::Revoke {
+            what,
+            passphrase_file,
+        } => revoke(&home, &what, passphrase_file).await,
         Command::Deny {
             peer,
             service: Some(service),
@@ -432,6 +447,56 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { json } => status(&home, json).await,
         Command::Quickstart => crate::quickstart::run().await,
     }
+}
+
+async fn revoke(home: &Home, what: &str, passphrase_file: Option<PathBuf>) -> anyhow::Result<()> {
+    use nullport_keyring::revocation::RevocationList;
+    let identity = load_identity(home, passphrase_file)?;
+    let trust = TrustStore::load(&home.trust())?;
+    let path = home.revocations_issued();
+    let mut list: RevocationList = match std::fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?
+        }
+        Err(_) => RevocationList {
+            signer: identity.node_id(),
+            version: 0,
+            issued: 0,
+            keys: Vec::new(),
+            tokens: Vec::new(),
+        },
+    };
+    let described = if what.starts_with("npt1") || what.starts_with('@') {
+        let text = read_token(Some(what.to_owned()))?.unwrap_or_default();
+        let token = nullport_keyring::token::Token::from_text(&text)?;
+        let id = token.last().body.id;
+        if !list.tokens.contains(&id) {
+            list.tokens.push(id);
+        }
+        format!("token {}", token.ids().last().cloned().unwrap_or_default())
+    } else {
+        let key = trust.resolve(what)?;
+        if !list.keys.contains(&key) {
+            list.keys.push(key);
+        }
+        format!("key {key}")
+    };
+    list.version += 1;
+    list.issued = nullport_node::tokens::unix_now();
+    let signed = list.sign(&identity);
+    let (response, _) = control(home, &ControlRequest::PublishRevocations { list: signed }).await?;
+    if !response.ok {
+        bail!(
+            "the relay did not take the list: {}",
+            response.error.unwrap_or_default()
+        );
+    }
+    nullport_keyring::fs::write_private(&path, &serde_json::to_vec_pretty(&list)?, true)?;
+    println!(
+        "revoked {described} (revocation list version {}, published through the relay)",
+        list.version
+    );
+    Ok(())
 }
 
 /// A token argument: its text, or `@FILE`.

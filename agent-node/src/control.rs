@@ -13,6 +13,11 @@ pub enum ControlRequest {
     Status,
     /// Re-read config, policy and trust store.
     Reload,
+    /// Publish a signed revocation list through the relay.
+    PublishRevocations {
+        /// The list.
+        list: nullport_protocol::relay_link::SignedRevocations,
+    },
     /// The latest audit checkpoint the relay witnessed for this node.
     AuditWitness,
     /// Tool calls waiting for a human's approval.

@@ -24,6 +24,7 @@ use crate::service::{Counted, Counters, connect_tcp, forward, run_exec, spawn_ex
 use crate::tokens;
 use crate::{Error, IncomingChannel, Node, NodeConfig, NodeLimits, RelayAddr};
 use nullport_keyring::audit::{AuditConfig, Checkpoint};
+use nullport_keyring::revocation::RevocationSet;
 use nullport_protocol::relay_link::WitnessedCheckpoint;
 
 /// Largest control request line.
@@ -55,6 +56,7 @@ pub enum DaemonError {
 struct OpenChannel {
     direction: &'static str,
     peer: NodeId,
+    stop: watch::Sender<bool>,
     service: String,
     counters: Arc<Counters>,
     opened: Instant,
@@ -74,6 +76,7 @@ struct State {
     approvals: Arc<Approvals>,
     audit: Audit,
     witness_idle: std::sync::atomic::AtomicBool,
+    revocations: RwLock<RevocationSet>,
 }
 
 /// A running daemon. [`Daemon::shutdown`] closes every channel with a close frame.
@@ -118,6 +121,8 @@ impl Daemon {
                 },
             )?;
         }
+        let revocations = RevocationSet::load(&home.revocations())
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
         let (witness_tx, witness_rx) = tokio::sync::mpsc::unbounded_channel();
         let defaults = AuditConfig::default();
         let audit_config = AuditConfig {
@@ -158,13 +163,15 @@ impl Daemon {
             approvals: Arc::new(Approvals::new(approval_timeout)),
             audit,
             witness_idle: std::sync::atomic::AtomicBool::new(true),
+            revocations: RwLock::new(revocations),
         });
         let span = tracing::info_span!("daemon", id = %state.node.node_id().fmt_short());
         let tasks = vec![
             tokio::spawn(accept_loop(state.clone()).instrument(span.clone())),
             tokio::spawn(control_loop(state.clone(), listener).instrument(span.clone())),
             tokio::spawn(witness_loop(state.clone(), witness_rx).instrument(span.clone())),
-            tokio::spawn(link_events(state.clone()).instrument(span)),
+            tokio::spawn(link_events(state.clone()).instrument(span.clone())),
+            tokio::spawn(revocation_loop(state.clone()).instrument(span)),
         ];
         Ok(Daemon { state, tasks })
     }
@@ -230,15 +237,17 @@ fn register(
     direction: &'static str,
     peer: NodeId,
     service: &str,
-) -> (Registered, Arc<Counters>) {
+) -> (Registered, Arc<Counters>, watch::Receiver<bool>) {
     let id = state.next_channel.fetch_add(1, Ordering::Relaxed);
     let counters = Arc::new(Counters::default());
+    let (stop, stop_rx) = watch::channel(false);
     if let Ok(mut c) = state.channels.lock() {
         c.insert(
             id,
             OpenChannel {
                 direction,
                 peer,
+                stop,
                 service: service.to_owned(),
                 counters: counters.clone(),
                 opened: Instant::now(),
@@ -251,6 +260,7 @@ fn register(
             id,
         },
         counters,
+        stop_rx,
     )
 }
 
@@ -301,6 +311,47 @@ pub fn witness_json(cp: &WitnessedCheckpoint) -> serde_json::Value {
     serde_json::json!({ "seq": cp.seq, "head": cp.head, "node_sig": cp.node_sig, "relay_sig": cp.relay_sig })
 }
 
+/// Applies revocation lists from the relay (trusted signers only, never an older list),
+/// keeps them in the home, and stops live channels of revoked keys at once.
+async fn revocation_loop(state: Arc<State>) {
+    let mut updates = state.node.revocation_updates();
+    loop {
+        let lists = match updates.recv().await {
+            Ok(lists) => lists,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        let signers = match (state.policy.read(), state.trust.read()) {
+            (Ok(p), Ok(t)) => p.revocation_signers(&t),
+            _ => continue,
+        };
+        for signed in lists {
+            let applied = state
+                .revocations
+                .write()
+                .map(|mut set| set.apply(&signed, |s| signers.contains(s)));
+            match applied {
+                Ok(Ok(list)) => {
+                    tracing::warn!(signer = %list.signer.fmt_short(), version = list.version, keys = list.keys.len(), tokens = list.tokens.len(), "revocation list applied");
+                    state.audit.revocation(&list);
+                    if let Ok(set) = state.revocations.read()
+                        && let Err(e) = set.save(&state.home.revocations())
+                    {
+                        tracing::error!("saving revocations: {e}");
+                    }
+                    if let Ok(channels) = state.channels.lock() {
+                        for ch in channels.values().filter(|c| list.keys.contains(&c.peer)) {
+                            let _ = ch.stop.send(true);
+                        }
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!("revocation list not applied: {e}"),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
 /// Audits relay link changes.
 async fn link_events(state: Arc<State>) {
     let mut rx = state.node.watch_state();
@@ -344,6 +395,17 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
     // the issuer's rules); otherwise the caller's own policy entry.
     let blob = incoming.blob().to_vec();
     let me = state.node.node_id();
+    if state
+        .revocations
+        .read()
+        .map(|r| r.is_key_revoked(&peer))
+        .unwrap_or(true)
+    {
+        tracing::warn!("denied: the caller's key is revoked");
+        state.audit.channel(&peer, &name, "denied", "key revoked");
+        let _ = incoming.deny(DenyReason::NotAllowed).await;
+        return;
+    }
     let presented = if blob.is_empty() {
         None
     } else {
@@ -351,6 +413,19 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
             (Ok(policy), Ok(trust)) => tokens::check(&blob, &peer, &me, &name, &policy, &trust),
             _ => Err("policy unavailable".to_owned()),
         };
+        let checked = checked.and_then(|p| {
+            let revoked = state.revocations.read().map(|r| {
+                p.token.links.iter().any(|l| {
+                    r.is_token_revoked(&l.body.id)
+                        || r.is_key_revoked(&l.body.issuer)
+                        || r.is_key_revoked(&l.body.holder)
+                })
+            });
+            match revoked {
+                Ok(false) => Ok(p),
+                _ => Err("token revoked".to_owned()),
+            }
+        });
         match checked {
             Ok(p) => {
                 state
@@ -403,11 +478,11 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
             let Ok(channel) = incoming.accept().await else {
                 return;
             };
-            let (_reg, counters) = register(&state, "in", peer, &name);
+            let (_reg, counters, mut stop) = register(&state, "in", peer, &name);
             let mut channel = Counted::new(channel, counters);
             tokio::select! {
                 r = forward(&mut channel, &mut tcp) => if let Err(e) = r { tracing::info!("channel ended: {e}") },
-                _ = cancelled(&mut shutdown) => {
+                _ = stop_requested(&mut shutdown, &mut stop) => {
                     let _ = tokio::time::timeout(Duration::from_secs(2), channel.get_mut().shutdown()).await;
                 }
             }
@@ -450,7 +525,7 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
             let Ok(channel) = incoming.accept().await else {
                 return;
             };
-            let (_reg, counters) = register(&state, "in", peer, &name);
+            let (_reg, counters, mut stop) = register(&state, "in", peer, &name);
             let handshake = *channel.handshake_hash();
             let channel = Counted::new(channel, counters);
             let session = Session {
@@ -463,7 +538,7 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
                 r = serve(channel, &upstream, source, session, state.approvals.clone(), state.audit.clone()) => {
                     if let Err(e) = r { tracing::info!("mcp session ended: {e}") }
                 }
-                _ = cancelled(&mut shutdown) => {}
+                _ = stop_requested(&mut shutdown, &mut stop) => {}
             }
         }
         ServiceSpec::Exec(command) => {
@@ -478,9 +553,16 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
             let Ok(channel) = incoming.accept().await else {
                 return;
             };
-            let (_reg, counters) = register(&state, "in", peer, &name);
+            let (_reg, counters, mut stop) = register(&state, "in", peer, &name);
             let channel = Counted::new(channel, counters);
-            if let Err(e) = run_exec(channel, child, &name, cancelled(&mut shutdown)).await {
+            if let Err(e) = run_exec(
+                channel,
+                child,
+                &name,
+                stop_requested(&mut shutdown, &mut stop),
+            )
+            .await
+            {
                 tracing::info!("exec channel ended: {e}");
             }
         }
@@ -522,6 +604,13 @@ async fn control_conn(state: Arc<State>, stream: UnixStream) {
         ControlRequest::Status => {
             let mut response = ControlResponse::ok();
             response.status = Some(status(&state));
+            let _ = respond(reader.get_mut(), &response).await;
+        }
+        ControlRequest::PublishRevocations { list } => {
+            let response = match state.node.publish_revocations(list).await {
+                Ok(()) => ControlResponse::ok(),
+                Err(e) => ControlResponse::error(e),
+            };
             let _ = respond(reader.get_mut(), &response).await;
         }
         ControlRequest::AuditWitness => {
@@ -626,7 +715,7 @@ async fn control_conn(state: Arc<State>, stream: UnixStream) {
             {
                 return;
             }
-            let (_reg, counters) = register(&state, "out", target, &service);
+            let (_reg, counters, mut stop) = register(&state, "out", target, &service);
             let handshake = *channel.handshake_hash();
             let mut channel = Counted::new(channel, counters);
             let mut shutdown = state.shutdown.subscribe();
@@ -642,17 +731,25 @@ async fn control_conn(state: Arc<State>, stream: UnixStream) {
                     r = crate::mcp::caller_pipe(local, channel, session, target, state.audit.clone()) => {
                         if let Err(e) = r { tracing::info!("mcp bridge ended: {e}") }
                     }
-                    _ = cancelled(&mut shutdown) => {}
+                    _ = stop_requested(&mut shutdown, &mut stop) => {}
                 }
                 return;
             }
             tokio::select! {
                 r = forward(&mut channel, &mut local) => if let Err(e) = r { tracing::info!("pipe ended: {e}") },
-                _ = cancelled(&mut shutdown) => {
+                _ = stop_requested(&mut shutdown, &mut stop) => {
                     let _ = tokio::time::timeout(Duration::from_secs(2), channel.get_mut().shutdown()).await;
                 }
             }
         }
+    }
+}
+
+/// Resolves when the daemon shuts down or this channel must stop (its peer was revoked).
+async fn stop_requested(shutdown: &mut watch::Receiver<bool>, stop: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = cancelled(shutdown) => {}
+        _ = cancelled(stop) => {}
     }
 }
 

@@ -72,6 +72,16 @@ impl Home {
         self.dir.join("audit.witness")
     }
 
+    /// Revocation lists received (JSON).
+    pub fn revocations(&self) -> PathBuf {
+        self.dir.join("revocations.json")
+    }
+
+    /// This node's own revocation list, as last published (JSON).
+    pub fn revocations_issued(&self) -> PathBuf {
+        self.dir.join("revocations-issued.json")
+    }
+
     /// The daemon's control socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("nullport.sock")

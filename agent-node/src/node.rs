@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nullport_protocol::relay_link::{
-    LINK_VERSION, LinkErrorCode, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode, WitnessedCheckpoint,
-    close_code,
+    LINK_VERSION, LinkErrorCode, MAX_CONTROL_MESSAGE, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode,
+    SignedRevocations, WitnessedCheckpoint, close_code,
 };
 use nullport_protocol::{
     DenyReason, DialRequest, HandshakeKeys, Identity, Limits, NodeId, ServiceName,
@@ -169,6 +169,7 @@ struct Inner {
     pending: Arc<Semaphore>,
     per_peer: Mutex<HashMap<NodeId, usize>>,
     incoming: mpsc::Sender<IncomingChannel>,
+    revocations: tokio::sync::broadcast::Sender<Vec<SignedRevocations>>,
 }
 
 /// A running node. Dropping it closes the relay link and stops its tasks.
@@ -226,6 +227,7 @@ impl Node {
             control: tokio::sync::Mutex::new(None),
             per_peer: Mutex::new(HashMap::new()),
             incoming: incoming_tx,
+            revocations: tokio::sync::broadcast::channel(16).0,
             config,
         });
         let span = tracing::info_span!("node", id = %inner.node_id.fmt_short());
@@ -386,13 +388,25 @@ impl Node {
     }
 
     async fn control_request(&self, request: NodeToRelay) -> Result<RelayToNode, Error> {
-        wait_connection(&self.inner, self.inner.config.limits.connect_timeout).await?;
-        let mut control = self.inner.control.lock().await;
-        let (send, recv) = control.as_mut().ok_or(Error::RelayLinkLost {
-            reason: "no control stream".into(),
-        })?;
-        write_message(send, &request).await?;
-        read_message::<RelayToNode>(recv, MAX_LINK_MESSAGE).await
+        control_request(&self.inner, request).await
+    }
+
+    /// Publishes a signed revocation list through the relay (which pushes it to every node).
+    pub async fn publish_revocations(&self, list: SignedRevocations) -> Result<(), Error> {
+        match self
+            .control_request(NodeToRelay::PublishRevocations { list })
+            .await?
+        {
+            RelayToNode::Revocations { .. } => Ok(()),
+            RelayToNode::Error { code } => Err(Error::Link(code)),
+            _ => Err(Error::Link(LinkErrorCode::Malformed)),
+        }
+    }
+
+    /// Revocation lists as they arrive from the relay (all held at each connect, then each
+    /// new one). Lists are unverified here: the receiver checks signatures and trust.
+    pub fn revocation_updates(&self) -> tokio::sync::broadcast::Receiver<Vec<SignedRevocations>> {
+        self.inner.revocations.subscribe()
     }
 
     /// Closes the relay link cleanly and stops.
@@ -423,6 +437,16 @@ fn transport_config(limits: &NodeLimits) -> quinn::TransportConfig {
         .keep_alive_interval(Some(limits.keep_alive))
         .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok());
     t
+}
+
+async fn control_request(inner: &Inner, request: NodeToRelay) -> Result<RelayToNode, Error> {
+    wait_connection(inner, inner.config.limits.connect_timeout).await?;
+    let mut control = inner.control.lock().await;
+    let (send, recv) = control.as_mut().ok_or(Error::RelayLinkLost {
+        reason: "no control stream".into(),
+    })?;
+    write_message(send, &request).await?;
+    read_message::<RelayToNode>(recv, MAX_CONTROL_MESSAGE).await
 }
 
 async fn wait_connection(inner: &Inner, within: Duration) -> Result<quinn::Connection, Error> {
@@ -582,6 +606,16 @@ async fn run_link(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                 *inner.control.lock().await = Some((send, recv));
                 inner.conn.send_replace(Some(conn.clone()));
                 inner.state.send_replace(LinkState::Online);
+                // Catch up on revocation lists published while this node was away.
+                let fetch = inner.clone();
+                tokio::spawn(async move {
+                    if let Ok(RelayToNode::Revocations { lists }) =
+                        control_request(&fetch, NodeToRelay::RevocationQuery).await
+                        && !lists.is_empty()
+                    {
+                        let _ = fetch.revocations.send(lists);
+                    }
+                });
                 tracing::info!(relay = %inner.config.relay, "relay link online");
                 let err = serve_incoming(&inner, &conn).await;
                 inner.conn.send_replace(None);
@@ -670,9 +704,13 @@ async fn handle_incoming(
     let limits = &inner.config.limits;
     let header = timeout(
         limits.handshake.handshake_timeout,
-        read_message::<RelayToNode>(&mut recv, MAX_LINK_MESSAGE),
+        read_message::<RelayToNode>(&mut recv, MAX_CONTROL_MESSAGE),
     )
     .await;
+    if let Ok(Ok(RelayToNode::Revocations { lists })) = header {
+        let _ = inner.revocations.send(lists);
+        return;
+    }
     let Ok(Ok(RelayToNode::Incoming { caller, session })) = header else {
         let _ = send.reset(0u32.into());
         return;

@@ -1344,3 +1344,106 @@ async fn capability_tokens_open_a_service_only_for_their_holder_in_time() {
         "{audit}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_nodes_closes_live_channels_and_refuses_new_ones() {
+    let mut net = Net::start().await;
+    let (tool, tool_id) = net.node("tool").await;
+    let (agent, agent_id) = net.node("agent").await;
+    let (admin, admin_id) = net.node("admin").await;
+    ok(&tool, &["trust", "add", "admin", &admin_id]).await;
+    ok(&tool, &["trust", "add", "agent", &agent_id]).await;
+    ok(&admin, &["trust", "add", "agent", &agent_id]).await;
+    ok(&agent, &["trust", "add", "tool", &tool_id]).await;
+    ok(&tool, &["expose", "exec", "cat", "--", "cat"]).await;
+    ok(&tool, &["expose", "exec", "hello", "--", "echo", "hi"]).await;
+    ok(&tool, &["allow", "agent", "cat"]).await;
+    ok(&tool, &["token", "trust-issuer", "admin", "hello"]).await;
+    net.up(&tool).await;
+    net.up(&agent).await;
+    net.up(&admin).await;
+    // A token-based call works; then the admin revokes that token.
+    let token = ok(
+        &admin,
+        &["token", "issue", "--to", "agent", "--service", "hello"],
+    )
+    .await
+    .trim()
+    .to_owned();
+    assert_eq!(
+        pipe_output_with(&agent, "tool/hello", &token)
+            .await
+            .as_deref(),
+        Some("hi\n")
+    );
+    let said = ok(&admin, &["revoke", &token]).await;
+    assert!(said.contains("revoked token"), "{said}");
+    let started = Instant::now();
+    loop {
+        if pipe_output_with(&agent, "tool/hello", &token)
+            .await
+            .is_none()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "revoked token still works"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A live channel from the agent, then its key is revoked: the channel closes within 2 s.
+    let mut child = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&agent)
+        .args(["pipe", "tool/cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut stdin = child.stdin.take().unwrap_or_else(|| panic!("stdin"));
+    stdin
+        .write_all(b"live\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    while !ok(&tool, &["status"]).await.contains("in  agent") {
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ok(&admin, &["revoke", "agent"]).await;
+    let revoked_at = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("live channel of a revoked key stayed open"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(2),
+        "closed after {:?}",
+        revoked_at.elapsed()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "live\n");
+    drop(stdin);
+    let e = fails(&agent, &["pipe", "tool/cat"]).await;
+    assert!(e.contains("not allowed"), "{e}");
+    let audit = std::fs::read_to_string(tool.join("audit.log")).unwrap_or_default();
+    assert!(
+        audit.contains("\"event\":\"revocation\"") && audit.contains("key revoked"),
+        "{audit}"
+    );
+}
+
+async fn pipe_output_with(home: &Path, target: &str, token: &str) -> Option<String> {
+    let out = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(home)
+        .args(["pipe", target, "--token", token])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}

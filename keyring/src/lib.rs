@@ -11,6 +11,7 @@ pub mod fs;
 pub mod key_file;
 pub mod passphrase;
 pub mod policy;
+pub mod revocation;
 pub mod token;
 pub mod trust;
 

@@ -235,6 +235,19 @@ impl Policy {
             .unwrap_or_default()
     }
 
+    /// Who may revoke keys and tokens on this node: every trusted token issuer.
+    pub fn revocation_signers(&self, trust: &TrustStore) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self
+            .file
+            .tokens
+            .values()
+            .flat_map(|r| r.issuers.iter().filter_map(|n| trust.resolve(n).ok()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Trusts `issuer` (alias or NodeId) to issue tokens for `service`.
     pub fn trust_issuer(&mut self, issuer: &str, service: &str) -> bool {
         let rule = self.file.tokens.entry(service.to_owned()).or_default();

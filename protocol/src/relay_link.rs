@@ -23,6 +23,8 @@ pub const LINK_VERSION: u16 = 1;
 pub const ALPN: &[u8] = b"nullport/1";
 /// Default bound on one relay-link message.
 pub const MAX_LINK_MESSAGE: usize = 1024;
+/// Bound on a control-stream message (revocation lists are larger than dials).
+pub const MAX_CONTROL_MESSAGE: usize = 65_535;
 
 /// QUIC application close codes used on relay links.
 pub mod close_code {
@@ -96,6 +98,22 @@ pub enum NodeToRelay {
     },
     /// Control stream: the latest checkpoint of mine you witnessed.
     WitnessQuery,
+    /// Control stream: store this signed revocation list and push it to every node.
+    PublishRevocations {
+        /// The list.
+        list: SignedRevocations,
+    },
+    /// Control stream: every revocation list you hold.
+    RevocationQuery,
+}
+
+/// A signed revocation list as it travels (decoded and checked by `nullport-keyring`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedRevocations {
+    /// `postcard(RevocationList)`: the exact bytes signed.
+    pub body: Vec<u8>,
+    /// Ed25519 over `"nullport-revocation-v1" 0x00 body`.
+    pub sig: Vec<u8>,
 }
 
 /// An audit checkpoint as a witness holds it: the node's signed head, and (once witnessed)
@@ -158,6 +176,12 @@ pub enum RelayToNode {
     Witnessed {
         /// The countersigned checkpoint.
         checkpoint: Option<WitnessedCheckpoint>,
+    },
+    /// Revocation lists: the answer to `RevocationQuery` and `PublishRevocations`, and the
+    /// first message of a stream the relay opens to push new lists.
+    Revocations {
+        /// The newest list of each signer.
+        lists: Vec<SignedRevocations>,
     },
 }
 

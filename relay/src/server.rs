@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 use nullport_protocol::relay_link::{
-    LINK_VERSION, LinkErrorCode, NodeToRelay, RelayToNode, WitnessedCheckpoint, close_code,
+    LINK_VERSION, LinkErrorCode, MAX_CONTROL_MESSAGE, NodeToRelay, RelayToNode, SignedRevocations,
+    WitnessedCheckpoint, close_code,
 };
 use nullport_protocol::{NodeId, SessionId};
 use tokio::task::JoinHandle;
@@ -52,6 +53,7 @@ pub(crate) struct Shared {
     next_generation: AtomicU64,
     identity: Arc<nullport_protocol::Identity>,
     witnessed: DashMap<NodeId, WitnessedCheckpoint>,
+    revocations: DashMap<NodeId, (u64, SignedRevocations)>,
     witness_file: Option<std::path::PathBuf>,
     pending_per_ip: Mutex<HashMap<IpAddr, usize>>,
     #[cfg(feature = "testing")]
@@ -202,6 +204,7 @@ impl Relay {
             next_generation: AtomicU64::new(1),
             identity: config.identity.clone(),
             witnessed: load_witnesses(config.state_dir.as_deref()),
+            revocations: load_revocations(config.state_dir.as_deref()),
             witness_file: config.state_dir.as_ref().map(|d| d.join("witnessed.json")),
             pending_per_ip: Mutex::new(HashMap::new()),
             #[cfg(feature = "testing")]
@@ -468,7 +471,7 @@ async fn control_stream(
     mut recv: quinn::RecvStream,
 ) {
     loop {
-        match read_message::<NodeToRelay>(&mut recv, shared.limits.max_link_message).await {
+        match read_message::<NodeToRelay>(&mut recv, MAX_CONTROL_MESSAGE).await {
             Ok(NodeToRelay::Presence { target }) => {
                 let online = target != node_id && shared.routes.contains_key(&target);
                 if write_message(&mut send, &RelayToNode::Presence { target, online })
@@ -486,6 +489,31 @@ async fn control_stream(
                     Err(code) => RelayToNode::Error { code },
                 };
                 if write_message(&mut send, &answer).await.is_err() {
+                    return;
+                }
+            }
+            Ok(NodeToRelay::PublishRevocations { list }) => {
+                let answer = match publish_revocations(&shared, list.clone()) {
+                    Ok(()) => {
+                        push_revocations(&shared, list.clone());
+                        RelayToNode::Revocations { lists: vec![list] }
+                    }
+                    Err(code) => RelayToNode::Error { code },
+                };
+                if write_message(&mut send, &answer).await.is_err() {
+                    return;
+                }
+            }
+            Ok(NodeToRelay::RevocationQuery) => {
+                let lists = shared
+                    .revocations
+                    .iter()
+                    .map(|e| e.value().1.clone())
+                    .collect();
+                if write_message(&mut send, &RelayToNode::Revocations { lists })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -551,6 +579,75 @@ fn witness(
     save_witnesses(shared);
     tracing::debug!(seq = cp.seq, "witnessed audit checkpoint");
     Ok(cp)
+}
+
+/// Stores a revocation list if its signature verifies and it is newer than the one held
+/// from its signer. The relay cannot forge lists, and does not let them roll back.
+fn publish_revocations(shared: &Shared, list: SignedRevocations) -> Result<(), LinkErrorCode> {
+    let parsed =
+        nullport_keyring::revocation::verify_signed(&list).map_err(|_| LinkErrorCode::Refused)?;
+    if let Some(held) = shared.revocations.get(&parsed.signer)
+        && held.0 >= parsed.version
+    {
+        return Err(LinkErrorCode::Refused);
+    }
+    shared
+        .revocations
+        .insert(parsed.signer, (parsed.version, list));
+    if let Some(dir) = &shared
+        .witness_file
+        .as_ref()
+        .and_then(|f| f.parent().map(|d| d.to_owned()))
+    {
+        let all: Vec<SignedRevocations> = shared
+            .revocations
+            .iter()
+            .map(|e| e.value().1.clone())
+            .collect();
+        if let Ok(bytes) = serde_json::to_vec(&all)
+            && let Err(e) =
+                nullport_keyring::fs::write_private(&dir.join("revocations.json"), &bytes, true)
+        {
+            tracing::error!("saving revocation lists: {e}");
+        }
+    }
+    tracing::info!(signer = %parsed.signer.fmt_short(), version = parsed.version, "revocation list stored");
+    Ok(())
+}
+
+/// Pushes a new list to every connected node, each on a stream of its own.
+fn push_revocations(shared: &Shared, list: SignedRevocations) {
+    for route in shared.routes.iter() {
+        let conn = route.conn.clone();
+        let list = list.clone();
+        tokio::spawn(async move {
+            if let Ok(Ok((mut send, _recv))) = timeout(Duration::from_secs(5), conn.open_bi()).await
+            {
+                let _ =
+                    write_message(&mut send, &RelayToNode::Revocations { lists: vec![list] }).await;
+                let _ = send.finish();
+            }
+        });
+    }
+}
+
+fn load_revocations(
+    state_dir: Option<&std::path::Path>,
+) -> DashMap<NodeId, (u64, SignedRevocations)> {
+    let map = DashMap::new();
+    let Some(path) = state_dir.map(|d| d.join("revocations.json")) else {
+        return map;
+    };
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(lists) = serde_json::from_slice::<Vec<SignedRevocations>>(&bytes)
+    {
+        for list in lists {
+            if let Ok(parsed) = nullport_keyring::revocation::verify_signed(&list) {
+                map.insert(parsed.signer, (parsed.version, list));
+            }
+        }
+    }
+    map
 }
 
 /// Loads the witnessed checkpoints kept in `state_dir` (a missing or unreadable file: none,
