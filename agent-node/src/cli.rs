@@ -44,6 +44,18 @@ pub struct Cli {
 enum Command {
     /// Create this node's identity key and print its NodeId.
     Init(InitArgs),
+    /// Join a relay that runs in allowlist mode, with an invite from its operator
+    /// (`nullport-relay invite`); saves the relay in the config.
+    Join {
+        /// The invite (npi1...).
+        invite: String,
+        /// The relay, `<relay NodeId>@host:port`.
+        #[arg(long)]
+        relay: String,
+        /// Read the key passphrase from this file.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
     /// Print this node's NodeId.
     Id {
         /// Machine-readable output.
@@ -420,6 +432,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mcp(cmd) => mcp(&home, cmd).await,
         Command::Audit(cmd) => audit(&home, cmd).await,
         Command::Token(cmd) => token(&home, cmd).await,
+        Command::Join {
+            invite,
+            relay,
+            passphrase_file,
+        } => join(&home, &invite, &relay, passphrase_file).await,
         Command::Revoke {
             what,
             passphrase_file,
@@ -447,6 +464,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { json } => status(&home, json).await,
         Command::Quickstart => crate::quickstart::run().await,
     }
+}
+
+async fn join(
+    home: &Home,
+    invite: &str,
+    relay: &str,
+    passphrase_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let bytes = nullport_keyring::invite::Invite::from_text(invite)
+        .map_err(|e| anyhow!("{e}: an invite looks like npi1..."))?;
+    let relay_addr: RelayAddr = relay.parse()?;
+    let identity = Arc::new(load_identity(home, passphrase_file)?);
+    let mut config = nullport_node::NodeConfig::new(identity.clone(), relay_addr.clone());
+    config.join = Some(bytes);
+    config.limits.refused_backoff_max = std::time::Duration::from_secs(60);
+    let node = nullport_node::Node::start(config).await?;
+    node.wait_online(std::time::Duration::from_secs(10))
+        .await
+        .map_err(|e| anyhow!("join failed: {e}"))?;
+    node.shutdown().await;
+    let mut file = load_config(home)?;
+    file.relay = Some(relay.to_owned());
+    file.save(&home.config())?;
+    println!(
+        "joined {relay_addr} as {}; start the daemon with `nullport up`",
+        identity.node_id()
+    );
+    Ok(())
 }
 
 async fn revoke(home: &Home, what: &str, passphrase_file: Option<PathBuf>) -> anyhow::Result<()> {

@@ -143,6 +143,9 @@ pub struct NodeConfig {
     /// Local UDP address for the client socket (default: any address, ephemeral port). This
     /// is a source address, never a listener.
     pub bind: Option<SocketAddr>,
+    /// An enrollment invite to present instead of `Hello` on the first admission (a relay in
+    /// allowlist mode then adds this node).
+    pub join: Option<Vec<u8>>,
 }
 
 impl NodeConfig {
@@ -153,6 +156,7 @@ impl NodeConfig {
             relay,
             limits: NodeLimits::default(),
             bind: None,
+            join: None,
         }
     }
 }
@@ -170,6 +174,7 @@ struct Inner {
     per_peer: Mutex<HashMap<NodeId, usize>>,
     incoming: mpsc::Sender<IncomingChannel>,
     revocations: tokio::sync::broadcast::Sender<Vec<SignedRevocations>>,
+    join: Mutex<Option<Vec<u8>>>,
 }
 
 /// A running node. Dropping it closes the relay link and stops its tasks.
@@ -228,6 +233,7 @@ impl Node {
             per_peer: Mutex::new(HashMap::new()),
             incoming: incoming_tx,
             revocations: tokio::sync::broadcast::channel(16).0,
+            join: Mutex::new(config.join.clone()),
             config,
         });
         let span = tracing::info_span!("node", id = %inner.node_id.fmt_short());
@@ -565,17 +571,30 @@ async fn connect_once(
     };
     let admitted = timeout(limits.connect_timeout, async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| describe(&e))?;
-        write_message(
-            &mut send,
-            &NodeToRelay::Hello {
+        let join = inner.join.lock().ok().and_then(|j| j.clone());
+        let first = match &join {
+            Some(invite) => NodeToRelay::Join {
+                invite: invite.clone(),
                 version: LINK_VERSION,
             },
-        )
-        .await?;
+            None => NodeToRelay::Hello {
+                version: LINK_VERSION,
+            },
+        };
+        write_message(&mut send, &first).await?;
         match read_message::<RelayToNode>(&mut recv, MAX_LINK_MESSAGE).await {
             Ok(RelayToNode::Welcome { node_id, .. }) if node_id == inner.node_id => {
+                if join.is_some()
+                    && let Ok(mut j) = inner.join.lock()
+                {
+                    // Enrolled: from now on this node is on the allowlist.
+                    *j = None;
+                }
                 Ok((send, recv))
             }
+            Ok(RelayToNode::Error { code }) if join.is_some() => Err(Error::RelayRefused {
+                reason: code.to_string(),
+            }),
             Ok(RelayToNode::Error { code }) => Err(Error::Link(code)),
             Ok(_) => Err(Error::Link(LinkErrorCode::Malformed)),
             Err(e) => Err(conn.close_reason().map(|c| describe(&c)).unwrap_or(e)),

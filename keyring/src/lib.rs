@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod error;
 pub mod fs;
+pub mod invite;
 pub mod key_file;
 pub mod passphrase;
 pub mod policy;

@@ -20,6 +20,8 @@ pub const AUDIT_WITNESS_V1: &str = "nullport-audit-witness-v1";
 pub const MCP_RECEIPT_V1: &str = "nullport-mcp-receipt-v1";
 /// A caller's signature over the digest of an MCP request it sent.
 pub const MCP_REQUEST_V1: &str = "nullport-mcp-request-v1";
+/// An enrollment invite signed by the network admin (the relay's key).
+pub const INVITE_V1: &str = "nullport-invite-v1";
 /// Reserved: key rotation statements.
 pub const ROTATION_V1: &str = "nullport-rotation-v1";
 

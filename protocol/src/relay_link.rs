@@ -71,6 +71,15 @@ pub enum LinkErrorCode {
     /// The caller or target has too many streams open.
     #[error("too many streams")]
     TooManyStreams,
+    /// The enrollment invite is not valid (forged, for another relay, or malformed).
+    #[error("invalid invite")]
+    InviteInvalid,
+    /// The enrollment invite has expired.
+    #[error("invite expired")]
+    InviteExpired,
+    /// The enrollment invite was already used.
+    #[error("invite already used")]
+    InviteUsed,
 }
 
 /// Node → relay.
@@ -105,6 +114,14 @@ pub enum NodeToRelay {
     },
     /// Control stream: every revocation list you hold.
     RevocationQuery,
+    /// First message on the control stream of a node that is not admitted yet: enroll me
+    /// with this invite (then `Welcome`, as for `Hello`).
+    Join {
+        /// The signed invite (its wire bytes).
+        invite: Vec<u8>,
+        /// The node's relay-link version.
+        version: u16,
+    },
 }
 
 /// A signed revocation list as it travels (decoded and checked by `nullport-keyring`).

@@ -19,6 +19,7 @@ use crate::error::Error;
 pub struct Admission {
     mode: Mode,
     refusals: AtomicU64,
+    enroll: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -36,6 +37,7 @@ impl Admission {
         Self {
             mode: Mode::Open,
             refusals: AtomicU64::new(0),
+            enroll: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -47,6 +49,7 @@ impl Admission {
                 state: RwLock::new((ids.into_iter().collect(), None)),
             },
             refusals: AtomicU64::new(0),
+            enroll: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -59,6 +62,7 @@ impl Admission {
                 state: RwLock::new((ids, mtime)),
             },
             refusals: AtomicU64::new(0),
+            enroll: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -103,6 +107,47 @@ impl Admission {
 
     pub(crate) fn count_refusal(&self) {
         self.refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Lets unknown keys through the TLS handshake so that they can enroll with an invite
+    /// (they can do nothing else: their first message must be a valid `Join`).
+    pub fn set_enrolling(&self, on: bool) {
+        self.enroll.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether unknown keys may connect to enroll.
+    pub fn enrolling(&self) -> bool {
+        self.enroll.load(Ordering::Relaxed) && !self.is_open()
+    }
+
+    /// Admits `id` from now on (an enrolled node); appended to the allowlist file if there
+    /// is one.
+    pub fn add(&self, id: NodeId) -> Result<(), Error> {
+        let Mode::AllowList { path, state } = &self.mode else {
+            return Ok(());
+        };
+        if let Some(path) = path {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(|error| Error::Io {
+                    what: format!("appending to {}", path.display()),
+                    error,
+                })?;
+            writeln!(f, "{id}  # enrolled with an invite").map_err(|error| Error::Io {
+                what: format!("appending to {}", path.display()),
+                error,
+            })?;
+        }
+        if let Ok(mut s) = state.write() {
+            s.0.insert(id);
+            // Keep the file's new mtime from triggering a redundant reload.
+            if let Some(p) = path {
+                s.1 = std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            }
+        }
+        Ok(())
     }
 
     /// Nodes refused at the TLS handshake so far.

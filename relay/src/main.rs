@@ -34,6 +34,21 @@ enum Command {
     Run(RunArgs),
     /// Print the relay's NodeId (and address, with --public).
     Id(IdArgs),
+    /// Make an enrollment invite: `nullport join <invite>` puts a node on this relay's
+    /// allowlist (the relay must run with --allow FILE --enroll).
+    Invite(InviteArgs),
+}
+
+#[derive(Args, Debug)]
+struct InviteArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+    /// How long the invite is valid: 30s, 10m, 2h, 1d.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// How many nodes may join with it.
+    #[arg(long, default_value_t = 1)]
+    uses: u32,
 }
 
 #[derive(Args, Debug)]
@@ -104,9 +119,13 @@ struct RunArgs {
     /// Admitted connections at once.
     #[arg(long, default_value_t = 100_000)]
     max_connections: usize,
-    /// Keep state that must survive a restart here (witnessed audit checkpoints).
+    /// Keep state that must survive a restart here (witnessed audit checkpoints,
+    /// revocation lists, used invites).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// With --allow: let unknown keys connect only to enroll with an invite (`invite`).
+    #[arg(long, requires = "allow")]
+    enroll: bool,
 }
 
 fn passphrase(args: &KeyArgs, confirm: bool) -> anyhow::Result<zeroize::Zeroizing<String>> {
@@ -120,6 +139,21 @@ fn passphrase(args: &KeyArgs, confirm: bool) -> anyhow::Result<zeroize::Zeroizin
         Ok(p)
     })?;
     Ok(pass)
+}
+
+fn parse_ttl(ttl: &str) -> anyhow::Result<u64> {
+    let split = ttl.find(|c: char| !c.is_ascii_digit()).unwrap_or(ttl.len());
+    let (num, unit) = ttl.split_at(split);
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("bad --ttl {ttl:?}: use 30s, 10m, 2h or 1d"))?;
+    Ok(n * match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("bad --ttl {ttl:?}: use 30s, 10m, 2h or 1d"),
+    })
 }
 
 fn load_identity(args: &KeyArgs) -> anyhow::Result<Identity> {
@@ -163,6 +197,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => Admission::open(),
     };
     let admission = Arc::new(admission);
+    admission.set_enrolling(args.enroll);
     let mut config = RelayConfig::new(identity.clone(), args.listen, admission.clone());
     config.limits.dials_per_second = args.dials_per_second;
     config.limits.bytes_per_second = args.bytes_per_second;
@@ -263,5 +298,21 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
+        Command::Invite(args) => {
+            let identity = load_identity(&args.key)?;
+            let secs = parse_ttl(&args.ttl)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let bytes = nullport_keyring::invite::Invite::create(&identity, now + secs, args.uses)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", nullport_keyring::invite::Invite::to_text(&bytes));
+            eprintln!(
+                "valid {} for {} node(s); the relay must run with --allow FILE --enroll",
+                args.ttl, args.uses
+            );
+            Ok(())
+        }
     }
 }

@@ -54,6 +54,7 @@ pub(crate) struct Shared {
     identity: Arc<nullport_protocol::Identity>,
     witnessed: DashMap<NodeId, WitnessedCheckpoint>,
     revocations: DashMap<NodeId, (u64, SignedRevocations)>,
+    invite_uses: DashMap<[u8; 16], u32>,
     witness_file: Option<std::path::PathBuf>,
     pending_per_ip: Mutex<HashMap<IpAddr, usize>>,
     #[cfg(feature = "testing")]
@@ -205,6 +206,7 @@ impl Relay {
             identity: config.identity.clone(),
             witnessed: load_witnesses(config.state_dir.as_deref()),
             revocations: load_revocations(config.state_dir.as_deref()),
+            invite_uses: load_invite_uses(config.state_dir.as_deref()),
             witness_file: config.state_dir.as_ref().map(|d| d.join("witnessed.json")),
             pending_per_ip: Mutex::new(HashMap::new()),
             #[cfg(feature = "testing")]
@@ -346,8 +348,10 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming, guard: 
         refused();
         return;
     };
-    // The verifier admitted it; check again in case the allowlist changed since.
-    if !shared.admission.admits(&node_id) {
+    // The verifier admitted it (or let it in to enroll); check again in case the allowlist
+    // changed since.
+    let admitted = shared.admission.admits(&node_id);
+    if !admitted && !shared.admission.enrolling() {
         conn.close(close_code::NOT_ADMITTED.into(), b"not admitted");
         refused();
         return;
@@ -366,7 +370,24 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming, guard: 
     )
     .await;
     match hello {
-        Ok(Ok(NodeToRelay::Hello { version })) if version == LINK_VERSION => {}
+        Ok(Ok(NodeToRelay::Hello { version })) if version == LINK_VERSION && admitted => {}
+        Ok(Ok(NodeToRelay::Join { invite, version })) if version == LINK_VERSION => {
+            if let Err(code) = enroll(&shared, node_id, &invite) {
+                tracing::info!(peer = %node_id.fmt_short(), "enrollment refused: {code}");
+                let _ = write_message(&mut ctl_send, &RelayToNode::Error { code }).await;
+                let _ = ctl_send.finish();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                conn.close(close_code::NOT_ADMITTED.into(), b"enrollment refused");
+                refused();
+                return;
+            }
+        }
+        Ok(Ok(NodeToRelay::Hello { version })) if version == LINK_VERSION => {
+            // Let in only to enroll, and it did not: refused, learning nothing.
+            conn.close(close_code::NOT_ADMITTED.into(), b"not admitted");
+            refused();
+            return;
+        }
         Ok(Ok(NodeToRelay::Hello { .. })) => {
             let _ = write_message(
                 &mut ctl_send,
@@ -579,6 +600,71 @@ fn witness(
     save_witnesses(shared);
     tracing::debug!(seq = cp.seq, "witnessed audit checkpoint");
     Ok(cp)
+}
+
+/// Enrolls `node` with an invite signed by this relay's key: valid, unexpired, and with a use
+/// left (counted atomically, so two nodes racing for a one-time invite cannot both win).
+fn enroll(shared: &Shared, node: NodeId, invite: &[u8]) -> Result<(), LinkErrorCode> {
+    use nullport_keyring::invite::{Invite, InviteError};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let invite = Invite::verify(invite, &shared.identity.node_id(), now).map_err(|e| match e {
+        InviteError::Expired => LinkErrorCode::InviteExpired,
+        _ => LinkErrorCode::InviteInvalid,
+    })?;
+    {
+        let mut used = shared.invite_uses.entry(invite.id).or_insert(0);
+        if *used >= invite.uses {
+            return Err(LinkErrorCode::InviteUsed);
+        }
+        *used += 1;
+    }
+    if let Some(dir) = shared.witness_file.as_ref().and_then(|f| f.parent()) {
+        let all: Vec<(String, u32)> = shared
+            .invite_uses
+            .iter()
+            .map(|e| {
+                (
+                    e.key().iter().map(|b| format!("{b:02x}")).collect(),
+                    *e.value(),
+                )
+            })
+            .collect();
+        if let Ok(bytes) = serde_json::to_vec(&all) {
+            let _ =
+                nullport_keyring::fs::write_private(&dir.join("invites-used.json"), &bytes, true);
+        }
+    }
+    shared.admission.add(node).map_err(|e| {
+        tracing::error!("enrolling {node}: {e}");
+        LinkErrorCode::Refused
+    })?;
+    tracing::info!(peer = %node.fmt_short(), invite = %invite.id_hex(), "enrolled with an invite");
+    Ok(())
+}
+
+fn load_invite_uses(state_dir: Option<&std::path::Path>) -> DashMap<[u8; 16], u32> {
+    let map = DashMap::new();
+    if let Some(path) = state_dir.map(|d| d.join("invites-used.json"))
+        && let Ok(bytes) = std::fs::read(&path)
+        && let Ok(entries) = serde_json::from_slice::<Vec<(String, u32)>>(&bytes)
+    {
+        for (id, n) in entries {
+            let raw: Option<Vec<u8>> = (0..id.len())
+                .step_by(2)
+                .map(|i| {
+                    id.get(i..i + 2)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                })
+                .collect();
+            if let Some(Ok(id)) = raw.map(<[u8; 16]>::try_from) {
+                map.insert(id, n);
+            }
+        }
+    }
+    map
 }
 
 /// Stores a revocation list if its signature verifies and it is newer than the one held

@@ -34,6 +34,8 @@ pub struct RelayOptions {
     pub listen: Option<SocketAddr>,
     /// State directory (witnessed checkpoints).
     pub state_dir: Option<std::path::PathBuf>,
+    /// Let unknown keys connect to enroll with an invite.
+    pub enroll: bool,
 }
 
 impl TestNet {
@@ -117,6 +119,7 @@ async fn start_relay(identity: &Arc<Identity>, options: RelayOptions) -> Relay {
         Some(ids) => Admission::fixed(ids),
         None => Admission::open(),
     };
+    admission.set_enrolling(options.enroll);
     let listen = options
         .listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));

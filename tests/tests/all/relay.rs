@@ -914,3 +914,78 @@ async fn witnessed_checkpoints_survive_a_relay_restart_and_cannot_roll_back() {
     };
     assert_eq!(held.map(|c| c.seq), Some(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_invites_are_single_use_expiring_and_race_safe() {
+    use nullport_keyring::invite::Invite;
+    let net = TestNet::start_with(RelayOptions {
+        allow: Some(vec![]),
+        enroll: true,
+        ..Default::default()
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let invite =
+        Invite::create(&net.relay_identity, now + 600, 1).unwrap_or_else(|e| panic!("{e}"));
+    let with_invite = |invite: Option<Vec<u8>>| {
+        let net = &net;
+        async move {
+            let identity = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
+            let mut config = nullport_node::NodeConfig::new(identity.clone(), net.relay_addr());
+            config.limits = fast_limits();
+            config.join = invite;
+            let node = Node::start(config).await.unwrap_or_else(|e| panic!("{e}"));
+            let r = node.wait_online(Duration::from_secs(5)).await;
+            (node, identity, r)
+        }
+    };
+    // Joins with the invite, and stays admitted after reconnecting without it.
+    let (a, a_id, r) = with_invite(Some(invite.clone())).await;
+    assert!(r.is_ok(), "{r:?}");
+    assert!(net.relay().is_online(&a.node_id()));
+    a.shutdown().await;
+    let mut again = nullport_node::NodeConfig::new(a_id, net.relay_addr());
+    again.limits = fast_limits();
+    let a2 = Node::start(again).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(a2.wait_online(Duration::from_secs(5)).await.is_ok());
+    // Reuse, expiry, forgery and no invite at all: refused, with the reason.
+    let (_b, _, r) = with_invite(Some(invite.clone())).await;
+    assert!(
+        matches!(&r, Err(Error::RelayRefused { reason }) if reason.contains("already used")),
+        "{r:?}"
+    );
+    let expired =
+        Invite::create(&net.relay_identity, now - 10, 1).unwrap_or_else(|e| panic!("{e}"));
+    let (_c, _, r) = with_invite(Some(expired)).await;
+    assert!(
+        matches!(&r, Err(Error::RelayRefused { reason }) if reason.contains("expired")),
+        "{r:?}"
+    );
+    let stranger_invite = Invite::create(
+        &Identity::generate().unwrap_or_else(|e| panic!("{e}")),
+        now + 600,
+        1,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (_d, _, r) = with_invite(Some(stranger_invite)).await;
+    assert!(
+        matches!(&r, Err(Error::RelayRefused { reason }) if reason.contains("invalid invite")),
+        "{r:?}"
+    );
+    let (e, _, r) = with_invite(None).await;
+    assert!(matches!(&r, Err(Error::RelayRefused { .. })), "{r:?}");
+    assert!(!net.relay().is_online(&e.node_id()));
+    // Two nodes race for a one-time invite: exactly one wins.
+    let race = Invite::create(&net.relay_identity, now + 600, 1).unwrap_or_else(|e| panic!("{e}"));
+    let (x, y) = tokio::join!(with_invite(Some(race.clone())), with_invite(Some(race)));
+    assert_eq!(
+        u8::from(x.2.is_ok()) + u8::from(y.2.is_ok()),
+        1,
+        "{:?} {:?}",
+        x.2,
+        y.2
+    );
+}
