@@ -109,6 +109,15 @@ enum Command {
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
     },
+    /// Move this node to a new identity key. Publishes a statement signed by the old and the
+    /// new key through the relay (which admits the new key in place of the old); peers that
+    /// trusted the old key follow it and refuse the old one from then on. Needs the daemon
+    /// running; restart it afterwards (`nullport up`).
+    Rotate {
+        /// Read the key passphrase from this file (the new key keeps the same protection).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
     /// Capability tokens: issue, delegate (narrower only), inspect, trust an issuer.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -432,6 +441,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mcp(cmd) => mcp(&home, cmd).await,
         Command::Audit(cmd) => audit(&home, cmd).await,
         Command::Token(cmd) => token(&home, cmd).await,
+        Command::Rotate { passphrase_file } => rotate(&home, passphrase_file).await,
         Command::Join {
             invite,
             relay,
@@ -490,6 +500,54 @@ async fn join(
     println!(
         "joined {relay_addr} as {}; start the daemon with `nullport up`",
         identity.node_id()
+    );
+    Ok(())
+}
+
+async fn rotate(home: &Home, passphrase_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = home.key();
+    let encrypted =
+        key_file::is_encrypted(&path).map_err(|e| anyhow!("key file unreadable: {e}"))?;
+    let pass = if encrypted {
+        Some(
+            PassphraseSource::choose(passphrase_file, "NULLPORT_PASSPHRASE")
+                .read(|| rpassword::prompt_password("identity key passphrase: "))?,
+        )
+    } else {
+        None
+    };
+    let old = key_file::load(&path, pass.as_ref().map(|p| p.as_str()))
+        .map_err(|e| anyhow!("key file unreadable: {e}"))?;
+    let new = Identity::generate().map_err(|e| anyhow!("randomness: {e}"))?;
+    let statement = nullport_keyring::rotation::sign(&old, &new, nullport_node::tokens::unix_now());
+    let (response, _) = control(
+        home,
+        &ControlRequest::PublishRotation {
+            rotation: statement,
+        },
+    )
+    .await?;
+    if !response.ok {
+        bail!(
+            "the relay did not take the rotation: {}",
+            response.error.unwrap_or_default()
+        );
+    }
+    let protection = match pass {
+        Some(p) => Protection::Passphrase(p, KdfParams::default()),
+        None => Protection::InsecurePlaintext,
+    };
+    // Keep the old key beside the new one (0600), then replace it atomically.
+    key_file::store(
+        &home.dir().join("identity.key.old"),
+        &old,
+        &protection,
+        true,
+    )?;
+    key_file::store(&path, &new, &protection, true)?;
+    println!("rotated {} -> {}", old.node_id(), new.node_id());
+    println!(
+        "restart the daemon (`nullport up`) to use the new key; peers that trusted the old one follow it"
     );
     Ok(())
 }

@@ -18,6 +18,11 @@ pub enum ControlRequest {
         /// The list.
         list: nullport_protocol::relay_link::SignedRevocations,
     },
+    /// Publish this node's key rotation through the relay.
+    PublishRotation {
+        /// The statement.
+        rotation: nullport_protocol::relay_link::SignedRotation,
+    },
     /// The latest audit checkpoint the relay witnessed for this node.
     AuditWitness,
     /// Tool calls waiting for a human's approval.

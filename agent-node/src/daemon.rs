@@ -77,6 +77,7 @@ struct State {
     audit: Audit,
     witness_idle: std::sync::atomic::AtomicBool,
     revocations: RwLock<RevocationSet>,
+    retired: RwLock<std::collections::HashSet<NodeId>>,
 }
 
 /// A running daemon. [`Daemon::shutdown`] closes every channel with a close frame.
@@ -121,6 +122,7 @@ impl Daemon {
                 },
             )?;
         }
+        let home_rotations = home.dir().join("rotations.json");
         let revocations = RevocationSet::load(&home.revocations())
             .map_err(|e| DaemonError::Config(e.to_string()))?;
         let (witness_tx, witness_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -164,6 +166,7 @@ impl Daemon {
             audit,
             witness_idle: std::sync::atomic::AtomicBool::new(true),
             revocations: RwLock::new(revocations),
+            retired: RwLock::new(load_retired(&home_rotations)),
         });
         let span = tracing::info_span!("daemon", id = %state.node.node_id().fmt_short());
         let tasks = vec![
@@ -171,7 +174,8 @@ impl Daemon {
             tokio::spawn(control_loop(state.clone(), listener).instrument(span.clone())),
             tokio::spawn(witness_loop(state.clone(), witness_rx).instrument(span.clone())),
             tokio::spawn(link_events(state.clone()).instrument(span.clone())),
-            tokio::spawn(revocation_loop(state.clone()).instrument(span)),
+            tokio::spawn(revocation_loop(state.clone()).instrument(span.clone())),
+            tokio::spawn(rotation_loop(state.clone()).instrument(span)),
         ];
         Ok(Daemon { state, tasks })
     }
@@ -352,6 +356,89 @@ async fn revocation_loop(state: Arc<State>) {
     }
 }
 
+fn load_retired(path: &std::path::Path) -> std::collections::HashSet<NodeId> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| {
+            serde_json::from_slice::<Vec<nullport_protocol::relay_link::SignedRotation>>(&b).ok()
+        })
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| nullport_keyring::rotation::verify_signed(r).ok())
+        .map(|r| r.old)
+        .collect()
+}
+
+/// Follows key rotations: a statement signed by both keys moves every alias that named the
+/// old key to the new one (so policy written with aliases keeps working), retires the old
+/// key (refused from then on) and stops its live channels.
+async fn rotation_loop(state: Arc<State>) {
+    let path = state.home.dir().join("rotations.json");
+    let mut updates = state.node.rotation_updates();
+    loop {
+        let rotations = match updates.recv().await {
+            Ok(r) => r,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        for signed in rotations {
+            let Ok(r) = nullport_keyring::rotation::verify_signed(&signed) else {
+                tracing::warn!("ignoring a key rotation that is not signed by both keys");
+                continue;
+            };
+            let newly = state
+                .retired
+                .write()
+                .map(|mut set| set.insert(r.old))
+                .unwrap_or(false);
+            if !newly {
+                continue;
+            }
+            let mut moved = Vec::new();
+            if let Ok(mut trust) = state.trust.write() {
+                let aliases: Vec<String> = trust
+                    .entries()
+                    .filter(|(_, id)| **id == r.old)
+                    .map(|(a, _)| a.to_owned())
+                    .collect();
+                for alias in aliases {
+                    if trust.add(&alias, r.new, true).is_ok() {
+                        moved.push(alias);
+                    }
+                }
+                if !moved.is_empty()
+                    && let Err(e) = trust.save()
+                {
+                    tracing::error!("saving the trust store: {e}");
+                }
+            }
+            let mut all: Vec<nullport_protocol::relay_link::SignedRotation> = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            all.push(signed);
+            if let Ok(bytes) = serde_json::to_vec(&all) {
+                let _ = nullport_keyring::fs::write_private(&path, &bytes, true);
+            }
+            tracing::warn!(old = %r.old.fmt_short(), new = %r.new.fmt_short(), aliases = ?moved, "key rotation applied");
+            state.audit.node(
+                "rotation",
+                &format!(
+                    "{} -> {} (aliases moved: {})",
+                    r.old,
+                    r.new,
+                    moved.join(", ")
+                ),
+            );
+            if let Ok(channels) = state.channels.lock() {
+                for ch in channels.values().filter(|c| c.peer == r.old) {
+                    let _ = ch.stop.send(true);
+                }
+            }
+        }
+    }
+}
+
 /// Audits relay link changes.
 async fn link_events(state: Arc<State>) {
     let mut rx = state.node.watch_state();
@@ -395,11 +482,17 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
     // the issuer's rules); otherwise the caller's own policy entry.
     let blob = incoming.blob().to_vec();
     let me = state.node.node_id();
-    if state
-        .revocations
+    let retired = state
+        .retired
         .read()
-        .map(|r| r.is_key_revoked(&peer))
-        .unwrap_or(true)
+        .map(|r| r.contains(&peer))
+        .unwrap_or(true);
+    if retired
+        || state
+            .revocations
+            .read()
+            .map(|r| r.is_key_revoked(&peer))
+            .unwrap_or(true)
     {
         tracing::warn!("denied: the caller's key is revoked");
         state.audit.channel(&peer, &name, "denied", "key revoked");
@@ -604,6 +697,13 @@ async fn control_conn(state: Arc<State>, stream: UnixStream) {
         ControlRequest::Status => {
             let mut response = ControlResponse::ok();
             response.status = Some(status(&state));
+            let _ = respond(reader.get_mut(), &response).await;
+        }
+        ControlRequest::PublishRotation { rotation } => {
+            let response = match state.node.publish_rotation(rotation).await {
+                Ok(()) => ControlResponse::ok(),
+                Err(e) => ControlResponse::error(e),
+            };
             let _ = respond(reader.get_mut(), &response).await;
         }
         ControlRequest::PublishRevocations { list } => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nullport_protocol::relay_link::{
     LINK_VERSION, LinkErrorCode, MAX_CONTROL_MESSAGE, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode,
-    SignedRevocations, WitnessedCheckpoint, close_code,
+    SignedRevocations, SignedRotation, WitnessedCheckpoint, close_code,
 };
 use nullport_protocol::{
     DenyReason, DialRequest, HandshakeKeys, Identity, Limits, NodeId, ServiceName,
@@ -174,6 +174,7 @@ struct Inner {
     per_peer: Mutex<HashMap<NodeId, usize>>,
     incoming: mpsc::Sender<IncomingChannel>,
     revocations: tokio::sync::broadcast::Sender<Vec<SignedRevocations>>,
+    rotations: tokio::sync::broadcast::Sender<Vec<SignedRotation>>,
     join: Mutex<Option<Vec<u8>>>,
 }
 
@@ -233,6 +234,7 @@ impl Node {
             per_peer: Mutex::new(HashMap::new()),
             incoming: incoming_tx,
             revocations: tokio::sync::broadcast::channel(16).0,
+            rotations: tokio::sync::broadcast::channel(16).0,
             join: Mutex::new(config.join.clone()),
             config,
         });
@@ -407,6 +409,23 @@ impl Node {
             RelayToNode::Error { code } => Err(Error::Link(code)),
             _ => Err(Error::Link(LinkErrorCode::Malformed)),
         }
+    }
+
+    /// Publishes a key rotation of this node (signed by the old and new keys) through the relay.
+    pub async fn publish_rotation(&self, rotation: SignedRotation) -> Result<(), Error> {
+        match self
+            .control_request(NodeToRelay::PublishRotation { rotation })
+            .await?
+        {
+            RelayToNode::Rotations { .. } => Ok(()),
+            RelayToNode::Error { code } => Err(Error::Link(code)),
+            _ => Err(Error::Link(LinkErrorCode::Malformed)),
+        }
+    }
+
+    /// Key rotations as they arrive from the relay (unverified here).
+    pub fn rotation_updates(&self) -> tokio::sync::broadcast::Receiver<Vec<SignedRotation>> {
+        self.inner.rotations.subscribe()
     }
 
     /// Revocation lists as they arrive from the relay (all held at each connect, then each
@@ -634,6 +653,12 @@ async fn run_link(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                     {
                         let _ = fetch.revocations.send(lists);
                     }
+                    if let Ok(RelayToNode::Rotations { rotations }) =
+                        control_request(&fetch, NodeToRelay::RotationQuery).await
+                        && !rotations.is_empty()
+                    {
+                        let _ = fetch.rotations.send(rotations);
+                    }
                 });
                 tracing::info!(relay = %inner.config.relay, "relay link online");
                 let err = serve_incoming(&inner, &conn).await;
@@ -728,6 +753,10 @@ async fn handle_incoming(
     .await;
     if let Ok(Ok(RelayToNode::Revocations { lists })) = header {
         let _ = inner.revocations.send(lists);
+        return;
+    }
+    if let Ok(Ok(RelayToNode::Rotations { rotations })) = header {
+        let _ = inner.rotations.send(rotations);
         return;
     }
     let Ok(Ok(RelayToNode::Incoming { caller, session })) = header else {

@@ -1447,3 +1447,51 @@ async fn pipe_output_with(home: &Path, target: &str, token: &str) -> Option<Stri
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_node_keeps_working_and_its_old_key_does_not() {
+    let mut net = Net::start().await;
+    let (tool, tool_id) = net.node("tool").await;
+    let (agent, agent_id) = net.node("agent").await;
+    ok(&tool, &["trust", "add", "agent", &agent_id]).await;
+    ok(&agent, &["trust", "add", "tool", &tool_id]).await;
+    ok(&tool, &["expose", "exec", "hello", "--", "echo", "hi"]).await;
+    ok(&tool, &["allow", "agent", "hello"]).await;
+    net.up(&tool).await;
+    net.up(&agent).await;
+    assert_eq!(pipe_output(&agent, "tool/hello").await, "hi\n");
+    let said = ok(&agent, &["rotate"]).await;
+    assert!(said.contains(&format!("rotated {agent_id} -> ")), "{said}");
+    let new_id = ok(&agent, &["id"]).await.trim().to_owned();
+    assert_ne!(new_id, agent_id);
+    // The tool follows the rotation: its alias "agent" now names the new key.
+    let started = Instant::now();
+    while !std::fs::read_to_string(tool.join("trust.toml"))
+        .unwrap_or_default()
+        .contains(&new_id)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the tool did not follow the rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Restart the agent's daemon with the new key: it keeps working with the tool.
+    net.daemons.remove(1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    net.up(&agent).await;
+    assert_eq!(pipe_output(&agent, "tool/hello").await, "hi\n");
+    // The old key, brought back by someone who kept it, is refused.
+    let old_home = net.dir.path().join("agent-old");
+    std::fs::create_dir_all(&old_home).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(
+        agent.join("identity.key.old"),
+        old_home.join("identity.key"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    ok(&old_home, &["trust", "add", "tool", &tool_id]).await;
+    assert_eq!(ok(&old_home, &["id"]).await.trim(), agent_id);
+    net.up(&old_home).await;
+    let e = fails(&old_home, &["pipe", "tool/hello"]).await;
+    assert!(e.contains("not allowed"), "{e}");
+}

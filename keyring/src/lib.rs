@@ -13,6 +13,7 @@ pub mod key_file;
 pub mod passphrase;
 pub mod policy;
 pub mod revocation;
+pub mod rotation;
 pub mod token;
 pub mod trust;
 

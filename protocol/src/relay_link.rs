@@ -114,6 +114,13 @@ pub enum NodeToRelay {
     },
     /// Control stream: every revocation list you hold.
     RevocationQuery,
+    /// Control stream: I am moving to a new key; here is the statement signed by both.
+    PublishRotation {
+        /// The statement.
+        rotation: SignedRotation,
+    },
+    /// Control stream: every key rotation you hold.
+    RotationQuery,
     /// First message on the control stream of a node that is not admitted yet: enroll me
     /// with this invite (then `Welcome`, as for `Hello`).
     Join {
@@ -122,6 +129,18 @@ pub enum NodeToRelay {
         /// The node's relay-link version.
         version: u16,
     },
+}
+
+/// A key rotation statement as it travels: `postcard({old, new, issued})` signed by both
+/// keys (context `nullport-rotation-v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedRotation {
+    /// The exact bytes signed.
+    pub body: Vec<u8>,
+    /// The old key's signature.
+    pub old_sig: Vec<u8>,
+    /// The new key's signature.
+    pub new_sig: Vec<u8>,
 }
 
 /// A signed revocation list as it travels (decoded and checked by `nullport-keyring`).
@@ -199,6 +218,12 @@ pub enum RelayToNode {
     Revocations {
         /// The newest list of each signer.
         lists: Vec<SignedRevocations>,
+    },
+    /// Key rotations: the answer to `RotationQuery` and `PublishRotation`, and pushed like
+    /// revocation lists.
+    Rotations {
+        /// The statements.
+        rotations: Vec<SignedRotation>,
     },
 }
 

@@ -150,6 +150,30 @@ impl Admission {
         Ok(())
     }
 
+    /// Stops admitting `id` (a key rotated away); rewrites the allowlist file without it.
+    pub fn retire(&self, id: &NodeId) {
+        let Mode::AllowList { path, state } = &self.mode else {
+            return;
+        };
+        if let Ok(mut s) = state.write() {
+            s.0.remove(id);
+        }
+        if let Some(path) = path
+            && let Ok(text) = std::fs::read_to_string(path)
+        {
+            let id = id.to_string();
+            let kept: String = text
+                .lines()
+                .filter(|l| l.split('#').next().unwrap_or("").trim() != id)
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let _ = nullport_keyring::fs::write_private(path, kept.as_bytes(), true);
+            if let Ok(mut s) = state.write() {
+                s.1 = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            }
+        }
+    }
+
     /// Nodes refused at the TLS handshake so far.
     pub fn refusals(&self) -> u64 {
         self.refusals.load(Ordering::Relaxed)

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use nullport_protocol::relay_link::{
     LINK_VERSION, LinkErrorCode, MAX_CONTROL_MESSAGE, NodeToRelay, RelayToNode, SignedRevocations,
-    WitnessedCheckpoint, close_code,
+    SignedRotation, WitnessedCheckpoint, close_code,
 };
 use nullport_protocol::{NodeId, SessionId};
 use tokio::task::JoinHandle;
@@ -55,6 +55,7 @@ pub(crate) struct Shared {
     witnessed: DashMap<NodeId, WitnessedCheckpoint>,
     revocations: DashMap<NodeId, (u64, SignedRevocations)>,
     invite_uses: DashMap<[u8; 16], u32>,
+    rotations: DashMap<NodeId, SignedRotation>,
     witness_file: Option<std::path::PathBuf>,
     pending_per_ip: Mutex<HashMap<IpAddr, usize>>,
     #[cfg(feature = "testing")]
@@ -207,6 +208,7 @@ impl Relay {
             witnessed: load_witnesses(config.state_dir.as_deref()),
             revocations: load_revocations(config.state_dir.as_deref()),
             invite_uses: load_invite_uses(config.state_dir.as_deref()),
+            rotations: load_rotations(config.state_dir.as_deref()),
             witness_file: config.state_dir.as_ref().map(|d| d.join("witnessed.json")),
             pending_per_ip: Mutex::new(HashMap::new()),
             #[cfg(feature = "testing")]
@@ -525,6 +527,29 @@ async fn control_stream(
                     return;
                 }
             }
+            Ok(NodeToRelay::PublishRotation { rotation }) => {
+                let answer = match publish_rotation(&shared, node_id, rotation.clone()) {
+                    Ok(()) => {
+                        push_rotation(&shared, rotation.clone());
+                        RelayToNode::Rotations {
+                            rotations: vec![rotation],
+                        }
+                    }
+                    Err(code) => RelayToNode::Error { code },
+                };
+                if write_message(&mut send, &answer).await.is_err() {
+                    return;
+                }
+            }
+            Ok(NodeToRelay::RotationQuery) => {
+                let rotations = shared.rotations.iter().map(|e| e.value().clone()).collect();
+                if write_message(&mut send, &RelayToNode::Rotations { rotations })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
             Ok(NodeToRelay::RevocationQuery) => {
                 let lists = shared
                     .revocations
@@ -600,6 +625,71 @@ fn witness(
     save_witnesses(shared);
     tracing::debug!(seq = cp.seq, "witnessed audit checkpoint");
     Ok(cp)
+}
+
+/// Takes a key rotation published by the old key itself: both signatures must verify. In
+/// allowlist mode the new key is admitted and the old one retired.
+fn publish_rotation(
+    shared: &Shared,
+    sender: NodeId,
+    rotation: SignedRotation,
+) -> Result<(), LinkErrorCode> {
+    let r =
+        nullport_keyring::rotation::verify_signed(&rotation).map_err(|_| LinkErrorCode::Refused)?;
+    if r.old != sender {
+        return Err(LinkErrorCode::Refused);
+    }
+    if !shared.admission.is_open() {
+        shared
+            .admission
+            .add(r.new)
+            .map_err(|_| LinkErrorCode::Refused)?;
+        shared.admission.retire(&r.old);
+    }
+    shared.rotations.insert(r.old, rotation);
+    if let Some(dir) = shared.witness_file.as_ref().and_then(|f| f.parent()) {
+        let all: Vec<SignedRotation> = shared.rotations.iter().map(|e| e.value().clone()).collect();
+        if let Ok(bytes) = serde_json::to_vec(&all) {
+            let _ = nullport_keyring::fs::write_private(&dir.join("rotations.json"), &bytes, true);
+        }
+    }
+    tracing::info!(old = %r.old.fmt_short(), new = %r.new.fmt_short(), "key rotation stored");
+    Ok(())
+}
+
+fn push_rotation(shared: &Shared, rotation: SignedRotation) {
+    for route in shared.routes.iter() {
+        let conn = route.conn.clone();
+        let rotation = rotation.clone();
+        tokio::spawn(async move {
+            if let Ok(Ok((mut send, _recv))) = timeout(Duration::from_secs(5), conn.open_bi()).await
+            {
+                let _ = write_message(
+                    &mut send,
+                    &RelayToNode::Rotations {
+                        rotations: vec![rotation],
+                    },
+                )
+                .await;
+                let _ = send.finish();
+            }
+        });
+    }
+}
+
+fn load_rotations(state_dir: Option<&std::path::Path>) -> DashMap<NodeId, SignedRotation> {
+    let map = DashMap::new();
+    if let Some(path) = state_dir.map(|d| d.join("rotations.json"))
+        && let Ok(bytes) = std::fs::read(&path)
+        && let Ok(all) = serde_json::from_slice::<Vec<SignedRotation>>(&bytes)
+    {
+        for r in all {
+            if let Ok(parsed) = nullport_keyring::rotation::verify_signed(&r) {
+                map.insert(parsed.old, r);
+            }
+        }
+    }
+    map
 }
 
 /// Enrolls `node` with an invite signed by this relay's key: valid, unexpired, and with a use
