@@ -114,7 +114,7 @@ impl Audit {
         let tokens: Vec<String> = list
             .tokens
             .iter()
-            .map(|t| t.iter().map(|b| format!("{b:02x}")).collect())
+            .map(|t| nullport_protocol::hex::encode(t.as_slice()))
             .collect();
         let keys: Vec<String> = list.keys.iter().map(|k| k.to_string()).collect();
         self.write("revocation", json!({ "signer": list.signer.to_string(), "version": list.version, "keys": keys, "tokens": tokens }));

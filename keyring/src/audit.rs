@@ -107,18 +107,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    nullport_protocol::hex::encode(bytes)
 }
 
 fn unhex64(s: &str) -> Option<[u8; 64]> {
-    if s.len() != 128 {
-        return None;
-    }
-    let mut out = [0u8; 64];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    nullport_protocol::hex::decode_array(s)
 }
 
 fn checkpoint_body(seq: u64, head: &str) -> Vec<u8> {

@@ -39,7 +39,7 @@ pub enum InviteError {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    nullport_protocol::hex::encode(bytes)
 }
 
 impl Invite {

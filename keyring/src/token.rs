@@ -151,7 +151,8 @@ pub enum TokenError {
     Revoked,
 }
 
-fn glob_match(pattern: &str, text: &str) -> bool {
+/// `*`-glob match (any number of `*`, each matching any run of characters).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
         return pattern == text;
@@ -493,7 +494,7 @@ impl Token {
     pub fn ids(&self) -> Vec<String> {
         self.links
             .iter()
-            .map(|l| l.body.id.iter().map(|b| format!("{b:02x}")).collect())
+            .map(|l| nullport_protocol::hex::encode(&l.body.id))
             .collect()
     }
 }

@@ -19,6 +19,7 @@ pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod handshake;
+pub mod hex;
 pub mod identity;
 pub mod limits;
 pub mod node_id;

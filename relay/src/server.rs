@@ -620,7 +620,7 @@ fn witness(
     let relay_sig = shared
         .identity
         .sign(domain::AUDIT_WITNESS_V1, &cp.witness_body(&node));
-    cp.relay_sig = relay_sig.iter().map(|b| format!("{b:02x}")).collect();
+    cp.relay_sig = nullport_protocol::hex::encode(&relay_sig);
     shared.witnessed.insert(node, cp.clone());
     save_witnesses(shared);
     tracing::debug!(seq = cp.seq, "witnessed audit checkpoint");
@@ -717,7 +717,7 @@ fn enroll(shared: &Shared, node: NodeId, invite: &[u8]) -> Result<(), LinkErrorC
             .iter()
             .map(|e| {
                 (
-                    e.key().iter().map(|b| format!("{b:02x}")).collect(),
+                    nullport_protocol::hex::encode(e.key().as_slice()),
                     *e.value(),
                 )
             })
@@ -877,14 +877,7 @@ fn save_witnesses(shared: &Shared) {
 }
 
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    nullport_protocol::hex::decode_array(s)
 }
 
 async fn handle_dial(

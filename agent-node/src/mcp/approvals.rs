@@ -67,7 +67,7 @@ impl Approvals {
         let (tx, rx) = oneshot::channel();
         let mut raw = [0u8; 4];
         let _ = getrandom::getrandom(&mut raw);
-        let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let id: String = nullport_protocol::hex::encode(&raw);
         let info = PendingApproval {
             id: id.clone(),
             caller: caller.to_string(),

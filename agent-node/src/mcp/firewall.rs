@@ -101,25 +101,7 @@ fn id_key(id: &Value) -> Option<String> {
     }
 }
 
-/// `*`-glob match (any number of `*`, each matching any run of characters).
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for part in &parts[1..parts.len() - 1] {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
-        }
-    }
-    true
-}
+pub use nullport_keyring::token::glob_match;
 
 fn error_line(id: Value, code: i64, message: &str, data: Option<Value>) -> Vec<u8> {
     let mut error = json!({ "code": code, "message": message });

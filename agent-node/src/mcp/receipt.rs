@@ -22,18 +22,11 @@ pub const REQUEST_SIGNATURE_METHOD: &str = "notifications/nullport/request-signa
 pub const RECEIPT_METHOD: &str = "notifications/nullport/receipt";
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    nullport_protocol::hex::encode(bytes)
 }
 
 fn unhex64(s: &str) -> Option<[u8; 64]> {
-    if s.len() != 128 {
-        return None;
-    }
-    let mut out = [0u8; 64];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    nullport_protocol::hex::decode_array(s)
 }
 
 /// SHA-256 (hex) of a line's bytes.
