@@ -89,10 +89,16 @@ impl Net {
 
     /// Runs `nullport up` for `home` and waits until its link is online.
     async fn up(&mut self, home: &Path) {
+        self.up_with(home, &[]).await;
+    }
+
+    /// The same, with extra environment variables for the daemon.
+    async fn up_with(&mut self, home: &Path, env: &[(&str, &str)]) {
         let child = Command::new(NULLPORT)
             .arg("--home")
             .arg(home)
             .args(["up", "--relay", &self.relay.address()])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -854,27 +860,9 @@ async fn mcp_approval_approve_deny_and_timeout() {
     .await;
     ok(&tool, &["mcp", "require-approval", "files", "write_file"]).await;
     // A short approval timeout for the timeout case.
-    // SAFETY of the test: the variable is read by the daemon child process only.
-    let child = Command::new(NULLPORT)
-        .arg("--home")
-        .arg(&tool)
-        .args(["up", "--relay", &net.relay.address()])
-        .env("NULLPORT_APPROVAL_TIMEOUT_SECS", "3")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    net.daemons.push(child);
+    net.up_with(&tool, &[("NULLPORT_APPROVAL_TIMEOUT_SECS", "3")])
+        .await;
     net.up(&agent).await;
-    let started = Instant::now();
-    while !nullport(&tool, &["status"])
-        .await
-        .stdout
-        .contains("link     online")
-    {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     for (answer, file) in [
         (Some("approve"), "approved.txt"),
@@ -1074,26 +1062,9 @@ async fn audit_log_verifies_and_tampering_is_named_against_the_relay_witness() {
     ok(&agent, &["trust", "add", "tool", &tool_id]).await;
     ok(&tool, &["expose", "exec", "hello", "--", "echo", "hi"]).await;
     ok(&tool, &["allow", "agent", "hello"]).await;
-    let child = Command::new(NULLPORT)
-        .arg("--home")
-        .arg(&tool)
-        .args(["up", "--relay", &net.relay.address()])
-        .env("NULLPORT_AUDIT_CHECKPOINT_EVERY", "3")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    net.daemons.push(child);
+    net.up_with(&tool, &[("NULLPORT_AUDIT_CHECKPOINT_EVERY", "3")])
+        .await;
     net.up(&agent).await;
-    let started = Instant::now();
-    while !nullport(&tool, &["status"])
-        .await
-        .stdout
-        .contains("link     online")
-    {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     for _ in 0..4 {
         assert_eq!(pipe_output(&agent, "tool/hello").await, "hi\n");
     }
@@ -1208,27 +1179,10 @@ async fn capability_tokens_open_a_service_only_for_their_holder_in_time() {
     }
     ok(&tool, &["expose", "exec", "hello", "--", "echo", "hi"]).await;
     ok(&tool, &["token", "trust-issuer", "admin", "hello"]).await;
-    let child = Command::new(NULLPORT)
-        .arg("--home")
-        .arg(&tool)
-        .args(["up", "--relay", &net.relay.address()])
-        .env("NULLPORT_TOKEN_SKEW_SECS", "0")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    net.daemons.push(child);
+    net.up_with(&tool, &[("NULLPORT_TOKEN_SKEW_SECS", "0")])
+        .await;
     net.up(&agent).await;
     net.up(&agent2).await;
-    let started = Instant::now();
-    while !nullport(&tool, &["status"])
-        .await
-        .stdout
-        .contains("link     online")
-    {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     // No token, no policy entry: not allowed.
     let e = fails(&agent, &["pipe", "tool/hello"]).await;
     assert!(e.contains("not allowed"), "{e}");
