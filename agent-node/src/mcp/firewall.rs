@@ -180,6 +180,32 @@ impl Firewall {
         )
     }
 
+    fn over_quota(
+        &self,
+        id: Value,
+        method: String,
+        target: Option<String>,
+        args_digest: Option<String>,
+        what: String,
+    ) -> (Verdict, Decision) {
+        let message = format!("over quota (rule {:?}): {what}", self.grant.rule);
+        (
+            Verdict::Reply(error_line(
+                id,
+                QUOTA_EXCEEDED,
+                &message,
+                Some(json!({ "rule": self.grant.rule })),
+            )),
+            Decision {
+                method,
+                target,
+                args_digest,
+                outcome: "denied",
+                reason: what,
+            },
+        )
+    }
+
     /// Checks one message (one line, without the newline) from the caller.
     pub fn from_caller(&mut self, line: &[u8], now: Instant) -> (Verdict, Decision) {
         let invalid = |code: i64, message: &str| {
@@ -317,52 +343,23 @@ impl Firewall {
                     .and_then(|p| p.get("arguments"))
                     .cloned()
                     .unwrap_or(Value::Null);
-                let digest: String = Sha256::digest(serde_json::to_vec(&args).unwrap_or_default())
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let digest = nullport_protocol::hex::encode(&Sha256::digest(
+                    serde_json::to_vec(&args).unwrap_or_default(),
+                ));
                 args_digest = Some(digest.clone());
                 if let Some(limit) = rules.calls_per_minute {
                     self.recent_calls
                         .retain(|t| now.duration_since(*t) < Duration::from_secs(60));
                     if self.recent_calls.len() >= limit as usize {
                         let what = format!("quota: {limit} tool calls per minute");
-                        return (
-                            Verdict::Reply(error_line(
-                                id,
-                                QUOTA_EXCEEDED,
-                                &format!("over quota (rule {:?}): {what}", self.grant.rule),
-                                Some(json!({ "rule": self.grant.rule })),
-                            )),
-                            Decision {
-                                method,
-                                target,
-                                args_digest,
-                                outcome: "denied",
-                                reason: what,
-                            },
-                        );
+                        return self.over_quota(id, method, target, args_digest, what);
                     }
                 }
                 if let Some(limit) = rules.max_concurrent
                     && self.pending_calls.len() >= limit as usize
                 {
                     let what = format!("quota: {limit} concurrent tool calls");
-                    return (
-                        Verdict::Reply(error_line(
-                            id,
-                            QUOTA_EXCEEDED,
-                            &format!("over quota (rule {:?}): {what}", self.grant.rule),
-                            Some(json!({ "rule": self.grant.rule })),
-                        )),
-                        Decision {
-                            method,
-                            target,
-                            args_digest,
-                            outcome: "denied",
-                            reason: what,
-                        },
-                    );
+                    return self.over_quota(id, method, target, args_digest, what);
                 }
                 self.recent_calls.push(now);
                 self.pending_calls.insert(key.clone());
