@@ -32,6 +32,7 @@ pub struct Channel {
     read_done: bool,
     failed: Option<(io::ErrorKind, String, Option<nullport_protocol::Error>)>,
     close_sent: bool,
+    write_failed: Option<String>,
     bytes_in: u64,
     bytes_out: u64,
 }
@@ -80,6 +81,7 @@ impl Channel {
             read_done: false,
             failed: None,
             close_sent: false,
+            write_failed: None,
             bytes_in: 0,
             bytes_out: 0,
         }
@@ -135,11 +137,11 @@ impl Channel {
             {
                 Ok(n) => n,
                 Err(e) => {
-                    return Poll::Ready(Err(self.fail(
-                        io::ErrorKind::ConnectionReset,
-                        None,
-                        format!("channel stream failed: {e}"),
-                    )));
+                    // The peer stopped reading (or the stream broke) on our sending side:
+                    // writing is over, but bytes already received stay readable.
+                    let msg = format!("channel stream failed: {e}");
+                    self.write_failed = Some(msg.clone());
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, msg)));
                 }
             };
             self.out_pos += n;
@@ -240,6 +242,9 @@ impl AsyncWrite for Channel {
         if let Some(e) = this.failure() {
             return Poll::Ready(Err(e));
         }
+        if let Some(msg) = &this.write_failed {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, msg.clone())));
+        }
         ready!(this.poll_flush_out(cx))?;
         let n = data.len().min(MAX_WRITE);
         if let Err(e) = this.inner.seal(&data[..n], &mut this.out) {
@@ -260,6 +265,9 @@ impl AsyncWrite for Channel {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(msg) = &this.write_failed {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, msg.clone())));
+        }
         if !this.close_sent {
             ready!(this.poll_flush_out(cx))?;
             if let Err(e) = this.inner.seal_close(&mut this.out) {

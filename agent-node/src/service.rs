@@ -93,13 +93,30 @@ pub async fn connect_tcp(target: &str) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// Forwards bytes both ways until both sides are done; half-closes propagate.
+/// Forwards bytes both ways until both directions are done; a half-close propagates as a
+/// half-close. Unlike `copy_bidirectional`, a failed write in one direction (say, the peer
+/// stopped reading after it finished) does not cut off bytes still arriving in the other.
 pub async fn forward<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
 where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::io::copy_bidirectional(a, b).await
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let a_to_b = async {
+        let r = tokio::io::copy(&mut a_read, &mut b_write).await;
+        let _ = b_write.shutdown().await;
+        r
+    };
+    let b_to_a = async {
+        let r = tokio::io::copy(&mut b_read, &mut a_write).await;
+        let _ = a_write.shutdown().await;
+        r
+    };
+    let (to_b, to_a) = tokio::join!(a_to_b, b_to_a);
+    // Callers pass the channel as `a`: what it delivered to `b` decides the outcome; a write
+    // towards a peer that already finished is not a failure.
+    Ok((to_b?, to_a.unwrap_or(0)))
 }
 
 /// Starts an `exec` service's process for one channel.
