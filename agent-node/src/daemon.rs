@@ -211,6 +211,8 @@ impl Daemon {
             t.abort();
         }
         let _ = std::fs::remove_file(self.state.home.socket());
+        // Let the close frames just written reach the relay, then close the link cleanly.
+        self.state.node.close(Duration::from_millis(300)).await;
     }
 }
 

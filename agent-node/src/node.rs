@@ -434,6 +434,16 @@ impl Node {
         self.inner.revocations.subscribe()
     }
 
+    /// Closes the relay link (after a grace period for bytes already written, such as close
+    /// frames, to leave) without consuming the node.
+    pub async fn close(&self, grace: Duration) {
+        tokio::time::sleep(grace).await;
+        self.link.abort();
+        self.endpoint
+            .close(close_code::NORMAL.into(), b"node shutting down");
+        let _ = timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
     /// Closes the relay link cleanly and stops.
     pub async fn shutdown(self) {
         self.link.abort();
