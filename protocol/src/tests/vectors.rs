@@ -262,3 +262,47 @@ fn run_noise_vector(v: &Value) {
         assert_eq!(plain[..p].to_vec(), hex(str_of(m, "payload")));
     }
 }
+
+#[test]
+fn wycheproof_aes_256_gcm_through_ring() {
+    // The AEAD our channel uses (ring's AES-256-GCM, 96-bit nonces, 128-bit tags).
+    let Some(doc) = load("wycheproof/aes_gcm_test.json") else {
+        return;
+    };
+    let mut checked = 0;
+    for group in doc["testGroups"].as_array().into_iter().flatten() {
+        if group["keySize"] != 256 || group["ivSize"] != 96 || group["tagSize"] != 128 {
+            continue;
+        }
+        for t in group["tests"].as_array().into_iter().flatten() {
+            let key = ring::aead::LessSafeKey::new(
+                ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &hex(str_of(t, "key")))
+                    .unwrap_or_else(|_| panic!("key")),
+            );
+            let nonce: [u8; 12] = hex(str_of(t, "iv"))
+                .try_into()
+                .unwrap_or_else(|_| panic!("iv"));
+            let aad = hex(str_of(t, "aad"));
+            let mut sealed = [hex(str_of(t, "ct")), hex(str_of(t, "tag"))].concat();
+            let opened = key
+                .open_in_place(
+                    ring::aead::Nonce::assume_unique_for_key(nonce),
+                    ring::aead::Aad::from(&aad),
+                    &mut sealed,
+                )
+                .map(|p| p.to_vec());
+            match str_of(t, "result") {
+                "valid" => assert_eq!(
+                    opened.ok(),
+                    Some(hex(str_of(t, "msg"))),
+                    "tcId {}",
+                    t["tcId"]
+                ),
+                "invalid" => assert!(opened.is_err(), "tcId {} opened", t["tcId"]),
+                _ => {}
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 50, "checked {checked}");
+}
