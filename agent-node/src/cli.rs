@@ -506,18 +506,7 @@ async fn join(
 
 async fn rotate(home: &Home, passphrase_file: Option<PathBuf>) -> anyhow::Result<()> {
     let path = home.key();
-    let encrypted =
-        key_file::is_encrypted(&path).map_err(|e| anyhow!("key file unreadable: {e}"))?;
-    let pass = if encrypted {
-        Some(
-            PassphraseSource::choose(passphrase_file, "NULLPORT_PASSPHRASE")
-                .read(|| rpassword::prompt_password("identity key passphrase: "))?,
-        )
-    } else {
-        None
-    };
-    let old = key_file::load(&path, pass.as_ref().map(|p| p.as_str()))
-        .map_err(|e| anyhow!("key file unreadable: {e}"))?;
+    let (old, pass) = load_identity_and_passphrase(home, passphrase_file)?;
     let new = Identity::generate().map_err(|e| anyhow!("randomness: {e}"))?;
     let statement = nullport_keyring::rotation::sign(&old, &new, nullport_node::tokens::unix_now());
     let (response, _) = control(
@@ -1024,6 +1013,14 @@ fn node_id(home: &Home) -> anyhow::Result<NodeId> {
 
 fn load_identity(home: &Home, passphrase_file: Option<PathBuf>) -> anyhow::Result<Identity> {
     node_id(home)?;
+    Ok(load_identity_and_passphrase(home, passphrase_file)?.0)
+}
+
+/// The identity, and the passphrase that opened it (for re-encrypting a rotated key).
+fn load_identity_and_passphrase(
+    home: &Home,
+    passphrase_file: Option<PathBuf>,
+) -> anyhow::Result<(Identity, Option<zeroize::Zeroizing<String>>)> {
     let path = home.key();
     let encrypted =
         key_file::is_encrypted(&path).map_err(|e| anyhow!("key file unreadable: {e}"))?;
@@ -1035,8 +1032,9 @@ fn load_identity(home: &Home, passphrase_file: Option<PathBuf>) -> anyhow::Resul
     } else {
         None
     };
-    key_file::load(&path, pass.as_ref().map(|p| p.as_str()))
-        .map_err(|e| anyhow!("key file unreadable: {e}"))
+    let identity = key_file::load(&path, pass.as_ref().map(|p| p.as_str()))
+        .map_err(|e| anyhow!("key file unreadable: {e}"))?;
+    Ok((identity, pass))
 }
 
 fn load_config(home: &Home) -> anyhow::Result<NodeFile> {
