@@ -605,19 +605,7 @@ fn read_token(arg: Option<String>) -> anyhow::Result<Option<String>> {
 }
 
 fn parse_ttl(ttl: &str) -> anyhow::Result<u64> {
-    let split = ttl.find(|c: char| !c.is_ascii_digit()).unwrap_or(ttl.len());
-    let (num, unit) = ttl.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| anyhow!("bad --ttl {ttl:?}: use 30s, 10m, 2h or 1d"))?;
-    let factor = match unit {
-        "s" | "" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => bail!("bad --ttl {ttl:?}: use 30s, 10m, 2h or 1d"),
-    };
-    Ok(n * factor)
+    Ok(nullport_keyring::ttl::parse(ttl)?)
 }
 
 fn scope_of(args: &ScopeArgs) -> nullport_keyring::token::Scope {

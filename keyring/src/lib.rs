@@ -16,6 +16,7 @@ pub mod revocation;
 pub mod rotation;
 pub mod token;
 pub mod trust;
+pub mod ttl;
 
 pub use error::Error;
 pub use key_file::{KdfParams, Protection};

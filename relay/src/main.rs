@@ -142,18 +142,7 @@ fn passphrase(args: &KeyArgs, confirm: bool) -> anyhow::Result<zeroize::Zeroizin
 }
 
 fn parse_ttl(ttl: &str) -> anyhow::Result<u64> {
-    let split = ttl.find(|c: char| !c.is_ascii_digit()).unwrap_or(ttl.len());
-    let (num, unit) = ttl.split_at(split);
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("bad --ttl {ttl:?}: use 30s, 10m, 2h or 1d"))?;
-    Ok(n * match unit {
-        "s" | "" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => anyhow::bail!("bad --ttl {ttl:?}: use 30s, 10m, 2h or 1d"),
-    })
+    Ok(nullport_keyring::ttl::parse(ttl)?)
 }
 
 fn load_identity(args: &KeyArgs) -> anyhow::Result<Identity> {
