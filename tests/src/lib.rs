@@ -171,3 +171,27 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// Accepts every incoming channel on `node` and answers each with the SHA-256 of all it read
+/// (after the caller's close frame). Runs until the node shuts down.
+pub async fn sink(node: &Node) {
+    use sha2::{Digest, Sha256};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    while let Some(incoming) = node.accept().await {
+        tokio::spawn(async move {
+            let Ok(mut ch) = incoming.accept().await else {
+                return;
+            };
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = ch.read(&mut buf).await {
+                if n == 0 {
+                    let _ = ch.write_all(&hasher.finalize()).await;
+                    let _ = ch.shutdown().await;
+                    return;
+                }
+                hasher.update(&buf[..n]);
+            }
+        });
+    }
+}

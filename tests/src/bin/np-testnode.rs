@@ -57,23 +57,7 @@ async fn main() {
         ["sink", "--relay", relay] => {
             let node = start(identity, relay).await;
             say(&format!("node {}", node.node_id()));
-            while let Some(incoming) = node.accept().await {
-                tokio::spawn(async move {
-                    let Ok(mut ch) = incoming.accept().await else {
-                        return;
-                    };
-                    let mut hasher = Sha256::new();
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n) = ch.read(&mut buf).await {
-                        if n == 0 {
-                            let _ = ch.write_all(&hasher.finalize()).await;
-                            let _ = ch.shutdown().await;
-                            return;
-                        }
-                        hasher.update(&buf[..n]);
-                    }
-                });
-            }
+            nullport_tests::sink(&node).await;
         }
         ["send", "--relay", relay, peer, bytes] => {
             let peer: NodeId = peer.parse().unwrap_or_else(|_| usage());

@@ -512,25 +512,7 @@ async fn dial_rate_limit_is_per_identity() {
 
 /// Serves every incoming channel with a sink that answers the SHA-256 of what it read.
 fn serve_sink(node: Arc<Node>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Some(incoming) = node.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ch) = incoming.accept().await else {
-                    return;
-                };
-                let mut hasher = Sha256::new();
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n) = ch.read(&mut buf).await {
-                    if n == 0 {
-                        let _ = ch.write_all(&hasher.finalize()).await;
-                        let _ = ch.shutdown().await;
-                        return;
-                    }
-                    hasher.update(&buf[..n]);
-                }
-            });
-        }
-    })
+    tokio::spawn(async move { nullport_tests::sink(&node).await })
 }
 
 async fn send_to_sink(node: &Node, to: nullport_protocol::NodeId, len: usize) -> Duration {
