@@ -1,16 +1,8 @@
 //! The responder side of the handshake: message 1 and message 3 from an attacker, and the
 //! message 3 payload decoder behind the AEAD.
+//! The body lives in `nullport_tests::fuzz::handshake_responder` so the committed corpus replays as a test.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nullport_protocol::fuzzing;
 
-fuzz_target!(|data: &[u8]| {
-    if let Some((&selector, rest)) = data.split_first() {
-        if selector & 1 == 0 {
-            fuzzing::responder_messages(rest);
-        } else {
-            let _ = fuzzing::decode_msg3_payload(rest);
-        }
-    }
-});
+fuzz_target!(|data: &[u8]| nullport_tests::fuzz::handshake_responder(data));

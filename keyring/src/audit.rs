@@ -52,6 +52,10 @@ pub struct AuditConfig {
     /// Past this size the file is rotated (`audit.log` -> `audit.log.N`); the chain and the
     /// sequence continue in the new file.
     pub max_file_bytes: u64,
+    /// While the disk refuses writes (full, quota, I/O error), entries wait in memory up to
+    /// this many bytes and are written in order once it accepts them again; past it, new
+    /// entries are dropped and a `gap` entry records how many.
+    pub max_backlog_bytes: usize,
 }
 
 impl Default for AuditConfig {
@@ -61,6 +65,7 @@ impl Default for AuditConfig {
             checkpoint_interval: Duration::from_secs(60),
             fsync: FsyncPolicy::AtCheckpoint,
             max_file_bytes: 64 << 20,
+            max_backlog_bytes: 4 << 20,
         }
     }
 }
@@ -76,6 +81,28 @@ pub enum AuditError {
         path: PathBuf,
         /// The OS error.
         error: std::io::Error,
+    },
+    /// The disk refused a write; the entry waits in memory and is written, in order, by
+    /// the next append or checkpoint that finds room. Nothing is torn.
+    #[error("{path}: {queued} audit entries held in memory, not yet on disk: {reason}")]
+    Backlog {
+        /// The file.
+        path: PathBuf,
+        /// Entries waiting.
+        queued: usize,
+        /// The OS error.
+        reason: String,
+    },
+    /// The disk refused writes and the backlog is full: this entry is lost; a `gap` entry
+    /// with the count is written once the disk accepts writes again.
+    #[error("{path}: audit entry dropped ({lost} since the backlog filled): {reason}")]
+    Dropped {
+        /// The file.
+        path: PathBuf,
+        /// Entries lost so far.
+        lost: u64,
+        /// The OS error.
+        reason: String,
     },
     /// The existing log cannot be continued (its last whole line is not an entry).
     #[error("{path}: cannot continue the log: {reason}")]
@@ -153,7 +180,15 @@ pub struct AuditWriter {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     latest: Option<Checkpoint>,
+    /// Length of the current file: every byte up to here is a whole line.
     bytes: u64,
+    /// Lines (with newline) chained but not yet on disk, oldest first.
+    backlog: std::collections::VecDeque<Vec<u8>>,
+    backlog_bytes: usize,
+    /// Entries dropped since the backlog filled (recorded by a `gap` entry).
+    lost: u64,
+    /// Why the last write failed (while a backlog or loss is outstanding).
+    write_error: Option<String>,
 }
 
 /// The files of a log, oldest first: rotated ones (`<name>.1`, `<name>.2`, ...) then `<name>`.
@@ -231,6 +266,10 @@ impl AuditWriter {
             last_checkpoint: Instant::now(),
             latest: None,
             bytes: content.len() as u64,
+            backlog: std::collections::VecDeque::new(),
+            backlog_bytes: 0,
+            lost: 0,
+            write_error: None,
         };
         if content.is_empty() {
             // Continue a rotated log (a crash may have come between rename and first write).
@@ -299,6 +338,7 @@ impl AuditWriter {
         writer.prev = sha256_hex(last);
         if let Some(torn) = torn_line {
             writer.file.write_all(b"\n").map_err(io)?;
+            writer.bytes += 1;
             let mut fields = Map::new();
             fields.insert("torn_line".into(), Value::from(whole.len() as u64));
             fields.insert("torn_sha256".into(), Value::String(sha256_hex(torn)));
@@ -326,13 +366,50 @@ impl AuditWriter {
             let due = self.since_checkpoint >= self.config.checkpoint_every
                 || self.last_checkpoint.elapsed() >= self.config.checkpoint_interval;
             if due || self.bytes >= self.config.max_file_bytes {
-                self.checkpoint()?;
+                self.checkpoint_inner()?;
             }
-            if self.bytes >= self.config.max_file_bytes {
+            if self.bytes >= self.config.max_file_bytes && self.backlog.is_empty() {
                 self.rotate()?;
             }
         }
+        self.backlog_error()?;
         Ok(seq)
+    }
+
+    /// Entries waiting in memory for the disk.
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
+    }
+
+    fn backlog_error(&self) -> Result<(), AuditError> {
+        if self.backlog.is_empty() {
+            return Ok(());
+        }
+        Err(AuditError::Backlog {
+            path: self.path.clone(),
+            queued: self.backlog.len(),
+            reason: self.write_error.clone().unwrap_or_default(),
+        })
+    }
+
+    /// Writes the backlog in order. A partial write is cut back to the last whole line, so
+    /// the file never holds a torn entry followed by more entries.
+    fn flush(&mut self) -> Result<(), String> {
+        while let Some(line) = self.backlog.front() {
+            if let Err(e) = self.file.write_all(line) {
+                let reason = e.to_string();
+                if let Err(e) = self.file.set_len(self.bytes) {
+                    return Err(format!("{reason}; cutting back the partial entry: {e}"));
+                }
+                self.write_error = Some(reason.clone());
+                return Err(reason);
+            }
+            let len = line.len();
+            self.bytes += len as u64;
+            self.backlog_bytes -= len;
+            self.backlog.pop_front();
+        }
+        Ok(())
     }
 
     /// Moves the full file aside as `<name>.N` and continues the chain in a new file.
@@ -370,8 +447,16 @@ impl AuditWriter {
         Ok(())
     }
 
-    /// Writes a signed checkpoint now (also call at shutdown).
+    /// Writes a signed checkpoint now (also call at shutdown). With a backlog the checkpoint
+    /// is chained and queued ([`AuditWriter::latest_checkpoint`] has it) and this reports
+    /// [`AuditError::Backlog`].
     pub fn checkpoint(&mut self) -> Result<Checkpoint, AuditError> {
+        let cp = self.checkpoint_inner()?;
+        self.backlog_error()?;
+        Ok(cp)
+    }
+
+    fn checkpoint_inner(&mut self) -> Result<Checkpoint, AuditError> {
         let seq = self.next_seq;
         let head = self.prev.clone();
         let sig = hex(&self
@@ -387,7 +472,7 @@ impl AuditWriter {
         self.write_entry("checkpoint", fields)?;
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
-        if self.config.fsync == FsyncPolicy::AtCheckpoint {
+        if self.config.fsync == FsyncPolicy::AtCheckpoint && self.backlog.is_empty() {
             self.file.sync_data().map_err(|error| AuditError::Io {
                 path: self.path.clone(),
                 error,
@@ -398,7 +483,57 @@ impl AuditWriter {
         Ok(cp)
     }
 
+    /// Chains one entry and writes it after any backlog. Ok also when it had to wait in the
+    /// backlog (callers report [`AuditError::Backlog`] once their work is done).
     fn write_entry(&mut self, event: &str, fields: Map<String, Value>) -> Result<u64, AuditError> {
+        let flushed = self.flush();
+        if flushed.is_ok() && self.lost > 0 {
+            let mut gap = Map::new();
+            gap.insert("lost".into(), Value::from(self.lost));
+            gap.insert(
+                "reason".into(),
+                Value::String(self.write_error.clone().unwrap_or_default()),
+            );
+            self.lost = 0;
+            let line = self.encode("gap", gap)?;
+            self.chain(line);
+        }
+        let line = self.encode(event, fields)?;
+        if !self.backlog.is_empty()
+            && self.backlog_bytes + line.len() > self.config.max_backlog_bytes
+        {
+            self.lost += 1;
+            return Err(AuditError::Dropped {
+                path: self.path.clone(),
+                lost: self.lost,
+                reason: self.write_error.clone().unwrap_or_default(),
+            });
+        }
+        let seq = self.chain(line);
+        if self.flush().is_ok() {
+            self.write_error = None;
+            if self.config.fsync == FsyncPolicy::EveryEntry {
+                self.file.sync_data().map_err(|error| AuditError::Io {
+                    path: self.path.clone(),
+                    error,
+                })?;
+            }
+        }
+        Ok(seq)
+    }
+
+    /// Makes `line` (with its newline) the chain's next entry and queues it for the disk.
+    fn chain(&mut self, line: Vec<u8>) -> u64 {
+        self.prev = sha256_hex(&line[..line.len() - 1]);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.backlog_bytes += line.len();
+        self.backlog.push_back(line);
+        seq
+    }
+
+    /// One entry's line with its newline, numbered and chained onto the current head.
+    fn encode(&self, event: &str, fields: Map<String, Value>) -> Result<Vec<u8>, AuditError> {
         let mut entry = Map::new();
         entry.insert("seq".into(), Value::from(self.next_seq));
         entry.insert("ts".into(), Value::String(rfc3339(SystemTime::now())));
@@ -409,29 +544,12 @@ impl AuditWriter {
                 entry.insert(k, v);
             }
         }
-        let line = serde_json::to_vec(&Value::Object(entry)).map_err(|e| AuditError::Io {
+        let mut line = serde_json::to_vec(&Value::Object(entry)).map_err(|e| AuditError::Io {
             path: self.path.clone(),
             error: std::io::Error::other(e),
         })?;
-        let mut with_newline = line.clone();
-        with_newline.push(b'\n');
-        self.file
-            .write_all(&with_newline)
-            .map_err(|error| AuditError::Io {
-                path: self.path.clone(),
-                error,
-            })?;
-        self.bytes += with_newline.len() as u64;
-        if self.config.fsync == FsyncPolicy::EveryEntry {
-            self.file.sync_data().map_err(|error| AuditError::Io {
-                path: self.path.clone(),
-                error,
-            })?;
-        }
-        self.prev = sha256_hex(&line);
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        Ok(seq)
+        line.push(b'\n');
+        Ok(line)
     }
 }
 
@@ -732,6 +850,7 @@ mod tests {
             checkpoint_interval: Duration::from_secs(3600),
             fsync: FsyncPolicy::Never,
             max_file_bytes: u64::MAX,
+            ..AuditConfig::default()
         };
         let mut w = AuditWriter::open(&path, identity, config).unwrap_or_else(|e| panic!("{e}"));
         for i in 0..n {
@@ -881,6 +1000,7 @@ mod tests {
             checkpoint_interval: Duration::from_secs(3600),
             fsync: FsyncPolicy::Never,
             max_file_bytes: u64::MAX,
+            ..AuditConfig::default()
         };
         let mut w = AuditWriter::open(&path, Identity::from_seed([7; 32]), config)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -918,6 +1038,7 @@ mod tests {
             checkpoint_interval: Duration::from_secs(3600),
             fsync: FsyncPolicy::Never,
             max_file_bytes: 4096,
+            ..AuditConfig::default()
         };
         let mut w = AuditWriter::open(&path, identity, config).unwrap_or_else(|e| panic!("{e}"));
         for i in 0..100 {

@@ -21,7 +21,9 @@ pub enum Error {
         path: PathBuf,
     },
     /// The key file can be read by other users.
-    #[error("{path} has permissions {mode:o}; a key file must be 0600 (run: chmod 600 {path})")]
+    #[error(
+        "{path} has permissions {mode:o}; a secret file (key, passphrase, token) must be 0600 (run: chmod 600 {path})"
+    )]
     LoosePermissions {
         /// The file.
         path: PathBuf,

@@ -131,23 +131,41 @@ pub enum Decision {
 impl Policy {
     /// Loads the policy at `path`; a missing file is the empty (deny-all) policy.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let file = match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| Error::TrustStore {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
                 path: path.to_owned(),
-                reason: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PolicyFile::default(),
-            Err(error) => {
-                return Err(Error::Io {
-                    path: path.to_owned(),
-                    error,
-                });
-            }
-        };
+                file: PolicyFile::default(),
+            }),
+            Err(error) => Err(Error::Io {
+                path: path.to_owned(),
+                error,
+            }),
+        }
+    }
+
+    /// Parses policy text (the contents of the file at `path`, which is named in errors).
+    /// Unknown keys are errors, so a typo never silently widens or narrows a rule.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
+        let file = toml::from_str(text).map_err(|e| Error::TrustStore {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             path: path.to_owned(),
             file,
         })
+    }
+
+    /// The policy as the TOML text [`Policy::save`] writes.
+    pub fn render(&self) -> Result<String, Error> {
+        let text = toml::to_string_pretty(&self.file).map_err(|e| Error::TrustStore {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(format!(
+            "# nullport policy: which peers may use which service (default deny)\n{text}"
+        ))
     }
 
     /// Allows `peer` (alias or NodeId text) to use `service`. Returns false if already allowed.
@@ -276,13 +294,7 @@ impl Policy {
 
     /// Writes the policy back atomically.
     pub fn save(&self) -> Result<(), Error> {
-        let text = toml::to_string_pretty(&self.file).map_err(|e| Error::TrustStore {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
-        let text =
-            format!("# nullport policy: which peers may use which service (default deny)\n{text}");
-        write_private(&self.path, text.as_bytes(), true)
+        write_private(&self.path, self.render()?.as_bytes(), true)
     }
 }
 
@@ -290,6 +302,31 @@ impl Policy {
 mod tests {
     use super::*;
     use nullport_protocol::Identity;
+
+    /// A typo anywhere in the policy is an error naming the key and line, never a rule that
+    /// silently allows more (or less) than written.
+    #[test]
+    fn unknown_fields_at_every_level_are_errors_with_the_line() {
+        let path = Path::new("policy.toml");
+        for (text, key, line) in [
+            ("[services.ssh]\nalow = [\"laptop\"]\n", "alow", 2),
+            ("[servics.ssh]\nallow = []\n", "servics", 1),
+            (
+                "[mcp.files.allow.\"a\"]\ntools = []\ntool = [\"*\"]\n",
+                "tool",
+                3,
+            ),
+            ("[mcp.files]\napprove = []\ndeny = [\"x\"]\n", "deny", 3),
+            ("[tokens.files]\nissuer = [\"admin\"]\n", "issuer", 2),
+        ] {
+            let err = Policy::parse(path, text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| panic!("accepted {text:?}"));
+            assert!(err.contains("unknown field") && err.contains(key), "{err}");
+            assert!(err.contains(&format!("line {line}")), "{err}");
+        }
+    }
 
     #[test]
     fn default_deny_aliases_and_ids() {

@@ -33,25 +33,28 @@ pub struct TrustStore {
 impl TrustStore {
     /// Loads the store at `path`; a missing file is an empty store.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let file = match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let file: TrustFile = toml::from_str(&text).map_err(|e| Error::TrustStore {
-                    path: path.to_owned(),
-                    reason: e.to_string(),
-                })?;
-                for alias in file.peers.keys() {
-                    check_alias(alias)?;
-                }
-                file
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => TrustFile::default(),
-            Err(error) => {
-                return Err(Error::Io {
-                    path: path.to_owned(),
-                    error,
-                });
-            }
-        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
+                path: path.to_owned(),
+                file: TrustFile::default(),
+            }),
+            Err(error) => Err(Error::Io {
+                path: path.to_owned(),
+                error,
+            }),
+        }
+    }
+
+    /// Parses trust-store text (the contents of the file at `path`, named in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
+        let file: TrustFile = toml::from_str(text).map_err(|e| Error::TrustStore {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        for alias in file.peers.keys() {
+            check_alias(alias)?;
+        }
         Ok(Self {
             path: path.to_owned(),
             file,

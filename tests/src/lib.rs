@@ -2,6 +2,8 @@
 //! that runs a real relay and real nodes (real QUIC on loopback, ephemeral ports) in-process.
 #![forbid(unsafe_code)]
 
+pub mod fuzz;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,7 +5,12 @@
 //! np-testnode relay --listen 0.0.0.0:7443          prints "relay <NodeId>", serves until killed
 //! np-testnode sink --relay <id>@host:port          prints "node <NodeId>", answers sha256 of input
 //! np-testnode send --relay <id>@host:port <peer> <bytes>   prints "ok <bytes> <seconds>"
+//! np-testnode lag --listen ADDR --to ADDR --delay-ms D --jitter-ms J
+//!                                                   prints "lag <addr>", forwards UDP both ways
 //! ```
+//!
+//! `lag` stands in for `tc netem delay` where the kernel has no netem: every datagram, each
+//! way, waits D ms plus a pseudo-random 0..J ms, so packets are also reordered.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -20,7 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: np-testnode relay --listen ADDR | sink --relay ADDR | send --relay ADDR PEER BYTES"
+        "usage: np-testnode relay --listen ADDR | sink --relay ADDR | send --relay ADDR PEER BYTES \
+         | lag --listen ADDR --to ADDR --delay-ms D --jitter-ms J"
     );
     std::process::exit(2)
 }
@@ -34,7 +40,13 @@ fn say(line: &str) {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let identity = Arc::new(Identity::generate().unwrap_or_else(|_| usage()));
+    // NP_TESTNODE_SEED (one byte, decimal) gives a fixed identity, so a killed node can be
+    // restarted as itself.
+    let identity = match std::env::var("NP_TESTNODE_SEED") {
+        Ok(s) => Identity::from_seed([s.parse::<u8>().unwrap_or_else(|_| usage()); 32]),
+        Err(_) => Identity::generate().unwrap_or_else(|_| usage()),
+    };
+    let identity = Arc::new(identity);
     match args
         .iter()
         .map(String::as_str)
@@ -87,7 +99,85 @@ async fn main() {
                 }
             }
         }
+        [
+            "lag",
+            "--listen",
+            listen,
+            "--to",
+            to,
+            "--delay-ms",
+            delay,
+            "--jitter-ms",
+            jitter,
+        ] => {
+            let parse = |s: &str| s.parse::<u64>().unwrap_or_else(|_| usage());
+            let (listen, to) = (
+                listen.parse().unwrap_or_else(|_| usage()),
+                to.parse().unwrap_or_else(|_| usage()),
+            );
+            if let Err(e) = lag(listen, to, parse(delay), parse(jitter)).await {
+                eprintln!("lag: {e}");
+                std::process::exit(1);
+            }
+        }
         _ => usage(),
+    }
+}
+
+/// Forwards datagrams between clients of `listen` and `to`, each delayed by `delay_ms` plus
+/// up to `jitter_ms` (xorshift, so runs differ only by seed; reordering is the point).
+async fn lag(
+    listen: SocketAddr,
+    to: SocketAddr,
+    delay_ms: u64,
+    jitter_ms: u64,
+) -> std::io::Result<()> {
+    use std::collections::HashMap;
+    use tokio::net::UdpSocket;
+    let front = Arc::new(UdpSocket::bind(listen).await?);
+    say(&format!("lag {}", front.local_addr()?));
+    let mut seed = u64::from(std::process::id()) | 1;
+    let mut next_delay = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        Duration::from_millis(delay_ms + seed % (jitter_ms + 1))
+    };
+    let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, client) = front.recv_from(&mut buf).await?;
+        let back = match backs.get(&client) {
+            Some(b) => b.clone(),
+            None => {
+                let any = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                let back = Arc::new(UdpSocket::bind(any).await?);
+                back.connect(to).await?;
+                let (front, reply_to) = (front.clone(), back.clone());
+                let mut seed = u64::from(client.port()) | 1;
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65_536];
+                    while let Ok(n) = reply_to.recv(&mut buf).await {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        let wait = Duration::from_millis(delay_ms + seed % (jitter_ms + 1));
+                        let (front, packet) = (front.clone(), buf[..n].to_vec());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(wait).await;
+                            let _ = front.send_to(&packet, client).await;
+                        });
+                    }
+                });
+                backs.insert(client, back.clone());
+                back
+            }
+        };
+        let (wait, packet) = (next_delay(), buf[..n].to_vec());
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = back.send(&packet).await;
+        });
     }
 }
 
