@@ -495,3 +495,64 @@ fn oversize_message3_and_blob_are_refused() {
         Err(Error::TooLarge { .. })
     ));
 }
+
+#[test]
+fn concurrent_handshakes_spliced_into_each_other_fail() {
+    // Two handshakes in flight through one relay: A -> B (session 1) and C -> D (session 2).
+    // The relay swaps the responders' messages 2 (and then the initiators' messages 3).
+    let (a, b, c, d) = (
+        TestNode::new(1),
+        TestNode::new(2),
+        TestNode::new(3),
+        TestNode::new(4),
+    );
+    let now = Instant::now();
+    let (init_a, msg1_a) = start(&a, request(&b, 1));
+    let (init_c, msg1_c) = start(&c, request(&d, 2));
+    let respond = |node: &TestNode, caller: NodeId, session: u64, msg1: &[u8]| {
+        let mut out = Vec::new();
+        let resp = Responder::new(
+            &node.keys,
+            caller,
+            SessionId(session),
+            Limits::default(),
+            now,
+        )
+        .and_then(|r| r.handle_hello(msg1, now, &mut out))
+        .unwrap_or_else(|e| panic!("{e}"));
+        (resp, only_message(&out))
+    };
+    let (resp_b, msg2_b) = respond(&b, a.id(), 1, &msg1_a);
+    let (resp_d, msg2_d) = respond(&d, c.id(), 2, &msg1_c);
+    // Swapped messages 2: each initiator gets the other session's answer and refuses it
+    // without writing message 3 (its prologue and ephemeral do not match).
+    let (mut out_a, mut out_c) = (Vec::new(), Vec::new());
+    let r_a = start(&a, request(&b, 1))
+        .0
+        .handle_response(&msg2_d, now, &mut out_a);
+    let r_c = start(&c, request(&d, 2))
+        .0
+        .handle_response(&msg2_b, now, &mut out_c);
+    assert_eq!(r_a.err(), Some(Error::Authentication));
+    assert_eq!(r_c.err(), Some(Error::Authentication));
+    assert!(
+        out_a.is_empty() && out_c.is_empty(),
+        "a message 3 was written"
+    );
+    // The honest messages 2 complete; then swapped messages 3 fail at both responders.
+    let (mut msg3_a, mut msg3_c) = (Vec::new(), Vec::new());
+    let _verdict_a = init_a
+        .handle_response(&msg2_b, now, &mut msg3_a)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _verdict_c = init_c
+        .handle_response(&msg2_d, now, &mut msg3_c)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        resp_b.handle_finish(&only_message(&msg3_c), now).err(),
+        Some(Error::Authentication)
+    );
+    assert_eq!(
+        resp_d.handle_finish(&only_message(&msg3_a), now).err(),
+        Some(Error::Authentication)
+    );
+}

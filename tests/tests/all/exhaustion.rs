@@ -319,3 +319,71 @@ async fn slow_consumer_backpressures_only_its_sender() {
     );
     flooder.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_channels_dripping_a_byte_a_second_do_not_slow_others() {
+    nullport_tests::init_tracing();
+    let net = TestNet::start().await;
+    let (attacker, a, b) = (
+        net.node().await,
+        net.node().await,
+        Arc::new(net.node().await),
+    );
+    let b2 = b.clone();
+    tokio::spawn(async move { nullport_tests::sink(&b2).await });
+    // 32 established channels to B, each sending one byte a second for 3 seconds.
+    let mut drips = Vec::new();
+    for _ in 0..32 {
+        let mut ch = attacker
+            .dial(b.node_id(), "sink")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        drips.push(tokio::spawn(async move {
+            for _ in 0..3 {
+                ch.write_all(b"x").await?;
+                ch.flush().await?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            ch.shutdown().await?;
+            let mut digest = Vec::new();
+            ch.read_to_end(&mut digest).await?;
+            Ok::<_, std::io::Error>(digest)
+        }));
+    }
+    let metrics = net.relay().metrics();
+    assert!(metrics.splices_open.load(Ordering::Relaxed) >= 32);
+    // Meanwhile a legitimate caller moves 4 MiB to the same callee, intact and promptly.
+    let data = pattern(4 << 20, 9);
+    let started = Instant::now();
+    let mut ch = a
+        .dial(b.node_id(), "sink")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ch.write_all(&data).await.unwrap_or_else(|e| panic!("{e}"));
+    ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut digest = Vec::new();
+    ch.read_to_end(&mut digest)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    use sha2::Digest;
+    assert_eq!(digest, sha2::Sha256::digest(&data).to_vec());
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "legitimate transfer took {took:?}"
+    );
+    // The slow channels are legitimate too: each completes with its 3 bytes.
+    for d in drips {
+        let got = d
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got, sha2::Sha256::digest(b"xxx").to_vec());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        metrics.splices_open.load(Ordering::Relaxed),
+        0,
+        "splices leaked"
+    );
+}
