@@ -76,6 +76,10 @@ pub struct RelayLimits {
     pub connection_receive_window: u32,
     /// QUIC: bytes we buffer for sending to one peer.
     pub send_window: u64,
+    /// UDP socket receive and send buffer requested from the kernel (capped by
+    /// `net.core.rmem_max` / `wmem_max`). The default 208 KiB overflows when hundreds of
+    /// nodes connect at once, and every dropped handshake packet costs a ~1 s retransmit.
+    pub socket_buffer: usize,
 }
 
 impl Default for RelayLimits {
@@ -96,16 +100,28 @@ impl Default for RelayLimits {
             stream_receive_window: 4 << 20,
             connection_receive_window: 16 << 20,
             send_window: 16 << 20,
+            socket_buffer: 8 << 20,
         }
     }
 }
 
+/// Streams a node may open right after admission (its control stream and a few dials); the
+/// relay raises the limit, doubling up to [`RelayLimits::max_streams_per_node`], as the node
+/// uses them. quinn keeps state for every stream a peer may open (about 80 B each), so an
+/// idle node granted 256 streams would cost 20 KiB of relay memory for nothing.
+pub const INITIAL_STREAMS: u32 = 8;
+
 impl RelayLimits {
+    /// The stream limit a node starts with.
+    pub fn initial_streams(&self) -> u32 {
+        INITIAL_STREAMS.min(self.max_streams_per_node)
+    }
+
     /// quinn's transport parameters for these limits (quinn's defaults are not used: its
     /// connection receive window is unbounded).
     pub fn transport_config(&self) -> quinn::TransportConfig {
         let mut t = quinn::TransportConfig::default();
-        t.max_concurrent_bidi_streams(self.max_streams_per_node.into())
+        t.max_concurrent_bidi_streams(self.initial_streams().into())
             .max_concurrent_uni_streams(0u32.into())
             .stream_receive_window(self.stream_receive_window.into())
             .receive_window(self.connection_receive_window.into())

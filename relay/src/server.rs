@@ -178,13 +178,25 @@ impl Relay {
         let crypto = tls::server_crypto(&config.identity, config.admission.clone())?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(Arc::new(config.limits.transport_config()));
-        // Let the client's address be validated before spending crypto on it only when the
-        // pending budget is under pressure; quinn handles retry tokens itself.
-        let endpoint =
-            quinn::Endpoint::server(server, config.listen).map_err(|error| Error::Io {
+        let socket =
+            udp_socket(config.listen, config.limits.socket_buffer).map_err(|error| Error::Io {
                 what: format!("binding UDP {}", config.listen),
                 error,
             })?;
+        let runtime = quinn::default_runtime().ok_or_else(|| Error::Io {
+            what: "starting QUIC".into(),
+            error: std::io::Error::other("no async runtime"),
+        })?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(|error| Error::Io {
+            what: format!("binding UDP {}", config.listen),
+            error,
+        })?;
         let local_addr = endpoint.local_addr().map_err(|error| Error::Io {
             what: "reading local address".into(),
             error,
@@ -292,6 +304,17 @@ impl Drop for Relay {
         self.endpoint
             .close(close_code::SHUTDOWN.into(), b"relay shutting down");
     }
+}
+
+/// A UDP socket bound to `addr` with `buffer` bytes of kernel receive and send buffer
+/// (as much of it as the kernel allows).
+fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Session ids start at a random point so that a restarted relay does not reuse recent ones.
@@ -471,11 +494,26 @@ async fn serve_node(
     let control = tokio::spawn(
         control_stream(shared.clone(), node_id, conn.clone(), ctl_send, ctl_recv).in_current_span(),
     );
+    // Dial streams open now (the control stream is one more).
+    let open = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut granted = shared.limits.initial_streams();
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
+                let in_use = open.fetch_add(1, Ordering::Relaxed) + 2;
+                if in_use * 2 > granted && granted < shared.limits.max_streams_per_node {
+                    granted = (granted * 2).min(shared.limits.max_streams_per_node);
+                    conn.set_max_concurrent_bi_streams(granted.into());
+                }
                 let span = tracing::debug_span!("dial");
-                tokio::spawn(handle_dial(shared.clone(), node_id, send, recv).instrument(span));
+                let (open, shared) = (open.clone(), shared.clone());
+                tokio::spawn(
+                    async move {
+                        handle_dial(shared, node_id, send, recv).await;
+                        open.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    .instrument(span),
+                );
             }
             Err(e) => {
                 tracing::info!("node offline: {e}");

@@ -45,6 +45,11 @@ pub fn server_crypto(
         ))));
     config.alpn_protocols = vec![relay_link::ALPN.to_vec()];
     config.max_early_data_size = 0;
+    // No resumption: every connection proves its key afresh (a resumed TLS 1.3 session
+    // would carry the old client authentication over), and no tickets are made or stored
+    // per connection.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     quinn::crypto::rustls::QuicServerConfig::try_from(config).map_err(|e| Error::Tls(e.to_string()))
 }
 

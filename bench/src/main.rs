@@ -1,0 +1,225 @@
+//! `np-bench`: nullport's performance suite.
+//!
+//! `np-bench run` measures the same workloads, in one invocation, over direct TCP, an
+//! OpenSSH reverse tunnel, a bare quinn splice and nullport (node A -> relay -> node B as
+//! three processes), and prints Markdown tables with ratios (plus JSON with `--json`).
+//! `np-bench capacity` holds many idle authenticated nodes on one relay and reports its
+//! memory per node, idle CPU, admissions per second and dial latency under load.
+#![forbid(unsafe_code)]
+
+mod capacity;
+mod paths;
+mod pattern;
+mod procs;
+mod report;
+mod workload;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::report::{PathResult, Percentiles};
+
+#[derive(Parser)]
+#[command(name = "np-bench", about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the workloads over every path, side by side, and print the tables.
+    Run {
+        /// Seconds, not minutes: 32 MiB transfers, 500 round trips (for CI smoke).
+        #[arg(long)]
+        quick: bool,
+        /// Also write the raw results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Only these paths (comma separated): tcp, ssh, quinn, nullport.
+        #[arg(long, value_delimiter = ',')]
+        paths: Option<Vec<String>>,
+        /// Bytes per bulk run (default 1 GiB; 32 MiB with --quick).
+        #[arg(long)]
+        bytes: Option<u64>,
+    },
+    /// Hold N idle, authenticated, keep-alive nodes on one relay process; report its
+    /// memory per node, idle CPU, admissions/s and dial latency while loaded.
+    Capacity {
+        /// Node counts to step through (comma separated).
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        nodes: Vec<usize>,
+        /// Also write the raw results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Measure a bare quinn server with the same TLS and transport settings instead
+        /// (what quinn and TLS cost per connection, without nullport's relay link).
+        #[arg(long)]
+        baseline: bool,
+    },
+    #[command(hide = true)]
+    ServeTcp,
+    #[command(hide = true)]
+    Relay,
+    #[command(hide = true)]
+    ServeNode {
+        #[arg(long)]
+        relay: String,
+    },
+    #[command(hide = true)]
+    QuinnRelay,
+    #[command(hide = true)]
+    ServeQuinn {
+        #[arg(long)]
+        relay: String,
+    },
+}
+
+/// Prints one line to standard output and flushes it (children announce themselves so).
+pub fn say(line: &str) {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Run {
+            quick,
+            json,
+            paths,
+            bytes,
+        } => run(quick, json, paths, bytes).await,
+        Cmd::Capacity {
+            nodes,
+            json,
+            baseline,
+        } => capacity::run(&nodes, json, baseline).await,
+        Cmd::ServeTcp => paths::tcp::serve().await,
+        Cmd::Relay => paths::nullport::relay().await,
+        Cmd::ServeNode { relay } => paths::nullport::serve(&relay).await,
+        Cmd::QuinnRelay => paths::quinn_splice::relay().await,
+        Cmd::ServeQuinn { relay } => paths::quinn_splice::serve(&relay).await,
+    }
+}
+
+struct Sizes {
+    bulk: u64,
+    round_trips: usize,
+    setups: usize,
+    rate_window: Duration,
+}
+
+async fn run(
+    quick: bool,
+    json: Option<PathBuf>,
+    only: Option<Vec<String>>,
+    bytes: Option<u64>,
+) -> Result<()> {
+    let sizes = if quick {
+        Sizes {
+            bulk: bytes.unwrap_or(32 << 20),
+            round_trips: 500,
+            setups: 100,
+            rate_window: Duration::from_secs(1),
+        }
+    } else {
+        Sizes {
+            bulk: bytes.unwrap_or(1 << 30),
+            round_trips: 10_000,
+            setups: 1_000,
+            rate_window: Duration::from_secs(5),
+        }
+    };
+    let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == name));
+    let mut results = Vec::new();
+    for key in ["tcp", "ssh", "quinn", "nullport"] {
+        if !wanted(key) {
+            continue;
+        }
+        if key == "ssh"
+            && let Some(why) = paths::ssh::unavailable()
+        {
+            eprintln!("skipping ssh -R: {why}");
+            continue;
+        }
+        eprintln!("--- {key}");
+        let path = match key {
+            "tcp" => paths::tcp::start()?,
+            "ssh" => paths::ssh::start().await?,
+            "quinn" => paths::quinn_splice::start().await?,
+            _ => paths::nullport::start().await?,
+        };
+        let result = measure(&path, &sizes)
+            .await
+            .with_context(|| format!("measuring {}", path.name))?;
+        eprintln!("{result:?}");
+        results.push(result);
+        drop(path);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let header = format!(
+        "## np-bench run{} on {} ({} CPUs), {} MiB per bulk run, {} round trips, {} setups",
+        if quick { " --quick" } else { "" },
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| c.lines().find_map(|l| l
+                .strip_prefix("model name")?
+                .split(':')
+                .nth(1)
+                .map(|s| s.trim().to_owned())))
+            .unwrap_or_else(|| "unknown CPU".into()),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        sizes.bulk >> 20,
+        sizes.round_trips,
+        sizes.setups
+    );
+    println!("{}", report::markdown(&results, &header));
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&results)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("raw results: {}", path.display());
+    }
+    Ok(())
+}
+
+async fn measure(path: &paths::Path, sizes: &Sizes) -> Result<PathResult> {
+    let opener = path.opener.clone();
+    let cpu = || path.relay_pid.map(procs::cpu_seconds);
+    // Warm up: one small transfer each way.
+    workload::upload(opener.as_ref(), 1 << 20).await?;
+    workload::download(opener.as_ref(), 1 << 20).await?;
+    let cpu_before = cpu();
+    let bulk1_up_gbps = workload::bulk(opener.clone(), 1, sizes.bulk, true).await?;
+    let bulk1_down_gbps = workload::bulk(opener.clone(), 1, sizes.bulk, false).await?;
+    let bulk8_up_gbps = workload::bulk(opener.clone(), 8, sizes.bulk, true).await?;
+    let bulk8_down_gbps = workload::bulk(opener.clone(), 8, sizes.bulk, false).await?;
+    let relay_cpu_s_per_gib = match (cpu_before, cpu()) {
+        (Some(a), Some(b)) => Some((b - a) / (4.0 * sizes.bulk as f64 / f64::from(1u32 << 30))),
+        _ => None,
+    };
+    let rtt64 = workload::round_trips(opener.as_ref(), 64, sizes.round_trips).await?;
+    let rtt16k = workload::round_trips(opener.as_ref(), 16 << 10, sizes.round_trips).await?;
+    let setup = workload::setup_times(opener.as_ref(), sizes.setups).await?;
+    let channels_per_s = workload::streams_per_second(opener.clone(), 8, sizes.rate_window).await?;
+    Ok(PathResult {
+        name: path.name.to_owned(),
+        security: path.security.to_owned(),
+        bulk1_up_gbps,
+        bulk1_down_gbps,
+        bulk8_up_gbps,
+        bulk8_down_gbps,
+        relay_cpu_s_per_gib,
+        rtt64_us: Percentiles::of(rtt64),
+        rtt16k_us: Percentiles::of(rtt16k),
+        setup_us: Percentiles::of(setup),
+        channels_per_s,
+    })
+}
