@@ -40,7 +40,7 @@ enum Cmd {
         /// Also write the raw results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Only these paths (comma separated): tcp, ssh, quinn, nullport.
+        /// Only these paths (comma separated): tcp, ssh, rathole, quinn, nullport.
         #[arg(long, value_delimiter = ',')]
         paths: Option<Vec<String>>,
         /// Bytes per bulk run (default 1 GiB; 32 MiB with --quick).
@@ -138,20 +138,24 @@ async fn run(
     };
     let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == name));
     let mut results = Vec::new();
-    for key in ["tcp", "ssh", "quinn", "nullport"] {
+    for key in ["tcp", "ssh", "rathole", "quinn", "nullport"] {
         if !wanted(key) {
             continue;
         }
-        if key == "ssh"
-            && let Some(why) = paths::ssh::unavailable()
-        {
-            eprintln!("skipping ssh -R: {why}");
+        let missing = match key {
+            "ssh" => paths::ssh::unavailable(),
+            "rathole" => paths::rathole::unavailable(),
+            _ => None,
+        };
+        if let Some(why) = missing {
+            eprintln!("skipping {key}: {why}");
             continue;
         }
         eprintln!("--- {key}");
         let path = match key {
             "tcp" => paths::tcp::start()?,
             "ssh" => paths::ssh::start().await?,
+            "rathole" => paths::rathole::start().await?,
             "quinn" => paths::quinn_splice::start().await?,
             _ => paths::nullport::start().await?,
         };

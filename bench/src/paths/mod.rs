@@ -3,6 +3,7 @@
 
 pub mod nullport;
 pub mod quinn_splice;
+pub mod rathole;
 pub mod ssh;
 pub mod tcp;
 

@@ -52,7 +52,7 @@ pub async fn start() -> Result<Path> {
         "Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
          PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
          PidFile none\nPermitRootLogin yes\nAllowTcpForwarding yes\nGatewayPorts no\n\
-         Ciphers chacha20-poly1305@openssh.com\n",
+         Ciphers chacha20-poly1305@openssh.com\nLogLevel ERROR\n",
         dir.path().join("host_key").display(),
         dir.path().join("authorized_keys").display()
     );
