@@ -159,11 +159,19 @@ async fn run(
             "quinn" => paths::quinn_splice::start().await?,
             _ => paths::nullport::start().await?,
         };
-        let result = measure(&path, &sizes)
-            .await
-            .with_context(|| format!("measuring {}", path.name))?;
-        eprintln!("{result:?}");
-        results.push(result);
+        let limit = if quick {
+            Duration::from_secs(120)
+        } else {
+            Duration::from_secs(900)
+        };
+        match tokio::time::timeout(limit, measure(&path, &sizes)).await {
+            Ok(Ok(result)) => {
+                eprintln!("{result:?}");
+                results.push(result);
+            }
+            Ok(Err(e)) => eprintln!("{}: failed: {e:#}", path.name),
+            Err(_) => eprintln!("{}: gave up after {limit:?}", path.name),
+        }
         drop(path);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

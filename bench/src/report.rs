@@ -12,6 +12,8 @@ pub struct Percentiles {
     pub p99: f64,
     /// 99.9th percentile.
     pub p999: f64,
+    /// Samples taken.
+    pub samples: usize,
 }
 
 impl Percentiles {
@@ -26,6 +28,7 @@ impl Percentiles {
             p50: at(0.5),
             p99: at(0.99),
             p999: at(0.999),
+            samples: sample.len(),
         }
     }
 }

@@ -111,13 +111,18 @@ pub async fn download(opener: &dyn Opener, len: u64) -> io::Result<()> {
     s.flush().await?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut v = Verifier::default();
-    loop {
-        let n = s.read(&mut buf).await?;
+    // Read exactly `len` (some tunnels forward the server's end of stream only when both
+    // directions close), then the end.
+    while v.len() < len {
+        let want = (len - v.len()).min(buf.len() as u64) as usize;
+        let n = s.read(&mut buf[..want]).await?;
         if n == 0 {
             break;
         }
         v.update(&buf[..n]);
     }
+    // The server may already be gone once it sent everything: closing is best effort.
+    let _ = s.shutdown().await;
     if !v.intact() || v.len() != len {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -152,7 +157,12 @@ pub async fn bulk(opener: Arc<dyn Opener>, streams: u64, total: u64, up: bool) -
     Ok(total as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e9)
 }
 
-/// `count` request/response round trips of `size` bytes on one stream; microseconds each.
+/// Longest a latency sample may take to collect (a path with 40 ms round trips would
+/// otherwise need minutes for 10k).
+const SAMPLE_TIME: Duration = Duration::from_secs(30);
+
+/// Up to `count` request/response round trips of `size` bytes on one stream (at most
+/// [`SAMPLE_TIME`]); microseconds each.
 pub async fn round_trips(opener: &dyn Opener, size: usize, count: usize) -> io::Result<Vec<f64>> {
     let mut s = opener.open().await?;
     s.write_all(b"E").await?;
@@ -165,7 +175,11 @@ pub async fn round_trips(opener: &dyn Opener, size: usize, count: usize) -> io::
         s.flush().await?;
         s.read_exact(&mut reply).await?;
     }
+    let sampling = Instant::now();
     for _ in 0..count {
+        if sampling.elapsed() > SAMPLE_TIME {
+            break;
+        }
         let started = Instant::now();
         s.write_all(&request).await?;
         s.flush().await?;
@@ -179,10 +193,15 @@ pub async fn round_trips(opener: &dyn Opener, size: usize, count: usize) -> io::
     Ok(out)
 }
 
-/// Time from asking for a new stream to the first echoed byte, `count` times; microseconds.
+/// Time from asking for a new stream to the first echoed byte, up to `count` times (at
+/// most [`SAMPLE_TIME`]); microseconds.
 pub async fn setup_times(opener: &dyn Opener, count: usize) -> io::Result<Vec<f64>> {
     let mut out = Vec::with_capacity(count);
+    let sampling = Instant::now();
     for _ in 0..count {
+        if sampling.elapsed() > SAMPLE_TIME {
+            break;
+        }
         let started = Instant::now();
         first_echo(opener).await?;
         out.push(started.elapsed().as_secs_f64() * 1e6);
