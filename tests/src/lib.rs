@@ -197,3 +197,27 @@ pub async fn sink(node: &Node) {
         });
     }
 }
+
+/// Sends `data` on a new channel to the [`sink`] service of `to`, checks the SHA-256 it
+/// answers, and returns how long it all took. Panics on any error or a wrong digest.
+pub async fn send_to_sink(node: &Node, to: NodeId, data: &[u8]) -> Duration {
+    use sha2::{Digest, Sha256};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let mut ch = node
+        .dial(to, "sink")
+        .await
+        .unwrap_or_else(|e| panic!("dial: {e}"));
+    ch.write_all(data).await.unwrap_or_else(|e| panic!("{e}"));
+    ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut digest = Vec::new();
+    ch.read_to_end(&mut digest)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        digest,
+        Sha256::digest(data).to_vec(),
+        "the sink saw other bytes"
+    );
+    started.elapsed()
+}

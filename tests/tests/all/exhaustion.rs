@@ -355,18 +355,7 @@ async fn slowloris_channels_dripping_a_byte_a_second_do_not_slow_others() {
     // Meanwhile a legitimate caller moves 4 MiB to the same callee, intact and promptly.
     let data = pattern(4 << 20, 9);
     let started = Instant::now();
-    let mut ch = a
-        .dial(b.node_id(), "sink")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    ch.write_all(&data).await.unwrap_or_else(|e| panic!("{e}"));
-    ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
-    let mut digest = Vec::new();
-    ch.read_to_end(&mut digest)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    use sha2::Digest;
-    assert_eq!(digest, sha2::Sha256::digest(&data).to_vec());
+    nullport_tests::send_to_sink(&a, b.node_id(), &data).await;
     let took = started.elapsed();
     assert!(
         took < Duration::from_secs(2),
@@ -378,6 +367,7 @@ async fn slowloris_channels_dripping_a_byte_a_second_do_not_slow_others() {
             .await
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|e| panic!("{e}"));
+        use sha2::Digest;
         assert_eq!(got, sha2::Sha256::digest(b"xxx").to_vec());
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -386,4 +376,61 @@ async fn slowloris_channels_dripping_a_byte_a_second_do_not_slow_others() {
         0,
         "splices leaked"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_forged_quic_initials_cost_nothing_lasting() {
+    nullport_tests::init_tracing();
+    let net = TestNet::start().await;
+    let metrics = net.relay().metrics();
+    // 5,000 datagrams that look like QUIC v1 Initial packets (long header, version 1,
+    // random connection ids, padded to 1,200 bytes) from 50 source ports: each makes the
+    // relay derive Initial keys and try to open a packet it cannot authenticate.
+    let mut sockets = Vec::new();
+    for _ in 0..50 {
+        sockets.push(
+            tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let started = Instant::now();
+    for i in 0..5_000usize {
+        let mut packet = vec![0u8; 1200];
+        for chunk in packet.chunks_mut(8) {
+            let r = next().to_le_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+        packet[0] = 0xC0 | (packet[0] & 0x0F); // long header, Initial
+        packet[1..5].copy_from_slice(&1u32.to_be_bytes()); // QUIC v1
+        packet[5] = 8; // DCID length
+        packet[14] = 8; // SCID length
+        packet[23] = 0; // token length
+        packet[24] = 0x44; // payload length (2-byte varint) ...
+        packet[25] = 0x96; // ... 1,174: the rest of the datagram
+        let _ = sockets[i % sockets.len()].send_to(&packet, net.addr).await;
+    }
+    let flood_time = started.elapsed();
+    // The relay stays responsive: a node is admitted and two nodes talk right after.
+    let started = Instant::now();
+    let (a, b) = (net.node().await, Arc::new(net.node().await));
+    let b2 = b.clone();
+    tokio::spawn(async move { nullport_tests::sink(&b2).await });
+    nullport_tests::send_to_sink(&a, b.node_id(), &pattern(1 << 20, 4)).await;
+    let served = started.elapsed();
+    eprintln!(
+        "5,000 forged Initials sent in {flood_time:?}; two nodes admitted and served in {served:?}"
+    );
+    assert!(served < Duration::from_secs(3), "{served:?}");
+    // Nothing from the flood is left pending, nothing was admitted.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(metrics.pending.load(Ordering::Relaxed), 0);
+    assert_eq!(metrics.nodes_online.load(Ordering::Relaxed), 2);
 }

@@ -11,8 +11,7 @@ use nullport_node::tls::client_crypto;
 use nullport_protocol::Identity;
 use nullport_protocol::relay_link::{self, LINK_VERSION, NodeToRelay, RelayToNode};
 use nullport_relay::RelayLimits;
-use nullport_tests::{RelayOptions, TestNet, init_tracing, pattern};
-use sha2::{Digest, Sha256};
+use nullport_tests::{RelayOptions, TestNet, init_tracing, pattern, send_to_sink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TESTNODE: &str = env!("CARGO_BIN_EXE_np-testnode");
@@ -94,17 +93,7 @@ async fn callee_killed_mid_transfer_fails_cleanly_and_the_retry_succeeds() {
 
     // The retry reaches the restarted callee and delivers intact bytes.
     let data = pattern(4 << 20, 6);
-    let mut ch = a
-        .dial(b, "sink")
-        .await
-        .unwrap_or_else(|e| panic!("retry: {e}"));
-    ch.write_all(&data).await.unwrap_or_else(|e| panic!("{e}"));
-    ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
-    let mut digest = Vec::new();
-    ch.read_to_end(&mut digest)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(digest, Sha256::digest(&data).to_vec());
+    send_to_sink(&a, b, &data).await;
 }
 
 /// Resident memory of this process (relay, nodes and test together), in KiB.
@@ -201,17 +190,7 @@ async fn stream_flood_is_capped_stalled_streams_expire_and_resets_cost_nothing()
     // Meanwhile other nodes are served.
     let started = Instant::now();
     let data = pattern(1 << 20, 2);
-    let mut ch = a
-        .dial(b.node_id(), "sink")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    ch.write_all(&data).await.unwrap_or_else(|e| panic!("{e}"));
-    ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
-    let mut digest = Vec::new();
-    ch.read_to_end(&mut digest)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(digest, Sha256::digest(&data).to_vec());
+    send_to_sink(&a, b.node_id(), &data).await;
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -268,17 +247,7 @@ async fn stream_flood_is_capped_stalled_streams_expire_and_resets_cost_nothing()
         );
     }
     // Legitimate traffic still flows, and the relay holds no splice for the flooder.
-    let mut ch = a
-        .dial(b.node_id(), "sink")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    ch.write_all(&data).await.unwrap_or_else(|e| panic!("{e}"));
-    ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
-    let mut digest = Vec::new();
-    ch.read_to_end(&mut digest)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(digest, Sha256::digest(&data).to_vec());
+    send_to_sink(&a, b.node_id(), &data).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         net.relay().metrics().splices_open.load(Ordering::Relaxed),

@@ -160,41 +160,14 @@ fn drop_counter(ns: &Namespaces, i: usize) -> u64 {
 
 #[test]
 fn zero_inbound_ports_nodes_behind_drop_all_firewalls_still_talk() {
-    if let Err(why) = prerequisites() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("network-namespace test cannot run under CI: {why}");
-        }
-        eprintln!(
-            "\n*** SKIPPING zero_inbound_ports test: {why} (it runs as root with iproute2 + nftables; CI runs it) ***\n"
-        );
+    if !can_run("zero_inbound_ports test") {
         return;
     }
     let tag = format!("{}", std::process::id() % 100_000);
     let mut ns = setup(&tag).unwrap_or_else(|e| panic!("namespace setup: {e}"));
 
-    let (mut relay_out, _) = ns
-        .spawn(0, &[TESTNODE, "relay", "--listen", "0.0.0.0:7443"])
-        .unwrap_or_else(|e| panic!("{e}"));
-    let relay_line = first_line(&mut relay_out);
-    let relay_id = relay_line
-        .strip_prefix("relay ")
-        .unwrap_or_else(|| panic!("relay said {relay_line:?}"));
-
-    let (mut b_out, _) = ns
-        .spawn(
-            2,
-            &[
-                TESTNODE,
-                "sink",
-                "--relay",
-                &format!("{relay_id}@198.18.2.1:7443"),
-            ],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-    let b_line = first_line(&mut b_out);
-    let b_id = b_line
-        .strip_prefix("node ")
-        .unwrap_or_else(|| panic!("node B said {b_line:?}"));
+    let (relay_id, b_id) = relay_and_sink(&mut ns);
+    let (relay_id, b_id) = (relay_id.as_str(), b_id.as_str());
 
     // The firewall is live: a probe datagram from the relay host to B is dropped and counted.
     let before = drop_counter(&ns, 2);

@@ -8,7 +8,7 @@ use nullport_protocol::relay_link::LinkErrorCode;
 use nullport_protocol::{DenyReason, Identity};
 use nullport_relay::RelayLimits;
 use nullport_relay::testing::{Direction, Tamper, TamperMode, Tap, TestHooks};
-use nullport_tests::{RelayOptions, TestNet, fast_limits, init_tracing, pattern};
+use nullport_tests::{RelayOptions, TestNet, fast_limits, init_tracing, pattern, send_to_sink};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -515,23 +515,6 @@ fn serve_sink(node: Arc<Node>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move { nullport_tests::sink(&node).await })
 }
 
-async fn send_to_sink(node: &Node, to: nullport_protocol::NodeId, len: usize) -> Duration {
-    let data = pattern(len, 3);
-    let started = Instant::now();
-    let mut ch = node
-        .dial(to, "sink")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    ch.write_all(&data).await.unwrap_or_else(|e| panic!("{e}"));
-    ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
-    let mut digest = Vec::new();
-    ch.read_to_end(&mut digest)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(digest, Sha256::digest(&data).to_vec());
-    started.elapsed()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn byte_rate_limit_slows_only_that_sender() {
     let limits = RelayLimits {
@@ -550,9 +533,10 @@ async fn byte_rate_limit_slows_only_that_sender() {
         net.node().await,
     );
     let _server = serve_sink(b.clone());
-    let (slow, fast) = tokio::join!(send_to_sink(&a, b.node_id(), 4 << 20), async {
+    let (big, small) = (pattern(4 << 20, 3), pattern(256 << 10, 3));
+    let (slow, fast) = tokio::join!(send_to_sink(&a, b.node_id(), &big), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        send_to_sink(&c, b.node_id(), 256 << 10).await
+        send_to_sink(&c, b.node_id(), &small).await
     });
     // A: 4 MiB at 2 MiB/s after a 512 KiB burst needs about 1.75 s. C, with its own bucket,
     // is not held up by A's.
