@@ -556,3 +556,34 @@ fn concurrent_handshakes_spliced_into_each_other_fail() {
         Some(Error::Authentication)
     );
 }
+
+#[test]
+fn verified_proof_cache_never_accepts_other_bytes() {
+    let (a, b, m) = (TestNode::new(1), TestNode::new(2), TestNode::new(3));
+    let _ = connect(&a, &b, &mut Tap::default());
+    assert_eq!(
+        a.keys.verified_proofs(),
+        1,
+        "A remembers B's verified proof"
+    );
+    // B's proof, now cached at A, replayed by M with M's own static key: still refused.
+    let (id, sig) = b.keys.proof_for_tests();
+    let (init, msg1) = start(&a, request(&b, 5));
+    let msg2 = evil_msg2(
+        &m.keys.static_private,
+        &prologue(&a.id(), &b.id(), SessionId(5)),
+        &msg1,
+        &proof_bytes(id, sig),
+    );
+    let mut out = Vec::new();
+    assert_eq!(
+        init.handle_response(&msg2, Instant::now(), &mut out).err(),
+        Some(Error::BadIdentityProof)
+    );
+    assert!(out.is_empty());
+    // A second honest handshake completes from the cache without adding an entry; the
+    // failed proof was never added.
+    let (ca, cb) = connect(&a, &b, &mut Tap::default());
+    assert_eq!((ca.peer(), cb.peer()), (b.id(), a.id()));
+    assert_eq!(a.keys.verified_proofs(), 1);
+}
