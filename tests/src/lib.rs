@@ -221,3 +221,50 @@ pub async fn send_to_sink(node: &Node, to: NodeId, data: &[u8]) -> Duration {
     );
     started.elapsed()
 }
+
+/// A raw relay-link client: completes TLS with a valid key, then does what the test says.
+pub async fn raw_connect(
+    net: &TestNet,
+    bind: SocketAddr,
+) -> Result<(quinn::Endpoint, quinn::Connection, Identity), String> {
+    let identity = Identity::generate().map_err(|e| e.to_string())?;
+    let crypto =
+        nullport_node::tls::client_crypto(&identity, net.relay_identity.node_id(), Arc::default())
+            .map_err(|e| e.to_string())?;
+    let endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
+    let connecting = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(crypto)),
+            net.addr,
+            "nullport-relay",
+        )
+        .map_err(|e| e.to_string())?;
+    let conn = connecting.await.map_err(|e| e.to_string())?;
+    Ok((endpoint, conn, identity))
+}
+
+/// Says `Hello` on a new control stream and checks the relay answers `Welcome`.
+pub async fn raw_hello(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut buf = Vec::new();
+    nullport_protocol::relay_link::encode(
+        &nullport_protocol::relay_link::NodeToRelay::Hello {
+            version: nullport_protocol::relay_link::LINK_VERSION,
+        },
+        &mut buf,
+    );
+    send.write_all(&buf).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut prefix = [0u8; 2];
+    recv.read_exact(&mut prefix)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+    recv.read_exact(&mut body)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        nullport_protocol::relay_link::decode::<nullport_protocol::relay_link::RelayToNode>(&body),
+        Ok(nullport_protocol::relay_link::RelayToNode::Welcome { .. })
+    ));
+    (send, recv)
+}

@@ -1,63 +1,16 @@
 //! Resource exhaustion against the relay and a callee: the relay and everyone else keep
 //! serving legitimate traffic.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use nullport_node::tls::client_crypto;
 use nullport_node::{Node, NodeConfig};
 use nullport_protocol::Identity;
-use nullport_protocol::relay_link::{self, LINK_VERSION, NodeToRelay, RelayToNode};
+use nullport_protocol::relay_link::{self, NodeToRelay};
 use nullport_relay::RelayLimits;
-use nullport_tests::{RelayOptions, TestNet, fast_limits, pattern};
+use nullport_tests::{RelayOptions, TestNet, fast_limits, pattern, raw_hello};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A raw relay-link client: completes TLS with a valid key, then does what the test says.
-async fn raw_connect(
-    net: &TestNet,
-    bind: SocketAddr,
-) -> Result<(quinn::Endpoint, quinn::Connection, Identity), String> {
-    let identity = Identity::generate().map_err(|e| e.to_string())?;
-    let crypto = client_crypto(&identity, net.relay_identity.node_id(), Arc::default())
-        .map_err(|e| e.to_string())?;
-    let endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
-    let connecting = endpoint
-        .connect_with(
-            quinn::ClientConfig::new(Arc::new(crypto)),
-            net.addr,
-            "nullport-relay",
-        )
-        .map_err(|e| e.to_string())?;
-    let conn = connecting.await.map_err(|e| e.to_string())?;
-    Ok((endpoint, conn, identity))
-}
-
-async fn hello(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream) {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap_or_else(|e| panic!("{e}"));
-    let mut buf = Vec::new();
-    relay_link::encode(
-        &NodeToRelay::Hello {
-            version: LINK_VERSION,
-        },
-        &mut buf,
-    );
-    send.write_all(&buf).await.unwrap_or_else(|e| panic!("{e}"));
-    let mut prefix = [0u8; 2];
-    recv.read_exact(&mut prefix)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut body = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
-    recv.read_exact(&mut body)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(
-        relay_link::decode::<RelayToNode>(&body),
-        Ok(RelayToNode::Welcome { .. })
-    ));
-    (send, recv)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_flood_is_bounded_and_reclaimed() {
@@ -79,7 +32,7 @@ async fn unauthenticated_flood_is_bounded_and_reclaimed() {
     let mut stallers = Vec::new();
     let mut refused_at_once = 0;
     for i in 0..20 {
-        match raw_connect(
+        match nullport_tests::raw_connect(
             &net,
             "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
         )
@@ -177,13 +130,13 @@ async fn handshake_flood_at_a_callee_is_capped_per_caller() {
         }
     });
     // The attacker: an admitted node that opens 50 dials to B and never sends message 1.
-    let (_ep, conn, _) = raw_connect(
+    let (_ep, conn, _) = nullport_tests::raw_connect(
         &net,
         "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let _control = hello(&conn).await;
+    let _control = raw_hello(&conn).await;
     let mut reset = 0;
     let mut streams = Vec::new();
     for _ in 0..50 {

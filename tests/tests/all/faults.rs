@@ -7,9 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use nullport_node::tls::client_crypto;
-use nullport_protocol::Identity;
-use nullport_protocol::relay_link::{self, LINK_VERSION, NodeToRelay, RelayToNode};
 use nullport_relay::RelayLimits;
 use nullport_tests::{RelayOptions, TestNet, init_tracing, pattern, send_to_sink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -128,47 +125,13 @@ async fn stream_flood_is_capped_stalled_streams_expire_and_resets_cost_nothing()
     });
 
     // An admitted flooder on a raw relay link.
-    let identity = Identity::generate().unwrap_or_else(|e| panic!("{e}"));
-    let crypto = client_crypto(&identity, net.relay_identity.node_id(), Arc::default())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()))
-            .unwrap_or_else(|e| panic!("{e}"));
-    let conn = endpoint
-        .connect_with(
-            quinn::ClientConfig::new(Arc::new(crypto)),
-            net.addr,
-            "nullport-relay",
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (mut ctl_send, mut ctl_recv) = conn.open_bi().await.unwrap_or_else(|e| panic!("{e}"));
-    let mut buf = Vec::new();
-    relay_link::encode(
-        &NodeToRelay::Hello {
-            version: LINK_VERSION,
-        },
-        &mut buf,
-    );
-    ctl_send
-        .write_all(&buf)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut prefix = [0u8; 2];
-    ctl_recv
-        .read_exact(&mut prefix)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut body = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
-    ctl_recv
-        .read_exact(&mut body)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(
-        relay_link::decode::<RelayToNode>(&body),
-        Ok(RelayToNode::Welcome { .. })
-    ));
+    let (_endpoint, conn, _) = nullport_tests::raw_connect(
+        &net,
+        "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _control = nullport_tests::raw_hello(&conn).await;
 
     // 1. Open streams and stall each after one byte of a dial: the relay's limit holds.
     let mut stalled = Vec::new();
