@@ -90,13 +90,10 @@ const PROOF_CACHE_ENTRIES: usize = 1024;
 impl ProofCache {
     /// None when the static key is not 32 bytes (then nothing is cached).
     fn key(proof: &IdentityProof, remote_static: &[u8]) -> Option<ProofKey> {
+        let remote_static: &[u8; 32] = remote_static.try_into().ok()?;
         let mut key = [0u8; 128];
         key[..32].copy_from_slice(proof.node_id.as_bytes());
-        key.get_mut(32..64)?.copy_from_slice(
-            remote_static
-                .get(..32)
-                .filter(|s| s.len() == remote_static.len())?,
-        );
+        key[32..64].copy_from_slice(remote_static);
         key[64..].copy_from_slice(&proof.signature);
         Some(key)
     }
