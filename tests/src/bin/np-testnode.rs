@@ -124,6 +124,23 @@ async fn main() {
     }
 }
 
+/// Per-datagram delays: `delay_ms` plus a pseudo-random 0..=`jitter_ms` (xorshift).
+#[derive(Clone, Copy)]
+struct Lag {
+    delay_ms: u64,
+    jitter_ms: u64,
+    state: u64,
+}
+
+impl Lag {
+    fn next(&mut self) -> Duration {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        Duration::from_millis(self.delay_ms + self.state % (self.jitter_ms + 1))
+    }
+}
+
 /// Forwards datagrams between clients of `listen` and `to`, each delayed by `delay_ms` plus
 /// up to `jitter_ms` (xorshift, so runs differ only by seed; reordering is the point).
 async fn lag(
@@ -136,12 +153,10 @@ async fn lag(
     use tokio::net::UdpSocket;
     let front = Arc::new(UdpSocket::bind(listen).await?);
     say(&format!("lag {}", front.local_addr()?));
-    let mut seed = u64::from(std::process::id()) | 1;
-    let mut next_delay = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        Duration::from_millis(delay_ms + seed % (jitter_ms + 1))
+    let mut lag = Lag {
+        delay_ms,
+        jitter_ms,
+        state: u64::from(std::process::id()) | 1,
     };
     let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
@@ -154,14 +169,14 @@ async fn lag(
                 let back = Arc::new(UdpSocket::bind(any).await?);
                 back.connect(to).await?;
                 let (front, reply_to) = (front.clone(), back.clone());
-                let mut seed = u64::from(client.port()) | 1;
+                let mut reply_lag = Lag {
+                    state: u64::from(client.port()) | 1,
+                    ..lag
+                };
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 65_536];
                     while let Ok(n) = reply_to.recv(&mut buf).await {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        let wait = Duration::from_millis(delay_ms + seed % (jitter_ms + 1));
+                        let wait = reply_lag.next();
                         let (front, packet) = (front.clone(), buf[..n].to_vec());
                         tokio::spawn(async move {
                             tokio::time::sleep(wait).await;
@@ -173,7 +188,7 @@ async fn lag(
                 back
             }
         };
-        let (wait, packet) = (next_delay(), buf[..n].to_vec());
+        let (wait, packet) = (lag.next(), buf[..n].to_vec());
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
             let _ = back.send(&packet).await;
