@@ -14,19 +14,10 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Runs this binary with `args` and waits for its first line of output. With
-    /// `NP_BENCH_WRAP_RELAY` set (say, to `heaptrack` or `perf record -g --`), relay roles run
-    /// under that command, for profiling.
+    /// Runs this binary with `args` and waits for its first line of output.
     pub fn role(args: &[&str]) -> Result<Proc> {
         let exe = std::env::current_exe().context("locating np-bench")?;
-        let wrap = std::env::var("NP_BENCH_WRAP_RELAY").unwrap_or_default();
-        let mut words = wrap.split_whitespace();
-        match words.next() {
-            Some(tool) if args.first().is_some_and(|r| r.ends_with("relay")) => {
-                Proc::spawn(Command::new(tool).args(words).arg(exe).args(args), true)
-            }
-            _ => Proc::spawn(Command::new(exe).args(args), true),
-        }
+        Proc::spawn(Command::new(exe).args(args), true)
     }
 
     /// Spawns `cmd`; with `read_line`, waits for its first line of standard output.
@@ -44,11 +35,7 @@ impl Proc {
         let mut line = String::new();
         if read_line {
             if let Some(out) = child.stdout.take() {
-                let mut out = BufReader::new(out);
-                // A profiler wrapping the child may speak first; its lines say so.
-                while out.read_line(&mut line)? > 0 && line.starts_with("heaptrack") {
-                    line.clear();
-                }
+                BufReader::new(out).read_line(&mut line)?;
             }
             if line.is_empty() {
                 let _ = child.kill();
