@@ -617,6 +617,18 @@ fn scope_of(args: &ScopeArgs) -> nullport_keyring::token::Scope {
     }
 }
 
+/// The `--audience` of a token command, resolved through the trust store.
+fn audience_of(
+    args: &ScopeArgs,
+    trust: &TrustStore,
+) -> anyhow::Result<Option<nullport_protocol::NodeId>> {
+    Ok(args
+        .audience
+        .as_deref()
+        .map(|a| trust.resolve(a))
+        .transpose()?)
+}
+
 async fn token(home: &Home, cmd: TokenCommand) -> anyhow::Result<()> {
     use nullport_keyring::token::Token;
     let trust = TrustStore::load(&home.trust())?;
@@ -630,11 +642,7 @@ async fn token(home: &Home, cmd: TokenCommand) -> anyhow::Result<()> {
         } => {
             let identity = load_identity(home, passphrase_file)?;
             let holder = trust.resolve(&to)?;
-            let audience = scope
-                .audience
-                .as_deref()
-                .map(|a| trust.resolve(a))
-                .transpose()?;
+            let audience = audience_of(&scope, &trust)?;
             let t = Token::issue(
                 &identity,
                 holder,
@@ -655,11 +663,7 @@ async fn token(home: &Home, cmd: TokenCommand) -> anyhow::Result<()> {
             let identity = load_identity(home, passphrase_file)?;
             let parent = Token::from_text(&read_token(Some(token))?.unwrap_or_default())?;
             let holder = trust.resolve(&to)?;
-            let audience = scope
-                .audience
-                .as_deref()
-                .map(|a| trust.resolve(a))
-                .transpose()?;
+            let audience = audience_of(&scope, &trust)?;
             let t = parent.delegate(
                 &identity,
                 holder,
