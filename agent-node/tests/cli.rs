@@ -195,15 +195,7 @@ async fn exec_service_round_trips_and_the_process_is_gone_afterwards() {
     )
     .await;
     ok(&tool, &["allow", "agent", "upper"]).await;
-    let mut child = Command::new(NULLPORT)
-        .arg("--home")
-        .arg(&agent)
-        .args(["pipe", "tool/upper"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut stdin = child.stdin.take().unwrap_or_else(|| panic!("stdin"));
+    let (child, mut stdin) = spawn_pipe(&agent, "tool/upper");
     stdin
         .write_all(b"hello through nullport\n")
         .await
@@ -523,6 +515,22 @@ async fn status_and_unexpose_take_effect_without_restart() {
     assert!(e.contains("not allowed"), "{e}");
 }
 
+/// Starts `nullport pipe TARGET` with its standard streams piped; returns it and its stdin.
+fn spawn_pipe(home: &Path, target: &str) -> (tokio::process::Child, tokio::process::ChildStdin) {
+    let mut child = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(home)
+        .args(["pipe", target])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdin = child.stdin.take().unwrap_or_else(|| panic!("stdin"));
+    (child, stdin)
+}
+
 async fn pipe_output(home: &Path, target: &str) -> String {
     let out = Command::new(NULLPORT)
         .arg("--home")
@@ -566,17 +574,7 @@ async fn status_lists_open_channels_and_sigterm_closes_them_cleanly() {
     let (mut net, tool, agent) = pair().await;
     ok(&tool, &["expose", "exec", "cat", "--", "cat"]).await;
     ok(&tool, &["allow", "agent", "cat"]).await;
-    let mut child = Command::new(NULLPORT)
-        .arg("--home")
-        .arg(&agent)
-        .args(["pipe", "tool/cat"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut stdin = child.stdin.take().unwrap_or_else(|| panic!("stdin"));
+    let (child, mut stdin) = spawn_pipe(&agent, "tool/cat");
     stdin
         .write_all(b"0123456789")
         .await
@@ -1347,16 +1345,7 @@ async fn revocation_reaches_nodes_closes_live_channels_and_refuses_new_ones() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A live channel from the agent, then its key is revoked: the channel closes within 2 s.
-    let mut child = Command::new(NULLPORT)
-        .arg("--home")
-        .arg(&agent)
-        .args(["pipe", "tool/cat"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut stdin = child.stdin.take().unwrap_or_else(|| panic!("stdin"));
+    let (child, mut stdin) = spawn_pipe(&agent, "tool/cat");
     stdin
         .write_all(b"live\n")
         .await
