@@ -93,6 +93,41 @@ async fn admit(
     }
 }
 
+/// Connects `want` more nodes (`CONCURRENCY` at a time, spread over `endpoints`), adding
+/// them to `idle`; returns how many failed and the first error.
+async fn admit_many(
+    endpoints: &[quinn::Endpoint],
+    want: usize,
+    relay_id: NodeId,
+    addr: std::net::SocketAddr,
+    hello: bool,
+    idle: &mut Vec<Idle>,
+) -> Result<(usize, Option<String>)> {
+    let gate = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut tasks = Vec::with_capacity(want);
+    for i in 0..want {
+        let permit = gate.clone().acquire_owned().await?;
+        let endpoint = endpoints[i % endpoints.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let r = admit(&endpoint, relay_id, addr, hello).await;
+            drop(permit);
+            r
+        }));
+    }
+    let mut failed = 0usize;
+    let mut first_error = None;
+    for t in tasks {
+        match t.await? {
+            Ok(node) => idle.push(node),
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    Ok((failed, first_error))
+}
+
 async fn echo_server(node: Arc<Node>) {
     while let Some(incoming) = node.accept().await {
         tokio::spawn(async move {
@@ -143,28 +178,8 @@ pub async fn run(counts: &[usize], json: Option<PathBuf>, baseline: bool) -> Res
     for &count in counts {
         let want = count.saturating_sub(idle.len());
         let started = Instant::now();
-        let gate = Arc::new(Semaphore::new(CONCURRENCY));
-        let mut tasks = Vec::with_capacity(want);
-        for i in 0..want {
-            let permit = gate.clone().acquire_owned().await?;
-            let endpoint = endpoints[i % endpoints.len()].clone();
-            tasks.push(tokio::spawn(async move {
-                let r = admit(&endpoint, relay_id, addr, true).await;
-                drop(permit);
-                r
-            }));
-        }
-        let mut failed = 0usize;
-        let mut first_error = None;
-        for t in tasks {
-            match t.await? {
-                Ok(node) => idle.push(node),
-                Err(e) => {
-                    failed += 1;
-                    first_error.get_or_insert(e.to_string());
-                }
-            }
-        }
+        let (failed, first_error) =
+            admit_many(&endpoints, want, relay_id, addr, true, &mut idle).await?;
         let admissions_per_s = (want - failed) as f64 / started.elapsed().as_secs_f64();
         if let Some(e) = first_error {
             eprintln!("{failed} of {want} admissions failed; first: {e}");
@@ -217,25 +232,17 @@ async fn run_baseline(counts: &[usize]) -> Result<()> {
     let addr: std::net::SocketAddr = relay.word(2)?.parse()?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let base_rss = procs::rss_kib(relay.pid());
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let endpoints = [quinn::Endpoint::client("127.0.0.1:0".parse()?)?];
     let mut idle = Vec::new();
     println!(
         "| bare quinn connections | server RSS MiB | KiB per connection |\n| ---: | ---: | ---: |"
     );
     for &count in counts {
-        let gate = Arc::new(Semaphore::new(CONCURRENCY));
-        let mut tasks = Vec::new();
-        for _ in idle.len()..count {
-            let permit = gate.clone().acquire_owned().await?;
-            let endpoint = endpoint.clone();
-            tasks.push(tokio::spawn(async move {
-                let r = admit(&endpoint, relay_id, addr, false).await;
-                drop(permit);
-                r
-            }));
-        }
-        for t in tasks {
-            idle.push(t.await??);
+        let want = count.saturating_sub(idle.len());
+        if let (failed @ 1.., Some(e)) =
+            admit_many(&endpoints, want, relay_id, addr, false, &mut idle).await?
+        {
+            bail!("{failed} of {want} connections failed; first: {e}");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         let rss = procs::rss_kib(relay.pid());

@@ -27,3 +27,10 @@ pub struct Path {
     /// Anything else to keep until the path is dropped (temp dirs).
     pub _keep: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
+
+/// A TCP port on loopback that was free a moment ago (for tools that need a port number).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

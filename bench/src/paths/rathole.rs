@@ -3,21 +3,17 @@
 //! is hop by hop (Noise_NK between client and server): the server sees plaintext. Runs only
 //! when `rathole` is installed (`cargo install rathole`).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::Path;
 use super::tcp::TcpOpener;
+use super::{Path, free_port};
 use crate::procs::Proc;
 use crate::workload::Opener;
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 /// Why the path cannot run here, if it cannot.
 pub fn unavailable() -> Option<String> {

@@ -1,20 +1,16 @@
 //! An OpenSSH reverse tunnel: B runs `ssh -R` to a local `sshd` (the "relay"); A connects
 //! to the forwarded port on the sshd host. What people use today for "no inbound port".
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::Path;
 use super::tcp::TcpOpener;
+use super::{Path, free_port};
 use crate::procs::Proc;
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
