@@ -392,24 +392,28 @@ impl AuditWriter {
         })
     }
 
-    /// Writes the backlog in order. A partial write is cut back to the last whole line, so
-    /// the file never holds a torn entry followed by more entries.
-    fn flush(&mut self) -> Result<(), String> {
+    /// Writes the backlog in order; false when the disk refused (the reason is kept in
+    /// `write_error`). After a refused write, the file is cut back to its last whole line
+    /// before anything more is written, so it never holds a torn entry followed by others.
+    fn flush(&mut self) -> bool {
+        if self.backlog.is_empty() {
+            return true;
+        }
+        if self.write_error.is_some() && self.file.set_len(self.bytes).is_err() {
+            return false;
+        }
         while let Some(line) = self.backlog.front() {
             if let Err(e) = self.file.write_all(line) {
-                let reason = e.to_string();
-                if let Err(e) = self.file.set_len(self.bytes) {
-                    return Err(format!("{reason}; cutting back the partial entry: {e}"));
-                }
-                self.write_error = Some(reason.clone());
-                return Err(reason);
+                self.write_error = Some(e.to_string());
+                let _ = self.file.set_len(self.bytes);
+                return false;
             }
             let len = line.len();
             self.bytes += len as u64;
             self.backlog_bytes -= len;
             self.backlog.pop_front();
         }
-        Ok(())
+        true
     }
 
     /// Moves the full file aside as `<name>.N` and continues the chain in a new file.
@@ -486,8 +490,7 @@ impl AuditWriter {
     /// Chains one entry and writes it after any backlog. Ok also when it had to wait in the
     /// backlog (callers report [`AuditError::Backlog`] once their work is done).
     fn write_entry(&mut self, event: &str, fields: Map<String, Value>) -> Result<u64, AuditError> {
-        let flushed = self.flush();
-        if flushed.is_ok() && self.lost > 0 {
+        if self.flush() && self.lost > 0 {
             let mut gap = Map::new();
             gap.insert("lost".into(), Value::from(self.lost));
             gap.insert(
@@ -510,7 +513,7 @@ impl AuditWriter {
             });
         }
         let seq = self.chain(line);
-        if self.flush().is_ok() {
+        if self.flush() {
             self.write_error = None;
             if self.config.fsync == FsyncPolicy::EveryEntry {
                 self.file.sync_data().map_err(|error| AuditError::Io {
