@@ -556,7 +556,12 @@ async fn control_stream(
             Ok(NodeToRelay::PublishRevocations { list }) => {
                 let answer = match publish_revocations(&shared, list.clone()) {
                     Ok(()) => {
-                        push_revocations(&shared, list.clone());
+                        push_to_all(
+                            &shared,
+                            RelayToNode::Revocations {
+                                lists: vec![list.clone()],
+                            },
+                        );
                         RelayToNode::Revocations { lists: vec![list] }
                     }
                     Err(code) => RelayToNode::Error { code },
@@ -568,7 +573,12 @@ async fn control_stream(
             Ok(NodeToRelay::PublishRotation { rotation }) => {
                 let answer = match publish_rotation(&shared, node_id, rotation.clone()) {
                     Ok(()) => {
-                        push_rotation(&shared, rotation.clone());
+                        push_to_all(
+                            &shared,
+                            RelayToNode::Rotations {
+                                rotations: vec![rotation.clone()],
+                            },
+                        );
                         RelayToNode::Rotations {
                             rotations: vec![rotation],
                         }
@@ -695,26 +705,6 @@ fn publish_rotation(
     Ok(())
 }
 
-fn push_rotation(shared: &Shared, rotation: SignedRotation) {
-    for route in shared.routes.iter() {
-        let conn = route.conn.clone();
-        let rotation = rotation.clone();
-        tokio::spawn(async move {
-            if let Ok(Ok((mut send, _recv))) = timeout(Duration::from_secs(5), conn.open_bi()).await
-            {
-                let _ = write_message(
-                    &mut send,
-                    &RelayToNode::Rotations {
-                        rotations: vec![rotation],
-                    },
-                )
-                .await;
-                let _ = send.finish();
-            }
-        });
-    }
-}
-
 fn load_rotations(state_dir: Option<&std::path::Path>) -> DashMap<NodeId, SignedRotation> {
     let map = DashMap::new();
     if let Some(path) = state_dir.map(|d| d.join("rotations.json"))
@@ -829,16 +819,16 @@ fn publish_revocations(shared: &Shared, list: SignedRevocations) -> Result<(), L
     Ok(())
 }
 
-/// Pushes a new list to every connected node, each on a stream of its own.
-fn push_revocations(shared: &Shared, list: SignedRevocations) {
+/// Pushes `message` (new revocation lists or rotations) to every connected node, each on a
+/// stream of its own.
+fn push_to_all(shared: &Shared, message: RelayToNode) {
     for route in shared.routes.iter() {
         let conn = route.conn.clone();
-        let list = list.clone();
+        let message = message.clone();
         tokio::spawn(async move {
             if let Ok(Ok((mut send, _recv))) = timeout(Duration::from_secs(5), conn.open_bi()).await
             {
-                let _ =
-                    write_message(&mut send, &RelayToNode::Revocations { lists: vec![list] }).await;
+                let _ = write_message(&mut send, &message).await;
                 let _ = send.finish();
             }
         });
