@@ -103,10 +103,9 @@ async fn main() -> Res<()> {
         .map(|p| pkg.join(p))
         .find(|p| p.exists());
     let Some(entry) = entry else {
-        println!(
-            "SKIPPED: run scripts/install-peers first (needs @modelcontextprotocol/server-everything)"
+        return Err(
+            "needs @modelcontextprotocol/server-everything: run scripts/install-peers first".into(),
         );
-        return Ok(());
     };
     let command = vec![
         "node".to_owned(),

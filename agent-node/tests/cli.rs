@@ -135,25 +135,14 @@ async fn pair() -> (Net, PathBuf, PathBuf) {
     (net, tool, agent)
 }
 
-fn have(tool: &str) -> bool {
-    std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+/// True when every tool is present; otherwise the test is reported as not run.
+fn require(test: &str, tools: &[&str]) -> bool {
+    nullport_tests::skip::require(test, tools)
 }
 
-/// Skips (loudly) outside CI when a real peer program is missing; fails under CI=true.
-fn require(tools: &[&str]) -> bool {
-    let missing: Vec<_> = tools.iter().filter(|t| !have(t)).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("missing under CI: {missing:?} (.ci/run installs them)");
-    }
-    eprintln!("\n*** SKIPPING: {missing:?} not installed (CI installs them) ***\n");
-    false
+/// The Python of the venv `scripts/install-peers` makes (with the official MCP SDK).
+fn peers_python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py-peers/bin/python")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +213,7 @@ async fn exec_service_round_trips_and_the_process_is_gone_afterwards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_through_connect_with_curl_50_mib_and_32_concurrent() {
-    if !require(&["curl", "python3"]) {
+    if !require("http_through_connect_with_curl", &["curl", "python3"]) {
         return;
     }
     let (_net, tool, agent) = pair().await;
@@ -321,7 +310,10 @@ async fn http_through_connect_with_curl_50_mib_and_32_concurrent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssh_through_pipe_as_proxy_command() {
-    if !require(&["ssh", "ssh-keygen", "/usr/sbin/sshd"]) {
+    if !require(
+        "openssh_through_pipe_as_proxy_command",
+        &["ssh", "ssh-keygen", "/usr/sbin/sshd"],
+    ) {
         return;
     }
     let (net, tool, agent) = pair().await;
@@ -620,10 +612,10 @@ async fn status_lists_open_channels_and_sigterm_closes_them_cleanly() {
 // ---------------------------------------------------------------------------------------
 // MCP with real peers: the official reference servers (npm) and the official Python SDK.
 
-fn mcp_peers() -> Option<PathBuf> {
+fn mcp_peers(test: &str) -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/mcp-peers/node_modules/@modelcontextprotocol");
-    let sdk = std::process::Command::new("python3")
+    let sdk = std::process::Command::new(peers_python())
         .args(["-c", "import mcp.client.stdio"])
         .output()
         .map(|o| o.status.success())
@@ -631,14 +623,13 @@ fn mcp_peers() -> Option<PathBuf> {
     if dir.join("server-filesystem/dist/index.js").exists()
         && dir.join("server-everything").exists()
         && sdk
+        && nullport_tests::skip::have("node")
     {
         return Some(dir);
     }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("MCP peers missing under CI: run scripts/install-peers");
-    }
-    eprintln!(
-        "\n*** SKIPPING MCP test: run scripts/install-peers (npm MCP servers + Python mcp SDK) ***\n"
+    nullport_tests::skip::not_run(
+        test,
+        "MCP peers missing: run scripts/install-peers (npm MCP servers, Python mcp SDK in target/py-peers)",
     );
     None
 }
@@ -647,7 +638,7 @@ fn mcp_peers() -> Option<PathBuf> {
 async fn sdk_client(home: &Path, target: &str, calls: serde_json::Value) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_client.py");
     let bridge = serde_json::json!([NULLPORT, "--home", home, "mcp", "bridge", target]);
-    let out = Command::new("python3")
+    let out = Command::new(peers_python())
         .arg(&script)
         .arg(bridge.to_string())
         .arg(calls.to_string())
@@ -665,7 +656,10 @@ async fn sdk_client(home: &Path, target: &str, calls: serde_json::Value) -> serd
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_filesystem_server_behind_the_firewall_with_the_python_sdk() {
-    let Some(peers) = mcp_peers() else { return };
+    let Some(peers) = mcp_peers("mcp_filesystem_server_behind_the_firewall_with_the_python_sdk")
+    else {
+        return;
+    };
     let mut net = Net::start().await;
     let (tool, tool_id) = net.node("tool").await;
     let (agent, agent_id) = net.node("agent").await;
@@ -829,7 +823,9 @@ async fn mcp_filesystem_server_behind_the_firewall_with_the_python_sdk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_approval_approve_deny_and_timeout() {
-    let Some(peers) = mcp_peers() else { return };
+    let Some(peers) = mcp_peers("mcp_approval_approve_deny_and_timeout") else {
+        return;
+    };
     let mut net = Net::start().await;
     let (tool, tool_id) = net.node("tool").await;
     let (agent, agent_id) = net.node("agent").await;
@@ -913,7 +909,9 @@ async fn mcp_approval_approve_deny_and_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_everything_server_echo_and_hidden_tools() {
-    let Some(peers) = mcp_peers() else { return };
+    let Some(peers) = mcp_peers("mcp_everything_server_echo_and_hidden_tools") else {
+        return;
+    };
     let (mut net, tool, agent) = {
         let mut net = Net::start().await;
         let (tool, tool_id) = net.node("tool").await;
@@ -971,7 +969,9 @@ async fn mcp_everything_server_echo_and_hidden_tools() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_streamable_http_server_behind_the_firewall() {
-    let Some(peers) = mcp_peers() else { return };
+    let Some(peers) = mcp_peers("mcp_streamable_http_server_behind_the_firewall") else {
+        return;
+    };
     let pkg = peers.join("server-everything");
     let entry = ["dist/index.js", "dist/stdio.js"]
         .iter()

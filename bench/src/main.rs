@@ -148,6 +148,11 @@ async fn run(
             _ => None,
         };
         if let Some(why) = missing {
+            // A path asked for by name must run; without --paths, a missing peer is left out
+            // (and said so).
+            if only.is_some() {
+                anyhow::bail!("path {key} was asked for but cannot run: {why}");
+            }
             eprintln!("skipping {key}: {why}");
             continue;
         }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fuzz;
+pub mod skip;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
