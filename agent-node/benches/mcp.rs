@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nullport_keyring::{McpRules, Policy, Protection, TrustStore, key_file};
-use nullport_node::config_file::{NodeFile, ServiceSpec};
+use nullport_node::config_file::{NodeFile, Service, ServiceSpec};
 use nullport_node::control::{self, ControlRequest};
 use nullport_node::daemon::Daemon;
 use nullport_node::home::Home;
@@ -143,7 +143,7 @@ async fn main() -> Res<()> {
     let mut config = NodeFile::default();
     config
         .services
-        .insert("everything".into(), ServiceSpec::Mcp(command));
+        .insert("everything".into(), Service::new(ServiceSpec::Mcp(command)));
     config.save(&tool_home.config())?;
     let mut policy = Policy::load(&tool_home.policy())?;
     policy.set_mcp_rules(

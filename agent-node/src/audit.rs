@@ -110,14 +110,14 @@ impl Audit {
     }
 
     /// A revocation list applied.
-    pub fn revocation(&self, list: &nullport_keyring::revocation::RevocationList) {
+    pub fn revocation(&self, list: &nullport_keyring::revocation::RevocationList, applies: &str) {
         let tokens: Vec<String> = list
             .tokens
             .iter()
             .map(|t| nullport_protocol::hex::encode(t.as_slice()))
             .collect();
         let keys: Vec<String> = list.keys.iter().map(|k| k.to_string()).collect();
-        self.write("revocation", json!({ "signer": list.signer.to_string(), "version": list.version, "keys": keys, "tokens": tokens }));
+        self.write("revocation", json!({ "signer": list.signer.to_string(), "version": list.version, "keys": keys, "tokens": tokens, "applies": applies }));
     }
 
     /// A dial out (caller side).

@@ -7,13 +7,67 @@
 //! cause is a [`nullport_protocol::Error`] inside the `io::Error` (`get_ref()` +
 //! `downcast_ref`). `shutdown()` sends the close frame; dropping a channel without it resets
 //! the stream, which the peer sees as an error, not as a clean end.
+//!
+//! An [`AbortHandle`] ends a channel from outside the task that uses it (the callee withdrew
+//! what authorised it): the next read or write, including one already waiting, sends an
+//! abort frame with the reason, which the peer reads as `ConnectionAborted`
+//! ([`nullport_protocol::Error::Aborted`]), and fails locally the same way.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker, ready};
 
 use nullport_protocol::limits::MAX_FRAME_DATA;
-use nullport_protocol::{Deframer, NodeId, Received, ServiceName};
+use nullport_protocol::{Deframer, DenyReason, NodeId, Received, ServiceName};
+
+/// Ends a [`Channel`] with a reason from another task (see the module doc). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct AbortHandle {
+    shared: Arc<Mutex<AbortState>>,
+}
+
+#[derive(Debug, Default)]
+struct AbortState {
+    reason: Option<DenyReason>,
+    wakers: Vec<Waker>,
+}
+
+impl AbortHandle {
+    /// Ends the channel for `reason` (the first reason given wins). Wakes any task waiting on
+    /// it, so the abort frame goes out even if nothing else happens on the channel.
+    pub fn abort(&self, reason: DenyReason) {
+        let wakers = match self.shared.lock() {
+            Ok(mut s) => {
+                s.reason.get_or_insert(reason);
+                std::mem::take(&mut s.wakers)
+            }
+            Err(_) => Vec::new(),
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// The reason, once aborted.
+    pub fn reason(&self) -> Option<DenyReason> {
+        self.shared.lock().ok().and_then(|s| s.reason)
+    }
+
+    /// Whether the reason is set; if not, `cx` is woken when it is.
+    fn poll_requested(&self, cx: &Context<'_>) -> Option<DenyReason> {
+        let mut s = self.shared.lock().ok()?;
+        if s.reason.is_none() && !s.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            // The read and write halves may be polled from different tasks; a few wakers
+            // cover that, and old ones are dropped.
+            if s.wakers.len() >= 4 {
+                s.wakers.remove(0);
+            }
+            s.wakers.push(cx.waker().clone());
+        }
+        s.reason
+    }
+}
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Largest slice of one `poll_write` sealed at once (4 full frames).
@@ -35,6 +89,8 @@ pub struct Channel {
     write_failed: Option<String>,
     bytes_in: u64,
     bytes_out: u64,
+    abort: AbortHandle,
+    abort_sent: bool,
 }
 
 impl std::fmt::Debug for Channel {
@@ -57,6 +113,7 @@ fn kind_of(e: &nullport_protocol::Error) -> io::ErrorKind {
     match e {
         E::Truncated => io::ErrorKind::UnexpectedEof,
         E::Closed => io::ErrorKind::BrokenPipe,
+        E::Aborted { .. } => io::ErrorKind::ConnectionAborted,
         _ => io::ErrorKind::InvalidData,
     }
 }
@@ -84,7 +141,61 @@ impl Channel {
             write_failed: None,
             bytes_in: 0,
             bytes_out: 0,
+            abort: AbortHandle::default(),
+            abort_sent: false,
         }
+    }
+
+    /// A handle that ends this channel with a reason from anywhere (see [`AbortHandle`]).
+    pub fn abort_handle(&self) -> AbortHandle {
+        self.abort.clone()
+    }
+
+    /// Makes `handle` the one that ends this channel (a handle made before the channel
+    /// existed; if it was already used, the channel ends at its first read or write).
+    pub fn use_abort_handle(&mut self, handle: AbortHandle) {
+        self.abort = handle;
+    }
+
+    /// Ends the channel now for `reason`: sends the abort frame and finishes the stream.
+    pub async fn abort(&mut self, reason: DenyReason) -> io::Result<()> {
+        self.abort.abort(reason);
+        std::future::poll_fn(|cx| match self.poll_abort(cx) {
+            Poll::Ready(Some(_)) => Poll::Ready(Ok(())),
+            Poll::Ready(None) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        })
+        .await
+    }
+
+    /// If an abort was requested: sends the abort frame (once), finishes the stream and
+    /// yields the error every later call returns. `Ready(None)`: no abort requested.
+    fn poll_abort(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Error>> {
+        let Some(reason) = self.abort.poll_requested(cx) else {
+            return Poll::Ready(None);
+        };
+        let error = || {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("channel ended by this side: {reason}"),
+            )
+        };
+        if self.failed.is_some() || self.write_failed.is_some() {
+            return Poll::Ready(Some(error()));
+        }
+        if !self.abort_sent {
+            self.abort_sent = true;
+            if !self.close_sent && self.inner.seal_abort(reason, &mut self.out).is_ok() {
+                self.close_sent = true;
+            }
+        }
+        if self.poll_flush_out(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let _ = self.send.finish();
+        let _ = self.recv.stop(0u32.into());
+        self.failed = Some((io::ErrorKind::ConnectionAborted, error().to_string(), None));
+        Poll::Ready(Some(error()))
     }
 
     /// The peer, as proven by the end-to-end handshake.
@@ -159,6 +270,9 @@ impl AsyncRead for Channel {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(e) = ready!(this.poll_abort(cx)) {
+            return Poll::Ready(Err(e));
+        }
         loop {
             if this.plain_pos < this.plain.len() {
                 let n = (this.plain.len() - this.plain_pos).min(buf.remaining());
@@ -239,6 +353,9 @@ impl AsyncWrite for Channel {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(e) = ready!(this.poll_abort(cx)) {
+            return Poll::Ready(Err(e));
+        }
         if let Some(e) = this.failure() {
             return Poll::Ready(Err(e));
         }
@@ -260,11 +377,18 @@ impl AsyncWrite for Channel {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_flush_out(cx)
+        let this = self.get_mut();
+        if let Some(e) = ready!(this.poll_abort(cx)) {
+            return Poll::Ready(Err(e));
+        }
+        this.poll_flush_out(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(e) = ready!(this.poll_abort(cx)) {
+            return Poll::Ready(Err(e));
+        }
         if let Some(msg) = &this.write_failed {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, msg.clone())));
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use nullport_keyring::{KdfParams, PassphraseSource, Policy, Protection, TrustStore, key_file};
-use nullport_node::config_file::{NodeFile, ServiceSpec};
+use nullport_node::config_file::{NodeFile, Service, ServiceSpec};
 use nullport_node::control::{ControlRequest, ControlResponse};
 use nullport_node::daemon::Daemon;
 use nullport_node::home::Home;
@@ -100,8 +100,9 @@ enum Command {
     },
     /// Revoke a node key (NodeId or alias) or a token, network-wide: signs this node's
     /// revocation list and publishes it through the relay, which pushes it to every node.
-    /// Nodes that trust this node as a token issuer refuse the key or token from then on and
-    /// close its live channels.
+    /// It applies on this node at once (its live channels close); elsewhere it applies where
+    /// this node is trusted to revoke: as a node-wide signer (`nullport revocations trust`),
+    /// or as a token issuer for a service (for that service's keys and tokens).
     Revoke {
         /// NodeId, alias, or token (text or @FILE).
         what: String,
@@ -109,6 +110,9 @@ enum Command {
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
     },
+    /// Revocation lists held here and what each applies to; who may revoke here.
+    #[command(subcommand)]
+    Revocations(RevocationsCommand),
     /// Move this node to a new identity key. Publishes a statement signed by the old and the
     /// new key through the relay (which admits the new key in place of the old); peers that
     /// trusted the old key follow it and refuse the old one from then on. Needs the daemon
@@ -133,9 +137,10 @@ enum Command {
     Connect {
         /// `<peer>/<service>`, peer as alias or NodeId.
         target: String,
-        /// Local address to listen on (loopback unless --allow-remote).
+        /// Where to listen: a loopback `host:port` (every local user can connect to it and
+        /// use your access), or `unix:PATH` for a Unix socket only you can use (mode 0600).
         #[arg(long, default_value = "127.0.0.1:0")]
-        listen: SocketAddr,
+        listen: String,
         /// Permit a non-loopback listen address (anyone who can reach it gets your access).
         #[arg(long)]
         allow_remote: bool,
@@ -341,12 +346,43 @@ enum McpCommand {
         #[arg(long)]
         max_concurrent: Option<u32>,
     },
+    /// Take a caller's MCP rules on a service away (its open sessions end at once).
+    Deny {
+        /// Alias or NodeId.
+        peer: String,
+        /// The MCP service.
+        service: String,
+    },
+    /// Show every MCP service's callers, their rules, and the tools that need approval.
+    Show {
+        /// Only this service.
+        service: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make every call of a tool wait for a human (`nullport approve <id>`).
     RequireApproval {
         /// The MCP service.
         service: String,
         /// Tool name or glob.
         tool: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RevocationsCommand {
+    /// The lists held (signer, version, size) and what each applies to here.
+    Show {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Trust SIGNER (alias or NodeId) to revoke keys and tokens on this node, node-wide.
+    /// (An issuer trusted for a service's tokens may revoke for that service already.)
+    Trust {
+        /// Alias or NodeId.
+        signer: String,
     },
 }
 
@@ -358,6 +394,10 @@ enum ExposeCommand {
         name: String,
         /// `host:port` to forward to.
         target: String,
+        /// Start each connection with a PROXY protocol v2 header naming the caller (its
+        /// NodeId, and its alias here): for backends that log or authorise by caller.
+        #[arg(long)]
+        proxy_protocol: bool,
     },
     /// Expose a stdio MCP server (one process per caller session) behind the JSON-RPC
     /// firewall; set each caller's rules with `nullport mcp allow`.
@@ -367,6 +407,11 @@ enum ExposeCommand {
         /// A local Streamable HTTP MCP server instead of a command: http://127.0.0.1:PORT/mcp
         #[arg(long, conflicts_with = "command")]
         url: Option<String>,
+        /// Pass this variable to the server process (`NAME` from the daemon's environment,
+        /// or `NAME=value`); repeatable. The process otherwise gets only PATH, HOME, USER,
+        /// LANG, TZ and the like, plus NULLPORT_PEER / NULLPORT_PEER_ALIAS naming the caller.
+        #[arg(long = "env", value_name = "NAME[=VALUE]")]
+        env: Vec<String>,
         /// The server command and its arguments (after `--`).
         #[arg(last = true, required_unless_present = "url")]
         command: Vec<String>,
@@ -375,6 +420,11 @@ enum ExposeCommand {
     Exec {
         /// Service name.
         name: String,
+        /// Pass this variable to the process (`NAME` from the daemon's environment, or
+        /// `NAME=value`); repeatable. The process otherwise gets only PATH, HOME, USER, LANG,
+        /// TZ and the like, plus NULLPORT_PEER / NULLPORT_PEER_ALIAS naming the caller.
+        #[arg(long = "env", value_name = "NAME[=VALUE]")]
+        env: Vec<String>,
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -442,6 +492,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => audit(&home, cmd).await,
         Command::Token(cmd) => token(&home, cmd).await,
         Command::Rotate { passphrase_file } => rotate(&home, passphrase_file).await,
+        Command::Revocations(RevocationsCommand::Show { json }) => {
+            let (response, _) = control(&home, &ControlRequest::Status).await?;
+            let status = response
+                .status
+                .ok_or_else(|| anyhow!("{}", response.error.unwrap_or_default()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status.revocations)?);
+                return Ok(());
+            }
+            if status.revocations.is_empty() {
+                println!("no revocation lists held");
+            }
+            for l in &status.revocations {
+                println!(
+                    "{} ({}) v{}: {} keys, {} tokens; applies to {}",
+                    l.alias.as_deref().unwrap_or("-"),
+                    l.signer,
+                    l.version,
+                    l.keys,
+                    l.tokens,
+                    l.applies
+                );
+            }
+            Ok(())
+        }
+        Command::Revocations(RevocationsCommand::Trust { signer }) => {
+            let trust = TrustStore::load(&home.trust())?;
+            let id = trust.resolve(&signer)?;
+            let mut policy = Policy::load(&home.policy())?;
+            let added = policy.trust_revocation_signer(&signer);
+            policy.save()?;
+            println!(
+                "{signer} ({id}) {} revoke keys and tokens on this node{}",
+                if added { "may now" } else { "could already" },
+                reload(&home).await
+            );
+            Ok(())
+        }
         Command::Join {
             invite,
             relay,
@@ -455,12 +543,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             peer,
             service: Some(service),
         } => {
+            let trust = TrustStore::load(&home.trust())?;
             let mut policy = Policy::load(&home.policy())?;
-            if !policy.revoke(&peer, &service) {
-                bail!("{peer} was not allowed to use {service}");
+            let removed = policy.withdraw(&peer, &service, &trust);
+            if removed.is_empty() {
+                bail!(
+                    "no rule lets {peer} use {service} (see `nullport mcp show` and {})",
+                    home.policy().display()
+                );
             }
             policy.save()?;
-            println!("{peer} may no longer use {service}{}", reload(&home).await);
+            println!(
+                "{peer} may no longer use {service} (removed: {}); its open channels to {service} are closed{}",
+                removed.join(", "),
+                reload(&home).await
+            );
             Ok(())
         }
         Command::Up(args) => up(&home, args).await,
@@ -579,15 +676,21 @@ async fn revoke(home: &Home, what: &str, passphrase_file: Option<PathBuf>) -> an
     let (response, _) = control(home, &ControlRequest::PublishRevocations { list: signed }).await?;
     if !response.ok {
         bail!(
-            "the relay did not take the list: {}",
+            "the list was not applied: {}",
             response.error.unwrap_or_default()
         );
     }
     nullport_keyring::fs::write_private(&path, &serde_json::to_vec_pretty(&list)?, true)?;
-    println!(
-        "revoked {described} (revocation list version {}, published through the relay)",
-        list.version
-    );
+    match response.note {
+        None => println!(
+            "revoked {described} (revocation list version {}): refused here at once, and published through the relay",
+            list.version
+        ),
+        Some(note) => println!(
+            "revoked {described} (revocation list version {}): refused here at once; {note}",
+            list.version
+        ),
+    }
     Ok(())
 }
 
@@ -939,6 +1042,81 @@ async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        McpCommand::Deny { peer, service } => {
+            let trust = TrustStore::load(&home.trust())?;
+            let mut policy = Policy::load(&home.policy())?;
+            if !policy.withdraw_mcp(&peer, &service, &trust) {
+                bail!("{peer} has no MCP rules on {service} (see `nullport mcp show {service}`)");
+            }
+            policy.save()?;
+            println!(
+                "{peer} may no longer use MCP service {service}; its open sessions are closed{}",
+                reload(home).await
+            );
+            Ok(())
+        }
+        McpCommand::Show { service, json } => {
+            let policy = Policy::load(&home.policy())?;
+            let services: Vec<_> = policy
+                .mcp_services()
+                .into_iter()
+                .filter(|(name, _, _)| service.as_ref().is_none_or(|s| s == name))
+                .collect();
+            if json {
+                let out: Vec<serde_json::Value> = services
+                    .iter()
+                    .map(|(name, callers, approve)| {
+                        serde_json::json!({
+                            "service": name,
+                            "approve": approve,
+                            "callers": callers.iter().map(|(peer, r)| serde_json::json!({
+                                "peer": peer, "tools": r.tools, "resources": r.resources,
+                                "prompts": r.prompts, "methods": r.methods,
+                                "calls_per_minute": r.calls_per_minute,
+                                "max_concurrent": r.max_concurrent,
+                            })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                return Ok(());
+            }
+            if services.is_empty() {
+                println!(
+                    "no MCP rules{}",
+                    service.map(|s| format!(" for {s}")).unwrap_or_default()
+                );
+            }
+            for (name, callers, approve) in services {
+                println!("{name}");
+                if !approve.is_empty() {
+                    println!("  approval needed: {}", approve.join(", "));
+                }
+                for (peer, r) in callers {
+                    println!("  {peer}");
+                    let list = |v: &[String]| {
+                        if v.is_empty() {
+                            "(none)".to_owned()
+                        } else {
+                            v.join(", ")
+                        }
+                    };
+                    println!("    tools      {}", list(&r.tools));
+                    println!("    resources  {}", list(&r.resources));
+                    println!("    prompts    {}", list(&r.prompts));
+                    if !r.methods.is_empty() {
+                        println!("    methods    {}", r.methods.join(", "));
+                    }
+                    if let Some(n) = r.calls_per_minute {
+                        println!("    calls/min  {n}");
+                    }
+                    if let Some(n) = r.max_concurrent {
+                        println!("    concurrent {n}");
+                    }
+                }
+            }
+            Ok(())
+        }
         McpCommand::RequireApproval { service, tool } => {
             let mut policy = Policy::load(&home.policy())?;
             policy.require_approval(&service, &tool);
@@ -1074,8 +1252,12 @@ async fn trust(home: &Home, cmd: TrustCommand) -> anyhow::Result<()> {
 }
 
 async fn expose(home: &Home, cmd: ExposeCommand) -> anyhow::Result<()> {
-    let (name, spec) = match cmd {
-        ExposeCommand::Tcp { name, target } => {
+    let (name, service) = match cmd {
+        ExposeCommand::Tcp {
+            name,
+            target,
+            proxy_protocol,
+        } => {
             let ok = target
                 .rsplit_once(':')
                 .map(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
@@ -1083,31 +1265,54 @@ async fn expose(home: &Home, cmd: ExposeCommand) -> anyhow::Result<()> {
             if !ok {
                 bail!("{target:?} is not host:port");
             }
-            (name, ServiceSpec::Tcp(target))
+            let mut service = Service::new(ServiceSpec::Tcp(target));
+            service.proxy_protocol = proxy_protocol;
+            (name, service)
         }
-        ExposeCommand::Exec { name, command } => (name, ServiceSpec::Exec(command)),
+        ExposeCommand::Exec { name, env, command } => {
+            let mut service = Service::new(ServiceSpec::Exec(command));
+            service.env = env;
+            (name, service)
+        }
         ExposeCommand::Mcp {
             name,
             url: Some(url),
+            env,
             ..
         } => {
+            if !env.is_empty() {
+                bail!("--env is for MCP servers started as commands, not for --url");
+            }
             nullport_node::mcp::http::HttpTarget::parse(&url).map_err(|e| anyhow!("{url}: {e}"))?;
-            (name, ServiceSpec::McpUrl(url))
+            (name, Service::new(ServiceSpec::McpUrl(url)))
         }
         ExposeCommand::Mcp {
             name,
             url: None,
+            env,
             command,
-        } => (name, ServiceSpec::Mcp(command)),
+        } => {
+            let mut service = Service::new(ServiceSpec::Mcp(command));
+            service.env = env;
+            (name, service)
+        }
     };
     ServiceName::new(&name)
         .map_err(|_| anyhow!("invalid service name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"))?;
+    for entry in &service.env {
+        let var = entry.split_once('=').map_or(entry.as_str(), |(n, _)| n);
+        if var.is_empty() || var.starts_with("NULLPORT_") {
+            bail!(
+                "--env {entry:?}: not a variable a service may get (NULLPORT_* are nullport's own)"
+            );
+        }
+    }
     home.create()?;
     let mut file = load_config(home)?;
-    file.services.insert(name.clone(), spec.clone());
+    file.services.insert(name.clone(), service.clone());
     file.save(&home.config())?;
     println!(
-        "exposed {name}: {spec} (default deny: `nullport allow <peer> {name}`){}",
+        "exposed {name}: {service} (default deny: `nullport allow <peer> {name}`){}",
         reload(home).await
     );
     Ok(())
@@ -1202,11 +1407,17 @@ async fn pipe(home: &Home, target: &str, mcp: bool, token: Option<String>) -> an
 async fn connect(
     home: &Home,
     target: &str,
-    listen: SocketAddr,
+    listen: String,
     allow_remote: bool,
     token: Option<String>,
 ) -> anyhow::Result<()> {
     let (peer, service) = split_target(target)?;
+    if let Some(path) = listen.strip_prefix("unix:") {
+        return connect_unix(home, peer, service, PathBuf::from(path), token).await;
+    }
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|_| anyhow!("--listen {listen:?}: expected host:port or unix:PATH"))?;
     if !listen.ip().is_loopback() && !allow_remote {
         bail!(
             "refusing to listen on {listen}: not a loopback address (anyone who reaches it would use your access); add --allow-remote if you mean it"
@@ -1222,6 +1433,9 @@ async fn connect(
         })?;
     let bound = listener.local_addr()?;
     println!("listening on {bound} -> {peer}/{service}");
+    eprintln!(
+        "note: every local user can connect to {bound} and use your access to {peer}/{service}; use --listen unix:PATH for a socket only you can use"
+    );
     loop {
         let (mut tcp, from) = listener.accept().await?;
         let home = home.clone();
@@ -1236,6 +1450,49 @@ async fn connect(
             }
         });
     }
+}
+
+/// `connect --listen unix:PATH`: a Unix socket created under a 0077 umask (mode 0600), so
+/// only this user can use the channel behind it.
+async fn connect_unix(
+    home: &Home,
+    peer: &str,
+    service: &str,
+    path: PathBuf,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    control(home, &ControlRequest::Status).await?;
+    if path.exists() {
+        bail!("{} already exists (remove it first)", path.display());
+    }
+    let previous = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let bound = tokio::net::UnixListener::bind(&path);
+    rustix::process::umask(previous);
+    let listener = bound.map_err(|e| anyhow!("cannot listen on {}: {e}", path.display()))?;
+    println!("listening on unix:{} -> {peer}/{service}", path.display());
+    let serve = async {
+        loop {
+            let (mut local, _) = listener.accept().await?;
+            let home = home.clone();
+            let (peer, service, token) = (peer.to_owned(), service.to_owned(), token.clone());
+            tokio::spawn(async move {
+                match open_pipe(&home, &peer, &service, false, token).await {
+                    Ok(mut stream) => {
+                        let _ = tokio::io::copy_bidirectional(&mut local, &mut stream).await;
+                    }
+                    Err(e) => eprintln!("unix:{e:#}"),
+                }
+            });
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), anyhow::Error>(())
+    };
+    let result = tokio::select! {
+        r = serve => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    };
+    let _ = std::fs::remove_file(&path);
+    result
 }
 
 async fn status(home: &Home, json: bool) -> anyhow::Result<()> {
@@ -1274,6 +1531,22 @@ async fn status(home: &Home, json: bool) -> anyhow::Result<()> {
             "  {:<3} {:<24} {:<12} in {:>10} B  out {:>10} B  {:>5} s",
             c.direction, c.peer, c.service, c.bytes_in, c.bytes_out, c.age_secs
         );
+    }
+    if !status.revocations.is_empty() || status.retired_keys > 0 {
+        println!("revocation lists");
+        for l in &status.revocations {
+            println!(
+                "  {} v{}: {} keys, {} tokens; applies to {}",
+                l.alias.as_deref().unwrap_or(&l.signer),
+                l.version,
+                l.keys,
+                l.tokens,
+                l.applies
+            );
+        }
+        if status.retired_keys > 0 {
+            println!("  {} keys retired by rotations", status.retired_keys);
+        }
     }
     Ok(())
 }

@@ -8,7 +8,18 @@
 //!
 //! [services.date]
 //! exec = ["date", "-u"]
+//! env = ["LANG", "TZ=UTC"]       # exec and mcp: variables passed to the process
+//!
+//! [services.web]
+//! tcp = "127.0.0.1:8080"
+//! proxy_protocol = true          # tcp: a PROXY protocol v2 header naming the caller
 //! ```
+//!
+//! Exec and MCP processes start with a cleared environment: only [`DEFAULT_ENV`] (those set
+//! in the daemon's own environment), what `env` lists (a name passes the daemon's value, a
+//! `NAME=value` sets it), and `NULLPORT_PEER` / `NULLPORT_PEER_ALIAS` / `NULLPORT_SERVICE`
+//! naming the caller. nullport's own variables (`NULLPORT_PASSPHRASE`, `NULLPORT_HOME`, ...)
+//! are never passed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// What a service forwards to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServiceSpec {
     /// A local TCP address (SSH, HTTP, a database).
     Tcp(String),
@@ -27,7 +37,6 @@ pub enum ServiceSpec {
     /// firewall.
     Mcp(Vec<String>),
     /// A local Streamable HTTP MCP server (`http://127.0.0.1:PORT/mcp`), behind the firewall.
-    #[serde(rename = "mcp_url")]
     McpUrl(String),
 }
 
@@ -42,16 +51,224 @@ impl std::fmt::Display for ServiceSpec {
     }
 }
 
-/// The parsed config file.
+/// Variables an exec or MCP process gets from the daemon's environment unless its service
+/// says otherwise (only those that are set).
+pub const DEFAULT_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR",
+];
+
+/// An exposed service: what it forwards to, and its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// What the service forwards to.
+    pub spec: ServiceSpec,
+    /// Exec and MCP: extra variables for the process (`NAME` passes the daemon's value,
+    /// `NAME=value` sets one).
+    pub env: Vec<String>,
+    /// TCP: start each connection with a PROXY protocol v2 header naming the caller.
+    pub proxy_protocol: bool,
+}
+
+impl Service {
+    /// A service with no options.
+    pub fn new(spec: ServiceSpec) -> Self {
+        Self {
+            spec,
+            env: Vec::new(),
+            proxy_protocol: false,
+        }
+    }
+
+    /// The environment of an exec or MCP process of this service, for `peer` (and its alias
+    /// here, if any), built from nothing: see the module doc. `daemon_env` looks up the
+    /// daemon's own variables.
+    pub fn child_env(
+        &self,
+        service: &str,
+        peer: &str,
+        alias: Option<&str>,
+        daemon_env: impl Fn(&str) -> Option<String>,
+    ) -> Vec<(String, String)> {
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        for name in DEFAULT_ENV {
+            if let Some(v) = daemon_env(name) {
+                env.insert((*name).to_owned(), v);
+            }
+        }
+        for entry in &self.env {
+            match entry.split_once('=') {
+                Some((name, value)) => {
+                    env.insert(name.to_owned(), value.to_owned());
+                }
+                None => {
+                    if let Some(v) = daemon_env(entry) {
+                        env.insert(entry.clone(), v);
+                    }
+                }
+            }
+        }
+        env.retain(|name, _| !name.starts_with("NULLPORT_"));
+        env.insert("NULLPORT_PEER".into(), peer.to_owned());
+        env.insert("NULLPORT_SERVICE".into(), service.to_owned());
+        if let Some(alias) = alias {
+            env.insert("NULLPORT_PEER_ALIAS".into(), alias.to_owned());
+        }
+        env.into_iter().collect()
+    }
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.spec)?;
+        if self.proxy_protocol {
+            f.write_str(" (PROXY v2)")?;
+        }
+        if !self.env.is_empty() {
+            write!(f, " (env {})", self.env.join(" "))?;
+        }
+        Ok(())
+    }
+}
+
+/// A service as written in the file: exactly one of the kinds, plus options.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ServiceTable {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tcp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exec: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mcp: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mcp_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    env: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    proxy_protocol: bool,
+}
+
+impl TryFrom<ServiceTable> for Service {
+    type Error = String;
+
+    fn try_from(t: ServiceTable) -> Result<Self, String> {
+        let spec = match (t.tcp, t.exec, t.mcp, t.mcp_url) {
+            (Some(a), None, None, None) => ServiceSpec::Tcp(a),
+            (None, Some(c), None, None) if !c.is_empty() => ServiceSpec::Exec(c),
+            (None, None, Some(c), None) if !c.is_empty() => ServiceSpec::Mcp(c),
+            (None, None, None, Some(u)) => ServiceSpec::McpUrl(u),
+            _ => {
+                return Err(
+                    "a service needs exactly one of tcp, exec, mcp, mcp_url (commands not empty)"
+                        .into(),
+                );
+            }
+        };
+        if t.proxy_protocol && !matches!(spec, ServiceSpec::Tcp(_)) {
+            return Err("proxy_protocol is for tcp services".into());
+        }
+        if !t.env.is_empty() && !matches!(spec, ServiceSpec::Exec(_) | ServiceSpec::Mcp(_)) {
+            return Err("env is for exec and mcp services".into());
+        }
+        Ok(Service {
+            spec,
+            env: t.env,
+            proxy_protocol: t.proxy_protocol,
+        })
+    }
+}
+
+impl From<&Service> for ServiceTable {
+    fn from(s: &Service) -> Self {
+        let mut t = ServiceTable {
+            env: s.env.clone(),
+            proxy_protocol: s.proxy_protocol,
+            ..ServiceTable::default()
+        };
+        match &s.spec {
+            ServiceSpec::Tcp(a) => t.tcp = Some(a.clone()),
+            ServiceSpec::Exec(c) => t.exec = Some(c.clone()),
+            ServiceSpec::Mcp(c) => t.mcp = Some(c.clone()),
+            ServiceSpec::McpUrl(u) => t.mcp_url = Some(u.clone()),
+        }
+        t
+    }
+}
+
+/// The file's layout.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLayout {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    relay: Option<String>,
+    #[serde(default)]
+    services: BTreeMap<String, ServiceTable>,
+    #[serde(default, skip_serializing_if = "AccessTable::is_default")]
+    access: AccessTable,
+}
+
+/// `[access]`: bounds and tolerances of the callee's access decision (all optional).
+///
+/// ```toml
+/// [access]
+/// token_skew_secs = 60            # clock tolerance for token validity
+/// max_channels_per_caller = 32    # incoming channels one caller may hold open
+/// max_channels = 192              # incoming channels in total (below the relay's 256 streams)
+/// idle_timeout_secs = 900         # an incoming channel silent this long is closed (0: never)
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessTable {
+    /// Clock tolerance for token validity, in seconds (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_skew_secs: Option<u64>,
+    /// Incoming channels one caller may hold open (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_channels_per_caller: Option<usize>,
+    /// Incoming channels in total (default 192).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_channels: Option<usize>,
+    /// Seconds an incoming channel may carry nothing before it is closed (default 900; 0:
+    /// never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+}
+
+impl AccessTable {
+    fn is_default(&self) -> bool {
+        *self == AccessTable::default()
+    }
+
+    /// The decision's settings, defaults filled in.
+    pub fn settings(&self) -> crate::access::AccessSettings {
+        let d = crate::access::AccessSettings::default();
+        crate::access::AccessSettings {
+            token_skew_secs: self.token_skew_secs.unwrap_or(d.token_skew_secs),
+            max_channels_per_caller: self
+                .max_channels_per_caller
+                .unwrap_or(d.max_channels_per_caller),
+            max_channels: self.max_channels.unwrap_or(d.max_channels),
+        }
+    }
+
+    /// The idle timeout (None: never).
+    pub fn idle_timeout(&self) -> Option<std::time::Duration> {
+        match self.idle_timeout_secs.unwrap_or(900) {
+            0 => None,
+            secs => Some(std::time::Duration::from_secs(secs)),
+        }
+    }
+}
+
+/// The parsed config file.
+#[derive(Debug, Clone, Default)]
 pub struct NodeFile {
     /// The relay address, `<NodeId>@host:port`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
     /// Exposed services by name.
-    #[serde(default)]
-    pub services: BTreeMap<String, ServiceSpec>,
+    pub services: BTreeMap<String, Service>,
+    /// Bounds of the access decision.
+    pub access: AccessTable,
 }
 
 /// Why the config file could not be used.
@@ -67,17 +284,28 @@ pub struct ConfigError {
 impl NodeFile {
     /// Loads the file; a missing file is an empty config.
     pub fn load(path: &Path) -> Result<NodeFile, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| ConfigError {
-                path: path.to_owned(),
-                reason: e.to_string().trim_end().to_owned(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NodeFile::default()),
-            Err(e) => Err(ConfigError {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            }),
+        let err = |reason: String| ConfigError {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(NodeFile::default()),
+            Err(e) => return Err(err(e.to_string())),
+        };
+        let layout: FileLayout =
+            toml::from_str(&text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        let mut services = BTreeMap::new();
+        for (name, table) in layout.services {
+            let service =
+                Service::try_from(table).map_err(|e| err(format!("service {name:?}: {e}")))?;
+            services.insert(name, service);
         }
+        Ok(NodeFile {
+            relay: layout.relay,
+            services,
+            access: layout.access,
+        })
     }
 
     /// Saves the file atomically (mode 0600).
@@ -86,7 +314,16 @@ impl NodeFile {
             path: path.to_owned(),
             reason,
         };
-        let text = toml::to_string_pretty(self).map_err(|e| err(e.to_string()))?;
+        let layout = FileLayout {
+            relay: self.relay.clone(),
+            services: self
+                .services
+                .iter()
+                .map(|(n, s)| (n.clone(), ServiceTable::from(s)))
+                .collect(),
+            access: self.access.clone(),
+        };
+        let text = toml::to_string_pretty(&layout).map_err(|e| err(e.to_string()))?;
         nullport_keyring::fs::write_private(
             path,
             format!("# nullport node config\n{text}").as_bytes(),
@@ -105,11 +342,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("config.toml");
         let mut file = NodeFile::default();
-        file.services
-            .insert("ssh".into(), ServiceSpec::Tcp("127.0.0.1:22".into()));
+        file.services.insert(
+            "ssh".into(),
+            Service {
+                proxy_protocol: true,
+                ..Service::new(ServiceSpec::Tcp("127.0.0.1:22".into()))
+            },
+        );
         file.services.insert(
             "date".into(),
-            ServiceSpec::Exec(vec!["date".into(), "-u".into()]),
+            Service {
+                env: vec!["LANG".into(), "TZ=UTC".into()],
+                ..Service::new(ServiceSpec::Exec(vec!["date".into(), "-u".into()]))
+            },
         );
         file.save(&path).unwrap_or_else(|e| panic!("{e}"));
         let back = NodeFile::load(&path).unwrap_or_else(|e| panic!("{e}"));
@@ -124,5 +369,52 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("line 2"), "{err}");
+        for (text, want) in [
+            (
+                "[services.a]\ntcp = \"x\"\nexec = [\"y\"]\n",
+                "exactly one of",
+            ),
+            (
+                "[services.a]\nexec = [\"y\"]\nproxy_protocol = true\n",
+                "proxy_protocol is for tcp",
+            ),
+            (
+                "[services.a]\ntcp = \"x\"\nenv = [\"A\"]\n",
+                "env is for exec and mcp",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+            let err = NodeFile::load(&path)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("service \"a\"") && err.contains(want), "{err}");
+        }
+    }
+
+    #[test]
+    fn child_environment_is_built_from_nothing() {
+        let service = Service {
+            env: vec!["EXTRA".into(), "SET=1".into(), "NULLPORT_HOME=/x".into()],
+            ..Service::new(ServiceSpec::Exec(vec!["env".into()]))
+        };
+        let daemon = |name: &str| match name {
+            "PATH" => Some("/usr/bin".to_owned()),
+            "EXTRA" => Some("e".to_owned()),
+            "NULLPORT_PASSPHRASE" | "SECRET" => Some("s3cret".to_owned()),
+            _ => None,
+        };
+        let env = service.child_env("date", "np-peer", Some("laptop"), daemon);
+        assert_eq!(
+            env,
+            vec![
+                ("EXTRA".to_owned(), "e".to_owned()),
+                ("NULLPORT_PEER".to_owned(), "np-peer".to_owned()),
+                ("NULLPORT_PEER_ALIAS".to_owned(), "laptop".to_owned()),
+                ("NULLPORT_SERVICE".to_owned(), "date".to_owned()),
+                ("PATH".to_owned(), "/usr/bin".to_owned()),
+                ("SET".to_owned(), "1".to_owned()),
+            ]
+        );
     }
 }

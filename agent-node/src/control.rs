@@ -66,6 +66,9 @@ pub struct ControlResponse {
     /// The witnessed checkpoint, for `auditwitness`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness: Option<serde_json::Value>,
+    /// Something the user should know about a request that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl ControlResponse {
@@ -77,6 +80,7 @@ impl ControlResponse {
             status: None,
             approvals: None,
             witness: None,
+            note: None,
         }
     }
 
@@ -88,6 +92,7 @@ impl ControlResponse {
             status: None,
             approvals: None,
             witness: None,
+            note: None,
         }
     }
 }
@@ -105,6 +110,29 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     /// Open channels.
     pub channels: Vec<ChannelStatus>,
+    /// Revocation lists held, and what each applies to here.
+    #[serde(default)]
+    pub revocations: Vec<ListStatus>,
+    /// Keys retired by rotations (refused for good).
+    #[serde(default)]
+    pub retired_keys: usize,
+}
+
+/// One revocation list held.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListStatus {
+    /// The signer's NodeId.
+    pub signer: String,
+    /// Its alias here, if any.
+    pub alias: Option<String>,
+    /// The list's version.
+    pub version: u64,
+    /// Keys it revokes.
+    pub keys: usize,
+    /// Tokens it revokes.
+    pub tokens: usize,
+    /// What it applies to here.
+    pub applies: String,
 }
 
 /// One exposed service.

@@ -36,7 +36,8 @@ pub enum Error {
         reason: String,
     },
     /// Another connection with this node's identity replaced this one at the relay (newest
-    /// wins). The node stops reconnecting, so two copies of one identity do not flap.
+    /// wins). The node keeps trying with a long backoff (so two copies of one identity do
+    /// not flap), and says so in its link state.
     #[error("superseded: another connection with this identity replaced this one at the relay")]
     Superseded,
     /// The connection to the relay was lost.
@@ -51,6 +52,10 @@ pub enum Error {
     /// The relay refused the request.
     #[error("relay refused the request: {0}")]
     Link(LinkErrorCode),
+    /// A relay-link message could not be encoded (for instance, larger than its stream
+    /// allows); nothing was sent.
+    #[error(transparent)]
+    Encode(#[from] nullport_protocol::relay_link::LinkEncodeError),
     /// The peer refused the channel.
     #[error("peer {peer} refused service {service:?}: {reason}")]
     Denied {

@@ -82,6 +82,11 @@ impl Home {
         self.dir.join("revocations-issued.json")
     }
 
+    /// Key rotations this node followed (the first per old key; the old keys stay retired).
+    pub fn rotations(&self) -> PathBuf {
+        self.dir.join("rotations.json")
+    }
+
     /// The daemon's control socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("nullport.sock")

@@ -19,6 +19,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod audit;
 pub mod backoff;
 pub mod channel;
@@ -36,7 +37,7 @@ pub mod service;
 pub mod tls;
 pub mod tokens;
 
-pub use channel::Channel;
+pub use channel::{AbortHandle, Channel};
 pub use error::Error;
 pub use handshake::IncomingChannel;
 pub use node::{Handlers, LinkState, Node, NodeConfig, NodeLimits};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nullport_protocol::relay_link::{
     LINK_VERSION, LinkErrorCode, MAX_CONTROL_MESSAGE, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode,
-    SignedRevocations, SignedRotation, WitnessedCheckpoint, close_code,
+    SignedRevocations, SignedRotation, TLS_ACCESS_DENIED, WitnessedCheckpoint, close_code,
 };
 use nullport_protocol::{
     DenyReason, DialRequest, HandshakeKeys, Identity, Limits, NodeId, ServiceName,
@@ -110,6 +110,10 @@ pub struct NodeLimits {
     pub idle_timeout: Duration,
     /// Streams the relay may open to this node at once (incoming dials).
     pub max_incoming_streams: u32,
+    /// Time a control request to the relay (presence, witness, publish, catch-up) may take.
+    pub control_timeout: Duration,
+    /// Reconnect backoff after another connection with this identity superseded this one.
+    pub superseded_backoff: Duration,
 }
 
 impl Default for NodeLimits {
@@ -127,6 +131,8 @@ impl Default for NodeLimits {
             keep_alive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             max_incoming_streams: 256,
+            control_timeout: Duration::from_secs(10),
+            superseded_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -292,7 +298,7 @@ impl Node {
             async {
                 let conn = wait_connection(inner, limits.dial_timeout).await?;
                 let (mut send, mut recv) = conn.open_bi().await.map_err(|e| describe(&e))?;
-                write_message(&mut send, &NodeToRelay::Dial { target }).await?;
+                write_message(&mut send, &NodeToRelay::Dial { target }, MAX_LINK_MESSAGE).await?;
                 let session = match read_message::<RelayToNode>(&mut recv, MAX_LINK_MESSAGE).await?
                 {
                     RelayToNode::Dialed { session } => session,
@@ -351,13 +357,10 @@ impl Node {
 
     /// Asks the relay whether `target` is online.
     pub async fn presence(&self, target: NodeId) -> Result<bool, Error> {
-        wait_connection(&self.inner, self.inner.config.limits.connect_timeout).await?;
-        let mut control = self.inner.control.lock().await;
-        let (send, recv) = control.as_mut().ok_or(Error::RelayLinkLost {
-            reason: "no control stream".into(),
-        })?;
-        write_message(send, &NodeToRelay::Presence { target }).await?;
-        match read_message::<RelayToNode>(recv, MAX_LINK_MESSAGE).await? {
+        match self
+            .control_request(NodeToRelay::Presence { target })
+            .await?
+        {
             RelayToNode::Presence { target: t, online } if t == target => Ok(online),
             RelayToNode::Error { code } => Err(Error::Link(code)),
             _ => Err(Error::Link(LinkErrorCode::Malformed)),
@@ -423,6 +426,12 @@ impl Node {
         }
     }
 
+    /// Every revocation list the relay holds (all pages), unverified here.
+    pub async fn revocation_lists(&self) -> Result<Vec<SignedRevocations>, Error> {
+        let pages = control_exchange(&self.inner, NodeToRelay::RevocationQuery).await?;
+        Ok(collect_pages(pages).0)
+    }
+
     /// Key rotations as they arrive from the relay (unverified here).
     pub fn rotation_updates(&self) -> tokio::sync::broadcast::Receiver<Vec<SignedRotation>> {
         self.inner.rotations.subscribe()
@@ -475,13 +484,73 @@ fn transport_config(limits: &NodeLimits) -> quinn::TransportConfig {
 }
 
 async fn control_request(inner: &Inner, request: NodeToRelay) -> Result<RelayToNode, Error> {
+    let mut answers = control_exchange(inner, request).await?;
+    answers.pop().ok_or(Error::Link(LinkErrorCode::Malformed))
+}
+
+/// Sends one control request and reads its answer: one message, or every page of a paged
+/// answer (`Revocations`/`Rotations` with `more`). Bounded in time: a relay that does not
+/// answer within the deadline loses the control stream (the link is closed and reconnects,
+/// since a half-read answer would leave the stream out of step).
+async fn control_exchange(inner: &Inner, request: NodeToRelay) -> Result<Vec<RelayToNode>, Error> {
+    let limit = inner.config.limits.control_timeout;
     wait_connection(inner, inner.config.limits.connect_timeout).await?;
     let mut control = inner.control.lock().await;
-    let (send, recv) = control.as_mut().ok_or(Error::RelayLinkLost {
-        reason: "no control stream".into(),
-    })?;
-    write_message(send, &request).await?;
-    read_message::<RelayToNode>(recv, MAX_CONTROL_MESSAGE).await
+    let exchanged = timeout(limit, async {
+        let (send, recv) = control.as_mut().ok_or(Error::RelayLinkLost {
+            reason: "no control stream".into(),
+        })?;
+        write_message(send, &request, MAX_CONTROL_MESSAGE).await?;
+        read_pages(recv).await
+    })
+    .await;
+    match exchanged {
+        Ok(answers) => answers,
+        Err(_) => {
+            *control = None;
+            if let Some(conn) = inner.conn.borrow().clone() {
+                conn.close(close_code::NORMAL.into(), b"control request timed out");
+            }
+            Err(Error::Timeout {
+                what: "relay control request",
+            })
+        }
+    }
+}
+
+/// Reads one message from `recv`, and the pages that follow it when it says `more`.
+async fn read_pages(recv: &mut quinn::RecvStream) -> Result<Vec<RelayToNode>, Error> {
+    let mut pages = Vec::new();
+    loop {
+        let message = read_message::<RelayToNode>(recv, MAX_CONTROL_MESSAGE).await?;
+        let more = matches!(
+            message,
+            RelayToNode::Revocations { more: true, .. } | RelayToNode::Rotations { more: true, .. }
+        );
+        pages.push(message);
+        if !more {
+            return Ok(pages);
+        }
+        if pages.len() > MAX_PAGES {
+            return Err(Error::Link(LinkErrorCode::TooLarge));
+        }
+    }
+}
+
+/// Pages of one paged answer a node reads at most (4 GiB at the relay's page size).
+const MAX_PAGES: usize = 8192;
+
+/// Splits paged answers into the revocation lists and the rotations they carry.
+fn collect_pages(pages: Vec<RelayToNode>) -> (Vec<SignedRevocations>, Vec<SignedRotation>) {
+    let (mut lists, mut rotations) = (Vec::new(), Vec::new());
+    for page in pages {
+        match page {
+            RelayToNode::Revocations { lists: l, .. } => lists.extend(l),
+            RelayToNode::Rotations { rotations: r, .. } => rotations.extend(r),
+            _ => {}
+        }
+    }
+    (lists, rotations)
 }
 
 async fn wait_connection(inner: &Inner, within: Duration) -> Result<quinn::Connection, Error> {
@@ -529,7 +598,9 @@ fn describe(e: &quinn::ConnectionError) -> Error {
             let code = u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX);
             let reason = match code {
                 close_code::SUPERSEDED => return Error::Superseded,
-                close_code::NOT_ADMITTED => "not admitted",
+                close_code::NOT_ADMITTED => "not admitted (not on the relay's allowlist)",
+                close_code::KEY_REVOKED => "this node's key was revoked by the network admin",
+                close_code::KEY_RETIRED => "this node's key was retired by a rotation",
                 close_code::UNSUPPORTED_VERSION => "unsupported relay-link version",
                 close_code::SHUTDOWN => {
                     return Error::RelayLinkLost {
@@ -551,7 +622,7 @@ fn describe(e: &quinn::ConnectionError) -> Error {
                 reason: reason.into(),
             }
         }
-        C::ConnectionClosed(close) if u64::from(close.error_code) == 0x100 + 49 => {
+        C::ConnectionClosed(close) if u64::from(close.error_code) == TLS_ACCESS_DENIED => {
             Error::RelayRefused {
                 reason: "not on the relay's allowlist (TLS access denied)".into(),
             }
@@ -610,7 +681,7 @@ async fn connect_once(
                 version: LINK_VERSION,
             },
         };
-        write_message(&mut send, &first).await?;
+        write_message(&mut send, &first, MAX_LINK_MESSAGE).await?;
         match read_message::<RelayToNode>(&mut recv, MAX_LINK_MESSAGE).await {
             Ok(RelayToNode::Welcome { node_id, .. }) if node_id == inner.node_id => {
                 if join.is_some()
@@ -643,55 +714,77 @@ async fn run_link(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
     let limits = inner.config.limits.clone();
     let mut backoff = Backoff::new(limits.backoff_min, limits.backoff_max);
     let mut refused_backoff = Backoff::new(limits.backoff_min, limits.refused_backoff_max);
+    // Superseded: start at the full wait (then the usual jitter), so that two processes with
+    // one identity take turns at most twice a minute instead of flapping.
+    let mut superseded_backoff =
+        Backoff::new(limits.superseded_backoff, limits.superseded_backoff * 2);
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let refused = match connect_once(&inner, &endpoint).await {
+        let next = match connect_once(&inner, &endpoint).await {
             Ok((conn, send, recv)) => {
                 attempt = 0;
                 backoff.reset();
                 refused_backoff.reset();
+                superseded_backoff.reset();
                 *inner.control.lock().await = Some((send, recv));
                 inner.conn.send_replace(Some(conn.clone()));
                 inner.state.send_replace(LinkState::Online);
-                // Catch up on revocation lists published while this node was away.
+                // Catch up on revocation lists and rotations published while this node was
+                // away (every page of them). The task ends with the link.
                 let fetch = inner.clone();
-                tokio::spawn(async move {
-                    if let Ok(RelayToNode::Revocations { lists }) =
-                        control_request(&fetch, NodeToRelay::RevocationQuery).await
-                        && !lists.is_empty()
-                    {
-                        let _ = fetch.revocations.send(lists);
+                let catch_up = tokio::spawn(
+                    async move {
+                        match control_exchange(&fetch, NodeToRelay::RevocationQuery).await {
+                            Ok(pages) => {
+                                let (lists, _) = collect_pages(pages);
+                                if !lists.is_empty() {
+                                    let _ = fetch.revocations.send(lists);
+                                }
+                            }
+                            Err(e) => tracing::warn!("revocation catch-up failed: {e}"),
+                        }
+                        match control_exchange(&fetch, NodeToRelay::RotationQuery).await {
+                            Ok(pages) => {
+                                let (_, rotations) = collect_pages(pages);
+                                if !rotations.is_empty() {
+                                    let _ = fetch.rotations.send(rotations);
+                                }
+                            }
+                            Err(e) => tracing::warn!("rotation catch-up failed: {e}"),
+                        }
                     }
-                    if let Ok(RelayToNode::Rotations { rotations }) =
-                        control_request(&fetch, NodeToRelay::RotationQuery).await
-                        && !rotations.is_empty()
-                    {
-                        let _ = fetch.rotations.send(rotations);
-                    }
-                });
+                    .in_current_span(),
+                );
                 tracing::info!(relay = %inner.config.relay, "relay link online");
                 let err = serve_incoming(&inner, &conn).await;
+                catch_up.abort();
                 inner.conn.send_replace(None);
                 *inner.control.lock().await = None;
                 tracing::warn!("relay link down: {err}");
                 match err {
                     Error::Superseded => {
+                        // Another process holds this identity (a copied home?). Keep trying,
+                        // slowly, so that a restart elsewhere does not leave this node
+                        // offline for good, and two copies do not flap.
                         inner.state.send_replace(LinkState::Refused {
-                            reason: err.to_string(),
+                            reason: format!(
+                                "{err}; retrying every {}s (is this node's home copied to another machine?)",
+                                limits.superseded_backoff.as_secs()
+                            ),
                         });
-                        return;
+                        superseded_backoff.next_wait()
                     }
                     Error::RelayRefused { reason } => {
                         inner.state.send_replace(LinkState::Refused { reason });
-                        true
+                        refused_backoff.next_wait()
                     }
                     other => {
                         inner.state.send_replace(LinkState::Connecting {
                             attempt,
                             last_error: Some(other.to_string()),
                         });
-                        false
+                        backoff.next_wait()
                     }
                 }
             }
@@ -700,7 +793,7 @@ async fn run_link(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                 inner.state.send_replace(LinkState::Refused {
                     reason: e.to_string(),
                 });
-                true
+                refused_backoff.next_wait()
             }
             Err(e) => {
                 tracing::debug!(attempt, "relay connect failed: {e}");
@@ -708,15 +801,10 @@ async fn run_link(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                     attempt,
                     last_error: Some(e.to_string()),
                 });
-                false
+                backoff.next_wait()
             }
         };
-        let wait = if refused {
-            refused_backoff.next_wait()
-        } else {
-            backoff.next_wait()
-        };
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep(next).await;
     }
 }
 
@@ -756,20 +844,27 @@ async fn handle_incoming(
     mut recv: quinn::RecvStream,
 ) {
     let limits = &inner.config.limits;
-    let header = timeout(
-        limits.handshake.handshake_timeout,
-        read_message::<RelayToNode>(&mut recv, MAX_CONTROL_MESSAGE),
-    )
-    .await;
-    if let Ok(Ok(RelayToNode::Revocations { lists })) = header {
-        let _ = inner.revocations.send(lists);
-        return;
-    }
-    if let Ok(Ok(RelayToNode::Rotations { rotations })) = header {
-        let _ = inner.rotations.send(rotations);
-        return;
-    }
-    let Ok(Ok(RelayToNode::Incoming { caller, session })) = header else {
+    let header = timeout(limits.handshake.handshake_timeout, read_pages(&mut recv)).await;
+    let header = match header {
+        Ok(Ok(mut pages))
+            if pages.len() == 1 && matches!(pages[0], RelayToNode::Incoming { .. }) =>
+        {
+            pages.pop()
+        }
+        Ok(Ok(pages)) => {
+            // A push from the relay: new revocation lists or rotations.
+            let (lists, rotations) = collect_pages(pages);
+            if !lists.is_empty() {
+                let _ = inner.revocations.send(lists);
+            }
+            if !rotations.is_empty() {
+                let _ = inner.rotations.send(rotations);
+            }
+            return;
+        }
+        _ => None,
+    };
+    let Some(RelayToNode::Incoming { caller, session }) = header else {
         let _ = send.reset(0u32.into());
         return;
     };

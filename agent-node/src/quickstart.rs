@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use nullport_keyring::{Policy, Protection, TrustStore, key_file};
-use nullport_node::config_file::{NodeFile, ServiceSpec};
+use nullport_node::config_file::{NodeFile, Service, ServiceSpec};
 use nullport_node::control::{self, ControlRequest};
 use nullport_node::daemon::Daemon;
 use nullport_node::home::Home;
@@ -119,9 +119,10 @@ async fn demo(root: &std::path::Path) -> anyhow::Result<()> {
     );
     let web = http_server().await?;
     let mut config = NodeFile::default();
-    config
-        .services
-        .insert("web".into(), ServiceSpec::Tcp(web.to_string()));
+    config.services.insert(
+        "web".into(),
+        Service::new(ServiceSpec::Tcp(web.to_string())),
+    );
     config.save(&tool_home.config())?;
     let mut trust = TrustStore::load(&tool_home.trust())?;
     trust.add("agent", agent_id.node_id(), false)?;

@@ -119,13 +119,16 @@ where
     Ok((to_b?, to_a.unwrap_or(0)))
 }
 
-/// Starts an `exec` service's process for one channel.
-pub fn spawn_exec(command: &[String]) -> io::Result<Child> {
+/// Starts an `exec` service's process for one channel, with exactly `env` as its
+/// environment (nothing is inherited from the daemon).
+pub fn spawn_exec(command: &[String], env: &[(String, String)]) -> io::Result<Child> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
     Command::new(program)
         .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -134,12 +137,11 @@ pub fn spawn_exec(command: &[String]) -> io::Result<Child> {
 }
 
 /// Runs one channel against a spawned process: channel -> stdin, stdout -> channel, stderr
-/// to the log. The process is killed when the channel is done, or when `cancel` resolves
-/// (then its output ends and the channel is closed with a close frame).
-pub async fn run_exec<C, F>(channel: C, mut child: Child, name: &str, cancel: F) -> io::Result<()>
+/// to the log. The process is killed when the channel is done or fails (an aborted channel
+/// fails its reads and writes at once).
+pub async fn run_exec<C>(channel: C, mut child: Child, name: &str) -> io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
-    F: std::future::Future<Output = ()>,
 {
     let (mut stdin, mut stdout) = match (child.stdin.take(), child.stdout.take()) {
         (Some(i), Some(o)) => (i, o),
@@ -165,17 +167,12 @@ where
         let _ = w.shutdown().await;
         r
     };
-    tokio::pin!(to_child, from_child, cancel);
+    tokio::pin!(to_child, from_child);
     // The channel is done when the process's output ends (its input may stay open: a peer
     // that never half-closes must not keep the process alive).
     let mut input_done = false;
-    let mut cancelled = false;
     let result = loop {
         tokio::select! {
-            _ = &mut cancel, if !cancelled => {
-                cancelled = true;
-                let _ = child.start_kill();
-            }
             r = &mut to_child, if !input_done => {
                 input_done = true;
                 if let Err(e) = r {
@@ -188,4 +185,68 @@ where
     let _ = child.start_kill();
     let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
     result
+}
+
+/// PROXY protocol v2 TLV type carrying the caller's NodeId (the application-specific range).
+pub const PP2_TYPE_NULLPORT_PEER: u8 = 0xE0;
+/// PROXY protocol v2 TLV type carrying the caller's alias on this node, if it has one.
+pub const PP2_TYPE_NULLPORT_ALIAS: u8 = 0xE1;
+/// PROXY protocol v2 `PP2_TYPE_UNIQUE_ID`: also the caller's NodeId, for receivers that log
+/// only the standard TLVs.
+pub const PP2_TYPE_UNIQUE_ID: u8 = 0x05;
+
+/// A PROXY protocol v2 header for a connection made on behalf of `peer`: command PROXY,
+/// family UNSPEC (there is no caller address: the caller is a key), and TLVs naming the
+/// caller (its NodeId as `PP2_TYPE_UNIQUE_ID` and [`PP2_TYPE_NULLPORT_PEER`], its alias as
+/// [`PP2_TYPE_NULLPORT_ALIAS`]).
+pub fn proxy_v2_header(peer: &nullport_protocol::NodeId, alias: Option<&str>) -> Vec<u8> {
+    const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+    let id = peer.to_string();
+    let mut tlvs = Vec::new();
+    let mut tlv = |kind: u8, value: &[u8]| {
+        let value = &value[..value.len().min(255)];
+        tlvs.push(kind);
+        tlvs.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        tlvs.extend_from_slice(value);
+    };
+    tlv(PP2_TYPE_UNIQUE_ID, id.as_bytes());
+    tlv(PP2_TYPE_NULLPORT_PEER, id.as_bytes());
+    if let Some(alias) = alias {
+        tlv(PP2_TYPE_NULLPORT_ALIAS, alias.as_bytes());
+    }
+    let mut header = Vec::with_capacity(16 + tlvs.len());
+    header.extend_from_slice(&SIGNATURE);
+    header.push(0x21); // version 2, command PROXY
+    header.push(0x00); // AF_UNSPEC, UNSPEC
+    header.extend_from_slice(&(tlvs.len() as u16).to_be_bytes());
+    header.extend_from_slice(&tlvs);
+    header
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_v2_header_layout() {
+        let peer = nullport_protocol::Identity::from_seed([5; 32]).node_id();
+        let h = proxy_v2_header(&peer, Some("laptop"));
+        assert_eq!(&h[..12], b"\r\n\r\n\0\r\nQUIT\n");
+        assert_eq!(h[12], 0x21);
+        assert_eq!(h[13], 0x00);
+        let len = usize::from(u16::from_be_bytes([h[14], h[15]]));
+        assert_eq!(len, h.len() - 16);
+        let id = peer.to_string();
+        let mut tlvs = &h[16..];
+        let mut seen = Vec::new();
+        while let [kind, a, b, rest @ ..] = tlvs {
+            let n = usize::from(u16::from_be_bytes([*a, *b]));
+            seen.push((*kind, String::from_utf8_lossy(&rest[..n]).into_owned()));
+            tlvs = &rest[n..];
+        }
+        assert_eq!(
+            seen,
+            vec![(0x05, id.clone()), (0xE0, id), (0xE1, "laptop".to_owned())]
+        );
+    }
 }

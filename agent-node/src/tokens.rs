@@ -3,17 +3,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use nullport_keyring::token::{Scope, Token, pattern_covered};
+use nullport_keyring::token::{Scope, Token, TokenError, pattern_covered};
 use nullport_keyring::{McpGrant, McpRules, Policy, TrustStore};
 use nullport_protocol::NodeId;
-
-/// Clock tolerance for token validity, in seconds (`NULLPORT_TOKEN_SKEW_SECS`, default 60).
-pub fn skew() -> u64 {
-    std::env::var("NULLPORT_TOKEN_SKEW_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60)
-}
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
@@ -36,7 +28,9 @@ pub struct Presented {
     pub rule: String,
 }
 
-/// Verifies `blob` as a token presented by `peer` to `callee` for `service`.
+/// Verifies `blob` as a token presented by `peer` to `callee` for `service` at `now` (Unix
+/// seconds), with `skew` seconds of clock tolerance.
+#[allow(clippy::too_many_arguments)]
 pub fn check(
     blob: &[u8],
     peer: &NodeId,
@@ -44,12 +38,12 @@ pub fn check(
     service: &str,
     policy: &Policy,
     trust: &TrustStore,
-) -> Result<Presented, String> {
-    let token = Token::from_bytes(blob).map_err(|e| e.to_string())?;
+    now: u64,
+    skew: u64,
+) -> Result<Presented, TokenError> {
+    let token = Token::from_bytes(blob)?;
     let issuers = policy.token_issuers(service, trust);
-    let scope = token
-        .verify(peer, callee, service, &issuers, unix_now(), skew())
-        .map_err(|e| e.to_string())?;
+    let scope = token.verify(peer, callee, service, &issuers, now, skew)?;
     let issuer = token.links[0].body.issuer;
     let rule = format!(
         "token from {}",
@@ -69,7 +63,7 @@ pub fn check(
 fn narrow(token: &Option<Vec<String>>, bound: Option<&Vec<String>>, prefix: bool) -> Vec<String> {
     let covered = |t: &String, b: &String| {
         if prefix {
-            t.starts_with(b.as_str())
+            nullport_keyring::uri::prefix_covers(b, t)
         } else {
             pattern_covered(t, b)
         }
@@ -82,18 +76,16 @@ fn narrow(token: &Option<Vec<String>>, bound: Option<&Vec<String>>, prefix: bool
             .collect(),
         (Some(t), None) => t.clone(),
         (None, Some(b)) => b.clone(),
-        (None, None) => {
-            if prefix {
-                vec![String::new()]
-            } else {
-                vec!["*".to_owned()]
-            }
-        }
+        // The issuer has no rules of its own here: it can delegate nothing (the documented
+        // "never more than the issuer's own rules").
+        (_, None) => Vec::new(),
     }
 }
 
-/// The MCP rules a token grants: its scope within the issuer's own rules on the service (if
-/// the policy gives the issuer any), never more than either.
+/// The MCP rules a token grants: its scope within the issuer's own rules on the service,
+/// never more than either. An issuer with no MCP rules of its own on the service grants no
+/// tool, resource or prompt (give it rules with `nullport mcp allow ISSUER SERVICE ...` to
+/// set the most it may delegate).
 pub fn grant(
     presented: &Presented,
     policy: &Policy,
@@ -117,9 +109,8 @@ pub fn grant(
                     .filter(|m| r.methods.contains(m))
                     .cloned()
                     .collect(),
-                (Some(m), None) => m.clone(),
                 (None, Some(r)) => r.methods.clone(),
-                (None, None) => Vec::new(),
+                (_, None) => Vec::new(),
             },
             calls_per_minute: b.and_then(|r| r.calls_per_minute),
             max_concurrent: b.and_then(|r| r.max_concurrent),
@@ -153,5 +144,8 @@ mod tests {
             ),
             vec!["file:///srv/docs/a"]
         );
+        // An issuer without rules of its own delegates nothing, whatever the token says.
+        assert!(narrow(&token, None, false).is_empty());
+        assert!(narrow(&None, None, false).is_empty());
     }
 }

@@ -77,12 +77,14 @@ async fn admit(
         &NodeToRelay::Hello {
             version: LINK_VERSION,
         },
+        relay_link::MAX_LINK_MESSAGE,
         &mut buf,
-    );
+    )?;
     send.write_all(&buf).await?;
-    let mut prefix = [0u8; 2];
+    let mut prefix = [0u8; relay_link::LENGTH_PREFIX];
     recv.read_exact(&mut prefix).await?;
-    let mut body = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+    let len = relay_link::decode_len(prefix, relay_link::MAX_LINK_MESSAGE)?;
+    let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await?;
     match relay_link::decode::<RelayToNode>(&body) {
         Ok(RelayToNode::Welcome { .. }) => Ok(Idle {

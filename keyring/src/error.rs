@@ -30,6 +30,32 @@ pub enum Error {
         /// Its mode bits.
         mode: u32,
     },
+    /// A secret file belongs to another user than the one running nullport.
+    #[error(
+        "{path} belongs to uid {owner}, not to uid {euid} running nullport; refusing a secret another user controls (run: chown {euid} {path})"
+    )]
+    ForeignOwner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The effective uid of this process.
+        euid: u32,
+    },
+    /// A private directory (a node's home) is open to other users or owned by another.
+    #[error(
+        "{path} must be a directory of uid {euid} closed to others (mode 700), but it is mode {mode:o} owned by uid {owner} (run: chmod 700 {path})"
+    )]
+    LooseDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+        /// Its owner.
+        owner: u32,
+        /// The effective uid of this process.
+        euid: u32,
+    },
     /// Not a nullport key file (wrong magic).
     #[error("{path} is not a nullport key file")]
     NotAKeyFile {

@@ -66,11 +66,24 @@ pub fn write_private(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(), E
     result
 }
 
-/// Reads a file that must not be readable by group or others.
+/// The effective uid of this process.
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Reads a file that must belong to the user running nullport and not be readable by group
+/// or others.
 pub fn read_private(path: &Path) -> Result<Vec<u8>, Error> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = fs::metadata(path).map_err(io(path))?;
     let mode = meta.permissions().mode() & 0o777;
+    if meta.uid() != euid() {
+        return Err(Error::ForeignOwner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            euid: euid(),
+        });
+    }
     if mode & 0o077 != 0 {
         return Err(Error::LoosePermissions {
             path: path.to_owned(),
@@ -78,4 +91,21 @@ pub fn read_private(path: &Path) -> Result<Vec<u8>, Error> {
         });
     }
     fs::read(path).map_err(io(path))
+}
+
+/// Checks that `dir` is a directory of the user running nullport with no access for group
+/// or others (a node's home: it holds the key, the control socket and the audit log).
+pub fn check_private_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = fs::metadata(dir).map_err(io(dir))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if !meta.is_dir() || meta.uid() != euid() || mode & 0o077 != 0 {
+        return Err(Error::LooseDirectory {
+            path: dir.to_owned(),
+            mode,
+            owner: meta.uid(),
+            euid: euid(),
+        });
+    }
+    Ok(())
 }

@@ -17,6 +17,7 @@ pub mod rotation;
 pub mod token;
 pub mod trust;
 pub mod ttl;
+pub mod uri;
 
 pub use error::Error;
 pub use key_file::{KdfParams, Protection};

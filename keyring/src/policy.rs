@@ -27,6 +27,14 @@
 //! issuers = ["admin"]
 //! ```
 //!
+//! Who may revoke what here: this node's own revocation list always applies to everything;
+//! the signers under `[revocation]` apply to everything too; an issuer trusted for a
+//! service's tokens may revoke keys and tokens for that service only:
+//! ```toml
+//! [revocation]
+//! signers = ["admin"]
+//! ```
+//!
 //! Names are resolved through the trust store when a decision is made, so trusting an alias
 //! later takes effect without editing the policy.
 
@@ -49,6 +57,22 @@ struct PolicyFile {
     mcp: BTreeMap<String, McpService>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     tokens: BTreeMap<String, TokenRule>,
+    #[serde(default, skip_serializing_if = "RevocationRule::is_empty")]
+    revocation: RevocationRule,
+}
+
+/// Node-wide revocation signers.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevocationRule {
+    #[serde(default)]
+    signers: Vec<String>,
+}
+
+impl RevocationRule {
+    fn is_empty(&self) -> bool {
+        self.signers.is_empty()
+    }
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -178,6 +202,115 @@ impl Policy {
         true
     }
 
+    /// Removes every entry of `service`'s allow list and MCP rules that names `peer` (by
+    /// alias or NodeId: entries that resolve to the same NodeId count too). Returns what was
+    /// removed (empty: nothing named it).
+    pub fn withdraw(&mut self, peer: &str, service: &str, trust: &TrustStore) -> Vec<String> {
+        let target = trust.resolve(peer).ok();
+        let names =
+            |name: &str| name == peer || (target.is_some() && trust.resolve(name).ok() == target);
+        let mut removed = Vec::new();
+        if let Some(rule) = self.file.services.get_mut(service) {
+            rule.allow.retain(|p| {
+                let hit = names(p);
+                if hit {
+                    removed.push(format!("allow {p}"));
+                }
+                !hit
+            });
+            if rule.allow.is_empty() {
+                self.file.services.remove(service);
+            }
+        }
+        if let Some(svc) = self.file.mcp.get_mut(service) {
+            svc.allow.retain(|p, _| {
+                let hit = names(p);
+                if hit {
+                    removed.push(format!("mcp rules of {p}"));
+                }
+                !hit
+            });
+            if svc.allow.is_empty() && svc.approve.is_empty() {
+                self.file.mcp.remove(service);
+            }
+        }
+        removed
+    }
+
+    /// Removes only the MCP rules of `service` that name `peer` (alias or NodeId). Returns
+    /// whether there were any.
+    pub fn withdraw_mcp(&mut self, peer: &str, service: &str, trust: &TrustStore) -> bool {
+        let target = trust.resolve(peer).ok();
+        let Some(svc) = self.file.mcp.get_mut(service) else {
+            return false;
+        };
+        let before = svc.allow.len();
+        svc.allow
+            .retain(|p, _| !(p == peer || (target.is_some() && trust.resolve(p).ok() == target)));
+        let changed = svc.allow.len() != before;
+        if svc.allow.is_empty() && svc.approve.is_empty() {
+            self.file.mcp.remove(service);
+        }
+        changed
+    }
+
+    /// Every MCP service with its callers' rules and the tools that need approval.
+    pub fn mcp_services(&self) -> Vec<(String, Vec<(String, McpRules)>, Vec<String>)> {
+        self.file
+            .mcp
+            .iter()
+            .map(|(name, svc)| {
+                (
+                    name.clone(),
+                    svc.allow
+                        .iter()
+                        .map(|(p, r)| (p.clone(), r.clone()))
+                        .collect(),
+                    svc.approve.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// The node-wide revocation signers (aliases resolved now).
+    pub fn global_revocation_signers(&self, trust: &TrustStore) -> Vec<NodeId> {
+        self.file
+            .revocation
+            .signers
+            .iter()
+            .filter_map(|n| trust.resolve(n).ok())
+            .collect()
+    }
+
+    /// The node-wide revocation signers as written (aliases or NodeIds).
+    pub fn revocation_signer_names(&self) -> &[String] {
+        &self.file.revocation.signers
+    }
+
+    /// Trusts `signer` (alias or NodeId) to revoke keys and tokens node-wide. Returns false
+    /// if it already was.
+    pub fn trust_revocation_signer(&mut self, signer: &str) -> bool {
+        if self.file.revocation.signers.iter().any(|s| s == signer) {
+            return false;
+        }
+        self.file.revocation.signers.push(signer.to_owned());
+        true
+    }
+
+    /// Whether a list signed by `signer` applies to `service` here (`me` is this node: its
+    /// own list applies to everything).
+    pub fn revocation_applies(
+        &self,
+        signer: &NodeId,
+        service: &str,
+        me: &NodeId,
+        trust: &TrustStore,
+    ) -> bool {
+        signer == me
+            || self.global_revocation_signers(trust).contains(signer)
+            || self.token_issuers(service, trust).contains(signer)
+    }
+
     /// Removes `peer` from `service`'s allow list. Returns false if it was not there.
     pub fn revoke(&mut self, peer: &str, service: &str) -> bool {
         let Some(rule) = self.file.services.get_mut(service) else {
@@ -253,13 +386,16 @@ impl Policy {
             .unwrap_or_default()
     }
 
-    /// Who may revoke keys and tokens on this node: every trusted token issuer.
+    /// Every signer whose revocation list applies to something on this node: the node-wide
+    /// signers and every trusted token issuer (each for its own services). This node itself
+    /// is not listed: its own list always applies.
     pub fn revocation_signers(&self, trust: &TrustStore) -> Vec<NodeId> {
         let mut v: Vec<NodeId> = self
             .file
             .tokens
             .values()
             .flat_map(|r| r.issuers.iter().filter_map(|n| trust.resolve(n).ok()))
+            .chain(self.global_revocation_signers(trust))
             .collect();
         v.sort();
         v.dedup();

@@ -9,8 +9,10 @@ use std::path::Path;
 use nullport_protocol::{Identity, NodeId, domain, identity::verify};
 use serde::{Deserialize, Serialize};
 
-/// Largest encoded list accepted.
-pub const MAX_LIST_BYTES: usize = 60 * 1024;
+/// Largest encoded list accepted: 512 KiB, about 15,000 revoked keys (33 bytes each) or
+/// 30,000 token ids. It crosses the relay link in one control message
+/// (`nullport_protocol::relay_link::MAX_CONTROL_MESSAGE`, 1 MiB).
+pub const MAX_LIST_BYTES: usize = 512 * 1024;
 
 /// The content of one signer's list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +135,25 @@ impl RevocationSet {
     /// The list held from `signer`.
     pub fn list_of(&self, signer: &NodeId) -> Option<&RevocationList> {
         self.lists.get(&signer.to_string()).map(|(l, _)| l)
+    }
+
+    /// Every list held.
+    pub fn lists(&self) -> impl Iterator<Item = &RevocationList> {
+        self.lists.values().map(|(l, _)| l)
+    }
+
+    /// The signers of the held lists that revoke `key`.
+    pub fn key_revoked_by(&self, key: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        self.lists()
+            .filter(move |l| l.keys.contains(&key))
+            .map(|l| l.signer)
+    }
+
+    /// The signers of the held lists that revoke token id `id`.
+    pub fn token_revoked_by(&self, id: [u8; 16]) -> impl Iterator<Item = NodeId> + '_ {
+        self.lists()
+            .filter(move |l| l.tokens.contains(&id))
+            .map(|l| l.signer)
     }
 
     /// Loads a saved set (missing file: empty).

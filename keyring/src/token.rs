@@ -197,7 +197,7 @@ fn list_narrows(child: &Option<Vec<String>>, parent: &Option<Vec<String>>, prefi
         (Some(c), Some(p)) => c.iter().all(|ci| {
             p.iter().any(|pi| {
                 if prefix {
-                    ci.starts_with(pi.as_str())
+                    crate::uri::prefix_covers(pi, ci)
                 } else {
                     pattern_covered(ci, pi)
                 }

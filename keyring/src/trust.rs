@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::fs::write_private;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TrustFile {
     #[serde(default)]
@@ -24,7 +24,7 @@ struct TrustFile {
 }
 
 /// Aliases for NodeIds, loaded from and saved to one TOML file.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct TrustStore {
     path: PathBuf,
     file: TrustFile,

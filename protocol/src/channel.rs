@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::frame::write_prefixed;
 use crate::limits::{Limits, MAX_FRAME_DATA, MAX_NOISE_MESSAGE, TAG_LEN};
 use crate::node_id::NodeId;
-use crate::wire::{FrameType, ServiceName};
+use crate::wire::{DenyReason, FrameType, ServiceName};
 
 /// What one incoming message turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub enum Received {
 
 /// An established end-to-end channel.
 pub struct Channel {
-    transport: snow::TransportState,
+    pub(crate) transport: snow::TransportState,
     peer: NodeId,
     service: ServiceName,
     handshake_hash: [u8; 32],
@@ -125,8 +125,17 @@ impl Channel {
         Ok(())
     }
 
+    /// Appends an abort frame: the channel ends, both directions, for `reason` (the peer's
+    /// next read fails with [`Error::Aborted`]). Nothing can be sent afterwards.
+    pub fn seal_abort(&mut self, reason: DenyReason, out: &mut Vec<u8>) -> Result<(), Error> {
+        self.check_can_send()?;
+        self.write_frame(FrameType::Abort, &[reason.code()], out)?;
+        self.send_closed = true;
+        Ok(())
+    }
+
     /// Decrypts one message (without its length prefix), appending application bytes to
-    /// `out`.
+    /// `out`. An abort frame is [`Error::Aborted`].
     pub fn open(&mut self, message: &[u8], out: &mut Vec<u8>) -> Result<Received, Error> {
         let (frame_type, body_len) = self.read_frame(message)?;
         let result = match frame_type {
@@ -142,7 +151,10 @@ impl Channel {
                 self.transport.rekey_incoming();
                 Ok(Received::Control)
             }
-            FrameType::Close | FrameType::Rekey => Err(Error::Malformed {
+            FrameType::Abort if body_len == 1 => Err(Error::Aborted {
+                reason: DenyReason::from_code(self.scratch[1]),
+            }),
+            FrameType::Close | FrameType::Rekey | FrameType::Abort => Err(Error::Malformed {
                 what: "control frame",
             }),
             other => Err(Error::UnexpectedFrame { what: other.name() }),

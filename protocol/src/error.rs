@@ -62,6 +62,14 @@ pub enum Error {
         /// Why.
         reason: DenyReason,
     },
+    /// The peer ended the channel (both directions) with a reason: what authorised it was
+    /// withdrawn (revoked key or token, expired token, policy change), it sat idle too long,
+    /// or the peer is shutting down. Nothing after it is delivered.
+    #[error("channel closed by the peer: {reason}")]
+    Aborted {
+        /// Why.
+        reason: DenyReason,
+    },
     /// A frame arrived that is not valid at this point (e.g. data before accept).
     #[error("unexpected {what} frame")]
     UnexpectedFrame {

@@ -68,7 +68,7 @@ pub fn prologue(initiator: &NodeId, responder: &NodeId, session: SessionId) -> V
 pub struct HandshakeKeys {
     node_id: NodeId,
     pub(crate) static_private: Zeroizing<Vec<u8>>,
-    proof: IdentityProof,
+    pub(crate) proof: IdentityProof,
     verified: Arc<ProofCache>,
 }
 

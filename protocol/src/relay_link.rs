@@ -1,7 +1,11 @@
 //! Messages between a node and the relay (the relay link), and their codec.
 //!
-//! Every message is `len (u16) || postcard(message)`, with `len` at most the receiver's
-//! bound (default [`MAX_LINK_MESSAGE`]). The relay link runs over QUIC streams:
+//! Every message is `len (u32, big endian) || postcard(message)`, with `len` at most the
+//! bound of the stream it travels on: [`MAX_LINK_MESSAGE`] on dial and incoming streams,
+//! [`MAX_CONTROL_MESSAGE`] on the control stream and on streams the relay opens to push
+//! revocation lists and rotations. A sender never clamps a length: [`encode`] refuses a
+//! message over the bound with [`LinkEncodeError::TooLarge`]. The relay link runs over QUIC
+//! streams:
 //! - the **control stream** (opened by the node right after the QUIC handshake):
 //!   `NodeToRelay::Hello` → `RelayToNode::Welcome`, then presence queries;
 //! - a **dial stream** (opened by the caller): `NodeToRelay::Dial` → `RelayToNode::Dialed`
@@ -17,14 +21,18 @@ use serde::{Deserialize, Serialize};
 use crate::handshake::SessionId;
 use crate::node_id::NodeId;
 
-/// Version of the relay-link protocol.
-pub const LINK_VERSION: u16 = 1;
-/// TLS ALPN protocol id of the relay link.
-pub const ALPN: &[u8] = b"nullport/1";
-/// Default bound on one relay-link message.
+/// Version of the relay-link protocol (2: 4-byte length prefixes, paged revocation lists).
+pub const LINK_VERSION: u16 = 2;
+/// TLS ALPN protocol id of the relay link; it names the version, so a node and a relay that
+/// speak different versions fail in the TLS handshake with "no application protocol".
+pub const ALPN: &[u8] = b"nullport/2";
+/// Bound on one message on a dial or incoming stream (dials, their answers).
 pub const MAX_LINK_MESSAGE: usize = 1024;
-/// Bound on a control-stream message (revocation lists are larger than dials).
-pub const MAX_CONTROL_MESSAGE: usize = 65_535;
+/// Bound on one control-stream message: a revocation list of the largest size
+/// (`nullport_keyring::revocation::MAX_LIST_BYTES`, 512 KiB) with room to spare.
+pub const MAX_CONTROL_MESSAGE: usize = 1 << 20;
+/// The length prefix of every relay-link message.
+pub const LENGTH_PREFIX: usize = 4;
 
 /// QUIC application close codes used on relay links.
 pub mod close_code {
@@ -44,7 +52,15 @@ pub mod close_code {
     pub const ADMISSION_TIMEOUT: u32 = 6;
     /// Unsupported relay-link version.
     pub const UNSUPPORTED_VERSION: u32 = 7;
+    /// The node's key was revoked by the network admin (the relay's key): refused for good.
+    pub const KEY_REVOKED: u32 = 8;
+    /// The node's key was rotated away (a newer key replaced it): refused for good.
+    pub const KEY_RETIRED: u32 = 9;
 }
+
+/// The QUIC transport error code of a TLS `access_denied` alert (0x100 + alert 49): what a
+/// node sees when the relay refuses its key inside the TLS handshake.
+pub const TLS_ACCESS_DENIED: u64 = 0x100 + 49;
 
 /// Why the relay refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
@@ -80,6 +96,18 @@ pub enum LinkErrorCode {
     /// The enrollment invite was already used.
     #[error("invite already used")]
     InviteUsed,
+    /// The key is revoked (refused for good).
+    #[error("key revoked")]
+    KeyRevoked,
+    /// The key was rotated away (refused for good).
+    #[error("key retired by a rotation")]
+    KeyRetired,
+    /// This key already has a rotation on record (the first one wins).
+    #[error("this key was already rotated")]
+    AlreadyRotated,
+    /// The relay holds as many revocation lists as it is configured to.
+    #[error("the relay holds its maximum number of revocation lists")]
+    ListsFull,
 }
 
 /// Node → relay.
@@ -213,17 +241,22 @@ pub enum RelayToNode {
         /// The countersigned checkpoint.
         checkpoint: Option<WitnessedCheckpoint>,
     },
-    /// Revocation lists: the answer to `RevocationQuery` and `PublishRevocations`, and the
-    /// first message of a stream the relay opens to push new lists.
+    /// Revocation lists: the answer to `RevocationQuery` and `PublishRevocations` (in pages:
+    /// `more` says another `Revocations` message follows), and the first message of a stream
+    /// the relay opens to push new lists.
     Revocations {
-        /// The newest list of each signer.
+        /// The newest list of each signer (one page).
         lists: Vec<SignedRevocations>,
+        /// Another page follows on the same stream.
+        more: bool,
     },
-    /// Key rotations: the answer to `RotationQuery` and `PublishRotation`, and pushed like
-    /// revocation lists.
+    /// Key rotations: the answer to `RotationQuery` and `PublishRotation` (paged like
+    /// `Revocations`), and pushed like revocation lists.
     Rotations {
-        /// The statements.
+        /// The statements (one page).
         rotations: Vec<SignedRotation>,
+        /// Another page follows on the same stream.
+        more: bool,
     },
 }
 
@@ -265,21 +298,59 @@ impl From<LinkDecodeError> for LinkErrorCode {
     }
 }
 
-/// Appends `len || postcard(message)` to `out`.
-pub fn encode<T: Serialize>(message: &T, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0, 0]);
-    // Serialising these enums into a Vec cannot fail (no maps, no unsized sequences).
-    if let Ok(bytes) = postcard::to_extend(message, std::mem::take(out)) {
-        *out = bytes;
-    }
-    let len = (out.len() - start - 2).min(usize::from(u16::MAX)) as u16;
-    out[start..start + 2].copy_from_slice(&len.to_be_bytes());
+/// Why a relay-link message could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkEncodeError {
+    /// The message is larger than the stream it is meant for allows.
+    #[error("relay-link message of {len} bytes exceeds {max}")]
+    TooLarge {
+        /// Encoded length.
+        len: usize,
+        /// Bound.
+        max: usize,
+    },
+    /// The message could not be serialised.
+    #[error("relay-link message could not be encoded")]
+    Serialize,
 }
 
-/// The length announced by a 2-byte prefix, checked against `max`.
-pub fn decode_len(prefix: [u8; 2], max: usize) -> Result<usize, LinkDecodeError> {
-    let len = usize::from(u16::from_be_bytes(prefix));
+/// Appends `len || postcard(message)` to `out` and returns the body length; a body over
+/// `max` is [`LinkEncodeError::TooLarge`] and leaves `out` as it was.
+pub fn encode<T: Serialize>(
+    message: &T,
+    max: usize,
+    out: &mut Vec<u8>,
+) -> Result<usize, LinkEncodeError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; LENGTH_PREFIX]);
+    match postcard::to_extend(message, std::mem::take(out)) {
+        Ok(bytes) => *out = bytes,
+        Err(_) => {
+            out.truncate(start);
+            return Err(LinkEncodeError::Serialize);
+        }
+    }
+    let len = out.len() - start - LENGTH_PREFIX;
+    let prefix = u32::try_from(len).ok().filter(|_| len <= max);
+    let Some(prefix) = prefix else {
+        out.truncate(start);
+        return Err(LinkEncodeError::TooLarge { len, max });
+    };
+    out[start..start + LENGTH_PREFIX].copy_from_slice(&prefix.to_be_bytes());
+    Ok(len)
+}
+
+/// The number of bytes `message` takes on the link, prefix included.
+pub fn encoded_len<T: Serialize>(message: &T) -> Result<usize, LinkEncodeError> {
+    postcard::experimental::serialized_size(message)
+        .map(|n| n + LENGTH_PREFIX)
+        .map_err(|_| LinkEncodeError::Serialize)
+}
+
+/// The length announced by a 4-byte prefix, checked against `max`.
+pub fn decode_len(prefix: [u8; LENGTH_PREFIX], max: usize) -> Result<usize, LinkDecodeError> {
+    let len = usize::try_from(u32::from_be_bytes(prefix)).unwrap_or(usize::MAX);
     if len > max {
         return Err(LinkDecodeError::TooLarge { len, max });
     }
@@ -307,12 +378,18 @@ mod tests {
         Identity::from_seed([seed; 32]).node_id()
     }
 
+    fn prefix(out: &[u8]) -> [u8; LENGTH_PREFIX] {
+        [out[0], out[1], out[2], out[3]]
+    }
+
     fn round_trip<T: Serialize + for<'a> Deserialize<'a> + PartialEq + std::fmt::Debug>(m: T) {
         let mut out = Vec::new();
-        encode(&m, &mut out);
-        let len = decode_len([out[0], out[1]], MAX_LINK_MESSAGE);
-        assert_eq!(len, Ok(out.len() - 2));
-        assert_eq!(decode::<T>(&out[2..]), Ok(m));
+        let n = encode(&m, MAX_LINK_MESSAGE, &mut out);
+        assert_eq!(n, Ok(out.len() - LENGTH_PREFIX));
+        assert_eq!(encoded_len(&m), Ok(out.len()));
+        let len = decode_len(prefix(&out), MAX_LINK_MESSAGE);
+        assert_eq!(len, Ok(out.len() - LENGTH_PREFIX));
+        assert_eq!(decode::<T>(&out[LENGTH_PREFIX..]), Ok(m));
     }
 
     #[test]
@@ -343,10 +420,14 @@ mod tests {
     #[test]
     fn trailing_bytes_weak_keys_and_oversize_are_rejected() {
         let mut out = Vec::new();
-        encode(&NodeToRelay::Hello { version: 1 }, &mut out);
+        let _ = encode(
+            &NodeToRelay::Hello { version: 1 },
+            MAX_LINK_MESSAGE,
+            &mut out,
+        );
         out.push(0);
         assert_eq!(
-            decode::<NodeToRelay>(&out[2..]),
+            decode::<NodeToRelay>(&out[LENGTH_PREFIX..]),
             Err(LinkDecodeError::Malformed)
         );
         // A Dial naming the identity point (weak key).
@@ -357,16 +438,55 @@ mod tests {
             Err(LinkDecodeError::Malformed)
         );
         assert_eq!(
-            decode_len([0x10, 0x00], MAX_LINK_MESSAGE),
+            decode_len([0, 0, 0x10, 0x00], MAX_LINK_MESSAGE),
             Err(LinkDecodeError::TooLarge {
                 len: 4096,
                 max: MAX_LINK_MESSAGE
             })
         );
         assert_eq!(
-            decode_len([0, 0], MAX_LINK_MESSAGE),
+            decode_len([0xff; 4], MAX_CONTROL_MESSAGE),
+            Err(LinkDecodeError::TooLarge {
+                len: u32::MAX as usize,
+                max: MAX_CONTROL_MESSAGE
+            })
+        );
+        assert_eq!(
+            decode_len([0; 4], MAX_LINK_MESSAGE),
             Err(LinkDecodeError::Malformed)
         );
+    }
+
+    /// The 64 KiB clamp of version 1: a message larger than 65,535 bytes must either cross
+    /// intact (its length written exactly) or be refused before anything is written.
+    #[test]
+    fn large_messages_are_never_clamped() {
+        let list = SignedRevocations {
+            body: vec![7; 200_000],
+            sig: vec![1; 64],
+        };
+        let m = RelayToNode::Revocations {
+            lists: vec![list.clone(), list],
+            more: false,
+        };
+        let mut out = vec![9];
+        let n = encode(&m, MAX_CONTROL_MESSAGE, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        assert!(n > 400_000);
+        assert_eq!(decode_len(prefix(&out[1..]), MAX_CONTROL_MESSAGE), Ok(n));
+        assert_eq!(
+            decode::<RelayToNode>(&out[1 + LENGTH_PREFIX..]),
+            Ok(m.clone())
+        );
+        // Over the bound: a typed error, and nothing appended.
+        let mut small = vec![9];
+        assert_eq!(
+            encode(&m, 65_535, &mut small),
+            Err(LinkEncodeError::TooLarge {
+                len: n,
+                max: 65_535
+            })
+        );
+        assert_eq!(small, vec![9]);
     }
 
     proptest! {
@@ -380,9 +500,10 @@ mod tests {
         fn encoded_len_matches(seed in 1u8..255, session in any::<u64>()) {
             let m = RelayToNode::Incoming { caller: id(seed), session: SessionId(session) };
             let mut out = Vec::new();
-            encode(&m, &mut out);
-            prop_assert_eq!(usize::from(u16::from_be_bytes([out[0], out[1]])), out.len() - 2);
-            prop_assert_eq!(decode::<RelayToNode>(&out[2..]), Ok(m));
+            prop_assert_eq!(encode(&m, MAX_LINK_MESSAGE, &mut out), Ok(out.len() - LENGTH_PREFIX));
+            prop_assert_eq!(u32::from_be_bytes(prefix(&out)) as usize, out.len() - LENGTH_PREFIX);
+            prop_assert_eq!(encoded_len(&m), Ok(out.len()));
+            prop_assert_eq!(decode::<RelayToNode>(&out[LENGTH_PREFIX..]), Ok(m));
         }
     }
 }

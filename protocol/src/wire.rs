@@ -136,6 +136,12 @@ pub enum DenyReason {
     RateLimited,
     /// The callee is shutting down or cannot serve now.
     Unavailable,
+    /// What authorised the channel was revoked (the caller's key, or a token in its chain).
+    Revoked,
+    /// The capability token that authorised the channel expired.
+    Expired,
+    /// The channel carried nothing for longer than the callee's idle timeout.
+    Idle,
     /// A reason code this version does not know.
     Other(u8),
 }
@@ -149,6 +155,9 @@ impl DenyReason {
             DenyReason::BadToken => 3,
             DenyReason::RateLimited => 4,
             DenyReason::Unavailable => 5,
+            DenyReason::Revoked => 6,
+            DenyReason::Expired => 7,
+            DenyReason::Idle => 8,
             DenyReason::Other(code) => code,
         }
     }
@@ -161,6 +170,9 @@ impl DenyReason {
             3 => DenyReason::BadToken,
             4 => DenyReason::RateLimited,
             5 => DenyReason::Unavailable,
+            6 => DenyReason::Revoked,
+            7 => DenyReason::Expired,
+            8 => DenyReason::Idle,
             other => DenyReason::Other(other),
         }
     }
@@ -174,6 +186,9 @@ impl fmt::Display for DenyReason {
             DenyReason::BadToken => f.write_str("capability token rejected"),
             DenyReason::RateLimited => f.write_str("rate limited"),
             DenyReason::Unavailable => f.write_str("service unavailable"),
+            DenyReason::Revoked => f.write_str("access revoked"),
+            DenyReason::Expired => f.write_str("capability token expired"),
+            DenyReason::Idle => f.write_str("idle for too long"),
             DenyReason::Other(code) => write!(f, "refused (code {code})"),
         }
     }
@@ -193,6 +208,9 @@ pub enum FrameType {
     Accept = 4,
     /// First frame from the responder: the channel is refused; one reason byte follows.
     Deny = 5,
+    /// The sender ends the channel, both directions, for the reason in the one byte that
+    /// follows (a [`DenyReason`] code); nothing follows it.
+    Abort = 6,
 }
 
 impl FrameType {
@@ -203,6 +221,7 @@ impl FrameType {
             3 => FrameType::Rekey,
             4 => FrameType::Accept,
             5 => FrameType::Deny,
+            6 => FrameType::Abort,
             _ => return Err(Error::Malformed { what: "frame type" }),
         })
     }
@@ -214,6 +233,7 @@ impl FrameType {
             FrameType::Rekey => "rekey",
             FrameType::Accept => "accept",
             FrameType::Deny => "deny",
+            FrameType::Abort => "abort",
         }
     }
 }

@@ -1,25 +1,71 @@
-//! Who may connect: everyone (`--open`) or the NodeIds of an allowlist file.
+//! Who may connect: one decision, [`Admission::check`], used by the TLS verifier (inside the
+//! handshake), by the accept path (after it), before every dial, and whenever what it depends
+//! on changes (an allowlist reload, an admin revocation, a rotation), so that a key that is no
+//! longer admitted loses its link and its splices at once.
 //!
-//! Allowlist file: one NodeId a line; blank lines and `#` comments are ignored; a trailing
-//! comment after a NodeId is allowed. It is re-read on SIGHUP and when its modification time
-//! changes; a file that fails to parse leaves the previous list in force (and says why).
+//! Two layers:
+//! - **barred keys**, refused whatever else is said: keys revoked by the network admin (the
+//!   relay's own key signs those lists) and keys retired by a rotation. Revocation and
+//!   retirement beat every grant, including an entry in the allowlist or an invite.
+//! - the **mode**: everyone (`--open`) or the NodeIds of an allowlist file (one NodeId a
+//!   line; blank lines and `#` comments are ignored; a trailing comment after a NodeId is
+//!   allowed). The file is re-read on SIGHUP and when its modification time changes; a file
+//!   that fails to parse leaves the previous list in force (and says why).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use nullport_protocol::NodeId;
+use nullport_protocol::relay_link::{LinkErrorCode, close_code};
 
 use crate::error::Error;
+
+/// Why a key is not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Not on the allowlist.
+    #[error("not on the relay's allowlist")]
+    NotListed,
+    /// Revoked by the network admin.
+    #[error("key revoked by the network admin")]
+    Revoked,
+    /// Rotated away: a newer key replaced it.
+    #[error("key retired by a rotation")]
+    Retired,
+}
+
+impl Refusal {
+    /// The QUIC close code that tells a node why its link ends.
+    pub fn close_code(self) -> u32 {
+        match self {
+            Refusal::NotListed => close_code::NOT_ADMITTED,
+            Refusal::Revoked => close_code::KEY_REVOKED,
+            Refusal::Retired => close_code::KEY_RETIRED,
+        }
+    }
+
+    /// The refusal code for a request on the link.
+    pub fn link_code(self) -> LinkErrorCode {
+        match self {
+            Refusal::NotListed => LinkErrorCode::Refused,
+            Refusal::Revoked => LinkErrorCode::KeyRevoked,
+            Refusal::Retired => LinkErrorCode::KeyRetired,
+        }
+    }
+}
 
 /// The admission policy.
 #[derive(Debug)]
 pub struct Admission {
     mode: Mode,
+    revoked: RwLock<HashSet<NodeId>>,
+    retired: RwLock<HashSet<NodeId>>,
     refusals: AtomicU64,
-    enroll: std::sync::atomic::AtomicBool,
+    enroll: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -32,47 +78,69 @@ enum Mode {
 }
 
 impl Admission {
-    /// Any node with a valid key may connect.
-    pub fn open() -> Self {
+    fn with_mode(mode: Mode) -> Self {
         Self {
-            mode: Mode::Open,
+            mode,
+            revoked: RwLock::default(),
+            retired: RwLock::default(),
             refusals: AtomicU64::new(0),
-            enroll: std::sync::atomic::AtomicBool::new(false),
+            enroll: AtomicBool::new(false),
         }
+    }
+
+    /// Any node with a valid key may connect (barred keys excepted).
+    pub fn open() -> Self {
+        Self::with_mode(Mode::Open)
     }
 
     /// Only these NodeIds (a fixed list: for tests and embedding).
     pub fn fixed(ids: impl IntoIterator<Item = NodeId>) -> Self {
-        Self {
-            mode: Mode::AllowList {
-                path: None,
-                state: RwLock::new((ids.into_iter().collect(), None)),
-            },
-            refusals: AtomicU64::new(0),
-            enroll: std::sync::atomic::AtomicBool::new(false),
-        }
+        Self::with_mode(Mode::AllowList {
+            path: None,
+            state: RwLock::new((ids.into_iter().collect(), None)),
+        })
     }
 
     /// Only the NodeIds in the file at `path`.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
         let (ids, mtime) = read_allowlist(path)?;
-        Ok(Self {
-            mode: Mode::AllowList {
-                path: Some(path.to_owned()),
-                state: RwLock::new((ids, mtime)),
-            },
-            refusals: AtomicU64::new(0),
-            enroll: std::sync::atomic::AtomicBool::new(false),
-        })
+        Ok(Self::with_mode(Mode::AllowList {
+            path: Some(path.to_owned()),
+            state: RwLock::new((ids, mtime)),
+        }))
     }
 
-    /// Whether `id` is admitted.
-    pub fn admits(&self, id: &NodeId) -> bool {
+    /// The admission decision for `id`: barred keys first, then the mode.
+    pub fn check(&self, id: &NodeId) -> Result<(), Refusal> {
+        if self.revoked.read().map(|r| r.contains(id)).unwrap_or(true) {
+            return Err(Refusal::Revoked);
+        }
+        if self.retired.read().map(|r| r.contains(id)).unwrap_or(true) {
+            return Err(Refusal::Retired);
+        }
         match &self.mode {
-            Mode::Open => true,
+            Mode::Open => Ok(()),
             Mode::AllowList { state, .. } => {
-                state.read().map(|s| s.0.contains(id)).unwrap_or(false)
+                if state.read().map(|s| s.0.contains(id)).unwrap_or(false) {
+                    Ok(())
+                } else {
+                    Err(Refusal::NotListed)
+                }
             }
+        }
+    }
+
+    /// Whether `id` is admitted now.
+    pub fn admits(&self, id: &NodeId) -> bool {
+        self.check(id).is_ok()
+    }
+
+    /// Whether `id` may connect at all: admitted, or (while enrolling) merely unknown. A
+    /// barred key may not even try to enroll.
+    pub fn may_connect(&self, id: &NodeId) -> Result<(), Refusal> {
+        match self.check(id) {
+            Err(Refusal::NotListed) if self.enrolling() => Ok(()),
+            other => other,
         }
     }
 
@@ -82,7 +150,7 @@ impl Admission {
     }
 
     /// Re-reads the allowlist file. With `only_if_changed`, skips it when the modification
-    /// time is unchanged. Returns the number of entries now in force.
+    /// time is unchanged. Returns the number of entries now in force (None: not re-read).
     pub fn reload(&self, only_if_changed: bool) -> Result<Option<usize>, Error> {
         let Mode::AllowList {
             path: Some(path),
@@ -105,6 +173,15 @@ impl Admission {
         Ok(Some(n))
     }
 
+    /// Replaces the allowlist of a fixed (file-less) admission: for tests and embedding.
+    pub fn set_fixed(&self, ids: impl IntoIterator<Item = NodeId>) {
+        if let Mode::AllowList { path: None, state } = &self.mode
+            && let Ok(mut s) = state.write()
+        {
+            s.0 = ids.into_iter().collect();
+        }
+    }
+
     pub(crate) fn count_refusal(&self) {
         self.refusals.fetch_add(1, Ordering::Relaxed);
     }
@@ -120,25 +197,30 @@ impl Admission {
         self.enroll.load(Ordering::Relaxed) && !self.is_open()
     }
 
-    /// Admits `id` from now on (an enrolled node); appended to the allowlist file if there
-    /// is one.
-    pub fn add(&self, id: NodeId) -> Result<(), Error> {
+    /// Admits `id` from now on, appended to the allowlist file (if there is one) with
+    /// `label` as its comment: how it got there ("enrolled with invite ...", "rotated from
+    /// ..."). A barred key is refused.
+    pub fn add(&self, id: NodeId, label: &str) -> Result<(), AddError> {
+        match self.check(&id) {
+            Ok(()) | Err(Refusal::NotListed) => {}
+            Err(barred) => return Err(AddError::Barred(barred)),
+        }
         let Mode::AllowList { path, state } = &self.mode else {
             return Ok(());
         };
         if let Some(path) = path {
             use std::io::Write;
-            let mut f = std::fs::OpenOptions::new()
+            let label = label.replace(['\n', '\r'], " ");
+            std::fs::OpenOptions::new()
                 .append(true)
                 .open(path)
-                .map_err(|error| Error::Io {
-                    what: format!("appending to {}", path.display()),
-                    error,
+                .and_then(|mut f| writeln!(f, "{id}  # {label}"))
+                .map_err(|error| {
+                    AddError::Io(Error::Io {
+                        what: format!("appending to {}", path.display()),
+                        error,
+                    })
                 })?;
-            writeln!(f, "{id}  # enrolled with an invite").map_err(|error| Error::Io {
-                what: format!("appending to {}", path.display()),
-                error,
-            })?;
         }
         if let Ok(mut s) = state.write() {
             s.0.insert(id);
@@ -150,8 +232,11 @@ impl Admission {
         Ok(())
     }
 
-    /// Stops admitting `id` (a key rotated away); rewrites the allowlist file without it.
+    /// Bars `id` for good (a key rotated away) and rewrites the allowlist file without it.
     pub fn retire(&self, id: &NodeId) {
+        if let Ok(mut r) = self.retired.write() {
+            r.insert(*id);
+        }
         let Mode::AllowList { path, state } = &self.mode else {
             return;
         };
@@ -167,10 +252,19 @@ impl Admission {
                 .filter(|l| l.split('#').next().unwrap_or("").trim() != id)
                 .map(|l| format!("{l}\n"))
                 .collect();
-            let _ = nullport_keyring::fs::write_private(path, kept.as_bytes(), true);
+            if let Err(e) = nullport_keyring::fs::write_private(path, kept.as_bytes(), true) {
+                tracing::error!("removing a retired key from {}: {e}", path.display());
+            }
             if let Ok(mut s) = state.write() {
                 s.1 = std::fs::metadata(path).and_then(|m| m.modified()).ok();
             }
+        }
+    }
+
+    /// Sets the keys the network admin revoked (the admin's newest list replaces the last).
+    pub fn set_revoked(&self, keys: impl IntoIterator<Item = NodeId>) {
+        if let Ok(mut r) = self.revoked.write() {
+            *r = keys.into_iter().collect();
         }
     }
 
@@ -178,6 +272,18 @@ impl Admission {
     pub fn refusals(&self) -> u64 {
         self.refusals.load(Ordering::Relaxed)
     }
+}
+
+/// Why a key could not be added to the allowlist.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddError {
+    /// The key is revoked or retired.
+    #[error(transparent)]
+    Barred(Refusal),
+    /// The allowlist file could not be written.
+    #[error(transparent)]
+    Io(Error),
 }
 
 fn read_allowlist(path: &Path) -> Result<(HashSet<NodeId>, Option<SystemTime>), Error> {
@@ -209,15 +315,14 @@ mod tests {
 
     #[test]
     fn allowlist_file_parses_comments_and_reports_bad_lines() {
-        let dir = std::env::temp_dir().join(format!("np-allow-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("allow");
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("allow");
         let a = Identity::from_seed([1; 32]).node_id();
         let b = Identity::from_seed([2; 32]).node_id();
         let _ = std::fs::write(&path, format!("# nodes\n{a}  # laptop\n\n"));
         let adm = Admission::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(adm.admits(&a));
-        assert!(!adm.admits(&b));
+        assert_eq!(adm.check(&b), Err(Refusal::NotListed));
         let _ = std::fs::write(&path, format!("{a}\n{b}\n"));
         assert_eq!(adm.reload(false).ok().flatten(), Some(2));
         assert!(adm.admits(&b));
@@ -235,6 +340,49 @@ mod tests {
             adm.admits(&b),
             "a bad file must leave the previous list in force"
         );
-        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn barred_keys_beat_the_allowlist_the_open_mode_and_enrollment() {
+        let a = Identity::from_seed([1; 32]).node_id();
+        let b = Identity::from_seed([2; 32]).node_id();
+        let c = Identity::from_seed([3; 32]).node_id();
+        let listed = Admission::fixed([a, b]);
+        listed.set_enrolling(true);
+        listed.set_revoked([a]);
+        listed.retire(&b);
+        assert_eq!(listed.check(&a), Err(Refusal::Revoked));
+        assert_eq!(listed.check(&b), Err(Refusal::Retired));
+        assert_eq!(listed.may_connect(&a), Err(Refusal::Revoked));
+        assert_eq!(listed.may_connect(&c), Ok(()), "unknown keys may enroll");
+        assert!(matches!(
+            listed.add(a, "enrolled"),
+            Err(AddError::Barred(Refusal::Revoked))
+        ));
+        assert!(matches!(
+            listed.add(b, "rotated"),
+            Err(AddError::Barred(Refusal::Retired))
+        ));
+        let open = Admission::open();
+        open.set_revoked([c]);
+        assert_eq!(open.check(&c), Err(Refusal::Revoked));
+        assert!(open.admits(&a));
+    }
+
+    #[test]
+    fn added_keys_carry_their_label_and_retired_ones_leave_the_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("allow");
+        let a = Identity::from_seed([1; 32]).node_id();
+        let b = Identity::from_seed([2; 32]).node_id();
+        let _ = std::fs::write(&path, format!("{a}\n"));
+        let adm = Admission::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        adm.add(b, &format!("rotated from {a}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        adm.retire(&a);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(text, format!("{b}  # rotated from {a}\n"));
+        assert_eq!(adm.reload(false).ok().flatten(), Some(1));
+        assert_eq!(adm.check(&a), Err(Refusal::Retired));
     }
 }

@@ -80,6 +80,9 @@ pub struct RelayLimits {
     /// `net.core.rmem_max` / `wmem_max`). The default 208 KiB overflows when hundreds of
     /// nodes connect at once, and every dropped handshake packet costs a ~1 s retransmit.
     pub socket_buffer: usize,
+    /// Revocation lists held for distribution (one per signer, and a node may publish only
+    /// its own); a new signer over this is refused with `ListsFull`.
+    pub max_revocation_lists: usize,
 }
 
 impl Default for RelayLimits {
@@ -101,6 +104,7 @@ impl Default for RelayLimits {
             connection_receive_window: 16 << 20,
             send_window: 16 << 20,
             socket_buffer: 8 << 20,
+            max_revocation_lists: 10_000,
         }
     }
 }

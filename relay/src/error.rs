@@ -27,6 +27,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The relay's state directory could not be read or written.
+    #[error("state: {0}")]
+    State(String),
     /// A key file could not be used.
     #[error(transparent)]
     Key(#[from] nullport_keyring::Error),

@@ -13,15 +13,16 @@ pub mod config;
 pub mod error;
 mod link;
 pub mod metrics;
+mod push;
 pub mod rate;
 mod server;
-mod splice;
+pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
 
-pub use admission::Admission;
+pub use admission::{Admission, Refusal};
 pub use config::{RelayConfig, RelayLimits};
 pub use error::Error;
 pub use metrics::Metrics;
-pub use server::Relay;
+pub use server::{Relay, RelayHandle};

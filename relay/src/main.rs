@@ -37,6 +37,23 @@ enum Command {
     /// Make an enrollment invite: `nullport join <invite>` puts a node on this relay's
     /// allowlist (the relay must run with --allow FILE --enroll).
     Invite(InviteArgs),
+    /// Revoke node keys network-wide, as the network admin (the relay's key signs the list):
+    /// the running relay refuses them and closes their links within a second, and pushes the
+    /// list to every node (nodes that trust the relay's key as a revocation signer refuse
+    /// them too). Writes `admin-revocations.json` in the state directory.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args, Debug)]
+struct RevokeArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+    /// The relay's state directory (the same as `run --state-dir`).
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// NodeIds to revoke.
+    #[arg(required = true)]
+    keys: Vec<nullport_protocol::NodeId>,
 }
 
 #[derive(Args, Debug)]
@@ -210,22 +227,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let bound = relay.serve_metrics(addr).await?;
         eprintln!("metrics on http://{bound}/metrics");
     }
-    if let Some(path) = args.allow.clone() {
-        tokio::spawn(watch_allowlist(admission.clone(), path));
-    }
+    let watcher = tokio::spawn(watch_admission(relay.handle(), args.allow.clone()));
     shutdown_signal().await;
     eprintln!("shutting down");
+    watcher.abort();
     relay.shutdown().await;
     Ok(())
 }
 
-/// Reloads the allowlist on SIGHUP and when the file's modification time changes.
-async fn watch_allowlist(admission: Arc<Admission>, path: PathBuf) {
-    let report = |r: Result<Option<usize>, nullport_relay::Error>, path: &Path| match r {
-        Ok(Some(n)) => tracing::info!("allowlist {} reloaded: {n} nodes", path.display()),
-        Ok(None) => {}
-        Err(e) => tracing::error!("allowlist not reloaded, previous list stays in force: {e}"),
-    };
+/// Reloads the allowlist and the network admin's revocation list on SIGHUP and when their
+/// files change (checked twice a second, so a removed or revoked key loses its link within
+/// a second). Nodes no longer admitted are disconnected.
+async fn watch_admission(relay: nullport_relay::RelayHandle, allow: Option<PathBuf>) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -233,14 +246,78 @@ async fn watch_allowlist(admission: Arc<Admission>, path: PathBuf) {
             None
         }
     };
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut admin_version = 0;
     loop {
         let forced = tokio::select! {
             _ = tick.tick() => false,
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
-        report(admission.reload(!forced), &path);
+        if let Some(path) = &allow {
+            report_reload(relay.reload_allowlist(forced), path);
+        }
+        match relay.reload_admin_list().await {
+            Ok(v) if v != admin_version => {
+                admin_version = v;
+                tracing::info!("network admin's revocation list version {v} in force");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("admin revocation list not reloaded: {e}"),
+        }
     }
+}
+
+fn report_reload(r: Result<Option<usize>, nullport_relay::Error>, path: &Path) {
+    match r {
+        Ok(Some(n)) => tracing::info!("allowlist {} reloaded: {n} nodes", path.display()),
+        Ok(None) => {}
+        Err(e) => tracing::error!("allowlist not reloaded, previous list stays in force: {e}"),
+    }
+}
+
+/// `nullport-relay revoke`: adds keys to the network admin's list, signed with the relay key.
+fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
+    use nullport_keyring::revocation::RevocationList;
+    let identity = load_identity(&args.key)?;
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating {}", args.state_dir.display()))?;
+    let held = nullport_relay::store::read_admin_list(&args.state_dir, &identity.node_id())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let mut list = held.map(|(l, _)| l).unwrap_or(RevocationList {
+        signer: identity.node_id(),
+        version: 0,
+        issued: 0,
+        keys: Vec::new(),
+        tokens: Vec::new(),
+    });
+    let mut added = Vec::new();
+    for key in args.keys {
+        if !list.keys.contains(&key) {
+            list.keys.push(key);
+            added.push(key);
+        }
+    }
+    list.version += 1;
+    list.issued = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let signed = list.sign(&identity);
+    nullport_relay::store::write_admin_list(&args.state_dir, &signed)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    for key in &added {
+        println!("revoked {key}");
+    }
+    eprintln!(
+        "network admin's revocation list version {} ({} keys) written to {}; a running relay \
+         with this --state-dir applies it within a second",
+        list.version,
+        list.keys.len(),
+        args.state_dir
+            .join(nullport_relay::store::ADMIN_REVOCATIONS_FILE)
+            .display()
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -287,6 +364,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
+        Command::Revoke(args) => revoke(args),
         Command::Invite(args) => {
             let identity = load_identity(&args.key)?;
             let secs = parse_ttl(&args.ttl)?;

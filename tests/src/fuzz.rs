@@ -31,6 +31,11 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("audit_verify", audit_verify),
     ("policy", policy),
     ("key_file", key_file),
+    ("handshake_msg2_plaintext", handshake_msg2_plaintext),
+    ("handshake_verdict_plaintext", handshake_verdict_plaintext),
+    ("handshake_msg3_plaintext", handshake_msg3_plaintext),
+    ("channel_plaintext", channel_plaintext),
+    ("relay_link_live", relay_link_live),
 ];
 
 /// The deframer and an established channel's reader on arbitrary bytes (first byte: the
@@ -83,6 +88,35 @@ pub fn handshake_initiator(data: &[u8]) {
     fuzzing::initiator_messages(data);
 }
 
+/// Message 2's plaintext, behind the AEAD: a real responder encrypts the input as the payload
+/// of message 2 (where the identity proof goes). Property: the initiator goes on only for the
+/// responder's genuine proof.
+pub fn handshake_msg2_plaintext(data: &[u8]) {
+    let _ = fuzzing::initiator_msg2_payload(data);
+}
+
+/// The verdict frame's plaintext, behind the AEAD, after a real handshake. Property: accept
+/// only for exactly `[Accept]`, a denial only for `[Deny, code]`.
+pub fn handshake_verdict_plaintext(data: &[u8]) {
+    let _ = fuzzing::initiator_verdict(data);
+}
+
+/// Message 3's plaintext, behind the AEAD (first byte odd: the genuine identity proof is put
+/// first, so the service and blob parsers are reached). Property: a request only behind the
+/// genuine proof, with exactly the service and blob encoded.
+pub fn handshake_msg3_plaintext(data: &[u8]) {
+    if let Some((&selector, rest)) = data.split_first() {
+        let _ = fuzzing::responder_msg3_payload(rest, selector & 1 == 1);
+    }
+}
+
+/// Frames' plaintext on an established channel (one session per process): data, close,
+/// rekey and anything else, each encrypted by the peer's real transport state. Property: data
+/// delivers exactly its body, nothing is delivered after an error or a close.
+pub fn channel_plaintext(data: &[u8]) {
+    let _ = fuzzing::channel_frames(data);
+}
+
 /// NodeId text and binary parsing. Property: whatever parses prints back to the same input.
 pub fn node_id(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data)
@@ -98,18 +132,25 @@ pub fn node_id(data: &[u8]) {
 /// Relay-link messages, both directions. Property: whatever decodes re-encodes to a
 /// message that decodes to the same value.
 pub fn relay_link(data: &[u8]) {
+    let max = relay_link::MAX_CONTROL_MESSAGE;
+    let n = relay_link::LENGTH_PREFIX;
     if let Ok(m) = relay_link::decode::<NodeToRelay>(data) {
         let mut out = Vec::new();
-        relay_link::encode(&m, &mut out);
-        assert_eq!(relay_link::decode::<NodeToRelay>(&out[2..]).ok(), Some(m));
+        let len = relay_link::encode(&m, max, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            relay_link::decode_len([out[0], out[1], out[2], out[3]], max),
+            Ok(len)
+        );
+        assert_eq!(relay_link::decode::<NodeToRelay>(&out[n..]).ok(), Some(m));
     }
     if let Ok(m) = relay_link::decode::<RelayToNode>(data) {
         let mut out = Vec::new();
-        relay_link::encode(&m, &mut out);
-        assert_eq!(relay_link::decode::<RelayToNode>(&out[2..]).ok(), Some(m));
+        let len = relay_link::encode(&m, max, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(relay_link::encoded_len(&m), Ok(len + n));
+        assert_eq!(relay_link::decode::<RelayToNode>(&out[n..]).ok(), Some(m));
     }
-    if let [a, b, ..] = data {
-        let _ = relay_link::decode_len([*a, *b], relay_link::MAX_LINK_MESSAGE);
+    if let [a, b, c, d, ..] = data {
+        let _ = relay_link::decode_len([*a, *b, *c, *d], relay_link::MAX_LINK_MESSAGE);
     }
 }
 
@@ -257,4 +298,144 @@ pub fn key_file(data: &[u8]) {
             "loaded a key whose stored NodeId differs"
         );
     }
+}
+
+/// A relay running for the whole fuzzing process, with a sentinel connection that must keep
+/// being served whatever the fuzzer sends on other connections.
+struct LiveRelay {
+    runtime: tokio::runtime::Runtime,
+    net: crate::TestNet,
+    sentinel: (
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+    ),
+}
+
+fn live_relay() -> &'static std::sync::Mutex<LiveRelay> {
+    static LIVE: std::sync::OnceLock<std::sync::Mutex<LiveRelay>> = std::sync::OnceLock::new();
+    LIVE.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        let (net, sentinel) = runtime.block_on(async {
+            let net = crate::TestNet::start().await;
+            let (endpoint, conn, _) = crate::raw_connect(&net, ([127, 0, 0, 1], 0).into())
+                .await
+                .unwrap_or_else(|e| panic!("sentinel: {e}"));
+            let (send, recv) = crate::raw_hello(&conn).await;
+            (net, (endpoint, conn, send, recv))
+        });
+        std::sync::Mutex::new(LiveRelay {
+            runtime,
+            net,
+            sentinel,
+        })
+    })
+}
+
+/// Reads whole relay-link messages from `recv` until it ends (at most `limit`), as raw bodies.
+async fn read_messages(recv: &mut quinn::RecvStream, limit: usize) -> Vec<Vec<u8>> {
+    let mut messages = Vec::new();
+    while messages.len() < limit {
+        let mut prefix = [0u8; 4];
+        if recv.read_exact(&mut prefix).await.is_err() {
+            break;
+        }
+        let len = u32::from_be_bytes(prefix) as usize;
+        if len > relay_link::MAX_CONTROL_MESSAGE {
+            panic!("the relay announced a message of {len} bytes");
+        }
+        let mut body = vec![0u8; len];
+        if recv.read_exact(&mut body).await.is_err() {
+            break;
+        }
+        messages.push(body);
+    }
+    messages
+}
+
+/// Relay-link bytes inside a live, admitted connection: a real relay (in this process, for the
+/// whole run) and a new TLS-authenticated connection per input that says `Hello` and then
+/// sends the input on its control stream (first byte even) or on a dial stream (odd), then
+/// finishes it. Properties: every answer the relay sends is a well-formed `RelayToNode`
+/// message, and a sentinel node on another connection is still answered afterwards.
+pub fn relay_link_live(data: &[u8]) {
+    use nullport_protocol::relay_link::{NodeToRelay, RelayToNode};
+    let Some((&selector, input)) = data.split_first() else {
+        return;
+    };
+    let live = live_relay();
+    let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
+    let LiveRelay {
+        runtime,
+        net,
+        sentinel,
+    } = &mut *live;
+    runtime.block_on(async {
+        let deadline = std::time::Duration::from_secs(2);
+        let Ok((endpoint, conn, _)) = crate::raw_connect(net, ([127, 0, 0, 1], 0).into()).await
+        else {
+            panic!("the relay stopped admitting connections");
+        };
+        let (mut control_send, mut control_recv) = crate::raw_hello(&conn).await;
+        let (mut send, mut recv) = if selector & 1 == 0 {
+            (control_send, control_recv)
+        } else {
+            let streams = conn.open_bi().await;
+            let Ok(streams) = streams else {
+                panic!("no dial stream after admission");
+            };
+            let _ = control_send.finish();
+            let _ = tokio::time::timeout(deadline, control_recv.read_to_end(64)).await;
+            streams
+        };
+        let _ = send.write_all(input).await;
+        let _ = send.finish();
+        let answers = tokio::time::timeout(deadline, read_messages(&mut recv, 64))
+            .await
+            .unwrap_or_default();
+        // A dial that was spliced carries raw bytes after `Dialed`; only the first message
+        // of a dial stream is the relay's.
+        let relay_said = if selector & 1 == 0 {
+            &answers[..]
+        } else {
+            &answers[..answers.len().min(1)]
+        };
+        for body in relay_said {
+            assert!(
+                relay_link::decode::<RelayToNode>(body).is_ok(),
+                "the relay sent a malformed message: {body:02x?}"
+            );
+        }
+        conn.close(0u32.into(), b"done");
+        drop(endpoint);
+        // The sentinel, on its own connection, is still served.
+        let (_, _, s_send, s_recv) = sentinel;
+        let mut query = Vec::new();
+        let target = Identity::from_seed([42; 32]).node_id();
+        let _ = relay_link::encode(
+            &NodeToRelay::Presence { target },
+            relay_link::MAX_LINK_MESSAGE,
+            &mut query,
+        );
+        let answered = async {
+            s_send.write_all(&query).await.ok()?;
+            read_messages(s_recv, 1).await.pop()
+        };
+        let answer = tokio::time::timeout(deadline, answered)
+            .await
+            .ok()
+            .flatten();
+        assert!(
+            matches!(
+                answer.as_deref().map(relay_link::decode::<RelayToNode>),
+                Some(Ok(RelayToNode::Presence { online: false, .. }))
+            ),
+            "the sentinel was not answered: {answer:02x?}"
+        );
+    });
 }

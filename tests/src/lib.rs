@@ -252,14 +252,16 @@ pub async fn raw_hello(conn: &quinn::Connection) -> (quinn::SendStream, quinn::R
         &nullport_protocol::relay_link::NodeToRelay::Hello {
             version: nullport_protocol::relay_link::LINK_VERSION,
         },
+        nullport_protocol::relay_link::MAX_LINK_MESSAGE,
         &mut buf,
-    );
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     send.write_all(&buf).await.unwrap_or_else(|e| panic!("{e}"));
-    let mut prefix = [0u8; 2];
+    let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut body = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+    let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
     recv.read_exact(&mut body)
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -398,13 +398,24 @@ impl Firewall {
                 };
                 let uri = uri.as_str();
                 target = Some(uri.to_owned());
-                if !rules.resources.iter().any(|p| uri.starts_with(p.as_str())) {
-                    return self.deny(
-                        id,
-                        &method,
-                        target,
-                        format!("resource {uri:?} is not under an allowed prefix"),
-                    );
+                match nullport_keyring::uri::covered_by_any(&rules.resources, uri) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return self.deny(
+                            id,
+                            &method,
+                            target,
+                            format!("resource {uri:?} is not under an allowed prefix"),
+                        );
+                    }
+                    Err(e) => {
+                        return self.deny(
+                            id,
+                            &method,
+                            target,
+                            format!("resource {uri:?} refused: {e}"),
+                        );
+                    }
                 }
             }
             "prompts/get" => {
@@ -482,10 +493,14 @@ impl Firewall {
         let allowed = |value: &str| match kind {
             ListKind::Tools => rules.tools.iter().any(|p| glob_match(p, value)),
             ListKind::Prompts => rules.prompts.iter().any(|p| glob_match(p, value)),
-            ListKind::Resources | ListKind::ResourceTemplates => rules
-                .resources
-                .iter()
-                .any(|p| value.starts_with(p.as_str())),
+            ListKind::Resources => {
+                nullport_keyring::uri::covered_by_any(&rules.resources, value).unwrap_or(false)
+            }
+            // A template (`file:///srv/{path}`) is listed when its fixed part is covered.
+            ListKind::ResourceTemplates => {
+                let fixed = value.split('{').next().unwrap_or_default();
+                nullport_keyring::uri::covered_by_any(&rules.resources, fixed).unwrap_or(false)
+            }
         };
         if let Some(Value::Array(items)) = result.get_mut(field) {
             items.retain(|item| item.get(key).and_then(Value::as_str).is_some_and(allowed));

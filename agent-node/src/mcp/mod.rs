@@ -25,8 +25,14 @@ use http::{HttpTarget, HttpUpstream};
 /// Where a caller session's messages go.
 #[derive(Debug, Clone)]
 pub enum UpstreamSpec {
-    /// A stdio server command, one process per session.
-    Stdio(Vec<String>),
+    /// A stdio server command, one process per session, started with exactly this
+    /// environment (nothing inherited from the daemon).
+    Stdio {
+        /// Program and arguments.
+        command: Vec<String>,
+        /// The process's whole environment.
+        env: Vec<(String, String)>,
+    },
     /// A local Streamable HTTP server.
     Http(HttpTarget),
 }
@@ -285,12 +291,14 @@ where
             None,
             None,
         ),
-        UpstreamSpec::Stdio(command) => {
+        UpstreamSpec::Stdio { command, env } => {
             let (program, args) = command
                 .split_first()
                 .ok_or_else(|| std::io::Error::other("empty MCP command"))?;
             let mut child = Command::new(program)
                 .args(args)
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())

@@ -146,8 +146,10 @@ async fn handshake_flood_at_a_callee_is_capped_per_caller() {
             &NodeToRelay::Dial {
                 target: b.node_id(),
             },
+            relay_link::MAX_LINK_MESSAGE,
             &mut buf,
-        );
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let _ = send.write_all(&buf).await;
         streams.push((send, recv));
     }

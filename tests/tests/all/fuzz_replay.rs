@@ -48,3 +48,36 @@ fn every_fuzz_target_has_a_body_here() {
     declared_sorted.sort_unstable();
     assert_eq!(ours, declared_sorted);
 }
+
+/// The structure-aware harnesses must reach the parsers behind the AEAD: a genuine message 2
+/// proof goes on, a genuine verdict opens the channel, a genuine message 3 yields its request,
+/// and data frames deliver their bytes. If encryption in the harness were wrong, every input
+/// would fail at decryption and these would fail.
+#[test]
+fn structure_aware_fuzz_harnesses_reach_past_the_aead() {
+    use nullport_protocol::fuzzing;
+    assert!(fuzzing::initiator_msg2_payload(
+        &fuzzing::genuine_responder_proof()
+    ));
+    assert!(!fuzzing::initiator_msg2_payload(&[0; 96]));
+    assert!(fuzzing::initiator_verdict(&[4]).is_ok());
+    assert!(matches!(
+        fuzzing::initiator_verdict(&[5, 3]),
+        Err(nullport_protocol::Error::Denied {
+            reason: nullport_protocol::DenyReason::BadToken
+        })
+    ));
+    assert_eq!(
+        fuzzing::responder_msg3_payload(b"\x05files\x00\x02ab", true).as_deref(),
+        Some("files")
+    );
+    assert_eq!(
+        fuzzing::responder_msg3_payload(b"\x05files\x00\x00", false),
+        None
+    );
+    // data "ab", a rekey, data "cd" after the rekey, then close: delivered exactly.
+    assert_eq!(
+        fuzzing::channel_frames(b"\x03\x01ab\x01\x03\x03\x01cd\x01\x02"),
+        b"abcd"
+    );
+}

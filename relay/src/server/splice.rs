@@ -11,15 +11,17 @@ use std::time::Instant;
 
 use nullport_protocol::{NodeId, SessionId};
 
-use crate::server::Shared;
+use crate::server::shared::Shared;
 
 /// Largest chunk read at once.
 const CHUNK: usize = 64 * 1024;
 
 /// Which end of the splice a pump reads from.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum From {
+pub(crate) enum Side {
+    /// The dialing node.
     Caller,
+    /// The dialed node.
     Target,
 }
 
@@ -29,7 +31,7 @@ pub(crate) enum From {
 pub(crate) async fn pump(
     shared: Arc<Shared>,
     session: SessionId,
-    side: From,
+    side: Side,
     sender: NodeId,
     mut from: quinn::RecvStream,
     mut to: quinn::SendStream,

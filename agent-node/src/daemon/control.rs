@@ -1,0 +1,386 @@
+//! The daemon's control socket: one JSON request line, one JSON response line (and, after a
+//! successful `pipe`, the channel's bytes). The socket is created with a 0077 umask inside
+//! the node's home, which must be a directory of this user with no access for others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::Error;
+use crate::control::{
+    ChannelStatus, ControlRequest, ControlResponse, ListStatus, ServiceStatus, Status,
+};
+use crate::daemon::{DaemonError, Files, State, lists, witness_json};
+use crate::mcp::Session;
+use crate::service::{Counted, forward};
+
+/// Largest control request line (a signed revocation list of the largest size, as JSON).
+const MAX_CONTROL_LINE: usize = 4 << 20;
+
+/// Binds the control socket at `path`: the home must be ours and closed to others, and the
+/// socket is created under a 0077 umask, so there is no moment when another user can connect.
+pub(crate) fn bind(path: &std::path::Path) -> Result<UnixListener, DaemonError> {
+    let socket_error = |error: std::io::Error| DaemonError::Socket {
+        path: path.display().to_string(),
+        error,
+    };
+    if let Some(dir) = path.parent() {
+        nullport_keyring::fs::check_private_dir(dir)
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let previous = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(previous);
+    let listener = bound.map_err(socket_error)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(socket_error)?;
+    Ok(listener)
+}
+
+pub(crate) async fn serve(state: Arc<State>, listener: UnixListener) {
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                running.spawn(connection(state.clone(), stream));
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+        }
+    }
+}
+
+async fn connection(state: Arc<State>, stream: UnixStream) {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut limited = tokio::io::AsyncReadExt::take(&mut reader, MAX_CONTROL_LINE as u64);
+        tokio::io::AsyncBufReadExt::read_until(&mut limited, b'\n', &mut line).await
+    })
+    .await;
+    if !matches!(read, Ok(Ok(n)) if n > 0) {
+        return;
+    }
+    let request: ControlRequest = match serde_json::from_slice(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = respond(
+                reader.get_mut(),
+                &ControlResponse::error(format!("bad request: {e}")),
+            )
+            .await;
+            return;
+        }
+    };
+    if let ControlRequest::Pipe {
+        peer,
+        service,
+        mcp,
+        token,
+    } = request
+    {
+        pipe(&state, reader, peer, service, mcp, token).await;
+        return;
+    }
+    let response = handle(&state, request).await;
+    let _ = respond(reader.get_mut(), &response).await;
+}
+
+/// Every request but `pipe`.
+async fn handle(state: &Arc<State>, request: ControlRequest) -> ControlResponse {
+    match request {
+        ControlRequest::Status => {
+            let mut response = ControlResponse::ok();
+            response.status = Some(status(state));
+            response
+        }
+        ControlRequest::PublishRotation { rotation } => {
+            match state.node.publish_rotation(rotation).await {
+                Ok(()) => ControlResponse::ok(),
+                Err(e) => ControlResponse::error(e),
+            }
+        }
+        ControlRequest::PublishRevocations { list } => {
+            // This node's own list applies here at once, whatever the relay does with it.
+            if let Err(e) = lists::apply_list(state, &list) {
+                return ControlResponse::error(format!("list not applied here: {e}"));
+            }
+            match state.node.publish_revocations(list).await {
+                Ok(()) => ControlResponse::ok(),
+                Err(e) => {
+                    let mut r = ControlResponse::ok();
+                    r.note = Some(format!(
+                        "applied on this node, but not published through the relay: {e}"
+                    ));
+                    r
+                }
+            }
+        }
+        ControlRequest::AuditWitness => match state.node.witnessed().await {
+            Ok(cp) => {
+                let mut r = ControlResponse::ok();
+                r.witness = cp.map(|c| witness_json(&c));
+                r
+            }
+            Err(e) => ControlResponse::error(e),
+        },
+        ControlRequest::Approvals => {
+            let mut response = ControlResponse::ok();
+            response.approvals = Some(state.approvals.list());
+            response
+        }
+        ControlRequest::Answer { id, approve } => match state.approvals.answer(&id, approve) {
+            Ok(info) => {
+                let mut r = ControlResponse::ok();
+                r.approvals = Some(vec![info]);
+                r
+            }
+            Err(e) => ControlResponse::error(e),
+        },
+        ControlRequest::Reload => match Files::load(&state.home) {
+            Ok(files) => {
+                let signers = |f: &Files| f.policy.revocation_signers(&f.trust);
+                let new_signers = signers(&files);
+                let changed = state
+                    .files
+                    .read()
+                    .map(|f| signers(&f) != new_signers)
+                    .unwrap_or(true);
+                if let Ok(mut f) = state.files.write() {
+                    *f = files;
+                }
+                state.rebuild_access();
+                tracing::info!("reloaded config, policy and trust store");
+                if changed {
+                    // Lists of newly trusted signers were not kept before: fetch them now.
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        match state.node.revocation_lists().await {
+                            Ok(all) => {
+                                for list in all {
+                                    let _ = lists::apply_list(&state, &list);
+                                }
+                            }
+                            Err(e) => tracing::info!("revocation lists not fetched: {e}"),
+                        }
+                    });
+                }
+                ControlResponse::ok()
+            }
+            Err(e) => {
+                tracing::warn!("reload refused, the previous configuration stays in force: {e}");
+                ControlResponse::error(e)
+            }
+        },
+        ControlRequest::Pipe { .. } => ControlResponse::error("pipe is handled elsewhere"),
+    }
+}
+
+async fn pipe(
+    state: &Arc<State>,
+    mut reader: BufReader<UnixStream>,
+    peer: String,
+    service: String,
+    mcp: bool,
+    token: Option<String>,
+) {
+    let blob = match token
+        .as_deref()
+        .map(nullport_keyring::token::Token::from_text)
+    {
+        None => Vec::new(),
+        Some(Ok(t)) => t.to_bytes(),
+        Some(Err(e)) => {
+            let _ = respond(
+                reader.get_mut(),
+                &ControlResponse::error(format!("bad token: {e}")),
+            )
+            .await;
+            return;
+        }
+    };
+    let resolved = state
+        .files
+        .read()
+        .map_err(|_| "trust store unavailable".to_owned())
+        .and_then(|f| f.trust.resolve(&peer).map_err(|e| e.to_string()));
+    let target = match resolved {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = respond(reader.get_mut(), &ControlResponse::error(e)).await;
+            return;
+        }
+    };
+    let dialed = state.node.dial_with(target, &service, blob).await;
+    state.audit.dial(
+        &target,
+        &service,
+        if dialed.is_ok() { "open" } else { "failed" },
+    );
+    let mut channel = match dialed {
+        Ok(ch) => ch,
+        Err(e) => {
+            let _ = respond(
+                reader.get_mut(),
+                &ControlResponse::error(explain(&e, &peer, &service)),
+            )
+            .await;
+            return;
+        }
+    };
+    if respond(reader.get_mut(), &ControlResponse::ok())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let registered = state.channels.register_out(target, &service);
+    channel.use_abort_handle(registered.abort.clone());
+    let handshake = *channel.handshake_hash();
+    let mut channel = Counted::new(channel, registered.counters.clone());
+    let mut local = reader;
+    let run = async {
+        if mcp {
+            let session = Session {
+                caller: state.node.node_id(),
+                service: service.clone(),
+                handshake,
+                signer: state.identity.clone(),
+            };
+            if let Err(e) =
+                crate::mcp::caller_pipe(local, channel, session, target, state.audit.clone()).await
+            {
+                tracing::info!("mcp bridge ended: {e}");
+            }
+            return;
+        }
+        if let Err(e) = forward(&mut channel, &mut local).await {
+            tracing::info!("pipe ended: {e}");
+        }
+    };
+    run.await;
+}
+
+/// Turns a dial error into what a person should read.
+pub fn explain(e: &Error, peer: &str, service: &str) -> String {
+    use nullport_protocol::DenyReason;
+    match e {
+        Error::Denied {
+            reason: DenyReason::UnknownService,
+            ..
+        } => format!("{peer} does not expose a service named {service:?}"),
+        Error::Denied {
+            reason: DenyReason::NotAllowed,
+            ..
+        } => {
+            format!(
+                "{peer} refused {service:?}: not allowed (its operator can run `nullport allow <your NodeId> {service}`)"
+            )
+        }
+        Error::Denied {
+            reason: DenyReason::BadToken,
+            ..
+        } => format!(
+            "{peer} refused the capability token for {service:?} (expired, not yours, not trusted, or wider than its issuer may grant)"
+        ),
+        Error::Denied {
+            reason: DenyReason::Revoked,
+            ..
+        } => format!("{peer} refused {service:?}: your key or your token is revoked there"),
+        Error::Denied {
+            reason: DenyReason::Expired,
+            ..
+        } => format!("{peer} refused {service:?}: the capability token expired"),
+        Error::Denied {
+            reason: DenyReason::RateLimited,
+            ..
+        } => format!(
+            "{peer} refused {service:?}: you have as many channels open there as it allows (or it is full)"
+        ),
+        Error::Denied {
+            reason: DenyReason::Unavailable,
+            ..
+        } => {
+            format!("{peer} accepted you for {service:?}, but the service behind it is unavailable")
+        }
+        Error::PeerOffline(_) => format!("{peer} is offline (not connected to the relay)"),
+        other => other.to_string(),
+    }
+}
+
+async fn respond(stream: &mut UnixStream, response: &ControlResponse) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(response).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line).await
+}
+
+fn status(state: &State) -> Status {
+    let access = state.access();
+    let name_of = |id: &nullport_protocol::NodeId| {
+        access
+            .trust
+            .alias_of(id)
+            .map(str::to_owned)
+            .unwrap_or_else(|| id.to_string())
+    };
+    let services = access
+        .services
+        .iter()
+        .map(|(n, s)| ServiceStatus {
+            name: n.clone(),
+            target: s.to_string(),
+        })
+        .collect();
+    let mut channels: Vec<ChannelStatus> = state.channels.with_each(|ch| ChannelStatus {
+        direction: ch.direction.as_str().to_owned(),
+        peer: name_of(&ch.peer),
+        service: ch.service.clone(),
+        bytes_in: ch
+            .counters
+            .bytes_in
+            .load(std::sync::atomic::Ordering::Relaxed),
+        bytes_out: ch
+            .counters
+            .bytes_out
+            .load(std::sync::atomic::Ordering::Relaxed),
+        age_secs: ch.opened.elapsed().as_secs(),
+    });
+    channels.sort_by_key(|c| std::cmp::Reverse(c.age_secs));
+    let revocations = access
+        .revocations
+        .lists()
+        .map(|l| ListStatus {
+            signer: l.signer.to_string(),
+            alias: access.trust.alias_of(&l.signer).map(str::to_owned),
+            version: l.version,
+            keys: l.keys.len(),
+            tokens: l.tokens.len(),
+            applies: access
+                .scope_of(&l.signer)
+                .unwrap_or_else(|| "nothing".into()),
+        })
+        .collect();
+    let link = match state.node.state() {
+        crate::LinkState::Online => "online".to_owned(),
+        crate::LinkState::Connecting {
+            attempt,
+            last_error,
+        } => match last_error {
+            Some(e) => format!("connecting (attempt {attempt}; last error: {e})"),
+            None => "connecting".to_owned(),
+        },
+        crate::LinkState::Refused { reason } => format!("refused: {reason}"),
+    };
+    Status {
+        node_id: state.node.node_id().to_string(),
+        relay: state.relay.to_string(),
+        link,
+        services,
+        channels,
+        revocations,
+        retired_keys: access.retired.len(),
+    }
+}

@@ -1,0 +1,312 @@
+//! The daemon behind `nullport up`: one relay link, the exposed services, the access
+//! decision, and a Unix control socket for the CLI. In rooms: this file (start, shutdown, the
+//! shared [`State`] and the access snapshot), [`channels`] (the table of open channels and the
+//! overseer that re-checks them), [`incoming`] (serving a channel a peer opened),
+//! [`control`] (the control socket), [`lists`] (revocation lists and rotations from the relay).
+
+mod channels;
+mod control;
+mod incoming;
+mod lists;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use nullport_keyring::audit::{AuditConfig, Checkpoint};
+use nullport_keyring::revocation::RevocationSet;
+use nullport_keyring::{Policy, TrustStore};
+use nullport_protocol::relay_link::WitnessedCheckpoint;
+use nullport_protocol::{Identity, NodeId};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::access::{Access, AccessSettings};
+use crate::audit::Audit;
+use crate::config_file::NodeFile;
+use crate::home::Home;
+use crate::mcp::approvals::Approvals;
+use crate::{Error, Node, NodeConfig, NodeLimits, RelayAddr};
+
+pub use control::explain;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// Another daemon answers on this home's control socket.
+    #[error("a nullport daemon is already running for {0}")]
+    AlreadyRunning(String),
+    /// A file in the home is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// The node could not start.
+    #[error(transparent)]
+    Node(#[from] Error),
+    /// The control socket could not be created.
+    #[error("control socket {path}: {error}")]
+    Socket {
+        /// The socket path.
+        path: String,
+        /// The OS error.
+        error: std::io::Error,
+    },
+}
+
+/// The files of the home the daemon works from.
+#[derive(Debug, Clone)]
+pub(crate) struct Files {
+    pub(crate) config: NodeFile,
+    pub(crate) policy: Policy,
+    pub(crate) trust: TrustStore,
+}
+
+impl Files {
+    fn load(home: &Home) -> Result<Files, DaemonError> {
+        let config =
+            NodeFile::load(&home.config()).map_err(|e| DaemonError::Config(e.to_string()))?;
+        let policy =
+            Policy::load(&home.policy()).map_err(|e| DaemonError::Config(e.to_string()))?;
+        let trust =
+            TrustStore::load(&home.trust()).map_err(|e| DaemonError::Config(e.to_string()))?;
+        Ok(Files {
+            config,
+            policy,
+            trust,
+        })
+    }
+}
+
+pub(crate) struct State {
+    pub(crate) home: Home,
+    pub(crate) relay: RelayAddr,
+    pub(crate) node: Node,
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) files: RwLock<Files>,
+    /// Revocation lists held (the source of the snapshot's copy).
+    pub(crate) revocations: Mutex<RevocationSet>,
+    /// Keys rotated away (refused for good).
+    pub(crate) retired: Mutex<HashSet<NodeId>>,
+    /// The access snapshot every decision reads; replaced whenever what it holds changes.
+    pub(crate) access: watch::Sender<Arc<Access>>,
+    pub(crate) channels: channels::Table,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) approvals: Arc<Approvals>,
+    pub(crate) audit: Audit,
+    pub(crate) witness_idle: watch::Sender<bool>,
+}
+
+impl State {
+    /// Rebuilds the access snapshot from the files, lists and retired keys; live channels
+    /// are re-checked against it by the overseer.
+    pub(crate) fn rebuild_access(&self) {
+        let Ok(files) = self.files.read() else {
+            return;
+        };
+        let revocations = self
+            .revocations
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        let retired = self.retired.lock().map(|r| r.clone()).unwrap_or_default();
+        let access = Access {
+            me: self.identity.node_id(),
+            services: files.config.services.clone(),
+            policy: files.policy.clone(),
+            trust: files.trust.clone(),
+            revocations,
+            retired,
+            settings: files.config.access.settings(),
+        };
+        self.access.send_replace(Arc::new(access));
+    }
+
+    /// The access snapshot now.
+    pub(crate) fn access(&self) -> Arc<Access> {
+        self.access.borrow().clone()
+    }
+}
+
+/// A running daemon. [`Daemon::shutdown`] closes every channel with a close frame.
+pub struct Daemon {
+    state: Arc<State>,
+    tasks: JoinSet<()>,
+}
+
+impl Daemon {
+    /// Starts the node, the service acceptor and the control socket.
+    pub async fn start(
+        home: Home,
+        identity: Arc<Identity>,
+        relay: RelayAddr,
+        limits: NodeLimits,
+    ) -> Result<Daemon, DaemonError> {
+        let files = Files::load(&home)?;
+        let socket = home.socket();
+        if UnixStream::connect(&socket).await.is_ok() {
+            return Err(DaemonError::AlreadyRunning(
+                home.dir().display().to_string(),
+            ));
+        }
+        let listener = control::bind(&socket)?;
+        let revocations = RevocationSet::load(&home.revocations())
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        let retired = lists::load_retired(&home);
+        let (witness_tx, witness_rx) = tokio::sync::mpsc::unbounded_channel();
+        let defaults = AuditConfig::default();
+        let audit_config = AuditConfig {
+            fsync: match std::env::var("NULLPORT_AUDIT_FSYNC").as_deref() {
+                Ok("entry") => nullport_keyring::audit::FsyncPolicy::EveryEntry,
+                Ok("never") => nullport_keyring::audit::FsyncPolicy::Never,
+                _ => nullport_keyring::audit::FsyncPolicy::AtCheckpoint,
+            },
+            checkpoint_every: std::env::var("NULLPORT_AUDIT_CHECKPOINT_EVERY")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(defaults.checkpoint_every),
+            ..defaults
+        };
+        let audit = Audit::open(&home.audit(), &identity, audit_config)
+            .map_err(|error| DaemonError::Config(error.to_string()))?
+            .with_witness(witness_tx);
+        audit.node("node-start", &format!("relay {relay}"));
+        let approval_timeout = std::env::var("NULLPORT_APPROVAL_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(120));
+        let mut node_config = NodeConfig::new(identity.clone(), relay.clone());
+        node_config.limits = limits;
+        let node = Node::start(node_config).await?;
+        let placeholder = Access {
+            me: identity.node_id(),
+            services: Default::default(),
+            policy: files.policy.clone(),
+            trust: files.trust.clone(),
+            revocations: RevocationSet::default(),
+            retired: HashSet::new(),
+            settings: AccessSettings::default(),
+        };
+        let state = Arc::new(State {
+            home,
+            relay,
+            node,
+            identity: identity.clone(),
+            files: RwLock::new(files),
+            revocations: Mutex::new(revocations),
+            retired: Mutex::new(retired),
+            access: watch::Sender::new(Arc::new(placeholder)),
+            channels: channels::Table::default(),
+            shutdown: watch::Sender::new(false),
+            approvals: Arc::new(Approvals::new(approval_timeout)),
+            audit,
+            witness_idle: watch::Sender::new(true),
+        });
+        state.rebuild_access();
+        let span = tracing::info_span!("daemon", id = %state.node.node_id().fmt_short());
+        let mut tasks = JoinSet::new();
+        tasks.spawn(incoming::accept_loop(state.clone()).instrument(span.clone()));
+        tasks.spawn(control::serve(state.clone(), listener).instrument(span.clone()));
+        tasks.spawn(witness_loop(state.clone(), witness_rx).instrument(span.clone()));
+        tasks.spawn(link_events(state.clone()).instrument(span.clone()));
+        tasks.spawn(lists::revocation_loop(state.clone()).instrument(span.clone()));
+        tasks.spawn(lists::rotation_loop(state.clone()).instrument(span.clone()));
+        tasks.spawn(channels::oversee(state.clone()).instrument(span));
+        Ok(Daemon { state, tasks })
+    }
+
+    /// The node behind the daemon.
+    pub fn node(&self) -> &Node {
+        &self.state.node
+    }
+
+    /// Closes every open channel (bounded wait), the control socket and the relay link.
+    pub async fn shutdown(mut self) {
+        self.state.shutdown.send_replace(true);
+        self.state
+            .channels
+            .abort_all(nullport_protocol::DenyReason::Unavailable);
+        self.state.audit.node("node-stop", "shutdown");
+        self.state.audit.checkpoint();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let _ = tokio::time::timeout_at(deadline.into(), self.state.channels.wait_empty()).await;
+        // Give the final checkpoint a moment to reach the relay.
+        let mut idle = self.state.witness_idle.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(2), idle.wait_for(|i| *i)).await;
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        let _ = std::fs::remove_file(self.state.home.socket());
+        // Let the close frames just written reach the relay, then close the link cleanly.
+        self.state.node.close(Duration::from_millis(300)).await;
+    }
+}
+
+/// Sends each new audit checkpoint to the relay to be witnessed, and keeps the latest
+/// countersigned one in the home (`audit.witness`). While the relay is unreachable, only the
+/// newest checkpoint waits.
+async fn witness_loop(state: Arc<State>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Checkpoint>) {
+    while let Some(mut cp) = rx.recv().await {
+        state.witness_idle.send_replace(false);
+        while let Ok(newer) = rx.try_recv() {
+            cp = newer;
+        }
+        let request = WitnessedCheckpoint {
+            seq: cp.seq,
+            head: cp.head.clone(),
+            node_sig: cp.sig.clone(),
+            relay_sig: String::new(),
+        };
+        loop {
+            match state.node.witness(request.clone()).await {
+                Ok(witnessed) => {
+                    if let Ok(json) = serde_json::to_vec_pretty(&witness_json(&witnessed)) {
+                        let _ = nullport_keyring::fs::write_private(
+                            &state.home.audit_witness(),
+                            &json,
+                            true,
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!("audit checkpoint {} not witnessed yet: {e}", cp.seq);
+                    if !rx.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
+        if rx.is_empty() {
+            state.witness_idle.send_replace(true);
+        }
+    }
+}
+
+/// The witness file's content.
+pub fn witness_json(cp: &WitnessedCheckpoint) -> serde_json::Value {
+    serde_json::json!({ "seq": cp.seq, "head": cp.head, "node_sig": cp.node_sig, "relay_sig": cp.relay_sig })
+}
+
+/// Audits relay link changes.
+async fn link_events(state: Arc<State>) {
+    let mut rx = state.node.watch_state();
+    let mut online = false;
+    while rx.changed().await.is_ok() {
+        let now = matches!(*rx.borrow_and_update(), crate::LinkState::Online);
+        if now != online {
+            online = now;
+            state.audit.node(
+                if now { "link-up" } else { "link-down" },
+                &state.relay.to_string(),
+            );
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    crate::tokens::unix_now()
+}

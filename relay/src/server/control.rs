@@ -1,0 +1,303 @@
+//! A node's control stream: presence, audit witness, revocation lists, rotations; and
+//! enrollment with an invite (the first message of a control stream, instead of `Hello`).
+//! Every request is refused once the node is no longer admitted (its link is being closed).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nullport_protocol::NodeId;
+use nullport_protocol::relay_link::{
+    LinkErrorCode, MAX_CONTROL_MESSAGE, NodeToRelay, RelayToNode, SignedRevocations,
+    SignedRotation, WitnessedCheckpoint, close_code,
+};
+
+use crate::admission::{AddError, Refusal};
+use crate::link::{ReadError, write_control};
+use crate::push::{Push, revocation_pages, rotation_pages};
+use crate::server::shared::Shared;
+use crate::store::{InviteRefusal, Part};
+
+/// Serves requests on the control stream until it ends.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    node_id: NodeId,
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    loop {
+        let request =
+            crate::link::read_message::<NodeToRelay>(&mut recv, MAX_CONTROL_MESSAGE).await;
+        let request = match request {
+            Ok(r) => r,
+            Err(ReadError::Decode(e)) => {
+                let _ = write_control(&mut send, &RelayToNode::Error { code: e.into() }).await;
+                conn.close(
+                    close_code::PROTOCOL_VIOLATION.into(),
+                    b"malformed control message",
+                );
+                return;
+            }
+            Err(ReadError::Eof) => {
+                conn.close(close_code::NORMAL.into(), b"control stream closed");
+                return;
+            }
+            Err(ReadError::Stream(_)) => return,
+        };
+        if let Err(refusal) = shared.admission.check(&node_id) {
+            conn.close(refusal.close_code().into(), refusal.to_string().as_bytes());
+            return;
+        }
+        let answers = match request {
+            NodeToRelay::Presence { target } => {
+                let online = target != node_id && shared.routes.contains_key(&target);
+                vec![RelayToNode::Presence { target, online }]
+            }
+            NodeToRelay::Witness { checkpoint } => {
+                vec![match witness(&shared, node_id, checkpoint) {
+                    Ok(cp) => RelayToNode::Witnessed {
+                        checkpoint: Some(cp),
+                    },
+                    Err(code) => RelayToNode::Error { code },
+                }]
+            }
+            NodeToRelay::WitnessQuery => vec![RelayToNode::Witnessed {
+                checkpoint: shared.store.witnessed.get(&node_id).map(|c| c.clone()),
+            }],
+            NodeToRelay::PublishRevocations { list } => {
+                vec![match publish_revocations(&shared, node_id, list.clone()) {
+                    Ok(()) => RelayToNode::Revocations {
+                        lists: vec![list],
+                        more: false,
+                    },
+                    Err(code) => RelayToNode::Error { code },
+                }]
+            }
+            NodeToRelay::RevocationQuery => {
+                let lists: Vec<SignedRevocations> = shared
+                    .store
+                    .revocations
+                    .iter()
+                    .map(|e| e.value().1.clone())
+                    .collect();
+                revocation_pages(&lists)
+            }
+            NodeToRelay::PublishRotation { rotation } => {
+                match publish_rotation(&shared, node_id, rotation.clone()).await {
+                    Ok(()) => {
+                        // The old key is retired: its link ends once the answer is out.
+                        let conn = conn.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            conn.close(
+                                Refusal::Retired.close_code().into(),
+                                b"key retired by a rotation",
+                            );
+                        });
+                        vec![RelayToNode::Rotations {
+                            rotations: vec![rotation],
+                            more: false,
+                        }]
+                    }
+                    Err(code) => vec![RelayToNode::Error { code }],
+                }
+            }
+            NodeToRelay::RotationQuery => {
+                let rotations: Vec<SignedRotation> = shared
+                    .store
+                    .rotations
+                    .iter()
+                    .map(|e| e.value().clone())
+                    .collect();
+                rotation_pages(&rotations)
+            }
+            NodeToRelay::Hello { .. } | NodeToRelay::Join { .. } | NodeToRelay::Dial { .. } => {
+                conn.close(
+                    close_code::PROTOCOL_VIOLATION.into(),
+                    b"unexpected control message",
+                );
+                return;
+            }
+        };
+        for answer in &answers {
+            if write_control(&mut send, answer).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Checks a node's audit checkpoint signature, countersigns it and keeps it as the node's
+/// latest. A checkpoint older than the one held is refused, so a node (or someone holding its
+/// disk) cannot roll the witness back.
+fn witness(
+    shared: &Shared,
+    node: NodeId,
+    mut cp: WitnessedCheckpoint,
+) -> Result<WitnessedCheckpoint, LinkErrorCode> {
+    use nullport_protocol::domain;
+    let sig =
+        nullport_protocol::hex::decode_array::<64>(&cp.node_sig).ok_or(LinkErrorCode::Malformed)?;
+    if cp.head.len() != 64 || !cp.head.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(LinkErrorCode::Malformed);
+    }
+    let body = format!("seq:{}\nhead:{}", cp.seq, cp.head);
+    nullport_protocol::identity::verify(&node, domain::AUDIT_CHECKPOINT_V1, body.as_bytes(), &sig)
+        .map_err(|_| LinkErrorCode::Refused)?;
+    if let Some(held) = shared.store.witnessed.get(&node)
+        && held.seq > cp.seq
+    {
+        return Err(LinkErrorCode::Refused);
+    }
+    let relay_sig = shared
+        .identity
+        .sign(domain::AUDIT_WITNESS_V1, &cp.witness_body(&node));
+    cp.relay_sig = nullport_protocol::hex::encode(&relay_sig);
+    shared.store.witnessed.insert(node, cp.clone());
+    shared.store.touch(Part::Witnessed);
+    tracing::debug!(seq = cp.seq, "witnessed audit checkpoint");
+    Ok(cp)
+}
+
+/// Takes a revocation list for distribution: signed by the node that publishes it (one list
+/// per node, newest wins, so nobody can fill the relay with lists signed by throwaway keys),
+/// newer than the one held, and within the configured number of signers. The relay cannot
+/// forge lists and does not let them roll back. Lists signed with the relay's own key (the
+/// network admin's) come only from the state directory, never over a link.
+fn publish_revocations(
+    shared: &Shared,
+    sender: NodeId,
+    list: SignedRevocations,
+) -> Result<(), LinkErrorCode> {
+    let parsed =
+        nullport_keyring::revocation::verify_signed(&list).map_err(|_| LinkErrorCode::Refused)?;
+    if parsed.signer != sender || parsed.signer == shared.identity.node_id() {
+        return Err(LinkErrorCode::Refused);
+    }
+    {
+        let held = shared.store.revocations.get(&parsed.signer);
+        match held {
+            Some(held) if held.0 >= parsed.version => return Err(LinkErrorCode::Refused),
+            None if shared.store.revocations.len() >= shared.limits.max_revocation_lists => {
+                return Err(LinkErrorCode::ListsFull);
+            }
+            _ => {}
+        }
+    }
+    shared
+        .store
+        .revocations
+        .insert(parsed.signer, (parsed.version, list.clone()));
+    shared.store.touch(Part::Revocations);
+    let _ = shared.push.send(Push::Revocations(list));
+    tracing::info!(signer = %parsed.signer, version = parsed.version, keys = parsed.keys.len(), tokens = parsed.tokens.len(), "revocation list stored");
+    Ok(())
+}
+
+/// Takes a key rotation published by the old key itself. Revocation and retirement win: the
+/// sender must be admitted now, the first rotation of a key is the only one (a thief holding
+/// an old key cannot redirect it later), and the new key must not be revoked or retired. In
+/// allowlist mode the new key is admitted (labelled as a rotation); the old one is retired
+/// for good in every mode.
+async fn publish_rotation(
+    shared: &Arc<Shared>,
+    sender: NodeId,
+    rotation: SignedRotation,
+) -> Result<(), LinkErrorCode> {
+    let r =
+        nullport_keyring::rotation::verify_signed(&rotation).map_err(|_| LinkErrorCode::Refused)?;
+    if r.old != sender {
+        return Err(LinkErrorCode::Refused);
+    }
+    shared
+        .admission
+        .check(&sender)
+        .map_err(Refusal::link_code)?;
+    match shared.admission.check(&r.new) {
+        Err(Refusal::Revoked) => return Err(LinkErrorCode::KeyRevoked),
+        Err(Refusal::Retired) => return Err(LinkErrorCode::KeyRetired),
+        _ => {}
+    }
+    match shared.store.rotations.entry(r.old) {
+        dashmap::Entry::Occupied(held) if *held.get() == rotation => return Ok(()),
+        dashmap::Entry::Occupied(_) => return Err(LinkErrorCode::AlreadyRotated),
+        dashmap::Entry::Vacant(slot) => {
+            slot.insert(rotation.clone());
+        }
+    }
+    let admission = shared.admission.clone();
+    let label = format!("rotated from {}", r.old);
+    let (old, new) = (r.old, r.new);
+    let changed = tokio::task::spawn_blocking(move || {
+        let added = if admission.is_open() {
+            Ok(())
+        } else {
+            admission.add(new, &label)
+        };
+        if added.is_ok() {
+            admission.retire(&old);
+        }
+        added
+    })
+    .await;
+    match changed {
+        Ok(Ok(())) => {}
+        Ok(Err(AddError::Barred(refusal))) => {
+            shared.store.rotations.remove(&r.old);
+            return Err(refusal.link_code());
+        }
+        other => {
+            tracing::error!("rotation {old} -> {new} not recorded: {other:?}");
+            shared.store.rotations.remove(&r.old);
+            return Err(LinkErrorCode::Refused);
+        }
+    }
+    shared.store.touch(Part::Rotations);
+    let _ = shared.push.send(Push::Rotation(rotation));
+    tracing::info!(%old, %new, "key rotation stored; the old key is retired");
+    Ok(())
+}
+
+/// Enrolls `node` with an invite signed by this relay's key: valid, unexpired, with a use
+/// left (counted and persisted atomically, so two nodes racing for a one-time invite cannot
+/// both win), and the node's key not barred.
+pub(crate) async fn enroll(
+    shared: &Arc<Shared>,
+    node: NodeId,
+    invite: &[u8],
+) -> Result<(), LinkErrorCode> {
+    use nullport_keyring::invite::{Invite, InviteError};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let invite = Invite::verify(invite, &shared.identity.node_id(), now).map_err(|e| match e {
+        InviteError::Expired => LinkErrorCode::InviteExpired,
+        _ => LinkErrorCode::InviteInvalid,
+    })?;
+    match shared.admission.check(&node) {
+        Ok(()) | Err(Refusal::NotListed) => {}
+        Err(barred) => return Err(barred.link_code()),
+    }
+    shared
+        .store
+        .use_invite(invite.id, invite.uses)
+        .await
+        .map_err(|e| match e {
+            InviteRefusal::Used => LinkErrorCode::InviteUsed,
+            InviteRefusal::NotRecorded => LinkErrorCode::Refused,
+        })?;
+    let admission = shared.admission.clone();
+    let label = format!("enrolled with invite {}", invite.id_hex());
+    let added = tokio::task::spawn_blocking(move || admission.add(node, &label)).await;
+    match added {
+        Ok(Ok(())) => {}
+        Ok(Err(AddError::Barred(refusal))) => return Err(refusal.link_code()),
+        other => {
+            tracing::error!("enrolling {node}: {other:?}");
+            return Err(LinkErrorCode::Refused);
+        }
+    }
+    tracing::info!(peer = %node, invite = %invite.id_hex(), "enrolled with an invite");
+    Ok(())
+}

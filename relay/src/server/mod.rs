@@ -1,0 +1,499 @@
+//! The relay server, in rooms: [`Relay`] (binding, the accept loop, admission of each
+//! connection), [`shared`] (state every task shares, and enforcing admission on live links),
+//! [`control`] (a node's control stream: presence, witness, revocation lists, rotations),
+//! [`dial`] (dial streams and the blind [`splice`]), with [`crate::store`] for what survives
+//! a restart, [`crate::push`] for what is pushed to every node, and [`crate::admission`] for
+//! the one admission decision.
+
+mod control;
+mod dial;
+pub(crate) mod shared;
+pub(crate) mod splice;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nullport_protocol::NodeId;
+use nullport_protocol::relay_link::{
+    LINK_VERSION, LinkErrorCode, NodeToRelay, RelayToNode, close_code,
+};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::Instrument;
+
+use crate::admission::Refusal;
+use crate::config::RelayConfig;
+use crate::error::Error;
+use crate::link::{ReadError, read_message, write_message};
+use crate::metrics::Metrics;
+use crate::rate::RateLimiter;
+use crate::store::Store;
+use crate::tls;
+use shared::{PendingGuard, Route, Shared};
+
+/// A running relay. Dropping it stops accepting and closes every connection.
+#[derive(Debug)]
+pub struct Relay {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    node_id: NodeId,
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// A handle to a running relay for its operator: reload the allowlist and the network
+/// admin's revocation list while it runs.
+#[derive(Debug, Clone)]
+pub struct RelayHandle {
+    shared: Arc<Shared>,
+}
+
+impl RelayHandle {
+    /// Re-reads the allowlist file (only if its modification time changed, unless `forced`)
+    /// and closes the links of nodes it no longer admits. Returns the entries now in force
+    /// (None: not re-read).
+    pub fn reload_allowlist(&self, forced: bool) -> Result<Option<usize>, Error> {
+        let reloaded = self.shared.admission.reload(!forced)?;
+        if reloaded.is_some() {
+            self.shared.enforce_admission();
+        }
+        Ok(reloaded)
+    }
+
+    /// Re-reads the network admin's revocation list from the state directory and, if it is
+    /// newer than the one in force, refuses its keys and closes their links. Returns the
+    /// version now in force.
+    pub async fn reload_admin_list(&self) -> Result<u64, Error> {
+        let shared = &self.shared;
+        if let Some(dir) = shared.store.dir().map(|d| d.to_owned()) {
+            let admin = shared.identity.node_id();
+            let read =
+                tokio::task::spawn_blocking(move || crate::store::read_admin_list(&dir, &admin))
+                    .await
+                    .map_err(|e| Error::State(e.to_string()))?
+                    .map_err(Error::State)?;
+            if let Some((list, signed)) = read {
+                shared.apply_admin_list(&list, signed);
+            }
+        }
+        Ok(shared.admin_version.load(Ordering::Acquire))
+    }
+
+    /// Closes the link of every node the admission decision no longer admits (after the
+    /// allowlist of an embedded relay was changed with [`crate::Admission::set_fixed`]).
+    pub fn enforce_admission(&self) -> usize {
+        self.shared.enforce_admission()
+    }
+
+    /// The NodeIds online now.
+    pub fn online(&self) -> Vec<NodeId> {
+        self.shared.routes.iter().map(|r| *r.key()).collect()
+    }
+}
+
+impl Relay {
+    /// Binds the UDP socket and starts serving.
+    pub async fn bind(config: RelayConfig) -> Result<Relay, Error> {
+        let crypto = tls::server_crypto(&config.identity, config.admission.clone())?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(Arc::new(config.limits.transport_config()));
+        let socket =
+            udp_socket(config.listen, config.limits.socket_buffer).map_err(|error| Error::Io {
+                what: format!("binding UDP {}", config.listen),
+                error,
+            })?;
+        let runtime = quinn::default_runtime().ok_or_else(|| Error::Io {
+            what: "starting QUIC".into(),
+            error: std::io::Error::other("no async runtime"),
+        })?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(|error| Error::Io {
+            what: format!("binding UDP {}", config.listen),
+            error,
+        })?;
+        let local_addr = endpoint.local_addr().map_err(|error| Error::Io {
+            what: "reading local address".into(),
+            error,
+        })?;
+        let store = Arc::new(Store::load(config.state_dir.clone()).await);
+        // Rotated-away keys stay refused for good, across restarts.
+        let retired: Vec<NodeId> = store.rotations.iter().map(|e| *e.key()).collect();
+        let admission = config.admission.clone();
+        tokio::task::spawn_blocking(move || {
+            for old in &retired {
+                admission.retire(old);
+            }
+        })
+        .await
+        .map_err(|e| Error::State(e.to_string()))?;
+        let (push_tx, push_rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            dial_limiter: RateLimiter::new(
+                config.limits.dials_per_second,
+                config.limits.dial_burst,
+            ),
+            byte_limiter: RateLimiter::new(
+                config.limits.bytes_per_second,
+                config.limits.byte_burst,
+            ),
+            limits: config.limits,
+            admission: config.admission,
+            metrics: Arc::new(Metrics::default()),
+            routes: dashmap::DashMap::new(),
+            next_session: AtomicU64::new(initial_session()),
+            next_generation: AtomicU64::new(1),
+            identity: config.identity.clone(),
+            store: store.clone(),
+            push: push_tx,
+            admin_version: AtomicU64::new(0),
+            pending_per_ip: Mutex::new(HashMap::new()),
+            #[cfg(feature = "testing")]
+            hooks: config.testing,
+        });
+        RelayHandle {
+            shared: shared.clone(),
+        }
+        .reload_admin_list()
+        .await?;
+        let node_id = config.identity.node_id();
+        let tasks = vec![
+            tokio::spawn(accept_loop(endpoint.clone(), shared.clone())),
+            tokio::spawn(crate::store::persist(store)),
+            tokio::spawn(crate::push::broadcast(shared.clone(), push_rx)),
+        ];
+        tracing::info!(relay = %node_id, %local_addr, open = shared.admission.is_open(), "relay listening");
+        Ok(Relay {
+            endpoint,
+            local_addr,
+            node_id,
+            shared,
+            tasks,
+        })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The relay's NodeId (what nodes pin).
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The address nodes use: `<relay NodeId>@<host:port>`.
+    pub fn address(&self) -> String {
+        format!("{}@{}", self.node_id, self.local_addr)
+    }
+
+    /// A handle for reloading admission while the relay runs.
+    pub fn handle(&self) -> RelayHandle {
+        RelayHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The relay's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// Prometheus text of the current counters.
+    pub fn render_metrics(&self) -> String {
+        self.shared.metrics.render(self.shared.admission.refusals())
+    }
+
+    /// Serves Prometheus metrics on `addr` (TCP); returns the bound address.
+    pub async fn serve_metrics(&mut self, addr: SocketAddr) -> Result<SocketAddr, Error> {
+        let listener = crate::metrics::bind(addr).await?;
+        let bound = listener.local_addr().map_err(|error| Error::Io {
+            what: "reading metrics address".into(),
+            error,
+        })?;
+        self.tasks.push(tokio::spawn(crate::metrics::serve(
+            listener,
+            self.shared.metrics.clone(),
+            self.shared.admission.clone(),
+        )));
+        Ok(bound)
+    }
+
+    /// Whether `id` is connected now.
+    pub fn is_online(&self, id: &NodeId) -> bool {
+        self.shared.routes.contains_key(id)
+    }
+
+    /// Closes every connection ("relay shutting down") and waits (bounded) for the socket to
+    /// drain.
+    pub async fn shutdown(mut self) {
+        self.endpoint
+            .close(close_code::SHUTDOWN.into(), b"relay shutting down");
+        let _ = timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.endpoint
+            .close(close_code::SHUTDOWN.into(), b"relay shutting down");
+    }
+}
+
+/// A UDP socket bound to `addr` with `buffer` bytes of kernel receive and send buffer
+/// (as much of it as the kernel allows).
+fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Session ids start at a random point so that a restarted relay does not reuse recent ones.
+fn initial_session() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t.rotate_left(17) ^ u64::from(std::process::id())
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let remote = incoming.remote_address();
+        let Some(guard) = PendingGuard::try_new(&shared, remote.ip()) else {
+            shared
+                .metrics
+                .admission_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%remote, "refusing connection: over a connection limit");
+            incoming.refuse();
+            continue;
+        };
+        let span = tracing::info_span!("conn", %remote);
+        tokio::spawn(handle_incoming(shared.clone(), incoming, guard).instrument(span));
+    }
+}
+
+/// How a connection that passed TLS may proceed.
+enum Entry {
+    /// Admitted: its first message must be `Hello`.
+    Admitted,
+    /// Unknown but enrolling is on: its first message must be a valid `Join`.
+    MayEnroll,
+}
+
+async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming, guard: PendingGuard) {
+    let deadline = Instant::now() + shared.limits.admission_deadline;
+    let refused = || {
+        shared
+            .metrics
+            .admission_refused
+            .fetch_add(1, Ordering::Relaxed);
+    };
+    let Ok(connecting) = incoming.accept() else {
+        refused();
+        return;
+    };
+    let conn = match timeout_at(deadline, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!("handshake failed: {e}");
+            refused();
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("admission deadline passed during handshake");
+            refused();
+            return;
+        }
+    };
+    let Some(node_id) = tls::peer_node_id(&conn) else {
+        conn.close(close_code::NOT_ADMITTED.into(), b"no valid node key");
+        refused();
+        return;
+    };
+    // The verifier decided during the handshake; decide again in case admission changed.
+    let entry = match shared.admission.check(&node_id) {
+        Ok(()) => Entry::Admitted,
+        Err(Refusal::NotListed) if shared.admission.enrolling() => Entry::MayEnroll,
+        Err(refusal) => {
+            conn.close(refusal.close_code().into(), refusal.to_string().as_bytes());
+            refused();
+            return;
+        }
+    };
+    let (mut ctl_send, mut ctl_recv) = match timeout_at(deadline, conn.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        _ => {
+            conn.close(close_code::ADMISSION_TIMEOUT.into(), b"no hello in time");
+            refused();
+            return;
+        }
+    };
+    let hello = timeout_at(
+        deadline,
+        read_message::<NodeToRelay>(&mut ctl_recv, shared.limits.max_link_message),
+    )
+    .await;
+    match (hello, entry) {
+        (Ok(Ok(NodeToRelay::Hello { version })), Entry::Admitted) if version == LINK_VERSION => {}
+        (Ok(Ok(NodeToRelay::Join { invite, version })), _) if version == LINK_VERSION => {
+            if let Err(code) = control::enroll(&shared, node_id, &invite).await {
+                tracing::info!(peer = %node_id, "enrollment refused: {code}");
+                let _ = write_message(&mut ctl_send, &RelayToNode::Error { code }).await;
+                let _ = ctl_send.finish();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                conn.close(close_code::NOT_ADMITTED.into(), b"enrollment refused");
+                refused();
+                return;
+            }
+        }
+        (Ok(Ok(NodeToRelay::Hello { version })), Entry::MayEnroll) if version == LINK_VERSION => {
+            // Let in only to enroll, and it did not: refused, learning nothing.
+            conn.close(close_code::NOT_ADMITTED.into(), b"not admitted");
+            refused();
+            return;
+        }
+        (Ok(Ok(NodeToRelay::Hello { .. } | NodeToRelay::Join { .. })), _) => {
+            let _ = write_message(
+                &mut ctl_send,
+                &RelayToNode::Error {
+                    code: LinkErrorCode::UnsupportedVersion,
+                },
+            )
+            .await;
+            conn.close(
+                close_code::UNSUPPORTED_VERSION.into(),
+                b"unsupported relay-link version",
+            );
+            refused();
+            return;
+        }
+        (Err(_), _) => {
+            conn.close(close_code::ADMISSION_TIMEOUT.into(), b"no hello in time");
+            refused();
+            return;
+        }
+        (Ok(Err(ReadError::Decode(_))) | Ok(Ok(_)), _) => {
+            conn.close(close_code::PROTOCOL_VIOLATION.into(), b"expected hello");
+            refused();
+            return;
+        }
+        (Ok(Err(_)), _) => {
+            refused();
+            return;
+        }
+    }
+    drop(guard);
+    if write_message(
+        &mut ctl_send,
+        &RelayToNode::Welcome {
+            version: LINK_VERSION,
+            node_id,
+        },
+    )
+    .await
+    .is_err()
+    {
+        return;
+    }
+    let generation = shared.next_generation.fetch_add(1, Ordering::Relaxed);
+    let old = shared.routes.insert(
+        node_id,
+        Route {
+            conn: conn.clone(),
+            generation,
+        },
+    );
+    if let Some(old) = old {
+        shared.metrics.superseded.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(peer = %node_id, "newer connection supersedes the old one");
+        old.conn.close(
+            close_code::SUPERSEDED.into(),
+            b"superseded by a newer connection",
+        );
+    } else {
+        shared.metrics.nodes_online.fetch_add(1, Ordering::Relaxed);
+    }
+    // Admission may have changed while this node was being admitted: check once more now
+    // that its route is visible to `enforce_admission`.
+    if let Err(refusal) = shared.admission.check(&node_id) {
+        conn.close(refusal.close_code().into(), refusal.to_string().as_bytes());
+    }
+    shared.metrics.admitted.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("node", peer = %node_id);
+    serve_node(shared.clone(), node_id, conn, ctl_send, ctl_recv)
+        .instrument(span)
+        .await;
+    let removed = shared
+        .routes
+        .remove_if(&node_id, |_, r| r.generation == generation);
+    if removed.is_some() {
+        shared.metrics.nodes_online.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves an admitted node until its connection ends: the control stream on one task, each
+/// dial on its own, every task owned here and aborted when the node goes.
+async fn serve_node(
+    shared: Arc<Shared>,
+    node_id: NodeId,
+    conn: quinn::Connection,
+    ctl_send: quinn::SendStream,
+    ctl_recv: quinn::RecvStream,
+) {
+    tracing::info!("node online");
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(
+        control::serve(shared.clone(), node_id, conn.clone(), ctl_send, ctl_recv).in_current_span(),
+    );
+    // Dial streams open now (the control stream is one more).
+    let open = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut granted = shared.limits.initial_streams();
+    loop {
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    let in_use = open.fetch_add(1, Ordering::Relaxed) + 2;
+                    if in_use * 2 > granted && granted < shared.limits.max_streams_per_node {
+                        granted = (granted * 2).min(shared.limits.max_streams_per_node);
+                        conn.set_max_concurrent_bi_streams(granted.into());
+                    }
+                    let span = tracing::debug_span!("dial");
+                    let (open, shared) = (open.clone(), shared.clone());
+                    tasks.spawn(
+                        async move {
+                            dial::handle(shared, node_id, send, recv).await;
+                            open.fetch_sub(1, Ordering::Relaxed);
+                        }
+                        .instrument(span),
+                    );
+                }
+                Err(e) => {
+                    tracing::info!("node offline: {e}");
+                    break;
+                }
+            },
+            // Reap finished dials so the set stays the size of what is running.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    tasks.abort_all();
+}

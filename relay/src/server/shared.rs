@@ -1,0 +1,202 @@
+//! The state every connection task shares: routes to online nodes, limits, rate limiters,
+//! the admission decision, the persistent store, and the queue of pushes to nodes.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use nullport_protocol::{Identity, NodeId, SessionId};
+use tokio::sync::mpsc;
+
+use crate::admission::Admission;
+use crate::config::RelayLimits;
+use crate::metrics::Metrics;
+use crate::push::Push;
+use crate::rate::RateLimiter;
+use crate::server::splice::Side;
+use crate::store::Store;
+
+/// An admitted node's connection.
+pub(crate) struct Route {
+    pub(crate) conn: quinn::Connection,
+    pub(crate) generation: u64,
+}
+
+/// State shared by every connection task.
+pub(crate) struct Shared {
+    pub(crate) limits: RelayLimits,
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) routes: DashMap<NodeId, Route>,
+    pub(crate) dial_limiter: RateLimiter,
+    pub(crate) byte_limiter: RateLimiter,
+    pub(crate) next_session: AtomicU64,
+    pub(crate) next_generation: AtomicU64,
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) push: mpsc::UnboundedSender<Push>,
+    /// Version of the network admin's list in force (0: none).
+    pub(crate) admin_version: AtomicU64,
+    pub(crate) pending_per_ip: Mutex<HashMap<IpAddr, usize>>,
+    #[cfg(feature = "testing")]
+    pub(crate) hooks: crate::testing::TestHooks,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("online", &self.routes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Closes the link (and with it every splice) of each online node that is no longer
+    /// admitted, telling it why. Returns how many were closed.
+    pub(crate) fn enforce_admission(&self) -> usize {
+        let mut closed = 0;
+        for route in self.routes.iter() {
+            if let Err(refusal) = self.admission.check(route.key()) {
+                tracing::info!(peer = %route.key(), "closing the link: {refusal}");
+                route
+                    .conn
+                    .close(refusal.close_code().into(), refusal.to_string().as_bytes());
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Takes the network admin's list (signed with this relay's key) if it is newer than the
+    /// one in force: its keys are refused from now on, their links closed, and the list is
+    /// kept and pushed to every node like any other.
+    pub(crate) fn apply_admin_list(
+        &self,
+        list: &nullport_keyring::revocation::RevocationList,
+        signed: nullport_protocol::relay_link::SignedRevocations,
+    ) -> bool {
+        if list.signer != self.identity.node_id()
+            || list.version <= self.admin_version.load(Ordering::Acquire)
+        {
+            return false;
+        }
+        self.admin_version.store(list.version, Ordering::Release);
+        self.admission.set_revoked(list.keys.iter().copied());
+        self.store
+            .revocations
+            .insert(list.signer, (list.version, signed.clone()));
+        self.store.touch(crate::store::Part::Revocations);
+        let _ = self.push.send(Push::Revocations(signed));
+        let closed = self.enforce_admission();
+        tracing::info!(
+            version = list.version,
+            keys = list.keys.len(),
+            closed,
+            "network admin's revocation list in force"
+        );
+        true
+    }
+
+    /// The chunks to forward for `chunk`, and whether to end the direction after them.
+    #[cfg(feature = "testing")]
+    pub(crate) fn hook_chunk(
+        &self,
+        session: SessionId,
+        side: Side,
+        chunk: Bytes,
+    ) -> (Vec<Bytes>, bool) {
+        use crate::testing::Direction;
+        match &self.hooks.splice {
+            Some(h) => {
+                let d = match side {
+                    Side::Caller => Direction::CallerToTarget,
+                    Side::Target => Direction::TargetToCaller,
+                };
+                let out = h.on_chunk(session, d, chunk);
+                (out.chunks, out.finish)
+            }
+            None => (vec![chunk], false),
+        }
+    }
+
+    /// The chunks to forward for `chunk` (always just itself without the `testing` feature).
+    #[cfg(not(feature = "testing"))]
+    pub(crate) fn hook_chunk(
+        &self,
+        _s: SessionId,
+        _side: Side,
+        chunk: Bytes,
+    ) -> (Vec<Bytes>, bool) {
+        (vec![chunk], false)
+    }
+
+    #[cfg(feature = "testing")]
+    pub(crate) fn route_target(&self, target: NodeId) -> NodeId {
+        match self.hooks.reroute {
+            Some((from, to)) if from == target => to,
+            _ => target,
+        }
+    }
+
+    #[cfg(not(feature = "testing"))]
+    pub(crate) fn route_target(&self, target: NodeId) -> NodeId {
+        target
+    }
+
+    #[cfg(feature = "testing")]
+    pub(crate) fn caller_label(&self, caller: NodeId) -> NodeId {
+        self.hooks.relabel_caller.unwrap_or(caller)
+    }
+
+    #[cfg(not(feature = "testing"))]
+    pub(crate) fn caller_label(&self, caller: NodeId) -> NodeId {
+        caller
+    }
+}
+
+/// Counts a connection as pending (globally and for its source IP) until dropped.
+pub(crate) struct PendingGuard {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl PendingGuard {
+    pub(crate) fn try_new(shared: &Arc<Shared>, ip: IpAddr) -> Option<Self> {
+        let mut per_ip = shared.pending_per_ip.lock().ok()?;
+        let total = shared.metrics.pending.load(Ordering::Relaxed) as usize;
+        let online = shared.metrics.nodes_online.load(Ordering::Relaxed) as usize;
+        let mine = per_ip.entry(ip).or_insert(0);
+        if total >= shared.limits.max_pending
+            || *mine >= shared.limits.max_pending_per_ip
+            || online >= shared.limits.max_connections
+        {
+            if *mine == 0 {
+                per_ip.remove(&ip);
+            }
+            return None;
+        }
+        *mine += 1;
+        shared.metrics.pending.fetch_add(1, Ordering::Relaxed);
+        Some(Self {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.shared.metrics.pending.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut per_ip) = self.shared.pending_per_ip.lock()
+            && let Some(n) = per_ip.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
