@@ -368,7 +368,7 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("line 4") && err.contains("udp"), "{err}");
         for (text, want) in [
             (
                 "[services.a]\ntcp = \"x\"\nexec = [\"y\"]\n",

@@ -74,7 +74,6 @@ fn narrow(token: &Option<Vec<String>>, bound: Option<&Vec<String>>, prefix: bool
             .filter(|t| b.iter().any(|b| covered(t, b)))
             .cloned()
             .collect(),
-        (Some(t), None) => t.clone(),
         (None, Some(b)) => b.clone(),
         // The issuer has no rules of its own here: it can delegate nothing (the documented
         // "never more than the issuer's own rules").

@@ -135,12 +135,14 @@ impl Admission {
         self.check(id).is_ok()
     }
 
-    /// Whether `id` may connect at all: admitted, or (while enrolling) merely unknown. A
-    /// barred key may not even try to enroll.
-    pub fn may_connect(&self, id: &NodeId) -> Result<(), Refusal> {
+    /// Whether `id` may complete the TLS handshake: admitted; unknown while enrolling (to
+    /// send a `Join`); or barred (to be told, by the close code right after, that its key is
+    /// revoked or retired: it is refused everything else). An unknown key is refused inside
+    /// the handshake and learns nothing.
+    pub fn may_handshake(&self, id: &NodeId) -> bool {
         match self.check(id) {
-            Err(Refusal::NotListed) if self.enrolling() => Ok(()),
-            other => other,
+            Ok(()) | Err(Refusal::Revoked | Refusal::Retired) => true,
+            Err(Refusal::NotListed) => self.enrolling(),
         }
     }
 
@@ -353,8 +355,10 @@ mod tests {
         listed.retire(&b);
         assert_eq!(listed.check(&a), Err(Refusal::Revoked));
         assert_eq!(listed.check(&b), Err(Refusal::Retired));
-        assert_eq!(listed.may_connect(&a), Err(Refusal::Revoked));
-        assert_eq!(listed.may_connect(&c), Ok(()), "unknown keys may enroll");
+        assert!(listed.may_handshake(&a), "barred keys hear why");
+        assert!(listed.may_handshake(&c), "unknown keys may enroll");
+        listed.set_enrolling(false);
+        assert!(!listed.may_handshake(&c), "unknown keys learn nothing");
         assert!(matches!(
             listed.add(a, "enrolled"),
             Err(AddError::Barred(Refusal::Revoked))
