@@ -143,6 +143,10 @@ struct RunArgs {
     /// With --allow: let unknown keys connect only to enroll with an invite (`invite`).
     #[arg(long, requires = "allow")]
     enroll: bool,
+    /// Revocation lists held for distribution (one per signer; a node may publish only its
+    /// own). A new signer over the bound is refused.
+    #[arg(long, default_value_t = 10_000)]
+    max_revocation_lists: usize,
 }
 
 fn passphrase(args: &KeyArgs, confirm: bool) -> anyhow::Result<zeroize::Zeroizing<String>> {
@@ -208,6 +212,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.limits.dials_per_second = args.dials_per_second;
     config.limits.bytes_per_second = args.bytes_per_second;
     config.limits.max_connections = args.max_connections;
+    config.limits.max_revocation_lists = args.max_revocation_lists;
     if let Some(dir) = &args.state_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

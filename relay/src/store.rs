@@ -284,3 +284,34 @@ pub fn read_admin_list(
 pub fn write_admin_list(dir: &Path, signed: &SignedRevocations) -> Result<(), String> {
     write_json(&dir.join(ADMIN_REVOCATIONS_FILE), signed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nullport_protocol::Identity;
+
+    #[tokio::test]
+    async fn changes_reach_the_disk_and_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::load(Some(dir.path().to_owned())).await);
+        let (a, b) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+        let r = nullport_keyring::rotation::sign(&a, &b, 1);
+        store.rotations.insert(a.node_id(), r.clone());
+        store.touch(Part::Rotations);
+        let task = tokio::spawn(persist(store.clone()));
+        let path = dir.path().join("rotations.json");
+        for _ in 0..100 {
+            if path.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        task.abort();
+        let again = Store::load(Some(dir.path().to_owned())).await;
+        assert_eq!(again.rotations.get(&a.node_id()).map(|e| e.clone()), Some(r));
+        assert_eq!(store.use_invite([7; 16], 1).await, Ok(()));
+        assert_eq!(store.use_invite([7; 16], 1).await, Err(InviteRefusal::Used));
+        let again = Store::load(Some(dir.path().to_owned())).await;
+        assert_eq!(again.use_invite([7; 16], 1).await, Err(InviteRefusal::Used));
+    }
+}
