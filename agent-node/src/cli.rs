@@ -7,11 +7,11 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use nullport_keyring::{KdfParams, PassphraseSource, Policy, Protection, TrustStore, key_file};
+use nullport_node::RelayAddr;
 use nullport_node::config_file::{NodeFile, Service, ServiceSpec};
 use nullport_node::control::{ControlRequest, ControlResponse};
 use nullport_node::daemon::Daemon;
 use nullport_node::home::Home;
-use nullport_node::{NodeLimits, RelayAddr};
 use nullport_protocol::{Identity, NodeId, ServiceName};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -157,6 +157,9 @@ enum Command {
         #[arg(long)]
         token: Option<String>,
     },
+    /// Make the running daemon re-read config.toml, policy.toml and trust.toml (live
+    /// channels that lose their grant are closed). Commands that edit them do this already.
+    Reload,
     /// Show the relay link, exposed services and open channels.
     Status {
         /// Machine-readable output.
@@ -569,6 +572,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => connect(&home, &target, listen, allow_remote, read_token(token)?).await,
         Command::Pipe { target, token } => pipe(&home, &target, false, token).await,
         Command::Status { json } => status(&home, json).await,
+        Command::Reload => {
+            let (response, _) = control(&home, &ControlRequest::Reload).await?;
+            if !response.ok {
+                bail!(
+                    "the daemon kept its previous configuration: {}",
+                    response.error.unwrap_or_default()
+                );
+            }
+            println!("reloaded");
+            Ok(())
+        }
         Command::Quickstart => crate::quickstart::run().await,
     }
 }
@@ -1570,7 +1584,7 @@ async fn up(home: &Home, args: UpArgs) -> anyhow::Result<()> {
         home.clone(),
         identity.clone(),
         relay.clone(),
-        NodeLimits::default(),
+        file.link.limits(),
     )
     .await?;
     eprintln!(

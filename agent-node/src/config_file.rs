@@ -205,6 +205,38 @@ struct FileLayout {
     services: BTreeMap<String, ServiceTable>,
     #[serde(default, skip_serializing_if = "AccessTable::is_default")]
     access: AccessTable,
+    #[serde(default, skip_serializing_if = "LinkTable::is_default")]
+    link: LinkTable,
+}
+
+/// `[link]`: the relay link's timings (optional).
+///
+/// ```toml
+/// [link]
+/// superseded_retry_secs = 30   # after another process with this key took over the link
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkTable {
+    /// Seconds between attempts after another connection with this identity superseded this
+    /// one (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_retry_secs: Option<u64>,
+}
+
+impl LinkTable {
+    fn is_default(&self) -> bool {
+        *self == LinkTable::default()
+    }
+
+    /// The node limits these settings give (defaults elsewhere).
+    pub fn limits(&self) -> crate::NodeLimits {
+        let mut limits = crate::NodeLimits::default();
+        if let Some(secs) = self.superseded_retry_secs {
+            limits.superseded_backoff = std::time::Duration::from_secs(secs.max(1));
+        }
+        limits
+    }
 }
 
 /// `[access]`: bounds and tolerances of the callee's access decision (all optional).
@@ -269,6 +301,8 @@ pub struct NodeFile {
     pub services: BTreeMap<String, Service>,
     /// Bounds of the access decision.
     pub access: AccessTable,
+    /// The relay link's timings.
+    pub link: LinkTable,
 }
 
 /// Why the config file could not be used.
@@ -305,6 +339,7 @@ impl NodeFile {
             relay: layout.relay,
             services,
             access: layout.access,
+            link: layout.link,
         })
     }
 
@@ -322,6 +357,7 @@ impl NodeFile {
                 .map(|(n, s)| (n.clone(), ServiceTable::from(s)))
                 .collect(),
             access: self.access.clone(),
+            link: self.link.clone(),
         };
         let text = toml::to_string_pretty(&layout).map_err(|e| err(e.to_string()))?;
         nullport_keyring::fs::write_private(

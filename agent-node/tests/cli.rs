@@ -2,177 +2,16 @@
 //! relay on loopback, and real clients (OpenSSH, curl) through `nullport pipe`/`connect`.
 #![allow(missing_docs)]
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nullport_protocol::Identity;
-use nullport_relay::{Admission, Relay, RelayConfig};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-const NULLPORT: &str = env!("CARGO_BIN_EXE_nullport");
-
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-async fn nullport(home: &Path, args: &[&str]) -> Out {
-    let out = Command::new(NULLPORT)
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("running nullport: {e}"));
-    Out {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-async fn ok(home: &Path, args: &[&str]) -> String {
-    let out = nullport(home, args).await;
-    assert!(out.ok, "nullport {args:?} failed: {}", out.stderr);
-    out.stdout
-}
-
-async fn fails(home: &Path, args: &[&str]) -> String {
-    let out = nullport(home, args).await;
-    assert!(
-        !out.ok,
-        "nullport {args:?} should fail; said {}",
-        out.stdout
-    );
-    out.stderr
-}
-
-struct Net {
-    dir: tempfile::TempDir,
-    relay: Relay,
-    daemons: Vec<Child>,
-}
-
-impl Net {
-    async fn start() -> Net {
-        let identity = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
-        let relay = Relay::bind(RelayConfig::new(
-            identity,
-            "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
-            Arc::new(Admission::open()),
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        Net {
-            dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
-            relay,
-            daemons: Vec::new(),
-        }
-    }
-
-    /// A new node home with an identity; returns (home, NodeId text).
-    async fn node(&self, name: &str) -> (PathBuf, String) {
-        let home = self.dir.path().join(name);
-        let id = ok(&home, &["init", "--insecure-plaintext-key"])
-            .await
-            .trim()
-            .to_owned();
-        assert!(id.starts_with("np") && id.len() == 54, "{id}");
-        (home, id)
-    }
-
-    /// Runs `nullport up` for `home` and waits until its link is online.
-    async fn up(&mut self, home: &Path) {
-        self.up_with(home, &[]).await;
-    }
-
-    /// Runs `nullport up` for `home` and waits until its link says it is refused for `why`.
-    async fn up_refused(&mut self, home: &Path, why: &str) {
-        let child = Command::new(NULLPORT)
-            .arg("--home")
-            .arg(home)
-            .args(["up", "--relay", &self.relay.address()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}"));
-        self.daemons.push(child);
-        let started = Instant::now();
-        loop {
-            let out = nullport(home, &["status"]).await;
-            if out.ok && out.stdout.contains("link     refused") && out.stdout.contains(why) {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "daemon not refused for {why:?}: {} {}",
-                out.stdout,
-                out.stderr
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The same, with extra environment variables for the daemon.
-    async fn up_with(&mut self, home: &Path, env: &[(&str, &str)]) {
-        let child = Command::new(NULLPORT)
-            .arg("--home")
-            .arg(home)
-            .args(["up", "--relay", &self.relay.address()])
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}"));
-        self.daemons.push(child);
-        let started = Instant::now();
-        loop {
-            let out = nullport(home, &["status"]).await;
-            if out.ok && out.stdout.contains("link     online") {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "daemon not online: {} {}",
-                out.stdout,
-                out.stderr
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Two daemons, `tool` (callee) and `agent` (caller), each trusting the other by alias.
-async fn pair() -> (Net, PathBuf, PathBuf) {
-    let mut net = Net::start().await;
-    let (tool, tool_id) = net.node("tool").await;
-    let (agent, agent_id) = net.node("agent").await;
-    ok(&tool, &["trust", "add", "agent", &agent_id]).await;
-    ok(&agent, &["trust", "add", "tool", &tool_id]).await;
-    net.up(&tool).await;
-    net.up(&agent).await;
-    (net, tool, agent)
-}
-
-/// True when every tool is present; otherwise the test is reported as not run.
-fn require(test: &str, tools: &[&str]) -> bool {
-    nullport_tests::skip::require(test, tools)
-}
-
-/// The Python of the venv `scripts/install-peers` makes (with the official MCP SDK).
-fn peers_python() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py-peers/bin/python")
-}
+mod common;
+use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_runs_end_to_end() {
@@ -536,60 +375,6 @@ async fn status_and_unexpose_take_effect_without_restart() {
     assert!(e.contains("not allowed"), "{e}");
 }
 
-/// Starts `nullport pipe TARGET` with its standard streams piped; returns it and its stdin.
-fn spawn_pipe(home: &Path, target: &str) -> (tokio::process::Child, tokio::process::ChildStdin) {
-    let mut child = Command::new(NULLPORT)
-        .arg("--home")
-        .arg(home)
-        .args(["pipe", target])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let stdin = child.stdin.take().unwrap_or_else(|| panic!("stdin"));
-    (child, stdin)
-}
-
-async fn pipe_output(home: &Path, target: &str) -> String {
-    let out = Command::new(NULLPORT)
-        .arg("--home")
-        .arg(home)
-        .args(["pipe", target])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-async fn wait_tcp(port: u16) {
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "nothing listens on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_lists_open_channels_and_sigterm_closes_them_cleanly() {
     let (mut net, tool, agent) = pair().await;
@@ -640,48 +425,6 @@ async fn status_lists_open_channels_and_sigterm_closes_them_cleanly() {
 
 // ---------------------------------------------------------------------------------------
 // MCP with real peers: the official reference servers (npm) and the official Python SDK.
-
-fn mcp_peers(test: &str) -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/mcp-peers/node_modules/@modelcontextprotocol");
-    let sdk = std::process::Command::new(peers_python())
-        .args(["-c", "import mcp.client.stdio"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if dir.join("server-filesystem/dist/index.js").exists()
-        && dir.join("server-everything").exists()
-        && sdk
-        && nullport_tests::skip::have("node")
-    {
-        return Some(dir);
-    }
-    nullport_tests::skip::not_run(
-        test,
-        "MCP peers missing: run scripts/install-peers (npm MCP servers, Python mcp SDK in target/py-peers)",
-    );
-    None
-}
-
-/// Runs the Python SDK client through `nullport mcp bridge` and returns its JSON report.
-async fn sdk_client(home: &Path, target: &str, calls: serde_json::Value) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_client.py");
-    let bridge = serde_json::json!([NULLPORT, "--home", home, "mcp", "bridge", target]);
-    let out = Command::new(peers_python())
-        .arg(&script)
-        .arg(bridge.to_string())
-        .arg(calls.to_string())
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "SDK client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_filesystem_server_behind_the_firewall_with_the_python_sdk() {
@@ -1417,20 +1160,6 @@ async fn revocation_reaches_nodes_closes_live_channels_and_refuses_new_ones() {
         audit.contains("\"event\":\"revocation\"") && audit.contains("key is revoked"),
         "{audit}"
     );
-}
-
-async fn pipe_output_with(home: &Path, target: &str, token: &str) -> Option<String> {
-    let out = Command::new(NULLPORT)
-        .arg("--home")
-        .arg(home)
-        .args(["pipe", target, "--token", token])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

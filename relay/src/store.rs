@@ -308,7 +308,10 @@ mod tests {
         }
         task.abort();
         let again = Store::load(Some(dir.path().to_owned())).await;
-        assert_eq!(again.rotations.get(&a.node_id()).map(|e| e.clone()), Some(r));
+        assert_eq!(
+            again.rotations.get(&a.node_id()).map(|e| e.clone()),
+            Some(r)
+        );
         assert_eq!(store.use_invite([7; 16], 1).await, Ok(()));
         assert_eq!(store.use_invite([7; 16], 1).await, Err(InviteRefusal::Used));
         let again = Store::load(Some(dir.path().to_owned())).await;

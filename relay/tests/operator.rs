@@ -55,7 +55,11 @@ impl RelayProcess {
             cmd.arg(id.to_string());
         }
         let out = cmd.output().await.unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -70,7 +74,11 @@ async fn start_relay(allowed: &[NodeId], extra: &[&str]) -> RelayProcess {
         .output()
         .await
         .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let allow = dir.path().join("allow");
     let text: String = allowed.iter().map(|id| format!("{id}\n")).collect();
     std::fs::write(&allow, text).unwrap();
@@ -211,10 +219,16 @@ async fn removing_a_key_from_the_allowlist_closes_its_link_and_splices_within_a_
         .await
         .expect("the splice of a removed key stayed open");
     let took = removed.elapsed();
-    assert!(took < Duration::from_millis(1500), "closed after {took:?} ({e})");
+    assert!(
+        took < Duration::from_millis(1500),
+        "closed after {took:?} ({e})"
+    );
     refused_within(&a, "not on the relay's allowlist", Duration::from_secs(2)).await;
     // It cannot dial, query or publish any more, and B is not disturbed.
-    assert!(matches!(a.dial(b.node_id(), "echo").await, Err(Error::RelayRefused { .. })));
+    assert!(matches!(
+        a.dial(b.node_id(), "echo").await,
+        Err(Error::RelayRefused { .. })
+    ));
     assert!(a.presence(b.node_id()).await.is_err());
     let list = RevocationList {
         signer: a_id.node_id(),
@@ -252,9 +266,9 @@ async fn admin_revocation_closes_the_link_and_the_key_never_returns() {
     let list = async {
         loop {
             if let Ok(batch) = lists.recv().await
-                && let Some(l) = batch.into_iter().find_map(|l| {
-                    nullport_keyring::revocation::verify_signed(&l).ok()
-                })
+                && let Some(l) = batch
+                    .into_iter()
+                    .find_map(|l| nullport_keyring::revocation::verify_signed(&l).ok())
                 && l.keys.contains(&a_id.node_id())
             {
                 return l;
@@ -268,7 +282,9 @@ async fn admin_revocation_closes_the_link_and_the_key_never_returns() {
         .filter_map(|l| nullport_keyring::revocation::verify_signed(l).ok())
         .any(|l| l.keys.contains(&a_id.node_id()));
     if !pushed_or_held {
-        tokio::time::timeout(Duration::from_secs(2), list).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(2), list)
+            .await
+            .unwrap();
     }
     // Even on the allowlist, with an invite, or restarted: refused.
     let invite = Command::new(RELAY)
@@ -284,7 +300,11 @@ async fn admin_revocation_closes_the_link_and_the_key_never_returns() {
     config.join = Some(bytes);
     let again = Node::start(config).await.unwrap();
     refused_within(&again, "revoked", Duration::from_secs(3)).await;
-    assert!(!std::fs::read_to_string(relay.allow_file()).unwrap().contains("enrolled"));
+    assert!(
+        !std::fs::read_to_string(relay.allow_file())
+            .unwrap()
+            .contains("enrolled")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,10 +317,18 @@ async fn rotation_is_first_wins_labelled_and_never_from_a_barred_key() {
     a.publish_rotation(rotation.clone()).await.unwrap();
     let allow = std::fs::read_to_string(relay.allow_file()).unwrap();
     assert!(
-        allow.contains(&format!("{}  # rotated from {}", b_id.node_id(), a_id.node_id())),
+        allow.contains(&format!(
+            "{}  # rotated from {}",
+            b_id.node_id(),
+            a_id.node_id()
+        )),
         "{allow}"
     );
-    assert!(!allow.lines().any(|l| l.starts_with(&a_id.node_id().to_string())));
+    assert!(
+        !allow
+            .lines()
+            .any(|l| l.starts_with(&a_id.node_id().to_string()))
+    );
     refused_within(&a, "retired by a rotation", Duration::from_secs(3)).await;
     let b = online(&relay, b_id.clone()).await;
     // A thief holding A's key cannot come back, and so cannot rotate A again.
@@ -348,7 +376,11 @@ async fn thousands_of_revoked_keys_and_many_lists_cross_the_link_intact() {
     let mut published = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let n = online(&relay, id.clone()).await;
-        let keys = if i == 0 { big_keys.clone() } else { big_keys[..2_000].to_vec() };
+        let keys = if i == 0 {
+            big_keys.clone()
+        } else {
+            big_keys[..2_000].to_vec()
+        };
         let list = RevocationList {
             signer: id.node_id(),
             version: 1,
