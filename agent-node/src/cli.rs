@@ -1483,6 +1483,10 @@ async fn connect_unix(
     let bound = tokio::net::UnixListener::bind(&path);
     rustix::process::umask(previous);
     let listener = bound.map_err(|e| anyhow!("cannot listen on {}: {e}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
     println!("listening on unix:{} -> {peer}/{service}", path.display());
     let serve = async {
         loop {

@@ -737,3 +737,37 @@ async fn mcp_resource_tricks_are_refused_and_mcp_deny_ends_the_live_session() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_on_a_unix_socket_serves_only_its_user() {
+    let mut net = Net::start().await;
+    let (tool, tool_id) = net.node("tool").await;
+    let (agent, agent_id) = net.node("agent").await;
+    ok(&tool, &["trust", "add", "agent", &agent_id]).await;
+    ok(&agent, &["trust", "add", "tool", &tool_id]).await;
+    ok(&tool, &["expose", "exec", "hello", "--", "echo", "hi"]).await;
+    ok(&tool, &["allow", "agent", "hello"]).await;
+    net.up(&tool).await;
+    net.up(&agent).await;
+    let socket = net.dir.path().join("hello.sock");
+    let mut connect = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&agent)
+        .args(["connect", "tool/hello", "--listen"])
+        .arg(format!("unix:{}", socket.display()))
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut said = tokio::io::BufReader::new(connect.stdout.take().unwrap()).lines();
+    let line = said.next_line().await.unwrap().unwrap_or_default();
+    assert!(line.starts_with("listening on unix:"), "{line}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    assert_eq!(out, "hi\n");
+}
