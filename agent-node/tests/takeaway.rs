@@ -771,3 +771,44 @@ async fn connect_on_a_unix_socket_serves_only_its_user() {
     stream.read_to_string(&mut out).await.unwrap();
     assert_eq!(out, "hi\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signers_list_of_thousands_of_keys_is_published_and_applied() {
+    let mut net = Net::start().await;
+    let (tool, tool_id) = net.node("tool").await;
+    let (admin, admin_id) = net.node("admin").await;
+    let (caller, caller_identity) = net.library_node().await;
+    let caller_id = caller_identity.node_id();
+    ok(&tool, &["trust", "add", "admin", &admin_id]).await;
+    ok(&tool, &["trust", "add", "agent", &caller_id.to_string()]).await;
+    ok(&tool, &["revocations", "trust", "admin"]).await;
+    ok(&tool, &["expose", "exec", "cat", "--", "cat"]).await;
+    ok(&tool, &["allow", "agent", "cat"]).await;
+    ok(&admin, &["trust", "add", "agent", &caller_id.to_string()]).await;
+    // The admin has already revoked 5,000 keys (its list, as `revoke` keeps it).
+    let keys: Vec<String> = (0..5_000u32)
+        .map(|i| {
+            let mut seed = [9u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            nullport_protocol::Identity::from_seed(seed)
+                .node_id()
+                .to_string()
+        })
+        .collect();
+    let issued = serde_json::json!({
+        "signer": admin_id, "version": 7, "issued": 0, "keys": keys, "tokens": []
+    });
+    std::fs::write(admin.join("revocations-issued.json"), issued.to_string()).unwrap();
+    net.up(&tool).await;
+    net.up(&admin).await;
+    let tool_id: NodeId = tool_id.parse().unwrap();
+    let mut live = open_cat(&caller, tool_id).await;
+    let started = Instant::now();
+    let said = ok(&admin, &["revoke", "agent"]).await;
+    assert!(said.contains("version 8"), "{said}");
+    let (e, took) = ended(&mut live, started).await;
+    assert_eq!(reason(&e), Some(DenyReason::Revoked), "{e}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let shown = ok(&tool, &["revocations", "show"]).await;
+    assert!(shown.contains("v8: 5001 keys"), "{shown}");
+}
