@@ -1,4 +1,5 @@
-//! nullport's node: the embeddable [`Node`] API (and the `nullport` binary built on it).
+//! nullport's node library: the embeddable [`Node`]. The `nullport` daemon and CLI are the
+//! `nullport` crate, built on this one.
 //!
 //! A node dials *out* to one relay over QUIC, pinning the relay's key, and never listens on
 //! a network port. [`Node::dial`] opens an end-to-end authenticated, encrypted [`Channel`] to
@@ -19,23 +20,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub mod access;
-pub mod audit;
 pub mod backoff;
 pub mod channel;
-pub mod config_file;
-pub mod control;
-pub mod daemon;
 pub mod error;
 pub mod handshake;
-pub mod home;
 mod link;
-pub mod mcp;
 pub mod node;
 pub mod relay_addr;
-pub mod service;
 pub mod tls;
-pub mod tokens;
 
 pub use channel::{AbortHandle, Channel};
 pub use error::Error;

@@ -8,11 +8,11 @@
 use std::path::Path;
 use std::time::Instant;
 
+use nullport::mcp::firewall::{Firewall, Verdict, glob_match};
 use nullport_keyring::policy::Policy;
 use nullport_keyring::token::Token;
 use nullport_keyring::trust::TrustStore;
 use nullport_keyring::{McpGrant, McpRules};
-use nullport_node::mcp::firewall::{Firewall, Verdict, glob_match};
 use nullport_protocol::relay_link::{self, NodeToRelay, RelayToNode};
 use nullport_protocol::{Deframer, Identity, NodeId, fuzzing};
 

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use nullport_protocol::{DenyReason, NodeId};
 use tokio::sync::watch;
 
-use crate::AbortHandle;
 use crate::access::{Access, Grant, Load, Refusal};
 use crate::daemon::{State, unix_now};
 use crate::service::Counters;
+use nullport_node::AbortHandle;
 
 /// Which way a channel goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

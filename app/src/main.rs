@@ -1,7 +1,8 @@
-//! `nullport`: the node daemon and CLI. A thin layer over the `nullport_node` library.
+//! `nullport`: the node daemon and CLI, over the `nullport` library.
 // The doc comments of `cli` are clap help text, where `<peer>/<service>` is the usual
 // notation, not HTML.
 #![allow(rustdoc::invalid_html_tags)]
+#![forbid(unsafe_code)]
 
 mod cli;
 mod quickstart;
@@ -12,7 +13,7 @@ fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     // The daemon logs what it does; one-shot commands only warn.
     let default_filter = if cli.is_daemon() {
-        "warn,nullport_node=info"
+        "warn,nullport=info,nullport_node=info"
     } else {
         "warn"
     };

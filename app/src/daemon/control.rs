@@ -8,13 +8,13 @@ use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::Error;
 use crate::control::{
     ChannelStatus, ControlRequest, ControlResponse, ListStatus, ServiceStatus, Status,
 };
 use crate::daemon::{DaemonError, Files, State, lists, witness_json};
 use crate::mcp::Session;
 use crate::service::{Counted, forward};
+use nullport_node::Error;
 
 /// Largest control request line (a signed revocation list of the largest size, as JSON).
 const MAX_CONTROL_LINE: usize = 4 << 20;
@@ -364,15 +364,15 @@ fn status(state: &State) -> Status {
         })
         .collect();
     let link = match state.node.state() {
-        crate::LinkState::Online => "online".to_owned(),
-        crate::LinkState::Connecting {
+        nullport_node::LinkState::Online => "online".to_owned(),
+        nullport_node::LinkState::Connecting {
             attempt,
             last_error,
         } => match last_error {
             Some(e) => format!("connecting (attempt {attempt}; last error: {e})"),
             None => "connecting".to_owned(),
         },
-        crate::LinkState::Refused { reason } => format!("refused: {reason}"),
+        nullport_node::LinkState::Refused { reason } => format!("refused: {reason}"),
     };
     Status {
         node_id: state.node.node_id().to_string(),

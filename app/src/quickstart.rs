@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use nullport::config_file::{NodeFile, Service, ServiceSpec};
+use nullport::control::{self, ControlRequest};
+use nullport::daemon::Daemon;
+use nullport::home::Home;
 use nullport_keyring::{Policy, Protection, TrustStore, key_file};
-use nullport_node::config_file::{NodeFile, Service, ServiceSpec};
-use nullport_node::control::{self, ControlRequest};
-use nullport_node::daemon::Daemon;
-use nullport_node::home::Home;
 use nullport_node::{NodeConfig, NodeLimits, RelayAddr};
 use nullport_protocol::Identity;
 use nullport_relay::{Admission, Relay, RelayConfig};
@@ -218,14 +218,14 @@ async fn demo(root: &std::path::Path) -> anyhow::Result<()> {
     match stranger.dial(tool_id.node_id(), "web").await {
         Err(e) => println!(
             "    refused by the tool host: {}",
-            nullport_node::daemon::explain(&e, "tool-host", "web")
+            nullport::daemon::explain(&e, "tool-host", "web")
         ),
         Ok(_) => bail!("the stranger was let in"),
     }
     match stranger.dial(agent_id.node_id(), "web").await {
         Err(e) => println!(
             "    and the agent, which exposes nothing: {}",
-            nullport_node::daemon::explain(&e, "agent", "web")
+            nullport::daemon::explain(&e, "agent", "web")
         ),
         Ok(_) => bail!("the agent accepted a service it does not expose"),
     }

@@ -230,8 +230,8 @@ impl LinkTable {
     }
 
     /// The node limits these settings give (defaults elsewhere).
-    pub fn limits(&self) -> crate::NodeLimits {
-        let mut limits = crate::NodeLimits::default();
+    pub fn limits(&self) -> nullport_node::NodeLimits {
+        let mut limits = nullport_node::NodeLimits::default();
         if let Some(secs) = self.superseded_retry_secs {
             limits.superseded_backoff = std::time::Duration::from_secs(secs.max(1));
         }

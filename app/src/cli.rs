@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
+use nullport::config_file::{NodeFile, Service, ServiceSpec};
+use nullport::control::{ControlRequest, ControlResponse};
+use nullport::daemon::Daemon;
+use nullport::home::Home;
 use nullport_keyring::{KdfParams, PassphraseSource, Policy, Protection, TrustStore, key_file};
 use nullport_node::RelayAddr;
-use nullport_node::config_file::{NodeFile, Service, ServiceSpec};
-use nullport_node::control::{ControlRequest, ControlResponse};
-use nullport_node::daemon::Daemon;
-use nullport_node::home::Home;
 use nullport_protocol::{Identity, NodeId, ServiceName};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -619,7 +619,7 @@ async fn rotate(home: &Home, passphrase_file: Option<PathBuf>) -> anyhow::Result
     let path = home.key();
     let (old, pass) = load_identity_and_passphrase(home, passphrase_file)?;
     let new = Identity::generate().map_err(|e| anyhow!("randomness: {e}"))?;
-    let statement = nullport_keyring::rotation::sign(&old, &new, nullport_node::tokens::unix_now());
+    let statement = nullport_keyring::rotation::sign(&old, &new, nullport::tokens::unix_now());
     let (response, _) = control(
         home,
         &ControlRequest::PublishRotation {
@@ -685,7 +685,7 @@ async fn revoke(home: &Home, what: &str, passphrase_file: Option<PathBuf>) -> an
         format!("key {key}")
     };
     list.version += 1;
-    list.issued = nullport_node::tokens::unix_now();
+    list.issued = nullport::tokens::unix_now();
     let signed = list.sign(&identity);
     let (response, _) = control(home, &ControlRequest::PublishRevocations { list: signed }).await?;
     if !response.ok {
@@ -749,7 +749,7 @@ fn audience_of(
 async fn token(home: &Home, cmd: TokenCommand) -> anyhow::Result<()> {
     use nullport_keyring::token::Token;
     let trust = TrustStore::load(&home.trust())?;
-    let now = nullport_node::tokens::unix_now();
+    let now = nullport::tokens::unix_now();
     match cmd {
         TokenCommand::Issue {
             to,
@@ -794,9 +794,7 @@ async fn token(home: &Home, cmd: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::Inspect { token } => {
             let t = Token::from_text(&read_token(Some(token))?.unwrap_or_default())?;
             let time = |s: u64| {
-                nullport_node::audit::rfc3339(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
-                )
+                nullport::audit::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
             };
             let links: Vec<serde_json::Value> = t
                 .links
@@ -1297,7 +1295,7 @@ async fn expose(home: &Home, cmd: ExposeCommand) -> anyhow::Result<()> {
             if !env.is_empty() {
                 bail!("--env is for MCP servers started as commands, not for --url");
             }
-            nullport_node::mcp::http::HttpTarget::parse(&url).map_err(|e| anyhow!("{url}: {e}"))?;
+            nullport::mcp::http::HttpTarget::parse(&url).map_err(|e| anyhow!("{url}: {e}"))?;
             (name, Service::new(ServiceSpec::McpUrl(url)))
         }
         ExposeCommand::Mcp {
@@ -1346,7 +1344,7 @@ async fn control(
     home: &Home,
     request: &ControlRequest,
 ) -> anyhow::Result<(ControlResponse, BufReader<UnixStream>)> {
-    nullport_node::control::request(&home.socket(), request)
+    nullport::control::request(&home.socket(), request)
         .await
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {

@@ -10,11 +10,11 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nullport::config_file::{NodeFile, Service, ServiceSpec};
+use nullport::control::{self, ControlRequest};
+use nullport::daemon::Daemon;
+use nullport::home::Home;
 use nullport_keyring::{McpRules, Policy, Protection, TrustStore, key_file};
-use nullport_node::config_file::{NodeFile, Service, ServiceSpec};
-use nullport_node::control::{self, ControlRequest};
-use nullport_node::daemon::Daemon;
-use nullport_node::home::Home;
 use nullport_node::{NodeLimits, RelayAddr};
 use nullport_protocol::Identity;
 use nullport_relay::{Admission, Relay, RelayConfig};

@@ -28,7 +28,7 @@ use crate::audit::Audit;
 use crate::config_file::NodeFile;
 use crate::home::Home;
 use crate::mcp::approvals::Approvals;
-use crate::{Error, Node, NodeConfig, NodeLimits, RelayAddr};
+use nullport_node::{Error, Node, NodeConfig, NodeLimits, RelayAddr};
 
 pub use control::explain;
 
@@ -295,7 +295,7 @@ async fn link_events(state: Arc<State>) {
     let mut rx = state.node.watch_state();
     let mut online = false;
     while rx.changed().await.is_ok() {
-        let now = matches!(*rx.borrow_and_update(), crate::LinkState::Online);
+        let now = matches!(*rx.borrow_and_update(), nullport_node::LinkState::Online);
         if now != online {
             online = now;
             state.audit.node(

@@ -9,11 +9,11 @@ use nullport_protocol::NodeId;
 use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
-use crate::IncomingChannel;
 use crate::config_file::{Service, ServiceSpec};
 use crate::daemon::{State, unix_now};
 use crate::mcp::{GrantSource, Session, UpstreamSpec, serve};
 use crate::service::{Counted, connect_tcp, forward, proxy_v2_header, run_exec, spawn_exec};
+use nullport_node::IncomingChannel;
 
 pub(crate) async fn accept_loop(state: Arc<State>) {
     let mut running = tokio::task::JoinSet::new();

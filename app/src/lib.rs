@@ -1,0 +1,23 @@
+//! nullport's application: the daemon behind `nullport up` and the `nullport` CLI, over the
+//! embeddable [`nullport_node`] library.
+//!
+//! - [`daemon`]: one relay link, the exposed services, the access decision, the control
+//!   socket; [`access`] is that decision, pure, over a snapshot of what grants access;
+//! - [`services`]: the service kinds a node exposes (tcp, exec, and [`mcp`] behind its
+//!   JSON-RPC firewall);
+//! - [`home`], [`config_file`]: a node's directory and its config file; [`control`]: the
+//!   daemon's control protocol; [`audit`]: the node's audit events; [`tokens`]: capability
+//!   tokens at the callee;
+//!
+//! The command line itself (and the quickstart demo) is the `nullport` binary of this crate.
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod audit;
+pub mod config_file;
+pub mod control;
+pub mod daemon;
+pub mod home;
+pub mod mcp;
+pub mod service;
+pub mod tokens;
