@@ -304,7 +304,7 @@ mod tests {
                 id(4).node_id()
             ),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let mut services = BTreeMap::new();
         services.insert(
             "ssh".into(),
@@ -317,8 +317,7 @@ mod tests {
         Access {
             me: id(1).node_id(),
             services,
-            policy: Policy::parse(Path::new("policy.toml"), policy)
-                .unwrap_or_else(|e| panic!("{e}")),
+            policy: Policy::parse(Path::new("policy.toml"), policy).unwrap(),
             trust,
             revocations: RevocationSet::default(),
             retired: HashSet::new(),
@@ -339,9 +338,7 @@ mod tests {
             tokens,
         }
         .sign(signer);
-        a.revocations
-            .apply(&list, |_| true)
-            .unwrap_or_else(|e| panic!("{e}"));
+        a.revocations.apply(&list, |_| true).unwrap();
     }
 
     fn token(expires: u64) -> Token {
@@ -354,7 +351,7 @@ mod tests {
             0,
             expires,
         )
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
     }
 
     #[test]

@@ -375,7 +375,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_errors_name_the_line() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         let mut file = NodeFile::default();
         file.services.insert(
@@ -392,14 +392,14 @@ mod tests {
                 ..Service::new(ServiceSpec::Exec(vec!["date".into(), "-u".into()]))
             },
         );
-        file.save(&path).unwrap_or_else(|e| panic!("{e}"));
-        let back = NodeFile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        file.save(&path).unwrap();
+        let back = NodeFile::load(&path).unwrap();
         assert_eq!(back.services, file.services);
         std::fs::write(
             &path,
             "relay = \"x\"\n[services.ssh]\ntcp = \"a\"\nudp = \"b\"\n",
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let err = NodeFile::load(&path)
             .err()
             .map(|e| e.to_string())
@@ -419,7 +419,7 @@ mod tests {
                 "env is for exec and mcp",
             ),
         ] {
-            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(&path, text).unwrap();
             let err = NodeFile::load(&path)
                 .err()
                 .map(|e| e.to_string())

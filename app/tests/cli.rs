@@ -1,6 +1,8 @@
 //! The `nullport` binary end to end: real daemons (`nullport up`) with their own homes, a
 //! relay on loopback, and real clients (OpenSSH, curl) through `nullport pipe`/`connect`.
-#![allow(missing_docs)]
+// A failed unwrap is how a test reports a failure (clippy.toml allows it inside #[test]
+// functions; the helpers of an integration test need it too).
+#![allow(missing_docs, clippy::unwrap_used)]
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ async fn quickstart_runs_end_to_end() {
         .arg("quickstart")
         .output()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -53,15 +55,12 @@ async fn exec_service_round_trips_and_the_process_is_gone_afterwards() {
     .await;
     ok(&tool, &["allow", "agent", "upper"]).await;
     let (child, mut stdin) = spawn_pipe(&agent, "tool/upper");
-    stdin
-        .write_all(b"hello through nullport\n")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    stdin.write_all(b"hello through nullport\n").await.unwrap();
     drop(stdin);
     let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("pipe hung"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -71,7 +70,7 @@ async fn exec_service_round_trips_and_the_process_is_gone_afterwards() {
     let ps = std::process::Command::new("pgrep")
         .args(["-f", &marker])
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(
         ps.stdout.is_empty(),
         "exec process still running: {}",
@@ -86,11 +85,11 @@ async fn http_through_connect_with_curl_50_mib_and_32_concurrent() {
     }
     let (_net, tool, agent) = pair().await;
     // A real HTTP server (Python's) serving a 50 MiB file.
-    let www = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let www = tempfile::tempdir().unwrap();
     let body: Vec<u8> = (0..50u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
-    std::fs::write(www.path().join("big.bin"), &body).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(www.path().join("big.bin"), &body).unwrap();
     let port = free_port();
     let _http = Command::new("python3")
         .args([
@@ -105,7 +104,7 @@ async fn http_through_connect_with_curl_50_mib_and_32_concurrent() {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     wait_tcp(port).await;
     ok(
         &tool,
@@ -126,14 +125,14 @@ async fn http_through_connect_with_curl_50_mib_and_32_concurrent() {
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     wait_tcp(local).await;
     let url = format!("http://127.0.0.1:{local}/big.bin");
     let got = Command::new("curl")
         .args(["-sS", "--fail", &url])
         .output()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(
         got.status.success(),
         "{}",
@@ -150,7 +149,7 @@ async fn http_through_connect_with_curl_50_mib_and_32_concurrent() {
         www.path().join("small.txt"),
         b"small file through nullport\n",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let small = format!("http://127.0.0.1:{local}/small.txt");
     let mut handles = Vec::new();
     for _ in 0..32 {
@@ -163,10 +162,7 @@ async fn http_through_connect_with_curl_50_mib_and_32_concurrent() {
         }));
     }
     for h in handles {
-        let out = h
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let out = h.await.unwrap().unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -186,24 +182,23 @@ async fn openssh_through_pipe_as_proxy_command() {
     }
     let (net, tool, agent) = pair().await;
     let dir = net.dir.path().join("ssh");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(&dir).unwrap();
     for key in ["host_key", "user_key"] {
         let st = std::process::Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-f"])
             .arg(dir.join(key))
             .status()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert!(st.success());
     }
-    std::fs::copy(dir.join("user_key.pub"), dir.join("authorized_keys"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(dir.join("user_key.pub"), dir.join("authorized_keys")).unwrap();
     let port = free_port();
     let config = format!(
         "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\nPermitRootLogin yes\n",
         dir.join("host_key").display(),
         dir.join("authorized_keys").display()
     );
-    std::fs::write(dir.join("sshd_config"), config).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.join("sshd_config"), config).unwrap();
     let _ = std::fs::create_dir_all("/run/sshd");
     let _sshd = Command::new("/usr/sbin/sshd")
         .args(["-D", "-e", "-f"])
@@ -211,7 +206,7 @@ async fn openssh_through_pipe_as_proxy_command() {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     wait_tcp(port).await;
     ok(
         &tool,
@@ -240,7 +235,7 @@ async fn openssh_through_pipe_as_proxy_command() {
         .arg("echo ssh-over-nullport $((6*7))")
         .output()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(
         out.status.success(),
         "ssh failed: {}",
@@ -270,10 +265,7 @@ async fn errors_people_see() {
     let e = fails(&agent, &["pipe", "tool/web"]).await;
     assert!(e.contains("tool refused \"web\": not allowed"), "{e}");
     // Peer offline.
-    let ghost = Identity::generate()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .node_id()
-        .to_string();
+    let ghost = Identity::generate().unwrap().node_id().to_string();
     ok(&agent, &["trust", "add", "ghost", &ghost]).await;
     let e = fails(&agent, &["pipe", "ghost/web"]).await;
     assert!(e.contains("ghost is offline"), "{e}");
@@ -287,11 +279,8 @@ async fn errors_people_see() {
     let e = fails(&idle, &["status"]).await;
     assert!(e.contains("daemon is not running"), "{e}");
     // Local port in use.
-    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let busy_addr = busy
-        .local_addr()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .to_string();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
     let e = fails(&agent, &["connect", "tool/web", "--listen", &busy_addr]).await;
     assert!(
         e.contains(&format!("local port {busy_addr} is already in use")),
@@ -304,17 +293,12 @@ async fn errors_people_see() {
         idle.join("config.toml"),
         "relay = \"x\"\n[services.ssh]\ntcp = 22\n",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let e = fails(&idle, &["expose", "tcp", "web", "127.0.0.1:80"]).await;
     assert!(e.contains("config.toml") && e.contains("line 3"), "{e}");
     // Relay unreachable (nothing listens on that UDP port) and a relay with a wrong key.
-    let unreachable_relay = format!(
-        "{}@127.0.0.1:9",
-        Identity::generate()
-            .unwrap_or_else(|e| panic!("{e}"))
-            .node_id()
-    );
-    std::fs::write(idle.join("config.toml"), "").unwrap_or_else(|e| panic!("{e}"));
+    let unreachable_relay = format!("{}@127.0.0.1:9", Identity::generate().unwrap().node_id());
+    std::fs::write(idle.join("config.toml"), "").unwrap();
     let mut up = Command::new(NULLPORT)
         .arg("--home")
         .arg(&idle)
@@ -322,7 +306,7 @@ async fn errors_people_see() {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let mut stderr = up.stderr.take().unwrap_or_else(|| panic!("stderr"));
     let mut seen = String::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
@@ -345,7 +329,7 @@ async fn errors_people_see() {
     );
     drop(up);
     // Key file unreadable.
-    std::fs::write(idle.join("identity.key"), b"garbage").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(idle.join("identity.key"), b"garbage").unwrap();
     let e = fails(&idle, &["up", "--relay", &net.relay.address()]).await;
     assert!(
         e.contains("key file unreadable") && e.contains("not a nullport key file"),
@@ -381,10 +365,7 @@ async fn status_lists_open_channels_and_sigterm_closes_them_cleanly() {
     ok(&tool, &["expose", "exec", "cat", "--", "cat"]).await;
     ok(&tool, &["allow", "agent", "cat"]).await;
     let (child, mut stdin) = spawn_pipe(&agent, "tool/cat");
-    stdin
-        .write_all(b"0123456789")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    stdin.write_all(b"0123456789").await.unwrap();
     // The open channel shows up on both sides, with its bytes.
     let started = Instant::now();
     loop {
@@ -413,7 +394,7 @@ async fn status_lists_open_channels_and_sigterm_closes_them_cleanly() {
     let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("pipe did not end after the callee shut down"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(
         out.status.success(),
         "caller saw an error: {}",
@@ -445,9 +426,8 @@ async fn mcp_filesystem_server_behind_the_firewall_with_the_python_sdk() {
         ok(home, &["trust", "add", alias, id]).await;
     }
     let data = net.dir.path().join("shared-docs");
-    std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(data.join("hello.txt"), "hello from the tool host\n")
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("hello.txt"), "hello from the tool host\n").unwrap();
     let server = peers.join("server-filesystem/dist/index.js");
     ok(
         &tool,
@@ -604,7 +584,7 @@ async fn mcp_approval_approve_deny_and_timeout() {
     ok(&tool, &["trust", "add", "agent", &agent_id]).await;
     ok(&agent, &["trust", "add", "tool", &tool_id]).await;
     let data = net.dir.path().join("docs");
-    std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(&data).unwrap();
     let server = peers.join("server-filesystem/dist/index.js");
     ok(
         &tool,
@@ -661,7 +641,7 @@ async fn mcp_approval_approve_deny_and_timeout() {
         if let Some(verb) = answer {
             ok(&tool, &[verb, &id]).await;
         }
-        let report = client.await.unwrap_or_else(|e| panic!("{e}"));
+        let report = client.await.unwrap();
         let call = &report["calls"][0];
         match answer {
             Some("approve") => {
@@ -759,7 +739,7 @@ async fn mcp_streamable_http_server_behind_the_firewall() {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     wait_tcp(port).await;
     let mut net = Net::start().await;
     let (tool, tool_id) = net.node("tool").await;
@@ -896,7 +876,7 @@ async fn audit_log_verifies_and_tampering_is_named_against_the_relay_witness() {
             .map(|l| format!("{l}\n"))
             .collect::<String>(),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let out = nullport(&tool, &["audit", "verify"]).await;
     assert!(
         out.ok,
@@ -911,7 +891,7 @@ async fn audit_log_verifies_and_tampering_is_named_against_the_relay_witness() {
     );
     // Edit one byte of an early entry: named by line.
     let edited = original.replacen("\"outcome\":\"accepted\"", "\"outcome\":\"acceptez\"", 1);
-    std::fs::write(&log, &edited).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&log, &edited).unwrap();
     let out = nullport(&tool, &["audit", "verify"]).await;
     assert!(
         !out.ok
@@ -920,7 +900,7 @@ async fn audit_log_verifies_and_tampering_is_named_against_the_relay_witness() {
         "{}",
         out.stdout
     );
-    std::fs::write(&log, &original).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&log, &original).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -951,9 +931,9 @@ async fn capability_tokens_open_a_service_only_for_their_holder_in_time() {
     ok(&tool, &["token", "trust-issuer", "admin", "hello"]).await;
     // No clock tolerance, so that a 1-second token is expired 2 seconds later.
     let config = tool.join("config.toml");
-    let mut text = std::fs::read_to_string(&config).unwrap_or_else(|e| panic!("{e}"));
+    let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("\n[access]\ntoken_skew_secs = 0\n");
-    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&config, text).unwrap();
     net.up(&tool).await;
     net.up(&agent).await;
     net.up(&agent2).await;
@@ -990,7 +970,7 @@ async fn capability_tokens_open_a_service_only_for_their_holder_in_time() {
         .stdin(Stdio::null())
         .output()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -1031,7 +1011,7 @@ async fn capability_tokens_open_a_service_only_for_their_holder_in_time() {
         .stdin(Stdio::null())
         .output()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "hi\n",
@@ -1122,10 +1102,7 @@ async fn revocation_reaches_nodes_closes_live_channels_and_refuses_new_ones() {
     }
     // A live channel from the agent, then its key is revoked: the channel closes within 2 s.
     let (child, mut stdin) = spawn_pipe(&agent, "tool/cat");
-    stdin
-        .write_all(b"live\n")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    stdin.write_all(b"live\n").await.unwrap();
     let started = Instant::now();
     while !ok(&tool, &["status"]).await.contains("in  agent") {
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -1145,7 +1122,7 @@ async fn revocation_reaches_nodes_closes_live_channels_and_refuses_new_ones() {
     let out = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("live channel of a revoked key stayed open"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(
         revoked_at.elapsed() < Duration::from_secs(2),
         "closed after {:?}",
@@ -1197,17 +1174,16 @@ async fn rotated_node_keeps_working_and_its_old_key_does_not() {
     assert_eq!(pipe_output(&agent, "tool/hello").await, "hi\n");
     // The old key, brought back by someone who kept it, is refused.
     let old_home = net.dir.path().join("agent-old");
-    std::fs::create_dir_all(&old_home).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(&old_home).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&old_home, std::fs::Permissions::from_mode(0o700))
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&old_home, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
     std::fs::copy(
         agent.join("identity.key.old"),
         old_home.join("identity.key"),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     ok(&old_home, &["trust", "add", "tool", &tool_id]).await;
     assert_eq!(ok(&old_home, &["id"]).await.trim(), agent_id);
     // The relay retired the old key: it is told so, and cannot reach anyone.

@@ -844,7 +844,7 @@ mod tests {
 
     /// A log of `n` events with checkpoints every 4, closed with a final checkpoint.
     fn make_log(n: u64) -> (tempfile::TempDir, PathBuf, NodeId, Checkpoint) {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let identity = Identity::from_seed([7; 32]);
         let node = identity.node_id();
@@ -855,11 +855,11 @@ mod tests {
             max_file_bytes: u64::MAX,
             ..AuditConfig::default()
         };
-        let mut w = AuditWriter::open(&path, identity, config).unwrap_or_else(|e| panic!("{e}"));
+        let mut w = AuditWriter::open(&path, identity, config).unwrap();
         for i in 0..n {
-            w.append("mcp", event(i)).unwrap_or_else(|e| panic!("{e}"));
+            w.append("mcp", event(i)).unwrap();
         }
-        let cp = w.checkpoint().unwrap_or_else(|e| panic!("{e}"));
+        let cp = w.checkpoint().unwrap();
         (dir, path, node, cp)
     }
 
@@ -876,19 +876,17 @@ mod tests {
             path,
             lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     }
 
     fn problem(path: &Path, node: &NodeId) -> Option<Problem> {
-        verify(path, node, None)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .problem
+        verify(path, node, None).unwrap().problem
     }
 
     #[test]
     fn intact_log_verifies() {
         let (_d, path, node, cp) = make_log(10);
-        let r = verify(&path, &node, Some(&cp)).unwrap_or_else(|e| panic!("{e}"));
+        let r = verify(&path, &node, Some(&cp)).unwrap();
         assert!(r.ok(), "{r:?}");
         assert_eq!(r.entries, 1 + 10 + 2 + 1); // start, events, a checkpoint every 4 entries, final
         assert_eq!(r.unsigned_tail, 0);
@@ -958,12 +956,12 @@ mod tests {
         let mut l = lines(&path);
         l.truncate(l.len() - 3);
         write_lines(&path, &l);
-        let r = verify(&path, &node, None).unwrap_or_else(|e| panic!("{e}"));
+        let r = verify(&path, &node, None).unwrap();
         assert!(
             r.problem.is_none(),
             "a clean cut at an entry boundary is not visible without a witness"
         );
-        let r = verify(&path, &node, Some(&cp)).unwrap_or_else(|e| panic!("{e}"));
+        let r = verify(&path, &node, Some(&cp)).unwrap();
         assert!(
             matches!(&r.witness, Some(Err(e)) if e.contains("truncated")),
             "{r:?}"
@@ -987,14 +985,10 @@ mod tests {
     fn torn_write_is_reported_as_torn_and_the_log_continues() {
         let (_d, path, node, _) = make_log(5);
         // A crash in the middle of appending an entry.
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("{e}"));
-        f.write_all(b"{\"seq\":99,\"ts\":\"2026-")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"seq\":99,\"ts\":\"2026-").unwrap();
         drop(f);
-        let r = verify(&path, &node, None).unwrap_or_else(|e| panic!("{e}"));
+        let r = verify(&path, &node, None).unwrap();
         assert_eq!(r.torn.len(), 1);
         assert!(r.problem.is_none(), "{r:?}");
         // The next writer ends the torn line, records the recovery, and goes on.
@@ -1005,12 +999,10 @@ mod tests {
             max_file_bytes: u64::MAX,
             ..AuditConfig::default()
         };
-        let mut w = AuditWriter::open(&path, Identity::from_seed([7; 32]), config)
-            .unwrap_or_else(|e| panic!("{e}"));
-        w.append("mcp", event(100))
-            .unwrap_or_else(|e| panic!("{e}"));
-        w.checkpoint().unwrap_or_else(|e| panic!("{e}"));
-        let r = verify(&path, &node, None).unwrap_or_else(|e| panic!("{e}"));
+        let mut w = AuditWriter::open(&path, Identity::from_seed([7; 32]), config).unwrap();
+        w.append("mcp", event(100)).unwrap();
+        w.checkpoint().unwrap();
+        let r = verify(&path, &node, None).unwrap();
         assert!(r.ok(), "{r:?}");
         assert_eq!(r.torn.len(), 1);
         assert!(
@@ -1032,7 +1024,7 @@ mod tests {
 
     #[test]
     fn rotation_keeps_the_chain_across_files() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let identity = Identity::from_seed([7; 32]);
         let node = identity.node_id();
@@ -1043,26 +1035,24 @@ mod tests {
             max_file_bytes: 4096,
             ..AuditConfig::default()
         };
-        let mut w = AuditWriter::open(&path, identity, config).unwrap_or_else(|e| panic!("{e}"));
+        let mut w = AuditWriter::open(&path, identity, config).unwrap();
         for i in 0..100 {
-            w.append("mcp", event(i)).unwrap_or_else(|e| panic!("{e}"));
+            w.append("mcp", event(i)).unwrap();
         }
-        w.checkpoint().unwrap_or_else(|e| panic!("{e}"));
+        w.checkpoint().unwrap();
         drop(w);
         let files = log_files(&path);
         assert!(files.len() >= 3, "{files:?}");
-        let r = verify(&path, &node, None).unwrap_or_else(|e| panic!("{e}"));
+        let r = verify(&path, &node, None).unwrap();
         assert!(r.ok(), "{r:?}");
         assert_eq!(
             entries(&path).map(|e| e.len()).ok(),
             Some(r.entries as usize)
         );
         // Reopening continues the chain in the current file.
-        let mut w = AuditWriter::open(&path, Identity::from_seed([7; 32]), config)
-            .unwrap_or_else(|e| panic!("{e}"));
-        w.append("mcp", event(1000))
-            .unwrap_or_else(|e| panic!("{e}"));
-        w.checkpoint().unwrap_or_else(|e| panic!("{e}"));
+        let mut w = AuditWriter::open(&path, Identity::from_seed([7; 32]), config).unwrap();
+        w.append("mcp", event(1000)).unwrap();
+        w.checkpoint().unwrap();
         drop(w);
         assert!(verify(&path, &node, None).map(|r| r.ok()).unwrap_or(false));
         // An edit in a rotated file is named by that file and line.
@@ -1073,7 +1063,7 @@ mod tests {
         let p = problem(&path, &node).unwrap_or_else(|| panic!("not detected"));
         assert_eq!((p.file.clone(), p.line), (first.clone(), 5), "{p:?}");
         // A deleted rotated file is a gap.
-        std::fs::remove_file(&files[1]).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::remove_file(&files[1]).unwrap();
         let p = problem(&path, &node).unwrap_or_else(|| panic!("not detected"));
         assert!(
             p.reason.contains("missing") || p.reason.contains("chain"),

@@ -333,7 +333,7 @@ mod tests {
     }
 
     fn setup() -> (tempfile::TempDir, std::path::PathBuf, Identity) {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("identity.key");
         (dir, path, Identity::from_seed([4; 32]))
     }
@@ -341,16 +341,16 @@ mod tests {
     #[test]
     fn round_trip_encrypted_and_plaintext() {
         let (_d, path, id) = setup();
-        store(&path, &id, &fast(), false).unwrap_or_else(|e| panic!("{e}"));
+        store(&path, &id, &fast(), false).unwrap();
         let mode = std::fs::metadata(&path)
             .map(|m| m.permissions().mode() & 0o777)
             .ok();
         assert_eq!(mode, Some(0o600));
         assert!(matches!(is_encrypted(&path), Ok(true)));
-        let back = load(&path, Some("correct horse")).unwrap_or_else(|e| panic!("{e}"));
+        let back = load(&path, Some("correct horse")).unwrap();
         assert_eq!(back.node_id(), id.node_id());
         let p2 = path.with_extension("plain");
-        store(&p2, &id, &Protection::InsecurePlaintext, false).unwrap_or_else(|e| panic!("{e}"));
+        store(&p2, &id, &Protection::InsecurePlaintext, false).unwrap();
         assert!(matches!(is_encrypted(&p2), Ok(false)));
         assert_eq!(
             load(&p2, None).ok().map(|i| i.node_id()),
@@ -361,7 +361,7 @@ mod tests {
     #[test]
     fn never_overwrites_unless_asked() {
         let (_d, path, id) = setup();
-        store(&path, &id, &Protection::InsecurePlaintext, false).unwrap_or_else(|e| panic!("{e}"));
+        store(&path, &id, &Protection::InsecurePlaintext, false).unwrap();
         let other = Identity::from_seed([5; 32]);
         assert!(matches!(
             store(&path, &other, &Protection::InsecurePlaintext, false),
@@ -371,8 +371,7 @@ mod tests {
             load(&path, None).ok().map(|i| i.node_id()),
             Some(id.node_id())
         );
-        store(&path, &other, &Protection::InsecurePlaintext, true)
-            .unwrap_or_else(|e| panic!("{e}"));
+        store(&path, &other, &Protection::InsecurePlaintext, true).unwrap();
         assert_eq!(
             load(&path, None).ok().map(|i| i.node_id()),
             Some(other.node_id())
@@ -390,7 +389,7 @@ mod tests {
     #[test]
     fn wrong_passphrase_and_tamper_give_the_same_error() {
         let (_d, path, id) = setup();
-        store(&path, &id, &fast(), false).unwrap_or_else(|e| panic!("{e}"));
+        store(&path, &id, &fast(), false).unwrap();
         assert!(matches!(
             load(&path, Some("wrong")),
             Err(Error::DecryptFailed { .. })
@@ -411,7 +410,7 @@ mod tests {
         ] {
             let mut bytes = original.clone();
             bytes[at] ^= 0x01;
-            std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(&path, &bytes).unwrap();
             let r = load(&path, Some("correct horse"));
             assert!(
                 matches!(r, Err(Error::DecryptFailed { .. })),
@@ -423,7 +422,7 @@ mod tests {
     #[test]
     fn kdf_parameters_are_bounded_before_running() {
         let (_d, path, id) = setup();
-        store(&path, &id, &fast(), false).unwrap_or_else(|e| panic!("{e}"));
+        store(&path, &id, &fast(), false).unwrap();
         let original = std::fs::read(&path).unwrap_or_default();
         for (field, value) in [
             (0usize, 8u32),
@@ -436,7 +435,7 @@ mod tests {
             let mut bytes = original.clone();
             let at = PARAMS_AT + 4 * field;
             bytes[at..at + 4].copy_from_slice(&value.to_be_bytes());
-            std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(&path, &bytes).unwrap();
             let started = std::time::Instant::now();
             let r = load(&path, Some("correct horse"));
             assert!(
@@ -462,7 +461,7 @@ mod tests {
     #[test]
     fn truncated_version_magic_and_trailing_each_have_their_error() {
         let (_d, path, id) = setup();
-        store(&path, &id, &fast(), false).unwrap_or_else(|e| panic!("{e}"));
+        store(&path, &id, &fast(), false).unwrap();
         let original = std::fs::read(&path).unwrap_or_default();
         type Case = (Vec<u8>, fn(&Error) -> bool);
         let cases: Vec<Case> = vec![
@@ -487,7 +486,7 @@ mod tests {
             }),
         ];
         for (i, (bytes, ok)) in cases.into_iter().enumerate() {
-            std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(&path, &bytes).unwrap();
             let r = load(&path, Some("correct horse"));
             assert!(r.as_ref().err().is_some_and(ok), "case {i}: {r:?}");
         }
@@ -496,29 +495,28 @@ mod tests {
     #[test]
     fn node_id_is_readable_without_the_passphrase() {
         let (_d, path, id) = setup();
-        store(&path, &id, &fast(), false).unwrap_or_else(|e| panic!("{e}"));
+        store(&path, &id, &fast(), false).unwrap();
         assert_eq!(read_node_id(&path).ok(), Some(id.node_id()));
         let p2 = path.with_extension("plain");
-        store(&p2, &id, &Protection::InsecurePlaintext, false).unwrap_or_else(|e| panic!("{e}"));
+        store(&p2, &id, &Protection::InsecurePlaintext, false).unwrap();
         assert_eq!(read_node_id(&p2).ok(), Some(id.node_id()));
     }
 
     #[test]
     fn plaintext_with_mismatched_node_id_is_corrupt() {
         let (_d, path, id) = setup();
-        store(&path, &id, &Protection::InsecurePlaintext, false).unwrap_or_else(|e| panic!("{e}"));
+        store(&path, &id, &Protection::InsecurePlaintext, false).unwrap();
         let mut bytes = std::fs::read(&path).unwrap_or_default();
         bytes[HEADER] ^= 1;
-        std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, &bytes).unwrap();
         assert!(matches!(load(&path, None), Err(Error::Corrupt { .. })));
     }
 
     #[test]
     fn loose_permissions_are_refused() {
         let (_d, path, id) = setup();
-        store(&path, &id, &Protection::InsecurePlaintext, false).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
-            .unwrap_or_else(|e| panic!("{e}"));
+        store(&path, &id, &Protection::InsecurePlaintext, false).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
             load(&path, None),
             Err(Error::LoosePermissions { mode: 0o644, .. })
@@ -528,7 +526,7 @@ mod tests {
     #[test]
     fn errors_and_debug_never_show_secrets() {
         let (_d, path, id) = setup();
-        store(&path, &id, &fast(), false).unwrap_or_else(|e| panic!("{e}"));
+        store(&path, &id, &fast(), false).unwrap();
         let err = load(&path, Some("wrong-secret-pass"))
             .err()
             .map(|e| format!("{e} {e:?}"))
@@ -543,15 +541,15 @@ mod tests {
         // temporary file: the key file itself is exactly the old one, and the next store
         // works.
         let (_d, path, id) = setup();
-        store(&path, &id, &Protection::InsecurePlaintext, false).unwrap_or_else(|e| panic!("{e}"));
+        store(&path, &id, &Protection::InsecurePlaintext, false).unwrap();
         let stray = path.with_file_name(".identity.key.tmp-42");
-        std::fs::write(&stray, b"NPKEY\x01\x00 half written").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&stray, b"NPKEY\x01\x00 half written").unwrap();
         assert_eq!(
             load(&path, None).ok().map(|i| i.node_id()),
             Some(id.node_id())
         );
         let new = Identity::from_seed([6; 32]);
-        store(&path, &new, &Protection::InsecurePlaintext, true).unwrap_or_else(|e| panic!("{e}"));
+        store(&path, &new, &Protection::InsecurePlaintext, true).unwrap();
         assert_eq!(
             load(&path, None).ok().map(|i| i.node_id()),
             Some(new.node_id())

@@ -70,11 +70,10 @@ mod tests {
 
     #[test]
     fn file_source_reads_first_line_and_checks_permissions() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pass");
-        std::fs::write(&path, "s3cret\nignored\n").unwrap_or_else(|e| panic!("{e}"));
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, "s3cret\nignored\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let src = PassphraseSource::choose(Some(path.clone()), "NULLPORT_TEST_UNSET_VAR");
         assert_eq!(
             src.read(|| Ok("prompted".into()))
@@ -83,8 +82,7 @@ mod tests {
                 .map(String::as_str),
             Some("s3cret")
         );
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
             src.read(|| Ok(String::new())),
             Err(Error::LoosePermissions { .. })

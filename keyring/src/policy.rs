@@ -126,6 +126,17 @@ pub struct McpGrant {
     pub approve: Vec<String>,
 }
 
+/// One MCP service's rules, as `nullport mcp show` lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpServiceRules {
+    /// The service.
+    pub service: String,
+    /// Each caller (alias or NodeId, as written) and its rules.
+    pub callers: Vec<(String, McpRules)>,
+    /// Tools whose calls wait for a human.
+    pub approve: Vec<String>,
+}
+
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServiceRule {
@@ -255,19 +266,18 @@ impl Policy {
     }
 
     /// Every MCP service with its callers' rules and the tools that need approval.
-    pub fn mcp_services(&self) -> Vec<(String, Vec<(String, McpRules)>, Vec<String>)> {
+    pub fn mcp_services(&self) -> Vec<McpServiceRules> {
         self.file
             .mcp
             .iter()
-            .map(|(name, svc)| {
-                (
-                    name.clone(),
-                    svc.allow
-                        .iter()
-                        .map(|(p, r)| (p.clone(), r.clone()))
-                        .collect(),
-                    svc.approve.clone(),
-                )
+            .map(|(name, svc)| McpServiceRules {
+                service: name.clone(),
+                callers: svc
+                    .allow
+                    .iter()
+                    .map(|(p, r)| (p.clone(), r.clone()))
+                    .collect(),
+                approve: svc.approve.clone(),
             })
             .collect()
     }
@@ -466,24 +476,20 @@ mod tests {
 
     #[test]
     fn default_deny_aliases_and_ids() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let (a, b) = (
             Identity::from_seed([1; 32]).node_id(),
             Identity::from_seed([2; 32]).node_id(),
         );
-        let mut trust =
-            TrustStore::load(&dir.path().join("trust.toml")).unwrap_or_else(|e| panic!("{e}"));
-        let mut policy =
-            Policy::load(&dir.path().join("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let mut trust = TrustStore::load(&dir.path().join("trust.toml")).unwrap();
+        let mut policy = Policy::load(&dir.path().join("policy.toml")).unwrap();
         assert_eq!(policy.decide(&a, "ssh", &trust), Decision::Denied);
         assert!(policy.allow("laptop", "ssh"));
         assert!(!policy.allow("laptop", "ssh"));
         assert!(policy.allow(&b.to_string(), "web"));
         // The alias is not trusted yet: still denied; once trusted, allowed.
         assert_eq!(policy.decide(&a, "ssh", &trust), Decision::Denied);
-        trust
-            .add("laptop", a, false)
-            .unwrap_or_else(|e| panic!("{e}"));
+        trust.add("laptop", a, false).unwrap();
         assert_eq!(
             policy.decide(&a, "ssh", &trust),
             Decision::Allowed {
@@ -495,9 +501,8 @@ mod tests {
             policy.decide(&b, "web", &trust),
             Decision::Allowed { .. }
         ));
-        policy.save().unwrap_or_else(|e| panic!("{e}"));
-        let mut again =
-            Policy::load(&dir.path().join("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
+        policy.save().unwrap();
+        let mut again = Policy::load(&dir.path().join("policy.toml")).unwrap();
         assert!(matches!(
             again.decide(&a, "ssh", &trust),
             Decision::Allowed { .. }
@@ -508,20 +513,17 @@ mod tests {
 
     #[test]
     fn mcp_rules_grant_the_channel_and_carry_the_rule_name() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let a = Identity::from_seed([1; 32]).node_id();
-        let mut trust =
-            TrustStore::load(&dir.path().join("t.toml")).unwrap_or_else(|e| panic!("{e}"));
-        trust
-            .add("alice-agent", a, false)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut trust = TrustStore::load(&dir.path().join("t.toml")).unwrap();
+        trust.add("alice-agent", a, false).unwrap();
         let path = dir.path().join("policy.toml");
         std::fs::write(
             &path,
             "[mcp.files]\napprove = [\"write_file\"]\n[mcp.files.allow.\"alice-agent\"]\ntools = [\"read_file\", \"list_*\"]\ncalls_per_minute = 10\n",
         )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let policy = Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
+        let policy = Policy::load(&path).unwrap();
         assert_eq!(
             policy.decide(&a, "files", &trust),
             Decision::Allowed {
@@ -541,10 +543,9 @@ mod tests {
 
     #[test]
     fn malformed_policy_names_the_line() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policy.toml");
-        std::fs::write(&path, "[services.ssh]\nallow = \"not-a-list\"\n")
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, "[services.ssh]\nallow = \"not-a-list\"\n").unwrap();
         let err = Policy::load(&path)
             .err()
             .map(|e| e.to_string())

@@ -569,7 +569,7 @@ mod tests {
             NOW - 10,
             NOW + 600,
         )
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
     }
 
     fn check(t: &Token, presenter: &Identity) -> Result<Scope, TokenError> {
@@ -590,7 +590,7 @@ mod tests {
         assert_eq!(check(&t, &a), Ok(tools(&["read_*", "list_directory"])));
         let d = t
             .delegate(&a, b.node_id(), None, tools(&["read_file"]), NOW, NOW + 60)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(check(&d, &b), Ok(tools(&["read_file"])));
         let text = d.to_text();
         assert!(text.starts_with("npt1"));
@@ -619,10 +619,10 @@ mod tests {
         // Forge a widened link by hand (as an attacker would) and present it: refused too.
         let mut forged = t
             .delegate(&a, b.node_id(), None, tools(&["read_file"]), NOW, NOW + 60)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let mut body = forged.links[1].body.clone();
         body.scope = tools(&["*"]);
-        forged.links[1] = sign_link(&a, body).unwrap_or_else(|e| panic!("{e}"));
+        forged.links[1] = sign_link(&a, body).unwrap();
         assert_eq!(
             check(&forged, &b),
             Err(TokenError::Widened {
@@ -634,7 +634,7 @@ mod tests {
         let mut body = forged.links[1].body.clone();
         body.scope = tools(&["read_file"]);
         body.service = "ssh".into();
-        forged.links[1] = sign_link(&a, body).unwrap_or_else(|e| panic!("{e}"));
+        forged.links[1] = sign_link(&a, body).unwrap();
         assert_eq!(
             check(&forged, &b),
             Err(TokenError::Widened {
@@ -650,7 +650,7 @@ mod tests {
         let t = root(&a)
             .delegate(&a, b.node_id(), None, tools(&["read_file"]), NOW, NOW + 60)
             .and_then(|t| t.delegate(&b, c.node_id(), None, tools(&["read_file"]), NOW, NOW + 30))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let mut bytes = t.to_bytes();
         let target = bytes.len() / 2;
         bytes[target] ^= 1;
@@ -703,7 +703,7 @@ mod tests {
             NOW + 100,
             NOW + 200,
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         assert_eq!(
             check(&early, &a),
             Err(TokenError::NotYetValid {
@@ -721,7 +721,7 @@ mod tests {
             NOW,
             NOW + 60,
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         assert_eq!(check(&pinned, &a), Err(TokenError::WrongAudience));
         assert_eq!(
             t.verify(
@@ -758,7 +758,7 @@ mod tests {
                     NOW,
                     NOW + 60,
                 )
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
             holder = next;
         }
         assert_eq!(deep.links.len(), MAX_CHAIN);

@@ -145,15 +145,13 @@ mod tests {
 
     #[test]
     fn add_save_load_resolve() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("trust.toml");
         let id = Identity::from_seed([1; 32]).node_id();
-        let mut store = TrustStore::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        store
-            .add("files-server", id, false)
-            .unwrap_or_else(|e| panic!("{e}"));
-        store.save().unwrap_or_else(|e| panic!("{e}"));
-        let store = TrustStore::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut store = TrustStore::load(&path).unwrap();
+        store.add("files-server", id, false).unwrap();
+        store.save().unwrap();
+        let store = TrustStore::load(&path).unwrap();
         assert_eq!(store.resolve("files-server").ok(), Some(id));
         assert_eq!(store.resolve(&id.to_string()).ok(), Some(id));
         assert_eq!(store.alias_of(&id), Some("files-server"));
@@ -165,9 +163,8 @@ mod tests {
 
     #[test]
     fn alias_rules() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let mut store =
-            TrustStore::load(&dir.path().join("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = TrustStore::load(&dir.path().join("t.toml")).unwrap();
         let (a, b) = (
             Identity::from_seed([1; 32]).node_id(),
             Identity::from_seed([2; 32]).node_id(),
@@ -190,15 +187,15 @@ mod tests {
 
     #[test]
     fn malformed_file_reports_line_and_reason() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("trust.toml");
-        std::fs::write(&path, "[peers]\nsrv = \"npnotanid\"\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, "[peers]\nsrv = \"npnotanid\"\n").unwrap();
         let err = TrustStore::load(&path)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("line 2"), "{err}");
-        std::fs::write(&path, "[peerz]\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, "[peerz]\n").unwrap();
         let err = TrustStore::load(&path)
             .err()
             .map(|e| e.to_string())

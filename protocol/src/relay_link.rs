@@ -470,7 +470,7 @@ mod tests {
             more: false,
         };
         let mut out = vec![9];
-        let n = encode(&m, MAX_CONTROL_MESSAGE, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        let n = encode(&m, MAX_CONTROL_MESSAGE, &mut out).unwrap();
         assert!(n > 400_000);
         assert_eq!(decode_len(prefix(&out[1..]), MAX_CONTROL_MESSAGE), Ok(n));
         assert_eq!(

@@ -250,7 +250,7 @@ mod tests {
                 node_id: Identity::from_seed([1; 32]).node_id(),
                 signature: [5; 64],
             },
-            service: ServiceName::new("files").unwrap_or_else(|_| unreachable!()),
+            service: ServiceName::new("files").unwrap(),
             blob,
         }
     }

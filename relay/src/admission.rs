@@ -317,12 +317,12 @@ mod tests {
 
     #[test]
     fn allowlist_file_parses_comments_and_reports_bad_lines() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("allow");
         let a = Identity::from_seed([1; 32]).node_id();
         let b = Identity::from_seed([2; 32]).node_id();
         let _ = std::fs::write(&path, format!("# nodes\n{a}  # laptop\n\n"));
-        let adm = Admission::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        let adm = Admission::from_file(&path).unwrap();
         assert!(adm.admits(&a));
         assert_eq!(adm.check(&b), Err(Refusal::NotListed));
         let _ = std::fs::write(&path, format!("{a}\n{b}\n"));
@@ -375,14 +375,13 @@ mod tests {
 
     #[test]
     fn added_keys_carry_their_label_and_retired_ones_leave_the_file() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("allow");
         let a = Identity::from_seed([1; 32]).node_id();
         let b = Identity::from_seed([2; 32]).node_id();
         let _ = std::fs::write(&path, format!("{a}\n"));
-        let adm = Admission::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
-        adm.add(b, &format!("rotated from {a}"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let adm = Admission::from_file(&path).unwrap();
+        adm.add(b, &format!("rotated from {a}")).unwrap();
         adm.retire(&a);
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         assert_eq!(text, format!("{b}  # rotated from {a}\n"));

@@ -5,6 +5,8 @@
 //! `-- --quick` for a smoke run. The relay and both nodes run in this process on loopback
 //! (real QUIC, real Noise); the benchmark of separate processes and other peers is the
 //! performance suite's job.
+// A benchmark program: a failed step ends the run with its error.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,16 +47,12 @@ async fn bulk<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, bytes: u64) -> f64 {
     let mut sent = 0u64;
     while sent < bytes {
         let n = (bytes - sent).min(CHUNK as u64) as usize;
-        s.write_all(&chunk[..n])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        s.write_all(&chunk[..n]).await.unwrap();
         sent += n as u64;
     }
-    s.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    s.shutdown().await.unwrap();
     let mut ack = [0u8; 8];
-    s.read_exact(&mut ack)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    s.read_exact(&mut ack).await.unwrap();
     assert_eq!(u64::from_le_bytes(ack), bytes);
     bytes as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e9
 }
@@ -65,10 +63,8 @@ async fn round_trips<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, n: usize) -> V
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        s.write_all(&msg).await.unwrap_or_else(|e| panic!("{e}"));
-        s.read_exact(&mut back)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        s.write_all(&msg).await.unwrap();
+        s.read_exact(&mut back).await.unwrap();
         samples.push(t.elapsed());
     }
     samples.sort();
@@ -90,27 +86,17 @@ async fn main() {
     };
 
     // Direct TCP over loopback.
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let (s, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
+        let (s, _) = listener.accept().await.unwrap();
         sink(s).await;
-        let (s, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
+        let (s, _) = listener.accept().await.unwrap();
         s.set_nodelay(true).ok();
         echo(s).await;
     });
-    let tcp_bulk = bulk(
-        TcpStream::connect(addr)
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-        bytes,
-    )
-    .await;
-    let s = TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let tcp_bulk = bulk(TcpStream::connect(addr).await.unwrap(), bytes).await;
+    let s = TcpStream::connect(addr).await.unwrap();
     s.set_nodelay(true).ok();
     let tcp_rtt = round_trips(s, trips).await;
 
@@ -125,7 +111,7 @@ async fn main() {
             .unwrap_or_else(|| panic!("no dial"))
             .accept()
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         sink(ch).await;
         let ch = b2
             .accept()
@@ -133,21 +119,12 @@ async fn main() {
             .unwrap_or_else(|| panic!("no dial"))
             .accept()
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         echo(ch).await;
     });
-    let np_bulk = bulk(
-        a.dial(b.node_id(), "sink")
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-        bytes,
-    )
-    .await;
+    let np_bulk = bulk(a.dial(b.node_id(), "sink").await.unwrap(), bytes).await;
     let setup = Instant::now();
-    let ch = a
-        .dial(b.node_id(), "echo")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ch = a.dial(b.node_id(), "echo").await.unwrap();
     let setup = setup.elapsed();
     let np_rtt = round_trips(ch, trips).await;
 

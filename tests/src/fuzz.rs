@@ -136,7 +136,7 @@ pub fn relay_link(data: &[u8]) {
     let n = relay_link::LENGTH_PREFIX;
     if let Ok(m) = relay_link::decode::<NodeToRelay>(data) {
         let mut out = Vec::new();
-        let len = relay_link::encode(&m, max, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        let len = relay_link::encode(&m, max, &mut out).unwrap();
         assert_eq!(
             relay_link::decode_len([out[0], out[1], out[2], out[3]], max),
             Ok(len)
@@ -145,7 +145,7 @@ pub fn relay_link(data: &[u8]) {
     }
     if let Ok(m) = relay_link::decode::<RelayToNode>(data) {
         let mut out = Vec::new();
-        let len = relay_link::encode(&m, max, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        let len = relay_link::encode(&m, max, &mut out).unwrap();
         assert_eq!(relay_link::encoded_len(&m), Ok(len + n));
         assert_eq!(relay_link::decode::<RelayToNode>(&out[n..]).ok(), Some(m));
     }

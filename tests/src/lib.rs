@@ -1,6 +1,8 @@
 //! Cross-crate integration tests for nullport (test-only crate): the [`TestNet`] harness
 //! that runs a real relay and real nodes (real QUIC on loopback, ephemeral ports) in-process.
 #![forbid(unsafe_code)]
+// A test-only crate: its harness reports failures by panicking.
+#![allow(clippy::unwrap_used)]
 
 pub mod fuzz;
 pub mod skip;
@@ -49,7 +51,7 @@ impl TestNet {
 
     /// Starts a relay with options.
     pub async fn start_with(options: RelayOptions) -> TestNet {
-        let identity = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
+        let identity = Arc::new(Identity::generate().unwrap());
         let relay = start_relay(&identity, options).await;
         TestNet {
             addr: relay.local_addr(),
@@ -74,7 +76,7 @@ impl TestNet {
     pub fn relay_addr(&self) -> RelayAddr {
         format!("{}@{}", self.relay_identity.node_id(), self.addr)
             .parse()
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
     }
 
     /// The running relay.
@@ -87,10 +89,7 @@ impl TestNet {
     /// Starts a node with a fresh identity and waits until it is online.
     pub async fn node(&self) -> Node {
         let node = self
-            .node_unchecked(
-                Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}"))),
-                fast_limits(),
-            )
+            .node_unchecked(Arc::new(Identity::generate().unwrap()), fast_limits())
             .await;
         node.wait_online(Duration::from_secs(5))
             .await
@@ -209,12 +208,10 @@ pub async fn send_to_sink(node: &Node, to: NodeId, data: &[u8]) -> Duration {
         .dial(to, "sink")
         .await
         .unwrap_or_else(|e| panic!("dial: {e}"));
-    ch.write_all(data).await.unwrap_or_else(|e| panic!("{e}"));
-    ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    ch.write_all(data).await.unwrap();
+    ch.shutdown().await.unwrap();
     let mut digest = Vec::new();
-    ch.read_to_end(&mut digest)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    ch.read_to_end(&mut digest).await.unwrap();
     assert_eq!(
         digest,
         Sha256::digest(data).to_vec(),
@@ -246,7 +243,7 @@ pub async fn raw_connect(
 
 /// Says `Hello` on a new control stream and checks the relay answers `Welcome`.
 pub async fn raw_hello(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream) {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap_or_else(|e| panic!("{e}"));
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let mut buf = Vec::new();
     nullport_protocol::relay_link::encode(
         &nullport_protocol::relay_link::NodeToRelay::Hello {
@@ -255,16 +252,12 @@ pub async fn raw_hello(conn: &quinn::Connection) -> (quinn::SendStream, quinn::R
         nullport_protocol::relay_link::MAX_LINK_MESSAGE,
         &mut buf,
     )
-    .unwrap_or_else(|e| panic!("{e}"));
-    send.write_all(&buf).await.unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
+    send.write_all(&buf).await.unwrap();
     let mut prefix = [0u8; 4];
-    recv.read_exact(&mut prefix)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    recv.read_exact(&mut prefix).await.unwrap();
     let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
-    recv.read_exact(&mut body)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    recv.read_exact(&mut body).await.unwrap();
     assert!(matches!(
         nullport_protocol::relay_link::decode::<nullport_protocol::relay_link::RelayToNode>(&body),
         Ok(nullport_protocol::relay_link::RelayToNode::Welcome { .. })

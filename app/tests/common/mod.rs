@@ -1,6 +1,6 @@
 //! The harness the `nullport` binary tests share: a relay on loopback, daemons with their own
 //! homes (`nullport up`), running `nullport` commands, and the real peers' paths.
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -102,10 +102,10 @@ impl Net {
     }
 
     pub async fn start() -> Net {
-        let identity = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
+        let identity = Arc::new(Identity::generate().unwrap());
         let (relay, relay_identity) = bind_relay(identity, "127.0.0.1:0".parse().unwrap()).await;
         Net {
-            dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+            dir: tempfile::tempdir().unwrap(),
             relay,
             relay_identity,
             daemons: Vec::new(),
@@ -139,7 +139,7 @@ impl Net {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         self.daemons.push(child);
         let started = Instant::now();
         loop {
@@ -169,7 +169,7 @@ impl Net {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         self.daemons.push(child);
         let started = Instant::now();
         loop {
@@ -224,7 +224,7 @@ pub fn spawn_pipe(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let stdin = child.stdin.take().unwrap_or_else(|| panic!("stdin"));
     (child, stdin)
 }
@@ -237,7 +237,7 @@ pub async fn pipe_output(home: &Path, target: &str) -> String {
         .stdin(Stdio::null())
         .output()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -250,7 +250,7 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
 }
 
 pub async fn wait_tcp(port: u16) {
@@ -299,7 +299,7 @@ pub async fn sdk_client(home: &Path, target: &str, calls: serde_json::Value) -> 
         .arg(calls.to_string())
         .output()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(
         out.status.success(),
         "SDK client failed: {}",

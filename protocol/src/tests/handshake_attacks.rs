@@ -40,7 +40,7 @@ fn responder_sees_service_and_blob() {
         Instant::now(),
         &mut Tap::default(),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     assert_eq!(req.peer(), a.id());
     assert_eq!(req.service().as_str(), "files");
     assert_eq!(req.blob(), b"token-bytes");
@@ -60,7 +60,7 @@ fn misbinding_to_honest_node_fails_before_message3() {
         Instant::now(),
     )
     .and_then(|r| r.handle_hello(&msg1, Instant::now(), &mut out))
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     drop(resp);
     let mut msg3 = Vec::new();
     let r = init.handle_response(&only_message(&out), Instant::now(), &mut msg3);
@@ -187,7 +187,7 @@ fn low_order_ephemeral_in_message1_gets_no_message2() {
             Limits::default(),
             Instant::now(),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let mut out = Vec::new();
         let r = resp.handle_hello(&point, Instant::now(), &mut out);
         assert_eq!(r.err(), Some(Error::LowOrderKey), "{point:?}");
@@ -209,7 +209,7 @@ fn low_order_ephemeral_in_message2_is_rejected() {
             Instant::now(),
         )
         .and_then(|r| r.handle_hello(&msg1, Instant::now(), &mut out))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let mut msg2 = only_message(&out);
         msg2[..32].copy_from_slice(&point);
         let mut msg3 = Vec::new();
@@ -242,7 +242,7 @@ fn route_rewrite_of_version_session_or_caller_fails() {
         let mut out = Vec::new();
         Responder::new(&b.keys, caller, session, Limits::default(), Instant::now())
             .and_then(|r| r.handle_hello(&msg1, Instant::now(), &mut out))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let mut msg3 = Vec::new();
         let r = init.handle_response(&only_message(&out), Instant::now(), &mut msg3);
         assert_eq!(r.err(), Some(Error::Authentication));
@@ -266,7 +266,7 @@ fn service_privacy_no_service_name_on_the_wire() {
     dial.service = service("secret-service-name");
     let (verdict, req) =
         handshake_until_decision(&a, &b, dial, Limits::default(), Instant::now(), &mut tap)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
     assert_eq!(req.service().as_str(), "secret-service-name");
     let mut out = Vec::new();
     let _ = req.accept(&mut out);
@@ -324,7 +324,7 @@ fn handshake_replay_never_completes() {
         Instant::now(),
     )
     .and_then(|r| r.handle_hello(&old_msg1, Instant::now(), &mut out))
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     assert_eq!(
         resp.handle_finish(&old_msg3, Instant::now()).err(),
         Some(Error::Authentication)
@@ -340,7 +340,7 @@ fn handshake_replay_never_completes() {
         Instant::now(),
     )
     .and_then(|r| r.handle_hello(&msg1, Instant::now(), &mut out))
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     assert_eq!(
         resp.handle_finish(&old_msg3, Instant::now()).err(),
         Some(Error::Authentication)
@@ -406,10 +406,9 @@ fn denied_service_gets_deny_frame_and_no_channel() {
         now,
         &mut Tap::default(),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let mut out = Vec::new();
-    req.deny(DenyReason::NotAllowed, &mut out)
-        .unwrap_or_else(|e| panic!("{e}"));
+    req.deny(DenyReason::NotAllowed, &mut out).unwrap();
     assert_eq!(
         verdict.handle_verdict(&only_message(&out), now).err(),
         Some(Error::Denied {
@@ -431,12 +430,10 @@ fn data_before_accept_is_unexpected() {
         now,
         &mut Tap::default(),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let mut channel = req.channel;
     let mut out = Vec::new();
-    channel
-        .seal(b"early", &mut out)
-        .unwrap_or_else(|e| panic!("{e}"));
+    channel.seal(b"early", &mut out).unwrap();
     assert_eq!(
         verdict.handle_verdict(&only_message(&out), now).err(),
         Some(Error::UnexpectedFrame { what: "data" })
@@ -451,8 +448,7 @@ fn handshake_after_deadline_times_out() {
         handshake_timeout: Duration::from_secs(1),
         ..Limits::default()
     };
-    let resp = Responder::new(&b.keys, a.id(), SessionId(1), limits, now)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let resp = Responder::new(&b.keys, a.id(), SessionId(1), limits, now).unwrap();
     assert_eq!(resp.deadline(), now + Duration::from_secs(1));
     let (_init, msg1) = start(&a, request(&b, 1));
     let late = now + Duration::from_secs(2);
@@ -484,11 +480,11 @@ fn oversize_message3_and_blob_are_refused() {
         Limits::default(),
         Instant::now(),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let (_init, msg1) = start(&a, request(&b, 1));
     let resp = resp
         .handle_hello(&msg1, Instant::now(), &mut Vec::new())
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let huge = vec![0u8; MAX_HANDSHAKE_MSG3_LEN + 1];
     assert!(matches!(
         resp.handle_finish(&huge, Instant::now()),
@@ -519,7 +515,7 @@ fn concurrent_handshakes_spliced_into_each_other_fail() {
             now,
         )
         .and_then(|r| r.handle_hello(msg1, now, &mut out))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         (resp, only_message(&out))
     };
     let (resp_b, msg2_b) = respond(&b, a.id(), 1, &msg1_a);
@@ -541,12 +537,8 @@ fn concurrent_handshakes_spliced_into_each_other_fail() {
     );
     // The honest messages 2 complete; then swapped messages 3 fail at both responders.
     let (mut msg3_a, mut msg3_c) = (Vec::new(), Vec::new());
-    let _verdict_a = init_a
-        .handle_response(&msg2_b, now, &mut msg3_a)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let _verdict_c = init_c
-        .handle_response(&msg2_d, now, &mut msg3_c)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let _verdict_a = init_a.handle_response(&msg2_b, now, &mut msg3_a).unwrap();
+    let _verdict_c = init_c.handle_response(&msg2_d, now, &mut msg3_c).unwrap();
     assert_eq!(
         resp_b.handle_finish(&only_message(&msg3_c), now).err(),
         Some(Error::Authentication)

@@ -69,7 +69,7 @@ fn rfc7748_x25519_through_our_resolver() {
         &hex("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c"),
         &mut out,
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     assert_eq!(
         out,
         hex32("c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552")
@@ -190,13 +190,13 @@ fn run_noise_vector(v: &Value) {
         .and_then(|b| b.prologue(&ip))
         .map(|b| b.fixed_ephemeral_key_for_testing_only(&ie))
         .and_then(|b| b.build_initiator())
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let mut resp = builder()
         .local_private_key(&rs)
         .and_then(|b| b.prologue(&rp))
         .map(|b| b.fixed_ephemeral_key_for_testing_only(&re))
         .and_then(|b| b.build_responder())
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let messages = v["messages"].as_array().cloned().unwrap_or_default();
     let mut buf = vec![0u8; 65_535];
     let mut plain = vec![0u8; 65_535];
@@ -210,23 +210,21 @@ fn run_noise_vector(v: &Value) {
         };
         let n = w
             .write_message(&hex(str_of(m, "payload")), &mut buf)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(
             buf[..n].to_vec(),
             hex(str_of(m, "ciphertext")),
             "handshake message {i}"
         );
-        let p = r
-            .read_message(&buf[..n], &mut plain)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let p = r.read_message(&buf[..n], &mut plain).unwrap();
         assert_eq!(plain[..p].to_vec(), hex(str_of(m, "payload")));
         i += 1;
     }
     if let Some(h) = v["handshake_hash"].as_str() {
         assert_eq!(init.get_handshake_hash().to_vec(), hex(h));
     }
-    let mut ti = init.into_transport_mode().unwrap_or_else(|e| panic!("{e}"));
-    let mut tr = resp.into_transport_mode().unwrap_or_else(|e| panic!("{e}"));
+    let mut ti = init.into_transport_mode().unwrap();
+    let mut tr = resp.into_transport_mode().unwrap();
     for (j, m) in messages.iter().enumerate().skip(i) {
         let (w, r) = if j % 2 == 0 {
             (&mut ti, &mut tr)
@@ -235,15 +233,13 @@ fn run_noise_vector(v: &Value) {
         };
         let n = w
             .write_message(&hex(str_of(m, "payload")), &mut buf)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(
             buf[..n].to_vec(),
             hex(str_of(m, "ciphertext")),
             "transport message {j}"
         );
-        let p = r
-            .read_message(&buf[..n], &mut plain)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let p = r.read_message(&buf[..n], &mut plain).unwrap();
         assert_eq!(plain[..p].to_vec(), hex(str_of(m, "payload")));
     }
 }

@@ -32,12 +32,7 @@ async fn unauthenticated_flood_is_bounded_and_reclaimed() {
     let mut stallers = Vec::new();
     let mut refused_at_once = 0;
     for i in 0..20 {
-        match nullport_tests::raw_connect(
-            &net,
-            "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
-        )
-        .await
-        {
+        match nullport_tests::raw_connect(&net, "127.0.0.1:0".parse().unwrap()).await {
             Ok((endpoint, conn, _)) => {
                 if i < 3 {
                     let c = conn.clone();
@@ -70,14 +65,11 @@ async fn unauthenticated_flood_is_bounded_and_reclaimed() {
         "only {refused_at_once} + {closed_now} of 20 refused at once"
     );
     // A legitimate node from another source address is admitted promptly meanwhile.
-    let mut config = NodeConfig::new(
-        Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}"))),
-        net.relay_addr(),
-    );
+    let mut config = NodeConfig::new(Arc::new(Identity::generate().unwrap()), net.relay_addr());
     config.limits = fast_limits();
-    config.bind = Some("127.0.0.2:0".parse().unwrap_or_else(|_| unreachable!()));
+    config.bind = Some("127.0.0.2:0".parse().unwrap());
     let started = Instant::now();
-    let legit = Node::start(config).await.unwrap_or_else(|e| panic!("{e}"));
+    let legit = Node::start(config).await.unwrap();
     legit
         .wait_online(Duration::from_secs(2))
         .await
@@ -108,15 +100,10 @@ async fn handshake_flood_at_a_callee_is_capped_per_caller() {
         ..fast_limits()
     };
     let b = Arc::new(
-        net.node_unchecked(
-            Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}"))),
-            limits,
-        )
-        .await,
+        net.node_unchecked(Arc::new(Identity::generate().unwrap()), limits)
+            .await,
     );
-    b.wait_online(Duration::from_secs(5))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    b.wait_online(Duration::from_secs(5)).await.unwrap();
     let c = net.node().await;
     let b2 = b.clone();
     tokio::spawn(async move {
@@ -130,17 +117,14 @@ async fn handshake_flood_at_a_callee_is_capped_per_caller() {
         }
     });
     // The attacker: an admitted node that opens 50 dials to B and never sends message 1.
-    let (_ep, conn, _) = nullport_tests::raw_connect(
-        &net,
-        "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (_ep, conn, _) = nullport_tests::raw_connect(&net, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let _control = raw_hello(&conn).await;
     let mut reset = 0;
     let mut streams = Vec::new();
     for _ in 0..50 {
-        let (mut send, recv) = conn.open_bi().await.unwrap_or_else(|e| panic!("{e}"));
+        let (mut send, recv) = conn.open_bi().await.unwrap();
         let mut buf = Vec::new();
         relay_link::encode(
             &NodeToRelay::Dial {
@@ -149,7 +133,7 @@ async fn handshake_flood_at_a_callee_is_capped_per_caller() {
             relay_link::MAX_LINK_MESSAGE,
             &mut buf,
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let _ = send.write_all(&buf).await;
         streams.push((send, recv));
     }
@@ -173,14 +157,9 @@ async fn handshake_flood_at_a_callee_is_capped_per_caller() {
     );
     // Another caller still gets through promptly.
     let started = Instant::now();
-    let mut ch = c
-        .dial(b.node_id(), "greet")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut ch = c.dial(b.node_id(), "greet").await.unwrap();
     let mut got = Vec::new();
-    ch.read_to_end(&mut got)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    ch.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"hi");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
@@ -222,10 +201,7 @@ async fn slow_consumer_backpressures_only_its_sender() {
             });
         }
     });
-    let mut flood = a
-        .dial(b.node_id(), "sink")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut flood = a.dial(b.node_id(), "sink").await.unwrap();
     let chunk = vec![0u8; 64 * 1024];
     let flooded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let f2 = flooded.clone();
@@ -240,14 +216,11 @@ async fn slow_consumer_backpressures_only_its_sender() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Meanwhile C and D exchange 8 MiB with the right bytes.
     let data = pattern(8 << 20, 5);
-    let mut ch = c
-        .dial(d.node_id(), "echo")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut ch = c.dial(d.node_id(), "echo").await.unwrap();
     let (mut r, mut w) = tokio::io::split(&mut ch);
     let write = async {
-        w.write_all(&data).await.unwrap_or_else(|e| panic!("{e}"));
-        w.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
     };
     let mut got = Vec::new();
     let started = Instant::now();
@@ -289,10 +262,7 @@ async fn slowloris_channels_dripping_a_byte_a_second_do_not_slow_others() {
     // 32 established channels to B, each sending one byte a second for 3 seconds.
     let mut drips = Vec::new();
     for _ in 0..32 {
-        let mut ch = attacker
-            .dial(b.node_id(), "sink")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut ch = attacker.dial(b.node_id(), "sink").await.unwrap();
         drips.push(tokio::spawn(async move {
             for _ in 0..3 {
                 ch.write_all(b"x").await?;
@@ -318,10 +288,7 @@ async fn slowloris_channels_dripping_a_byte_a_second_do_not_slow_others() {
     );
     // The slow channels are legitimate too: each completes with its 3 bytes.
     for d in drips {
-        let got = d
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let got = d.await.unwrap().unwrap();
         use sha2::Digest;
         assert_eq!(got, sha2::Sha256::digest(b"xxx").to_vec());
     }
@@ -343,11 +310,7 @@ async fn thousands_of_forged_quic_initials_cost_nothing_lasting() {
     // relay derive Initial keys and try to open a packet it cannot authenticate.
     let mut sockets = Vec::new();
     for _ in 0..50 {
-        sockets.push(
-            tokio::net::UdpSocket::bind("127.0.0.1:0")
-                .await
-                .unwrap_or_else(|e| panic!("{e}")),
-        );
+        sockets.push(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
     }
     let mut x = 0x2545_F491_4F6C_DD1Du64;
     let mut next = move || {

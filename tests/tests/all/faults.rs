@@ -30,7 +30,7 @@ fn spawn_sink(net: &TestNet, seed: u8) -> (Sink, String) {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let mut line = String::new();
     if let Some(out) = child.stdout.take() {
         let _ = BufReader::new(out).read_line(&mut line);
@@ -49,12 +49,12 @@ async fn callee_killed_mid_transfer_fails_cleanly_and_the_retry_succeeds() {
     let net = TestNet::start().await;
     let a = net.node().await;
     let (mut sink, b_id) = spawn_sink(&net, 41);
-    let b: nullport_protocol::NodeId = b_id.parse().unwrap_or_else(|e| panic!("{e}"));
+    let b: nullport_protocol::NodeId = b_id.parse().unwrap();
 
-    let mut ch = a.dial(b, "sink").await.unwrap_or_else(|e| panic!("{e}"));
+    let mut ch = a.dial(b, "sink").await.unwrap();
     let chunk = pattern(1 << 20, 5);
     for _ in 0..4 {
-        ch.write_all(&chunk).await.unwrap_or_else(|e| panic!("{e}"));
+        ch.write_all(&chunk).await.unwrap();
     }
     // SIGKILL: no close frame, no QUIC goodbye. Then the callee comes back as itself.
     let _ = sink.0.kill();
@@ -125,12 +125,9 @@ async fn stream_flood_is_capped_stalled_streams_expire_and_resets_cost_nothing()
     });
 
     // An admitted flooder on a raw relay link.
-    let (_endpoint, conn, _) = nullport_tests::raw_connect(
-        &net,
-        "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (_endpoint, conn, _) = nullport_tests::raw_connect(&net, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let _control = nullport_tests::raw_hello(&conn).await;
 
     // 1. Open streams and stall each after one byte of a dial: the relay's limit holds.
@@ -138,7 +135,7 @@ async fn stream_flood_is_capped_stalled_streams_expire_and_resets_cost_nothing()
     for _ in 0..40 {
         match tokio::time::timeout(Duration::from_millis(300), conn.open_bi()).await {
             Ok(Ok((mut send, recv))) => {
-                send.write_all(&[0]).await.unwrap_or_else(|e| panic!("{e}"));
+                send.write_all(&[0]).await.unwrap();
                 stalled.push((send, recv));
             }
             Ok(Err(e)) => panic!("{e}"),

@@ -51,7 +51,7 @@ fn event(i: u64) -> Map<String, Value> {
 
 #[test]
 fn full_disk_while_writing_the_audit_log_tears_nothing_and_records_the_gap() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let _mount = match mount_tmpfs(dir.path(), "256k") {
         Ok(m) => m,
         Err(why) => {
@@ -72,17 +72,16 @@ fn full_disk_while_writing_the_audit_log_tears_nothing_and_records_the_gap() {
         max_file_bytes: u64::MAX,
         max_backlog_bytes: 16 << 10,
     };
-    let mut w = AuditWriter::open(&path, identity, config).unwrap_or_else(|e| panic!("{e}"));
+    let mut w = AuditWriter::open(&path, identity, config).unwrap();
     let mut next = 0u64;
     for _ in 0..20 {
-        w.append("mcp", event(next))
-            .unwrap_or_else(|e| panic!("{e}"));
+        w.append("mcp", event(next)).unwrap();
         next += 1;
     }
 
     // Fill the file system to the last byte.
     let ballast_path = dir.path().join("ballast");
-    let mut ballast = std::fs::File::create(&ballast_path).unwrap_or_else(|e| panic!("{e}"));
+    let mut ballast = std::fs::File::create(&ballast_path).unwrap();
     let chunk = vec![0xA5u8; 4096];
     while ballast.write_all(&chunk).is_ok() {}
     while ballast.write_all(&chunk[..1]).is_ok() {}
@@ -115,24 +114,24 @@ fn full_disk_while_writing_the_audit_log_tears_nothing_and_records_the_gap() {
     assert!(w.backlog() > 0);
 
     // What is on disk now is whole lines only and verifies up to its last checkpoint.
-    let on_disk = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+    let on_disk = std::fs::read(&path).unwrap();
     assert!(on_disk.ends_with(b"\n"), "a torn entry is on disk");
-    let report = audit::verify(&path, &node, None).unwrap_or_else(|e| panic!("{e}"));
+    let report = audit::verify(&path, &node, None).unwrap();
     assert!(
         report.problem.is_none() && report.torn.is_empty(),
         "{report:?}"
     );
 
     // Space returns: the backlog is written in order, then the gap, then the new entry.
-    std::fs::remove_file(&ballast_path).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_file(&ballast_path).unwrap();
     w.append("mcp", event(next))
         .unwrap_or_else(|e| panic!("after space returned: {e}"));
     assert_eq!(w.backlog(), 0);
-    w.checkpoint().unwrap_or_else(|e| panic!("{e}"));
-    let report = audit::verify(&path, &node, None).unwrap_or_else(|e| panic!("{e}"));
+    w.checkpoint().unwrap();
+    let report = audit::verify(&path, &node, None).unwrap();
     assert!(report.ok() && report.torn.is_empty(), "{report:?}");
 
-    let entries = audit::entries(&path).unwrap_or_else(|e| panic!("{e}"));
+    let entries = audit::entries(&path).unwrap();
     for (i, e) in entries.iter().enumerate() {
         assert_eq!(
             e["seq"].as_u64(),

@@ -195,9 +195,7 @@ fn zero_inbound_ports_nodes_behind_drop_all_firewalls_still_talk() {
 
     // No listening TCP socket on a non-loopback address in either node's namespace.
     for i in [1, 2] {
-        let listening = ns
-            .exec(i, &["ss", "-Hltn"])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let listening = ns.exec(i, &["ss", "-Hltn"]).unwrap();
         let exposed: Vec<&str> = listening
             .lines()
             .filter(|l| !l.contains("127.0.0.1:") && !l.contains("[::1]:"))
@@ -245,7 +243,7 @@ fn can_run(test: &str) -> bool {
 fn relay_and_sink(ns: &mut Namespaces) -> (String, String) {
     let (mut relay_out, _) = ns
         .spawn(0, &[TESTNODE, "relay", "--listen", "0.0.0.0:7443"])
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let relay_line = first_line(&mut relay_out);
     let relay_id = relay_line
         .strip_prefix("relay ")
@@ -261,7 +259,7 @@ fn relay_and_sink(ns: &mut Namespaces) -> (String, String) {
                 &format!("{relay_id}@198.18.2.1:7443"),
             ],
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let b_line = first_line(&mut b_out);
     let b_id = b_line
         .strip_prefix("node ")
@@ -278,7 +276,7 @@ fn set_loss(ns: &Namespaces, i: usize, percent: u32) {
         return;
     }
     ns.exec(i, &["nft", "add table inet nullport_loss"])
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let rule = if percent >= 100 {
         "meta l4proto udp counter drop".to_owned()
     } else {
@@ -294,12 +292,12 @@ fn set_loss(ns: &Namespaces, i: usize, percent: u32) {
                 ),
             ],
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         ns.exec(
             i,
             &["nft", &format!("add rule inet nullport_loss {hook} {rule}")],
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     }
 }
 
@@ -392,7 +390,7 @@ fn delay_and_reordering_deliver_the_right_bytes() {
                 "20",
             ],
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let lag_line = first_line(&mut lag_out);
     assert!(lag_line.starts_with("lag "), "lag said {lag_line:?}");
     let relay = format!("{relay_id}@198.18.1.1:7444");

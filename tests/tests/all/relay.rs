@@ -46,19 +46,12 @@ async fn echo_round_trip_through_the_relay() {
     let net = TestNet::start().await;
     let (a, b) = (net.node().await, Arc::new(net.node().await));
     let _server = serve_echo(b.clone());
-    let mut ch = a
-        .dial(b.node_id(), "echo")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut ch = a.dial(b.node_id(), "echo").await.unwrap();
     assert_eq!(ch.peer(), b.node_id());
-    ch.write_all(b"hello through the relay")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    ch.write_all(b"hello through the relay").await.unwrap();
+    ch.shutdown().await.unwrap();
     let mut got = Vec::new();
-    ch.read_to_end(&mut got)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    ch.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"hello through the relay");
     assert!(
         net.relay()
@@ -82,16 +75,16 @@ async fn bulk_both_ways_hashes_match() {
     let bd = b_data.clone();
     let server = tokio::spawn(async move {
         let incoming = b2.accept().await.unwrap_or_else(|| panic!("no incoming"));
-        let ch = incoming.accept().await.unwrap_or_else(|e| panic!("{e}"));
+        let ch = incoming.accept().await.unwrap();
         let (mut r, mut w) = tokio::io::split(ch);
         let writer = tokio::spawn(async move {
-            w.write_all(&bd).await.unwrap_or_else(|e| panic!("{e}"));
-            w.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+            w.write_all(&bd).await.unwrap();
+            w.shutdown().await.unwrap();
         });
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         loop {
-            let n = r.read(&mut buf).await.unwrap_or_else(|e| panic!("{e}"));
+            let n = r.read(&mut buf).await.unwrap();
             if n == 0 {
                 break;
             }
@@ -100,21 +93,18 @@ async fn bulk_both_ways_hashes_match() {
         let _ = writer.await;
         hasher.finalize().to_vec()
     });
-    let ch = a
-        .dial(b.node_id(), "bulk")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ch = a.dial(b.node_id(), "bulk").await.unwrap();
     let (mut r, mut w) = tokio::io::split(ch);
     let ad = a_data.clone();
     let writer = tokio::spawn(async move {
-        w.write_all(&ad).await.unwrap_or_else(|e| panic!("{e}"));
-        w.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+        w.write_all(&ad).await.unwrap();
+        w.shutdown().await.unwrap();
     });
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0;
     loop {
-        let n = r.read(&mut buf).await.unwrap_or_else(|e| panic!("{e}"));
+        let n = r.read(&mut buf).await.unwrap();
         if n == 0 {
             break;
         }
@@ -128,7 +118,7 @@ async fn bulk_both_ways_hashes_match() {
         Sha256::digest(&*b_data).to_vec(),
         "B -> A bytes differ"
     );
-    let b_got = server.await.unwrap_or_else(|e| panic!("{e}"));
+    let b_got = server.await.unwrap();
     assert_eq!(
         b_got,
         Sha256::digest(&*a_data).to_vec(),
@@ -138,21 +128,16 @@ async fn bulk_both_ways_hashes_match() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_node_is_refused_at_the_handshake() {
-    let allowed = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
+    let allowed = Arc::new(Identity::generate().unwrap());
     let net = TestNet::start_with(RelayOptions {
         allow: Some(vec![allowed.node_id()]),
         ..Default::default()
     })
     .await;
     let ok = net.node_unchecked(allowed, fast_limits()).await;
-    ok.wait_online(Duration::from_secs(5))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    ok.wait_online(Duration::from_secs(5)).await.unwrap();
     let stranger = net
-        .node_unchecked(
-            Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}"))),
-            fast_limits(),
-        )
+        .node_unchecked(Arc::new(Identity::generate().unwrap()), fast_limits())
         .await;
     let r = stranger.wait_online(Duration::from_secs(5)).await;
     assert!(
@@ -185,18 +170,11 @@ async fn unknown_node_is_refused_at_the_handshake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_relay_key_is_refused_by_the_node() {
     let net = TestNet::start().await;
-    let impostor_key = Identity::generate()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .node_id();
-    let addr = format!("{impostor_key}@{}", net.addr)
-        .parse()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut config = nullport_node::NodeConfig::new(
-        Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}"))),
-        addr,
-    );
+    let impostor_key = Identity::generate().unwrap().node_id();
+    let addr = format!("{impostor_key}@{}", net.addr).parse().unwrap();
+    let mut config = nullport_node::NodeConfig::new(Arc::new(Identity::generate().unwrap()), addr);
     config.limits = fast_limits();
-    let node = Node::start(config).await.unwrap_or_else(|e| panic!("{e}"));
+    let node = Node::start(config).await.unwrap();
     let r = node.wait_online(Duration::from_secs(5)).await;
     assert!(
         matches!(&r, Err(Error::RelayRefused { reason }) if reason.contains("relay key mismatch") && reason.contains(&net.relay_identity.node_id().to_string())),
@@ -209,9 +187,7 @@ async fn wrong_relay_key_is_refused_by_the_node() {
 async fn dialing_an_offline_node_fails_fast() {
     let net = TestNet::start().await;
     let a = net.node().await;
-    let ghost = Identity::generate()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .node_id();
+    let ghost = Identity::generate().unwrap().node_id();
     let started = Instant::now();
     let r = a.dial(ghost, "ssh").await;
     assert!(
@@ -249,17 +225,10 @@ async fn relay_restart_nodes_reconnect_and_old_channel_fails_clearly() {
     let mut net = TestNet::start().await;
     let (a, b) = (net.node().await, Arc::new(net.node().await));
     let _server = serve_echo(b.clone());
-    let mut ch = a
-        .dial(b.node_id(), "echo")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    ch.write_all(b"before")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut ch = a.dial(b.node_id(), "echo").await.unwrap();
+    ch.write_all(b"before").await.unwrap();
     let mut buf = [0u8; 6];
-    ch.read_exact(&mut buf)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    ch.read_exact(&mut buf).await.unwrap();
     net.restart(RelayOptions::default()).await;
     let back = Instant::now();
     // The old channel fails with an error, never a clean (truncated) end.
@@ -271,14 +240,10 @@ async fn relay_restart_nodes_reconnect_and_old_channel_fails_clearly() {
     loop {
         match a.dial(b.node_id(), "echo").await {
             Ok(mut ch) => {
-                ch.write_all(b"after")
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-                ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+                ch.write_all(b"after").await.unwrap();
+                ch.shutdown().await.unwrap();
                 let mut got = Vec::new();
-                ch.read_to_end(&mut got)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+                ch.read_to_end(&mut got).await.unwrap();
                 assert_eq!(got, b"after");
                 break;
             }
@@ -392,10 +357,8 @@ async fn tampering_relay_is_detected_and_nothing_altered_is_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rerouted_dial_is_refused_by_the_caller() {
     // A relay that routes dials for B (offline) to M (a valid, online node).
-    let b = Identity::generate()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .node_id();
-    let m_identity = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
+    let b = Identity::generate().unwrap().node_id();
+    let m_identity = Arc::new(Identity::generate().unwrap());
     let net = TestNet::start_with(RelayOptions {
         hooks: TestHooks {
             reroute: Some((b, m_identity.node_id())),
@@ -406,9 +369,7 @@ async fn rerouted_dial_is_refused_by_the_caller() {
     .await;
     let a = net.node().await;
     let m = Arc::new(net.node_unchecked(m_identity, fast_limits()).await);
-    m.wait_online(Duration::from_secs(5))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    m.wait_online(Duration::from_secs(5)).await.unwrap();
     let _server = serve_echo(m.clone());
     let r = a.dial(b, "echo").await;
     // M answers under its own identity: A's prologue names B, so message 2 fails
@@ -424,9 +385,7 @@ async fn rerouted_dial_is_refused_by_the_caller() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relabelled_caller_fails_the_handshake() {
-    let fake = Identity::generate()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .node_id();
+    let fake = Identity::generate().unwrap().node_id();
     let net = TestNet::start_with(RelayOptions {
         hooks: TestHooks {
             relabel_caller: Some(fake),
@@ -480,10 +439,7 @@ async fn dial_rate_limit_is_per_identity() {
     let a_identity = Arc::new(Identity::from_seed([0; 32]));
     drop(a);
     let again = net.node_unchecked(a_identity.clone(), fast_limits()).await;
-    again
-        .wait_online(Duration::from_secs(5))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    again.wait_online(Duration::from_secs(5)).await.unwrap();
     let mut limited_again = 0;
     for _ in 0..6 {
         if matches!(
@@ -498,7 +454,7 @@ async fn dial_rate_limit_is_per_identity() {
     reconnected
         .wait_online(Duration::from_secs(5))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let r = reconnected.dial(b.node_id(), "echo").await;
     assert!(
         limited_again >= 2,
@@ -553,17 +509,11 @@ async fn byte_rate_limit_slows_only_that_sender() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_identity_twice_newest_wins_without_flapping() {
     let net = TestNet::start().await;
-    let identity = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
+    let identity = Arc::new(Identity::generate().unwrap());
     let first = net.node_unchecked(identity.clone(), fast_limits()).await;
-    first
-        .wait_online(Duration::from_secs(5))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    first.wait_online(Duration::from_secs(5)).await.unwrap();
     let second = net.node_unchecked(identity.clone(), fast_limits()).await;
-    second
-        .wait_online(Duration::from_secs(5))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    second.wait_online(Duration::from_secs(5)).await.unwrap();
     let mut state = first.watch_state();
     let _ = tokio::time::timeout(
         Duration::from_secs(5),
@@ -593,35 +543,23 @@ async fn metrics_are_served_over_http_without_payload() {
         .relay
         .as_mut()
         .unwrap_or_else(|| panic!("no relay"))
-        .serve_metrics("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()))
+        .serve_metrics("127.0.0.1:0".parse().unwrap())
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let (a, b) = (net.node().await, Arc::new(net.node().await));
     let _server = serve_echo(b.clone());
-    let mut ch = a
-        .dial(b.node_id(), "echo")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    ch.write_all(b"METRICS-CANARY")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut ch = a.dial(b.node_id(), "echo").await.unwrap();
+    ch.write_all(b"METRICS-CANARY").await.unwrap();
+    ch.shutdown().await.unwrap();
     let mut got = Vec::new();
-    ch.read_to_end(&mut got)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut stream = tokio::net::TcpStream::connect(bound)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    ch.read_to_end(&mut got).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(bound).await.unwrap();
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    stream.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200 OK"));
     assert!(
         response.contains("nullport_relay_nodes_online 2"),
@@ -654,18 +592,18 @@ async fn relay_truncation_is_reported_as_truncated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn impostor_without_the_key_is_refused() {
     // The impostor presents the victim's public key but can only sign with its own key.
-    let victim = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
+    let victim = Arc::new(Identity::generate().unwrap());
     let net = TestNet::start_with(RelayOptions {
         allow: Some(vec![victim.node_id()]),
         ..Default::default()
     })
     .await;
-    let impostor = Identity::generate().unwrap_or_else(|e| panic!("{e}"));
+    let impostor = Identity::generate().unwrap();
     let pkcs8 = impostor.to_pkcs8_der();
     let key = rustls::crypto::ring::sign::any_eddsa_type(
         &rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_slice()),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let forged = rustls::sign::CertifiedKey::new(
         vec![rustls::pki_types::CertificateDer::from(
             victim.node_id().to_spki_der(),
@@ -675,25 +613,22 @@ async fn impostor_without_the_key_is_refused() {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny))
         .with_client_cert_resolver(Arc::new(
             rustls::client::AlwaysResolvesClientRawPublicKeys::new(Arc::new(forged)),
         ));
     config.alpn_protocols = vec![nullport_protocol::relay_link::ALPN.to_vec()];
-    let crypto =
-        quinn::crypto::rustls::QuicClientConfig::try_from(config).unwrap_or_else(|e| panic!("{e}"));
-    let endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()))
-            .unwrap_or_else(|e| panic!("{e}"));
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let conn = endpoint
         .connect_with(
             quinn::ClientConfig::new(Arc::new(crypto)),
             net.addr,
             "nullport-relay",
         )
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .await;
     let refused = match conn {
         Err(_) => true,
@@ -768,18 +703,11 @@ async fn serve_dispatches_by_service_and_enforces_allow() {
         });
         server.serve(handlers, move |peer, _| peer == allowed).await;
     });
-    let mut ch = caller
-        .dial(tool.node_id(), "upper")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    ch.write_all(b"shout")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    ch.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut ch = caller.dial(tool.node_id(), "upper").await.unwrap();
+    ch.write_all(b"shout").await.unwrap();
+    ch.shutdown().await.unwrap();
     let mut got = Vec::new();
-    ch.read_to_end(&mut got)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    ch.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"SHOUT");
     let r = caller.dial(tool.node_id(), "other").await;
     assert!(
@@ -808,17 +736,15 @@ async fn serve_dispatches_by_service_and_enforces_allow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn witnessed_checkpoints_survive_a_relay_restart_and_cannot_roll_back() {
     use nullport_protocol::relay_link::WitnessedCheckpoint;
-    let state = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let state = tempfile::tempdir().unwrap();
     let mut net = TestNet::start_with(RelayOptions {
         state_dir: Some(state.path().to_owned()),
         ..Default::default()
     })
     .await;
-    let identity = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
+    let identity = Arc::new(Identity::generate().unwrap());
     let node = net.node_unchecked(identity.clone(), fast_limits()).await;
-    node.wait_online(Duration::from_secs(5))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    node.wait_online(Duration::from_secs(5)).await.unwrap();
     let checkpoint = |seq: u64| {
         let head = format!("{seq:064x}");
         let sig = identity.sign(
@@ -832,10 +758,7 @@ async fn witnessed_checkpoints_survive_a_relay_restart_and_cannot_roll_back() {
             relay_sig: String::new(),
         }
     };
-    let witnessed = node
-        .witness(checkpoint(10))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let witnessed = node.witness(checkpoint(10)).await.unwrap();
     let relay_sig: Vec<u8> = (0..64)
         .filter_map(|i| u8::from_str_radix(&witnessed.relay_sig[2 * i..2 * i + 2], 16).ok())
         .collect();
@@ -894,16 +817,15 @@ async fn enrollment_invites_are_single_use_expiring_and_race_safe() {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let invite =
-        Invite::create(&net.relay_identity, now + 600, 1).unwrap_or_else(|e| panic!("{e}"));
+    let invite = Invite::create(&net.relay_identity, now + 600, 1).unwrap();
     let with_invite = |invite: Option<Vec<u8>>| {
         let net = &net;
         async move {
-            let identity = Arc::new(Identity::generate().unwrap_or_else(|e| panic!("{e}")));
+            let identity = Arc::new(Identity::generate().unwrap());
             let mut config = nullport_node::NodeConfig::new(identity.clone(), net.relay_addr());
             config.limits = fast_limits();
             config.join = invite;
-            let node = Node::start(config).await.unwrap_or_else(|e| panic!("{e}"));
+            let node = Node::start(config).await.unwrap();
             let r = node.wait_online(Duration::from_secs(5)).await;
             (node, identity, r)
         }
@@ -915,7 +837,7 @@ async fn enrollment_invites_are_single_use_expiring_and_race_safe() {
     a.shutdown().await;
     let mut again = nullport_node::NodeConfig::new(a_id, net.relay_addr());
     again.limits = fast_limits();
-    let a2 = Node::start(again).await.unwrap_or_else(|e| panic!("{e}"));
+    let a2 = Node::start(again).await.unwrap();
     assert!(a2.wait_online(Duration::from_secs(5)).await.is_ok());
     // Reuse, expiry, forgery and no invite at all: refused, with the reason.
     let (_b, _, r) = with_invite(Some(invite.clone())).await;
@@ -923,19 +845,13 @@ async fn enrollment_invites_are_single_use_expiring_and_race_safe() {
         matches!(&r, Err(Error::RelayRefused { reason }) if reason.contains("already used")),
         "{r:?}"
     );
-    let expired =
-        Invite::create(&net.relay_identity, now - 10, 1).unwrap_or_else(|e| panic!("{e}"));
+    let expired = Invite::create(&net.relay_identity, now - 10, 1).unwrap();
     let (_c, _, r) = with_invite(Some(expired)).await;
     assert!(
         matches!(&r, Err(Error::RelayRefused { reason }) if reason.contains("expired")),
         "{r:?}"
     );
-    let stranger_invite = Invite::create(
-        &Identity::generate().unwrap_or_else(|e| panic!("{e}")),
-        now + 600,
-        1,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let stranger_invite = Invite::create(&Identity::generate().unwrap(), now + 600, 1).unwrap();
     let (_d, _, r) = with_invite(Some(stranger_invite)).await;
     assert!(
         matches!(&r, Err(Error::RelayRefused { reason }) if reason.contains("invalid invite")),
@@ -945,7 +861,7 @@ async fn enrollment_invites_are_single_use_expiring_and_race_safe() {
     assert!(matches!(&r, Err(Error::RelayRefused { .. })), "{r:?}");
     assert!(!net.relay().is_online(&e.node_id()));
     // Two nodes race for a one-time invite: exactly one wins.
-    let race = Invite::create(&net.relay_identity, now + 600, 1).unwrap_or_else(|e| panic!("{e}"));
+    let race = Invite::create(&net.relay_identity, now + 600, 1).unwrap();
     let (x, y) = tokio::join!(with_invite(Some(race.clone())), with_invite(Some(race)));
     assert_eq!(
         u8::from(x.2.is_ok()) + u8::from(y.2.is_ok()),

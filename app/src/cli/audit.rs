@@ -1,0 +1,176 @@
+//! `audit`: show, verify, export the tamper-evident log.
+
+use super::*;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum AuditCommand {
+    /// Print the last entries (and follow new ones with -f).
+    Tail {
+        /// How many entries.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        /// Keep printing new entries.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Check the hash chain and the signed checkpoints; exit 1 naming the first bad entry.
+    Verify {
+        /// Also check against the checkpoint the relay witnessed (asks the running daemon;
+        /// without one, uses the local copy in the home).
+        #[arg(long)]
+        witness: bool,
+    },
+    /// Print entries as JSON lines for SIEM ingestion.
+    Export {
+        /// Only entries at or after this RFC 3339 UTC time (e.g. 2026-11-22T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Output format.
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
+        format: String,
+    },
+}
+
+pub(crate) async fn audit(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> {
+    use nullport_keyring::audit;
+    let path = home.audit();
+    if !path.exists() {
+        bail!("no audit log at {} (the daemon writes it)", path.display());
+    }
+    match cmd {
+        AuditCommand::Tail { lines, follow } => {
+            let text = std::fs::read_to_string(&path)?;
+            let all: Vec<&str> = text.lines().collect();
+            for l in &all[all.len().saturating_sub(lines)..] {
+                println!("{l}");
+            }
+            if follow {
+                let mut offset = text.len() as u64;
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    let len = std::fs::metadata(&path)?.len();
+                    if len > offset {
+                        use std::io::{Read, Seek};
+                        let mut f = std::fs::File::open(&path)?;
+                        f.seek(std::io::SeekFrom::Start(offset))?;
+                        let mut more = String::new();
+                        f.read_to_string(&mut more)?;
+                        print!("{more}");
+                        offset = len;
+                    }
+                }
+            }
+            Ok(())
+        }
+        AuditCommand::Export { since, .. } => {
+            for entry in audit::entries(&path)? {
+                let ts = entry["ts"].as_str().unwrap_or("");
+                // RFC 3339 UTC with a fixed layout sorts as text.
+                if since.as_deref().is_none_or(|s| ts >= s) {
+                    println!("{entry}");
+                }
+            }
+            Ok(())
+        }
+        AuditCommand::Verify { witness } => {
+            let node = node_id(home)?;
+            let mut source = "";
+            let witnessed = if witness {
+                let (w, from) = match control(home, &ControlRequest::AuditWitness).await {
+                    Ok((r, _)) if r.ok => (r.witness, "the relay"),
+                    _ => (
+                        std::fs::read(home.audit_witness())
+                            .ok()
+                            .and_then(|b| serde_json::from_slice(&b).ok()),
+                        "the local copy (daemon not running: the relay's latest could be newer)",
+                    ),
+                };
+                source = from;
+                let w = w.ok_or_else(|| anyhow!("no witnessed checkpoint yet ({from})"))?;
+                let cp = nullport_protocol::relay_link::WitnessedCheckpoint {
+                    seq: w["seq"].as_u64().unwrap_or(0),
+                    head: w["head"].as_str().unwrap_or("").to_owned(),
+                    node_sig: w["node_sig"].as_str().unwrap_or("").to_owned(),
+                    relay_sig: w["relay_sig"].as_str().unwrap_or("").to_owned(),
+                };
+                let relay: RelayAddr = load_config(home)?
+                    .relay
+                    .ok_or_else(|| anyhow!("no relay in the config: cannot check the witness"))?
+                    .parse()?;
+                let sig = (0..64)
+                    .map(|i| {
+                        cp.relay_sig
+                            .get(2 * i..2 * i + 2)
+                            .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    })
+                    .collect::<Option<Vec<u8>>>();
+                let valid = sig
+                    .and_then(|s| <[u8; 64]>::try_from(s).ok())
+                    .is_some_and(|s| {
+                        nullport_protocol::identity::verify(
+                            &relay.node_id,
+                            nullport_protocol::domain::AUDIT_WITNESS_V1,
+                            &cp.witness_body(&node),
+                            &s,
+                        )
+                        .is_ok()
+                    });
+                if !valid {
+                    bail!(
+                        "the witnessed checkpoint is not signed by the relay {}",
+                        relay.node_id
+                    );
+                }
+                Some(audit::Checkpoint {
+                    seq: cp.seq,
+                    head: cp.head,
+                    sig: cp.node_sig,
+                })
+            } else {
+                None
+            };
+            let report = audit::verify(&path, &node, witnessed.as_ref())?;
+            for (file, line) in &report.torn_at {
+                println!(
+                    "note: {} line {line} is a torn write (a crash mid-append), not tampering",
+                    file.display()
+                );
+            }
+            if let Some(p) = &report.problem {
+                println!(
+                    "audit log FAILED at {} line {}: {}",
+                    p.file.display(),
+                    p.line,
+                    p.reason
+                );
+                std::process::exit(1);
+            }
+            if let Some(Err(e)) = &report.witness {
+                println!("audit log FAILED against the witness from {source}: {e}");
+                std::process::exit(1);
+            }
+            println!(
+                "audit log OK: {} entries, {} signed checkpoints (last at entry {}), {} newer entries not yet signed",
+                report.entries,
+                report.checkpoints,
+                report
+                    .last_checkpoint
+                    .as_ref()
+                    .map(|c| c.seq.to_string())
+                    .unwrap_or_default(),
+                report.unsigned_tail
+            );
+            match (&report.witness, witness) {
+                (Some(Ok(())), _) => println!(
+                    "witness: the checkpoint {} countersigned by the relay is in the log ({source})",
+                    witnessed.map(|c| c.seq).unwrap_or(0)
+                ),
+                (_, false) => println!(
+                    "note: without --witness, a cut-off tail after the last checkpoint cannot be detected"
+                ),
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+}

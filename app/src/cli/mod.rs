@@ -1,0 +1,335 @@
+//! The `nullport` command line, split by command group: [`node`], [`services`], [`trust`],
+//! [`mcp`], [`audit`]. This file holds the command tree and the helpers they share.
+
+mod audit;
+mod mcp;
+mod node;
+mod services;
+mod trust;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow, bail};
+use audit::AuditCommand;
+use clap::{Args, Parser, Subcommand};
+use mcp::McpCommand;
+use node::{InitArgs, UpArgs};
+use nullport::config_file::{NodeFile, Service, ServiceSpec};
+use nullport::control::{ControlRequest, ControlResponse};
+use nullport::daemon::Daemon;
+use nullport::home::Home;
+use nullport_keyring::{KdfParams, PassphraseSource, Policy, Protection, TrustStore, key_file};
+use nullport_node::RelayAddr;
+use nullport_protocol::{Identity, NodeId, ServiceName};
+use services::ExposeCommand;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use trust::{RevocationsCommand, TokenCommand, TrustCommand};
+
+/// nullport: zero-trust transport for AI agents and their tools.
+///
+/// Every node dials out to a relay; nothing listens on the network. Two nodes prove their
+/// identities to each other before a single byte of payload flows, and the relay can read
+/// none of it. The callee decides who may use which service (default deny).
+///
+/// First steps:
+///   nullport init                                  create this node's identity
+///   nullport up --relay <relay NodeId>@host:7443   run the daemon (foreground)
+///   nullport expose tcp ssh 127.0.0.1:22           offer a local service ...
+///   nullport allow <peer> ssh                      ... to one peer
+///   nullport pipe <peer>/ssh                       reach a peer's service (ssh ProxyCommand)
+///
+/// Try it all on this machine, with nothing else running:  nullport quickstart
+#[derive(Parser, Debug)]
+#[command(name = "nullport", version, verbatim_doc_comment)]
+pub struct Cli {
+    /// The node's home directory (identity, trust store, config, policy, control socket).
+    #[arg(long, global = true, env = "NULLPORT_HOME")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create this node's identity key and print its NodeId.
+    Init(InitArgs),
+    /// Join a relay that runs in allowlist mode, with an invite from its operator
+    /// (`nullport-relay invite`); saves the relay in the config.
+    Join {
+        /// The invite (npi1...).
+        invite: String,
+        /// The relay, `<relay NodeId>@host:port`.
+        #[arg(long)]
+        relay: String,
+        /// Read the key passphrase from this file.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Print this node's NodeId.
+    Id {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage peer aliases (like known_hosts); aliases work wherever a NodeId does.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+    /// Offer a local service to peers (default deny: also run `nullport allow`).
+    #[command(subcommand)]
+    Expose(ExposeCommand),
+    /// Stop offering a service.
+    Unexpose {
+        /// The service name.
+        name: String,
+    },
+    /// Allow a peer (alias or NodeId) to use a service.
+    Allow {
+        /// Alias or NodeId.
+        peer: String,
+        /// Service name.
+        service: String,
+    },
+    /// `deny PEER SERVICE` takes back an `allow`; `deny ID` refuses a waiting tool call.
+    Deny {
+        /// Alias or NodeId (or an approval id, alone).
+        peer: String,
+        /// Service name (absent: the first argument is an approval id).
+        service: Option<String>,
+    },
+    /// Approve a tool call that waits for a human (see `nullport approvals`).
+    Approve {
+        /// The approval id.
+        id: String,
+    },
+    /// List tool calls waiting for a human's approval.
+    Approvals {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a node key (NodeId or alias) or a token, network-wide: signs this node's
+    /// revocation list and publishes it through the relay, which pushes it to every node.
+    /// It applies on this node at once (its live channels close); elsewhere it applies where
+    /// this node is trusted to revoke: as a node-wide signer (`nullport revocations trust`),
+    /// or as a token issuer for a service (for that service's keys and tokens).
+    Revoke {
+        /// NodeId, alias, or token (text or @FILE).
+        what: String,
+        /// Read the key passphrase from this file.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Revocation lists held here and what each applies to; who may revoke here.
+    #[command(subcommand)]
+    Revocations(RevocationsCommand),
+    /// Move this node to a new identity key. Publishes a statement signed by the old and the
+    /// new key through the relay (which admits the new key in place of the old); peers that
+    /// trusted the old key follow it and refuse the old one from then on. Needs the daemon
+    /// running; restart it afterwards (`nullport up`).
+    Rotate {
+        /// Read the key passphrase from this file (the new key keeps the same protection).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Capability tokens: issue, delegate (narrower only), inspect, trust an issuer.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The tamper-evident audit log: show, verify, export.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// MCP: bridge a local MCP client to a peer's MCP service, and set MCP rules.
+    #[command(subcommand)]
+    Mcp(McpCommand),
+    /// Run the daemon in the foreground: the relay link, the services, the control socket.
+    Up(UpArgs),
+    /// Listen on a local TCP port; each connection becomes a channel to <peer>/<service>.
+    Connect {
+        /// `<peer>/<service>`, peer as alias or NodeId.
+        target: String,
+        /// Where to listen: a loopback `host:port` (every local user can connect to it and
+        /// use your access), or `unix:PATH` for a Unix socket only you can use (mode 0600).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Permit a non-loopback listen address (anyone who can reach it gets your access).
+        #[arg(long)]
+        allow_remote: bool,
+        /// Present a capability token (its text, or @FILE) on every channel.
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Connect stdin/stdout to <peer>/<service>, e.g.
+    /// ssh -o ProxyCommand='nullport pipe %h/ssh' user@files-server
+    Pipe {
+        /// `<peer>/<service>`, peer as alias or NodeId.
+        target: String,
+        /// Present a capability token (its text, or @FILE).
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Make the running daemon re-read config.toml, policy.toml and trust.toml (live
+    /// channels that lose their grant are closed). Commands that edit them do this already.
+    Reload,
+    /// Show the relay link, exposed services and open channels.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One-command demo: a relay and two nodes on loopback in a temporary directory, a real
+    /// local service exposed on one and called from the other, step by step.
+    Quickstart,
+}
+
+impl Cli {
+    /// Whether this invocation runs the daemon (which logs at info by default).
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, Command::Up(_))
+    }
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = Home::resolve(cli.home);
+    match cli.command {
+        Command::Init(args) => node::init(&home, args),
+        Command::Id { json } => node::id(&home, json),
+        Command::Trust(cmd) => trust::trust(&home, cmd).await,
+        Command::Expose(cmd) => services::expose(&home, cmd).await,
+        Command::Unexpose { name } => services::unexpose(&home, &name).await,
+        Command::Allow { peer, service } => services::allow(&home, &peer, &service).await,
+        Command::Deny {
+            peer: id,
+            service: None,
+        } => mcp::answer(&home, &id, false).await,
+        Command::Deny {
+            peer,
+            service: Some(service),
+        } => services::deny(&home, &peer, &service).await,
+        Command::Approve { id } => mcp::answer(&home, &id, true).await,
+        Command::Approvals { json } => mcp::approvals(&home, json).await,
+        Command::Mcp(cmd) => mcp::mcp(&home, cmd).await,
+        Command::Audit(cmd) => audit::audit(&home, cmd).await,
+        Command::Token(cmd) => trust::token(&home, cmd).await,
+        Command::Rotate { passphrase_file } => node::rotate(&home, passphrase_file).await,
+        Command::Revocations(cmd) => trust::revocations(&home, cmd).await,
+        Command::Join {
+            invite,
+            relay,
+            passphrase_file,
+        } => node::join(&home, &invite, &relay, passphrase_file).await,
+        Command::Revoke {
+            what,
+            passphrase_file,
+        } => trust::revoke(&home, &what, passphrase_file).await,
+        Command::Up(args) => node::up(&home, args).await,
+        Command::Connect {
+            target,
+            listen,
+            allow_remote,
+            token,
+        } => services::connect(&home, &target, listen, allow_remote, read_token(token)?).await,
+        Command::Pipe { target, token } => services::pipe(&home, &target, false, token).await,
+        Command::Status { json } => node::status(&home, json).await,
+        Command::Reload => node::reload_now(&home).await,
+        Command::Quickstart => crate::quickstart::run().await,
+    }
+}
+
+/// A token argument: its text, or `@FILE`.
+pub(crate) fn read_token(arg: Option<String>) -> anyhow::Result<Option<String>> {
+    match arg {
+        Some(a) if a.starts_with('@') => {
+            let path = &a[1..];
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading token file {path}"))?;
+            Ok(Some(text.trim().to_owned()))
+        }
+        other => Ok(other),
+    }
+}
+
+pub(crate) fn parse_ttl(ttl: &str) -> anyhow::Result<u64> {
+    Ok(nullport_keyring::ttl::parse(ttl)?)
+}
+
+pub(crate) fn node_id(home: &Home) -> anyhow::Result<NodeId> {
+    key_file::read_node_id(&home.key()).map_err(|e| match e {
+        nullport_keyring::Error::Io { .. } if !home.key().exists() => {
+            anyhow!(
+                "no identity in {} (run `nullport init`)",
+                home.dir().display()
+            )
+        }
+        other => anyhow!("key file unreadable: {other}"),
+    })
+}
+
+pub(crate) fn load_identity(
+    home: &Home,
+    passphrase_file: Option<PathBuf>,
+) -> anyhow::Result<Identity> {
+    node_id(home)?;
+    Ok(load_identity_and_passphrase(home, passphrase_file)?.0)
+}
+
+/// The identity, and the passphrase that opened it (for re-encrypting a rotated key).
+pub(crate) fn load_identity_and_passphrase(
+    home: &Home,
+    passphrase_file: Option<PathBuf>,
+) -> anyhow::Result<(Identity, Option<zeroize::Zeroizing<String>>)> {
+    let path = home.key();
+    let encrypted =
+        key_file::is_encrypted(&path).map_err(|e| anyhow!("key file unreadable: {e}"))?;
+    let pass = if encrypted {
+        Some(
+            PassphraseSource::choose(passphrase_file, "NULLPORT_PASSPHRASE")
+                .read(|| rpassword::prompt_password("identity key passphrase: "))?,
+        )
+    } else {
+        None
+    };
+    let identity = key_file::load(&path, pass.as_ref().map(|p| p.as_str()))
+        .map_err(|e| anyhow!("key file unreadable: {e}"))?;
+    Ok((identity, pass))
+}
+
+pub(crate) fn load_config(home: &Home) -> anyhow::Result<NodeFile> {
+    Ok(NodeFile::load(&home.config())?)
+}
+
+/// Asks a running daemon to reload; returns a note for the user.
+pub(crate) async fn reload(home: &Home) -> String {
+    match control(home, &ControlRequest::Reload).await {
+        Ok((r, _)) if r.ok => " (daemon reloaded)".to_owned(),
+        Ok((r, _)) => format!(" (daemon did not reload: {})", r.error.unwrap_or_default()),
+        Err(_) => " (takes effect when the daemon starts)".to_owned(),
+    }
+}
+
+/// Sends one control request; returns the response and the stream (for pipes).
+pub(crate) async fn control(
+    home: &Home,
+    request: &ControlRequest,
+) -> anyhow::Result<(ControlResponse, BufReader<UnixStream>)> {
+    nullport::control::request(&home.socket(), request)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                anyhow!(
+                    "the nullport daemon is not running for {} (start it with `nullport up`)",
+                    home.dir().display()
+                )
+            }
+            _ => anyhow!("control socket {}: {e}", home.socket().display()),
+        })
+}
+
+pub(crate) fn split_target(target: &str) -> anyhow::Result<(&str, &str)> {
+    target
+        .split_once('/')
+        .filter(|(p, s)| !p.is_empty() && !s.is_empty())
+        .ok_or_else(|| anyhow!("{target:?} is not <peer>/<service>"))
+}

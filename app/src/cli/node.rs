@@ -1,0 +1,274 @@
+//! `init`, `id`, `join`, `up`, `status`, `reload`, `rotate`: this node and its daemon.
+
+use super::*;
+
+#[derive(Args, Debug)]
+pub(crate) struct InitArgs {
+    /// Store the key unencrypted (mode 0600 only): for unattended servers.
+    #[arg(long)]
+    insecure_plaintext_key: bool,
+    /// Read the new passphrase from this file (otherwise $NULLPORT_PASSPHRASE or a prompt).
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// Replace an existing identity (peers that trusted the old one will refuse this node).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct UpArgs {
+    /// The relay, `<relay NodeId>@host:port` (saved to the config for next time).
+    #[arg(long)]
+    relay: Option<String>,
+    /// Read the key passphrase from this file (otherwise $NULLPORT_PASSPHRASE or a prompt).
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+}
+
+pub(crate) async fn join(
+    home: &Home,
+    invite: &str,
+    relay: &str,
+    passphrase_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let bytes = nullport_keyring::invite::Invite::from_text(invite)
+        .map_err(|e| anyhow!("{e}: an invite looks like npi1..."))?;
+    let relay_addr: RelayAddr = relay.parse()?;
+    let identity = Arc::new(load_identity(home, passphrase_file)?);
+    let mut config = nullport_node::NodeConfig::new(identity.clone(), relay_addr.clone());
+    config.join = Some(bytes);
+    config.limits.refused_backoff_max = std::time::Duration::from_secs(60);
+    let node = nullport_node::Node::start(config).await?;
+    node.wait_online(std::time::Duration::from_secs(10))
+        .await
+        .map_err(|e| anyhow!("join failed: {e}"))?;
+    node.shutdown().await;
+    let mut file = load_config(home)?;
+    file.relay = Some(relay.to_owned());
+    file.save(&home.config())?;
+    println!(
+        "joined {relay_addr} as {}; start the daemon with `nullport up`",
+        identity.node_id()
+    );
+    Ok(())
+}
+
+pub(crate) async fn rotate(home: &Home, passphrase_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = home.key();
+    let (old, pass) = load_identity_and_passphrase(home, passphrase_file)?;
+    let new = Identity::generate().map_err(|e| anyhow!("randomness: {e}"))?;
+    let statement = nullport_keyring::rotation::sign(&old, &new, nullport::tokens::unix_now());
+    let (response, _) = control(
+        home,
+        &ControlRequest::PublishRotation {
+            rotation: statement,
+        },
+    )
+    .await?;
+    if !response.ok {
+        bail!(
+            "the relay did not take the rotation: {}",
+            response.error.unwrap_or_default()
+        );
+    }
+    let protection = match pass {
+        Some(p) => Protection::Passphrase(p, KdfParams::default()),
+        None => Protection::InsecurePlaintext,
+    };
+    // Keep the old key beside the new one (0600), then replace it atomically.
+    key_file::store(
+        &home.dir().join("identity.key.old"),
+        &old,
+        &protection,
+        true,
+    )?;
+    key_file::store(&path, &new, &protection, true)?;
+    println!("rotated {} -> {}", old.node_id(), new.node_id());
+    println!(
+        "restart the daemon (`nullport up`) to use the new key; peers that trusted the old one follow it"
+    );
+    Ok(())
+}
+
+pub(crate) fn init(home: &Home, args: InitArgs) -> anyhow::Result<()> {
+    home.create()
+        .with_context(|| format!("creating {}", home.dir().display()))?;
+    let identity = Identity::generate().map_err(|e| anyhow!("randomness: {e}"))?;
+    let protection = if args.insecure_plaintext_key {
+        Protection::InsecurePlaintext
+    } else {
+        let pass =
+            PassphraseSource::choose(args.passphrase_file, "NULLPORT_PASSPHRASE").read(|| {
+                let p = rpassword::prompt_password("passphrase for the new identity key: ")?;
+                if rpassword::prompt_password("again: ")? != p {
+                    return Err(std::io::Error::other("passphrases differ"));
+                }
+                Ok(p)
+            })?;
+        Protection::Passphrase(pass, KdfParams::default())
+    };
+    key_file::store(&home.key(), &identity, &protection, args.force).map_err(|e| match e {
+        nullport_keyring::Error::AlreadyExists { path } => {
+            anyhow!(
+                "{} already holds an identity (`nullport id` shows it; --force replaces it)",
+                path.display()
+            )
+        }
+        other => other.into(),
+    })?;
+    eprintln!(
+        "created identity {} ({})",
+        home.key().display(),
+        if args.insecure_plaintext_key {
+            "unencrypted"
+        } else {
+            "encrypted"
+        }
+    );
+    println!("{}", identity.node_id());
+    Ok(())
+}
+
+pub(crate) async fn status(home: &Home, json: bool) -> anyhow::Result<()> {
+    let (response, _) = control(home, &ControlRequest::Status).await?;
+    let status = response
+        .status
+        .ok_or_else(|| anyhow!("{}", response.error.unwrap_or_default()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!("node     {}", status.node_id);
+    println!("relay    {}", status.relay);
+    println!("link     {}", status.link);
+    println!(
+        "services {}",
+        if status.services.is_empty() {
+            "(none)"
+        } else {
+            ""
+        }
+    );
+    for s in &status.services {
+        println!("  {:<16} {}", s.name, s.target);
+    }
+    println!(
+        "channels {}",
+        if status.channels.is_empty() {
+            "(none)"
+        } else {
+            ""
+        }
+    );
+    for c in &status.channels {
+        println!(
+            "  {:<3} {:<24} {:<12} in {:>10} B  out {:>10} B  {:>5} s",
+            c.direction, c.peer, c.service, c.bytes_in, c.bytes_out, c.age_secs
+        );
+    }
+    if !status.revocations.is_empty() || status.retired_keys > 0 {
+        println!("revocation lists");
+        for l in &status.revocations {
+            println!(
+                "  {} v{}: {} keys, {} tokens; applies to {}",
+                l.alias.as_deref().unwrap_or(&l.signer),
+                l.version,
+                l.keys,
+                l.tokens,
+                l.applies
+            );
+        }
+        if status.retired_keys > 0 {
+            println!("  {} keys retired by rotations", status.retired_keys);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn up(home: &Home, args: UpArgs) -> anyhow::Result<()> {
+    let mut file = load_config(home)?;
+    let relay_text = match (&args.relay, &file.relay) {
+        (Some(r), _) => r.clone(),
+        (None, Some(r)) => r.clone(),
+        (None, None) => {
+            bail!("no relay: pass --relay <relay NodeId>@host:port (it is saved for next time)")
+        }
+    };
+    let relay: RelayAddr = relay_text.parse()?;
+    let identity = Arc::new(load_identity(home, args.passphrase_file)?);
+    if args.relay.is_some() && file.relay.as_deref() != Some(relay_text.as_str()) {
+        file.relay = Some(relay_text);
+        file.save(&home.config())?;
+    }
+    let daemon = Daemon::start(
+        home.clone(),
+        identity.clone(),
+        relay.clone(),
+        file.link.limits(),
+    )
+    .await?;
+    eprintln!(
+        "nullport {} up; relay {relay}; control socket {}",
+        identity.node_id(),
+        home.socket().display()
+    );
+    eprintln!("no inbound port is open: this node only dials out to the relay");
+    let mut state = daemon.node().watch_state();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            r = state.changed() => {
+                if r.is_err() { break; }
+                let s = state.borrow_and_update().clone();
+                eprintln!("relay link: {}", match s {
+                    nullport_node::LinkState::Online => "online".to_owned(),
+                    nullport_node::LinkState::Connecting { last_error: Some(e), .. } => format!("down ({e}); retrying"),
+                    nullport_node::LinkState::Connecting { .. } => "connecting".to_owned(),
+                    nullport_node::LinkState::Refused { reason } => format!("refused: {reason}"),
+                });
+            }
+        }
+    }
+    eprintln!("shutting down: closing channels");
+    daemon.shutdown().await;
+    Ok(())
+}
+
+pub(crate) async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+pub(crate) fn id(home: &Home, json: bool) -> anyhow::Result<()> {
+    let id = node_id(home)?;
+    if json {
+        println!("{}", serde_json::json!({ "node_id": id.to_string() }));
+    } else {
+        println!("{id}");
+    }
+    Ok(())
+}
+
+pub(crate) async fn reload_now(home: &Home) -> anyhow::Result<()> {
+    let (response, _) = control(home, &ControlRequest::Reload).await?;
+    if !response.ok {
+        bail!(
+            "the daemon kept its previous configuration: {}",
+            response.error.unwrap_or_default()
+        );
+    }
+    println!("reloaded");
+    Ok(())
+}

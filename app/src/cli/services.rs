@@ -1,0 +1,317 @@
+//! `expose`, `unexpose`, `allow`, `deny`, `connect`, `pipe`: services offered and used.
+
+use super::*;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ExposeCommand {
+    /// Forward channels to a local TCP address (SSH, HTTP, databases).
+    Tcp {
+        /// Service name.
+        name: String,
+        /// `host:port` to forward to.
+        target: String,
+        /// Start each connection with a PROXY protocol v2 header naming the caller (its
+        /// NodeId, and its alias here): for backends that log or authorise by caller.
+        #[arg(long)]
+        proxy_protocol: bool,
+    },
+    /// Expose a stdio MCP server (one process per caller session) behind the JSON-RPC
+    /// firewall; set each caller's rules with `nullport mcp allow`.
+    Mcp {
+        /// Service name.
+        name: String,
+        /// A local Streamable HTTP MCP server instead of a command: http://127.0.0.1:PORT/mcp
+        #[arg(long, conflicts_with = "command")]
+        url: Option<String>,
+        /// Pass this variable to the server process (`NAME` from the daemon's environment,
+        /// or `NAME=value`); repeatable. The process otherwise gets only PATH, HOME, USER,
+        /// LANG, TZ and the like, plus NULLPORT_PEER / NULLPORT_PEER_ALIAS naming the caller.
+        #[arg(long = "env", value_name = "NAME[=VALUE]")]
+        env: Vec<String>,
+        /// The server command and its arguments (after `--`).
+        #[arg(last = true, required_unless_present = "url")]
+        command: Vec<String>,
+    },
+    /// Run a command per channel with its stdin/stdout as the channel.
+    Exec {
+        /// Service name.
+        name: String,
+        /// Pass this variable to the process (`NAME` from the daemon's environment, or
+        /// `NAME=value`); repeatable. The process otherwise gets only PATH, HOME, USER, LANG,
+        /// TZ and the like, plus NULLPORT_PEER / NULLPORT_PEER_ALIAS naming the caller.
+        #[arg(long = "env", value_name = "NAME[=VALUE]")]
+        env: Vec<String>,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+pub(crate) async fn expose(home: &Home, cmd: ExposeCommand) -> anyhow::Result<()> {
+    let (name, service) = match cmd {
+        ExposeCommand::Tcp {
+            name,
+            target,
+            proxy_protocol,
+        } => {
+            let ok = target
+                .rsplit_once(':')
+                .map(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                .unwrap_or(false);
+            if !ok {
+                bail!("{target:?} is not host:port");
+            }
+            let mut service = Service::new(ServiceSpec::Tcp(target));
+            service.proxy_protocol = proxy_protocol;
+            (name, service)
+        }
+        ExposeCommand::Exec { name, env, command } => {
+            let mut service = Service::new(ServiceSpec::Exec(command));
+            service.env = env;
+            (name, service)
+        }
+        ExposeCommand::Mcp {
+            name,
+            url: Some(url),
+            env,
+            ..
+        } => {
+            if !env.is_empty() {
+                bail!("--env is for MCP servers started as commands, not for --url");
+            }
+            nullport::mcp::http::HttpTarget::parse(&url).map_err(|e| anyhow!("{url}: {e}"))?;
+            (name, Service::new(ServiceSpec::McpUrl(url)))
+        }
+        ExposeCommand::Mcp {
+            name,
+            url: None,
+            env,
+            command,
+        } => {
+            let mut service = Service::new(ServiceSpec::Mcp(command));
+            service.env = env;
+            (name, service)
+        }
+    };
+    ServiceName::new(&name)
+        .map_err(|_| anyhow!("invalid service name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"))?;
+    for entry in &service.env {
+        let var = entry.split_once('=').map_or(entry.as_str(), |(n, _)| n);
+        if var.is_empty() || var.starts_with("NULLPORT_") {
+            bail!(
+                "--env {entry:?}: not a variable a service may get (NULLPORT_* are nullport's own)"
+            );
+        }
+    }
+    home.create()?;
+    let mut file = load_config(home)?;
+    file.services.insert(name.clone(), service.clone());
+    file.save(&home.config())?;
+    println!(
+        "exposed {name}: {service} (default deny: `nullport allow <peer> {name}`){}",
+        reload(home).await
+    );
+    Ok(())
+}
+
+pub(crate) async fn open_pipe(
+    home: &Home,
+    peer: &str,
+    service: &str,
+    mcp: bool,
+    token: Option<String>,
+) -> anyhow::Result<BufReader<UnixStream>> {
+    let (response, stream) = control(
+        home,
+        &ControlRequest::Pipe {
+            peer: peer.to_owned(),
+            service: service.to_owned(),
+            mcp,
+            token,
+        },
+    )
+    .await?;
+    if !response.ok {
+        bail!(
+            "{}",
+            response.error.unwrap_or_else(|| "channel refused".into())
+        );
+    }
+    Ok(stream)
+}
+
+pub(crate) async fn pipe(
+    home: &Home,
+    target: &str,
+    mcp: bool,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    let (peer, service) = split_target(target)?;
+    let stream = open_pipe(home, peer, service, mcp, read_token(token)?).await?;
+    let (mut from_daemon, mut to_daemon) = tokio::io::split(stream);
+    let upload = async {
+        let r = tokio::io::copy(&mut tokio::io::stdin(), &mut to_daemon).await;
+        let _ = to_daemon.shutdown().await;
+        r
+    };
+    let download = async {
+        let mut stdout = tokio::io::stdout();
+        let r = tokio::io::copy(&mut from_daemon, &mut stdout).await;
+        let _ = stdout.flush().await;
+        r
+    };
+    tokio::pin!(upload, download);
+    // Done when the remote side is done; local stdin may stay open (as with ssh).
+    let mut upload_done = false;
+    loop {
+        tokio::select! {
+            r = &mut upload, if !upload_done => { upload_done = true; r?; }
+            r = &mut download => { r?; return Ok(()); }
+        }
+    }
+}
+
+pub(crate) async fn connect(
+    home: &Home,
+    target: &str,
+    listen: String,
+    allow_remote: bool,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    let (peer, service) = split_target(target)?;
+    if let Some(path) = listen.strip_prefix("unix:") {
+        return connect_unix(home, peer, service, PathBuf::from(path), token).await;
+    }
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|_| anyhow!("--listen {listen:?}: expected host:port or unix:PATH"))?;
+    if !listen.ip().is_loopback() && !allow_remote {
+        bail!(
+            "refusing to listen on {listen}: not a loopback address (anyone who reaches it would use your access); add --allow-remote if you mean it"
+        );
+    }
+    // Fail early and clearly if the daemon is not running.
+    control(home, &ControlRequest::Status).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => anyhow!("local port {listen} is already in use"),
+            _ => anyhow!("cannot listen on {listen}: {e}"),
+        })?;
+    let bound = listener.local_addr()?;
+    println!("listening on {bound} -> {peer}/{service}");
+    eprintln!(
+        "note: every local user can connect to {bound} and use your access to {peer}/{service}; use --listen unix:PATH for a socket only you can use"
+    );
+    loop {
+        let (mut tcp, from) = listener.accept().await?;
+        let home = home.clone();
+        let (peer, service, token) = (peer.to_owned(), service.to_owned(), token.clone());
+        tokio::spawn(async move {
+            match open_pipe(&home, &peer, &service, false, token).await {
+                Ok(mut stream) => {
+                    let _ = tcp.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await;
+                }
+                Err(e) => eprintln!("{from}: {e:#}"),
+            }
+        });
+    }
+}
+
+/// `connect --listen unix:PATH`: a Unix socket created under a 0077 umask (mode 0600), so
+/// only this user can use the channel behind it.
+pub(crate) async fn connect_unix(
+    home: &Home,
+    peer: &str,
+    service: &str,
+    path: PathBuf,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    control(home, &ControlRequest::Status).await?;
+    if path.exists() {
+        bail!("{} already exists (remove it first)", path.display());
+    }
+    let previous = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let bound = tokio::net::UnixListener::bind(&path);
+    rustix::process::umask(previous);
+    let listener = bound.map_err(|e| anyhow!("cannot listen on {}: {e}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    println!("listening on unix:{} -> {peer}/{service}", path.display());
+    let serve = async {
+        loop {
+            let (mut local, _) = listener.accept().await?;
+            let home = home.clone();
+            let (peer, service, token) = (peer.to_owned(), service.to_owned(), token.clone());
+            tokio::spawn(async move {
+                match open_pipe(&home, &peer, &service, false, token).await {
+                    Ok(mut stream) => {
+                        let _ = tokio::io::copy_bidirectional(&mut local, &mut stream).await;
+                    }
+                    Err(e) => eprintln!("unix:{e:#}"),
+                }
+            });
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), anyhow::Error>(())
+    };
+    let result = tokio::select! {
+        r = serve => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    };
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+pub(crate) async fn unexpose(home: &Home, name: &str) -> anyhow::Result<()> {
+    let mut file = load_config(home)?;
+    if file.services.remove(name).is_none() {
+        bail!("no service named {name:?} is exposed");
+    }
+    file.save(&home.config())?;
+    println!("{name} is no longer exposed{}", reload(home).await);
+    Ok(())
+}
+
+pub(crate) async fn allow(home: &Home, peer: &str, service: &str) -> anyhow::Result<()> {
+    let trust = TrustStore::load(&home.trust())?;
+    let id = trust.resolve(peer)?;
+    let mut policy = Policy::load(&home.policy())?;
+    let added = policy.allow(peer, service);
+    policy.save()?;
+    let exposed = load_config(home)?.services.contains_key(service);
+    println!(
+        "{peer} ({}) {} use {service}{}{}",
+        id.fmt_short(),
+        if added { "may now" } else { "could already" },
+        if exposed {
+            ""
+        } else {
+            " (note: no service of that name is exposed yet)"
+        },
+        reload(home).await
+    );
+    Ok(())
+}
+
+pub(crate) async fn deny(home: &Home, peer: &str, service: &str) -> anyhow::Result<()> {
+    let trust = TrustStore::load(&home.trust())?;
+    let mut policy = Policy::load(&home.policy())?;
+    let removed = policy.withdraw(peer, service, &trust);
+    if removed.is_empty() {
+        bail!(
+            "no rule lets {peer} use {service} (see `nullport mcp show` and {})",
+            home.policy().display()
+        );
+    }
+    policy.save()?;
+    println!(
+        "{peer} may no longer use {service} (removed: {}); its open channels to {service} are closed{}",
+        removed.join(", "),
+        reload(home).await
+    );
+    Ok(())
+}
