@@ -38,6 +38,20 @@ impl Default for AccessSettings {
     }
 }
 
+impl From<&crate::config_file::AccessTable> for AccessSettings {
+    /// The settings `[access]` in config.toml gives, defaults filled in.
+    fn from(t: &crate::config_file::AccessTable) -> Self {
+        let d = AccessSettings::default();
+        AccessSettings {
+            token_skew_secs: t.token_skew_secs.unwrap_or(d.token_skew_secs),
+            max_channels_per_caller: t
+                .max_channels_per_caller
+                .unwrap_or(d.max_channels_per_caller),
+            max_channels: t.max_channels.unwrap_or(d.max_channels),
+        }
+    }
+}
+
 /// Channels open now (for the caps).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Load {

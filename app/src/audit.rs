@@ -1,17 +1,13 @@
 //! The node's audit log: one JSON object a line (stable field names, RFC 3339 UTC times),
-//! hash-chained with signed checkpoints (`nullport_keyring::audit`). Every node, channel, dial
-//! and MCP decision goes through [`Audit`].
+//! hash-chained with signed checkpoints (`nullport_audit`). Every node, channel, dial and MCP
+//! decision goes through [`Audit::record`] as a typed [`Event`].
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use nullport_keyring::audit::{AuditConfig, AuditWriter, Checkpoint};
+use nullport_audit::{AuditConfig, AuditWriter, ChannelOutcome, Checkpoint, Event, NodeEvent};
 use nullport_protocol::{Identity, NodeId};
-use serde_json::{Value, json};
-
-use crate::mcp::Session;
-use crate::mcp::firewall::Decision;
 
 /// Appends audit events to the node's tamper-evident log (or nowhere, for embedding without
 /// a home). Checkpoints are signed with the node's key; each new one is also handed to
@@ -32,7 +28,7 @@ impl std::fmt::Debug for Audit {
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for a time since the Unix epoch.
 pub fn rfc3339(t: SystemTime) -> String {
-    nullport_keyring::audit::rfc3339(t)
+    nullport_audit::rfc3339(t)
 }
 
 impl Audit {
@@ -41,9 +37,9 @@ impl Audit {
         path: &Path,
         identity: &Identity,
         config: AuditConfig,
-    ) -> Result<Audit, nullport_keyring::audit::AuditError> {
+    ) -> Result<Audit, nullport_audit::AuditError> {
         let signer = Identity::from_seed(*identity.seed());
-        let writer = AuditWriter::open(path, signer, config)?;
+        let writer = AuditWriter::open(path, signer, config, SystemTime::now())?;
         Ok(Audit {
             writer: Some(Arc::new(Mutex::new(writer))),
             witness: None,
@@ -61,14 +57,12 @@ impl Audit {
         self
     }
 
-    fn write(&self, event: &str, fields: Value) {
+    /// Records one event (and hands a new checkpoint, if this made one, to the witness).
+    pub fn record(&self, event: Event) {
         let Some(writer) = &self.writer else { return };
-        let Value::Object(fields) = fields else {
-            return;
-        };
         let Ok(mut w) = writer.lock() else { return };
         let before = w.latest_checkpoint().map(|c| c.seq);
-        if let Err(e) = w.append(event, fields) {
+        if let Err(e) = w.append(SystemTime::now(), &event) {
             tracing::error!("audit log write failed: {e}");
             return;
         }
@@ -88,99 +82,66 @@ impl Audit {
         let Some(writer) = &self.writer else { return };
         let Ok(mut w) = writer.lock() else { return };
         let before = w.latest_checkpoint().map(|c| c.seq);
-        if let Err(e) = w.checkpoint() {
+        if let Err(e) = w.checkpoint(SystemTime::now()) {
             tracing::error!("audit checkpoint failed: {e}");
         }
         self.forward_checkpoint(&w, before);
     }
 
-    /// A node event (start, stop, relay link up or down).
-    pub fn node(&self, event: &str, detail: &str) {
-        self.write(event, json!({ "detail": detail }));
+    /// A node event (start, stop, relay link up or down, rotations).
+    pub fn node(&self, kind: NodeEvent, detail: impl Into<String>) {
+        self.record(Event::Node {
+            kind,
+            detail: detail.into(),
+        });
     }
 
-    /// A channel decision (accept or deny) at the callee.
-    pub fn channel(&self, peer: &NodeId, service: &str, outcome: &str, rule: &str) {
-        self.write("channel", json!({ "caller": peer.to_string(), "service": service, "outcome": outcome, "rule": rule }));
+    /// A channel decided or ended at the callee.
+    pub fn channel(&self, caller: &NodeId, service: &str, outcome: ChannelOutcome, rule: &str) {
+        self.record(Event::Channel {
+            caller: *caller,
+            service: service.to_owned(),
+            outcome,
+            rule: rule.to_owned(),
+        });
     }
 
-    /// A capability token presented to this node (accepted or denied, and why).
-    pub fn token(&self, peer: &NodeId, service: &str, ids: &[String], outcome: &str, reason: &str) {
-        self.write("token", json!({ "caller": peer.to_string(), "service": service, "token_ids": ids, "outcome": outcome, "reason": reason }));
+    /// A capability token presented to this node (accepted or refused, and why).
+    pub fn token(
+        &self,
+        caller: &NodeId,
+        service: &str,
+        ids: &[String],
+        accepted: bool,
+        reason: &str,
+    ) {
+        self.record(Event::Token {
+            caller: *caller,
+            service: service.to_owned(),
+            token_ids: ids.to_vec(),
+            accepted,
+            reason: reason.to_owned(),
+        });
     }
 
-    /// A revocation list applied.
+    /// A revocation list applied, and what it applies to here.
     pub fn revocation(&self, list: &nullport_keyring::revocation::RevocationList, applies: &str) {
-        let tokens: Vec<String> = list
-            .tokens
-            .iter()
-            .map(|t| nullport_protocol::hex::encode(t.as_slice()))
-            .collect();
-        let keys: Vec<String> = list.keys.iter().map(|k| k.to_string()).collect();
-        self.write("revocation", json!({ "signer": list.signer.to_string(), "version": list.version, "keys": keys, "tokens": tokens, "applies": applies }));
+        self.record(Event::Revocation {
+            signer: list.signer,
+            version: list.version,
+            keys: list.keys.clone(),
+            tokens: list.tokens.clone(),
+            applies: applies.to_owned(),
+        });
     }
 
     /// A dial out (caller side).
-    pub fn dial(&self, peer: &NodeId, service: &str, outcome: &str) {
-        self.write(
-            "dial",
-            json!({ "peer": peer.to_string(), "service": service, "outcome": outcome }),
-        );
-    }
-
-    /// A receipt this node issued (callee) or received and checked (caller).
-    pub fn receipt(&self, r: &crate::mcp::receipt::Receipt, role: &str, valid: bool) {
-        self.write(
-            "receipt",
-            json!({
-                "role": role,
-                "valid": valid,
-                "caller": r.caller,
-                "callee": r.callee,
-                "handshake": r.handshake,
-                "id": r.id,
-                "request_sha256": r.request_sha256,
-                "decision": r.decision,
-                "result_sha256": r.result_sha256,
-                "sig": r.sig,
-            }),
-        );
-    }
-
-    /// A caller's signature over a request digest: made here (caller) or checked (callee).
-    pub fn request_signature(
-        &self,
-        session: &Session,
-        s: Option<&crate::mcp::receipt::RequestSignature>,
-        valid: bool,
-    ) {
-        self.write(
-            "request-signature",
-            json!({
-                "caller": session.caller.to_string(),
-                "service": session.service,
-                "request_sha256": s.map(|s| s.request_sha256.clone()),
-                "sig": s.map(|s| s.sig.clone()),
-                "valid": valid,
-            }),
-        );
-    }
-
-    /// An MCP decision.
-    pub fn mcp(&self, session: &Session, d: &Decision, latency: Duration) {
-        self.write(
-            "mcp",
-            json!({
-                "caller": session.caller.to_string(),
-                "service": session.service,
-                "method": d.method,
-                "target": d.target,
-                "args_sha256": d.args_digest,
-                "outcome": d.outcome,
-                "reason": d.reason,
-                "latency_us": latency.as_micros() as u64,
-            }),
-        );
+    pub fn dial(&self, peer: &NodeId, service: &str, opened: bool) {
+        self.record(Event::Dial {
+            peer: *peer,
+            service: service.to_owned(),
+            opened,
+        });
     }
 }
 
@@ -188,7 +149,7 @@ impl Audit {
 mod tests {
     use super::*;
 
-    use std::time::UNIX_EPOCH;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn rfc3339_known_instants() {

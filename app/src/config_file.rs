@@ -271,18 +271,6 @@ impl AccessTable {
         *self == AccessTable::default()
     }
 
-    /// The decision's settings, defaults filled in.
-    pub fn settings(&self) -> crate::access::AccessSettings {
-        let d = crate::access::AccessSettings::default();
-        crate::access::AccessSettings {
-            token_skew_secs: self.token_skew_secs.unwrap_or(d.token_skew_secs),
-            max_channels_per_caller: self
-                .max_channels_per_caller
-                .unwrap_or(d.max_channels_per_caller),
-            max_channels: self.max_channels.unwrap_or(d.max_channels),
-        }
-    }
-
     /// The idle timeout (None: never).
     pub fn idle_timeout(&self) -> Option<std::time::Duration> {
         match self.idle_timeout_secs.unwrap_or(900) {

@@ -5,7 +5,6 @@
 //! No async runtime and no network: plain `std::fs` at the edges only.
 #![forbid(unsafe_code)]
 
-pub mod audit;
 pub mod error;
 pub mod fs;
 pub mod invite;

@@ -1,7 +1,7 @@
 //! The protocol layer's error.
 
 use crate::node_id::NodeId;
-use crate::wire::DenyReason;
+use crate::reason::DenyReason;
 
 /// Everything that can go wrong in a handshake or on a channel. Each variant is final for
 /// the handshake or channel it came from: the state machine is closed afterwards.

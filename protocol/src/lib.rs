@@ -24,6 +24,7 @@ pub mod identity;
 pub mod limits;
 pub mod node_id;
 pub mod noise;
+pub mod reason;
 pub mod relay_link;
 pub mod wire;
 

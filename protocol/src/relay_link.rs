@@ -181,8 +181,8 @@ pub struct SignedRevocations {
 }
 
 /// An audit checkpoint as a witness holds it: the node's signed head, and (once witnessed)
-/// the relay's countersignature over `"node:{id}\nseq:{seq}\nhead:{head}"` in the
-/// [`crate::domain::AUDIT_WITNESS_V1`] context. Hex strings, as in the audit log.
+/// the relay's countersignature in the [`crate::domain::AUDIT_WITNESS_V1`] context (over the
+/// body `nullport_audit::witness_body` builds). Hex strings, as in the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WitnessedCheckpoint {
     /// Checkpoint sequence number.
@@ -193,13 +193,6 @@ pub struct WitnessedCheckpoint {
     pub node_sig: String,
     /// The relay's countersignature (128 hex; empty when sent by the node).
     pub relay_sig: String,
-}
-
-impl WitnessedCheckpoint {
-    /// The bytes the relay countersigns.
-    pub fn witness_body(&self, node: &NodeId) -> Vec<u8> {
-        format!("node:{node}\nseq:{}\nhead:{}", self.seq, self.head).into_bytes()
-    }
 }
 
 /// Relay → node.

@@ -1,19 +1,10 @@
-//! Pushing new revocation lists and rotations to every online node, in batches: whatever
-//! arrived while the previous round was going out is sent as one round (paged to the
-//! control-message bound), each node on a stream the relay opens, with a bounded number of
-//! nodes served at once and a deadline per node, so one slow node delays nobody.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! What the relay pushes to every online node (new revocation lists and rotations), and the
+//! pages such lists travel in (also for answers to queries). The broadcasting itself is
+//! `server::broadcast`.
 
 use nullport_protocol::relay_link::{
     MAX_CONTROL_MESSAGE, RelayToNode, SignedRevocations, SignedRotation,
 };
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-
-use crate::link::write_control;
-use crate::server::shared::Shared;
 
 /// Something to tell every node.
 #[derive(Debug, Clone)]
@@ -24,10 +15,6 @@ pub(crate) enum Push {
     Rotation(SignedRotation),
 }
 
-/// Nodes pushed to at once.
-const CONCURRENT_NODES: usize = 64;
-/// Time one node has to take a round.
-const PER_NODE: Duration = Duration::from_secs(5);
 /// Bytes of lists or rotations per message (well under [`MAX_CONTROL_MESSAGE`]).
 pub(crate) const PAGE_BYTES: usize = MAX_CONTROL_MESSAGE / 2;
 
@@ -74,51 +61,4 @@ pub(crate) fn rotation_pages(rotations: &[SignedRotation]) -> Vec<RelayToNode> {
         |r| r.body.len() + r.old_sig.len() + r.new_sig.len(),
         |rotations, more| RelayToNode::Rotations { rotations, more },
     )
-}
-
-/// Runs until the queue closes: each round takes everything queued and sends it to every
-/// node online at that moment.
-pub(crate) async fn broadcast(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Push>) {
-    while let Some(first) = queue.recv().await {
-        let mut lists = Vec::new();
-        let mut rotations = Vec::new();
-        let mut take = |p: Push| match p {
-            Push::Revocations(l) => lists.push(l),
-            Push::Rotation(r) => rotations.push(r),
-        };
-        take(first);
-        while let Ok(more) = queue.try_recv() {
-            take(more);
-        }
-        let mut messages = Vec::new();
-        if !lists.is_empty() {
-            messages.extend(revocation_pages(&lists));
-        }
-        if !rotations.is_empty() {
-            messages.extend(rotation_pages(&rotations));
-        }
-        let messages = Arc::new(messages);
-        let conns: Vec<quinn::Connection> = shared.routes.iter().map(|r| r.conn.clone()).collect();
-        let mut running = JoinSet::new();
-        for conn in conns {
-            if running.len() >= CONCURRENT_NODES {
-                let _ = running.join_next().await;
-            }
-            let messages = messages.clone();
-            running.spawn(async move {
-                let sent = tokio::time::timeout(PER_NODE, async {
-                    let (mut send, _recv) = conn.open_bi().await.ok()?;
-                    for m in messages.iter() {
-                        write_control(&mut send, m).await.ok()?;
-                    }
-                    send.finish().ok()
-                })
-                .await;
-                if !matches!(sent, Ok(Some(()))) {
-                    tracing::debug!("push to a node did not complete");
-                }
-            });
-        }
-        while running.join_next().await.is_some() {}
-    }
 }

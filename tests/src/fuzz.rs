@@ -224,7 +224,7 @@ pub fn audit_verify(data: &[u8]) {
         return;
     };
     let node = Identity::from_seed([7; 32]).node_id();
-    if let Ok(report) = nullport_keyring::audit::verify(&path, &node, None) {
+    if let Ok(report) = nullport_audit::verify(&path, &node, None) {
         assert!(!report.ok(), "an unsigned log verified: {report:?}");
     }
 }

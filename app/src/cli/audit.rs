@@ -32,7 +32,7 @@ pub(crate) enum AuditCommand {
 }
 
 pub(crate) async fn audit(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> {
-    use nullport_keyring::audit;
+    use nullport_audit as audit;
     let path = home.audit();
     if !path.exists() {
         bail!("no audit log at {} (the daemon writes it)", path.display());
@@ -87,45 +87,12 @@ pub(crate) async fn audit(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> 
                 };
                 source = from;
                 let w = w.ok_or_else(|| anyhow!("no witnessed checkpoint yet ({from})"))?;
-                let cp = nullport_protocol::relay_link::WitnessedCheckpoint {
-                    seq: w["seq"].as_u64().unwrap_or(0),
-                    head: w["head"].as_str().unwrap_or("").to_owned(),
-                    node_sig: w["node_sig"].as_str().unwrap_or("").to_owned(),
-                    relay_sig: w["relay_sig"].as_str().unwrap_or("").to_owned(),
-                };
+                let cp = audit::witness::from_json(&w)?;
                 let relay: RelayAddr = load_config(home)?
                     .relay
                     .ok_or_else(|| anyhow!("no relay in the config: cannot check the witness"))?
                     .parse()?;
-                let sig = (0..64)
-                    .map(|i| {
-                        cp.relay_sig
-                            .get(2 * i..2 * i + 2)
-                            .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    })
-                    .collect::<Option<Vec<u8>>>();
-                let valid = sig
-                    .and_then(|s| <[u8; 64]>::try_from(s).ok())
-                    .is_some_and(|s| {
-                        nullport_protocol::identity::verify(
-                            &relay.node_id,
-                            nullport_protocol::domain::AUDIT_WITNESS_V1,
-                            &cp.witness_body(&node),
-                            &s,
-                        )
-                        .is_ok()
-                    });
-                if !valid {
-                    bail!(
-                        "the witnessed checkpoint is not signed by the relay {}",
-                        relay.node_id
-                    );
-                }
-                Some(audit::Checkpoint {
-                    seq: cp.seq,
-                    head: cp.head,
-                    sig: cp.node_sig,
-                })
+                Some(audit::witness::verify(&cp, &node, &relay.node_id)?)
             } else {
                 None
             };

@@ -280,7 +280,12 @@ pub(crate) async fn oversee(state: Arc<State>) {
             .and_then(|f| f.config.access.idle_timeout());
         for (peer, service, why) in state.channels.sweep(&access, full, idle, unix_now()) {
             tracing::info!(peer = %peer.fmt_short(), %service, "channel closed: {why}");
-            state.audit.channel(&peer, &service, "closed", &why);
+            state.audit.channel(
+                &peer,
+                &service,
+                nullport_audit::ChannelOutcome::Closed,
+                &why,
+            );
         }
     }
 }

@@ -11,7 +11,7 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::control::{
     ChannelStatus, ControlRequest, ControlResponse, ListStatus, ServiceStatus, Status,
 };
-use crate::daemon::{DaemonError, Files, State, lists, witness_json};
+use crate::daemon::{DaemonError, Files, State, lists};
 use crate::mcp::Session;
 use crate::service::{Counted, forward};
 use nullport_node::Error;
@@ -122,7 +122,7 @@ async fn handle(state: &Arc<State>, request: ControlRequest) -> ControlResponse 
         ControlRequest::AuditWitness => match state.node.witnessed().await {
             Ok(cp) => {
                 let mut r = ControlResponse::ok();
-                r.witness = cp.map(|c| witness_json(&c));
+                r.witness = cp.map(|c| nullport_audit::witness::to_json(&c));
                 r
             }
             Err(e) => ControlResponse::error(e),
@@ -215,11 +215,7 @@ async fn pipe(
         }
     };
     let dialed = state.node.dial_with(target, &service, blob).await;
-    state.audit.dial(
-        &target,
-        &service,
-        if dialed.is_ok() { "open" } else { "failed" },
-    );
+    state.audit.dial(&target, &service, dialed.is_ok());
     let mut channel = match dialed {
         Ok(ch) => ch,
         Err(e) => {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use nullport_audit::ChannelOutcome;
 use nullport_protocol::NodeId;
 use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
@@ -45,11 +46,11 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
             if !blob.is_empty() {
                 state
                     .audit
-                    .token(&peer, &name, &[], "denied", &refusal.to_string());
+                    .token(&peer, &name, &[], false, &refusal.to_string());
             }
             state
                 .audit
-                .channel(&peer, &name, "denied", &refusal.to_string());
+                .channel(&peer, &name, ChannelOutcome::Denied, &refusal.to_string());
             let _ = incoming.deny(refusal.reason()).await;
             return;
         }
@@ -57,10 +58,12 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
     if let Some(token) = &grant.token {
         state
             .audit
-            .token(&peer, &name, &token.token.ids(), "accepted", &grant.rule);
+            .token(&peer, &name, &token.token.ids(), true, &grant.rule);
     }
     tracing::info!(rule = %grant.rule, target = %grant.service, "accepted");
-    state.audit.channel(&peer, &name, "accepted", &grant.rule);
+    state
+        .audit
+        .channel(&peer, &name, ChannelOutcome::Accepted, &grant.rule);
     let alias = access.trust.alias_of(&peer).map(str::to_owned);
     let service = grant.service;
     match &service.spec {

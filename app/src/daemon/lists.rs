@@ -145,7 +145,7 @@ fn follow(state: &State, r: Rotation, signed: SignedRotation) {
         if !held.contains(&signed) {
             tracing::warn!(old = %r.old, new = %r.new, "ignoring a second rotation of a key (the first one stands)");
             state.audit.node(
-                "rotation-refused",
+                nullport_audit::NodeEvent::RotationRefused,
                 &format!("{} -> {}: the key was already rotated", r.old, r.new),
             );
         }
@@ -154,8 +154,8 @@ fn follow(state: &State, r: Rotation, signed: SignedRotation) {
     if let Some(why) = refuse_rotation(state, &r) {
         tracing::warn!(old = %r.old, new = %r.new, "rotation refused: {why}");
         state.audit.node(
-            "rotation-refused",
-            &format!("{} -> {}: {why}", r.old, r.new),
+            nullport_audit::NodeEvent::RotationRefused,
+            format!("{} -> {}: {why}", r.old, r.new),
         );
         return;
     }
@@ -191,7 +191,7 @@ fn follow(state: &State, r: Rotation, signed: SignedRotation) {
     state.rebuild_access();
     tracing::warn!(old = %r.old, new = %r.new, aliases = ?moved, "key rotation applied");
     state.audit.node(
-        "rotation",
+        nullport_audit::NodeEvent::Rotation,
         &format!(
             "{} -> {} (aliases moved: {})",
             r.old,

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use nullport_keyring::audit::{AuditConfig, Checkpoint};
+use nullport_audit::{AuditConfig, Checkpoint, NodeEvent};
 use nullport_keyring::revocation::RevocationSet;
 use nullport_keyring::{Policy, TrustStore};
 use nullport_protocol::relay_link::WitnessedCheckpoint;
@@ -118,7 +118,7 @@ impl State {
             trust: files.trust.clone(),
             revocations,
             retired,
-            settings: files.config.access.settings(),
+            settings: AccessSettings::from(&files.config.access),
         };
         self.access.send_replace(Arc::new(access));
     }
@@ -158,9 +158,9 @@ impl Daemon {
         let defaults = AuditConfig::default();
         let audit_config = AuditConfig {
             fsync: match std::env::var("NULLPORT_AUDIT_FSYNC").as_deref() {
-                Ok("entry") => nullport_keyring::audit::FsyncPolicy::EveryEntry,
-                Ok("never") => nullport_keyring::audit::FsyncPolicy::Never,
-                _ => nullport_keyring::audit::FsyncPolicy::AtCheckpoint,
+                Ok("entry") => nullport_audit::FsyncPolicy::EveryEntry,
+                Ok("never") => nullport_audit::FsyncPolicy::Never,
+                _ => nullport_audit::FsyncPolicy::AtCheckpoint,
             },
             checkpoint_every: std::env::var("NULLPORT_AUDIT_CHECKPOINT_EVERY")
                 .ok()
@@ -171,7 +171,7 @@ impl Daemon {
         let audit = Audit::open(&home.audit(), &identity, audit_config)
             .map_err(|error| DaemonError::Config(error.to_string()))?
             .with_witness(witness_tx);
-        audit.node("node-start", &format!("relay {relay}"));
+        audit.node(NodeEvent::Start, format!("relay {relay}"));
         let approval_timeout = std::env::var("NULLPORT_APPROVAL_TIMEOUT_SECS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -228,7 +228,7 @@ impl Daemon {
         self.state
             .channels
             .abort_all(nullport_protocol::DenyReason::Unavailable);
-        self.state.audit.node("node-stop", "shutdown");
+        self.state.audit.node(NodeEvent::Stop, "shutdown");
         self.state.audit.checkpoint();
         let deadline = Instant::now() + Duration::from_secs(3);
         let _ = tokio::time::timeout_at(deadline.into(), self.state.channels.wait_empty()).await;
@@ -261,7 +261,9 @@ async fn witness_loop(state: Arc<State>, mut rx: tokio::sync::mpsc::UnboundedRec
         loop {
             match state.node.witness(request.clone()).await {
                 Ok(witnessed) => {
-                    if let Ok(json) = serde_json::to_vec_pretty(&witness_json(&witnessed)) {
+                    if let Ok(json) =
+                        serde_json::to_vec_pretty(&nullport_audit::witness::to_json(&witnessed))
+                    {
                         let _ = nullport_keyring::fs::write_private(
                             &state.home.audit_witness(),
                             &json,
@@ -285,11 +287,6 @@ async fn witness_loop(state: Arc<State>, mut rx: tokio::sync::mpsc::UnboundedRec
     }
 }
 
-/// The witness file's content.
-pub fn witness_json(cp: &WitnessedCheckpoint) -> serde_json::Value {
-    serde_json::json!({ "seq": cp.seq, "head": cp.head, "node_sig": cp.node_sig, "relay_sig": cp.relay_sig })
-}
-
 /// Audits relay link changes.
 async fn link_events(state: Arc<State>) {
     let mut rx = state.node.watch_state();
@@ -299,8 +296,12 @@ async fn link_events(state: Arc<State>) {
         if now != online {
             online = now;
             state.audit.node(
-                if now { "link-up" } else { "link-down" },
-                &state.relay.to_string(),
+                if now {
+                    NodeEvent::LinkUp
+                } else {
+                    NodeEvent::LinkDown
+                },
+                state.relay.to_string(),
             );
         }
     }

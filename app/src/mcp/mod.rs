@@ -21,6 +21,7 @@ use crate::audit::Audit;
 use approvals::Approvals;
 use firewall::{Firewall, MAX_MESSAGE, Verdict};
 use http::{HttpTarget, HttpUpstream};
+use nullport_audit::Event;
 
 /// Where a caller session's messages go.
 #[derive(Debug, Clone)]
@@ -232,7 +233,7 @@ impl Outbound {
             decision,
             &receipt::digest(answer),
         );
-        self.audit.receipt(&r, "issued", true);
+        self.audit.record(receipt_event(&r, "issued", true));
         r
     }
 
@@ -370,7 +371,7 @@ where
                     let valid = sig
                         .as_ref()
                         .is_some_and(|s| s.verify(&session.caller, &session.handshake));
-                    audit.request_signature(&session, sig.as_ref(), valid);
+                    audit.record(signature_event(&session, sig.as_ref(), valid));
                     continue;
                 }
                 let raw = line;
@@ -388,7 +389,7 @@ where
                 };
                 match verdict {
                     Verdict::Forward(line) => {
-                        audit.mcp(&session, &decision, started.elapsed());
+                        audit.record(decision_event(&session, &decision, started.elapsed()));
                         if let Some(id) = call_id.clone() {
                             out.expect(id, request_sha.clone(), "allowed");
                         }
@@ -408,7 +409,7 @@ where
                         }
                     }
                     Verdict::Reply(line) => {
-                        audit.mcp(&session, &decision, started.elapsed());
+                        audit.record(decision_event(&session, &decision, started.elapsed()));
                         tracing::info!(peer = %session.caller.fmt_short(), method = %decision.method, target = ?decision.target, "mcp denied: {}", decision.reason);
                         match &call_id {
                             Some(id) => {
@@ -420,14 +421,16 @@ where
                             }
                         }
                     }
-                    Verdict::Drop => audit.mcp(&session, &decision, started.elapsed()),
+                    Verdict::Drop => {
+                        audit.record(decision_event(&session, &decision, started.elapsed()))
+                    }
                     Verdict::Approve {
                         line,
                         denied,
                         tool,
                         args_digest,
                     } => {
-                        audit.mcp(&session, &decision, started.elapsed());
+                        audit.record(decision_event(&session, &decision, started.elapsed()));
                         let (approvals, session, audit, upstream, out, call_id, request_sha) = (
                             approvals.clone(),
                             session.clone(),
@@ -443,7 +446,7 @@ where
                                 .await;
                             let mut d = decision;
                             d.outcome = if approved { "approved" } else { "not approved" };
-                            audit.mcp(&session, &d, started.elapsed());
+                            audit.record(decision_event(&session, &d, started.elapsed()));
                             match (approved, call_id) {
                                 (true, id) => {
                                     if let Some(id) = id {
@@ -519,7 +522,7 @@ where
                             &session.handshake,
                             &sha,
                         );
-                        audit.request_signature(&session, Some(&sig), true);
+                        audit.record(signature_event(&session, Some(&sig), true));
                         channel_w.write_all(&sig.notification()).await?;
                         if let (Some(key), Ok(mut p)) = (id_key(&id), pending.lock()) {
                             p.insert(key, (sha, None));
@@ -569,7 +572,7 @@ where
                             if !valid {
                                 tracing::warn!(peer = %callee.fmt_short(), "MCP receipt does not match what was sent and received");
                             }
-                            audit.receipt(&r, "received", valid);
+                            audit.record(receipt_event(&r, "received", valid));
                         }
                         continue;
                     }
@@ -595,4 +598,42 @@ where
     };
     let (a, b) = tokio::join!(up, down);
     a.and(b)
+}
+
+/// The audit event of a firewall decision.
+fn decision_event(
+    session: &Session,
+    d: &firewall::Decision,
+    latency: std::time::Duration,
+) -> Event {
+    Event::Mcp {
+        caller: session.caller,
+        service: session.service.clone(),
+        method: d.method.clone(),
+        target: d.target.clone(),
+        args_sha256: d.args_digest.clone(),
+        outcome: d.outcome.to_owned(),
+        reason: d.reason.clone(),
+        latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+    }
+}
+
+/// The audit event of a receipt issued (callee) or received and checked (caller).
+fn receipt_event(r: &receipt::Receipt, role: &'static str, valid: bool) -> Event {
+    Event::Receipt {
+        role,
+        valid,
+        receipt: serde_json::to_value(r).unwrap_or_default(),
+    }
+}
+
+/// The audit event of a caller's request signature, made (caller) or checked (callee).
+fn signature_event(session: &Session, s: Option<&receipt::RequestSignature>, valid: bool) -> Event {
+    Event::RequestSignature {
+        caller: session.caller,
+        service: session.service.clone(),
+        request_sha256: s.map(|s| s.request_sha256.clone()),
+        sig: s.map(|s| s.sig.clone()),
+        valid,
+    }
 }

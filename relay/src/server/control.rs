@@ -141,17 +141,18 @@ fn witness(
     if cp.head.len() != 64 || !cp.head.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(LinkErrorCode::Malformed);
     }
-    let body = format!("seq:{}\nhead:{}", cp.seq, cp.head);
-    nullport_protocol::identity::verify(&node, domain::AUDIT_CHECKPOINT_V1, body.as_bytes(), &sig)
+    let body = nullport_audit::checkpoint_body(cp.seq, &cp.head);
+    nullport_protocol::identity::verify(&node, domain::AUDIT_CHECKPOINT_V1, &body, &sig)
         .map_err(|_| LinkErrorCode::Refused)?;
     if let Some(held) = shared.store.witnessed.get(&node)
         && held.seq > cp.seq
     {
         return Err(LinkErrorCode::Refused);
     }
-    let relay_sig = shared
-        .identity
-        .sign(domain::AUDIT_WITNESS_V1, &cp.witness_body(&node));
+    let relay_sig = shared.identity.sign(
+        domain::AUDIT_WITNESS_V1,
+        &nullport_audit::witness_body(&node, cp.seq, &cp.head),
+    );
     cp.relay_sig = nullport_protocol::hex::encode(&relay_sig);
     shared.store.witnessed.insert(node, cp.clone());
     shared.store.touch(Part::Witnessed);

@@ -9,8 +9,8 @@ use nullport_protocol::{NodeId, SessionId};
 use tokio::time::timeout;
 
 use crate::link::{ReadError, read_message, write_message};
-use crate::server::shared::Shared;
-use crate::server::splice::{Side, pump};
+use crate::server::shared::{Shared, Side};
+use crate::server::splice::pump;
 
 /// Serves one dial stream of `caller`.
 pub(crate) async fn handle(

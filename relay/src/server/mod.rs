@@ -5,6 +5,7 @@
 //! a restart, [`crate::push`] for what is pushed to every node, and [`crate::admission`] for
 //! the one admission decision.
 
+mod broadcast;
 mod control;
 mod dial;
 pub(crate) mod shared;
@@ -167,7 +168,7 @@ impl Relay {
         let tasks = vec![
             tokio::spawn(accept_loop(endpoint.clone(), shared.clone())),
             tokio::spawn(crate::store::persist(store)),
-            tokio::spawn(crate::push::broadcast(shared.clone(), push_rx)),
+            tokio::spawn(broadcast::run(shared.clone(), push_rx)),
         ];
         tracing::info!(relay = %node_id, %local_addr, open = shared.admission.is_open(), "relay listening");
         Ok(Relay {

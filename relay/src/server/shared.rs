@@ -16,8 +16,16 @@ use crate::config::RelayLimits;
 use crate::metrics::Metrics;
 use crate::push::Push;
 use crate::rate::RateLimiter;
-use crate::server::splice::Side;
 use crate::store::Store;
+
+/// Which end of the splice a pump reads from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Side {
+    /// The dialing node.
+    Caller,
+    /// The dialed node.
+    Target,
+}
 
 /// An admitted node's connection.
 pub(crate) struct Route {

@@ -11,19 +11,10 @@ use std::time::Instant;
 
 use nullport_protocol::{NodeId, SessionId};
 
-use crate::server::shared::Shared;
+use crate::server::shared::{Shared, Side};
 
 /// Largest chunk read at once.
 const CHUNK: usize = 64 * 1024;
-
-/// Which end of the splice a pump reads from.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Side {
-    /// The dialing node.
-    Caller,
-    /// The dialed node.
-    Target,
-}
 
 /// Copies `from` to `to` until the end of the stream or an error, then propagates it: a
 /// clean end as a clean end (FIN), anything else as a reset, so truncation is never dressed

@@ -6,11 +6,10 @@
 
 use std::io::Write;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use nullport_keyring::audit::{self, AuditConfig, AuditError, AuditWriter, FsyncPolicy};
+use nullport_audit::{self as audit, AuditConfig, AuditError, AuditWriter, FsyncPolicy};
 use nullport_protocol::Identity;
-use serde_json::{Map, Value};
 
 struct Mount(std::path::PathBuf);
 
@@ -38,15 +37,17 @@ fn mount_tmpfs(dir: &std::path::Path, size: &str) -> Result<Mount, String> {
     Ok(Mount(dir.to_owned()))
 }
 
-fn event(i: u64) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("caller".into(), Value::String(format!("np-caller-{i}")));
-    m.insert("method".into(), Value::String("tools/call".into()));
-    m.insert(
-        "args_sha256".into(),
-        Value::String(audit::sha256_hex(&i.to_be_bytes())),
-    );
-    m
+fn event(i: u64) -> audit::Event {
+    audit::Event::Mcp {
+        caller: Identity::from_seed([4; 32]).node_id(),
+        service: "files".into(),
+        method: "tools/call".into(),
+        target: None,
+        args_sha256: Some(audit::sha256_hex(&i.to_be_bytes())),
+        outcome: "allowed".into(),
+        reason: String::new(),
+        latency_us: i,
+    }
 }
 
 #[test]
@@ -72,10 +73,10 @@ fn full_disk_while_writing_the_audit_log_tears_nothing_and_records_the_gap() {
         max_file_bytes: u64::MAX,
         max_backlog_bytes: 16 << 10,
     };
-    let mut w = AuditWriter::open(&path, identity, config).unwrap();
+    let mut w = AuditWriter::open(&path, identity, config, SystemTime::now()).unwrap();
     let mut next = 0u64;
     for _ in 0..20 {
-        w.append("mcp", event(next)).unwrap();
+        w.append(SystemTime::now(), &event(next)).unwrap();
         next += 1;
     }
 
@@ -91,7 +92,7 @@ fn full_disk_while_writing_the_audit_log_tears_nothing_and_records_the_gap() {
     let (mut backlogged, mut dropped) = (0u64, 0u64);
     let mut first_backlog_error = None;
     for _ in 0..400 {
-        match w.append("mcp", event(next)) {
+        match w.append(SystemTime::now(), &event(next)) {
             Ok(_) => assert_eq!(backlogged, 0, "an append succeeded while the backlog waits"),
             Err(AuditError::Backlog { reason, .. }) => {
                 backlogged += 1;
@@ -124,10 +125,10 @@ fn full_disk_while_writing_the_audit_log_tears_nothing_and_records_the_gap() {
 
     // Space returns: the backlog is written in order, then the gap, then the new entry.
     std::fs::remove_file(&ballast_path).unwrap();
-    w.append("mcp", event(next))
+    w.append(SystemTime::now(), &event(next))
         .unwrap_or_else(|e| panic!("after space returned: {e}"));
     assert_eq!(w.backlog(), 0);
-    w.checkpoint().unwrap();
+    w.checkpoint(SystemTime::now()).unwrap();
     let report = audit::verify(&path, &node, None).unwrap();
     assert!(report.ok() && report.torn.is_empty(), "{report:?}");
 
@@ -139,7 +140,7 @@ fn full_disk_while_writing_the_audit_log_tears_nothing_and_records_the_gap() {
             "sequence has a hole at {i}"
         );
     }
-    let gaps: Vec<&Value> = entries.iter().filter(|e| e["event"] == "gap").collect();
+    let gaps: Vec<&serde_json::Value> = entries.iter().filter(|e| e["event"] == "gap").collect();
     assert_eq!(gaps.len(), 1, "one gap entry");
     assert_eq!(gaps[0]["lost"].as_u64(), Some(dropped));
     let written_events = entries.iter().filter(|e| e["event"] == "mcp").count() as u64;

@@ -769,7 +769,7 @@ async fn witnessed_checkpoints_survive_a_relay_restart_and_cannot_roll_back() {
         nullport_protocol::identity::verify(
             &net.relay_identity.node_id(),
             nullport_protocol::domain::AUDIT_WITNESS_V1,
-            &witnessed.witness_body(&node.node_id()),
+            &nullport_audit::witness_body(&node.node_id(), witnessed.seq, &witnessed.head),
             &relay_sig
         )
         .is_ok()

@@ -1,26 +1,24 @@
 //! Audit log throughput: entries appended per second with each fsync policy, and the time
-//! to verify a log of 1 million entries. `cargo bench -p nullport-keyring --bench audit`
+//! to verify a log of 1 million entries. `cargo bench -p nullport-audit --bench audit`
 //! (`-- --quick`: 20,000 appends, 100,000 verified).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use nullport_keyring::audit::{AuditConfig, AuditWriter, FsyncPolicy, verify};
+use nullport_audit::{AuditConfig, AuditWriter, Event, FsyncPolicy, verify};
 use nullport_protocol::Identity;
-use serde_json::{Map, Value};
 
-fn fields(i: u64) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert(
-        "caller".into(),
-        Value::String("np2j73uzeeznk6l7gme3djwlc7w6vhwqzafngmrrasuojtqiaacgmq".into()),
-    );
-    m.insert("service".into(), Value::String("files".into()));
-    m.insert("method".into(), Value::String("tools/call".into()));
-    m.insert("target".into(), Value::String("read_text_file".into()));
-    m.insert("args_sha256".into(), Value::String(format!("{i:064x}")));
-    m.insert("outcome".into(), Value::String("allowed".into()));
-    m.insert("latency_us".into(), Value::from(i % 1000));
-    m
+/// A typical MCP decision entry.
+fn event(i: u64) -> Event {
+    Event::Mcp {
+        caller: Identity::from_seed([3; 32]).node_id(),
+        service: "files".into(),
+        method: "tools/call".into(),
+        target: Some("read_text_file".into()),
+        args_sha256: Some(format!("{i:064x}")),
+        outcome: "allowed".into(),
+        reason: "rule alice".into(),
+        latency_us: i % 1000,
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -49,12 +47,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             checkpoint_interval: Duration::from_secs(3600),
             ..AuditConfig::default()
         };
-        let mut w = AuditWriter::open(&path, Identity::from_seed([1; 32]), config)?;
+        let mut w = AuditWriter::open(
+            &path,
+            Identity::from_seed([1; 32]),
+            config,
+            SystemTime::now(),
+        )?;
         let start = Instant::now();
         for i in 0..n {
-            w.append("mcp", fields(i))?;
+            w.append(SystemTime::now(), &event(i))?;
         }
-        w.checkpoint()?;
+        w.checkpoint(SystemTime::now())?;
         println!(
             "| {name} | {:.0} |",
             n as f64 / start.elapsed().as_secs_f64()
@@ -69,11 +72,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         checkpoint_interval: Duration::from_secs(3600),
         ..AuditConfig::default()
     };
-    let mut w = AuditWriter::open(&path, identity, config)?;
+    let mut w = AuditWriter::open(&path, identity, config, SystemTime::now())?;
     for i in 0..verified {
-        w.append("mcp", fields(i))?;
+        w.append(SystemTime::now(), &event(i))?;
     }
-    w.checkpoint()?;
+    w.checkpoint(SystemTime::now())?;
     drop(w);
     let size = std::fs::metadata(&path)?.len();
     let start = Instant::now();
