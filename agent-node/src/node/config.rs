@@ -1,0 +1,114 @@
+//! What a node needs to start ([`NodeConfig`]), its bounds ([`NodeLimits`]), and the state
+//! of its relay link ([`LinkState`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nullport_protocol::{Identity, Limits};
+
+use crate::relay_addr::RelayAddr;
+
+/// The state of the relay link, as a person would want to see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    /// Not (yet, or no longer) connected; retrying with backoff.
+    Connecting {
+        /// Attempts since the last success.
+        attempt: u32,
+        /// Why the last attempt or connection failed.
+        last_error: Option<String>,
+    },
+    /// Connected and admitted.
+    Online,
+    /// The relay refused this node (or the relay key did not match); still retrying, slowly.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Bounds and timings of a node. `Default` gives safe values.
+#[derive(Debug, Clone)]
+pub struct NodeLimits {
+    /// End-to-end handshake limits (deadline, rekey interval).
+    pub handshake: Limits,
+    /// Time to connect to the relay and be admitted.
+    pub connect_timeout: Duration,
+    /// Total time a dial may take, including waiting for the relay link.
+    pub dial_timeout: Duration,
+    /// Incoming handshakes in progress at once.
+    pub max_pending_handshakes: usize,
+    /// Incoming handshakes in progress at once from one caller.
+    pub max_pending_per_peer: usize,
+    /// Authenticated channels waiting for [`Node::accept`]; over it, callers are denied
+    /// with "unavailable".
+    pub accept_queue: usize,
+    /// Reconnect backoff: first wait.
+    pub backoff_min: Duration,
+    /// Reconnect backoff: longest wait.
+    pub backoff_max: Duration,
+    /// Reconnect backoff after the relay refused this node.
+    pub refused_backoff_max: Duration,
+    /// QUIC keep-alive interval towards the relay.
+    pub keep_alive: Duration,
+    /// Relay link considered dead after this much silence.
+    pub idle_timeout: Duration,
+    /// Streams the relay may open to this node at once (incoming dials).
+    pub max_incoming_streams: u32,
+    /// Time a control request to the relay (presence, witness, publish, catch-up) may take.
+    pub control_timeout: Duration,
+    /// Reconnect backoff after another connection with this identity superseded this one.
+    pub superseded_backoff: Duration,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        Self {
+            handshake: Limits::default(),
+            connect_timeout: Duration::from_secs(5),
+            dial_timeout: Duration::from_secs(15),
+            max_pending_handshakes: 256,
+            max_pending_per_peer: 32,
+            accept_queue: 64,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+            refused_backoff_max: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            max_incoming_streams: 256,
+            control_timeout: Duration::from_secs(10),
+            superseded_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's identity.
+    pub identity: Arc<Identity>,
+    /// The relay to dial out to.
+    pub relay: RelayAddr,
+    /// Bounds and timings.
+    pub limits: NodeLimits,
+    /// Local UDP address for the client socket (default: any address, ephemeral port). This
+    /// is a source address, never a listener.
+    pub bind: Option<SocketAddr>,
+    /// An enrollment invite to present instead of `Hello` on the first admission (a relay in
+    /// allowlist mode then adds this node).
+    pub join: Option<Vec<u8>>,
+}
+
+impl NodeConfig {
+    /// A config with default limits.
+    pub fn new(identity: Arc<Identity>, relay: RelayAddr) -> Self {
+        Self {
+            identity,
+            relay,
+            limits: NodeLimits::default(),
+            bind: None,
+            join: None,
+        }
+    }
+}

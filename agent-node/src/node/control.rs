@@ -1,0 +1,91 @@
+//! Control requests to the relay: one at a time on the control stream, each answered by
+//! one message or by pages, bounded in time.
+
+use nullport_protocol::relay_link::{
+    LinkErrorCode, MAX_CONTROL_MESSAGE, NodeToRelay, RelayToNode, SignedRevocations,
+    SignedRotation, close_code,
+};
+use tokio::time::timeout;
+
+use super::Inner;
+use super::conn::wait_connection;
+use crate::error::Error;
+use crate::link::{read_message, write_message};
+
+pub(super) async fn control_request(
+    inner: &Inner,
+    request: NodeToRelay,
+) -> Result<RelayToNode, Error> {
+    let mut answers = control_exchange(inner, request).await?;
+    answers.pop().ok_or(Error::Link(LinkErrorCode::Malformed))
+}
+
+/// Sends one control request and reads its answer: one message, or every page of a paged
+/// answer (`Revocations`/`Rotations` with `more`). Bounded in time: a relay that does not
+/// answer within the deadline loses the control stream (the link is closed and reconnects,
+/// since a half-read answer would leave the stream out of step).
+pub(super) async fn control_exchange(
+    inner: &Inner,
+    request: NodeToRelay,
+) -> Result<Vec<RelayToNode>, Error> {
+    let limit = inner.config.limits.control_timeout;
+    wait_connection(inner, inner.config.limits.connect_timeout).await?;
+    let mut control = inner.control.lock().await;
+    let exchanged = timeout(limit, async {
+        let (send, recv) = control.as_mut().ok_or(Error::RelayLinkLost {
+            reason: "no control stream".into(),
+        })?;
+        write_message(send, &request, MAX_CONTROL_MESSAGE).await?;
+        read_pages(recv).await
+    })
+    .await;
+    match exchanged {
+        Ok(answers) => answers,
+        Err(_) => {
+            *control = None;
+            if let Some(conn) = inner.conn.borrow().clone() {
+                conn.close(close_code::NORMAL.into(), b"control request timed out");
+            }
+            Err(Error::Timeout {
+                what: "relay control request",
+            })
+        }
+    }
+}
+
+/// Reads one message from `recv`, and the pages that follow it when it says `more`.
+pub(super) async fn read_pages(recv: &mut quinn::RecvStream) -> Result<Vec<RelayToNode>, Error> {
+    let mut pages = Vec::new();
+    loop {
+        let message = read_message::<RelayToNode>(recv, MAX_CONTROL_MESSAGE).await?;
+        let more = matches!(
+            message,
+            RelayToNode::Revocations { more: true, .. } | RelayToNode::Rotations { more: true, .. }
+        );
+        pages.push(message);
+        if !more {
+            return Ok(pages);
+        }
+        if pages.len() > MAX_PAGES {
+            return Err(Error::Link(LinkErrorCode::TooLarge));
+        }
+    }
+}
+
+/// Pages of one paged answer a node reads at most (4 GiB at the relay's page size).
+pub(super) const MAX_PAGES: usize = 8192;
+
+/// Splits paged answers into the revocation lists and the rotations they carry.
+pub(super) fn collect_pages(
+    pages: Vec<RelayToNode>,
+) -> (Vec<SignedRevocations>, Vec<SignedRotation>) {
+    let (mut lists, mut rotations) = (Vec::new(), Vec::new());
+    for page in pages {
+        match page {
+            RelayToNode::Revocations { lists: l, .. } => lists.extend(l),
+            RelayToNode::Rotations { rotations: r, .. } => rotations.extend(r),
+            _ => {}
+        }
+    }
+    (lists, rotations)
+}

@@ -1,0 +1,373 @@
+//! [`Node`]: the embeddable API. One outbound relay link, dials out, accepts in.
+
+mod config;
+mod conn;
+mod control;
+mod incoming;
+mod link;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nullport_protocol::relay_link::{
+    LinkErrorCode, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode, SignedRevocations, SignedRotation,
+    WitnessedCheckpoint, close_code,
+};
+use nullport_protocol::{DenyReason, DialRequest, HandshakeKeys, NodeId, ServiceName};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tracing::Instrument;
+
+use crate::channel::Channel;
+use crate::error::Error;
+use crate::handshake::{IncomingChannel, initiate};
+use crate::link::{read_message, write_message};
+use crate::tls::{PresentedKey, client_crypto};
+pub use config::{LinkState, NodeConfig, NodeLimits};
+use conn::{describe, transport_config, wait_connection};
+use control::{collect_pages, control_exchange, control_request};
+use link::run_link;
+
+type Handler = Arc<
+    dyn Fn(Channel) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Service handlers for [`Node::serve`], by service name.
+#[derive(Default, Clone)]
+pub struct Handlers {
+    map: HashMap<String, Handler>,
+}
+
+impl std::fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.map.keys()).finish()
+    }
+}
+
+impl Handlers {
+    /// No handlers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves `service` with `handler` (called once per accepted channel).
+    pub fn add<F, Fut>(mut self, service: &str, handler: F) -> Self
+    where
+        F: Fn(Channel) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.map.insert(
+            service.to_owned(),
+            Arc::new(move |ch| Box::pin(handler(ch))),
+        );
+        self
+    }
+}
+
+struct Inner {
+    node_id: NodeId,
+    keys: HandshakeKeys,
+    config: NodeConfig,
+    client: quinn::ClientConfig,
+    presented: PresentedKey,
+    state: watch::Sender<LinkState>,
+    conn: watch::Sender<Option<quinn::Connection>>,
+    control: tokio::sync::Mutex<Option<(quinn::SendStream, quinn::RecvStream)>>,
+    pending: Arc<Semaphore>,
+    per_peer: Mutex<HashMap<NodeId, usize>>,
+    incoming: mpsc::Sender<IncomingChannel>,
+    revocations: tokio::sync::broadcast::Sender<Vec<SignedRevocations>>,
+    rotations: tokio::sync::broadcast::Sender<Vec<SignedRotation>>,
+    join: Mutex<Option<Vec<u8>>>,
+}
+
+/// A running node. Dropping it closes the relay link and stops its tasks.
+pub struct Node {
+    inner: Arc<Inner>,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<IncomingChannel>>,
+    endpoint: quinn::Endpoint,
+    link: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node_id", &self.inner.node_id)
+            .field("relay", &self.inner.config.relay.to_string())
+            .field("state", &*self.inner.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Starts the node: binds a client-only UDP socket (no listener) and begins connecting to
+    /// the relay in the background. Use [`Node::wait_online`] to wait for admission.
+    pub async fn start(config: NodeConfig) -> Result<Node, Error> {
+        let keys = HandshakeKeys::new(&config.identity)?;
+        let presented: PresentedKey = Arc::default();
+        let crypto = client_crypto(&config.identity, config.relay.node_id, presented.clone())?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(Arc::new(transport_config(&config.limits)));
+        let relay_ip = config
+            .relay
+            .resolve()
+            .await
+            .ok()
+            .and_then(|a| a.first().copied());
+        let bind: SocketAddr = match (config.bind, relay_ip) {
+            (Some(bind), _) => bind,
+            (None, Some(SocketAddr::V6(_))) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            (None, _) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        };
+        let endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| Error::Setup(format!("binding UDP {bind}: {e}")))?;
+        let (incoming_tx, incoming_rx) = mpsc::channel(config.limits.accept_queue.max(1));
+        let inner = Arc::new(Inner {
+            node_id: config.identity.node_id(),
+            keys,
+            pending: Arc::new(Semaphore::new(config.limits.max_pending_handshakes)),
+            client,
+            presented,
+            state: watch::Sender::new(LinkState::Connecting {
+                attempt: 0,
+                last_error: None,
+            }),
+            conn: watch::Sender::new(None),
+            control: tokio::sync::Mutex::new(None),
+            per_peer: Mutex::new(HashMap::new()),
+            incoming: incoming_tx,
+            revocations: tokio::sync::broadcast::channel(16).0,
+            rotations: tokio::sync::broadcast::channel(16).0,
+            join: Mutex::new(config.join.clone()),
+            config,
+        });
+        let span = tracing::info_span!("node", id = %inner.node_id.fmt_short());
+        let link = tokio::spawn(run_link(inner.clone(), endpoint.clone()).instrument(span));
+        Ok(Node {
+            inner,
+            incoming: tokio::sync::Mutex::new(incoming_rx),
+            endpoint,
+            link,
+        })
+    }
+
+    /// This node's identity.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// The relay link's state now.
+    pub fn state(&self) -> LinkState {
+        self.inner.state.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the link state.
+    pub fn watch_state(&self) -> watch::Receiver<LinkState> {
+        self.inner.state.subscribe()
+    }
+
+    /// Waits until the relay admitted this node, or fails with the reason it did not.
+    pub async fn wait_online(&self, within: Duration) -> Result<(), Error> {
+        wait_connection(&self.inner, within).await.map(drop)
+    }
+
+    /// Opens a channel to `service` on `target`.
+    pub async fn dial(&self, target: NodeId, service: &str) -> Result<Channel, Error> {
+        self.dial_with(target, service, Vec::new()).await
+    }
+
+    /// Opens a channel, presenting `blob` (capability tokens) in the handshake.
+    pub async fn dial_with(
+        &self,
+        target: NodeId,
+        service: &str,
+        blob: Vec<u8>,
+    ) -> Result<Channel, Error> {
+        let service = ServiceName::new(service)?;
+        if target == self.inner.node_id {
+            return Err(nullport_protocol::Error::SelfDial.into());
+        }
+        let inner = &self.inner;
+        let limits = &inner.config.limits;
+        let span = tracing::debug_span!("dial", peer = %target.fmt_short(), %service);
+        timeout(
+            limits.dial_timeout,
+            async {
+                let conn = wait_connection(inner, limits.dial_timeout).await?;
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| describe(&e))?;
+                write_message(&mut send, &NodeToRelay::Dial { target }, MAX_LINK_MESSAGE).await?;
+                let session = match read_message::<RelayToNode>(&mut recv, MAX_LINK_MESSAGE).await?
+                {
+                    RelayToNode::Dialed { session } => session,
+                    RelayToNode::Error {
+                        code: LinkErrorCode::Offline,
+                    } => return Err(Error::PeerOffline(target)),
+                    RelayToNode::Error { code } => return Err(Error::Link(code)),
+                    _ => return Err(Error::Link(LinkErrorCode::Malformed)),
+                };
+                let request = DialRequest {
+                    expected: target,
+                    session,
+                    service,
+                    blob,
+                };
+                initiate(&inner.keys, request, limits.handshake, send, recv).await
+            }
+            .instrument(span),
+        )
+        .await
+        .map_err(|_| Error::Timeout { what: "dial" })?
+    }
+
+    /// The next authenticated incoming channel, waiting for a decision. `None` once the node
+    /// is shut down.
+    pub async fn accept(&self) -> Option<IncomingChannel> {
+        self.incoming.lock().await.recv().await
+    }
+
+    /// Serves incoming channels until the node shuts down: each authenticated caller for a
+    /// service in `handlers` that `allow(peer, service)` admits is accepted and handed to
+    /// that service's handler on its own task; others are denied (unknown service, or not
+    /// allowed). For custom agents that expose tools without the daemon.
+    pub async fn serve<A>(&self, handlers: Handlers, allow: A)
+    where
+        A: Fn(NodeId, &str) -> bool + Send + Sync + 'static,
+    {
+        while let Some(incoming) = self.accept().await {
+            let Some(handler) = handlers.map.get(incoming.service()).cloned() else {
+                tokio::spawn(incoming.deny(DenyReason::UnknownService));
+                continue;
+            };
+            if !allow(incoming.peer(), incoming.service()) {
+                tokio::spawn(incoming.deny(DenyReason::NotAllowed));
+                continue;
+            }
+            let peer = incoming.peer();
+            tokio::spawn(async move {
+                match incoming.accept().await {
+                    Ok(channel) => handler(channel).await,
+                    Err(e) => tracing::info!(peer = %peer.fmt_short(), "accept failed: {e}"),
+                }
+            });
+        }
+    }
+
+    /// Asks the relay whether `target` is online.
+    pub async fn presence(&self, target: NodeId) -> Result<bool, Error> {
+        match self
+            .control_request(NodeToRelay::Presence { target })
+            .await?
+        {
+            RelayToNode::Presence { target: t, online } if t == target => Ok(online),
+            RelayToNode::Error { code } => Err(Error::Link(code)),
+            _ => Err(Error::Link(LinkErrorCode::Malformed)),
+        }
+    }
+
+    /// Sends an audit checkpoint to the relay to be countersigned and kept.
+    pub async fn witness(
+        &self,
+        checkpoint: WitnessedCheckpoint,
+    ) -> Result<WitnessedCheckpoint, Error> {
+        match self
+            .control_request(NodeToRelay::Witness { checkpoint })
+            .await?
+        {
+            RelayToNode::Witnessed {
+                checkpoint: Some(cp),
+            } => Ok(cp),
+            RelayToNode::Error { code } => Err(Error::Link(code)),
+            _ => Err(Error::Link(LinkErrorCode::Malformed)),
+        }
+    }
+
+    /// The latest checkpoint of this node that the relay witnessed.
+    pub async fn witnessed(&self) -> Result<Option<WitnessedCheckpoint>, Error> {
+        match self.control_request(NodeToRelay::WitnessQuery).await? {
+            RelayToNode::Witnessed { checkpoint } => Ok(checkpoint),
+            RelayToNode::Error { code } => Err(Error::Link(code)),
+            _ => Err(Error::Link(LinkErrorCode::Malformed)),
+        }
+    }
+
+    /// The pinned relay's NodeId.
+    pub fn relay_id(&self) -> NodeId {
+        self.inner.config.relay.node_id
+    }
+
+    async fn control_request(&self, request: NodeToRelay) -> Result<RelayToNode, Error> {
+        control_request(&self.inner, request).await
+    }
+
+    /// Publishes a signed revocation list through the relay (which pushes it to every node).
+    pub async fn publish_revocations(&self, list: SignedRevocations) -> Result<(), Error> {
+        match self
+            .control_request(NodeToRelay::PublishRevocations { list })
+            .await?
+        {
+            RelayToNode::Revocations { .. } => Ok(()),
+            RelayToNode::Error { code } => Err(Error::Link(code)),
+            _ => Err(Error::Link(LinkErrorCode::Malformed)),
+        }
+    }
+
+    /// Publishes a key rotation of this node (signed by the old and new keys) through the relay.
+    pub async fn publish_rotation(&self, rotation: SignedRotation) -> Result<(), Error> {
+        match self
+            .control_request(NodeToRelay::PublishRotation { rotation })
+            .await?
+        {
+            RelayToNode::Rotations { .. } => Ok(()),
+            RelayToNode::Error { code } => Err(Error::Link(code)),
+            _ => Err(Error::Link(LinkErrorCode::Malformed)),
+        }
+    }
+
+    /// Every revocation list the relay holds (all pages), unverified here.
+    pub async fn revocation_lists(&self) -> Result<Vec<SignedRevocations>, Error> {
+        let pages = control_exchange(&self.inner, NodeToRelay::RevocationQuery).await?;
+        Ok(collect_pages(pages).0)
+    }
+
+    /// Key rotations as they arrive from the relay (unverified here).
+    pub fn rotation_updates(&self) -> tokio::sync::broadcast::Receiver<Vec<SignedRotation>> {
+        self.inner.rotations.subscribe()
+    }
+
+    /// Revocation lists as they arrive from the relay (all held at each connect, then each
+    /// new one). Lists are unverified here: the receiver checks signatures and trust.
+    pub fn revocation_updates(&self) -> tokio::sync::broadcast::Receiver<Vec<SignedRevocations>> {
+        self.inner.revocations.subscribe()
+    }
+
+    /// Closes the relay link (after a grace period for bytes already written, such as close
+    /// frames, to leave) without consuming the node.
+    pub async fn close(&self, grace: Duration) {
+        tokio::time::sleep(grace).await;
+        self.link.abort();
+        self.endpoint
+            .close(close_code::NORMAL.into(), b"node shutting down");
+        let _ = timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    /// Closes the relay link cleanly and stops.
+    pub async fn shutdown(self) {
+        self.link.abort();
+        self.endpoint
+            .close(close_code::NORMAL.into(), b"node shutting down");
+        let _ = timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.link.abort();
+        self.endpoint
+            .close(close_code::NORMAL.into(), b"node shutting down");
+    }
+}

@@ -1,0 +1,172 @@
+use super::*;
+use nullport_keyring::McpRules;
+
+fn fw(tools: &[&str]) -> Firewall {
+    Firewall::new(McpGrant {
+        rule: "alice-agent".into(),
+        rules: McpRules {
+            tools: tools.iter().map(|s| s.to_string()).collect(),
+            resources: vec!["file:///srv/".into()],
+            ..McpRules::default()
+        },
+        approve: vec!["write_*".into()],
+    })
+}
+
+fn reply_of(v: &Verdict) -> Value {
+    match v {
+        Verdict::Reply(l) => serde_json::from_slice(l).unwrap_or(Value::Null),
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn globs() {
+    assert!(glob_match("read_file", "read_file"));
+    assert!(!glob_match("read_file", "read_files"));
+    assert!(glob_match("list_*", "list_directory"));
+    assert!(glob_match("*", "anything"));
+    assert!(glob_match("a*b*c", "axxbyyc"));
+    assert!(!glob_match("a*b*c", "axxcyyb"));
+    assert!(!glob_match("ab*ba", "aba"));
+}
+
+#[test]
+fn allowed_call_is_forwarded_as_parsed() {
+    let mut f = fw(&["read_file"]);
+    let (v, d) = f.from_caller(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"/srv/a"}}}"#, Instant::now());
+    assert!(matches!(v, Verdict::Forward(_)));
+    assert_eq!(
+        (d.outcome, d.target.as_deref()),
+        ("allowed", Some("read_file"))
+    );
+    assert_eq!(d.args_digest.map(|s| s.len()), Some(64));
+}
+
+#[test]
+fn hidden_tool_called_by_name_is_denied_with_the_rule() {
+    let mut f = fw(&["read_file"]);
+    let (v, d) = f.from_caller(br#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"delete_everything","arguments":{},"_meta":{"caller":"admin"}}}"#, Instant::now());
+    let r = reply_of(&v);
+    assert_eq!(r["id"], "x");
+    assert_eq!(r["error"]["code"], DENIED);
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("alice-agent")
+    );
+    assert_eq!(d.outcome, "denied");
+}
+
+#[test]
+fn batches_malformed_and_unknown_methods_get_errors() {
+    let mut f = fw(&["*"]);
+    let now = Instant::now();
+    let (v, _) = f.from_caller(
+        br#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}]"#,
+        now,
+    );
+    assert_eq!(reply_of(&v)["error"]["code"], INVALID_REQUEST);
+    let (v, _) = f.from_caller(b"{not json", now);
+    assert_eq!(reply_of(&v)["error"]["code"], PARSE_ERROR);
+    let (v, _) = f.from_caller(br#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#, now);
+    assert_eq!(reply_of(&v)["error"]["code"], INVALID_REQUEST);
+    let (v, _) = f.from_caller(
+        br#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}"#,
+        now,
+    );
+    assert_eq!(reply_of(&v)["error"]["code"], METHOD_NOT_FOUND);
+    let (v, _) = f.from_caller(br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#, now);
+    assert_eq!(reply_of(&v)["error"]["code"], INVALID_REQUEST);
+    let big = vec![b' '; MAX_MESSAGE + 1];
+    let (v, _) = f.from_caller(&big, now);
+    assert_eq!(reply_of(&v)["error"]["code"], INVALID_REQUEST);
+    // And the session is still usable.
+    let (v, _) = f.from_caller(br#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#, now);
+    assert!(matches!(v, Verdict::Forward(_)));
+}
+
+#[test]
+fn lists_are_filtered_to_what_the_caller_may_use() {
+    let mut f = fw(&["read_file", "list_*"]);
+    let (v, _) = f.from_caller(
+        br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#,
+        Instant::now(),
+    );
+    assert!(matches!(v, Verdict::Forward(_)));
+    let out = f.from_server(br#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"read_file"},{"name":"write_file"},{"name":"list_directory"}]}}"#);
+    let out: Value = serde_json::from_slice(&out.unwrap_or_default()).unwrap_or(Value::Null);
+    let names: Vec<&str> = out["result"]["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["read_file", "list_directory"]);
+    // A response with another id is not filtered (and not confused with the list).
+    let (_, _) = f.from_caller(
+        br#"{"jsonrpc":"2.0","id":8,"method":"resources/list"}"#,
+        Instant::now(),
+    );
+    let out = f.from_server(br#"{"jsonrpc":"2.0","id":8,"result":{"resources":[{"uri":"file:///srv/a"},{"uri":"file:///etc/passwd"}]}}"#);
+    let out: Value = serde_json::from_slice(&out.unwrap_or_default()).unwrap_or(Value::Null);
+    assert_eq!(out["result"]["resources"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn resources_outside_prefix_and_unsolicited_responses() {
+    let mut f = fw(&[]);
+    let (v, _) = f.from_caller(br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///etc/shadow"}}"#, Instant::now());
+    assert_eq!(reply_of(&v)["error"]["code"], DENIED);
+    let (v, _) = f.from_caller(br#"{"jsonrpc":"2.0","id":99,"result":{}}"#, Instant::now());
+    assert_eq!(v, Verdict::Drop);
+    assert!(
+        f.from_server(br#"{"jsonrpc":"2.0","id":"s1","method":"roots/list"}"#)
+            .is_some()
+    );
+    let (v, _) = f.from_caller(
+        br#"{"jsonrpc":"2.0","id":"s1","result":{"roots":[]}}"#,
+        Instant::now(),
+    );
+    assert!(matches!(v, Verdict::Forward(_)));
+}
+
+#[test]
+fn approval_and_quotas() {
+    let mut f = fw(&["*"]);
+    let now = Instant::now();
+    let (v, d) = f.from_caller(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_file","arguments":{"path":"x"}}}"#, now);
+    assert!(matches!(v, Verdict::Approve { ref tool, .. } if tool == "write_file"));
+    assert_eq!(d.outcome, "approval");
+    let mut f = Firewall::new(McpGrant {
+        rule: "r".into(),
+        rules: McpRules {
+            tools: vec!["*".into()],
+            calls_per_minute: Some(2),
+            max_concurrent: Some(5),
+            ..McpRules::default()
+        },
+        approve: vec![],
+    });
+    let call = |i: u32| {
+        format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"t"}}}}"#)
+    };
+    assert!(matches!(
+        f.from_caller(call(1).as_bytes(), now).0,
+        Verdict::Forward(_)
+    ));
+    assert!(matches!(
+        f.from_caller(call(2).as_bytes(), now).0,
+        Verdict::Forward(_)
+    ));
+    assert_eq!(
+        reply_of(&f.from_caller(call(3).as_bytes(), now).0)["error"]["code"],
+        QUOTA_EXCEEDED
+    );
+    assert!(matches!(
+        f.from_caller(call(4).as_bytes(), now + Duration::from_secs(61))
+            .0,
+        Verdict::Forward(_)
+    ));
+}
