@@ -1,0 +1,387 @@
+//! The callee side of an MCP session: the upstream server (a stdio process with a clean
+//! environment, or a local HTTP endpoint) behind the JSON-RPC firewall, and the way back to
+//! the caller with signed receipts.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nullport_keyring::McpGrant;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+use super::approvals::Approvals;
+use super::firewall::{Firewall, MAX_MESSAGE, Verdict};
+use super::http::HttpUpstream;
+use super::receipt;
+use super::session::*;
+use crate::audit::Audit;
+
+/// The live upstream of one session.
+#[derive(Clone)]
+enum Upstream {
+    Stdio(Arc<tokio::sync::Mutex<tokio::process::ChildStdin>>),
+    Http(Arc<HttpUpstream>),
+}
+
+impl Upstream {
+    /// Delivers one allowed message; answers (HTTP) go through the firewall to the caller.
+    async fn send(&self, line: Vec<u8>, out: &Outbound) -> std::io::Result<()> {
+        let to_caller = &out.tx;
+        match self {
+            Upstream::Stdio(stdin) => stdin.lock().await.write_all(&line).await,
+            Upstream::Http(http) => {
+                let mut answers = Vec::new();
+                let result = http.post(&line, |m| answers.push(m)).await;
+                for m in answers {
+                    out.deliver(&m).await;
+                }
+                if let Err(e) = &result {
+                    // Answer the request so the caller does not wait forever.
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
+                        && let Some(id) = v.get("id").filter(|_| v.get("method").is_some())
+                    {
+                        let err = serde_json::json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32603, "message": format!("MCP server unavailable: {e}") } });
+                        let mut l = serde_json::to_vec(&err).unwrap_or_default();
+                        l.push(b'\n');
+                        let _ = to_caller.send(l).await;
+                    }
+                }
+                result
+            }
+        }
+    }
+}
+
+/// The grant of a caller whose access was removed: nothing but errors.
+fn revoked() -> McpGrant {
+    McpGrant {
+        rule: "(access removed)".into(),
+        rules: nullport_keyring::McpRules::default(),
+        approve: Vec::new(),
+    }
+}
+
+/// A forwarded tool call awaiting its answer: (request id, request digest, decision).
+type PendingCall = (serde_json::Value, String, &'static str);
+
+/// The way back to the caller: list filtering, and signed receipts for tool calls.
+#[derive(Clone)]
+struct Outbound {
+    firewall: Arc<Mutex<Firewall>>,
+    tx: mpsc::Sender<Vec<u8>>,
+    session: Session,
+    audit: Audit,
+    pending: Arc<Mutex<HashMap<String, PendingCall>>>,
+}
+
+impl Outbound {
+    /// Filters one server message and sends it (with a receipt if it answers a tool call).
+    /// False once the caller is gone.
+    async fn deliver(&self, raw: &[u8]) -> bool {
+        let filtered = self
+            .firewall
+            .lock()
+            .ok()
+            .and_then(|mut f| f.from_server(raw));
+        let Some(line) = filtered else { return true };
+        let receipt = self.receipt_for_answer(&line);
+        if self.tx.send(line).await.is_err() {
+            return false;
+        }
+        if let Some(r) = receipt {
+            let _ = self.tx.send(r.notification()).await;
+        }
+        true
+    }
+
+    /// Remembers a forwarded tool call, to sign a receipt when its answer comes.
+    fn expect(&self, id: serde_json::Value, request_sha256: String, decision: &'static str) {
+        if let (Some(key), Ok(mut p)) = (id_key(&id), self.pending.lock()) {
+            p.insert(key, (id, request_sha256, decision));
+        }
+    }
+
+    fn receipt_for_answer(&self, line: &[u8]) -> Option<receipt::Receipt> {
+        let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+        if v.get("method").is_some() {
+            return None;
+        }
+        let key = id_key(v.get("id")?)?;
+        let (id, request, decision) = self.pending.lock().ok()?.remove(&key)?;
+        Some(self.sign(&id, &request, decision, line))
+    }
+
+    fn sign(
+        &self,
+        id: &serde_json::Value,
+        request: &str,
+        decision: &str,
+        answer: &[u8],
+    ) -> receipt::Receipt {
+        let answer = answer.strip_suffix(b"\n").unwrap_or(answer);
+        let r = receipt::Receipt::sign(
+            &self.session.signer,
+            &self.session.handshake,
+            &self.session.caller,
+            id,
+            request,
+            decision,
+            &receipt::digest(answer),
+        );
+        self.audit.record(receipt_event(&r, "issued", true));
+        r
+    }
+
+    /// Sends a firewall reply to a tool call, followed by its receipt.
+    async fn reply_with_receipt(
+        &self,
+        line: Vec<u8>,
+        id: &serde_json::Value,
+        request: &str,
+        decision: &str,
+    ) {
+        let r = self.sign(id, request, decision, &line);
+        let _ = self.tx.send(line).await;
+        let _ = self.tx.send(r.notification()).await;
+    }
+}
+
+/// Serves one caller session: starts the upstream (a stdio server process, or a session with
+/// a local HTTP server) and relays JSON-RPC lines both ways through the firewall. Returns
+/// when the caller is done and the server has answered, or the channel fails; a server
+/// process is killed then.
+pub async fn serve<C>(
+    channel: C,
+    upstream: &UpstreamSpec,
+    grant: GrantSource,
+    session: Session,
+    approvals: Arc<Approvals>,
+    audit: Audit,
+) -> std::io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let initial = grant().ok_or_else(|| std::io::Error::other("no MCP grant for this caller"))?;
+    let firewall = Arc::new(Mutex::new(Firewall::new(initial)));
+    let (reader, mut writer) = tokio::io::split(channel);
+    // One writer towards the caller: server output and firewall replies.
+    let (to_caller, mut outbox) = mpsc::channel::<Vec<u8>>(64);
+    let write_task = tokio::spawn(async move {
+        while let Some(line) = outbox.recv().await {
+            if writer.write_all(&line).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let out = Outbound {
+        firewall: firewall.clone(),
+        tx: to_caller.clone(),
+        session: session.clone(),
+        audit: audit.clone(),
+        pending: Arc::new(Mutex::new(HashMap::new())),
+    };
+    let (upstream, mut child, server_task) = match upstream {
+        UpstreamSpec::Http(target) => (
+            Upstream::Http(Arc::new(HttpUpstream::new(target.clone()))),
+            None,
+            None,
+        ),
+        UpstreamSpec::Stdio { command, env } => {
+            let (program, args) = command
+                .split_first()
+                .ok_or_else(|| std::io::Error::other("empty MCP command"))?;
+            let mut child = Command::new(program)
+                .args(args)
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                return Err(std::io::Error::other("MCP server without pipes"));
+            };
+            if let Some(stderr) = child.stderr.take() {
+                let service = session.service.clone();
+                tokio::spawn(async move {
+                    let mut lines = BufReader::new(stderr).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        tracing::debug!(%service, "mcp server stderr: {line}");
+                    }
+                });
+            }
+            // Server -> caller, filtered.
+            let server_out = out.clone();
+            let server_task = tokio::spawn(async move {
+                let mut out = BufReader::new(stdout);
+                loop {
+                    match read_line(&mut out, 64 << 20).await {
+                        Ok(Line::Message(line)) => {
+                            if !server_out.deliver(&line).await {
+                                return;
+                            }
+                        }
+                        Ok(Line::TooLong) => {
+                            tracing::warn!("dropping an oversize message from the MCP server")
+                        }
+                        Ok(Line::End) | Err(_) => return,
+                    }
+                }
+            });
+            (
+                Upstream::Stdio(Arc::new(tokio::sync::Mutex::new(stdin))),
+                Some(child),
+                Some(server_task),
+            )
+        }
+    };
+    // Caller -> server, through the firewall.
+    let caller_task = {
+        let upstream = upstream.clone();
+        let firewall = firewall.clone();
+        let tx = to_caller.clone();
+        let out = out.clone();
+        async move {
+            let mut input = BufReader::new(reader);
+            loop {
+                let started = Instant::now();
+                let line = match read_line(&mut input, MAX_MESSAGE).await? {
+                    Line::Message(line) if line.iter().all(u8::is_ascii_whitespace) => continue,
+                    Line::Message(line) => line,
+                    Line::TooLong => vec![b' '; MAX_MESSAGE + 1],
+                    Line::End => return Ok::<(), std::io::Error>(()),
+                };
+                // The caller daemon's signature over its next tool call: verify, audit, keep
+                // it away from the server.
+                if line
+                    .windows(receipt::REQUEST_SIGNATURE_METHOD.len())
+                    .any(|w| w == receipt::REQUEST_SIGNATURE_METHOD.as_bytes())
+                    && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
+                    && v["method"] == receipt::REQUEST_SIGNATURE_METHOD
+                {
+                    let sig: Option<receipt::RequestSignature> =
+                        serde_json::from_value(v["params"].clone()).ok();
+                    let valid = sig
+                        .as_ref()
+                        .is_some_and(|s| s.verify(&session.caller, &session.handshake));
+                    audit.record(signature_event(&session, sig.as_ref(), valid));
+                    continue;
+                }
+                let raw = line;
+                let call_id = raw_tool_call_id(&raw);
+                let request_sha = receipt::digest(&raw);
+                let line = raw;
+                // The policy may have been reloaded: decide with the rules in force now.
+                let current = grant().unwrap_or_else(revoked);
+                let (verdict, decision) = match firewall.lock() {
+                    Ok(mut f) => {
+                        f.set_grant(current);
+                        f.from_caller(&line, Instant::now())
+                    }
+                    Err(_) => return Err(std::io::Error::other("firewall poisoned")),
+                };
+                match verdict {
+                    Verdict::Forward(line) => {
+                        audit.record(decision_event(&session, &decision, started.elapsed()));
+                        if let Some(id) = call_id.clone() {
+                            out.expect(id, request_sha.clone(), "allowed");
+                        }
+                        match &upstream {
+                            Upstream::Stdio(_) => upstream.send(line, &out).await?,
+                            // HTTP: initialize first and alone (it creates the session); the
+                            // rest concurrently, so a slow call does not hold up a ping.
+                            Upstream::Http(_) if decision.method == "initialize" => {
+                                let _ = upstream.send(line, &out).await;
+                            }
+                            Upstream::Http(_) => {
+                                let (upstream, out) = (upstream.clone(), out.clone());
+                                tokio::spawn(async move {
+                                    let _ = upstream.send(line, &out).await;
+                                });
+                            }
+                        }
+                    }
+                    Verdict::Reply(line) => {
+                        audit.record(decision_event(&session, &decision, started.elapsed()));
+                        tracing::info!(peer = %session.caller.fmt_short(), method = %decision.method, target = ?decision.target, "mcp denied: {}", decision.reason);
+                        match &call_id {
+                            Some(id) => {
+                                out.reply_with_receipt(line, id, &request_sha, "denied")
+                                    .await
+                            }
+                            None => {
+                                let _ = tx.send(line).await;
+                            }
+                        }
+                    }
+                    Verdict::Drop => {
+                        audit.record(decision_event(&session, &decision, started.elapsed()))
+                    }
+                    Verdict::Approve {
+                        line,
+                        denied,
+                        tool,
+                        args_digest,
+                    } => {
+                        audit.record(decision_event(&session, &decision, started.elapsed()));
+                        let (approvals, session, audit, upstream, out, call_id, request_sha) = (
+                            approvals.clone(),
+                            session.clone(),
+                            audit.clone(),
+                            upstream.clone(),
+                            out.clone(),
+                            call_id.clone(),
+                            request_sha.clone(),
+                        );
+                        tokio::spawn(async move {
+                            let approved = approvals
+                                .ask(session.caller, &session.service, &tool, &args_digest)
+                                .await;
+                            let mut d = decision;
+                            d.outcome = if approved { "approved" } else { "not approved" };
+                            audit.record(decision_event(&session, &d, started.elapsed()));
+                            match (approved, call_id) {
+                                (true, id) => {
+                                    if let Some(id) = id {
+                                        out.expect(id, request_sha, "approved");
+                                    }
+                                    let _ = upstream.send(line, &out).await;
+                                }
+                                (false, Some(id)) => {
+                                    out.reply_with_receipt(
+                                        denied,
+                                        &id,
+                                        &request_sha,
+                                        "not approved",
+                                    )
+                                    .await
+                                }
+                                (false, None) => {
+                                    let _ = out.tx.send(denied).await;
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    };
+    drop(to_caller);
+    let caller_result = caller_task.await;
+    // The caller is done sending: let the server finish what it was asked, then stop it.
+    drop(upstream);
+    if let Some(task) = server_task {
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
+    if let Some(child) = child.as_mut() {
+        let _ = child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), write_task).await;
+    caller_result
+}

@@ -1,0 +1,125 @@
+//! The caller side of an MCP session (`nullport mcp bridge`): a local MCP client's lines
+//! over the channel, each `tools/call` signed, each receipt checked.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use nullport_protocol::NodeId;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+use super::firewall::MAX_MESSAGE;
+use super::receipt;
+use super::session::*;
+use crate::audit::Audit;
+
+/// The caller's side of an MCP session (`nullport mcp bridge`): relays lines between the
+/// local MCP client and the channel, signs each `tools/call` it sends (announced just before
+/// it), and checks the callee's receipts (audited, not passed to the client).
+pub async fn caller_pipe<L, C>(
+    local: L,
+    channel: C,
+    session: Session,
+    callee: NodeId,
+    audit: Audit,
+) -> std::io::Result<()>
+where
+    L: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let (local_r, mut local_w) = tokio::io::split(local);
+    let (channel_r, mut channel_w) = tokio::io::split(channel);
+    let pending: Mutex<HashMap<String, (String, Option<String>)>> = Mutex::new(HashMap::new());
+    let handshake_hex: String = session
+        .handshake
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let up = async {
+        let mut input = BufReader::new(local_r);
+        loop {
+            match read_line(&mut input, MAX_MESSAGE).await? {
+                Line::Message(line) => {
+                    if let Some(id) = raw_tool_call_id(&line) {
+                        let sha = receipt::digest(&line);
+                        let sig = receipt::RequestSignature::sign(
+                            &session.signer,
+                            &session.handshake,
+                            &sha,
+                        );
+                        audit.record(signature_event(&session, Some(&sig), true));
+                        channel_w.write_all(&sig.notification()).await?;
+                        if let (Some(key), Ok(mut p)) = (id_key(&id), pending.lock()) {
+                            p.insert(key, (sha, None));
+                        }
+                    }
+                    channel_w.write_all(&line).await?;
+                    channel_w.write_all(b"\n").await?;
+                }
+                Line::TooLong => {
+                    // Let the callee's firewall answer it, as it would for any oversize line.
+                    channel_w.write_all(&vec![b' '; MAX_MESSAGE + 1]).await?;
+                    channel_w.write_all(b"\n").await?;
+                }
+                Line::End => {
+                    channel_w.shutdown().await?;
+                    return Ok::<(), std::io::Error>(());
+                }
+            }
+        }
+    };
+    let down = async {
+        let mut input = BufReader::new(channel_r);
+        loop {
+            match read_line(&mut input, 64 << 20).await? {
+                Line::Message(line) => {
+                    if line
+                        .windows(receipt::RECEIPT_METHOD.len())
+                        .any(|w| w == receipt::RECEIPT_METHOD.as_bytes())
+                        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
+                        && v["method"] == receipt::RECEIPT_METHOD
+                    {
+                        if let Ok(r) =
+                            serde_json::from_value::<receipt::Receipt>(v["params"].clone())
+                        {
+                            let expected = serde_json::from_str::<serde_json::Value>(&r.id)
+                                .ok()
+                                .and_then(|id| id_key(&id))
+                                .and_then(|k| pending.lock().ok()?.remove(&k));
+                            let valid = r.verify()
+                                && r.callee == callee.to_string()
+                                && r.caller == session.signer.node_id().to_string()
+                                && r.handshake == handshake_hex
+                                && expected.is_some_and(|(req, res)| {
+                                    req == r.request_sha256
+                                        && res.as_deref() == Some(r.result_sha256.as_str())
+                                });
+                            if !valid {
+                                tracing::warn!(peer = %callee.fmt_short(), "MCP receipt does not match what was sent and received");
+                            }
+                            audit.record(receipt_event(&r, "received", valid));
+                        }
+                        continue;
+                    }
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
+                        && v.get("method").is_none()
+                        && let Some(key) = v.get("id").and_then(id_key)
+                        && let Ok(mut p) = pending.lock()
+                        && let Some(entry) = p.get_mut(&key)
+                    {
+                        entry.1 = Some(receipt::digest(&line));
+                    }
+                    local_w.write_all(&line).await?;
+                    local_w.write_all(b"\n").await?;
+                    local_w.flush().await?;
+                }
+                Line::TooLong => tracing::warn!("dropping an oversize message from the peer"),
+                Line::End => {
+                    let _ = local_w.shutdown().await;
+                    return Ok::<(), std::io::Error>(());
+                }
+            }
+        }
+    };
+    let (a, b) = tokio::join!(up, down);
+    a.and(b)
+}
