@@ -30,16 +30,38 @@ pub struct AbortHandle {
 #[derive(Debug, Default)]
 struct AbortState {
     reason: Option<DenyReason>,
+    close: bool,
     wakers: Vec<Waker>,
+}
+
+/// What was asked of a channel from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// End it with an abort frame carrying this reason.
+    Abort(DenyReason),
+    /// End it cleanly: a close frame, as if the local side had finished.
+    Close,
 }
 
 impl AbortHandle {
     /// Ends the channel for `reason` (the first reason given wins). Wakes any task waiting on
     /// it, so the abort frame goes out even if nothing else happens on the channel.
     pub fn abort(&self, reason: DenyReason) {
+        self.request(|s| {
+            s.reason.get_or_insert(reason);
+        });
+    }
+
+    /// Ends the channel cleanly from outside: a close frame, so the peer reads a clean end
+    /// (for a callee shutting down in an orderly way). An abort asked before wins.
+    pub fn close(&self) {
+        self.request(|s| s.close = true);
+    }
+
+    fn request(&self, change: impl FnOnce(&mut AbortState)) {
         let wakers = match self.shared.lock() {
             Ok(mut s) => {
-                s.reason.get_or_insert(reason);
+                change(&mut s);
                 std::mem::take(&mut s.wakers)
             }
             Err(_) => Vec::new(),
@@ -54,10 +76,16 @@ impl AbortHandle {
         self.shared.lock().ok().and_then(|s| s.reason)
     }
 
-    /// Whether the reason is set; if not, `cx` is woken when it is.
-    fn poll_requested(&self, cx: &Context<'_>) -> Option<DenyReason> {
+    /// What was asked, if anything; if nothing, `cx` is woken when something is.
+    fn poll_requested(&self, cx: &Context<'_>) -> Option<Ending> {
         let mut s = self.shared.lock().ok()?;
-        if s.reason.is_none() && !s.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+        if let Some(reason) = s.reason {
+            return Some(Ending::Abort(reason));
+        }
+        if s.close {
+            return Some(Ending::Close);
+        }
+        if !s.wakers.iter().any(|w| w.will_wake(cx.waker())) {
             // The read and write halves may be polled from different tasks; a few wakers
             // cover that, and old ones are dropped.
             if s.wakers.len() >= 4 {
@@ -65,7 +93,7 @@ impl AbortHandle {
             }
             s.wakers.push(cx.waker().clone());
         }
-        s.reason
+        None
     }
 }
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -169,24 +197,34 @@ impl Channel {
     }
 
     /// If an abort was requested: sends the abort frame (once), finishes the stream and
-    /// yields the error every later call returns. `Ready(None)`: no abort requested.
+    /// yields the error every later call returns. A close request sends the close frame and
+    /// finishes the stream instead; the channel then reads as ended. `Ready(None)`: nothing
+    /// requested.
     fn poll_abort(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Error>> {
-        let Some(reason) = self.abort.poll_requested(cx) else {
-            return Poll::Ready(None);
+        let ending = match self.abort.poll_requested(cx) {
+            None => return Poll::Ready(None),
+            Some(ending) => ending,
         };
-        let error = || {
+        let error = |reason: DenyReason| {
             io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 format!("channel ended by this side: {reason}"),
             )
         };
         if self.failed.is_some() || self.write_failed.is_some() {
-            return Poll::Ready(Some(error()));
+            return Poll::Ready(match ending {
+                Ending::Abort(reason) => Some(error(reason)),
+                Ending::Close => self.failure(),
+            });
         }
         if !self.abort_sent {
             self.abort_sent = true;
-            if !self.close_sent && self.inner.seal_abort(reason, &mut self.out).is_ok() {
-                self.close_sent = true;
+            if !self.close_sent {
+                let sealed = match ending {
+                    Ending::Abort(reason) => self.inner.seal_abort(reason, &mut self.out),
+                    Ending::Close => self.inner.seal_close(&mut self.out),
+                };
+                self.close_sent = sealed.is_ok();
             }
         }
         if self.poll_flush_out(cx).is_pending() {
@@ -194,8 +232,21 @@ impl Channel {
         }
         let _ = self.send.finish();
         let _ = self.recv.stop(0u32.into());
-        self.failed = Some((io::ErrorKind::ConnectionAborted, error().to_string(), None));
-        Poll::Ready(Some(error()))
+        match ending {
+            Ending::Abort(reason) => {
+                self.failed = Some((
+                    io::ErrorKind::ConnectionAborted,
+                    error(reason).to_string(),
+                    None,
+                ));
+                Poll::Ready(Some(error(reason)))
+            }
+            Ending::Close => {
+                self.read_done = true;
+                self.write_failed = Some("channel closed by this side".into());
+                Poll::Ready(None)
+            }
+        }
     }
 
     /// The peer, as proven by the end-to-end handshake.

@@ -7,7 +7,7 @@
 //! snapshot changes (a reload, a revocation list, a rotation, `deny`, `unexpose`) and when a
 //! token it rests on expires, so taking access away is the same code path as granting it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use nullport_keyring::revocation::RevocationSet;
 use nullport_keyring::{Decision, McpGrant, Policy, TrustStore};
@@ -15,6 +15,9 @@ use nullport_protocol::{DenyReason, NodeId};
 
 use crate::config_file::Service;
 use crate::tokens::{self, Presented};
+
+/// Rotations followed back or forth at most (a longer chain is cut there).
+const MAX_LINEAGE: usize = 16;
 
 /// Settings of the decision that are not policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,8 +149,10 @@ pub struct Access {
     pub trust: TrustStore,
     /// Revocation lists held.
     pub revocations: RevocationSet,
-    /// Keys rotated away (refused for good).
-    pub retired: HashSet<NodeId>,
+    /// Rotations followed, old key -> new key. The old keys are refused for good; a key
+    /// inherits the revocations of the keys it was rotated from, and the lists of a signer
+    /// keep applying under the keys it rotated to.
+    pub rotations: BTreeMap<NodeId, NodeId>,
     /// Settings.
     pub settings: AccessSettings,
 }
@@ -182,7 +187,7 @@ impl Access {
         now: u64,
     ) -> Result<Grant, Refusal> {
         let spec = self.services.get(service).ok_or(Refusal::NotExposed)?;
-        if self.retired.contains(peer) {
+        if self.rotations.contains_key(peer) {
             return Err(Refusal::KeyRetired);
         }
         if let Some(signer) = self.key_revoked(peer, service) {
@@ -214,9 +219,9 @@ impl Access {
             let revoked = self
                 .revocations
                 .token_revoked_by(link.body.id)
-                .chain(self.revocations.key_revoked_by(link.body.issuer))
-                .chain(self.revocations.key_revoked_by(link.body.holder))
-                .find(|s| self.applies(s, service));
+                .find(|s| self.applies(s, service))
+                .or_else(|| self.key_revoked(&link.body.issuer, service))
+                .or_else(|| self.key_revoked(&link.body.holder, service));
             if let Some(signer) = revoked {
                 return Err(Refusal::TokenRevoked { signer });
             }
@@ -251,45 +256,99 @@ impl Access {
             }))
     }
 
-    /// The signer of a list that applies here and revokes `key` for `service`.
+    /// `key` and the keys it was rotated from, newest first (bounded).
+    fn with_predecessors(&self, key: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        std::iter::successors(Some(key), move |k| {
+            self.rotations
+                .iter()
+                .find(|(_, new)| *new == k)
+                .map(|(old, _)| *old)
+        })
+        .take(MAX_LINEAGE)
+    }
+
+    /// `signer` and the keys it rotated to, oldest first (bounded).
+    fn with_successors(&self, signer: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        std::iter::successors(Some(signer), move |k| self.rotations.get(k).copied())
+            .take(MAX_LINEAGE)
+    }
+
+    /// The signer of a list that applies here and revokes `key` (or a key it was rotated
+    /// from: revocation follows rotations) for `service`.
     pub fn key_revoked(&self, key: &NodeId, service: &str) -> Option<NodeId> {
-        self.revocations
-            .key_revoked_by(*key)
-            .find(|s| self.applies(s, service))
+        self.with_predecessors(*key).find_map(|k| {
+            self.revocations
+                .key_revoked_by(k)
+                .find(|s| self.applies(s, service))
+        })
     }
 
-    /// Whether `key` is revoked by any list that applies to anything here (for rotations).
-    pub fn key_revoked_anywhere(&self, key: &NodeId) -> Option<NodeId> {
-        self.revocations
-            .key_revoked_by(*key)
-            .find(|s| *s == self.me || self.policy.revocation_signers(&self.trust).contains(s))
+    /// Whether `key` (or a key it was rotated from) is revoked by a list that applies to
+    /// everything here: this node's own, or a node-wide signer's. A rotation from or to such
+    /// a key is not followed; a revocation scoped to one service follows the rotation
+    /// instead (the new key inherits it).
+    pub fn key_revoked_everywhere(&self, key: &NodeId) -> Option<NodeId> {
+        self.with_predecessors(*key).find_map(|k| {
+            self.revocations
+                .key_revoked_by(k)
+                .find(|s| self.applies_everywhere(s))
+        })
     }
 
-    /// Whether a list signed by `signer` applies to `service` here.
+    /// Whether a list signed by `signer` (or by a key that rotated to it) applies to
+    /// `service` here.
     pub fn applies(&self, signer: &NodeId, service: &str) -> bool {
-        self.policy
-            .revocation_applies(signer, service, &self.me, &self.trust)
+        self.with_successors(*signer).any(|s| {
+            self.policy
+                .revocation_applies(&s, service, &self.me, &self.trust)
+        })
+    }
+
+    /// Whether a list signed by `signer` applies to everything here.
+    fn applies_everywhere(&self, signer: &NodeId) -> bool {
+        self.with_successors(*signer).any(|s| {
+            s == self.me
+                || self
+                    .policy
+                    .global_revocation_signers(&self.trust)
+                    .contains(&s)
+        })
+    }
+
+    /// Whether lists signed by `signer` are kept here (they apply to something).
+    pub fn keeps_lists_of(&self, signer: &NodeId) -> bool {
+        self.with_successors(*signer)
+            .any(|s| s == self.me || self.policy.revocation_signers(&self.trust).contains(&s))
     }
 
     /// What a list signed by `signer` applies to here, in words (None: nothing).
     pub fn scope_of(&self, signer: &NodeId) -> Option<String> {
-        if *signer == self.me {
-            return Some("everything (this node's own list)".into());
+        let lineage: Vec<NodeId> = self.with_successors(*signer).collect();
+        let rotated = if lineage.len() > 1 {
+            " (signed by a key since rotated)"
+        } else {
+            ""
+        };
+        if lineage.contains(&self.me) {
+            return Some(format!("everything (this node's own list){rotated}"));
         }
-        if self
-            .policy
-            .global_revocation_signers(&self.trust)
-            .contains(signer)
-        {
-            return Some("everything (a node-wide revocation signer)".into());
+        let global = self.policy.global_revocation_signers(&self.trust);
+        if lineage.iter().any(|s| global.contains(s)) {
+            return Some(format!(
+                "everything (a node-wide revocation signer){rotated}"
+            ));
         }
         let services: Vec<&str> = self
             .services
             .keys()
             .map(String::as_str)
-            .filter(|s| self.policy.token_issuers(s, &self.trust).contains(signer))
+            .filter(|svc| {
+                let issuers = self.policy.token_issuers(svc, &self.trust);
+                lineage.iter().any(|s| issuers.contains(s))
+            })
             .collect();
-        (!services.is_empty()).then(|| format!("tokens and keys for {}", services.join(", ")))
+        (!services.is_empty())
+            .then(|| format!("tokens and keys for {}{rotated}", services.join(", ")))
     }
 }
 
@@ -334,7 +393,7 @@ mod tests {
             policy: Policy::parse(Path::new("policy.toml"), policy).unwrap(),
             trust,
             revocations: RevocationSet::default(),
-            retired: HashSet::new(),
+            rotations: BTreeMap::new(),
             settings: AccessSettings::default(),
         }
     }
@@ -411,7 +470,7 @@ mod tests {
             })
         );
         let mut b = access(POLICY);
-        b.retired.insert(alice);
+        b.rotations.insert(alice, id(9).node_id());
         assert_eq!(
             b.decide(&alice, "ssh", &[], 0, Load::default()).err(),
             Some(Refusal::KeyRetired)

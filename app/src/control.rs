@@ -34,6 +34,12 @@ pub enum ControlRequest {
         /// Approve (true) or deny.
         approve: bool,
     },
+    /// How the pipe `id` (from a `pipe` answer) ended: answered once it has ended (`note`:
+    /// the reason, if it did not end cleanly).
+    PipeEnded {
+        /// The pipe's id.
+        id: u64,
+    },
     /// Open a channel to `peer`/`service` and splice it to this connection.
     Pipe {
         /// Alias or NodeId.
@@ -69,6 +75,9 @@ pub struct ControlResponse {
     /// Something the user should know about a request that succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The id of a pipe just opened (ask `pipeended` with it for how it ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipe: Option<u64>,
 }
 
 impl ControlResponse {
@@ -81,6 +90,7 @@ impl ControlResponse {
             approvals: None,
             witness: None,
             note: None,
+            pipe: None,
         }
     }
 
@@ -93,6 +103,7 @@ impl ControlResponse {
             approvals: None,
             witness: None,
             note: None,
+            pipe: None,
         }
     }
 }

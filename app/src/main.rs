@@ -10,6 +10,7 @@ mod quickstart;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    quiet_on_broken_pipe();
     let cli = cli::Cli::parse();
     // The daemon logs what it does; one-shot commands only warn.
     let default_filter = if cli.is_daemon() {
@@ -42,4 +43,22 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `nullport status | head -1`: when the reader of stdout goes away, stop quietly with the
+/// status a shell gives a process killed by SIGPIPE (141), instead of printing a panic.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

@@ -96,7 +96,28 @@ pub async fn connect_tcp(target: &str) -> io::Result<TcpStream> {
 /// Forwards bytes both ways until both directions are done; a half-close propagates as a
 /// half-close. Unlike `copy_bidirectional`, a failed write in one direction (say, the peer
 /// stopped reading after it finished) does not cut off bytes still arriving in the other.
+/// A channel (`a`) that fails (aborted, truncated, tampered with) ends both directions at
+/// once, with its error.
 pub async fn forward<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    forward_until(a, b, false).await
+}
+
+/// [`forward`] for a local pipe: done as soon as the channel (`a`) is done sending (cleanly or
+/// not), whether or not the local side still has input, as `ssh` is when the remote end
+/// closes.
+pub async fn forward_pipe<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    forward_until(a, b, true).await
+}
+
+async fn forward_until<A, B>(a: &mut A, b: &mut B, until_a_done: bool) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -113,10 +134,24 @@ where
         let _ = a_write.shutdown().await;
         r
     };
-    let (to_b, to_a) = tokio::join!(a_to_b, b_to_a);
+    tokio::pin!(a_to_b, b_to_a);
+    let mut to_a = None;
+    let to_b = loop {
+        tokio::select! {
+            r = &mut a_to_b => break r,
+            r = &mut b_to_a, if to_a.is_none() => to_a = Some(r),
+        }
+    };
+    // The channel (`a`) failed: it is over both ways; do not wait for `b` to finish.
+    let to_b = to_b?;
     // Callers pass the channel as `a`: what it delivered to `b` decides the outcome; a write
     // towards a peer that already finished is not a failure.
-    Ok((to_b?, to_a.unwrap_or(0)))
+    let to_a = match to_a {
+        Some(r) => r,
+        None if until_a_done => Ok(0),
+        None => b_to_a.await,
+    };
+    Ok((to_b, to_a.unwrap_or(0)))
 }
 
 /// Starts an `exec` service's process for one channel, with exactly `env` as its
@@ -129,6 +164,9 @@ pub fn spawn_exec(command: &[String], env: &[(String, String)]) -> io::Result<Ch
         .args(args)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
+        // Its own process group: when the channel ends, everything it started (background
+        // jobs included) ends with it.
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -182,9 +220,22 @@ where
             r = &mut from_child => break r.map(drop),
         }
     };
+    kill_group(&child);
     let _ = child.start_kill();
     let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
     result
+}
+
+/// Kills the process group a child leads (see [`spawn_exec`]): the child and whatever it
+/// started, daemons that did not leave the group included.
+pub fn kill_group(child: &Child) {
+    if let Some(pid) = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
 }
 
 /// PROXY protocol v2 TLV type carrying the caller's NodeId (the application-specific range).

@@ -814,3 +814,167 @@ async fn a_signers_list_of_thousands_of_keys_is_published_and_applied() {
     let shown = ok(&tool, &["revocations", "show"]).await;
     assert!(shown.contains("v8: 5001 keys"), "{shown}");
 }
+
+/// Waits until `home`'s trust store names `id` (it followed a rotation).
+async fn followed(home: &Path, id: &str) {
+    let started = Instant::now();
+    while !std::fs::read_to_string(home.join("trust.toml"))
+        .unwrap_or_default()
+        .contains(id)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no rotation to {id} followed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_of_the_revoker_never_lifts_its_revocations() {
+    let mut net = Net::start().await;
+    let (tool, tool_id) = net.node("tool").await;
+    let (agent, agent_id) = net.node("agent").await;
+    let (admin, admin_id) = net.node("admin").await;
+    for (home, alias, id) in [
+        (&tool, "agent", &agent_id),
+        (&tool, "admin", &admin_id),
+        (&agent, "tool", &tool_id),
+        (&admin, "agent", &agent_id),
+        (&admin, "tool", &tool_id),
+    ] {
+        ok(home, &["trust", "add", alias, id]).await;
+    }
+    ok(&tool, &["expose", "exec", "hello", "--", "echo", "hi"]).await;
+    ok(&tool, &["allow", "agent", "hello"]).await;
+    ok(&tool, &["revocations", "trust", "admin"]).await;
+    net.up(&tool).await;
+    net.up(&agent).await;
+    net.up(&admin).await;
+    assert_eq!(pipe_output(&agent, "tool/hello").await, "hi\n");
+    // The node-wide signer revokes the agent, then rotates its own key: the tool follows
+    // the rotation, and the revocation stays.
+    ok(&admin, &["revoke", "agent"]).await;
+    let e = fails(&agent, &["pipe", "tool/hello"]).await;
+    assert!(e.contains("revoked"), "{e}");
+    ok(&admin, &["rotate"]).await;
+    let admin_new = ok(&admin, &["id"]).await.trim().to_owned();
+    followed(&tool, &admin_new).await;
+    let e = fails(&agent, &["pipe", "tool/hello"]).await;
+    assert!(
+        e.contains("revoked"),
+        "the admin's rotation lifted its revocation: {e}"
+    );
+    let shown = ok(&tool, &["revocations", "show"]).await;
+    assert!(shown.contains("signed by a key since rotated"), "{shown}");
+    // The admin, on its new key, revokes more: its list now starts on the new key and
+    // still carries the agent.
+    net.daemons.remove(2);
+    net.up(&admin).await;
+    let said = ok(&admin, &["revoke", "tool"]).await;
+    assert!(said.contains("version 1"), "{said}");
+    let issued = std::fs::read_to_string(admin.join("revocations-issued.json")).unwrap();
+    assert!(
+        issued.contains(&admin_new) && issued.contains(&agent_id),
+        "{issued}"
+    );
+    // The tool revokes the agent itself and rotates (and restarts): still revoked.
+    ok(&tool, &["revoke", "agent"]).await;
+    ok(&tool, &["rotate"]).await;
+    let tool_new = ok(&tool, &["id"]).await.trim().to_owned();
+    followed(&agent, &tool_new).await;
+    net.daemons.remove(0);
+    net.up(&tool).await;
+    let e = fails(&agent, &["pipe", "tool/hello"]).await;
+    assert!(
+        e.contains("revoked"),
+        "the tool's rotation lifted its own revocation: {e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipe_says_why_its_channel_ended_and_fails() {
+    let mut net = Net::start().await;
+    let (tool, tool_id) = net.node("tool").await;
+    let (agent, agent_id) = net.node("agent").await;
+    ok(&tool, &["trust", "add", "agent", &agent_id]).await;
+    ok(&agent, &["trust", "add", "tool", &tool_id]).await;
+    ok(&tool, &["expose", "exec", "cat", "--", "cat"]).await;
+    ok(&tool, &["allow", "agent", "cat"]).await;
+    net.up(&tool).await;
+    net.up(&agent).await;
+    let (child, mut stdin) = spawn_pipe(&agent, "tool/cat");
+    stdin.write_all(b"live\n").await.unwrap();
+    let started = Instant::now();
+    while !ok(&tool, &["status"]).await.contains("in  agent") {
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ok(&tool, &["deny", "agent", "cat"]).await;
+    let out = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "pipe exited 0 after its channel was taken away"
+    );
+    assert!(
+        stderr.contains("tool/cat: channel closed by the peer: not allowed"),
+        "{stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "live\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_exec_process_started_ends_with_its_channel() {
+    let mut net = Net::start().await;
+    let (tool, tool_id, caller, _) = tool_and_caller(&mut net, "").await;
+    let marker = format!("np-orphan-{}", std::process::id());
+    ok(&tool, &["expose", "exec", "sh", "--", "sh"]).await;
+    ok(&tool, &["allow", "agent", "sh"]).await;
+    let mut ch = caller.dial(tool_id, "sh").await.unwrap();
+    // Background jobs (a process that calls setsid leaves the group: only a sandbox holds
+    // it, see docs/node.md).
+    let script = format!(
+        "sh -c 'sleep 300' {marker}-a & sh -c 'sleep 300; true' {marker}-b & echo started\n"
+    );
+    ch.write_all(script.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 8];
+    ch.read_exact(&mut buf).await.unwrap();
+    let running = || async {
+        let out = Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert!(running().await >= 1, "the background jobs did not start");
+    ok(&tool, &["deny", "agent", "sh"]).await;
+    let started = Instant::now();
+    while running().await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "processes outlived the channel"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_revokes_at_once_both_count() {
+    let mut net = Net::start().await;
+    let (admin, _) = net.node("admin").await;
+    let (_, a) = net.node("a").await;
+    let (_, b) = net.node("b").await;
+    ok(&admin, &["trust", "add", "a", &a]).await;
+    ok(&admin, &["trust", "add", "b", &b]).await;
+    net.up(&admin).await;
+    let (x, y) = tokio::join!(ok(&admin, &["revoke", "a"]), ok(&admin, &["revoke", "b"]));
+    assert!(x.contains("revoked") && y.contains("revoked"));
+    let issued = std::fs::read_to_string(admin.join("revocations-issued.json")).unwrap();
+    assert!(issued.contains(&a) && issued.contains(&b), "{issued}");
+    assert!(issued.contains("\"version\": 2"), "{issued}");
+}

@@ -44,7 +44,8 @@ pub enum Error {
     },
     /// A private directory (a node's home) is open to other users or owned by another.
     #[error(
-        "{path} must be a directory of uid {euid} closed to others (mode 700), but it is mode {mode:o} owned by uid {owner} (run: chmod 700 {path})"
+        "{path} must be a directory of uid {euid} closed to others (mode 700), but it is mode {mode:o} owned by uid {owner} (run: {})",
+        if owner == euid { format!("chmod 700 {}", path.display()) } else { format!("chown {euid} {} && chmod 700 {}", path.display(), path.display()) }
     )]
     LooseDirectory {
         /// The directory.

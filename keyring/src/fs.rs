@@ -66,6 +66,32 @@ pub fn write_private(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(), E
     result
 }
 
+/// An exclusive lock on `<path>.lock` (created 0600), held until dropped: one writer at a
+/// time for a read-modify-write of `path` (two `revoke` commands at once must not lose one).
+#[derive(Debug)]
+pub struct FileLock {
+    _file: fs::File,
+}
+
+/// Takes the lock for `path`, waiting for another holder to let go.
+pub fn lock(path: &Path) -> Result<FileLock, Error> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = std::path::PathBuf::from(name);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(|e| Error::Io {
+        path: lock_path.clone(),
+        error: e.into(),
+    })?;
+    Ok(FileLock { _file: file })
+}
+
 /// The effective uid of this process.
 pub fn euid() -> u32 {
     rustix::process::geteuid().as_raw()

@@ -55,6 +55,76 @@ pub enum RevocationError {
 }
 
 impl RevocationList {
+    /// An empty list of `signer`'s.
+    pub fn new(signer: NodeId) -> RevocationList {
+        RevocationList {
+            signer,
+            version: 0,
+            issued: 0,
+            keys: Vec::new(),
+            tokens: Vec::new(),
+        }
+    }
+
+    /// The list `signer` keeps of what it revoked (at `path`, JSON; none yet: empty). A list
+    /// kept under a key since rotated away carries its entries over to `signer`, starting its
+    /// own versions (the old key's list is still held, and followed, by nodes).
+    pub fn load_own(path: &Path, signer: NodeId) -> Result<RevocationList, crate::Error> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let mut list: RevocationList =
+                    serde_json::from_slice(&bytes).map_err(|e| crate::Error::TrustStore {
+                        path: path.to_owned(),
+                        reason: e.to_string(),
+                    })?;
+                if list.signer != signer {
+                    list.signer = signer;
+                    list.version = 0;
+                }
+                Ok(list)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RevocationList::new(signer)),
+            Err(error) => Err(crate::Error::Io {
+                path: path.to_owned(),
+                error,
+            }),
+        }
+    }
+
+    /// Saves the list (atomically, 0600).
+    pub fn save_own(&self, path: &Path) -> Result<(), crate::Error> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| crate::Error::TrustStore {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        crate::fs::write_private(path, &bytes, true)
+    }
+
+    /// Adds a key; false if it was already on the list.
+    pub fn revoke_key(&mut self, key: NodeId) -> bool {
+        if self.keys.contains(&key) {
+            return false;
+        }
+        self.keys.push(key);
+        true
+    }
+
+    /// Adds a token id; false if it was already on the list.
+    pub fn revoke_token(&mut self, id: [u8; 16]) -> bool {
+        if self.tokens.contains(&id) {
+            return false;
+        }
+        self.tokens.push(id);
+        true
+    }
+
+    /// The next version of the list, issued at `now` (Unix seconds), signed by `signer`.
+    pub fn next(&mut self, now: u64, signer: &Identity) -> SignedRevocations {
+        self.version += 1;
+        self.issued = now;
+        self.sign(signer)
+    }
+
     /// Signs the list.
     pub fn sign(&self, signer: &Identity) -> SignedRevocations {
         let body = postcard::to_stdvec(self).unwrap_or_default();
@@ -97,6 +167,14 @@ impl RevocationSet {
         signed: &SignedRevocations,
         trusted: impl Fn(&NodeId) -> bool,
     ) -> Result<RevocationList, RevocationError> {
+        // The signer is the first field: refuse an untrusted signer's list before decoding
+        // the rest or checking its signature (anyone may publish lists; only some matter).
+        if signed.body.len() <= MAX_LIST_BYTES
+            && let Ok((signer, _)) = postcard::take_from_bytes::<NodeId>(&signed.body)
+            && !trusted(&signer)
+        {
+            return Err(RevocationError::Untrusted(signer));
+        }
         let list = verify_signed(signed)?;
         if !trusted(&list.signer) {
             return Err(RevocationError::Untrusted(list.signer));

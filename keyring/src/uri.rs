@@ -60,6 +60,12 @@ impl NormalUri {
                 _ => segments.push(segment),
             }
         }
+        // A query or fragment is kept as written, but a `..` in it (raw or encoded) is refused
+        // too: some servers strip the scheme and resolve the rest as a path.
+        let decoded_rest = rest.replace("%2e", ".").replace("%2E", ".");
+        if decoded_rest.contains("..") {
+            return Err(UriError::DotDot);
+        }
         Ok(NormalUri {
             scheme: scheme.to_ascii_lowercase(),
             authority,
@@ -199,6 +205,14 @@ mod tests {
             Ok(false)
         );
         assert_eq!(covers("x", "nonsense"), Err(UriError::NoScheme));
+        assert_eq!(
+            covers("file:///srv/docs/", "file:///srv/docs/#/../../etc/passwd"),
+            Err(UriError::DotDot)
+        );
+        assert_eq!(
+            covers("file:///srv/docs/", "file:///srv/docs/a?p=%2e%2E/x"),
+            Err(UriError::DotDot)
+        );
     }
 
     #[test]

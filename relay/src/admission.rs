@@ -12,7 +12,7 @@
 //!   allowed). The file is re-read on SIGHUP and when its modification time changes; a file
 //!   that fails to parse leaves the previous list in force (and says why).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +22,9 @@ use nullport_protocol::NodeId;
 use nullport_protocol::relay_link::{LinkErrorCode, close_code};
 
 use crate::error::Error;
+
+/// Rotations followed back from a key at most (a longer chain is cut there).
+const MAX_LINEAGE: usize = 16;
 
 /// Why a key is not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -63,7 +66,9 @@ impl Refusal {
 pub struct Admission {
     mode: Mode,
     revoked: RwLock<HashSet<NodeId>>,
-    retired: RwLock<HashSet<NodeId>>,
+    /// Rotations: old -> new, and new -> old (a key inherits the revocation of the keys it
+    /// was rotated from).
+    rotated: RwLock<(HashMap<NodeId, NodeId>, HashMap<NodeId, NodeId>)>,
     refusals: AtomicU64,
     enroll: AtomicBool,
 }
@@ -82,7 +87,7 @@ impl Admission {
         Self {
             mode,
             revoked: RwLock::default(),
-            retired: RwLock::default(),
+            rotated: RwLock::default(),
             refusals: AtomicU64::new(0),
             enroll: AtomicBool::new(false),
         }
@@ -110,14 +115,26 @@ impl Admission {
         }))
     }
 
-    /// The admission decision for `id`: barred keys first, then the mode.
+    /// The admission decision for `id`: barred keys first (revoked, itself or through a key
+    /// it was rotated from; rotated away), then the mode.
     pub fn check(&self, id: &NodeId) -> Result<(), Refusal> {
-        if self.revoked.read().map(|r| r.contains(id)).unwrap_or(true) {
+        let (Ok(revoked), Ok(rotated)) = (self.revoked.read(), self.rotated.read()) else {
             return Err(Refusal::Revoked);
+        };
+        let mut key = *id;
+        for _ in 0..MAX_LINEAGE {
+            if revoked.contains(&key) {
+                return Err(Refusal::Revoked);
+            }
+            match rotated.1.get(&key) {
+                Some(old) => key = *old,
+                None => break,
+            }
         }
-        if self.retired.read().map(|r| r.contains(id)).unwrap_or(true) {
+        if rotated.0.contains_key(id) {
             return Err(Refusal::Retired);
         }
+        drop((revoked, rotated));
         match &self.mode {
             Mode::Open => Ok(()),
             Mode::AllowList { state, .. } => {
@@ -210,34 +227,64 @@ impl Admission {
         let Mode::AllowList { path, state } = &self.mode else {
             return Ok(());
         };
-        if let Some(path) = path {
-            use std::io::Write;
-            let label = label.replace(['\n', '\r'], " ");
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(path)
-                .and_then(|mut f| writeln!(f, "{id}  # {label}"))
-                .map_err(|error| {
-                    AddError::Io(Error::Io {
-                        what: format!("appending to {}", path.display()),
-                        error,
-                    })
-                })?;
+        let Some(path) = path else {
+            if let Ok(mut s) = state.write() {
+                s.0.insert(id);
+            }
+            return Ok(());
+        };
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let label = label.replace(['\n', '\r'], " ");
+        let io = |error| {
+            AddError::Io(Error::Io {
+                what: format!("appending to {}", path.display()),
+                error,
+            })
+        };
+        // Hold the state lock across the write and the re-read, so a change the operator
+        // made to the file meanwhile is read, never masked by a recorded mtime.
+        let Ok(mut s) = state.write() else {
+            return Ok(());
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        // A file that does not end with a newline gets one first, so the entry is a line.
+        let len = f.metadata().map_err(io)?.len();
+        let mut last = [0u8; 1];
+        if len > 0 {
+            f.seek(SeekFrom::Start(len - 1)).map_err(io)?;
+            f.read_exact(&mut last).map_err(io)?;
         }
-        if let Ok(mut s) = state.write() {
-            s.0.insert(id);
-            // Keep the file's new mtime from triggering a redundant reload.
-            if let Some(p) = path {
-                s.1 = std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let sep = if len > 0 && last[0] != b'\n' {
+            "\n"
+        } else {
+            ""
+        };
+        writeln!(f, "{sep}{id}  # {label}").map_err(io)?;
+        match read_allowlist(path) {
+            Ok(read) => *s = read,
+            Err(e) => {
+                // The operator's edit does not parse: keep the list in force plus this key,
+                // and leave the mtime unrecorded so the next reload reports the error.
+                tracing::error!(
+                    "allowlist {} does not parse after an append: {e}",
+                    path.display()
+                );
+                s.0.insert(id);
             }
         }
         Ok(())
     }
 
-    /// Bars `id` for good (a key rotated away) and rewrites the allowlist file without it.
-    pub fn retire(&self, id: &NodeId) {
-        if let Ok(mut r) = self.retired.write() {
-            r.insert(*id);
+    /// Bars `id` for good (a key rotated away to `new`) and rewrites the allowlist file
+    /// without it. `new` inherits any revocation of `id`.
+    pub fn retire(&self, id: &NodeId, new: &NodeId) {
+        if let Ok(mut r) = self.rotated.write() {
+            r.0.insert(*id, *new);
+            r.1.insert(*new, *id);
         }
         let Mode::AllowList { path, state } = &self.mode else {
             return;
@@ -245,21 +292,28 @@ impl Admission {
         if let Ok(mut s) = state.write() {
             s.0.remove(id);
         }
-        if let Some(path) = path
-            && let Ok(text) = std::fs::read_to_string(path)
-        {
+        let Some(path) = path else {
+            return;
+        };
+        let Ok(mut s) = state.write() else {
+            return;
+        };
+        if let Ok(text) = std::fs::read_to_string(path) {
             let id = id.to_string();
             let kept: String = text
                 .lines()
                 .filter(|l| l.split('#').next().unwrap_or("").trim() != id)
                 .map(|l| format!("{l}\n"))
                 .collect();
-            if let Err(e) = nullport_keyring::fs::write_private(path, kept.as_bytes(), true) {
+            if kept != text
+                && let Err(e) = nullport_keyring::fs::write_private(path, kept.as_bytes(), true)
+            {
                 tracing::error!("removing a retired key from {}: {e}", path.display());
             }
-            if let Ok(mut s) = state.write() {
-                s.1 = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-            }
+        }
+        // Read back what the file says now (an operator's edit included).
+        if let Ok(read) = read_allowlist(path) {
+            *s = read;
         }
     }
 
@@ -352,7 +406,7 @@ mod tests {
         let listed = Admission::fixed([a, b]);
         listed.set_enrolling(true);
         listed.set_revoked([a]);
-        listed.retire(&b);
+        listed.retire(&b, &Identity::from_seed([4; 32]).node_id());
         assert_eq!(listed.check(&a), Err(Refusal::Revoked));
         assert_eq!(listed.check(&b), Err(Refusal::Retired));
         assert!(listed.may_handshake(&a), "barred keys hear why");
@@ -371,6 +425,39 @@ mod tests {
         open.set_revoked([c]);
         assert_eq!(open.check(&c), Err(Refusal::Revoked));
         assert!(open.admits(&a));
+        // Revocation follows rotations: c rotated to d before it was revoked; d is barred.
+        let d = Identity::from_seed([4; 32]).node_id();
+        let later = Admission::open();
+        later.retire(&c, &d);
+        assert!(later.admits(&d));
+        later.set_revoked([c]);
+        assert_eq!(later.check(&d), Err(Refusal::Revoked));
+    }
+
+    #[test]
+    fn an_append_never_joins_the_last_line_and_keeps_the_operators_edits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allow");
+        let a = Identity::from_seed([1; 32]).node_id();
+        let b = Identity::from_seed([2; 32]).node_id();
+        let c = Identity::from_seed([3; 32]).node_id();
+        // No newline at the end, and a comment on the last line.
+        std::fs::write(&path, format!("{a}\n{b}  # laptop")).unwrap();
+        let adm = Admission::from_file(&path).unwrap();
+        // The operator removes b; before the relay polls the file, a node enrolls.
+        std::fs::write(&path, format!("{a}  # only a now")).unwrap();
+        adm.add(c, "enrolled with invite 00").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            format!("{a}  # only a now\n{c}  # enrolled with invite 00\n")
+        );
+        assert!(adm.admits(&a) && adm.admits(&c));
+        assert_eq!(
+            adm.check(&b),
+            Err(Refusal::NotListed),
+            "the operator's removal was lost"
+        );
     }
 
     #[test]
@@ -382,7 +469,7 @@ mod tests {
         let _ = std::fs::write(&path, format!("{a}\n"));
         let adm = Admission::from_file(&path).unwrap();
         adm.add(b, &format!("rotated from {a}")).unwrap();
-        adm.retire(&a);
+        adm.retire(&a, &b);
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         assert_eq!(text, format!("{b}  # rotated from {a}\n"));
         assert_eq!(adm.reload(false).ok().flatten(), Some(1));

@@ -83,6 +83,11 @@ pub struct RelayLimits {
     /// Revocation lists held for distribution (one per signer, and a node may publish only
     /// its own); a new signer over this is refused with `ListsFull`.
     pub max_revocation_lists: usize,
+    /// Bytes of revocation lists held in total; a list that would pass it is refused with
+    /// `ListsFull`.
+    pub max_revocation_bytes: usize,
+    /// Revocation lists one node may publish per second (burst: ten times that).
+    pub publishes_per_second: u64,
 }
 
 impl Default for RelayLimits {
@@ -105,6 +110,8 @@ impl Default for RelayLimits {
             send_window: 16 << 20,
             socket_buffer: 8 << 20,
             max_revocation_lists: 10_000,
+            max_revocation_bytes: 256 << 20,
+            publishes_per_second: 1,
         }
     }
 }

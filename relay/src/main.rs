@@ -286,28 +286,27 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     let identity = load_identity(&args.key)?;
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating {}", args.state_dir.display()))?;
+    // One `revoke` at a time: two at once must not both write version N+1.
+    let _lock = nullport_keyring::fs::lock(
+        &args
+            .state_dir
+            .join(nullport_relay::store::ADMIN_REVOCATIONS_FILE),
+    )?;
     let held = nullport_relay::store::read_admin_list(&args.state_dir, &identity.node_id())
         .map_err(|e| anyhow::anyhow!(e))?;
-    let mut list = held.map(|(l, _)| l).unwrap_or(RevocationList {
-        signer: identity.node_id(),
-        version: 0,
-        issued: 0,
-        keys: Vec::new(),
-        tokens: Vec::new(),
-    });
-    let mut added = Vec::new();
-    for key in args.keys {
-        if !list.keys.contains(&key) {
-            list.keys.push(key);
-            added.push(key);
-        }
-    }
-    list.version += 1;
-    list.issued = std::time::SystemTime::now()
+    let mut list = held
+        .map(|(l, _)| l)
+        .unwrap_or_else(|| RevocationList::new(identity.node_id()));
+    let added: Vec<_> = args
+        .keys
+        .into_iter()
+        .filter(|key| list.revoke_key(*key))
+        .collect();
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let signed = list.sign(&identity);
+    let signed = list.next(now, &identity);
     nullport_relay::store::write_admin_list(&args.state_dir, &signed)
         .map_err(|e| anyhow::anyhow!(e))?;
     for key in &added {

@@ -429,3 +429,47 @@ async fn thousands_of_revoked_keys_and_many_lists_cross_the_link_intact() {
     assert!(total > 2_000_000, "{total}");
     eprintln!("catch-up: {} lists, {total} bytes", held.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrollment_right_after_an_allowlist_edit_does_not_mask_the_edit() {
+    let (a_id, b_id) = (identity(), identity());
+    let relay = start_relay(&[a_id.node_id(), b_id.node_id()], &["--enroll"]).await;
+    let _a = online(&relay, a_id.clone()).await;
+    let b = online(&relay, b_id.clone()).await;
+    let invite = Command::new(RELAY)
+        .args(["invite", "--key"])
+        .arg(&relay.key)
+        .output()
+        .await
+        .unwrap();
+    let invite =
+        nullport_keyring::invite::Invite::from_text(String::from_utf8_lossy(&invite.stdout).trim())
+            .unwrap();
+    // The operator removes B; at once (before the relay polls the file) a node enrolls,
+    // which appends to the same file.
+    relay.write_allowlist(&[a_id.node_id()]);
+    let mut config = NodeConfig::new(identity(), relay.address.parse().unwrap());
+    config.limits = limits();
+    config.join = Some(invite);
+    let newcomer = Node::start(config).await.unwrap();
+    newcomer.wait_online(Duration::from_secs(5)).await.unwrap();
+    refused_within(&b, "not on the relay's allowlist", Duration::from_secs(2)).await;
+    let allow = std::fs::read_to_string(relay.allow_file()).unwrap();
+    assert!(!allow.contains(&b_id.node_id().to_string()), "{allow}");
+    assert!(allow.contains(&newcomer.node_id().to_string()), "{allow}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_key_also_bars_the_key_it_was_rotated_to() {
+    // A thief holding D's key rotates D to a key of its own (T) before anyone notices; the
+    // admin then revokes D: T is barred too, and its link closed.
+    let (d_id, t_id) = (identity(), identity());
+    let relay = start_relay(&[d_id.node_id()], &[]).await;
+    let d = online(&relay, d_id.clone()).await;
+    d.publish_rotation(nullport_keyring::rotation::sign(&d_id, &t_id, 1))
+        .await
+        .unwrap();
+    let t = online(&relay, t_id.clone()).await;
+    relay.revoke(&[d_id.node_id()]).await;
+    refused_within(&t, "revoked by the network admin", Duration::from_secs(2)).await;
+}

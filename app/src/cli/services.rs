@@ -120,7 +120,7 @@ pub(crate) async fn open_pipe(
     service: &str,
     mcp: bool,
     token: Option<String>,
-) -> anyhow::Result<BufReader<UnixStream>> {
+) -> anyhow::Result<(BufReader<UnixStream>, Option<u64>)> {
     let (response, stream) = control(
         home,
         &ControlRequest::Pipe {
@@ -137,7 +137,7 @@ pub(crate) async fn open_pipe(
             response.error.unwrap_or_else(|| "channel refused".into())
         );
     }
-    Ok(stream)
+    Ok((stream, response.pipe))
 }
 
 pub(crate) async fn pipe(
@@ -147,7 +147,7 @@ pub(crate) async fn pipe(
     token: Option<String>,
 ) -> anyhow::Result<()> {
     let (peer, service) = split_target(target)?;
-    let stream = open_pipe(home, peer, service, mcp, read_token(token)?).await?;
+    let (stream, pipe_id) = open_pipe(home, peer, service, mcp, read_token(token)?).await?;
     let (mut from_daemon, mut to_daemon) = tokio::io::split(stream);
     let upload = async {
         let r = tokio::io::copy(&mut tokio::io::stdin(), &mut to_daemon).await;
@@ -166,9 +166,17 @@ pub(crate) async fn pipe(
     loop {
         tokio::select! {
             r = &mut upload, if !upload_done => { upload_done = true; r?; }
-            r = &mut download => { r?; return Ok(()); }
+            r = &mut download => { r?; break; }
         }
     }
+    // The daemon knows whether the channel ended cleanly or why it did not.
+    if let Some(id) = pipe_id
+        && let Ok((r, _)) = control(home, &ControlRequest::PipeEnded { id }).await
+        && let Some(reason) = r.note
+    {
+        bail!("{target}: {reason}");
+    }
+    Ok(())
 }
 
 pub(crate) async fn connect(
@@ -209,7 +217,7 @@ pub(crate) async fn connect(
         let (peer, service, token) = (peer.to_owned(), service.to_owned(), token.clone());
         tokio::spawn(async move {
             match open_pipe(&home, &peer, &service, false, token).await {
-                Ok(mut stream) => {
+                Ok((mut stream, _)) => {
                     let _ = tcp.set_nodelay(true);
                     let _ = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await;
                 }
@@ -248,7 +256,7 @@ pub(crate) async fn connect_unix(
             let (peer, service, token) = (peer.to_owned(), service.to_owned(), token.clone());
             tokio::spawn(async move {
                 match open_pipe(&home, &peer, &service, false, token).await {
-                    Ok(mut stream) => {
+                    Ok((mut stream, _)) => {
                         let _ = tokio::io::copy_bidirectional(&mut local, &mut stream).await;
                     }
                     Err(e) => eprintln!("unix:{e:#}"),

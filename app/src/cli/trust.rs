@@ -117,36 +117,20 @@ pub(crate) async fn revoke(
     let identity = load_identity(home, passphrase_file)?;
     let trust = TrustStore::load(&home.trust())?;
     let path = home.revocations_issued();
-    let mut list: RevocationList = match std::fs::read(&path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?
-        }
-        Err(_) => RevocationList {
-            signer: identity.node_id(),
-            version: 0,
-            issued: 0,
-            keys: Vec::new(),
-            tokens: Vec::new(),
-        },
-    };
+    // One `revoke` at a time: two at once must not both write version N+1.
+    let _lock = nullport_keyring::fs::lock(&path)?;
+    let mut list = RevocationList::load_own(&path, identity.node_id())?;
     let described = if what.starts_with("npt1") || what.starts_with('@') {
         let text = read_token(Some(what.to_owned()))?.unwrap_or_default();
         let token = nullport_keyring::token::Token::from_text(&text)?;
-        let id = token.last().body.id;
-        if !list.tokens.contains(&id) {
-            list.tokens.push(id);
-        }
+        list.revoke_token(token.last().body.id);
         format!("token {}", token.ids().last().cloned().unwrap_or_default())
     } else {
         let key = trust.resolve(what)?;
-        if !list.keys.contains(&key) {
-            list.keys.push(key);
-        }
+        list.revoke_key(key);
         format!("key {key}")
     };
-    list.version += 1;
-    list.issued = nullport::tokens::unix_now();
-    let signed = list.sign(&identity);
+    let signed = list.next(nullport::tokens::unix_now(), &identity);
     let (response, _) = control(home, &ControlRequest::PublishRevocations { list: signed }).await?;
     if !response.ok {
         bail!(
@@ -154,7 +138,7 @@ pub(crate) async fn revoke(
             response.error.unwrap_or_default()
         );
     }
-    nullport_keyring::fs::write_private(&path, &serde_json::to_vec_pretty(&list)?, true)?;
+    list.save_own(&path)?;
     match response.note {
         None => println!(
             "revoked {described} (revocation list version {}): refused here at once, and published through the relay",

@@ -143,7 +143,10 @@ impl Table {
         let Ok(mut open) = self.inner.open.lock() else {
             return Err(Refusal::NodeFull { open: 0 });
         };
-        let incoming = open.values().filter(|c| c.direction == Direction::In);
+        // Channels already ended (closing down) no longer count.
+        let incoming = open
+            .values()
+            .filter(|c| c.direction == Direction::In && !c.ended);
         let load = incoming.fold(Load::default(), |mut l, c| {
             l.total += 1;
             l.caller += usize::from(c.peer == peer);
@@ -181,11 +184,11 @@ impl Table {
         let _ = count.wait_for(|n| *n == 0).await;
     }
 
-    /// Ends every channel (shutdown).
-    pub(crate) fn abort_all(&self, reason: DenyReason) {
+    /// Ends every channel cleanly, with a close frame (an orderly shutdown).
+    pub(crate) fn close_all(&self) {
         if let Ok(open) = self.inner.open.lock() {
             for c in open.values() {
-                c.abort.abort(reason);
+                c.abort.close();
             }
         }
     }

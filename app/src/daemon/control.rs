@@ -13,7 +13,7 @@ use crate::control::{
 };
 use crate::daemon::{DaemonError, Files, State, lists};
 use crate::mcp::Session;
-use crate::service::{Counted, forward};
+use crate::service::{Counted, forward_pipe};
 use nullport_node::Error;
 
 /// Largest control request line (a signed revocation list of the largest size, as JSON).
@@ -175,6 +175,20 @@ async fn handle(state: &Arc<State>, request: ControlRequest) -> ControlResponse 
                 ControlResponse::error(e)
             }
         },
+        ControlRequest::PipeEnded { id } => {
+            let mut endings = state.pipe_endings.subscribe();
+            let ended = tokio::time::timeout(
+                Duration::from_secs(5),
+                endings.wait_for(|e| e.ending(id).is_some()),
+            )
+            .await;
+            let mut r = ControlResponse::ok();
+            r.note = match ended {
+                Ok(Ok(e)) => e.ending(id).cloned().flatten(),
+                _ => Some("the daemon does not know how this pipe ended".into()),
+            };
+            r
+        }
         ControlRequest::Pipe { .. } => ControlResponse::error("pipe is handled elsewhere"),
     }
 }
@@ -227,10 +241,13 @@ async fn pipe(
             return;
         }
     };
-    if respond(reader.get_mut(), &ControlResponse::ok())
-        .await
-        .is_err()
-    {
+    let mut pipe_id = 0;
+    state
+        .pipe_endings
+        .send_modify(|endings| pipe_id = endings.open());
+    let mut opened = ControlResponse::ok();
+    opened.pipe = Some(pipe_id);
+    if respond(reader.get_mut(), &opened).await.is_err() {
         return;
     }
     let registered = state.channels.register_out(target, &service);
@@ -239,25 +256,26 @@ async fn pipe(
     let mut channel = Counted::new(channel, registered.counters.clone());
     let mut local = reader;
     let run = async {
-        if mcp {
+        let ended: std::io::Result<()> = if mcp {
             let session = Session {
                 caller: state.node.node_id(),
                 service: service.clone(),
                 handshake,
                 signer: state.identity.clone(),
             };
-            if let Err(e) =
-                crate::mcp::caller_pipe(local, channel, session, target, state.audit.clone()).await
-            {
-                tracing::info!("mcp bridge ended: {e}");
-            }
-            return;
-        }
-        if let Err(e) = forward(&mut channel, &mut local).await {
+            crate::mcp::caller_pipe(local, channel, session, target, state.audit.clone()).await
+        } else {
+            forward_pipe(&mut channel, &mut local).await.map(drop)
+        };
+        if let Err(e) = &ended {
             tracing::info!("pipe ended: {e}");
         }
+        ended.err().map(|e| e.to_string())
     };
-    run.await;
+    let reason = run.await;
+    state
+        .pipe_endings
+        .send_modify(|endings| endings.end(pipe_id, reason));
 }
 
 /// Turns a dial error into what a person should read.
@@ -377,6 +395,6 @@ fn status(state: &State) -> Status {
         services,
         channels,
         revocations,
-        retired_keys: access.retired.len(),
+        retired_keys: access.rotations.len(),
     }
 }

@@ -7,7 +7,7 @@
 //! to a revoked or retired key, so a revoked key cannot come back under a new one. Retired
 //! keys are kept for good (`rotations.json` in the home).
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use nullport_keyring::revocation::{RevocationError, RevocationList, SignedRevocations};
@@ -25,13 +25,16 @@ fn read_rotations(home: &Home) -> Vec<SignedRotation> {
         .unwrap_or_default()
 }
 
-/// The keys retired by the rotations this node followed.
-pub(crate) fn load_retired(home: &Home) -> HashSet<NodeId> {
-    read_rotations(home)
+/// The rotations this node followed, old key -> new key (the first per old key).
+pub(crate) fn load_rotations(home: &Home) -> BTreeMap<NodeId, NodeId> {
+    let mut map = BTreeMap::new();
+    for r in read_rotations(home)
         .iter()
         .filter_map(|r| nullport_keyring::rotation::verify_signed(r).ok())
-        .map(|r| r.old)
-        .collect()
+    {
+        map.entry(r.old).or_insert(r.new);
+    }
+    map
 }
 
 /// Takes `signed` if it verifies, is newer than the list held from its signer, and the
@@ -42,18 +45,13 @@ pub(crate) fn apply_list(
     state: &State,
     signed: &SignedRevocations,
 ) -> Result<RevocationList, RevocationError> {
-    let me = state.identity.node_id();
-    let signers: Vec<NodeId> = state
-        .files
-        .read()
-        .map(|f| f.policy.revocation_signers(&f.trust))
-        .unwrap_or_default();
+    let access = state.access();
     let list = {
         let mut set = state
             .revocations
             .lock()
             .map_err(|_| RevocationError::Malformed)?;
-        let list = set.apply(signed, |s| *s == me || signers.contains(s))?;
+        let list = set.apply(signed, |s| access.keeps_lists_of(s))?;
         if let Err(e) = set.save(&state.home.revocations()) {
             tracing::error!("saving revocations: {e}");
         }
@@ -101,13 +99,13 @@ pub(crate) async fn revocation_loop(state: Arc<State>) {
 /// Why a rotation is not followed.
 fn refuse_rotation(state: &State, r: &Rotation) -> Option<String> {
     let access = state.access();
-    if let Some(signer) = access.key_revoked_anywhere(&r.old) {
+    if let Some(signer) = access.key_revoked_everywhere(&r.old) {
         return Some(format!("the old key is revoked (list of {signer})"));
     }
-    if let Some(signer) = access.key_revoked_anywhere(&r.new) {
+    if let Some(signer) = access.key_revoked_everywhere(&r.new) {
         return Some(format!("the new key is revoked (list of {signer})"));
     }
-    if access.retired.contains(&r.new) {
+    if access.rotations.contains_key(&r.new) {
         return Some("the new key was itself rotated away".into());
     }
     None
@@ -136,9 +134,9 @@ pub(crate) async fn rotation_loop(state: Arc<State>) {
 
 fn follow(state: &State, r: Rotation, signed: SignedRotation) {
     let already = state
-        .retired
+        .rotations
         .lock()
-        .map(|set| set.contains(&r.old))
+        .map(|map| map.contains_key(&r.old))
         .unwrap_or(true);
     if already {
         let held = read_rotations(&state.home);
@@ -146,7 +144,7 @@ fn follow(state: &State, r: Rotation, signed: SignedRotation) {
             tracing::warn!(old = %r.old, new = %r.new, "ignoring a second rotation of a key (the first one stands)");
             state.audit.node(
                 nullport_audit::NodeEvent::RotationRefused,
-                &format!("{} -> {}: the key was already rotated", r.old, r.new),
+                format!("{} -> {}: the key was already rotated", r.old, r.new),
             );
         }
         return;
@@ -159,8 +157,8 @@ fn follow(state: &State, r: Rotation, signed: SignedRotation) {
         );
         return;
     }
-    if let Ok(mut set) = state.retired.lock() {
-        set.insert(r.old);
+    if let Ok(mut map) = state.rotations.lock() {
+        map.insert(r.old, r.new);
     }
     let mut all = read_rotations(&state.home);
     all.push(signed);
@@ -192,7 +190,7 @@ fn follow(state: &State, r: Rotation, signed: SignedRotation) {
     tracing::warn!(old = %r.old, new = %r.new, aliases = ?moved, "key rotation applied");
     state.audit.node(
         nullport_audit::NodeEvent::Rotation,
-        &format!(
+        format!(
             "{} -> {} (aliases moved: {})",
             r.old,
             r.new,

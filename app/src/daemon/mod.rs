@@ -9,7 +9,7 @@ mod control;
 mod incoming;
 mod lists;
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -87,8 +87,8 @@ pub(crate) struct State {
     pub(crate) files: RwLock<Files>,
     /// Revocation lists held (the source of the snapshot's copy).
     pub(crate) revocations: Mutex<RevocationSet>,
-    /// Keys rotated away (refused for good).
-    pub(crate) retired: Mutex<HashSet<NodeId>>,
+    /// Rotations followed, old -> new (the old keys are refused for good).
+    pub(crate) rotations: Mutex<BTreeMap<NodeId, NodeId>>,
     /// The access snapshot every decision reads; replaced whenever what it holds changes.
     pub(crate) access: watch::Sender<Arc<Access>>,
     pub(crate) channels: channels::Table,
@@ -96,6 +96,38 @@ pub(crate) struct State {
     pub(crate) approvals: Arc<Approvals>,
     pub(crate) audit: Audit,
     pub(crate) witness_idle: watch::Sender<bool>,
+    /// How recent pipes ended (id -> the reason, if not cleanly), for `nullport pipe` to say.
+    pub(crate) pipe_endings: watch::Sender<PipeEndings>,
+}
+
+/// The last [`PipeEndings::KEPT`] pipe endings.
+#[derive(Debug, Default)]
+pub(crate) struct PipeEndings {
+    next: u64,
+    ended: std::collections::VecDeque<(u64, Option<String>)>,
+}
+
+impl PipeEndings {
+    const KEPT: usize = 256;
+
+    /// A new pipe's id.
+    pub(crate) fn open(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    /// Records how pipe `id` ended.
+    pub(crate) fn end(&mut self, id: u64, reason: Option<String>) {
+        if self.ended.len() >= Self::KEPT {
+            self.ended.pop_front();
+        }
+        self.ended.push_back((id, reason));
+    }
+
+    /// How pipe `id` ended (None: not yet, or long forgotten).
+    pub(crate) fn ending(&self, id: u64) -> Option<&Option<String>> {
+        self.ended.iter().find(|(i, _)| *i == id).map(|(_, r)| r)
+    }
 }
 
 impl State {
@@ -110,14 +142,14 @@ impl State {
             .lock()
             .map(|r| r.clone())
             .unwrap_or_default();
-        let retired = self.retired.lock().map(|r| r.clone()).unwrap_or_default();
+        let rotations = self.rotations.lock().map(|r| r.clone()).unwrap_or_default();
         let access = Access {
             me: self.identity.node_id(),
             services: files.config.services.clone(),
             policy: files.policy.clone(),
             trust: files.trust.clone(),
             revocations,
-            retired,
+            rotations,
             settings: AccessSettings::from(&files.config.access),
         };
         self.access.send_replace(Arc::new(access));
@@ -153,7 +185,7 @@ impl Daemon {
         let listener = control::bind(&socket)?;
         let revocations = RevocationSet::load(&home.revocations())
             .map_err(|e| DaemonError::Config(e.to_string()))?;
-        let retired = lists::load_retired(&home);
+        let rotations = lists::load_rotations(&home);
         let (witness_tx, witness_rx) = tokio::sync::mpsc::unbounded_channel();
         let defaults = AuditConfig::default();
         let audit_config = AuditConfig {
@@ -186,7 +218,7 @@ impl Daemon {
             policy: files.policy.clone(),
             trust: files.trust.clone(),
             revocations: RevocationSet::default(),
-            retired: HashSet::new(),
+            rotations: BTreeMap::new(),
             settings: AccessSettings::default(),
         };
         let state = Arc::new(State {
@@ -196,13 +228,14 @@ impl Daemon {
             identity: identity.clone(),
             files: RwLock::new(files),
             revocations: Mutex::new(revocations),
-            retired: Mutex::new(retired),
+            rotations: Mutex::new(rotations),
             access: watch::Sender::new(Arc::new(placeholder)),
             channels: channels::Table::default(),
             shutdown: watch::Sender::new(false),
             approvals: Arc::new(Approvals::new(approval_timeout)),
             audit,
             witness_idle: watch::Sender::new(true),
+            pipe_endings: watch::Sender::new(PipeEndings::default()),
         });
         state.rebuild_access();
         let span = tracing::info_span!("daemon", id = %state.node.node_id().fmt_short());
@@ -225,9 +258,7 @@ impl Daemon {
     /// Closes every open channel (bounded wait), the control socket and the relay link.
     pub async fn shutdown(mut self) {
         self.state.shutdown.send_replace(true);
-        self.state
-            .channels
-            .abort_all(nullport_protocol::DenyReason::Unavailable);
+        self.state.channels.close_all();
         self.state.audit.node(NodeEvent::Stop, "shutdown");
         self.state.audit.checkpoint();
         let deadline = Instant::now() + Duration::from_secs(3);

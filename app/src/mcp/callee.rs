@@ -198,6 +198,7 @@ where
                 .args(args)
                 .env_clear()
                 .envs(env.iter().map(|(k, v)| (k, v)))
+                .process_group(0)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -379,6 +380,7 @@ where
         let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }
     if let Some(child) = child.as_mut() {
+        crate::service::kill_group(child);
         let _ = child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
     }

@@ -12,6 +12,10 @@ use super::receipt;
 use super::session::*;
 use crate::audit::Audit;
 
+/// The JSON-RPC error code a pending request gets when the channel ends under it (in the
+/// range JSON-RPC leaves to implementations).
+pub const CHANNEL_ENDED: i64 = -32003;
+
 /// The caller's side of an MCP session (`nullport mcp bridge`): relays lines between the
 /// local MCP client and the channel, signs each `tools/call` it sends (announced just before
 /// it), and checks the callee's receipts (audited, not passed to the client).
@@ -29,6 +33,9 @@ where
     let (local_r, mut local_w) = tokio::io::split(local);
     let (channel_r, mut channel_w) = tokio::io::split(channel);
     let pending: Mutex<HashMap<String, (String, Option<String>)>> = Mutex::new(HashMap::new());
+    // Requests sent and not answered yet: if the channel ends, each gets an error answer
+    // (the client sees why at once instead of waiting forever).
+    let awaiting: Mutex<HashMap<String, serde_json::Value>> = Mutex::new(HashMap::new());
     let handshake_hex: String = session
         .handshake
         .iter()
@@ -39,6 +46,14 @@ where
         loop {
             match read_line(&mut input, MAX_MESSAGE).await? {
                 Line::Message(line) => {
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
+                        && v.get("method").is_some()
+                        && let Some(id) = v.get("id")
+                        && let Some(key) = id_key(id)
+                        && let Ok(mut a) = awaiting.lock()
+                    {
+                        a.insert(key, id.clone());
+                    }
                     if let Some(id) = raw_tool_call_id(&line) {
                         let sha = receipt::digest(&line);
                         let sig = receipt::RequestSignature::sign(
@@ -70,7 +85,28 @@ where
     let down = async {
         let mut input = BufReader::new(channel_r);
         loop {
-            match read_line(&mut input, 64 << 20).await? {
+            let next = match read_line(&mut input, 64 << 20).await {
+                Ok(next) => next,
+                Err(e) => {
+                    // The channel ended (the callee took access away, or it broke): answer
+                    // every request still waiting, with the reason.
+                    let waiting: Vec<serde_json::Value> = awaiting
+                        .lock()
+                        .map(|mut a| a.drain().map(|(_, id)| id).collect())
+                        .unwrap_or_default();
+                    for id in waiting {
+                        let answer = serde_json::json!({
+                            "jsonrpc": "2.0",
+                            "id": id,
+                            "error": {"code": CHANNEL_ENDED, "message": format!("nullport: {e}")},
+                        });
+                        let _ = local_w.write_all(format!("{answer}\n").as_bytes()).await;
+                    }
+                    let _ = local_w.flush().await;
+                    return Err(e);
+                }
+            };
+            match next {
                 Line::Message(line) => {
                     if line
                         .windows(receipt::RECEIPT_METHOD.len())
@@ -103,10 +139,15 @@ where
                     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
                         && v.get("method").is_none()
                         && let Some(key) = v.get("id").and_then(id_key)
-                        && let Ok(mut p) = pending.lock()
-                        && let Some(entry) = p.get_mut(&key)
                     {
-                        entry.1 = Some(receipt::digest(&line));
+                        if let Ok(mut a) = awaiting.lock() {
+                            a.remove(&key);
+                        }
+                        if let Ok(mut p) = pending.lock()
+                            && let Some(entry) = p.get_mut(&key)
+                        {
+                            entry.1 = Some(receipt::digest(&line));
+                        }
                     }
                     local_w.write_all(&line).await?;
                     local_w.write_all(b"\n").await?;

@@ -26,6 +26,7 @@ pub(crate) async fn serve(
     mut recv: quinn::RecvStream,
 ) {
     loop {
+        let mut rotated = false;
         let request =
             crate::link::read_message::<NodeToRelay>(&mut recv, MAX_CONTROL_MESSAGE).await;
         let request = match request {
@@ -85,15 +86,7 @@ pub(crate) async fn serve(
             NodeToRelay::PublishRotation { rotation } => {
                 match publish_rotation(&shared, node_id, rotation.clone()).await {
                     Ok(()) => {
-                        // The old key is retired: its link ends once the answer is out.
-                        let conn = conn.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            conn.close(
-                                Refusal::Retired.close_code().into(),
-                                b"key retired by a rotation",
-                            );
-                        });
+                        rotated = true;
                         vec![RelayToNode::Rotations {
                             rotations: vec![rotation],
                             more: false,
@@ -123,6 +116,13 @@ pub(crate) async fn serve(
             if write_control(&mut send, answer).await.is_err() {
                 return;
             }
+        }
+        if rotated {
+            // This key is retired: its link ends once the answer is out (and whatever else
+            // changed in the re-read allowlist takes effect on live links too).
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            shared.enforce_admission();
+            return;
         }
     }
 }
@@ -170,6 +170,12 @@ fn publish_revocations(
     sender: NodeId,
     list: SignedRevocations,
 ) -> Result<(), LinkErrorCode> {
+    if !shared
+        .publish_limiter
+        .try_take(&sender, 1, std::time::Instant::now())
+    {
+        return Err(LinkErrorCode::RateLimited);
+    }
     let parsed =
         nullport_keyring::revocation::verify_signed(&list).map_err(|_| LinkErrorCode::Refused)?;
     if parsed.signer != sender || parsed.signer == shared.identity.node_id() {
@@ -177,9 +183,19 @@ fn publish_revocations(
     }
     {
         let held = shared.store.revocations.get(&parsed.signer);
+        let held_bytes: usize = shared
+            .store
+            .revocations
+            .iter()
+            .map(|e| e.value().1.body.len())
+            .sum();
+        let replaced = held.as_ref().map_or(0, |h| h.1.body.len());
         match held {
             Some(held) if held.0 >= parsed.version => return Err(LinkErrorCode::Refused),
             None if shared.store.revocations.len() >= shared.limits.max_revocation_lists => {
+                return Err(LinkErrorCode::ListsFull);
+            }
+            _ if held_bytes - replaced + list.body.len() > shared.limits.max_revocation_bytes => {
                 return Err(LinkErrorCode::ListsFull);
             }
             _ => {}
@@ -236,7 +252,7 @@ async fn publish_rotation(
             admission.add(new, &label)
         };
         if added.is_ok() {
-            admission.retire(&old);
+            admission.retire(&old, &new);
         }
         added
     })
@@ -299,6 +315,8 @@ pub(crate) async fn enroll(
             return Err(LinkErrorCode::Refused);
         }
     }
+    // The allowlist was re-read with the new entry: other edits take effect now too.
+    shared.enforce_admission();
     tracing::info!(peer = %node, invite = %invite.id_hex(), "enrolled with an invite");
     Ok(())
 }

@@ -126,11 +126,18 @@ impl Relay {
         })?;
         let store = Arc::new(Store::load(config.state_dir.clone()).await);
         // Rotated-away keys stay refused for good, across restarts.
-        let retired: Vec<NodeId> = store.rotations.iter().map(|e| *e.key()).collect();
+        let retired: Vec<(NodeId, NodeId)> = store
+            .rotations
+            .iter()
+            .filter_map(|e| {
+                let r = nullport_keyring::rotation::verify_signed(e.value()).ok()?;
+                Some((r.old, r.new))
+            })
+            .collect();
         let admission = config.admission.clone();
         tokio::task::spawn_blocking(move || {
-            for old in &retired {
-                admission.retire(old);
+            for (old, new) in &retired {
+                admission.retire(old, new);
             }
         })
         .await
@@ -140,6 +147,10 @@ impl Relay {
             dial_limiter: RateLimiter::new(
                 config.limits.dials_per_second,
                 config.limits.dial_burst,
+            ),
+            publish_limiter: RateLimiter::new(
+                config.limits.publishes_per_second,
+                config.limits.publishes_per_second.saturating_mul(10),
             ),
             byte_limiter: RateLimiter::new(
                 config.limits.bytes_per_second,

@@ -40,6 +40,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) routes: DashMap<NodeId, Route>,
     pub(crate) dial_limiter: RateLimiter,
+    pub(crate) publish_limiter: RateLimiter,
     pub(crate) byte_limiter: RateLimiter,
     pub(crate) next_session: AtomicU64,
     pub(crate) next_generation: AtomicU64,
@@ -63,8 +64,17 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     /// Closes the link (and with it every splice) of each online node that is no longer
-    /// admitted, telling it why. Returns how many were closed.
+    /// admitted, telling it why, and drops the revocation lists of signers no longer
+    /// admitted (they can publish no newer one). Returns how many links were closed.
     pub(crate) fn enforce_admission(&self) -> usize {
+        let admin = self.identity.node_id();
+        let before = self.store.revocations.len();
+        self.store
+            .revocations
+            .retain(|signer, _| *signer == admin || self.admission.check(signer).is_ok());
+        if self.store.revocations.len() != before {
+            self.store.touch(crate::store::Part::Revocations);
+        }
         let mut closed = 0;
         for route in self.routes.iter() {
             if let Err(refusal) = self.admission.check(route.key()) {
