@@ -473,3 +473,31 @@ async fn revoking_a_key_also_bars_the_key_it_was_rotated_to() {
     relay.revoke(&[d_id.node_id()]).await;
     refused_within(&t, "revoked by the network admin", Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_lists_is_rate_limited_per_node() {
+    let a_id = identity();
+    let relay = start_relay(&[a_id.node_id()], &[]).await;
+    let a = online(&relay, a_id.clone()).await;
+    let mut limited = None;
+    for version in 1..=20u64 {
+        let list = RevocationList {
+            signer: a_id.node_id(),
+            version,
+            issued: 0,
+            keys: vec![],
+            tokens: vec![],
+        }
+        .sign(&a_id);
+        if let Err(e) = a.publish_revocations(list).await {
+            limited = Some((version, e));
+            break;
+        }
+    }
+    match limited {
+        Some((version, Error::Link(LinkErrorCode::RateLimited))) => {
+            assert!(version > 5, "limited after {version} lists");
+        }
+        other => panic!("20 lists in a burst: {other:?}"),
+    }
+}
