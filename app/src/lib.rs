@@ -3,8 +3,8 @@
 //!
 //! - [`daemon`]: one relay link, the exposed services, the access decision, the control
 //!   socket; [`access`] is that decision, pure, over a snapshot of what grants access;
-//! - [`services`]: the service kinds a node exposes (tcp, exec, and [`mcp`] behind its
-//!   JSON-RPC firewall);
+//! - [`services`]: the service kinds a node exposes (tcp, exec, and mcp behind the
+//!   JSON-RPC firewall of [`mcp`]);
 //! - [`home`], [`config_file`]: a node's directory and its config file; [`control`]: the
 //!   daemon's control protocol; [`audit`]: the node's audit events; [`tokens`]: capability
 //!   tokens at the callee;
@@ -19,5 +19,5 @@ pub mod control;
 pub mod daemon;
 pub mod home;
 pub mod mcp;
-pub mod service;
+pub mod services;
 pub mod tokens;

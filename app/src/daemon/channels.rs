@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::access::{Access, Grant, Load, Refusal};
 use crate::daemon::{State, unix_now};
-use crate::service::Counters;
+use crate::services::io::Counters;
 use nullport_node::AbortHandle;
 
 /// Which way a channel goes.

@@ -13,7 +13,7 @@ use crate::control::{
 };
 use crate::daemon::{DaemonError, Files, State, lists};
 use crate::mcp::Session;
-use crate::service::{Counted, forward_pipe};
+use crate::services::io::{Counted, forward_pipe};
 use nullport_node::Error;
 
 /// Largest control request line (a signed revocation list of the largest size, as JSON).

@@ -380,7 +380,7 @@ where
         let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }
     if let Some(child) = child.as_mut() {
-        crate::service::kill_group(child);
+        crate::services::exec::kill_group(child);
         let _ = child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
     }

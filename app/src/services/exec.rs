@@ -1,0 +1,133 @@
+//! `exec`: each channel is a process (its stdin and stdout), started with a clean environment
+//! in a process group of its own, killed with the group when the channel ends.
+
+use std::io;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nullport_protocol::DenyReason;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use super::io::Counted;
+use super::{Caller, Kind, Ready};
+
+/// An `exec` service.
+#[derive(Debug)]
+pub struct Exec<'a> {
+    /// Program and arguments.
+    pub command: &'a [String],
+    /// The process's whole environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// A process started for one channel.
+pub struct Started {
+    child: Child,
+    service: String,
+}
+
+impl Kind for Exec<'_> {
+    type Ready = Started;
+
+    async fn prepare(&self, caller: &Caller<'_>) -> Result<Started, DenyReason> {
+        let child = spawn_exec(self.command, &self.env).map_err(|e| {
+            tracing::warn!("cannot start {:?}: {e}", self.command);
+            DenyReason::Unavailable
+        })?;
+        Ok(Started {
+            child,
+            service: caller.service.to_owned(),
+        })
+    }
+}
+
+impl Ready for Started {
+    async fn run(self, channel: Counted<nullport_node::Channel>) -> io::Result<()> {
+        run_exec(channel, self.child, &self.service).await
+    }
+}
+
+/// Starts an `exec` service's process for one channel, with exactly `env` as its
+/// environment (nothing is inherited from the daemon).
+pub fn spawn_exec(command: &[String], env: &[(String, String)]) -> io::Result<Child> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+    Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        // Its own process group: when the channel ends, everything it started (background
+        // jobs included) ends with it.
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// Runs one channel against a spawned process: channel -> stdin, stdout -> channel, stderr
+/// to the log. The process is killed when the channel is done or fails (an aborted channel
+/// fails its reads and writes at once).
+pub async fn run_exec<C>(channel: C, mut child: Child, name: &str) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut stdin, mut stdout) = match (child.stdin.take(), child.stdout.take()) {
+        (Some(i), Some(o)) => (i, o),
+        _ => return Err(io::Error::other("child without pipes")),
+    };
+    if let Some(stderr) = child.stderr.take() {
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(service = %name, "stderr: {line}");
+            }
+        });
+    }
+    let (mut r, mut w) = tokio::io::split(channel);
+    let to_child = async {
+        let r = tokio::io::copy(&mut r, &mut stdin).await;
+        drop(stdin);
+        r
+    };
+    let from_child = async {
+        let r = tokio::io::copy(&mut stdout, &mut w).await;
+        let _ = w.shutdown().await;
+        r
+    };
+    tokio::pin!(to_child, from_child);
+    // The channel is done when the process's output ends (its input may stay open: a peer
+    // that never half-closes must not keep the process alive).
+    let mut input_done = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut to_child, if !input_done => {
+                input_done = true;
+                if let Err(e) = r {
+                    break Err(e);
+                }
+            }
+            r = &mut from_child => break r.map(drop),
+        }
+    };
+    kill_group(&child);
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+    result
+}
+
+/// Kills the process group a child leads (see [`spawn_exec`]): the child and whatever it
+/// started, daemons that did not leave the group included.
+pub fn kill_group(child: &Child) {
+    if let Some(pid) = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
