@@ -1,51 +1,33 @@
-//! The node layer's error.
+//! The node layer's error, typed all the way down: each variant says what failed and carries
+//! the cause as a value (a NodeId, a close code's meaning, quinn's or rustls's own error), so
+//! a program can match on it and a person reads one line that names cause and fix.
 
-use nullport_protocol::relay_link::LinkErrorCode;
-use nullport_protocol::{DenyReason, NodeId};
+use std::net::SocketAddr;
+
+use nullport_protocol::relay_link::{LinkEncodeError, LinkErrorCode};
+use nullport_protocol::{DenyReason, NodeId, NodeIdError};
 
 /// What can go wrong using a node.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The relay address is not `<relay NodeId>@<host>:<port>`.
-    #[error("invalid relay address {address:?}: {reason} (expected <relay NodeId>@<host>:<port>)")]
+    #[error("invalid relay address {address:?}: {problem} (expected <relay NodeId>@<host>:<port>)")]
     InvalidRelayAddress {
         /// What was given.
         address: String,
-        /// What is wrong.
-        reason: String,
+        /// What is wrong with it.
+        problem: AddressProblem,
     },
     /// The relay could not be reached (no answer, DNS, network).
-    #[error("relay unreachable: {reason}")]
-    RelayUnreachable {
-        /// Details.
-        reason: String,
-    },
-    /// The relay presented another key than the one pinned in its address.
-    #[error("relay key mismatch: the address pins {expected}, the relay presented {presented}")]
-    WrongRelayKey {
-        /// The pinned key.
-        expected: NodeId,
-        /// The key presented.
-        presented: String,
-    },
-    /// The relay refused this node (not on its allowlist, revoked, superseded, ...).
-    #[error("relay refused this node: {reason}")]
-    RelayRefused {
-        /// Why.
-        reason: String,
-    },
-    /// Another connection with this node's identity replaced this one at the relay (newest
-    /// wins). The node keeps trying with a long backoff (so two copies of one identity do
-    /// not flap), and says so in its link state.
-    #[error("superseded: another connection with this identity replaced this one at the relay")]
-    Superseded,
+    #[error("relay unreachable: {0}")]
+    RelayUnreachable(Unreachable),
+    /// The relay refused this node, or is not the relay pinned.
+    #[error("relay refused this node: {0}")]
+    RelayRefused(Refusal),
     /// The connection to the relay was lost.
-    #[error("relay link lost: {reason}")]
-    RelayLinkLost {
-        /// Details.
-        reason: String,
-    },
+    #[error("relay link lost: {0}")]
+    RelayLinkLost(LinkLost),
     /// The dialed node is not connected to the relay.
     #[error("peer {0} is offline")]
     PeerOffline(NodeId),
@@ -55,7 +37,7 @@ pub enum Error {
     /// A relay-link message could not be encoded (for instance, larger than its stream
     /// allows); nothing was sent.
     #[error(transparent)]
-    Encode(#[from] nullport_protocol::relay_link::LinkEncodeError),
+    Encode(#[from] LinkEncodeError),
     /// The peer refused the channel.
     #[error("peer {peer} refused service {service:?}: {reason}")]
     Denied {
@@ -78,7 +60,160 @@ pub enum Error {
     /// The node is shutting down.
     #[error("node is shut down")]
     Shutdown,
-    /// Building the TLS or QUIC configuration failed.
+    /// Building the TLS or QUIC configuration, or binding the client socket, failed.
     #[error("setup: {0}")]
-    Setup(String),
+    Setup(SetupError),
+}
+
+/// What is wrong with a relay address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddressProblem {
+    /// No `@` between the NodeId and the host.
+    #[error("missing '@'")]
+    NoAt,
+    /// The part before `@` is not a NodeId.
+    #[error("relay NodeId: {0}")]
+    NodeId(NodeIdError),
+    /// No `:<port>`.
+    #[error("missing ':<port>'")]
+    NoPort,
+    /// An empty host.
+    #[error("empty host")]
+    EmptyHost,
+    /// An IPv6 address without brackets.
+    #[error("IPv6 addresses go in brackets: [::1]:7443")]
+    UnbracketedIpv6,
+    /// The port is not 1-65535.
+    #[error("port {0:?} is not 1-65535")]
+    BadPort(String),
+}
+
+/// Why the relay could not be reached.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unreachable {
+    /// The host name did not resolve.
+    #[error("resolving {host}: {kind}")]
+    Resolve {
+        /// The host.
+        host: String,
+        /// What the resolver said.
+        kind: std::io::ErrorKind,
+    },
+    /// The host resolved to no address.
+    #[error("{host} has no address")]
+    NoAddress {
+        /// The host.
+        host: String,
+    },
+    /// No answer to the QUIC handshake in time.
+    #[error("no answer from {addr}")]
+    NoAnswer {
+        /// Where.
+        addr: SocketAddr,
+    },
+    /// The connection attempt could not start.
+    #[error(transparent)]
+    Connect(#[from] quinn::ConnectError),
+    /// The QUIC handshake failed.
+    #[error(transparent)]
+    Connection(quinn::ConnectionError),
+    /// The relay did not answer `Hello` in time.
+    #[error("the relay did not answer hello")]
+    NoWelcome,
+    /// No connection yet, and no attempt has failed (still trying).
+    #[error("no answer from the relay yet")]
+    NotYet,
+}
+
+/// Why the relay refused this node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Refused inside the TLS handshake: the relay does not know this key.
+    #[error("not on the relay's allowlist (TLS access denied)")]
+    NotListed,
+    /// Closed as not admitted (removed from the allowlist while online, or not admitted).
+    #[error("not admitted (not on the relay's allowlist)")]
+    NotAdmitted,
+    /// The network admin revoked this node's key.
+    #[error("this node's key was revoked by the network admin")]
+    KeyRevoked,
+    /// A rotation retired this node's key.
+    #[error("this node's key was retired by a rotation")]
+    KeyRetired,
+    /// Another connection with this node's identity replaced this one at the relay.
+    #[error("superseded: another connection with this identity replaced this one at the relay")]
+    Superseded,
+    /// The relay speaks another relay-link version.
+    #[error("unsupported relay-link version")]
+    UnsupportedVersion,
+    /// Enrollment with an invite was refused.
+    #[error("{0}")]
+    Enrollment(LinkErrorCode),
+    /// The relay presented another key than the one pinned in its address.
+    #[error("relay key mismatch: the address pins {expected}, the relay presented {presented}")]
+    WrongRelayKey {
+        /// The pinned key.
+        expected: NodeId,
+        /// What the relay presented (a NodeId, or a description of an unusable key).
+        presented: String,
+    },
+}
+
+/// Why the link to the relay ended.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkLost {
+    /// The relay is shutting down.
+    #[error("relay shutting down")]
+    ShuttingDown,
+    /// The relay is at its connection limit.
+    #[error("relay at capacity")]
+    AtCapacity,
+    /// The QUIC connection ended.
+    #[error(transparent)]
+    Connection(quinn::ConnectionError),
+    /// A stream failed while reading.
+    #[error("stream failed: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    /// A stream failed while reading.
+    #[error("stream failed: {0}")]
+    ReadStream(#[from] quinn::ReadError),
+    /// A stream failed while writing.
+    #[error("stream failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The control stream is gone (the link is reconnecting).
+    #[error("no control stream")]
+    NoControlStream,
+    /// A channel's stream failed.
+    #[error("channel stream failed: {0}")]
+    Stream(std::io::ErrorKind),
+}
+
+/// Why the node could not be set up.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The TLS configuration could not be built.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// QUIC does not accept the TLS configuration.
+    #[error("QUIC TLS: {0}")]
+    QuicTls(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The client UDP socket could not be bound.
+    #[error("binding UDP {addr}: {kind}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        kind: std::io::ErrorKind,
+    },
+}
+
+impl From<LinkLost> for Error {
+    fn from(e: LinkLost) -> Self {
+        Error::RelayLinkLost(e)
+    }
 }

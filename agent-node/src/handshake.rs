@@ -9,7 +9,7 @@ use nullport_protocol::{
 };
 
 use crate::channel::Channel;
-use crate::error::Error;
+use crate::error::{Error, LinkLost};
 
 /// Reads until the deframer holds one complete message and returns a copy of it.
 async fn next_message(
@@ -23,11 +23,7 @@ async fn next_message(
         match recv.read(deframer.spare()).await {
             Ok(Some(n)) => deframer.commit(n),
             Ok(None) => return Err(nullport_protocol::Error::Truncated.into()),
-            Err(e) => {
-                return Err(Error::RelayLinkLost {
-                    reason: format!("stream failed during handshake: {e}"),
-                });
-            }
+            Err(e) => return Err(LinkLost::ReadStream(e).into()),
         }
     }
 }
@@ -35,9 +31,7 @@ async fn next_message(
 async fn write_all(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), Error> {
     send.write_all(bytes)
         .await
-        .map_err(|e| Error::RelayLinkLost {
-            reason: format!("stream failed during handshake: {e}"),
-        })
+        .map_err(|e| LinkLost::Write(e).into())
 }
 
 /// Runs the initiator side on a dial stream the relay has answered with `session`.
@@ -115,9 +109,7 @@ impl IncomingChannel {
         let mut channel = Channel::new(inner, self.send, self.recv, self.deframer, out);
         tokio::io::AsyncWriteExt::flush(&mut channel)
             .await
-            .map_err(|e| Error::RelayLinkLost {
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| LinkLost::Stream(e.kind()))?;
         Ok(channel)
     }
 

@@ -30,7 +30,7 @@ pub mod relay_addr;
 pub mod tls;
 
 pub use channel::{AbortHandle, Channel};
-pub use error::Error;
+pub use error::{AddressProblem, Error, LinkLost, Refusal, SetupError, Unreachable};
 pub use handshake::IncomingChannel;
 pub use node::{Handlers, LinkState, Node, NodeConfig, NodeLimits};
 pub use relay_addr::RelayAddr;

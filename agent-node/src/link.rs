@@ -4,16 +4,14 @@ use nullport_protocol::relay_link;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::Error;
+use crate::error::{Error, LinkLost};
 
 /// Reads one `len || postcard` message of at most `max` bytes.
 pub(crate) async fn read_message<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     max: usize,
 ) -> Result<T, Error> {
-    let lost = |e: quinn::ReadExactError| Error::RelayLinkLost {
-        reason: e.to_string(),
-    };
+    let lost = |e: quinn::ReadExactError| Error::RelayLinkLost(LinkLost::Read(e));
     let mut prefix = [0u8; relay_link::LENGTH_PREFIX];
     recv.read_exact(&mut prefix).await.map_err(lost)?;
     let len = relay_link::decode_len(prefix, max).map_err(|e| Error::Link(e.into()))?;
@@ -33,7 +31,5 @@ pub(crate) async fn write_message<T: Serialize>(
     relay_link::encode(message, max, &mut buf).map_err(Error::Encode)?;
     send.write_all(&buf)
         .await
-        .map_err(|e| Error::RelayLinkLost {
-            reason: e.to_string(),
-        })
+        .map_err(|e| Error::RelayLinkLost(LinkLost::Write(e)))
 }

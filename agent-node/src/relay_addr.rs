@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use nullport_protocol::NodeId;
 
-use crate::error::Error;
+use crate::error::{AddressProblem, Error, Unreachable};
 
 /// Where a relay is and which key it must present.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,14 +25,17 @@ impl RelayAddr {
         let host = self.host.trim_start_matches('[').trim_end_matches(']');
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, self.port))
             .await
-            .map_err(|e| Error::RelayUnreachable {
-                reason: format!("resolving {}: {e}", self.host),
+            .map_err(|e| {
+                Error::RelayUnreachable(Unreachable::Resolve {
+                    host: self.host.clone(),
+                    kind: e.kind(),
+                })
             })?
             .collect();
         if addrs.is_empty() {
-            return Err(Error::RelayUnreachable {
-                reason: format!("{} has no address", self.host),
-            });
+            return Err(Error::RelayUnreachable(Unreachable::NoAddress {
+                host: self.host.clone(),
+            }));
         }
         Ok(addrs)
     }
@@ -48,28 +51,26 @@ impl FromStr for RelayAddr {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self, Error> {
-        let bad = |reason: String| Error::InvalidRelayAddress {
+        let bad = |problem: AddressProblem| Error::InvalidRelayAddress {
             address: text.to_owned(),
-            reason,
+            problem,
         };
-        let (id, hostport) = text
-            .split_once('@')
-            .ok_or_else(|| bad("missing '@'".into()))?;
-        let node_id: NodeId = id.parse().map_err(|e| bad(format!("relay NodeId: {e}")))?;
+        let (id, hostport) = text.split_once('@').ok_or(bad(AddressProblem::NoAt))?;
+        let node_id: NodeId = id.parse().map_err(|e| bad(AddressProblem::NodeId(e)))?;
         let (host, port) = hostport
             .rsplit_once(':')
-            .ok_or_else(|| bad("missing ':<port>'".into()))?;
+            .ok_or(bad(AddressProblem::NoPort))?;
         if host.is_empty() {
-            return Err(bad("empty host".into()));
+            return Err(bad(AddressProblem::EmptyHost));
         }
         if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-            return Err(bad("IPv6 addresses go in brackets: [::1]:7443".into()));
+            return Err(bad(AddressProblem::UnbracketedIpv6));
         }
         let port: u16 = port
             .parse()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| bad(format!("port {port:?} is not 1-65535")))?;
+            .ok_or_else(|| bad(AddressProblem::BadPort(port.to_owned())))?;
         Ok(Self {
             node_id,
             host: host.to_owned(),

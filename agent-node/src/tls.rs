@@ -12,7 +12,7 @@ use rustls::pki_types::{
 };
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
-use crate::error::Error;
+use crate::error::{Error, SetupError};
 
 /// What the relay presented on the last attempt, to explain a pin mismatch.
 pub type PresentedKey = Arc<Mutex<Option<String>>>;
@@ -28,7 +28,7 @@ pub fn client_crypto(
     let pkcs8 = identity.to_pkcs8_der();
     let key =
         rustls::crypto::ring::sign::any_eddsa_type(&PrivatePkcs8KeyDer::from(pkcs8.as_slice()))
-            .map_err(|e| Error::Setup(e.to_string()))?;
+            .map_err(|e| Error::Setup(SetupError::Tls(e)))?;
     let certified = rustls::sign::CertifiedKey::new(
         vec![CertificateDer::from(identity.node_id().to_spki_der())],
         key,
@@ -40,7 +40,7 @@ pub fn client_crypto(
     });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| Error::Setup(e.to_string()))?
+        .map_err(|e| Error::Setup(SetupError::Tls(e)))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(AlwaysResolvesClientRawPublicKeys::new(Arc::new(
@@ -49,7 +49,7 @@ pub fn client_crypto(
     config.alpn_protocols = vec![relay_link::ALPN.to_vec()];
     config.enable_early_data = false;
     quinn::crypto::rustls::QuicClientConfig::try_from(config)
-        .map_err(|e| Error::Setup(e.to_string()))
+        .map_err(|e| Error::Setup(SetupError::QuicTls(e)))
 }
 
 /// Accepts exactly one raw public key: the relay's.

@@ -324,7 +324,7 @@ async fn errors_people_see() {
     })
     .await;
     assert!(
-        seen.contains("relay link: down (relay unreachable"),
+        seen.contains("relay link: connecting (attempt 1; last error: relay unreachable: no answer from 127.0.0.1:9)"),
         "{seen}"
     );
     drop(up);

@@ -568,7 +568,7 @@ async fn a_superseded_node_keeps_trying_says_so_and_comes_back() {
     let started = Instant::now();
     loop {
         let s = ok(&first, &["status"]).await;
-        if s.contains("superseded") && s.contains("retrying every 1s") {
+        if s.contains("superseded") && s.contains("retrying in ") && s.contains("home copied") {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(5), "{s}");

@@ -7,25 +7,67 @@ use std::time::Duration;
 
 use nullport_protocol::{Identity, Limits};
 
+use crate::error::{Error, Refusal};
 use crate::relay_addr::RelayAddr;
 
-/// The state of the relay link, as a person would want to see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The state of the relay link, as a program matches on it and a person reads it
+/// (`Display` gives one line: cause, and what the node does next).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum LinkState {
     /// Not (yet, or no longer) connected; retrying with backoff.
     Connecting {
         /// Attempts since the last success.
         attempt: u32,
         /// Why the last attempt or connection failed.
-        last_error: Option<String>,
+        last_error: Option<Error>,
     },
     /// Connected and admitted.
     Online,
     /// The relay refused this node (or the relay key did not match); still retrying, slowly.
     Refused {
         /// Why.
-        reason: String,
+        refusal: Refusal,
+        /// When the node tries again.
+        retry_in: Duration,
     },
+}
+
+impl LinkState {
+    /// Whether the link is up and admitted.
+    pub fn is_online(&self) -> bool {
+        matches!(self, LinkState::Online)
+    }
+
+    /// The refusal, when the relay refused this node.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            LinkState::Refused { refusal, .. } => Some(refusal),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkState::Online => f.write_str("online"),
+            LinkState::Connecting {
+                attempt,
+                last_error: Some(e),
+            } => write!(f, "connecting (attempt {attempt}; last error: {e})"),
+            LinkState::Connecting { .. } => f.write_str("connecting"),
+            LinkState::Refused { refusal, retry_in } => {
+                // Whole seconds, rounded up: "retrying in 0s" would read as a busy loop.
+                let secs = retry_in.as_millis().div_ceil(1000);
+                write!(f, "refused: {refusal}; retrying in {secs}s")?;
+                if *refusal == Refusal::Superseded {
+                    f.write_str(" (is this node's home copied to another machine?)")?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Bounds and timings of a node. `Default` gives safe values.

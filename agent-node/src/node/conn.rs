@@ -8,7 +8,7 @@ use tokio::time::timeout;
 
 use super::Inner;
 use super::config::{LinkState, NodeLimits};
-use crate::error::Error;
+use crate::error::{Error, LinkLost, Refusal, Unreachable};
 
 pub(super) async fn wait_connection(
     inner: &Inner,
@@ -20,10 +20,8 @@ pub(super) async fn wait_connection(
             if let Some(conn) = conn_rx.borrow_and_update().clone() {
                 return Ok(conn);
             }
-            if let LinkState::Refused { reason } = &*inner.state.borrow() {
-                return Err(Error::RelayRefused {
-                    reason: reason.clone(),
-                });
+            if let Some(refusal) = inner.state.borrow().refusal() {
+                return Err(Error::RelayRefused(refusal.clone()));
             }
             let mut state_rx = inner.state.subscribe();
             tokio::select! {
@@ -39,13 +37,9 @@ pub(super) async fn wait_connection(
             LinkState::Connecting {
                 last_error: Some(e),
                 ..
-            } => Error::RelayUnreachable { reason: e.clone() },
-            LinkState::Refused { reason } => Error::RelayRefused {
-                reason: reason.clone(),
-            },
-            _ => Error::RelayUnreachable {
-                reason: "no answer from the relay".into(),
-            },
+            } => e.clone(),
+            LinkState::Refused { refusal, .. } => Error::RelayRefused(refusal.clone()),
+            _ => Error::RelayUnreachable(Unreachable::NotYet),
         }),
     }
 }
@@ -56,43 +50,22 @@ pub(super) fn describe(e: &quinn::ConnectionError) -> Error {
     match e {
         C::ApplicationClosed(close) => {
             let code = u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX);
-            let reason = match code {
-                close_code::SUPERSEDED => return Error::Superseded,
-                close_code::NOT_ADMITTED => "not admitted (not on the relay's allowlist)",
-                close_code::KEY_REVOKED => "this node's key was revoked by the network admin",
-                close_code::KEY_RETIRED => "this node's key was retired by a rotation",
-                close_code::UNSUPPORTED_VERSION => "unsupported relay-link version",
-                close_code::SHUTDOWN => {
-                    return Error::RelayLinkLost {
-                        reason: "relay shutting down".into(),
-                    };
-                }
-                close_code::CAPACITY => {
-                    return Error::RelayLinkLost {
-                        reason: "relay at capacity".into(),
-                    };
-                }
-                _ => {
-                    return Error::RelayLinkLost {
-                        reason: e.to_string(),
-                    };
-                }
-            };
-            Error::RelayRefused {
-                reason: reason.into(),
+            match code {
+                close_code::SUPERSEDED => Error::RelayRefused(Refusal::Superseded),
+                close_code::NOT_ADMITTED => Error::RelayRefused(Refusal::NotAdmitted),
+                close_code::KEY_REVOKED => Error::RelayRefused(Refusal::KeyRevoked),
+                close_code::KEY_RETIRED => Error::RelayRefused(Refusal::KeyRetired),
+                close_code::UNSUPPORTED_VERSION => Error::RelayRefused(Refusal::UnsupportedVersion),
+                close_code::SHUTDOWN => LinkLost::ShuttingDown.into(),
+                close_code::CAPACITY => LinkLost::AtCapacity.into(),
+                _ => LinkLost::Connection(e.clone()).into(),
             }
         }
         C::ConnectionClosed(close) if u64::from(close.error_code) == TLS_ACCESS_DENIED => {
-            Error::RelayRefused {
-                reason: "not on the relay's allowlist (TLS access denied)".into(),
-            }
+            Error::RelayRefused(Refusal::NotListed)
         }
-        C::TimedOut => Error::RelayUnreachable {
-            reason: "no answer from the relay".into(),
-        },
-        _ => Error::RelayLinkLost {
-            reason: e.to_string(),
-        },
+        C::TimedOut => Error::RelayUnreachable(Unreachable::Connection(e.clone())),
+        _ => LinkLost::Connection(e.clone()).into(),
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::time::timeout;
 
 use super::Inner;
 use super::conn::wait_connection;
-use crate::error::Error;
+use crate::error::{Error, LinkLost};
 use crate::link::{read_message, write_message};
 
 pub(super) async fn control_request(
@@ -32,9 +32,9 @@ pub(super) async fn control_exchange(
     wait_connection(inner, inner.config.limits.connect_timeout).await?;
     let mut control = inner.control.lock().await;
     let exchanged = timeout(limit, async {
-        let (send, recv) = control.as_mut().ok_or(Error::RelayLinkLost {
-            reason: "no control stream".into(),
-        })?;
+        let (send, recv) = control
+            .as_mut()
+            .ok_or(Error::RelayLinkLost(LinkLost::NoControlStream))?;
         write_message(send, &request, MAX_CONTROL_MESSAGE).await?;
         read_pages(recv).await
     })

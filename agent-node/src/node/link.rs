@@ -2,6 +2,7 @@
 //! backoff, waiting for the link, and what a closed connection means for the node.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use nullport_protocol::relay_link::{
     LINK_VERSION, LinkErrorCode, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode,
@@ -15,7 +16,7 @@ use super::conn::describe;
 use super::control::{collect_pages, control_exchange};
 use super::incoming::serve_incoming;
 use crate::backoff::Backoff;
-use crate::error::Error;
+use crate::error::{Error, Refusal, Unreachable};
 use crate::link::{read_message, write_message};
 
 pub(super) async fn connect_once(
@@ -29,26 +30,24 @@ pub(super) async fn connect_once(
     }
     let connecting = endpoint
         .connect_with(inner.client.clone(), addr, "nullport-relay")
-        .map_err(|e| Error::RelayUnreachable {
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| Error::RelayUnreachable(Unreachable::Connect(e)))?;
     let limits = &inner.config.limits;
     let conn = match timeout(limits.connect_timeout, connecting).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             let presented = inner.presented.lock().ok().and_then(|p| p.clone());
             return Err(match presented {
-                Some(p) if p != relay.node_id.to_string() => Error::WrongRelayKey {
-                    expected: relay.node_id,
-                    presented: p,
-                },
+                Some(p) if p != relay.node_id.to_string() => {
+                    Error::RelayRefused(Refusal::WrongRelayKey {
+                        expected: relay.node_id,
+                        presented: p,
+                    })
+                }
                 _ => describe(&e),
             });
         }
         Err(_) => {
-            return Err(Error::RelayUnreachable {
-                reason: format!("no answer from {addr}"),
-            });
+            return Err(Error::RelayUnreachable(Unreachable::NoAnswer { addr }));
         }
     };
     let admitted = timeout(limits.connect_timeout, async {
@@ -74,9 +73,9 @@ pub(super) async fn connect_once(
                 }
                 Ok((send, recv))
             }
-            Ok(RelayToNode::Error { code }) if join.is_some() => Err(Error::RelayRefused {
-                reason: code.to_string(),
-            }),
+            Ok(RelayToNode::Error { code }) if join.is_some() => {
+                Err(Error::RelayRefused(Refusal::Enrollment(code)))
+            }
             Ok(RelayToNode::Error { code }) => Err(Error::Link(code)),
             Ok(_) => Err(Error::Link(LinkErrorCode::Malformed)),
             Err(e) => Err(conn.close_reason().map(|c| describe(&c)).unwrap_or(e)),
@@ -86,29 +85,20 @@ pub(super) async fn connect_once(
     match admitted {
         Ok(Ok((send, recv))) => Ok((conn, send, recv)),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(Error::RelayUnreachable {
-            reason: "relay did not answer hello".into(),
-        }),
+        Err(_) => Err(Error::RelayUnreachable(Unreachable::NoWelcome)),
     }
 }
 
 pub(super) async fn run_link(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
     let limits = inner.config.limits.clone();
-    let mut backoff = Backoff::new(limits.backoff_min, limits.backoff_max);
-    let mut refused_backoff = Backoff::new(limits.backoff_min, limits.refused_backoff_max);
-    // Superseded: start at the full wait (then the usual jitter), so that two processes with
-    // one identity take turns at most twice a minute instead of flapping.
-    let mut superseded_backoff =
-        Backoff::new(limits.superseded_backoff, limits.superseded_backoff * 2);
+    let mut retry = Retry::new(&limits);
     let mut attempt = 0u32;
     loop {
         attempt += 1;
         let next = match connect_once(&inner, &endpoint).await {
             Ok((conn, send, recv)) => {
                 attempt = 0;
-                backoff.reset();
-                refused_backoff.reset();
-                superseded_backoff.reset();
+                retry = Retry::new(&limits);
                 *inner.control.lock().await = Some((send, recv));
                 inner.conn.send_replace(Some(conn.clone()));
                 inner.state.send_replace(LinkState::Online);
@@ -144,48 +134,60 @@ pub(super) async fn run_link(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                 inner.conn.send_replace(None);
                 *inner.control.lock().await = None;
                 tracing::warn!("relay link down: {err}");
-                match err {
-                    Error::Superseded => {
-                        // Another process holds this identity (a copied home?). Keep trying,
-                        // slowly, so that a restart elsewhere does not leave this node
-                        // offline for good, and two copies do not flap.
-                        inner.state.send_replace(LinkState::Refused {
-                            reason: format!(
-                                "{err}; retrying every {}s (is this node's home copied to another machine?)",
-                                limits.superseded_backoff.as_secs()
-                            ),
-                        });
-                        superseded_backoff.next_wait()
-                    }
-                    Error::RelayRefused { reason } => {
-                        inner.state.send_replace(LinkState::Refused { reason });
-                        refused_backoff.next_wait()
-                    }
-                    other => {
-                        inner.state.send_replace(LinkState::Connecting {
-                            attempt,
-                            last_error: Some(other.to_string()),
-                        });
-                        backoff.next_wait()
-                    }
-                }
-            }
-            Err(e @ (Error::RelayRefused { .. } | Error::WrongRelayKey { .. })) => {
-                tracing::warn!("relay refused: {e}");
-                inner.state.send_replace(LinkState::Refused {
-                    reason: e.to_string(),
-                });
-                refused_backoff.next_wait()
+                retry.after(&inner, err, attempt)
             }
             Err(e) => {
                 tracing::debug!(attempt, "relay connect failed: {e}");
-                inner.state.send_replace(LinkState::Connecting {
-                    attempt,
-                    last_error: Some(e.to_string()),
-                });
-                backoff.next_wait()
+                retry.after(&inner, e, attempt)
             }
         };
         tokio::time::sleep(next).await;
+    }
+}
+
+/// The waits between attempts to reach the relay.
+struct Retry {
+    /// After a failure to connect or a lost link.
+    failed: Backoff,
+    /// After a refusal: slowly, an operator has to act.
+    refused: Backoff,
+    /// After being superseded: start at the full wait (then the usual jitter), so that two
+    /// processes with one identity take turns at most twice a minute instead of flapping.
+    superseded: Backoff,
+}
+
+impl Retry {
+    fn new(limits: &super::NodeLimits) -> Retry {
+        Retry {
+            failed: Backoff::new(limits.backoff_min, limits.backoff_max),
+            refused: Backoff::new(limits.backoff_min, limits.refused_backoff_max),
+            superseded: Backoff::new(limits.superseded_backoff, limits.superseded_backoff * 2),
+        }
+    }
+
+    /// Records why the link is down in the node's state and returns how long to wait before
+    /// the next attempt.
+    fn after(&mut self, inner: &Inner, err: Error, attempt: u32) -> Duration {
+        match err {
+            Error::RelayRefused(refusal) => {
+                let retry_in = if refusal == Refusal::Superseded {
+                    self.superseded.next_wait()
+                } else {
+                    self.refused.next_wait()
+                };
+                tracing::warn!("relay refused this node: {refusal}");
+                inner
+                    .state
+                    .send_replace(LinkState::Refused { refusal, retry_in });
+                retry_in
+            }
+            other => {
+                inner.state.send_replace(LinkState::Connecting {
+                    attempt,
+                    last_error: Some(other),
+                });
+                self.failed.next_wait()
+            }
+        }
     }
 }

@@ -22,7 +22,7 @@ use tokio::time::timeout;
 use tracing::Instrument;
 
 use crate::channel::Channel;
-use crate::error::Error;
+use crate::error::{Error, SetupError};
 use crate::handshake::{IncomingChannel, initiate};
 use crate::link::{read_message, write_message};
 use crate::tls::{PresentedKey, client_crypto};
@@ -124,8 +124,12 @@ impl Node {
             (None, Some(SocketAddr::V6(_))) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
             (None, _) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         };
-        let endpoint = quinn::Endpoint::client(bind)
-            .map_err(|e| Error::Setup(format!("binding UDP {bind}: {e}")))?;
+        let endpoint = quinn::Endpoint::client(bind).map_err(|e| {
+            Error::Setup(SetupError::Bind {
+                addr: bind,
+                kind: e.kind(),
+            })
+        })?;
         let (incoming_tx, incoming_rx) = mpsc::channel(config.limits.accept_queue.max(1));
         let inner = Arc::new(Inner {
             node_id: config.identity.node_id(),

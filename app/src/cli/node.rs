@@ -221,13 +221,8 @@ pub(crate) async fn up(home: &Home, args: UpArgs) -> anyhow::Result<()> {
             _ = &mut signal => break,
             r = state.changed() => {
                 if r.is_err() { break; }
-                let s = state.borrow_and_update().clone();
-                eprintln!("relay link: {}", match s {
-                    nullport_node::LinkState::Online => "online".to_owned(),
-                    nullport_node::LinkState::Connecting { last_error: Some(e), .. } => format!("down ({e}); retrying"),
-                    nullport_node::LinkState::Connecting { .. } => "connecting".to_owned(),
-                    nullport_node::LinkState::Refused { reason } => format!("refused: {reason}"),
-                });
+                let s = state.borrow_and_update().to_string();
+                eprintln!("relay link: {s}");
             }
         }
     }

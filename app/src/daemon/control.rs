@@ -377,17 +377,7 @@ fn status(state: &State) -> Status {
                 .unwrap_or_else(|| "nothing".into()),
         })
         .collect();
-    let link = match state.node.state() {
-        nullport_node::LinkState::Online => "online".to_owned(),
-        nullport_node::LinkState::Connecting {
-            attempt,
-            last_error,
-        } => match last_error {
-            Some(e) => format!("connecting (attempt {attempt}; last error: {e})"),
-            None => "connecting".to_owned(),
-        },
-        nullport_node::LinkState::Refused { reason } => format!("refused: {reason}"),
-    };
+    let link = state.node.state().to_string();
     Status {
         node_id: state.node.node_id().to_string(),
         relay: state.relay.to_string(),
