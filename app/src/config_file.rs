@@ -148,27 +148,37 @@ struct ServiceTable {
     proxy_protocol: bool,
 }
 
-impl TryFrom<ServiceTable> for Service {
-    type Error = String;
+/// What is wrong with a service's table in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceTableError {
+    /// Not exactly one of the kinds, or an empty command.
+    #[error("a service needs exactly one of tcp, exec, mcp, mcp_url (commands not empty)")]
+    NotOneKind,
+    /// `proxy_protocol` on a service that is not tcp.
+    #[error("proxy_protocol is for tcp services")]
+    ProxyProtocolNotTcp,
+    /// `env` on a service that runs no process.
+    #[error("env is for exec and mcp services")]
+    EnvWithoutProcess,
+}
 
-    fn try_from(t: ServiceTable) -> Result<Self, String> {
+impl TryFrom<ServiceTable> for Service {
+    type Error = ServiceTableError;
+
+    fn try_from(t: ServiceTable) -> Result<Self, ServiceTableError> {
         let spec = match (t.tcp, t.exec, t.mcp, t.mcp_url) {
             (Some(a), None, None, None) => ServiceSpec::Tcp(a),
             (None, Some(c), None, None) if !c.is_empty() => ServiceSpec::Exec(c),
             (None, None, Some(c), None) if !c.is_empty() => ServiceSpec::Mcp(c),
             (None, None, None, Some(u)) => ServiceSpec::McpUrl(u),
-            _ => {
-                return Err(
-                    "a service needs exactly one of tcp, exec, mcp, mcp_url (commands not empty)"
-                        .into(),
-                );
-            }
+            _ => return Err(ServiceTableError::NotOneKind),
         };
         if t.proxy_protocol && !matches!(spec, ServiceSpec::Tcp(_)) {
-            return Err("proxy_protocol is for tcp services".into());
+            return Err(ServiceTableError::ProxyProtocolNotTcp);
         }
         if !t.env.is_empty() && !matches!(spec, ServiceSpec::Exec(_) | ServiceSpec::Mcp(_)) {
-            return Err("env is for exec and mcp services".into());
+            return Err(ServiceTableError::EnvWithoutProcess);
         }
         Ok(Service {
             spec,
@@ -295,33 +305,68 @@ pub struct NodeFile {
 
 /// Why the config file could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {reason}")]
-pub struct ConfigError {
-    /// The file.
-    pub path: PathBuf,
-    /// What is wrong (TOML errors name the line and column).
-    pub reason: String,
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Reading the file failed.
+    #[error("{path}: {error}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The file is not valid TOML for a node config (the error names line and column).
+    #[error("{path}: {error}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        error: nullport_keyring::FormatError,
+    },
+    /// A service's table is not valid.
+    #[error("{path}: service {name:?}: {error}")]
+    Service {
+        /// The file.
+        path: PathBuf,
+        /// The service.
+        name: String,
+        /// What is wrong.
+        error: ServiceTableError,
+    },
+    /// Writing the file failed.
+    #[error(transparent)]
+    Write(#[from] nullport_keyring::Error),
 }
 
 impl NodeFile {
     /// Loads the file; a missing file is an empty config.
     pub fn load(path: &Path) -> Result<NodeFile, ConfigError> {
-        let err = |reason: String| ConfigError {
-            path: path.to_owned(),
-            reason,
-        };
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(NodeFile::default()),
-            Err(e) => return Err(err(e.to_string())),
+            Err(error) => {
+                return Err(ConfigError::Io {
+                    path: path.to_owned(),
+                    error,
+                });
+            }
         };
-        let layout: FileLayout =
-            toml::from_str(&text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        let layout: FileLayout = toml::from_str(&text).map_err(|e| ConfigError::Format {
+            path: path.to_owned(),
+            error: e.into(),
+        })?;
         let mut services = BTreeMap::new();
         for (name, table) in layout.services {
-            let service =
-                Service::try_from(table).map_err(|e| err(format!("service {name:?}: {e}")))?;
-            services.insert(name, service);
+            match Service::try_from(table) {
+                Ok(service) => services.insert(name, service),
+                Err(error) => {
+                    return Err(ConfigError::Service {
+                        path: path.to_owned(),
+                        name,
+                        error,
+                    });
+                }
+            };
         }
         Ok(NodeFile {
             relay: layout.relay,
@@ -333,10 +378,6 @@ impl NodeFile {
 
     /// Saves the file atomically (mode 0600).
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
-        let err = |reason: String| ConfigError {
-            path: path.to_owned(),
-            reason,
-        };
         let layout = FileLayout {
             relay: self.relay.clone(),
             services: self
@@ -347,13 +388,16 @@ impl NodeFile {
             access: self.access.clone(),
             link: self.link.clone(),
         };
-        let text = toml::to_string_pretty(&layout).map_err(|e| err(e.to_string()))?;
+        let text = toml::to_string_pretty(&layout).map_err(|e| ConfigError::Format {
+            path: path.to_owned(),
+            error: e.into(),
+        })?;
         nullport_keyring::fs::write_private(
             path,
             format!("# nullport node config\n{text}").as_bytes(),
             true,
-        )
-        .map_err(|e| err(e.to_string()))
+        )?;
+        Ok(())
     }
 }
 

@@ -33,7 +33,7 @@ pub mod witness;
 pub mod writer;
 
 pub use chain::{Checkpoint, checkpoint_body, log_files, rfc3339, sha256_hex, witness_body};
-pub use error::AuditError;
+pub use error::{AuditError, LogProblem};
 pub use event::{ChannelOutcome, Event, NodeEvent};
 pub use verify::{Problem, Report, entries, verify};
 pub use writer::{AuditConfig, AuditWriter, FsyncPolicy};

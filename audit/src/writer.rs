@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::chain::{
     Checkpoint, ZERO_HASH, checkpoint_body, last_line, rfc3339, rotated_files, sha256_hex,
 };
-use crate::error::AuditError;
+use crate::error::{AuditError, LogProblem};
 use crate::event::Event;
 
 /// When the writer makes the bytes durable.
@@ -79,7 +79,7 @@ pub struct AuditWriter {
     /// Entries dropped since the backlog filled (recorded by a `gap` entry).
     lost: u64,
     /// Why the last write failed (while a backlog or loss is outstanding).
-    write_error: Option<String>,
+    write_error: Option<std::io::ErrorKind>,
 }
 
 impl AuditWriter {
@@ -128,12 +128,12 @@ impl AuditWriter {
             if let Some((_, previous)) = rotated.last() {
                 let last = last_line(previous).ok_or_else(|| AuditError::Unreadable {
                     path: previous.clone(),
-                    reason: "empty rotated file".into(),
+                    problem: LogProblem::Empty,
                 })?;
                 let value: Value =
                     serde_json::from_slice(&last).map_err(|e| AuditError::Unreadable {
                         path: previous.clone(),
-                        reason: format!("last entry: {e}"),
+                        problem: LogProblem::LastEntry(e),
                     })?;
                 writer.next_seq = value["seq"].as_u64().unwrap_or(0) + 1;
                 writer.prev = sha256_hex(&last);
@@ -172,17 +172,17 @@ impl AuditWriter {
         // Find the last line that is a valid entry to continue from.
         let last = last_whole.ok_or_else(|| AuditError::Unreadable {
             path: path.to_owned(),
-            reason: "no whole entry".into(),
+            problem: LogProblem::Empty,
         })?;
         let value: Value = serde_json::from_slice(last).map_err(|e| AuditError::Unreadable {
             path: path.to_owned(),
-            reason: format!("last entry: {e}"),
+            problem: LogProblem::LastEntry(e),
         })?;
         let seq = value["seq"]
             .as_u64()
             .ok_or_else(|| AuditError::Unreadable {
                 path: path.to_owned(),
-                reason: "last entry has no seq".into(),
+                problem: LogProblem::NoSeq,
             })?;
         writer.next_seq = seq + 1;
         writer.prev = sha256_hex(last);
@@ -253,7 +253,7 @@ impl AuditWriter {
         Err(AuditError::Backlog {
             path: self.path.clone(),
             queued: self.backlog.len(),
-            reason: self.write_error.clone().unwrap_or_default(),
+            error: self.write_error.unwrap_or(std::io::ErrorKind::Other),
         })
     }
 
@@ -269,7 +269,7 @@ impl AuditWriter {
         }
         while let Some(line) = self.backlog.front() {
             if let Err(e) = self.file.write_all(line) {
-                self.write_error = Some(e.to_string());
+                self.write_error = Some(e.kind());
                 let _ = self.file.set_len(self.bytes);
                 return false;
             }
@@ -363,7 +363,7 @@ impl AuditWriter {
             gap.insert("lost".into(), Value::from(self.lost));
             gap.insert(
                 "reason".into(),
-                Value::String(self.write_error.clone().unwrap_or_default()),
+                Value::String(self.write_error.map(|k| k.to_string()).unwrap_or_default()),
             );
             self.lost = 0;
             let line = self.encode("gap", gap)?;
@@ -377,7 +377,7 @@ impl AuditWriter {
             return Err(AuditError::Dropped {
                 path: self.path.clone(),
                 lost: self.lost,
-                reason: self.write_error.clone().unwrap_or_default(),
+                error: self.write_error.unwrap_or(std::io::ErrorKind::Other),
             });
         }
         let seq = self.chain(line);

@@ -88,12 +88,12 @@ pub enum Error {
         reason: &'static str,
     },
     /// The key derivation parameters are below the floor or above the ceiling.
-    #[error("{path}: key derivation parameters out of bounds ({reason})")]
+    #[error("{path}: key derivation parameters refused: {problem}")]
     KdfParams {
         /// The file.
         path: PathBuf,
-        /// Which bound.
-        reason: String,
+        /// Which bound, or what the KDF said.
+        problem: KdfProblem,
     },
     /// Wrong passphrase, or the encrypted file was altered: the two are indistinguishable
     /// on purpose.
@@ -117,13 +117,13 @@ pub enum Error {
     /// An empty passphrase was given for a new key.
     #[error("empty passphrase (use the plaintext opt-out explicitly if that is what you want)")]
     EmptyPassphrase,
-    /// The trust store or policy file is not valid.
-    #[error("{path}: {reason}")]
-    TrustStore {
+    /// A trust store, policy or revocation file is not valid (or could not be rendered).
+    #[error("{path}: {error}")]
+    Format {
         /// The file.
         path: PathBuf,
-        /// What is wrong (with line and column where known).
-        reason: String,
+        /// What is wrong (the parser's error, with line and column where known).
+        error: FormatError,
     },
     /// An alias is not in the trust store and is not a NodeId either.
     #[error("unknown peer {name:?}: not a NodeId and not an alias in the trust store")]
@@ -148,4 +148,46 @@ pub enum Error {
     /// Operating-system randomness failed.
     #[error("randomness unavailable")]
     Random,
+}
+
+/// Why a file's text could not be read as (or written from) its format.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// TOML that does not parse, or does not fit the file's schema.
+    #[error(transparent)]
+    Toml(Box<toml::de::Error>),
+    /// A value TOML cannot represent.
+    #[error(transparent)]
+    TomlWrite(#[from] toml::ser::Error),
+    /// JSON that does not parse, or does not fit the file's schema.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+/// What is wrong with key derivation parameters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KdfProblem {
+    /// A parameter outside the allowed range.
+    #[error("{name} = {value}, allowed {min}..={max}")]
+    OutOfBounds {
+        /// Which parameter.
+        name: &'static str,
+        /// Its value.
+        value: u32,
+        /// The floor.
+        min: u32,
+        /// The ceiling.
+        max: u32,
+    },
+    /// Argon2 refused them.
+    #[error("argon2: {0}")]
+    Argon2(argon2::Error),
+}
+
+impl From<toml::de::Error> for FormatError {
+    fn from(e: toml::de::Error) -> Self {
+        FormatError::Toml(Box::new(e))
+    }
 }

@@ -18,7 +18,7 @@ pub mod trust;
 pub mod ttl;
 pub mod uri;
 
-pub use error::Error;
+pub use error::{Error, FormatError, KdfProblem};
 pub use key_file::{KdfParams, Protection};
 pub use passphrase::PassphraseSource;
 pub use policy::{Decision, McpGrant, McpRules, Policy};

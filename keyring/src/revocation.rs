@@ -73,9 +73,9 @@ impl RevocationList {
         match std::fs::read(path) {
             Ok(bytes) => {
                 let mut list: RevocationList =
-                    serde_json::from_slice(&bytes).map_err(|e| crate::Error::TrustStore {
+                    serde_json::from_slice(&bytes).map_err(|e| crate::Error::Format {
                         path: path.to_owned(),
-                        reason: e.to_string(),
+                        error: e.into(),
                     })?;
                 if list.signer != signer {
                     list.signer = signer;
@@ -93,9 +93,9 @@ impl RevocationList {
 
     /// Saves the list (atomically, 0600).
     pub fn save_own(&self, path: &Path) -> Result<(), crate::Error> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| crate::Error::TrustStore {
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| crate::Error::Format {
             path: path.to_owned(),
-            reason: e.to_string(),
+            error: e.into(),
         })?;
         crate::fs::write_private(path, &bytes, true)
     }
@@ -237,9 +237,9 @@ impl RevocationSet {
     /// Loads a saved set (missing file: empty).
     pub fn load(path: &Path) -> Result<RevocationSet, crate::Error> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| crate::Error::TrustStore {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| crate::Error::Format {
                 path: path.to_owned(),
-                reason: e.to_string(),
+                error: e.into(),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RevocationSet::default()),
             Err(error) => Err(crate::Error::Io {
@@ -251,9 +251,9 @@ impl RevocationSet {
 
     /// Saves the set atomically.
     pub fn save(&self, path: &Path) -> Result<(), crate::Error> {
-        let bytes = serde_json::to_vec(self).map_err(|e| crate::Error::TrustStore {
+        let bytes = serde_json::to_vec(self).map_err(|e| crate::Error::Format {
             path: path.to_owned(),
-            reason: e.to_string(),
+            error: e.into(),
         })?;
         crate::fs::write_private(path, &bytes, true)
     }

@@ -48,9 +48,9 @@ impl TrustStore {
 
     /// Parses trust-store text (the contents of the file at `path`, named in errors).
     pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
-        let file: TrustFile = toml::from_str(text).map_err(|e| Error::TrustStore {
+        let file: TrustFile = toml::from_str(text).map_err(|e| Error::Format {
             path: path.to_owned(),
-            reason: e.to_string(),
+            error: e.into(),
         })?;
         for alias in file.peers.keys() {
             check_alias(alias)?;
@@ -113,9 +113,9 @@ impl TrustStore {
 
     /// Writes the store back atomically.
     pub fn save(&self) -> Result<(), Error> {
-        let text = toml::to_string_pretty(&self.file).map_err(|e| Error::TrustStore {
+        let text = toml::to_string_pretty(&self.file).map_err(|e| Error::Format {
             path: self.path.clone(),
-            reason: e.to_string(),
+            error: e.into(),
         })?;
         let text = format!("# nullport trust store: alias = NodeId\n{text}");
         write_private(&self.path, text.as_bytes(), true)

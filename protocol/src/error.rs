@@ -91,9 +91,28 @@ pub enum Error {
     /// Operating-system randomness failed.
     #[error("randomness unavailable")]
     Random,
-    /// Any other failure inside the Noise implementation.
+    /// Any other failure inside the Noise implementation (a bug, not an attack: the inputs
+    /// an attacker controls map to the variants above).
     #[error("noise: {0}")]
-    Noise(String),
+    Noise(NoiseFailure),
+}
+
+/// Where inside the Noise implementation a failure happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NoiseFailure {
+    /// Building the handshake state (pattern, keys, prerequisites).
+    #[error("handshake setup failed")]
+    Setup,
+    /// A call out of order for the handshake or transport state.
+    #[error("called in the wrong state")]
+    State,
+    /// The random number generator failed.
+    #[error("randomness unavailable")]
+    Random,
+    /// Anything else.
+    #[error("internal failure")]
+    Other,
 }
 
 impl From<snow::Error> for Error {
@@ -104,7 +123,12 @@ impl From<snow::Error> for Error {
             snow::Error::Input => Error::Malformed {
                 what: "noise message",
             },
-            other => Error::Noise(other.to_string()),
+            snow::Error::Rng => Error::Random,
+            snow::Error::Pattern(_) | snow::Error::Init(_) | snow::Error::Prereq(_) => {
+                Error::Noise(NoiseFailure::Setup)
+            }
+            snow::Error::State(_) => Error::Noise(NoiseFailure::State),
+            _ => Error::Noise(NoiseFailure::Other),
         }
     }
 }

@@ -32,7 +32,7 @@ pub mod wire;
 mod tests;
 
 pub use channel::{Channel, Received};
-pub use error::Error;
+pub use error::{Error, NoiseFailure};
 pub use frame::Deframer;
 pub use handshake::{
     AwaitingFinish, AwaitingVerdict, DialRequest, HandshakeKeys, Initiator, Request, Responder,

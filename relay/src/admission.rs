@@ -354,10 +354,11 @@ fn read_allowlist(path: &Path) -> Result<(HashSet<NodeId>, Option<SystemTime>), 
         if entry.is_empty() {
             continue;
         }
-        let id = entry.parse::<NodeId>().map_err(|e| Error::AllowList {
+        let id = entry.parse::<NodeId>().map_err(|error| Error::AllowList {
             path: path.to_owned(),
             line: i + 1,
-            reason: format!("{entry:?}: {e}"),
+            entry: entry.to_owned(),
+            error,
         })?;
         ids.insert(id);
     }

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 pub enum Error {
     /// Building the TLS configuration failed.
     #[error("TLS setup: {0}")]
-    Tls(String),
+    Tls(#[from] rustls::Error),
+    /// QUIC does not accept the TLS configuration.
+    #[error("QUIC TLS setup: {0}")]
+    QuicTls(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
     /// Binding or using a socket failed.
     #[error("{what}: {error}")]
     Io {
@@ -18,19 +21,73 @@ pub enum Error {
         error: std::io::Error,
     },
     /// The allowlist file is invalid.
-    #[error("{path}:{line}: {reason}")]
+    #[error("{path}:{line}: {entry:?}: {error}")]
     AllowList {
         /// The file.
         path: PathBuf,
         /// 1-based line number.
         line: usize,
-        /// What is wrong.
-        reason: String,
+        /// The entry.
+        entry: String,
+        /// What is wrong with it.
+        error: nullport_protocol::NodeIdError,
     },
     /// The relay's state directory could not be read or written.
     #[error("state: {0}")]
-    State(String),
+    State(Box<StateError>),
     /// A key file could not be used.
     #[error(transparent)]
     Key(#[from] nullport_keyring::Error),
+}
+
+impl From<StateError> for Error {
+    fn from(e: StateError) -> Self {
+        Error::State(Box::new(e))
+    }
+}
+
+/// Why a file of the relay's state directory could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// Reading or writing the file failed.
+    #[error("{path}: {error}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The file is not the JSON it should be.
+    #[error("{path}: {error}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        error: serde_json::Error,
+    },
+    /// A signed statement in the file does not verify.
+    #[error("{path}: {error}")]
+    Signature {
+        /// The file.
+        path: PathBuf,
+        /// Why it does not verify.
+        error: nullport_keyring::revocation::RevocationError,
+    },
+    /// Writing the file privately (owner-only, atomically) failed.
+    #[error(transparent)]
+    Write(nullport_keyring::Error),
+    /// The network admin's list is signed by another key than the relay's.
+    #[error("{path}: signed by {signer}, not by this relay's key {admin}")]
+    WrongSigner {
+        /// The file.
+        path: PathBuf,
+        /// Who signed it.
+        signer: nullport_protocol::NodeId,
+        /// The relay's key.
+        admin: nullport_protocol::NodeId,
+    },
+    /// The blocking task reading or writing the state died.
+    #[error("state task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }

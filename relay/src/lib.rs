@@ -23,6 +23,6 @@ pub mod tls;
 
 pub use admission::{Admission, Refusal};
 pub use config::{RelayConfig, RelayLimits};
-pub use error::Error;
+pub use error::{Error, StateError};
 pub use metrics::Metrics;
 pub use server::{Relay, RelayHandle};

@@ -10,7 +10,7 @@ pub(crate) enum ReadError {
     #[error("stream ended")]
     Eof,
     #[error("stream failed: {0}")]
-    Stream(String),
+    Stream(quinn::ReadError),
     #[error(transparent)]
     Decode(#[from] LinkDecodeError),
 }
@@ -31,7 +31,7 @@ pub(crate) async fn read_message<T: DeserializeOwned>(
 fn map_read(e: quinn::ReadExactError) -> ReadError {
     match e {
         quinn::ReadExactError::FinishedEarly(_) => ReadError::Eof,
-        quinn::ReadExactError::ReadError(e) => ReadError::Stream(e.to_string()),
+        quinn::ReadExactError::ReadError(e) => ReadError::Stream(e),
     }
 }
 

@@ -24,6 +24,8 @@ use nullport_protocol::NodeId;
 use nullport_protocol::relay_link::{SignedRevocations, SignedRotation, WitnessedCheckpoint};
 use tokio::sync::Notify;
 
+use crate::error::StateError;
+
 /// The file the network admin's revocation list lives in (inside the state directory).
 pub const ADMIN_REVOCATIONS_FILE: &str = "admin-revocations.json";
 
@@ -165,14 +167,11 @@ pub(crate) async fn persist(store: Arc<Store>) {
             };
             let path = dir.join(name);
             let written = match bytes {
-                Ok(bytes) => tokio::task::spawn_blocking(move || {
-                    nullport_keyring::fs::write_private(&path, &bytes, true)
-                        .map_err(|e| e.to_string())
-                })
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r),
-                Err(e) => Err(e.to_string()),
+                Ok(bytes) => tokio::task::spawn_blocking(move || write_private(&path, &bytes))
+                    .await
+                    .map_err(StateError::from)
+                    .and_then(|r| r),
+                Err(error) => Err(StateError::Json { path, error }),
             };
             if let Err(e) = written {
                 tracing::error!("saving {name}: {e}");
@@ -182,9 +181,19 @@ pub(crate) async fn persist(store: Arc<Store>) {
     }
 }
 
-fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), String> {
-    let bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?;
-    nullport_keyring::fs::write_private(path, &bytes, true).map_err(|e| e.to_string())
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec(value).map_err(|error| StateError::Json {
+        path: path.to_owned(),
+        error,
+    })?;
+    write_private(path, &bytes)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    nullport_keyring::fs::write_private(path, bytes, true).map_err(|error| match error {
+        nullport_keyring::Error::Io { path, error } => StateError::Io { path, error },
+        error => StateError::Write(error),
+    })
 }
 
 /// What the files held at start.
@@ -258,30 +267,34 @@ pub fn read_admin_list(
         nullport_keyring::revocation::RevocationList,
         SignedRevocations,
     )>,
-    String,
+    StateError,
 > {
     let path = dir.join(ADMIN_REVOCATIONS_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(error) => return Err(StateError::Io { path, error }),
     };
-    let signed: SignedRevocations =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    let list = nullport_keyring::revocation::verify_signed(&signed)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let signed: SignedRevocations = match serde_json::from_slice(&bytes) {
+        Ok(signed) => signed,
+        Err(error) => return Err(StateError::Json { path, error }),
+    };
+    let list = match nullport_keyring::revocation::verify_signed(&signed) {
+        Ok(list) => list,
+        Err(error) => return Err(StateError::Signature { path, error }),
+    };
     if list.signer != *admin {
-        return Err(format!(
-            "{}: signed by {}, not by this relay's key {admin}",
-            path.display(),
-            list.signer
-        ));
+        return Err(StateError::WrongSigner {
+            path,
+            signer: list.signer,
+            admin: *admin,
+        });
     }
     Ok(Some((list, signed)))
 }
 
 /// Writes the network admin's list into `dir` (atomically, mode 0600).
-pub fn write_admin_list(dir: &Path, signed: &SignedRevocations) -> Result<(), String> {
+pub fn write_admin_list(dir: &Path, signed: &SignedRevocations) -> Result<(), StateError> {
     write_json(&dir.join(ADMIN_REVOCATIONS_FILE), signed)
 }
 

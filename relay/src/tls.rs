@@ -26,8 +26,7 @@ pub fn server_crypto(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let pkcs8 = identity.to_pkcs8_der();
     let key =
-        rustls::crypto::ring::sign::any_eddsa_type(&PrivatePkcs8KeyDer::from(pkcs8.as_slice()))
-            .map_err(|e| Error::Tls(e.to_string()))?;
+        rustls::crypto::ring::sign::any_eddsa_type(&PrivatePkcs8KeyDer::from(pkcs8.as_slice()))?;
     let certified = rustls::sign::CertifiedKey::new(
         vec![CertificateDer::from(identity.node_id().to_spki_der())],
         key,
@@ -37,8 +36,7 @@ pub fn server_crypto(
         algorithms: provider.signature_verification_algorithms,
     });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(AlwaysResolvesServerRawPublicKeys::new(Arc::new(
             certified,
@@ -50,7 +48,7 @@ pub fn server_crypto(
     // per connection.
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    quinn::crypto::rustls::QuicServerConfig::try_from(config).map_err(|e| Error::Tls(e.to_string()))
+    Ok(quinn::crypto::rustls::QuicServerConfig::try_from(config)?)
 }
 
 /// The NodeId a connection authenticated with (its raw public key).

@@ -27,8 +27,7 @@ pub(crate) fn bind(path: &std::path::Path) -> Result<UnixListener, DaemonError> 
         error,
     };
     if let Some(dir) = path.parent() {
-        nullport_keyring::fs::check_private_dir(dir)
-            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        nullport_keyring::fs::check_private_dir(dir)?;
     }
     let _ = std::fs::remove_file(path);
     let previous = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));

@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::access::{Access, AccessSettings};
 use crate::audit::Audit;
+use crate::config_file::ConfigError;
 use crate::config_file::NodeFile;
 use crate::home::Home;
 use crate::mcp::approvals::Approvals;
@@ -37,11 +38,17 @@ pub use control::explain;
 #[non_exhaustive]
 pub enum DaemonError {
     /// Another daemon answers on this home's control socket.
-    #[error("a nullport daemon is already running for {0}")]
-    AlreadyRunning(String),
-    /// A file in the home is unusable.
-    #[error("{0}")]
-    Config(String),
+    #[error("a nullport daemon is already running for {}", .0.display())]
+    AlreadyRunning(std::path::PathBuf),
+    /// The node's config file is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A key, trust, policy or revocation file (or the home's permissions) is unusable.
+    #[error(transparent)]
+    Keyring(#[from] nullport_keyring::Error),
+    /// The audit log cannot be opened.
+    #[error(transparent)]
+    Audit(#[from] nullport_audit::AuditError),
     /// The node could not start.
     #[error(transparent)]
     Node(#[from] Error),
@@ -65,12 +72,9 @@ pub(crate) struct Files {
 
 impl Files {
     fn load(home: &Home) -> Result<Files, DaemonError> {
-        let config =
-            NodeFile::load(&home.config()).map_err(|e| DaemonError::Config(e.to_string()))?;
-        let policy =
-            Policy::load(&home.policy()).map_err(|e| DaemonError::Config(e.to_string()))?;
-        let trust =
-            TrustStore::load(&home.trust()).map_err(|e| DaemonError::Config(e.to_string()))?;
+        let config = NodeFile::load(&home.config())?;
+        let policy = Policy::load(&home.policy())?;
+        let trust = TrustStore::load(&home.trust())?;
         Ok(Files {
             config,
             policy,
@@ -178,13 +182,10 @@ impl Daemon {
         let files = Files::load(&home)?;
         let socket = home.socket();
         if UnixStream::connect(&socket).await.is_ok() {
-            return Err(DaemonError::AlreadyRunning(
-                home.dir().display().to_string(),
-            ));
+            return Err(DaemonError::AlreadyRunning(home.dir().to_owned()));
         }
         let listener = control::bind(&socket)?;
-        let revocations = RevocationSet::load(&home.revocations())
-            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        let revocations = RevocationSet::load(&home.revocations())?;
         let rotations = lists::load_rotations(&home);
         let (witness_tx, witness_rx) = tokio::sync::mpsc::unbounded_channel();
         let defaults = AuditConfig::default();
@@ -200,9 +201,7 @@ impl Daemon {
                 .unwrap_or(defaults.checkpoint_every),
             ..defaults
         };
-        let audit = Audit::open(&home.audit(), &identity, audit_config)
-            .map_err(|error| DaemonError::Config(error.to_string()))?
-            .with_witness(witness_tx);
+        let audit = Audit::open(&home.audit(), &identity, audit_config)?.with_witness(witness_tx);
         audit.node(NodeEvent::Start, format!("relay {relay}"));
         let approval_timeout = std::env::var("NULLPORT_APPROVAL_TIMEOUT_SECS")
             .ok()

@@ -21,7 +21,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use nullport_protocol::Identity;
 use zeroize::Zeroizing;
 
-use crate::error::Error;
+use crate::error::{Error, KdfProblem};
 use crate::fs::{read_private, write_private};
 
 const MAGIC: &[u8; 5] = b"NPKEY";
@@ -63,7 +63,7 @@ impl KdfParams {
         p_cost: 8,
     };
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), KdfProblem> {
         let (lo, hi) = (Self::FLOOR, Self::CEILING);
         for (name, v, min, max) in [
             ("memory KiB", self.m_cost_kib, lo.m_cost_kib, hi.m_cost_kib),
@@ -71,7 +71,12 @@ impl KdfParams {
             ("lanes", self.p_cost, lo.p_cost, hi.p_cost),
         ] {
             if v < min || v > max {
-                return Err(format!("{name} = {v}, allowed {min}..={max}"));
+                return Err(KdfProblem::OutOfBounds {
+                    name,
+                    value: v,
+                    min,
+                    max,
+                });
             }
         }
         Ok(())
@@ -135,9 +140,9 @@ pub fn store(
             if pass.is_empty() {
                 return Err(Error::EmptyPassphrase);
             }
-            params.check().map_err(|reason| Error::KdfParams {
+            params.check().map_err(|problem| Error::KdfParams {
                 path: path.to_owned(),
-                reason,
+                problem,
             })?;
             let mut salt = [0u8; SALT_LEN];
             let mut nonce = [0u8; NONCE_LEN];
@@ -213,9 +218,9 @@ pub fn load(path: &Path, passphrase: Option<&str>) -> Result<Identity, Error> {
         t_cost: word(1),
         p_cost: word(2),
     };
-    params.check().map_err(|reason| Error::KdfParams {
+    params.check().map_err(|problem| Error::KdfParams {
         path: path.to_owned(),
-        reason,
+        problem,
     })?;
     let salt = &bytes[PARAMS_AT + PARAMS_LEN..PARAMS_AT + PARAMS_LEN + SALT_LEN];
     let nonce: [u8; NONCE_LEN] = bytes[PARAMS_AT + PARAMS_LEN + SALT_LEN..ENCRYPTED_AAD_LEN]
@@ -312,7 +317,7 @@ fn derive(
 ) -> Result<Zeroizing<[u8; 32]>, Error> {
     let kdf_err = |e: argon2::Error| Error::KdfParams {
         path: path.to_owned(),
-        reason: e.to_string(),
+        problem: KdfProblem::Argon2(e),
     };
     let p =
         Params::new(params.m_cost_kib, params.t_cost, params.p_cost, Some(32)).map_err(kdf_err)?;

@@ -182,9 +182,9 @@ impl Policy {
     /// Parses policy text (the contents of the file at `path`, which is named in errors).
     /// Unknown keys are errors, so a typo never silently widens or narrows a rule.
     pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
-        let file = toml::from_str(text).map_err(|e| Error::TrustStore {
+        let file = toml::from_str(text).map_err(|e| Error::Format {
             path: path.to_owned(),
-            reason: e.to_string(),
+            error: e.into(),
         })?;
         Ok(Self {
             path: path.to_owned(),
@@ -194,9 +194,9 @@ impl Policy {
 
     /// The policy as the TOML text [`Policy::save`] writes.
     pub fn render(&self) -> Result<String, Error> {
-        let text = toml::to_string_pretty(&self.file).map_err(|e| Error::TrustStore {
+        let text = toml::to_string_pretty(&self.file).map_err(|e| Error::Format {
             path: self.path.clone(),
-            reason: e.to_string(),
+            error: e.into(),
         })?;
         Ok(format!(
             "# nullport policy: which peers may use which service (default deny)\n{text}"

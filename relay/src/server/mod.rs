@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::admission::Refusal;
 use crate::config::RelayConfig;
-use crate::error::Error;
+use crate::error::{Error, StateError};
 use crate::link::{ReadError, read_message, write_message};
 use crate::metrics::Metrics;
 use crate::rate::RateLimiter;
@@ -74,8 +74,7 @@ impl RelayHandle {
             let read =
                 tokio::task::spawn_blocking(move || crate::store::read_admin_list(&dir, &admin))
                     .await
-                    .map_err(|e| Error::State(e.to_string()))?
-                    .map_err(Error::State)?;
+                    .map_err(StateError::from)??;
             if let Some((list, signed)) = read {
                 shared.apply_admin_list(&list, signed);
             }
@@ -141,7 +140,7 @@ impl Relay {
             }
         })
         .await
-        .map_err(|e| Error::State(e.to_string()))?;
+        .map_err(StateError::from)?;
         let (push_tx, push_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             dial_limiter: RateLimiter::new(
