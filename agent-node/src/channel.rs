@@ -13,6 +13,7 @@
 //! abort frame with the reason, which the peer reads as `ConnectionAborted`
 //! ([`nullport_protocol::Error::Aborted`]), and fails locally the same way.
 
+use crate::drain::Drain;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -119,6 +120,7 @@ pub struct Channel {
     bytes_out: u64,
     abort: AbortHandle,
     abort_sent: bool,
+    drain: Drain,
 }
 
 impl std::fmt::Debug for Channel {
@@ -153,6 +155,7 @@ impl Channel {
         recv: quinn::RecvStream,
         deframer: Deframer,
         first_out: Vec<u8>,
+        drain: Drain,
     ) -> Self {
         Self {
             inner,
@@ -171,6 +174,7 @@ impl Channel {
             bytes_out: 0,
             abort: AbortHandle::default(),
             abort_sent: false,
+            drain,
         }
     }
 
@@ -459,7 +463,11 @@ impl AsyncWrite for Channel {
 
 impl Drop for Channel {
     fn drop(&mut self) {
-        if !self.close_sent {
+        if self.close_sent {
+            // The close (or abort) frame may still be in flight: the node waits for it
+            // before closing its connection.
+            self.drain.hand_over(&self.send);
+        } else {
             let _ = self.send.reset(0u32.into());
         }
     }

@@ -9,6 +9,7 @@ use nullport_protocol::{
 };
 
 use crate::channel::Channel;
+use crate::drain::Drain;
 use crate::error::{Error, LinkLost};
 
 /// Reads until the deframer holds one complete message and returns a copy of it.
@@ -41,6 +42,7 @@ pub(crate) async fn initiate(
     limits: Limits,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    drain: Drain,
 ) -> Result<Channel, Error> {
     let service = request.service.to_string();
     let expected = request.expected;
@@ -54,7 +56,7 @@ pub(crate) async fn initiate(
     write_all(&mut send, &out).await?;
     let verdict = next_message(&mut recv, &mut deframer).await?;
     match awaiting.handle_verdict(&verdict, Instant::now()) {
-        Ok(inner) => Ok(Channel::new(inner, send, recv, deframer, Vec::new())),
+        Ok(inner) => Ok(Channel::new(inner, send, recv, deframer, Vec::new(), drain)),
         Err(nullport_protocol::Error::Denied { reason }) => Err(Error::Denied {
             peer: expected,
             service,
@@ -74,6 +76,7 @@ pub struct IncomingChannel {
     recv: quinn::RecvStream,
     deframer: Deframer,
     session: SessionId,
+    drain: Drain,
 }
 
 impl std::fmt::Debug for IncomingChannel {
@@ -106,7 +109,7 @@ impl IncomingChannel {
     pub async fn accept(self) -> Result<Channel, Error> {
         let mut out = Vec::new();
         let inner = self.request.accept(&mut out)?;
-        let mut channel = Channel::new(inner, self.send, self.recv, self.deframer, out);
+        let mut channel = Channel::new(inner, self.send, self.recv, self.deframer, out, self.drain);
         tokio::io::AsyncWriteExt::flush(&mut channel)
             .await
             .map_err(|e| LinkLost::Stream(e.kind()))?;
@@ -119,6 +122,7 @@ impl IncomingChannel {
         self.request.deny(reason, &mut out)?;
         write_all(&mut self.send, &out).await?;
         let _ = self.send.finish();
+        self.drain.hand_over(&self.send);
         Ok(())
     }
 }
@@ -131,6 +135,7 @@ pub(crate) async fn respond(
     limits: Limits,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    drain: Drain,
 ) -> Result<IncomingChannel, Error> {
     let mut deframer = Deframer::new(MAX_NOISE_MESSAGE);
     let responder = Responder::new(keys, caller, session, limits, Instant::now())?;
@@ -146,5 +151,6 @@ pub(crate) async fn respond(
         recv,
         deframer,
         session,
+        drain,
     })
 }

@@ -22,6 +22,7 @@
 
 pub mod backoff;
 pub mod channel;
+mod drain;
 pub mod error;
 pub mod handshake;
 mod link;

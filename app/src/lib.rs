@@ -20,4 +20,5 @@ pub mod daemon;
 pub mod home;
 pub mod mcp;
 pub mod services;
+pub mod tasks;
 pub mod tokens;

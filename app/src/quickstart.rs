@@ -9,6 +9,7 @@ use nullport::config_file::{NodeFile, Service, ServiceSpec};
 use nullport::control::{self, ControlRequest};
 use nullport::daemon::Daemon;
 use nullport::home::Home;
+use nullport::tasks::OwnedTask;
 use nullport_keyring::{Policy, Protection, TrustStore, key_file};
 use nullport_node::{NodeConfig, NodeLimits, RelayAddr};
 use nullport_protocol::Identity;
@@ -22,12 +23,21 @@ fn step(n: u32, text: &str) {
 }
 
 /// A real (if tiny) HTTP server on loopback: the "tool service" the agent will call.
-async fn http_server() -> anyhow::Result<SocketAddr> {
+/// It serves until the returned task is dropped (with every connection it is serving).
+async fn http_server() -> anyhow::Result<(SocketAddr, OwnedTask<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
+    let server = OwnedTask::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let mut s = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((s, _)) => s,
+                    Err(_) => return,
+                },
+                Some(_) = connections.join_next() => continue,
+            };
+            connections.spawn(async move {
                 let mut buf = [0u8; 4096];
                 let mut req = Vec::new();
                 while !req.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -45,7 +55,7 @@ async fn http_server() -> anyhow::Result<SocketAddr> {
             });
         }
     });
-    Ok(addr)
+    Ok((addr, server))
 }
 
 fn make_home(root: &std::path::Path, name: &str) -> anyhow::Result<(Home, Arc<Identity>)> {
@@ -117,7 +127,7 @@ async fn demo(root: &std::path::Path) -> anyhow::Result<()> {
         3,
         "On the tool host: a real HTTP service on loopback, exposed as `web`, allowed for the agent only.",
     );
-    let web = http_server().await?;
+    let (web, _web_server) = http_server().await?;
     let mut config = NodeFile::default();
     config.services.insert(
         "web".into(),

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 
 /// The relay's counters. Values only ever describe counts and sizes, never payload.
 #[derive(Debug, Default)]
@@ -115,13 +116,19 @@ pub(crate) async fn serve(
     metrics: Arc<Metrics>,
     admission: Arc<crate::admission::Admission>,
 ) {
+    // Each scrape's task belongs to this set, and stops with the listener task.
+    let mut scrapes = JoinSet::new();
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = scrapes.join_next() => continue,
+        };
+        let Ok((mut stream, _)) = accepted else {
             continue;
         };
         let metrics = metrics.clone();
         let admission = admission.clone();
-        tokio::spawn(async move {
+        scrapes.spawn(async move {
             let mut buf = [0u8; 1024];
             let read =
                 tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))

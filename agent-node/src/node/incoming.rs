@@ -6,6 +6,7 @@ use std::sync::Arc;
 use nullport_protocol::relay_link::RelayToNode;
 use nullport_protocol::{DenyReason, NodeId};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tracing::Instrument;
 
@@ -15,13 +16,20 @@ use super::control::{collect_pages, read_pages};
 use crate::error::Error;
 use crate::handshake::respond;
 
+/// Serves the streams the relay opens on `conn` until the connection ends; returns why. Each
+/// stream's task belongs to this call: when the connection ends, the handshakes in flight on
+/// it stop with it.
 pub(super) async fn serve_incoming(inner: &Arc<Inner>, conn: &quinn::Connection) -> Error {
+    let mut running = JoinSet::new();
     loop {
-        match conn.accept_bi().await {
-            Ok((send, recv)) => {
-                tokio::spawn(handle_incoming(inner.clone(), send, recv).in_current_span());
-            }
-            Err(e) => return describe(&e),
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    running.spawn(handle_incoming(inner.clone(), send, recv).in_current_span());
+                }
+                Err(e) => return describe(&e),
+            },
+            Some(_) = running.join_next() => {}
         }
     }
 }
@@ -101,7 +109,15 @@ pub(super) async fn handle_incoming(
         };
         let result = timeout(
             limits.handshake.handshake_timeout,
-            respond(&inner.keys, caller, session, limits.handshake, send, recv),
+            respond(
+                &inner.keys,
+                caller,
+                session,
+                limits.handshake,
+                send,
+                recv,
+                inner.drain.clone(),
+            ),
         )
         .await;
         drop(slot);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use nullport_protocol::relay_link::{
     LINK_VERSION, LinkErrorCode, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode,
 };
+use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tracing::Instrument;
 
@@ -105,7 +106,8 @@ pub(super) async fn run_link(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                 // Catch up on revocation lists and rotations published while this node was
                 // away (every page of them). The task ends with the link.
                 let fetch = inner.clone();
-                let catch_up = tokio::spawn(
+                let mut catch_up = JoinSet::new();
+                catch_up.spawn(
                     async move {
                         match control_exchange(&fetch, NodeToRelay::RevocationQuery).await {
                             Ok(pages) => {
@@ -130,7 +132,7 @@ pub(super) async fn run_link(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                 );
                 tracing::info!(relay = %inner.config.relay, "relay link online");
                 let err = serve_incoming(&inner, &conn).await;
-                catch_up.abort();
+                drop(catch_up);
                 inner.conn.send_replace(None);
                 *inner.control.lock().await = None;
                 tracing::warn!("relay link down: {err}");

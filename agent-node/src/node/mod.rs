@@ -17,11 +17,12 @@ use nullport_protocol::relay_link::{
 };
 use nullport_protocol::{DenyReason, DialRequest, HandshakeKeys, NodeId, ServiceName};
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 use tracing::Instrument;
 
 use crate::channel::Channel;
+use crate::drain::Drain;
 use crate::error::{Error, SetupError};
 use crate::handshake::{IncomingChannel, initiate};
 use crate::link::{read_message, write_message};
@@ -84,6 +85,7 @@ struct Inner {
     revocations: tokio::sync::broadcast::Sender<Vec<SignedRevocations>>,
     rotations: tokio::sync::broadcast::Sender<Vec<SignedRotation>>,
     join: Mutex<Option<Vec<u8>>>,
+    drain: Drain,
 }
 
 /// A running node. Dropping it closes the relay link and stops its tasks.
@@ -148,6 +150,7 @@ impl Node {
             revocations: tokio::sync::broadcast::channel(16).0,
             rotations: tokio::sync::broadcast::channel(16).0,
             join: Mutex::new(config.join.clone()),
+            drain: Drain::default(),
             config,
         });
         let span = tracing::info_span!("node", id = %inner.node_id.fmt_short());
@@ -220,7 +223,15 @@ impl Node {
                     service,
                     blob,
                 };
-                initiate(&inner.keys, request, limits.handshake, send, recv).await
+                initiate(
+                    &inner.keys,
+                    request,
+                    limits.handshake,
+                    send,
+                    recv,
+                    inner.drain.clone(),
+                )
+                .await
             }
             .instrument(span),
         )
@@ -242,22 +253,39 @@ impl Node {
     where
         A: Fn(NodeId, &str) -> bool + Send + Sync + 'static,
     {
-        while let Some(incoming) = self.accept().await {
+        // Every task started here belongs to this set: finished ones are reaped as they end,
+        // the rest stop when serving stops.
+        let mut running = JoinSet::new();
+        loop {
+            let incoming = tokio::select! {
+                incoming = self.accept() => match incoming {
+                    Some(incoming) => incoming,
+                    None => break,
+                },
+                Some(_) = running.join_next() => continue,
+            };
             let Some(handler) = handlers.map.get(incoming.service()).cloned() else {
-                tokio::spawn(incoming.deny(DenyReason::UnknownService));
+                running.spawn(async move {
+                    let _ = incoming.deny(DenyReason::UnknownService).await;
+                });
                 continue;
             };
             if !allow(incoming.peer(), incoming.service()) {
-                tokio::spawn(incoming.deny(DenyReason::NotAllowed));
+                running.spawn(async move {
+                    let _ = incoming.deny(DenyReason::NotAllowed).await;
+                });
                 continue;
             }
             let peer = incoming.peer();
-            tokio::spawn(async move {
-                match incoming.accept().await {
-                    Ok(channel) => handler(channel).await,
-                    Err(e) => tracing::info!(peer = %peer.fmt_short(), "accept failed: {e}"),
+            running.spawn(
+                async move {
+                    match incoming.accept().await {
+                        Ok(channel) => handler(channel).await,
+                        Err(e) => tracing::info!(peer = %peer.fmt_short(), "accept failed: {e}"),
+                    }
                 }
-            });
+                .in_current_span(),
+            );
         }
     }
 
@@ -349,24 +377,26 @@ impl Node {
         self.inner.revocations.subscribe()
     }
 
-    /// Closes the relay link (after a grace period for bytes already written, such as close
-    /// frames, to leave) without consuming the node.
-    pub async fn close(&self, grace: Duration) {
-        tokio::time::sleep(grace).await;
+    /// Closes the relay link cleanly without consuming the node: first waits (up to two
+    /// seconds) until the relay has acknowledged the last bytes of every finished channel
+    /// (close and abort frames, denials), since closing the connection discards what is
+    /// still unsent.
+    pub async fn close(&self) {
+        self.inner.drain.settle(CLOSE_SETTLE).await;
         self.link.abort();
         self.endpoint
             .close(close_code::NORMAL.into(), b"node shutting down");
         let _ = timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 
-    /// Closes the relay link cleanly and stops.
+    /// Closes the relay link cleanly (as [`Node::close`]) and stops.
     pub async fn shutdown(self) {
-        self.link.abort();
-        self.endpoint
-            .close(close_code::NORMAL.into(), b"node shutting down");
-        let _ = timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        self.close().await;
     }
 }
+
+/// Longest [`Node::close`] waits for finished channels' last bytes to be acknowledged.
+const CLOSE_SETTLE: Duration = Duration::from_secs(2);
 
 impl Drop for Node {
     fn drop(&mut self) {

@@ -211,11 +211,16 @@ pub(crate) async fn connect(
     eprintln!(
         "note: every local user can connect to {bound} and use your access to {peer}/{service}; use --listen unix:PATH for a socket only you can use"
     );
+    // Each local connection's pipe belongs to this set (finished ones reaped as they end).
+    let mut pipes = tokio::task::JoinSet::new();
     loop {
-        let (mut tcp, from) = listener.accept().await?;
+        let (mut tcp, from) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            Some(_) = pipes.join_next() => continue,
+        };
         let home = home.clone();
         let (peer, service, token) = (peer.to_owned(), service.to_owned(), token.clone());
-        tokio::spawn(async move {
+        pipes.spawn(async move {
             match open_pipe(&home, &peer, &service, false, token).await {
                 Ok((mut stream, _)) => {
                     let _ = tcp.set_nodelay(true);
@@ -250,11 +255,15 @@ pub(crate) async fn connect_unix(
     }
     println!("listening on unix:{} -> {peer}/{service}", path.display());
     let serve = async {
+        let mut pipes = tokio::task::JoinSet::new();
         loop {
-            let (mut local, _) = listener.accept().await?;
+            let (mut local, _) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                Some(_) = pipes.join_next() => continue,
+            };
             let home = home.clone();
             let (peer, service, token) = (peer.to_owned(), service.to_owned(), token.clone());
-            tokio::spawn(async move {
+            pipes.spawn(async move {
                 match open_pipe(&home, &peer, &service, false, token).await {
                     Ok((mut stream, _)) => {
                         let _ = tokio::io::copy_bidirectional(&mut local, &mut stream).await;

@@ -155,8 +155,9 @@ async fn handle(state: &Arc<State>, request: ControlRequest) -> ControlResponse 
                 tracing::info!("reloaded config, policy and trust store");
                 if changed {
                     // Lists of newly trusted signers were not kept before: fetch them now.
-                    let state = state.clone();
-                    tokio::spawn(async move {
+                    let fetch = state.clone();
+                    state.spawn_job(async move {
+                        let state = fetch;
                         match state.node.revocation_lists().await {
                             Ok(all) => {
                                 for list in all {

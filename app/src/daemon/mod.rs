@@ -102,6 +102,9 @@ pub(crate) struct State {
     pub(crate) witness_idle: watch::Sender<bool>,
     /// How recent pipes ended (id -> the reason, if not cleanly), for `nullport pipe` to say.
     pub(crate) pipe_endings: watch::Sender<PipeEndings>,
+    /// Short jobs started by control requests (fetching lists after a reload); stopped at
+    /// shutdown.
+    pub(crate) jobs: Mutex<JoinSet<()>>,
 }
 
 /// The last [`PipeEndings::KEPT`] pipe endings.
@@ -135,6 +138,14 @@ impl PipeEndings {
 }
 
 impl State {
+    /// Runs `job` on a task the daemon owns (reaping the jobs already finished).
+    pub(crate) fn spawn_job(&self, job: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            while jobs.try_join_next().is_some() {}
+            jobs.spawn(job.in_current_span());
+        }
+    }
+
     /// Rebuilds the access snapshot from the files, lists and retired keys; live channels
     /// are re-checked against it by the overseer.
     pub(crate) fn rebuild_access(&self) {
@@ -235,6 +246,7 @@ impl Daemon {
             audit,
             witness_idle: watch::Sender::new(true),
             pipe_endings: watch::Sender::new(PipeEndings::default()),
+            jobs: Mutex::new(JoinSet::new()),
         });
         state.rebuild_access();
         let span = tracing::info_span!("daemon", id = %state.node.node_id().fmt_short());
@@ -267,9 +279,12 @@ impl Daemon {
         let _ = tokio::time::timeout(Duration::from_secs(2), idle.wait_for(|i| *i)).await;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        if let Ok(mut jobs) = self.state.jobs.lock() {
+            jobs.abort_all();
+        }
         let _ = std::fs::remove_file(self.state.home.socket());
-        // Let the close frames just written reach the relay, then close the link cleanly.
-        self.state.node.close(Duration::from_millis(300)).await;
+        // The close frames just written reach the relay before the link closes.
+        self.state.node.close().await;
     }
 }
 

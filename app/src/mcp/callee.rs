@@ -2,10 +2,12 @@
 //! environment, or a local HTTP endpoint) behind the JSON-RPC firewall, and the way back to
 //! the caller with signed receipts.
 
+use crate::tasks::OwnedTask;
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
 
 use nullport_keyring::McpGrant;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -169,7 +171,7 @@ where
     let (reader, mut writer) = tokio::io::split(channel);
     // One writer towards the caller: server output and firewall replies.
     let (to_caller, mut outbox) = mpsc::channel::<Vec<u8>>(64);
-    let write_task = tokio::spawn(async move {
+    let mut write_task = OwnedTask::spawn(async move {
         while let Some(line) = outbox.recv().await {
             if writer.write_all(&line).await.is_err() {
                 return;
@@ -207,18 +209,19 @@ where
             let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
                 return Err(std::io::Error::other("MCP server without pipes"));
             };
-            if let Some(stderr) = child.stderr.take() {
+            let stderr_task = child.stderr.take().map(|stderr| {
                 let service = session.service.clone();
-                tokio::spawn(async move {
+                OwnedTask::spawn(async move {
                     let mut lines = BufReader::new(stderr).lines();
                     while let Ok(Some(line)) = lines.next_line().await {
                         tracing::debug!(%service, "mcp server stderr: {line}");
                     }
-                });
-            }
+                })
+            });
             // Server -> caller, filtered.
             let server_out = out.clone();
-            let server_task = tokio::spawn(async move {
+            let server_task = OwnedTask::spawn(async move {
+                let _stderr = stderr_task;
                 let mut out = BufReader::new(stdout);
                 loop {
                     match read_line(&mut out, 64 << 20).await {
@@ -241,8 +244,12 @@ where
             )
         }
     };
+    // Requests in flight (HTTP calls, approvals being asked): owned here, given a bounded
+    // time to finish once the caller is done, then stopped.
+    let mut requests = JoinSet::new();
     // Caller -> server, through the firewall.
     let caller_task = {
+        let requests = &mut requests;
         let upstream = upstream.clone();
         let firewall = firewall.clone();
         let tx = to_caller.clone();
@@ -301,7 +308,8 @@ where
                             }
                             Upstream::Http(_) => {
                                 let (upstream, out) = (upstream.clone(), out.clone());
-                                tokio::spawn(async move {
+                                while requests.try_join_next().is_some() {}
+                                requests.spawn(async move {
                                     let _ = upstream.send(line, &out).await;
                                 });
                             }
@@ -339,7 +347,8 @@ where
                             call_id.clone(),
                             request_sha.clone(),
                         );
-                        tokio::spawn(async move {
+                        while requests.try_join_next().is_some() {}
+                        requests.spawn(async move {
                             let approved = approvals
                                 .ask(session.caller, &session.service, &tool, &args_digest)
                                 .await;
@@ -375,15 +384,20 @@ where
     drop(to_caller);
     let caller_result = caller_task.await;
     // The caller is done sending: let the server finish what it was asked, then stop it.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while requests.join_next().await.is_some() {}
+    })
+    .await;
+    drop(requests);
     drop(upstream);
-    if let Some(task) = server_task {
-        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    if let Some(mut task) = server_task {
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut task).await;
     }
     if let Some(child) = child.as_mut() {
         crate::services::exec::kill_group(child);
         let _ = child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), write_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), &mut write_task).await;
     caller_result
 }

@@ -1,6 +1,7 @@
 //! `exec`: each channel is a process (its stdin and stdout), started with a clean environment
 //! in a process group of its own, killed with the group when the channel ends.
 
+use crate::tasks::OwnedTask;
 use std::io;
 use std::process::Stdio;
 use std::time::Duration;
@@ -79,15 +80,16 @@ where
         (Some(i), Some(o)) => (i, o),
         _ => return Err(io::Error::other("child without pipes")),
     };
-    if let Some(stderr) = child.stderr.take() {
+    // The child's stderr, logged for as long as this channel is served.
+    let _stderr = child.stderr.take().map(|stderr| {
         let name = name.to_owned();
-        tokio::spawn(async move {
+        OwnedTask::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 tracing::info!(service = %name, "stderr: {line}");
             }
-        });
-    }
+        })
+    });
     let (mut r, mut w) = tokio::io::split(channel);
     let to_child = async {
         let r = tokio::io::copy(&mut r, &mut stdin).await;

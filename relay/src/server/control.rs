@@ -18,6 +18,9 @@ use crate::server::shared::Shared;
 use crate::store::{InviteRefusal, Part};
 
 /// Serves requests on the control stream until it ends.
+/// Longest the relay waits for a last answer to be acknowledged before it closes a link.
+pub(crate) const ANSWER_DELIVERY: Duration = Duration::from_secs(1);
+
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     node_id: NodeId,
@@ -118,9 +121,11 @@ pub(crate) async fn serve(
             }
         }
         if rotated {
-            // This key is retired: its link ends once the answer is out (and whatever else
-            // changed in the re-read allowlist takes effect on live links too).
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // This key is retired: its link ends once the node has the answer (the relay
+            // waits for the acknowledgement of the finished control stream, bounded), and
+            // whatever else changed in the re-read allowlist takes effect on live links too.
+            let _ = send.finish();
+            let _ = tokio::time::timeout(ANSWER_DELIVERY, send.stopped()).await;
             shared.enforce_admission();
             return;
         }

@@ -21,7 +21,7 @@ use nullport_protocol::NodeId;
 use nullport_protocol::relay_link::{
     LINK_VERSION, LinkErrorCode, NodeToRelay, RelayToNode, close_code,
 };
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::Instrument;
 
@@ -285,8 +285,18 @@ fn initial_session() -> u64 {
     t.rotate_left(17) ^ u64::from(std::process::id())
 }
 
+/// Accepts connections until the endpoint closes. Every connection's task belongs to this
+/// loop's set: finished ones are reaped as they end, and they all stop with the loop.
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
-    while let Some(incoming) = endpoint.accept().await {
+    let mut connections = JoinSet::new();
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+            Some(_) = connections.join_next() => continue,
+        };
         let remote = incoming.remote_address();
         let Some(guard) = PendingGuard::try_new(&shared, remote.ip()) else {
             shared
@@ -298,7 +308,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             continue;
         };
         let span = tracing::info_span!("conn", %remote);
-        tokio::spawn(handle_incoming(shared.clone(), incoming, guard).instrument(span));
+        connections.spawn(handle_incoming(shared.clone(), incoming, guard).instrument(span));
     }
 }
 
@@ -370,7 +380,8 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming, guard: 
                 tracing::info!(peer = %node_id, "enrollment refused: {code}");
                 let _ = write_message(&mut ctl_send, &RelayToNode::Error { code }).await;
                 let _ = ctl_send.finish();
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Close once the node has the reason (acknowledged), not after a guess.
+                let _ = timeout(control::ANSWER_DELIVERY, ctl_send.stopped()).await;
                 conn.close(close_code::NOT_ADMITTED.into(), b"enrollment refused");
                 refused();
                 return;
