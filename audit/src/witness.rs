@@ -22,25 +22,19 @@ pub enum WitnessError {
     },
 }
 
-/// Reads a witnessed checkpoint from its JSON form (`{seq, head, node_sig, relay_sig}`).
+/// Reads a witnessed checkpoint from its JSON form (`{seq, head, node_sig, relay_sig}`, hex).
 pub fn from_json(value: &Value) -> Result<WitnessedCheckpoint, WitnessError> {
-    let text = |k: &str| {
-        value[k]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or(WitnessError::Malformed)
-    };
-    Ok(WitnessedCheckpoint {
-        seq: value["seq"].as_u64().ok_or(WitnessError::Malformed)?,
-        head: text("head")?,
-        node_sig: text("node_sig")?,
-        relay_sig: text("relay_sig")?,
-    })
+    serde_json::from_value(value.clone()).map_err(|_| WitnessError::Malformed)
 }
 
 /// The JSON form of a witnessed checkpoint (what `audit.witness` holds).
 pub fn to_json(cp: &WitnessedCheckpoint) -> Value {
-    serde_json::json!({ "seq": cp.seq, "head": cp.head, "node_sig": cp.node_sig, "relay_sig": cp.relay_sig })
+    serde_json::json!({
+        "seq": cp.seq,
+        "head": cp.head.to_hex(),
+        "node_sig": cp.node_sig.to_hex(),
+        "relay_sig": cp.relay_sig.map(|s| s.to_hex()),
+    })
 }
 
 /// Checks that `relay` countersigned `node`'s checkpoint `cp`; returns the checkpoint to hold
@@ -50,18 +44,20 @@ pub fn verify(
     node: &NodeId,
     relay: &NodeId,
 ) -> Result<Checkpoint, WitnessError> {
-    let sig = nullport_protocol::hex::decode_array::<64>(&cp.relay_sig)
+    let sig = cp
+        .relay_sig
         .ok_or(WitnessError::NotTheRelays { relay: *relay })?;
+    let head = cp.head.to_hex();
     nullport_protocol::identity::verify(
         relay,
         domain::AUDIT_WITNESS_V1,
-        &witness_body(node, cp.seq, &cp.head),
-        &sig,
+        &witness_body(node, cp.seq, &head),
+        &sig.0,
     )
     .map_err(|_| WitnessError::NotTheRelays { relay: *relay })?;
     Ok(Checkpoint {
         seq: cp.seq,
-        head: cp.head.clone(),
-        sig: cp.node_sig.clone(),
+        head,
+        sig: cp.node_sig.to_hex(),
     })
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use nullport_protocol::{Identity, NodeId, domain, identity::verify};
+use nullport_protocol::{Identity, NodeId, Signature, domain, identity::verify};
 use serde::{Deserialize, Serialize};
 
 /// Largest encoded list accepted: 512 KiB, about 15,000 revoked keys (33 bytes each) or
@@ -128,7 +128,7 @@ impl RevocationList {
     /// Signs the list.
     pub fn sign(&self, signer: &Identity) -> SignedRevocations {
         let body = postcard::to_stdvec(self).unwrap_or_default();
-        let sig = signer.sign(domain::REVOCATION_V1, &body).to_vec();
+        let sig = Signature(signer.sign(domain::REVOCATION_V1, &body));
         SignedRevocations { body, sig }
     }
 }
@@ -143,13 +143,13 @@ pub fn verify_signed(signed: &SignedRevocations) -> Result<RevocationList, Revoc
     if !rest.is_empty() {
         return Err(RevocationError::Malformed);
     }
-    let sig: [u8; 64] = signed
-        .sig
-        .as_slice()
-        .try_into()
-        .map_err(|_| RevocationError::BadSignature)?;
-    verify(&list.signer, domain::REVOCATION_V1, &signed.body, &sig)
-        .map_err(|_| RevocationError::BadSignature)?;
+    verify(
+        &list.signer,
+        domain::REVOCATION_V1,
+        &signed.body,
+        &signed.sig.0,
+    )
+    .map_err(|_| RevocationError::BadSignature)?;
     Ok(list)
 }
 
@@ -296,7 +296,7 @@ mod tests {
             Some(RevocationError::Untrusted(other.node_id()))
         );
         let mut forged = list(&admin, 3, vec![]);
-        forged.sig[0] ^= 1;
+        forged.sig.0[0] ^= 1;
         assert_eq!(
             set.apply(&forged, trusted).err(),
             Some(RevocationError::BadSignature)

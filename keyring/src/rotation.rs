@@ -2,7 +2,7 @@
 //! by both. Whoever trusted the old key may follow it to the new one; the old key is retired
 //! (refused from then on).
 
-use nullport_protocol::{Identity, NodeId, domain, identity::verify};
+use nullport_protocol::{Identity, NodeId, Signature, domain, identity::verify};
 use serde::{Deserialize, Serialize};
 
 pub use nullport_protocol::relay_link::SignedRotation;
@@ -39,8 +39,8 @@ pub fn sign(old: &Identity, new: &Identity, issued: u64) -> SignedRotation {
     })
     .unwrap_or_default();
     SignedRotation {
-        old_sig: old.sign(domain::ROTATION_V1, &body).to_vec(),
-        new_sig: new.sign(domain::ROTATION_V1, &body).to_vec(),
+        old_sig: Signature(old.sign(domain::ROTATION_V1, &body)),
+        new_sig: Signature(new.sign(domain::ROTATION_V1, &body)),
         body,
     }
 }
@@ -55,19 +55,9 @@ pub fn verify_signed(signed: &SignedRotation) -> Result<Rotation, RotationError>
     if !rest.is_empty() || r.old == r.new {
         return Err(RotationError::Malformed);
     }
-    let old_sig: [u8; 64] = signed
-        .old_sig
-        .as_slice()
-        .try_into()
+    verify(&r.old, domain::ROTATION_V1, &signed.body, &signed.old_sig.0)
         .map_err(|_| RotationError::BadSignature)?;
-    let new_sig: [u8; 64] = signed
-        .new_sig
-        .as_slice()
-        .try_into()
-        .map_err(|_| RotationError::BadSignature)?;
-    verify(&r.old, domain::ROTATION_V1, &signed.body, &old_sig)
-        .map_err(|_| RotationError::BadSignature)?;
-    verify(&r.new, domain::ROTATION_V1, &signed.body, &new_sig)
+    verify(&r.new, domain::ROTATION_V1, &signed.body, &signed.new_sig.0)
         .map_err(|_| RotationError::BadSignature)?;
     Ok(r)
 }
@@ -95,7 +85,7 @@ mod tests {
         .unwrap_or_default();
         assert_eq!(verify_signed(&forged), Err(RotationError::BadSignature));
         let mut tampered = s.clone();
-        tampered.new_sig[3] ^= 1;
+        tampered.new_sig.0[3] ^= 1;
         assert_eq!(verify_signed(&tampered), Err(RotationError::BadSignature));
     }
 

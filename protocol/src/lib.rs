@@ -15,6 +15,7 @@
 pub mod channel;
 pub mod domain;
 pub mod error;
+pub mod fixed_bytes;
 pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -33,6 +34,7 @@ mod tests;
 
 pub use channel::{Channel, Received};
 pub use error::{Error, NoiseFailure};
+pub use fixed_bytes::{Digest, Signature};
 pub use frame::Deframer;
 pub use handshake::{
     AwaitingFinish, AwaitingVerdict, DialRequest, HandshakeKeys, Initiator, Request, Responder,

@@ -18,6 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::fixed_bytes::{Digest, Signature};
 use crate::handshake::SessionId;
 use crate::node_id::NodeId;
 
@@ -166,9 +167,9 @@ pub struct SignedRotation {
     /// The exact bytes signed.
     pub body: Vec<u8>,
     /// The old key's signature.
-    pub old_sig: Vec<u8>,
+    pub old_sig: Signature,
     /// The new key's signature.
-    pub new_sig: Vec<u8>,
+    pub new_sig: Signature,
 }
 
 /// A signed revocation list as it travels (decoded and checked by `nullport-keyring`).
@@ -177,22 +178,22 @@ pub struct SignedRevocations {
     /// `postcard(RevocationList)`: the exact bytes signed.
     pub body: Vec<u8>,
     /// Ed25519 over `"nullport-revocation-v1" 0x00 body`.
-    pub sig: Vec<u8>,
+    pub sig: Signature,
 }
 
 /// An audit checkpoint as a witness holds it: the node's signed head, and (once witnessed)
 /// the relay's countersignature in the [`crate::domain::AUDIT_WITNESS_V1`] context (over the
-/// body `nullport_audit::witness_body` builds). Hex strings, as in the audit log.
+/// body `nullport_audit::witness_body` builds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WitnessedCheckpoint {
     /// Checkpoint sequence number.
     pub seq: u64,
-    /// Chain head the checkpoint signs (64 hex).
-    pub head: String,
-    /// The node's checkpoint signature (128 hex).
-    pub node_sig: String,
-    /// The relay's countersignature (128 hex; empty when sent by the node).
-    pub relay_sig: String,
+    /// Chain head the checkpoint signs.
+    pub head: Digest,
+    /// The node's checkpoint signature.
+    pub node_sig: Signature,
+    /// The relay's countersignature (none when sent by the node).
+    pub relay_sig: Option<Signature>,
 }
 
 /// Relay → node.
@@ -456,7 +457,7 @@ mod tests {
     fn large_messages_are_never_clamped() {
         let list = SignedRevocations {
             body: vec![7; 200_000],
-            sig: vec![1; 64],
+            sig: Signature([1; 64]),
         };
         let m = RelayToNode::Revocations {
             lists: vec![list.clone(), list],

@@ -2,6 +2,7 @@
 //! pages such lists travel in (also for answers to queries). The broadcasting itself is
 //! `server::broadcast`.
 
+use nullport_protocol::Signature;
 use nullport_protocol::relay_link::{
     MAX_CONTROL_MESSAGE, RelayToNode, SignedRevocations, SignedRotation,
 };
@@ -49,7 +50,7 @@ pub(crate) fn pages<T: Clone>(
 pub(crate) fn revocation_pages(lists: &[SignedRevocations]) -> Vec<RelayToNode> {
     pages(
         lists,
-        |l| l.body.len() + l.sig.len(),
+        |l| l.body.len() + Signature::LEN,
         |lists, more| RelayToNode::Revocations { lists, more },
     )
 }
@@ -58,7 +59,7 @@ pub(crate) fn revocation_pages(lists: &[SignedRevocations]) -> Vec<RelayToNode> 
 pub(crate) fn rotation_pages(rotations: &[SignedRotation]) -> Vec<RelayToNode> {
     pages(
         rotations,
-        |r| r.body.len() + r.old_sig.len() + r.new_sig.len(),
+        |r| r.body.len() + 2 * Signature::LEN,
         |rotations, more| RelayToNode::Rotations { rotations, more },
     )
 }

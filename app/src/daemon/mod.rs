@@ -297,11 +297,22 @@ async fn witness_loop(state: Arc<State>, mut rx: tokio::sync::mpsc::UnboundedRec
         while let Ok(newer) = rx.try_recv() {
             cp = newer;
         }
+        let (Some(head), Some(node_sig)) = (
+            nullport_protocol::Digest::from_hex(&cp.head),
+            nullport_protocol::Signature::from_hex(&cp.sig),
+        ) else {
+            tracing::error!(
+                "audit checkpoint {} is not hex: not sent to be witnessed",
+                cp.seq
+            );
+            state.witness_idle.send_replace(rx.is_empty());
+            continue;
+        };
         let request = WitnessedCheckpoint {
             seq: cp.seq,
-            head: cp.head.clone(),
-            node_sig: cp.sig.clone(),
-            relay_sig: String::new(),
+            head,
+            node_sig,
+            relay_sig: None,
         };
         loop {
             match state.node.witness(request.clone()).await {

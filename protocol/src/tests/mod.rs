@@ -5,6 +5,7 @@
 
 mod channel_attacks;
 mod handshake_attacks;
+mod relay_link_tags;
 mod vectors;
 
 use std::time::Instant;

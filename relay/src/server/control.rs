@@ -140,14 +140,10 @@ fn witness(
     node: NodeId,
     mut cp: WitnessedCheckpoint,
 ) -> Result<WitnessedCheckpoint, LinkErrorCode> {
-    use nullport_protocol::domain;
-    let sig =
-        nullport_protocol::hex::decode_array::<64>(&cp.node_sig).ok_or(LinkErrorCode::Malformed)?;
-    if cp.head.len() != 64 || !cp.head.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(LinkErrorCode::Malformed);
-    }
-    let body = nullport_audit::checkpoint_body(cp.seq, &cp.head);
-    nullport_protocol::identity::verify(&node, domain::AUDIT_CHECKPOINT_V1, &body, &sig)
+    use nullport_protocol::{Signature, domain};
+    let head = cp.head.to_hex();
+    let body = nullport_audit::checkpoint_body(cp.seq, &head);
+    nullport_protocol::identity::verify(&node, domain::AUDIT_CHECKPOINT_V1, &body, &cp.node_sig.0)
         .map_err(|_| LinkErrorCode::Refused)?;
     if let Some(held) = shared.store.witnessed.get(&node)
         && held.seq > cp.seq
@@ -156,9 +152,9 @@ fn witness(
     }
     let relay_sig = shared.identity.sign(
         domain::AUDIT_WITNESS_V1,
-        &nullport_audit::witness_body(&node, cp.seq, &cp.head),
+        &nullport_audit::witness_body(&node, cp.seq, &head),
     );
-    cp.relay_sig = nullport_protocol::hex::encode(&relay_sig);
+    cp.relay_sig = Some(Signature(relay_sig));
     shared.store.witnessed.insert(node, cp.clone());
     shared.store.touch(Part::Witnessed);
     tracing::debug!(seq = cp.seq, "witnessed audit checkpoint");

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use nullport_node::{Error, LinkState, Node, Refusal};
 use nullport_protocol::relay_link::LinkErrorCode;
-use nullport_protocol::{DenyReason, Identity};
+use nullport_protocol::{DenyReason, Identity, Signature};
 use nullport_relay::RelayLimits;
 use nullport_relay::testing::{Direction, Tamper, TamperMode, Tap, TestHooks};
 use nullport_tests::{RelayOptions, TestNet, fast_limits, init_tracing, pattern, send_to_sink};
@@ -753,30 +753,25 @@ async fn witnessed_checkpoints_survive_a_relay_restart_and_cannot_roll_back() {
         );
         WitnessedCheckpoint {
             seq,
-            head,
-            node_sig: sig.iter().map(|b| format!("{b:02x}")).collect(),
-            relay_sig: String::new(),
+            head: nullport_protocol::Digest::from_hex(&head).unwrap(),
+            node_sig: Signature(sig),
+            relay_sig: None,
         }
     };
     let witnessed = node.witness(checkpoint(10)).await.unwrap();
-    let relay_sig: Vec<u8> = (0..64)
-        .filter_map(|i| u8::from_str_radix(&witnessed.relay_sig[2 * i..2 * i + 2], 16).ok())
-        .collect();
-    let relay_sig: [u8; 64] = relay_sig
-        .try_into()
-        .unwrap_or_else(|_| panic!("bad relay sig"));
+    let relay_sig = witnessed.relay_sig.unwrap();
     assert!(
         nullport_protocol::identity::verify(
             &net.relay_identity.node_id(),
             nullport_protocol::domain::AUDIT_WITNESS_V1,
-            &nullport_audit::witness_body(&node.node_id(), witnessed.seq, &witnessed.head),
-            &relay_sig
+            &nullport_audit::witness_body(&node.node_id(), witnessed.seq, &witnessed.head.to_hex()),
+            &relay_sig.0
         )
         .is_ok()
     );
     // A forged checkpoint (not signed by the node) and a rollback are refused.
     let mut forged = checkpoint(11);
-    forged.head = format!("{:064x}", 99);
+    forged.head = nullport_protocol::Digest([99; 32]);
     assert!(matches!(
         node.witness(forged).await,
         Err(Error::Link(LinkErrorCode::Refused))
