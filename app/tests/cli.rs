@@ -330,7 +330,7 @@ async fn errors_people_see() {
     drop(up);
     // Key file unreadable.
     std::fs::write(idle.join("identity.key"), b"garbage").unwrap();
-    let e = fails(&idle, &["up", "--relay", &net.relay.address()]).await;
+    let e = fails(&idle, &["up", "--relay", &net.relay_address()]).await;
     assert!(
         e.contains("key file unreadable") && e.contains("not a nullport key file"),
         "{e}"

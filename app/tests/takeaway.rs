@@ -524,7 +524,7 @@ async fn homes_and_key_files_of_other_users_or_open_to_them_are_refused() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let e = fails(&home, &["up", "--relay", &net.relay.address()]).await;
+    let e = fails(&home, &["up", "--relay", &net.relay_address()]).await;
     assert!(
         e.contains("closed to others (mode 700)") && e.contains("chmod 700"),
         "{e}"
@@ -537,7 +537,7 @@ async fn homes_and_key_files_of_other_users_or_open_to_them_are_refused() {
     if nullport_keyring::fs::euid() == 0 {
         let key = home.join("identity.key");
         rustix::fs::chown(&key, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
-        let e = fails(&home, &["up", "--relay", &net.relay.address()]).await;
+        let e = fails(&home, &["up", "--relay", &net.relay_address()]).await;
         assert!(
             e.contains("belongs to uid 65534") && e.contains("chown"),
             "{e}"

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nullport_protocol::Identity;
-use nullport_relay::{Admission, Relay, RelayConfig};
+use nullport_tests::{RelayOptions, TestNet, fast_limits};
 use tokio::process::{Child, Command};
 
 pub const NULLPORT: &str = env!("CARGO_BIN_EXE_nullport");
@@ -51,65 +51,43 @@ pub async fn fails(home: &Path, args: &[&str]) -> String {
     out.stderr
 }
 
+/// Daemons (`nullport up`, each with its own home) on the shared test relay
+/// ([`nullport_tests::TestNet`]: the same harness as the library's integration tests).
 pub struct Net {
     pub dir: tempfile::TempDir,
-    pub relay: Relay,
-    pub relay_identity: Arc<Identity>,
+    pub relay: TestNet,
     pub daemons: Vec<Child>,
 }
 
-/// An open relay (no state directory) on `addr`; retries while the port is being released.
-async fn bind_relay(identity: Arc<Identity>, addr: std::net::SocketAddr) -> (Relay, Arc<Identity>) {
-    let started = Instant::now();
-    loop {
-        match Relay::bind(RelayConfig::new(
-            identity.clone(),
-            addr,
-            Arc::new(Admission::open()),
-        ))
-        .await
-        {
-            Ok(relay) => return (relay, identity),
-            Err(e) if started.elapsed() > Duration::from_secs(3) => panic!("relay bind: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+impl Net {
+    /// An open relay on loopback and an empty directory for homes.
+    pub async fn start() -> Net {
+        Net {
+            dir: tempfile::tempdir().unwrap(),
+            relay: TestNet::start().await,
+            daemons: Vec::new(),
         }
     }
-}
 
-impl Net {
+    /// The relay address daemons use (`<relay NodeId>@127.0.0.1:<port>`).
+    pub fn relay_address(&self) -> String {
+        self.relay.relay_addr().to_string()
+    }
+
     /// Stops the relay and starts a new one with the same key and port (and no state).
     pub async fn restart_relay(&mut self) {
-        let addr = self.relay.local_addr();
-        let old = std::mem::replace(
-            &mut self.relay,
-            bind_relay(self.relay_identity.clone(), "127.0.0.1:0".parse().unwrap())
-                .await
-                .0,
-        );
-        old.shutdown().await;
-        self.relay = bind_relay(self.relay_identity.clone(), addr).await.0;
+        self.relay.restart(RelayOptions::default()).await;
     }
 
     /// A node of the test itself (the `nullport-node` library), online.
     pub async fn library_node(&self) -> (nullport_node::Node, Arc<Identity>) {
         let identity = Arc::new(Identity::generate().unwrap());
-        let mut config =
-            nullport_node::NodeConfig::new(identity.clone(), self.relay.address().parse().unwrap());
-        config.limits.backoff_max = Duration::from_millis(300);
-        let node = nullport_node::Node::start(config).await.unwrap();
+        let node = self
+            .relay
+            .node_unchecked(identity.clone(), fast_limits())
+            .await;
         node.wait_online(Duration::from_secs(5)).await.unwrap();
         (node, identity)
-    }
-
-    pub async fn start() -> Net {
-        let identity = Arc::new(Identity::generate().unwrap());
-        let (relay, relay_identity) = bind_relay(identity, "127.0.0.1:0".parse().unwrap()).await;
-        Net {
-            dir: tempfile::tempdir().unwrap(),
-            relay,
-            relay_identity,
-            daemons: Vec::new(),
-        }
     }
 
     /// A new node home with an identity; returns (home, NodeId text).
@@ -133,7 +111,7 @@ impl Net {
         let child = Command::new(NULLPORT)
             .arg("--home")
             .arg(home)
-            .args(["up", "--relay", &self.relay.address()])
+            .args(["up", "--relay", &self.relay_address()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -162,7 +140,7 @@ impl Net {
         let child = Command::new(NULLPORT)
             .arg("--home")
             .arg(home)
-            .args(["up", "--relay", &self.relay.address()])
+            .args(["up", "--relay", &self.relay_address()])
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
