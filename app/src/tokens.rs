@@ -3,7 +3,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use nullport_keyring::token::{Scope, Token, TokenError, pattern_covered};
+use nullport_keyring::pattern::{Pattern, PatternKind};
+use nullport_keyring::token::{Scope, Token, TokenError};
 use nullport_keyring::{McpGrant, McpRules, Policy, TrustStore};
 use nullport_protocol::NodeId;
 
@@ -60,14 +61,12 @@ pub fn check(
     })
 }
 
-fn narrow(token: &Option<Vec<String>>, bound: Option<&Vec<String>>, prefix: bool) -> Vec<String> {
-    let covered = |t: &String, b: &String| {
-        if prefix {
-            nullport_keyring::uri::prefix_covers(b, t)
-        } else {
-            pattern_covered(t, b)
-        }
-    };
+fn narrow(
+    token: &Option<Vec<String>>,
+    bound: Option<&Vec<String>>,
+    kind: PatternKind,
+) -> Vec<String> {
+    let covered = |t: &String, b: &String| Pattern::new(kind, b).covers(&Pattern::new(kind, t));
     match (token, bound) {
         (Some(t), Some(b)) => t
             .iter()
@@ -99,9 +98,13 @@ pub fn grant(
     McpGrant {
         rule: presented.rule.clone(),
         rules: McpRules {
-            tools: narrow(&s.tools, b.map(|r| &r.tools), false),
-            resources: narrow(&s.resources, b.map(|r| &r.resources), true),
-            prompts: narrow(&s.prompts, b.map(|r| &r.prompts), false),
+            tools: narrow(&s.tools, b.map(|r| &r.tools), PatternKind::Glob),
+            resources: narrow(
+                &s.resources,
+                b.map(|r| &r.resources),
+                PatternKind::UriPrefix,
+            ),
+            prompts: narrow(&s.prompts, b.map(|r| &r.prompts), PatternKind::Glob),
             methods: match (&s.methods, b) {
                 (Some(m), Some(r)) => m
                     .iter()
@@ -130,21 +133,24 @@ mod tests {
             "write_file".to_owned(),
             "*".to_owned(),
         ]);
-        assert_eq!(narrow(&token, bound.as_ref(), false), vec!["read_file"]);
         assert_eq!(
-            narrow(&None, bound.as_ref(), false),
+            narrow(&token, bound.as_ref(), PatternKind::Glob),
+            vec!["read_file"]
+        );
+        assert_eq!(
+            narrow(&None, bound.as_ref(), PatternKind::Glob),
             vec!["read_*", "list_directory"]
         );
         assert_eq!(
             narrow(
                 &Some(vec!["file:///srv/docs/a".into(), "file:///etc".into()]),
                 Some(&vec!["file:///srv/".into()]),
-                true
+                PatternKind::UriPrefix
             ),
             vec!["file:///srv/docs/a"]
         );
         // An issuer without rules of its own delegates nothing, whatever the token says.
-        assert!(narrow(&token, None, false).is_empty());
-        assert!(narrow(&None, None, false).is_empty());
+        assert!(narrow(&token, None, PatternKind::Glob).is_empty());
+        assert!(narrow(&None, None, PatternKind::Glob).is_empty());
     }
 }

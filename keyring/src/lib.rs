@@ -1,24 +1,26 @@
-//! nullport's keys at rest and local trust: identity key files (encrypted by default), the
-//! trust store of peer aliases, and (in later issues) policy, capability tokens, revocation
-//! and the audit log ([`audit`]: hash-chained JSON lines with signed checkpoints).
+//! nullport's keys at rest, local trust and authorization, grouped by concept:
+//!
+//! - [`keys`]: identity key files (encrypted by default), passphrases, private files;
+//! - [`trust`]: the trust store of peer aliases;
+//! - [`authz`]: the callee's policy, capability tokens, and the one [`authz::pattern`] type
+//!   their rule lists match with (name globs, resource URI prefixes);
+//! - [`statements`]: signed statements that travel through the relay: revocation lists, key
+//!   rotations, invites.
 //!
 //! No async runtime and no network: plain `std::fs` at the edges only.
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod error;
-pub mod fs;
-pub mod invite;
-pub mod key_file;
-pub mod passphrase;
-pub mod policy;
-pub mod revocation;
-pub mod rotation;
-pub mod token;
+pub mod keys;
+pub mod statements;
 pub mod trust;
-pub mod ttl;
-pub mod uri;
 
+pub use authz::{pattern, policy, token, ttl, uri};
 pub use error::{Error, FormatError, KdfProblem};
+pub use keys::{fs, key_file, passphrase};
+pub use statements::{invite, revocation, rotation};
+
 pub use key_file::{KdfParams, Protection};
 pub use passphrase::PassphraseSource;
 pub use policy::{Decision, McpGrant, McpRules, Policy};

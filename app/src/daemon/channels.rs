@@ -17,8 +17,9 @@ use nullport_protocol::{DenyReason, NodeId};
 use tokio::sync::watch;
 
 use crate::access::{Access, Grant, Load, Refusal};
-use crate::daemon::{State, unix_now};
+use crate::daemon::State;
 use crate::services::io::Counters;
+use crate::tokens::unix_now;
 use nullport_node::AbortHandle;
 
 /// Which way a channel goes.

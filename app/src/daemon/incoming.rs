@@ -9,14 +9,15 @@ use nullport_protocol::DenyReason;
 use tracing::Instrument;
 
 use crate::config_file::ServiceSpec;
+use crate::daemon::State;
 use crate::daemon::channels::Registered;
-use crate::daemon::{State, unix_now};
 use crate::mcp::UpstreamSpec;
 use crate::services::exec::Exec;
 use crate::services::io::Counted;
 use crate::services::mcp::Mcp;
 use crate::services::tcp::Tcp;
 use crate::services::{Caller, Kind, Ready};
+use crate::tokens::unix_now;
 use nullport_node::IncomingChannel;
 
 pub(crate) async fn accept_loop(state: Arc<State>) {

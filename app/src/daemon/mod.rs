@@ -362,8 +362,3 @@ async fn link_events(state: Arc<State>) {
         }
     }
 }
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> u64 {
-    crate::tokens::unix_now()
-}

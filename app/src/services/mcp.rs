@@ -69,7 +69,7 @@ impl Ready for McpSession {
             Arc::new(move || {
                 access
                     .borrow()
-                    .mcp_grant(&peer, &service, &blob, crate::daemon::unix_now())
+                    .mcp_grant(&peer, &service, &blob, crate::tokens::unix_now())
             })
         };
         let session = Session {

@@ -101,7 +101,8 @@ fn id_key(id: &Value) -> Option<String> {
     }
 }
 
-pub use nullport_keyring::token::glob_match;
+pub use nullport_keyring::pattern::glob_match;
+use nullport_keyring::pattern::{PatternKind, any_matches};
 
 fn error_line(id: Value, code: i64, message: &str, data: Option<Value>) -> Vec<u8> {
     let mut error = json!({ "code": code, "message": message });
@@ -326,7 +327,7 @@ impl Firewall {
             .and_then(Value::as_str)
             .map(str::to_owned);
         let allowed_by =
-            |patterns: &[String], value: &str| patterns.iter().any(|p| glob_match(p, value));
+            |patterns: &[String], value: &str| any_matches(PatternKind::Glob, patterns, value);
         let mut target = None;
         let mut args_digest = None;
         match method.as_str() {
@@ -363,7 +364,7 @@ impl Firewall {
                 }
                 self.recent_calls.push(now);
                 self.pending_calls.insert(key.clone());
-                if self.grant.approve.iter().any(|p| glob_match(p, tool)) {
+                if any_matches(PatternKind::Glob, &self.grant.approve, tool) {
                     let line = encode(&Value::Object(msg));
                     let denied = error_line(
                         id,
@@ -491,15 +492,13 @@ impl Firewall {
             ListKind::ResourceTemplates => ("resourceTemplates", "uriTemplate"),
         };
         let allowed = |value: &str| match kind {
-            ListKind::Tools => rules.tools.iter().any(|p| glob_match(p, value)),
-            ListKind::Prompts => rules.prompts.iter().any(|p| glob_match(p, value)),
-            ListKind::Resources => {
-                nullport_keyring::uri::covered_by_any(&rules.resources, value).unwrap_or(false)
-            }
+            ListKind::Tools => any_matches(PatternKind::Glob, &rules.tools, value),
+            ListKind::Prompts => any_matches(PatternKind::Glob, &rules.prompts, value),
+            ListKind::Resources => any_matches(PatternKind::UriPrefix, &rules.resources, value),
             // A template (`file:///srv/{path}`) is listed when its fixed part is covered.
             ListKind::ResourceTemplates => {
                 let fixed = value.split('{').next().unwrap_or_default();
-                nullport_keyring::uri::covered_by_any(&rules.resources, fixed).unwrap_or(false)
+                any_matches(PatternKind::UriPrefix, &rules.resources, fixed)
             }
         };
         if let Some(Value::Array(items)) = result.get_mut(field) {

@@ -151,73 +151,21 @@ pub enum TokenError {
     Revoked,
 }
 
-/// `*`-glob match (any number of `*`, each matching any run of characters).
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for part in &parts[1..parts.len() - 1] {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
-/// Whether every name `child` matches is also matched by `parent` (conservative: a glob child
-/// must equal a parent pattern, or the parent must be `*`, or the child's fixed prefix must
-/// extend a `prefix*` parent).
-pub fn pattern_covered(child: &str, parent: &str) -> bool {
-    if parent == "*" || child == parent {
-        return true;
-    }
-    if !child.contains('*') {
-        return glob_match(parent, child);
-    }
-    // child has a glob: accept only `P*` parents whose prefix the child's prefix extends,
-    // and a child that is a single trailing-star pattern.
-    match (parent.strip_suffix('*'), child.strip_suffix('*')) {
-        (Some(pp), Some(cp)) if !pp.contains('*') && !cp.contains('*') => cp.starts_with(pp),
-        _ => false,
-    }
-}
-
-/// Whether a list narrows (or equals) its parent list; `None` means unrestricted.
-fn list_narrows(child: &Option<Vec<String>>, parent: &Option<Vec<String>>, prefix: bool) -> bool {
-    match (child, parent) {
-        (_, None) => true,
-        (None, Some(_)) => false,
-        (Some(c), Some(p)) => c.iter().all(|ci| {
-            p.iter().any(|pi| {
-                if prefix {
-                    crate::uri::prefix_covers(pi, ci)
-                } else {
-                    pattern_covered(ci, pi)
-                }
-            })
-        }),
-    }
-}
+pub use crate::pattern::glob_match;
 
 impl Scope {
     fn narrows(&self, parent: &Scope) -> Option<&'static str> {
-        if !list_narrows(&self.tools, &parent.tools, false) {
+        use crate::pattern::{PatternKind, list_narrows};
+        if !list_narrows(PatternKind::Glob, &self.tools, &parent.tools) {
             return Some("tools");
         }
-        if !list_narrows(&self.resources, &parent.resources, true) {
+        if !list_narrows(PatternKind::UriPrefix, &self.resources, &parent.resources) {
             return Some("resources");
         }
-        if !list_narrows(&self.prompts, &parent.prompts, false) {
+        if !list_narrows(PatternKind::Glob, &self.prompts, &parent.prompts) {
             return Some("prompts");
         }
-        if !list_narrows(&self.methods, &parent.methods, false) {
+        if !list_narrows(PatternKind::Glob, &self.methods, &parent.methods) {
             return Some("methods");
         }
         None

@@ -246,6 +246,10 @@ fn time_holder_audience_issuer_depth() {
     assert_eq!(Token::from_bytes(&bytes), Err(TokenError::TooDeep(9)));
 }
 
+fn pattern_covered(child: &str, parent: &str) -> bool {
+    crate::pattern::Pattern::glob(parent).covers(&crate::pattern::Pattern::glob(child))
+}
+
 #[test]
 fn pattern_coverage() {
     assert!(pattern_covered("read_file", "read_*"));
