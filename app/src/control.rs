@@ -13,6 +13,9 @@ pub enum ControlRequest {
     Status,
     /// Re-read config, policy and trust store.
     Reload,
+    /// Stop the daemon cleanly (`nullport down`): channels closed with a close frame, the
+    /// relay link closed, the control socket removed.
+    Stop,
     /// Publish a signed revocation list through the relay.
     PublishRevocations {
         /// The list.
@@ -127,6 +130,10 @@ pub struct Status {
     /// Keys retired by rotations (refused for good).
     #[serde(default)]
     pub retired_keys: usize,
+    /// Why the files on disk are not in force (a reload failed; the previous configuration
+    /// runs), if they are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_error: Option<String>,
 }
 
 /// One revocation list held.

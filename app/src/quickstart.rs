@@ -228,14 +228,14 @@ async fn demo(root: &std::path::Path) -> anyhow::Result<()> {
     match stranger.dial(tool_id.node_id(), "web").await {
         Err(e) => println!(
             "    refused by the tool host: {}",
-            nullport::daemon::explain(&e, "tool-host", "web")
+            nullport::daemon::explain(&e, "tool-host", "web", &stranger.node_id())
         ),
         Ok(_) => bail!("the stranger was let in"),
     }
     match stranger.dial(agent_id.node_id(), "web").await {
         Err(e) => println!(
             "    and the agent, which exposes nothing: {}",
-            nullport::daemon::explain(&e, "agent", "web")
+            nullport::daemon::explain(&e, "agent", "web", &stranger.node_id())
         ),
         Ok(_) => bail!("the agent accepted a service it does not expose"),
     }

@@ -109,10 +109,15 @@ pub enum Error {
         path: PathBuf,
     },
     /// The passphrase could not be obtained.
-    #[error("no passphrase from {source_name}")]
-    PassphraseUnavailable {
-        /// Where it was looked for.
-        source_name: String,
+    #[error("{0}")]
+    PassphraseUnavailable(crate::passphrase::PassphraseProblem),
+    /// A new passphrase is too short.
+    #[error(
+        "passphrase too short: use at least {min} characters (or --insecure-plaintext-key to store the key unencrypted)"
+    )]
+    PassphraseTooShort {
+        /// The minimum, in characters.
+        min: usize,
     },
     /// An empty passphrase was given for a new key.
     #[error("empty passphrase (use the plaintext opt-out explicitly if that is what you want)")]
@@ -124,6 +129,14 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong (the parser's error, with line and column where known).
         error: FormatError,
+    },
+    /// Text that looks like a NodeId but is not a valid one.
+    #[error("{text:?} is not a valid NodeId: {error}")]
+    BadNodeId {
+        /// The text.
+        text: String,
+        /// What is wrong.
+        error: nullport_protocol::NodeIdError,
     },
     /// An alias is not in the trust store and is not a NodeId either.
     #[error("unknown peer {name:?}: not a NodeId and not an alias in the trust store")]

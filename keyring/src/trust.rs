@@ -85,16 +85,23 @@ impl TrustStore {
 
     /// Resolves a NodeId in text form, or an alias.
     pub fn resolve(&self, name: &str) -> Result<NodeId, Error> {
-        if let Ok(id) = name.parse::<NodeId>() {
+        let parsed = name.parse::<NodeId>();
+        if let Ok(id) = parsed {
             return Ok(id);
         }
-        self.file
-            .peers
-            .get(name)
-            .copied()
-            .ok_or_else(|| Error::UnknownAlias {
+        if let Some(id) = self.file.peers.get(name) {
+            return Ok(*id);
+        }
+        match parsed {
+            // It looks like a NodeId: say what is wrong with it, not just "unknown".
+            Err(error) if name.starts_with("np") && name.len() > 40 => Err(Error::BadNodeId {
+                text: name.to_owned(),
+                error,
+            }),
+            _ => Err(Error::UnknownAlias {
                 name: name.to_owned(),
-            })
+            }),
+        }
     }
 
     /// The alias for a NodeId, if any.

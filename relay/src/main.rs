@@ -150,16 +150,16 @@ struct RunArgs {
 }
 
 fn passphrase(args: &KeyArgs, confirm: bool) -> anyhow::Result<zeroize::Zeroizing<String>> {
-    let source =
-        PassphraseSource::choose(args.passphrase_file.clone(), "NULLPORT_RELAY_PASSPHRASE");
-    let pass = source.read(|| {
-        let p = rpassword::prompt_password("relay key passphrase: ")?;
-        if confirm && rpassword::prompt_password("again: ")? != p {
-            return Err(std::io::Error::other("passphrases differ"));
-        }
-        Ok(p)
-    })?;
-    Ok(pass)
+    let source = PassphraseSource::choose(
+        args.passphrase_file.clone(),
+        "NULLPORT_RELAY_PASSPHRASE",
+        "nullport-relay-passphrase",
+    );
+    Ok(if confirm {
+        source.read_new("relay key", |p: &str| rpassword::prompt_password(p))?
+    } else {
+        source.read("relay key", |p: &str| rpassword::prompt_password(p))?
+    })
 }
 
 fn parse_ttl(ttl: &str) -> anyhow::Result<u64> {

@@ -94,11 +94,13 @@ pub(super) async fn run_link(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
     let limits = inner.config.limits.clone();
     let mut retry = Retry::new(&limits);
     let mut attempt = 0u32;
+    let mut last_failure: Option<String> = None;
     loop {
         attempt += 1;
         let next = match connect_once(&inner, &endpoint).await {
             Ok((conn, send, recv)) => {
                 attempt = 0;
+                last_failure = None;
                 retry = Retry::new(&limits);
                 *inner.control.lock().await = Some((send, recv));
                 inner.conn.send_replace(Some(conn.clone()));
@@ -139,7 +141,14 @@ pub(super) async fn run_link(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                 retry.after(&inner, err, attempt)
             }
             Err(e) => {
-                tracing::debug!(attempt, "relay connect failed: {e}");
+                // One line per new reason; the same failure again is only a debug line.
+                let text = e.to_string();
+                if last_failure.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(attempt, "relay connect failed: {text}; retrying");
+                    last_failure = Some(text);
+                } else {
+                    tracing::debug!(attempt, "relay connect failed: {text}");
+                }
                 retry.after(&inner, e, attempt)
             }
         };
@@ -177,7 +186,6 @@ impl Retry {
                 } else {
                     self.refused.next_wait()
                 };
-                tracing::warn!("relay refused this node: {refusal}");
                 inner
                     .state
                     .send_replace(LinkState::Refused { refusal, retry_in });

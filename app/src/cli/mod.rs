@@ -170,8 +170,12 @@ enum Command {
         token: Option<String>,
     },
     /// Make the running daemon re-read config.toml, policy.toml and trust.toml (live
-    /// channels that lose their grant are closed). Commands that edit them do this already.
+    /// channels that lose their grant are closed). Commands that edit them do this already;
+    /// `kill -HUP <daemon>` does the same.
     Reload,
+    /// Stop the running daemon cleanly: open channels get a close frame, the relay link is
+    /// closed, the control socket removed. Returns once it has stopped.
+    Down,
     /// Show the relay link, exposed services and open channels.
     Status {
         /// Machine-readable output.
@@ -234,9 +238,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pipe { target, token } => services::pipe(&home, &target, false, token).await,
         Command::Status { json } => node::status(&home, json).await,
         Command::Reload => node::reload_now(&home).await,
+        Command::Down => node::down(&home).await,
         Command::Quickstart => crate::quickstart::run().await,
     }
 }
+
+/// The systemd credential the key passphrase is read from (`LoadCredential=`), when no
+/// file or variable gives it.
+pub(crate) const PASSPHRASE_CREDENTIAL: &str = "nullport-passphrase";
 
 /// A token argument: its text, or `@FILE`.
 pub(crate) fn read_token(arg: Option<String>) -> anyhow::Result<Option<String>> {
@@ -285,8 +294,12 @@ pub(crate) fn load_identity_and_passphrase(
         key_file::is_encrypted(&path).map_err(|e| anyhow!("key file unreadable: {e}"))?;
     let pass = if encrypted {
         Some(
-            PassphraseSource::choose(passphrase_file, "NULLPORT_PASSPHRASE")
-                .read(|| rpassword::prompt_password("identity key passphrase: "))?,
+            PassphraseSource::choose(
+                passphrase_file,
+                "NULLPORT_PASSPHRASE",
+                PASSPHRASE_CREDENTIAL,
+            )
+            .read("identity key", |p: &str| rpassword::prompt_password(p))?,
         )
     } else {
         None

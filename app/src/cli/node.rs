@@ -97,14 +97,12 @@ pub(crate) fn init(home: &Home, args: InitArgs) -> anyhow::Result<()> {
     let protection = if args.insecure_plaintext_key {
         Protection::InsecurePlaintext
     } else {
-        let pass =
-            PassphraseSource::choose(args.passphrase_file, "NULLPORT_PASSPHRASE").read(|| {
-                let p = rpassword::prompt_password("passphrase for the new identity key: ")?;
-                if rpassword::prompt_password("again: ")? != p {
-                    return Err(std::io::Error::other("passphrases differ"));
-                }
-                Ok(p)
-            })?;
+        let pass = PassphraseSource::choose(
+            args.passphrase_file,
+            "NULLPORT_PASSPHRASE",
+            PASSPHRASE_CREDENTIAL,
+        )
+        .read_new("new identity key", |p: &str| rpassword::prompt_password(p))?;
         Protection::Passphrase(pass, KdfParams::default())
     };
     key_file::store(&home.key(), &identity, &protection, args.force).map_err(|e| match e {
@@ -141,6 +139,12 @@ pub(crate) async fn status(home: &Home, json: bool) -> anyhow::Result<()> {
     println!("node     {}", status.node_id);
     println!("relay    {}", status.relay);
     println!("link     {}", status.link);
+    if let Some(e) = &status.config_error {
+        println!("config   NOT IN FORCE: {e}");
+        println!(
+            "         (the daemon runs with the configuration it last loaded; fix the file, then `nullport reload`)"
+        );
+    }
     println!(
         "services {}",
         if status.services.is_empty() {
@@ -213,16 +217,19 @@ pub(crate) async fn up(home: &Home, args: UpArgs) -> anyhow::Result<()> {
         home.socket().display()
     );
     eprintln!("no inbound port is open: this node only dials out to the relay");
-    let mut state = daemon.node().watch_state();
+    // The relay link's changes are logged by the node (one line each, with a timestamp).
     let signal = shutdown_signal();
     tokio::pin!(signal);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow!("cannot handle SIGHUP: {e}"))?;
     loop {
         tokio::select! {
             _ = &mut signal => break,
-            r = state.changed() => {
-                if r.is_err() { break; }
-                let s = state.borrow_and_update().to_string();
-                eprintln!("relay link: {s}");
+            _ = daemon.stop_requested() => break,
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading config, policy and trust store");
+                // On failure the daemon logs why and keeps the configuration in force.
+                let _ = daemon.reload();
             }
         }
     }
@@ -265,5 +272,31 @@ pub(crate) async fn reload_now(home: &Home) -> anyhow::Result<()> {
         );
     }
     println!("reloaded");
+    Ok(())
+}
+
+/// `nullport down`: asks the daemon to stop and waits until it has (its control connection
+/// ends when the daemon's shutdown does).
+pub(crate) async fn down(home: &Home) -> anyhow::Result<()> {
+    let (response, mut stream) = control(home, &ControlRequest::Stop).await?;
+    if !response.ok {
+        bail!(
+            "the daemon refused to stop: {}",
+            response.error.unwrap_or_default()
+        );
+    }
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest),
+    )
+    .await;
+    if ended.is_err() {
+        bail!(
+            "the daemon for {} was asked to stop but is still running after 15 s",
+            home.dir().display()
+        );
+    }
+    println!("stopped the nullport daemon for {}", home.dir().display());
     Ok(())
 }

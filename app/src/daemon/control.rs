@@ -11,7 +11,7 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::control::{
     ChannelStatus, ControlRequest, ControlResponse, ListStatus, ServiceStatus, Status,
 };
-use crate::daemon::{DaemonError, Files, State, lists};
+use crate::daemon::{DaemonError, State, lists};
 use crate::mcp::Session;
 use crate::services::io::{Counted, forward_pipe};
 use nullport_node::Error;
@@ -84,8 +84,14 @@ async fn connection(state: Arc<State>, stream: UnixStream) {
         pipe(&state, reader, peer, service, mcp, token).await;
         return;
     }
+    let stopping = matches!(request, ControlRequest::Stop);
     let response = handle(&state, request).await;
     let _ = respond(reader.get_mut(), &response).await;
+    if stopping {
+        // Held open until the daemon's shutdown ends this task: the caller (`nullport
+        // down`) reads the end of this stream as "stopped".
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Every request but `pipe`.
@@ -139,42 +145,15 @@ async fn handle(state: &Arc<State>, request: ControlRequest) -> ControlResponse 
             }
             Err(e) => ControlResponse::error(e),
         },
-        ControlRequest::Reload => match Files::load(&state.home) {
-            Ok(files) => {
-                let signers = |f: &Files| f.policy.revocation_signers(&f.trust);
-                let new_signers = signers(&files);
-                let changed = state
-                    .files
-                    .read()
-                    .map(|f| signers(&f) != new_signers)
-                    .unwrap_or(true);
-                if let Ok(mut f) = state.files.write() {
-                    *f = files;
-                }
-                state.rebuild_access();
-                tracing::info!("reloaded config, policy and trust store");
-                if changed {
-                    // Lists of newly trusted signers were not kept before: fetch them now.
-                    let fetch = state.clone();
-                    state.spawn_job(async move {
-                        let state = fetch;
-                        match state.node.revocation_lists().await {
-                            Ok(all) => {
-                                for list in all {
-                                    let _ = lists::apply_list(&state, &list);
-                                }
-                            }
-                            Err(e) => tracing::info!("revocation lists not fetched: {e}"),
-                        }
-                    });
-                }
-                ControlResponse::ok()
-            }
-            Err(e) => {
-                tracing::warn!("reload refused, the previous configuration stays in force: {e}");
-                ControlResponse::error(e)
-            }
+        ControlRequest::Reload => match state.reload() {
+            Ok(()) => ControlResponse::ok(),
+            Err(e) => ControlResponse::error(e),
         },
+        ControlRequest::Stop => {
+            tracing::info!("stop requested on the control socket");
+            state.stop.send_replace(true);
+            ControlResponse::ok()
+        }
         ControlRequest::PipeEnded { id } => {
             let mut endings = state.pipe_endings.subscribe();
             let ended = tokio::time::timeout(
@@ -228,6 +207,21 @@ async fn pipe(
             return;
         }
     };
+    // The link is down and the node knows why: say so now instead of waiting out the dial.
+    let link = state.node.state();
+    if matches!(
+        link,
+        nullport_node::LinkState::Refused { .. }
+            | nullport_node::LinkState::Connecting {
+                last_error: Some(_),
+                ..
+            }
+    ) {
+        let message =
+            format!("cannot reach {peer}: the relay link is down ({link}); see `nullport status`");
+        let _ = respond(reader.get_mut(), &ControlResponse::error(message)).await;
+        return;
+    }
     let dialed = state.node.dial_with(target, &service, blob).await;
     state.audit.dial(&target, &service, dialed.is_ok());
     let mut channel = match dialed {
@@ -235,7 +229,7 @@ async fn pipe(
         Err(e) => {
             let _ = respond(
                 reader.get_mut(),
-                &ControlResponse::error(explain(&e, &peer, &service)),
+                &ControlResponse::error(explain(&e, &peer, &service, &state.node.node_id())),
             )
             .await;
             return;
@@ -279,7 +273,7 @@ async fn pipe(
 }
 
 /// Turns a dial error into what a person should read.
-pub fn explain(e: &Error, peer: &str, service: &str) -> String {
+pub fn explain(e: &Error, peer: &str, service: &str, me: &nullport_protocol::NodeId) -> String {
     use nullport_protocol::DenyReason;
     match e {
         Error::Denied {
@@ -291,7 +285,7 @@ pub fn explain(e: &Error, peer: &str, service: &str) -> String {
             ..
         } => {
             format!(
-                "{peer} refused {service:?}: not allowed (its operator can run `nullport allow <your NodeId> {service}`)"
+                "{peer} refused {service:?}: not allowed (its operator can run `nullport allow {me} {service}`)"
             )
         }
         Error::Denied {
@@ -386,5 +380,6 @@ fn status(state: &State) -> Status {
         channels,
         revocations,
         retired_keys: access.rotations.len(),
+        config_error: state.reload_error.lock().ok().and_then(|r| r.clone()),
     }
 }

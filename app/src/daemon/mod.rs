@@ -105,6 +105,11 @@ pub(crate) struct State {
     /// Short jobs started by control requests (fetching lists after a reload); stopped at
     /// shutdown.
     pub(crate) jobs: Mutex<JoinSet<()>>,
+    /// Why the files on disk are not the ones in force (the last reload that failed), until
+    /// a reload succeeds.
+    pub(crate) reload_error: Mutex<Option<String>>,
+    /// Set when someone asked the daemon to stop (`nullport down`).
+    pub(crate) stop: watch::Sender<bool>,
 }
 
 /// The last [`PipeEndings::KEPT`] pipe endings.
@@ -138,6 +143,52 @@ impl PipeEndings {
 }
 
 impl State {
+    /// Re-reads config, policy and trust store. If any of them cannot be loaded, the ones in
+    /// force stay, the failure is logged at warn and kept for `status` until a reload
+    /// succeeds.
+    pub(crate) fn reload(self: &Arc<Self>) -> Result<(), DaemonError> {
+        let files = match Files::load(&self.home) {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::warn!("reload refused, the previous configuration stays in force: {e}");
+                if let Ok(mut r) = self.reload_error.lock() {
+                    *r = Some(e.to_string());
+                }
+                return Err(e);
+            }
+        };
+        if let Ok(mut r) = self.reload_error.lock() {
+            *r = None;
+        }
+        let signers = |f: &Files| f.policy.revocation_signers(&f.trust);
+        let new_signers = signers(&files);
+        let changed = self
+            .files
+            .read()
+            .map(|f| signers(&f) != new_signers)
+            .unwrap_or(true);
+        if let Ok(mut f) = self.files.write() {
+            *f = files;
+        }
+        self.rebuild_access();
+        tracing::info!("reloaded config, policy and trust store");
+        if changed {
+            // Lists of newly trusted signers were not kept before: fetch them now.
+            let state = self.clone();
+            self.spawn_job(async move {
+                match state.node.revocation_lists().await {
+                    Ok(all) => {
+                        for list in all {
+                            let _ = lists::apply_list(&state, &list);
+                        }
+                    }
+                    Err(e) => tracing::info!("revocation lists not fetched: {e}"),
+                }
+            });
+        }
+        Ok(())
+    }
+
     /// Runs `job` on a task the daemon owns (reaping the jobs already finished).
     pub(crate) fn spawn_job(&self, job: impl std::future::Future<Output = ()> + Send + 'static) {
         if let Ok(mut jobs) = self.jobs.lock() {
@@ -247,6 +298,8 @@ impl Daemon {
             witness_idle: watch::Sender::new(true),
             pipe_endings: watch::Sender::new(PipeEndings::default()),
             jobs: Mutex::new(JoinSet::new()),
+            reload_error: Mutex::new(None),
+            stop: watch::Sender::new(false),
         });
         state.rebuild_access();
         let span = tracing::info_span!("daemon", id = %state.node.node_id().fmt_short());
@@ -264,6 +317,18 @@ impl Daemon {
     /// The node behind the daemon.
     pub fn node(&self) -> &Node {
         &self.state.node
+    }
+
+    /// Re-reads config, policy and trust store (as `nullport reload` and SIGHUP do). On
+    /// failure the previous configuration stays in force and `status` says why.
+    pub fn reload(&self) -> Result<(), DaemonError> {
+        self.state.reload()
+    }
+
+    /// Resolves when someone asked this daemon to stop (`nullport down`).
+    pub async fn stop_requested(&self) {
+        let mut stop = self.state.stop.subscribe();
+        let _ = stop.wait_for(|s| *s).await;
     }
 
     /// Closes every open channel (bounded wait), the control socket and the relay link.
