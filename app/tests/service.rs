@@ -1,0 +1,249 @@
+//! The node as a service: `nullport down`, SIGHUP, a configuration that fails to load, a
+//! background start with an encrypted key, systemd credentials, a dial while the relay link
+//! is down, and the systemd units themselves.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::process::Command;
+
+/// Sends `signal` (a `kill -s` name) to `pid`.
+async fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits until `status` output satisfies `check`, or fails after 10 s with the last output.
+async fn status_until(home: &Path, check: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        let out = nullport(home, &["status"]).await;
+        if out.ok && check(&out.stdout) {
+            return out.stdout;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "status never matched: {} {}",
+            out.stdout,
+            out.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_stops_the_daemon_cleanly() {
+    let mut net = Net::start().await;
+    let (home, _) = net.node("a").await;
+    net.up(&home).await;
+    let said = ok(&home, &["down"]).await;
+    assert_eq!(
+        said.trim(),
+        format!("stopped the nullport daemon for {}", home.display())
+    );
+    let mut daemon = net.daemons.remove(0);
+    let exit = tokio::time::timeout(Duration::from_secs(5), daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(!home.join("nullport.sock").exists());
+    let e = fails(&home, &["status"]).await;
+    assert!(e.contains("the nullport daemon is not running"), "{e}");
+    // With no daemon, `down` says so and fails.
+    let e = fails(&home, &["down"]).await;
+    assert!(e.contains("the nullport daemon is not running"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_a_broken_file_keeps_the_previous_configuration() {
+    let (net, tool, agent) = pair().await;
+    let pid = net.daemons[0].id().unwrap();
+    ok(&tool, &["expose", "exec", "hello", "--", "echo", "hi"]).await;
+    // The operator edits the policy by hand and breaks it, then sends SIGHUP.
+    let policy = tool.join("policy.toml");
+    let good = std::fs::read_to_string(&policy).unwrap_or_default();
+    std::fs::write(&policy, "[services.hello\nallow = [").unwrap();
+    signal(pid, "HUP").await;
+    let status = status_until(&tool, |s| s.contains("NOT IN FORCE")).await;
+    assert!(
+        status.contains(&format!("config   NOT IN FORCE: {}", policy.display())),
+        "{status}"
+    );
+    // The daemon lives on with what it had.
+    assert!(nullport(&tool, &["status"]).await.ok);
+    // The operator fixes it and grants the agent the service by hand: SIGHUP applies it.
+    let agent_id = ok(&agent, &["id"]).await;
+    std::fs::write(
+        &policy,
+        format!(
+            "{good}\n[services.hello]\nallow = [\"{}\"]\n",
+            agent_id.trim()
+        ),
+    )
+    .unwrap();
+    signal(pid, "HUP").await;
+    status_until(&tool, |s| !s.contains("NOT IN FORCE")).await;
+    assert_eq!(pipe_output(&agent, "tool/hello").await, "hi\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_key_never_blocks_a_background_start() {
+    let net = Net::start().await;
+    let home = net.dir.path().join("enc");
+    let pass = net.dir.path().join("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    ok(
+        &home,
+        &["init", "--passphrase-file", pass.to_str().unwrap()],
+    )
+    .await;
+    // Started with no terminal (as `&`, a supervisor or a unit would): a clear error at
+    // once, naming every way to give the passphrase.
+    let started = Instant::now();
+    let e = fails(&home, &["up", "--relay", &net.relay_address()]).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        e.contains("the key is encrypted and there is no terminal in the foreground to ask for its passphrase (stdin is not a terminal); give it with --passphrase-file FILE, $NULLPORT_PASSPHRASE, or a systemd credential named nullport-passphrase"),
+        "{e}"
+    );
+    // A systemd credential (LoadCredential=nullport-passphrase:...) is read without a prompt.
+    let credentials = net.dir.path().join("credentials");
+    std::fs::create_dir_all(&credentials).unwrap();
+    std::fs::copy(&pass, credentials.join("nullport-passphrase")).unwrap();
+    let mut daemon = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&home)
+        .args(["up", "--relay", &net.relay_address()])
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    status_until(&home, |s| s.contains("link     online")).await;
+    daemon.start_kill().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_passphrases_are_checked() {
+    let net = Net::start().await;
+    let pass = net.dir.path().join("short");
+    std::fs::write(&pass, "1234567\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let home = net.dir.path().join("n");
+    let e = fails(
+        &home,
+        &["init", "--passphrase-file", pass.to_str().unwrap()],
+    )
+    .await;
+    assert!(
+        e.contains("passphrase too short: use at least 8 characters (or --insecure-plaintext-key to store the key unencrypted)"),
+        "{e}"
+    );
+    assert!(!home.join("identity.key").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_while_the_link_is_down_fails_at_once_with_the_reason() {
+    let (mut net, tool, agent) = pair().await;
+    ok(&tool, &["expose", "exec", "hello", "--", "echo", "hi"]).await;
+    ok(&tool, &["allow", "agent", "hello"]).await;
+    assert_eq!(pipe_output(&agent, "tool/hello").await, "hi\n");
+    // The relay goes away: the agent's daemon knows at once, and says so to a dial.
+    if let Some(relay) = net.relay.relay.take() {
+        relay.shutdown().await;
+    }
+    status_until(&agent, |s| s.contains("link     connecting")).await;
+    let started = Instant::now();
+    let e = fails(&agent, &["pipe", "tool/hello"]).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert!(
+        e.contains("cannot reach tool: the relay link is down (connecting (attempt"),
+        "{e}"
+    );
+    assert!(e.contains("see `nullport status`"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_node_id_says_what_is_wrong() {
+    let (_net, _tool, agent) = pair().await;
+    let id = ok(&agent, &["id"]).await;
+    let typo = format!("{}x", id.trim());
+    let e = fails(&agent, &["pipe", &format!("{typo}/ssh")]).await;
+    assert!(
+        e.contains(&format!("{typo:?} is not a valid NodeId")),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_allowed_names_the_callers_node_id() {
+    let (_net, tool, agent) = pair().await;
+    ok(&tool, &["expose", "exec", "hello", "--", "echo", "hi"]).await;
+    let agent_id = ok(&agent, &["id"]).await;
+    let e = fails(&agent, &["pipe", "tool/hello"]).await;
+    assert!(
+        e.contains(&format!(
+            "tool refused \"hello\": not allowed (its operator can run `nullport allow {} hello`)",
+            agent_id.trim()
+        )),
+        "{e}"
+    );
+}
+
+/// The units in `dist/` pass `systemd-analyze verify` (with ExecStart pointing at the
+/// binaries this build made, since verify checks that the program exists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_units_verify() {
+    if !require("systemd_units_verify", &["systemd-analyze"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist");
+    let relay = Path::new(NULLPORT).with_file_name("nullport-relay");
+    for (unit, binary) in [
+        ("nullport.service", Path::new(NULLPORT)),
+        ("nullport-user.service", Path::new(NULLPORT)),
+        ("nullport-relay.service", relay.as_path()),
+    ] {
+        let text = std::fs::read_to_string(dist.join(unit)).unwrap();
+        let text = text
+            .replace(
+                "/usr/local/bin/nullport-relay",
+                &binary.display().to_string(),
+            )
+            .replace("/usr/local/bin/nullport", &binary.display().to_string())
+            .replace("%h/.cargo/bin/nullport", &binary.display().to_string());
+        let path = dir.path().join(unit);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&path)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // verify reports problems on stderr; lines about the host's own units are not ours.
+        let ours: Vec<&str> = stderr.lines().filter(|l| l.contains(unit)).collect();
+        assert!(out.status.success() && ours.is_empty(), "{unit}: {stderr}");
+    }
+}
