@@ -324,7 +324,9 @@ async fn errors_people_see() {
     })
     .await;
     assert!(
-        seen.contains("relay link: connecting (attempt 1; last error: relay unreachable: no answer from 127.0.0.1:9)"),
+        seen.contains(
+            "relay connect failed: relay unreachable: no answer from 127.0.0.1:9; retrying"
+        ),
         "{seen}"
     );
     drop(up);
@@ -862,6 +864,24 @@ async fn audit_log_verifies_and_tampering_is_named_against_the_relay_witness() {
         export.lines().count() >= 5 && export.lines().all(|l| l.starts_with('{')),
         "{export}"
     );
+    // Relative times and offsets count as times, not text: everything in the last hour is
+    // everything; nothing is newer than one hour from now (written with an offset).
+    let last_hour = ok(&tool, &["audit", "export", "--since", "1h"]).await;
+    assert_eq!(last_hour.lines().count(), export.lines().count());
+    let future = nullport_audit::rfc3339(std::time::SystemTime::now() + Duration::from_secs(3_600));
+    let future = format!("{}+00:00", future.trim_end_matches('Z'));
+    assert_eq!(
+        ok(&tool, &["audit", "export", "--since", &future]).await,
+        ""
+    );
+    let e = fails(&tool, &["audit", "export", "--since", "yesterday"]).await;
+    assert!(
+        e.contains("\"yesterday\" is not a time: use RFC 3339 (2026-11-22T08:00:00Z, or with an offset like +01:00) or a duration back from now (90s, 10m, 1h, 2d)"),
+        "{e}"
+    );
+    let verified = ok(&tool, &["audit", "verify", "--json"]).await;
+    let report: serde_json::Value = serde_json::from_str(&verified).unwrap();
+    assert_eq!(report["ok"], true, "{verified}");
     // Cut the tail from the last checkpoint on: the chain alone looks fine, the relay's
     // witness does not.
     let lines: Vec<&str> = original.lines().collect();
@@ -958,7 +978,7 @@ async fn capability_tokens_open_a_service_only_for_their_holder_in_time() {
     .trim()
     .to_owned();
     assert!(token.starts_with("npt1"));
-    let inspect = ok(&admin, &["token", "inspect", &token]).await;
+    let inspect = ok(&admin, &["token", "inspect", &token, "--json"]).await;
     assert!(
         inspect.contains(&agent_id) && inspect.contains("\"service\": \"hello\""),
         "{inspect}"

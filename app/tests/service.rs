@@ -247,3 +247,69 @@ async fn systemd_units_verify() {
         assert!(out.status.success() && ours.is_empty(), "{unit}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expose_and_trust_add_replace_only_when_asked() {
+    let net = Net::start().await;
+    let (home, _) = net.node("a").await;
+    ok(&home, &["expose", "tcp", "web", "127.0.0.1:8080"]).await;
+    let again = ok(&home, &["expose", "tcp", "web", "127.0.0.1:8080"]).await;
+    assert_eq!(again.trim(), "web is already exposed: tcp 127.0.0.1:8080");
+    let e = fails(&home, &["expose", "tcp", "web", "127.0.0.1:8081"]).await;
+    assert!(
+        e.contains("a service named \"web\" is already exposed (tcp 127.0.0.1:8080); pass --replace to make it tcp 127.0.0.1:8081"),
+        "{e}"
+    );
+    ok(
+        &home,
+        &["expose", "tcp", "web", "127.0.0.1:8081", "--replace"],
+    )
+    .await;
+    let config = std::fs::read_to_string(home.join("config.toml")).unwrap();
+    assert!(config.contains("127.0.0.1:8081") && !config.contains("127.0.0.1:8080"));
+    let (first, second) = (
+        nullport_protocol::Identity::from_seed([1; 32]).node_id(),
+        nullport_protocol::Identity::from_seed([2; 32]).node_id(),
+    );
+    ok(&home, &["trust", "add", "peer", &first.to_string()]).await;
+    let e = fails(&home, &["trust", "add", "peer", &second.to_string()]).await;
+    assert!(
+        e.contains(&format!(
+            "alias \"peer\" already names {first} (pass --replace to point it at the new NodeId)"
+        )),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_completions_and_man_pages_come_from_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("h");
+    let version: serde_json::Value =
+        serde_json::from_str(&ok(&home, &["version", "--json"]).await).unwrap();
+    assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(version["relay_link_version"], 2);
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(&home, &["completions", shell]).await;
+        // Every command is in the completions (they come from the clap definitions).
+        for command in ["up", "down", "pipe", "expose", "audit", "version"] {
+            assert!(script.contains(command), "{shell}: {command}");
+        }
+    }
+    let man = dir.path().join("man1");
+    ok(&home, &["man", "--dir", man.to_str().unwrap()]).await;
+    for page in [
+        "nullport.1",
+        "nullport-up.1",
+        "nullport-down.1",
+        "nullport-audit-export.1",
+    ] {
+        let text = std::fs::read_to_string(man.join(page)).unwrap();
+        assert!(
+            text.starts_with(".ie \\n(.g") || text.contains(".TH"),
+            "{page}"
+        );
+    }
+    let e = fails(&home, &["completions", "tcsh"]).await;
+    assert!(e.contains("invalid value 'tcsh'"), "{e}");
+}

@@ -28,6 +28,7 @@
 pub mod chain;
 mod error;
 pub mod event;
+pub mod time;
 pub mod verify;
 pub mod witness;
 pub mod writer;

@@ -151,7 +151,9 @@ pub enum Error {
         name: String,
     },
     /// The alias already names another NodeId.
-    #[error("alias {name:?} already names {existing}")]
+    #[error(
+        "alias {name:?} already names {existing} (pass --replace to point it at the new NodeId)"
+    )]
     AliasTaken {
         /// The alias.
         name: String,

@@ -42,6 +42,23 @@ enum Command {
     /// list to every node (nodes that trust the relay's key as a revocation signer refuse
     /// them too). Writes `admin-revocations.json` in the state directory.
     Revoke(RevokeArgs),
+    /// Print the version, and the relay-link protocol version this relay speaks.
+    Version {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (nullport-relay.1 and one per command) into a directory.
+    Man {
+        /// Where to write them.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -368,6 +385,41 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
+        Command::Version { json } => {
+            let (version, link) = (
+                env!("CARGO_PKG_VERSION"),
+                nullport_protocol::relay_link::LINK_VERSION,
+            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "version": version, "relay_link_version": link })
+                );
+            } else {
+                println!("nullport-relay {version} (relay link version {link})");
+            }
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "nullport-relay", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
+                other => Ok(other?),
+            }
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            println!(
+                "wrote nullport-relay.1 and a page per command into {}",
+                dir.display()
+            );
+            Ok(())
+        }
         Command::Revoke(args) => revoke(args),
         Command::Invite(args) => {
             let identity = load_identity(&args.key)?;

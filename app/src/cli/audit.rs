@@ -19,10 +19,14 @@ pub(crate) enum AuditCommand {
         /// without one, uses the local copy in the home).
         #[arg(long)]
         witness: bool,
+        /// Machine-readable output (the exit status is the same).
+        #[arg(long)]
+        json: bool,
     },
     /// Print entries as JSON lines for SIEM ingestion.
     Export {
-        /// Only entries at or after this RFC 3339 UTC time (e.g. 2026-11-22T00:00:00Z).
+        /// Only entries at or after this time: RFC 3339 (2026-11-22T00:00:00Z, or with an
+        /// offset like +01:00) or a duration back from now (90s, 10m, 1h, 2d).
         #[arg(long)]
         since: Option<String>,
         /// Output format.
@@ -63,16 +67,19 @@ pub(crate) async fn audit(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> 
             Ok(())
         }
         AuditCommand::Export { since, .. } => {
+            let since = since
+                .as_deref()
+                .map(|s| audit::time::parse_since(s, std::time::SystemTime::now()))
+                .transpose()?;
             for entry in audit::entries(&path)? {
-                let ts = entry["ts"].as_str().unwrap_or("");
-                // RFC 3339 UTC with a fixed layout sorts as text.
-                if since.as_deref().is_none_or(|s| ts >= s) {
+                let at = entry["ts"].as_str().and_then(audit::time::parse_rfc3339);
+                if since.is_none_or(|s| at.is_some_and(|at| at >= s)) {
                     println!("{entry}");
                 }
             }
             Ok(())
         }
-        AuditCommand::Verify { witness } => {
+        AuditCommand::Verify { witness, json } => {
             let node = node_id(home)?;
             let mut source = "";
             let witnessed = if witness {
@@ -97,6 +104,27 @@ pub(crate) async fn audit(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> 
                 None
             };
             let report = audit::verify(&path, &node, witnessed.as_ref())?;
+            if json {
+                let ok = report.problem.is_none() && !matches!(report.witness, Some(Err(_)));
+                let out = serde_json::json!({
+                    "ok": ok,
+                    "entries": report.entries,
+                    "checkpoints": report.checkpoints,
+                    "last_checkpoint": report.last_checkpoint.as_ref().map(|c| c.seq),
+                    "unsigned_tail": report.unsigned_tail,
+                    "torn": report.torn_at.iter().map(|(f, l)| serde_json::json!({"file": f, "line": l})).collect::<Vec<_>>(),
+                    "problem": report.problem.as_ref().map(|p| serde_json::json!({"file": p.file, "line": p.line, "reason": p.reason})),
+                    "witness": report.witness.as_ref().map(|w| match w {
+                        Ok(()) => serde_json::json!({"ok": true, "source": source}),
+                        Err(e) => serde_json::json!({"ok": false, "source": source, "error": e}),
+                    }),
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                if !ok {
+                    std::process::exit(1);
+                }
+                return Ok(());
+            }
             for (file, line) in &report.torn_at {
                 println!(
                     "note: {} line {line} is a torn write (a crash mid-append), not tampering",

@@ -3,6 +3,7 @@
 
 mod audit;
 mod mcp;
+mod meta;
 mod node;
 mod services;
 mod trust;
@@ -23,7 +24,7 @@ use nullport::home::Home;
 use nullport_keyring::{KdfParams, PassphraseSource, Policy, Protection, TrustStore, key_file};
 use nullport_node::RelayAddr;
 use nullport_protocol::{Identity, NodeId, ServiceName};
-use services::ExposeCommand;
+use services::ExposeArgs;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use trust::{RevocationsCommand, TokenCommand, TrustCommand};
@@ -78,8 +79,7 @@ enum Command {
     #[command(subcommand)]
     Trust(TrustCommand),
     /// Offer a local service to peers (default deny: also run `nullport allow`).
-    #[command(subcommand)]
-    Expose(ExposeCommand),
+    Expose(ExposeArgs),
     /// Stop offering a service.
     Unexpose {
         /// The service name.
@@ -185,6 +185,24 @@ enum Command {
     /// One-command demo: a relay and two nodes on loopback in a temporary directory, a real
     /// local service exposed on one and called from the other, step by step.
     Quickstart,
+    /// Print the version, and the relay-link protocol version this node speaks.
+    Version {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print shell completions, e.g. `nullport completions bash > /etc/bash_completion.d/nullport`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (nullport.1, and nullport-<command>.1 for each command) into a
+    /// directory, e.g. /usr/local/share/man/man1.
+    Man {
+        /// Where to write them.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 impl Cli {
@@ -240,6 +258,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reload => node::reload_now(&home).await,
         Command::Down => node::down(&home).await,
         Command::Quickstart => crate::quickstart::run().await,
+        Command::Version { json } => meta::version(json),
+        Command::Completions { shell } => meta::completions(shell),
+        Command::Man { dir } => meta::man(&dir),
     }
 }
 

@@ -2,6 +2,17 @@
 
 use super::*;
 
+/// `expose`: what to offer, and whether it may replace a service of the same name.
+#[derive(Args, Debug)]
+pub(crate) struct ExposeArgs {
+    /// Replace a service already exposed under this name (as `trust add --replace` does
+    /// for an alias); without it, a different service of the same name is an error.
+    #[arg(long, global = true)]
+    replace: bool,
+    #[command(subcommand)]
+    kind: ExposeCommand,
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum ExposeCommand {
     /// Forward channels to a local TCP address (SSH, HTTP, databases).
@@ -47,8 +58,8 @@ pub(crate) enum ExposeCommand {
     },
 }
 
-pub(crate) async fn expose(home: &Home, cmd: ExposeCommand) -> anyhow::Result<()> {
-    let (name, service) = match cmd {
+pub(crate) async fn expose(home: &Home, args: ExposeArgs) -> anyhow::Result<()> {
+    let (name, service) = match args.kind {
         ExposeCommand::Tcp {
             name,
             target,
@@ -105,6 +116,16 @@ pub(crate) async fn expose(home: &Home, cmd: ExposeCommand) -> anyhow::Result<()
     }
     home.create()?;
     let mut file = load_config(home)?;
+    match file.services.get(&name) {
+        Some(old) if *old == service => {
+            println!("{name} is already exposed: {service}");
+            return Ok(());
+        }
+        Some(old) if !args.replace => bail!(
+            "a service named {name:?} is already exposed ({old}); pass --replace to make it {service}"
+        ),
+        _ => {}
+    }
     file.services.insert(name.clone(), service.clone());
     file.save(&home.config())?;
     println!(

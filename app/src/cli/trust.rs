@@ -82,6 +82,9 @@ pub(crate) enum TokenCommand {
     Inspect {
         /// The token (text, or @FILE).
         token: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Accept tokens issued by an issuer for a service on this node.
     TrustIssuer {
@@ -218,7 +221,7 @@ pub(crate) async fn token(home: &Home, cmd: TokenCommand) -> anyhow::Result<()> 
             )?;
             println!("{}", t.to_text());
         }
-        TokenCommand::Inspect { token } => {
+        TokenCommand::Inspect { token, json } => {
             let t = Token::from_text(&read_token(Some(token))?.unwrap_or_default())?;
             let time = |s: u64| {
                 nullport::audit::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
@@ -242,7 +245,44 @@ pub(crate) async fn token(home: &Home, cmd: TokenCommand) -> anyhow::Result<()> 
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&links)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&links)?);
+                return Ok(());
+            }
+            for (i, l) in links.iter().enumerate() {
+                let list = |k: &str| match &l["scope"][k] {
+                    serde_json::Value::Array(a) => a
+                        .iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    _ => "(as the parent)".to_owned(),
+                };
+                println!(
+                    "link {i}: {} -> {} for service {} (audience {})",
+                    l["issuer"].as_str().unwrap_or_default(),
+                    l["holder"].as_str().unwrap_or_default(),
+                    l["service"].as_str().unwrap_or_default(),
+                    l["audience"].as_str().unwrap_or("any")
+                );
+                println!(
+                    "  tools {}; resources {}; prompts {}; methods {}",
+                    list("tools"),
+                    list("resources"),
+                    list("prompts"),
+                    list("methods")
+                );
+                println!(
+                    "  valid {} .. {}{}",
+                    l["not_before"].as_str().unwrap_or_default(),
+                    l["expires"].as_str().unwrap_or_default(),
+                    if l["expired"] == true {
+                        " (EXPIRED)"
+                    } else {
+                        ""
+                    }
+                );
+            }
         }
         TokenCommand::TrustIssuer { issuer, service } => {
             trust.resolve(&issuer)?;
