@@ -392,11 +392,20 @@ impl NodeFile {
             path: path.to_owned(),
             error: e.into(),
         })?;
-        nullport_keyring::fs::write_private(
-            path,
-            format!("# nullport node config\n{text}").as_bytes(),
-            true,
-        )?;
+        let text = format!("# nullport node config\n{text}");
+        // What is written must load back: checked before the file changes.
+        let back: FileLayout = toml::from_str(&text).map_err(|e| ConfigError::Format {
+            path: path.to_owned(),
+            error: e.into(),
+        })?;
+        for (name, table) in back.services {
+            Service::try_from(table).map_err(|error| ConfigError::Service {
+                path: path.to_owned(),
+                name,
+                error,
+            })?;
+        }
+        nullport_keyring::fs::write_private(path, text.as_bytes(), true)?;
         Ok(())
     }
 }

@@ -313,3 +313,26 @@ async fn version_completions_and_man_pages_come_from_the_commands() {
     let e = fails(&home, &["completions", "tcsh"]).await;
     assert!(e.contains("invalid value 'tcsh'"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_and_daemon_never_silently_disagree() {
+    let (_net, tool, _agent) = pair().await;
+    let policy = tool.join("policy.toml");
+    std::fs::write(&policy, "[services.web\n").unwrap();
+    // A command that edits another file: written, but the daemon cannot load the set, and
+    // the command says so and fails.
+    let other = nullport_protocol::Identity::from_seed([9; 32]).node_id();
+    let e = fails(&tool, &["trust", "add", "other", &other.to_string()]).await;
+    assert!(
+        e.contains("the change is written, but the running daemon cannot load the configuration and keeps the previous one:"),
+        "{e}"
+    );
+    assert!(e.contains(&policy.display().to_string()), "{e}");
+    let status = ok(&tool, &["status"]).await;
+    assert!(status.contains("config   NOT IN FORCE"), "{status}");
+    // A command that edits the broken file refuses before writing anything.
+    let before = std::fs::read_to_string(&policy).unwrap();
+    let e = fails(&tool, &["allow", "other", "web"]).await;
+    assert!(e.contains(&policy.display().to_string()), "{e}");
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), before);
+}

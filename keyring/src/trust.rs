@@ -125,6 +125,8 @@ impl TrustStore {
             error: e.into(),
         })?;
         let text = format!("# nullport trust store: alias = NodeId\n{text}");
+        // What is written must load back: checked before the file changes.
+        TrustStore::parse(&self.path, &text)?;
         write_private(&self.path, text.as_bytes(), true)
     }
 }

@@ -138,7 +138,7 @@ pub(crate) async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
                 rules.tools,
                 rules.resources,
                 rules.prompts,
-                reload(home).await
+                reload(home).await?
             );
             Ok(())
         }
@@ -151,7 +151,7 @@ pub(crate) async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
             policy.save()?;
             println!(
                 "{peer} may no longer use MCP service {service}; its open sessions are closed{}",
-                reload(home).await
+                reload(home).await?
             );
             Ok(())
         }
@@ -225,7 +225,7 @@ pub(crate) async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
             policy.save()?;
             println!(
                 "calls of {service}/{tool} now wait for `nullport approve <id>`{}",
-                reload(home).await
+                reload(home).await?
             );
             Ok(())
         }

@@ -334,12 +334,17 @@ pub(crate) fn load_config(home: &Home) -> anyhow::Result<NodeFile> {
     Ok(NodeFile::load(&home.config())?)
 }
 
-/// Asks a running daemon to reload; returns a note for the user.
-pub(crate) async fn reload(home: &Home) -> String {
+/// Asks a running daemon to reload what a command just wrote; returns a note for the user.
+/// A daemon that cannot load the files is an error (the change is on disk, the daemon runs
+/// with the previous configuration, and `status` says so until it is fixed).
+pub(crate) async fn reload(home: &Home) -> anyhow::Result<String> {
     match control(home, &ControlRequest::Reload).await {
-        Ok((r, _)) if r.ok => " (daemon reloaded)".to_owned(),
-        Ok((r, _)) => format!(" (daemon did not reload: {})", r.error.unwrap_or_default()),
-        Err(_) => " (takes effect when the daemon starts)".to_owned(),
+        Ok((r, _)) if r.ok => Ok(" (daemon reloaded)".to_owned()),
+        Ok((r, _)) => bail!(
+            "the change is written, but the running daemon cannot load the configuration and keeps the previous one: {}; fix that file, then `nullport reload`",
+            r.error.unwrap_or_default()
+        ),
+        Err(_) => Ok(" (takes effect when the daemon starts)".to_owned()),
     }
 }
 

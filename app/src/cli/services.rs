@@ -130,7 +130,7 @@ pub(crate) async fn expose(home: &Home, args: ExposeArgs) -> anyhow::Result<()> 
     file.save(&home.config())?;
     println!(
         "exposed {name}: {service} (default deny: `nullport allow <peer> {name}`){}",
-        reload(home).await
+        reload(home).await?
     );
     Ok(())
 }
@@ -310,7 +310,7 @@ pub(crate) async fn unexpose(home: &Home, name: &str) -> anyhow::Result<()> {
         bail!("no service named {name:?} is exposed");
     }
     file.save(&home.config())?;
-    println!("{name} is no longer exposed{}", reload(home).await);
+    println!("{name} is no longer exposed{}", reload(home).await?);
     Ok(())
 }
 
@@ -330,7 +330,7 @@ pub(crate) async fn allow(home: &Home, peer: &str, service: &str) -> anyhow::Res
         } else {
             " (note: no service of that name is exposed yet)"
         },
-        reload(home).await
+        reload(home).await?
     );
     Ok(())
 }
@@ -349,7 +349,7 @@ pub(crate) async fn deny(home: &Home, peer: &str, service: &str) -> anyhow::Resu
     println!(
         "{peer} may no longer use {service} (removed: {}); its open channels to {service} are closed{}",
         removed.join(", "),
-        reload(home).await
+        reload(home).await?
     );
     Ok(())
 }

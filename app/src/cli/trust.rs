@@ -292,7 +292,7 @@ pub(crate) async fn token(home: &Home, cmd: TokenCommand) -> anyhow::Result<()> 
             println!(
                 "tokens from {issuer} {} open {service}{}",
                 if added { "now" } else { "already" },
-                reload(home).await
+                reload(home).await?
             );
         }
     }
@@ -313,14 +313,14 @@ pub(crate) async fn trust(home: &Home, cmd: TrustCommand) -> anyhow::Result<()> 
             store.add(&alias, id, replace)?;
             home.create()?;
             store.save()?;
-            println!("{alias} = {id}{}", reload(home).await);
+            println!("{alias} = {id}{}", reload(home).await?);
         }
         TrustCommand::Remove { alias } => {
             if store.remove(&alias).is_none() {
                 bail!("no alias {alias:?}");
             }
             store.save()?;
-            println!("removed {alias}{}", reload(home).await);
+            println!("removed {alias}{}", reload(home).await?);
         }
         TrustCommand::List { json } => {
             if json {
@@ -375,7 +375,7 @@ pub(crate) async fn revocations(home: &Home, cmd: RevocationsCommand) -> anyhow:
             println!(
                 "{signer} ({id}) {} revoke keys and tokens on this node{}",
                 if added { "may now" } else { "could already" },
-                reload(home).await
+                reload(home).await?
             );
             Ok(())
         }

@@ -440,7 +440,10 @@ impl Policy {
 
     /// Writes the policy back atomically.
     pub fn save(&self) -> Result<(), Error> {
-        write_private(&self.path, self.render()?.as_bytes(), true)
+        let text = self.render()?;
+        // What is written must load back as the same policy: checked before the file changes.
+        Policy::parse(&self.path, &text)?;
+        write_private(&self.path, text.as_bytes(), true)
     }
 }
 
