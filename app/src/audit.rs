@@ -16,6 +16,7 @@ use nullport_protocol::{Identity, NodeId};
 pub struct Audit {
     writer: Option<Arc<Mutex<AuditWriter>>>,
     witness: Option<tokio::sync::mpsc::UnboundedSender<Checkpoint>>,
+    metrics: Option<Arc<crate::metrics::NodeMetrics>>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -43,6 +44,7 @@ impl Audit {
         Ok(Audit {
             writer: Some(Arc::new(Mutex::new(writer))),
             witness: None,
+            metrics: None,
         })
     }
 
@@ -57,8 +59,17 @@ impl Audit {
         self
     }
 
+    /// Counts every recorded event in `metrics` as well.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::NodeMetrics>) -> Audit {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Records one event (and hands a new checkpoint, if this made one, to the witness).
     pub fn record(&self, event: Event) {
+        if let Some(m) = &self.metrics {
+            m.observe(&event);
+        }
         let Some(writer) = &self.writer else { return };
         let Ok(mut w) = writer.lock() else { return };
         let before = w.latest_checkpoint().map(|c| c.seq);

@@ -19,6 +19,7 @@ pub mod control;
 pub mod daemon;
 pub mod home;
 pub mod mcp;
+pub mod metrics;
 pub mod services;
 pub mod tasks;
 pub mod tokens;

@@ -336,3 +336,86 @@ async fn disk_and_daemon_never_silently_disagree() {
     assert!(e.contains(&policy.display().to_string()), "{e}");
     assert_eq!(std::fs::read_to_string(&policy).unwrap(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_metrics_and_json_logs() {
+    let mut net = Net::start().await;
+    let (tool, tool_id) = net.node("tool").await;
+    let (agent, agent_id) = net.node("agent").await;
+    ok(&tool, &["trust", "add", "agent", &agent_id]).await;
+    ok(&agent, &["trust", "add", "tool", &tool_id]).await;
+    ok(&tool, &["expose", "exec", "hello", "--", "echo", "hi"]).await;
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    // A non-loopback metrics address is refused.
+    let e = fails(
+        &tool,
+        &[
+            "up",
+            "--relay",
+            &net.relay_address(),
+            "--metrics",
+            "0.0.0.0:9478",
+        ],
+    )
+    .await;
+    assert!(
+        e.contains(
+            "metrics listen on loopback only (127.0.0.1:PORT or [::1]:PORT), not 0.0.0.0:9478"
+        ),
+        "{e}"
+    );
+    let mut daemon = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&tool)
+        .args([
+            "--log-format",
+            "json",
+            "up",
+            "--relay",
+            &net.relay_address(),
+        ])
+        .args(["--metrics", &metrics])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    status_until(&tool, |s| s.contains("link     online")).await;
+    net.up(&agent).await;
+    // One refused channel (not allowed), then one accepted.
+    fails(&agent, &["pipe", "tool/hello"]).await;
+    ok(&tool, &["allow", "agent", "hello"]).await;
+    assert_eq!(pipe_output(&agent, "tool/hello").await, "hi\n");
+    let scrape = || async {
+        let mut stream = tokio::net::TcpStream::connect(&metrics).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET /metrics HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut text)
+            .await
+            .unwrap();
+        text
+    };
+    let text = scrape().await;
+    for line in [
+        "nullport_node_link_up 1\n",
+        "nullport_node_incoming_channels_total{outcome=\"accepted\"} 1\n",
+        "nullport_node_incoming_channels_total{outcome=\"denied\"} 1\n",
+        "nullport_node_channel_bytes_total{direction=\"out\"} 3\n",
+    ] {
+        assert!(text.contains(line), "{line} not in {text}");
+    }
+    // JSON logs: every line an object.
+    daemon.start_kill().unwrap();
+    let out = daemon.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let json_lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(!json_lines.is_empty(), "{log}");
+    for l in json_lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+    }
+}

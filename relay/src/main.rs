@@ -22,6 +22,9 @@ use nullport_relay::{Admission, Relay, RelayConfig};
 #[derive(Parser, Debug)]
 #[command(name = "nullport-relay", version, verbatim_doc_comment)]
 struct Cli {
+    /// Log lines as text (default) or as JSON objects, one per line (for log shippers).
+    #[arg(long, global = true, env = "NULLPORT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +45,16 @@ enum Command {
     /// list to every node (nodes that trust the relay's key as a revocation signer refuse
     /// them too). Writes `admin-revocations.json` in the state directory.
     Revoke(RevokeArgs),
+    /// List the nodes online (since when, from where, bytes each way, dials), asking the
+    /// running relay on its metrics listener (`run --metrics`).
+    Nodes {
+        /// The relay's metrics listener.
+        #[arg(long, default_value = "127.0.0.1:9477")]
+        metrics: SocketAddr,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version, and the relay-link protocol version this relay speaks.
     Version {
         /// Machine-readable output.
@@ -357,14 +370,19 @@ async fn shutdown_signal() {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match real_main(Cli::parse()) {
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+    match real_main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nullport-relay: error: {e:#}");
@@ -385,6 +403,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
+        Command::Nodes { metrics, json } => nodes(metrics, json),
         Command::Version { json } => {
             let (version, link) = (
                 env!("CARGO_PKG_VERSION"),
@@ -438,4 +457,38 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `nodes`: asks the running relay's metrics listener for `/nodes` and prints it.
+fn nodes(metrics: SocketAddr, json: bool) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&metrics, Duration::from_secs(5))
+        .with_context(|| {
+            format!("no relay metrics listener at {metrics} (is the relay running with --metrics {metrics}?)")
+        })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET /nodes HTTP/1.0\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .ok_or_else(|| anyhow::anyhow!("{metrics} did not answer like a nullport relay"))?;
+    let mut nodes: Vec<nullport_relay::NodeStats> = serde_json::from_str(body)
+        .with_context(|| format!("{metrics} did not answer like a nullport relay"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&nodes)?);
+        return Ok(());
+    }
+    nodes.sort_by_key(|n| n.since);
+    println!("{} nodes online", nodes.len());
+    for n in &nodes {
+        let since = nullport_audit::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(n.since));
+        println!(
+            "{}  from {}  since {}  sent {} B  received {} B  dials {}",
+            n.node, n.remote, since, n.bytes_sent, n.bytes_received, n.dials
+        );
+    }
+    Ok(())
 }

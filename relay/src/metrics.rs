@@ -9,6 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::nodes::{MAX_NODE_SERIES, NodeStats};
+
 /// The relay's counters. Values only ever describe counts and sizes, never payload.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -36,9 +38,18 @@ pub struct Metrics {
     pub splices_open: AtomicU64,
 }
 
+/// A snapshot of the nodes online, for `/nodes` and the per-node series.
+pub(crate) type NodesView = Arc<dyn Fn() -> Vec<NodeStats> + Send + Sync>;
+
 impl Metrics {
     /// Prometheus text exposition (version 0.0.4).
     pub fn render(&self, tls_refusals: u64) -> String {
+        self.render_with(tls_refusals, &[])
+    }
+
+    /// The exposition, with per-node series for `nodes` (at most [`MAX_NODE_SERIES`] of
+    /// them are written, the busiest).
+    pub(crate) fn render_with(&self, tls_refusals: u64, nodes: &[NodeStats]) -> String {
         let mut out = String::new();
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let mut metric = |name: &str, kind: &str, help: &str, lines: &[(&str, u64)]| {
@@ -106,15 +117,51 @@ impl Metrics {
             "Spliced sessions open now.",
             &[("", g(&self.splices_open))],
         );
+        let build = format!(
+            "{{version=\"{}\",relay_link=\"{}\"}}",
+            env!("CARGO_PKG_VERSION"),
+            nullport_protocol::relay_link::LINK_VERSION
+        );
+        metric(
+            "nullport_relay_build_info",
+            "gauge",
+            "The relay's version and relay-link protocol version.",
+            &[(build.as_str(), 1)],
+        );
+        let busiest = crate::nodes::busiest(nodes.to_vec(), MAX_NODE_SERIES);
+        let series: Vec<(String, u64)> = busiest
+            .iter()
+            .flat_map(|n| {
+                [
+                    (
+                        format!("{{node=\"{}\",direction=\"sent\"}}", n.node),
+                        n.bytes_sent,
+                    ),
+                    (
+                        format!("{{node=\"{}\",direction=\"received\"}}", n.node),
+                        n.bytes_received,
+                    ),
+                ]
+            })
+            .collect();
+        let lines: Vec<(&str, u64)> = series.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "nullport_relay_node_bytes_total",
+            "counter",
+            "Bytes through the relay per node online, for the busiest 50 nodes only (bounded cardinality).",
+            &lines,
+        );
         out
     }
 }
 
-/// Serves `GET /metrics` (any path, in fact) until the listener task is aborted.
+/// Serves `GET /nodes` (JSON: the nodes online) and `GET /metrics` (any other path) until
+/// the listener task is aborted.
 pub(crate) async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     admission: Arc<crate::admission::Admission>,
+    nodes: NodesView,
 ) {
     // Each scrape's task belongs to this set, and stops with the listener task.
     let mut scrapes = JoinSet::new();
@@ -128,17 +175,31 @@ pub(crate) async fn serve(
         };
         let metrics = metrics.clone();
         let admission = admission.clone();
+        let nodes = nodes.clone();
         scrapes.spawn(async move {
             let mut buf = [0u8; 1024];
             let read =
                 tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
                     .await;
-            if !matches!(read, Ok(Ok(n)) if n > 0) {
-                return;
-            }
-            let body = metrics.render(admission.refusals());
+            let n = match read {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return,
+            };
+            let wants_nodes = buf[..n].starts_with(b"GET /nodes ");
+            let (kind, body) = if wants_nodes {
+                let list = nodes();
+                (
+                    "application/json",
+                    serde_json::to_string(&list).unwrap_or_else(|_| "[]".into()),
+                )
+            } else {
+                (
+                    "text/plain; version=0.0.4",
+                    metrics.render_with(admission.refusals(), &nodes()),
+                )
+            };
             let response = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = stream.write_all(response.as_bytes()).await;

@@ -84,7 +84,7 @@ impl ClientCertVerifier for NodeVerifier {
         let node_id = NodeId::from_spki_der(end_entity.as_ref())
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         if !self.admission.may_handshake(&node_id) {
-            tracing::info!(peer = %node_id.fmt_short(), "refused at TLS handshake: not admitted");
+            tracing::info!(peer = %node_id, "refused at TLS handshake: not admitted");
             self.admission.count_refusal();
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,

@@ -27,6 +27,8 @@ struct RelayProcess {
     dir: tempfile::TempDir,
     address: String,
     key: PathBuf,
+    /// Every line the relay logged so far.
+    log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl RelayProcess {
@@ -113,9 +115,12 @@ async fn start_relay(allowed: &[NodeId], extra: &[&str]) -> RelayProcess {
     .await
     .unwrap();
     // Keep draining the relay's log (shown when a test fails) so it never blocks.
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = log.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
             eprintln!("relay: {line}");
+            kept.lock().unwrap().push(line);
         }
     });
     RelayProcess {
@@ -123,6 +128,7 @@ async fn start_relay(allowed: &[NodeId], extra: &[&str]) -> RelayProcess {
         dir,
         address,
         key,
+        log,
     }
 }
 
@@ -515,4 +521,93 @@ async fn publishing_lists_is_rate_limited_per_node() {
         }
         other => panic!("20 lists in a burst: {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_nodes_dials_and_bounded_metrics() {
+    let (a_id, b_id) = (identity(), identity());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let relay = start_relay(&[a_id.node_id(), b_id.node_id()], &["--metrics", &metrics]).await;
+    let a = online(&relay, a_id.clone()).await;
+    let b = Arc::new(online(&relay, b_id.clone()).await);
+    serve_echo(b.clone());
+    let mut ch = a.dial(b.node_id(), "echo").await.unwrap();
+    let data = vec![7u8; 10_000];
+    assert_eq!(echo(&mut ch, &data).await.unwrap(), data);
+    // `nodes`: every node online, with full NodeIds, where from, bytes each way, dials.
+    let out = Command::new(RELAY)
+        .args(["nodes", "--metrics", &metrics, "--json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nodes: Vec<nullport_relay::NodeStats> = serde_json::from_slice(&out.stdout).unwrap();
+    let of = |id: NodeId| nodes.iter().find(|n| n.node == id).unwrap().clone();
+    let (sa, sb) = (of(a.node_id()), of(b.node_id()));
+    assert_eq!(nodes.len(), 2);
+    assert_eq!((sa.dials, sb.dials), (1, 0));
+    // The handshake adds a few hundred bytes to the payload each way.
+    assert!(sa.bytes_sent >= 10_000 && sa.bytes_sent < 12_000, "{sa:?}");
+    assert!(
+        sb.bytes_received >= 10_000 && sb.bytes_received < 12_000,
+        "{sb:?}"
+    );
+    assert!(sb.bytes_sent >= 10_000 && sa.bytes_received >= 10_000);
+    assert!(sa.remote.ip().is_loopback());
+    let text = Command::new(RELAY)
+        .args(["nodes", "--metrics", &metrics])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.starts_with("2 nodes online\n"), "{text}");
+    assert!(
+        text.contains(&format!("{}  from 127.0.0.1:", a.node_id())),
+        "{text}"
+    );
+    // Metrics: build info, and per-node series under full NodeIds.
+    let mut stream = tokio::net::TcpStream::connect(&metrics).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut scraped = String::new();
+    stream.read_to_string(&mut scraped).await.unwrap();
+    assert!(
+        scraped.contains(&format!(
+            "nullport_relay_build_info{{version=\"{}\",relay_link=\"2\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{scraped}"
+    );
+    assert!(scraped.contains(&format!(
+        "nullport_relay_node_bytes_total{{node=\"{}\",direction=\"sent\"}} {}",
+        a.node_id(),
+        sa.bytes_sent
+    )));
+    assert!(scraped.contains("nullport_relay_dials_total{result=\"ok\"} 1"));
+    // The dial is in the log at info, with both full NodeIds and the result, once.
+    let dial_lines: Vec<String> = relay
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(" dial ") && l.contains(&a.node_id().to_string()))
+        .cloned()
+        .collect();
+    assert_eq!(dial_lines.len(), 1, "{dial_lines:?}");
+    assert!(
+        dial_lines[0].contains(&format!("target={}", b.node_id()))
+            && dial_lines[0].contains("result=\"ok\""),
+        "{dial_lines:?}"
+    );
 }

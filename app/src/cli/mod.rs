@@ -49,6 +49,9 @@ pub struct Cli {
     /// The node's home directory (identity, trust store, config, policy, control socket).
     #[arg(long, global = true, env = "NULLPORT_HOME")]
     home: Option<PathBuf>,
+    /// Log lines as text (default) or as JSON objects, one per line (for log shippers).
+    #[arg(long, global = true, env = "NULLPORT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -209,6 +212,11 @@ impl Cli {
     /// Whether this invocation runs the daemon (which logs at info by default).
     pub fn is_daemon(&self) -> bool {
         matches!(self.command, Command::Up(_))
+    }
+
+    /// Whether logs are JSON lines.
+    pub fn json_logs(&self) -> bool {
+        self.log_format == "json"
     }
 }
 

@@ -20,9 +20,14 @@ pub(crate) struct UpArgs {
     /// The relay, `<relay NodeId>@host:port` (saved to the config for next time).
     #[arg(long)]
     relay: Option<String>,
-    /// Read the key passphrase from this file (otherwise $NULLPORT_PASSPHRASE or a prompt).
+    /// Read the key passphrase from this file (otherwise $NULLPORT_PASSPHRASE, the systemd
+    /// credential nullport-passphrase, or a prompt if there is a terminal).
     #[arg(long)]
     passphrase_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9478): the relay
+    /// link, channels, bytes, refusals, MCP decisions.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
 }
 
 pub(crate) async fn join(
@@ -204,13 +209,17 @@ pub(crate) async fn up(home: &Home, args: UpArgs) -> anyhow::Result<()> {
         file.relay = Some(relay_text);
         file.save(&home.config())?;
     }
-    let daemon = Daemon::start(
+    let mut daemon = Daemon::start(
         home.clone(),
         identity.clone(),
         relay.clone(),
         file.link.limits(),
     )
     .await?;
+    if let Some(addr) = args.metrics {
+        let bound = daemon.serve_metrics(addr).await?;
+        eprintln!("metrics on http://{bound}/metrics");
+    }
     eprintln!(
         "nullport {} up; relay {relay}; control socket {}",
         identity.node_id(),

@@ -65,6 +65,8 @@ struct Inner {
     open: Mutex<HashMap<u64, OpenChannel>>,
     next: AtomicU64,
     count: watch::Sender<usize>,
+    /// Bytes in and out of the channels that have ended.
+    ended_bytes: [AtomicU64; 2],
 }
 
 impl Default for Inner {
@@ -73,6 +75,7 @@ impl Default for Inner {
             open: Mutex::default(),
             next: AtomicU64::new(1),
             count: watch::Sender::new(0),
+            ended_bytes: Default::default(),
         }
     }
 }
@@ -95,6 +98,14 @@ pub(crate) struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        for (total, now) in self
+            .inner
+            .ended_bytes
+            .iter()
+            .zip([&self.counters.bytes_in, &self.counters.bytes_out])
+        {
+            total.fetch_add(now.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         if let Ok(mut open) = self.inner.open.lock() {
             open.remove(&self.id);
             self.inner.count.send_replace(open.len());
@@ -183,6 +194,26 @@ impl Table {
     pub(crate) async fn wait_empty(&self) {
         let mut count = self.inner.count.subscribe();
         let _ = count.wait_for(|n| *n == 0).await;
+    }
+
+    /// Channels open now (in, out) and bytes in and out of every channel since start.
+    pub(crate) fn totals(&self) -> ((usize, usize), (u64, u64)) {
+        let (mut open, mut bytes) = ((0, 0), (0, 0));
+        bytes.0 = self.inner.ended_bytes[0].load(Ordering::Relaxed);
+        bytes.1 = self.inner.ended_bytes[1].load(Ordering::Relaxed);
+        if let Ok(channels) = self.inner.open.lock() {
+            for ch in channels.values().filter(|c| !c.ended) {
+                match ch.direction {
+                    Direction::In => open.0 += 1,
+                    Direction::Out => open.1 += 1,
+                }
+            }
+            for ch in channels.values() {
+                bytes.0 += ch.counters.bytes_in.load(Ordering::Relaxed);
+                bytes.1 += ch.counters.bytes_out.load(Ordering::Relaxed);
+            }
+        }
+        (open, bytes)
     }
 
     /// Ends every channel cleanly, with a close frame (an orderly shutdown).

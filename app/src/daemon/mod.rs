@@ -8,6 +8,7 @@ mod channels;
 mod control;
 mod incoming;
 mod lists;
+mod scrape;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -52,6 +53,9 @@ pub enum DaemonError {
     /// The node could not start.
     #[error(transparent)]
     Node(#[from] Error),
+    /// Metrics are served on loopback only.
+    #[error("metrics listen on loopback only (127.0.0.1:PORT or [::1]:PORT), not {0}")]
+    MetricsNotLoopback(std::net::SocketAddr),
     /// The control socket could not be created.
     #[error("control socket {path}: {error}")]
     Socket {
@@ -110,6 +114,8 @@ pub(crate) struct State {
     pub(crate) reload_error: Mutex<Option<String>>,
     /// Set when someone asked the daemon to stop (`nullport down`).
     pub(crate) stop: watch::Sender<bool>,
+    /// Counters for the metrics listener (fed by the audit events).
+    pub(crate) metrics: Arc<crate::metrics::NodeMetrics>,
 }
 
 /// The last [`PipeEndings::KEPT`] pipe endings.
@@ -263,7 +269,10 @@ impl Daemon {
                 .unwrap_or(defaults.checkpoint_every),
             ..defaults
         };
-        let audit = Audit::open(&home.audit(), &identity, audit_config)?.with_witness(witness_tx);
+        let metrics = Arc::new(crate::metrics::NodeMetrics::default());
+        let audit = Audit::open(&home.audit(), &identity, audit_config)?
+            .with_witness(witness_tx)
+            .with_metrics(metrics.clone());
         audit.node(NodeEvent::Start, format!("relay {relay}"));
         let approval_timeout = std::env::var("NULLPORT_APPROVAL_TIMEOUT_SECS")
             .ok()
@@ -300,6 +309,7 @@ impl Daemon {
             jobs: Mutex::new(JoinSet::new()),
             reload_error: Mutex::new(None),
             stop: watch::Sender::new(false),
+            metrics,
         });
         state.rebuild_access();
         let span = tracing::info_span!("daemon", id = %state.node.node_id().fmt_short());
@@ -323,6 +333,22 @@ impl Daemon {
     /// failure the previous configuration stays in force and `status` says why.
     pub fn reload(&self) -> Result<(), DaemonError> {
         self.state.reload()
+    }
+
+    /// Serves Prometheus metrics on `addr` (loopback only) until shutdown; returns the
+    /// address bound.
+    pub async fn serve_metrics(
+        &mut self,
+        addr: std::net::SocketAddr,
+    ) -> Result<std::net::SocketAddr, DaemonError> {
+        let listener = scrape::bind(addr).await?;
+        let bound = listener.local_addr().map_err(|error| DaemonError::Socket {
+            path: format!("metrics listener {addr}"),
+            error,
+        })?;
+        self.tasks
+            .spawn(scrape::serve(self.state.clone(), listener).in_current_span());
+        Ok(bound)
     }
 
     /// Resolves when someone asked this daemon to stop (`nullport down`).

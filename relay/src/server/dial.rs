@@ -10,7 +10,7 @@ use tokio::time::timeout;
 
 use crate::link::{ReadError, read_message, write_message};
 use crate::server::shared::{Shared, Side};
-use crate::server::splice::pump;
+use crate::server::splice::{Counted, pump};
 
 /// Serves one dial stream of `caller`.
 pub(crate) async fn handle(
@@ -32,6 +32,7 @@ pub(crate) async fn handle(
                 .metrics
                 .dials_bad_request
                 .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%caller, result = "bad_request", "dial");
             let _ = write_message(&mut send, &refuse(e.into())).await;
             let _ = send.finish();
             return;
@@ -41,6 +42,7 @@ pub(crate) async fn handle(
                 .metrics
                 .dials_bad_request
                 .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%caller, result = "bad_request", "dial");
             let _ = write_message(&mut send, &refuse(LinkErrorCode::Malformed)).await;
             let _ = send.finish();
             return;
@@ -50,12 +52,14 @@ pub(crate) async fn handle(
                 .metrics
                 .dials_bad_request
                 .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%caller, result = "bad_request", "dial");
             let _ = send.reset(0u32.into());
             return;
         }
     };
     // A caller whose key is no longer admitted is being disconnected: it dials no more.
     if let Err(refusal) = shared.admission.check(&caller) {
+        tracing::info!(%caller, %target, result = "not_admitted", "dial");
         let _ = write_message(&mut send, &refuse(refusal.link_code())).await;
         let _ = send.finish();
         return;
@@ -68,7 +72,7 @@ pub(crate) async fn handle(
             .metrics
             .dials_rate_limited
             .fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(target = %target.fmt_short(), "dial rate limited");
+        tracing::info!(%caller, %target, result = "rate_limited", "dial");
         let _ = write_message(&mut send, &refuse(LinkErrorCode::RateLimited)).await;
         let _ = send.finish();
         return;
@@ -79,6 +83,7 @@ pub(crate) async fn handle(
             .metrics
             .dials_bad_request
             .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%caller, result = "refused_self", "dial");
         let _ = write_message(&mut send, &refuse(LinkErrorCode::Refused)).await;
         let _ = send.finish();
         return;
@@ -93,7 +98,7 @@ pub(crate) async fn handle(
     };
     let Some((mut t_send, t_recv)) = opened else {
         shared.metrics.dials_offline.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(target = %target.fmt_short(), "dial: target offline");
+        tracing::info!(%caller, %target, result = "offline", "dial");
         let _ = write_message(&mut send, &refuse(LinkErrorCode::Offline)).await;
         let _ = send.finish();
         return;
@@ -114,9 +119,35 @@ pub(crate) async fn handle(
     }
     shared.metrics.dials_ok.fetch_add(1, Ordering::Relaxed);
     shared.metrics.splices_open.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(%session, target = %target.fmt_short(), "splicing");
-    let forward = pump(shared.clone(), session, Side::Caller, caller, recv, t_send);
-    let backward = pump(shared.clone(), session, Side::Target, target, t_recv, send);
+    tracing::info!(%caller, %target, %session, result = "ok", "dial");
+    let (caller_counters, target_counters) = (shared.counters(&caller), shared.counters(&target));
+    if let Some(c) = &caller_counters {
+        c.dials.fetch_add(1, Ordering::Relaxed);
+    }
+    let forward = pump(
+        shared.clone(),
+        session,
+        Side::Caller,
+        caller,
+        Counted {
+            sender: caller_counters.clone(),
+            receiver: target_counters.clone(),
+        },
+        recv,
+        t_send,
+    );
+    let backward = pump(
+        shared.clone(),
+        session,
+        Side::Target,
+        target,
+        Counted {
+            sender: target_counters,
+            receiver: caller_counters,
+        },
+        t_recv,
+        send,
+    );
     tokio::join!(forward, backward);
     shared.metrics.splices_open.fetch_sub(1, Ordering::Relaxed);
 }

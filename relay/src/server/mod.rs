@@ -229,12 +229,20 @@ impl Relay {
             what: "reading metrics address".into(),
             error,
         })?;
+        let shared = self.shared.clone();
+        let nodes: crate::metrics::NodesView = Arc::new(move || shared.node_stats());
         self.tasks.push(tokio::spawn(crate::metrics::serve(
             listener,
             self.shared.metrics.clone(),
             self.shared.admission.clone(),
+            nodes,
         )));
         Ok(bound)
+    }
+
+    /// The nodes online now: since when, from where, bytes each way, dials.
+    pub fn nodes(&self) -> Vec<crate::NodeStats> {
+        self.shared.node_stats()
     }
 
     /// Whether `id` is connected now.
@@ -442,6 +450,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming, guard: 
         Route {
             conn: conn.clone(),
             generation,
+            counters: Arc::new(crate::nodes::NodeCounters::new(conn.remote_address())),
         },
     );
     if let Some(old) = old {

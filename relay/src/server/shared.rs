@@ -31,6 +31,7 @@ pub(crate) enum Side {
 pub(crate) struct Route {
     pub(crate) conn: quinn::Connection,
     pub(crate) generation: u64,
+    pub(crate) counters: Arc<crate::nodes::NodeCounters>,
 }
 
 /// State shared by every connection task.
@@ -63,6 +64,19 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// A snapshot of every node online.
+    pub(crate) fn node_stats(&self) -> Vec<crate::NodeStats> {
+        self.routes
+            .iter()
+            .map(|r| r.counters.snapshot(*r.key()))
+            .collect()
+    }
+
+    /// The counters of `node`'s connection, if it is online.
+    pub(crate) fn counters(&self, node: &NodeId) -> Option<Arc<crate::nodes::NodeCounters>> {
+        self.routes.get(node).map(|r| r.counters.clone())
+    }
+
     /// Closes the link (and with it every splice) of each online node that is no longer
     /// admitted, telling it why, and drops the revocation lists of signers no longer
     /// admitted (they can publish no newer one). Returns how many links were closed.

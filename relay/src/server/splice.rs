@@ -19,11 +19,18 @@ const CHUNK: usize = 64 * 1024;
 /// Copies `from` to `to` until the end of the stream or an error, then propagates it: a
 /// clean end as a clean end (FIN), anything else as a reset, so truncation is never dressed
 /// up as completion.
+/// The per-node counters a pump adds to: the sending node's and the receiving node's.
+pub(crate) struct Counted {
+    pub(crate) sender: Option<Arc<crate::nodes::NodeCounters>>,
+    pub(crate) receiver: Option<Arc<crate::nodes::NodeCounters>>,
+}
+
 pub(crate) async fn pump(
     shared: Arc<Shared>,
     session: SessionId,
     side: Side,
     sender: NodeId,
+    counters: Counted,
     mut from: quinn::RecvStream,
     mut to: quinn::SendStream,
 ) {
@@ -53,6 +60,12 @@ pub(crate) async fn pump(
                     .metrics
                     .bytes_spliced
                     .fetch_add(len, Ordering::Relaxed);
+                if let Some(c) = &counters.sender {
+                    c.sent.fetch_add(len, Ordering::Relaxed);
+                }
+                if let Some(c) = &counters.receiver {
+                    c.received.fetch_add(len, Ordering::Relaxed);
+                }
                 if finish {
                     let _ = to.finish();
                     let _ = from.stop(0u32.into());
