@@ -148,9 +148,13 @@ struct RunArgs {
     #[arg(long, default_value = "0.0.0.0:7443")]
     listen: SocketAddr,
     /// Admit only the NodeIds in this file (one a line, # comments). Re-read on SIGHUP and
-    /// when the file changes.
+    /// when the file changes. Created empty if it does not exist yet.
     #[arg(long)]
     allow: Option<PathBuf>,
+    /// The host name or address nodes reach this relay at, to print the whole address they
+    /// need (`<relay NodeId>@HOST:PORT`).
+    #[arg(long)]
+    public: Option<String>,
     /// Admit any node with a valid key (for testing or public relays).
     #[arg(long)]
     open: bool,
@@ -233,7 +237,24 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let identity = Arc::new(load_identity(&args.key)?);
     let admission = match &args.allow {
-        Some(path) => Admission::from_file(path)?,
+        Some(path) => {
+            if !path.exists() {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                std::fs::write(
+                    path,
+                    "# nullport-relay allowlist: one NodeId a line; `#` starts a comment\n",
+                )
+                .with_context(|| format!("creating the allowlist {}", path.display()))?;
+                eprintln!(
+                    "created an empty allowlist at {} (add NodeIds one a line, or let nodes join with an invite: --enroll and `nullport-relay invite`)",
+                    path.display()
+                );
+            }
+            Admission::from_file(path)?
+        }
         None => Admission::open(),
     };
     let admission = Arc::new(admission);
@@ -253,11 +274,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         relay.local_addr(),
         identity.node_id()
     );
-    eprintln!(
-        "nodes use: {}@<this host>:{}",
-        identity.node_id(),
-        relay.local_addr().port()
-    );
+    match &args.public {
+        Some(host) => eprintln!(
+            "nodes use: {}@{host}:{}",
+            identity.node_id(),
+            relay.local_addr().port()
+        ),
+        None => eprintln!(
+            "nodes use: {}@<this machine's public address>:{} (pass --public HOST to print it whole)",
+            identity.node_id(),
+            relay.local_addr().port()
+        ),
+    }
     if let Some(addr) = args.metrics {
         let bound = relay.serve_metrics(addr).await?;
         eprintln!("metrics on http://{bound}/metrics");

@@ -233,6 +233,17 @@ impl State {
     }
 }
 
+/// Removes the control socket when dropped, unless disarmed (a start that failed).
+struct SocketGuard(Option<std::path::PathBuf>);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// A running daemon. [`Daemon::shutdown`] closes every channel with a close frame.
 pub struct Daemon {
     state: Arc<State>,
@@ -247,12 +258,17 @@ impl Daemon {
         relay: RelayAddr,
         limits: NodeLimits,
     ) -> Result<Daemon, DaemonError> {
-        let files = Files::load(&home)?;
         let socket = home.socket();
         if UnixStream::connect(&socket).await.is_ok() {
             return Err(DaemonError::AlreadyRunning(home.dir().to_owned()));
         }
+        // The socket first, the files second: a command that edits a file while the daemon
+        // starts finds the socket and asks for a reload, which is served once the daemon
+        // runs, so no edit falls between the load and the socket. The socket is removed
+        // again if starting fails.
         let listener = control::bind(&socket)?;
+        let mut unbind = SocketGuard(Some(socket.clone()));
+        let files = Files::load(&home)?;
         let revocations = RevocationSet::load(&home.revocations())?;
         let rotations = lists::load_rotations(&home);
         let (witness_tx, witness_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -321,6 +337,7 @@ impl Daemon {
         tasks.spawn(lists::revocation_loop(state.clone()).instrument(span.clone()));
         tasks.spawn(lists::rotation_loop(state.clone()).instrument(span.clone()));
         tasks.spawn(channels::oversee(state.clone()).instrument(span));
+        unbind.0 = None;
         Ok(Daemon { state, tasks })
     }
 
