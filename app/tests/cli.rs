@@ -468,6 +468,37 @@ async fn mcp_filesystem_server_behind_the_firewall_with_the_python_sdk() {
         ],
     )
     .await;
+    // A typo in a tool name: saved, with a warning naming what the server lists.
+    let typo = nullport(
+        &tool,
+        &["mcp", "allow", "agent", "files", "--tools", "read_fle"],
+    )
+    .await;
+    assert!(typo.ok, "{}", typo.stderr);
+    assert!(
+        typo.stderr
+            .contains("warning: files lists no tool matching \"read_fle\" (it lists: ")
+            && typo.stderr.contains("read_text_file"),
+        "{}",
+        typo.stderr
+    );
+    let fixed = nullport(
+        &tool,
+        &[
+            "mcp",
+            "allow",
+            "agent",
+            "files",
+            "--tools",
+            "read_text_file,list_*",
+        ],
+    )
+    .await;
+    assert!(
+        fixed.ok && !fixed.stderr.contains("warning"),
+        "{}",
+        fixed.stderr
+    );
     net.up(&tool).await;
     net.up(&agent).await;
     net.up(&agent2).await;

@@ -131,6 +131,7 @@ pub(crate) async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
                 calls_per_minute,
                 max_concurrent,
             };
+            warn_unlisted_tools(home, &service, &rules.tools).await;
             policy.set_mcp_rules(&peer, &service, rules.clone());
             policy.save()?;
             println!(
@@ -229,5 +230,39 @@ pub(crate) async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// Warns (on stderr) about tool names or globs that match no tool the service's server lists,
+/// when the service is a stdio server this machine can start; the rule is saved anyway (the
+/// server may add the tool later).
+async fn warn_unlisted_tools(home: &Home, service: &str, tools: &[String]) {
+    if tools.is_empty() {
+        return;
+    }
+    let Ok(file) = load_config(home) else { return };
+    let Some(svc) = file.services.get(service) else {
+        eprintln!(
+            "warning: no service named {service:?} is exposed here yet (`nullport expose mcp {service} -- ...`)"
+        );
+        return;
+    };
+    let ServiceSpec::Mcp(command) = &svc.spec else {
+        if matches!(svc.spec, ServiceSpec::McpUrl(_)) {
+            eprintln!("note: {service} is an HTTP MCP server: tool names not checked");
+        }
+        return;
+    };
+    let env = svc.child_env(service, "", None, |name| std::env::var(name).ok());
+    match nullport::mcp::probe::list_tools(command, &env).await {
+        Ok(listed) => {
+            for missing in nullport::mcp::probe::unmatched(tools, &listed) {
+                eprintln!(
+                    "warning: {service} lists no tool matching {missing:?} (it lists: {}); saved anyway",
+                    listed.join(", ")
+                );
+            }
+        }
+        Err(e) => eprintln!("note: tool names not checked: {e}"),
     }
 }
