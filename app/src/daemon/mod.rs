@@ -1,8 +1,9 @@
 //! The daemon behind `nullport up`: one relay link, the exposed services, the access
 //! decision, and a Unix control socket for the CLI. In rooms: this file (start, shutdown, the
-//! shared [`State`] and the access snapshot), [`channels`] (the table of open channels and the
-//! overseer that re-checks them), [`incoming`] (serving a channel a peer opened),
-//! [`control`] (the control socket), [`lists`] (revocation lists and rotations from the relay).
+//! shared `State` and the access snapshot), `channels` (the table of open channels and the
+//! overseer that re-checks them), `incoming` (serving a channel a peer opened), `control`
+//! (the control socket), `lists` (revocation lists and rotations from the relay), `scrape`
+//! (the metrics listener).
 
 mod channels;
 mod control;
