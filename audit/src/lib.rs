@@ -18,9 +18,9 @@
 //! checkpoint (kept by the relay), which [`verify()`] checks when given one.
 //!
 //! In rooms: [`chain`] (hashing, times, the checkpoint and witness bodies, signed and
-//! countersigned by node and relay alike), [`writer`] (appending, given the time), [`verify`],
+//! countersigned by node and relay alike), [`writer`] (appending, given the time), [`verify`](mod@verify),
 //! [`witness`] (a relay's countersignature, checked), [`event`] (the typed events a node
-//! records).
+//! records), [`time`] (times people give: RFC 3339 and durations).
 //!
 //! No async runtime and no network: `std::fs` only.
 #![forbid(unsafe_code)]

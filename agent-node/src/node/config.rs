@@ -83,7 +83,7 @@ pub struct NodeLimits {
     pub max_pending_handshakes: usize,
     /// Incoming handshakes in progress at once from one caller.
     pub max_pending_per_peer: usize,
-    /// Authenticated channels waiting for [`Node::accept`]; over it, callers are denied
+    /// Authenticated channels waiting for [`Node::accept`](crate::Node::accept); over it, callers are denied
     /// with "unavailable".
     pub accept_queue: usize,
     /// Reconnect backoff: first wait.
