@@ -217,6 +217,8 @@ struct FileLayout {
     access: AccessTable,
     #[serde(default, skip_serializing_if = "LinkTable::is_default")]
     link: LinkTable,
+    #[serde(default, skip_serializing_if = "ApprovalsTable::is_default")]
+    approvals: ApprovalsTable,
 }
 
 /// `[link]`: the relay link's timings (optional).
@@ -290,6 +292,39 @@ impl AccessTable {
     }
 }
 
+/// `[approvals]`: human approval of tool calls (all optional).
+///
+/// ```toml
+/// [approvals]
+/// timeout_secs = 120                          # unanswered this long: denied
+/// webhook = "https://hooks.example.net/np"    # POSTed when a call waits and when decided
+/// desktop = true                              # notify-send, where it exists
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsTable {
+    /// Seconds a call waits for an answer before it is denied (default 120).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// An `https://` URL (or `http://` on loopback) to notify of approvals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    /// Desktop notifications with `notify-send`, where it exists (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desktop: Option<bool>,
+}
+
+impl ApprovalsTable {
+    fn is_default(&self) -> bool {
+        *self == ApprovalsTable::default()
+    }
+
+    /// The timeout (default 120 s; at least 1 s).
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_secs.unwrap_or(120).max(1))
+    }
+}
+
 /// The parsed config file.
 #[derive(Debug, Clone, Default)]
 pub struct NodeFile {
@@ -301,6 +336,8 @@ pub struct NodeFile {
     pub access: AccessTable,
     /// The relay link's timings.
     pub link: LinkTable,
+    /// Human approval settings.
+    pub approvals: ApprovalsTable,
 }
 
 /// Why the config file could not be used.
@@ -373,6 +410,7 @@ impl NodeFile {
             services,
             access: layout.access,
             link: layout.link,
+            approvals: layout.approvals,
         })
     }
 
@@ -387,6 +425,7 @@ impl NodeFile {
                 .collect(),
             access: self.access.clone(),
             link: self.link.clone(),
+            approvals: self.approvals.clone(),
         };
         let text = toml::to_string_pretty(&layout).map_err(|e| ConfigError::Format {
             path: path.to_owned(),

@@ -36,7 +36,20 @@ pub enum ControlRequest {
         id: String,
         /// Approve (true) or deny.
         approve: bool,
+        /// Why, if the person said.
+        #[serde(default)]
+        reason: Option<String>,
+        /// With an approval: a standing grant beyond this call.
+        #[serde(default)]
+        grant: Option<crate::mcp::approvals::GrantScope>,
     },
+    /// End a standing approval grant now.
+    RevokeGrant {
+        /// The grant's id.
+        id: String,
+    },
+    /// Stream approval events (one JSON line each) until the client goes away.
+    WatchApprovals,
     /// How the pipe `id` (from a `pipe` answer) ended: answered once it has ended (`note`:
     /// the reason, if it did not end cleanly).
     PipeEnded {
@@ -72,6 +85,9 @@ pub struct ControlResponse {
     /// Waiting approvals, for `approvals` (and the one answered, for `answer`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approvals: Option<Vec<crate::mcp::approvals::PendingApproval>>,
+    /// Standing approval grants, for `approvals` (and the one revoked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Vec<crate::mcp::approvals::Grant>>,
     /// The witnessed checkpoint, for `auditwitness`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness: Option<serde_json::Value>,
@@ -91,6 +107,7 @@ impl ControlResponse {
             error: None,
             status: None,
             approvals: None,
+            grants: None,
             witness: None,
             note: None,
             pipe: None,
@@ -104,6 +121,7 @@ impl ControlResponse {
             error: Some(e.to_string()),
             status: None,
             approvals: None,
+            grants: None,
             witness: None,
             note: None,
             pipe: None,

@@ -638,9 +638,12 @@ async fn mcp_approval_approve_deny_and_timeout() {
     )
     .await;
     ok(&tool, &["mcp", "require-approval", "files", "write_file"]).await;
-    // A short approval timeout for the timeout case.
-    net.up_with(&tool, &[("NULLPORT_APPROVAL_TIMEOUT_SECS", "3")])
-        .await;
+    // A short approval timeout for the timeout case (the documented setting).
+    let config = tool.join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[approvals]\ntimeout_secs = 3\n");
+    std::fs::write(&config, text).unwrap();
+    net.up(&tool).await;
     net.up(&agent).await;
 
     for (answer, file) in [
@@ -661,7 +664,17 @@ async fn mcp_approval_approve_deny_and_timeout() {
                     .unwrap_or_default();
             if let Some(first) = list.as_array().and_then(|l| l.first()) {
                 assert_eq!(first["tool"], "write_file");
+                assert_eq!(first["caller_alias"], "agent");
                 assert_eq!(first["args_digest"].as_str().map(str::len), Some(64));
+                // The person sees what they approve: every argument, readably.
+                let shown = first["args"].as_str().unwrap_or_default();
+                assert!(
+                    shown.contains(&format!(
+                        "\"path\": {}",
+                        serde_json::json!(path.display().to_string())
+                    )) && shown.contains("\"content\": \"written\""),
+                    "{shown}"
+                );
                 break first["id"].as_str().unwrap_or_default().to_owned();
             }
             assert!(
@@ -672,7 +685,12 @@ async fn mcp_approval_approve_deny_and_timeout() {
         };
         assert!(!path.exists(), "the call ran before approval");
         if let Some(verb) = answer {
-            ok(&tool, &[verb, &id]).await;
+            let said = ok(
+                &tool,
+                &[verb, &id, "--reason", &format!("{verb} in a test")],
+            )
+            .await;
+            assert!(said.contains("write_file by agent"), "{said}");
         }
         let report = client.await.unwrap();
         let call = &report["calls"][0];
@@ -690,6 +708,83 @@ async fn mcp_approval_approve_deny_and_timeout() {
             }
         }
     }
+    // The audit log says what became of each, who decided and why.
+    let log = std::fs::read_to_string(tool.join("audit.log")).unwrap();
+    let decided: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "approval")
+        .collect();
+    let summary: Vec<(String, String, String)> = decided
+        .iter()
+        .map(|e| {
+            (
+                e["outcome"].as_str().unwrap_or_default().to_owned(),
+                e["by"].as_str().unwrap_or_default().to_owned(),
+                e["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("approved".into(), "cli".into(), "approve in a test".into()),
+            ("denied".into(), "cli".into(), "deny in a test".into()),
+            (
+                "timed out".into(),
+                "timeout".into(),
+                "no answer within 3 s".into()
+            ),
+        ]
+    );
+    // A standing grant: approved once for 10 minutes, the next call runs without waiting;
+    // revoked, the next one waits again.
+    let call = |file: &str| {
+        let path = data.join(file).display().to_string();
+        serde_json::json!([{ "tool": "write_file", "args": { "path": path, "content": "written" } }])
+    };
+    let agent_home = agent.clone();
+    let first = call("grant-1.txt");
+    let client = tokio::spawn(async move { sdk_client(&agent_home, "tool/files", first).await });
+    let id = loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&ok(&tool, &["approvals", "--json"]).await).unwrap_or_default();
+        if let Some(id) = list[0]["id"].as_str() {
+            break id.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ok(&tool, &["approve", &id, "--for", "10m"]).await;
+    assert_eq!(client.await.unwrap()["calls"][0]["ok"], true);
+    let grants: serde_json::Value =
+        serde_json::from_str(&ok(&tool, &["approvals", "grants", "--json"]).await).unwrap();
+    assert_eq!(grants.as_array().map(Vec::len), Some(1), "{grants}");
+    let report = sdk_client(&agent, "tool/files", call("grant-2.txt")).await;
+    assert_eq!(report["calls"][0]["ok"], true, "{report}");
+    let grant_id = grants[0]["id"].as_str().unwrap();
+    // It did not wait for anyone: the grant approved it.
+    let log = std::fs::read_to_string(tool.join("audit.log")).unwrap();
+    let last = log
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "approval")
+        .unwrap();
+    assert_eq!(
+        (last["outcome"].as_str(), last["by"].as_str()),
+        (Some("granted"), Some(format!("grant {grant_id}").as_str()))
+    );
+    let said = ok(&tool, &["approvals", "revoke", grant_id]).await;
+    assert!(
+        said.starts_with(&format!("revoked grant {grant_id}")),
+        "{said}"
+    );
+    let report = sdk_client(&agent, "tool/files", call("grant-3.txt")).await;
+    assert_eq!(
+        report["calls"][0]["code"], -32003,
+        "revoked, the call waited and timed out"
+    );
+    assert!(!data.join("grant-3.txt").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

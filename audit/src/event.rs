@@ -159,6 +159,47 @@ pub enum Event {
         /// Whether it verified.
         valid: bool,
     },
+    /// A tool call that waited for a human: what became of it, who decided, how, why.
+    Approval {
+        /// The caller.
+        caller: NodeId,
+        /// The MCP service.
+        service: String,
+        /// The tool.
+        tool: String,
+        /// SHA-256 of the arguments the decision is bound to.
+        args_sha256: String,
+        /// "approved", "denied", "timed out", or "granted" (a standing grant approved it).
+        outcome: String,
+        /// Who or what decided: "cli", "console", "grant <id>", "timeout".
+        by: String,
+        /// The reason given, if any.
+        reason: Option<String>,
+    },
+    /// A standing approval grant made, used up, expired or revoked.
+    Grant {
+        /// The grant's id.
+        id: String,
+        /// "made", "revoked", "expired".
+        action: String,
+        /// The caller it is for.
+        caller: NodeId,
+        /// The MCP service.
+        service: String,
+        /// The tool.
+        tool: String,
+        /// Its scope, as a person reads it ("this session", "until ...", "arguments ...").
+        scope: String,
+        /// Who made or revoked it ("cli", "console"), or "timer" when it expired.
+        by: String,
+    },
+    /// An action taken in the local console (every state change it makes is one).
+    Console {
+        /// What was done ("login", "close channel", "allow", "deny", ...).
+        action: String,
+        /// On what.
+        detail: String,
+    },
 }
 
 impl Event {
@@ -173,6 +214,9 @@ impl Event {
             Event::Mcp { .. } => "mcp",
             Event::Receipt { .. } => "receipt",
             Event::RequestSignature { .. } => "request-signature",
+            Event::Approval { .. } => "approval",
+            Event::Grant { .. } => "grant",
+            Event::Console { .. } => "console",
         }
     }
 
@@ -275,6 +319,41 @@ impl Event {
                 "sig": sig,
                 "valid": valid,
             }),
+            Event::Approval {
+                caller,
+                service,
+                tool,
+                args_sha256,
+                outcome,
+                by,
+                reason,
+            } => json!({
+                "caller": caller.to_string(),
+                "service": service,
+                "tool": tool,
+                "args_sha256": args_sha256,
+                "outcome": outcome,
+                "by": by,
+                "reason": reason,
+            }),
+            Event::Grant {
+                id,
+                action,
+                caller,
+                service,
+                tool,
+                scope,
+                by,
+            } => json!({
+                "id": id,
+                "action": action,
+                "caller": caller.to_string(),
+                "service": service,
+                "tool": tool,
+                "scope": scope,
+                "by": by,
+            }),
+            Event::Console { action, detail } => json!({ "action": action, "detail": detail }),
         };
         match value {
             Value::Object(m) => m,

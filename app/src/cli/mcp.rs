@@ -62,12 +62,95 @@ pub(crate) enum McpCommand {
     },
 }
 
-pub(crate) async fn answer(home: &Home, id: &str, approve: bool) -> anyhow::Result<()> {
+/// `approve`: the call, and how far the approval reaches.
+#[derive(Args, Debug)]
+pub(crate) struct ApproveArgs {
+    /// The approval id (from `nullport approvals`).
+    id: String,
+    /// Why (recorded in the audit log).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Also approve this tool's later calls in the same MCP session of this caller.
+    #[arg(long, conflicts_with_all = ["for_time", "args_match"])]
+    for_session: bool,
+    /// Also approve this tool's calls by this caller for this long (e.g. 10m, 1h; at most 1d).
+    #[arg(long = "for", value_name = "DURATION")]
+    for_time: Option<String>,
+    /// Also approve calls whose argument NAME is a string matching GLOB (with --for, else
+    /// for 1h), e.g. --args-match 'path=/srv/docs/*'.
+    #[arg(long, value_name = "NAME=GLOB")]
+    args_match: Option<String>,
+}
+
+/// `approvals grants`, `approvals revoke ID`.
+#[derive(Subcommand, Debug)]
+pub(crate) enum ApprovalsCommand {
+    /// List the standing grants (what they cover, until when, who made them).
+    Grants {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a standing grant now (later calls wait for a person again).
+    Revoke {
+        /// The grant id.
+        id: String,
+    },
+}
+
+fn grant_scope(args: &ApproveArgs) -> anyhow::Result<Option<nullport::mcp::approvals::GrantScope>> {
+    use nullport::mcp::approvals::GrantScope;
+    let minutes = |ttl: &str| -> anyhow::Result<u32> {
+        let secs = parse_ttl(ttl)?;
+        if secs > 86_400 {
+            bail!("--for {ttl}: at most 1d");
+        }
+        Ok(u32::try_from(secs.div_ceil(60)).unwrap_or(u32::MAX).max(1))
+    };
+    Ok(match (&args.args_match, &args.for_time, args.for_session) {
+        (_, _, true) => Some(GrantScope::Session),
+        (Some(m), ttl, false) => {
+            let (name, pattern) = m
+                .split_once('=')
+                .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+                .ok_or_else(|| {
+                    anyhow!("--args-match {m:?}: use NAME=GLOB, e.g. 'path=/srv/docs/*'")
+                })?;
+            Some(GrantScope::ArgsMatch {
+                name: name.to_owned(),
+                pattern: pattern.to_owned(),
+                minutes: minutes(ttl.as_deref().unwrap_or("1h"))?,
+            })
+        }
+        (None, Some(ttl), false) => Some(GrantScope::Minutes(minutes(ttl)?)),
+        (None, None, false) => None,
+    })
+}
+
+pub(crate) async fn approve(home: &Home, args: ApproveArgs) -> anyhow::Result<()> {
+    let grant = grant_scope(&args)?;
+    answer(home, &args.id, true, args.reason, grant).await
+}
+
+pub(crate) async fn deny_call(home: &Home, id: &str, reason: Option<String>) -> anyhow::Result<()> {
+    answer(home, id, false, reason, None).await
+}
+
+async fn answer(
+    home: &Home,
+    id: &str,
+    approve: bool,
+    reason: Option<String>,
+    grant: Option<nullport::mcp::approvals::GrantScope>,
+) -> anyhow::Result<()> {
+    let granted = grant.is_some();
     let (response, _) = control(
         home,
         &ControlRequest::Answer {
             id: id.to_owned(),
             approve,
+            reason,
+            grant,
         },
     )
     .await?;
@@ -77,18 +160,91 @@ pub(crate) async fn answer(home: &Home, id: &str, approve: bool) -> anyhow::Resu
     let what = response.approvals.and_then(|v| v.into_iter().next());
     match what {
         Some(a) => println!(
-            "{} {} call of {} by {}",
+            "{} {} call of {} by {}{}",
             if approve { "approved" } else { "denied" },
             a.service,
             a.tool,
-            a.caller
+            a.caller_alias.unwrap_or(a.caller),
+            if granted {
+                " (and a standing grant: `nullport approvals grants`)"
+            } else {
+                ""
+            }
         ),
         None => println!("{}", if approve { "approved" } else { "denied" }),
     }
     Ok(())
 }
 
-pub(crate) async fn approvals(home: &Home, json: bool) -> anyhow::Result<()> {
+fn print_pending(a: &nullport::mcp::approvals::PendingApproval) {
+    let who = match &a.caller_alias {
+        Some(alias) => format!("{alias} ({})", a.caller),
+        None => a.caller.clone(),
+    };
+    println!(
+        "{}  {}/{}  from {who}  waiting {} s, denied in {} s unless answered",
+        a.id, a.service, a.tool, a.waiting_secs, a.expires_in_secs
+    );
+    println!("  arguments (sha256 {}):", a.args_digest);
+    for line in a.args.lines() {
+        println!("    {line}");
+    }
+    println!("  nullport approve {0}  |  nullport deny {0}", a.id);
+}
+
+pub(crate) async fn approvals(
+    home: &Home,
+    json: bool,
+    watch: bool,
+    command: Option<ApprovalsCommand>,
+) -> anyhow::Result<()> {
+    match command {
+        Some(ApprovalsCommand::Grants { json }) => {
+            let (response, _) = control(home, &ControlRequest::Approvals).await?;
+            let grants = response.grants.unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&grants)?);
+            } else if grants.is_empty() {
+                println!("no standing grants");
+            }
+            if !json {
+                for g in grants {
+                    println!(
+                        "{}  {}/{}  for {}  covers {}  (made by {}{})",
+                        g.id,
+                        g.service,
+                        g.tool,
+                        g.caller,
+                        g.describe(),
+                        g.made_by,
+                        g.reason.map(|r| format!(": {r}")).unwrap_or_default()
+                    );
+                }
+            }
+            return Ok(());
+        }
+        Some(ApprovalsCommand::Revoke { id }) => {
+            let (response, _) = control(home, &ControlRequest::RevokeGrant { id }).await?;
+            if !response.ok {
+                bail!("{}", response.error.unwrap_or_default());
+            }
+            if let Some(g) = response.grants.and_then(|g| g.into_iter().next()) {
+                println!(
+                    "revoked grant {}: {}/{} for {} (later calls wait for a person again)",
+                    g.id, g.service, g.tool, g.caller
+                );
+            }
+            return Ok(());
+        }
+        None => {}
+    }
+    if watch {
+        let (response, stream) = control(home, &ControlRequest::WatchApprovals).await?;
+        if !response.ok {
+            bail!("{}", response.error.unwrap_or_default());
+        }
+        return watch_approvals(stream, json).await;
+    }
     let (response, _) = control(home, &ControlRequest::Approvals).await?;
     let list = response.approvals.unwrap_or_default();
     if json {
@@ -96,14 +252,64 @@ pub(crate) async fn approvals(home: &Home, json: bool) -> anyhow::Result<()> {
     } else if list.is_empty() {
         println!("no tool calls are waiting for approval");
     } else {
-        for a in list {
-            println!(
-                "{}  {}/{}  caller {}  args sha256 {}  waiting {} s",
-                a.id, a.service, a.tool, a.caller, a.args_digest, a.waiting_secs
-            );
+        for a in &list {
+            print_pending(a);
         }
     }
     Ok(())
+}
+
+/// Prints approval events as the daemon streams them, until it stops.
+async fn watch_approvals(
+    mut stream: tokio::io::BufReader<tokio::net::UnixStream>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use nullport::mcp::approvals::ApprovalEvent;
+    use tokio::io::AsyncBufReadExt;
+    if !json {
+        eprintln!("watching approvals (Ctrl-C to stop)");
+    }
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stream.read_line(&mut line).await? == 0 {
+            bail!("the daemon stopped");
+        }
+        if json {
+            print!("{line}");
+            continue;
+        }
+        match serde_json::from_str::<ApprovalEvent>(&line) {
+            Ok(ApprovalEvent::Pending { approval }) => print_pending(&approval),
+            Ok(ApprovalEvent::Decided {
+                id,
+                service,
+                tool,
+                resolution,
+                ..
+            }) => println!(
+                "{id}  {service}/{tool}  {} by {}{}",
+                resolution.outcome,
+                resolution.by,
+                resolution
+                    .reason
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
+            Ok(ApprovalEvent::GrantMade { grant }) => println!(
+                "grant {} made: {}/{} for {} covers {}",
+                grant.id,
+                grant.service,
+                grant.tool,
+                grant.caller,
+                grant.describe()
+            ),
+            Ok(ApprovalEvent::GrantEnded { grant, how }) => {
+                println!("grant {} {how}", grant.id)
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 pub(crate) async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {

@@ -101,17 +101,24 @@ enum Command {
         peer: String,
         /// Service name (absent: the first argument is an approval id).
         service: Option<String>,
+        /// With an approval id: why (recorded in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
     },
-    /// Approve a tool call that waits for a human (see `nullport approvals`).
-    Approve {
-        /// The approval id.
-        id: String,
-    },
-    /// List tool calls waiting for a human's approval.
+    /// Approve a tool call that waits for a human (see `nullport approvals`); with a scope,
+    /// the approval also covers later calls (a standing grant, listed by `approvals grants`).
+    Approve(mcp::ApproveArgs),
+    /// List tool calls waiting for a human's approval, with their arguments; `--watch`
+    /// streams them as they come; `grants` lists standing grants, `revoke ID` ends one.
     Approvals {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Keep printing calls as they wait and as they are decided.
+        #[arg(long)]
+        watch: bool,
+        #[command(subcommand)]
+        command: Option<mcp::ApprovalsCommand>,
     },
     /// Revoke a node key (NodeId or alias) or a token, network-wide: signs this node's
     /// revocation list and publishes it through the relay, which pushes it to every node.
@@ -233,13 +240,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deny {
             peer: id,
             service: None,
-        } => mcp::answer(&home, &id, false).await,
+            reason,
+        } => mcp::deny_call(&home, &id, reason).await,
         Command::Deny {
             peer,
             service: Some(service),
+            reason: None,
         } => services::deny(&home, &peer, &service).await,
-        Command::Approve { id } => mcp::answer(&home, &id, true).await,
-        Command::Approvals { json } => mcp::approvals(&home, json).await,
+        Command::Deny {
+            reason: Some(_), ..
+        } => bail!(
+            "--reason is for denying a waiting call: `nullport deny <approval id> --reason ...`"
+        ),
+        Command::Approve(args) => mcp::approve(&home, args).await,
+        Command::Approvals {
+            json,
+            watch,
+            command,
+        } => mcp::approvals(&home, json, watch, command).await,
         Command::Mcp(cmd) => mcp::mcp(&home, cmd).await,
         Command::Audit(cmd) => audit::audit(&home, cmd).await,
         Command::Token(cmd) => trust::token(&home, cmd).await,

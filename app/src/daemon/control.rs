@@ -84,6 +84,10 @@ async fn connection(state: Arc<State>, stream: UnixStream) {
         pipe(&state, reader, peer, service, mcp, token).await;
         return;
     }
+    if let ControlRequest::WatchApprovals = request {
+        watch_approvals(&state, reader.get_mut()).await;
+        return;
+    }
     let stopping = matches!(request, ControlRequest::Stop);
     let response = handle(&state, request).await;
     let _ = respond(reader.get_mut(), &response).await;
@@ -135,9 +139,36 @@ async fn handle(state: &Arc<State>, request: ControlRequest) -> ControlResponse 
         ControlRequest::Approvals => {
             let mut response = ControlResponse::ok();
             response.approvals = Some(state.approvals.list());
+            response.grants = Some(state.approvals.grants());
             response
         }
-        ControlRequest::Answer { id, approve } => match state.approvals.answer(&id, approve) {
+        ControlRequest::RevokeGrant { id } => {
+            match state
+                .approvals
+                .revoke_grant(&id, crate::mcp::approvals::Decider::Cli)
+            {
+                Ok(grant) => {
+                    let mut r = ControlResponse::ok();
+                    r.grants = Some(vec![grant]);
+                    r
+                }
+                Err(e) => ControlResponse::error(e),
+            }
+        }
+        ControlRequest::Answer {
+            id,
+            approve,
+            reason,
+            grant,
+        } => match state.approvals.answer(
+            &id,
+            crate::mcp::approvals::Answer {
+                approve,
+                by: crate::mcp::approvals::Decider::Cli,
+                reason,
+                grant,
+            },
+        ) {
             Ok(info) => {
                 let mut r = ControlResponse::ok();
                 r.approvals = Some(vec![info]);
@@ -168,7 +199,9 @@ async fn handle(state: &Arc<State>, request: ControlRequest) -> ControlResponse 
             };
             r
         }
-        ControlRequest::Pipe { .. } => ControlResponse::error("pipe is handled elsewhere"),
+        ControlRequest::Pipe { .. } | ControlRequest::WatchApprovals => {
+            ControlResponse::error("streams are handled elsewhere")
+        }
     }
 }
 
@@ -256,6 +289,7 @@ async fn pipe(
                 service: service.clone(),
                 handshake,
                 signer: state.identity.clone(),
+                caller_alias: None,
             };
             crate::mcp::caller_pipe(local, channel, session, target, state.audit.clone()).await
         } else {
@@ -316,6 +350,42 @@ pub fn explain(e: &Error, peer: &str, service: &str, me: &nullport_protocol::Nod
         }
         Error::PeerOffline(_) => format!("{peer} is offline (not connected to the relay)"),
         other => other.to_string(),
+    }
+}
+
+/// Streams approval events as JSON lines (the calls waiting now first) until the client
+/// goes away or the daemon stops.
+async fn watch_approvals(state: &Arc<State>, stream: &mut UnixStream) {
+    use crate::mcp::approvals::ApprovalEvent;
+    let mut events = state.approvals.subscribe();
+    let waiting = state.approvals.list();
+    if respond(stream, &ControlResponse::ok()).await.is_err() {
+        return;
+    }
+    let send = |event: &ApprovalEvent| {
+        let mut line = serde_json::to_vec(event).unwrap_or_default();
+        line.push(b'\n');
+        line
+    };
+    for approval in waiting {
+        if stream
+            .write_all(&send(&ApprovalEvent::Pending { approval }))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    loop {
+        match events.recv().await {
+            Ok(event) => {
+                if stream.write_all(&send(&event)).await.is_err() {
+                    return;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

@@ -291,11 +291,7 @@ impl Daemon {
             .with_witness(witness_tx)
             .with_metrics(metrics.clone());
         audit.node(NodeEvent::Start, format!("relay {relay}"));
-        let approval_timeout = std::env::var("NULLPORT_APPROVAL_TIMEOUT_SECS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_secs)
-            .unwrap_or(Duration::from_secs(120));
+        let approval_timeout = files.config.approvals.timeout();
         let mut node_config = NodeConfig::new(identity.clone(), relay.clone());
         node_config.limits = limits;
         let node = Node::start(node_config).await?;
@@ -319,7 +315,7 @@ impl Daemon {
             access: watch::Sender::new(Arc::new(placeholder)),
             channels: channels::Table::default(),
             shutdown: watch::Sender::new(false),
-            approvals: Arc::new(Approvals::new(approval_timeout)),
+            approvals: Arc::new(Approvals::new(approval_timeout, audit.clone())),
             audit,
             witness_idle: watch::Sender::new(true),
             pipe_endings: watch::Sender::new(PipeEndings::default()),

@@ -2,6 +2,7 @@
 //! environment, or a local HTTP endpoint) behind the JSON-RPC firewall, and the way back to
 //! the caller with signed receipts.
 
+use crate::mcp::approvals::Request;
 use crate::tasks::OwnedTask;
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -336,6 +337,7 @@ where
                         denied,
                         tool,
                         args_digest,
+                        args,
                     } => {
                         audit.record(decision_event(&session, &decision, started.elapsed()));
                         let (approvals, session, audit, upstream, out, call_id, request_sha) = (
@@ -349,11 +351,25 @@ where
                         );
                         while requests.try_join_next().is_some() {}
                         requests.spawn(async move {
-                            let approved = approvals
-                                .ask(session.caller, &session.service, &tool, &args_digest)
+                            let resolution = approvals
+                                .ask(Request {
+                                    caller: session.caller,
+                                    caller_alias: session.caller_alias.as_deref(),
+                                    service: &session.service,
+                                    tool: &tool,
+                                    args: &args,
+                                    args_digest: &args_digest,
+                                    session: &session.handshake,
+                                })
                                 .await;
+                            let approved = resolution.approved();
                             let mut d = decision;
-                            d.outcome = if approved { "approved" } else { "not approved" };
+                            d.outcome = match resolution.outcome.as_str() {
+                                "approved" => "approved",
+                                "granted" => "granted",
+                                "timed out" => "timed out",
+                                _ => "not approved",
+                            };
                             audit.record(decision_event(&session, &d, started.elapsed()));
                             match (approved, call_id) {
                                 (true, id) => {

@@ -103,6 +103,8 @@ pub struct Session {
     pub handshake: [u8; 32],
     /// This node's identity, which signs receipts.
     pub signer: Arc<nullport_protocol::Identity>,
+    /// The caller's alias here, if any (shown to whoever approves its calls).
+    pub caller_alias: Option<String>,
 }
 
 /// The audit event of a firewall decision.

@@ -72,11 +72,18 @@ impl Ready for McpSession {
                     .mcp_grant(&peer, &service, &blob, crate::tokens::unix_now())
             })
         };
+        let caller_alias = kind
+            .access
+            .borrow()
+            .trust
+            .alias_of(&peer)
+            .map(str::to_owned);
         let session = Session {
             caller: peer,
             service,
             handshake: *channel.get_ref().handshake_hash(),
             signer: kind.identity.clone(),
+            caller_alias,
         };
         serve(
             channel,

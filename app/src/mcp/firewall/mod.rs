@@ -72,6 +72,8 @@ pub enum Verdict {
         tool: String,
         /// SHA-256 of the tool arguments (hex).
         args_digest: String,
+        /// The tool arguments (shown to the person who approves).
+        args: Value,
     },
     /// Drop silently (a notification or response that is not allowed).
     Drop,
@@ -378,6 +380,7 @@ impl Firewall {
                             denied,
                             tool: tool.to_owned(),
                             args_digest: digest.clone(),
+                            args,
                         },
                         Decision {
                             method,
