@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod home;
 pub mod mcp;
 pub mod metrics;
+pub mod notify;
 pub mod services;
 pub mod tasks;
 pub mod tokens;

@@ -638,10 +638,14 @@ async fn mcp_approval_approve_deny_and_timeout() {
     )
     .await;
     ok(&tool, &["mcp", "require-approval", "files", "write_file"]).await;
-    // A short approval timeout for the timeout case (the documented setting).
+    // A short approval timeout for the timeout case (the documented setting), and a webhook
+    // receiver that refuses its first delivery (the notifier retries).
+    let (hook_url, hooks) = webhook_receiver().await;
     let config = tool.join("config.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("\n[approvals]\ntimeout_secs = 3\n");
+    text.push_str(&format!(
+        "\n[approvals]\ntimeout_secs = 3\nwebhook = \"{hook_url}\"\ndesktop = false\n"
+    ));
     std::fs::write(&config, text).unwrap();
     net.up(&tool).await;
     net.up(&agent).await;
@@ -707,6 +711,44 @@ async fn mcp_approval_approve_deny_and_timeout() {
                 assert!(!path.exists(), "a refused call ran");
             }
         }
+    }
+    // The webhook heard of each call twice (waiting, decided), with no arguments in it.
+    let heard = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let got = hooks.lock().unwrap().clone();
+            if got.len() >= 6 {
+                break got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let events: Vec<(String, String)> = heard
+        .iter()
+        .map(|n| {
+            (
+                n["event"].as_str().unwrap_or_default().to_owned(),
+                n["outcome"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("approval.pending", ""),
+        ("approval.decided", "approved"),
+        ("approval.decided", "denied"),
+        ("approval.decided", "timed out"),
+    ] {
+        assert!(
+            events.contains(&(expected.0.into(), expected.1.into())),
+            "{expected:?} not in {events:?}"
+        );
+    }
+    for n in &heard {
+        assert_eq!(n["version"], 1);
+        assert_eq!(n["tool"], "write_file");
+        assert_eq!(n["caller"].as_str().map(str::len), Some(54));
+        assert!(!n.to_string().contains("written"), "arguments leaked: {n}");
     }
     // The audit log says what became of each, who decided and why.
     let log = std::fs::read_to_string(tool.join("audit.log")).unwrap();
@@ -1339,4 +1381,66 @@ async fn rotated_node_keeps_working_and_its_old_key_does_not() {
         e.contains("this node's key was retired by a rotation"),
         "{e}"
     );
+}
+
+/// A local HTTP server that collects JSON POST bodies; it answers 500 to the very first
+/// request (so the sender's retry is exercised) and 200 to the rest.
+async fn webhook_receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = got.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then Content-Length bytes of body.
+            let body = loop {
+                let Ok(n) = s.read(&mut buf).await else {
+                    break None;
+                };
+                if n == 0 {
+                    break None;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break Some(body[..len].to_owned());
+                    }
+                }
+            };
+            let status = if first {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            if !first && let Some(body) = body {
+                if let Ok(v) = serde_json::from_str(&body) {
+                    kept.lock().unwrap().push(v);
+                }
+            }
+            first = false;
+            let _ = s
+                .write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await;
+        }
+    });
+    (url, got)
 }

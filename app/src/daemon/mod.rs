@@ -54,6 +54,14 @@ pub enum DaemonError {
     /// The node could not start.
     #[error(transparent)]
     Node(#[from] Error),
+    /// The webhook in `[approvals]` is not usable.
+    #[error("{path}: {error}")]
+    Webhook {
+        /// The config file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        error: crate::notify::WebhookError,
+    },
     /// Metrics are served on loopback only.
     #[error("metrics listen on loopback only (127.0.0.1:PORT or [::1]:PORT), not {0}")]
     MetricsNotLoopback(std::net::SocketAddr),
@@ -78,6 +86,12 @@ pub(crate) struct Files {
 impl Files {
     fn load(home: &Home) -> Result<Files, DaemonError> {
         let config = NodeFile::load(&home.config())?;
+        if let Some(url) = &config.approvals.webhook {
+            crate::notify::Webhook::parse(url).map_err(|error| DaemonError::Webhook {
+                path: home.config(),
+                error,
+            })?;
+        }
         let policy = Policy::load(&home.policy())?;
         let trust = TrustStore::load(&home.trust())?;
         Ok(Files {
@@ -117,6 +131,8 @@ pub(crate) struct State {
     pub(crate) stop: watch::Sender<bool>,
     /// Counters for the metrics listener (fed by the audit events).
     pub(crate) metrics: Arc<crate::metrics::NodeMetrics>,
+    /// The local console's address while it runs (`http://127.0.0.1:PORT`, no token).
+    pub(crate) console_url: watch::Sender<Option<String>>,
 }
 
 /// The last [`PipeEndings::KEPT`] pipe endings.
@@ -323,6 +339,7 @@ impl Daemon {
             reload_error: Mutex::new(None),
             stop: watch::Sender::new(false),
             metrics,
+            console_url: watch::Sender::new(None),
         });
         state.rebuild_access();
         let span = tracing::info_span!("daemon", id = %state.node.node_id().fmt_short());
@@ -333,7 +350,8 @@ impl Daemon {
         tasks.spawn(link_events(state.clone()).instrument(span.clone()));
         tasks.spawn(lists::revocation_loop(state.clone()).instrument(span.clone()));
         tasks.spawn(lists::rotation_loop(state.clone()).instrument(span.clone()));
-        tasks.spawn(channels::oversee(state.clone()).instrument(span));
+        tasks.spawn(channels::oversee(state.clone()).instrument(span.clone()));
+        tasks.spawn(notifications(state.clone()).instrument(span));
         unbind.0 = None;
         Ok(Daemon { state, tasks })
     }
@@ -446,6 +464,29 @@ async fn witness_loop(state: Arc<State>, mut rx: tokio::sync::mpsc::UnboundedRec
             state.witness_idle.send_replace(true);
         }
     }
+}
+
+/// Notifies the approvals' webhook and desktop, with the targets in force at each event.
+async fn notifications(state: Arc<State>) {
+    let events = state.approvals.subscribe();
+    let files = state.clone();
+    let targets = Arc::new(move || {
+        let approvals = files
+            .files
+            .read()
+            .map(|f| f.config.approvals.clone())
+            .unwrap_or_default();
+        crate::notify::Targets {
+            webhook: approvals
+                .webhook
+                .as_deref()
+                .and_then(|u| crate::notify::Webhook::parse(u).ok()),
+            desktop: approvals.desktop.unwrap_or(true),
+        }
+    });
+    let console = state.clone();
+    let console = Arc::new(move || console.console_url.borrow().clone());
+    crate::notify::run(events, state.node.node_id().to_string(), targets, console).await;
 }
 
 /// Audits relay link changes.
