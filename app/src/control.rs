@@ -152,6 +152,9 @@ pub struct Status {
     /// runs), if they are not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_error: Option<String>,
+    /// What changed on disk that only a restart applies, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_needed: Option<String>,
 }
 
 /// One revocation list held.

@@ -87,6 +87,17 @@ impl Home {
         self.dir.join("rotations.json")
     }
 
+    /// The path the edit lock is taken on (`edits.lock` beside it).
+    pub fn edits_lock(&self) -> PathBuf {
+        self.dir.join("edits")
+    }
+
+    /// Holds the home's edit lock (`edits.lock`) until dropped: commands that change
+    /// config, policy or trust store take it, so two edits at once never lose one.
+    pub fn lock_edits(&self) -> Result<nullport_keyring::fs::FileLock, nullport_keyring::Error> {
+        nullport_keyring::fs::lock(&self.edits_lock())
+    }
+
     /// The daemon's control socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("nullport.sock")

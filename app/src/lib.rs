@@ -17,6 +17,7 @@ pub mod audit;
 pub mod config_file;
 pub mod control;
 pub mod daemon;
+pub mod edit;
 pub mod home;
 pub mod mcp;
 pub mod metrics;

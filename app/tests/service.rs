@@ -401,10 +401,126 @@ async fn node_metrics_and_json_logs() {
     daemon.start_kill().unwrap();
     let out = daemon.wait_with_output().await.unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
-    let json_lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{')).collect();
-    assert!(!json_lines.is_empty(), "{log}");
+    let json_lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(json_lines.len() >= 3, "{log}");
+    // Every line, the daemon's own announcements included.
     for l in json_lines {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_edits_are_never_lost() {
+    let net = Net::start().await;
+    let (home, _) = net.node("a").await;
+    let (b, c) = (
+        nullport_protocol::Identity::from_seed([2; 32]).node_id(),
+        nullport_protocol::Identity::from_seed([3; 32]).node_id(),
+    );
+    ok(&home, &["trust", "add", "bnode", &b.to_string()]).await;
+    ok(&home, &["trust", "add", "cnode", &c.to_string()]).await;
+    for round in 0..8 {
+        let policy = home.join("policy.toml");
+        let _ = std::fs::remove_file(&policy);
+        ok(&home, &["allow", "bnode", "echo"]).await;
+        // A deny and an allow of other things at the same moment: both land.
+        let (denied, allowed) = tokio::join!(
+            nullport(&home, &["deny", "bnode", "echo"]),
+            nullport(&home, &["allow", "cnode", "web"]),
+        );
+        assert!(
+            denied.ok && allowed.ok,
+            "{} {}",
+            denied.stderr,
+            allowed.stderr
+        );
+        let text = std::fs::read_to_string(&policy).unwrap();
+        assert!(
+            !text.contains(&b.to_string()) && !text.contains("bnode"),
+            "round {round}: {text}"
+        );
+        assert!(text.contains("cnode"), "round {round}: {text}");
+    }
+    // A service name that is not one is refused before anything is written.
+    let e = fails(&home, &["allow", "bnode", "../../x"]).await;
+    assert!(e.contains("invalid service name \"../../x\""), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_is_safe_from_sighup_and_checks_metrics_first() {
+    let net = Net::start().await;
+    let home = net.dir.path().join("enc");
+    let pass = net.dir.path().join("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    ok(
+        &home,
+        &["init", "--passphrase-file", pass.to_str().unwrap()],
+    )
+    .await;
+    // A metrics port that is taken: the start fails before the daemon runs (no socket left).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let e = fails(
+        &home,
+        &[
+            "up",
+            "--relay",
+            &net.relay_address(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+            "--metrics",
+            &format!("127.0.0.1:{port}"),
+        ],
+    )
+    .await;
+    assert!(
+        e.contains(&format!("metrics listener 127.0.0.1:{port}: ")),
+        "{e}"
+    );
+    assert!(!home.join("nullport.sock").exists());
+    // SIGHUP while the key is being decrypted (a reload right after a start): the daemon
+    // lives and comes online.
+    let mut daemon = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&home)
+        .args(["up", "--relay", &net.relay_address(), "--passphrase-file"])
+        .arg(&pass)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    signal(daemon.id().unwrap(), "HUP").await;
+    status_until(&home, |s| s.contains("link     online")).await;
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon died of SIGHUP"
+    );
+    // A relay change on disk is applied at the next start, and status says so.
+    let config = home.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let other = format!(
+        "{}@127.0.0.1:9",
+        nullport_protocol::Identity::from_seed([5; 32]).node_id()
+    );
+    std::fs::write(&config, text.replace(&net.relay_address(), &other)).unwrap();
+    ok(&home, &["reload"]).await;
+    let status = ok(&home, &["status"]).await;
+    assert!(
+        status.contains(
+            "config   relay changed in config.toml: takes effect when the daemon restarts"
+        ),
+        "{status}"
+    );
+    // `down` returns once the daemon is done: it exits right after.
+    ok(&home, &["down"]).await;
+    let exit = tokio::time::timeout(Duration::from_secs(1), daemon.wait()).await;
+    assert!(matches!(exit, Ok(Ok(s)) if s.success()), "{exit:?}");
 }

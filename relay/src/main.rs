@@ -158,9 +158,14 @@ struct RunArgs {
     /// Admit any node with a valid key (for testing or public relays).
     #[arg(long)]
     open: bool,
-    /// Serve Prometheus metrics on this TCP address (keep it on loopback).
+    /// Serve Prometheus metrics (and `/nodes`, the list of nodes online with their
+    /// addresses) on this loopback TCP address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Allow --metrics on a non-loopback address: anyone who reaches it sees every node
+    /// online and its address.
+    #[arg(long, requires = "metrics")]
+    metrics_public: bool,
     /// Dials per second per node.
     #[arg(long, default_value_t = 50)]
     dials_per_second: u64,
@@ -235,6 +240,23 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // SIGHUP from the first moment: a reload asked while starting is handled once the relay
+    // runs, instead of killing it.
+    let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("no SIGHUP handler: {e}");
+            None
+        }
+    };
+    if let Some(addr) = args.metrics
+        && !addr.ip().is_loopback()
+        && !args.metrics_public
+    {
+        anyhow::bail!(
+            "--metrics {addr}: metrics and /nodes (every node online, with its address) belong on loopback; use 127.0.0.1:PORT, or add --metrics-public if you mean it"
+        );
+    }
     let identity = Arc::new(load_identity(&args.key)?);
     let admission = match &args.allow {
         Some(path) => {
@@ -248,7 +270,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     "# nullport-relay allowlist: one NodeId a line; `#` starts a comment\n",
                 )
                 .with_context(|| format!("creating the allowlist {}", path.display()))?;
-                eprintln!(
+                say!(
                     "created an empty allowlist at {} (add NodeIds one a line, or let nodes join with an invite: --enroll and `nullport-relay invite`)",
                     path.display()
                 );
@@ -269,18 +291,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     config.state_dir = args.state_dir.clone();
     let mut relay = Relay::bind(config).await?;
-    eprintln!(
+    say!(
         "nullport-relay listening on udp {} as {}",
         relay.local_addr(),
         identity.node_id()
     );
     match &args.public {
-        Some(host) => eprintln!(
+        Some(host) => say!(
             "nodes use: {}@{host}:{}",
             identity.node_id(),
             relay.local_addr().port()
         ),
-        None => eprintln!(
+        None => say!(
             "nodes use: {}@<this machine's public address>:{} (pass --public HOST to print it whole)",
             identity.node_id(),
             relay.local_addr().port()
@@ -288,11 +310,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(addr) = args.metrics {
         let bound = relay.serve_metrics(addr).await?;
-        eprintln!("metrics on http://{bound}/metrics");
+        say!("metrics on http://{bound}/metrics");
     }
-    let watcher = tokio::spawn(watch_admission(relay.handle(), args.allow.clone()));
+    let watcher = tokio::spawn(watch_admission(relay.handle(), args.allow.clone(), hup));
     shutdown_signal().await;
-    eprintln!("shutting down");
+    say!("shutting down");
     watcher.abort();
     relay.shutdown().await;
     Ok(())
@@ -301,14 +323,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Reloads the allowlist and the network admin's revocation list on SIGHUP and when their
 /// files change (checked twice a second, so a removed or revoked key loses its link within
 /// a second). Nodes no longer admitted are disconnected.
-async fn watch_admission(relay: nullport_relay::RelayHandle, allow: Option<PathBuf>) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("no SIGHUP handler: {e}");
-            None
-        }
-    };
+async fn watch_admission(
+    relay: nullport_relay::RelayHandle,
+    allow: Option<PathBuf>,
+    mut hup: Option<tokio::signal::unix::Signal>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut admin_version = 0;
     loop {
@@ -397,8 +416,25 @@ async fn shutdown_signal() {
     }
 }
 
+/// Whether logs are JSON (set once in `main`).
+static JSON_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// A line for the operator: on stderr, or a log record when logs are JSON (so every line of
+/// a JSON log is JSON).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if JSON_LOGS.get().copied().unwrap_or(false) {
+            tracing::info!($($arg)*);
+        } else {
+            eprintln!($($arg)*);
+        }
+    };
+}
+use say;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let _ = JSON_LOGS.set(cli.log_format == "json");
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -128,7 +128,13 @@ impl Metrics {
             "The relay's version and relay-link protocol version.",
             &[(build.as_str(), 1)],
         );
-        let busiest = crate::nodes::busiest(nodes.to_vec(), MAX_NODE_SERIES);
+        // Only nodes that moved bytes: idle keys (on an open relay, anyone's) add no series.
+        let active: Vec<NodeStats> = nodes
+            .iter()
+            .filter(|n| n.bytes_sent + n.bytes_received > 0)
+            .cloned()
+            .collect();
+        let busiest = crate::nodes::busiest(active, MAX_NODE_SERIES);
         let series: Vec<(String, u64)> = busiest
             .iter()
             .flat_map(|n| {
@@ -170,8 +176,14 @@ pub(crate) async fn serve(
             accepted = listener.accept() => accepted,
             Some(_) = scrapes.join_next() => continue,
         };
-        let Ok((mut stream, _)) = accepted else {
-            continue;
+        let mut stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait a moment instead of spinning.
+                tracing::debug!("metrics listener: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let metrics = metrics.clone();
         let admission = admission.clone();
@@ -185,27 +197,63 @@ pub(crate) async fn serve(
                 Ok(Ok(n)) if n > 0 => n,
                 _ => return,
             };
-            let wants_nodes = buf[..n].starts_with(b"GET /nodes ");
-            let (kind, body) = if wants_nodes {
-                let list = nodes();
-                (
-                    "application/json",
-                    serde_json::to_string(&list).unwrap_or_else(|_| "[]".into()),
-                )
+            let request = &buf[..n];
+            let response = if !host_is_local(request) {
+                // A name in Host means a browser was pointed here by DNS (rebinding).
+                "HTTP/1.1 421 Misdirected Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
             } else {
-                (
-                    "text/plain; version=0.0.4",
-                    metrics.render_with(admission.refusals(), &nodes()),
+                let (kind, body) = if request.starts_with(b"GET /nodes ") {
+                    let mut list = nodes();
+                    list.sort_by_key(|n| n.since);
+                    list.truncate(MAX_NODES_LISTED);
+                    (
+                        "application/json",
+                        serde_json::to_string(&list).unwrap_or_else(|_| "[]".into()),
+                    )
+                } else {
+                    (
+                        "text/plain; version=0.0.4",
+                        metrics.render_with(admission.refusals(), &nodes()),
+                    )
+                };
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
                 )
             };
-            let response = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            let write = async {
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), write).await;
         });
     }
+}
+
+/// Most nodes `/nodes` lists (the longest connected first).
+pub const MAX_NODES_LISTED: usize = 10_000;
+
+/// Whether the request's Host (if any) is an IP address or `localhost`: never a name that
+/// a browser could have been pointed at.
+pub fn host_is_local(request: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(request);
+    let Some(host) = text.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("host")
+            .then(|| value.trim().to_owned())
+    }) else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h),
+    };
+    name == "localhost" || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 /// Binds the metrics listener.
@@ -216,4 +264,28 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::Error> 
             what: format!("binding metrics listener {addr}"),
             error,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_is_local;
+
+    #[test]
+    fn only_addresses_and_localhost_pass_as_host() {
+        for ok in [
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1:9477\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: [::1]:9477\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: localhost:9477\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+        ] {
+            assert!(host_is_local(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "GET / HTTP/1.1\r\nHost: evil.example:9477\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1.nip.io\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: [evil]:1\r\n\r\n",
+        ] {
+            assert!(!host_is_local(bad.as_bytes()), "{bad}");
+        }
+    }
 }

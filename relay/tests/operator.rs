@@ -595,6 +595,16 @@ async fn operators_see_nodes_dials_and_bounded_metrics() {
         sa.bytes_sent
     )));
     assert!(scraped.contains("nullport_relay_dials_total{result=\"ok\"} 1"));
+    // A browser pointed here by a DNS name (rebinding) gets nothing.
+    let mut stream = tokio::net::TcpStream::connect(&metrics).await.unwrap();
+    stream
+        .write_all(b"GET /nodes HTTP/1.1\r\nHost: evil.example:80\r\n\r\n")
+        .await
+        .unwrap();
+    let mut refused = String::new();
+    stream.read_to_string(&mut refused).await.unwrap();
+    assert!(refused.starts_with("HTTP/1.1 421 "), "{refused}");
+    assert!(!refused.contains(&a.node_id().to_string()));
     // The dial is in the log at info, with both full NodeIds and the result, once.
     let dial_lines: Vec<String> = relay
         .log
@@ -609,5 +619,38 @@ async fn operators_see_nodes_dials_and_bounded_metrics() {
         dial_lines[0].contains(&format!("target={}", b.node_id()))
             && dial_lines[0].contains("result=\"ok\""),
         "{dial_lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_stay_on_loopback_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("relay.key");
+    let init = Command::new(RELAY)
+        .args(["init", "--insecure-plaintext-key", "--key"])
+        .arg(&key)
+        .output()
+        .await
+        .unwrap();
+    assert!(init.status.success());
+    let out = Command::new(RELAY)
+        .args([
+            "run",
+            "--open",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "0.0.0.0:0",
+            "--key",
+        ])
+        .arg(&key)
+        .output()
+        .await
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        e.contains("--metrics 0.0.0.0:0: metrics and /nodes (every node online, with its address) belong on loopback; use 127.0.0.1:PORT, or add --metrics-public if you mean it"),
+        "{e}"
     );
 }

@@ -221,6 +221,30 @@ impl Cli {
         matches!(self.command, Command::Up(_))
     }
 
+    /// Whether this command changes config, policy or trust store (and so holds the home's
+    /// edit lock while it does).
+    fn edits_files(&self) -> bool {
+        matches!(
+            &self.command,
+            Command::Trust(trust::TrustCommand::Add { .. } | trust::TrustCommand::Remove { .. })
+                | Command::Expose(_)
+                | Command::Unexpose { .. }
+                | Command::Allow { .. }
+                | Command::Deny {
+                    service: Some(_),
+                    ..
+                }
+                | Command::Mcp(
+                    mcp::McpCommand::Allow { .. }
+                        | mcp::McpCommand::Deny { .. }
+                        | mcp::McpCommand::RequireApproval { .. }
+                )
+                | Command::Token(trust::TokenCommand::TrustIssuer { .. })
+                | Command::Revocations(trust::RevocationsCommand::Trust { .. })
+                | Command::Join { .. }
+        )
+    }
+
     /// Whether logs are JSON lines.
     pub fn json_logs(&self) -> bool {
         self.log_format == "json"
@@ -229,7 +253,15 @@ impl Cli {
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let home = Home::resolve(cli.home);
+    let _ = JSON_LOGS.set(cli.json_logs());
+    let home = Home::resolve(cli.home.clone());
+    // Edits are one at a time: load, change, check, write (a home being created has no
+    // concurrent edit to wait for).
+    let _edits = if cli.edits_files() && home.dir().is_dir() {
+        Some(home.lock_edits()?)
+    } else {
+        None
+    };
     match cli.command {
         Command::Init(args) => node::init(&home, args),
         Command::Id { json } => node::id(&home, json),
@@ -287,6 +319,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Version { json } => meta::version(json),
         Command::Completions { shell } => meta::completions(shell),
         Command::Man { dir } => meta::man(&dir),
+    }
+}
+
+/// Whether this invocation logs JSON (set once, at the start of [`run`]).
+static JSON_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// A line for the person running a long-lived command: on stderr, or as a log record when
+/// logs are JSON (so every line of a JSON log is JSON).
+pub(crate) fn say(text: &str) {
+    if JSON_LOGS.get().copied().unwrap_or(false) {
+        tracing::info!("{text}");
+    } else {
+        eprintln!("{text}");
     }
 }
 

@@ -144,6 +144,9 @@ pub(crate) async fn status(home: &Home, json: bool) -> anyhow::Result<()> {
     println!("node     {}", status.node_id);
     println!("relay    {}", status.relay);
     println!("link     {}", status.link);
+    if let Some(note) = &status.restart_needed {
+        println!("config   {note}");
+    }
     if let Some(e) = &status.config_error {
         println!("config   NOT IN FORCE: {e}");
         println!(
@@ -195,6 +198,12 @@ pub(crate) async fn status(home: &Home, json: bool) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn up(home: &Home, args: UpArgs) -> anyhow::Result<()> {
+    // SIGHUP from the first moment: a reload asked while starting waits for the daemon
+    // instead of killing it.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow!("cannot handle SIGHUP: {e}"))?;
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
     let mut file = load_config(home)?;
     let relay_text = match (&args.relay, &file.relay) {
         (Some(r), _) => r.clone(),
@@ -204,6 +213,11 @@ pub(crate) async fn up(home: &Home, args: UpArgs) -> anyhow::Result<()> {
         }
     };
     let relay: RelayAddr = relay_text.parse()?;
+    // Everything that can fail is checked before the daemon starts.
+    let metrics = match args.metrics {
+        Some(addr) => Some(Daemon::bind_metrics(addr).await?),
+        None => None,
+    };
     let identity = Arc::new(load_identity(home, args.passphrase_file)?);
     if args.relay.is_some() && file.relay.as_deref() != Some(relay_text.as_str()) {
         file.relay = Some(relay_text);
@@ -216,21 +230,17 @@ pub(crate) async fn up(home: &Home, args: UpArgs) -> anyhow::Result<()> {
         file.link.limits(),
     )
     .await?;
-    if let Some(addr) = args.metrics {
-        let bound = daemon.serve_metrics(addr).await?;
-        eprintln!("metrics on http://{bound}/metrics");
+    if let Some(listener) = metrics {
+        let bound = daemon.serve_metrics(listener);
+        say(&format!("metrics on http://{bound}/metrics"));
     }
-    eprintln!(
+    say(&format!(
         "nullport {} up; relay {relay}; control socket {}",
         identity.node_id(),
         home.socket().display()
-    );
-    eprintln!("no inbound port is open: this node only dials out to the relay");
+    ));
+    say("no inbound port is open: this node only dials out to the relay");
     // The relay link's changes are logged by the node (one line each, with a timestamp).
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| anyhow!("cannot handle SIGHUP: {e}"))?;
     loop {
         tokio::select! {
             _ = &mut signal => break,
@@ -242,7 +252,7 @@ pub(crate) async fn up(home: &Home, args: UpArgs) -> anyhow::Result<()> {
             }
         }
     }
-    eprintln!("shutting down: closing channels");
+    say("shutting down: closing channels");
     daemon.shutdown().await;
     Ok(())
 }

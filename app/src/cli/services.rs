@@ -315,11 +315,7 @@ pub(crate) async fn unexpose(home: &Home, name: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn allow(home: &Home, peer: &str, service: &str) -> anyhow::Result<()> {
-    let trust = TrustStore::load(&home.trust())?;
-    let id = trust.resolve(peer)?;
-    let mut policy = Policy::load(&home.policy())?;
-    let added = policy.allow(peer, service);
-    policy.save()?;
+    let (id, added) = nullport::edit::allow(home, peer, service)?;
     let exposed = load_config(home)?.services.contains_key(service);
     println!(
         "{peer} ({}) {} use {service}{}{}",
@@ -336,16 +332,7 @@ pub(crate) async fn allow(home: &Home, peer: &str, service: &str) -> anyhow::Res
 }
 
 pub(crate) async fn deny(home: &Home, peer: &str, service: &str) -> anyhow::Result<()> {
-    let trust = TrustStore::load(&home.trust())?;
-    let mut policy = Policy::load(&home.policy())?;
-    let removed = policy.withdraw(peer, service, &trust);
-    if removed.is_empty() {
-        bail!(
-            "no rule lets {peer} use {service} (see `nullport mcp show` and {})",
-            home.policy().display()
-        );
-    }
-    policy.save()?;
+    let removed = nullport::edit::deny(home, peer, service)?;
     println!(
         "{peer} may no longer use {service} (removed: {}); its open channels to {service} are closed{}",
         removed.join(", "),

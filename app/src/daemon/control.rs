@@ -43,10 +43,16 @@ pub(crate) async fn serve(state: Arc<State>, listener: UnixListener) {
     let mut running = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                running.spawn(connection(state.clone(), stream));
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    running.spawn(connection(state.clone(), stream));
+                }
+                Err(e) => {
+                    // Out of file descriptors, say: wait a moment instead of spinning.
+                    tracing::debug!("control socket: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
             Some(_) = running.join_next(), if !running.is_empty() => {}
         }
     }
@@ -349,6 +355,9 @@ pub fn explain(e: &Error, peer: &str, service: &str, me: &nullport_protocol::Nod
             format!("{peer} accepted you for {service:?}, but the service behind it is unavailable")
         }
         Error::PeerOffline(_) => format!("{peer} is offline (not connected to the relay)"),
+        Error::RelayUnreachable(_) | Error::RelayRefused(_) | Error::RelayLinkLost(_) => {
+            format!("cannot reach {peer}: the relay link is down ({e}); see `nullport status`")
+        }
         other => other.to_string(),
     }
 }
@@ -387,6 +396,29 @@ async fn watch_approvals(state: &Arc<State>, stream: &mut UnixStream) {
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
+}
+
+/// What changed on disk that only a restart applies (the relay, `[link]`), if anything.
+fn restart_needed(state: &State) -> Option<String> {
+    let files = state.files.read().ok()?;
+    let mut changed = Vec::new();
+    if files
+        .config
+        .relay
+        .as_deref()
+        .is_some_and(|r| r != state.relay.to_string())
+    {
+        changed.push("relay");
+    }
+    if files.config.link != state.started_link {
+        changed.push("[link]");
+    }
+    (!changed.is_empty()).then(|| {
+        format!(
+            "{} changed in config.toml: takes effect when the daemon restarts",
+            changed.join(" and ")
+        )
+    })
 }
 
 async fn respond(stream: &mut UnixStream, response: &ControlResponse) -> std::io::Result<()> {
@@ -451,5 +483,6 @@ fn status(state: &State) -> Status {
         revocations,
         retired_keys: access.rotations.len(),
         config_error: state.reload_error.lock().ok().and_then(|r| r.clone()),
+        restart_needed: restart_needed(state),
     }
 }

@@ -65,6 +65,14 @@ pub enum DaemonError {
     /// Metrics are served on loopback only.
     #[error("metrics listen on loopback only (127.0.0.1:PORT or [::1]:PORT), not {0}")]
     MetricsNotLoopback(std::net::SocketAddr),
+    /// The metrics listener could not be bound.
+    #[error("metrics listener {addr}: {error}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        error: std::io::Error,
+    },
     /// The control socket could not be created.
     #[error("control socket {path}: {error}")]
     Socket {
@@ -131,6 +139,8 @@ pub(crate) struct State {
     pub(crate) stop: watch::Sender<bool>,
     /// Counters for the metrics listener (fed by the audit events).
     pub(crate) metrics: Arc<crate::metrics::NodeMetrics>,
+    /// The `[link]` settings the daemon started with (changes take effect at the next start).
+    pub(crate) started_link: crate::config_file::LinkTable,
     /// The local console's address while it runs (`http://127.0.0.1:PORT`, no token).
     pub(crate) console_url: watch::Sender<Option<String>>,
 }
@@ -250,6 +260,10 @@ impl State {
     }
 }
 
+/// A bound metrics listener, ready for [`Daemon::serve_metrics`].
+#[derive(Debug)]
+pub struct MetricsListener(tokio::net::TcpListener);
+
 /// Removes the control socket when dropped, unless disarmed (a start that failed).
 struct SocketGuard(Option<std::path::PathBuf>);
 
@@ -308,6 +322,7 @@ impl Daemon {
             .with_metrics(metrics.clone());
         audit.node(NodeEvent::Start, format!("relay {relay}"));
         let approval_timeout = files.config.approvals.timeout();
+        let started_link = files.config.link.clone();
         let mut node_config = NodeConfig::new(identity.clone(), relay.clone());
         node_config.limits = limits;
         let node = Node::start(node_config).await?;
@@ -340,6 +355,7 @@ impl Daemon {
             stop: watch::Sender::new(false),
             metrics,
             console_url: watch::Sender::new(None),
+            started_link,
         });
         state.rebuild_access();
         let span = tracing::info_span!("daemon", id = %state.node.node_id().fmt_short());
@@ -367,20 +383,21 @@ impl Daemon {
         self.state.reload()
     }
 
-    /// Serves Prometheus metrics on `addr` (loopback only) until shutdown; returns the
-    /// address bound.
-    pub async fn serve_metrics(
-        &mut self,
-        addr: std::net::SocketAddr,
-    ) -> Result<std::net::SocketAddr, DaemonError> {
-        let listener = scrape::bind(addr).await?;
-        let bound = listener.local_addr().map_err(|error| DaemonError::Socket {
-            path: format!("metrics listener {addr}"),
-            error,
-        })?;
+    /// Binds the metrics listener on `addr` (loopback only), before the daemon starts, so a
+    /// bad address or a port in use fails the start rather than a running daemon.
+    pub async fn bind_metrics(addr: std::net::SocketAddr) -> Result<MetricsListener, DaemonError> {
+        Ok(MetricsListener(scrape::bind(addr).await?))
+    }
+
+    /// Serves Prometheus metrics on `listener` until shutdown; returns its address.
+    pub fn serve_metrics(&mut self, listener: MetricsListener) -> std::net::SocketAddr {
+        let bound = listener
+            .0
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         self.tasks
-            .spawn(scrape::serve(self.state.clone(), listener).in_current_span());
-        Ok(bound)
+            .spawn(scrape::serve(self.state.clone(), listener.0).in_current_span());
+        bound
     }
 
     /// Resolves when someone asked this daemon to stop (`nullport down`).
@@ -400,14 +417,15 @@ impl Daemon {
         // Give the final checkpoint a moment to reach the relay.
         let mut idle = self.state.witness_idle.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(2), idle.wait_for(|i| *i)).await;
+        // The close frames just written reach the relay before the link closes; then the
+        // tasks stop (the control socket last, so `nullport down` returns once all is done).
+        self.state.node.close().await;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         if let Ok(mut jobs) = self.state.jobs.lock() {
             jobs.abort_all();
         }
         let _ = std::fs::remove_file(self.state.home.socket());
-        // The close frames just written reach the relay before the link closes.
-        self.state.node.close().await;
     }
 }
 

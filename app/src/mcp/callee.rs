@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use nullport_keyring::McpGrant;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
@@ -212,12 +212,9 @@ where
             };
             let stderr_task = child.stderr.take().map(|stderr| {
                 let service = session.service.clone();
-                OwnedTask::spawn(async move {
-                    let mut lines = BufReader::new(stderr).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        tracing::debug!(%service, "mcp server stderr: {line}");
-                    }
-                })
+                OwnedTask::spawn(
+                    async move { crate::services::io::log_stderr(stderr, &service).await },
+                )
             });
             // Server -> caller, filtered.
             let server_out = out.clone();

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use nullport_protocol::DenyReason;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 use super::io::Counted;
@@ -83,12 +83,7 @@ where
     // The child's stderr, logged for as long as this channel is served.
     let _stderr = child.stderr.take().map(|stderr| {
         let name = name.to_owned();
-        OwnedTask::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!(service = %name, "stderr: {line}");
-            }
-        })
+        OwnedTask::spawn(async move { crate::services::io::log_stderr(stderr, &name).await })
     });
     let (mut r, mut w) = tokio::io::split(channel);
     let to_child = async {

@@ -139,3 +139,69 @@ where
     };
     Ok((to_b, to_a.unwrap_or(0)))
 }
+
+/// Longest stderr line of a service process that is logged; the rest of a longer line is
+/// read and dropped (a process that writes without newlines cannot grow the daemon).
+pub const MAX_LOGGED_LINE: usize = 1024;
+
+/// Logs a service process's stderr, line by line at debug (it may carry what the process
+/// read from the channel), each line cut at [`MAX_LOGGED_LINE`] bytes, until it closes.
+pub async fn log_stderr(stderr: impl tokio::io::AsyncRead + Unpin, service: &str) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::with_capacity(MAX_LOGGED_LINE + 1);
+    loop {
+        line.clear();
+        let limit = (MAX_LOGGED_LINE + 1) as u64;
+        let read = (&mut reader).take(limit).read_until(b'\n', &mut line).await;
+        let n = match read {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let whole = line.ends_with(b"\n");
+        let mut dropped = 0usize;
+        if !whole && n > MAX_LOGGED_LINE {
+            // Skip to the end of this line, a bounded chunk at a time.
+            loop {
+                let buf = match reader.fill_buf().await {
+                    Ok([]) | Err(_) => break,
+                    Ok(buf) => buf,
+                };
+                match buf.iter().position(|&b| b == b'\n') {
+                    Some(at) => {
+                        dropped += at + 1;
+                        reader.consume(at + 1);
+                        break;
+                    }
+                    None => {
+                        let len = buf.len();
+                        dropped += len;
+                        reader.consume(len);
+                    }
+                }
+            }
+        }
+        let shown = String::from_utf8_lossy(&line[..line.len().min(MAX_LOGGED_LINE)]);
+        let shown = shown.trim_end_matches(['\n', '\r']);
+        if dropped > 0 || n > MAX_LOGGED_LINE {
+            tracing::debug!(%service, "stderr: {shown} ... ({} more bytes not logged)", dropped + n.saturating_sub(MAX_LOGGED_LINE));
+        } else {
+            tracing::debug!(%service, "stderr: {shown}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_line_without_end_is_read_in_bounded_pieces() {
+        // 50 MB with no newline, then a short line: read to the end without holding it all.
+        let mut input = vec![b'A'; 50 << 20];
+        input.extend_from_slice(b"\nshort\n");
+        let started = std::time::Instant::now();
+        log_stderr(&input[..], "x").await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    }
+}

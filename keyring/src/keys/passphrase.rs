@@ -56,6 +56,18 @@ pub enum PassphraseProblem {
     /// Reading from the terminal failed.
     #[error("reading the passphrase from the terminal failed: {0}")]
     Terminal(std::io::ErrorKind),
+    /// A systemd credential offered for a new key.
+    #[error(
+        "a new key's passphrase is not taken from a systemd credential ({}): give it with --passphrase-file FILE, or in a terminal",
+        .0.display()
+    )]
+    CredentialForNewKey(PathBuf),
+    /// The credential is not what systemd would have made.
+    #[error(
+        "{}: not used as a credential: it must belong to this user or root, be writable by no one else, and hold at most 4 KiB",
+        .0.display()
+    )]
+    UnsafeCredential(PathBuf),
     /// The two entries of a new passphrase differ.
     #[error("the two passphrase entries differ")]
     Mismatch,
@@ -96,12 +108,7 @@ impl PassphraseSource {
                 // (its owner and mode are systemd's to choose); any other file must be ours
                 // and unreadable by others.
                 let bytes = Zeroizing::new(match self {
-                    PassphraseSource::Credential(_) => {
-                        std::fs::read(path).map_err(|error| Error::Io {
-                            path: path.clone(),
-                            error,
-                        })?
-                    }
+                    PassphraseSource::Credential(_) => read_credential(path)?,
                     _ => crate::fs::read_private(path)?,
                 });
                 let text = std::str::from_utf8(&bytes).map_err(|_| Error::Corrupt {
@@ -142,6 +149,13 @@ impl PassphraseSource {
         what: &str,
         prompt: impl Fn(&str) -> std::io::Result<String>,
     ) -> Result<Zeroizing<String>, Error> {
+        if let PassphraseSource::Credential(path) = self {
+            // A credential is for starting a service with a key that exists, not for
+            // choosing a new key's passphrase.
+            return Err(Error::PassphraseUnavailable(
+                PassphraseProblem::CredentialForNewKey(path.clone()),
+            ));
+        }
         let pass = self.read(what, &prompt)?;
         if let PassphraseSource::Prompt { .. } = self {
             let again = prompt("again: ")
@@ -156,14 +170,44 @@ impl PassphraseSource {
     }
 }
 
-/// Checks a new passphrase: at least [`MIN_PASSPHRASE_CHARS`] characters.
+/// Checks a new passphrase: at least [`MIN_PASSPHRASE_CHARS`] characters that are not
+/// whitespace.
 pub fn check_new(pass: &str) -> Result<(), Error> {
-    if pass.chars().count() < MIN_PASSPHRASE_CHARS {
+    if pass.chars().filter(|c| !c.is_whitespace()).count() < MIN_PASSPHRASE_CHARS {
         return Err(Error::PassphraseTooShort {
             min: MIN_PASSPHRASE_CHARS,
         });
     }
     Ok(())
+}
+
+/// Reads a systemd credential: a regular file (not a link), owned by this user or root,
+/// writable by no one else, at most 4 KiB.
+fn read_credential(path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let unsafe_credential =
+        || Error::PassphraseUnavailable(PassphraseProblem::UnsafeCredential(path.to_owned()));
+    let io = |error| Error::Io {
+        path: path.to_owned(),
+        error,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    let owner_ok = meta.uid() == crate::fs::euid() || meta.uid() == 0;
+    if !meta.is_file() || !owner_ok || meta.mode() & 0o022 != 0 || meta.len() > 4096 {
+        return Err(unsafe_credential());
+    }
+    let mut bytes = Vec::new();
+    file.take(4097).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() > 4096 {
+        return Err(unsafe_credential());
+    }
+    Ok(bytes)
 }
 
 /// Why there is nobody to ask, if there is not.
@@ -232,5 +276,61 @@ mod tests {
         assert!(check_new("12345678").is_ok());
         // Characters, not bytes.
         assert!(check_new("ééééééé").is_err());
+    }
+
+    #[test]
+    fn credentials_must_look_like_systemd_made_them_and_never_make_a_new_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, "credential-pass\n").unwrap();
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let source = PassphraseSource::Credential(good.clone());
+        assert_eq!(
+            source
+                .read("key", |_| panic!("no prompt"))
+                .unwrap()
+                .as_str(),
+            "credential-pass"
+        );
+        // Not for a new key.
+        assert!(matches!(
+            source.read_new("key", |_| panic!("no prompt")),
+            Err(Error::PassphraseUnavailable(
+                PassphraseProblem::CredentialForNewKey(_)
+            ))
+        ));
+        // Writable by others, a symlink, or too big: refused.
+        let loose = dir.path().join("loose");
+        std::fs::write(&loose, "x\n").unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; 5000]).unwrap();
+        for path in [loose, big] {
+            assert!(
+                matches!(
+                    PassphraseSource::Credential(path.clone()).read("key", |_| panic!()),
+                    Err(Error::PassphraseUnavailable(
+                        PassphraseProblem::UnsafeCredential(_)
+                    ))
+                ),
+                "{}",
+                path.display()
+            );
+        }
+        assert!(
+            PassphraseSource::Credential(link)
+                .read("key", |_| panic!())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn whitespace_does_not_count_toward_the_minimum() {
+        assert!(check_new("        ").is_err());
+        assert!(check_new("a b c d e f g").is_err());
+        assert!(check_new("abcd efgh").is_ok());
     }
 }

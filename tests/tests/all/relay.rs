@@ -555,7 +555,7 @@ async fn metrics_are_served_over_http_without_payload() {
     ch.read_to_end(&mut got).await.unwrap();
     let mut stream = tokio::net::TcpStream::connect(bound).await.unwrap();
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let mut response = String::new();
