@@ -50,6 +50,12 @@ pub enum ControlRequest {
     },
     /// Stream approval events (one JSON line each) until the client goes away.
     WatchApprovals,
+    /// Start the local console (if it is not running) and issue a one-time login URL.
+    Console {
+        /// The loopback port (none: any free port; ignored if the console runs).
+        #[serde(default)]
+        port: Option<u16>,
+    },
     /// How the pipe `id` (from a `pipe` answer) ended: answered once it has ended (`note`:
     /// the reason, if it did not end cleanly).
     PipeEnded {
@@ -85,6 +91,9 @@ pub struct ControlResponse {
     /// Waiting approvals, for `approvals` (and the one answered, for `answer`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approvals: Option<Vec<crate::mcp::approvals::PendingApproval>>,
+    /// The console's one-time login URL, for `console`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<String>,
     /// Standing approval grants, for `approvals` (and the one revoked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grants: Option<Vec<crate::mcp::approvals::Grant>>,
@@ -108,6 +117,7 @@ impl ControlResponse {
             status: None,
             approvals: None,
             grants: None,
+            console: None,
             witness: None,
             note: None,
             pipe: None,
@@ -122,6 +132,7 @@ impl ControlResponse {
             status: None,
             approvals: None,
             grants: None,
+            console: None,
             witness: None,
             note: None,
             pipe: None,

@@ -195,6 +195,14 @@ enum Command {
     /// One-command demo: a relay and two nodes on loopback in a temporary directory, a real
     /// local service exposed on one and called from the other, step by step.
     Quickstart,
+    /// Open the local web console (status, approvals, audit trail, policy): the daemon
+    /// serves it on 127.0.0.1 only, and this prints a login address that works once (run it
+    /// again for another).
+    Console {
+        /// The loopback port (default: any free port; ignored if the console already runs).
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Print the version, and the relay-link protocol version this node speaks.
     Version {
         /// Machine-readable output.
@@ -316,6 +324,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reload => node::reload_now(&home).await,
         Command::Down => node::down(&home).await,
         Command::Quickstart => crate::quickstart::run().await,
+        Command::Console { port } => {
+            let (response, _) = control(&home, &ControlRequest::Console { port }).await?;
+            match response.console {
+                Some(url) if response.ok => {
+                    println!("{url}");
+                    eprintln!(
+                        "open it in a browser on this machine; it logs in once (run `nullport console` again for a new one)"
+                    );
+                    Ok(())
+                }
+                _ => bail!("{}", response.error.unwrap_or_default()),
+            }
+        }
         Command::Version { json } => meta::version(json),
         Command::Completions { shell } => meta::completions(shell),
         Command::Man { dir } => meta::man(&dir),

@@ -67,6 +67,8 @@ struct Inner {
     count: watch::Sender<usize>,
     /// Bytes in and out of the channels that have ended.
     ended_bytes: [AtomicU64; 2],
+    /// When each peer last had a channel with this node (opened or ended).
+    seen: Mutex<HashMap<NodeId, std::time::SystemTime>>,
 }
 
 impl Default for Inner {
@@ -76,6 +78,7 @@ impl Default for Inner {
             next: AtomicU64::new(1),
             count: watch::Sender::new(0),
             ended_bytes: Default::default(),
+            seen: Mutex::default(),
         }
     }
 }
@@ -106,9 +109,13 @@ impl Drop for Registered {
         {
             total.fetch_add(now.load(Ordering::Relaxed), Ordering::Relaxed);
         }
-        if let Ok(mut open) = self.inner.open.lock() {
-            open.remove(&self.id);
+        if let Ok(mut open) = self.inner.open.lock()
+            && let Some(ended) = open.remove(&self.id)
+        {
             self.inner.count.send_replace(open.len());
+            if let Ok(mut seen) = self.inner.seen.lock() {
+                seen.insert(ended.peer, std::time::SystemTime::now());
+            }
         }
     }
 }
@@ -117,6 +124,9 @@ impl Table {
     fn insert(&self, channel: OpenChannel) -> Registered {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let (counters, abort) = (channel.counters.clone(), channel.abort.clone());
+        if let Ok(mut seen) = self.inner.seen.lock() {
+            seen.insert(channel.peer, std::time::SystemTime::now());
+        }
         if let Ok(mut open) = self.inner.open.lock() {
             open.insert(id, channel);
             self.inner.count.send_replace(open.len());
@@ -223,6 +233,32 @@ impl Table {
                 c.abort.close();
             }
         }
+    }
+
+    /// Ends one channel cleanly (a close frame), by its id; its peer and service.
+    pub(crate) fn close_one(&self, id: u64) -> Option<(NodeId, String)> {
+        let open = self.inner.open.lock().ok()?;
+        let c = open.get(&id)?;
+        c.abort.close();
+        Some((c.peer, c.service.clone()))
+    }
+
+    /// When each peer last had a channel with this node.
+    pub(crate) fn last_seen(&self) -> HashMap<NodeId, std::time::SystemTime> {
+        self.inner
+            .seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Runs `f` over the open channels with their ids (for the console).
+    pub(crate) fn with_each_id<T>(&self, mut f: impl FnMut(u64, &OpenChannel) -> T) -> Vec<T> {
+        self.inner
+            .open
+            .lock()
+            .map(|open| open.iter().map(|(id, c)| f(*id, c)).collect())
+            .unwrap_or_default()
     }
 
     /// Runs `f` over the open channels (for `status`).

@@ -148,6 +148,16 @@ async fn handle(state: &Arc<State>, request: ControlRequest) -> ControlResponse 
             response.grants = Some(state.approvals.grants());
             response
         }
+        ControlRequest::Console { port } => {
+            match crate::daemon::console::open(state, port.unwrap_or(0)).await {
+                Ok(url) => {
+                    let mut r = ControlResponse::ok();
+                    r.console = Some(url);
+                    r
+                }
+                Err(e) => ControlResponse::error(e),
+            }
+        }
         ControlRequest::RevokeGrant { id } => {
             match state
                 .approvals

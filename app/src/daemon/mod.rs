@@ -6,6 +6,7 @@
 //! (the metrics listener).
 
 mod channels;
+mod console;
 mod control;
 mod incoming;
 mod lists;
@@ -65,6 +66,14 @@ pub enum DaemonError {
     /// Metrics are served on loopback only.
     #[error("metrics listen on loopback only (127.0.0.1:PORT or [::1]:PORT), not {0}")]
     MetricsNotLoopback(std::net::SocketAddr),
+    /// The console's listener could not be bound.
+    #[error("console on {addr}: {error}")]
+    Console {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        error: std::io::Error,
+    },
     /// The metrics listener could not be bound.
     #[error("metrics listener {addr}: {error}")]
     Metrics {
@@ -143,6 +152,8 @@ pub(crate) struct State {
     pub(crate) started_link: crate::config_file::LinkTable,
     /// The local console's address while it runs (`http://127.0.0.1:PORT`, no token).
     pub(crate) console_url: watch::Sender<Option<String>>,
+    /// The local console, once started.
+    pub(crate) console: Mutex<Option<console::Running>>,
 }
 
 /// The last [`PipeEndings::KEPT`] pipe endings.
@@ -355,6 +366,7 @@ impl Daemon {
             stop: watch::Sender::new(false),
             metrics,
             console_url: watch::Sender::new(None),
+            console: Mutex::new(None),
             started_link,
         });
         state.rebuild_access();
