@@ -162,6 +162,9 @@ impl Table {
         blob: &[u8],
         now: u64,
     ) -> Result<(Grant, Registered), Refusal> {
+        if let Ok(mut seen) = self.inner.seen.lock() {
+            seen.insert(peer, std::time::SystemTime::now());
+        }
         let Ok(mut open) = self.inner.open.lock() else {
             return Err(Refusal::NodeFull { open: 0 });
         };

@@ -96,6 +96,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/login", get(login))
         .route("/static/app.js", get(script))
         .route("/static/style.css", get(style))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .fallback(|| async { (StatusCode::NOT_FOUND, Html(pages::refused("No such page."))) })
         .layer(middleware::from_fn_with_state(ctx.clone(), gate))
         .with_state(ctx)
@@ -112,7 +113,7 @@ async fn gate(Axum(ctx): Axum<Ctx>, request: Request, next: Next) -> Response {
             StatusCode::MISDIRECTED_REQUEST,
             "This console answers only to its own address (127.0.0.1).",
         ))
-    } else if path == "/login" || path.starts_with("/static/") {
+    } else if path == "/login" || path == "/favicon.ico" || path.starts_with("/static/") {
         None
     } else if !ctx.auth.has_session(headers) {
         Some((

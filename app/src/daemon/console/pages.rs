@@ -10,6 +10,19 @@ use crate::mcp::approvals::render::html_escape as esc;
 
 /// The page around `body`: navigation, the stylesheet, the live-update script.
 pub(crate) fn layout(title: &str, active: &str, node: &str, body: &str) -> String {
+    layout_versioned(title, active, node, body, "")
+}
+
+/// As [`layout`], with the page's version: what its structure shows (the calls waiting, the
+/// channels open). The live-update script replaces the page only when that changes, and
+/// otherwise only refreshes the `data-live` values, so nothing moves under a person's cursor.
+pub(crate) fn layout_versioned(
+    title: &str,
+    active: &str,
+    node: &str,
+    body: &str,
+    version: &str,
+) -> String {
     let mut nav = String::new();
     for (href, name) in [
         ("/", "Status"),
@@ -31,9 +44,10 @@ pub(crate) fn layout(title: &str, active: &str, node: &str, body: &str) -> Strin
          <link rel=\"stylesheet\" href=\"/static/style.css\">\
          <script src=\"/static/app.js\" defer></script></head>\
          <body><header><strong>nullport</strong> <code>{node}</code><nav>{nav}</nav></header>\
-         <main id=\"main\">{body}</main></body></html>",
+         <main id=\"main\" data-version=\"{version}\">{body}</main></body></html>",
         title = esc(title),
         node = esc(node),
+        version = esc(version),
     )
 }
 
@@ -54,7 +68,7 @@ pub(crate) fn status(state: &State) -> String {
         body,
         "<h1>Status</h1><table class=\"kv\"><tr><th>node</th><td><code>{}</code></td></tr>\
          <tr><th>relay</th><td><code>{}</code></td></tr>\
-         <tr><th>link</th><td id=\"link\">{}</td></tr></table>",
+         <tr><th>link</th><td id=\"link\" data-live>{}</td></tr></table>",
         esc(&state.node.node_id().to_string()),
         esc(&state.relay.to_string()),
         esc(&state.node.state().to_string()),
@@ -75,6 +89,9 @@ pub(crate) fn status(state: &State) -> String {
         );
     }
     body.push_str("</table><h2>Channels</h2>");
+    let mut ids: Vec<u64> = state.channels.with_each_id(|id, _| id);
+    ids.sort_unstable();
+    let version = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     let mut rows = state.channels.with_each_id(|id, c| {
         let peer = access
             .trust
@@ -85,7 +102,7 @@ pub(crate) fn status(state: &State) -> String {
             c.opened,
             format!(
                 "<tr class=\"channel\" data-peer=\"{peer}\" data-service=\"{service}\"><td>{dir}</td><td>{peer}</td><td>{service}</td>\
-                 <td>{inb} B</td><td>{out} B</td><td>{age} s</td><td><form method=\"post\" action=\"/channels/{id}/close\">\
+                 <td id=\"in-{id}\" data-live>{inb} B</td><td id=\"out-{id}\" data-live>{out} B</td><td id=\"age-{id}\" data-live>{age} s</td><td><form method=\"post\" action=\"/channels/{id}/close\">\
                  <button class=\"close\">Close</button></form></td></tr>",
                 dir = c.direction.as_str(),
                 peer = esc(&peer),
@@ -106,7 +123,13 @@ pub(crate) fn status(state: &State) -> String {
         }
         body.push_str("</table>");
     }
-    layout("Status", "Status", &state.node.node_id().to_string(), &body)
+    layout_versioned(
+        "Status",
+        "Status",
+        &state.node.node_id().to_string(),
+        &body,
+        &version,
+    )
 }
 
 /// Calls waiting (arguments shown), with approve and deny; the standing grants.
@@ -116,6 +139,13 @@ pub(crate) fn approvals(state: &State) -> String {
         state.approvals.timeout().as_secs()
     );
     let pending = state.approvals.list();
+    let grants = state.approvals.grants();
+    let version = pending
+        .iter()
+        .map(|a| a.id.as_str())
+        .chain(grants.iter().map(|g| g.id.as_str()))
+        .collect::<Vec<_>>()
+        .join(",");
     if pending.is_empty() {
         body.push_str("<p class=\"none\" id=\"no-pending\">No tool call is waiting.</p>");
     }
@@ -127,7 +157,7 @@ pub(crate) fn approvals(state: &State) -> String {
         let _ = write!(
             body,
             "<section class=\"pending\" id=\"approval-{id}\" data-id=\"{id}\"><h2>{service}/{tool}</h2>\
-             <p>from {who}; waiting {waited} s, denied in <span class=\"expires\">{left}</span> s unless answered</p>\
+             <p>from {who}; waiting <span id=\"waited-{id}\" data-live>{waited}</span> s, denied in <span id=\"left-{id}\" class=\"expires\" data-live>{left}</span> s unless answered</p>\
              <pre class=\"args\">{args}</pre><p class=\"digest\">arguments sha256 <code>{digest}</code></p>\
              <form method=\"post\" action=\"/approvals/{id}\">\
              <label>Reason <input name=\"reason\" maxlength=\"200\"></label>\
@@ -149,7 +179,6 @@ pub(crate) fn approvals(state: &State) -> String {
         );
     }
     body.push_str("<h2>Standing grants</h2>");
-    let grants = state.approvals.grants();
     if grants.is_empty() {
         body.push_str("<p class=\"none\">None.</p>");
     } else {
@@ -169,11 +198,12 @@ pub(crate) fn approvals(state: &State) -> String {
         }
         body.push_str("</table>");
     }
-    layout(
+    layout_versioned(
         "Approvals",
         "Approvals",
         &state.node.node_id().to_string(),
         &body,
+        &version,
     )
 }
 
