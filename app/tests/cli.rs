@@ -650,6 +650,29 @@ async fn mcp_approval_approve_deny_and_timeout() {
     net.up(&tool).await;
     net.up(&agent).await;
 
+    // Someone watching: every call that waits and how it was decided, as JSON lines.
+    let mut watcher = tokio::process::Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&tool)
+        .args(["approvals", "--watch", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let watched = watcher.stdout.take().unwrap();
+    let watched = tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(watched).lines();
+        let mut seen = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line);
+            if seen.len() == 6 {
+                break;
+            }
+        }
+        seen
+    });
     for (answer, file) in [
         (Some("approve"), "approved.txt"),
         (Some("deny"), "denied.txt"),
@@ -712,6 +735,33 @@ async fn mcp_approval_approve_deny_and_timeout() {
             }
         }
     }
+    let watched = tokio::time::timeout(Duration::from_secs(10), watched)
+        .await
+        .unwrap()
+        .unwrap();
+    let kinds: Vec<String> = watched
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!(
+                "{} {}",
+                v["event"].as_str().unwrap_or_default(),
+                v["resolution"]["outcome"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "pending ",
+            "decided approved",
+            "pending ",
+            "decided denied",
+            "pending ",
+            "decided timed out"
+        ]
+    );
+    drop(watcher);
     // The webhook heard of each call twice (waiting, decided), with no arguments in it.
     let heard = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
