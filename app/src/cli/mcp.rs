@@ -176,6 +176,21 @@ async fn answer(
     Ok(())
 }
 
+/// `text` safe to print on a terminal: control characters (escape sequences among them)
+/// and bidirectional overrides shown as `\u{..}` instead of acting.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
+            if c.is_control() || bidi {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn print_pending(a: &nullport::mcp::approvals::PendingApproval) {
     let who = match &a.caller_alias {
         Some(alias) => format!("{alias} ({})", a.caller),
@@ -183,11 +198,15 @@ fn print_pending(a: &nullport::mcp::approvals::PendingApproval) {
     };
     println!(
         "{}  {}/{}  from {who}  waiting {} s, denied in {} s unless answered",
-        a.id, a.service, a.tool, a.waiting_secs, a.expires_in_secs
+        printable(&a.id),
+        printable(&a.service),
+        printable(&a.tool),
+        a.waiting_secs,
+        a.expires_in_secs
     );
     println!("  arguments (sha256 {}):", a.args_digest);
     for line in a.args.lines() {
-        println!("    {line}");
+        println!("    {}", printable(line));
     }
     println!("  nullport approve {0}  |  nullport deny {0}", a.id);
 }

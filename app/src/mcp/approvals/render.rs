@@ -94,14 +94,31 @@ fn scalar(v: &Value) -> String {
 fn quoted(s: &str) -> String {
     let chars = s.chars().count();
     if chars <= MAX_STRING {
-        return Value::String(s.to_owned()).to_string();
+        return visible(&Value::String(s.to_owned()).to_string());
     }
     let head: String = s.chars().take(MAX_STRING).collect();
     format!(
         "{}... ({} more characters)",
-        Value::String(head),
+        visible(&Value::String(head).to_string()),
         chars - MAX_STRING
     )
+}
+
+/// Characters that change how the text around them is shown without being seen themselves
+/// (bidirectional overrides and isolates, zero-width characters, the byte-order mark):
+/// written as `\u` escapes, so `/srv/docs/\u202etxt.exe` cannot pose as another path.
+fn visible(json: &str) -> String {
+    json.chars()
+        .map(|c| match c {
+            '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}' => {
+                format!("\\u{:04x}", c as u32)
+            }
+            other => other.to_string(),
+        })
+        .collect()
 }
 
 /// Text safe to put in HTML element content or a quoted attribute.
@@ -147,6 +164,14 @@ mod tests {
             "{html}"
         );
         assert_eq!(html_escape("\"'&"), "&quot;&#39;&amp;");
+    }
+
+    #[test]
+    fn invisible_and_reordering_characters_are_shown_as_escapes() {
+        let text = render_args(&json!({"path": "/srv/docs/\u{202e}txt.exe", "\u{200b}key": 1}));
+        assert!(text.contains("/srv/docs/\\u202etxt.exe"), "{text}");
+        assert!(text.contains("\"\\u200bkey\""), "{text}");
+        assert!(!text.contains('\u{202e}') && !text.contains('\u{200b}'));
     }
 
     #[test]
