@@ -137,6 +137,24 @@ async fn an_encrypted_key_never_blocks_a_background_start() {
         .unwrap();
     status_until(&home, |s| s.contains("link     online")).await;
     daemon.start_kill().unwrap();
+    let _ = daemon.wait().await;
+    // The passphrase in the environment (the documented unattended way) opens the key, and
+    // is gone from the daemon's environment once read.
+    let mut daemon = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&home)
+        .args(["up", "--relay", &net.relay_address()])
+        .env("NULLPORT_PASSPHRASE", "correct horse battery staple")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    status_until(&home, |s| s.contains("link     online")).await;
+    let environ = std::fs::read(format!("/proc/{}/environ", daemon.id().unwrap())).unwrap();
+    assert!(!String::from_utf8_lossy(&environ).contains("correct horse"));
+    daemon.start_kill().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -249,6 +249,19 @@ async fn exec_children_get_a_clean_environment_that_names_the_caller() {
     )
     .await;
     net.up(&agent).await;
+    // The daemon itself no longer holds the passphrase in its environment (it read it and
+    // started again without it, under the same PID).
+    let pid = net.daemons[0].id().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.contains("NULLPORT_PASSPHRASE") && !environ.contains("correct horse"),
+        "the daemon's environment still holds the passphrase"
+    );
+    assert!(
+        environ.contains("AWS_SECRET_ACCESS_KEY"),
+        "the rest of the environment stays"
+    );
     let env = pipe_output(&agent, "tool/env").await;
     for secret in [
         "correct horse",

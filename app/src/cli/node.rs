@@ -213,6 +213,11 @@ pub(crate) async fn up(home: &Home, args: UpArgs) -> anyhow::Result<()> {
         }
     };
     let relay: RelayAddr = relay_text.parse()?;
+    // A passphrase in the environment would stay readable in /proc/PID/environ for the
+    // daemon's lifetime: hand it over through a pipe and start again without it.
+    if args.passphrase_file.is_none() && std::env::var_os("NULLPORT_PASSPHRASE").is_some() {
+        return Err(reexec_without_passphrase_in_env());
+    }
     // Everything that can fail is checked before the daemon starts.
     let metrics = match args.metrics {
         Some(addr) => Some(Daemon::bind_metrics(addr).await?),
@@ -318,4 +323,39 @@ pub(crate) async fn down(home: &Home) -> anyhow::Result<()> {
     }
     println!("stopped the nullport daemon for {}", home.dir().display());
     Ok(())
+}
+
+/// Runs this same `up` again (same PID, same arguments) with `NULLPORT_PASSPHRASE` removed
+/// from the environment and the passphrase readable once from a pipe instead
+/// (`--passphrase-file /proc/self/fd/N`: a pipe is private to this user). Returns only if
+/// that fails.
+fn reexec_without_passphrase_in_env() -> anyhow::Error {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let attempt = || -> anyhow::Result<std::convert::Infallible> {
+        let pass = std::env::var("NULLPORT_PASSPHRASE")
+            .map_err(|_| anyhow!("$NULLPORT_PASSPHRASE is not valid UTF-8"))?;
+        let (reader, mut writer) = std::io::pipe()?;
+        writer.write_all(pass.as_bytes())?;
+        writer.write_all(b"\n")?;
+        drop(writer);
+        // The read end survives exec; everything else stays close-on-exec.
+        rustix::io::fcntl_setfd(&reader, rustix::io::FdFlags::empty())?;
+        let exe = std::env::current_exe()?;
+        let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        args.push("--passphrase-file".into());
+        args.push(format!("/proc/self/fd/{}", reader.as_raw_fd()).into());
+        let error = std::process::Command::new(exe)
+            .args(args)
+            .env_remove("NULLPORT_PASSPHRASE")
+            .exec();
+        Err(anyhow!(
+            "cannot restart without the passphrase in the environment: {error}"
+        ))
+    };
+    match attempt() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
 }
