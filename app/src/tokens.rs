@@ -116,6 +116,16 @@ pub fn grant(
             },
             calls_per_minute: b.and_then(|r| r.calls_per_minute),
             max_concurrent: b.and_then(|r| r.max_concurrent),
+            // The issuer's own argument rules, and the token's on top (all apply).
+            args: {
+                let mut args = b.map(|r| r.args.clone()).unwrap_or_default();
+                for rule in &s.args {
+                    if !args.contains(rule) {
+                        args.push(rule.clone());
+                    }
+                }
+                args
+            },
         },
         approve: policy.mcp_approve(service),
     }

@@ -1494,3 +1494,85 @@ async fn webhook_receiver() -> (
     });
     (url, got)
 }
+
+/// Argument rules at the tool host, with the official filesystem server serving a wider
+/// directory than the caller may read: only paths under docs/ get through, however spelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_argument_rules_keep_paths_inside_whatever_the_spelling() {
+    let Some(peers) = mcp_peers("mcp_argument_rules_keep_paths_inside_whatever_the_spelling")
+    else {
+        return;
+    };
+    let (net, tool, agent) = pair().await;
+    let root = net.dir.path().join("served");
+    let docs = root.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::create_dir_all(root.join("secret")).unwrap();
+    std::fs::write(docs.join("a.txt"), "public text").unwrap();
+    std::fs::write(root.join("secret/s.txt"), "SECRET").unwrap();
+    std::os::unix::fs::symlink(root.join("secret"), docs.join("out")).unwrap();
+    let server = peers.join("server-filesystem/dist/index.js");
+    ok(
+        &tool,
+        &[
+            "expose",
+            "mcp",
+            "files",
+            "--",
+            "node",
+            &server.display().to_string(),
+            &root.display().to_string(),
+        ],
+    )
+    .await;
+    let rule = format!("read_text_file:/path={}/**", docs.display());
+    ok(
+        &tool,
+        &[
+            "mcp",
+            "allow",
+            "agent",
+            "files",
+            "--tools",
+            "read_text_file",
+            "--arg",
+            &rule,
+        ],
+    )
+    .await;
+    let show = ok(&tool, &["mcp", "show"]).await;
+    assert!(show.contains(&rule), "{show}");
+    let read =
+        |path: String| serde_json::json!({ "tool": "read_text_file", "args": { "path": path } });
+    let d = docs.display().to_string();
+    let attempts = [
+        format!("{d}/a.txt"),                         // allowed
+        "a.txt".to_owned(),                           // relative: from the rule's directory
+        format!("{d}/../secret/s.txt"),               // .. out
+        "../secret/s.txt".to_owned(),                 // relative .. out
+        format!("{}/secret/s.txt", root.display()),   // absolute, outside the rule
+        format!("{d}/out/s.txt"),                     // a symlink pointing out
+        format!("{d}/%2e%2e/secret/s.txt"),           // percent-encoded
+        format!("{d}\u{2215}..\u{2215}secret/s.txt"), // a look-alike of '/'
+        "/etc/hostname".to_owned(),
+    ];
+    let report = sdk_client(
+        &agent,
+        "tool/files",
+        serde_json::Value::Array(attempts.iter().cloned().map(read).collect()),
+    )
+    .await;
+    let calls = report["calls"].as_array().unwrap();
+    assert_eq!(calls[0]["ok"], true, "{report}");
+    assert_eq!(calls[0]["text"], "public text");
+    for (i, call) in calls.iter().enumerate().skip(1) {
+        assert_eq!(call["ok"], false, "{:?} got through: {call}", attempts[i]);
+        let message = call["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("argument /path refused by rule read_text_file:/path="),
+            "{:?}: {message}",
+            attempts[i]
+        );
+        assert!(!call.to_string().contains("SECRET"));
+    }
+}

@@ -16,7 +16,7 @@ pub mod keys;
 pub mod statements;
 pub mod trust;
 
-pub use authz::{pattern, policy, token, ttl, uri};
+pub use authz::{args, pattern, policy, token, ttl, uri};
 pub use error::{Error, FormatError, KdfProblem};
 pub use keys::{fs, key_file, passphrase};
 pub use statements::{invite, revocation, rotation};

@@ -174,11 +174,21 @@ pub fn token(data: &[u8]) {
 /// names an allowed tool.
 pub fn mcp_firewall(data: &[u8]) {
     let tools = vec!["read_*".to_owned(), "list_directory".to_owned()];
+    let args: Vec<nullport_keyring::args::ArgRule> = [
+        "read_*:/path=/srv/docs/**",
+        "read_*:/paths/*=/srv/docs/**",
+        "read_*:/head 0..100",
+        "list_directory:/depth absent",
+    ]
+    .iter()
+    .filter_map(|r| nullport_keyring::args::ArgRule::parse(r).ok())
+    .collect();
     let mut firewall = Firewall::new(McpGrant {
         rule: "fuzz".into(),
         rules: McpRules {
             tools: tools.clone(),
             resources: vec!["file:///srv/".into()],
+            args: args.clone(),
             ..McpRules::default()
         },
         approve: vec!["read_secret".into()],
@@ -201,6 +211,12 @@ pub fn mcp_firewall(data: &[u8]) {
                     tools.iter().any(|t| glob_match(t, name)),
                     "forwarded a forbidden tool {name}"
                 );
+                // Every argument rule that applies holds for what was forwarded.
+                let arguments = value["params"].get("arguments").cloned().unwrap_or_default();
+                let resolve = nullport::mcp::firewall::resolve_on_this_host;
+                if let Err(e) = nullport_keyring::args::check(&args, name, &arguments, &resolve) {
+                    panic!("forwarded a call its argument rules refuse: {e}");
+                }
             }
         }
     }

@@ -37,6 +37,12 @@ pub(crate) enum McpCommand {
         /// Tool calls in flight at once.
         #[arg(long)]
         max_concurrent: Option<u32>,
+        /// A rule on a tool's arguments (repeatable): TOOL:/POINTER=GLOB (a path, e.g.
+        /// 'read_text_file:/path=/srv/docs/**'), TOOL:/POINTER in A,B, TOOL:/POINTER ~ REGEX,
+        /// TOOL:/POINTER MIN..MAX, TOOL:/POINTER <= LEN, TOOL:/POINTER absent. `*` in a
+        /// pointer stands for every array element ('edit_file:/edits/*/path=...').
+        #[arg(long = "arg", value_name = "RULE")]
+        args: Vec<String>,
     },
     /// Take a caller's MCP rules on a service away (its open sessions end at once).
     Deny {
@@ -345,8 +351,13 @@ pub(crate) async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
             methods,
             calls_per_minute,
             max_concurrent,
+            args,
         } => {
             TrustStore::load(&home.trust())?.resolve(&peer)?;
+            let args = args
+                .iter()
+                .map(|a| nullport_keyring::args::ArgRule::parse(a))
+                .collect::<Result<Vec<_>, _>>()?;
             let mut policy = Policy::load(&home.policy())?;
             let rules = nullport_keyring::McpRules {
                 tools,
@@ -355,6 +366,7 @@ pub(crate) async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
                 methods,
                 calls_per_minute,
                 max_concurrent,
+                args,
             };
             warn_unlisted_tools(home, &service, &rules.tools).await;
             policy.set_mcp_rules(&peer, &service, rules.clone());
@@ -401,6 +413,7 @@ pub(crate) async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
                                 "prompts": r.prompts, "methods": r.methods,
                                 "calls_per_minute": r.calls_per_minute,
                                 "max_concurrent": r.max_concurrent,
+                                "args": r.args.iter().map(|a| a.describe()).collect::<Vec<_>>(),
                             })).collect::<Vec<_>>(),
                         })
                     })
@@ -440,6 +453,9 @@ pub(crate) async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
                     }
                     if let Some(n) = r.max_concurrent {
                         println!("    concurrent {n}");
+                    }
+                    for rule in &r.args {
+                        println!("    argument   {}", rule.describe());
                     }
                 }
             }

@@ -41,6 +41,10 @@ pub(crate) struct ScopeArgs {
     /// Extra JSON-RPC methods, comma separated.
     #[arg(long, value_delimiter = ',')]
     methods: Option<Vec<String>>,
+    /// A rule on a tool's arguments (repeatable; as for `mcp allow --arg`); a delegation
+    /// keeps its parent's rules and may add more.
+    #[arg(long = "arg", value_name = "RULE")]
+    args: Vec<String>,
     /// The callee it is for (alias or NodeId); omitted: any (or the parent's).
     #[arg(long)]
     audience: Option<String>,
@@ -155,13 +159,18 @@ pub(crate) async fn revoke(
     Ok(())
 }
 
-pub(crate) fn scope_of(args: &ScopeArgs) -> nullport_keyring::token::Scope {
-    nullport_keyring::token::Scope {
+pub(crate) fn scope_of(args: &ScopeArgs) -> anyhow::Result<nullport_keyring::token::Scope> {
+    Ok(nullport_keyring::token::Scope {
         tools: args.tools.clone(),
         resources: args.resources.clone(),
         prompts: args.prompts.clone(),
         methods: args.methods.clone(),
-    }
+        args: args
+            .args
+            .iter()
+            .map(|a| nullport_keyring::args::ArgRule::parse(a))
+            .collect::<Result<Vec<_>, _>>()?,
+    })
 }
 
 /// The `--audience` of a token command, resolved through the trust store.
@@ -195,7 +204,7 @@ pub(crate) async fn token(home: &Home, cmd: TokenCommand) -> anyhow::Result<()> 
                 holder,
                 audience,
                 &service,
-                scope_of(&scope),
+                scope_of(&scope)?,
                 now,
                 now + parse_ttl(&scope.ttl)?,
             )?;
@@ -215,7 +224,7 @@ pub(crate) async fn token(home: &Home, cmd: TokenCommand) -> anyhow::Result<()> 
                 &identity,
                 holder,
                 audience,
-                scope_of(&scope),
+                scope_of(&scope)?,
                 now,
                 now + parse_ttl(&scope.ttl)?,
             )?;

@@ -106,6 +106,32 @@ fn id_key(id: &Value) -> Option<String> {
 pub use nullport_keyring::pattern::glob_match;
 use nullport_keyring::pattern::{PatternKind, any_matches};
 
+/// A normalised absolute path as this host would open it: the longest part that exists with
+/// its symlinks resolved, the rest as written (it does not exist yet: nothing to resolve).
+pub fn resolve_on_this_host(path: &str) -> String {
+    let mut existing = std::path::PathBuf::from(path);
+    let mut rest: Vec<std::ffi::OsString> = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&existing) {
+            let mut full = real;
+            for part in rest.iter().rev() {
+                full.push(part);
+            }
+            return full.to_string_lossy().into_owned();
+        }
+        match (
+            existing.file_name().map(|n| n.to_owned()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return path.to_owned(),
+        }
+    }
+}
+
 fn error_line(id: Value, code: i64, message: &str, data: Option<Value>) -> Vec<u8> {
     let mut error = json!({ "code": code, "message": message });
     if let Some(d) = data {
@@ -350,6 +376,13 @@ impl Firewall {
                     serde_json::to_vec(&args).unwrap_or_default(),
                 ));
                 args_digest = Some(digest.clone());
+                if let Err(e) =
+                    nullport_keyring::args::check(&rules.args, tool, &args, &resolve_on_this_host)
+                {
+                    let (verdict, mut decision) = self.deny(id, &method, target, e.to_string());
+                    decision.args_digest = args_digest;
+                    return (verdict, decision);
+                }
                 if let Some(limit) = rules.calls_per_minute {
                     self.recent_calls
                         .retain(|t| now.duration_since(*t) < Duration::from_secs(60));

@@ -113,6 +113,9 @@ pub struct McpRules {
     /// `tools/call` requests in flight at once (none: unlimited).
     #[serde(default)]
     pub max_concurrent: Option<u32>,
+    /// Rules on tool arguments (every one whose tool matches applies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<crate::args::ArgRule>,
 }
 
 /// The MCP rules that apply to one caller on one service.

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 pub const MAX_CHAIN: usize = 8;
 /// Largest encoded chain (it travels in handshake message 3, whose blob is 16 KiB).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
-/// Token format version.
-pub const TOKEN_VERSION: u8 = 1;
+/// Token format version (2: scopes carry argument rules).
+pub const TOKEN_VERSION: u8 = 2;
 const TEXT_PREFIX: &str = "npt1";
 
 /// What a token allows. `None` in a list means "whatever the parent (or the issuer's own
@@ -33,6 +33,9 @@ pub struct Scope {
     pub prompts: Option<Vec<String>>,
     /// Extra JSON-RPC methods.
     pub methods: Option<Vec<String>>,
+    /// Rules on tool arguments, on top of the issuer's own (a delegation keeps every one of
+    /// its parent's and may add more).
+    pub args: Vec<crate::args::ArgRule>,
 }
 
 /// The signed part of one link.
@@ -164,6 +167,9 @@ impl Scope {
         }
         if !list_narrows(PatternKind::Glob, &self.prompts, &parent.prompts) {
             return Some("prompts");
+        }
+        if !crate::args::narrows(&self.args, &parent.args) {
+            return Some("argument rules");
         }
         if !list_narrows(PatternKind::Glob, &self.methods, &parent.methods) {
             return Some("methods");

@@ -239,7 +239,7 @@ fn time_holder_audience_issuer_depth() {
         .collect();
     wire_links.push(wire_links[0].clone());
     let bytes = postcard::to_stdvec(&WireChain {
-        version: 1,
+        version: TOKEN_VERSION,
         links: wire_links,
     })
     .unwrap_or_default();
@@ -284,5 +284,60 @@ proptest! {
             let allowed_by_root = ["read_*", "list_directory"].iter().any(|p| glob_match(p, &probe));
             prop_assert!(!allowed_by_child || allowed_by_root);
         }
+    }
+}
+
+#[test]
+fn argument_rules_travel_in_tokens_and_may_only_be_added_to() {
+    let (a, b) = (id(2), id(3));
+    let rule = |t: &str| crate::args::ArgRule::parse(t).unwrap();
+    let scoped = |rules: &[&str]| Scope {
+        tools: Some(vec!["read_text_file".into()]),
+        args: rules.iter().map(|r| rule(r)).collect(),
+        ..Scope::default()
+    };
+    let t = Token::issue(
+        &id(1),
+        a.node_id(),
+        None,
+        "files",
+        scoped(&["read_text_file:/path=/srv/docs/**"]),
+        NOW - 10,
+        NOW + 600,
+    )
+    .unwrap();
+    let back = Token::from_text(&t.to_text()).unwrap();
+    assert_eq!(
+        back.links[0].body.scope.args,
+        vec![rule("read_text_file:/path=/srv/docs/**")]
+    );
+    // Narrower: the parent's rule kept, one added.
+    let narrower = t
+        .delegate(
+            &a,
+            b.node_id(),
+            None,
+            scoped(&[
+                "read_text_file:/path=/srv/docs/**",
+                "read_text_file:/head 1..100",
+            ]),
+            NOW,
+            NOW + 60,
+        )
+        .unwrap();
+    assert_eq!(check(&narrower, &b).unwrap().args.len(), 2);
+    // Wider: the parent's rule dropped or loosened.
+    for wider in [&[][..], &["read_text_file:/path=/srv/**"][..]] {
+        let d = t.delegate(&a, b.node_id(), None, scoped(wider), NOW, NOW + 60);
+        assert!(
+            matches!(
+                d,
+                Err(TokenError::Widened {
+                    what: "argument rules",
+                    ..
+                })
+            ),
+            "{wider:?}: {d:?}"
+        );
     }
 }
