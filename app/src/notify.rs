@@ -211,7 +211,11 @@ pub async fn run(
     targets: Arc<dyn Fn() -> Targets + Send + Sync>,
     console: Arc<dyn Fn() -> Option<String> + Send + Sync>,
 ) {
-    let client = reqwest::Client::new();
+    // No redirects: a webhook on loopback must not send its notifications elsewhere.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default();
     let mut sending = JoinSet::new();
     loop {
         let event = tokio::select! {

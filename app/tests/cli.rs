@@ -877,6 +877,26 @@ async fn mcp_approval_approve_deny_and_timeout() {
         "revoked, the call waited and timed out"
     );
     assert!(!data.join("grant-3.txt").exists());
+    // A call waits; meanwhile the caller's access is taken away: approving it afterwards
+    // runs nothing (the session ended with the access, and the call with it).
+    let agent_home = agent.clone();
+    let late = call("after-deny.txt");
+    let client = tokio::spawn(async move { sdk_client(&agent_home, "tool/files", late).await });
+    let id = loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&ok(&tool, &["approvals", "--json"]).await).unwrap_or_default();
+        if let Some(id) = list[0]["id"].as_str() {
+            break id.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ok(&tool, &["mcp", "deny", "agent", "files"]).await;
+    let _ = nullport(&tool, &["approve", &id]).await;
+    let _ = tokio::time::timeout(Duration::from_secs(20), client).await;
+    assert!(
+        !data.join("after-deny.txt").exists(),
+        "a call approved after its caller's access was taken away ran"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,7 +71,13 @@ async fn console_is_loopback_token_session_and_same_origin_only() {
     let replay = http(&addr, &get(&addr, &login, &addr, None)).await;
     assert!(replay.starts_with("HTTP/1.1 403"), "{replay}");
     // With the session: the pages, with a strict policy and no CORS.
-    for page in ["/", "/approvals", "/audit", "/policy", "/audit?verify=1"] {
+    for page in [
+        "/",
+        "/approvals",
+        "/audit",
+        "/policy",
+        "/audit?caller=np&outcome=accepted",
+    ] {
         let r = http(&addr, &get(&addr, page, &addr, Some(&cookie))).await;
         assert!(r.starts_with("HTTP/1.1 200"), "{page}: {r}");
         let lower = r.to_ascii_lowercase();
@@ -81,8 +87,16 @@ async fn console_is_loopback_token_session_and_same_origin_only() {
         );
         assert!(!lower.contains("access-control-allow"), "{page}");
     }
-    let verified = http(&addr, &get(&addr, "/audit?verify=1", &addr, Some(&cookie))).await;
+    // Verifying writes a checkpoint: a change, so a POST from the console's own page.
+    let own = format!("Origin: http://{addr}\r\n");
+    let verified = http(
+        &addr,
+        &post("/audit/verify", &addr, &cookie, &own, "verify=1"),
+    )
+    .await;
     assert!(verified.contains("id=\"verify\">OK: "), "{verified}");
+    let by_get = http(&addr, &get(&addr, "/audit/verify", &addr, Some(&cookie))).await;
+    assert!(by_get.starts_with("HTTP/1.1 405"), "{by_get}");
     // Another Host (a page that reached here through DNS rebinding): refused.
     let r = http(&addr, &get(&addr, "/", "evil.example", Some(&cookie))).await;
     assert!(r.starts_with("HTTP/1.1 421"), "{r}");
@@ -124,5 +138,88 @@ async fn console_is_loopback_token_session_and_same_origin_only() {
         .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();
-    assert_eq!(actions, ["login", "allow"], "{console:?}");
+    assert_eq!(
+        actions,
+        ["login", "login refused", "verify audit log", "allow"],
+        "{console:?}"
+    );
+    assert!(
+        console[0]["detail"].as_str().unwrap().contains("session "),
+        "{console:?}"
+    );
+    // Logging out ends the session.
+    let r = http(&addr, &post("/logout", &addr, &cookie, &own, "")).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let r = http(&addr, &get(&addr, "/", &addr, Some(&cookie))).await;
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_does_not_burn_the_right_one() {
+    let (_net, tool, _agent) = pair().await;
+    let (addr, login) = console_url(&tool).await;
+    let wrong = format!("/login?token={}", "0".repeat(64));
+    let r = http(&addr, &get(&addr, &wrong, &addr, None)).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let r = http(&addr, &get(&addr, &login, &addr, None)).await;
+    assert!(
+        r.starts_with("HTTP/1.1 303"),
+        "the owner was locked out: {r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_local_user_gets_nothing_even_with_the_cookie() {
+    if !require(
+        "another_local_user_gets_nothing_even_with_the_cookie",
+        &["setpriv", "curl"],
+    ) {
+        return;
+    }
+    let (_net, tool, _agent) = pair().await;
+    let (addr, login) = console_url(&tool).await;
+    let r = http(&addr, &get(&addr, &login, &addr, None)).await;
+    let cookie = r
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().split(';').next().unwrap().to_owned())
+        .unwrap();
+    // uid 4242 holds the stolen cookie and all the right headers: the connection is closed
+    // before a byte of HTTP is read.
+    let out = tokio::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "4242",
+            "--regid",
+            "4242",
+            "--clear-groups",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args([
+            "-H",
+            &format!("Cookie: {cookie}"),
+            "-H",
+            "Sec-Fetch-Site: same-origin",
+        ])
+        .args(["-d", "action=allow&peer=agent&service=stolen"])
+        .arg(format!("http://{addr}/policy"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "000",
+        "uid 4242 got an HTTP answer"
+    );
+    let policy = std::fs::read_to_string(tool.join("policy.toml")).unwrap_or_default();
+    assert!(!policy.contains("stolen"));
+    // The owner, same cookie: served.
+    let r = http(&addr, &get(&addr, "/", &addr, Some(&cookie))).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
 }

@@ -145,6 +145,13 @@ async fn console_in_a_real_browser() {
         .collect();
     assert_eq!(
         actions,
-        ["login", "approve", "deny", "close channel", "allow"]
+        [
+            "login",
+            "approve",
+            "deny",
+            "close channel",
+            "verify audit log",
+            "allow"
+        ]
     );
 }

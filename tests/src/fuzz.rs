@@ -212,7 +212,10 @@ pub fn mcp_firewall(data: &[u8]) {
                     "forwarded a forbidden tool {name}"
                 );
                 // Every argument rule that applies holds for what was forwarded.
-                let arguments = value["params"].get("arguments").cloned().unwrap_or_default();
+                let arguments = value["params"]
+                    .get("arguments")
+                    .cloned()
+                    .unwrap_or_default();
                 let resolve = nullport::mcp::firewall::resolve_on_this_host;
                 if let Err(e) = nullport_keyring::args::check(&args, name, &arguments, &resolve) {
                     panic!("forwarded a call its argument rules refuse: {e}");

@@ -2,6 +2,13 @@
 
 use super::*;
 
+/// `println!` of text that holds names a caller chose (tools, services): made [`printable`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        println!("{}", printable(&format!($($arg)*)))
+    };
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum McpCommand {
     /// A stdio MCP server for any MCP client: carries JSON-RPC to <peer>/<service>.
@@ -88,9 +95,14 @@ pub(crate) struct ApproveArgs {
     args_match: Option<String>,
 }
 
-/// `approvals grants`, `approvals revoke ID`.
+/// `approvals show ID`, `approvals grants`, `approvals revoke ID`.
 #[derive(Subcommand, Debug)]
 pub(crate) enum ApprovalsCommand {
+    /// Print every argument of a waiting call (the list shortens long or many arguments).
+    Show {
+        /// The approval id.
+        id: String,
+    },
     /// List the standing grants (what they cover, until when, who made them).
     Grants {
         /// Machine-readable output.
@@ -165,7 +177,7 @@ async fn answer(
     }
     let what = response.approvals.and_then(|v| v.into_iter().next());
     match what {
-        Some(a) => println!(
+        Some(a) => out!(
             "{} {} call of {} by {}{}",
             if approve { "approved" } else { "denied" },
             a.service,
@@ -182,19 +194,10 @@ async fn answer(
     Ok(())
 }
 
-/// `text` safe to print on a terminal: control characters (escape sequences among them)
-/// and bidirectional overrides shown as `\u{..}` instead of acting.
+/// `text` safe to print on a terminal: control characters (escape sequences among them),
+/// bidirectional and invisible characters shown as `\u{..}` instead of acting.
 fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
-            if c.is_control() || bidi {
-                format!("\\u{{{:x}}}", c as u32)
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    nullport::mcp::approvals::render::visible(text)
 }
 
 fn print_pending(a: &nullport::mcp::approvals::PendingApproval) {
@@ -214,7 +217,16 @@ fn print_pending(a: &nullport::mcp::approvals::PendingApproval) {
     for line in a.args.lines() {
         println!("    {}", printable(line));
     }
-    println!("  nullport approve {0}  |  nullport deny {0}", a.id);
+    if !a.shown_in_full {
+        println!(
+            "  (shortened: `nullport approvals show {}` prints every argument)",
+            printable(&a.id)
+        );
+    }
+    println!(
+        "  nullport approve {0}  |  nullport deny {0}",
+        printable(&a.id)
+    );
 }
 
 pub(crate) async fn approvals(
@@ -224,6 +236,26 @@ pub(crate) async fn approvals(
     command: Option<ApprovalsCommand>,
 ) -> anyhow::Result<()> {
     match command {
+        Some(ApprovalsCommand::Show { id }) => {
+            let (response, _) = control(home, &ControlRequest::Approvals).await?;
+            let a = response
+                .approvals
+                .unwrap_or_default()
+                .into_iter()
+                .find(|a| a.id == id)
+                .ok_or_else(|| anyhow!("no pending approval with id {id:?} (it may have been answered or timed out)"))?;
+            out!(
+                "{}/{} from {} (arguments sha256 {}):",
+                a.service,
+                a.tool,
+                a.caller,
+                a.args_digest
+            );
+            for line in a.args_full.lines() {
+                out!("  {line}");
+            }
+            return Ok(());
+        }
         Some(ApprovalsCommand::Grants { json }) => {
             let (response, _) = control(home, &ControlRequest::Approvals).await?;
             let grants = response.grants.unwrap_or_default();
@@ -234,7 +266,7 @@ pub(crate) async fn approvals(
             }
             if !json {
                 for g in grants {
-                    println!(
+                    out!(
                         "{}  {}/{}  for {}  covers {}  (made by {}{})",
                         g.id,
                         g.service,
@@ -254,9 +286,12 @@ pub(crate) async fn approvals(
                 bail!("{}", response.error.unwrap_or_default());
             }
             if let Some(g) = response.grants.and_then(|g| g.into_iter().next()) {
-                println!(
+                out!(
                     "revoked grant {}: {}/{} for {} (later calls wait for a person again)",
-                    g.id, g.service, g.tool, g.caller
+                    g.id,
+                    g.service,
+                    g.tool,
+                    g.caller
                 );
             }
             return Ok(());
@@ -312,7 +347,7 @@ async fn watch_approvals(
                 tool,
                 resolution,
                 ..
-            }) => println!(
+            }) => out!(
                 "{id}  {service}/{tool}  {} by {}{}",
                 resolution.outcome,
                 resolution.by,
@@ -321,7 +356,7 @@ async fn watch_approvals(
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default()
             ),
-            Ok(ApprovalEvent::GrantMade { grant }) => println!(
+            Ok(ApprovalEvent::GrantMade { grant }) => out!(
                 "grant {} made: {}/{} for {} covers {}",
                 grant.id,
                 grant.service,
@@ -330,7 +365,7 @@ async fn watch_approvals(
                 grant.describe()
             ),
             Ok(ApprovalEvent::GrantEnded { grant, how }) => {
-                println!("grant {} {how}", grant.id)
+                out!("grant {} {how}", grant.id)
             }
             Err(_) => {}
         }

@@ -198,6 +198,7 @@ pub(crate) async fn status(home: &Home, json: bool) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn up(home: &Home, args: UpArgs) -> anyhow::Result<()> {
+    raise_file_limit();
     // SIGHUP from the first moment: a reload asked while starting waits for the daemon
     // instead of killing it.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -357,5 +358,16 @@ fn reexec_without_passphrase_in_env() -> anyhow::Error {
     match attempt() {
         Ok(never) => match never {},
         Err(e) => e,
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (a daemon serves many channels, and a
+/// local console must not be able to starve it); quietly leaves it if it cannot.
+fn raise_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
     }
 }

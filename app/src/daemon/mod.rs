@@ -262,7 +262,21 @@ impl State {
             rotations,
             settings: AccessSettings::from(&files.config.access),
         };
-        self.access.send_replace(Arc::new(access));
+        let access = Arc::new(access);
+        self.access.send_replace(access.clone());
+        // A standing approval ends with the access it was made under.
+        let now = crate::tokens::unix_now();
+        self.approvals.retain_grants(|g| {
+            access
+                .mcp_grant(&g.caller, &g.service, &[], now)
+                .is_some_and(|m| {
+                    nullport_keyring::pattern::any_matches(
+                        nullport_keyring::pattern::PatternKind::Glob,
+                        &m.rules.tools,
+                        &g.tool,
+                    )
+                })
+        });
     }
 
     /// The access snapshot now.

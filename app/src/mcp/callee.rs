@@ -245,9 +245,14 @@ where
     // Requests in flight (HTTP calls, approvals being asked): owned here, given a bounded
     // time to finish once the caller is done, then stopped.
     let mut requests = JoinSet::new();
+    // Calls waiting for a person: they end with the caller (nothing is left to approve for
+    // a caller that went away).
+    let mut awaiting = JoinSet::new();
     // Caller -> server, through the firewall.
     let caller_task = {
         let requests = &mut requests;
+        let awaiting = &mut awaiting;
+        let source = grant.clone();
         let upstream = upstream.clone();
         let firewall = firewall.clone();
         let tx = to_caller.clone();
@@ -346,8 +351,9 @@ where
                             call_id.clone(),
                             request_sha.clone(),
                         );
-                        while requests.try_join_next().is_some() {}
-                        requests.spawn(async move {
+                        let source = source.clone();
+                        while awaiting.try_join_next().is_some() {}
+                        awaiting.spawn(async move {
                             let resolution = approvals
                                 .ask(Request {
                                     caller: session.caller,
@@ -359,9 +365,21 @@ where
                                     session: &session.handshake,
                                 })
                                 .await;
-                            let approved = resolution.approved();
+                            // Approved, but is the caller still allowed this tool now (access
+                            // may have been taken away while it waited)?
+                            let still_allowed = source().is_some_and(|g| {
+                                nullport_keyring::pattern::any_matches(
+                                    nullport_keyring::pattern::PatternKind::Glob,
+                                    &g.rules.tools,
+                                    &tool,
+                                )
+                            });
+                            let approved = resolution.approved() && still_allowed;
                             let mut d = decision;
                             d.outcome = match resolution.outcome.as_str() {
+                                _ if resolution.approved() && !still_allowed => {
+                                    "approved, but access was taken away meanwhile"
+                                }
                                 "approved" => "approved",
                                 "granted" => "granted",
                                 "timed out" => "timed out",
@@ -396,6 +414,7 @@ where
     };
     drop(to_caller);
     let caller_result = caller_task.await;
+    drop(awaiting);
     // The caller is done sending: let the server finish what it was asked, then stop it.
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while requests.join_next().await.is_some() {}

@@ -58,10 +58,18 @@ impl Auth {
         token
     }
 
-    /// Trades the one-time token for a new session id; the token is spent either way.
+    /// Trades the one-time token for a new session id. A wrong token does not spend it
+    /// (256 bits are not guessed), so no one can keep the owner out by trying.
     pub(crate) fn exchange(&self, token: &str) -> Option<String> {
-        let held = self.one_time.lock().ok()?.take()?;
-        if !same(&held.0, token) || held.1.elapsed() > TOKEN_TIME {
+        let mut one_time = self.one_time.lock().ok()?;
+        let held = one_time.as_ref()?;
+        if !same(&held.0, token) {
+            return None;
+        }
+        let fresh = held.1.elapsed() <= TOKEN_TIME;
+        *one_time = None;
+        drop(one_time);
+        if !fresh {
             return None;
         }
         let session = random_hex();
@@ -72,15 +80,26 @@ impl Auth {
         Some(session)
     }
 
+    /// The live session the request's cookie names, if any.
+    pub(crate) fn session(&self, headers: &HeaderMap) -> Option<String> {
+        let id = cookie(headers, COOKIE)?;
+        let sessions = self.sessions.lock().ok()?;
+        sessions
+            .iter()
+            .find(|(known, since)| same(known, &id) && since.elapsed() < SESSION_TIME)
+            .map(|(known, _)| known.clone())
+    }
+
     /// Whether the request carries a live session cookie.
     pub(crate) fn has_session(&self, headers: &HeaderMap) -> bool {
-        let Some(id) = cookie(headers, COOKIE) else {
-            return false;
-        };
-        self.sessions.lock().is_ok_and(|s| {
-            s.iter()
-                .any(|(known, since)| same(known, &id) && since.elapsed() < SESSION_TIME)
-        })
+        self.session(headers).is_some()
+    }
+
+    /// Ends the session the request's cookie names.
+    pub(crate) fn end_session(&self, headers: &HeaderMap) {
+        if let (Some(id), Ok(mut s)) = (cookie(headers, COOKIE), self.sessions.lock()) {
+            s.retain(|known, _| !same(known, &id));
+        }
     }
 
     /// The `Host` values this console answers to.
@@ -156,6 +175,9 @@ mod tests {
         assert!(auth.has_session(&headers(&[("cookie", &format!("a=b; {COOKIE}={session}"))])));
         assert!(!auth.has_session(&headers(&[("cookie", &format!("{COOKIE}=x{session}"))])));
         assert!(!auth.has_session(&HeaderMap::new()));
+        let h = headers(&[("cookie", &format!("{COOKIE}={session}"))]);
+        auth.end_session(&h);
+        assert!(!auth.has_session(&h), "logged out");
         // A new token replaces an unused one.
         let old = auth.issue();
         let _new = auth.issue();

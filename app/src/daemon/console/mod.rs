@@ -5,6 +5,7 @@
 
 mod auth;
 mod pages;
+mod serve;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,11 +62,7 @@ pub(crate) async fn open(state: &Arc<State>, port: u16) -> Result<String, Daemon
                 auth: auth.clone(),
             };
             let app = router(ctx);
-            state.spawn_job(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::warn!("console stopped: {e}");
-                }
-            });
+            state.spawn_job(serve::serve(listener, app));
             if let Ok(mut c) = state.console.lock() {
                 *c = Some(Running {
                     addr,
@@ -91,6 +88,8 @@ fn router(ctx: Ctx) -> Router {
         .route("/grants/{id}/revoke", post(revoke_grant))
         .route("/channels/{id}/close", post(close_channel))
         .route("/audit", get(audit))
+        .route("/audit/verify", post(verify_audit))
+        .route("/logout", post(logout))
         .route("/policy", get(policy).post(edit_policy))
         .route("/events", get(events))
         .route("/login", get(login))
@@ -162,7 +161,10 @@ async fn login(Axum(ctx): Axum<Ctx>, Query(q): Query<LoginQuery>) -> Response {
         Some(session) => {
             ctx.state.audit.record(Event::Console {
                 action: "login".into(),
-                detail: "one-time token exchanged for a session".into(),
+                detail: format!(
+                    "one-time token exchanged for session {}",
+                    &session[..8.min(session.len())]
+                ),
             });
             let cookie = format!(
                 "{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
@@ -174,14 +176,57 @@ async fn login(Axum(ctx): Axum<Ctx>, Query(q): Query<LoginQuery>) -> Response {
             }
             r
         }
-        None => (
-            StatusCode::FORBIDDEN,
-            Html(pages::refused(
-                "This login link was already used, has expired or is not valid: run `nullport console` again for a new one.",
-            )),
-        )
-            .into_response(),
+        None => {
+            ctx.state.audit.record(Event::Console {
+                action: "login refused".into(),
+                detail: "a login link that was not valid, used or expired".into(),
+            });
+            (
+                StatusCode::FORBIDDEN,
+                Html(pages::refused(
+                    "This login link was already used, has expired or is not valid: run `nullport console` again for a new one.",
+                )),
+            )
+                .into_response()
+        }
     }
+}
+
+/// The session, as named in the audit log (a prefix of its id: enough to tell sessions
+/// apart, not enough to use one).
+fn who(ctx: &Ctx, headers: &axum::http::HeaderMap) -> String {
+    match ctx.auth.session(headers) {
+        Some(id) => format!("session {}", &id[..8.min(id.len())]),
+        None => "no session".into(),
+    }
+}
+
+async fn logout(Axum(ctx): Axum<Ctx>, headers: axum::http::HeaderMap) -> Response {
+    ctx.state.audit.record(Event::Console {
+        action: "logout".into(),
+        detail: who(&ctx, &headers),
+    });
+    ctx.auth.end_session(&headers);
+    (
+        StatusCode::OK,
+        Html(pages::refused(
+            "Logged out. Run `nullport console` for a new login link.",
+        )),
+    )
+        .into_response()
+}
+
+async fn verify_audit(Axum(ctx): Axum<Ctx>, headers: axum::http::HeaderMap) -> Html<String> {
+    ctx.state.audit.record(Event::Console {
+        action: "verify audit log".into(),
+        detail: who(&ctx, &headers),
+    });
+    let state = ctx.state.clone();
+    let page = tokio::task::spawn_blocking(move || {
+        pages::audit(&state, &pages::AuditFilter::default(), true)
+    })
+    .await;
+    Html(page.unwrap_or_else(|_| pages::refused("The audit page failed to render.")))
 }
 
 async fn status(Axum(ctx): Axum<Ctx>) -> Html<String> {
@@ -195,7 +240,7 @@ async fn approvals(Axum(ctx): Axum<Ctx>) -> Html<String> {
 async fn audit(Axum(ctx): Axum<Ctx>, Query(filter): Query<pages::AuditFilter>) -> Html<String> {
     let state = ctx.state.clone();
     // Reading (and verifying) the log is file I/O: off the async threads.
-    let page = tokio::task::spawn_blocking(move || pages::audit(&state, &filter)).await;
+    let page = tokio::task::spawn_blocking(move || pages::audit(&state, &filter, false)).await;
     Html(page.unwrap_or_else(|_| pages::refused("The audit page failed to render.")))
 }
 
@@ -218,7 +263,12 @@ struct Decision {
     arg_pattern: String,
 }
 
-async fn decide(Axum(ctx): Axum<Ctx>, Path(id): Path<String>, Form(d): Form<Decision>) -> Response {
+async fn decide(
+    Axum(ctx): Axum<Ctx>,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+    Form(d): Form<Decision>,
+) -> Response {
     let approve = d.decision == "approve";
     let minutes = d.minutes.trim().parse::<u32>().unwrap_or(10).clamp(1, 1440);
     let grant = match (approve, d.scope.as_str()) {
@@ -247,7 +297,14 @@ async fn decide(Axum(ctx): Axum<Ctx>, Path(id): Path<String>, Form(d): Form<Deci
         Ok(a) => {
             ctx.state.audit.record(Event::Console {
                 action: if approve { "approve" } else { "deny" }.into(),
-                detail: format!("{} {}/{} of {}", a.id, a.service, a.tool, a.caller),
+                detail: format!(
+                    "{} {}/{} of {} ({})",
+                    a.id,
+                    a.service,
+                    a.tool,
+                    a.caller,
+                    who(&ctx, &headers)
+                ),
             });
             Redirect::to("/approvals").into_response()
         }
@@ -255,12 +312,23 @@ async fn decide(Axum(ctx): Axum<Ctx>, Path(id): Path<String>, Form(d): Form<Deci
     }
 }
 
-async fn revoke_grant(Axum(ctx): Axum<Ctx>, Path(id): Path<String>) -> Response {
+async fn revoke_grant(
+    Axum(ctx): Axum<Ctx>,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     match ctx.state.approvals.revoke_grant(&id, Decider::Console) {
         Ok(g) => {
             ctx.state.audit.record(Event::Console {
                 action: "revoke grant".into(),
-                detail: format!("{} {}/{} of {}", g.id, g.service, g.tool, g.caller),
+                detail: format!(
+                    "{} {}/{} of {} ({})",
+                    g.id,
+                    g.service,
+                    g.tool,
+                    g.caller,
+                    who(&ctx, &headers)
+                ),
             });
             Redirect::to("/approvals").into_response()
         }
@@ -268,12 +336,16 @@ async fn revoke_grant(Axum(ctx): Axum<Ctx>, Path(id): Path<String>) -> Response 
     }
 }
 
-async fn close_channel(Axum(ctx): Axum<Ctx>, Path(id): Path<u64>) -> Response {
+async fn close_channel(
+    Axum(ctx): Axum<Ctx>,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
     match ctx.state.channels.close_one(id) {
         Some((peer, service)) => {
             ctx.state.audit.record(Event::Console {
                 action: "close channel".into(),
-                detail: format!("{service} with {peer}"),
+                detail: format!("{service} with {peer} ({})", who(&ctx, &headers)),
             });
             Redirect::to("/").into_response()
         }
@@ -292,7 +364,12 @@ struct PolicyEdit {
     service: String,
 }
 
-async fn edit_policy(Axum(ctx): Axum<Ctx>, Form(e): Form<PolicyEdit>) -> Html<String> {
+async fn edit_policy(
+    Axum(ctx): Axum<Ctx>,
+    headers: axum::http::HeaderMap,
+    Form(e): Form<PolicyEdit>,
+) -> Html<String> {
+    let by = who(&ctx, &headers);
     let state = ctx.state.clone();
     let (peer, service) = (e.peer.trim().to_owned(), e.service.trim().to_owned());
     let allow = e.action == "allow";
@@ -317,7 +394,7 @@ async fn edit_policy(Axum(ctx): Axum<Ctx>, Form(e): Form<PolicyEdit>) -> Html<St
         Ok(Ok(done)) => {
             state.audit.record(Event::Console {
                 action: if allow { "allow" } else { "deny" }.into(),
-                detail: format!("{peer} {service}"),
+                detail: format!("{peer} {service} ({by})"),
             });
             match state.reload() {
                 Ok(()) => done,

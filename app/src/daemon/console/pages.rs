@@ -6,7 +6,13 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::daemon::State;
-use crate::mcp::approvals::render::html_escape as esc;
+use crate::mcp::approvals::render::{html_escape, visible};
+
+/// Text from outside, safe in a page: invisible and reordering characters shown as escapes,
+/// then HTML-escaped.
+fn esc(text: &str) -> String {
+    html_escape(&visible(text))
+}
 
 /// The page around `body`: navigation, the stylesheet, the live-update script.
 pub(crate) fn layout(title: &str, active: &str, node: &str, body: &str) -> String {
@@ -43,7 +49,8 @@ pub(crate) fn layout_versioned(
          <title>{title} - nullport</title>\
          <link rel=\"stylesheet\" href=\"/static/style.css\">\
          <script src=\"/static/app.js\" defer></script></head>\
-         <body><header><strong>nullport</strong> <code>{node}</code><nav>{nav}</nav></header>\
+         <body><header><strong>nullport</strong> <code>{node}</code><nav>{nav}</nav>\
+         <form method=\"post\" action=\"/logout\" class=\"logout\"><button>Log out</button></form></header>\
          <main id=\"main\" data-version=\"{version}\">{body}</main></body></html>",
         title = esc(title),
         node = esc(node),
@@ -158,7 +165,7 @@ pub(crate) fn approvals(state: &State) -> String {
             body,
             "<section class=\"pending\" id=\"approval-{id}\" data-id=\"{id}\"><h2>{service}/{tool}</h2>\
              <p>from {who}; waiting <span id=\"waited-{id}\" data-live>{waited}</span> s, denied in <span id=\"left-{id}\" class=\"expires\" data-live>{left}</span> s unless answered</p>\
-             <pre class=\"args\">{args}</pre><p class=\"digest\">arguments sha256 <code>{digest}</code></p>\
+             <pre class=\"args\">{args}</pre>{full}<p class=\"digest\">arguments sha256 <code>{digest}</code></p>\
              <form method=\"post\" action=\"/approvals/{id}\">\
              <label>Reason <input name=\"reason\" maxlength=\"200\"></label>\
              <label>Scope <select name=\"scope\"><option value=\"once\">this call</option>\
@@ -175,6 +182,14 @@ pub(crate) fn approvals(state: &State) -> String {
             waited = a.waiting_secs,
             left = a.expires_in_secs,
             args = esc(&a.args),
+            full = if a.shown_in_full {
+                String::new()
+            } else {
+                format!(
+                    "<details open class=\"args-full\"><summary>Shortened above: all the arguments</summary><pre>{}</pre></details>",
+                    esc(&a.args_full)
+                )
+            },
             digest = esc(&a.args_digest),
         );
     }
@@ -213,14 +228,13 @@ pub(crate) struct AuditFilter {
     caller: Option<String>,
     service: Option<String>,
     outcome: Option<String>,
-    verify: Option<String>,
 }
 
 /// Most audit entries shown at once.
 const AUDIT_SHOWN: usize = 200;
 
 /// The audit trail (newest first, filtered), and `verify` with the first bad line.
-pub(crate) fn audit(state: &State, filter: &AuditFilter) -> String {
+pub(crate) fn audit(state: &State, filter: &AuditFilter, verify: bool) -> String {
     let field = |v: &Option<String>| {
         v.as_deref()
             .map(str::trim)
@@ -237,13 +251,14 @@ pub(crate) fn audit(state: &State, filter: &AuditFilter) -> String {
          <input name=\"caller\" placeholder=\"caller (NodeId or part)\" value=\"{}\">\
          <input name=\"service\" placeholder=\"service\" value=\"{}\">\
          <input name=\"outcome\" placeholder=\"outcome\" value=\"{}\">\
-         <button>Filter</button> <button name=\"verify\" value=\"1\">Verify the log</button></form>",
+         <button>Filter</button></form>\
+         <form method=\"post\" action=\"/audit/verify\"><button name=\"verify\" value=\"1\">Verify the log</button></form>",
         esc(caller.as_deref().unwrap_or("")),
         esc(service.as_deref().unwrap_or("")),
         esc(outcome.as_deref().unwrap_or("")),
     );
     let path = state.home.audit();
-    if filter.verify.is_some() {
+    if verify {
         // Sign what is there now, so the check covers every entry up to this moment.
         state.audit.checkpoint();
         match nullport_audit::verify(&path, &state.node.node_id(), None) {

@@ -120,7 +120,7 @@ impl Grant {
             Some((name, pattern)) => args
                 .get(name)
                 .and_then(Value::as_str)
-                .is_some_and(|v| nullport_keyring::pattern::glob_match(pattern, v)),
+                .is_some_and(|v| argument_matches(pattern, v)),
         }
     }
 
@@ -136,6 +136,23 @@ impl Grant {
             }
             (None, None) => format!("every call until {until}"),
         }
+    }
+}
+
+/// Whether argument `value` matches a grant's `pattern`: a pattern that starts with `/` is a
+/// path glob (the value normalised, absolute only, symlinks resolved on this host, matched
+/// segment by segment: `*` never crosses a `/`, `**` does), anything else a plain `*` glob.
+fn argument_matches(pattern: &str, value: &str) -> bool {
+    use nullport_keyring::args::{normalise, path_matches};
+    if !pattern.starts_with('/') {
+        return nullport_keyring::pattern::glob_match(pattern, value);
+    }
+    match normalise(value) {
+        Ok(path) => {
+            let real = crate::mcp::firewall::resolve_on_this_host(&path);
+            path_matches(pattern, &real)
+        }
+        Err(_) => false,
     }
 }
 

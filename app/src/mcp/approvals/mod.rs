@@ -40,6 +40,14 @@ pub struct PendingApproval {
     /// The arguments, rendered for a person (bounded; long values folded).
     #[serde(default)]
     pub args: String,
+    /// Whether `args` shows the arguments completely (nothing folded, hidden or cut);
+    /// otherwise `args_full` has all of them.
+    #[serde(default)]
+    pub shown_in_full: bool,
+    /// The whole of the arguments (pretty JSON, invisible characters escaped; at most
+    /// 256 KiB).
+    #[serde(default)]
+    pub args_full: String,
     /// SHA-256 (hex) of the tool arguments: what an approval is bound to.
     pub args_digest: String,
     /// Seconds it has been waiting.
@@ -87,7 +95,7 @@ pub struct Answer {
 /// What became of a call that needed approval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resolution {
-    /// "approved", "denied", "timed out", "granted".
+    /// "approved", "denied", "timed out", "granted", "abandoned".
     pub outcome: String,
     /// "cli", "console", "timeout", or "grant <id>".
     pub by: String,
@@ -163,6 +171,46 @@ struct Entry {
     info: PendingApproval,
     since: Instant,
     answer: oneshot::Sender<Answer>,
+}
+
+/// Removes a waiting call's entry if its wait is dropped (the caller went away), and audits it.
+struct Abandoned<'a, 'r> {
+    approvals: &'a Approvals,
+    id: &'a str,
+    request: Option<Request<'r>>,
+}
+
+impl Drop for Abandoned<'_, '_> {
+    fn drop(&mut self) {
+        let Some(request) = self.request.take() else {
+            return;
+        };
+        if let Ok(mut p) = self.approvals.pending.lock() {
+            p.remove(self.id);
+        }
+        let resolution = Resolution {
+            outcome: "abandoned".into(),
+            by: "caller gone".into(),
+            reason: Some("the caller's session ended while the call waited".into()),
+        };
+        self.approvals.audit.record(Event::Approval {
+            caller: request.caller,
+            service: request.service.to_owned(),
+            tool: request.tool.to_owned(),
+            args_sha256: request.args_digest.to_owned(),
+            outcome: resolution.outcome.clone(),
+            by: resolution.by.clone(),
+            reason: resolution.reason.clone(),
+        });
+        let _ = self.approvals.events.send(ApprovalEvent::Decided {
+            id: self.id.to_owned(),
+            caller: request.caller.to_string(),
+            service: request.service.to_owned(),
+            tool: request.tool.to_owned(),
+            args_digest: request.args_digest.to_owned(),
+            resolution,
+        });
+    }
 }
 
 /// Why an answer was not taken.
@@ -279,6 +327,8 @@ impl Approvals {
             service: request.service.to_owned(),
             tool: request.tool.to_owned(),
             args: render::render_args(request.args),
+            shown_in_full: render::shown_in_full(request.args),
+            args_full: render::render_full(request.args).0,
             args_digest: request.args_digest.to_owned(),
             waiting_secs: 0,
             expires_in_secs: self.timeout.as_secs(),
@@ -295,7 +345,15 @@ impl Approvals {
             );
         }
         let _ = self.events.send(ApprovalEvent::Pending { approval: info });
+        // If the caller goes away while this waits (this future dropped), the entry goes
+        // too, audited as abandoned: nothing is left to approve later.
+        let mut abandoned = Abandoned {
+            approvals: self,
+            id,
+            request: Some(request),
+        };
         let answer = tokio::time::timeout(self.timeout, rx).await;
+        abandoned.request = None;
         if let Ok(mut p) = self.pending.lock() {
             p.remove(id);
         }
@@ -373,6 +431,26 @@ impl Approvals {
     /// The standing grants in force.
     pub fn grants(&self) -> Vec<Grant> {
         self.live_grants(unix_now())
+    }
+
+    /// Ends the grants `keep` refuses (their caller lost access to the service), audited as
+    /// revoked by policy.
+    pub fn retain_grants(&self, keep: impl Fn(&Grant) -> bool) {
+        let gone: Vec<Grant> = match self.grants.lock() {
+            Ok(mut g) => {
+                let (kept, gone): (Vec<Grant>, Vec<Grant>) = g.drain(..).partition(|x| keep(x));
+                *g = kept;
+                gone
+            }
+            Err(_) => Vec::new(),
+        };
+        for grant in gone {
+            self.record_grant(&grant, "revoked", "policy");
+            let _ = self.events.send(ApprovalEvent::GrantEnded {
+                grant,
+                how: "revoked".into(),
+            });
+        }
     }
 
     /// Ends a standing grant now.

@@ -14,6 +14,53 @@ pub const MAX_DEPTH: usize = 6;
 /// Most entries shown of one object or array.
 pub const MAX_ENTRIES: usize = 32;
 
+/// Longest full rendering kept (for `approvals show`): anything larger cannot be approved
+/// from its full text and says so.
+pub const MAX_FULL: usize = 256 * 1024;
+
+/// The whole of `args`, pretty JSON with invisible characters escaped, up to [`MAX_FULL`]
+/// bytes; and whether it is complete.
+pub fn render_full(args: &Value) -> (String, bool) {
+    let text = visible(&serde_json::to_string_pretty(args).unwrap_or_default());
+    if text.len() <= MAX_FULL {
+        return (text, true);
+    }
+    let mut cut = MAX_FULL;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    (
+        format!("{}\n... (too large to show in full)", &text[..cut]),
+        false,
+    )
+}
+
+/// Whether [`render_args`] shows `args` completely (nothing folded, hidden or cut).
+pub fn shown_in_full(args: &Value) -> bool {
+    fn fits(v: &Value, depth: usize) -> bool {
+        match v {
+            Value::String(s) => s.chars().count() <= MAX_STRING,
+            Value::Object(m) => {
+                depth < MAX_DEPTH
+                    && m.len() <= MAX_ENTRIES
+                    && m.iter()
+                        .all(|(k, v)| k.chars().count() <= MAX_STRING && fits(v, depth + 1))
+            }
+            Value::Array(a) => {
+                depth < MAX_DEPTH && a.len() <= MAX_ENTRIES && a.iter().all(|v| fits(v, depth + 1))
+            }
+            _ => true,
+        }
+    }
+    fits(args, 0) && render_args_unbounded_len(args) <= MAX_RENDERED
+}
+
+fn render_args_unbounded_len(args: &Value) -> usize {
+    let mut out = String::new();
+    render(args, 0, &mut out);
+    out.len()
+}
+
 /// `args` as indented `key: value` lines, within the bounds above.
 pub fn render_args(args: &Value) -> String {
     let mut out = String::new();
@@ -104,19 +151,43 @@ fn quoted(s: &str) -> String {
     )
 }
 
-/// Characters that change how the text around them is shown without being seen themselves
-/// (bidirectional overrides and isolates, zero-width characters, the byte-order mark):
-/// written as `\u` escapes, so `/srv/docs/\u202etxt.exe` cannot pose as another path.
-fn visible(json: &str) -> String {
-    json.chars()
-        .map(|c| match c {
-            '\u{200b}'..='\u{200f}'
-            | '\u{202a}'..='\u{202e}'
-            | '\u{2060}'..='\u{2069}'
-            | '\u{feff}' => {
-                format!("\\u{:04x}", c as u32)
+/// Whether `c` changes how the text around it is shown without being seen itself, or is
+/// invisible: bidirectional marks, overrides and isolates, zero-width and format characters,
+/// soft hyphens, fillers, variation selectors, tag characters, and control characters.
+pub fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{34f}'
+            | '\u{61c}'
+            | '\u{115f}'
+            | '\u{1160}'
+            | '\u{17b4}'
+            | '\u{17b5}'
+            | '\u{180b}'..='\u{180f}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}'
+            | '\u{feff}'
+            | '\u{ffa0}'
+            | '\u{fff0}'..='\u{fffb}'
+            | '\u{e0000}'..='\u{e0fff}'
+    ) || c.is_control()
+}
+
+/// `text` with every [`invisible`] character written as a `\u{..}` escape, so
+/// `/srv/docs/\u{202e}txt.exe` cannot pose as another path and a name cannot hide part of
+/// itself.
+pub fn visible(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if invisible(c) {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
             }
-            other => other.to_string(),
         })
         .collect()
 }
@@ -169,8 +240,11 @@ mod tests {
     #[test]
     fn invisible_and_reordering_characters_are_shown_as_escapes() {
         let text = render_args(&json!({"path": "/srv/docs/\u{202e}txt.exe", "\u{200b}key": 1}));
-        assert!(text.contains("/srv/docs/\\u202etxt.exe"), "{text}");
-        assert!(text.contains("\"\\u200bkey\""), "{text}");
+        assert!(text.contains("/srv/docs/\\u{202e}txt.exe"), "{text}");
+        assert!(text.contains("\"\\u{200b}key\""), "{text}");
+        // Soft hyphens, tags, fillers and C1 controls too.
+        let text = render_args(&json!({ "p": "a\u{ad}b\u{e0041}c\u{3164}d\u{9b}e" }));
+        assert_eq!(text, "\"p\": \"a\\u{ad}b\\u{e0041}c\\u{3164}d\\u{9b}e\"\n");
         assert!(!text.contains('\u{202e}') && !text.contains('\u{200b}'));
     }
 

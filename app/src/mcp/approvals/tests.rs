@@ -201,3 +201,34 @@ async fn outcomes_and_grants_are_audited_with_who_decided() {
         (Some("revoked"), Some("cli"))
     );
 }
+
+#[tokio::test]
+async fn a_call_whose_caller_goes_away_leaves_nothing_to_approve() {
+    let approvals = Arc::new(Approvals::new(Duration::from_secs(60), Audit::disabled()));
+    let caller = Identity::from_seed([1; 32]).node_id();
+    let mut events = approvals.subscribe();
+    let a = approvals.clone();
+    let waiting = tokio::spawn(async move {
+        let args = json!({"path": "/srv/docs/a"});
+        a.ask(request(caller, &args, &[7; 32])).await
+    });
+    let p = pending(&approvals).await;
+    // The session ends: its waiting calls are dropped.
+    waiting.abort();
+    let _ = waiting.await;
+    assert!(approvals.list().is_empty(), "a ghost approval stayed");
+    assert_eq!(
+        approvals.answer(&p.id, answer(true, None)),
+        Err(UnknownApproval(p.id.clone()))
+    );
+    let _pending = events.recv().await.unwrap();
+    match events.recv().await.unwrap() {
+        ApprovalEvent::Decided { resolution, .. } => {
+            assert_eq!(
+                (resolution.outcome.as_str(), resolution.by.as_str()),
+                ("abandoned", "caller gone")
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
