@@ -97,7 +97,7 @@ pub struct Answer {
 pub struct Resolution {
     /// "approved", "denied", "timed out", "granted", "abandoned".
     pub outcome: String,
-    /// "cli", "console", "timeout", or "grant <id>".
+    /// `cli`, `console`, `timeout`, or `grant ID`.
     pub by: String,
     /// The reason given, if any.
     pub reason: Option<String>,
