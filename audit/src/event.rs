@@ -171,7 +171,7 @@ pub enum Event {
         args_sha256: String,
         /// "approved", "denied", "timed out", or "granted" (a standing grant approved it).
         outcome: String,
-        /// Who or what decided: "cli", "console", "grant <id>", "timeout".
+        /// Who or what decided: "cli", "console", `grant ID`, "timeout".
         by: String,
         /// The reason given, if any.
         reason: Option<String>,
