@@ -43,6 +43,13 @@ pub enum ControlRequest {
         #[serde(default)]
         grant: Option<crate::mcp::approvals::GrantScope>,
     },
+    /// Accept the held manifest of an MCP tool (it is pinned as the server presents it).
+    AcceptPin {
+        /// The service (or `peer/service` on a caller).
+        scope: String,
+        /// The tool.
+        tool: String,
+    },
     /// End a standing approval grant now.
     RevokeGrant {
         /// The grant's id.

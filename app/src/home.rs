@@ -87,6 +87,11 @@ impl Home {
         self.dir.join("rotations.json")
     }
 
+    /// Pinned MCP tool manifests.
+    pub fn pins(&self) -> PathBuf {
+        self.dir.join("pins.json")
+    }
+
     /// The path the edit lock is taken on (`edits.lock` beside it).
     pub fn edits_lock(&self) -> PathBuf {
         self.dir.join("edits")

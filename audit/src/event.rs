@@ -193,6 +193,19 @@ pub enum Event {
         /// Who made or revoked it ("cli", "console"), or "timer" when it expired.
         by: String,
     },
+    /// A tool's manifest pinned, held because it changed (or is new), or accepted.
+    ToolManifest {
+        /// The service (at the tool host) or `peer/service` (at the caller).
+        scope: String,
+        /// The tool.
+        tool: String,
+        /// "pinned", "held", "accepted".
+        action: String,
+        /// The manifest as pinned before, if any.
+        pinned: Option<Value>,
+        /// The manifest as the server presents it.
+        presented: Value,
+    },
     /// An action taken in the local console (every state change it makes is one).
     Console {
         /// What was done ("login", "close channel", "allow", "deny", ...).
@@ -216,6 +229,7 @@ impl Event {
             Event::RequestSignature { .. } => "request-signature",
             Event::Approval { .. } => "approval",
             Event::Grant { .. } => "grant",
+            Event::ToolManifest { .. } => "tool-manifest",
             Event::Console { .. } => "console",
         }
     }
@@ -352,6 +366,19 @@ impl Event {
                 "tool": tool,
                 "scope": scope,
                 "by": by,
+            }),
+            Event::ToolManifest {
+                scope,
+                tool,
+                action,
+                pinned,
+                presented,
+            } => json!({
+                "scope": scope,
+                "tool": tool,
+                "action": action,
+                "pinned": pinned,
+                "presented": presented,
             }),
             Event::Console { action, detail } => json!({ "action": action, "detail": detail }),
         };

@@ -66,6 +66,23 @@ pub(crate) enum McpCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Pinned tool manifests: what each tool said when first listed, and the tools held
+    /// because the server now presents them differently (or they are new).
+    Pins {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept a held tool as the server presents it now (it is pinned again and callable).
+    Pin {
+        /// The service (or `peer/service` for pins kept on the caller's side).
+        scope: String,
+        /// The tool.
+        tool: String,
+        /// Accept the presented version (required: read `nullport mcp pins` first).
+        #[arg(long, required = true)]
+        accept: bool,
+    },
     /// Make every call of a tool wait for a human (`nullport approve <id>`).
     RequireApproval {
         /// The MCP service.
@@ -494,6 +511,72 @@ pub(crate) async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
                     }
                 }
             }
+            Ok(())
+        }
+        McpCommand::Pins { json } => {
+            let pins =
+                nullport::mcp::pins::Pins::load(home.pins(), nullport::audit::Audit::disabled())?;
+            let snapshot = pins.snapshot();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snapshot)?);
+                return Ok(());
+            }
+            if snapshot.is_empty() {
+                println!(
+                    "no tool manifests pinned yet (they are pinned the first time a service lists its tools)"
+                );
+            }
+            for (scope, p) in snapshot {
+                out!("{scope}: {} pinned, {} held", p.pinned.len(), p.held.len());
+                for (tool, held) in &p.held {
+                    out!(
+                        "  HELD {tool}: {}",
+                        match &held.pinned {
+                            Some(_) => "changed since it was pinned",
+                            None => "new since the tools were pinned",
+                        }
+                    );
+                    for field in ["description", "inputSchema", "annotations"] {
+                        let was = held.pinned.as_ref().map(|m| m.tool[field].clone());
+                        let now = &held.presented.tool[field];
+                        if was.as_ref() != Some(now) {
+                            if let Some(was) = was {
+                                out!("    {field} was: {was}");
+                            }
+                            out!("    {field} now: {now}");
+                        }
+                    }
+                    out!("    accept with: nullport mcp pin {scope} {tool} --accept");
+                }
+            }
+            Ok(())
+        }
+        McpCommand::Pin {
+            scope,
+            tool,
+            accept: _,
+        } => {
+            match control(
+                home,
+                &ControlRequest::AcceptPin {
+                    scope: scope.clone(),
+                    tool: tool.clone(),
+                },
+            )
+            .await
+            {
+                Ok((r, _)) if r.ok => {}
+                Ok((r, _)) => bail!("{}", r.error.unwrap_or_default()),
+                Err(_) => {
+                    // No daemon: the same change, on the file.
+                    let pins = nullport::mcp::pins::Pins::load(
+                        home.pins(),
+                        nullport::audit::Audit::disabled(),
+                    )?;
+                    pins.accept(&scope, &tool)?;
+                }
+            }
+            out!("accepted {tool} in {scope} as the server presents it now");
             Ok(())
         }
         McpCommand::RequireApproval { service, tool } => {

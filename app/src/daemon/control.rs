@@ -158,6 +158,10 @@ async fn handle(state: &Arc<State>, request: ControlRequest) -> ControlResponse 
                 Err(e) => ControlResponse::error(e),
             }
         }
+        ControlRequest::AcceptPin { scope, tool } => match state.pins.accept(&scope, &tool) {
+            Ok(_) => ControlResponse::ok(),
+            Err(e) => ControlResponse::error(e),
+        },
         ControlRequest::RevokeGrant { id } => {
             match state
                 .approvals

@@ -119,6 +119,7 @@ fn mcp_kind(state: &State, upstream: UpstreamSpec) -> Mcp {
         identity: state.identity.clone(),
         approvals: state.approvals.clone(),
         audit: state.audit.clone(),
+        pins: state.pins.clone(),
     }
 }
 

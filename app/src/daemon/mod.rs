@@ -148,6 +148,8 @@ pub(crate) struct State {
     pub(crate) stop: watch::Sender<bool>,
     /// Counters for the metrics listener (fed by the audit events).
     pub(crate) metrics: Arc<crate::metrics::NodeMetrics>,
+    /// Pinned MCP tool manifests (`pins.json`).
+    pub(crate) pins: Arc<crate::mcp::pins::Pins>,
     /// The `[link]` settings the daemon started with (changes take effect at the next start).
     pub(crate) started_link: crate::config_file::LinkTable,
     /// The local console's address while it runs (`http://127.0.0.1:PORT`, no token).
@@ -348,6 +350,7 @@ impl Daemon {
         audit.node(NodeEvent::Start, format!("relay {relay}"));
         let approval_timeout = files.config.approvals.timeout();
         let started_link = files.config.link.clone();
+        let pins = Arc::new(crate::mcp::pins::Pins::load(home.pins(), audit.clone())?);
         let mut node_config = NodeConfig::new(identity.clone(), relay.clone());
         node_config.limits = limits;
         let node = Node::start(node_config).await?;
@@ -382,6 +385,7 @@ impl Daemon {
             console_url: watch::Sender::new(None),
             console: Mutex::new(None),
             started_link,
+            pins,
         });
         state.rebuild_access();
         let span = tracing::info_span!("daemon", id = %state.node.node_id().fmt_short());

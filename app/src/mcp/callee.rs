@@ -163,12 +163,15 @@ pub async fn serve<C>(
     session: Session,
     approvals: Arc<Approvals>,
     audit: Audit,
+    pins: Arc<crate::mcp::pins::Pins>,
 ) -> std::io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let initial = grant().ok_or_else(|| std::io::Error::other("no MCP grant for this caller"))?;
-    let firewall = Arc::new(Mutex::new(Firewall::new(initial)));
+    let firewall = Arc::new(Mutex::new(
+        Firewall::new(initial).with_pins(pins, &session.service),
+    ));
     let (reader, mut writer) = tokio::io::split(channel);
     // One writer towards the caller: server output and firewall replies.
     let (to_caller, mut outbox) = mpsc::channel::<Vec<u8>>(64);

@@ -8,6 +8,7 @@ mod callee;
 mod caller;
 pub mod firewall;
 pub mod http;
+pub mod pins;
 pub mod probe;
 pub mod receipt;
 pub mod session;

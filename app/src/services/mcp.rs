@@ -27,6 +27,8 @@ pub struct Mcp {
     pub approvals: Arc<Approvals>,
     /// The audit log.
     pub audit: Audit,
+    /// The pinned tool manifests.
+    pub pins: Arc<crate::mcp::pins::Pins>,
 }
 
 /// An MCP session about to start.
@@ -48,6 +50,7 @@ impl Kind for Mcp {
                 identity: self.identity.clone(),
                 approvals: self.approvals.clone(),
                 audit: self.audit.clone(),
+                pins: self.pins.clone(),
             },
             peer: caller.peer,
             service: caller.service.to_owned(),
@@ -92,6 +95,7 @@ impl Ready for McpSession {
             session,
             kind.approvals,
             kind.audit,
+            kind.pins,
         )
         .await
     }

@@ -162,6 +162,8 @@ enum ListKind {
 #[derive(Debug)]
 pub struct Firewall {
     grant: McpGrant,
+    /// The pinned tool manifests, and the scope this session's tools are pinned under.
+    pins: Option<(std::sync::Arc<crate::mcp::pins::Pins>, String)>,
     pending_lists: HashMap<String, ListKind>,
     pending_calls: HashSet<String>,
     server_requests: HashSet<String>,
@@ -173,11 +175,19 @@ impl Firewall {
     pub fn new(grant: McpGrant) -> Self {
         Self {
             grant,
+            pins: None,
             pending_lists: HashMap::new(),
             pending_calls: HashSet::new(),
             server_requests: HashSet::new(),
             recent_calls: Vec::new(),
         }
+    }
+
+    /// Checks this session's tools against `pins` under `scope`: changed and new tools are
+    /// hidden and refused until accepted.
+    pub fn with_pins(mut self, pins: std::sync::Arc<crate::mcp::pins::Pins>, scope: &str) -> Self {
+        self.pins = Some((pins, scope.to_owned()));
+        self
     }
 
     /// Replaces the rules (policy reload).
@@ -376,6 +386,11 @@ impl Firewall {
                     serde_json::to_vec(&args).unwrap_or_default(),
                 ));
                 args_digest = Some(digest.clone());
+                if let Some((pins, scope)) = &self.pins
+                    && let Err(e) = pins.call_allowed(scope, tool)
+                {
+                    return self.deny(id, &method, target, e.to_string());
+                }
                 if let Err(e) =
                     nullport_keyring::args::check(&rules.args, tool, &args, &resolve_on_this_host)
                 {
@@ -538,6 +553,11 @@ impl Firewall {
             }
         };
         if let Some(Value::Array(items)) = result.get_mut(field) {
+            // Every tool the server presents is checked against its pin first (so the first
+            // list pins them all, allowed to this caller or not).
+            if let (ListKind::Tools, Some((pins, scope))) = (kind, &self.pins) {
+                pins.check_list(scope, items);
+            }
             items.retain(|item| item.get(key).and_then(Value::as_str).is_some_and(allowed));
         }
     }
