@@ -1675,3 +1675,55 @@ async fn a_changed_tool_is_held_until_accepted() {
     assert_eq!(report["tools"], serde_json::json!(["greet"]), "{report}");
     assert_eq!(report["calls"][0]["text"], "hello ada", "{report}");
 }
+
+/// An MCP server that dies (here: at start) ends the session: the caller's waiting request
+/// gets a JSON-RPC error naming why and the bridge's output closes, instead of a client that
+/// waits forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_server_that_dies_ends_the_session_with_an_answer() {
+    let (_net, tool, agent) = pair().await;
+    ok(
+        &tool,
+        &[
+            "expose",
+            "mcp",
+            "broken",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo 'cannot start' >&2; exit 3",
+        ],
+    )
+    .await;
+    ok(&tool, &["mcp", "allow", "agent", "broken", "--tools", "*"]).await;
+    let mut bridge = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&agent)
+        .args(["mcp", "bridge", "tool/broken"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = bridge.stdin.take().unwrap();
+    stdin
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"2025-06-18\",\"capabilities\":{},\"clientInfo\":{\"name\":\"t\",\"version\":\"1\"}}}\n")
+        .await
+        .unwrap();
+    // Stdin stays open: the session must end from the tool side. (The bound only turns a
+    // hang into a failure; the answer comes as soon as the server has exited.)
+    let out = tokio::time::timeout(Duration::from_secs(60), bridge.wait_with_output())
+        .await
+        .expect("the bridge kept waiting after the MCP server died")
+        .unwrap();
+    drop(stdin);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(answer["id"], 1, "{stdout}");
+    assert_eq!(
+        answer["error"]["message"],
+        "nullport: the tool host closed the session before answering (its MCP server ended)",
+        "{stdout}"
+    );
+}

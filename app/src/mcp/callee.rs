@@ -416,8 +416,34 @@ where
         }
     };
     drop(to_caller);
-    let caller_result = caller_task.await;
+    // A server process that exits (or closes its output) ends the session: the caller sees
+    // the channel close, as it would see a local stdio server's pipe close, instead of
+    // waiting for answers that cannot come.
+    let mut server_task = server_task;
+    let mut server_ended = false;
+    let service = out.session.service.clone();
+    let caller_result = {
+        let server_done = async {
+            match server_task.as_mut() {
+                Some(task) => {
+                    let _ = task.await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = caller_task => result,
+            () = server_done => {
+                server_ended = true;
+                let status = child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                tracing::warn!(%service, ?status, "the MCP server ended the session (its output closed); closing the channel");
+                Ok(())
+            }
+        }
+    };
     drop(awaiting);
+    // Only the server task and requests in flight may still write to the caller.
+    drop(out);
     // The caller is done sending: let the server finish what it was asked, then stop it.
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while requests.join_next().await.is_some() {}
@@ -425,7 +451,7 @@ where
     .await;
     drop(requests);
     drop(upstream);
-    if let Some(mut task) = server_task {
+    if let Some(mut task) = server_task.filter(|_| !server_ended) {
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut task).await;
     }
     if let Some(child) = child.as_mut() {

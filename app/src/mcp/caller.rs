@@ -82,27 +82,35 @@ where
             }
         }
     };
+    // Answers every request still waiting, with the reason the channel ended (the client sees
+    // why at once instead of waiting forever).
+    let answer_waiting = |reason: String| {
+        let waiting: Vec<serde_json::Value> = awaiting
+            .lock()
+            .map(|mut a| a.drain().map(|(_, id)| id).collect())
+            .unwrap_or_default();
+        waiting
+            .into_iter()
+            .map(|id| {
+                let answer = serde_json::json!({
+                    "jsonrpc": "2.0",
+                    "id": id,
+                    "error": {"code": CHANNEL_ENDED, "message": format!("nullport: {reason}")},
+                });
+                format!("{answer}\n")
+            })
+            .collect::<String>()
+    };
     let down = async {
         let mut input = BufReader::new(channel_r);
         loop {
             let next = match read_line(&mut input, 64 << 20).await {
                 Ok(next) => next,
                 Err(e) => {
-                    // The channel ended (the callee took access away, or it broke): answer
-                    // every request still waiting, with the reason.
-                    let waiting: Vec<serde_json::Value> = awaiting
-                        .lock()
-                        .map(|mut a| a.drain().map(|(_, id)| id).collect())
-                        .unwrap_or_default();
-                    for id in waiting {
-                        let answer = serde_json::json!({
-                            "jsonrpc": "2.0",
-                            "id": id,
-                            "error": {"code": CHANNEL_ENDED, "message": format!("nullport: {e}")},
-                        });
-                        let _ = local_w.write_all(format!("{answer}\n").as_bytes()).await;
-                    }
-                    let _ = local_w.flush().await;
+                    // The channel broke, or the callee took access away.
+                    let answers = answer_waiting(e.to_string());
+                    let _ = local_w.write_all(answers.as_bytes()).await;
+                    let _ = local_w.shutdown().await;
                     return Err(e);
                 }
             };
@@ -155,12 +163,26 @@ where
                 }
                 Line::TooLong => tracing::warn!("dropping an oversize message from the peer"),
                 Line::End => {
+                    // The tool host closed the session (its MCP server exited).
+                    let answers = answer_waiting(
+                        "the tool host closed the session before answering (its MCP server ended)"
+                            .into(),
+                    );
+                    let _ = local_w.write_all(answers.as_bytes()).await;
                     let _ = local_w.shutdown().await;
                     return Ok::<(), std::io::Error>(());
                 }
             }
         }
     };
-    let (a, b) = tokio::join!(up, down);
-    a.and(b)
+    // The client may stop sending and still wait for answers; once the channel has ended
+    // there is nothing more to send it.
+    tokio::pin!(up, down);
+    tokio::select! {
+        sent = &mut up => {
+            let received = down.await;
+            sent.and(received)
+        }
+        received = &mut down => received,
+    }
 }

@@ -884,3 +884,33 @@ async fn enrollment_invites_are_single_use_expiring_and_race_safe() {
         y.2
     );
 }
+
+/// A callee that drops its channel without closing it (a task aborted, a service that
+/// crashed) resets the stream: the caller's read fails as truncated instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_dropped_without_close_fails_the_peers_read() {
+    init_tracing();
+    let net = TestNet::start().await;
+    let (a, b) = (net.node().await, Arc::new(net.node().await));
+    let server = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let incoming = b.accept().await.unwrap();
+            let mut ch = incoming.accept().await.unwrap();
+            let mut buf = [0u8; 5];
+            ch.read_exact(&mut buf).await.unwrap();
+            drop(ch);
+        })
+    };
+    let mut ch = a.dial(b.node_id(), "echo").await.unwrap();
+    ch.write_all(b"hello").await.unwrap();
+    ch.flush().await.unwrap();
+    server.await.unwrap();
+    let mut got = Vec::new();
+    let result = tokio::time::timeout(Duration::from_secs(30), ch.read_to_end(&mut got))
+        .await
+        .expect("the caller kept waiting on a channel its peer dropped");
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert!(err.to_string().contains("truncated"), "{err}");
+}
