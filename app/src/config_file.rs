@@ -13,6 +13,11 @@
 //! [services.web]
 //! tcp = "127.0.0.1:8080"
 //! proxy_protocol = true          # tcp: a PROXY protocol v2 header naming the caller
+//!
+//! [services.files]
+//! mcp = ["npx", "@modelcontextprotocol/server-filesystem", "/srv/docs"]
+//! [services.files.sandbox]       # exec and mcp: see `nullport::sandbox`
+//! ro = ["/srv/docs"]
 //! ```
 //!
 //! Exec and MCP processes start with a cleared environment: only [`DEFAULT_ENV`] (those set
@@ -67,6 +72,8 @@ pub struct Service {
     pub env: Vec<String>,
     /// TCP: start each connection with a PROXY protocol v2 header naming the caller.
     pub proxy_protocol: bool,
+    /// Exec and MCP commands: run each process in this sandbox.
+    pub sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 impl Service {
@@ -76,6 +83,7 @@ impl Service {
             spec,
             env: Vec::new(),
             proxy_protocol: false,
+            sandbox: None,
         }
     }
 
@@ -126,6 +134,9 @@ impl std::fmt::Display for Service {
         if !self.env.is_empty() {
             write!(f, " (env {})", self.env.join(" "))?;
         }
+        if self.sandbox.is_some() {
+            f.write_str(" (sandboxed)")?;
+        }
         Ok(())
     }
 }
@@ -146,6 +157,8 @@ struct ServiceTable {
     env: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     proxy_protocol: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 /// What is wrong with a service's table in the config file.
@@ -161,6 +174,9 @@ pub enum ServiceTableError {
     /// `env` on a service that runs no process.
     #[error("env is for exec and mcp services")]
     EnvWithoutProcess,
+    /// `sandbox` on a service that runs no process.
+    #[error("sandbox is for exec and mcp (command) services")]
+    SandboxWithoutProcess,
 }
 
 impl TryFrom<ServiceTable> for Service {
@@ -180,10 +196,14 @@ impl TryFrom<ServiceTable> for Service {
         if !t.env.is_empty() && !matches!(spec, ServiceSpec::Exec(_) | ServiceSpec::Mcp(_)) {
             return Err(ServiceTableError::EnvWithoutProcess);
         }
+        if t.sandbox.is_some() && !matches!(spec, ServiceSpec::Exec(_) | ServiceSpec::Mcp(_)) {
+            return Err(ServiceTableError::SandboxWithoutProcess);
+        }
         Ok(Service {
             spec,
             env: t.env,
             proxy_protocol: t.proxy_protocol,
+            sandbox: t.sandbox,
         })
     }
 }
@@ -193,6 +213,7 @@ impl From<&Service> for ServiceTable {
         let mut t = ServiceTable {
             env: s.env.clone(),
             proxy_protocol: s.proxy_protocol,
+            sandbox: s.sandbox.clone(),
             ..ServiceTable::default()
         };
         match &s.spec {

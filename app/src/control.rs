@@ -199,6 +199,9 @@ pub struct ServiceStatus {
     pub name: String,
     /// What it forwards to.
     pub target: String,
+    /// What its processes are isolated by, if it is sandboxed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 /// One open channel.

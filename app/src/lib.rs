@@ -22,6 +22,7 @@ pub mod home;
 pub mod mcp;
 pub mod metrics;
 pub mod notify;
+pub mod sandbox;
 pub mod services;
 pub mod tasks;
 pub mod tokens;

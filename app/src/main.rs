@@ -10,6 +10,16 @@ mod quickstart;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Inside a sandbox (see `nullport::sandbox`): restrict this process and execute the
+    // server, before any thread or runtime exists.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(nullport::sandbox::INSIDE_ARG.as_ref()) {
+        let plan = args
+            .next()
+            .and_then(|p| p.into_string().ok())
+            .unwrap_or_default();
+        return nullport::sandbox::inside::main(&plan);
+    }
     quiet_on_broken_pipe();
     let cli = cli::Cli::parse();
     // The daemon logs what it does; one-shot commands only warn.

@@ -163,6 +163,9 @@ pub(crate) async fn status(home: &Home, json: bool) -> anyhow::Result<()> {
     );
     for s in &status.services {
         println!("  {:<16} {}", s.name, s.target);
+        if let Some(sandbox) = &s.sandbox {
+            println!("  {:<16} {sandbox}", "");
+        }
     }
     println!(
         "channels {}",

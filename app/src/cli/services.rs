@@ -1,6 +1,7 @@
 //! `expose`, `unexpose`, `allow`, `deny`, `connect`, `pipe`: services offered and used.
 
 use super::*;
+use nullport::sandbox::{Level as SandboxLevel, Sandbox};
 
 /// `expose`: what to offer, and whether it may replace a service of the same name.
 #[derive(Args, Debug)]
@@ -39,6 +40,8 @@ pub(crate) enum ExposeCommand {
         /// LANG, TZ and the like, plus NULLPORT_PEER / NULLPORT_PEER_ALIAS naming the caller.
         #[arg(long = "env", value_name = "NAME[=VALUE]")]
         env: Vec<String>,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
         /// The server command and its arguments (after `--`).
         #[arg(last = true, required_unless_present = "url")]
         command: Vec<String>,
@@ -52,10 +55,75 @@ pub(crate) enum ExposeCommand {
         /// TZ and the like, plus NULLPORT_PEER / NULLPORT_PEER_ALIAS naming the caller.
         #[arg(long = "env", value_name = "NAME[=VALUE]")]
         env: Vec<String>,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+}
+
+/// `--sandbox` and its options (exec and MCP commands).
+#[derive(Args, Debug)]
+pub(crate) struct SandboxArgs {
+    /// Run each process in a sandbox: own mount, PID, IPC, UTS and network namespaces
+    /// (bubblewrap), a read-only view of /usr and a few files of /etc, private /tmp and home,
+    /// only the paths listed with --ro/--rw, seccomp (no network sockets without --net),
+    /// resource limits, Landlock, and `nobody` instead of root. Checked by starting a
+    /// sandboxed `true` first; a sandbox this machine cannot make is an error.
+    #[arg(long)]
+    sandbox: bool,
+    /// With --sandbox: let the process read (and execute) this path; repeatable. The
+    /// program's own directory must be listed unless it is under /usr.
+    #[arg(long, value_name = "PATH", requires = "sandbox")]
+    ro: Vec<PathBuf>,
+    /// With --sandbox: let the process read and write this path; repeatable.
+    #[arg(long, value_name = "PATH", requires = "sandbox")]
+    rw: Vec<PathBuf>,
+    /// With --sandbox: share the host's network (default: none at all).
+    #[arg(long, requires = "sandbox")]
+    net: bool,
+    /// With --sandbox: accept a weaker sandbox by name: `no-landlock` runs without Landlock
+    /// on kernels that lack it (default `full`: all of it, or no start).
+    #[arg(long, value_name = "LEVEL", requires = "sandbox", value_parser = ["full", "no-landlock"])]
+    sandbox_level: Option<String>,
+    /// With --sandbox: largest heap of one process, MiB.
+    #[arg(long, value_name = "MIB", requires = "sandbox")]
+    memory_mib: Option<u64>,
+    /// With --sandbox: most processes and threads.
+    #[arg(long, value_name = "N", requires = "sandbox")]
+    processes: Option<u64>,
+    /// With --sandbox: most CPU seconds one process may use.
+    #[arg(long, value_name = "SECONDS", requires = "sandbox")]
+    cpu_secs: Option<u64>,
+}
+
+impl SandboxArgs {
+    /// The sandbox asked for, checked against this machine and probed (a sandboxed `true`).
+    async fn build(self, command: &[String]) -> anyhow::Result<Option<Sandbox>> {
+        if !self.sandbox {
+            return Ok(None);
+        }
+        let defaults = Sandbox::default();
+        let sandbox = Sandbox {
+            ro: self.ro,
+            rw: self.rw,
+            net: self.net,
+            memory_mib: self.memory_mib.unwrap_or(defaults.memory_mib),
+            processes: self.processes.unwrap_or(defaults.processes),
+            cpu_secs: self.cpu_secs.unwrap_or(defaults.cpu_secs),
+            level: self
+                .sandbox_level
+                .as_deref()
+                .and_then(SandboxLevel::parse)
+                .unwrap_or_default(),
+        };
+        let path = std::env::var("PATH").ok();
+        let program = command.first().map(String::as_str).unwrap_or_default();
+        sandbox.check(program, path.as_deref())?;
+        sandbox.probe(path.as_deref()).await?;
+        Ok(Some(sandbox))
+    }
 }
 
 pub(crate) async fn expose(home: &Home, args: ExposeArgs) -> anyhow::Result<()> {
@@ -76,19 +144,32 @@ pub(crate) async fn expose(home: &Home, args: ExposeArgs) -> anyhow::Result<()> 
             service.proxy_protocol = proxy_protocol;
             (name, service)
         }
-        ExposeCommand::Exec { name, env, command } => {
+        ExposeCommand::Exec {
+            name,
+            env,
+            sandbox,
+            command,
+        } => {
+            let sandbox = sandbox.build(&command).await?;
             let mut service = Service::new(ServiceSpec::Exec(command));
             service.env = env;
+            service.sandbox = sandbox;
             (name, service)
         }
         ExposeCommand::Mcp {
             name,
             url: Some(url),
             env,
+            sandbox,
             ..
         } => {
             if !env.is_empty() {
                 bail!("--env is for MCP servers started as commands, not for --url");
+            }
+            if sandbox.sandbox {
+                bail!(
+                    "--sandbox is for MCP servers started as commands; a --url server runs on its own"
+                );
             }
             nullport::mcp::http::HttpTarget::parse(&url).map_err(|e| anyhow!("{url}: {e}"))?;
             (name, Service::new(ServiceSpec::McpUrl(url)))
@@ -97,10 +178,13 @@ pub(crate) async fn expose(home: &Home, args: ExposeArgs) -> anyhow::Result<()> 
             name,
             url: None,
             env,
+            sandbox,
             command,
         } => {
+            let sandbox = sandbox.build(&command).await?;
             let mut service = Service::new(ServiceSpec::Mcp(command));
             service.env = env;
+            service.sandbox = sandbox;
             (name, service)
         }
     };

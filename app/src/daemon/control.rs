@@ -456,6 +456,7 @@ fn status(state: &State) -> Status {
         .map(|(n, s)| ServiceStatus {
             name: n.clone(),
             target: s.to_string(),
+            sandbox: s.sandbox.as_ref().map(ToString::to_string),
         })
         .collect();
     let mut channels: Vec<ChannelStatus> = state.channels.with_each(|ch| ChannelStatus {

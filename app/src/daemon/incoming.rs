@@ -89,6 +89,7 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
             let kind = Exec {
                 command,
                 env: env(),
+                sandbox: service.sandbox.as_ref(),
             };
             serve(&kind, incoming, &registered, &caller).await;
         }
@@ -96,6 +97,7 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
             let upstream = UpstreamSpec::Stdio {
                 command: command.clone(),
                 env: env(),
+                sandbox: service.sandbox.clone(),
             };
             serve(&mcp_kind(&state, upstream), incoming, &registered, &caller).await;
         }

@@ -5,14 +5,12 @@
 use crate::mcp::approvals::Request;
 use crate::tasks::OwnedTask;
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use nullport_keyring::McpGrant;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::process::Command;
 use tokio::sync::mpsc;
 
 use super::approvals::Approvals;
@@ -190,26 +188,19 @@ where
         audit: audit.clone(),
         pending: Arc::new(Mutex::new(HashMap::new())),
     };
+    let upstream_spec = upstream;
     let (upstream, mut child, server_task) = match upstream {
         UpstreamSpec::Http(target) => (
             Upstream::Http(Arc::new(HttpUpstream::new(target.clone()))),
             None,
             None,
         ),
-        UpstreamSpec::Stdio { command, env } => {
-            let (program, args) = command
-                .split_first()
-                .ok_or_else(|| std::io::Error::other("empty MCP command"))?;
-            let mut child = Command::new(program)
-                .args(args)
-                .env_clear()
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .process_group(0)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()?;
+        UpstreamSpec::Stdio {
+            command,
+            env,
+            sandbox,
+        } => {
+            let mut child = crate::services::exec::spawn_exec(command, env, sandbox.as_ref())?;
             let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
                 return Err(std::io::Error::other("MCP server without pipes"));
             };
@@ -455,9 +446,14 @@ where
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut task).await;
     }
     if let Some(child) = child.as_mut() {
-        crate::services::exec::kill_group(child);
-        let _ = child.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+        let sandboxed = matches!(
+            upstream_spec,
+            UpstreamSpec::Stdio {
+                sandbox: Some(_),
+                ..
+            }
+        );
+        crate::services::exec::end_process(child, sandboxed).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), &mut write_task).await;
     caller_result

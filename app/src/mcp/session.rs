@@ -22,6 +22,8 @@ pub enum UpstreamSpec {
         command: Vec<String>,
         /// The process's whole environment.
         env: Vec<(String, String)>,
+        /// Run it in this sandbox.
+        sandbox: Option<crate::sandbox::Sandbox>,
     },
     /// A local Streamable HTTP server.
     Http(HttpTarget),

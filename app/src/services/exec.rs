@@ -12,6 +12,7 @@ use tokio::process::{Child, Command};
 
 use super::io::Counted;
 use super::{Caller, Kind, Ready};
+use crate::sandbox::Sandbox;
 
 /// An `exec` service.
 #[derive(Debug)]
@@ -20,38 +21,52 @@ pub struct Exec<'a> {
     pub command: &'a [String],
     /// The process's whole environment.
     pub env: Vec<(String, String)>,
+    /// Run it in this sandbox.
+    pub sandbox: Option<&'a Sandbox>,
 }
 
 /// A process started for one channel.
 pub struct Started {
     child: Child,
     service: String,
+    sandboxed: bool,
 }
 
 impl Kind for Exec<'_> {
     type Ready = Started;
 
     async fn prepare(&self, caller: &Caller<'_>) -> Result<Started, DenyReason> {
-        let child = spawn_exec(self.command, &self.env).map_err(|e| {
+        let child = spawn_exec(self.command, &self.env, self.sandbox).map_err(|e| {
             tracing::warn!("cannot start {:?}: {e}", self.command);
             DenyReason::Unavailable
         })?;
         Ok(Started {
             child,
             service: caller.service.to_owned(),
+            sandboxed: self.sandbox.is_some(),
         })
     }
 }
 
 impl Ready for Started {
     async fn run(self, channel: Counted<nullport_node::Channel>) -> io::Result<()> {
-        run_exec(channel, self.child, &self.service).await
+        run_exec(channel, self.child, &self.service, self.sandboxed).await
     }
 }
 
 /// Starts an `exec` service's process for one channel, with exactly `env` as its
-/// environment (nothing is inherited from the daemon).
-pub fn spawn_exec(command: &[String], env: &[(String, String)]) -> io::Result<Child> {
+/// environment (nothing is inherited from the daemon), in `sandbox` if there is one.
+pub fn spawn_exec(
+    command: &[String],
+    env: &[(String, String)],
+    sandbox: Option<&Sandbox>,
+) -> io::Result<Child> {
+    if let Some(sandbox) = sandbox {
+        return sandbox
+            .command(command, env)
+            .map_err(io::Error::other)?
+            .spawn();
+    }
     let (program, args) = command
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
@@ -72,7 +87,12 @@ pub fn spawn_exec(command: &[String], env: &[(String, String)]) -> io::Result<Ch
 /// Runs one channel against a spawned process: channel -> stdin, stdout -> channel, stderr
 /// to the log. The process is killed when the channel is done or fails (an aborted channel
 /// fails its reads and writes at once).
-pub async fn run_exec<C>(channel: C, mut child: Child, name: &str) -> io::Result<()>
+pub async fn run_exec<C>(
+    channel: C,
+    mut child: Child,
+    name: &str,
+    sandboxed: bool,
+) -> io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -111,10 +131,20 @@ where
             r = &mut from_child => break r.map(drop),
         }
     };
-    kill_group(&child);
+    end_process(&mut child, sandboxed).await;
+    result
+}
+
+/// Ends a service's process and what it started: its process group, or its whole sandbox
+/// (waited for until nothing in it is left).
+pub async fn end_process(child: &mut Child, sandboxed: bool) {
+    if sandboxed {
+        crate::sandbox::end(child).await;
+        return;
+    }
+    kill_group(child);
     let _ = child.start_kill();
     let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-    result
 }
 
 /// Kills the process group a child leads (see [`spawn_exec`]): the child and whatever it

@@ -185,6 +185,9 @@ pub async fn log_stderr(stderr: impl tokio::io::AsyncRead + Unpin, service: &str
         let shown = shown.trim_end_matches(['\n', '\r']);
         if dropped > 0 || n > MAX_LOGGED_LINE {
             tracing::debug!(%service, "stderr: {shown} ... ({} more bytes not logged)", dropped + n.saturating_sub(MAX_LOGGED_LINE));
+        } else if shown.starts_with("nullport sandbox:") || shown.starts_with("bwrap:") {
+            // The sandbox refused to start the process: the operator needs to see why.
+            tracing::warn!(%service, "{shown}");
         } else {
             tracing::debug!(%service, "stderr: {shown}");
         }
