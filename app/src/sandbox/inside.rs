@@ -140,7 +140,9 @@ const NEVER: &[i64] = &[
     libc::SYS_unshare,
 ];
 
-/// The first seccomp filter: every syscall of [`NEVER`] fails with EPERM.
+/// The first seccomp filter: syscalls no tool server needs (ptrace, process_vm_*, kexec,
+/// bpf, perf_event_open, userfaultfd, keyrings, modules, mount, pivot_root, setns, unshare)
+/// fail with EPERM.
 pub fn never_filter() -> Result<seccompiler::BpfProgram, seccompiler::Error> {
     let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH)?;
     let rules: BTreeMap<i64, Vec<SeccompRule>> = NEVER.iter().map(|&n| (n, vec![])).collect();
