@@ -78,6 +78,10 @@ pub enum ControlRequest {
         /// An MCP session: sign tool calls and check the callee's receipts.
         #[serde(default)]
         mcp: bool,
+        /// An MCP session: pin the callee's tool manifests on this side too (changed or new
+        /// tools are hidden and refused here until accepted).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pin: bool,
         /// A capability token (text form) to present in the handshake.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,

@@ -187,6 +187,7 @@ async fn demo(root: &std::path::Path) -> anyhow::Result<()> {
             peer: "tool-host".into(),
             service: "web".into(),
             mcp: false,
+            pin: false,
             token: None,
         },
     )

@@ -1041,6 +1041,27 @@ async fn mcp_streamable_http_server_behind_the_firewall() {
         "{report}"
     );
     assert_eq!(report["calls"][1]["code"], -32001, "{report}");
+    // Tool manifests are pinned for --url servers as for stdio ones: at the tool host (every
+    // tool the server lists), and at a caller that pins (the tools it may see).
+    let report = sdk_client_with(
+        &agent,
+        &["--pin", "tool/everything"],
+        serde_json::json!([{ "tool": "echo", "args": { "message": "pinned" } }]),
+    )
+    .await;
+    assert_eq!(report["calls"][0]["ok"], true, "{report}");
+    let pins: serde_json::Value =
+        serde_json::from_str(&ok(&tool, &["mcp", "pins", "--json"]).await).unwrap();
+    let host = &pins["everything"];
+    assert!(host["pinned"]["echo"]["digest"].is_string(), "{pins}");
+    assert!(host["pinned"]["get-env"]["digest"].is_string(), "{pins}");
+    // (This server adds a tool after its first session: that one is held, as new.)
+    assert!(host["held"].get("echo").is_none(), "{pins}");
+    let pins: serde_json::Value =
+        serde_json::from_str(&ok(&agent, &["mcp", "pins", "--json"]).await).unwrap();
+    let caller = &pins[format!("{tool_id}/everything")];
+    assert!(caller["pinned"]["echo"]["digest"].is_string(), "{pins}");
+    assert!(caller["pinned"].get("get-env").is_none(), "{pins}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1726,4 +1747,69 @@ async fn an_mcp_server_that_dies_ends_the_session_with_an_answer() {
         "nullport: the tool host closed the session before answering (its MCP server ended)",
         "{stdout}"
     );
+}
+
+/// Pins on the caller's side (`mcp bridge --pin`): a tool the tool host changed (and its
+/// operator accepted) is still hidden and refused by the caller until the caller accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_pins_holds_a_changed_tool_until_it_accepts() {
+    if mcp_peers("a_caller_that_pins_holds_a_changed_tool_until_it_accepts").is_none() {
+        return;
+    }
+    let (net, tool, agent) = pair().await;
+    let description = net.dir.path().join("description.txt");
+    std::fs::write(&description, "Greets someone by name.").unwrap();
+    let server = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/changing_server.py");
+    ok(
+        &tool,
+        &[
+            "expose",
+            "mcp",
+            "changing",
+            "--",
+            &peers_python().display().to_string(),
+            &server.display().to_string(),
+            &description.display().to_string(),
+        ],
+    )
+    .await;
+    ok(
+        &tool,
+        &["mcp", "allow", "agent", "changing", "--tools", "greet"],
+    )
+    .await;
+    let greet = serde_json::json!([{ "tool": "greet", "args": { "name": "ada" } }]);
+    let pinned = ["--pin", "tool/changing"];
+    let report = sdk_client_with(&agent, &pinned, greet.clone()).await;
+    assert_eq!(report["calls"][0]["text"], "hello ada", "{report}");
+    // The server changes; the tool host's operator accepts the change.
+    std::fs::write(&description, "Greets someone, and more.").unwrap();
+    let report = sdk_client(&agent, "tool/changing", greet.clone()).await;
+    assert_eq!(report["tools"], serde_json::json!([]), "{report}");
+    ok(&tool, &["mcp", "pin", "changing", "greet", "--accept"]).await;
+    // Without --pin the caller now sees the new version...
+    let report = sdk_client(&agent, "tool/changing", greet.clone()).await;
+    assert_eq!(report["tools"], serde_json::json!(["greet"]), "{report}");
+    // ...with --pin its own pins hold it.
+    let report = sdk_client_with(&agent, &pinned, greet.clone()).await;
+    assert_eq!(report["tools"], serde_json::json!([]), "{report}");
+    let message = report["calls"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("nullport (this side's pins): tool \"greet\" changed since it was pinned"),
+        "{report}"
+    );
+    let pins = ok(&agent, &["mcp", "pins"]).await;
+    assert!(pins.contains("/changing: 1 pinned, 1 held"), "{pins}");
+    assert!(
+        pins.contains("description now: \"Greets someone, and more.\""),
+        "{pins}"
+    );
+    ok(
+        &agent,
+        &["mcp", "pin", "tool/changing", "greet", "--accept"],
+    )
+    .await;
+    let report = sdk_client_with(&agent, &pinned, greet).await;
+    assert_eq!(report["tools"], serde_json::json!(["greet"]), "{report}");
+    assert_eq!(report["calls"][0]["text"], "hello ada", "{report}");
 }

@@ -19,6 +19,11 @@ pub(crate) enum McpCommand {
         /// Present a capability token (its text, or @FILE).
         #[arg(long)]
         token: Option<String>,
+        /// Pin the tool manifests on this side too: the first tools/list pins each tool; a
+        /// tool the tool host later changes or adds is hidden and its calls refused here
+        /// until accepted (`nullport mcp pins`, `nullport mcp pin PEER/SERVICE TOOL --accept`).
+        #[arg(long)]
+        pin: bool,
     },
     /// Set what a caller may do on an MCP service (replaces its previous rules).
     Allow {
@@ -391,8 +396,13 @@ async fn watch_approvals(
 
 pub(crate) async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
     match cmd {
-        McpCommand::Bridge { target, token } => {
-            super::services::pipe(home, &target, true, token).await
+        McpCommand::Bridge { target, token, pin } => {
+            let mcp = if pin {
+                super::services::Mcp::Pinned
+            } else {
+                super::services::Mcp::Session
+            };
+            super::services::pipe(home, &target, mcp, token).await
         }
         McpCommand::Allow {
             peer,
@@ -556,6 +566,15 @@ pub(crate) async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
             tool,
             accept: _,
         } => {
+            // A caller-side scope names the peer: its alias becomes the NodeId pins are kept
+            // under.
+            let scope = match scope.split_once('/') {
+                Some((peer, service)) => {
+                    let id = TrustStore::load(&home.trust())?.resolve(peer)?;
+                    format!("{id}/{service}")
+                }
+                None => scope,
+            };
             match control(
                 home,
                 &ControlRequest::AcceptPin {

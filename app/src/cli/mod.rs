@@ -319,7 +319,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             allow_remote,
             token,
         } => services::connect(&home, &target, listen, allow_remote, read_token(token)?).await,
-        Command::Pipe { target, token } => services::pipe(&home, &target, false, token).await,
+        Command::Pipe { target, token } => {
+            services::pipe(&home, &target, services::Mcp::No, token).await
+        }
         Command::Status { json } => node::status(&home, json).await,
         Command::Reload => node::reload_now(&home).await,
         Command::Down => node::down(&home).await,

@@ -223,7 +223,7 @@ pub(crate) async fn open_pipe(
     home: &Home,
     peer: &str,
     service: &str,
-    mcp: bool,
+    mcp: Mcp,
     token: Option<String>,
 ) -> anyhow::Result<(BufReader<UnixStream>, Option<u64>)> {
     let (response, stream) = control(
@@ -231,7 +231,8 @@ pub(crate) async fn open_pipe(
         &ControlRequest::Pipe {
             peer: peer.to_owned(),
             service: service.to_owned(),
-            mcp,
+            mcp: mcp != Mcp::No,
+            pin: mcp == Mcp::Pinned,
             token,
         },
     )
@@ -245,10 +246,21 @@ pub(crate) async fn open_pipe(
     Ok((stream, response.pipe))
 }
 
+/// Whether a pipe is an MCP session, and whether this side pins its tool manifests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mcp {
+    /// A plain byte pipe.
+    No,
+    /// An MCP session (signed calls, checked receipts).
+    Session,
+    /// An MCP session whose tool manifests this side pins too.
+    Pinned,
+}
+
 pub(crate) async fn pipe(
     home: &Home,
     target: &str,
-    mcp: bool,
+    mcp: Mcp,
     token: Option<String>,
 ) -> anyhow::Result<()> {
     let (peer, service) = split_target(target)?;
@@ -326,7 +338,7 @@ pub(crate) async fn connect(
         let home = home.clone();
         let (peer, service, token) = (peer.to_owned(), service.to_owned(), token.clone());
         pipes.spawn(async move {
-            match open_pipe(&home, &peer, &service, false, token).await {
+            match open_pipe(&home, &peer, &service, Mcp::No, token).await {
                 Ok((mut stream, _)) => {
                     let _ = tcp.set_nodelay(true);
                     let _ = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await;
@@ -369,7 +381,7 @@ pub(crate) async fn connect_unix(
             let home = home.clone();
             let (peer, service, token) = (peer.to_owned(), service.to_owned(), token.clone());
             pipes.spawn(async move {
-                match open_pipe(&home, &peer, &service, false, token).await {
+                match open_pipe(&home, &peer, &service, Mcp::No, token).await {
                     Ok((mut stream, _)) => {
                         let _ = tokio::io::copy_bidirectional(&mut local, &mut stream).await;
                     }

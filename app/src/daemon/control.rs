@@ -84,10 +84,11 @@ async fn connection(state: Arc<State>, stream: UnixStream) {
         peer,
         service,
         mcp,
+        pin,
         token,
     } = request
     {
-        pipe(&state, reader, peer, service, mcp, token).await;
+        pipe(&state, reader, peer, service, (mcp, pin), token).await;
         return;
     }
     if let ControlRequest::WatchApprovals = request {
@@ -230,7 +231,7 @@ async fn pipe(
     mut reader: BufReader<UnixStream>,
     peer: String,
     service: String,
-    mcp: bool,
+    (mcp, pin): (bool, bool),
     token: Option<String>,
 ) {
     let blob = match token
@@ -311,7 +312,10 @@ async fn pipe(
                 signer: state.identity.clone(),
                 caller_alias: None,
             };
-            crate::mcp::caller_pipe(local, channel, session, target, state.audit.clone()).await
+            // This side's pins for the callee's service: `<NodeId>/<service>`.
+            let pins = pin.then(|| (state.pins.clone(), format!("{target}/{service}")));
+            crate::mcp::caller_pipe(local, channel, session, target, state.audit.clone(), pins)
+                .await
         } else {
             forward_pipe(&mut channel, &mut local).await.map(drop)
         };

@@ -1,13 +1,14 @@
 //! The caller side of an MCP session (`nullport mcp bridge`): a local MCP client's lines
 //! over the channel, each `tools/call` signed, each receipt checked.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use nullport_protocol::NodeId;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::firewall::MAX_MESSAGE;
+use super::pins::Pins;
 use super::receipt;
 use super::session::*;
 use crate::audit::Audit;
@@ -25,12 +26,18 @@ pub async fn caller_pipe<L, C>(
     session: Session,
     callee: NodeId,
     audit: Audit,
+    pins: Option<(Arc<Pins>, String)>,
 ) -> std::io::Result<()>
 where
     L: AsyncRead + AsyncWrite + Unpin,
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let (local_r, mut local_w) = tokio::io::split(local);
+    let (local_r, local_w) = tokio::io::split(local);
+    // Written by both directions: answers from the channel, and refusals of calls to tools
+    // held by this side's pins.
+    let local_w = tokio::sync::Mutex::new(local_w);
+    // `tools/list` requests in flight, whose answers this side's pins check.
+    let listing: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
     let (channel_r, mut channel_w) = tokio::io::split(channel);
     let pending: Mutex<HashMap<String, (String, Option<String>)>> = Mutex::new(HashMap::new());
     // Requests sent and not answered yet: if the channel ends, each gets an error answer
@@ -46,13 +53,31 @@ where
         loop {
             match read_line(&mut input, MAX_MESSAGE).await? {
                 Line::Message(line) => {
-                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
-                        && v.get("method").is_some()
+                    let request = serde_json::from_slice::<serde_json::Value>(&line)
+                        .ok()
+                        .filter(|v| v.get("method").is_some());
+                    if let Some((pins, scope)) = &pins
+                        && let Some(v) = &request
+                        && let Some(refusal) = held_call(pins, scope, v)
+                    {
+                        let mut w = local_w.lock().await;
+                        w.write_all(refusal.as_bytes()).await?;
+                        w.flush().await?;
+                        continue;
+                    }
+                    if let Some(v) = &request
                         && let Some(id) = v.get("id")
                         && let Some(key) = id_key(id)
-                        && let Ok(mut a) = awaiting.lock()
                     {
-                        a.insert(key, id.clone());
+                        if pins.is_some()
+                            && v["method"] == "tools/list"
+                            && let Ok(mut l) = listing.lock()
+                        {
+                            l.insert(key.clone());
+                        }
+                        if let Ok(mut a) = awaiting.lock() {
+                            a.insert(key, id.clone());
+                        }
                     }
                     if let Some(id) = raw_tool_call_id(&line) {
                         let sha = receipt::digest(&line);
@@ -109,8 +134,9 @@ where
                 Err(e) => {
                     // The channel broke, or the callee took access away.
                     let answers = answer_waiting(e.to_string());
-                    let _ = local_w.write_all(answers.as_bytes()).await;
-                    let _ = local_w.shutdown().await;
+                    let mut w = local_w.lock().await;
+                    let _ = w.write_all(answers.as_bytes()).await;
+                    let _ = w.shutdown().await;
                     return Err(e);
                 }
             };
@@ -144,6 +170,7 @@ where
                         }
                         continue;
                     }
+                    let mut line = line;
                     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
                         && v.get("method").is_none()
                         && let Some(key) = v.get("id").and_then(id_key)
@@ -156,10 +183,15 @@ where
                         {
                             entry.1 = Some(receipt::digest(&line));
                         }
+                        let listed = listing.lock().is_ok_and(|mut l| l.remove(&key));
+                        if listed && let Some((pins, scope)) = &pins {
+                            line = checked_list(pins, scope, v);
+                        }
                     }
-                    local_w.write_all(&line).await?;
-                    local_w.write_all(b"\n").await?;
-                    local_w.flush().await?;
+                    let mut w = local_w.lock().await;
+                    w.write_all(&line).await?;
+                    w.write_all(b"\n").await?;
+                    w.flush().await?;
                 }
                 Line::TooLong => tracing::warn!("dropping an oversize message from the peer"),
                 Line::End => {
@@ -168,8 +200,9 @@ where
                         "the tool host closed the session before answering (its MCP server ended)"
                             .into(),
                     );
-                    let _ = local_w.write_all(answers.as_bytes()).await;
-                    let _ = local_w.shutdown().await;
+                    let mut w = local_w.lock().await;
+                    let _ = w.write_all(answers.as_bytes()).await;
+                    let _ = w.shutdown().await;
                     return Ok::<(), std::io::Error>(());
                 }
             }
@@ -185,4 +218,37 @@ where
         }
         received = &mut down => received,
     }
+}
+
+/// The refusal of a `tools/call` to a tool this side's pins hold (changed or new at the
+/// tool host since it was pinned here), if it is one.
+fn held_call(pins: &Pins, scope: &str, request: &serde_json::Value) -> Option<String> {
+    if request["method"] != "tools/call" {
+        return None;
+    }
+    let tool = request["params"]["name"].as_str()?;
+    let refusal = pins.call_allowed(scope, tool).err()?;
+    let id = request.get("id")?;
+    let answer = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {
+            "code": super::firewall::DENIED,
+            "message": format!("nullport (this side's pins): {refusal}; see `nullport mcp pins`"),
+        },
+    });
+    Some(format!("{answer}\n"))
+}
+
+/// A `tools/list` answer with the tools this side's pins hold taken out (the first list
+/// pins them all).
+fn checked_list(pins: &Pins, scope: &str, mut answer: serde_json::Value) -> Vec<u8> {
+    if let Some(tools) = answer
+        .get_mut("result")
+        .and_then(|r| r.get_mut("tools"))
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        pins.check_list(scope, tools);
+    }
+    serde_json::to_vec(&answer).unwrap_or_default()
 }

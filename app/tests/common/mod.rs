@@ -269,8 +269,25 @@ pub fn mcp_peers(test: &str) -> Option<PathBuf> {
 
 /// Runs the Python SDK client through `nullport mcp bridge` and returns its JSON report.
 pub async fn sdk_client(home: &Path, target: &str, calls: serde_json::Value) -> serde_json::Value {
+    sdk_client_with(home, &[target], calls).await
+}
+
+/// [`sdk_client`], with more arguments for `nullport mcp bridge` (the target among them).
+pub async fn sdk_client_with(
+    home: &Path,
+    bridge_args: &[&str],
+    calls: serde_json::Value,
+) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_client.py");
-    let bridge = serde_json::json!([NULLPORT, "--home", home, "mcp", "bridge", target]);
+    let mut bridge = vec![
+        serde_json::json!(NULLPORT),
+        serde_json::json!("--home"),
+        serde_json::json!(home),
+        serde_json::json!("mcp"),
+        serde_json::json!("bridge"),
+    ];
+    bridge.extend(bridge_args.iter().map(|a| serde_json::json!(a)));
+    let bridge = serde_json::Value::Array(bridge);
     let out = Command::new(peers_python())
         .arg(&script)
         .arg(bridge.to_string())
