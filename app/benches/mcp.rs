@@ -180,6 +180,7 @@ async fn main() -> Res<()> {
             peer: "tool".into(),
             service: "everything".into(),
             mcp: true,
+            pin: false,
             token: None,
         },
     )
