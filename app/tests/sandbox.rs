@@ -47,6 +47,13 @@ attempt("udp socket", lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) 
 attempt("write outside", lambda: open(outside + "/x", "w").write("x") and "written")
 attempt("write work", lambda: open(work + "/made.txt", "w").write("made in the sandbox") and "written")
 attempt("write tmp", lambda: open("/tmp/t", "w").write("t") and "written")
+libc = __import__("ctypes").CDLL(None, use_errno=True)
+def io_uring():
+    import ctypes
+    if libc.syscall(425, 8, ctypes.create_string_buffer(120)) >= 0:
+        return "set up"
+    return "refused: " + os.strerror(ctypes.get_errno())
+attempt("io_uring", io_uring)
 attempt("ptrace", lambda: subprocess.run(["/usr/bin/python3", "-c", "import ctypes; l=ctypes.CDLL(None); import sys; sys.exit(0 if l.ptrace(16, 1, 0, 0) == 0 else 1)"]).returncode == 0 and "attached" or "refused")
 subprocess.Popen(["/usr/bin/python3", "-c", "import time; time.sleep(300)", marker], start_new_session=True)
 res["processes seen"] = len([p for p in os.listdir("/proc") if p.isdigit()])
@@ -132,6 +139,8 @@ async fn a_sandboxed_exec_service_can_do_its_work_and_nothing_more() {
     assert_eq!(report["write work"], "written", "{report}");
     assert_eq!(report["write tmp"], "written", "{report}");
     assert_eq!(report["ptrace"], "refused", "{report}");
+    // io_uring could open sockets without socket(): refused (425: io_uring_setup).
+    assert_eq!(report["io_uring"], "refused: Operation not permitted", "{report}");
     assert!(report["processes seen"].as_u64().unwrap() <= 4, "{report}");
     assert_eq!(
         std::fs::read_to_string(work.join("made.txt")).unwrap(),

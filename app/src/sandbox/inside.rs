@@ -138,11 +138,15 @@ const NEVER: &[i64] = &[
     libc::SYS_pivot_root,
     libc::SYS_setns,
     libc::SYS_unshare,
+    // io_uring can open sockets (IORING_OP_SOCKET) without the socket() the filter checks.
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
 ];
 
 /// The first seccomp filter: syscalls no tool server needs (ptrace, process_vm_*, kexec,
-/// bpf, perf_event_open, userfaultfd, keyrings, modules, mount, pivot_root, setns, unshare)
-/// fail with EPERM.
+/// bpf, perf_event_open, userfaultfd, keyrings, modules, mount, pivot_root, setns, unshare,
+/// io_uring) fail with EPERM.
 pub fn never_filter() -> Result<seccompiler::BpfProgram, seccompiler::Error> {
     let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH)?;
     let rules: BTreeMap<i64, Vec<SeccompRule>> = NEVER.iter().map(|&n| (n, vec![])).collect();
