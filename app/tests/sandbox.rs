@@ -140,7 +140,10 @@ async fn a_sandboxed_exec_service_can_do_its_work_and_nothing_more() {
     assert_eq!(report["write tmp"], "written", "{report}");
     assert_eq!(report["ptrace"], "refused", "{report}");
     // io_uring could open sockets without socket(): refused (425: io_uring_setup).
-    assert_eq!(report["io_uring"], "refused: Operation not permitted", "{report}");
+    assert_eq!(
+        report["io_uring"], "refused: Operation not permitted",
+        "{report}"
+    );
     assert!(report["processes seen"].as_u64().unwrap() <= 4, "{report}");
     assert_eq!(
         std::fs::read_to_string(work.join("made.txt")).unwrap(),

@@ -218,7 +218,7 @@ async fn answer(
 
 /// `text` safe to print on a terminal: control characters (escape sequences among them),
 /// bidirectional and invisible characters shown as `\u{..}` instead of acting.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     nullport::mcp::approvals::render::visible(text)
 }
 
@@ -523,81 +523,12 @@ pub(crate) async fn mcp(home: &Home, cmd: McpCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        McpCommand::Pins { json } => {
-            let pins =
-                nullport::mcp::pins::Pins::load(home.pins(), nullport::audit::Audit::disabled())?;
-            let snapshot = pins.snapshot();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&snapshot)?);
-                return Ok(());
-            }
-            if snapshot.is_empty() {
-                println!(
-                    "no tool manifests pinned yet (they are pinned the first time a service lists its tools)"
-                );
-            }
-            for (scope, p) in snapshot {
-                out!("{scope}: {} pinned, {} held", p.pinned.len(), p.held.len());
-                for (tool, held) in &p.held {
-                    out!(
-                        "  HELD {tool}: {}",
-                        match &held.pinned {
-                            Some(_) => "changed since it was pinned",
-                            None => "new since the tools were pinned",
-                        }
-                    );
-                    for field in ["description", "inputSchema", "annotations"] {
-                        let was = held.pinned.as_ref().map(|m| m.tool[field].clone());
-                        let now = &held.presented.tool[field];
-                        if was.as_ref() != Some(now) {
-                            if let Some(was) = was {
-                                out!("    {field} was: {was}");
-                            }
-                            out!("    {field} now: {now}");
-                        }
-                    }
-                    out!("    accept with: nullport mcp pin {scope} {tool} --accept");
-                }
-            }
-            Ok(())
-        }
+        McpCommand::Pins { json } => super::pins::show(home, json),
         McpCommand::Pin {
             scope,
             tool,
             accept: _,
-        } => {
-            // A caller-side scope names the peer: its alias becomes the NodeId pins are kept
-            // under.
-            let scope = match scope.split_once('/') {
-                Some((peer, service)) => {
-                    let id = TrustStore::load(&home.trust())?.resolve(peer)?;
-                    format!("{id}/{service}")
-                }
-                None => scope,
-            };
-            match control(
-                home,
-                &ControlRequest::AcceptPin {
-                    scope: scope.clone(),
-                    tool: tool.clone(),
-                },
-            )
-            .await
-            {
-                Ok((r, _)) if r.ok => {}
-                Ok((r, _)) => bail!("{}", r.error.unwrap_or_default()),
-                Err(_) => {
-                    // No daemon: the same change, on the file.
-                    let pins = nullport::mcp::pins::Pins::load(
-                        home.pins(),
-                        nullport::audit::Audit::disabled(),
-                    )?;
-                    pins.accept(&scope, &tool)?;
-                }
-            }
-            out!("accepted {tool} in {scope} as the server presents it now");
-            Ok(())
-        }
+        } => super::pins::accept(home, scope, tool).await,
         McpCommand::RequireApproval { service, tool } => {
             let mut policy = Policy::load(&home.policy())?;
             policy.require_approval(&service, &tool);

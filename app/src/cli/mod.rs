@@ -5,6 +5,7 @@ mod audit;
 mod mcp;
 mod meta;
 mod node;
+mod pins;
 mod services;
 mod trust;
 
