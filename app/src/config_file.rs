@@ -397,6 +397,19 @@ pub enum ConfigError {
 }
 
 impl NodeFile {
+    /// The sandboxed services, as (name, sandbox, program), for
+    /// [`crate::sandbox::check_all`].
+    pub fn sandboxes(&self) -> impl Iterator<Item = (&str, &crate::sandbox::Sandbox, &str)> {
+        self.services.iter().filter_map(|(name, s)| {
+            let command = match &s.spec {
+                ServiceSpec::Exec(c) | ServiceSpec::Mcp(c) => c,
+                _ => return None,
+            };
+            let program = command.first().map(String::as_str).unwrap_or_default();
+            Some((name.as_str(), s.sandbox.as_ref()?, program))
+        })
+    }
+
     /// Loads the file; a missing file is an empty config.
     pub fn load(path: &Path) -> Result<NodeFile, ConfigError> {
         let text = match std::fs::read_to_string(path) {

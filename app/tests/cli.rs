@@ -1697,7 +1697,7 @@ async fn a_changed_tool_is_held_until_accepted() {
     assert_eq!(report["calls"][0]["text"], "hello ada", "{report}");
 }
 
-/// An MCP server that dies (here: at start) ends the session: the caller's waiting request
+/// An MCP server that dies (here: on its first request) ends the session: the caller's waiting request
 /// gets a JSON-RPC error naming why and the bridge's output closes, instead of a client that
 /// waits forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1712,7 +1712,8 @@ async fn an_mcp_server_that_dies_ends_the_session_with_an_answer() {
             "--",
             "/bin/sh",
             "-c",
-            "echo 'cannot start' >&2; exit 3",
+            // Dies on its first request (so the request is sent before it is gone).
+            "read request; echo 'giving up' >&2; exit 3",
         ],
     )
     .await;

@@ -328,6 +328,88 @@ async fn a_sandbox_that_cannot_work_is_refused_when_exposed() {
     assert!(!status.contains(" s "), "{status}");
     // And a good one is.
     ok(&tool, &["expose", "exec", "s", "--sandbox", "--", "cat"]).await;
+    // No sandbox path inside one a sandbox may write (it could plant a symlink there, and a
+    // read-only path inside it would be writable), none near the node's home.
+    let shared = open_dir(&base, "shared");
+    std::fs::create_dir(shared.join("sub")).unwrap();
+    let (sh, sub) = (
+        shared.display().to_string(),
+        shared.join("sub").display().to_string(),
+    );
+    ok(
+        &tool,
+        &["expose", "exec", "w", "--sandbox", "--rw", &sh, "--", "cat"],
+    )
+    .await;
+    let err = fails(
+        &tool,
+        &[
+            "expose",
+            "exec",
+            "r",
+            "--sandbox",
+            "--ro",
+            &sub,
+            "--",
+            "cat",
+        ],
+    )
+    .await;
+    assert!(err.contains("which a sandbox may write"), "{err}");
+    let err = fails(
+        &tool,
+        &[
+            "expose",
+            "exec",
+            "n",
+            "--sandbox",
+            "--rw",
+            &sh,
+            "--ro",
+            &sub,
+            "--",
+            "cat",
+        ],
+    )
+    .await;
+    assert!(err.contains("which a sandbox may write"), "{err}");
+    let home = std::fs::canonicalize(&tool).unwrap().display().to_string();
+    let err = fails(
+        &tool,
+        &[
+            "expose",
+            "exec",
+            "h",
+            "--sandbox",
+            "--ro",
+            &home,
+            "--",
+            "cat",
+        ],
+    )
+    .await;
+    assert!(err.contains("overlaps the node's home"), "{err}");
+    // The same checks when the file is edited by hand: the reload is refused, the daemon
+    // keeps what it had.
+    let config = tool.join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "\n[services.cfgroot]\nexec = [\"cat\"]\n[services.cfgroot.sandbox]\nrw = [\"/\"]\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let err = fails(&tool, &["reload"]).await;
+    assert!(
+        err.contains("service \"cfgroot\"") && err.contains("cannot be bound"),
+        "{err}"
+    );
+    let status = ok(&tool, &["status"]).await;
+    assert!(status.contains("NOT IN FORCE"), "{status}");
+    assert!(
+        !status
+            .lines()
+            .any(|l| l.trim_start().starts_with("cfgroot")),
+        "{status}"
+    );
 }
 
 fn rustix_is_root() -> bool {

@@ -34,9 +34,25 @@ pub(crate) fn show(home: &Home, json: bool) -> anyhow::Result<()> {
                     None => "new since the tools were pinned",
                 }
             );
-            for field in ["description", "inputSchema", "annotations"] {
-                let was = held.pinned.as_ref().map(|m| m.tool[field].clone());
-                let now = &held.presented.tool[field];
+            // Every field that differs (a field that is gone shows as null).
+            let mut fields: Vec<&String> = held
+                .presented
+                .tool
+                .as_object()
+                .into_iter()
+                .flat_map(|o| o.keys())
+                .chain(
+                    held.pinned
+                        .iter()
+                        .flat_map(|m| m.tool.as_object())
+                        .flat_map(|o| o.keys()),
+                )
+                .collect();
+            fields.sort();
+            fields.dedup();
+            for field in fields {
+                let was = held.pinned.as_ref().map(|m| m.tool[field.as_str()].clone());
+                let now = &held.presented.tool[field.as_str()];
                 if was.as_ref() != Some(now) {
                     if let Some(was) = was {
                         out!("    {field} was: {was}");

@@ -211,6 +211,9 @@ pub(crate) async fn expose(home: &Home, args: ExposeArgs) -> anyhow::Result<()> 
         _ => {}
     }
     file.services.insert(name.clone(), service.clone());
+    let path_var = std::env::var("PATH").ok();
+    nullport::sandbox::check_all(file.sandboxes(), home.dir(), path_var.as_deref())
+        .map_err(|(service, e)| anyhow!("service {service:?}: {e}"))?;
     file.save(&home.config())?;
     println!(
         "exposed {name}: {service} (default deny: `nullport allow <peer> {name}`){}",

@@ -63,6 +63,16 @@ pub enum DaemonError {
         /// What is wrong.
         error: crate::notify::WebhookError,
     },
+    /// A sandboxed service cannot be made as configured (checked at every load).
+    #[error("{path}: service {service:?}: {error}")]
+    Sandbox {
+        /// The config file.
+        path: std::path::PathBuf,
+        /// The service.
+        service: String,
+        /// What is wrong.
+        error: crate::sandbox::SandboxError,
+    },
     /// Metrics are served on loopback only.
     #[error("metrics listen on loopback only (127.0.0.1:PORT or [::1]:PORT), not {0}")]
     MetricsNotLoopback(std::net::SocketAddr),
@@ -103,6 +113,14 @@ pub(crate) struct Files {
 impl Files {
     fn load(home: &Home) -> Result<Files, DaemonError> {
         let config = NodeFile::load(&home.config())?;
+        let path_var = std::env::var("PATH").ok();
+        crate::sandbox::check_all(config.sandboxes(), home.dir(), path_var.as_deref()).map_err(
+            |(service, error)| DaemonError::Sandbox {
+                path: home.config(),
+                service,
+                error,
+            },
+        )?;
         if let Some(url) = &config.approvals.webhook {
             crate::notify::Webhook::parse(url).map_err(|error| DaemonError::Webhook {
                 path: home.config(),

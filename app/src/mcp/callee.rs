@@ -44,6 +44,9 @@ impl Upstream {
                     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
                         && let Some(id) = v.get("id").filter(|_| v.get("method").is_some())
                     {
+                        if let Ok(mut f) = out.firewall.lock() {
+                            f.answered_locally(id);
+                        }
                         let err = serde_json::json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32603, "message": format!("MCP server unavailable: {e}") } });
                         let mut l = serde_json::to_vec(&err).unwrap_or_default();
                         l.push(b'\n');
@@ -388,6 +391,9 @@ where
                                     let _ = upstream.send(line, &out).await;
                                 }
                                 (false, Some(id)) => {
+                                    if let Ok(mut f) = out.firewall.lock() {
+                                        f.answered_locally(&id);
+                                    }
                                     out.reply_with_receipt(
                                         denied,
                                         &id,

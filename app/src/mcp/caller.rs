@@ -171,13 +171,23 @@ where
                         continue;
                     }
                     let mut line = line;
-                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
-                        && v.get("method").is_none()
-                        && let Some(key) = v.get("id").and_then(id_key)
-                    {
-                        if let Ok(mut a) = awaiting.lock() {
-                            a.remove(&key);
-                        }
+                    let parsed = serde_json::from_slice::<serde_json::Value>(&line).ok();
+                    let answer = parsed.as_ref().filter(|v| v.get("method").is_none());
+                    let key = answer.and_then(|v| v.get("id")).and_then(id_key);
+                    let asked = key
+                        .as_ref()
+                        .is_some_and(|k| awaiting.lock().is_ok_and(|mut a| a.remove(k).is_some()));
+                    // (An error about a line that could not be read has id null: it passes.)
+                    let unreadable = answer.is_some_and(|v| {
+                        v.get("id") == Some(&serde_json::Value::Null) && v.get("result").is_none()
+                    });
+                    if answer.is_some() && !asked && !unreadable {
+                        // An answer to nothing the client asked (or under another id: `"1"`
+                        // for `1`), or a second one: the client's SDK might take it anyway.
+                        tracing::warn!(peer = %callee.fmt_short(), "dropping an answer to no request in flight");
+                        continue;
+                    }
+                    if let (Some(v), Some(key)) = (answer.cloned(), key) {
                         if let Ok(mut p) = pending.lock()
                             && let Some(entry) = p.get_mut(&key)
                         {

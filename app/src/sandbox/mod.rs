@@ -187,6 +187,18 @@ pub enum SandboxError {
         "{0}: the program is not inside the sandbox (not under /usr, /bin, /sbin, /lib or a --ro path); add --ro with its directory"
     )]
     ProgramOutside(PathBuf),
+    /// A sandbox path lies inside a path some sandbox may write: what is bound could be
+    /// swapped for a symlink by that sandbox (and a read-only path would be writable).
+    #[error("{path}: inside {rw}, which a sandbox may write; bind a path outside every --rw path")]
+    InsideWritable {
+        /// The path.
+        path: PathBuf,
+        /// The writable path it is inside.
+        rw: PathBuf,
+    },
+    /// A sandbox path is, holds or lies inside the node's home (its key, policy, audit log).
+    #[error("{0}: overlaps the node's home, which no sandbox may see")]
+    TouchesHome(PathBuf),
     /// A limit is zero.
     #[error("sandbox limits must be at least 1 (memory MiB, processes, CPU seconds)")]
     ZeroLimit,
@@ -234,9 +246,17 @@ impl Sandbox {
             path: PathBuf::new(),
             why: "empty command",
         })?;
+        // The program as the daemon finds it (on the PATH it was given), by absolute path:
+        // inside, PATH is the system's.
+        let path_var = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str());
+        let resolved = paths::resolve_program(program, path_var)
+            .ok_or_else(|| SandboxError::ProgramOutside(PathBuf::from(program)))?;
         let plan = inside::Plan {
             sandbox: self.clone(),
-            program: program.clone(),
+            program: resolved.to_string_lossy().into_owned(),
             args: args.to_vec(),
         };
         let plan = serde_json::to_string(&plan).map_err(std::io::Error::other)?;
@@ -251,10 +271,11 @@ impl Sandbox {
             .env_clear()
             .envs(
                 env.iter()
-                    .filter(|(k, _)| k != "HOME" && k != "TMPDIR")
+                    .filter(|(k, _)| k != "HOME" && k != "TMPDIR" && k != "PATH")
                     .map(|(k, v)| (k, v)),
             )
             .env("HOME", SANDBOX_HOME)
+            .env("PATH", SANDBOX_PATH)
             .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -287,6 +308,41 @@ impl Sandbox {
         }))
     }
 }
+
+/// Checks every sandboxed service of a configuration, as (name, sandbox, program): each
+/// against this machine ([`Sandbox::check`]), none inside a path any of them may write,
+/// none overlapping the node's `home`. Run when a configuration is loaded and when one is
+/// changed; the error names the service.
+pub fn check_all<'a>(
+    services: impl IntoIterator<Item = (&'a str, &'a Sandbox, &'a str)>,
+    home: &Path,
+    path_var: Option<&str>,
+) -> Result<(), (String, SandboxError)> {
+    let services: Vec<_> = services.into_iter().collect();
+    let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_owned());
+    let writable: Vec<&PathBuf> = services.iter().flat_map(|(_, s, _)| &s.rw).collect();
+    for (name, sandbox, program) in &services {
+        let fail = |e| Err(((*name).to_owned(), e));
+        if let Err(e) = sandbox.check(program, path_var) {
+            return fail(e);
+        }
+        for p in sandbox.ro.iter().chain(&sandbox.rw) {
+            if p.starts_with(&home) || home.starts_with(p) {
+                return fail(SandboxError::TouchesHome(p.clone()));
+            }
+            if let Some(rw) = writable.iter().find(|rw| p.starts_with(rw) && p != **rw) {
+                return fail(SandboxError::InsideWritable {
+                    path: p.clone(),
+                    rw: (*rw).clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The PATH a sandboxed process gets (the daemon's may name directories it cannot see).
+pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Where bubblewrap is, if installed.
 pub fn bwrap() -> Option<PathBuf> {
@@ -356,7 +412,9 @@ fn bwrap_args(sandbox: &Sandbox, me: &Path) -> Vec<std::ffi::OsString> {
         ]);
     }
     // /tmp and the home are private and writable by the sandbox's user (`nobody` when the
-    // daemon is root, hence the sticky, world-writable mode).
+    // daemon is root, hence the sticky, world-writable mode), each at most the memory limit
+    // (tmpfs is memory).
+    let tmpfs_size = sandbox.memory_mib.saturating_mul(1 << 20).to_string();
     push(&[
         "--proc".as_ref(),
         "/proc".as_ref(),
@@ -364,8 +422,12 @@ fn bwrap_args(sandbox: &Sandbox, me: &Path) -> Vec<std::ffi::OsString> {
         "/dev".as_ref(),
         "--perms".as_ref(),
         "1777".as_ref(),
+        "--size".as_ref(),
+        tmpfs_size.as_ref(),
         "--tmpfs".as_ref(),
         "/tmp".as_ref(),
+        "--size".as_ref(),
+        tmpfs_size.as_ref(),
         "--tmpfs".as_ref(),
         "/home".as_ref(),
         "--perms".as_ref(),

@@ -62,6 +62,14 @@ pub fn spawn_exec(
     sandbox: Option<&Sandbox>,
 ) -> io::Result<Child> {
     if let Some(sandbox) = sandbox {
+        // Checked again for each process: a path may have changed since it was configured
+        // (a symlink planted, a directory made unwritable).
+        let program = command.first().map(String::as_str).unwrap_or_default();
+        let path_var = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str());
+        sandbox.check(program, path_var).map_err(io::Error::other)?;
         return sandbox
             .command(command, env)
             .map_err(io::Error::other)?

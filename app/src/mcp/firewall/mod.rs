@@ -166,9 +166,16 @@ pub struct Firewall {
     pins: Option<(std::sync::Arc<crate::mcp::pins::Pins>, String)>,
     pending_lists: HashMap<String, ListKind>,
     pending_calls: HashSet<String>,
+    /// Every caller request forwarded and not answered yet (by exact id: `1`, `"1"` and
+    /// `1.0` are different ids): only these may be answered by the server, once each.
+    forwarded: HashSet<String>,
     server_requests: HashSet<String>,
     recent_calls: Vec<Instant>,
 }
+
+/// Most caller requests in flight in one session (a caller past it is answered with an
+/// error until the server catches up).
+pub const MAX_IN_FLIGHT: usize = 1024;
 
 impl Firewall {
     /// A firewall applying `grant`.
@@ -178,6 +185,7 @@ impl Firewall {
             pins: None,
             pending_lists: HashMap::new(),
             pending_calls: HashSet::new(),
+            forwarded: HashSet::new(),
             server_requests: HashSet::new(),
             recent_calls: Vec::new(),
         }
@@ -321,7 +329,23 @@ impl Firewall {
                 let Some(key) = id_key(&id) else {
                     return invalid(INVALID_REQUEST, "request id must be a string or a number");
                 };
-                self.check_request(msg, method, id, key, now)
+                if self.forwarded.contains(&key) {
+                    return self.deny(
+                        id,
+                        &method,
+                        None,
+                        "a request with this id is in flight".into(),
+                    );
+                }
+                if self.forwarded.len() >= MAX_IN_FLIGHT {
+                    let what = format!("quota: {MAX_IN_FLIGHT} requests in flight");
+                    return self.over_quota(id, method, None, None, what);
+                }
+                let decided = self.check_request(msg, method, id, key.clone(), now);
+                if matches!(decided.0, Verdict::Forward(_) | Verdict::Approve { .. }) {
+                    self.forwarded.insert(key);
+                }
+                decided
             }
         }
     }
@@ -519,6 +543,15 @@ impl Firewall {
         };
         let id_key = msg.get("id").and_then(id_key);
         let is_request = msg.contains_key("method");
+        // (An error about a line that could not be read has id null: it passes.)
+        let unreadable = msg.get("id") == Some(&Value::Null) && !msg.contains_key("result");
+        if !is_request && !unreadable && !id_key.as_ref().is_some_and(|k| self.forwarded.remove(k))
+        {
+            // An answer to nothing the caller asked (or asked under another id: `"1"` for
+            // `1`), or a second answer: it would reach the client unfiltered.
+            tracing::warn!(id = ?msg.get("id"), "dropping a server answer to no request in flight");
+            return None;
+        }
         if let Some(key) = id_key {
             if is_request {
                 self.server_requests.insert(key);
@@ -559,6 +592,15 @@ impl Firewall {
                 pins.check_list(scope, items);
             }
             items.retain(|item| item.get(key).and_then(Value::as_str).is_some_and(allowed));
+        }
+    }
+
+    /// Forgets a forwarded request that was answered without the server (an approval
+    /// refused, an HTTP server that could not be reached): its id may be used again.
+    pub fn answered_locally(&mut self, id: &Value) {
+        if let Some(key) = id_key(id) {
+            self.forwarded.remove(&key);
+            self.pending_calls.remove(&key);
         }
     }
 

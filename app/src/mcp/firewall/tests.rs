@@ -170,3 +170,43 @@ fn approval_and_quotas() {
         Verdict::Forward(_)
     ));
 }
+
+#[test]
+fn only_answers_to_requests_in_flight_pass_once_under_their_exact_id() {
+    let mut f = fw(&["read_file"]);
+    let (v, _) = f.from_caller(
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        Instant::now(),
+    );
+    assert!(matches!(v, Verdict::Forward(_)));
+    let unfiltered = r#"{"tools":[{"name":"read_file"},{"name":"exfil"}]}"#;
+    // The same id spelled as a string, or as a float, is another id: the SDKs would take
+    // it as the answer, unfiltered. Dropped.
+    for id in [r#""1""#, "1.0", "2", "null"] {
+        let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{unfiltered}}}"#);
+        assert_eq!(f.from_server(line.as_bytes()), None, "id {id}");
+    }
+    // The real answer passes, filtered; a second answer to the same id does not.
+    let line = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{unfiltered}}}"#);
+    let out: Value = serde_json::from_slice(&f.from_server(line.as_bytes()).unwrap()).unwrap();
+    assert_eq!(
+        out["result"]["tools"],
+        serde_json::json!([{ "name": "read_file" }])
+    );
+    assert_eq!(f.from_server(line.as_bytes()), None);
+    // An error about an unreadable line (id null) passes; notifications pass.
+    let err = br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}"#;
+    assert!(f.from_server(err).is_some());
+    let note = br#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#;
+    assert!(f.from_server(note).is_some());
+    // A request id already in flight is refused (its answer could not be told apart).
+    f.from_caller(
+        br#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#,
+        Instant::now(),
+    );
+    let (v, _) = f.from_caller(
+        br#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#,
+        Instant::now(),
+    );
+    assert!(matches!(v, Verdict::Reply(_)));
+}
