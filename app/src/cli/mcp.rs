@@ -216,12 +216,6 @@ async fn answer(
     Ok(())
 }
 
-/// `text` safe to print on a terminal: control characters (escape sequences among them),
-/// bidirectional and invisible characters shown as `\u{..}` instead of acting.
-pub(crate) fn printable(text: &str) -> String {
-    nullport::mcp::approvals::render::visible(text)
-}
-
 fn print_pending(a: &nullport::mcp::approvals::PendingApproval) {
     let who = match &a.caller_alias {
         Some(alias) => format!("{alias} ({})", a.caller),

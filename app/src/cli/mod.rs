@@ -467,3 +467,9 @@ pub(crate) fn split_target(target: &str) -> anyhow::Result<(&str, &str)> {
         .filter(|(p, s)| !p.is_empty() && !s.is_empty())
         .ok_or_else(|| anyhow!("{target:?} is not <peer>/<service>"))
 }
+
+/// `text` safe to print on a terminal: control characters (escape sequences among them),
+/// bidirectional and invisible characters shown as `\u{..}` instead of acting.
+pub(crate) fn printable(text: &str) -> String {
+    nullport::mcp::approvals::render::visible(text)
+}

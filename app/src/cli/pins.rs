@@ -1,6 +1,5 @@
 //! `mcp pins`, `mcp pin`: pinned tool manifests (`nullport::mcp::pins`).
 
-use super::mcp::printable;
 use super::*;
 
 /// `println!` of text that holds names a server chose (tools, descriptions): made

@@ -107,7 +107,7 @@ pub async fn list_tools(
     let listed = tokio::time::timeout(PROBE_TIME, talk)
         .await
         .map_err(|_| ProbeError::Timeout)?;
-    crate::services::exec::kill_group(&child);
+    crate::services::process_group::kill(&child);
     let _ = child.start_kill();
     listed
 }

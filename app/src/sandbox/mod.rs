@@ -482,7 +482,7 @@ fn parents<'a>(paths: impl Iterator<Item = &'a Path>) -> Vec<PathBuf> {
 /// kills and reaps the whole namespace before that init is gone.
 pub async fn end(child: &mut Child) {
     let inits = child.id().map(paths::children_of).unwrap_or_default();
-    crate::services::exec::kill_group(child);
+    crate::services::process_group::kill(child);
     let _ = child.start_kill();
     let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
     let deadline = Instant::now() + Duration::from_secs(5);

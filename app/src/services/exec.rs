@@ -150,19 +150,7 @@ pub async fn end_process(child: &mut Child, sandboxed: bool) {
         crate::sandbox::end(child).await;
         return;
     }
-    kill_group(child);
+    super::process_group::kill(child);
     let _ = child.start_kill();
     let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-}
-
-/// Kills the process group a child leads (see [`spawn_exec`]): the child and whatever it
-/// started, daemons that did not leave the group included.
-pub fn kill_group(child: &Child) {
-    if let Some(pid) = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-    }
 }

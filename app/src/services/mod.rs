@@ -6,6 +6,7 @@
 pub mod exec;
 pub mod io;
 pub mod mcp;
+pub mod process_group;
 pub mod tcp;
 
 use std::future::Future;
