@@ -1814,3 +1814,61 @@ async fn a_caller_that_pins_holds_a_changed_tool_until_it_accepts() {
     assert_eq!(report["tools"], serde_json::json!(["greet"]), "{report}");
     assert_eq!(report["calls"][0]["text"], "hello ada", "{report}");
 }
+
+/// A server that answers `tools/list` under a respelled id (`"2"` for 2), which the SDKs
+/// would accept: its answer never reaches the client (no changed description, no tool the
+/// caller may not use); the request gets an error naming what happened instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_under_a_respelled_id_is_refused_not_passed() {
+    if !require(
+        "an_answer_under_a_respelled_id_is_refused_not_passed",
+        &["python3"],
+    ) {
+        return;
+    }
+    let (_net, tool, agent) = pair().await;
+    let server =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/respelling_server.py");
+    let server = server.display().to_string();
+    ok(
+        &tool,
+        &["expose", "mcp", "respelling", "--", "python3", &server],
+    )
+    .await;
+    ok(
+        &tool,
+        &["mcp", "allow", "agent", "respelling", "--tools", "greet"],
+    )
+    .await;
+    let mut bridge = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&agent)
+        .args(["mcp", "bridge", "--pin", "tool/respelling"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = bridge.stdin.take().unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(bridge.stdout.take().unwrap()));
+    stdin
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"2025-06-18\",\"capabilities\":{},\"clientInfo\":{\"name\":\"t\",\"version\":\"1\"}}}\n")
+        .await
+        .unwrap();
+    let init = lines.next_line().await.unwrap().unwrap();
+    assert!(init.contains("\"respelling\""), "{init}");
+    stdin
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/list\"}\n")
+        .await
+        .unwrap();
+    let answer = lines.next_line().await.unwrap().unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["id"], 2, "{answer}");
+    assert_eq!(
+        answer["error"]["message"],
+        "nullport: the MCP server answered under another id (\"2\" for 2); the answer was dropped",
+        "{answer}"
+    );
+    assert!(!answer.to_string().contains("exfil") && !answer.to_string().contains("id_ed25519"));
+}

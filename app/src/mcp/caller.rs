@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use nullport_protocol::NodeId;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
-use super::firewall::MAX_MESSAGE;
+use super::firewall::{MAX_MESSAGE, loose_id_key, respelled_answer};
 use super::pins::Pins;
 use super::receipt;
 use super::session::*;
@@ -182,9 +182,28 @@ where
                         v.get("id") == Some(&serde_json::Value::Null) && v.get("result").is_none()
                     });
                     if answer.is_some() && !asked && !unreadable {
-                        // An answer to nothing the client asked (or under another id: `"1"`
-                        // for `1`), or a second one: the client's SDK might take it anyway.
+                        // An answer to nothing the client asked, or a second one: the client's
+                        // SDK might take it anyway. Dropped; if it answers a request in flight
+                        // under another spelling of its id (`"1"` for `1`), that request gets
+                        // an error instead of waiting forever.
                         tracing::warn!(peer = %callee.fmt_short(), "dropping an answer to no request in flight");
+                        let sent = answer
+                            .and_then(|v| v.get("id"))
+                            .cloned()
+                            .unwrap_or_default();
+                        let original = loose_id_key(&sent).and_then(|loose| {
+                            let mut a = awaiting.lock().ok()?;
+                            let key = a
+                                .iter()
+                                .find(|(_, id)| loose_id_key(id).as_ref() == Some(&loose))
+                                .map(|(k, _)| k.clone())?;
+                            a.remove(&key)
+                        });
+                        if let Some(original) = original {
+                            let mut w = local_w.lock().await;
+                            w.write_all(&respelled_answer(&original, &sent)).await?;
+                            w.flush().await?;
+                        }
                         continue;
                     }
                     if let (Some(v), Some(key)) = (answer.cloned(), key) {

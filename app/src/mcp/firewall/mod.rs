@@ -94,6 +94,37 @@ pub struct Decision {
     pub reason: String,
 }
 
+/// An id as the MCP SDKs match answers to requests, loosely (`"1"`, `1` and `1.0` alike):
+/// how an answer under a respelled id is recognised (and refused) instead of left waiting.
+pub(crate) fn loose_id_key(id: &serde_json::Value) -> Option<String> {
+    let number = match id {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => return None,
+    };
+    match (number, id) {
+        (Some(n), _) if n.is_finite() => Some(format!("n:{n}")),
+        (_, serde_json::Value::String(s)) => Some(format!("s:{s}")),
+        _ => None,
+    }
+}
+
+/// The error a client gets for a request the other side answered under a respelled id (the
+/// answer itself is dropped: it would pass unchecked).
+pub(crate) fn respelled_answer(original: &serde_json::Value, sent: &serde_json::Value) -> Vec<u8> {
+    let answer = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": original,
+        "error": {
+            "code": -32603,
+            "message": format!("nullport: the MCP server answered under another id ({sent} for {original}); the answer was dropped"),
+        },
+    });
+    let mut line = serde_json::to_vec(&answer).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
 /// Id of a request, as a map key.
 fn id_key(id: &Value) -> Option<String> {
     match id {
@@ -168,7 +199,7 @@ pub struct Firewall {
     pending_calls: HashSet<String>,
     /// Every caller request forwarded and not answered yet (by exact id: `1`, `"1"` and
     /// `1.0` are different ids): only these may be answered by the server, once each.
-    forwarded: HashSet<String>,
+    forwarded: HashMap<String, Value>,
     server_requests: HashSet<String>,
     recent_calls: Vec<Instant>,
 }
@@ -185,7 +216,7 @@ impl Firewall {
             pins: None,
             pending_lists: HashMap::new(),
             pending_calls: HashSet::new(),
-            forwarded: HashSet::new(),
+            forwarded: HashMap::new(),
             server_requests: HashSet::new(),
             recent_calls: Vec::new(),
         }
@@ -329,7 +360,7 @@ impl Firewall {
                 let Some(key) = id_key(&id) else {
                     return invalid(INVALID_REQUEST, "request id must be a string or a number");
                 };
-                if self.forwarded.contains(&key) {
+                if self.forwarded.contains_key(&key) {
                     return self.deny(
                         id,
                         &method,
@@ -341,9 +372,9 @@ impl Firewall {
                     let what = format!("quota: {MAX_IN_FLIGHT} requests in flight");
                     return self.over_quota(id, method, None, None, what);
                 }
-                let decided = self.check_request(msg, method, id, key.clone(), now);
+                let decided = self.check_request(msg, method, id.clone(), key.clone(), now);
                 if matches!(decided.0, Verdict::Forward(_) | Verdict::Approve { .. }) {
-                    self.forwarded.insert(key);
+                    self.forwarded.insert(key, id);
                 }
                 decided
             }
@@ -545,12 +576,28 @@ impl Firewall {
         let is_request = msg.contains_key("method");
         // (An error about a line that could not be read has id null: it passes.)
         let unreadable = msg.get("id") == Some(&Value::Null) && !msg.contains_key("result");
-        if !is_request && !unreadable && !id_key.as_ref().is_some_and(|k| self.forwarded.remove(k))
+        if !is_request
+            && !unreadable
+            && !id_key
+                .as_ref()
+                .is_some_and(|k| self.forwarded.remove(k).is_some())
         {
-            // An answer to nothing the caller asked (or asked under another id: `"1"` for
-            // `1`), or a second answer: it would reach the client unfiltered.
-            tracing::warn!(id = ?msg.get("id"), "dropping a server answer to no request in flight");
-            return None;
+            // An answer to nothing the caller asked, or a second answer: it would reach the
+            // client unfiltered. Dropped; if it answers a request in flight under another
+            // spelling of its id (`"1"` for `1`, which the SDKs accept), that request gets an
+            // error instead of waiting forever.
+            let sent = msg.get("id").cloned().unwrap_or(Value::Null);
+            tracing::warn!(id = %sent, "dropping a server answer to no request in flight");
+            let loose = loose_id_key(&sent)?;
+            let (key, original) = self
+                .forwarded
+                .iter()
+                .find(|(_, id)| loose_id_key(id).as_ref() == Some(&loose))
+                .map(|(k, id)| (k.clone(), id.clone()))?;
+            self.forwarded.remove(&key);
+            self.pending_calls.remove(&key);
+            self.pending_lists.remove(&key);
+            return Some(respelled_answer(&original, &sent));
         }
         if let Some(key) = id_key {
             if is_request {

@@ -174,26 +174,52 @@ fn approval_and_quotas() {
 #[test]
 fn only_answers_to_requests_in_flight_pass_once_under_their_exact_id() {
     let mut f = fw(&["read_file"]);
-    let (v, _) = f.from_caller(
-        br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
-        Instant::now(),
-    );
-    assert!(matches!(v, Verdict::Forward(_)));
-    let unfiltered = r#"{"tools":[{"name":"read_file"},{"name":"exfil"}]}"#;
-    // The same id spelled as a string, or as a float, is another id: the SDKs would take
-    // it as the answer, unfiltered. Dropped.
-    for id in [r#""1""#, "1.0", "2", "null"] {
-        let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{unfiltered}}}"#);
-        assert_eq!(f.from_server(line.as_bytes()), None, "id {id}");
+    let list = |f: &mut Firewall, id: u32| {
+        let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#);
+        assert!(matches!(
+            f.from_caller(line.as_bytes(), Instant::now()).0,
+            Verdict::Forward(_)
+        ));
+    };
+    let answer = |id: &str| {
+        let tools = r#"{"tools":[{"name":"read_file"},{"name":"exfil"}]}"#;
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{tools}}}"#)
+    };
+    list(&mut f, 1);
+    // Answers to nothing in flight are dropped.
+    for id in ["2", "null"] {
+        assert_eq!(f.from_server(answer(id).as_bytes()), None, "id {id}");
     }
+    // The same id spelled as a string (the SDKs would take it, unfiltered): dropped, and the
+    // request gets an error instead of waiting; a later real answer is dropped too.
+    let out: Value =
+        serde_json::from_slice(&f.from_server(answer(r#""1""#).as_bytes()).unwrap()).unwrap();
+    assert_eq!(out["id"], 1);
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"answered under another id ("1" for 1)"#),
+        "{out}"
+    );
+    assert!(!out.to_string().contains("exfil"));
+    assert_eq!(f.from_server(answer("1").as_bytes()), None);
+    // As a float: the same.
+    list(&mut f, 2);
+    let out: Value =
+        serde_json::from_slice(&f.from_server(answer("2.0").as_bytes()).unwrap()).unwrap();
+    assert_eq!(out["id"], 2);
+    assert!(out.get("result").is_none());
     // The real answer passes, filtered; a second answer to the same id does not.
-    let line = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{unfiltered}}}"#);
-    let out: Value = serde_json::from_slice(&f.from_server(line.as_bytes()).unwrap()).unwrap();
+    list(&mut f, 3);
+    let out: Value =
+        serde_json::from_slice(&f.from_server(answer("3").as_bytes()).unwrap()).unwrap();
     assert_eq!(
         out["result"]["tools"],
         serde_json::json!([{ "name": "read_file" }])
     );
-    assert_eq!(f.from_server(line.as_bytes()), None);
+    assert_eq!(f.from_server(answer("3").as_bytes()), None);
+    assert_eq!(f.from_server(answer(r#""3""#).as_bytes()), None);
     // An error about an unreadable line (id null) passes; notifications pass.
     let err = br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}"#;
     assert!(f.from_server(err).is_some());
