@@ -576,12 +576,12 @@ impl Firewall {
         let is_request = msg.contains_key("method");
         // (An error about a line that could not be read has id null: it passes.)
         let unreadable = msg.get("id") == Some(&Value::Null) && !msg.contains_key("result");
-        if !is_request
-            && !unreadable
-            && !id_key
+        let passes = is_request
+            || unreadable
+            || id_key
                 .as_ref()
-                .is_some_and(|k| self.forwarded.remove(k).is_some())
-        {
+                .is_some_and(|k| self.forwarded.remove(k).is_some());
+        if !passes {
             // An answer to nothing the caller asked, or a second answer: it would reach the
             // client unfiltered. Dropped; if it answers a request in flight under another
             // spelling of its id (`"1"` for `1`, which the SDKs accept), that request gets an
