@@ -99,7 +99,7 @@ pub struct Decision {
 pub(crate) fn loose_id_key(id: &serde_json::Value) -> Option<String> {
     let number = match id {
         serde_json::Value::Number(n) => n.as_f64(),
-        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+        serde_json::Value::String(s) => js_number(s),
         _ => return None,
     };
     match (number, id) {
@@ -107,6 +107,26 @@ pub(crate) fn loose_id_key(id: &serde_json::Value) -> Option<String> {
         (_, serde_json::Value::String(s)) => Some(format!("s:{s}")),
         _ => None,
     }
+}
+
+/// A string as JavaScript's `Number()` reads it (the TypeScript SDK matches answers with it):
+/// trimmed, empty is 0, `0x`/`0o`/`0b` prefixes, decimal otherwise.
+fn js_number(s: &str) -> Option<f64> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Some(0.0);
+    }
+    let radix = |prefix: [&str; 2], radix| {
+        prefix
+            .iter()
+            .find_map(|p| t.strip_prefix(p))
+            .and_then(|digits| u64::from_str_radix(digits, radix).ok())
+            .map(|n| n as f64)
+    };
+    radix(["0x", "0X"], 16)
+        .or_else(|| radix(["0o", "0O"], 8))
+        .or_else(|| radix(["0b", "0B"], 2))
+        .or_else(|| t.parse::<f64>().ok())
 }
 
 /// The error a client gets for a request the other side answered under a respelled id (the

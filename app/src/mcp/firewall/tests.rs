@@ -236,3 +236,25 @@ fn only_answers_to_requests_in_flight_pass_once_under_their_exact_id() {
     );
     assert!(matches!(v, Verdict::Reply(_)));
 }
+
+#[test]
+fn respelled_ids_are_recognised_as_the_sdks_would_match_them() {
+    use serde_json::json;
+    let key = |v: Value| loose_id_key(&v);
+    for same in [
+        json!(1),
+        json!(1.0),
+        json!("1"),
+        json!(" 1 "),
+        json!("0x1"),
+        json!("1e0"),
+        json!("+1"),
+    ] {
+        assert_eq!(key(same.clone()), Some("n:1".to_owned()), "{same}");
+    }
+    assert_eq!(key(json!("")), Some("n:0".to_owned()));
+    assert_eq!(key(json!("abc")), Some("s:abc".to_owned()));
+    assert_eq!(key(json!(1.5)), Some("n:1.5".to_owned()));
+    assert_eq!(key(json!(null)), None);
+    assert_eq!(key(json!([1])), None);
+}
