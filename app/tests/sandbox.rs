@@ -418,3 +418,31 @@ fn rustix_is_root() -> bool {
             .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
     })
 }
+
+/// The launcher refuses to run the server when a bound path is not the directory the daemon
+/// checked (a swap between the check and bubblewrap's mount).
+#[test]
+fn a_path_swapped_after_the_check_is_refused_by_the_launcher() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
+    let other = std::fs::metadata(&b).unwrap();
+    let plan = serde_json::json!({
+        "sandbox": { "ro": [a], "memory_mib": 64, "processes": 8, "cpu_secs": 10 },
+        "program": "/bin/true",
+        "args": [],
+        "bound": [[a, other.dev(), other.ino()]],
+    });
+    let out = std::process::Command::new(NULLPORT)
+        .args(["__sandbox-exec", &plan.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("changed between the check and the mount"),
+        "{said}"
+    );
+}

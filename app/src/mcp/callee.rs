@@ -385,6 +385,11 @@ where
                             audit.record(decision_event(&session, &d, started.elapsed()));
                             match (approved, call_id) {
                                 (true, id) => {
+                                    if let Some(id) = &id
+                                        && let Ok(mut f) = out.firewall.lock()
+                                    {
+                                        f.sent_after_approval(id);
+                                    }
                                     if let Some(id) = id {
                                         out.expect(id, request_sha, "approved");
                                     }

@@ -170,9 +170,35 @@ where
                         }
                         continue;
                     }
-                    let mut line = line;
-                    let parsed = serde_json::from_slice::<serde_json::Value>(&line).ok();
-                    let answer = parsed.as_ref().filter(|v| v.get("method").is_none());
+                    // Only well-formed messages, classified strictly, reach the client, and
+                    // as this side encodes them (a line this side cannot read, a `method`
+                    // that is not a string, an answer with both or neither of result and
+                    // error: an SDK might read them otherwise than the checks here do).
+                    let Some(parsed) = serde_json::from_slice::<serde_json::Value>(&line)
+                        .ok()
+                        .filter(serde_json::Value::is_object)
+                    else {
+                        tracing::warn!(peer = %callee.fmt_short(), "dropping an unreadable message from the peer");
+                        continue;
+                    };
+                    let (result, error) = (
+                        parsed.get("result").is_some(),
+                        parsed.get("error").is_some(),
+                    );
+                    let is_request = parsed
+                        .get("method")
+                        .is_some_and(serde_json::Value::is_string)
+                        && !result
+                        && !error;
+                    let is_answer = parsed.get("method").is_none() && result != error;
+                    if !is_request && !is_answer {
+                        tracing::warn!(peer = %callee.fmt_short(), "dropping an ambiguous message from the peer");
+                        continue;
+                    }
+                    let received = line;
+                    let mut line = serde_json::to_vec(&parsed).unwrap_or_default();
+                    let parsed = Some(parsed);
+                    let answer = parsed.as_ref().filter(|_| is_answer);
                     let key = answer.and_then(|v| v.get("id")).and_then(id_key);
                     let asked = key
                         .as_ref()
@@ -210,7 +236,7 @@ where
                         if let Ok(mut p) = pending.lock()
                             && let Some(entry) = p.get_mut(&key)
                         {
-                            entry.1 = Some(receipt::digest(&line));
+                            entry.1 = Some(receipt::digest(&received));
                         }
                         let listed = listing.lock().is_ok_and(|mut l| l.remove(&key));
                         if listed && let Some((pins, scope)) = &pins {

@@ -32,6 +32,10 @@ pub struct Plan {
     pub program: String,
     /// Its arguments.
     pub args: Vec<String>,
+    /// Each `--ro`/`--rw` path with the (device, inode) the daemon checked: what bubblewrap
+    /// mounted must be that directory, not what a swap put there in between.
+    #[serde(default)]
+    pub bound: Vec<(PathBuf, u64, u64)>,
 }
 
 /// The launcher's status when it refuses to run the server.
@@ -49,6 +53,18 @@ pub fn main(plan: &str) -> std::process::ExitCode {
 
 fn run(plan: &Plan) -> String {
     let s = &plan.sandbox;
+    for (path, dev, ino) in &plan.bound {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.dev() == *dev && m.ino() == *ino && !m.file_type().is_symlink() => {}
+            _ => {
+                return format!(
+                    "{} changed between the check and the mount (swapped for another file or a symlink?)",
+                    path.display()
+                );
+            }
+        }
+    }
     if let Err(e) = limits(s) {
         return format!("cannot set resource limits: {e}");
     }

@@ -254,10 +254,23 @@ impl Sandbox {
             .map(|(_, v)| v.as_str());
         let resolved = paths::resolve_program(program, path_var)
             .ok_or_else(|| SandboxError::ProgramOutside(PathBuf::from(program)))?;
+        let mut bound = Vec::new();
+        for p in self.ro.iter().chain(&self.rw) {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::symlink_metadata(p)?;
+            if m.file_type().is_symlink() {
+                return Err(SandboxError::BadPath {
+                    path: p.clone(),
+                    why: "not a resolved path (a symlink, `.` or `..` in it): give the path it resolves to",
+                });
+            }
+            bound.push((p.clone(), m.dev(), m.ino()));
+        }
         let plan = inside::Plan {
             sandbox: self.clone(),
             program: resolved.to_string_lossy().into_owned(),
             args: args.to_vec(),
+            bound,
         };
         let plan = serde_json::to_string(&plan).map_err(std::io::Error::other)?;
         let args = bwrap_args(self, &me);

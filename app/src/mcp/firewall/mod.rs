@@ -219,9 +219,34 @@ pub struct Firewall {
     pending_calls: HashSet<String>,
     /// Every caller request forwarded and not answered yet (by exact id: `1`, `"1"` and
     /// `1.0` are different ids): only these may be answered by the server, once each.
-    forwarded: HashMap<String, Value>,
+    forwarded: HashMap<String, InFlight>,
     server_requests: HashSet<String>,
     recent_calls: Vec<Instant>,
+}
+
+/// A caller request the server may answer: its id as sent, and whether the server has it
+/// yet (a call waiting for a person does not: an answer to it is a forgery).
+#[derive(Debug)]
+struct InFlight {
+    id: Value,
+    sent: bool,
+}
+
+/// What a message from the server is, classified strictly: anything else is dropped.
+enum FromServer {
+    /// A request or notification: `method` a string, no `result` or `error`.
+    Request,
+    /// An answer: no `method`, exactly one of `result` and `error`.
+    Answer,
+}
+
+fn classify(msg: &Map<String, Value>) -> Option<FromServer> {
+    let (result, error) = (msg.contains_key("result"), msg.contains_key("error"));
+    match msg.get("method") {
+        Some(Value::String(_)) if !result && !error => Some(FromServer::Request),
+        None if result != error => Some(FromServer::Answer),
+        _ => None,
+    }
 }
 
 /// Most caller requests in flight in one session (a caller past it is answered with an
@@ -380,7 +405,13 @@ impl Firewall {
                 let Some(key) = id_key(&id) else {
                     return invalid(INVALID_REQUEST, "request id must be a string or a number");
                 };
-                if self.forwarded.contains_key(&key) {
+                let loose = loose_id_key(&id);
+                let taken = self.forwarded.contains_key(&key)
+                    || self
+                        .forwarded
+                        .values()
+                        .any(|f| loose.is_some() && loose_id_key(&f.id) == loose);
+                if taken {
                     return self.deny(
                         id,
                         &method,
@@ -393,8 +424,14 @@ impl Firewall {
                     return self.over_quota(id, method, None, None, what);
                 }
                 let decided = self.check_request(msg, method, id.clone(), key.clone(), now);
-                if matches!(decided.0, Verdict::Forward(_) | Verdict::Approve { .. }) {
-                    self.forwarded.insert(key, id);
+                match decided.0 {
+                    Verdict::Forward(_) => {
+                        self.forwarded.insert(key, InFlight { id, sent: true });
+                    }
+                    Verdict::Approve { .. } => {
+                        self.forwarded.insert(key, InFlight { id, sent: false });
+                    }
+                    _ => {}
                 }
                 decided
             }
@@ -592,10 +629,25 @@ impl Firewall {
         let Ok(Value::Object(mut msg)) = serde_json::from_slice::<Value>(line) else {
             return None;
         };
+        let Some(kind) = classify(&msg) else {
+            // A `method` that is not a string, a request with a result, an answer with both
+            // or neither: an SDK might take it for an answer; nothing here would check it.
+            tracing::warn!("dropping an ambiguous message from the MCP server");
+            return None;
+        };
         let id_key = msg.get("id").and_then(id_key);
-        let is_request = msg.contains_key("method");
+        let is_request = matches!(kind, FromServer::Request);
         // (An error about a line that could not be read has id null: it passes.)
         let unreadable = msg.get("id") == Some(&Value::Null) && !msg.contains_key("result");
+        let sent = id_key
+            .as_ref()
+            .and_then(|k| self.forwarded.get(k))
+            .map(|f| f.sent);
+        if sent == Some(false) {
+            // An answer to a call still waiting for a person: the server never had it.
+            tracing::warn!("dropping a server answer to a call it was not sent");
+            return None;
+        }
         let passes = is_request
             || unreadable
             || id_key
@@ -612,8 +664,8 @@ impl Firewall {
             let (key, original) = self
                 .forwarded
                 .iter()
-                .find(|(_, id)| loose_id_key(id).as_ref() == Some(&loose))
-                .map(|(k, id)| (k.clone(), id.clone()))?;
+                .find(|(_, f)| f.sent && loose_id_key(&f.id).as_ref() == Some(&loose))
+                .map(|(k, f)| (k.clone(), f.id.clone()))?;
             self.forwarded.remove(&key);
             self.pending_calls.remove(&key);
             self.pending_lists.remove(&key);
@@ -659,6 +711,14 @@ impl Firewall {
                 pins.check_list(scope, items);
             }
             items.retain(|item| item.get(key).and_then(Value::as_str).is_some_and(allowed));
+        }
+    }
+
+    /// Marks a call that waited for a person as sent to the server now (approved): from
+    /// here on the server may answer it.
+    pub fn sent_after_approval(&mut self, id: &Value) {
+        if let Some(f) = id_key(id).and_then(|k| self.forwarded.get_mut(&k)) {
+            f.sent = true;
         }
     }
 
