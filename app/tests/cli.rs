@@ -1626,22 +1626,7 @@ async fn a_changed_tool_is_held_until_accepted() {
         return;
     }
     let (net, tool, agent) = pair().await;
-    let description = net.dir.path().join("description.txt");
-    std::fs::write(&description, "Greets someone by name.").unwrap();
-    let server = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/changing_server.py");
-    ok(
-        &tool,
-        &[
-            "expose",
-            "mcp",
-            "changing",
-            "--",
-            &peers_python().display().to_string(),
-            &server.display().to_string(),
-            &description.display().to_string(),
-        ],
-    )
-    .await;
+    let description = expose_changing_server(&net, &tool).await;
     ok(
         &tool,
         &["mcp", "allow", "agent", "changing", "--tools", "greet"],
@@ -1758,22 +1743,7 @@ async fn a_caller_that_pins_holds_a_changed_tool_until_it_accepts() {
         return;
     }
     let (net, tool, agent) = pair().await;
-    let description = net.dir.path().join("description.txt");
-    std::fs::write(&description, "Greets someone by name.").unwrap();
-    let server = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/changing_server.py");
-    ok(
-        &tool,
-        &[
-            "expose",
-            "mcp",
-            "changing",
-            "--",
-            &peers_python().display().to_string(),
-            &server.display().to_string(),
-            &description.display().to_string(),
-        ],
-    )
-    .await;
+    let description = expose_changing_server(&net, &tool).await;
     ok(
         &tool,
         &["mcp", "allow", "agent", "changing", "--tools", "greet"],
@@ -1871,4 +1841,26 @@ async fn an_answer_under_a_respelled_id_is_refused_not_passed() {
         "{answer}"
     );
     assert!(!answer.to_string().contains("exfil") && !answer.to_string().contains("id_ed25519"));
+}
+
+/// Exposes `changing` on `tool`: a Python SDK server whose one tool's description is read
+/// from the returned file at each start ("Greets someone by name." at first).
+async fn expose_changing_server(net: &Net, tool: &std::path::Path) -> std::path::PathBuf {
+    let description = net.dir.path().join("description.txt");
+    std::fs::write(&description, "Greets someone by name.").unwrap();
+    let server = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/changing_server.py");
+    ok(
+        tool,
+        &[
+            "expose",
+            "mcp",
+            "changing",
+            "--",
+            &peers_python().display().to_string(),
+            &server.display().to_string(),
+            &description.display().to_string(),
+        ],
+    )
+    .await;
+    description
 }

@@ -151,10 +151,4 @@ pub(super) fn signature_event(
     }
 }
 
-pub(super) fn id_key(id: &serde_json::Value) -> Option<String> {
-    match id {
-        serde_json::Value::String(s) => Some(format!("s:{s}")),
-        serde_json::Value::Number(n) => Some(format!("n:{n}")),
-        _ => None,
-    }
-}
+pub(super) use super::firewall::id_key;

@@ -18,6 +18,11 @@ use nullport_keyring::McpGrant;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+mod ids;
+mod server;
+use ids::InFlight;
+pub(crate) use ids::{id_key, loose_id_key, respelled_answer};
+
 /// JSON-RPC parse error.
 pub const PARSE_ERROR: i64 = -32700;
 /// JSON-RPC invalid request (also: batches, oversize messages).
@@ -94,66 +99,6 @@ pub struct Decision {
     pub reason: String,
 }
 
-/// An id as the MCP SDKs match answers to requests, loosely (`"1"`, `1` and `1.0` alike):
-/// how an answer under a respelled id is recognised (and refused) instead of left waiting.
-pub(crate) fn loose_id_key(id: &serde_json::Value) -> Option<String> {
-    let number = match id {
-        serde_json::Value::Number(n) => n.as_f64(),
-        serde_json::Value::String(s) => js_number(s),
-        _ => return None,
-    };
-    match (number, id) {
-        (Some(n), _) if n.is_finite() => Some(format!("n:{n}")),
-        (_, serde_json::Value::String(s)) => Some(format!("s:{s}")),
-        _ => None,
-    }
-}
-
-/// A string as JavaScript's `Number()` reads it (the TypeScript SDK matches answers with it):
-/// trimmed, empty is 0, `0x`/`0o`/`0b` prefixes, decimal otherwise.
-fn js_number(s: &str) -> Option<f64> {
-    let t = s.trim();
-    if t.is_empty() {
-        return Some(0.0);
-    }
-    let radix = |prefix: [&str; 2], radix| {
-        prefix
-            .iter()
-            .find_map(|p| t.strip_prefix(p))
-            .and_then(|digits| u64::from_str_radix(digits, radix).ok())
-            .map(|n| n as f64)
-    };
-    radix(["0x", "0X"], 16)
-        .or_else(|| radix(["0o", "0O"], 8))
-        .or_else(|| radix(["0b", "0B"], 2))
-        .or_else(|| t.parse::<f64>().ok())
-}
-
-/// The error a client gets for a request the other side answered under a respelled id (the
-/// answer itself is dropped: it would pass unchecked).
-pub(crate) fn respelled_answer(original: &serde_json::Value, sent: &serde_json::Value) -> Vec<u8> {
-    let answer = serde_json::json!({
-        "jsonrpc": "2.0",
-        "id": original,
-        "error": {
-            "code": -32603,
-            "message": format!("nullport: the MCP server answered under another id ({sent} for {original}); the answer was dropped"),
-        },
-    });
-    let mut line = serde_json::to_vec(&answer).unwrap_or_default();
-    line.push(b'\n');
-    line
-}
-
-/// Id of a request, as a map key.
-fn id_key(id: &Value) -> Option<String> {
-    match id {
-        Value::String(s) => Some(format!("s:{s}")),
-        Value::Number(n) => Some(format!("n:{n}")),
-        _ => None,
-    }
-}
-
 pub use nullport_keyring::pattern::glob_match;
 use nullport_keyring::pattern::{PatternKind, any_matches};
 
@@ -222,31 +167,6 @@ pub struct Firewall {
     forwarded: HashMap<String, InFlight>,
     server_requests: HashSet<String>,
     recent_calls: Vec<Instant>,
-}
-
-/// A caller request the server may answer: its id as sent, and whether the server has it
-/// yet (a call waiting for a person does not: an answer to it is a forgery).
-#[derive(Debug)]
-struct InFlight {
-    id: Value,
-    sent: bool,
-}
-
-/// What a message from the server is, classified strictly: anything else is dropped.
-enum FromServer {
-    /// A request or notification: `method` a string, no `result` or `error`.
-    Request,
-    /// An answer: no `method`, exactly one of `result` and `error`.
-    Answer,
-}
-
-fn classify(msg: &Map<String, Value>) -> Option<FromServer> {
-    let (result, error) = (msg.contains_key("result"), msg.contains_key("error"));
-    match msg.get("method") {
-        Some(Value::String(_)) if !result && !error => Some(FromServer::Request),
-        None if result != error => Some(FromServer::Answer),
-        _ => None,
-    }
 }
 
 /// Most caller requests in flight in one session (a caller past it is answered with an
@@ -622,96 +542,6 @@ impl Firewall {
                 reason,
             },
         )
-    }
-
-    /// Filters one message (one line) from the server; `None` drops it.
-    pub fn from_server(&mut self, line: &[u8]) -> Option<Vec<u8>> {
-        let Ok(Value::Object(mut msg)) = serde_json::from_slice::<Value>(line) else {
-            return None;
-        };
-        let Some(kind) = classify(&msg) else {
-            // A `method` that is not a string, a request with a result, an answer with both
-            // or neither: an SDK might take it for an answer; nothing here would check it.
-            tracing::warn!("dropping an ambiguous message from the MCP server");
-            return None;
-        };
-        let id_key = msg.get("id").and_then(id_key);
-        let is_request = matches!(kind, FromServer::Request);
-        // (An error about a line that could not be read has id null: it passes.)
-        let unreadable = msg.get("id") == Some(&Value::Null) && !msg.contains_key("result");
-        let sent = id_key
-            .as_ref()
-            .and_then(|k| self.forwarded.get(k))
-            .map(|f| f.sent);
-        if sent == Some(false) {
-            // An answer to a call still waiting for a person: the server never had it.
-            tracing::warn!("dropping a server answer to a call it was not sent");
-            return None;
-        }
-        let passes = is_request
-            || unreadable
-            || id_key
-                .as_ref()
-                .is_some_and(|k| self.forwarded.remove(k).is_some());
-        if !passes {
-            // An answer to nothing the caller asked, or a second answer: it would reach the
-            // client unfiltered. Dropped; if it answers a request in flight under another
-            // spelling of its id (`"1"` for `1`, which the SDKs accept), that request gets an
-            // error instead of waiting forever.
-            let sent = msg.get("id").cloned().unwrap_or(Value::Null);
-            tracing::warn!(id = %sent, "dropping a server answer to no request in flight");
-            let loose = loose_id_key(&sent)?;
-            let (key, original) = self
-                .forwarded
-                .iter()
-                .find(|(_, f)| f.sent && loose_id_key(&f.id).as_ref() == Some(&loose))
-                .map(|(k, f)| (k.clone(), f.id.clone()))?;
-            self.forwarded.remove(&key);
-            self.pending_calls.remove(&key);
-            self.pending_lists.remove(&key);
-            return Some(respelled_answer(&original, &sent));
-        }
-        if let Some(key) = id_key {
-            if is_request {
-                self.server_requests.insert(key);
-            } else {
-                self.pending_calls.remove(&key);
-                if let Some(kind) = self.pending_lists.remove(&key)
-                    && let Some(result) = msg.get_mut("result").and_then(Value::as_object_mut)
-                {
-                    self.filter_list(kind, result);
-                }
-            }
-        }
-        Some(encode(&Value::Object(msg)))
-    }
-
-    fn filter_list(&self, kind: ListKind, result: &mut Map<String, Value>) {
-        let rules = &self.grant.rules;
-        let (field, key) = match kind {
-            ListKind::Tools => ("tools", "name"),
-            ListKind::Prompts => ("prompts", "name"),
-            ListKind::Resources => ("resources", "uri"),
-            ListKind::ResourceTemplates => ("resourceTemplates", "uriTemplate"),
-        };
-        let allowed = |value: &str| match kind {
-            ListKind::Tools => any_matches(PatternKind::Glob, &rules.tools, value),
-            ListKind::Prompts => any_matches(PatternKind::Glob, &rules.prompts, value),
-            ListKind::Resources => any_matches(PatternKind::UriPrefix, &rules.resources, value),
-            // A template (`file:///srv/{path}`) is listed when its fixed part is covered.
-            ListKind::ResourceTemplates => {
-                let fixed = value.split('{').next().unwrap_or_default();
-                any_matches(PatternKind::UriPrefix, &rules.resources, fixed)
-            }
-        };
-        if let Some(Value::Array(items)) = result.get_mut(field) {
-            // Every tool the server presents is checked against its pin first (so the first
-            // list pins them all, allowed to this caller or not).
-            if let (ListKind::Tools, Some((pins, scope))) = (kind, &self.pins) {
-                pins.check_list(scope, items);
-            }
-            items.retain(|item| item.get(key).and_then(Value::as_str).is_some_and(allowed));
-        }
     }
 
     /// Marks a call that waited for a person as sent to the server now (approved): from
