@@ -197,8 +197,7 @@ where
                     }
                     let received = line;
                     let mut line = serde_json::to_vec(&parsed).unwrap_or_default();
-                    let parsed = Some(parsed);
-                    let answer = parsed.as_ref().filter(|_| is_answer);
+                    let answer = is_answer.then_some(&parsed);
                     let key = answer.and_then(|v| v.get("id")).and_then(id_key);
                     let asked = key
                         .as_ref()
