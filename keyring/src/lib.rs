@@ -16,12 +16,13 @@ pub mod keys;
 pub mod statements;
 pub mod trust;
 
-pub use authz::{args, pattern, policy, token, ttl, uri};
+pub use authz::{args, calls, pattern, policy, token, ttl, uri};
 pub use error::{Error, FormatError, KdfProblem};
 pub use keys::{fs, key_file, passphrase};
 pub use statements::{invite, revocation, rotation};
 
 pub use key_file::{KdfParams, Protection};
 pub use passphrase::PassphraseSource;
-pub use policy::{Decision, McpGrant, McpRules, Policy};
+pub use calls::{Admitted, CallGate, CallGrant, CallRefused};
+pub use policy::{Decision, McpGrant, McpRules, Policy, RpcRules};
 pub use trust::TrustStore;

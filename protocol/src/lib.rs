@@ -7,7 +7,8 @@
 //! - the end-to-end handshake ([`handshake`]): `Noise_XX_25519_AESGCM_SHA256` bound to the
 //!   identities, with an explicit accept or deny before any application byte;
 //! - the [`Channel`] it yields, and the length-prefixed framing ([`Deframer`]);
-//! - the node <-> relay messages ([`relay_link`]) and key encodings for TLS ([`identity`]).
+//! - the node <-> relay messages ([`relay_link`]) and key encodings for TLS ([`identity`]);
+//! - the frames of typed RPC calls over one channel ([`rpc`]).
 //!
 //! `docs/protocol.md` describes every byte layout.
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod node_id;
 pub mod noise;
 pub mod reason;
 pub mod relay_link;
+pub mod rpc;
 pub mod wire;
 
 #[cfg(test)]

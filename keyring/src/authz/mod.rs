@@ -2,6 +2,7 @@
 //! only), and the pattern type both match rule lists with.
 
 pub mod args;
+pub mod calls;
 pub mod pattern;
 pub mod policy;
 pub mod token;

@@ -12,9 +12,9 @@
 //! - a malformed or oversize message gets an error and the session stays usable.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use nullport_keyring::McpGrant;
+use nullport_keyring::{CallGate, CallGrant, CallRefused, McpGrant};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -166,7 +166,20 @@ pub struct Firewall {
     /// `1.0` are different ids): only these may be answered by the server, once each.
     forwarded: HashMap<String, InFlight>,
     server_requests: HashSet<String>,
-    recent_calls: Vec<Instant>,
+    /// The call gate shared with typed RPC: tool names, quotas, approvals.
+    gate: CallGate,
+}
+
+/// The call gate's view of an MCP grant: tools are the names called.
+fn tool_gate(grant: &McpGrant) -> CallGrant {
+    CallGrant {
+        rule: grant.rule.clone(),
+        names: grant.rules.tools.clone(),
+        narrowed: None,
+        approve: grant.approve.clone(),
+        calls_per_minute: grant.rules.calls_per_minute,
+        max_concurrent: grant.rules.max_concurrent,
+    }
 }
 
 /// Most caller requests in flight in one session (a caller past it is answered with an
@@ -177,13 +190,13 @@ impl Firewall {
     /// A firewall applying `grant`.
     pub fn new(grant: McpGrant) -> Self {
         Self {
+            gate: CallGate::new(tool_gate(&grant)),
             grant,
             pins: None,
             pending_lists: HashMap::new(),
             pending_calls: HashSet::new(),
             forwarded: HashMap::new(),
             server_requests: HashSet::new(),
-            recent_calls: Vec::new(),
         }
     }
 
@@ -196,6 +209,7 @@ impl Firewall {
 
     /// Replaces the rules (policy reload).
     pub fn set_grant(&mut self, grant: McpGrant) {
+        self.gate.set_grant(tool_gate(&grant));
         self.grant = grant;
     }
 
@@ -407,7 +421,7 @@ impl Firewall {
                 };
                 let tool = tool.as_str();
                 target = Some(tool.to_owned());
-                if !allowed_by(&rules.tools, tool) {
+                if !self.gate.grant().allows(tool) {
                     return self.deny(id, &method, target, format!("tool {tool:?} is not allowed"));
                 }
                 let args = params
@@ -430,23 +444,20 @@ impl Firewall {
                     decision.args_digest = args_digest;
                     return (verdict, decision);
                 }
-                if let Some(limit) = rules.calls_per_minute {
-                    self.recent_calls
-                        .retain(|t| now.duration_since(*t) < Duration::from_secs(60));
-                    if self.recent_calls.len() >= limit as usize {
-                        let what = format!("quota: {limit} tool calls per minute");
-                        return self.over_quota(id, method, target, args_digest, what);
-                    }
-                }
-                if let Some(limit) = rules.max_concurrent
-                    && self.pending_calls.len() >= limit as usize
-                {
-                    let what = format!("quota: {limit} concurrent tool calls");
+                if let Err(refused) = self.gate.take_quota(self.pending_calls.len(), now) {
+                    let what = match refused {
+                        CallRefused::PerMinute(limit) => {
+                            format!("quota: {limit} tool calls per minute")
+                        }
+                        CallRefused::Concurrent(limit) => {
+                            format!("quota: {limit} concurrent tool calls")
+                        }
+                        other => other.to_string(),
+                    };
                     return self.over_quota(id, method, target, args_digest, what);
                 }
-                self.recent_calls.push(now);
                 self.pending_calls.insert(key.clone());
-                if any_matches(PatternKind::Glob, &self.grant.approve, tool) {
+                if self.gate.grant().needs_approval(tool) {
                     let line = encode(&Value::Object(msg));
                     let denied = error_line(
                         id,

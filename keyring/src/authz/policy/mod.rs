@@ -20,6 +20,18 @@
 //! ```
 //! A caller with an MCP rule for a service may open a channel to it.
 //!
+//! Typed RPC services (`nullport_node::rpc`) get per-caller method rules through the same
+//! gate as MCP tools (names or globs, quotas, approvals):
+//! ```toml
+//! [rpc.workers]
+//! approve = ["jobs.delete"]
+//! [rpc.workers.allow."planner"]
+//! methods = ["jobs.*"]
+//! calls_per_minute = 600
+//! max_concurrent = 64
+//! ```
+//! A caller with an RPC rule for a service may open a channel to it.
+//!
 //! Capability tokens open a service when their root issuer is trusted for it; what they
 //! allow is the token's scope intersected with the issuer's own MCP rules (never more):
 //! ```toml
@@ -44,6 +56,7 @@ use std::path::{Path, PathBuf};
 use nullport_protocol::NodeId;
 use serde::{Deserialize, Serialize};
 
+use crate::calls::CallGrant;
 use crate::error::Error;
 use crate::fs::write_private;
 use crate::trust::TrustStore;
@@ -55,6 +68,8 @@ struct PolicyFile {
     services: BTreeMap<String, ServiceRule>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     mcp: BTreeMap<String, McpService>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    rpc: BTreeMap<String, RpcService>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     tokens: BTreeMap<String, TokenRule>,
     #[serde(default, skip_serializing_if = "RevocationRule::is_empty")]
@@ -89,6 +104,30 @@ struct McpService {
     approve: Vec<String>,
     #[serde(default)]
     allow: BTreeMap<String, McpRules>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RpcService {
+    #[serde(default)]
+    approve: Vec<String>,
+    #[serde(default)]
+    allow: BTreeMap<String, RpcRules>,
+}
+
+/// What one caller may call on one typed RPC service.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpcRules {
+    /// Method names or `*` globs.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Calls per minute (none: unlimited).
+    #[serde(default)]
+    pub calls_per_minute: Option<u32>,
+    /// Calls in flight at once (none: unlimited).
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
 }
 
 /// What one caller may do on one MCP service.
@@ -248,6 +287,18 @@ impl Policy {
                 self.file.mcp.remove(service);
             }
         }
+        if let Some(svc) = self.file.rpc.get_mut(service) {
+            svc.allow.retain(|p, _| {
+                let hit = names(p);
+                if hit {
+                    removed.push(format!("rpc rules of {p}"));
+                }
+                !hit
+            });
+            if svc.allow.is_empty() && svc.approve.is_empty() {
+                self.file.rpc.remove(service);
+            }
+        }
         removed
     }
 
@@ -347,9 +398,57 @@ impl Policy {
                 }
             }
         }
-        match self.mcp_grant(peer, service, trust) {
+        if let Some(grant) = self.mcp_grant(peer, service, trust) {
+            return Decision::Allowed { rule: grant.rule };
+        }
+        match self.rpc_grant(peer, service, trust) {
             Some(grant) => Decision::Allowed { rule: grant.rule },
             None => Decision::Denied,
+        }
+    }
+
+    /// The RPC method rules for `peer` on `service`, if any, as the call gate applies them.
+    pub fn rpc_grant(&self, peer: &NodeId, service: &str, trust: &TrustStore) -> Option<CallGrant> {
+        let svc = self.file.rpc.get(service)?;
+        svc.allow
+            .iter()
+            .find(|(name, _)| trust.resolve(name).ok().as_ref() == Some(peer))
+            .map(|(name, rules)| rpc_call_grant(name.clone(), rules, &svc.approve))
+    }
+
+    /// What a capability token from `issuer` (verified, with the effective `methods` list of
+    /// its scope) allows on RPC `service`: the issuer's own rules, narrowed by the token.
+    /// `None` when the issuer has no RPC rules there itself (a token never grants more than
+    /// its issuer holds).
+    pub fn rpc_grant_for_token(
+        &self,
+        issuer: &NodeId,
+        methods: Option<&[String]>,
+        rule: String,
+        service: &str,
+        trust: &TrustStore,
+    ) -> Option<CallGrant> {
+        let mut grant = self.rpc_grant(issuer, service, trust)?;
+        grant.rule = rule;
+        grant.narrowed = methods.map(<[String]>::to_vec);
+        Some(grant)
+    }
+
+    /// Sets the RPC rules for `peer` on `service`.
+    pub fn set_rpc_rules(&mut self, peer: &str, service: &str, rules: RpcRules) {
+        self.file
+            .rpc
+            .entry(service.to_owned())
+            .or_default()
+            .allow
+            .insert(peer.to_owned(), rules);
+    }
+
+    /// Marks `method` on RPC `service` as needing a human's approval.
+    pub fn require_rpc_approval(&mut self, service: &str, method: &str) {
+        let svc = self.file.rpc.entry(service.to_owned()).or_default();
+        if !svc.approve.iter().any(|m| m == method) {
+            svc.approve.push(method.to_owned());
         }
     }
 
@@ -447,6 +546,17 @@ impl Policy {
         // What is written must load back as the same policy: checked before the file changes.
         Policy::parse(&self.path, &text)?;
         write_private(&self.path, text.as_bytes(), true)
+    }
+}
+
+fn rpc_call_grant(rule: String, rules: &RpcRules, approve: &[String]) -> CallGrant {
+    CallGrant {
+        rule,
+        names: rules.methods.clone(),
+        narrowed: None,
+        approve: approve.to_vec(),
+        calls_per_minute: rules.calls_per_minute,
+        max_concurrent: rules.max_concurrent,
     }
 }
 

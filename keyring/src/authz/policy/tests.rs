@@ -104,3 +104,56 @@ fn malformed_policy_names_the_line() {
         .unwrap_or_default();
     assert!(err.contains("line 2"), "{err}");
 }
+
+#[test]
+fn rpc_rules_open_the_service_and_feed_the_call_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    let a = Identity::from_seed([1; 32]).node_id();
+    let issuer = Identity::from_seed([3; 32]).node_id();
+    let mut trust = TrustStore::load(&dir.path().join("trust.toml")).unwrap();
+    trust.add("planner", a, false).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[rpc.workers]\napprove = [\"jobs.delete\"]\n\
+             [rpc.workers.allow.planner]\nmethods = [\"jobs.*\"]\nmax_concurrent = 4\n\
+             [rpc.workers.allow.\"{issuer}\"]\nmethods = [\"jobs.run\", \"jobs.list\"]\n"
+        ),
+    )
+    .unwrap();
+    let policy = Policy::load(&path).unwrap();
+    assert_eq!(
+        policy.decide(&a, "workers", &trust),
+        Decision::Allowed {
+            rule: "planner".into()
+        }
+    );
+    let grant = policy.rpc_grant(&a, "workers", &trust).unwrap();
+    assert!(grant.allows("jobs.run") && !grant.allows("admin.reset"));
+    assert!(grant.needs_approval("jobs.delete"));
+    assert_eq!(grant.max_concurrent, Some(4));
+    // A token's methods narrow its issuer's rules, never widen them.
+    let narrowed = policy
+        .rpc_grant_for_token(
+            &issuer,
+            Some(&["jobs.run".to_owned(), "admin.reset".to_owned()]),
+            "token".into(),
+            "workers",
+            &trust,
+        )
+        .unwrap();
+    assert!(narrowed.allows("jobs.run"));
+    assert!(!narrowed.allows("jobs.list"), "outside the token");
+    assert!(!narrowed.allows("admin.reset"), "outside the issuer's rules");
+    let b = Identity::from_seed([2; 32]).node_id();
+    assert_eq!(policy.decide(&b, "workers", &trust), Decision::Denied);
+    assert!(
+        policy
+            .rpc_grant_for_token(&b, None, "token".into(), "workers", &trust)
+            .is_none()
+    );
+    // An unknown key in an RPC rule is an error, not ignored.
+    std::fs::write(&path, "[rpc.w.allow.x]\ntools = [\"a\"]\n").unwrap();
+    assert!(Policy::load(&path).is_err());
+}
