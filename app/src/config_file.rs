@@ -14,6 +14,10 @@
 //! tcp = "127.0.0.1:8080"
 //! proxy_protocol = true          # tcp: a PROXY protocol v2 header naming the caller
 //!
+//! [services.api]
+//! tcp = "127.0.0.1:8081"
+//! http_peer_header = true        # tcp: relay HTTP/1.1, the caller in X-Nullport-Peer
+//!
 //! [services.files]
 //! mcp = ["npx", "@modelcontextprotocol/server-filesystem", "/srv/docs"]
 //! [services.files.sandbox]       # exec and mcp: see `nullport::sandbox`
@@ -72,6 +76,10 @@ pub struct Service {
     pub env: Vec<String>,
     /// TCP: start each connection with a PROXY protocol v2 header naming the caller.
     pub proxy_protocol: bool,
+    /// TCP: speak HTTP/1.1 on the channel and name the caller in `X-Nullport-Peer` (and
+    /// `X-Nullport-Peer-Alias`) on every request, replacing whatever the caller sent under
+    /// those names (see [`crate::services::http_peer`]).
+    pub http_peer_header: bool,
     /// Exec and MCP commands: run each process in this sandbox.
     pub sandbox: Option<crate::sandbox::Sandbox>,
 }
@@ -83,6 +91,7 @@ impl Service {
             spec,
             env: Vec::new(),
             proxy_protocol: false,
+            http_peer_header: false,
             sandbox: None,
         }
     }
@@ -131,6 +140,9 @@ impl std::fmt::Display for Service {
         if self.proxy_protocol {
             f.write_str(" (PROXY v2)")?;
         }
+        if self.http_peer_header {
+            f.write_str(" (HTTP, X-Nullport-Peer)")?;
+        }
         if !self.env.is_empty() {
             write!(f, " (env {})", self.env.join(" "))?;
         }
@@ -157,6 +169,8 @@ struct ServiceTable {
     env: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     proxy_protocol: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    http_peer_header: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sandbox: Option<crate::sandbox::Sandbox>,
 }
@@ -171,6 +185,9 @@ pub enum ServiceTableError {
     /// `proxy_protocol` on a service that is not tcp.
     #[error("proxy_protocol is for tcp services")]
     ProxyProtocolNotTcp,
+    /// `http_peer_header` on a service that is not tcp.
+    #[error("http_peer_header is for tcp services")]
+    HttpPeerHeaderNotTcp,
     /// `env` on a service that runs no process.
     #[error("env is for exec and mcp services")]
     EnvWithoutProcess,
@@ -193,6 +210,9 @@ impl TryFrom<ServiceTable> for Service {
         if t.proxy_protocol && !matches!(spec, ServiceSpec::Tcp(_)) {
             return Err(ServiceTableError::ProxyProtocolNotTcp);
         }
+        if t.http_peer_header && !matches!(spec, ServiceSpec::Tcp(_)) {
+            return Err(ServiceTableError::HttpPeerHeaderNotTcp);
+        }
         if !t.env.is_empty() && !matches!(spec, ServiceSpec::Exec(_) | ServiceSpec::Mcp(_)) {
             return Err(ServiceTableError::EnvWithoutProcess);
         }
@@ -203,6 +223,7 @@ impl TryFrom<ServiceTable> for Service {
             spec,
             env: t.env,
             proxy_protocol: t.proxy_protocol,
+            http_peer_header: t.http_peer_header,
             sandbox: t.sandbox,
         })
     }
@@ -213,6 +234,7 @@ impl From<&Service> for ServiceTable {
         let mut t = ServiceTable {
             env: s.env.clone(),
             proxy_protocol: s.proxy_protocol,
+            http_peer_header: s.http_peer_header,
             sandbox: s.sandbox.clone(),
             ..ServiceTable::default()
         };
@@ -500,6 +522,13 @@ mod tests {
             },
         );
         file.services.insert(
+            "api".into(),
+            Service {
+                http_peer_header: true,
+                ..Service::new(ServiceSpec::Tcp("127.0.0.1:8081".into()))
+            },
+        );
+        file.services.insert(
             "date".into(),
             Service {
                 env: vec!["LANG".into(), "TZ=UTC".into()],
@@ -527,6 +556,10 @@ mod tests {
             (
                 "[services.a]\nexec = [\"y\"]\nproxy_protocol = true\n",
                 "proxy_protocol is for tcp",
+            ),
+            (
+                "[services.a]\nexec = [\"y\"]\nhttp_peer_header = true\n",
+                "http_peer_header is for tcp",
             ),
             (
                 "[services.a]\ntcp = \"x\"\nenv = [\"A\"]\n",

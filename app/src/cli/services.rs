@@ -26,6 +26,12 @@ pub(crate) enum ExposeCommand {
         /// NodeId, and its alias here): for backends that log or authorise by caller.
         #[arg(long)]
         proxy_protocol: bool,
+        /// Speak HTTP/1.1 on each channel and relay it request by request, naming the
+        /// caller in an `X-Nullport-Peer` header (its NodeId) and `X-Nullport-Peer-Alias`
+        /// (its alias here); the same headers sent by the caller are removed. For HTTP
+        /// backends that only nullport can reach (bound to 127.0.0.1).
+        #[arg(long)]
+        http_peer_header: bool,
     },
     /// Expose a stdio MCP server (one process per caller session) behind the JSON-RPC
     /// firewall; set each caller's rules with `nullport mcp allow`.
@@ -132,6 +138,7 @@ pub(crate) async fn expose(home: &Home, args: ExposeArgs) -> anyhow::Result<()> 
             name,
             target,
             proxy_protocol,
+            http_peer_header,
         } => {
             let ok = target
                 .rsplit_once(':')
@@ -142,6 +149,7 @@ pub(crate) async fn expose(home: &Home, args: ExposeArgs) -> anyhow::Result<()> 
             }
             let mut service = Service::new(ServiceSpec::Tcp(target));
             service.proxy_protocol = proxy_protocol;
+            service.http_peer_header = http_peer_header;
             (name, service)
         }
         ExposeCommand::Exec {

@@ -82,6 +82,7 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
             let kind = Tcp {
                 addr,
                 proxy_protocol: service.proxy_protocol,
+                http_peer_header: service.http_peer_header,
             };
             serve(&kind, incoming, &registered, &caller).await;
         }

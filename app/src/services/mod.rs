@@ -4,6 +4,7 @@
 //! module here and one variant of [`crate::config_file::ServiceSpec`].
 
 pub mod exec;
+pub mod http_peer;
 pub mod io;
 pub mod mcp;
 pub mod process_group;

@@ -1,5 +1,6 @@
 //! `tcp`: each channel is a TCP connection to a local address (SSH, HTTP, a database),
-//! optionally started with a PROXY protocol v2 header naming the caller.
+//! optionally started with a PROXY protocol v2 header naming the caller, or relayed as HTTP
+//! with the caller named in a header ([`super::http_peer`]).
 
 use std::io;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use nullport_protocol::DenyReason;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::http_peer::{CallerHeaders, HttpRelay, Target};
 use super::io::{Counted, forward};
 use super::{Caller, Kind, Ready};
 
@@ -18,10 +20,17 @@ pub struct Tcp<'a> {
     pub addr: &'a str,
     /// Start with a PROXY v2 header naming the caller.
     pub proxy_protocol: bool,
+    /// Relay HTTP/1.1 requests, each with `X-Nullport-Peer` naming the caller.
+    pub http_peer_header: bool,
 }
 
-/// A connection made for one channel.
-pub struct Connected(TcpStream);
+/// A connection made for one channel, and how the channel is served over it.
+pub enum Connected {
+    /// Bytes copied both ways.
+    Bytes(TcpStream),
+    /// HTTP requests relayed, the caller named in each.
+    Http(TcpStream, Box<HttpRelay>),
+}
 
 impl Kind for Tcp<'_> {
     type Ready = Connected;
@@ -31,20 +40,34 @@ impl Kind for Tcp<'_> {
             tracing::warn!("service target {} unavailable: {e}", self.addr);
             DenyReason::Unavailable
         })?;
-        if self.proxy_protocol {
-            let header = proxy_v2_header(&caller.peer, caller.alias);
-            tcp.write_all(&header).await.map_err(|e| {
+        let proxy_header = self
+            .proxy_protocol
+            .then(|| proxy_v2_header(&caller.peer, caller.alias));
+        if let Some(header) = &proxy_header {
+            tcp.write_all(header).await.map_err(|e| {
                 tracing::warn!("writing the PROXY header to {}: {e}", self.addr);
                 DenyReason::Unavailable
             })?;
         }
-        Ok(Connected(tcp))
+        if !self.http_peer_header {
+            return Ok(Connected::Bytes(tcp));
+        }
+        let target = Target {
+            addr: self.addr.to_owned(),
+            proxy_header,
+        };
+        let relay = HttpRelay::new(target, CallerHeaders::new(&caller.peer, caller.alias));
+        Ok(Connected::Http(tcp, Box::new(relay)))
     }
 }
 
 impl Ready for Connected {
-    async fn run(mut self, mut channel: Counted<nullport_node::Channel>) -> io::Result<()> {
-        let ended = forward(&mut channel, &mut self.0).await.map(drop);
+    async fn run(self, mut channel: Counted<nullport_node::Channel>) -> io::Result<()> {
+        let mut tcp = match self {
+            Connected::Bytes(tcp) => tcp,
+            Connected::Http(tcp, relay) => return (*relay).run(channel, tcp).await,
+        };
+        let ended = forward(&mut channel, &mut tcp).await.map(drop);
         let _ = tokio::time::timeout(Duration::from_secs(2), channel.get_mut().shutdown()).await;
         ended
     }
