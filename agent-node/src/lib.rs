@@ -25,9 +25,12 @@ pub mod channel;
 mod drain;
 pub mod error;
 pub mod handshake;
+#[cfg(feature = "http")]
+pub mod http;
 mod link;
 pub mod node;
 pub mod relay_addr;
+pub mod rpc;
 pub mod tls;
 
 pub use channel::{AbortHandle, Channel};

@@ -137,6 +137,21 @@ pub enum Event {
         /// Time to decide and forward, in microseconds.
         latency_us: u64,
     },
+    /// A typed RPC call decided at the callee (the same gate as MCP tool calls).
+    Rpc {
+        /// The caller.
+        caller: NodeId,
+        /// The RPC service.
+        service: String,
+        /// The method.
+        method: String,
+        /// allowed, denied, over quota, approved, not approved, not found.
+        outcome: String,
+        /// The rule, or why not.
+        reason: String,
+        /// Time to decide, in microseconds.
+        latency_us: u64,
+    },
     /// A signed receipt of a tool call, issued (callee) or checked (caller).
     Receipt {
         /// "callee" or "caller".
@@ -225,6 +240,7 @@ impl Event {
             Event::Revocation { .. } => "revocation",
             Event::Dial { .. } => "dial",
             Event::Mcp { .. } => "mcp",
+            Event::Rpc { .. } => "rpc",
             Event::Receipt { .. } => "receipt",
             Event::RequestSignature { .. } => "request-signature",
             Event::Approval { .. } => "approval",
@@ -303,6 +319,21 @@ impl Event {
                 "method": method,
                 "target": target,
                 "args_sha256": args_sha256,
+                "outcome": outcome,
+                "reason": reason,
+                "latency_us": latency_us,
+            }),
+            Event::Rpc {
+                caller,
+                service,
+                method,
+                outcome,
+                reason,
+                latency_us,
+            } => json!({
+                "caller": caller.to_string(),
+                "service": service,
+                "method": method,
                 "outcome": outcome,
                 "reason": reason,
                 "latency_us": latency_us,

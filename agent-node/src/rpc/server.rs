@@ -1,0 +1,766 @@
+//! The callee's side: [`RpcService`]s of typed methods, served by an [`RpcServer`] that lets a
+//! caller in by [`Access`], then decides every call through the call gate (method rules,
+//! quotas, approvals), runs it on its own task under its deadline, and stops it when the
+//! caller cancels or goes away.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant as StdInstant;
+
+use nullport_audit::{AuditWriter, Event};
+use nullport_keyring::{Admitted, CallGate, CallRefused};
+use nullport_protocol::rpc::{Frame, Hello, MAX_MESSAGE_LIMIT, Open, RPC_VERSION, Shape};
+use nullport_protocol::{DenyReason, NodeId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Duration, Instant};
+use tracing::Instrument;
+
+use super::access::{Access, Admission, ApprovalRequest, Approver};
+use super::context::{CallContext, Requests, Responses, send_status};
+use super::error::RpcError;
+use super::wire::{
+    CallIo, CallSender, Credit, FrameReader, Inbound, OUT_QUEUE, Slot, frame_bytes, run_writer,
+};
+use super::{decode, encode};
+use crate::handshake::IncomingChannel;
+use crate::node::Node;
+use crate::rpc::Code;
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<(), RpcError>> + Send>>;
+type Handler = Arc<dyn Fn(CallContext, CallIo) -> BoxFuture + Send + Sync>;
+
+struct Method {
+    shape: Shape,
+    handler: Handler,
+}
+
+/// A named set of typed methods.
+pub struct RpcService {
+    name: String,
+    methods: HashMap<String, Method>,
+}
+
+impl std::fmt::Debug for RpcService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcService")
+            .field("name", &self.name)
+            .field("methods", &self.methods.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Reads the single request of a unary or server-streaming call.
+async fn single<Req: DeserializeOwned>(io: &mut CallIo) -> Result<Req, RpcError> {
+    let request = match io.recv().await {
+        Inbound::Message(body) => decode::<Req>(&body, "request")?,
+        Inbound::Lost(e) => return Err(e),
+        _ => return Err(RpcError::invalid_argument("call without a request")),
+    };
+    match io.recv().await {
+        Inbound::End => Ok(request),
+        Inbound::Lost(e) => Err(e),
+        _ => Err(RpcError::invalid_argument("more than one request")),
+    }
+}
+
+impl RpcService {
+    /// A service named `name` (the service callers dial), with no methods yet.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            methods: HashMap::new(),
+        }
+    }
+
+    fn add(mut self, method: &str, shape: Shape, handler: Handler) -> Self {
+        self.methods
+            .insert(method.to_owned(), Method { shape, handler });
+        self
+    }
+
+    /// A method taking one request and returning one response.
+    pub fn unary<Req, Resp, F, Fut>(self, method: &str, f: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(CallContext, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.add(
+            method,
+            Shape::Unary,
+            Arc::new(move |ctx, mut io| {
+                let f = f.clone();
+                Box::pin(async move {
+                    let request = single::<Req>(&mut io).await?;
+                    let response = f(ctx, request).await?;
+                    io.tx.send_message(encode(&response)?, "response").await
+                })
+            }),
+        )
+    }
+
+    /// A method taking one request and sending a stream of responses.
+    pub fn server_stream<Req, Resp, F, Fut>(self, method: &str, f: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(CallContext, Req, Responses<Resp>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.add(
+            method,
+            Shape::ServerStream,
+            Arc::new(move |ctx, mut io| {
+                let f = f.clone();
+                Box::pin(async move {
+                    let request = single::<Req>(&mut io).await?;
+                    let responses = Responses {
+                        tx: io.tx.clone(),
+                        _types: PhantomData,
+                    };
+                    f(ctx, request, responses).await
+                })
+            }),
+        )
+    }
+
+    /// A method reading a stream of requests and returning one response.
+    pub fn client_stream<Req, Resp, F, Fut>(self, method: &str, f: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(CallContext, Requests<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.add(
+            method,
+            Shape::ClientStream,
+            Arc::new(move |ctx, io| {
+                let f = f.clone();
+                Box::pin(async move {
+                    let tx = io.tx.clone();
+                    let requests = Requests {
+                        io,
+                        done: false,
+                        _types: PhantomData,
+                    };
+                    let response = f(ctx, requests).await?;
+                    tx.send_message(encode(&response)?, "response").await
+                })
+            }),
+        )
+    }
+
+    /// A method with streams both ways.
+    pub fn bidi<Req, Resp, F, Fut>(self, method: &str, f: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(CallContext, Requests<Req>, Responses<Resp>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.add(
+            method,
+            Shape::Bidi,
+            Arc::new(move |ctx, io| {
+                let f = f.clone();
+                Box::pin(async move {
+                    let responses = Responses {
+                        tx: io.tx.clone(),
+                        _types: PhantomData,
+                    };
+                    let requests = Requests {
+                        io,
+                        done: false,
+                        _types: PhantomData,
+                    };
+                    f(ctx, requests, responses).await
+                })
+            }),
+        )
+    }
+}
+
+/// The callee's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct RpcLimits {
+    /// Largest request accepted (announced to callers; a caller that sends more loses its
+    /// channel). Default 4 MiB, at most 16 MiB.
+    pub max_message: u32,
+    /// Calls one caller may have running at once, over all its channels (announced; callers
+    /// queue locally within it, and calls past it are refused). Default 256.
+    pub max_in_flight_per_caller: u32,
+    /// Requests a caller may send on one call before the handler reads them. Default 32.
+    pub window: u32,
+}
+
+impl Default for RpcLimits {
+    fn default() -> Self {
+        Self {
+            max_message: 4 << 20,
+            max_in_flight_per_caller: 256,
+            window: 32,
+        }
+    }
+}
+
+struct Inner {
+    services: HashMap<String, RpcService>,
+    access: Arc<dyn Access>,
+    approver: Option<Arc<dyn Approver>>,
+    audit: Option<mpsc::Sender<Event>>,
+    limits: RpcLimits,
+    in_flight: Mutex<HashMap<NodeId, u32>>,
+    gates: Mutex<HashMap<(NodeId, String), CallGate>>,
+}
+
+/// Serves [`RpcService`]s on a node. Configure it, then serve: share a running server with
+/// `Arc` (serving takes `&self`).
+pub struct RpcServer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RpcServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcServer")
+            .field("services", &self.inner.services.keys().collect::<Vec<_>>())
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts one call in flight for its caller while it lives.
+struct InFlight {
+    inner: Arc<Inner>,
+    peer: NodeId,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut counts = self
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// What a refused OPEN gets.
+struct Refusal {
+    error: RpcError,
+    outcome: &'static str,
+}
+
+impl RpcServer {
+    /// A server deciding by `access` (default deny: a caller `access` does not admit is
+    /// refused before any application byte).
+    pub fn new(access: impl Access) -> Self {
+        Self::build(
+            Arc::new(access),
+            Vec::new(),
+            None,
+            None,
+            RpcLimits::default(),
+        )
+    }
+
+    fn build(
+        access: Arc<dyn Access>,
+        services: Vec<RpcService>,
+        approver: Option<Arc<dyn Approver>>,
+        audit: Option<mpsc::Sender<Event>>,
+        limits: RpcLimits,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
+                access,
+                approver,
+                audit,
+                limits,
+                in_flight: Mutex::new(HashMap::new()),
+                gates: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Applies a configuration change. The server is not `Clone` and its builder methods
+    /// take it by value, so nothing else holds its state while it is configured.
+    fn configure(mut self, f: impl FnOnce(&mut Inner)) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => f(inner),
+            None => tracing::error!("rpc server configured while serving: change ignored"),
+        }
+        self
+    }
+
+    fn handle(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Adds a service.
+    pub fn add(self, service: RpcService) -> Self {
+        self.configure(|inner| {
+            inner.services.insert(service.name.clone(), service);
+        })
+    }
+
+    /// Asks `approver` before methods the policy marks `approve` (without one, they are
+    /// refused).
+    pub fn approver(self, approver: impl Approver) -> Self {
+        self.configure(|inner| inner.approver = Some(Arc::new(approver)))
+    }
+
+    /// Records every decision (allowed, denied, over quota, approved, not approved, not
+    /// found) in `writer`'s tamper-evident log, from a thread of its own.
+    pub fn audit(self, writer: AuditWriter) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Event>(1024);
+        std::thread::spawn(move || {
+            let mut writer = writer;
+            while let Some(event) = rx.blocking_recv() {
+                if let Err(e) = writer.append(std::time::SystemTime::now(), &event) {
+                    tracing::error!("audit append failed: {e}");
+                }
+            }
+        });
+        self.configure(|inner| inner.audit = Some(tx))
+    }
+
+    /// Sets the bounds.
+    pub fn limits(self, mut limits: RpcLimits) -> Self {
+        limits.max_message = limits.max_message.min(MAX_MESSAGE_LIMIT);
+        limits.window = limits.window.max(1);
+        limits.max_in_flight_per_caller = limits.max_in_flight_per_caller.max(1);
+        self.configure(|inner| inner.limits = limits)
+    }
+
+    /// Calls running now, over all callers.
+    pub fn calls_in_flight(&self) -> usize {
+        let counts = self
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        counts.values().map(|n| *n as usize).sum()
+    }
+
+    /// Serves incoming channels of `node` until it shuts down. Channels for services this
+    /// server does not have are denied (`UnknownService`); use [`RpcServer::serve_channel`]
+    /// from your own accept loop to mix RPC with other services.
+    pub async fn serve(&self, node: &Node) {
+        let mut sessions = JoinSet::new();
+        loop {
+            let incoming = tokio::select! {
+                incoming = node.accept() => match incoming {
+                    Some(incoming) => incoming,
+                    None => break,
+                },
+                Some(_) = sessions.join_next() => continue,
+            };
+            let server = self.handle();
+            sessions.spawn(async move { server.serve_channel(incoming).await });
+        }
+    }
+
+    /// Serves one incoming channel: admits or denies it, then runs its calls until it ends.
+    pub async fn serve_channel(&self, incoming: IncomingChannel) {
+        let peer = incoming.peer();
+        let service = incoming.service().to_owned();
+        let span = tracing::info_span!("rpc_session", peer = %peer.fmt_short(), %service);
+        async {
+            if !self.inner.services.contains_key(&service) {
+                let _ = incoming.deny(DenyReason::UnknownService).await;
+                return;
+            }
+            let admission = match self.inner.access.admit(peer, &service, incoming.blob()) {
+                Ok(admission) => admission,
+                Err(refused) => {
+                    tracing::info!("channel refused: {}", refused.why);
+                    self.record(
+                        peer,
+                        &service,
+                        "",
+                        "denied",
+                        &refused.why,
+                        StdInstant::now(),
+                    )
+                    .await;
+                    let _ = incoming.deny(refused.reason).await;
+                    return;
+                }
+            };
+            match incoming.accept().await {
+                Ok(channel) => {
+                    if let Err(e) = self.session(channel, Arc::new(admission)).await {
+                        tracing::info!("rpc session ended: {e}");
+                    }
+                }
+                Err(e) => tracing::info!("accept failed: {e}"),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn record(
+        &self,
+        caller: NodeId,
+        service: &str,
+        method: &str,
+        outcome: &str,
+        reason: &str,
+        started: StdInstant,
+    ) {
+        if let Some(audit) = &self.inner.audit {
+            let event = Event::Rpc {
+                caller,
+                service: service.to_owned(),
+                method: method.to_owned(),
+                outcome: outcome.to_owned(),
+                reason: reason.to_owned(),
+                latency_us: started.elapsed().as_micros() as u64,
+            };
+            let _ = audit.send(event).await;
+        }
+    }
+
+    async fn session(
+        &self,
+        channel: crate::Channel,
+        admission: Arc<Admission>,
+    ) -> Result<(), RpcError> {
+        let limits = self.inner.limits;
+        let (read, write) = tokio::io::split(channel);
+        let (out, rx) = mpsc::channel(OUT_QUEUE);
+        tokio::spawn(run_writer(write, rx).in_current_span());
+        let hello = Hello {
+            version: RPC_VERSION,
+            max_message: limits.max_message,
+            max_in_flight: limits.max_in_flight_per_caller,
+            window: limits.window,
+        };
+        out.send(frame_bytes(&Frame::Hello(hello))?)
+            .await
+            .map_err(|_| RpcError::unavailable("channel closed"))?;
+        let mut reader = FrameReader::new(read, limits.max_message);
+        let caller = reader.hello().await?;
+        if caller.version != RPC_VERSION {
+            return Err(RpcError::unavailable(format!(
+                "caller speaks rpc version {}",
+                caller.version
+            )));
+        }
+        let mut calls: HashMap<u32, (Slot, watch::Sender<bool>)> = HashMap::new();
+        let mut tasks = JoinSet::new();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u32>();
+        let ended = loop {
+            let frame = tokio::select! {
+                frame = reader.next() => frame,
+                Some(id) = done_rx.recv() => {
+                    calls.remove(&id);
+                    continue;
+                }
+                Some(_) = tasks.join_next() => continue,
+            };
+            let frame = match frame {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            match frame {
+                Frame::Open { call, open } => {
+                    if calls.contains_key(&call) {
+                        break Err(RpcError::unavailable(format!("call {call} opened twice")));
+                    }
+                    let (tx, inbox) = mpsc::unbounded_channel();
+                    let credit = Credit::new(caller.window, limits.window);
+                    let sender = CallSender {
+                        id: call,
+                        out: out.clone(),
+                        credit: credit.clone(),
+                        peer_max_message: caller.max_message,
+                    };
+                    let (cancel, cancelled) = watch::channel(false);
+                    calls.insert(call, (Slot { inbox: tx, credit }, cancel));
+                    let io = CallIo::new(sender, inbox, limits.window);
+                    let run = self.open(&admission, open, io, cancelled, done_tx.clone());
+                    tasks.spawn(run.in_current_span());
+                }
+                Frame::Message { call, body } => {
+                    if let Some((slot, _)) = calls.get(&call)
+                        && let Err(e) = slot.deliver(call, Inbound::Message(body))
+                    {
+                        break Err(e);
+                    }
+                }
+                Frame::End { call } => {
+                    if let Some((slot, _)) = calls.get(&call) {
+                        let _ = slot.deliver(call, Inbound::End);
+                    }
+                }
+                Frame::Cancel { call } => {
+                    if let Some((_, cancel)) = calls.remove(&call) {
+                        let _ = cancel.send(true);
+                    }
+                }
+                Frame::Credit { call, credit } => {
+                    if let Some((slot, _)) = calls.get(&call) {
+                        slot.credit.grant_send(credit);
+                    }
+                }
+                Frame::Hello(_) | Frame::Status { .. } => {
+                    break Err(RpcError::unavailable(
+                        "caller sent a frame only a callee sends",
+                    ));
+                }
+            }
+        };
+        // The caller is gone (or broke the protocol): every call of this channel stops.
+        for (_, (slot, cancel)) in calls.drain() {
+            let _ = cancel.send(true);
+            slot.credit.close();
+        }
+        tasks.shutdown().await;
+        ended
+    }
+
+    /// Decides an OPEN, and returns the task that runs the call (or answers the refusal).
+    fn open(
+        &self,
+        admission: &Arc<Admission>,
+        open: Open,
+        io: CallIo,
+        mut cancelled: watch::Receiver<bool>,
+        done: mpsc::UnboundedSender<u32>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let server = self.handle();
+        let admission = admission.clone();
+        let started = StdInstant::now();
+        let decided = self.decide(&admission, &open);
+        async move {
+            let id = io.tx.id;
+            let tx = io.tx.clone();
+            let method = open.method.clone();
+            let service = admission.service.clone();
+            let (handler, in_flight, approve) = match decided {
+                Ok(ok) => ok,
+                Err(refusal) => {
+                    send_status(&tx, &Err(refusal.error.clone())).await;
+                    server
+                        .record(
+                            admission.peer,
+                            &service,
+                            &method,
+                            refusal.outcome,
+                            &refusal.error.message,
+                            started,
+                        )
+                        .await;
+                    let _ = done.send(id);
+                    return;
+                }
+            };
+            let _in_flight = in_flight;
+            if approve {
+                let asked = match &server.inner.approver {
+                    Some(approver) => {
+                        let request = ApprovalRequest {
+                            peer: admission.peer,
+                            alias: admission.alias.clone(),
+                            service: service.clone(),
+                            method: method.clone(),
+                            rule: admission.rule.clone(),
+                        };
+                        tokio::select! {
+                            ok = approver.approve(request) => ok,
+                            _ = cancelled.wait_for(|c| *c) => false,
+                        }
+                    }
+                    None => false,
+                };
+                let outcome = if asked { "approved" } else { "not approved" };
+                server
+                    .record(
+                        admission.peer,
+                        &service,
+                        &method,
+                        outcome,
+                        &admission.rule,
+                        started,
+                    )
+                    .await;
+                if !asked {
+                    let e = RpcError::denied(format!(
+                        "method {method:?} needs a human's approval, which was not given"
+                    ));
+                    send_status(&tx, &Err(e)).await;
+                    let _ = done.send(id);
+                    return;
+                }
+            } else {
+                server
+                    .record(
+                        admission.peer,
+                        &service,
+                        &method,
+                        "allowed",
+                        &admission.rule,
+                        started,
+                    )
+                    .await;
+            }
+            let deadline = open
+                .deadline_ms
+                .map(|ms| Instant::now() + Duration::from_millis(u64::from(ms)));
+            let (cancel_all, ctx_cancelled) = watch::channel(false);
+            let ctx = CallContext {
+                peer: admission.peer,
+                alias: admission.alias.clone(),
+                service: service.clone(),
+                method: method.clone(),
+                token: admission.token.clone(),
+                rule: admission.rule.clone(),
+                deadline,
+                cancelled: ctx_cancelled,
+            };
+            let span = tracing::debug_span!("rpc_call", call = id, %method);
+            let handler = handler(ctx, io).instrument(span);
+            let expired = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let result = tokio::select! {
+                result = handler => Some(result),
+                _ = cancelled.wait_for(|c| *c) => None,
+                _ = expired => Some(Err(RpcError::new(
+                    Code::DeadlineExceeded,
+                    format!("deadline of {} ms passed at the callee", open.deadline_ms.unwrap_or(0)),
+                ))),
+            };
+            // Work the handler handed elsewhere learns it through `CallContext::cancelled`.
+            if !matches!(result, Some(Ok(()))) {
+                let _ = cancel_all.send(true);
+            }
+            if let Some(result) = result {
+                send_status(&tx, &result).await;
+            }
+            let _ = done.send(id);
+        }
+    }
+
+    /// The synchronous part of an OPEN's decision.
+    #[allow(clippy::type_complexity)]
+    fn decide(
+        &self,
+        admission: &Admission,
+        open: &Open,
+    ) -> Result<(Handler, InFlight, bool), Refusal> {
+        let inner = &self.inner;
+        let refuse = |error: RpcError, outcome| Refusal { error, outcome };
+        let Some(method) = inner
+            .services
+            .get(&admission.service)
+            .and_then(|s| s.methods.get(&open.method))
+        else {
+            return Err(refuse(
+                RpcError::not_found(format!(
+                    "service {:?} has no method {:?}",
+                    admission.service, open.method
+                )),
+                "not found",
+            ));
+        };
+        if method.shape != open.shape {
+            return Err(refuse(
+                RpcError::invalid_argument(format!(
+                    "method {:?} is {:?}, called as {:?}",
+                    open.method, method.shape, open.shape
+                )),
+                "denied",
+            ));
+        }
+        let grant = inner
+            .access
+            .grant(admission)
+            .map_err(|why| refuse(RpcError::denied(why), "denied"))?;
+        let rule = grant.rule.clone();
+        let peer = admission.peer;
+        let mut counts = inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let running = counts.get(&peer).copied().unwrap_or(0);
+        if running >= inner.limits.max_in_flight_per_caller {
+            return Err(refuse(
+                RpcError::new(
+                    Code::ResourceExhausted,
+                    format!(
+                        "too many calls in flight from this caller (limit {})",
+                        inner.limits.max_in_flight_per_caller
+                    ),
+                ),
+                "over quota",
+            ));
+        }
+        let admitted = {
+            let mut gates = inner.gates.lock().unwrap_or_else(|p| p.into_inner());
+            let gate = gates
+                .entry((peer, admission.service.clone()))
+                .or_insert_with(|| CallGate::new(grant.clone()));
+            gate.set_grant(grant);
+            gate.admit(
+                "method",
+                &open.method,
+                running as usize,
+                std::time::Instant::now(),
+            )
+        };
+        let approve = match admitted {
+            Ok(Admitted::Run) => false,
+            Ok(Admitted::Approve) => true,
+            Err(refused @ CallRefused::NotAllowed { .. }) => {
+                return Err(refuse(
+                    RpcError::denied(format!("{refused} (rule {rule:?})")),
+                    "denied",
+                ));
+            }
+            Err(quota) => {
+                return Err(refuse(
+                    RpcError::new(
+                        Code::ResourceExhausted,
+                        format!("over quota (rule {rule:?}): {quota}"),
+                    ),
+                    "over quota",
+                ));
+            }
+        };
+        *counts.entry(peer).or_insert(0) += 1;
+        drop(counts);
+        Ok((
+            method.handler.clone(),
+            InFlight {
+                inner: inner.clone(),
+                peer,
+            },
+            approve,
+        ))
+    }
+}
