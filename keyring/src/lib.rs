@@ -21,8 +21,8 @@ pub use error::{Error, FormatError, KdfProblem};
 pub use keys::{fs, key_file, passphrase};
 pub use statements::{invite, revocation, rotation};
 
+pub use calls::{Admitted, CallGate, CallGrant, CallRefused};
 pub use key_file::{KdfParams, Protection};
 pub use passphrase::PassphraseSource;
-pub use calls::{Admitted, CallGate, CallGrant, CallRefused};
 pub use policy::{Decision, McpGrant, McpRules, Policy, RpcRules};
 pub use trust::TrustStore;

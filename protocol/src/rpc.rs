@@ -391,7 +391,11 @@ mod tests {
         assert_eq!(used, out.len());
         // Every strict prefix asks for more bytes and decodes nothing.
         for cut in 0..out.len() {
-            assert_eq!(Frame::decode(&out[..cut], 1 << 20).unwrap(), None, "cut {cut}");
+            assert_eq!(
+                Frame::decode(&out[..cut], 1 << 20).unwrap(),
+                None,
+                "cut {cut}"
+            );
         }
     }
 
@@ -459,16 +463,16 @@ mod tests {
     #[test]
     fn malformed_frames_are_typed_errors() {
         let cases: &[&[u8]] = &[
-            &[0, 0, 0, 4, 0, 0, 0, 1],                // shorter than the header
-            &[0, 0, 0, 5, 0, 0, 0, 1, 9],             // unknown kind
-            &[0, 0, 0, 6, 0, 0, 0, 1, END, 0],        // END with a body
-            &[0, 0, 0, 6, 0, 0, 0, 1, CANCEL, 0],     // CANCEL with a body
-            &[0, 0, 0, 7, 0, 0, 0, 1, CREDIT, 0, 0],  // short credit
-            &[0, 0, 0, 5, 0, 0, 0, 0, END],           // call 0 for a call frame
-            &[0, 0, 0, 6, 0, 0, 0, 1, OPEN, 0xFF],    // truncated postcard
-            &[0, 0, 0, 5, 0, 0, 0, 3, HELLO],         // hello off call 0
+            &[0, 0, 0, 4, 0, 0, 0, 1],                  // shorter than the header
+            &[0, 0, 0, 5, 0, 0, 0, 1, 9],               // unknown kind
+            &[0, 0, 0, 6, 0, 0, 0, 1, END, 0],          // END with a body
+            &[0, 0, 0, 6, 0, 0, 0, 1, CANCEL, 0],       // CANCEL with a body
+            &[0, 0, 0, 7, 0, 0, 0, 1, CREDIT, 0, 0],    // short credit
+            &[0, 0, 0, 5, 0, 0, 0, 0, END],             // call 0 for a call frame
+            &[0, 0, 0, 6, 0, 0, 0, 1, OPEN, 0xFF],      // truncated postcard
+            &[0, 0, 0, 5, 0, 0, 0, 3, HELLO],           // hello off call 0
             &[0, 0, 0, 8, 0, 0, 0, 1, STATUS, 0, 0, 0], // status: trailing byte
-            &[0, 0, 0, 7, 0, 0, 0, 1, STATUS, 99, 0], // unknown code
+            &[0, 0, 0, 7, 0, 0, 0, 1, STATUS, 99, 0],   // unknown code
         ];
         for case in cases {
             assert!(

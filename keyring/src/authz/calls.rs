@@ -219,7 +219,10 @@ mod tests {
         };
         assert!(g.allows("work.run"));
         assert!(!g.allows("work.list"), "not in the token's list");
-        assert!(!g.allows("admin"), "in the token's list, not the issuer's rules");
+        assert!(
+            !g.allows("admin"),
+            "in the token's list, not the issuer's rules"
+        );
         let none = CallGrant {
             narrowed: Some(vec![]),
             ..grant()

@@ -145,7 +145,10 @@ fn rpc_rules_open_the_service_and_feed_the_call_gate() {
         .unwrap();
     assert!(narrowed.allows("jobs.run"));
     assert!(!narrowed.allows("jobs.list"), "outside the token");
-    assert!(!narrowed.allows("admin.reset"), "outside the issuer's rules");
+    assert!(
+        !narrowed.allows("admin.reset"),
+        "outside the issuer's rules"
+    );
     let b = Identity::from_seed([2; 32]).node_id();
     assert_eq!(policy.decide(&b, "workers", &trust), Decision::Denied);
     assert!(
