@@ -36,6 +36,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("handshake_msg3_plaintext", handshake_msg3_plaintext),
     ("channel_plaintext", channel_plaintext),
     ("relay_link_live", relay_link_live),
+    ("rpc_frame", rpc_frame),
 ];
 
 /// The deframer and an established channel's reader on arbitrary bytes (first byte: the
@@ -457,4 +458,33 @@ pub fn relay_link_live(data: &[u8]) {
             "the sentinel was not answered: {answer:02x?}"
         );
     });
+}
+
+/// The RPC frame decoder on arbitrary bytes (first byte: the receiver's message limit, in
+/// KiB). Properties: every frame it accepts encodes back to exactly the bytes it took (one
+/// encoding per frame, nothing skipped), and a frame over the limit is refused, not awaited.
+pub fn rpc_frame(data: &[u8]) {
+    use nullport_protocol::rpc::{Frame, HEADER, LEN_PREFIX};
+    let Some((&limit, mut rest)) = data.split_first() else {
+        return;
+    };
+    let max = u32::from(limit) * 1024;
+    loop {
+        match Frame::decode(rest, max) {
+            Ok(Some((frame, used))) => {
+                let mut out = Vec::new();
+                frame.encode(&mut out).unwrap();
+                assert_eq!(out, rest[..used], "frame {frame:?} does not re-encode as read");
+                rest = &rest[used..];
+            }
+            Ok(None) => {
+                if let Some(prefix) = rest.first_chunk::<LEN_PREFIX>() {
+                    let len = u32::from_be_bytes(*prefix) as usize;
+                    assert!(len <= max as usize + HEADER, "awaiting an oversize frame");
+                }
+                return;
+            }
+            Err(_) => return,
+        }
+    }
 }
