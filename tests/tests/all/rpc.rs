@@ -743,3 +743,83 @@ async fn wait_until(check: impl Fn() -> bool, what: &str) {
     }
     panic!("timed out waiting: {what}");
 }
+
+/// The planner example as real processes: three worker processes, one planner process
+/// fanning 30 jobs out with streaming progress; a planner the workers' policy does not name
+/// is refused by every worker.
+#[tokio::test]
+async fn rpc_planner_and_three_workers_as_processes() {
+    use tokio::io::AsyncBufReadExt;
+    let net = TestNet::start().await;
+    let relay = net.relay_addr().to_string();
+    let exe = env!("CARGO_BIN_EXE_np-planner");
+    let planner_id = Identity::from_seed([77; 32]).node_id();
+    let homes: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut workers = Vec::new();
+    let mut ids = Vec::new();
+    for home in &homes {
+        let mut child = tokio::process::Command::new(exe)
+            .args([
+                "worker",
+                "--relay",
+                &relay,
+                "--allow",
+                &planner_id.to_string(),
+            ])
+            .arg("--home")
+            .arg(home.path())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        ids.push(line.strip_prefix("worker ").unwrap().to_owned());
+        workers.push(child);
+    }
+    let run = |seed: &str| {
+        tokio::process::Command::new(exe)
+            .args(["plan", "--relay", &relay, "--seed", seed, "--jobs", "30"])
+            .args(["--workers", &ids.join(",")])
+            .kill_on_drop(true)
+            .output()
+    };
+    let out = tokio::time::timeout(Duration::from_secs(60), run("77"))
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.ends_with("100%") || l.contains("100% on"))
+            .count(),
+        30
+    );
+    let last = stdout.lines().last().unwrap();
+    assert!(last.starts_with("done 30 jobs on 3 workers"), "{last}");
+    for part in last.rsplit(": ").next().unwrap().split(' ') {
+        assert!(part.ends_with("=10"), "jobs spread evenly: {last}");
+    }
+    // Another planner (another key) is refused by the workers' policy.
+    let out = tokio::time::timeout(Duration::from_secs(60), run("78"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("denied") && stderr.contains("not allowed"),
+        "{stderr}"
+    );
+    drop(workers);
+}
