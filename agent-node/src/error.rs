@@ -63,6 +63,10 @@ pub enum Error {
     /// Building the TLS or QUIC configuration, or binding the client socket, failed.
     #[error("setup: {0}")]
     Setup(SetupError),
+    /// Serving gRPC or HTTP over channels failed (the `http` feature).
+    #[cfg(feature = "http")]
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
 }
 
 /// What is wrong with a relay address.

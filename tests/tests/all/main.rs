@@ -7,6 +7,7 @@ mod exhaustion;
 mod faults;
 mod full_disk;
 mod fuzz_replay;
+mod grpc;
 mod key_and_handshake;
 mod netns;
 mod relay;
