@@ -1,5 +1,6 @@
 use super::*;
 use nullport_keyring::McpRules;
+use std::time::Duration;
 
 fn fw(tools: &[&str]) -> Firewall {
     Firewall::new(McpGrant {
