@@ -15,7 +15,9 @@
 
 use std::convert::Infallible;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -26,6 +28,7 @@ use hyper::http::{HeaderMap, HeaderName, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
@@ -92,7 +95,8 @@ pub fn rewrite_request(
 ) -> Option<HeaderValue> {
     let upgrade = upgrade_asked(headers, version);
     strip_hop_by_hop(headers);
-    // `remove` takes every value under the name; names are compared without case.
+    // Every value under either name goes (names are compared without case); `insert`
+    // would replace them too, but the alias must go even when none is set.
     headers.remove(PEER_HEADER);
     headers.remove(PEER_ALIAS_HEADER);
     headers.insert(PEER_HEADER, caller.peer.clone());
@@ -282,27 +286,27 @@ impl HttpRelay {
             let relay = relay.clone();
             hyper::service::service_fn(move |request| relay.clone().handle(request))
         };
+        let channel = SharedChannel(Arc::new(std::sync::Mutex::new(channel)));
         let served = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEAD_TIMEOUT)
             .max_buf_size(MAX_BUF)
             .max_headers(MAX_HEADERS)
             .half_close(true)
-            .serve_connection(TokioIo::new(channel), service)
+            .serve_connection(TokioIo::new(channel.clone()), service)
             .with_upgrades()
             .await;
-        let upgrade = match relay.upgrade.lock() {
-            Ok(mut slot) => slot.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
+        let upgrade = lock(&relay.upgrade).take();
+        let ended = match (served, upgrade) {
+            (Err(e), _) => Err(io::Error::other(e)),
+            (Ok(()), None) => Ok(()),
+            (Ok(()), Some((caller, backend))) => splice(caller, backend).await,
         };
-        served.map_err(io::Error::other)?;
-        let Some((caller, backend)) = upgrade else {
-            return Ok(());
-        };
-        let (caller, backend) = tokio::join!(caller, backend);
-        let mut caller = TokioIo::new(caller.map_err(io::Error::other)?);
-        let mut backend = TokioIo::new(backend.map_err(io::Error::other)?);
-        forward(&mut caller, &mut backend).await.map(drop)
+        // The backend connections end here; the channel ends with a close frame however
+        // hyper finished (it closes the channel itself only after a clean end).
+        drop(relay);
+        let _ = tokio::time::timeout(Duration::from_secs(2), channel.shutdown()).await;
+        ended
     }
 
     async fn handle(
@@ -340,13 +344,62 @@ impl HttpRelay {
                 ));
             };
             let backend_upgrade = hyper::upgrade::on(&mut response);
-            match self.upgrade.lock() {
-                Ok(mut slot) => *slot = Some((caller_upgrade, backend_upgrade)),
-                Err(poisoned) => *poisoned.into_inner() = Some((caller_upgrade, backend_upgrade)),
-            }
+            *lock(&self.upgrade) = Some((caller_upgrade, backend_upgrade));
         }
         rewrite_response(response.headers_mut(), switching);
         Ok(response.map(Body::new))
+    }
+}
+
+/// Joins an upgraded channel and backend connection, byte for byte, until both are done.
+async fn splice(caller: OnUpgrade, backend: OnUpgrade) -> io::Result<()> {
+    let (caller, backend) = tokio::join!(caller, backend);
+    let mut caller = TokioIo::new(caller.map_err(io::Error::other)?);
+    let mut backend = TokioIo::new(backend.map_err(io::Error::other)?);
+    forward(&mut caller, &mut backend).await.map(drop)
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The channel, one handle given to hyper and one kept by [`HttpRelay::run`] to close it
+/// when hyper is done. Each poll takes the lock for that poll only: hyper is the only user
+/// until it is done.
+#[derive(Clone)]
+struct SharedChannel(Arc<std::sync::Mutex<Counted<nullport_node::Channel>>>);
+
+impl SharedChannel {
+    async fn shutdown(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| Pin::new(&mut *lock(&self.0)).poll_shutdown(cx)).await
+    }
+}
+
+impl AsyncRead for SharedChannel {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *lock(&self.0)).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SharedChannel {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *lock(&self.0)).poll_write(cx, data)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *lock(&self.0)).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *lock(&self.0)).poll_shutdown(cx)
     }
 }
 
