@@ -163,7 +163,7 @@ async fn worker(args: Args) {
             }
         },
     );
-    let server = RpcServer::new(access).add(service);
+    let server = RpcServer::new(access).service(service);
     say(&format!("worker {}", node.node_id()));
     server.serve(&node).await;
 }
@@ -255,6 +255,18 @@ fn job_text(id: u32) -> String {
     format!("job number {id} for the fleet")
 }
 
+const USAGE: &str = "\
+np-planner: a planner agent fanning jobs out to worker agents over typed RPC
+
+  np-planner worker --relay RELAY --home DIR --allow PLANNER_NODE_ID [--seed N]
+      serve `jobs.run` to that planner only; prints \"worker <NodeId>\"
+  np-planner plan --relay RELAY --workers ID,ID,ID --jobs N [--seed N]
+      run N jobs over the workers with streaming progress; prints \"done ...\"
+  np-planner id --seed N
+      print the NodeId of the fixed identity [N; 32]
+
+RELAY is <relay NodeId>@<host>:<port>.";
+
 #[tokio::main]
 async fn main() {
     let args = args();
@@ -262,6 +274,7 @@ async fn main() {
         "worker" => worker(args).await,
         "plan" => plan(args).await,
         "id" => say(&args.identity().node_id().to_string()),
+        "help" | "--help" | "-h" => say(USAGE),
         other => fail(&format!("unknown command {other:?} (worker, plan, id)")),
     }
 }

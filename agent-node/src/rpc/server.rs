@@ -318,7 +318,7 @@ impl RpcServer {
     }
 
     /// Adds a service.
-    pub fn add(self, service: RpcService) -> Self {
+    pub fn service(self, service: RpcService) -> Self {
         self.configure(|inner| {
             inner.services.insert(service.name.clone(), service);
         })
@@ -472,9 +472,13 @@ impl RpcServer {
         let mut calls: HashMap<u32, (Slot, watch::Sender<bool>)> = HashMap::new();
         let mut tasks = JoinSet::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u32>();
+        // Calls being decided, running or answering, per channel: past this the channel is
+        // not read until some end, so a caller that floods OPENs and never reads its answers
+        // holds a bounded number of tasks.
+        let max_tasks = limits.max_in_flight_per_caller as usize * 2 + 64;
         let ended = loop {
             let frame = tokio::select! {
-                frame = reader.next() => frame,
+                frame = reader.next(), if tasks.len() < max_tasks => frame,
                 Some(id) = done_rx.recv() => {
                     calls.remove(&id);
                     continue;
@@ -580,6 +584,24 @@ impl RpcServer {
                 }
             };
             let _in_flight = in_flight;
+            let deadline = open
+                .deadline_ms
+                .map(|ms| Instant::now() + Duration::from_millis(u64::from(ms)));
+            let expired = || async move {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let deadline_error = || {
+                RpcError::new(
+                    Code::DeadlineExceeded,
+                    format!(
+                        "deadline of {} ms passed at the callee",
+                        open.deadline_ms.unwrap_or(0)
+                    ),
+                )
+            };
             if approve {
                 let asked = match &server.inner.approver {
                     Some(approver) => {
@@ -593,6 +615,7 @@ impl RpcServer {
                         tokio::select! {
                             ok = approver.approve(request) => ok,
                             _ = cancelled.wait_for(|c| *c) => false,
+                            _ = expired() => false,
                         }
                     }
                     None => false,
@@ -628,9 +651,6 @@ impl RpcServer {
                     )
                     .await;
             }
-            let deadline = open
-                .deadline_ms
-                .map(|ms| Instant::now() + Duration::from_millis(u64::from(ms)));
             let (cancel_all, ctx_cancelled) = watch::channel(false);
             let ctx = CallContext {
                 peer: admission.peer,
@@ -643,20 +663,14 @@ impl RpcServer {
                 cancelled: ctx_cancelled,
             };
             let span = tracing::debug_span!("rpc_call", call = id, %method);
-            let handler = handler(ctx, io).instrument(span);
-            let expired = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let handler = CatchUnwind(Box::pin(handler(ctx, io).instrument(span)));
             let result = tokio::select! {
-                result = handler => Some(result),
+                result = handler => Some(result.unwrap_or_else(|()| {
+                    tracing::error!(%method, "rpc handler panicked");
+                    Err(RpcError::internal("the handler failed (panicked)"))
+                })),
                 _ = cancelled.wait_for(|c| *c) => None,
-                _ = expired => Some(Err(RpcError::new(
-                    Code::DeadlineExceeded,
-                    format!("deadline of {} ms passed at the callee", open.deadline_ms.unwrap_or(0)),
-                ))),
+                _ = expired() => Some(Err(deadline_error())),
             };
             // Work the handler handed elsewhere learns it through `CallContext::cancelled`.
             if !matches!(result, Some(Ok(()))) {
@@ -762,5 +776,25 @@ impl RpcServer {
             },
             approve,
         ))
+    }
+}
+
+/// Resolves to `Err(())` instead of unwinding when the wrapped future panics, so one failing
+/// handler answers its call with an error and leaves the others running.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
     }
 }

@@ -52,6 +52,12 @@ fn service(probes: &Probes) -> RpcService {
             Ok((ctx.peer.to_string(), ctx.alias, ctx.rule))
         })
         .unary("add", |_ctx, (a, b): (u64, u64)| async move { Ok(a + b) })
+        .unary("explode", |_ctx, (): ()| async move {
+            if std::hint::black_box(true) {
+                panic!("handler bug");
+            }
+            Ok(())
+        })
         .unary("admin.reset", move |_ctx, (): ()| {
             let ran = ran.clone();
             async move {
@@ -141,7 +147,7 @@ async fn callee(
     let home = tempfile::tempdir().unwrap();
     write_policy(home.path(), &policy(node.node_id()));
     let access = PolicyAccess::from_home(node.node_id(), home.path()).unwrap();
-    let server = Arc::new(configure(RpcServer::new(access).add(service(probes))));
+    let server = Arc::new(configure(RpcServer::new(access).service(service(probes))));
     let serving = tokio::spawn({
         let (node, server) = (node.clone(), server.clone());
         async move { server.serve(&node).await }
