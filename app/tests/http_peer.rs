@@ -204,6 +204,30 @@ async fn http_peer_header_names_the_caller_and_replaces_forgeries() {
             "backend connection reused"
         );
     }
+    // A backend that closes its connection after every answer: the caller's connection
+    // stays open (its `Connection: close` is the backend's hop only), a new backend
+    // connection is made for each request.
+    let urls: Vec<String> = (0..3)
+        .map(|i| format!("http://{}/close{i}", s.web))
+        .collect();
+    let mut args = vec!["-w", "connects=%{num_connects}\\n"];
+    args.extend(urls.iter().map(String::as_str));
+    let out = curl(&args).await;
+    let text = String::from_utf8_lossy(&out);
+    let connects: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("connects="))
+        .collect();
+    assert_eq!(connects, ["connects=1", "connects=0", "connects=0"]);
+    let closing = reports(&out);
+    assert_eq!(closing.len(), 3);
+    closing.iter().for_each(stamped);
+    let mut ports: Vec<_> = closing
+        .iter()
+        .map(|r| r["client_port"].to_string())
+        .collect();
+    ports.dedup();
+    assert_eq!(ports.len(), 3, "{ports:?}");
     // The option off: the same bytes reach the backend untouched, forgeries and all.
     let mut args = FORGED.to_vec();
     let url = format!("http://{}/raw", s.raw);

@@ -4,7 +4,8 @@ Every request is answered with one JSON line naming what arrived: the method, th
 every header line exactly as sent (name case kept, duplicates kept, in order), the body's
 length and SHA-256 (Content-Length or chunked, read in 64 KiB pieces), the client's port
 (one per backend connection) and a counter of the requests this process has seen.
-`GET /bytes/N` answers N pseudo-random bytes instead, their SHA-256 in `X-Body-Sha256`.
+`GET /bytes/N` answers N pseudo-random bytes instead, their SHA-256 in `X-Body-Sha256`; a
+path starting `/close` is answered with `Connection: close`, and the connection closed.
 A request with `Upgrade: np-echo` is answered 101; the JSON line follows, then every byte
 received is echoed until the client closes. Prints `ready PORT` once it listens on loopback.
 """
@@ -98,6 +99,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(line)))
+        if self.path.startswith("/close"):
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(line)
 

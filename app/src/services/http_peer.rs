@@ -15,9 +15,7 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -28,11 +26,10 @@ use hyper::http::{HeaderMap, HeaderName, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use super::io::{Counted, forward};
+use super::io::{Counted, Shared, forward};
 use super::tcp::connect_tcp;
 
 /// The caller's NodeId (`np...`), set by nullport on every request.
@@ -239,6 +236,7 @@ impl Backend {
             .max_headers(MAX_HEADERS)
             .handshake(TokioIo::new(tcp))
             .await?;
+        while self.connections.try_join_next().is_some() {}
         self.connections.spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!("backend connection ended: {e}");
@@ -286,7 +284,8 @@ impl HttpRelay {
             let relay = relay.clone();
             hyper::service::service_fn(move |request| relay.clone().handle(request))
         };
-        let channel = SharedChannel(Arc::new(std::sync::Mutex::new(channel)));
+        // One handle for hyper, one to close the channel when hyper is done.
+        let channel = Shared::new(channel);
         let served = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEAD_TIMEOUT)
@@ -363,44 +362,6 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The channel, one handle given to hyper and one kept by [`HttpRelay::run`] to close it
-/// when hyper is done. Each poll takes the lock for that poll only: hyper is the only user
-/// until it is done.
-#[derive(Clone)]
-struct SharedChannel(Arc<std::sync::Mutex<Counted<nullport_node::Channel>>>);
-
-impl SharedChannel {
-    async fn shutdown(&self) -> io::Result<()> {
-        std::future::poll_fn(|cx| Pin::new(&mut *lock(&self.0)).poll_shutdown(cx)).await
-    }
-}
-
-impl AsyncRead for SharedChannel {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *lock(&self.0)).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SharedChannel {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *lock(&self.0)).poll_write(cx, data)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *lock(&self.0)).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *lock(&self.0)).poll_shutdown(cx)
-    }
 }
 
 /// A short plain-text answer from the daemon itself.

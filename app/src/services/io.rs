@@ -1,5 +1,5 @@
-//! Moving bytes for services: counters shown by `status`, and forwarding between a channel
-//! and a local stream with half-close semantics.
+//! Moving bytes for services: counters shown by `status`, a stream with several handles, and
+//! forwarding between a channel and a local stream with half-close semantics.
 
 use std::io;
 use std::pin::Pin;
@@ -76,6 +76,63 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A stream with several handles: each poll locks it for that poll only. For handing a
+/// stream to a library that owns its I/O (hyper) while keeping a handle to close it
+/// properly once the library is done with it, whatever way it finished.
+pub struct Shared<S>(Arc<std::sync::Mutex<S>>);
+
+impl<S> Clone for Shared<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Shared<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(inner)))
+    }
+
+    /// Shuts the stream's write side down (for a channel: its close frame).
+    pub async fn shutdown(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self.lock()).poll_shutdown(cx)).await
+    }
+}
+
+impl<S> Shared<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, S> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Shared<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Shared<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.lock()).poll_write(cx, data)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_shutdown(cx)
     }
 }
 
