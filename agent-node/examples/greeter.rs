@@ -6,14 +6,18 @@
 //! nullport-relay init --key relay.key --insecure-plaintext-key --public 127.0.0.1
 //! nullport-relay run --key relay.key --listen 127.0.0.1:7443 --open &
 //! RELAY=$(nullport-relay id --key relay.key --public 127.0.0.1)
-//! cargo run -p nullport-node --features http --example greeter -- serve --relay $RELAY --key server.key --allow <caller NodeId>
-//! cargo run -p nullport-node --features http --example greeter -- call --relay $RELAY --key caller.key --peer <server NodeId> --name Ada
+//! cargo build -p nullport-node --features http --example greeter
+//! GREETER=target/debug/examples/greeter
+//! $GREETER serve --relay $RELAY --key server.key --allow $($GREETER id --key caller.key) &
+//! $GREETER call --relay $RELAY --key caller.key --peer <the NodeId serve printed> --name Ada
 //! ```
 //!
 //! `serve` prints `serving greeter as <NodeId>`, then `greeted <caller NodeId> (<name>)` per
-//! call; `call` prints `calling as <NodeId>`, the reply, and `server saw <NodeId>`. A `--key`
-//! file that does not exist is created (unencrypted, mode 0600); an encrypted one is opened
-//! with `$NULLPORT_PASSPHRASE`. Without `--allow`, `serve` admits every caller.
+//! call; `call` prints `calling as <NodeId>`, the reply, and `server saw <NodeId>`; `id`
+//! prints a key file's NodeId. A `--key` file that does not exist is created (unencrypted,
+//! mode 0600); an encrypted one is opened with `$NULLPORT_PASSPHRASE`. Without `--allow`,
+//! `serve` admits every caller; a caller not allowed fails with `greeter: call failed: peer
+//! <NodeId> refused service "greeter": not allowed`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -161,7 +165,8 @@ fn one<'a>(flags: &[(&str, &'a str)], name: &str) -> Option<&'a str> {
 }
 
 const USAGE: &str = "usage: greeter serve --relay RELAY [--key FILE] [--allow NODEID]...\n       \
-                     greeter call --relay RELAY --peer NODEID [--key FILE] [--name NAME]";
+                     greeter call --relay RELAY --peer NODEID [--key FILE] [--name NAME]\n       \
+                     greeter id --key FILE";
 
 #[tokio::main]
 async fn main() {
@@ -174,16 +179,20 @@ async fn main() {
 async fn run(args: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
     let (command, rest) = args.split_first().ok_or(USAGE)?;
     let flags = flags(rest)?;
-    let relay = one(&flags, "--relay").ok_or(USAGE)?;
+    let relay = one(&flags, "--relay").ok_or(USAGE);
     let key = one(&flags, "--key");
     match command.as_str() {
+        "id" => {
+            println!("{}", identity(Some(key.ok_or(USAGE)?))?.node_id());
+            Ok(())
+        }
         "serve" => {
             let allowed = flags
                 .iter()
                 .filter(|(f, _)| *f == "--allow")
                 .map(|(_, v)| v.parse::<NodeId>())
                 .collect::<Result<Vec<_>, _>>()?;
-            let node = start(relay, key).await?;
+            let node = start(relay?, key).await?;
             println!("serving greeter as {}", node.node_id());
             let router = tonic::transport::Server::builder().add_service(GreeterServer);
             let allow = move |peer, _: &str| allowed.is_empty() || allowed.contains(&peer);
@@ -196,7 +205,7 @@ async fn run(args: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
         "call" => {
             let peer: NodeId = one(&flags, "--peer").ok_or(USAGE)?.parse()?;
             let name = one(&flags, "--name").unwrap_or("world").to_owned();
-            let node = start(relay, key).await?;
+            let node = start(relay?, key).await?;
             println!("calling as {}", node.node_id());
             let reply: Result<HelloReply, Box<dyn std::error::Error>> = async {
                 let channel = tonic::transport::Endpoint::from_static("http://greeter.nullport")

@@ -35,13 +35,15 @@
 
 mod client;
 mod error;
+mod io;
 mod server;
 
 use nullport_protocol::NodeId;
 
 pub use client::{Connector, connector};
 pub use error::HttpError;
-pub use server::{Incoming, PeerChannel, serve_connection, serve_http, serve_tonic};
+pub use io::{Incoming, PeerChannel};
+pub use server::{serve_connection, serve_http, serve_tonic};
 
 #[cfg(doc)]
 use crate::Node;

@@ -348,13 +348,32 @@ fn web_app(calls: Arc<AtomicUsize>) -> axum::Router {
         ))
 }
 
+/// Sends `request` over a new HTTP/2 connection on a channel to `web` on `server`.
+async fn http2_call(
+    client: &Node,
+    server: NodeId,
+    request: h::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Result<(h::StatusCode, String), Error> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let channel = client.dial(server, "web").await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(channel))
+            .await
+            .unwrap();
+    let driving = tokio::spawn(connection);
+    let response = sender.send_request(request).await.unwrap();
+    let answer = read_response(response).await;
+    drop(sender);
+    driving.await.unwrap().unwrap();
+    Ok(answer)
+}
+
 /// Sends `request` over a new HTTP/1.1 connection on a channel to `web` on `server`.
 async fn http1_call(
     client: &Node,
     server: NodeId,
     request: h::Request<http_body_util::Full<bytes::Bytes>>,
 ) -> Result<(h::StatusCode, String), Error> {
-    use http_body_util::BodyExt;
     let channel = client.dial(server, "web").await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(channel))
@@ -362,11 +381,17 @@ async fn http1_call(
             .unwrap();
     let driving = tokio::spawn(connection);
     let response = sender.send_request(request).await.unwrap();
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let answer = read_response(response).await;
     drop(sender);
     driving.await.unwrap().unwrap();
-    Ok((status, String::from_utf8(body.to_vec()).unwrap()))
+    Ok(answer)
+}
+
+async fn read_response(response: h::Response<hyper::body::Incoming>) -> (h::StatusCode, String) {
+    use http_body_util::BodyExt;
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,7 +434,20 @@ async fn http_axum_router_served_from_a_node_sees_the_caller_and_strangers_are_d
         body,
         format!("{} {:x}", client.node_id(), Sha256::digest(&data))
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // HTTP/2 on the same service (the server tells the versions apart by the first bytes).
+    let request = h::Request::post("http://web.nullport/sha256")
+        .body(http_body_util::Full::new(bytes::Bytes::from(data.clone())))
+        .unwrap();
+    let (status, body) = http2_call(&client, server.node_id(), request)
+        .await
+        .unwrap();
+    assert_eq!(status, h::StatusCode::OK);
+    assert_eq!(
+        body,
+        format!("{} {:x}", client.node_id(), Sha256::digest(&data))
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
 
     // A caller the policy does not name is refused in the handshake: no HTTP byte, no handler.
     let request = h::Request::get("/whoami").body(Default::default()).unwrap();
@@ -425,7 +463,7 @@ async fn http_axum_router_served_from_a_node_sees_the_caller_and_strangers_are_d
     }
     assert_eq!(
         calls.load(Ordering::SeqCst),
-        2,
+        3,
         "a handler ran for a stranger"
     );
     drop(serving);
@@ -448,6 +486,13 @@ async fn greeter_example_runs_as_separate_processes() {
     let caller = nullport_protocol::Identity::generate().unwrap();
     key_file::store(&caller_key, &caller, &Protection::InsecurePlaintext, false).unwrap();
     let caller_id = caller.node_id().to_string();
+    let id = Command::new(GREETER)
+        .args(["id", "--key"])
+        .arg(&caller_key)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&id.stdout).trim(), caller_id);
 
     let mut server = Command::new(GREETER)
         .args(["serve", "--relay", &relay, "--allow", &caller_id])
