@@ -22,8 +22,10 @@
 mod access;
 mod client;
 mod context;
+mod decide;
 mod error;
 mod server;
+mod service;
 mod wire;
 
 pub use access::{Access, Admission, ApprovalRequest, Approver, PolicyAccess, Refused};
@@ -31,7 +33,8 @@ pub use client::{Call, CallOptions, RpcClient};
 pub use context::{CallContext, Requests, Responses};
 pub use error::RpcError;
 pub use nullport_protocol::rpc::{Code, Shape};
-pub use server::{RpcLimits, RpcServer, RpcService};
+pub use server::{RpcLimits, RpcServer};
+pub use service::RpcService;
 
 /// Encodes a value as it travels (postcard).
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, RpcError> {

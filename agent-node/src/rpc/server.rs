@@ -5,192 +5,29 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant as StdInstant;
 
 use nullport_audit::{AuditWriter, Event};
-use nullport_keyring::{Admitted, CallGate, CallRefused};
-use nullport_protocol::rpc::{Frame, Hello, MAX_MESSAGE_LIMIT, Open, RPC_VERSION, Shape};
+use nullport_keyring::CallGate;
+use nullport_protocol::rpc::{Frame, Hello, MAX_MESSAGE_LIMIT, Open, RPC_VERSION};
 use nullport_protocol::{DenyReason, NodeId};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Duration, Instant};
 use tracing::Instrument;
 
 use super::access::{Access, Admission, ApprovalRequest, Approver};
-use super::context::{CallContext, Requests, Responses, send_status};
+use super::context::{CallContext, send_status};
+use super::decide::decide;
 use super::error::RpcError;
+use super::service::{CatchUnwind, RpcService};
 use super::wire::{
     CallIo, CallSender, Credit, FrameReader, Inbound, OUT_QUEUE, Slot, frame_bytes, run_writer,
 };
-use super::{decode, encode};
 use crate::handshake::IncomingChannel;
 use crate::node::Node;
 use crate::rpc::Code;
-
-type BoxFuture = Pin<Box<dyn Future<Output = Result<(), RpcError>> + Send>>;
-type Handler = Arc<dyn Fn(CallContext, CallIo) -> BoxFuture + Send + Sync>;
-
-struct Method {
-    shape: Shape,
-    handler: Handler,
-}
-
-/// A named set of typed methods.
-pub struct RpcService {
-    name: String,
-    methods: HashMap<String, Method>,
-}
-
-impl std::fmt::Debug for RpcService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RpcService")
-            .field("name", &self.name)
-            .field("methods", &self.methods.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-/// Reads the single request of a unary or server-streaming call.
-async fn single<Req: DeserializeOwned>(io: &mut CallIo) -> Result<Req, RpcError> {
-    let request = match io.recv().await {
-        Inbound::Message(body) => decode::<Req>(&body, "request")?,
-        Inbound::Lost(e) => return Err(e),
-        _ => return Err(RpcError::invalid_argument("call without a request")),
-    };
-    match io.recv().await {
-        Inbound::End => Ok(request),
-        Inbound::Lost(e) => Err(e),
-        _ => Err(RpcError::invalid_argument("more than one request")),
-    }
-}
-
-impl RpcService {
-    /// A service named `name` (the service callers dial), with no methods yet.
-    pub fn new(name: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            methods: HashMap::new(),
-        }
-    }
-
-    fn add(mut self, method: &str, shape: Shape, handler: Handler) -> Self {
-        self.methods
-            .insert(method.to_owned(), Method { shape, handler });
-        self
-    }
-
-    /// A method taking one request and returning one response.
-    pub fn unary<Req, Resp, F, Fut>(self, method: &str, f: F) -> Self
-    where
-        Req: DeserializeOwned + Send + 'static,
-        Resp: Serialize + Send + 'static,
-        F: Fn(CallContext, Req) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
-    {
-        let f = Arc::new(f);
-        self.add(
-            method,
-            Shape::Unary,
-            Arc::new(move |ctx, mut io| {
-                let f = f.clone();
-                Box::pin(async move {
-                    let request = single::<Req>(&mut io).await?;
-                    let response = f(ctx, request).await?;
-                    io.tx.send_message(encode(&response)?, "response").await
-                })
-            }),
-        )
-    }
-
-    /// A method taking one request and sending a stream of responses.
-    pub fn server_stream<Req, Resp, F, Fut>(self, method: &str, f: F) -> Self
-    where
-        Req: DeserializeOwned + Send + 'static,
-        Resp: Serialize + Send + 'static,
-        F: Fn(CallContext, Req, Responses<Resp>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
-    {
-        let f = Arc::new(f);
-        self.add(
-            method,
-            Shape::ServerStream,
-            Arc::new(move |ctx, mut io| {
-                let f = f.clone();
-                Box::pin(async move {
-                    let request = single::<Req>(&mut io).await?;
-                    let responses = Responses {
-                        tx: io.tx.clone(),
-                        _types: PhantomData,
-                    };
-                    f(ctx, request, responses).await
-                })
-            }),
-        )
-    }
-
-    /// A method reading a stream of requests and returning one response.
-    pub fn client_stream<Req, Resp, F, Fut>(self, method: &str, f: F) -> Self
-    where
-        Req: DeserializeOwned + Send + 'static,
-        Resp: Serialize + Send + 'static,
-        F: Fn(CallContext, Requests<Req>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
-    {
-        let f = Arc::new(f);
-        self.add(
-            method,
-            Shape::ClientStream,
-            Arc::new(move |ctx, io| {
-                let f = f.clone();
-                Box::pin(async move {
-                    let tx = io.tx.clone();
-                    let requests = Requests {
-                        io,
-                        done: false,
-                        _types: PhantomData,
-                    };
-                    let response = f(ctx, requests).await?;
-                    tx.send_message(encode(&response)?, "response").await
-                })
-            }),
-        )
-    }
-
-    /// A method with streams both ways.
-    pub fn bidi<Req, Resp, F, Fut>(self, method: &str, f: F) -> Self
-    where
-        Req: DeserializeOwned + Send + 'static,
-        Resp: Serialize + Send + 'static,
-        F: Fn(CallContext, Requests<Req>, Responses<Resp>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
-    {
-        let f = Arc::new(f);
-        self.add(
-            method,
-            Shape::Bidi,
-            Arc::new(move |ctx, io| {
-                let f = f.clone();
-                Box::pin(async move {
-                    let responses = Responses {
-                        tx: io.tx.clone(),
-                        _types: PhantomData,
-                    };
-                    let requests = Requests {
-                        io,
-                        done: false,
-                        _types: PhantomData,
-                    };
-                    f(ctx, requests, responses).await
-                })
-            }),
-        )
-    }
-}
 
 /// The callee's bounds.
 #[derive(Debug, Clone, Copy)]
@@ -215,14 +52,14 @@ impl Default for RpcLimits {
     }
 }
 
-struct Inner {
-    services: HashMap<String, RpcService>,
-    access: Arc<dyn Access>,
-    approver: Option<Arc<dyn Approver>>,
-    audit: Option<mpsc::Sender<Event>>,
-    limits: RpcLimits,
-    in_flight: Mutex<HashMap<NodeId, u32>>,
-    gates: Mutex<HashMap<(NodeId, String), CallGate>>,
+pub(super) struct Inner {
+    pub(super) services: HashMap<String, RpcService>,
+    pub(super) access: Arc<dyn Access>,
+    pub(super) approver: Option<Arc<dyn Approver>>,
+    pub(super) audit: Option<mpsc::Sender<Event>>,
+    pub(super) limits: RpcLimits,
+    pub(super) in_flight: Mutex<HashMap<NodeId, u32>>,
+    pub(super) gates: Mutex<HashMap<(NodeId, String), CallGate>>,
 }
 
 /// Serves [`RpcService`]s on a node. Configure it, then serve: share a running server with
@@ -238,34 +75,6 @@ impl std::fmt::Debug for RpcServer {
             .field("limits", &self.inner.limits)
             .finish_non_exhaustive()
     }
-}
-
-/// Counts one call in flight for its caller while it lives.
-struct InFlight {
-    inner: Arc<Inner>,
-    peer: NodeId,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let mut counts = self
-            .inner
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(&self.peer);
-            }
-        }
-    }
-}
-
-/// What a refused OPEN gets.
-struct Refusal {
-    error: RpcError,
-    outcome: &'static str,
 }
 
 impl RpcServer {
@@ -559,7 +368,7 @@ impl RpcServer {
         let server = self.handle();
         let admission = admission.clone();
         let started = StdInstant::now();
-        let decided = self.decide(&admission, &open);
+        let decided = decide(&self.inner, &admission, &open);
         async move {
             let id = io.tx.id;
             let tx = io.tx.clone();
@@ -680,121 +489,6 @@ impl RpcServer {
                 send_status(&tx, &result).await;
             }
             let _ = done.send(id);
-        }
-    }
-
-    /// The synchronous part of an OPEN's decision.
-    #[allow(clippy::type_complexity)]
-    fn decide(
-        &self,
-        admission: &Admission,
-        open: &Open,
-    ) -> Result<(Handler, InFlight, bool), Refusal> {
-        let inner = &self.inner;
-        let refuse = |error: RpcError, outcome| Refusal { error, outcome };
-        let Some(method) = inner
-            .services
-            .get(&admission.service)
-            .and_then(|s| s.methods.get(&open.method))
-        else {
-            return Err(refuse(
-                RpcError::not_found(format!(
-                    "service {:?} has no method {:?}",
-                    admission.service, open.method
-                )),
-                "not found",
-            ));
-        };
-        if method.shape != open.shape {
-            return Err(refuse(
-                RpcError::invalid_argument(format!(
-                    "method {:?} is {:?}, called as {:?}",
-                    open.method, method.shape, open.shape
-                )),
-                "denied",
-            ));
-        }
-        let grant = inner
-            .access
-            .grant(admission)
-            .map_err(|why| refuse(RpcError::denied(why), "denied"))?;
-        let rule = grant.rule.clone();
-        let peer = admission.peer;
-        let mut counts = inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        let running = counts.get(&peer).copied().unwrap_or(0);
-        if running >= inner.limits.max_in_flight_per_caller {
-            return Err(refuse(
-                RpcError::new(
-                    Code::ResourceExhausted,
-                    format!(
-                        "too many calls in flight from this caller (limit {})",
-                        inner.limits.max_in_flight_per_caller
-                    ),
-                ),
-                "over quota",
-            ));
-        }
-        let admitted = {
-            let mut gates = inner.gates.lock().unwrap_or_else(|p| p.into_inner());
-            let gate = gates
-                .entry((peer, admission.service.clone()))
-                .or_insert_with(|| CallGate::new(grant.clone()));
-            gate.set_grant(grant);
-            gate.admit(
-                "method",
-                &open.method,
-                running as usize,
-                std::time::Instant::now(),
-            )
-        };
-        let approve = match admitted {
-            Ok(Admitted::Run) => false,
-            Ok(Admitted::Approve) => true,
-            Err(refused @ CallRefused::NotAllowed { .. }) => {
-                return Err(refuse(
-                    RpcError::denied(format!("{refused} (rule {rule:?})")),
-                    "denied",
-                ));
-            }
-            Err(quota) => {
-                return Err(refuse(
-                    RpcError::new(
-                        Code::ResourceExhausted,
-                        format!("over quota (rule {rule:?}): {quota}"),
-                    ),
-                    "over quota",
-                ));
-            }
-        };
-        *counts.entry(peer).or_insert(0) += 1;
-        drop(counts);
-        Ok((
-            method.handler.clone(),
-            InFlight {
-                inner: inner.clone(),
-                peer,
-            },
-            approve,
-        ))
-    }
-}
-
-/// Resolves to `Err(())` instead of unwinding when the wrapped future panics, so one failing
-/// handler answers its call with an error and leaves the others running.
-struct CatchUnwind<F>(Pin<Box<F>>);
-
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, ()>;
-
-    fn poll(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let inner = self.0.as_mut();
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Err(_) => std::task::Poll::Ready(Err(())),
         }
     }
 }
