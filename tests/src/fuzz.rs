@@ -474,7 +474,11 @@ pub fn rpc_frame(data: &[u8]) {
             Ok(Some((frame, used))) => {
                 let mut out = Vec::new();
                 frame.encode(&mut out).unwrap();
-                assert_eq!(out, rest[..used], "frame {frame:?} does not re-encode as read");
+                assert_eq!(
+                    out,
+                    rest[..used],
+                    "frame {frame:?} does not re-encode as read"
+                );
                 rest = &rest[used..];
             }
             Ok(None) => {

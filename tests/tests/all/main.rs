@@ -11,3 +11,4 @@ mod grpc;
 mod key_and_handshake;
 mod netns;
 mod relay;
+mod rpc;
