@@ -66,7 +66,7 @@ pub enum Error {
     /// Serving gRPC or HTTP over channels failed (the `http` feature).
     #[cfg(feature = "http")]
     #[error(transparent)]
-    Http(#[from] crate::http::HttpError),
+    Http(#[from] HttpError),
 }
 
 /// What is wrong with a relay address.
@@ -220,4 +220,31 @@ impl From<LinkLost> for Error {
     fn from(e: LinkLost) -> Self {
         Error::RelayLinkLost(e)
     }
+}
+
+#[cfg(feature = "http")]
+/// A failure of the HTTP layer (the `http` feature), inside [`Error::Http`]. Dialing failures are not here:
+/// they are the node's own errors (`Denied`, `PeerOffline`, ...).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// The tonic server stopped with an error.
+    #[error("gRPC server for service {service:?} failed: {source}")]
+    Server {
+        /// The nullport service it served.
+        service: String,
+        /// tonic's error.
+        source: std::sync::Arc<tonic::transport::Error>,
+    },
+    /// Serving one HTTP connection (one channel) failed: the caller broke the protocol, or
+    /// the channel ended before the exchange was complete.
+    #[error("HTTP connection from {peer} to service {service:?} failed: {source}")]
+    Connection {
+        /// The caller.
+        peer: NodeId,
+        /// The service its channel was for.
+        service: String,
+        /// hyper's error (its source chain may hold the channel's `io::Error`).
+        source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+    },
 }

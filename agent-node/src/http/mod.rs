@@ -34,14 +34,13 @@
 //! source chain holds the error ([`node_error`] finds it); serving fails as [`Error::Http`].
 
 mod client;
-mod error;
 mod io;
 mod server;
 
 use nullport_protocol::NodeId;
 
+pub use crate::error::HttpError;
 pub use client::{Connector, connector};
-pub use error::HttpError;
 pub use io::{Incoming, PeerChannel};
 pub use server::{serve_connection, serve_http, serve_tonic};
 

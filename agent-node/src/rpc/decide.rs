@@ -5,36 +5,13 @@
 use std::sync::Arc;
 
 use nullport_keyring::{Admitted, CallGate, CallRefused};
-use nullport_protocol::NodeId;
 use nullport_protocol::rpc::Open;
 
 use super::access::Admission;
 use super::error::RpcError;
-use super::server::Inner;
 use super::service::Handler;
+use super::state::{InFlight, Inner};
 use crate::rpc::Code;
-
-/// Counts one call in flight for its caller while it lives.
-pub(super) struct InFlight {
-    inner: Arc<Inner>,
-    peer: NodeId,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let mut counts = self
-            .inner
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(&self.peer);
-            }
-        }
-    }
-}
 
 /// What a refused OPEN gets.
 pub(super) struct Refusal {
@@ -128,10 +105,7 @@ pub(super) fn decide(
     drop(counts);
     Ok((
         method.handler.clone(),
-        InFlight {
-            inner: inner.clone(),
-            peer,
-        },
+        InFlight::new(inner.clone(), peer),
         approve,
     ))
 }

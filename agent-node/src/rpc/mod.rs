@@ -26,6 +26,7 @@ mod decide;
 mod error;
 mod server;
 mod service;
+mod state;
 mod wire;
 
 pub use access::{Access, Admission, ApprovalRequest, Approver, PolicyAccess, Refused};
@@ -33,8 +34,9 @@ pub use client::{Call, CallOptions, RpcClient};
 pub use context::{CallContext, Requests, Responses};
 pub use error::RpcError;
 pub use nullport_protocol::rpc::{Code, Shape};
-pub use server::{RpcLimits, RpcServer};
+pub use server::RpcServer;
 pub use service::RpcService;
+pub use state::RpcLimits;
 
 /// Encodes a value as it travels (postcard).
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, RpcError> {

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant as StdInstant;
 
 use nullport_audit::{AuditWriter, Event};
-use nullport_keyring::CallGate;
 use nullport_protocol::rpc::{Frame, Hello, MAX_MESSAGE_LIMIT, Open, RPC_VERSION};
 use nullport_protocol::{DenyReason, NodeId};
 use tokio::sync::{mpsc, watch};
@@ -22,45 +21,13 @@ use super::context::{CallContext, send_status};
 use super::decide::decide;
 use super::error::RpcError;
 use super::service::{CatchUnwind, RpcService};
+use super::state::{Inner, RpcLimits};
 use super::wire::{
     CallIo, CallSender, Credit, FrameReader, Inbound, OUT_QUEUE, Slot, frame_bytes, run_writer,
 };
 use crate::handshake::IncomingChannel;
 use crate::node::Node;
 use crate::rpc::Code;
-
-/// The callee's bounds.
-#[derive(Debug, Clone, Copy)]
-pub struct RpcLimits {
-    /// Largest request accepted (announced to callers; a caller that sends more loses its
-    /// channel). Default 4 MiB, at most 16 MiB.
-    pub max_message: u32,
-    /// Calls one caller may have running at once, over all its channels (announced; callers
-    /// queue locally within it, and calls past it are refused). Default 256.
-    pub max_in_flight_per_caller: u32,
-    /// Requests a caller may send on one call before the handler reads them. Default 32.
-    pub window: u32,
-}
-
-impl Default for RpcLimits {
-    fn default() -> Self {
-        Self {
-            max_message: 4 << 20,
-            max_in_flight_per_caller: 256,
-            window: 32,
-        }
-    }
-}
-
-pub(super) struct Inner {
-    pub(super) services: HashMap<String, RpcService>,
-    pub(super) access: Arc<dyn Access>,
-    pub(super) approver: Option<Arc<dyn Approver>>,
-    pub(super) audit: Option<mpsc::Sender<Event>>,
-    pub(super) limits: RpcLimits,
-    pub(super) in_flight: Mutex<HashMap<NodeId, u32>>,
-    pub(super) gates: Mutex<HashMap<(NodeId, String), CallGate>>,
-}
 
 /// Serves [`RpcService`]s on a node. Configure it, then serve: share a running server with
 /// `Arc` (serving takes `&self`).

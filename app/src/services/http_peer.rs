@@ -29,8 +29,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
+use super::io::connect_tcp;
 use super::io::{Counted, Shared, forward};
-use super::tcp::connect_tcp;
 
 /// The caller's NodeId (`np...`), set by nullport on every request.
 pub const PEER_HEADER: HeaderName = HeaderName::from_static("x-nullport-peer");

@@ -6,8 +6,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 /// Byte counters shared with `nullport status`.
 #[derive(Debug, Default)]
@@ -249,6 +251,21 @@ pub async fn log_stderr(stderr: impl tokio::io::AsyncRead + Unpin, service: &str
             tracing::debug!(%service, "stderr: {shown}");
         }
     }
+}
+
+/// Connects to a `tcp` service's target (before the channel is accepted, so an unreachable
+/// target is a clean "unavailable" to the caller).
+pub async fn connect_tcp(target: &str) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {target} timed out"),
+            )
+        })??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::http_peer::{CallerHeaders, HttpRelay, Target};
-use super::io::{Counted, forward};
+use super::io::{Counted, connect_tcp, forward};
 use super::{Caller, Kind, Ready};
 
 /// A `tcp` service.
@@ -71,21 +71,6 @@ impl Ready for Connected {
         let _ = tokio::time::timeout(Duration::from_secs(2), channel.get_mut().shutdown()).await;
         ended
     }
-}
-
-/// Connects to a `tcp` service's target (before the channel is accepted, so an unreachable
-/// target is a clean "unavailable" to the caller).
-pub async fn connect_tcp(target: &str) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target))
-        .await
-        .map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connecting to {target} timed out"),
-            )
-        })??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }
 
 /// PROXY protocol v2 TLV type carrying the caller's NodeId (the application-specific range).
