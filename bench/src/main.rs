@@ -5,6 +5,8 @@
 //! three processes), and prints Markdown tables with ratios (plus JSON with `--json`).
 //! `np-bench capacity` holds many idle authenticated nodes on one relay and reports its
 //! memory per node, idle CPU, admissions per second and dial latency under load.
+//! `np-bench rpc` measures typed RPC calls against the raw channel under them, and gRPC
+//! (tonic) over nullport against tonic over TCP.
 #![forbid(unsafe_code)]
 
 mod capacity;
@@ -12,6 +14,7 @@ mod paths;
 mod pattern;
 mod procs;
 mod report;
+mod rpc;
 mod workload;
 
 use std::io::Write;
@@ -61,6 +64,16 @@ enum Cmd {
         #[arg(long)]
         baseline: bool,
     },
+    /// Typed RPC against the raw channel, and tonic over nullport against tonic over TCP:
+    /// 64 B calls one at a time (p50/p99) and many in flight (calls/s), with ratios.
+    Rpc {
+        /// A few seconds: 500 calls per path, 1 s rate windows (for CI smoke).
+        #[arg(long)]
+        quick: bool,
+        /// Also write the raw results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     #[command(hide = true)]
     ServeTcp,
     #[command(hide = true)]
@@ -69,6 +82,13 @@ enum Cmd {
     ServeNode {
         #[arg(long)]
         relay: String,
+    },
+    #[command(hide = true)]
+    ServeRpc {
+        #[arg(long)]
+        relay: String,
+        #[arg(long)]
+        allow: nullport_protocol::NodeId,
     },
     #[command(hide = true)]
     QuinnRelay,
@@ -100,6 +120,8 @@ async fn main() -> Result<()> {
             json,
             baseline,
         } => capacity::run(&nodes, json, baseline).await,
+        Cmd::Rpc { quick, json } => rpc::run(quick, json).await,
+        Cmd::ServeRpc { relay, allow } => rpc::serve(&relay, allow).await,
         Cmd::ServeTcp => paths::tcp::serve().await,
         Cmd::Relay => paths::nullport::relay().await,
         Cmd::ServeNode { relay } => paths::nullport::serve(&relay).await,
@@ -181,19 +203,9 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let header = format!(
-        "## np-bench run{} on {} ({} CPUs), {} MiB per bulk run, {} round trips, {} setups",
+        "## np-bench run{} on {}, {} MiB per bulk run, {} round trips, {} setups",
         if quick { " --quick" } else { "" },
-        std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|c| c.lines().find_map(|l| l
-                .strip_prefix("model name")?
-                .split(':')
-                .nth(1)
-                .map(|s| s.trim().to_owned())))
-            .unwrap_or_else(|| "unknown CPU".into()),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        machine(),
         sizes.bulk >> 20,
         sizes.round_trips,
         sizes.setups
@@ -205,6 +217,25 @@ async fn run(
         eprintln!("raw results: {}", path.display());
     }
     Ok(())
+}
+
+/// The CPU model and how many CPUs this process may use: `MODEL (N CPUs)`.
+pub fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split(':')
+                    .nth(1)
+                    .map(|s| s.trim().to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!("{model} ({cpus} CPUs)")
 }
 
 async fn measure(path: &paths::Path, sizes: &Sizes) -> Result<PathResult> {

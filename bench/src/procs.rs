@@ -101,18 +101,27 @@ pub fn tree(pid: u32) -> Vec<u32> {
     all
 }
 
-/// CPU seconds (user + system) used so far by `pid` and its descendants.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let ticks: u64 = tree(pid)
-        .into_iter()
-        .filter_map(stat_fields)
+/// CPU clock ticks (user + system) used so far by `pid` alone.
+fn cpu_ticks(pid: u32) -> u64 {
+    stat_fields(pid)
         .map(|f| {
             // Fields after the name: state(0) ppid(1) ... utime(11) stime(12).
             let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             get(11) + get(12)
         })
-        .sum();
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) used so far by `pid` and its descendants.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let ticks: u64 = tree(pid).into_iter().map(cpu_ticks).sum();
     ticks as f64 / 100.0
+}
+
+/// CPU seconds (user + system) used so far by `pid` itself, without its children (for this
+/// process, whose children are the relays and servers).
+pub fn own_cpu_seconds(pid: u32) -> f64 {
+    cpu_ticks(pid) as f64 / 100.0
 }
 
 /// Resident memory of `pid`, in KiB.

@@ -139,7 +139,8 @@ const METRICS: &[Metric] = &[
     },
 ];
 
-fn fmt(v: Option<f64>) -> String {
+/// A figure with three significant digits or so (`-` for none).
+pub fn fmt(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
         Some(v) if v >= 100.0 => format!("{v:.0}"),

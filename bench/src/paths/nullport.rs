@@ -62,7 +62,9 @@ pub async fn relay() -> Result<()> {
     Ok(())
 }
 
-async fn start_node(relay: &str) -> Result<Node> {
+/// Starts a node with a fresh identity on the relay at `relay` (`ID@ADDR`) and waits until
+/// it is online.
+pub async fn start_node(relay: &str) -> Result<Node> {
     let relay: RelayAddr = relay.parse().context("relay address")?;
     let node = Node::start(NodeConfig::new(Arc::new(Identity::generate()?), relay)).await?;
     node.wait_online(Duration::from_secs(10)).await?;
