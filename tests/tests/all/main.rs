@@ -12,3 +12,4 @@ mod key_and_handshake;
 mod netns;
 mod relay;
 mod rpc;
+mod rpc_policy;

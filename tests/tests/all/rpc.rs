@@ -1,31 +1,30 @@
 //! Typed RPC between nodes through a real relay: every call shape byte-exact, concurrency,
-//! per-method policy (rules, tokens, approvals, audit), deadlines and cancellation that
-//! reach the callee, and the bounds (message size, calls in flight) refusing one caller
-//! without disturbing another.
+//! deadlines and cancellation that reach the callee, a caller going away, and the bounds
+//! (message size, calls in flight) refusing one caller without disturbing another. The
+//! per-method policy and the examples as processes are in `rpc_policy.rs`.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use nullport_keyring::token::{Scope, Token};
 use nullport_node::Node;
 use nullport_node::rpc::{
-    ApprovalRequest, Approver, CallOptions, Code, PolicyAccess, Requests, Responses, RpcClient,
-    RpcLimits, RpcServer, RpcService,
+    CallOptions, Code, PolicyAccess, Requests, Responses, RpcClient, RpcLimits, RpcServer,
+    RpcService,
 };
 use nullport_protocol::rpc::{Frame, Hello, Open, RPC_VERSION, Shape};
-use nullport_protocol::{DenyReason, Identity, NodeId};
-use nullport_tests::{TestNet, fast_limits, pattern};
+use nullport_protocol::NodeId;
+use nullport_tests::{TestNet, pattern};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-fn sha(data: &[u8]) -> [u8; 32] {
+pub(crate) fn sha(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
 /// Sets a flag when dropped: proves a handler's future was dropped (stopped).
-struct Stopped(Arc<AtomicBool>);
+pub(crate) struct Stopped(Arc<AtomicBool>);
 impl Drop for Stopped {
     fn drop(&mut self) {
         self.0.store(true, Ordering::SeqCst);
@@ -33,13 +32,13 @@ impl Drop for Stopped {
 }
 
 #[derive(Default)]
-struct Probes {
-    stopped: Arc<AtomicBool>,
-    saw_cancel: Arc<AtomicBool>,
-    handler_ran: Arc<AtomicUsize>,
+pub(crate) struct Probes {
+    pub(crate) stopped: Arc<AtomicBool>,
+    pub(crate) saw_cancel: Arc<AtomicBool>,
+    pub(crate) handler_ran: Arc<AtomicUsize>,
 }
 
-fn service(probes: &Probes) -> RpcService {
+pub(crate) fn service(probes: &Probes) -> RpcService {
     let (stopped, saw_cancel, ran) = (
         probes.stopped.clone(),
         probes.saw_cancel.clone(),
@@ -117,10 +116,10 @@ fn service(probes: &Probes) -> RpcService {
         )
 }
 
-struct Callee {
-    node: Arc<Node>,
-    server: Arc<RpcServer>,
-    home: tempfile::TempDir,
+pub(crate) struct Callee {
+    pub(crate) node: Arc<Node>,
+    pub(crate) server: Arc<RpcServer>,
+    pub(crate) home: tempfile::TempDir,
     serving: tokio::task::JoinHandle<()>,
 }
 
@@ -130,14 +129,14 @@ impl Drop for Callee {
     }
 }
 
-fn write_policy(home: &Path, text: &str) {
+pub(crate) fn write_policy(home: &Path, text: &str) {
     // A new mtime second is not guaranteed: rewrite through a rename so the stamp changes.
     let tmp = home.join("policy.toml.new");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, home.join("policy.toml")).unwrap();
 }
 
-async fn callee(
+pub(crate) async fn callee(
     net: &TestNet,
     policy: impl Fn(NodeId) -> String,
     configure: impl FnOnce(RpcServer) -> RpcServer,
@@ -160,7 +159,7 @@ async fn callee(
     }
 }
 
-fn allow_all(callers: &[NodeId]) -> String {
+pub(crate) fn allow_all(callers: &[NodeId]) -> String {
     let mut text = String::from("[rpc.work]\napprove = [\"jobs.delete\"]\n");
     for c in callers {
         text.push_str(&format!("[rpc.work.allow.\"{c}\"]\nmethods = [\"*\"]\n"));
@@ -275,264 +274,6 @@ async fn rpc_ten_thousand_concurrent_calls_from_two_callers() {
     }
     assert_eq!(done, 10_000);
     assert_eq!(callee.server.calls_in_flight(), 0);
-}
-
-#[tokio::test]
-async fn rpc_per_method_policy_denies_audits_and_reloads_on_live_channels() {
-    let net = TestNet::start().await;
-    let caller = net.node().await;
-    let stranger = net.node().await;
-    let me = caller.node_id();
-    let probes = Probes::default();
-    let log = tempfile::tempdir().unwrap();
-    let log_path = log.path().join("audit.log");
-    let writer = nullport_audit::AuditWriter::open(
-        &log_path,
-        Identity::generate().unwrap(),
-        nullport_audit::AuditConfig::default(),
-        std::time::SystemTime::now(),
-    )
-    .unwrap();
-    let policy = move |_| {
-        format!(
-            "[rpc.work]\napprove = [\"jobs.delete\"]\n\
-             [rpc.work.allow.\"{me}\"]\nmethods = [\"echo\", \"add\", \"jobs.*\"]\n"
-        )
-    };
-    let callee = callee(&net, policy, |s| s.audit(writer), &probes).await;
-    let target = callee.node.node_id();
-    // A stranger is refused the channel, before any application byte.
-    let e = RpcClient::connect(&stranger, target, "work")
-        .await
-        .unwrap_err();
-    assert_eq!(e.code, Code::Denied, "{e}");
-    assert!(
-        e.message.contains(&DenyReason::NotAllowed.to_string()),
-        "{e}"
-    );
-    let client = RpcClient::connect(&caller, target, "work").await.unwrap();
-    let opts = CallOptions::default();
-    assert_eq!(
-        client
-            .unary::<_, u64>("add", &(1u64, 2u64), opts)
-            .await
-            .unwrap(),
-        3
-    );
-    // A method outside the caller's rules: the typed denial, and the handler never runs.
-    let e = client
-        .unary::<_, ()>("admin.reset", &(), opts)
-        .await
-        .unwrap_err();
-    assert_eq!(e.code, Code::Denied);
-    assert!(
-        e.message.contains("method \"admin.reset\" is not allowed"),
-        "{e}"
-    );
-    assert_eq!(probes.handler_ran.load(Ordering::SeqCst), 0);
-    // A method marked approve, with no approver configured: refused (fail closed).
-    let e = client
-        .unary::<_, String>("jobs.delete", &(), opts)
-        .await
-        .unwrap_err();
-    assert_eq!(e.code, Code::Denied);
-    assert!(e.message.contains("needs a human's approval"), "{e}");
-    // The rule removed while the channel is live: the next call on it is denied.
-    write_policy(callee.home.path(), "");
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let e = client
-        .unary::<_, u64>("add", &(1u64, 2u64), opts)
-        .await
-        .unwrap_err();
-    assert_eq!(e.code, Code::Denied, "{e}");
-    // The audit log has every decision, as the MCP firewall's are recorded.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let text = std::fs::read_to_string(&log_path).unwrap();
-    let events: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|v: &serde_json::Value| v["event"] == "rpc")
-        .collect();
-    let outcome = |method: &str| {
-        events
-            .iter()
-            .filter(|v| v["method"] == method)
-            .map(|v| v["outcome"].as_str().unwrap_or("").to_owned())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(outcome("admin.reset"), ["denied"]);
-    assert_eq!(outcome("jobs.delete"), ["not approved"]);
-    assert_eq!(outcome("add"), ["allowed", "denied"]);
-    assert!(
-        events
-            .iter()
-            .any(|v| v["method"] == "" && v["caller"] == stranger.node_id().to_string()),
-        "the stranger's refused channel is audited: {events:?}"
-    );
-}
-
-struct Says(bool);
-impl Approver for Says {
-    fn approve(
-        &self,
-        request: ApprovalRequest,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
-        let yes = self.0 && request.method == "jobs.delete";
-        Box::pin(async move { yes })
-    }
-}
-
-#[tokio::test]
-async fn rpc_approver_decides_methods_marked_approve() {
-    let net = TestNet::start().await;
-    let caller = net.node().await;
-    let me = caller.node_id();
-    let probes = Probes::default();
-    let callee = callee(
-        &net,
-        |_| allow_all(&[me]),
-        |s| s.approver(Says(true)),
-        &probes,
-    )
-    .await;
-    let client = RpcClient::connect(&caller, callee.node.node_id(), "work")
-        .await
-        .unwrap();
-    let said: String = client
-        .unary("jobs.delete", &(), CallOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(said, "deleted");
-    let probes2 = Probes::default();
-    let no = callee_with(&net, me, Says(false), &probes2).await;
-    let client = RpcClient::connect(&caller, no.node.node_id(), "work")
-        .await
-        .unwrap();
-    let e = client
-        .unary::<_, String>("jobs.delete", &(), CallOptions::default())
-        .await
-        .unwrap_err();
-    assert_eq!(e.code, Code::Denied);
-    assert_eq!(probes2.handler_ran.load(Ordering::SeqCst), 0);
-}
-
-async fn callee_stranger(net: &TestNet) -> Node {
-    net.node().await
-}
-
-async fn callee_with(net: &TestNet, me: NodeId, approver: Says, probes: &Probes) -> Callee {
-    callee(net, |_| allow_all(&[me]), |s| s.approver(approver), probes).await
-}
-
-#[tokio::test]
-async fn rpc_token_narrowed_to_one_method() {
-    let net = TestNet::start().await;
-    let issuer = Identity::generate().unwrap();
-    let issuer_id = issuer.node_id();
-    let holder_identity = Arc::new(Identity::generate().unwrap());
-    let holder = net
-        .node_unchecked(holder_identity.clone(), fast_limits())
-        .await;
-    holder.wait_online(Duration::from_secs(5)).await.unwrap();
-    let probes = Probes::default();
-    // The issuer holds echo and add; the caller has no rule of its own.
-    let policy = move |_| {
-        format!(
-            "[tokens.work]\nissuers = [\"{issuer_id}\"]\n\
-             [rpc.work.allow.\"{issuer_id}\"]\nmethods = [\"echo\", \"add\"]\n"
-        )
-    };
-    let callee = callee(&net, policy, |s| s, &probes).await;
-    let target = callee.node.node_id();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let wide = Token::issue(
-        &issuer,
-        issuer_id,
-        None,
-        "work",
-        Scope::default(),
-        now - 10,
-        now + 3600,
-    )
-    .unwrap();
-    // Delegated to the holder, narrowed to one method.
-    let narrow = wide
-        .delegate(
-            &issuer,
-            holder.node_id(),
-            Some(target),
-            Scope {
-                methods: Some(vec!["add".into()]),
-                ..Scope::default()
-            },
-            now - 10,
-            now + 3600,
-        )
-        .unwrap();
-    let client = RpcClient::connect_with(&holder, target, "work", narrow.to_bytes())
-        .await
-        .unwrap();
-    let opts = CallOptions::default();
-    assert_eq!(
-        client
-            .unary::<_, u64>("add", &(5u64, 6u64), opts)
-            .await
-            .unwrap(),
-        11
-    );
-    let e = client
-        .unary::<_, Vec<u8>>("echo", &vec![1u8], opts)
-        .await
-        .unwrap_err();
-    assert_eq!(e.code, Code::Denied);
-    assert!(e.message.contains("method \"echo\" is not allowed"), "{e}");
-    // Widening by delegation is refused.
-    let widened = narrow.delegate(
-        &holder_identity,
-        holder.node_id(),
-        Some(target),
-        Scope {
-            methods: Some(vec!["add".into(), "echo".into()]),
-            ..Scope::default()
-        },
-        now - 10,
-        now + 3600,
-    );
-    assert!(
-        matches!(
-            widened,
-            Err(nullport_keyring::token::TokenError::Widened { .. })
-        ),
-        "{widened:?}"
-    );
-    // A token for another holder is refused at the channel.
-    let e = RpcClient::connect_with(
-        &callee_stranger(&net).await,
-        target,
-        "work",
-        narrow.to_bytes(),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(e.code, Code::Denied, "{e}");
-    // An expired token is refused at the channel.
-    let expired = Token::issue(
-        &issuer,
-        holder.node_id(),
-        None,
-        "work",
-        Scope::default(),
-        now - 100,
-        now - 90,
-    )
-    .unwrap();
-    let e = RpcClient::connect_with(&holder, target, "work", expired.to_bytes())
-        .await
-        .unwrap_err();
-    assert_eq!(e.code, Code::Denied, "{e}");
 }
 
 #[tokio::test]
@@ -748,84 +489,4 @@ async fn wait_until(check: impl Fn() -> bool, what: &str) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("timed out waiting: {what}");
-}
-
-/// The planner example as real processes: three worker processes, one planner process
-/// fanning 30 jobs out with streaming progress; a planner the workers' policy does not name
-/// is refused by every worker.
-#[tokio::test]
-async fn rpc_planner_and_three_workers_as_processes() {
-    use tokio::io::AsyncBufReadExt;
-    let net = TestNet::start().await;
-    let relay = net.relay_addr().to_string();
-    let exe = env!("CARGO_BIN_EXE_np-planner");
-    let planner_id = Identity::from_seed([77; 32]).node_id();
-    let homes: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut workers = Vec::new();
-    let mut ids = Vec::new();
-    for home in &homes {
-        let mut child = tokio::process::Command::new(exe)
-            .args([
-                "worker",
-                "--relay",
-                &relay,
-                "--allow",
-                &planner_id.to_string(),
-            ])
-            .arg("--home")
-            .arg(home.path())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        ids.push(line.strip_prefix("worker ").unwrap().to_owned());
-        workers.push(child);
-    }
-    let run = |seed: &str| {
-        tokio::process::Command::new(exe)
-            .args(["plan", "--relay", &relay, "--seed", seed, "--jobs", "30"])
-            .args(["--workers", &ids.join(",")])
-            .kill_on_drop(true)
-            .output()
-    };
-    let out = tokio::time::timeout(Duration::from_secs(60), run("77"))
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        stdout
-            .lines()
-            .filter(|l| l.ends_with("100%") || l.contains("100% on"))
-            .count(),
-        30
-    );
-    let last = stdout.lines().last().unwrap();
-    assert!(last.starts_with("done 30 jobs on 3 workers"), "{last}");
-    for part in last.rsplit(": ").next().unwrap().split(' ') {
-        assert!(part.ends_with("=10"), "jobs spread evenly: {last}");
-    }
-    // Another planner (another key) is refused by the workers' policy.
-    let out = tokio::time::timeout(Duration::from_secs(60), run("78"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("denied") && stderr.contains("not allowed"),
-        "{stderr}"
-    );
-    drop(workers);
 }
