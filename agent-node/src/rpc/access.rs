@@ -79,7 +79,22 @@ struct Loaded {
     trust: TrustStore,
     stamps: (Option<SystemTime>, Option<SystemTime>),
     checked: Instant,
+    /// Bumped at every reload: cached grants of an older generation are stale.
+    generation: u64,
 }
+
+/// A grant worked out for one (caller, service, token), valid for one policy generation
+/// and, for a token, until its earliest link expires.
+struct Cached {
+    generation: u64,
+    until: Option<u64>,
+    grant: CallGrant,
+}
+
+type CacheKey = (NodeId, String, Option<[u8; 16]>);
+
+/// Grants kept at most (one per caller, service and token); past it the cache starts over.
+const MAX_CACHED: usize = 16_384;
 
 /// The policy file's decisions, reloaded when the policy or trust file changes.
 pub struct PolicyAccess {
@@ -88,6 +103,7 @@ pub struct PolicyAccess {
     trust_path: PathBuf,
     skew_secs: u64,
     loaded: Mutex<Loaded>,
+    cache: Mutex<std::collections::HashMap<CacheKey, Cached>>,
 }
 
 impl std::fmt::Debug for PolicyAccess {
@@ -123,6 +139,7 @@ impl PolicyAccess {
             policy: Policy::load(policy)?,
             trust: TrustStore::load(trust)?,
             checked: Instant::now(),
+            generation: 0,
         };
         Ok(Self {
             callee,
@@ -130,6 +147,7 @@ impl PolicyAccess {
             trust_path: trust.to_owned(),
             skew_secs: 60,
             loaded: Mutex::new(loaded),
+            cache: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -167,17 +185,18 @@ impl PolicyAccess {
             trust,
             stamps,
             checked: loaded.checked,
+            generation: loaded.generation + 1,
         };
         tracing::info!(policy = %self.policy_path.display(), "rpc policy reloaded");
         Ok(())
     }
 
-    fn with<R>(&self, f: impl FnOnce(&Policy, &TrustStore) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&Policy, &TrustStore, u64) -> R) -> R {
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = self.refresh(&mut loaded, false) {
             tracing::warn!("policy not reloaded, the last good one stays in force: {e}");
         }
-        f(&loaded.policy, &loaded.trust)
+        f(&loaded.policy, &loaded.trust, loaded.generation)
     }
 
     fn token_grant(
@@ -215,7 +234,7 @@ impl PolicyAccess {
 
 impl Access for PolicyAccess {
     fn admit(&self, peer: NodeId, service: &str, blob: &[u8]) -> Result<Admission, Refused> {
-        self.with(|policy, trust| {
+        self.with(|policy, trust, _| {
             let alias = trust.alias_of(&peer).map(str::to_owned);
             if blob.is_empty() {
                 return match policy.rpc_grant(&peer, service, trust) {
@@ -253,14 +272,52 @@ impl Access for PolicyAccess {
     }
 
     fn grant(&self, admission: &Admission) -> Result<CallGrant, String> {
-        self.with(|policy, trust| match &admission.token {
-            // Every call re-verifies the token: expiry, the issuer still trusted, its rules.
-            Some(token) => {
-                self.token_grant(token, admission.peer, &admission.service, policy, trust)
+        let token_id = admission.token.as_ref().map(|t| t.last().body.id);
+        let key: CacheKey = (admission.peer, admission.service.clone(), token_id);
+        self.with(|policy, trust, generation| {
+            let now = unix_now();
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(hit) = cache.get(&key)
+                && hit.generation == generation
+                && hit.until.is_none_or(|until| now <= until)
+            {
+                return Ok(hit.grant.clone());
             }
-            None => policy
-                .rpc_grant(&admission.peer, &admission.service, trust)
-                .ok_or_else(|| "the caller's rpc rule was removed".to_owned()),
+            let (grant, until) = match &admission.token {
+                // The token is verified again whenever the cache cannot vouch for it: a new
+                // policy (issuer trust, rules), or its earliest link's expiry passed.
+                Some(token) => {
+                    let grant =
+                        self.token_grant(token, admission.peer, &admission.service, policy, trust);
+                    let expires = token.links.iter().map(|l| l.body.expires).min();
+                    (grant, expires.map(|e| e.saturating_add(self.skew_secs)))
+                }
+                None => (
+                    policy
+                        .rpc_grant(&admission.peer, &admission.service, trust)
+                        .ok_or_else(|| "the caller's rpc rule was removed".to_owned()),
+                    None,
+                ),
+            };
+            match &grant {
+                Ok(grant) => {
+                    if cache.len() >= MAX_CACHED {
+                        cache.clear();
+                    }
+                    cache.insert(
+                        key,
+                        Cached {
+                            generation,
+                            until,
+                            grant: grant.clone(),
+                        },
+                    );
+                }
+                Err(_) => {
+                    cache.remove(&key);
+                }
+            }
+            grant
         })
     }
 }

@@ -209,6 +209,19 @@ impl RpcClient {
         shape: Shape,
         options: CallOptions,
     ) -> Result<Call<Req, Resp>, RpcError> {
+        self.start(method, shape, options, None).await
+    }
+
+    /// Starts a call; with `only`, its single request goes in the same write as the OPEN,
+    /// followed by END (one packet for a small unary call).
+    async fn start<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        method: &str,
+        shape: Shape,
+        options: CallOptions,
+        only: Option<&Req>,
+    ) -> Result<Call<Req, Resp>, RpcError> {
+        let only = only.map(encode).transpose()?;
         let deadline = options.deadline.map(|d| Instant::now() + d);
         let permit = match deadline {
             Some(at) => tokio::time::timeout_at(at, self.shared.in_flight.clone().acquire_owned())
@@ -255,28 +268,40 @@ impl RpcClient {
             peer_max_message: hello.max_message,
         };
         let io = CallIo::new(tx, inbox, CLIENT_WINDOW);
-        let call = Call {
+        let mut call = Call {
             io,
             shared: self.shared.clone(),
             deadline,
             ended: false,
+            finished: false,
             _permit: permit,
             _types: PhantomData,
         };
         let deadline_ms = options
             .deadline
             .map(|d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
+        let mut bytes = frame_bytes(&Frame::Open {
+            call: id,
+            open: Open {
+                method: method.to_owned(),
+                shape,
+                deadline_ms,
+            },
+        })?;
+        if let Some(body) = only {
+            let message = call
+                .within(call.io.tx.message_bytes(body, "request"))
+                .await?;
+            bytes.extend_from_slice(&message);
+            bytes.extend_from_slice(&frame_bytes(&Frame::End { call: id })?);
+            call.finished = true;
+        }
         call.io
             .tx
-            .send_frame(&Frame::Open {
-                call: id,
-                open: Open {
-                    method: method.to_owned(),
-                    shape,
-                    deadline_ms,
-                },
-            })
-            .await?;
+            .out
+            .send(bytes)
+            .await
+            .map_err(|_| RpcError::unavailable("channel closed"))?;
         Ok(call)
     }
 
@@ -302,10 +327,8 @@ impl RpcClient {
         request: &Req,
         options: CallOptions,
     ) -> Result<Call<Req, Resp>, RpcError> {
-        let mut call = self.call(method, Shape::ServerStream, options).await?;
-        call.send(request).await?;
-        call.finish().await?;
-        Ok(call)
+        self.start(method, Shape::ServerStream, options, Some(request))
+            .await
     }
 
     /// A stream of requests ([`Call::send`]), then one response ([`Call::response`]).
@@ -333,6 +356,8 @@ pub struct Call<Req, Resp> {
     shared: Arc<Shared>,
     deadline: Option<Instant>,
     ended: bool,
+    /// END was sent: no more requests.
+    finished: bool,
     _permit: OwnedSemaphorePermit,
     _types: PhantomData<fn(Req) -> Resp>,
 }
@@ -363,6 +388,11 @@ impl<Req: Serialize, Resp: DeserializeOwned> Call<Req, Resp> {
     pub async fn send(&mut self, request: &Req) -> Result<(), RpcError> {
         if self.ended {
             return Err(RpcError::new(Code::Cancelled, "call already ended"));
+        }
+        if self.finished {
+            return Err(RpcError::invalid_argument(
+                "the call's requests were finished already",
+            ));
         }
         let body = encode(request)?;
         let result = self.within(self.io.tx.send_message(body, "request")).await;

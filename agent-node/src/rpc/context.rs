@@ -105,16 +105,28 @@ impl<Resp: Serialize> Responses<Resp> {
     }
 }
 
-/// Sends the call's STATUS.
-pub(crate) async fn send_status(tx: &CallSender, result: &Result<(), RpcError>) {
-    let status = match result {
+/// Ends the call: its last response, if the handler returned one, and the STATUS, queued
+/// as one write (a unary answer is one packet, not two).
+pub(crate) async fn send_status(tx: &CallSender, result: Result<Option<Vec<u8>>, RpcError>) {
+    let mut bytes = Vec::new();
+    let result = match result {
+        Ok(Some(body)) => match tx.message_bytes(body, "response").await {
+            Ok(message) => {
+                bytes = message;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    let mut status = match &result {
         Ok(()) => nullport_protocol::rpc::Status {
             code: nullport_protocol::rpc::Code::Ok,
             message: String::new(),
         },
         Err(e) => e.status(),
     };
-    let mut status = status;
     // A long error message is cut, never the reason the STATUS cannot be sent.
     if status.message.len() > 1024 {
         let mut cut = 1024;
@@ -123,10 +135,13 @@ pub(crate) async fn send_status(tx: &CallSender, result: &Result<(), RpcError>) 
         }
         status.message.truncate(cut);
     }
-    let _ = tx
-        .send_frame(&Frame::Status {
-            call: tx.id,
-            status,
-        })
-        .await;
+    if (Frame::Status {
+        call: tx.id,
+        status,
+    })
+    .encode(&mut bytes)
+    .is_ok()
+    {
+        let _ = tx.out.send(bytes).await;
+    }
 }

@@ -344,7 +344,7 @@ impl RpcServer {
             let (handler, in_flight, approve) = match decided {
                 Ok(ok) => ok,
                 Err(refusal) => {
-                    send_status(&tx, &Err(refusal.error.clone())).await;
+                    send_status(&tx, Err(refusal.error.clone())).await;
                     server
                         .record(
                             admission.peer,
@@ -411,7 +411,7 @@ impl RpcServer {
                     let e = RpcError::denied(format!(
                         "method {method:?} needs a human's approval, which was not given"
                     ));
-                    send_status(&tx, &Err(e)).await;
+                    send_status(&tx, Err(e)).await;
                     let _ = done.send(id);
                     return;
                 }
@@ -449,11 +449,11 @@ impl RpcServer {
                 _ = expired() => Some(Err(deadline_error())),
             };
             // Work the handler handed elsewhere learns it through `CallContext::cancelled`.
-            if !matches!(result, Some(Ok(()))) {
+            if !matches!(result, Some(Ok(_))) {
                 let _ = cancel_all.send(true);
             }
             if let Some(result) = result {
-                send_status(&tx, &result).await;
+                send_status(&tx, result).await;
             }
             let _ = done.send(id);
         }

@@ -16,7 +16,9 @@ use super::error::RpcError;
 use super::wire::{CallIo, Inbound};
 use super::{decode, encode};
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<(), RpcError>> + Send>>;
+/// A handler's outcome: `Some(bytes)` is a last response, sent with the STATUS in one write.
+pub(crate) type Outcome = Result<Option<Vec<u8>>, RpcError>;
+type BoxFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 pub(crate) type Handler = Arc<dyn Fn(CallContext, CallIo) -> BoxFuture + Send + Sync>;
 
 pub(crate) struct Method {
@@ -85,7 +87,7 @@ impl RpcService {
                 Box::pin(async move {
                     let request = single::<Req>(&mut io).await?;
                     let response = f(ctx, request).await?;
-                    io.tx.send_message(encode(&response)?, "response").await
+                    encode(&response).map(Some)
                 })
             }),
         )
@@ -111,7 +113,7 @@ impl RpcService {
                         tx: io.tx.clone(),
                         _types: PhantomData,
                     };
-                    f(ctx, request, responses).await
+                    f(ctx, request, responses).await.map(|()| None)
                 })
             }),
         )
@@ -132,14 +134,13 @@ impl RpcService {
             Arc::new(move |ctx, io| {
                 let f = f.clone();
                 Box::pin(async move {
-                    let tx = io.tx.clone();
                     let requests = Requests {
                         io,
                         done: false,
                         _types: PhantomData,
                     };
                     let response = f(ctx, requests).await?;
-                    tx.send_message(encode(&response)?, "response").await
+                    encode(&response).map(Some)
                 })
             }),
         )
@@ -169,7 +170,7 @@ impl RpcService {
                         done: false,
                         _types: PhantomData,
                     };
-                    f(ctx, requests, responses).await
+                    f(ctx, requests, responses).await.map(|()| None)
                 })
             }),
         )

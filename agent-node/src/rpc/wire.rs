@@ -212,8 +212,13 @@ impl CallSender {
             .map_err(|_| RpcError::unavailable("channel closed"))
     }
 
-    /// Sends one encoded value, waiting for credit.
-    pub(crate) async fn send_message(&self, body: Vec<u8>, what: &str) -> Result<(), RpcError> {
+    /// One encoded value as a MESSAGE frame, once the peer's limit allows it and credit is
+    /// taken for it (waits for credit): for callers that queue it with other frames.
+    pub(crate) async fn message_bytes(
+        &self,
+        body: Vec<u8>,
+        what: &str,
+    ) -> Result<Vec<u8>, RpcError> {
         if body.len() > self.peer_max_message as usize {
             return Err(RpcError::new(
                 Code::ResourceExhausted,
@@ -228,11 +233,19 @@ impl CallSender {
             Ok(permit) => permit.forget(),
             Err(_) => return Err(RpcError::unavailable("call ended")),
         }
-        self.send_frame(&Frame::Message {
+        frame_bytes(&Frame::Message {
             call: self.id,
             body,
         })
-        .await
+    }
+
+    /// Sends one encoded value, waiting for credit.
+    pub(crate) async fn send_message(&self, body: Vec<u8>, what: &str) -> Result<(), RpcError> {
+        let bytes = self.message_bytes(body, what).await?;
+        self.out
+            .send(bytes)
+            .await
+            .map_err(|_| RpcError::unavailable("channel closed"))
     }
 }
 
