@@ -13,8 +13,8 @@ use nullport_node::rpc::{
     CallOptions, Code, PolicyAccess, Requests, Responses, RpcClient, RpcLimits, RpcServer,
     RpcService,
 };
-use nullport_protocol::rpc::{Frame, Hello, Open, RPC_VERSION, Shape};
 use nullport_protocol::NodeId;
+use nullport_protocol::rpc::{Frame, Hello, Open, RPC_VERSION, Shape};
 use nullport_tests::{TestNet, pattern};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
