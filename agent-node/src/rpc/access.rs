@@ -77,7 +77,7 @@ const RELOAD_CHECK: Duration = Duration::from_millis(500);
 struct Loaded {
     policy: Policy,
     trust: TrustStore,
-    stamps: (Option<SystemTime>, Option<SystemTime>),
+    stamps: (Stamp, Stamp),
     checked: Instant,
     /// Bumped at every reload: cached grants of an older generation are stale.
     generation: u64,
@@ -115,8 +115,14 @@ impl std::fmt::Debug for PolicyAccess {
     }
 }
 
-fn stamp(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// What tells a file changed: its modification time, size and inode (a file replaced with
+/// its old time kept, as `cp -p`, `rsync -t` or `tar x` do, still differs in inode or size).
+type Stamp = Option<(SystemTime, u64, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }
 
 fn unix_now() -> u64 {

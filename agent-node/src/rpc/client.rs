@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use super::error::RpcError;
 use super::wire::{
-    CallIo, CallSender, Credit, FrameReader, Inbound, OUT_QUEUE, Slot, frame_bytes, route,
+    CallIo, CallSender, Credit, FrameReader, Held, Inbound, OUT_QUEUE, Slot, frame_bytes, route,
     run_writer,
 };
 use super::{decode, encode};
@@ -41,6 +41,9 @@ impl CallOptions {
         }
     }
 }
+
+/// How long a dropped call's CANCEL may wait for room in a full write queue.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 /// The caller's limits, announced in its HELLO.
 const CLIENT_MAX_MESSAGE: u32 = MAX_MESSAGE_LIMIT;
@@ -142,13 +145,20 @@ impl RpcClient {
                         Err(e) => break e,
                     };
                     let Some(shared) = weak.upgrade() else { return };
-                    let slots = shared.slots.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut slots = shared.slots.lock().unwrap_or_else(|p| p.into_inner());
                     let routed = match frame {
                         Frame::Message { call, body } => {
-                            route(&slots, call, Inbound::Message(body))
+                            route(&slots, call, Inbound::Message(Held::new(body, None)))
                         }
                         Frame::Status { call, status } => {
-                            route(&slots, call, Inbound::Status(status))
+                            // A call ends with its one STATUS: the slot goes at once, so
+                            // anything the callee sends for it afterwards is dropped, and a
+                            // sender waiting for credit is woken.
+                            if let Some(slot) = slots.remove(&call) {
+                                slot.credit.close();
+                                let _ = slot.inbox.send(Inbound::Status(status));
+                            }
+                            Ok(())
                         }
                         Frame::Credit { call, credit } => {
                             if let Some(slot) = slots.get(&call) {
@@ -296,12 +306,13 @@ impl RpcClient {
             bytes.extend_from_slice(&frame_bytes(&Frame::End { call: id })?);
             call.finished = true;
         }
-        call.io
-            .tx
-            .out
-            .send(bytes)
-            .await
-            .map_err(|_| RpcError::unavailable("channel closed"))?;
+        let out = call.io.tx.out.clone();
+        call.within(async move {
+            out.send(bytes)
+                .await
+                .map_err(|_| RpcError::unavailable("channel closed"))
+        })
+        .await?;
         Ok(call)
     }
 
@@ -313,10 +324,8 @@ impl RpcClient {
         options: CallOptions,
     ) -> Result<Resp, RpcError> {
         let mut call = self
-            .call::<Req, Resp>(method, Shape::Unary, options)
+            .start::<Req, Resp>(method, Shape::Unary, options, Some(request))
             .await?;
-        call.send(request).await?;
-        call.finish().await?;
         call.response().await
     }
 
@@ -404,15 +413,14 @@ impl<Req: Serialize, Resp: DeserializeOwned> Call<Req, Resp> {
 
     /// Sends no more requests.
     pub async fn finish(&mut self) -> Result<(), RpcError> {
-        if self.ended {
+        if self.ended || self.finished {
             return Ok(());
         }
-        self.io
-            .tx
-            .send_frame(&Frame::End {
-                call: self.io.tx.id,
-            })
-            .await
+        self.finished = true;
+        let end = Frame::End {
+            call: self.io.tx.id,
+        };
+        self.within(self.io.tx.send_frame(&end)).await
     }
 
     /// The next response; `Ok(None)` once the callee ended the call successfully.
@@ -423,7 +431,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> Call<Req, Resp> {
         let deadline = self.deadline;
         let next = async {
             match self.io.recv().await {
-                Inbound::Message(body) => Some(decode::<Resp>(&body, "response")),
+                Inbound::Message(body) => Some(decode::<Resp>(body.bytes(), "response")),
                 Inbound::Status(status) if status.code == Code::Ok => None,
                 Inbound::Status(status) => Some(Err(RpcError::from(status))),
                 Inbound::Lost(e) => Some(Err(e)),
@@ -508,7 +516,8 @@ impl<Req, Resp> Drop for Call<Req, Resp> {
                 let out = self.io.tx.out.clone();
                 if tokio::runtime::Handle::try_current().is_ok() {
                     tokio::spawn(async move {
-                        let _ = out.send(cancel).await;
+                        // Bounded: a callee that stopped reading does not keep this task.
+                        let _ = tokio::time::timeout(CANCEL_WAIT, out.send(cancel)).await;
                     });
                 }
             }

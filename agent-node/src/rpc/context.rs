@@ -73,7 +73,7 @@ impl<Req: DeserializeOwned> Requests<Req> {
             return Ok(None);
         }
         match self.io.recv().await {
-            Inbound::Message(body) => decode(&body, "request").map(Some),
+            Inbound::Message(body) => decode(body.bytes(), "request").map(Some),
             Inbound::End => {
                 self.done = true;
                 Ok(None)

@@ -9,6 +9,7 @@ use nullport_protocol::rpc::Open;
 
 use super::access::Admission;
 use super::error::RpcError;
+use super::error::cut;
 use super::service::Handler;
 use super::state::{InFlight, Inner};
 use crate::rpc::Code;
@@ -35,7 +36,8 @@ pub(super) fn decide(
         return Err(refuse(
             RpcError::not_found(format!(
                 "service {:?} has no method {:?}",
-                admission.service, open.method
+                admission.service,
+                cut(&open.method, 128)
             )),
             "not found",
         ));
@@ -44,7 +46,9 @@ pub(super) fn decide(
         return Err(refuse(
             RpcError::invalid_argument(format!(
                 "method {:?} is {:?}, called as {:?}",
-                open.method, method.shape, open.shape
+                cut(&open.method, 128),
+                method.shape,
+                open.shape
             )),
             "denied",
         ));

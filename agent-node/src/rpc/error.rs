@@ -74,3 +74,15 @@ impl From<crate::Error> for RpcError {
         Self::new(code, e.to_string())
     }
 }
+
+/// At most `max` bytes of `text`, cut at a character boundary, marked when cut.
+pub(crate) fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...({} bytes)", &text[..end], text.len())
+}

@@ -19,11 +19,12 @@ use tracing::Instrument;
 use super::access::{Access, Admission, ApprovalRequest, Approver};
 use super::context::{CallContext, send_status};
 use super::decide::decide;
-use super::error::RpcError;
+use super::error::{RpcError, cut};
 use super::service::{CatchUnwind, RpcService};
-use super::state::{Inner, RpcLimits};
+use super::state::{ChannelSlot, Inner, RpcLimits};
 use super::wire::{
-    CallIo, CallSender, Credit, FrameReader, Inbound, OUT_QUEUE, Slot, frame_bytes, run_writer,
+    Budget, CallIo, CallSender, Credit, FrameReader, Held, Inbound, OUT_QUEUE, Slot, frame_bytes,
+    run_writer,
 };
 use crate::handshake::IncomingChannel;
 use crate::node::Node;
@@ -72,6 +73,7 @@ impl RpcServer {
                 audit,
                 limits,
                 in_flight: Mutex::new(HashMap::new()),
+                channels: Mutex::new(HashMap::new()),
                 gates: Mutex::new(HashMap::new()),
             }),
         }
@@ -126,6 +128,10 @@ impl RpcServer {
         limits.max_message = limits.max_message.min(MAX_MESSAGE_LIMIT);
         limits.window = limits.window.max(1);
         limits.max_in_flight_per_caller = limits.max_in_flight_per_caller.max(1);
+        limits.max_channels_per_caller = limits.max_channels_per_caller.max(1);
+        limits.max_buffered_per_channel = limits
+            .max_buffered_per_channel
+            .max(limits.max_message as usize);
         self.configure(|inner| inner.limits = limits)
     }
 
@@ -184,6 +190,17 @@ impl RpcServer {
                     return;
                 }
             };
+            let Some(_slot) = ChannelSlot::take(&self.inner, peer) else {
+                let why = format!(
+                    "caller holds {} channels already",
+                    self.inner.limits.max_channels_per_caller
+                );
+                tracing::info!("channel refused: {why}");
+                self.record(peer, &service, "", "over quota", &why, StdInstant::now())
+                    .await;
+                let _ = incoming.deny(DenyReason::RateLimited).await;
+                return;
+            };
             match incoming.accept().await {
                 Ok(channel) => {
                     if let Err(e) = self.session(channel, Arc::new(admission)).await {
@@ -207,12 +224,14 @@ impl RpcServer {
         started: StdInstant,
     ) {
         if let Some(audit) = &self.inner.audit {
+            // The audit keeps what identifies the call, not what a caller chose to make long.
+            let (method, reason) = (cut(method, 256), cut(reason, 512));
             let event = Event::Rpc {
                 caller,
                 service: service.to_owned(),
-                method: method.to_owned(),
+                method,
                 outcome: outcome.to_owned(),
-                reason: reason.to_owned(),
+                reason,
                 latency_us: started.elapsed().as_micros() as u64,
             };
             let _ = audit.send(event).await;
@@ -245,18 +264,24 @@ impl RpcServer {
                 caller.version
             )));
         }
-        let mut calls: HashMap<u32, (Slot, watch::Sender<bool>)> = HashMap::new();
+        let mut calls: HashMap<u32, Live> = HashMap::new();
+        let budget = Budget::new(limits.max_buffered_per_channel);
+        let mut generation = 0u64;
         let mut tasks = JoinSet::new();
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u32>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u32, u64)>();
         // Calls being decided, running or answering, per channel: past this the channel is
         // not read until some end, so a caller that floods OPENs and never reads its answers
         // holds a bounded number of tasks.
         let max_tasks = limits.max_in_flight_per_caller as usize * 2 + 64;
         let ended = loop {
             let frame = tokio::select! {
-                frame = reader.next(), if tasks.len() < max_tasks => frame,
-                Some(id) = done_rx.recv() => {
-                    calls.remove(&id);
+                frame = reader.next(), if tasks.len() < max_tasks && !budget.over() => frame,
+                () = budget.freed(), if budget.over() => continue,
+                Some((id, ended)) = done_rx.recv() => {
+                    // Only the call that ended: its id may already belong to a new one.
+                    if calls.get(&id).is_some_and(|live| live.generation == ended) {
+                        calls.remove(&id);
+                    }
                     continue;
                 }
                 Some(_) = tasks.join_next() => continue,
@@ -280,31 +305,57 @@ impl RpcServer {
                         peer_max_message: caller.max_message,
                     };
                     let (cancel, cancelled) = watch::channel(false);
-                    calls.insert(call, (Slot { inbox: tx, credit }, cancel));
+                    generation += 1;
+                    calls.insert(
+                        call,
+                        Live {
+                            slot: Slot { inbox: tx, credit },
+                            cancel,
+                            generation,
+                            ended: false,
+                        },
+                    );
                     let io = CallIo::new(sender, inbox, limits.window);
-                    let run = self.open(&admission, open, io, cancelled, done_tx.clone());
+                    let done = (done_tx.clone(), generation);
+                    let run = self.open(&admission, open, io, cancelled, done);
                     tasks.spawn(run.in_current_span());
                 }
                 Frame::Message { call, body } => {
-                    if let Some((slot, _)) = calls.get(&call)
-                        && let Err(e) = slot.deliver(call, Inbound::Message(body))
-                    {
-                        break Err(e);
+                    if let Some(live) = calls.get(&call) {
+                        if live.ended {
+                            break Err(RpcError::unavailable(format!(
+                                "caller sent a request after END on call {call}"
+                            )));
+                        }
+                        if let Err(e) = live.slot.deliver(
+                            call,
+                            Inbound::Message(Held::new(body, Some(budget.clone()))),
+                        ) {
+                            break Err(e);
+                        }
                     }
                 }
                 Frame::End { call } => {
-                    if let Some((slot, _)) = calls.get(&call) {
-                        let _ = slot.deliver(call, Inbound::End);
+                    // One END per call: with the credit on messages, a call's inbox holds
+                    // at most window + 1 items whatever the caller sends.
+                    if let Some(live) = calls.get_mut(&call) {
+                        if live.ended {
+                            break Err(RpcError::unavailable(format!(
+                                "caller sent END twice on call {call}"
+                            )));
+                        }
+                        live.ended = true;
+                        let _ = live.slot.deliver(call, Inbound::End);
                     }
                 }
                 Frame::Cancel { call } => {
-                    if let Some((_, cancel)) = calls.remove(&call) {
-                        let _ = cancel.send(true);
+                    if let Some(live) = calls.remove(&call) {
+                        let _ = live.cancel.send(true);
                     }
                 }
                 Frame::Credit { call, credit } => {
-                    if let Some((slot, _)) = calls.get(&call) {
-                        slot.credit.grant_send(credit);
+                    if let Some(live) = calls.get(&call) {
+                        live.slot.credit.grant_send(credit);
                     }
                 }
                 Frame::Hello(_) | Frame::Status { .. } => {
@@ -315,9 +366,9 @@ impl RpcServer {
             }
         };
         // The caller is gone (or broke the protocol): every call of this channel stops.
-        for (_, (slot, cancel)) in calls.drain() {
-            let _ = cancel.send(true);
-            slot.credit.close();
+        for (_, live) in calls.drain() {
+            let _ = live.cancel.send(true);
+            live.slot.credit.close();
         }
         tasks.shutdown().await;
         ended
@@ -330,7 +381,7 @@ impl RpcServer {
         open: Open,
         io: CallIo,
         mut cancelled: watch::Receiver<bool>,
-        done: mpsc::UnboundedSender<u32>,
+        (done, generation): (mpsc::UnboundedSender<(u32, u64)>, u64),
     ) -> impl Future<Output = ()> + Send + 'static {
         let server = self.handle();
         let admission = admission.clone();
@@ -344,18 +395,15 @@ impl RpcServer {
             let (handler, in_flight, approve) = match decided {
                 Ok(ok) => ok,
                 Err(refusal) => {
-                    send_status(&tx, Err(refusal.error.clone())).await;
+                    // Nothing of a refused call is kept while its answer waits to be sent.
+                    drop(io);
+                    let outcome = refusal.outcome;
+                    let reason = refusal.error.message.clone();
+                    send_status(&tx, Err(refusal.error)).await;
                     server
-                        .record(
-                            admission.peer,
-                            &service,
-                            &method,
-                            refusal.outcome,
-                            &refusal.error.message,
-                            started,
-                        )
+                        .record(admission.peer, &service, &method, outcome, &reason, started)
                         .await;
-                    let _ = done.send(id);
+                    let _ = done.send((id, generation));
                     return;
                 }
             };
@@ -412,7 +460,7 @@ impl RpcServer {
                         "method {method:?} needs a human's approval, which was not given"
                     ));
                     send_status(&tx, Err(e)).await;
-                    let _ = done.send(id);
+                    let _ = done.send((id, generation));
                     return;
                 }
             } else {
@@ -455,7 +503,17 @@ impl RpcServer {
             if let Some(result) = result {
                 send_status(&tx, result).await;
             }
-            let _ = done.send(id);
+            let _ = done.send((id, generation));
         }
     }
+}
+
+/// A call of this channel the session still routes frames to.
+struct Live {
+    slot: Slot,
+    cancel: watch::Sender<bool>,
+    /// Which OPEN of this id it is (an id may be reused once its call ended).
+    generation: u64,
+    /// The caller sent END.
+    ended: bool,
 }

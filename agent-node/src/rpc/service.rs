@@ -44,7 +44,7 @@ impl std::fmt::Debug for RpcService {
 /// Reads the single request of a unary or server-streaming call.
 async fn single<Req: DeserializeOwned>(io: &mut CallIo) -> Result<Req, RpcError> {
     let request = match io.recv().await {
-        Inbound::Message(body) => decode::<Req>(&body, "request")?,
+        Inbound::Message(body) => decode::<Req>(body.bytes(), "request")?,
         Inbound::Lost(e) => return Err(e),
         _ => return Err(RpcError::invalid_argument("call without a request")),
     };

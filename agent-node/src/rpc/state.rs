@@ -24,6 +24,12 @@ pub struct RpcLimits {
     pub max_in_flight_per_caller: u32,
     /// Requests a caller may send on one call before the handler reads them. Default 32.
     pub window: u32,
+    /// Bytes of requests one channel may have waiting for handlers; past it the channel is
+    /// not read until they catch up (backpressure on that caller only). Default 16 MiB.
+    pub max_buffered_per_channel: usize,
+    /// Channels one caller may hold open to this server at once; more are refused
+    /// (`RateLimited`) before any application byte. Default 8.
+    pub max_channels_per_caller: u32,
 }
 
 impl Default for RpcLimits {
@@ -32,6 +38,8 @@ impl Default for RpcLimits {
             max_message: 4 << 20,
             max_in_flight_per_caller: 256,
             window: 32,
+            max_buffered_per_channel: 16 << 20,
+            max_channels_per_caller: 8,
         }
     }
 }
@@ -43,6 +51,7 @@ pub(super) struct Inner {
     pub(super) audit: Option<mpsc::Sender<Event>>,
     pub(super) limits: RpcLimits,
     pub(super) in_flight: Mutex<HashMap<NodeId, u32>>,
+    pub(super) channels: Mutex<HashMap<NodeId, u32>>,
     pub(super) gates: Mutex<HashMap<(NodeId, String), CallGate>>,
 }
 
@@ -65,6 +74,44 @@ impl Drop for InFlight {
         let mut counts = self
             .inner
             .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Counts one open channel for its caller while it lives.
+pub(super) struct ChannelSlot {
+    inner: Arc<Inner>,
+    peer: NodeId,
+}
+
+impl ChannelSlot {
+    /// Takes a channel slot for `peer`, or `None` when it holds the most it may.
+    pub(super) fn take(inner: &Arc<Inner>, peer: NodeId) -> Option<Self> {
+        let mut counts = inner.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(peer).or_insert(0);
+        if *n >= inner.limits.max_channels_per_caller {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            inner: inner.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for ChannelSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .inner
+            .channels
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(n) = counts.get_mut(&self.peer) {

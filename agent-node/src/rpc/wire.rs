@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nullport_protocol::rpc::{Frame, Hello, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::error::RpcError;
 use crate::rpc::Code;
@@ -110,11 +110,73 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// Bytes a callee holds for one caller's channel and has not handed to a handler yet. Over
+/// the limit, the channel is not read until handlers catch up (backpressure, no error), so
+/// what a caller can make the callee buffer is bounded whatever its credit allows.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    bytes: AtomicUsize,
+    limit: usize,
+    freed: Notify,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            bytes: AtomicUsize::new(0),
+            limit,
+            freed: Notify::new(),
+        })
+    }
+
+    /// Whether the channel should wait before reading more.
+    pub(crate) fn over(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) >= self.limit
+    }
+
+    /// Resolves after some held bytes were released.
+    pub(crate) async fn freed(&self) {
+        self.freed.notified().await;
+    }
+}
+
+/// One received value, counted against its channel's [`Budget`] until it is taken or
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct Held {
+    body: Vec<u8>,
+    len: usize,
+    budget: Option<Arc<Budget>>,
+}
+
+impl Held {
+    pub(crate) fn new(body: Vec<u8>, budget: Option<Arc<Budget>>) -> Self {
+        let len = body.len();
+        if let Some(b) = &budget {
+            b.bytes.fetch_add(len, Ordering::AcqRel);
+        }
+        Self { body, len, budget }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.bytes.fetch_sub(self.len, Ordering::AcqRel);
+            b.freed.notify_one();
+        }
+    }
+}
+
 /// What the reader hands to a call.
 #[derive(Debug)]
 pub(crate) enum Inbound {
     /// One value.
-    Message(Vec<u8>),
+    Message(Held),
     /// The peer sends no more values.
     End,
     /// The callee's last word (caller side only).

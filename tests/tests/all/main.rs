@@ -12,4 +12,5 @@ mod key_and_handshake;
 mod netns;
 mod relay;
 mod rpc;
+mod rpc_attacks;
 mod rpc_policy;

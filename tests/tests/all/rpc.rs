@@ -378,6 +378,7 @@ async fn rpc_bounds_refuse_one_caller_without_disturbing_another() {
         max_message: 64 * 1024,
         max_in_flight_per_caller: 4,
         window: 8,
+        ..RpcLimits::default()
     };
     let callee = callee(&net, |_| allow_all(&ids), |s| s.limits(limits), &probes).await;
     let target = callee.node.node_id();
