@@ -371,10 +371,17 @@ fn put<T: Serialize>(out: &mut Vec<u8>, kind: u8, value: &T, max: usize) -> Resu
     Ok(())
 }
 
-/// Decodes a whole postcard body: trailing bytes are an error, like a short one.
-fn take<'a, T: Deserialize<'a>>(body: &'a [u8], what: &'static str) -> Result<T, Error> {
+/// Decodes a whole postcard body: trailing bytes are an error, like a short one, and so is
+/// any encoding but the canonical one (postcard reads over-long varints): a frame has exactly
+/// one encoding, the one [`Frame::encode`] writes.
+fn take<'a, T: Deserialize<'a> + Serialize>(
+    body: &'a [u8],
+    what: &'static str,
+) -> Result<T, Error> {
     match postcard::take_from_bytes::<T>(body) {
-        Ok((value, [])) => Ok(value),
+        Ok((value, [])) if postcard::to_allocvec(&value).is_ok_and(|again| again == body) => {
+            Ok(value)
+        }
         _ => Err(Error::Malformed { what }),
     }
 }
@@ -473,6 +480,9 @@ mod tests {
             &[0, 0, 0, 5, 0, 0, 0, 3, HELLO],           // hello off call 0
             &[0, 0, 0, 8, 0, 0, 0, 1, STATUS, 0, 0, 0], // status: trailing byte
             &[0, 0, 0, 7, 0, 0, 0, 1, STATUS, 99, 0],   // unknown code
+            // An over-long varint (4 as 0x84 0x00): postcard reads it, the decoder refuses
+            // it (found by the rpc_frame fuzz target).
+            &[0, 0, 0, 10, 0, 0, 0, 0, HELLO, 1, 0x84, 0x00, 0, 0],
         ];
         for case in cases {
             assert!(
@@ -481,6 +491,15 @@ mod tests {
                 Frame::decode(case, 1 << 20)
             );
         }
+    }
+
+    #[test]
+    fn the_canonical_twin_of_the_overlong_case_decodes() {
+        let ok = [0, 0, 0, 9, 0, 0, 0, 0, HELLO, 1, 0x04, 0, 0];
+        assert!(matches!(
+            Frame::decode(&ok, 1 << 20),
+            Ok(Some((Frame::Hello(_), 13)))
+        ));
     }
 
     #[test]
