@@ -276,25 +276,13 @@ impl Policy {
             }
         }
         if let Some(svc) = self.file.mcp.get_mut(service) {
-            svc.allow.retain(|p, _| {
-                let hit = names(p);
-                if hit {
-                    removed.push(format!("mcp rules of {p}"));
-                }
-                !hit
-            });
+            withdraw_callers(&mut svc.allow, &names, "mcp", &mut removed);
             if svc.allow.is_empty() && svc.approve.is_empty() {
                 self.file.mcp.remove(service);
             }
         }
         if let Some(svc) = self.file.rpc.get_mut(service) {
-            svc.allow.retain(|p, _| {
-                let hit = names(p);
-                if hit {
-                    removed.push(format!("rpc rules of {p}"));
-                }
-                !hit
-            });
+            withdraw_callers(&mut svc.allow, &names, "rpc", &mut removed);
             if svc.allow.is_empty() && svc.approve.is_empty() {
                 self.file.rpc.remove(service);
             }
@@ -410,9 +398,7 @@ impl Policy {
     /// The RPC method rules for `peer` on `service`, if any, as the call gate applies them.
     pub fn rpc_grant(&self, peer: &NodeId, service: &str, trust: &TrustStore) -> Option<CallGrant> {
         let svc = self.file.rpc.get(service)?;
-        svc.allow
-            .iter()
-            .find(|(name, _)| trust.resolve(name).ok().as_ref() == Some(peer))
+        caller_entry(&svc.allow, peer, trust)
             .map(|(name, rules)| rpc_call_grant(name.clone(), rules, &svc.approve))
     }
 
@@ -455,14 +441,11 @@ impl Policy {
     /// The MCP rules for `peer` on `service`, if any.
     pub fn mcp_grant(&self, peer: &NodeId, service: &str, trust: &TrustStore) -> Option<McpGrant> {
         let svc = self.file.mcp.get(service)?;
-        svc.allow
-            .iter()
-            .find(|(name, _)| trust.resolve(name).ok().as_ref() == Some(peer))
-            .map(|(name, rules)| McpGrant {
-                rule: name.clone(),
-                rules: rules.clone(),
-                approve: svc.approve.clone(),
-            })
+        caller_entry(&svc.allow, peer, trust).map(|(name, rules)| McpGrant {
+            rule: name.clone(),
+            rules: rules.clone(),
+            approve: svc.approve.clone(),
+        })
     }
 
     /// The tools of `service` that need a human's approval.
@@ -547,6 +530,33 @@ impl Policy {
         Policy::parse(&self.path, &text)?;
         write_private(&self.path, text.as_bytes(), true)
     }
+}
+
+/// The entry of `allow` whose name (alias or NodeId) resolves to `peer` now.
+fn caller_entry<'a, T>(
+    allow: &'a BTreeMap<String, T>,
+    peer: &NodeId,
+    trust: &TrustStore,
+) -> Option<(&'a String, &'a T)> {
+    allow
+        .iter()
+        .find(|(name, _)| trust.resolve(name).ok().as_ref() == Some(peer))
+}
+
+/// Removes the entries of `allow` that `names` matches, noting each as "`kind` rules of ...".
+fn withdraw_callers<T>(
+    allow: &mut BTreeMap<String, T>,
+    names: &dyn Fn(&str) -> bool,
+    kind: &str,
+    removed: &mut Vec<String>,
+) {
+    allow.retain(|p, _| {
+        let hit = names(p);
+        if hit {
+            removed.push(format!("{kind} rules of {p}"));
+        }
+        !hit
+    });
 }
 
 fn rpc_call_grant(rule: String, rules: &RpcRules, approve: &[String]) -> CallGrant {
