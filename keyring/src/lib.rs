@@ -19,7 +19,7 @@ pub mod trust;
 pub use authz::{args, calls, pattern, policy, token, ttl, uri};
 pub use error::{Error, FormatError, KdfProblem};
 pub use keys::{fs, key_file, passphrase};
-pub use statements::{invite, revocation, rotation};
+pub use statements::{invite, relay_map, revocation, rotation};
 
 pub use calls::{Admitted, CallGate, CallGrant, CallRefused};
 pub use key_file::{KdfParams, Protection};

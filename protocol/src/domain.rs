@@ -22,6 +22,8 @@ pub const MCP_RECEIPT_V1: &str = "nullport-mcp-receipt-v1";
 pub const MCP_REQUEST_V1: &str = "nullport-mcp-request-v1";
 /// An enrollment invite signed by the network admin (the relay's key).
 pub const INVITE_V1: &str = "nullport-invite-v1";
+/// The relay map of a fleet, signed by the network admin key.
+pub const RELAY_MAP_V1: &str = "nullport-relay-map-v1";
 /// Reserved: key rotation statements.
 pub const ROTATION_V1: &str = "nullport-rotation-v1";
 

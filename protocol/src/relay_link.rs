@@ -158,6 +158,8 @@ pub enum NodeToRelay {
         /// The node's relay-link version.
         version: u16,
     },
+    /// Control stream: the newest relay map you hold (fleets; a lone relay has none).
+    MapQuery,
 }
 
 /// A key rotation statement as it travels: `postcard({old, new, issued})` signed by both
@@ -170,6 +172,16 @@ pub struct SignedRotation {
     pub old_sig: Signature,
     /// The new key's signature.
     pub new_sig: Signature,
+}
+
+/// A fleet's relay map as it travels: `postcard(RelayMap)` signed by the network admin key
+/// (context `nullport-relay-map-v1`; decoded and checked by `nullport-keyring`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedRelayMap {
+    /// The exact bytes signed.
+    pub body: Vec<u8>,
+    /// The admin key's signature.
+    pub sig: Signature,
 }
 
 /// A signed revocation list as it travels (decoded and checked by `nullport-keyring`).
@@ -251,6 +263,19 @@ pub enum RelayToNode {
         rotations: Vec<SignedRotation>,
         /// Another page follows on the same stream.
         more: bool,
+    },
+    /// The relay map: the answer to `MapQuery` (`None`: this relay is not in a fleet), and
+    /// the first message of a stream the relay opens to push a newer map.
+    Map {
+        /// The newest map the relay holds.
+        map: Option<SignedRelayMap>,
+    },
+    /// Pushed on a stream the relay opens: it stops within `within_secs` (a planned restart
+    /// or a drain). Nodes homed here move to their next relay now; channels already open
+    /// keep running until then.
+    Draining {
+        /// Seconds until the relay closes its links.
+        within_secs: u32,
     },
 }
 

@@ -38,6 +38,10 @@ pub enum Error {
     /// A key file could not be used.
     #[error(transparent)]
     Key(#[from] nullport_keyring::Error),
+    /// A relay map that this relay will not hand out: malformed, forged, older than the one
+    /// it holds, or not listing this relay.
+    #[error("relay map refused: {0}")]
+    RelayMap(String),
 }
 
 impl From<StateError> for Error {

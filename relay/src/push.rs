@@ -1,10 +1,11 @@
-//! What the relay pushes to every online node (new revocation lists and rotations), and the
+//! What the relay pushes to every online node (new revocation lists, rotations, relay maps,
+//! and that it is about to stop), and the
 //! pages such lists travel in (also for answers to queries). The broadcasting itself is
 //! `server::broadcast`.
 
 use nullport_protocol::Signature;
 use nullport_protocol::relay_link::{
-    MAX_CONTROL_MESSAGE, RelayToNode, SignedRevocations, SignedRotation,
+    MAX_CONTROL_MESSAGE, RelayToNode, SignedRelayMap, SignedRevocations, SignedRotation,
 };
 
 /// Something to tell every node.
@@ -14,6 +15,10 @@ pub(crate) enum Push {
     Revocations(SignedRevocations),
     /// A new rotation.
     Rotation(SignedRotation),
+    /// A newer relay map.
+    Map(SignedRelayMap),
+    /// The relay stops within this many seconds: move now.
+    Draining(u32),
 }
 
 /// Bytes of lists or rotations per message (well under [`MAX_CONTROL_MESSAGE`]).

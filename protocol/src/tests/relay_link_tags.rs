@@ -39,7 +39,7 @@ fn node_to_relay_tags_are_the_documented_ones() {
         old_sig: Signature([0; 64]),
         new_sig: Signature([0; 64]),
     };
-    let cases: [(NodeToRelay, u8); 10] = [
+    let cases: [(NodeToRelay, u8); 11] = [
         (NodeToRelay::Hello { version: 2 }, 0),
         (NodeToRelay::Dial { target: id() }, 1),
         (NodeToRelay::Presence { target: id() }, 2),
@@ -61,6 +61,7 @@ fn node_to_relay_tags_are_the_documented_ones() {
             },
             9,
         ),
+        (NodeToRelay::MapQuery, 10),
     ];
     for (m, expected) in cases {
         assert_eq!(tag(&m), expected, "{m:?}");
@@ -69,7 +70,7 @@ fn node_to_relay_tags_are_the_documented_ones() {
 
 #[test]
 fn relay_to_node_tags_are_the_documented_ones() {
-    let cases: [(RelayToNode, u8); 8] = [
+    let cases: [(RelayToNode, u8); 10] = [
         (
             RelayToNode::Welcome {
                 version: 2,
@@ -118,6 +119,8 @@ fn relay_to_node_tags_are_the_documented_ones() {
             },
             7,
         ),
+        (RelayToNode::Map { map: None }, 8),
+        (RelayToNode::Draining { within_secs: 5 }, 9),
     ];
     for (m, expected) in cases {
         assert_eq!(tag(&m), expected, "{m:?}");

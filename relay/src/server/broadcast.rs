@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use nullport_protocol::relay_link::RelayToNode;
+
 use crate::link::write_control;
 use crate::push::{Push, revocation_pages, rotation_pages};
 use crate::server::shared::Shared;
@@ -24,9 +26,13 @@ pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<
     while let Some(first) = queue.recv().await {
         let mut lists = Vec::new();
         let mut rotations = Vec::new();
+        let mut map = None;
+        let mut draining = None;
         let mut take = |p: Push| match p {
             Push::Revocations(l) => lists.push(l),
             Push::Rotation(r) => rotations.push(r),
+            Push::Map(m) => map = Some(m),
+            Push::Draining(secs) => draining = Some(secs),
         };
         take(first);
         while let Ok(more) = queue.try_recv() {
@@ -38,6 +44,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<
         }
         if !rotations.is_empty() {
             messages.extend(rotation_pages(&rotations));
+        }
+        if let Some(map) = map {
+            messages.push(RelayToNode::Map { map: Some(map) });
+        }
+        if let Some(within_secs) = draining {
+            messages.push(RelayToNode::Draining { within_secs });
         }
         let messages = Arc::new(messages);
         let conns: Vec<quinn::Connection> = shared.routes.iter().map(|r| r.conn.clone()).collect();

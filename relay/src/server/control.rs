@@ -107,6 +107,9 @@ pub(crate) async fn serve(
                     .collect();
                 rotation_pages(&rotations)
             }
+            NodeToRelay::MapQuery => vec![RelayToNode::Map {
+                map: shared.relay_map(),
+            }],
             NodeToRelay::Hello { .. } | NodeToRelay::Join { .. } | NodeToRelay::Dial { .. } => {
                 conn.close(
                     close_code::PROTOCOL_VIOLATION.into(),

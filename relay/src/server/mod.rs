@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use nullport_protocol::NodeId;
 use nullport_protocol::relay_link::{
-    LINK_VERSION, LinkErrorCode, NodeToRelay, RelayToNode, close_code,
+    LINK_VERSION, LinkErrorCode, NodeToRelay, RelayToNode, SignedRelayMap, close_code,
 };
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, timeout, timeout_at};
@@ -86,6 +86,58 @@ impl RelayHandle {
     /// allowlist of an embedded relay was changed with [`crate::Admission::set_fixed`]).
     pub fn enforce_admission(&self) -> usize {
         self.shared.enforce_admission()
+    }
+
+    /// Makes `signed` the relay map this relay hands out (to `MapQuery` and, pushed, to every
+    /// node online), if it is a valid map signed by the admin key it names, lists this relay,
+    /// and is newer than the one held. Returns whether it replaced the one held (the same map
+    /// again: `false`).
+    pub fn set_relay_map(&self, signed: SignedRelayMap) -> Result<bool, Error> {
+        use nullport_keyring::relay_map::RelayMap;
+        let refused = |e: &dyn std::fmt::Display| Error::RelayMap(e.to_string());
+        let map = RelayMap::verify_self_signed(&signed).map_err(|e| refused(&e))?;
+        let me = self.shared.identity.node_id();
+        if map.relay(&me).is_none() {
+            return Err(Error::RelayMap(format!(
+                "version {} does not list this relay ({me})",
+                map.version
+            )));
+        }
+        let mut held = self
+            .shared
+            .map
+            .lock()
+            .map_err(|_| Error::RelayMap("map lock poisoned".into()))?;
+        if let Some(current) = held.as_ref() {
+            let current = RelayMap::verify_self_signed(current).map_err(|e| refused(&e))?;
+            if current.admin != map.admin {
+                return Err(Error::RelayMap(format!(
+                    "signed by {}, the map held by {}",
+                    map.admin, current.admin
+                )));
+            }
+            if !current.accepts(&map).map_err(|e| refused(&e))? {
+                return Ok(false);
+            }
+        }
+        *held = Some(signed.clone());
+        drop(held);
+        tracing::info!(
+            version = map.version,
+            relays = map.relays.len(),
+            "relay map in force"
+        );
+        let _ = self.shared.push.send(crate::push::Push::Map(signed));
+        Ok(true)
+    }
+
+    /// Tells every node online that this relay stops within `within`: nodes that can go
+    /// elsewhere (fleet members) move now; channels already open keep running until the
+    /// relay really stops.
+    pub fn announce_drain(&self, within: std::time::Duration) {
+        let secs = u32::try_from(within.as_secs()).unwrap_or(u32::MAX);
+        tracing::info!(within_secs = secs, "announcing drain to every node");
+        let _ = self.shared.push.send(crate::push::Push::Draining(secs));
     }
 
     /// The NodeIds online now.
@@ -166,6 +218,7 @@ impl Relay {
             push: push_tx,
             admin_version: AtomicU64::new(0),
             pending_per_ip: Mutex::new(HashMap::new()),
+            map: Mutex::new(None),
             #[cfg(feature = "testing")]
             hooks: config.testing,
         });

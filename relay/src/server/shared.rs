@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use nullport_protocol::relay_link::SignedRelayMap;
 use nullport_protocol::{Identity, NodeId, SessionId};
 use tokio::sync::mpsc;
 
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     /// Version of the network admin's list in force (0: none).
     pub(crate) admin_version: AtomicU64,
     pub(crate) pending_per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// The fleet's relay map this relay hands out (none: a lone relay).
+    pub(crate) map: Mutex<Option<SignedRelayMap>>,
     #[cfg(feature = "testing")]
     pub(crate) hooks: crate::testing::TestHooks,
 }
@@ -64,6 +67,11 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// The relay map this relay holds, if it is part of a fleet.
+    pub(crate) fn relay_map(&self) -> Option<SignedRelayMap> {
+        self.map.lock().ok().and_then(|m| m.clone())
+    }
+
     /// A snapshot of every node online.
     pub(crate) fn node_stats(&self) -> Vec<crate::NodeStats> {
         self.routes
