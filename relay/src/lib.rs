@@ -12,6 +12,7 @@ pub mod admission;
 pub mod config;
 pub mod error;
 mod link;
+pub mod map_file;
 pub mod metrics;
 pub mod nodes;
 mod push;

@@ -11,6 +11,8 @@ use nullport_keyring::{KdfParams, PassphraseSource, Protection, key_file};
 use nullport_protocol::Identity;
 use nullport_relay::{Admission, Relay, RelayConfig};
 
+mod cli_map;
+
 /// nullport's rendezvous relay: the only listener in a nullport network.
 ///
 /// Nodes dial out to it over QUIC (one UDP port) and are admitted by their Ed25519 key. It
@@ -45,6 +47,10 @@ enum Command {
     /// list to every node (nodes that trust the relay's key as a revocation signer refuse
     /// them too). Writes `admin-revocations.json` in the state directory.
     Revoke(RevokeArgs),
+    /// A fleet's signed relay map: sign one, show one, print its bootstrap strings (see
+    /// docs/fleet.md).
+    #[command(subcommand)]
+    Map(cli_map::MapCommand),
     /// List the nodes online (since when, from where, bytes each way, dials), asking the
     /// running relay on its metrics listener (`run --metrics`).
     Nodes {
@@ -186,6 +192,8 @@ struct RunArgs {
     /// own). A new signer over the bound is refused.
     #[arg(long, default_value_t = 10_000)]
     max_revocation_lists: usize,
+    #[command(flatten)]
+    fleet: cli_map::FleetArgs,
 }
 
 fn passphrase(args: &KeyArgs, confirm: bool) -> anyhow::Result<zeroize::Zeroizing<String>> {
@@ -258,6 +266,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let identity = Arc::new(load_identity(&args.key)?);
+    cli_map::check_before_start(&args.fleet, &identity.node_id())?;
     let admission = match &args.allow {
         Some(path) => {
             if !path.exists() {
@@ -312,21 +321,30 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let bound = relay.serve_metrics(addr).await?;
         say!("metrics on http://{bound}/metrics");
     }
-    let watcher = tokio::spawn(watch_admission(relay.handle(), args.allow.clone(), hup));
+    let port = relay.local_addr().port();
+    let map = cli_map::start(&args.fleet, &relay.handle(), &identity.node_id(), port)?;
+    let watcher = tokio::spawn(watch_admission(
+        relay.handle(),
+        args.allow.clone(),
+        hup,
+        map,
+    ));
     shutdown_signal().await;
+    cli_map::drain(&args.fleet, &relay.handle()).await;
     say!("shutting down");
     watcher.abort();
     relay.shutdown().await;
     Ok(())
 }
 
-/// Reloads the allowlist and the network admin's revocation list on SIGHUP and when their
-/// files change (checked twice a second, so a removed or revoked key loses its link within
-/// a second). Nodes no longer admitted are disconnected.
+/// Reloads the allowlist, the network admin's revocation list and the relay map on SIGHUP
+/// and when their files change (checked twice a second, so a removed or revoked key loses
+/// its link within a second). Nodes no longer admitted are disconnected.
 async fn watch_admission(
     relay: nullport_relay::RelayHandle,
     allow: Option<PathBuf>,
     mut hup: Option<tokio::signal::unix::Signal>,
+    mut map: Option<nullport_relay::map_file::MapWatcher>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut admin_version = 0;
@@ -337,6 +355,9 @@ async fn watch_admission(
         };
         if let Some(path) = &allow {
             report_reload(relay.reload_allowlist(forced), path);
+        }
+        if let Some(map) = map.as_mut() {
+            cli_map::follow(map, &relay, forced);
         }
         match relay.reload_admin_list().await {
             Ok(v) if v != admin_version => {
@@ -504,6 +525,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Revoke(args) => revoke(args),
+        Command::Map(command) => cli_map::run(command),
         Command::Invite(args) => {
             let identity = load_identity(&args.key)?;
             let secs = parse_ttl(&args.ttl)?;

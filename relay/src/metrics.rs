@@ -36,6 +36,10 @@ pub struct Metrics {
     pub bytes_spliced: AtomicU64,
     /// Splices open now.
     pub splices_open: AtomicU64,
+    /// Version of the fleet's relay map this relay hands out (0: none, a lone relay).
+    pub map_version: AtomicU64,
+    /// Drains announced to the nodes (a planned stop: `RelayHandle::announce_drain`).
+    pub drains_announced: AtomicU64,
 }
 
 /// A snapshot of the nodes online, for `/nodes` and the per-node series.
@@ -97,7 +101,7 @@ impl Metrics {
         metric(
             "nullport_relay_dials_total",
             "counter",
-            "Dials by outcome.",
+            "Dials by outcome (offline: the target has no link to this relay, the \"not here\" a fleet's callers answer by trying the target's next relay).",
             &[
                 ("{result=\"ok\"}", g(&self.dials_ok)),
                 ("{result=\"offline\"}", g(&self.dials_offline)),
@@ -116,6 +120,18 @@ impl Metrics {
             "gauge",
             "Spliced sessions open now.",
             &[("", g(&self.splices_open))],
+        );
+        metric(
+            "nullport_relay_map_version",
+            "gauge",
+            "Version of the fleet's relay map this relay hands out (0: not in a fleet).",
+            &[("", g(&self.map_version))],
+        );
+        metric(
+            "nullport_relay_drains_announced_total",
+            "counter",
+            "Planned stops announced to the nodes (they move to their next relay).",
+            &[("", g(&self.drains_announced))],
         );
         let build = format!(
             "{{version=\"{}\",relay_link=\"{}\"}}",

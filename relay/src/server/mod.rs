@@ -122,6 +122,10 @@ impl RelayHandle {
         }
         *held = Some(signed.clone());
         drop(held);
+        self.shared
+            .metrics
+            .map_version
+            .store(map.version, Ordering::Relaxed);
         tracing::info!(
             version = map.version,
             relays = map.relays.len(),
@@ -137,6 +141,10 @@ impl RelayHandle {
     pub fn announce_drain(&self, within: std::time::Duration) {
         let secs = u32::try_from(within.as_secs()).unwrap_or(u32::MAX);
         tracing::info!(within_secs = secs, "announcing drain to every node");
+        self.shared
+            .metrics
+            .drains_announced
+            .fetch_add(1, Ordering::Relaxed);
         let _ = self.shared.push.send(crate::push::Push::Draining(secs));
     }
 
