@@ -12,9 +12,14 @@ use tokio::time::{Instant, timeout_at};
 const ACK_LIMIT: Duration = Duration::from_secs(5);
 
 /// The node's finished streams awaiting acknowledgement, each watched by a task owned here
-/// (aborted when the node is dropped).
+/// (aborted when the node is dropped). A clone may also carry a lease on the relay link its
+/// channel runs over ([`Drain::leased`]): while any channel holds one, that link is in use
+/// and is not closed as idle.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Drain(Arc<Mutex<JoinSet<()>>>);
+pub(crate) struct Drain {
+    set: Arc<Mutex<JoinSet<()>>>,
+    _lease: Option<Arc<()>>,
+}
 
 impl Drain {
     /// Watches `send` (already finished) until the peer has acknowledged all its data, it is
@@ -25,7 +30,7 @@ impl Drain {
             return;
         }
         let acknowledged = send.stopped();
-        if let Ok(mut set) = self.0.lock() {
+        if let Ok(mut set) = self.set.lock() {
             while set.try_join_next().is_some() {}
             set.spawn(async move {
                 let _ = tokio::time::timeout(ACK_LIMIT, acknowledged).await;
@@ -33,10 +38,18 @@ impl Drain {
         }
     }
 
+    /// A clone that also holds `lease` (a relay link's use count) for as long as it lives.
+    pub(crate) fn leased(&self, lease: &Arc<()>) -> Drain {
+        Drain {
+            set: self.set.clone(),
+            _lease: Some(lease.clone()),
+        }
+    }
+
     /// Waits until every stream handed over so far is acknowledged, or `within` passes.
     pub(crate) async fn settle(&self, within: Duration) {
         let deadline = Instant::now() + within;
-        let mut set = match self.0.lock() {
+        let mut set = match self.set.lock() {
             Ok(mut set) => std::mem::take(&mut *set),
             Err(_) => return,
         };

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nullport_protocol::{Identity, Limits};
+use nullport_protocol::relay_link::SignedRelayMap;
+use nullport_protocol::{Identity, Limits, NodeId};
 
 use crate::error::{Error, Refusal};
 use crate::relay_addr::RelayAddr;
@@ -102,6 +103,15 @@ pub struct NodeLimits {
     pub control_timeout: Duration,
     /// Reconnect backoff after another connection with this identity superseded this one.
     pub superseded_backoff: Duration,
+    /// Fleet nodes: how long a relay earlier in the node's order must stay linked before it
+    /// becomes home again (hysteresis: a relay that comes and goes does not move the node).
+    pub home_settle: Duration,
+    /// Fleet nodes: an extra link (to reach callees homed elsewhere, or a former home) closes
+    /// once no channel uses it and it has been idle this long.
+    pub extra_link_idle: Duration,
+    /// Fleet nodes: time a relay has to answer a dial before the next relay is tried (and
+    /// its link is closed as lost).
+    pub relay_answer_timeout: Duration,
 }
 
 impl Default for NodeLimits {
@@ -121,6 +131,9 @@ impl Default for NodeLimits {
             max_incoming_streams: 256,
             control_timeout: Duration::from_secs(10),
             superseded_backoff: Duration::from_secs(30),
+            home_settle: Duration::from_secs(5),
+            extra_link_idle: Duration::from_secs(60),
+            relay_answer_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -140,6 +153,15 @@ pub struct NodeConfig {
     /// An enrollment invite to present instead of `Hello` on the first admission (a relay in
     /// allowlist mode then adds this node).
     pub join: Option<Vec<u8>>,
+    /// A fleet node: the network admin key it pins. `relay` is then only the relay to ask
+    /// for the relay map first; from the map on, the node uses the relays it lists (and no
+    /// other) by rendezvous hashing. None: a lone relay, `relay`, pinned by its own key.
+    pub admin: Option<NodeId>,
+    /// A fleet node: the relay map it held before (from [`Node::relay_map`]), so a restart
+    /// neither waits for the bootstrap relay nor accepts an older map.
+    ///
+    /// [`Node::relay_map`]: crate::Node::relay_map
+    pub relay_map: Option<SignedRelayMap>,
 }
 
 impl NodeConfig {
@@ -151,6 +173,20 @@ impl NodeConfig {
             limits: NodeLimits::default(),
             bind: None,
             join: None,
+            admin: None,
+            relay_map: None,
         }
+    }
+
+    /// A fleet node's config from its bootstrap (`fleet:<admin>/<relay>@<host>:<port>`):
+    /// the admin key pinned, the named relay asked for the map first.
+    pub fn fleet(
+        identity: Arc<Identity>,
+        bootstrap: &nullport_keyring::relay_map::FleetBootstrap,
+    ) -> Result<Self, Error> {
+        let relay: RelayAddr = format!("{}@{}", bootstrap.relay, bootstrap.addr).parse()?;
+        let mut config = Self::new(identity, relay);
+        config.admin = Some(bootstrap.admin);
+        Ok(config)
     }
 }

@@ -9,6 +9,7 @@ use tokio::time::timeout;
 
 use super::Inner;
 use super::conn::wait_connection;
+use super::slot::Slot;
 use crate::error::{Error, LinkLost};
 use crate::link::{read_message, write_message};
 
@@ -28,9 +29,21 @@ pub(super) async fn control_exchange(
     inner: &Inner,
     request: NodeToRelay,
 ) -> Result<Vec<RelayToNode>, Error> {
-    let limit = inner.config.limits.control_timeout;
     wait_connection(inner, inner.config.limits.connect_timeout).await?;
-    let mut control = inner.control.lock().await;
+    let slot = inner
+        .home_slot()
+        .ok_or(Error::RelayLinkLost(LinkLost::NoControlStream))?;
+    slot_exchange(inner, &slot, request).await
+}
+
+/// [`control_exchange`] on one relay link (the home link, or an extra link of a fleet node).
+pub(super) async fn slot_exchange(
+    inner: &Inner,
+    slot: &Slot,
+    request: NodeToRelay,
+) -> Result<Vec<RelayToNode>, Error> {
+    let limit = inner.config.limits.control_timeout;
+    let mut control = slot.control.lock().await;
     let exchanged = timeout(limit, async {
         let (send, recv) = control
             .as_mut()
@@ -43,7 +56,7 @@ pub(super) async fn control_exchange(
         Ok(answers) => answers,
         Err(_) => {
             *control = None;
-            if let Some(conn) = inner.conn.borrow().clone() {
+            if let Some(conn) = slot.connection() {
                 conn.close(close_code::NORMAL.into(), b"control request timed out");
             }
             Err(Error::Timeout {

@@ -13,19 +13,26 @@ use tracing::Instrument;
 use super::Inner;
 use super::conn::describe;
 use super::control::{collect_pages, read_pages};
+use super::slot::Slot;
 use crate::error::Error;
 use crate::handshake::respond;
 
 /// Serves the streams the relay opens on `conn` until the connection ends; returns why. Each
 /// stream's task belongs to this call: when the connection ends, the handshakes in flight on
 /// it stop with it.
-pub(super) async fn serve_incoming(inner: &Arc<Inner>, conn: &quinn::Connection) -> Error {
+pub(super) async fn serve_incoming(
+    inner: &Arc<Inner>,
+    slot: &Arc<Slot>,
+    conn: &quinn::Connection,
+) -> Error {
     let mut running = JoinSet::new();
     loop {
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    running.spawn(handle_incoming(inner.clone(), send, recv).in_current_span());
+                    running.spawn(
+                        handle_incoming(inner.clone(), slot.clone(), send, recv).in_current_span(),
+                    );
                 }
                 Err(e) => return describe(&e),
             },
@@ -55,6 +62,7 @@ impl Drop for PeerSlot<'_> {
 
 pub(super) async fn handle_incoming(
     inner: Arc<Inner>,
+    slot: Arc<Slot>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -67,7 +75,17 @@ pub(super) async fn handle_incoming(
             pages.pop()
         }
         Ok(Ok(pages)) => {
-            // A push from the relay: new revocation lists or rotations.
+            // A push from the relay: new revocation lists or rotations, a newer relay map,
+            // or a planned stop.
+            for page in &pages {
+                match page {
+                    RelayToNode::Map { map: Some(map) } => inner.offer_map(map.clone(), &slot),
+                    RelayToNode::Draining { within_secs } => {
+                        inner.relay_draining(&slot, *within_secs);
+                    }
+                    _ => {}
+                }
+            }
             let (lists, rotations) = collect_pages(pages);
             if !lists.is_empty() {
                 let _ = inner.revocations.send(lists);
@@ -83,6 +101,7 @@ pub(super) async fn handle_incoming(
         let _ = send.reset(0u32.into());
         return;
     };
+    let link = slot;
     let span = tracing::info_span!("incoming", peer = %caller.fmt_short(), %session);
     async {
         let Ok(_permit) = inner.pending.clone().try_acquire_owned() else {
@@ -90,7 +109,7 @@ pub(super) async fn handle_incoming(
             let _ = send.reset(0u32.into());
             return;
         };
-        let slot = {
+        let slot_count = {
             let Ok(mut m) = inner.per_peer.lock() else {
                 return;
             };
@@ -116,11 +135,12 @@ pub(super) async fn handle_incoming(
                 limits.handshake,
                 send,
                 recv,
-                inner.drain.clone(),
+                inner.drain.leased(&link.uses),
             ),
         )
         .await;
-        drop(slot);
+        drop(slot_count);
+        link.touch();
         match result {
             Ok(Ok(incoming)) => {
                 tracing::debug!(service = incoming.service(), "authenticated");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nullport_protocol::relay_link::{
-    LINK_VERSION, LinkErrorCode, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode,
+    LINK_VERSION, LinkErrorCode, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode, close_code,
 };
 use tokio::task::JoinSet;
 use tokio::time::timeout;
@@ -14,29 +14,31 @@ use tracing::Instrument;
 use super::Inner;
 use super::config::LinkState;
 use super::conn::describe;
-use super::control::{collect_pages, control_exchange};
+use super::control::{collect_pages, slot_exchange};
 use super::incoming::serve_incoming;
+use super::slot::Slot;
 use crate::backoff::Backoff;
 use crate::error::{Error, Refusal, Unreachable};
 use crate::link::{read_message, write_message};
 
 pub(super) async fn connect_once(
     inner: &Inner,
+    slot: &Slot,
     endpoint: &quinn::Endpoint,
 ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), Error> {
-    let relay = &inner.config.relay;
+    let relay = &slot.relay;
     let addr = relay.resolve().await?[0];
-    if let Ok(mut p) = inner.presented.lock() {
+    if let Ok(mut p) = slot.presented.lock() {
         *p = None;
     }
     let connecting = endpoint
-        .connect_with(inner.client.clone(), addr, "nullport-relay")
+        .connect_with(slot.client.clone(), addr, "nullport-relay")
         .map_err(|e| Error::RelayUnreachable(Unreachable::Connect(e)))?;
     let limits = &inner.config.limits;
     let conn = match timeout(limits.connect_timeout, connecting).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            let presented = inner.presented.lock().ok().and_then(|p| p.clone());
+            let presented = slot.presented.lock().ok().and_then(|p| p.clone());
             return Err(match presented {
                 Some(p) if p != relay.node_id.to_string() => {
                     Error::RelayRefused(Refusal::WrongRelayKey {
@@ -90,73 +92,112 @@ pub(super) async fn connect_once(
     }
 }
 
-pub(super) async fn run_link(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
+pub(super) async fn run_link(inner: Arc<Inner>, slot: Arc<Slot>, endpoint: quinn::Endpoint) {
     let limits = inner.config.limits.clone();
     let mut retry = Retry::new(&limits);
     let mut attempt = 0u32;
     let mut last_failure: Option<String> = None;
-    loop {
+    while !slot.is_retired() {
         attempt += 1;
-        let next = match connect_once(&inner, &endpoint).await {
+        let next = match connect_once(&inner, &slot, &endpoint).await {
+            Ok((conn, send, recv)) if slot.is_retired() => {
+                drop((send, recv));
+                conn.close(close_code::NORMAL.into(), b"link no longer needed");
+                break;
+            }
             Ok((conn, send, recv)) => {
                 attempt = 0;
                 last_failure = None;
                 retry = Retry::new(&limits);
-                *inner.control.lock().await = Some((send, recv));
-                inner.conn.send_replace(Some(conn.clone()));
-                inner.state.send_replace(LinkState::Online);
+                *slot.control.lock().await = Some((send, recv));
+                if let Ok(mut since) = slot.online_since.lock() {
+                    *since = Some(tokio::time::Instant::now());
+                }
+                if let Ok(mut until) = slot.draining_until.lock() {
+                    *until = None;
+                }
+                slot.conn.send_replace(Some(conn.clone()));
+                slot.state.send_replace(LinkState::Online);
+                slot.tried.send_replace(true);
+                inner.fleet_changed();
                 // Catch up on revocation lists and rotations published while this node was
-                // away (every page of them). The task ends with the link.
+                // away (every page of them), and on the relay map of a fleet. The task ends
+                // with the link.
                 let fetch = inner.clone();
+                let fetch_slot = slot.clone();
                 let mut catch_up = JoinSet::new();
-                catch_up.spawn(
-                    async move {
-                        match control_exchange(&fetch, NodeToRelay::RevocationQuery).await {
-                            Ok(pages) => {
-                                let (lists, _) = collect_pages(pages);
-                                if !lists.is_empty() {
-                                    let _ = fetch.revocations.send(lists);
-                                }
-                            }
-                            Err(e) => tracing::warn!("revocation catch-up failed: {e}"),
-                        }
-                        match control_exchange(&fetch, NodeToRelay::RotationQuery).await {
-                            Ok(pages) => {
-                                let (_, rotations) = collect_pages(pages);
-                                if !rotations.is_empty() {
-                                    let _ = fetch.rotations.send(rotations);
-                                }
-                            }
-                            Err(e) => tracing::warn!("rotation catch-up failed: {e}"),
-                        }
-                    }
-                    .in_current_span(),
-                );
-                tracing::info!(relay = %inner.config.relay, "relay link online");
-                let err = serve_incoming(&inner, &conn).await;
+                catch_up
+                    .spawn(async move { catch_up_on(&fetch, &fetch_slot).await }.in_current_span());
+                tracing::info!(relay = %slot.relay, "relay link online");
+                let err = serve_incoming(&inner, &slot, &conn).await;
                 drop(catch_up);
-                inner.conn.send_replace(None);
-                *inner.control.lock().await = None;
-                tracing::warn!("relay link down: {err}");
-                retry.after(&inner, err, attempt)
+                if let Ok(mut since) = slot.online_since.lock() {
+                    *since = None;
+                }
+                slot.conn.send_replace(None);
+                *slot.control.lock().await = None;
+                inner.fleet_changed();
+                if slot.is_retired() {
+                    break;
+                }
+                tracing::warn!(relay = %slot.relay, "relay link down: {err}");
+                retry.after(&slot, err, attempt)
             }
             Err(e) => {
                 // One line per new reason; the same failure again is only a debug line.
                 let text = e.to_string();
                 if last_failure.as_deref() != Some(text.as_str()) {
-                    tracing::warn!(attempt, "relay connect failed: {text}; retrying");
+                    tracing::warn!(attempt, relay = %slot.relay, "relay connect failed: {text}; retrying");
                     last_failure = Some(text);
                 } else {
                     tracing::debug!(attempt, "relay connect failed: {text}");
                 }
-                retry.after(&inner, e, attempt)
+                let wait = retry.after(&slot, e, attempt);
+                slot.tried.send_replace(true);
+                inner.fleet_changed();
+                wait
             }
         };
+        inner.fleet_changed();
         tokio::time::sleep(next).await;
     }
 }
 
-/// The waits between attempts to reach the relay.
+/// What a node fetches over a link that just came up: the relay map (fleet nodes), then the
+/// revocation lists and rotations published while it was away.
+async fn catch_up_on(inner: &Arc<Inner>, slot: &Slot) {
+    if inner.fleet.is_some() {
+        match slot_exchange(inner, slot, NodeToRelay::MapQuery).await {
+            Ok(mut answers) => match answers.pop() {
+                Some(RelayToNode::Map { map: Some(map) }) => inner.offer_map(map, slot),
+                Some(RelayToNode::Map { map: None }) => {
+                    tracing::warn!(relay = %slot.relay, "relay holds no relay map");
+                }
+                _ => tracing::warn!(relay = %slot.relay, "relay map query: unexpected answer"),
+            },
+            Err(e) => tracing::warn!("relay map query failed: {e}"),
+        }
+    }
+    match slot_exchange(inner, slot, NodeToRelay::RevocationQuery).await {
+        Ok(pages) => {
+            let (lists, _) = collect_pages(pages);
+            if !lists.is_empty() {
+                let _ = inner.revocations.send(lists);
+            }
+        }
+        Err(e) => tracing::warn!("revocation catch-up failed: {e}"),
+    }
+    match slot_exchange(inner, slot, NodeToRelay::RotationQuery).await {
+        Ok(pages) => {
+            let (_, rotations) = collect_pages(pages);
+            if !rotations.is_empty() {
+                let _ = inner.rotations.send(rotations);
+            }
+        }
+        Err(e) => tracing::warn!("rotation catch-up failed: {e}"),
+    }
+}
+
 struct Retry {
     /// After a failure to connect or a lost link.
     failed: Backoff,
@@ -178,7 +219,7 @@ impl Retry {
 
     /// Records why the link is down in the node's state and returns how long to wait before
     /// the next attempt.
-    fn after(&mut self, inner: &Inner, err: Error, attempt: u32) -> Duration {
+    fn after(&mut self, slot: &Slot, err: Error, attempt: u32) -> Duration {
         match err {
             Error::RelayRefused(refusal) => {
                 let retry_in = if refusal == Refusal::Superseded {
@@ -186,13 +227,12 @@ impl Retry {
                 } else {
                     self.refused.next_wait()
                 };
-                inner
-                    .state
+                slot.state
                     .send_replace(LinkState::Refused { refusal, retry_in });
                 retry_in
             }
             other => {
-                inner.state.send_replace(LinkState::Connecting {
+                slot.state.send_replace(LinkState::Connecting {
                     attempt,
                     last_error: Some(other),
                 });

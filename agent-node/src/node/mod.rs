@@ -1,10 +1,14 @@
-//! [`Node`]: the embeddable API. One outbound relay link, dials out, accepts in.
+//! [`Node`]: the embeddable API. Outbound relay links only (one relay, or a fleet's relays
+//! by rendezvous hashing), dials out, accepts in.
 
 mod config;
 mod conn;
 mod control;
+mod dial;
+mod fleet;
 mod incoming;
 mod link;
+mod slot;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nullport_protocol::relay_link::{
-    LinkErrorCode, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode, SignedRevocations, SignedRotation,
+    LinkErrorCode, NodeToRelay, RelayToNode, SignedRelayMap, SignedRevocations, SignedRotation,
     WitnessedCheckpoint, close_code,
 };
-use nullport_protocol::{DenyReason, DialRequest, HandshakeKeys, NodeId, ServiceName};
-use tokio::sync::{Semaphore, mpsc, watch};
+use nullport_protocol::{DenyReason, HandshakeKeys, NodeId, ServiceName};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 use tracing::Instrument;
@@ -24,13 +28,11 @@ use tracing::Instrument;
 use crate::channel::Channel;
 use crate::drain::Drain;
 use crate::error::{Error, SetupError};
-use crate::handshake::{IncomingChannel, initiate};
-use crate::link::{read_message, write_message};
-use crate::tls::{PresentedKey, client_crypto};
+use crate::handshake::IncomingChannel;
 pub use config::{LinkState, NodeConfig, NodeLimits};
-use conn::{describe, transport_config, wait_connection};
-use control::{collect_pages, control_exchange, control_request};
-use link::run_link;
+use conn::wait_connection;
+use control::{collect_pages, control_exchange, control_request, slot_exchange};
+use slot::Slot;
 
 type Handler = Arc<
     dyn Fn(Channel) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
@@ -74,11 +76,23 @@ struct Inner {
     node_id: NodeId,
     keys: HandshakeKeys,
     config: NodeConfig,
-    client: quinn::ClientConfig,
-    presented: PresentedKey,
+    /// The node's state: its home link's (or, with none, the link being tried first).
     state: watch::Sender<LinkState>,
+    /// The home link's connection.
     conn: watch::Sender<Option<quinn::Connection>>,
-    control: tokio::sync::Mutex<Option<(quinn::SendStream, quinn::RecvStream)>>,
+    /// The home link.
+    home: Mutex<Option<Arc<Slot>>>,
+    /// Every relay link, by relay.
+    slots: Mutex<HashMap<NodeId, Arc<Slot>>>,
+    /// The fleet (pinned admin key, relay map) of a fleet node.
+    fleet: Option<fleet::Fleet>,
+    /// Each newer relay map the node takes.
+    map_updates: watch::Sender<Option<SignedRelayMap>>,
+    /// Wakes the link manager.
+    changed: Notify,
+    endpoint: quinn::Endpoint,
+    /// The links' tasks.
+    tasks: Mutex<JoinSet<()>>,
     pending: Arc<Semaphore>,
     per_peer: Mutex<HashMap<NodeId, usize>>,
     incoming: mpsc::Sender<IncomingChannel>,
@@ -111,10 +125,23 @@ impl Node {
     /// the relay in the background. Use [`Node::wait_online`] to wait for admission.
     pub async fn start(config: NodeConfig) -> Result<Node, Error> {
         let keys = HandshakeKeys::new(&config.identity)?;
-        let presented: PresentedKey = Arc::default();
-        let crypto = client_crypto(&config.identity, config.relay.node_id, presented.clone())?;
-        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        client.transport_config(Arc::new(transport_config(&config.limits)));
+        // Validate the TLS setup once before anything starts (each link builds its own).
+        Slot::new(&config.identity, config.relay.clone(), &config.limits)?;
+        let fleet = config.admin.map(|admin| {
+            let held = config.relay_map.as_ref().and_then(|signed| {
+                match nullport_keyring::relay_map::RelayMap::verify(signed, &admin) {
+                    Ok(map) => Some((map, signed.clone())),
+                    Err(e) => {
+                        tracing::warn!("the relay map held is not used: {e}");
+                        None
+                    }
+                }
+            });
+            fleet::Fleet {
+                admin,
+                map: Mutex::new(held),
+            }
+        });
         let relay_ip = config
             .relay
             .resolve()
@@ -137,14 +164,23 @@ impl Node {
             node_id: config.identity.node_id(),
             keys,
             pending: Arc::new(Semaphore::new(config.limits.max_pending_handshakes)),
-            client,
-            presented,
             state: watch::Sender::new(LinkState::Connecting {
                 attempt: 0,
                 last_error: None,
             }),
             conn: watch::Sender::new(None),
-            control: tokio::sync::Mutex::new(None),
+            home: Mutex::new(None),
+            slots: Mutex::new(HashMap::new()),
+            map_updates: watch::Sender::new(fleet.as_ref().and_then(|f| {
+                f.map
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.as_ref().map(|m| m.1.clone()))
+            })),
+            fleet,
+            changed: Notify::new(),
+            endpoint: endpoint.clone(),
+            tasks: Mutex::new(JoinSet::new()),
             per_peer: Mutex::new(HashMap::new()),
             incoming: incoming_tx,
             revocations: tokio::sync::broadcast::channel(16).0,
@@ -154,7 +190,7 @@ impl Node {
             config,
         });
         let span = tracing::info_span!("node", id = %inner.node_id.fmt_short());
-        let link = tokio::spawn(run_link(inner.clone(), endpoint.clone()).instrument(span));
+        let link = tokio::spawn(fleet::manage(inner.clone()).instrument(span));
         Ok(Node {
             inner,
             incoming: tokio::sync::Mutex::new(incoming_rx),
@@ -200,38 +236,19 @@ impl Node {
             return Err(nullport_protocol::Error::SelfDial.into());
         }
         let inner = &self.inner;
-        let limits = &inner.config.limits;
         let span = tracing::debug_span!("dial", peer = %target.fmt_short(), %service);
+        let in_fleet = inner
+            .fleet
+            .as_ref()
+            .is_some_and(|f| f.map.lock().is_ok_and(|m| m.is_some()));
         timeout(
-            limits.dial_timeout,
+            inner.config.limits.dial_timeout,
             async {
-                let conn = wait_connection(inner, limits.dial_timeout).await?;
-                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| describe(&e))?;
-                write_message(&mut send, &NodeToRelay::Dial { target }, MAX_LINK_MESSAGE).await?;
-                let session = match read_message::<RelayToNode>(&mut recv, MAX_LINK_MESSAGE).await?
-                {
-                    RelayToNode::Dialed { session } => session,
-                    RelayToNode::Error {
-                        code: LinkErrorCode::Offline,
-                    } => return Err(Error::PeerOffline(target)),
-                    RelayToNode::Error { code } => return Err(Error::Link(code)),
-                    _ => return Err(Error::Link(LinkErrorCode::Malformed)),
-                };
-                let request = DialRequest {
-                    expected: target,
-                    session,
-                    service,
-                    blob,
-                };
-                initiate(
-                    &inner.keys,
-                    request,
-                    limits.handshake,
-                    send,
-                    recv,
-                    inner.drain.clone(),
-                )
-                .await
+                if in_fleet {
+                    dial::dial_fleet(inner, target, service, blob).await
+                } else {
+                    dial::dial_home(inner, target, service, blob).await
+                }
             }
             .instrument(span),
         )
@@ -289,16 +306,73 @@ impl Node {
         }
     }
 
-    /// Asks the relay whether `target` is online.
+    /// Asks the relay whether `target` is online (a fleet node: each relay of the target's
+    /// order that this node is linked to, until one holds it).
     pub async fn presence(&self, target: NodeId) -> Result<bool, Error> {
-        match self
-            .control_request(NodeToRelay::Presence { target })
-            .await?
-        {
+        let ask = |answer: RelayToNode| match answer {
             RelayToNode::Presence { target: t, online } if t == target => Ok(online),
             RelayToNode::Error { code } => Err(Error::Link(code)),
             _ => Err(Error::Link(LinkErrorCode::Malformed)),
+        };
+        let home = ask(self
+            .control_request(NodeToRelay::Presence { target })
+            .await?)?;
+        if home || self.inner.fleet.is_none() {
+            return Ok(home);
         }
+        for relay in self.inner.relay_order(&target) {
+            let slot = self
+                .inner
+                .slots
+                .lock()
+                .ok()
+                .and_then(|s| s.get(&relay.node_id).cloned());
+            let Some(slot) = slot.filter(|s| s.connection().is_some()) else {
+                continue;
+            };
+            let mut answers =
+                slot_exchange(&self.inner, &slot, NodeToRelay::Presence { target }).await?;
+            if let Some(answer) = answers.pop()
+                && ask(answer)?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The newest relay map this fleet node holds (verified under its admin key), to keep
+    /// for the next start ([`NodeConfig::relay_map`]); none for a lone-relay node.
+    pub fn relay_map(&self) -> Option<SignedRelayMap> {
+        self.inner.map_updates.borrow().clone()
+    }
+
+    /// A receiver that sees each newer relay map the node takes.
+    pub fn watch_relay_map(&self) -> watch::Receiver<Option<SignedRelayMap>> {
+        self.inner.map_updates.subscribe()
+    }
+
+    /// The relay this node is homed on now (none while it has no link up).
+    pub fn home_relay(&self) -> Option<NodeId> {
+        self.inner
+            .home_slot()
+            .filter(|s| s.connection().is_some())
+            .map(|s| s.relay_id())
+    }
+
+    /// The relays this node holds a link to (up or being connected), and whether each is up.
+    pub fn relay_links(&self) -> Vec<(NodeId, bool)> {
+        self.inner
+            .slots
+            .lock()
+            .map(|slots| {
+                slots
+                    .values()
+                    .filter(|s| !s.is_retired())
+                    .map(|s| (s.relay_id(), s.connection().is_some()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Sends an audit checkpoint to the relay to be countersigned and kept.
@@ -327,7 +401,8 @@ impl Node {
         }
     }
 
-    /// The pinned relay's NodeId.
+    /// The NodeId of the configured relay (a fleet node: the bootstrap relay; see
+    /// [`Node::home_relay`] for where it is homed).
     pub fn relay_id(&self) -> NodeId {
         self.inner.config.relay.node_id
     }
@@ -384,6 +459,7 @@ impl Node {
     pub async fn close(&self) {
         self.inner.drain.settle(CLOSE_SETTLE).await;
         self.link.abort();
+        self.stop_links();
         self.endpoint
             .close(close_code::NORMAL.into(), b"node shutting down");
         let _ = timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
@@ -398,9 +474,25 @@ impl Node {
 /// Longest [`Node::close`] waits for finished channels' last bytes to be acknowledged.
 const CLOSE_SETTLE: Duration = Duration::from_secs(2);
 
+impl Node {
+    /// Stops every link task (they hold the node's state, so they are stopped explicitly).
+    fn stop_links(&self) {
+        if let Ok(mut tasks) = self.inner.tasks.lock() {
+            tasks.abort_all();
+        }
+        if let Ok(mut slots) = self.inner.slots.lock() {
+            slots.clear();
+        }
+        if let Ok(mut home) = self.inner.home.lock() {
+            *home = None;
+        }
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         self.link.abort();
+        self.stop_links();
         self.endpoint
             .close(close_code::NORMAL.into(), b"node shutting down");
     }

@@ -1,0 +1,252 @@
+//! A node's relay links and its home among them.
+//!
+//! A lone-relay node has one link. A fleet node (it pins the network admin key, not one relay
+//! key) holds the signed relay map and keeps its **home** link on the first relay it can reach
+//! in its rendezvous order over the map (`nullport_keyring::relay_map::rendezvous_order`).
+//! The manager here walks that order: every relay before the home keeps being retried (that
+//! is how a node notices its first choice is back), and a relay that comes back becomes home
+//! again only after its link has stayed up for [`NodeLimits::home_settle`] (hysteresis: no
+//! flapping). Links the node no longer needs (a former home, extra links opened to reach
+//! callees homed elsewhere) close once no channel uses them and they have been idle for
+//! [`NodeLimits::extra_link_idle`]. A relay that is not in the map is never dialled.
+//!
+//! [`NodeLimits::home_settle`]: super::NodeLimits::home_settle
+//! [`NodeLimits::extra_link_idle`]: super::NodeLimits::extra_link_idle
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nullport_keyring::relay_map::RelayMap;
+use nullport_protocol::NodeId;
+use nullport_protocol::relay_link::SignedRelayMap;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::Inner;
+use super::config::LinkState;
+use super::link::run_link;
+use super::slot::Slot;
+use crate::error::Error;
+use crate::relay_addr::RelayAddr;
+
+/// How often the manager looks again without being woken.
+const TICK: Duration = Duration::from_millis(250);
+
+/// The fleet side of a node: the pinned admin key and the newest map it verified.
+pub(super) struct Fleet {
+    /// The network admin key that signs relay maps.
+    pub(super) admin: NodeId,
+    /// The newest map verified under `admin`, with its signed form (to hand on).
+    pub(super) map: std::sync::Mutex<Option<(RelayMap, SignedRelayMap)>>,
+}
+
+impl Inner {
+    /// Wakes the manager: a link changed state, or the map changed.
+    pub(super) fn fleet_changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// The relays this node may use, in `node`'s rendezvous order: the map's, once it has
+    /// one; before that (and for a lone relay), the configured relay alone.
+    pub(super) fn relay_order(&self, node: &NodeId) -> Vec<RelayAddr> {
+        let held = self
+            .fleet
+            .as_ref()
+            .and_then(|f| f.map.lock().ok().and_then(|m| m.clone()));
+        let Some((map, _)) = held else {
+            return vec![self.config.relay.clone()];
+        };
+        map.order_for(node)
+            .into_iter()
+            .filter_map(|entry| {
+                // The first address that parses; the map was checked, so one does.
+                entry
+                    .addrs
+                    .iter()
+                    .find_map(|a| format!("{}@{a}", entry.node_id).parse::<RelayAddr>().ok())
+            })
+            .collect()
+    }
+
+    /// The link to `relay`, started if the node has none.
+    pub(super) fn slot_for(self: &Arc<Self>, relay: &RelayAddr) -> Result<Arc<Slot>, Error> {
+        let mut slots = self.slots.lock().map_err(|_| Error::Shutdown)?;
+        if let Some(slot) = slots.get(&relay.node_id)
+            && !slot.is_retired()
+        {
+            return Ok(slot.clone());
+        }
+        let slot = Arc::new(Slot::new(
+            &self.config.identity,
+            relay.clone(),
+            &self.config.limits,
+        )?);
+        slots.insert(relay.node_id, slot.clone());
+        let span = tracing::info_span!("link", relay = %relay.node_id.fmt_short());
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.spawn(
+                run_link(self.clone(), slot.clone(), self.endpoint.clone()).instrument(span),
+            );
+        }
+        Ok(slot)
+    }
+
+    /// The home link now, if the node has one.
+    pub(super) fn home_slot(&self) -> Option<Arc<Slot>> {
+        self.home.lock().ok().and_then(|h| h.clone())
+    }
+
+    /// Takes `signed` as the relay map if it verifies under the pinned admin key and is newer
+    /// than the one held; refuses (and logs) anything else. `from` is the link it came over.
+    pub(super) fn offer_map(&self, signed: SignedRelayMap, from: &Slot) {
+        let Some(fleet) = &self.fleet else {
+            tracing::warn!(relay = %from.relay, "relay map ignored: this node is not in a fleet");
+            return;
+        };
+        let map = match RelayMap::verify(&signed, &fleet.admin) {
+            Ok(map) => map,
+            Err(e) => {
+                tracing::warn!(relay = %from.relay, "relay map refused: {e}");
+                return;
+            }
+        };
+        let Ok(mut held) = fleet.map.lock() else {
+            return;
+        };
+        if let Some((current, _)) = held.as_ref() {
+            match current.accepts(&map) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(relay = %from.relay, "relay map refused: {e}");
+                    return;
+                }
+            }
+        }
+        tracing::info!(
+            version = map.version,
+            relays = map.relays.len(),
+            "relay map in force"
+        );
+        *held = Some((map, signed.clone()));
+        drop(held);
+        self.map_updates.send_replace(Some(signed));
+        self.fleet_changed();
+    }
+
+    /// The relay behind `slot` said it stops within `within_secs`: not a home meanwhile.
+    pub(super) fn relay_draining(&self, slot: &Slot, within_secs: u32) {
+        tracing::info!(relay = %slot.relay, within_secs, "relay announced a planned stop");
+        if let Ok(mut until) = slot.draining_until.lock() {
+            *until = Some(Instant::now() + Duration::from_secs(within_secs.max(1).into()));
+        }
+        self.fleet_changed();
+    }
+}
+
+/// Keeps the node's links and its home in line with its rendezvous order, until the node
+/// stops.
+pub(super) async fn manage(inner: Arc<Inner>) {
+    loop {
+        arrange(&inner);
+        let _ = tokio::time::timeout(TICK, inner.changed.notified()).await;
+    }
+}
+
+/// One pass: walk the order, choose the home, mirror its state, close what is not needed.
+fn arrange(inner: &Arc<Inner>) {
+    let limits = &inner.config.limits;
+    let order = inner.relay_order(&inner.node_id);
+    let current = inner.home_slot();
+    let current_usable = current
+        .as_ref()
+        .is_some_and(|h| h.connection().is_some() && !h.is_draining() && !h.is_retired());
+    let mut wanted = HashSet::new();
+    let mut home: Option<Arc<Slot>> = None;
+    let mut first: Option<Arc<Slot>> = None;
+    let mut fallback: Option<Arc<Slot>> = None;
+    for relay in &order {
+        let Ok(slot) = inner.slot_for(relay) else {
+            continue;
+        };
+        wanted.insert(relay.node_id);
+        first.get_or_insert_with(|| slot.clone());
+        if slot.connection().is_none() {
+            continue;
+        }
+        if slot.is_draining() {
+            fallback.get_or_insert_with(|| slot.clone());
+            continue;
+        }
+        let is_current = current.as_ref().is_some_and(|h| Arc::ptr_eq(h, &slot));
+        let settled = slot.online_for().is_some_and(|t| t >= limits.home_settle);
+        if is_current || !current_usable || settled {
+            home = Some(slot);
+            break;
+        }
+    }
+    let home = home.or(fallback);
+    if let Ok(mut h) = inner.home.lock() {
+        let changed = match (&*h, &home) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            (None, None) => false,
+            _ => true,
+        };
+        if changed {
+            if let Some(new) = &home {
+                tracing::info!(relay = %new.relay, "home relay");
+            }
+            *h = home.clone();
+        }
+    }
+    // Mirror the home link (or, with none, the first link being tried) into the node's state.
+    let shown = home.clone().or(first);
+    if let Some(slot) = &shown {
+        let conn = home.as_ref().and_then(|h| h.connection());
+        let state = if conn.is_some() {
+            LinkState::Online
+        } else {
+            slot.state.borrow().clone()
+        };
+        inner.conn.send_if_modified(|c| {
+            let same = match (&*c, &conn) {
+                (Some(a), Some(b)) => a.stable_id() == b.stable_id(),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                *c = conn.clone();
+            }
+            !same
+        });
+        inner.state.send_if_modified(|s| {
+            let same = s.to_string() == state.to_string();
+            if !same {
+                *s = state;
+            }
+            !same
+        });
+    }
+    // Close what is not needed: links to relays outside the map at once, others once unused
+    // and idle.
+    let in_map: HashSet<NodeId> = order.iter().map(|r| r.node_id).collect();
+    let Ok(mut slots) = inner.slots.lock() else {
+        return;
+    };
+    slots.retain(|id, slot| {
+        if slot.is_retired() {
+            return false;
+        }
+        if wanted.contains(id) {
+            return true;
+        }
+        let drop_now = !in_map.contains(id)
+            || (!slot.in_use() && (slot.idle_for() >= limits.extra_link_idle || slot.is_down()));
+        if drop_now {
+            tracing::debug!(relay = %slot.relay, "closing a link no longer needed");
+            slot.retire();
+        }
+        !drop_now
+    });
+}
