@@ -187,6 +187,10 @@ impl NodeConfig {
         let relay: RelayAddr = format!("{}@{}", bootstrap.relay, bootstrap.addr).parse()?;
         let mut config = Self::new(identity, relay);
         config.admin = Some(bootstrap.admin);
+        // A relay that dies without a word is noticed after `idle_timeout`: shorter than a
+        // lone relay's 30 s, since a fleet node has somewhere to go.
+        config.limits.keep_alive = Duration::from_secs(3);
+        config.limits.idle_timeout = Duration::from_secs(9);
         Ok(config)
     }
 }

@@ -5,6 +5,8 @@
 
 mod exhaustion;
 mod faults;
+mod fleet;
+mod fleet_store;
 mod full_disk;
 mod fuzz_replay;
 mod grpc;

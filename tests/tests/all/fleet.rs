@@ -1,0 +1,364 @@
+//! A fleet of relays on loopback (three real relays, real QUIC, real nodes): homes by
+//! rendezvous hashing, reaching callees homed on other relays, losing and regaining a relay,
+//! planned stops, and maps that are forged, older, or leave a relay out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nullport_keyring::relay_map::{FleetBootstrap, RelayEntry, RelayMap, rendezvous_order};
+use nullport_node::{Node, NodeConfig, NodeLimits};
+use nullport_protocol::relay_link::SignedRelayMap;
+use nullport_protocol::{Identity, NodeId};
+use nullport_tests::{RelayOptions, TestNet, fast_limits, pattern, send_to_sink, sink};
+
+/// Three relays and the admin key of their map.
+struct Fleet {
+    relays: Vec<TestNet>,
+    admin: Identity,
+}
+
+impl Fleet {
+    async fn start(n: usize) -> Fleet {
+        let mut relays = Vec::new();
+        for _ in 0..n {
+            relays.push(TestNet::start_with(RelayOptions::default()).await);
+        }
+        let admin = Identity::generate().unwrap();
+        let fleet = Fleet { relays, admin };
+        let signed = fleet.map(1, &fleet.admin);
+        for r in &fleet.relays {
+            r.relay().handle().set_relay_map(signed.clone()).unwrap();
+        }
+        fleet
+    }
+
+    fn entries(&self) -> Vec<RelayEntry> {
+        self.relays
+            .iter()
+            .map(|r| RelayEntry {
+                node_id: r.relay_identity.node_id(),
+                addrs: vec![r.addr.to_string()],
+                region: None,
+            })
+            .collect()
+    }
+
+    fn map(&self, version: u64, signer: &Identity) -> SignedRelayMap {
+        RelayMap {
+            admin: signer.node_id(),
+            version,
+            issued: 1,
+            relays: self.entries(),
+        }
+        .sign(signer)
+        .unwrap()
+    }
+
+    /// The index of `node`'s relays in its rendezvous order.
+    fn order(&self, node: &NodeId) -> Vec<usize> {
+        let entries = self.entries();
+        rendezvous_order(node, &entries)
+            .iter()
+            .map(|e| {
+                self.relays
+                    .iter()
+                    .position(|r| r.relay_identity.node_id() == e.node_id)
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    fn bootstrap(&self, via: usize) -> FleetBootstrap {
+        FleetBootstrap {
+            admin: self.admin.node_id(),
+            relay: self.relays[via].relay_identity.node_id(),
+            addr: self.relays[via].addr.to_string(),
+        }
+    }
+
+    fn relay_id(&self, i: usize) -> NodeId {
+        self.relays[i].relay_identity.node_id()
+    }
+
+    /// A node of this fleet (bootstrapped through relay `via`), not yet waited for.
+    async fn node(&self, identity: Identity, via: usize) -> Node {
+        let mut config = NodeConfig::fleet(Arc::new(identity), &self.bootstrap(via)).unwrap();
+        config.limits = fleet_limits();
+        Node::start(config).await.unwrap()
+    }
+
+    /// Identities whose home is relay `home` (the first `count` found).
+    fn homed_on(&self, home: usize, count: usize) -> Vec<Identity> {
+        let mut found = Vec::new();
+        while found.len() < count {
+            let id = Identity::generate().unwrap();
+            if self.order(&id.node_id())[0] == home {
+                found.push(id);
+            }
+        }
+        found
+    }
+}
+
+fn fleet_limits() -> NodeLimits {
+    NodeLimits {
+        home_settle: Duration::from_millis(1500),
+        extra_link_idle: Duration::from_secs(1),
+        relay_answer_timeout: Duration::from_secs(1),
+        keep_alive: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(1500),
+        ..fast_limits()
+    }
+}
+
+/// Waits until `node` is homed on `relay`, returning how long that took.
+async fn wait_home(node: &Node, relay: NodeId, within: Duration) -> Duration {
+    let start = Instant::now();
+    while node.home_relay() != Some(relay) {
+        assert!(
+            start.elapsed() < within,
+            "node {} not homed on {} within {within:?} (home: {:?})",
+            node.node_id(),
+            relay,
+            node.home_relay()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_spread_by_the_hash_and_reach_callees_homed_on_other_relays() {
+    let fleet = Fleet::start(3).await;
+    // One caller homed on relay 0, callees homed on relays 1 and 2; all bootstrap via 0.
+    let caller_id = fleet.homed_on(0, 1).remove(0);
+    let mut callees = Vec::new();
+    for home in [1, 2] {
+        let id = fleet.homed_on(home, 1).remove(0);
+        let node = fleet.node(id, 0).await;
+        wait_home(&node, fleet.relay_id(home), Duration::from_secs(10)).await;
+        callees.push(Arc::new(node));
+    }
+    let caller = fleet.node(caller_id, 0).await;
+    wait_home(&caller, fleet.relay_id(0), Duration::from_secs(10)).await;
+    assert!(
+        caller.relay_map().is_some(),
+        "the caller took the relay map"
+    );
+    // Each relay holds its own nodes (a callee moved off the bootstrap relay once settled
+    // at home: its extra link there closes when idle).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (i, callee) in callees.iter().enumerate() {
+        let home = i + 1;
+        assert!(fleet.relays[home].relay().is_online(&callee.node_id()));
+        assert_eq!(callee.relay_links(), vec![(fleet.relay_id(home), true)]);
+    }
+    // Byte-exact transfers (SHA-256 checked by the sink) to both callees.
+    for (i, callee) in callees.iter().enumerate() {
+        let c = callee.clone();
+        tokio::spawn(async move { sink(&c).await });
+        let data = pattern(1 << 20, 7 + i as u64);
+        send_to_sink(&caller, callee.node_id(), &data).await;
+    }
+    // The caller opened extra links to relays 1 and 2; they close once idle.
+    let linked: Vec<NodeId> = caller.relay_links().into_iter().map(|(r, _)| r).collect();
+    assert_eq!(linked.len(), 3, "home plus two extra links: {linked:?}");
+    let start = Instant::now();
+    while caller.relay_links().len() > 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "extra links not closed when idle"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(caller.relay_links(), vec![(fleet.relay_id(0), true)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_relay_moves_only_its_nodes_which_return_home_without_flapping() {
+    let mut fleet = Fleet::start(3).await;
+    let lost = 1;
+    // Eight nodes homed on the relay that will be lost, two on each of the others.
+    let mut nodes: Vec<(Arc<Node>, Vec<usize>)> = Vec::new();
+    for (home, count) in [(0usize, 2usize), (1, 8), (2, 2)] {
+        for id in fleet.homed_on(home, count) {
+            let order = fleet.order(&id.node_id());
+            let node = Arc::new(fleet.node(id, 0).await);
+            let serving = node.clone();
+            tokio::spawn(async move { sink(&serving).await });
+            nodes.push((node, order));
+        }
+    }
+    for (node, order) in &nodes {
+        wait_home(node, fleet.relay_id(order[0]), Duration::from_secs(10)).await;
+    }
+    // A transfer between nodes homed on the two other relays runs across the loss.
+    let a = nodes[0].0.clone();
+    let b = nodes[nodes.len() - 1].0.node_id();
+    let across = tokio::spawn(async move {
+        let data = pattern(8 << 20, 11);
+        send_to_sink(&a, b, &data).await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Lose relay 1.
+    let lost_at = Instant::now();
+    if let Some(relay) = fleet.relays[lost].relay.take() {
+        relay.shutdown().await;
+    }
+    let mut failover = Vec::new();
+    for (node, order) in &nodes {
+        if order[0] == lost {
+            let moved = wait_home(node, fleet.relay_id(order[1]), Duration::from_secs(10)).await;
+            // Reachable there from a node homed elsewhere, within the same bound.
+            send_to_sink(&nodes[0].0, node.node_id(), &pattern(4096, 5)).await;
+            failover.push(moved.max(lost_at.elapsed()));
+        } else {
+            assert_eq!(
+                node.home_relay(),
+                Some(fleet.relay_id(order[0])),
+                "a node moved though its home stayed"
+            );
+        }
+    }
+    failover.sort();
+    eprintln!(
+        "failover after a relay stop (home moved and reached): p50 {:?}, max {:?} over {} nodes",
+        failover[failover.len() / 2],
+        failover[failover.len() - 1],
+        failover.len()
+    );
+    // The transfer across the loss completed intact (the sink checked its SHA-256).
+    across.await.unwrap();
+    // Relay 1 comes back (same key, same port): its nodes go home after the settle time.
+    fleet.relays[lost].restart(RelayOptions::default()).await;
+    fleet.relays[lost]
+        .relay()
+        .handle()
+        .set_relay_map(fleet.map(1, &fleet.admin))
+        .unwrap();
+    for (node, order) in &nodes {
+        wait_home(node, fleet.relay_id(order[0]), Duration::from_secs(15)).await;
+    }
+    // No flapping: for two more seconds every node stays where it is.
+    let settled: Vec<Option<NodeId>> = nodes.iter().map(|(n, _)| n.home_relay()).collect();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now: Vec<Option<NodeId>> = nodes.iter().map(|(n, _)| n.home_relay()).collect();
+        assert_eq!(now, settled, "a node changed home after settling");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_announcing_a_stop_sees_its_nodes_move_first_and_loses_no_new_channel() {
+    let mut fleet = Fleet::start(3).await;
+    let stopping = 2;
+    let callee_id = fleet.homed_on(stopping, 1).remove(0);
+    let next = fleet.order(&callee_id.node_id())[1];
+    let callee = Arc::new(fleet.node(callee_id, 0).await);
+    let serving = callee.clone();
+    tokio::spawn(async move { sink(&serving).await });
+    let caller = fleet.node(fleet.homed_on(0, 1).remove(0), 0).await;
+    wait_home(&callee, fleet.relay_id(stopping), Duration::from_secs(10)).await;
+    wait_home(&caller, fleet.relay_id(0), Duration::from_secs(10)).await;
+    fleet.relays[stopping]
+        .relay()
+        .handle()
+        .announce_drain(Duration::from_secs(3));
+    let moved = wait_home(&callee, fleet.relay_id(next), Duration::from_secs(3)).await;
+    eprintln!("moved off a draining relay in {moved:?}");
+    // A channel opened after the announcement, still running when the relay stops: it runs
+    // through the callee's next relay, so it survives.
+    let callee_id = callee.node_id();
+    let data = pattern(4 << 20, 9);
+    let transfer = tokio::spawn(async move { send_to_sink(&caller, callee_id, &data).await });
+    if let Some(relay) = fleet.relays[stopping].relay.take() {
+        relay.shutdown().await;
+    }
+    transfer.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_older_maps_are_refused_and_unlisted_relays_are_never_dialled() {
+    let fleet = Fleet::start(2).await;
+    // A relay whose map is signed by another key (it accepts it: relays pin nothing).
+    let rogue = TestNet::start_with(RelayOptions::default()).await;
+    let mallory = Identity::generate().unwrap();
+    let forged = RelayMap {
+        admin: mallory.node_id(),
+        version: 99,
+        issued: 1,
+        relays: vec![RelayEntry {
+            node_id: rogue.relay_identity.node_id(),
+            addrs: vec![rogue.addr.to_string()],
+            region: None,
+        }],
+    }
+    .sign(&mallory)
+    .unwrap();
+    rogue.relay().handle().set_relay_map(forged).unwrap();
+    // A node of the fleet that bootstraps through the rogue relay refuses its map: it stays
+    // on the bootstrap relay alone, with no map.
+    let bootstrap = FleetBootstrap {
+        admin: fleet.admin.node_id(),
+        relay: rogue.relay_identity.node_id(),
+        addr: rogue.addr.to_string(),
+    };
+    let mut config =
+        NodeConfig::fleet(Arc::new(Identity::generate().unwrap()), &bootstrap).unwrap();
+    config.limits = fleet_limits();
+    let fooled = Node::start(config).await.unwrap();
+    fooled.wait_online(Duration::from_secs(5)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(fooled.relay_map().is_none(), "a forged map was taken");
+    assert_eq!(fooled.relay_links().len(), 1);
+
+    // A node holding map version 2 (which lists only the fleet's relays) is handed version 1
+    // by a relay: refused, and the version held stays 2.
+    let v2 = fleet.map(2, &fleet.admin);
+    let mut config =
+        NodeConfig::fleet(Arc::new(Identity::generate().unwrap()), &fleet.bootstrap(0)).unwrap();
+    config.limits = fleet_limits();
+    config.relay_map = Some(v2.clone());
+    let node = Node::start(config).await.unwrap();
+    node.wait_online(Duration::from_secs(5)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        node.relay_map(),
+        Some(v2.clone()),
+        "an older map replaced a newer one"
+    );
+
+    // A node holding a map that leaves the bootstrap relay out never dials it.
+    let only_second = RelayMap {
+        admin: fleet.admin.node_id(),
+        version: 3,
+        issued: 1,
+        relays: vec![fleet.entries()[1].clone()],
+    }
+    .sign(&fleet.admin)
+    .unwrap();
+    let mut config =
+        NodeConfig::fleet(Arc::new(Identity::generate().unwrap()), &fleet.bootstrap(0)).unwrap();
+    config.limits = fleet_limits();
+    config.relay_map = Some(only_second);
+    let listed_only = Node::start(config).await.unwrap();
+    listed_only
+        .wait_online(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(listed_only.home_relay(), Some(fleet.relay_id(1)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !fleet.relays[0].relay().is_online(&listed_only.node_id()),
+        "a relay left out of the map was dialled"
+    );
+    assert!(
+        fleet.relays[0]
+            .relay()
+            .nodes()
+            .iter()
+            .all(|n| n.node != listed_only.node_id()),
+        "a relay left out of the map saw the node"
+    );
+}
