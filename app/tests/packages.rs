@@ -45,6 +45,7 @@ async fn installed_packages_run_from_their_paths() {
     for file in [
         "/lib/systemd/system/nullport.service",
         "/lib/systemd/system/nullport-relay.service",
+        "/lib/systemd/system/nullport-relay-fleet.service",
         "/usr/lib/systemd/user/nullport.service",
         "/usr/share/bash-completion/completions/nullport",
         "/usr/share/bash-completion/completions/nullport-relay",

@@ -241,6 +241,7 @@ async fn systemd_units_verify() {
         "nullport.service",
         "nullport-user.service",
         "nullport-relay.service",
+        "nullport-relay-fleet.service",
     ] {
         let path = dist.join(unit);
         let out = Command::new("systemd-analyze")
