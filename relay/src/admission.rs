@@ -69,6 +69,9 @@ pub struct Admission {
     /// Rotations: old -> new, and new -> old (a key inherits the revocation of the keys it
     /// was rotated from).
     rotated: RwLock<(HashMap<NodeId, NodeId>, HashMap<NodeId, NodeId>)>,
+    /// Members of the fleet's shared store (`--store etcd://`): keys enrolled with an invite
+    /// or rotated to through any relay, admitted in allowlist mode like the file's entries.
+    members: RwLock<HashSet<NodeId>>,
     refusals: AtomicU64,
     enroll: AtomicBool,
 }
@@ -88,6 +91,7 @@ impl Admission {
             mode,
             revoked: RwLock::default(),
             rotated: RwLock::default(),
+            members: RwLock::default(),
             refusals: AtomicU64::new(0),
             enroll: AtomicBool::new(false),
         }
@@ -138,7 +142,9 @@ impl Admission {
         match &self.mode {
             Mode::Open => Ok(()),
             Mode::AllowList { state, .. } => {
-                if state.read().map(|s| s.0.contains(id)).unwrap_or(false) {
+                if state.read().map(|s| s.0.contains(id)).unwrap_or(false)
+                    || self.members.read().map(|m| m.contains(id)).unwrap_or(false)
+                {
                     Ok(())
                 } else {
                     Err(Refusal::NotListed)
@@ -286,6 +292,9 @@ impl Admission {
             r.0.insert(*id, *new);
             r.1.insert(*new, *id);
         }
+        if let Ok(mut m) = self.members.write() {
+            m.remove(id);
+        }
         let Mode::AllowList { path, state } = &self.mode else {
             return;
         };
@@ -314,6 +323,27 @@ impl Admission {
         // Read back what the file says now (an operator's edit included).
         if let Ok(read) = read_allowlist(path) {
             *s = read;
+        }
+    }
+
+    /// Admits `id` as a member of the fleet's shared store (from now on, in allowlist mode;
+    /// the allowlist file is left alone). A barred key is refused.
+    pub fn add_member(&self, id: NodeId) -> Result<(), Refusal> {
+        match self.check(&id) {
+            Ok(()) | Err(Refusal::NotListed) => {}
+            Err(barred) => return Err(barred),
+        }
+        if let Ok(mut m) = self.members.write() {
+            m.insert(id);
+        }
+        Ok(())
+    }
+
+    /// Stops admitting `id` as a member of the shared store (it was removed there); an entry
+    /// in the allowlist file still admits it.
+    pub fn remove_member(&self, id: &NodeId) {
+        if let Ok(mut m) = self.members.write() {
+            m.remove(id);
         }
     }
 

@@ -22,6 +22,10 @@ pub struct RelayConfig {
     /// Where to keep state that must survive a restart (witnessed audit checkpoints); none:
     /// memory only.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Where that state lives: the state directory's files (default), or an etcd cluster
+    /// shared with the other relays of a fleet (then the state directory holds only the
+    /// network admin's list file).
+    pub store: crate::store::StoreSpec,
     /// Test-only hooks (feature `testing`).
     #[cfg(feature = "testing")]
     pub testing: crate::testing::TestHooks,
@@ -36,6 +40,7 @@ impl RelayConfig {
             admission,
             limits: RelayLimits::default(),
             state_dir: None,
+            store: crate::store::StoreSpec::default(),
             #[cfg(feature = "testing")]
             testing: crate::testing::TestHooks::default(),
         }

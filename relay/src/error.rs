@@ -42,6 +42,9 @@ pub enum Error {
     /// it holds, or not listing this relay.
     #[error("relay map refused: {0}")]
     RelayMap(String),
+    /// The state store (`--store`) could not be opened or could not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl From<StateError> for Error {
@@ -94,4 +97,28 @@ pub enum StateError {
     /// The blocking task reading or writing the state died.
     #[error("state task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+/// Why the state store (`--store`) could not decide or could not be opened.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The shared store did not answer in time or refused to (etcd without quorum, or
+    /// unreachable). Decisions that need it fail closed.
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    /// The `--store` value does not parse.
+    #[error("--store {spec:?}: {why}")]
+    Spec {
+        /// The value given.
+        spec: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// `--store etcd://...` on a relay built without etcd support.
+    #[error(
+        "--store etcd://...: this nullport-relay was built without the `etcd` cargo feature \
+         (build it with `cargo build -p nullport-relay --features etcd`)"
+    )]
+    NotBuilt,
 }

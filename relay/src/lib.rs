@@ -25,7 +25,7 @@ pub mod tls;
 
 pub use admission::{Admission, Refusal};
 pub use config::{RelayConfig, RelayLimits};
-pub use error::{Error, StateError};
+pub use error::{Error, StateError, StoreError};
 pub use metrics::Metrics;
 pub use nodes::NodeStats;
 pub use server::{Relay, RelayHandle};

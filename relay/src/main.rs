@@ -185,6 +185,11 @@ struct RunArgs {
     /// revocation lists, used invites).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Keep that state in an etcd cluster shared by the relays of a fleet instead:
+    /// `etcd://host:port,host:port,...` (needs a relay built with the `etcd` feature; see
+    /// docs/fleet-store.md). --state-dir then holds only the network admin's list file.
+    #[arg(long, value_name = "etcd://HOST:PORT,...")]
+    store: Option<nullport_relay::store::StoreSpec>,
     /// With --allow: let unknown keys connect only to enroll with an invite (`invite`).
     #[arg(long, requires = "allow")]
     enroll: bool,
@@ -299,6 +304,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     config.state_dir = args.state_dir.clone();
+    config.store = args.store.clone().unwrap_or_default();
     let mut relay = Relay::bind(config).await?;
     say!(
         "nullport-relay listening on udp {} as {}",

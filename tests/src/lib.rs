@@ -4,6 +4,7 @@
 // A test-only crate: its harness reports failures by panicking.
 #![allow(clippy::unwrap_used)]
 
+pub mod etcd;
 pub mod fuzz;
 pub mod skip;
 
@@ -41,6 +42,8 @@ pub struct RelayOptions {
     pub state_dir: Option<std::path::PathBuf>,
     /// Let unknown keys connect to enroll with an invite.
     pub enroll: bool,
+    /// The state store (None: the state directory's files).
+    pub store: Option<nullport_relay::store::StoreSpec>,
 }
 
 impl TestNet {
@@ -131,6 +134,7 @@ async fn start_relay(identity: &Arc<Identity>, options: RelayOptions) -> Relay {
     }
     config.testing = options.hooks;
     config.state_dir = options.state_dir;
+    config.store = options.store.unwrap_or_default();
     // A restarted relay reuses its port; the old socket may take a moment to be released.
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
@@ -140,6 +144,7 @@ async fn start_relay(identity: &Arc<Identity>, options: RelayOptions) -> Relay {
             admission: config.admission.clone(),
             limits: config.limits.clone(),
             state_dir: config.state_dir.clone(),
+            store: config.store.clone(),
             testing: config.testing.clone(),
         };
         match Relay::bind(attempt).await {

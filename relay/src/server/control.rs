@@ -15,7 +15,7 @@ use crate::admission::{AddError, Refusal};
 use crate::link::{ReadError, write_control};
 use crate::push::{Push, revocation_pages, rotation_pages};
 use crate::server::shared::Shared;
-use crate::store::{InviteRefusal, Part};
+use crate::store::{InviteRefusal, RotationPut, StoreError};
 
 /// Serves requests on the control stream until it ends.
 /// Longest the relay waits for a last answer to be acknowledged before it closes a link.
@@ -58,7 +58,7 @@ pub(crate) async fn serve(
                 vec![RelayToNode::Presence { target, online }]
             }
             NodeToRelay::Witness { checkpoint } => {
-                vec![match witness(&shared, node_id, checkpoint) {
+                vec![match witness(&shared, node_id, checkpoint).await {
                     Ok(cp) => RelayToNode::Witnessed {
                         checkpoint: Some(cp),
                     },
@@ -69,13 +69,15 @@ pub(crate) async fn serve(
                 checkpoint: shared.store.witnessed.get(&node_id).map(|c| c.clone()),
             }],
             NodeToRelay::PublishRevocations { list } => {
-                vec![match publish_revocations(&shared, node_id, list.clone()) {
-                    Ok(()) => RelayToNode::Revocations {
-                        lists: vec![list],
-                        more: false,
+                vec![
+                    match publish_revocations(&shared, node_id, list.clone()).await {
+                        Ok(()) => RelayToNode::Revocations {
+                            lists: vec![list],
+                            more: false,
+                        },
+                        Err(code) => RelayToNode::Error { code },
                     },
-                    Err(code) => RelayToNode::Error { code },
-                }]
+                ]
             }
             NodeToRelay::RevocationQuery => {
                 let lists: Vec<SignedRevocations> = shared
@@ -135,10 +137,20 @@ pub(crate) async fn serve(
     }
 }
 
+/// The refusal a node gets when a decision needs the shared store and it cannot answer (the
+/// relay logs the [`StoreError`], "state store unavailable"): `RateLimited`, the one code that
+/// tells a node to try again later rather than that it is refused for good.
+pub(crate) const STORE_UNAVAILABLE: LinkErrorCode = LinkErrorCode::RateLimited;
+
+fn unavailable(what: &str, e: &StoreError) -> LinkErrorCode {
+    tracing::warn!("{what} refused (fail closed): {e}");
+    STORE_UNAVAILABLE
+}
+
 /// Checks a node's audit checkpoint signature, countersigns it and keeps it as the node's
-/// latest. A checkpoint older than the one held is refused, so a node (or someone holding its
-/// disk) cannot roll the witness back.
-fn witness(
+/// latest. A checkpoint older than the one held (by any relay of a fleet sharing a store) is
+/// refused, so a node (or someone holding its disk) cannot roll the witness back.
+async fn witness(
     shared: &Shared,
     node: NodeId,
     mut cp: WitnessedCheckpoint,
@@ -158,8 +170,11 @@ fn witness(
         &nullport_audit::witness_body(&node, cp.seq, &head),
     );
     cp.relay_sig = Some(Signature(relay_sig));
-    shared.store.witnessed.insert(node, cp.clone());
-    shared.store.touch(Part::Witnessed);
+    match shared.store.witness(node, cp.clone()).await {
+        Ok(true) => {}
+        Ok(false) => return Err(LinkErrorCode::Refused),
+        Err(e) => return Err(unavailable("witnessing a checkpoint", &e)),
+    }
     tracing::debug!(seq = cp.seq, "witnessed audit checkpoint");
     Ok(cp)
 }
@@ -168,8 +183,9 @@ fn witness(
 /// per node, newest wins, so nobody can fill the relay with lists signed by throwaway keys),
 /// newer than the one held, and within the configured number of signers. The relay cannot
 /// forge lists and does not let them roll back. Lists signed with the relay's own key (the
-/// network admin's) come only from the state directory, never over a link.
-fn publish_revocations(
+/// network admin's) come only from the state directory, never over a link. With a shared
+/// store, "newer" is decided there, once for the whole fleet.
+async fn publish_revocations(
     shared: &Shared,
     sender: NodeId,
     list: SignedRevocations,
@@ -182,7 +198,9 @@ fn publish_revocations(
     }
     let parsed =
         nullport_keyring::revocation::verify_signed(&list).map_err(|_| LinkErrorCode::Refused)?;
-    if parsed.signer != sender || parsed.signer == shared.identity.node_id() {
+    if parsed.signer != sender
+        || crate::server::store_sync::admin_keys(shared).contains(&parsed.signer)
+    {
         return Err(LinkErrorCode::Refused);
     }
     {
@@ -205,11 +223,15 @@ fn publish_revocations(
             _ => {}
         }
     }
-    shared
+    match shared
         .store
-        .revocations
-        .insert(parsed.signer, (parsed.version, list.clone()));
-    shared.store.touch(Part::Revocations);
+        .put_list(parsed.signer, parsed.version, list.clone())
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return Err(LinkErrorCode::Refused),
+        Err(e) => return Err(unavailable("a revocation list", &e)),
+    }
     let _ = shared.push.send(Push::Revocations(list));
     tracing::info!(signer = %parsed.signer, version = parsed.version, keys = parsed.keys.len(), tokens = parsed.tokens.len(), "revocation list stored");
     Ok(())
@@ -239,19 +261,25 @@ async fn publish_rotation(
         Err(Refusal::Retired) => return Err(LinkErrorCode::KeyRetired),
         _ => {}
     }
-    match shared.store.rotations.entry(r.old) {
-        dashmap::Entry::Occupied(held) if *held.get() == rotation => return Ok(()),
-        dashmap::Entry::Occupied(_) => return Err(LinkErrorCode::AlreadyRotated),
-        dashmap::Entry::Vacant(slot) => {
-            slot.insert(rotation.clone());
-        }
+    let label = format!("rotated from {}", r.old);
+    match shared
+        .store
+        .put_rotation(r.old, r.new, rotation.clone(), &label)
+        .await
+    {
+        Ok(RotationPut::Stored) => {}
+        Ok(RotationPut::Same) => return Ok(()),
+        Ok(RotationPut::Taken) => return Err(LinkErrorCode::AlreadyRotated),
+        Err(e) => return Err(unavailable("a rotation", &e)),
     }
     let admission = shared.admission.clone();
-    let label = format!("rotated from {}", r.old);
+    let member = shared.store.is_shared();
     let (old, new) = (r.old, r.new);
     let changed = tokio::task::spawn_blocking(move || {
         let added = if admission.is_open() {
             Ok(())
+        } else if member {
+            admission.add_member(new).map_err(AddError::Barred)
         } else {
             admission.add(new, &label)
         };
@@ -264,24 +292,25 @@ async fn publish_rotation(
     match changed {
         Ok(Ok(())) => {}
         Ok(Err(AddError::Barred(refusal))) => {
-            shared.store.rotations.remove(&r.old);
+            shared.store.forget_rotation(&r.old);
             return Err(refusal.link_code());
         }
         other => {
             tracing::error!("rotation {old} -> {new} not recorded: {other:?}");
-            shared.store.rotations.remove(&r.old);
+            shared.store.forget_rotation(&r.old);
             return Err(LinkErrorCode::Refused);
         }
     }
-    shared.store.touch(Part::Rotations);
+    shared.store.touch(crate::store::Part::Rotations);
     let _ = shared.push.send(Push::Rotation(rotation));
     tracing::info!(%old, %new, "key rotation stored; the old key is retired");
     Ok(())
 }
 
-/// Enrolls `node` with an invite signed by this relay's key: valid, unexpired, with a use
-/// left (counted and persisted atomically, so two nodes racing for a one-time invite cannot
-/// both win), and the node's key not barred.
+/// Enrolls `node` with an invite signed by the network admin (this relay's key, or the admin
+/// key of its relay map): valid, unexpired, with a use left (counted and persisted atomically,
+/// so two nodes racing for a one-time invite cannot both win, through this relay or, with a
+/// shared store, through any relay of the fleet), and the node's key not barred.
 pub(crate) async fn enroll(
     shared: &Arc<Shared>,
     node: NodeId,
@@ -292,7 +321,14 @@ pub(crate) async fn enroll(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let invite = Invite::verify(invite, &shared.identity.node_id(), now).map_err(|e| match e {
+    let mut verified = Err(InviteError::Invalid);
+    for admin in crate::server::store_sync::admin_keys(shared) {
+        verified = Invite::verify(invite, &admin, now);
+        if !matches!(verified, Err(InviteError::Invalid)) {
+            break;
+        }
+    }
+    let invite = verified.map_err(|e| match e {
         InviteError::Expired => LinkErrorCode::InviteExpired,
         _ => LinkErrorCode::InviteInvalid,
     })?;
@@ -300,17 +336,24 @@ pub(crate) async fn enroll(
         Ok(()) | Err(Refusal::NotListed) => {}
         Err(barred) => return Err(barred.link_code()),
     }
+    let label = format!("enrolled with invite {}", invite.id_hex());
     shared
         .store
-        .use_invite(invite.id, invite.uses)
+        .use_invite(invite.id, invite.uses, node, &label)
         .await
         .map_err(|e| match e {
             InviteRefusal::Used => LinkErrorCode::InviteUsed,
             InviteRefusal::NotRecorded => LinkErrorCode::Refused,
+            InviteRefusal::Unavailable => STORE_UNAVAILABLE,
         })?;
     let admission = shared.admission.clone();
-    let label = format!("enrolled with invite {}", invite.id_hex());
-    let added = tokio::task::spawn_blocking(move || admission.add(node, &label)).await;
+    let added = if shared.store.is_shared() {
+        // A member of the shared store (recorded with the use): admitted here from now on,
+        // and at every other relay as soon as its follower sees it.
+        Ok(admission.add_member(node).map_err(AddError::Barred))
+    } else {
+        tokio::task::spawn_blocking(move || admission.add(node, &label)).await
+    };
     match added {
         Ok(Ok(())) => {}
         Ok(Err(AddError::Barred(refusal))) => return Err(refusal.link_code()),

@@ -10,6 +10,7 @@ mod control;
 mod dial;
 pub(crate) mod shared;
 pub(crate) mod splice;
+pub(crate) mod store_sync;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -70,13 +71,20 @@ impl RelayHandle {
     pub async fn reload_admin_list(&self) -> Result<u64, Error> {
         let shared = &self.shared;
         if let Some(dir) = shared.store.dir().map(|d| d.to_owned()) {
-            let admin = shared.identity.node_id();
-            let read =
-                tokio::task::spawn_blocking(move || crate::store::read_admin_list(&dir, &admin))
-                    .await
-                    .map_err(StateError::from)??;
+            let admins = store_sync::admin_keys(shared);
+            let read = tokio::task::spawn_blocking(move || {
+                crate::store::read_admin_list_of(&dir, &admins)
+            })
+            .await
+            .map_err(StateError::from)??;
             if let Some((list, signed)) = read {
-                shared.apply_admin_list(&list, signed);
+                // In force here first (a revocation only ever refuses more), then shared
+                // with the fleet: a store that cannot take it now is asked again next time.
+                shared.apply_admin_list(&list, signed.clone());
+                shared
+                    .store
+                    .publish_admin_list(list.signer, list.version, &signed)
+                    .await?;
             }
         }
         Ok(shared.admin_version.load(Ordering::Acquire))
@@ -148,6 +156,11 @@ impl RelayHandle {
         let _ = self.shared.push.send(crate::push::Push::Draining(secs));
     }
 
+    /// How the state store has answered so far (operations, failures, latency).
+    pub fn store_stats(&self) -> crate::store::StoreStats {
+        self.shared.store.stats()
+    }
+
     /// The NodeIds online now.
     pub fn online(&self) -> Vec<NodeId> {
         self.shared.routes.iter().map(|r| *r.key()).collect()
@@ -183,7 +196,7 @@ impl Relay {
             what: "reading local address".into(),
             error,
         })?;
-        let store = Arc::new(Store::load(config.state_dir.clone()).await);
+        let store = Arc::new(Store::open(&config.store, config.state_dir.clone()).await?);
         // Rotated-away keys stay refused for good, across restarts.
         let retired: Vec<(NodeId, NodeId)> = store
             .rotations
@@ -194,7 +207,12 @@ impl Relay {
             })
             .collect();
         let admission = config.admission.clone();
+        let members = store.members();
         tokio::task::spawn_blocking(move || {
+            // Members of a shared store first: a later rotation retires some of them.
+            for id in members {
+                let _ = admission.add_member(id);
+            }
             for (old, new) in &retired {
                 admission.retire(old, new);
             }
@@ -235,11 +253,21 @@ impl Relay {
         }
         .reload_admin_list()
         .await?;
+        // The admin lists the shared store holds (the file's list is applied above).
+        store_sync::enforce_admin_lists(&shared);
         let node_id = config.identity.node_id();
+        let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
         let tasks = vec![
             tokio::spawn(accept_loop(endpoint.clone(), shared.clone())),
-            tokio::spawn(crate::store::persist(store)),
+            tokio::spawn(crate::store::persist(store.clone())),
             tokio::spawn(broadcast::run(shared.clone(), push_rx)),
+            tokio::spawn(
+                crate::store::follow(store, changes_tx).instrument(tracing::info_span!("store")),
+            ),
+            tokio::spawn(
+                store_sync::run(shared.clone(), changes_rx)
+                    .instrument(tracing::info_span!("store_sync")),
+            ),
         ];
         tracing::info!(relay = %node_id, %local_addr, open = shared.admission.is_open(), "relay listening");
         Ok(Relay {

@@ -89,11 +89,11 @@ impl Shared {
     /// admitted, telling it why, and drops the revocation lists of signers no longer
     /// admitted (they can publish no newer one). Returns how many links were closed.
     pub(crate) fn enforce_admission(&self) -> usize {
-        let admin = self.identity.node_id();
+        let admins = super::store_sync::admin_keys(self);
         let before = self.store.revocations.len();
         self.store
             .revocations
-            .retain(|signer, _| *signer == admin || self.admission.check(signer).is_ok());
+            .retain(|signer, _| admins.contains(signer) || self.admission.check(signer).is_ok());
         if self.store.revocations.len() != before {
             self.store.touch(crate::store::Part::Revocations);
         }
@@ -110,27 +110,31 @@ impl Shared {
         closed
     }
 
-    /// Takes the network admin's list (signed with this relay's key) if it is newer than the
-    /// one in force: its keys are refused from now on, their links closed, and the list is
-    /// kept and pushed to every node like any other.
+    /// Takes the network admin's list (signed with this relay's key, or the admin key of its
+    /// relay map) if it is newer than the one in force: its keys are refused from now on,
+    /// their links closed, and the list is kept and pushed to every node like any other.
     pub(crate) fn apply_admin_list(
         &self,
         list: &nullport_keyring::revocation::RevocationList,
         signed: nullport_protocol::relay_link::SignedRevocations,
     ) -> bool {
-        if list.signer != self.identity.node_id()
-            || list.version <= self.admin_version.load(Ordering::Acquire)
-        {
+        if !super::store_sync::admin_keys(self).contains(&list.signer) {
             return false;
         }
-        self.admin_version.store(list.version, Ordering::Release);
-        self.admission.set_revoked(list.keys.iter().copied());
-        self.store
-            .revocations
-            .insert(list.signer, (list.version, signed.clone()));
-        self.store.touch(crate::store::Part::Revocations);
-        let _ = self.push.send(Push::Revocations(signed));
-        let closed = self.enforce_admission();
+        // The newest list of each admin key is in force (with a shared store, the cache may
+        // hold a newer one of this key already, from another relay).
+        let newer = self
+            .store
+            .cache_list(list.signer, list.version, signed.clone());
+        if !newer && list.version <= self.admin_version.load(Ordering::Acquire) {
+            return false;
+        }
+        self.admin_version.fetch_max(list.version, Ordering::AcqRel);
+        if newer {
+            self.store.touch(crate::store::Part::Revocations);
+            let _ = self.push.send(Push::Revocations(signed));
+        }
+        let closed = super::store_sync::enforce_admin_lists(self);
         tracing::info!(
             version = list.version,
             keys = list.keys.len(),

@@ -1,23 +1,29 @@
-//! What the relay keeps across restarts (with `--state-dir`), and its files:
+//! What the relay keeps across restarts and shares with the other relays of a fleet, behind
+//! one interface for two backends ([`StoreSpec`]):
 //!
-//! | file | what | written |
-//! | --- | --- | --- |
-//! | `witnessed.json` | the newest countersigned audit checkpoint of each node | after each witness |
-//! | `revocations.json` | the newest revocation list of each signer | after each new list |
-//! | `rotations.json` | the first rotation of each old key | after each rotation |
-//! | `invites-used.json` | how often each invite was used | before the enrollment is answered |
-//! | `admin-revocations.json` | the network admin's list (signed with the relay key) | by `nullport-relay revoke` |
+//! - **files** (the default, `--state-dir`): this relay alone, see [`files`];
+//! - **etcd** (`--store etcd://host:port,...`, cargo feature `etcd`): the relays of a fleet
+//!   share membership, invite uses, revocation lists, rotations and witnessed checkpoints,
+//!   with etcd transactions wherever a decision must be taken once for all of them (see
+//!   `docs/fleet-store.md`).
 //!
-//! Every write is atomic (temp file, fsync, rename) and happens on a blocking thread, never on
-//! the async runtime. Most files are written by a background task shortly after a change
-//! (several changes coalesce into one write); the invite counts are written while the
-//! invite's lock is held and before the node is told it enrolled, so a use is never lost.
+//! Either way the relay decides admission, dials and splices from its **cached view** (the
+//! maps of [`Store`]) and never waits for the store on those paths. Only the decisions that
+//! change shared state wait for it: using an invite (and so admitting an unknown key),
+//! accepting a newer revocation list, a rotation or a witnessed checkpoint. With etcd, those
+//! fail closed within [`STORE_TIMEOUT`] when it cannot answer (quorum lost), with
+//! [`StoreError::Unavailable`] ("state store unavailable"), and work again once it can.
 
-use std::collections::{BTreeMap, HashMap};
+#[cfg(feature = "etcd")]
+mod etcd;
+pub(crate) mod files;
+#[cfg(feature = "etcd")]
+mod follow;
+mod spec;
+
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use nullport_protocol::NodeId;
@@ -25,21 +31,39 @@ use nullport_protocol::relay_link::{SignedRevocations, SignedRotation, Witnessed
 use tokio::sync::Notify;
 
 use crate::error::StateError;
+pub use crate::error::StoreError;
+pub(crate) use files::persist;
+pub use spec::StoreSpec;
 
 /// The file the network admin's revocation list lives in (inside the state directory).
 pub const ADMIN_REVOCATIONS_FILE: &str = "admin-revocations.json";
 
-/// The relay's persistent state.
+/// Longest a decision waits for the shared store before it fails closed.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The relay's persistent state: the cached view every task reads, and the backend that
+/// decides changes to it.
 pub(crate) struct Store {
+    backend: Backend,
     dir: Option<PathBuf>,
+    /// The newest witnessed checkpoint of each node.
     pub(crate) witnessed: DashMap<NodeId, WitnessedCheckpoint>,
     /// The newest list of each signer, with its version.
     pub(crate) revocations: DashMap<NodeId, (u64, SignedRevocations)>,
     /// The first rotation of each old key.
     pub(crate) rotations: DashMap<NodeId, SignedRotation>,
-    invite_uses: tokio::sync::Mutex<HashMap<[u8; 16], u32>>,
+    invite_uses: files::InviteUses,
     dirty: [AtomicBool; 3],
     changed: Notify,
+    /// The version of the network admin's list this relay last published to the store.
+    admin_published: AtomicU64,
+    stats: Counters,
+}
+
+enum Backend {
+    Files,
+    #[cfg(feature = "etcd")]
+    Etcd(Box<etcd::Etcd>),
 }
 
 /// Which coalesced file a change touches.
@@ -50,10 +74,92 @@ pub(crate) enum Part {
     Rotations = 2,
 }
 
+/// Why an invite use was refused by the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InviteRefusal {
+    /// Every use is taken.
+    Used,
+    /// The count could not be persisted (fail closed).
+    NotRecorded,
+    /// The shared store did not answer in time (fail closed).
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    Unavailable,
+}
+
+/// What a rotation did to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RotationPut {
+    /// Recorded now: the first rotation of this key.
+    Stored,
+    /// This very rotation was already on record.
+    Same,
+    /// Another rotation of this key is on record (the first one wins).
+    Taken,
+}
+
+/// A change another relay made to the shared state, for the server to act on (admit, retire,
+/// push to nodes). Only news reach it: the cache already holds them when it does.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub(crate) enum Change {
+    /// A newer revocation list of `signer`.
+    List {
+        signer: NodeId,
+        version: u64,
+        list: SignedRevocations,
+    },
+    /// The first rotation of `old`.
+    Rotation {
+        old: NodeId,
+        new: NodeId,
+        rotation: SignedRotation,
+    },
+    /// A member (enrolled by an invite, or the new key of a rotation) joined or was removed.
+    Member { id: NodeId, admitted: bool },
+}
+
+/// How the store has answered so far (for metrics and the docs' latency figures).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStats {
+    /// Whether the state is shared with other relays (etcd).
+    pub shared: bool,
+    /// Operations that reached the backend (reads, transactions), answered or not.
+    pub operations: u64,
+    /// Of those, the ones that failed (the store was unavailable).
+    pub failures: u64,
+    /// Sum of the time every answered operation took, in microseconds.
+    pub total_micros: u64,
+    /// The slowest answered operation, in microseconds.
+    pub max_micros: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    operations: AtomicU64,
+    failures: AtomicU64,
+    total_micros: AtomicU64,
+    max_micros: AtomicU64,
+}
+
+impl Counters {
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    fn record<T, E>(&self, started: Instant, result: &Result<T, E>) {
+        self.operations.fetch_add(1, Ordering::Relaxed);
+        if result.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.total_micros.fetch_add(micros, Ordering::Relaxed);
+        self.max_micros.fetch_max(micros, Ordering::Relaxed);
+    }
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("dir", &self.dir)
+            .field("shared", &self.is_shared())
             .field("lists", &self.revocations.len())
             .field("rotations", &self.rotations.len())
             .finish_non_exhaustive()
@@ -61,16 +167,9 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Loads the state kept in `dir` (nothing: memory only). Unreadable files are logged and
-    /// start empty; entries whose signatures do not verify are dropped.
-    pub(crate) async fn load(dir: Option<PathBuf>) -> Store {
-        let loaded = match dir.clone() {
-            Some(dir) => tokio::task::spawn_blocking(move || Loaded::read(&dir))
-                .await
-                .unwrap_or_default(),
-            None => Loaded::default(),
-        };
+    fn with(backend: Backend, dir: Option<PathBuf>, loaded: files::Loaded) -> Store {
         Store {
+            backend,
             dir,
             witnessed: loaded.witnessed.into_iter().collect(),
             revocations: loaded.revocations.into_iter().collect(),
@@ -78,6 +177,31 @@ impl Store {
             invite_uses: tokio::sync::Mutex::new(loaded.invite_uses),
             dirty: Default::default(),
             changed: Notify::new(),
+            admin_published: AtomicU64::new(0),
+            stats: Counters::default(),
+        }
+    }
+
+    /// Loads the state kept in `dir` (nothing: memory only). Unreadable files are logged and
+    /// start empty; entries whose signatures do not verify are dropped.
+    pub(crate) async fn load(dir: Option<PathBuf>) -> Store {
+        let loaded = files::Loaded::load(dir.clone()).await;
+        Store::with(Backend::Files, dir, loaded)
+    }
+
+    /// Opens the store `spec` names. With etcd: connects and loads the shared view (failing
+    /// when the store cannot answer, so that a relay never starts without the revocations
+    /// the fleet agreed on); `dir` then holds only the network admin's list file.
+    pub(crate) async fn open(spec: &StoreSpec, dir: Option<PathBuf>) -> Result<Store, StoreError> {
+        match spec {
+            StoreSpec::Files => Ok(Store::load(dir).await),
+            #[cfg(feature = "etcd")]
+            StoreSpec::Etcd { endpoints } => {
+                let (backend, loaded) = etcd::Etcd::open(endpoints).await?;
+                Ok(Store::with(Backend::Etcd(Box::new(backend)), dir, loaded))
+            }
+            #[cfg(not(feature = "etcd"))]
+            StoreSpec::Etcd { .. } => Err(StoreError::NotBuilt),
         }
     }
 
@@ -86,174 +210,242 @@ impl Store {
         self.dir.as_deref()
     }
 
-    /// Marks `part` as changed; the persister writes it soon.
+    /// Whether the state is shared with other relays (then enrollments and the new keys of
+    /// rotations are members in the store, not lines appended to the allowlist file).
+    pub(crate) fn is_shared(&self) -> bool {
+        !matches!(self.backend, Backend::Files)
+    }
+
+    /// The members the shared store holds (enrolled keys, new keys of rotations).
+    pub(crate) fn members(&self) -> Vec<NodeId> {
+        match &self.backend {
+            Backend::Files => Vec::new(),
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(etcd) => etcd.members(),
+        }
+    }
+
+    /// How the store has answered so far.
+    pub(crate) fn stats(&self) -> StoreStats {
+        StoreStats {
+            shared: self.is_shared(),
+            operations: self.stats.operations.load(Ordering::Relaxed),
+            failures: self.stats.failures.load(Ordering::Relaxed),
+            total_micros: self.stats.total_micros.load(Ordering::Relaxed),
+            max_micros: self.stats.max_micros.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Marks `part` as changed; the persister writes it soon (files only: the shared store
+    /// was written before the cache changed).
     pub(crate) fn touch(&self, part: Part) {
-        if self.dir.is_some() {
+        if self.dir.is_some() && !self.is_shared() {
             self.dirty[part as usize].store(true, Ordering::Release);
             self.changed.notify_one();
         }
     }
 
-    /// Counts one use of invite `id` (at most `uses`), persisting the count before it
-    /// returns: two nodes racing for a one-time invite cannot both win, and a crash right
-    /// after cannot give the use back. A count that cannot be written refuses the use.
-    pub(crate) async fn use_invite(&self, id: [u8; 16], uses: u32) -> Result<(), InviteRefusal> {
-        let mut counts = self.invite_uses.lock().await;
-        let used = counts.get(&id).copied().unwrap_or(0);
-        if used >= uses {
-            return Err(InviteRefusal::Used);
-        }
-        counts.insert(id, used + 1);
-        if let Some(path) = self.dir.as_ref().map(|d| d.join("invites-used.json")) {
-            let entries: Vec<(String, u32)> = counts
-                .iter()
-                .map(|(k, v)| (nullport_protocol::hex::encode(k), *v))
-                .collect();
-            let written = tokio::task::spawn_blocking(move || write_json(&path, &entries)).await;
-            if !matches!(written, Ok(Ok(()))) {
-                counts.insert(id, used);
-                tracing::error!("could not record an invite use; refusing it: {written:?}");
-                return Err(InviteRefusal::NotRecorded);
+    /// Counts one use of invite `id` (at most `uses`) for enrolling `member`, recorded before
+    /// it returns: two nodes racing for a one-time invite cannot both win (through this relay
+    /// or, with etcd, through any relay of the fleet), and a crash right after cannot give the
+    /// use back. With etcd, the use and the membership are one transaction. A use that cannot
+    /// be recorded is refused.
+    pub(crate) async fn use_invite(
+        &self,
+        id: [u8; 16],
+        uses: u32,
+        member: NodeId,
+        label: &str,
+    ) -> Result<(), InviteRefusal> {
+        match &self.backend {
+            Backend::Files => {
+                let _ = (member, label);
+                files::use_invite(&self.invite_uses, self.dir.as_deref(), id, uses).await
+            }
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(etcd) => {
+                let started = Instant::now();
+                let used = etcd.use_invite(id, uses, member, label).await;
+                self.stats.record(started, &used);
+                match used {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(InviteRefusal::Used),
+                    Err(e) => {
+                        tracing::warn!(peer = %member, "invite use refused: {e}");
+                        Err(InviteRefusal::Unavailable)
+                    }
+                }
             }
         }
+    }
+
+    /// Keeps `cp` as `node`'s newest witnessed checkpoint unless the one held (by any relay)
+    /// is newer: `Ok(false)`, a rollback refused.
+    pub(crate) async fn witness(
+        &self,
+        node: NodeId,
+        cp: WitnessedCheckpoint,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Files => {
+                match self.witnessed.entry(node) {
+                    dashmap::Entry::Occupied(held) if held.get().seq > cp.seq => return Ok(false),
+                    dashmap::Entry::Occupied(mut held) => {
+                        held.insert(cp);
+                    }
+                    dashmap::Entry::Vacant(slot) => {
+                        slot.insert(cp);
+                    }
+                }
+                self.touch(Part::Witnessed);
+                Ok(true)
+            }
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(etcd) => {
+                let started = Instant::now();
+                let stored = etcd.witness(node, &cp).await;
+                self.stats.record(started, &stored);
+                if let Ok(true) = stored {
+                    self.cache_witnessed(node, cp);
+                }
+                stored
+            }
+        }
+    }
+
+    /// Keeps `list` (version `version` of `signer`) unless the one held (by any relay) is as
+    /// new or newer: `Ok(false)`.
+    pub(crate) async fn put_list(
+        &self,
+        signer: NodeId,
+        version: u64,
+        list: SignedRevocations,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Files => {
+                let stored = self.cache_list(signer, version, list);
+                if stored {
+                    self.touch(Part::Revocations);
+                }
+                Ok(stored)
+            }
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(etcd) => {
+                let started = Instant::now();
+                let stored = etcd.put_list(signer, version, &list).await;
+                self.stats.record(started, &stored);
+                if let Ok(true) = stored {
+                    self.cache_list(signer, version, list);
+                }
+                stored
+            }
+        }
+    }
+
+    /// Publishes the network admin's list read from the state directory to the shared store
+    /// (once per version; nothing to do for files, whose cache the caller updates).
+    pub(crate) async fn publish_admin_list(
+        &self,
+        signer: NodeId,
+        version: u64,
+        list: &SignedRevocations,
+    ) -> Result<(), StoreError> {
+        if !self.is_shared() || self.admin_published.load(Ordering::Acquire) >= version {
+            return Ok(());
+        }
+        // Stored, or a newer one is held already: either way this version is published.
+        self.put_list(signer, version, list.clone()).await?;
+        self.admin_published.fetch_max(version, Ordering::AcqRel);
         Ok(())
     }
-}
 
-/// Why an invite use was refused by the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum InviteRefusal {
-    /// Every use is taken.
-    Used,
-    /// The count could not be persisted (fail closed).
-    NotRecorded,
-}
-
-/// Writes changed parts of `store` until the store is dropped (coalescing changes that come
-/// within 50 ms of each other).
-pub(crate) async fn persist(store: Arc<Store>) {
-    let Some(dir) = store.dir.clone() else {
-        return;
-    };
-    loop {
-        store.changed.notified().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        for part in [Part::Witnessed, Part::Revocations, Part::Rotations] {
-            if !store.dirty[part as usize].swap(false, Ordering::AcqRel) {
-                continue;
+    /// Records `rotation` (of `old` to `new`) if it is the first one of `old`; with etcd, in
+    /// the same transaction `new` becomes a member (`label` says how).
+    pub(crate) async fn put_rotation(
+        &self,
+        old: NodeId,
+        new: NodeId,
+        rotation: SignedRotation,
+        label: &str,
+    ) -> Result<RotationPut, StoreError> {
+        match &self.backend {
+            Backend::Files => {
+                let _ = (new, label);
+                Ok(self.cache_rotation(old, rotation))
             }
-            let (name, bytes) = match part {
-                Part::Witnessed => {
-                    let all: BTreeMap<String, WitnessedCheckpoint> = store
-                        .witnessed
-                        .iter()
-                        .map(|e| (e.key().to_string(), e.value().clone()))
-                        .collect();
-                    ("witnessed.json", serde_json::to_vec(&all))
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(etcd) => {
+                let started = Instant::now();
+                let put = etcd.put_rotation(old, new, &rotation, label).await;
+                self.stats.record(started, &put);
+                if let Ok(RotationPut::Stored) = put {
+                    self.cache_rotation(old, rotation);
                 }
-                Part::Revocations => {
-                    let all: Vec<SignedRevocations> = store
-                        .revocations
-                        .iter()
-                        .map(|e| e.value().1.clone())
-                        .collect();
-                    ("revocations.json", serde_json::to_vec(&all))
-                }
-                Part::Rotations => {
-                    let all: Vec<SignedRotation> =
-                        store.rotations.iter().map(|e| e.value().clone()).collect();
-                    ("rotations.json", serde_json::to_vec(&all))
-                }
-            };
-            let path = dir.join(name);
-            let written = match bytes {
-                Ok(bytes) => tokio::task::spawn_blocking(move || write_private(&path, &bytes))
-                    .await
-                    .map_err(StateError::from)
-                    .and_then(|r| r),
-                Err(error) => Err(StateError::Json { path, error }),
-            };
-            if let Err(e) = written {
-                tracing::error!("saving {name}: {e}");
-                store.dirty[part as usize].store(true, Ordering::Release);
+                put
+            }
+        }
+    }
+
+    /// Forgets the rotation of `old` (files: its admission change failed after it was
+    /// recorded). The shared store keeps its record: the first rotation wins there for good.
+    pub(crate) fn forget_rotation(&self, old: &NodeId) {
+        if !self.is_shared() {
+            self.rotations.remove(old);
+        }
+    }
+
+    /// Puts `list` in the cache if it is newer than the one held; whether it was.
+    pub(crate) fn cache_list(&self, signer: NodeId, version: u64, list: SignedRevocations) -> bool {
+        match self.revocations.entry(signer) {
+            dashmap::Entry::Occupied(held) if held.get().0 >= version => false,
+            dashmap::Entry::Occupied(mut held) => {
+                held.insert((version, list));
+                true
+            }
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert((version, list));
+                true
+            }
+        }
+    }
+
+    /// Puts `rotation` in the cache if `old` has none yet.
+    fn cache_rotation(&self, old: NodeId, rotation: SignedRotation) -> RotationPut {
+        match self.rotations.entry(old) {
+            dashmap::Entry::Occupied(held) if *held.get() == rotation => RotationPut::Same,
+            dashmap::Entry::Occupied(_) => RotationPut::Taken,
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(rotation);
+                RotationPut::Stored
+            }
+        }
+    }
+
+    /// Puts `cp` in the cache unless the one held is newer.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    fn cache_witnessed(&self, node: NodeId, cp: WitnessedCheckpoint) {
+        match self.witnessed.entry(node) {
+            dashmap::Entry::Occupied(held) if held.get().seq > cp.seq => {}
+            dashmap::Entry::Occupied(mut held) => {
+                held.insert(cp);
+            }
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(cp);
             }
         }
     }
 }
 
-fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
-    let bytes = serde_json::to_vec(value).map_err(|error| StateError::Json {
-        path: path.to_owned(),
-        error,
-    })?;
-    write_private(path, &bytes)
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    nullport_keyring::fs::write_private(path, bytes, true).map_err(|error| match error {
-        nullport_keyring::Error::Io { path, error } => StateError::Io { path, error },
-        error => StateError::Write(error),
-    })
-}
-
-/// What the files held at start.
-#[derive(Default)]
-struct Loaded {
-    witnessed: Vec<(NodeId, WitnessedCheckpoint)>,
-    revocations: Vec<(NodeId, (u64, SignedRevocations))>,
-    rotations: Vec<(NodeId, SignedRotation)>,
-    invite_uses: HashMap<[u8; 16], u32>,
-}
-
-impl Loaded {
-    fn read(dir: &Path) -> Loaded {
-        let mut loaded = Loaded::default();
-        if let Some(entries) =
-            read_json::<BTreeMap<String, WitnessedCheckpoint>>(dir, "witnessed.json")
-        {
-            loaded.witnessed = entries
-                .into_iter()
-                .filter_map(|(id, cp)| Some((id.parse().ok()?, cp)))
-                .collect();
-        }
-        for list in read_json::<Vec<SignedRevocations>>(dir, "revocations.json").unwrap_or_default()
-        {
-            if let Ok(parsed) = nullport_keyring::revocation::verify_signed(&list) {
-                loaded
-                    .revocations
-                    .push((parsed.signer, (parsed.version, list)));
-            }
-        }
-        for r in read_json::<Vec<SignedRotation>>(dir, "rotations.json").unwrap_or_default() {
-            if let Ok(parsed) = nullport_keyring::rotation::verify_signed(&r) {
-                loaded.rotations.push((parsed.old, r));
-            }
-        }
-        for (id, n) in read_json::<Vec<(String, u32)>>(dir, "invites-used.json").unwrap_or_default()
-        {
-            if let Some(id) = nullport_protocol::hex::decode_array::<16>(&id) {
-                loaded.invite_uses.insert(id, n);
-            }
-        }
-        loaded
-    }
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Option<T> {
-    let path = dir.join(name);
-    match std::fs::read(&path) {
-        Ok(bytes) => match serde_json::from_slice(&bytes) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::error!("{}: unreadable, starting without it: {e}", path.display());
-                None
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            tracing::error!("{}: {e}", path.display());
-            None
-        }
+/// Follows the shared store (etcd) until the store is dropped, sending the changes other
+/// relays make to `changes`; nothing to follow for files.
+pub(crate) async fn follow(
+    store: std::sync::Arc<Store>,
+    changes: tokio::sync::mpsc::UnboundedSender<Change>,
+) {
+    match &store.backend {
+        Backend::Files => drop(changes),
+        #[cfg(feature = "etcd")]
+        Backend::Etcd(_) => follow::run(store.clone(), changes).await,
     }
 }
 
@@ -262,6 +454,21 @@ fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Option<T
 pub fn read_admin_list(
     dir: &Path,
     admin: &NodeId,
+) -> Result<
+    Option<(
+        nullport_keyring::revocation::RevocationList,
+        SignedRevocations,
+    )>,
+    StateError,
+> {
+    read_admin_list_of(dir, std::slice::from_ref(admin))
+}
+
+/// Reads the network admin's revocation list from `dir` (none yet: `Ok(None)`); it must be
+/// signed by one of `admins` (a fleet relay's own key, or its relay map's admin key).
+pub fn read_admin_list_of(
+    dir: &Path,
+    admins: &[NodeId],
 ) -> Result<
     Option<(
         nullport_keyring::revocation::RevocationList,
@@ -283,11 +490,11 @@ pub fn read_admin_list(
         Ok(list) => list,
         Err(error) => return Err(StateError::Signature { path, error }),
     };
-    if list.signer != *admin {
+    if !admins.contains(&list.signer) {
         return Err(StateError::WrongSigner {
             path,
             signer: list.signer,
-            admin: *admin,
+            admin: admins.first().copied().unwrap_or(list.signer),
         });
     }
     Ok(Some((list, signed)))
@@ -295,13 +502,14 @@ pub fn read_admin_list(
 
 /// Writes the network admin's list into `dir` (atomically, mode 0600).
 pub fn write_admin_list(dir: &Path, signed: &SignedRevocations) -> Result<(), StateError> {
-    write_json(&dir.join(ADMIN_REVOCATIONS_FILE), signed)
+    files::write_json(&dir.join(ADMIN_REVOCATIONS_FILE), signed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use nullport_protocol::Identity;
+    use std::sync::Arc;
 
     #[tokio::test]
     async fn changes_reach_the_disk_and_come_back() {
@@ -309,7 +517,10 @@ mod tests {
         let store = Arc::new(Store::load(Some(dir.path().to_owned())).await);
         let (a, b) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
         let r = nullport_keyring::rotation::sign(&a, &b, 1);
-        store.rotations.insert(a.node_id(), r.clone());
+        let put = store
+            .put_rotation(a.node_id(), b.node_id(), r.clone(), "rotated")
+            .await;
+        assert_eq!(put.ok(), Some(RotationPut::Stored));
         store.touch(Part::Rotations);
         let task = tokio::spawn(persist(store.clone()));
         let path = dir.path().join("rotations.json");
@@ -325,9 +536,49 @@ mod tests {
             again.rotations.get(&a.node_id()).map(|e| e.clone()),
             Some(r)
         );
-        assert_eq!(store.use_invite([7; 16], 1).await, Ok(()));
-        assert_eq!(store.use_invite([7; 16], 1).await, Err(InviteRefusal::Used));
+        let m = b.node_id();
+        assert_eq!(store.use_invite([7; 16], 1, m, "x").await, Ok(()));
+        assert_eq!(
+            store.use_invite([7; 16], 1, m, "x").await,
+            Err(InviteRefusal::Used)
+        );
         let again = Store::load(Some(dir.path().to_owned())).await;
-        assert_eq!(again.use_invite([7; 16], 1).await, Err(InviteRefusal::Used));
+        assert_eq!(
+            again.use_invite([7; 16], 1, m, "x").await,
+            Err(InviteRefusal::Used)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_file_store_refuses_rollbacks_and_keeps_the_first_rotation() {
+        let store = Store::load(None).await;
+        let n = Identity::from_seed([3; 32]);
+        let cp = |seq| WitnessedCheckpoint {
+            seq,
+            head: nullport_protocol::Digest([0; 32]),
+            node_sig: nullport_protocol::Signature([0; 64]),
+            relay_sig: None,
+        };
+        assert_eq!(store.witness(n.node_id(), cp(5)).await.ok(), Some(true));
+        assert_eq!(store.witness(n.node_id(), cp(4)).await.ok(), Some(false));
+        assert_eq!(store.witness(n.node_id(), cp(5)).await.ok(), Some(true));
+        let (a, b, c) = (
+            Identity::from_seed([1; 32]),
+            Identity::from_seed([2; 32]),
+            Identity::from_seed([4; 32]),
+        );
+        let first = nullport_keyring::rotation::sign(&a, &b, 1);
+        let other = nullport_keyring::rotation::sign(&a, &c, 1);
+        let old = a.node_id();
+        let put = |r: SignedRotation, new: NodeId| {
+            let store = &store;
+            async move { store.put_rotation(old, new, r, "").await.ok() }
+        };
+        assert_eq!(
+            put(first.clone(), b.node_id()).await,
+            Some(RotationPut::Stored)
+        );
+        assert_eq!(put(first, b.node_id()).await, Some(RotationPut::Same));
+        assert_eq!(put(other, c.node_id()).await, Some(RotationPut::Taken));
     }
 }

@@ -1,0 +1,100 @@
+//! Acting on what the other relays of a fleet put in the shared store (`--store etcd://`):
+//! members they enrolled are admitted here, keys they retired are retired here, revocation
+//! lists they accepted are pushed to this relay's nodes (and the network admin's enforced),
+//! all from the cache, in the order the store's follower reports them.
+//!
+//! Also the one place that says who the network admin is: this relay's own key (a lone
+//! relay, as before the fleet) and the admin key of the relay map it holds.
+
+use std::sync::Arc;
+
+use nullport_protocol::NodeId;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::push::Push;
+use crate::server::shared::Shared;
+use crate::store::Change;
+
+/// The keys whose invites and revocation lists bind this relay as the network admin's.
+pub(crate) fn admin_keys(shared: &Shared) -> Vec<NodeId> {
+    let mut keys = vec![shared.identity.node_id()];
+    if let Some(signed) = shared.relay_map()
+        && let Ok(map) = nullport_keyring::relay_map::RelayMap::verify_self_signed(&signed)
+        && !keys.contains(&map.admin)
+    {
+        keys.push(map.admin);
+    }
+    keys
+}
+
+/// Revokes, here, the union of the keys every admin list in the cache revokes (each list
+/// verified again), and closes the links of nodes no longer admitted. Returns how many.
+pub(crate) fn enforce_admin_lists(shared: &Shared) -> usize {
+    let mut revoked = Vec::new();
+    for admin in admin_keys(shared) {
+        let Some(held) = shared.store.revocations.get(&admin).map(|e| e.1.clone()) else {
+            continue;
+        };
+        if let Ok(list) = nullport_keyring::revocation::verify_signed(&held)
+            && list.signer == admin
+        {
+            revoked.extend(list.keys);
+        }
+    }
+    shared.admission.set_revoked(revoked);
+    shared.enforce_admission()
+}
+
+/// Applies the store's changes until the follower stops.
+pub(crate) async fn run(shared: Arc<Shared>, mut changes: UnboundedReceiver<Change>) {
+    while let Some(change) = changes.recv().await {
+        match change {
+            Change::List {
+                signer,
+                version,
+                list,
+            } => {
+                if admin_keys(&shared).contains(&signer) {
+                    let closed = enforce_admin_lists(&shared);
+                    tracing::info!(%signer, version, closed, "network admin's list from the fleet in force");
+                } else if shared.admission.check(&signer).is_err() {
+                    // The same rule as for lists published here: only admitted signers.
+                    shared
+                        .store
+                        .revocations
+                        .remove_if(&signer, |_, held| held.0 == version);
+                    continue;
+                } else {
+                    tracing::info!(%signer, version, "revocation list from the fleet");
+                }
+                let _ = shared.push.send(Push::Revocations(list));
+            }
+            Change::Rotation { old, new, rotation } => {
+                let admission = shared.admission.clone();
+                let retired = tokio::task::spawn_blocking(move || {
+                    let _ = admission.add_member(new);
+                    admission.retire(&old, &new);
+                })
+                .await;
+                if retired.is_err() {
+                    tracing::error!(%old, %new, "rotation from the fleet not applied");
+                    continue;
+                }
+                let closed = shared.enforce_admission();
+                tracing::info!(%old, %new, closed, "key rotation from the fleet; the old key is retired");
+                let _ = shared.push.send(Push::Rotation(rotation));
+            }
+            Change::Member { id, admitted } => {
+                if admitted {
+                    if let Err(barred) = shared.admission.add_member(id) {
+                        tracing::info!(peer = %id, "member from the fleet not admitted: {barred}");
+                    }
+                } else {
+                    shared.admission.remove_member(&id);
+                    let closed = shared.enforce_admission();
+                    tracing::info!(peer = %id, closed, "member removed from the fleet's store");
+                }
+            }
+        }
+    }
+}
