@@ -1,14 +1,15 @@
 //! What the relay keeps across restarts and shares with the other relays of a fleet, behind
 //! one interface for two backends ([`StoreSpec`]):
 //!
-//! - **files** (the default, `--state-dir`): this relay alone, see [`files`];
+//! - **files** (the default, `--state-dir`): this relay alone (the files are listed in
+//!   `store/files.rs`);
 //! - **etcd** (`--store etcd://host:port,...`, cargo feature `etcd`): the relays of a fleet
 //!   share membership, invite uses, revocation lists, rotations and witnessed checkpoints,
 //!   with etcd transactions wherever a decision must be taken once for all of them (see
 //!   `docs/fleet-store.md`).
 //!
 //! Either way the relay decides admission, dials and splices from its **cached view** (the
-//! maps of [`Store`]) and never waits for the store on those paths. Only the decisions that
+//! maps of `Store`) and never waits for the store on those paths. Only the decisions that
 //! change shared state wait for it: using an invite (and so admitting an unknown key),
 //! accepting a newer revocation list, a rotation or a witnessed checkpoint. With etcd, those
 //! fail closed within [`STORE_TIMEOUT`] when it cannot answer (quorum lost), with
