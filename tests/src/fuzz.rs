@@ -37,6 +37,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("channel_plaintext", channel_plaintext),
     ("relay_link_live", relay_link_live),
     ("rpc_frame", rpc_frame),
+    ("relay_map", relay_map),
 ];
 
 /// The deframer and an established channel's reader on arbitrary bytes (first byte: the
@@ -491,4 +492,58 @@ pub fn rpc_frame(data: &[u8]) {
             Err(_) => return,
         }
     }
+}
+
+/// A fleet's signed relay map, as relays and `map show` check it with
+/// `RelayMap::verify_self_signed` (first byte even: the rest is a postcard
+/// `SignedRelayMap`, as it travels; odd: the text of a map file, as `run --map` reads it).
+/// Property: what verifies is in its one canonical encoding and within every bound, verifies
+/// under the admin key it names and under no other, and its file form reads back the same.
+pub fn relay_map(data: &[u8]) {
+    use nullport_keyring::relay_map::{MAX_ADDRS, MAX_RELAYS, RelayMap, RelayMapError};
+    use nullport_relay::map_file::{self, VerifiedMap};
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let verified = if mode % 2 == 0 {
+        let Ok(signed) = postcard::from_bytes::<relay_link::SignedRelayMap>(rest) else {
+            return;
+        };
+        match RelayMap::verify_self_signed(&signed) {
+            Ok(map) => VerifiedMap { map, signed },
+            Err(_) => return,
+        }
+    } else {
+        match map_file::parse(rest) {
+            Ok(v) => v,
+            Err(_) => return,
+        }
+    };
+    let VerifiedMap { map, signed } = &verified;
+    assert_eq!(postcard::to_stdvec(map).unwrap(), signed.body);
+    assert_eq!(RelayMap::verify(signed, &map.admin).as_ref(), Ok(map));
+    let other = Identity::from_seed([0x5a; 32]).node_id();
+    if other != map.admin {
+        assert!(matches!(
+            RelayMap::verify(signed, &other),
+            Err(RelayMapError::WrongAdmin { .. })
+        ));
+    }
+    assert!(!map.relays.is_empty() && map.relays.len() <= MAX_RELAYS);
+    assert!(
+        map.relays
+            .windows(2)
+            .all(|w| w[0].node_id.as_bytes() < w[1].node_id.as_bytes())
+    );
+    assert!(
+        map.relays
+            .iter()
+            .all(|r| (1..=MAX_ADDRS).contains(&r.addrs.len()))
+    );
+    assert_eq!(map.accepts(map), Ok(false));
+    let text = map_file::render(&verified);
+    assert_eq!(
+        map_file::parse(text.as_bytes()).ok().as_ref(),
+        Some(&verified)
+    );
 }

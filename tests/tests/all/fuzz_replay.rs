@@ -81,3 +81,33 @@ fn structure_aware_fuzz_harnesses_reach_past_the_aead() {
         b"abcd"
     );
 }
+
+/// The `relay_map` seeds hold genuinely signed maps in both forms the target reads (a
+/// travelling `SignedRelayMap`, first byte even; a map file, odd), so the fuzzer starts from
+/// inputs that reach its property checks, past the signature.
+#[test]
+fn relay_map_seeds_reach_past_the_signature_in_both_forms() {
+    use nullport_keyring::relay_map::RelayMap;
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/relay_map");
+    let (mut travelling, mut files) = (0, 0);
+    for entry in std::fs::read_dir(seeds).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        match data.split_first() {
+            Some((mode, rest)) if mode % 2 == 0 => {
+                if let Ok(signed) =
+                    postcard::from_bytes::<nullport_protocol::relay_link::SignedRelayMap>(rest)
+                    && RelayMap::verify_self_signed(&signed).is_ok()
+                {
+                    travelling += 1;
+                }
+            }
+            Some((_, rest)) => {
+                if nullport_relay::map_file::parse(rest).is_ok() {
+                    files += 1;
+                }
+            }
+            None => {}
+        }
+    }
+    assert!(travelling >= 3 && files >= 3, "{travelling} {files}");
+}
