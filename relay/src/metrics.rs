@@ -40,6 +40,15 @@ pub struct Metrics {
     pub map_version: AtomicU64,
     /// Drains announced to the nodes (a planned stop: `RelayHandle::announce_drain`).
     pub drains_announced: AtomicU64,
+    /// Operations the shared state store (`--store etcd://`) answered.
+    pub store_ok: AtomicU64,
+    /// Operations it did not answer in time or refused (quorum lost, unreachable): each one a
+    /// decision that failed closed.
+    pub store_unavailable: AtomicU64,
+    /// Sum of the answered operations' latency, in microseconds.
+    pub store_micros: AtomicU64,
+    /// The slowest answered operation, in microseconds.
+    pub store_max_micros: AtomicU64,
 }
 
 /// A snapshot of the nodes online, for `/nodes` and the per-node series.
@@ -132,6 +141,27 @@ impl Metrics {
             "counter",
             "Planned stops announced to the nodes (they move to their next relay).",
             &[("", g(&self.drains_announced))],
+        );
+        metric(
+            "nullport_relay_store_operations_total",
+            "counter",
+            "Shared state store (etcd) operations by outcome (unavailable: failed closed).",
+            &[
+                ("{result=\"ok\"}", g(&self.store_ok)),
+                ("{result=\"unavailable\"}", g(&self.store_unavailable)),
+            ],
+        );
+        metric(
+            "nullport_relay_store_latency_micros_total",
+            "counter",
+            "Sum of the answered store operations' latency in microseconds (divide by the ok operations for the mean).",
+            &[("", g(&self.store_micros))],
+        );
+        metric(
+            "nullport_relay_store_latency_max_micros",
+            "gauge",
+            "The slowest answered store operation so far, in microseconds.",
+            &[("", g(&self.store_max_micros))],
         );
         let build = format!(
             "{{version=\"{}\",relay_link=\"{}\"}}",

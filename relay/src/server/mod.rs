@@ -196,7 +196,9 @@ impl Relay {
             what: "reading local address".into(),
             error,
         })?;
-        let store = Arc::new(Store::open(&config.store, config.state_dir.clone()).await?);
+        let metrics = Arc::new(Metrics::default());
+        let store = Store::open(&config.store, config.state_dir.clone(), metrics.clone()).await?;
+        let store = Arc::new(store);
         // Rotated-away keys stay refused for good, across restarts.
         let retired: Vec<(NodeId, NodeId)> = store
             .rotations
@@ -235,7 +237,7 @@ impl Relay {
             ),
             limits: config.limits,
             admission: config.admission,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             routes: dashmap::DashMap::new(),
             next_session: AtomicU64::new(initial_session()),
             next_generation: AtomicU64::new(1),

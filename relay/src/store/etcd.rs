@@ -20,6 +20,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -33,6 +34,16 @@ use super::{RotationPut, STORE_TIMEOUT, StoreError};
 
 /// Every key of nullport's shared state starts with this (version 1 of its layout).
 pub(super) const PREFIX: &str = "/nullport/v1/";
+
+/// Longest one attempt waits for a member (then the next attempt, within the operation's
+/// [`STORE_TIMEOUT`], may reach another).
+const ATTEMPT: std::time::Duration = std::time::Duration::from_millis(750);
+
+/// Pause before trying again when a member did not answer.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The file left in the state directory once its files were imported into the store.
+pub(super) const IMPORTED: &str = "imported-into-etcd";
 
 /// The relay's link to the etcd cluster.
 pub(super) struct Etcd {
@@ -79,15 +90,19 @@ pub(super) async fn within<T>(
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(StoreError::Unavailable(format!("{what}: {e}"))),
         Err(_) => Err(StoreError::Unavailable(format!(
-            "{what}: no answer within {} s",
+            "{what}: no answer in time (each decision waits {} s at most)",
             STORE_TIMEOUT.as_secs()
         ))),
     }
 }
 
 impl Etcd {
-    /// Connects to the cluster and loads the whole shared view.
-    pub(super) async fn open(endpoints: &[String]) -> Result<(Etcd, Loaded), StoreError> {
+    /// Connects to the cluster, brings in what the state directory `dir` holds (once: a
+    /// relay moving from `--state-dir` to the fleet's store), and loads the whole shared view.
+    pub(super) async fn open(
+        endpoints: &[String],
+        dir: Option<&Path>,
+    ) -> Result<(Etcd, Loaded), StoreError> {
         let options = ConnectOptions::new()
             .with_connect_timeout(STORE_TIMEOUT)
             .with_timeout(STORE_TIMEOUT)
@@ -105,6 +120,9 @@ impl Etcd {
             members: Mutex::new(HashSet::new()),
             revision: AtomicI64::new(0),
         };
+        if let Some(dir) = dir {
+            etcd.import(dir).await?;
+        }
         let (entries, revision) = etcd.snapshot().await?;
         let mut loaded = Loaded::default();
         let mut members = HashSet::new();
@@ -145,21 +163,81 @@ impl Etcd {
     /// Every entry under the prefix, verified, and the revision they are at.
     pub(super) async fn snapshot(&self) -> Result<(Vec<Entry>, i64), StoreError> {
         let deadline = Instant::now() + STORE_TIMEOUT;
-        let mut client = self.client.clone();
-        let got = within(
-            "reading the shared state",
-            deadline,
-            client.get(PREFIX, Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
+        let got = loop {
+            let mut client = self.client.clone();
+            let all = client.get(PREFIX, Some(GetOptions::new().with_prefix()));
+            let attempt = deadline.min(Instant::now() + ATTEMPT);
+            match within("reading the shared state", attempt, all).await {
+                Ok(got) => break got,
+                Err(e) if Instant::now() + RETRY_PAUSE < deadline => {
+                    tracing::debug!("{e}; trying again");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let revision = got.header().map_or(0, |h| h.revision());
         let entries = got.kvs().iter().filter_map(parse).collect();
         Ok((entries, revision))
     }
 
+    /// Puts the state directory's files into the store, each entry only where it is newer
+    /// than what the store holds (invite counts: the higher count), then leaves
+    /// [`IMPORTED`] in the directory so that later starts skip it (the files are not written
+    /// while the store is shared).
+    async fn import(&self, dir: &Path) -> Result<(), StoreError> {
+        let marker = dir.join(IMPORTED);
+        if marker.exists() {
+            return Ok(());
+        }
+        let files = Loaded::load(Some(dir.to_owned())).await;
+        let mut imported = 0;
+        for (signer, (version, list)) in &files.revocations {
+            imported += usize::from(self.put_list(*signer, *version, list).await?);
+        }
+        for (old, rotation) in &files.rotations {
+            if let Ok(r) = nullport_keyring::rotation::verify_signed(rotation) {
+                let label = format!("rotated from {old}");
+                let put = self.put_rotation(*old, r.new, rotation, &label).await?;
+                imported += usize::from(put == RotationPut::Stored);
+            }
+        }
+        for (node, cp) in &files.witnessed {
+            let value = json(cp)?;
+            let k = key("witnessed", node);
+            let put = self.swap(&k, &[], |held| {
+                match held.and_then(|v| checkpoint(*node, v)) {
+                    Some(held) if held.seq >= cp.seq => Cas::Keep,
+                    _ if verified(*node, cp) => Cas::Write(value.clone()),
+                    _ => Cas::Keep,
+                }
+            });
+            imported += usize::from(put.await?);
+        }
+        for (id, count) in &files.invite_uses {
+            let k = key("invites", nullport_protocol::hex::encode(id));
+            let put = self.swap(&k, &[], |held| match held.map(parse_count) {
+                Some(Some(held)) if held >= *count => Cas::Keep,
+                _ => Cas::Write(count.to_string().into_bytes()),
+            });
+            imported += usize::from(put.await?);
+        }
+        let note = "the state directory's files were imported into the shared store\n";
+        if let Err(e) = nullport_keyring::fs::write_private(&marker, note.as_bytes(), true) {
+            tracing::warn!(
+                "{}: {e} (the files will be imported again)",
+                marker.display()
+            );
+        }
+        tracing::info!(dir = %dir.display(), imported, "state directory imported into etcd");
+        Ok(())
+    }
+
     /// Reads `key`, lets `decide` choose its new value from the one read, and writes it (with
     /// `also`, in the same transaction) if the key did not change meanwhile; reads again if it
-    /// did. `Ok(false)`: `decide` kept the value.
+    /// did. `Ok(false)`: `decide` kept the value. A transaction whose answer was lost (its
+    /// member went away) may have landed: the next read checks for it (`key` and every key of
+    /// `also` holding what it wrote, at one revision) before deciding again.
     async fn swap(
         &self,
         key: &str,
@@ -167,32 +245,76 @@ impl Etcd {
         mut decide: impl FnMut(Option<&[u8]>) -> Cas,
     ) -> Result<bool, StoreError> {
         let deadline = Instant::now() + STORE_TIMEOUT;
-        let mut client = self.client.clone();
+        let mut unknown: Option<Vec<u8>> = None;
         loop {
-            let got = within("reading", deadline, client.get(key, None)).await?;
-            let held = got.kvs().first();
-            let unchanged = match held {
+            let held = self.read(key, deadline).await?;
+            if let (Some(sent), Some(kv)) = (unknown.take(), &held)
+                && kv.value() == sent.as_slice()
+                && self.landed(also, kv.mod_revision(), deadline).await?
+            {
+                return Ok(true);
+            }
+            let unchanged = match &held {
                 Some(kv) => Compare::mod_revision(key, CompareOp::Equal, kv.mod_revision()),
                 None => Compare::version(key, CompareOp::Equal, 0),
             };
-            let value = match decide(held.map(KeyValue::value)) {
+            let value = match decide(held.as_ref().map(KeyValue::value)) {
                 Cas::Keep => return Ok(false),
                 Cas::Write(value) => value,
             };
-            let mut ops = vec![TxnOp::put(key, value, None)];
+            let mut ops = vec![TxnOp::put(key, value.clone(), None)];
             ops.extend(
                 also.iter()
                     .map(|(k, v)| TxnOp::put(k.as_str(), v.clone(), None)),
             );
             let txn = Txn::new().when([unchanged]).and_then(ops);
-            if within("writing", deadline, client.txn(txn))
-                .await?
-                .succeeded()
-            {
-                return Ok(true);
+            let mut client = self.client.clone();
+            let attempt = deadline.min(Instant::now() + ATTEMPT);
+            match within("writing", attempt, client.txn(txn)).await {
+                Ok(done) if done.succeeded() => return Ok(true),
+                Ok(_) => tracing::debug!(key, "another relay wrote first; reading again"),
+                Err(e) if Instant::now() + RETRY_PAUSE < deadline => {
+                    tracing::debug!(key, "{e}; reading again");
+                    unknown = Some(value);
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
             }
-            tracing::debug!(key, "another relay wrote first; reading again");
         }
+    }
+
+    /// Reads `key` (linearizably), trying again until `deadline` when a member does not
+    /// answer (the calls already sent to a member that went away fail; the next goes to
+    /// another).
+    async fn read(&self, key: &str, deadline: Instant) -> Result<Option<KeyValue>, StoreError> {
+        loop {
+            let mut client = self.client.clone();
+            let attempt = deadline.min(Instant::now() + ATTEMPT);
+            match within("reading", attempt, client.get(key, None)).await {
+                Ok(mut got) => return Ok(got.take_kvs().into_iter().next()),
+                Err(e) if Instant::now() + RETRY_PAUSE < deadline => {
+                    tracing::debug!(key, "{e}; trying again");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether every key of `also` holds its value, written at `revision`.
+    async fn landed(
+        &self,
+        also: &[(String, Vec<u8>)],
+        revision: i64,
+        deadline: Instant,
+    ) -> Result<bool, StoreError> {
+        for (k, v) in also {
+            match self.read(k, deadline).await? {
+                Some(kv) if kv.mod_revision() == revision && kv.value() == v.as_slice() => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
     }
 
     /// Counts one use of invite `id` (at most `uses`) and makes `member` a member, in one
@@ -350,10 +472,14 @@ fn revocations(signer: NodeId, value: &[u8]) -> Option<Entry> {
 
 /// `node`'s checkpoint in `value`, if its own signature verifies.
 fn checkpoint(node: NodeId, value: &[u8]) -> Option<WitnessedCheckpoint> {
-    use nullport_protocol::domain;
     let cp: WitnessedCheckpoint = serde_json::from_slice(value).ok()?;
+    verified(node, &cp).then_some(cp)
+}
+
+/// Whether `cp` carries `node`'s own signature.
+fn verified(node: NodeId, cp: &WitnessedCheckpoint) -> bool {
+    use nullport_protocol::domain;
     let body = nullport_audit::checkpoint_body(cp.seq, &cp.head.to_hex());
     nullport_protocol::identity::verify(&node, domain::AUDIT_CHECKPOINT_V1, &body, &cp.node_sig.0)
-        .ok()?;
-    Some(cp)
+        .is_ok()
 }

@@ -23,6 +23,7 @@ mod follow;
 mod spec;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,7 @@ use tokio::sync::Notify;
 
 use crate::error::StateError;
 pub use crate::error::StoreError;
+use crate::metrics::Metrics;
 pub(crate) use files::persist;
 pub use spec::StoreSpec;
 
@@ -58,7 +60,7 @@ pub(crate) struct Store {
     changed: Notify,
     /// The version of the network admin's list this relay last published to the store.
     admin_published: AtomicU64,
-    stats: Counters,
+    metrics: Arc<Metrics>,
 }
 
 enum Backend {
@@ -134,26 +136,19 @@ pub struct StoreStats {
     pub max_micros: u64,
 }
 
-#[derive(Default)]
-struct Counters {
-    operations: AtomicU64,
-    failures: AtomicU64,
-    total_micros: AtomicU64,
-    max_micros: AtomicU64,
-}
-
-impl Counters {
-    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
-    fn record<T, E>(&self, started: Instant, result: &Result<T, E>) {
-        self.operations.fetch_add(1, Ordering::Relaxed);
-        if result.is_err() {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.total_micros.fetch_add(micros, Ordering::Relaxed);
-        self.max_micros.fetch_max(micros, Ordering::Relaxed);
+/// Counts an operation of the shared store in the relay's metrics.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+fn record<T, E>(metrics: &Metrics, started: Instant, result: &Result<T, E>) {
+    if result.is_err() {
+        metrics.store_unavailable.fetch_add(1, Ordering::Relaxed);
+        return;
     }
+    metrics.store_ok.fetch_add(1, Ordering::Relaxed);
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    metrics.store_micros.fetch_add(micros, Ordering::Relaxed);
+    metrics
+        .store_max_micros
+        .fetch_max(micros, Ordering::Relaxed);
 }
 
 impl std::fmt::Debug for Store {
@@ -168,7 +163,12 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    fn with(backend: Backend, dir: Option<PathBuf>, loaded: files::Loaded) -> Store {
+    fn with(
+        backend: Backend,
+        dir: Option<PathBuf>,
+        loaded: files::Loaded,
+        metrics: Arc<Metrics>,
+    ) -> Store {
         Store {
             backend,
             dir,
@@ -179,27 +179,37 @@ impl Store {
             dirty: Default::default(),
             changed: Notify::new(),
             admin_published: AtomicU64::new(0),
-            stats: Counters::default(),
+            metrics,
         }
     }
 
-    /// Loads the state kept in `dir` (nothing: memory only). Unreadable files are logged and
-    /// start empty; entries whose signatures do not verify are dropped.
+    /// Loads the state kept in `dir` (nothing: memory only), with metrics of its own.
+    #[cfg(test)]
     pub(crate) async fn load(dir: Option<PathBuf>) -> Store {
         let loaded = files::Loaded::load(dir.clone()).await;
-        Store::with(Backend::Files, dir, loaded)
+        Store::with(Backend::Files, dir, loaded, Arc::default())
     }
 
-    /// Opens the store `spec` names. With etcd: connects and loads the shared view (failing
+    /// Opens the store `spec` names. Files: loads the state kept in `dir` (nothing: memory
+    /// only); unreadable files are logged and start empty, entries whose signatures do not
+    /// verify are dropped. With etcd: connects and loads the shared view (failing
     /// when the store cannot answer, so that a relay never starts without the revocations
     /// the fleet agreed on); `dir` then holds only the network admin's list file.
-    pub(crate) async fn open(spec: &StoreSpec, dir: Option<PathBuf>) -> Result<Store, StoreError> {
+    pub(crate) async fn open(
+        spec: &StoreSpec,
+        dir: Option<PathBuf>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
         match spec {
-            StoreSpec::Files => Ok(Store::load(dir).await),
+            StoreSpec::Files => {
+                let loaded = files::Loaded::load(dir.clone()).await;
+                Ok(Store::with(Backend::Files, dir, loaded, metrics))
+            }
             #[cfg(feature = "etcd")]
             StoreSpec::Etcd { endpoints } => {
-                let (backend, loaded) = etcd::Etcd::open(endpoints).await?;
-                Ok(Store::with(Backend::Etcd(Box::new(backend)), dir, loaded))
+                let (backend, loaded) = etcd::Etcd::open(endpoints, dir.as_deref()).await?;
+                let backend = Backend::Etcd(Box::new(backend));
+                Ok(Store::with(backend, dir, loaded, metrics))
             }
             #[cfg(not(feature = "etcd"))]
             StoreSpec::Etcd { .. } => Err(StoreError::NotBuilt),
@@ -228,12 +238,14 @@ impl Store {
 
     /// How the store has answered so far.
     pub(crate) fn stats(&self) -> StoreStats {
+        let m = &self.metrics;
+        let failures = m.store_unavailable.load(Ordering::Relaxed);
         StoreStats {
             shared: self.is_shared(),
-            operations: self.stats.operations.load(Ordering::Relaxed),
-            failures: self.stats.failures.load(Ordering::Relaxed),
-            total_micros: self.stats.total_micros.load(Ordering::Relaxed),
-            max_micros: self.stats.max_micros.load(Ordering::Relaxed),
+            operations: m.store_ok.load(Ordering::Relaxed) + failures,
+            failures,
+            total_micros: m.store_micros.load(Ordering::Relaxed),
+            max_micros: m.store_max_micros.load(Ordering::Relaxed),
         }
     }
 
@@ -267,7 +279,7 @@ impl Store {
             Backend::Etcd(etcd) => {
                 let started = Instant::now();
                 let used = etcd.use_invite(id, uses, member, label).await;
-                self.stats.record(started, &used);
+                record(&self.metrics, started, &used);
                 match used {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(InviteRefusal::Used),
@@ -305,7 +317,7 @@ impl Store {
             Backend::Etcd(etcd) => {
                 let started = Instant::now();
                 let stored = etcd.witness(node, &cp).await;
-                self.stats.record(started, &stored);
+                record(&self.metrics, started, &stored);
                 if let Ok(true) = stored {
                     self.cache_witnessed(node, cp);
                 }
@@ -334,7 +346,7 @@ impl Store {
             Backend::Etcd(etcd) => {
                 let started = Instant::now();
                 let stored = etcd.put_list(signer, version, &list).await;
-                self.stats.record(started, &stored);
+                record(&self.metrics, started, &stored);
                 if let Ok(true) = stored {
                     self.cache_list(signer, version, list);
                 }
@@ -376,11 +388,15 @@ impl Store {
             }
             #[cfg(feature = "etcd")]
             Backend::Etcd(etcd) => {
+                // In the cache first: the follower may see the write before this call returns,
+                // and must take it for this relay's own (no second retirement of the key
+                // while its node is still being answered).
+                let ours = self.cache_rotation(old, rotation.clone()) == RotationPut::Stored;
                 let started = Instant::now();
                 let put = etcd.put_rotation(old, new, &rotation, label).await;
-                self.stats.record(started, &put);
-                if let Ok(RotationPut::Stored) = put {
-                    self.cache_rotation(old, rotation);
+                record(&self.metrics, started, &put);
+                if ours && matches!(put, Err(_) | Ok(RotationPut::Taken)) {
+                    self.rotations.remove_if(&old, |_, held| *held == rotation);
                 }
                 put
             }
@@ -439,10 +455,7 @@ impl Store {
 
 /// Follows the shared store (etcd) until the store is dropped, sending the changes other
 /// relays make to `changes`; nothing to follow for files.
-pub(crate) async fn follow(
-    store: std::sync::Arc<Store>,
-    changes: tokio::sync::mpsc::UnboundedSender<Change>,
-) {
+pub(crate) async fn follow(store: Arc<Store>, changes: tokio::sync::mpsc::UnboundedSender<Change>) {
     match &store.backend {
         Backend::Files => drop(changes),
         #[cfg(feature = "etcd")]
@@ -510,7 +523,6 @@ pub fn write_admin_list(dir: &Path, signed: &SignedRevocations) -> Result<(), St
 mod tests {
     use super::*;
     use nullport_protocol::Identity;
-    use std::sync::Arc;
 
     #[tokio::test]
     async fn changes_reach_the_disk_and_come_back() {

@@ -105,6 +105,21 @@ async fn send(channel: &mut nullport_node::Channel, sent: &mut Sha256, seed: u64
     sent.update(&part);
 }
 
+/// A checkpoint `seq` signed by `identity` (its audit log's, as the node would send it).
+fn signed_checkpoint(identity: &Identity, seq: u64) -> WitnessedCheckpoint {
+    let head = format!("{seq:064x}");
+    let sig = identity.sign(
+        nullport_protocol::domain::AUDIT_CHECKPOINT_V1,
+        format!("seq:{seq}\nhead:{head}").as_bytes(),
+    );
+    WitnessedCheckpoint {
+        seq,
+        head: nullport_protocol::Digest::from_hex(&head).unwrap(),
+        node_sig: Signature(sig),
+        relay_sig: None,
+    }
+}
+
 /// Waits until `node` is online (it retries on its own after a refusal), within `bound`.
 async fn online_within(node: &Node, bound: Duration) -> Duration {
     let started = Instant::now();
@@ -170,6 +185,115 @@ async fn fleet_store_a_one_time_invite_is_won_once_across_relays_and_admits_ever
         .unwrap();
     let values: Vec<&[u8]> = counts.kvs().iter().map(|kv| kv.value()).collect();
     assert_eq!(values, vec![b"1".as_slice(); 3]);
+    for (i, r) in fleet.relays.iter().enumerate() {
+        let stats = r.relay().handle().store_stats();
+        assert!(stats.shared && stats.failures == 0, "{stats:?}");
+        if let Some(mean) = stats.total_micros.checked_div(stats.operations) {
+            eprintln!(
+                "relay {}: {} store operations, mean {mean} us, max {} us",
+                i + 1,
+                stats.operations,
+                stats.max_micros
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_store_a_rotation_at_relay_1_retires_the_old_key_at_relay_2() {
+    init_tracing();
+    let test = "fleet_store_a_rotation_at_relay_1_retires_the_old_key_at_relay_2";
+    let Some(cluster) = EtcdCluster::start(test, 3).await else {
+        return;
+    };
+    let fleet = fleet(&cluster, 2).await;
+    let (old_id, new_id) = (fresh(), fresh());
+    let invite = Invite::create(&fleet.admin, now() + 600, 1).unwrap();
+    let (at_first, r) = join(&fleet.relays[0], old_id.clone(), Some(invite)).await;
+    r.unwrap();
+    let (at_second, r) = join(&fleet.relays[1], old_id.clone(), None).await;
+    r.unwrap();
+    let started = Instant::now();
+    at_first
+        .publish_rotation(nullport_keyring::rotation::sign(&old_id, &new_id, now()))
+        .await
+        .unwrap();
+    while fleet.relays[1].relay().is_online(&old_id.node_id()) {
+        assert!(
+            started.elapsed() < PROPAGATION_BOUND,
+            "relay 2 still serves the retired key"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "a rotation at relay 1 retired the old key at relay 2 after {:?}",
+        started.elapsed()
+    );
+    drop(at_second);
+    // The new key is a member everywhere; the old one is refused everywhere, for good.
+    let (_new, r) = join(&fleet.relays[1], new_id.clone(), None).await;
+    r.expect("the rotated-to key at relay 2");
+    let (_old, r) = join(&fleet.relays[1], old_id.clone(), None).await;
+    assert!(
+        matches!(r, Err(Error::RelayRefused(Refusal::KeyRetired))),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_store_a_relay_moving_from_its_state_dir_brings_its_state_into_etcd() {
+    init_tracing();
+    let test = "fleet_store_a_relay_moving_from_its_state_dir_brings_its_state_into_etcd";
+    let Some(cluster) = EtcdCluster::start(test, 1).await else {
+        return;
+    };
+    let state = tempfile::tempdir().unwrap();
+    let options = |store: Option<nullport_relay::store::StoreSpec>, allow| RelayOptions {
+        allow: Some(allow),
+        enroll: true,
+        state_dir: Some(state.path().to_owned()),
+        store,
+        ..Default::default()
+    };
+    // A lone relay on its files: an invite used, a checkpoint witnessed.
+    let mut lone = TestNet::start_with(options(None, vec![])).await;
+    let invite = Invite::create(&lone.relay_identity, now() + 600, 1).unwrap();
+    let identity = fresh();
+    let (node, r) = join(&lone, identity.clone(), Some(invite.clone())).await;
+    r.unwrap();
+    node.witness(signed_checkpoint(&identity, 7)).await.unwrap();
+    node.shutdown().await;
+    // The same relay restarts on etcd, on the same state directory (its allowlist kept).
+    lone.restart(options(Some(cluster.spec()), vec![identity.node_id()]))
+        .await;
+    assert!(state.path().join("imported-into-etcd").exists());
+    let mut client = cluster.client().await;
+    let held = client
+        .get(
+            format!("/nullport/v1/witnessed/{}", identity.node_id()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(held.kvs().len(), 1, "the checkpoint is not in etcd");
+    // The invite stays used, and checkpoint 7 cannot be rolled back.
+    let (_late, r) = join(&lone, fresh(), Some(invite)).await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::RelayRefused(Refusal::Enrollment(
+                LinkErrorCode::InviteUsed
+            )))
+        ),
+        "{r:?}"
+    );
+    let (back, r) = join(&lone, identity.clone(), None).await;
+    r.unwrap();
+    assert!(matches!(
+        back.witness(signed_checkpoint(&identity, 6)).await,
+        Err(Error::Link(LinkErrorCode::Refused))
+    ));
+    assert_eq!(back.witnessed().await.unwrap().map(|c| c.seq), Some(7));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,19 +407,7 @@ async fn fleet_store_a_witnessed_checkpoint_cannot_be_rolled_back_through_anothe
     let fleet = fleet(&cluster, 2).await;
     let invite = Invite::create(&fleet.admin, now() + 600, 1).unwrap();
     let identity = fresh();
-    let checkpoint = |seq: u64| {
-        let head = format!("{seq:064x}");
-        let sig = identity.sign(
-            nullport_protocol::domain::AUDIT_CHECKPOINT_V1,
-            format!("seq:{seq}\nhead:{head}").as_bytes(),
-        );
-        WitnessedCheckpoint {
-            seq,
-            head: nullport_protocol::Digest::from_hex(&head).unwrap(),
-            node_sig: Signature(sig),
-            relay_sig: None,
-        }
-    };
+    let checkpoint = |seq: u64| signed_checkpoint(&identity, seq);
     let (first, r) = join(&fleet.relays[0], identity.clone(), Some(invite)).await;
     r.unwrap();
     first.witness(checkpoint(10)).await.unwrap();
@@ -377,8 +489,16 @@ async fn fleet_store_quorum_loss_keeps_channels_and_fails_new_invites_closed_unt
         ),
         "{r:?}"
     );
-    assert!(took < Duration::from_secs(4), "the refusal took {took:?}");
+    assert!(took < Duration::from_secs(5), "the refusal took {took:?}");
     assert!(r1.relay().handle().store_stats().failures > failures);
+    let unavailable = "nullport_relay_store_operations_total{result=\"unavailable\"} ";
+    assert!(
+        r1.relay()
+            .render_metrics()
+            .lines()
+            .any(|l| l.starts_with(unavailable) && !l.ends_with(" 0")),
+        "no store failure in the metrics"
+    );
     eprintln!("without quorum, an invite use was refused (fail closed) after {took:?}");
     send(&mut channel, &mut sent, 4).await;
 
