@@ -92,21 +92,16 @@ fn relay_map_seeds_reach_past_the_signature_in_both_forms() {
     let (mut travelling, mut files) = (0, 0);
     for entry in std::fs::read_dir(seeds).unwrap() {
         let data = std::fs::read(entry.unwrap().path()).unwrap();
-        match data.split_first() {
-            Some((mode, rest)) if mode % 2 == 0 => {
-                if let Ok(signed) =
-                    postcard::from_bytes::<nullport_protocol::relay_link::SignedRelayMap>(rest)
-                    && RelayMap::verify_self_signed(&signed).is_ok()
-                {
-                    travelling += 1;
-                }
-            }
-            Some((_, rest)) => {
-                if nullport_relay::map_file::parse(rest).is_ok() {
-                    files += 1;
-                }
-            }
-            None => {}
+        let Some((mode, rest)) = data.split_first() else {
+            continue;
+        };
+        if mode % 2 == 1 {
+            files += usize::from(nullport_relay::map_file::parse(rest).is_ok());
+        } else if let Ok(signed) =
+            postcard::from_bytes::<nullport_protocol::relay_link::SignedRelayMap>(rest)
+            && RelayMap::verify_self_signed(&signed).is_ok()
+        {
+            travelling += 1;
         }
     }
     assert!(travelling >= 3 && files >= 3, "{travelling} {files}");
