@@ -69,25 +69,7 @@ impl RelayHandle {
     /// newer than the one in force, refuses its keys and closes their links. Returns the
     /// version now in force.
     pub async fn reload_admin_list(&self) -> Result<u64, Error> {
-        let shared = &self.shared;
-        if let Some(dir) = shared.store.dir().map(|d| d.to_owned()) {
-            let admins = store_sync::admin_keys(shared);
-            let read = tokio::task::spawn_blocking(move || {
-                crate::store::read_admin_list_of(&dir, &admins)
-            })
-            .await
-            .map_err(StateError::from)??;
-            if let Some((list, signed)) = read {
-                // In force here first (a revocation only ever refuses more), then shared
-                // with the fleet: a store that cannot take it now is asked again next time.
-                shared.apply_admin_list(&list, signed.clone());
-                shared
-                    .store
-                    .publish_admin_list(list.signer, list.version, &signed)
-                    .await?;
-            }
-        }
-        Ok(shared.admin_version.load(Ordering::Acquire))
+        store_sync::reload_admin_list(&self.shared).await
     }
 
     /// Closes the link of every node the admission decision no longer admits (after the

@@ -7,10 +7,12 @@
 //! relay, as before the fleet) and the admin key of the relay map it holds.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use nullport_protocol::NodeId;
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::error::{Error, StateError};
 use crate::push::Push;
 use crate::server::shared::Shared;
 use crate::store::Change;
@@ -43,6 +45,27 @@ pub(crate) fn enforce_admin_lists(shared: &Shared) -> usize {
     }
     shared.admission.set_revoked(revoked);
     shared.enforce_admission()
+}
+
+/// Re-reads the network admin's list from the state directory: in force here first (a
+/// revocation only ever refuses more), then shared with the fleet (a store that cannot take it
+/// now is asked again at the next reload). Returns the version in force.
+pub(crate) async fn reload_admin_list(shared: &Shared) -> Result<u64, Error> {
+    if let Some(dir) = shared.store.dir().map(|d| d.to_owned()) {
+        let admins = admin_keys(shared);
+        let read =
+            tokio::task::spawn_blocking(move || crate::store::read_admin_list_of(&dir, &admins))
+                .await
+                .map_err(StateError::from)??;
+        if let Some((list, signed)) = read {
+            shared.apply_admin_list(&list, signed.clone());
+            shared
+                .store
+                .publish_admin_list(list.signer, list.version, &signed)
+                .await?;
+        }
+    }
+    Ok(shared.admin_version.load(Ordering::Acquire))
 }
 
 /// Applies the store's changes until the follower stops.

@@ -26,6 +26,9 @@ use nullport_protocol::relay_link::{SignedRevocations, SignedRotation, Witnessed
 use super::{InviteRefusal, Part, Store};
 use crate::error::StateError;
 
+/// The file the network admin's revocation list lives in (inside the state directory).
+pub const ADMIN_REVOCATIONS_FILE: &str = "admin-revocations.json";
+
 /// The invite counts of the file backend (one lock: a use is counted and written under it).
 pub(super) type InviteUses = tokio::sync::Mutex<HashMap<[u8; 16], u32>>;
 
@@ -196,4 +199,60 @@ fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Option<T
             None
         }
     }
+}
+
+/// Reads the network admin's revocation list from `dir` (none yet: `Ok(None)`); it must be
+/// signed by `admin`.
+pub fn read_admin_list(
+    dir: &Path,
+    admin: &NodeId,
+) -> Result<
+    Option<(
+        nullport_keyring::revocation::RevocationList,
+        SignedRevocations,
+    )>,
+    StateError,
+> {
+    read_admin_list_of(dir, std::slice::from_ref(admin))
+}
+
+/// Reads the network admin's revocation list from `dir` (none yet: `Ok(None)`); it must be
+/// signed by one of `admins` (a fleet relay's own key, or its relay map's admin key).
+pub fn read_admin_list_of(
+    dir: &Path,
+    admins: &[NodeId],
+) -> Result<
+    Option<(
+        nullport_keyring::revocation::RevocationList,
+        SignedRevocations,
+    )>,
+    StateError,
+> {
+    let path = dir.join(ADMIN_REVOCATIONS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(StateError::Io { path, error }),
+    };
+    let signed: SignedRevocations = match serde_json::from_slice(&bytes) {
+        Ok(signed) => signed,
+        Err(error) => return Err(StateError::Json { path, error }),
+    };
+    let list = match nullport_keyring::revocation::verify_signed(&signed) {
+        Ok(list) => list,
+        Err(error) => return Err(StateError::Signature { path, error }),
+    };
+    if !admins.contains(&list.signer) {
+        return Err(StateError::WrongSigner {
+            path,
+            signer: list.signer,
+            admin: admins.first().copied().unwrap_or(list.signer),
+        });
+    }
+    Ok(Some((list, signed)))
+}
+
+/// Writes the network admin's list into `dir` (atomically, mode 0600).
+pub fn write_admin_list(dir: &Path, signed: &SignedRevocations) -> Result<(), StateError> {
+    write_json(&dir.join(ADMIN_REVOCATIONS_FILE), signed)
 }

@@ -32,14 +32,13 @@ use nullport_protocol::NodeId;
 use nullport_protocol::relay_link::{SignedRevocations, SignedRotation, WitnessedCheckpoint};
 use tokio::sync::Notify;
 
-use crate::error::StateError;
 pub use crate::error::StoreError;
 use crate::metrics::Metrics;
 pub(crate) use files::persist;
+pub use files::{read_admin_list, read_admin_list_of, write_admin_list};
 pub use spec::StoreSpec;
 
-/// The file the network admin's revocation list lives in (inside the state directory).
-pub const ADMIN_REVOCATIONS_FILE: &str = "admin-revocations.json";
+pub use files::ADMIN_REVOCATIONS_FILE;
 
 /// Longest a decision waits for the shared store before it fails closed.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -461,62 +460,6 @@ pub(crate) async fn follow(store: Arc<Store>, changes: tokio::sync::mpsc::Unboun
         #[cfg(feature = "etcd")]
         Backend::Etcd(_) => follow::run(store.clone(), changes).await,
     }
-}
-
-/// Reads the network admin's revocation list from `dir` (none yet: `Ok(None)`); it must be
-/// signed by `admin`.
-pub fn read_admin_list(
-    dir: &Path,
-    admin: &NodeId,
-) -> Result<
-    Option<(
-        nullport_keyring::revocation::RevocationList,
-        SignedRevocations,
-    )>,
-    StateError,
-> {
-    read_admin_list_of(dir, std::slice::from_ref(admin))
-}
-
-/// Reads the network admin's revocation list from `dir` (none yet: `Ok(None)`); it must be
-/// signed by one of `admins` (a fleet relay's own key, or its relay map's admin key).
-pub fn read_admin_list_of(
-    dir: &Path,
-    admins: &[NodeId],
-) -> Result<
-    Option<(
-        nullport_keyring::revocation::RevocationList,
-        SignedRevocations,
-    )>,
-    StateError,
-> {
-    let path = dir.join(ADMIN_REVOCATIONS_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(StateError::Io { path, error }),
-    };
-    let signed: SignedRevocations = match serde_json::from_slice(&bytes) {
-        Ok(signed) => signed,
-        Err(error) => return Err(StateError::Json { path, error }),
-    };
-    let list = match nullport_keyring::revocation::verify_signed(&signed) {
-        Ok(list) => list,
-        Err(error) => return Err(StateError::Signature { path, error }),
-    };
-    if !admins.contains(&list.signer) {
-        return Err(StateError::WrongSigner {
-            path,
-            signer: list.signer,
-            admin: admins.first().copied().unwrap_or(list.signer),
-        });
-    }
-    Ok(Some((list, signed)))
-}
-
-/// Writes the network admin's list into `dir` (atomically, mode 0600).
-pub fn write_admin_list(dir: &Path, signed: &SignedRevocations) -> Result<(), StateError> {
-    files::write_json(&dir.join(ADMIN_REVOCATIONS_FILE), signed)
 }
 
 #[cfg(test)]
