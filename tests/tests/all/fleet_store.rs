@@ -504,11 +504,16 @@ async fn fleet_store_quorum_loss_keeps_channels_and_fails_new_invites_closed_unt
 
     // Quorum returns: the refused node enrolls on its own next attempt, and the channel
     // opened before it all ends with every byte.
+    let restarted = Instant::now();
     cluster.start_member(0);
     cluster.start_member(1);
     cluster.wait_ready(Duration::from_secs(20)).await;
-    let back = online_within(&d, Duration::from_secs(20)).await;
-    eprintln!("after quorum returned, the refused node enrolled within {back:?}");
+    let quorum = restarted.elapsed();
+    online_within(&d, Duration::from_secs(20)).await;
+    eprintln!(
+        "members restarted: quorum after {quorum:?}, the refused node enrolled after {:?}",
+        restarted.elapsed()
+    );
     send(&mut channel, &mut sent, 5).await;
     channel.shutdown().await.unwrap();
     let mut digest = Vec::new();
