@@ -89,69 +89,120 @@ pub(super) async fn dial_fleet(
     blob: Vec<u8>,
 ) -> Result<Channel, Error> {
     let order = inner.relay_order(&target);
-    let mut last_error: Option<Error> = None;
-    let mut not_here = 0usize;
-    // Relays that announced a stop come last: a channel opened there would end with it.
-    let (live, draining): (Vec<Arc<Slot>>, Vec<Arc<Slot>>) = order
+    // Every link of the walk is started at once and held (a lease) for the whole dial, so
+    // none is closed as idle while the dial waits on another.
+    let slots: Vec<(Arc<Slot>, Arc<()>)> = order
         .iter()
         .filter_map(|relay| inner.slot_for(relay).ok())
-        .partition(|slot| !slot.is_draining());
+        .map(|slot| {
+            slot.touch();
+            let lease = slot.uses.clone();
+            (slot, lease)
+        })
+        .collect();
+    // First pass: links already up, in order (relays that announced a stop last, since a
+    // channel opened there would end with them); links still connecting are tried after,
+    // so a relay that is down in front of the order costs nothing when the target is found
+    // behind it.
+    let (live, draining): (Vec<&Arc<Slot>>, Vec<&Arc<Slot>>) =
+        slots.iter().map(|(s, _)| s).partition(|s| !s.is_draining());
+    let mut walk = Walk::default();
+    let mut deferred = Vec::new();
     for slot in live.into_iter().chain(draining) {
-        let Some(conn) = ready(inner, &slot).await else {
-            last_error = Some(slot_error(&slot));
-            continue;
-        };
-        slot.touch();
-        let drain = inner.drain.leased(&slot.uses);
-        match dial_via(inner, &conn, drain, target, service.clone(), blob.clone()).await {
-            Ok(Some(channel)) => return Ok(channel),
-            Ok(None) => {
-                tracing::debug!(relay = %slot.relay, "not here");
-                not_here += 1;
+        match slot.connection() {
+            Some(conn) => {
+                if let Some(result) = walk
+                    .try_relay(inner, slot, &conn, target, &service, &blob)
+                    .await
+                {
+                    return result;
+                }
             }
-            Err(e @ Error::Timeout { .. }) => {
-                // A relay that does not answer a dial in time is treated as lost: its link is
-                // closed (and reconnected), and the next relay tried.
-                tracing::info!(relay = %slot.relay, "{e}; trying the next relay");
-                conn.close(0u32.into(), b"dial answer timed out");
-                last_error = Some(e);
-            }
-            Err(e @ (Error::RelayLinkLost(_) | Error::RelayUnreachable(_))) => {
-                last_error = Some(e);
-            }
-            Err(other) => return Err(other),
+            None if slot.is_down() => walk.last_error = Some(slot_error(slot)),
+            None => deferred.push(slot),
         }
     }
-    match last_error {
-        Some(e) if not_here == 0 => Err(e),
+    // Then the links still connecting, whichever comes up first (a relay that is down does
+    // not hold up one that is up), until each is up or has failed, within the connect time.
+    let deadline = tokio::time::Instant::now() + inner.config.limits.connect_timeout;
+    while !deferred.is_empty() {
+        if let Some(i) = deferred.iter().position(|s| s.connection().is_some()) {
+            let slot = deferred.remove(i);
+            if let Some(conn) = slot.connection()
+                && let Some(result) = walk
+                    .try_relay(inner, slot, &conn, target, &service, &blob)
+                    .await
+            {
+                return result;
+            }
+            continue;
+        }
+        deferred.retain(|s| {
+            let down = s.is_down() || s.is_retired();
+            if down {
+                walk.last_error = Some(slot_error(s));
+            }
+            !down
+        });
+        if tokio::time::Instant::now() >= deadline {
+            walk.last_error = Some(Error::RelayUnreachable(crate::error::Unreachable::NotYet));
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    drop(slots);
+    match walk.last_error {
+        Some(e) if walk.not_here == 0 => Err(e),
         _ => Err(Error::PeerOffline(target)),
     }
 }
 
-/// The link's connection: at once if up; after its first attempt if it is new; none if its
-/// last attempt failed (a dial does not wait for a relay that is down).
-async fn ready(inner: &Inner, slot: &Slot) -> Option<quinn::Connection> {
-    if let Some(conn) = slot.connection() {
-        return Some(conn);
-    }
-    if slot.is_down() {
-        return None;
-    }
-    let mut tried = slot.tried.subscribe();
-    let mut conn = slot.conn.subscribe();
-    let _ = timeout(inner.config.limits.connect_timeout, async {
-        loop {
-            if conn.borrow_and_update().is_some() || *tried.borrow_and_update() {
-                return;
+/// How often a dial looks again at links still connecting.
+const POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// What a dial through the fleet learned so far.
+#[derive(Default)]
+struct Walk {
+    last_error: Option<Error>,
+    not_here: usize,
+}
+
+impl Walk {
+    /// Dials through one relay: `Some` ends the walk (a channel, or an error no other relay
+    /// would change), `None` goes on to the next relay.
+    async fn try_relay(
+        &mut self,
+        inner: &Inner,
+        slot: &Slot,
+        conn: &quinn::Connection,
+        target: NodeId,
+        service: &ServiceName,
+        blob: &[u8],
+    ) -> Option<Result<Channel, Error>> {
+        slot.touch();
+        let drain = inner.drain.leased(&slot.uses);
+        match dial_via(inner, conn, drain, target, service.clone(), blob.to_vec()).await {
+            Ok(Some(channel)) => Some(Ok(channel)),
+            Ok(None) => {
+                tracing::debug!(relay = %slot.relay, "not here");
+                self.not_here += 1;
+                None
             }
-            tokio::select! {
-                r = conn.changed() => if r.is_err() { return },
-                r = tried.changed() => if r.is_err() { return },
+            Err(e @ Error::Timeout { .. }) => {
+                // A relay that does not answer a dial in time is treated as lost: its link
+                // is closed (and reconnected), and the next relay tried.
+                tracing::info!(relay = %slot.relay, "{e}; trying the next relay");
+                conn.close(0u32.into(), b"dial answer timed out");
+                self.last_error = Some(e);
+                None
             }
+            Err(e @ (Error::RelayLinkLost(_) | Error::RelayUnreachable(_))) => {
+                self.last_error = Some(e);
+                None
+            }
+            Err(other) => Some(Err(other)),
         }
-    })
-    .await;
-    slot.connection()
+    }
 }
 
 /// Why a link is not usable, from its state.

@@ -6,7 +6,8 @@
 //! The manager here walks that order: every relay before the home keeps being retried (that
 //! is how a node notices its first choice is back), and a relay that comes back becomes home
 //! again only after its link has stayed up for [`NodeLimits::home_settle`] (hysteresis: no
-//! flapping). Links the node no longer needs (a former home, extra links opened to reach
+//! flapping; the one exception is a relay that never failed this node, right after a
+//! failover landed it further down its order). Links the node no longer needs (a former home, extra links opened to reach
 //! callees homed elsewhere) close once no channel uses them and they have been idle for
 //! [`NodeLimits::extra_link_idle`]. A relay that is not in the map is never dialled.
 //!
@@ -162,6 +163,11 @@ fn arrange(inner: &Arc<Inner>) {
     let current_usable = current
         .as_ref()
         .is_some_and(|h| h.connection().is_some() && !h.is_draining() && !h.is_retired());
+    let home_age = inner
+        .home_since
+        .lock()
+        .ok()
+        .and_then(|t| t.map(|t| t.elapsed()));
     let mut wanted = HashSet::new();
     let mut home: Option<Arc<Slot>> = None;
     let mut first: Option<Arc<Slot>> = None;
@@ -180,7 +186,11 @@ fn arrange(inner: &Arc<Inner>) {
             continue;
         }
         let is_current = current.as_ref().is_some_and(|h| Arc::ptr_eq(h, &slot));
-        let settled = slot.online_for().is_some_and(|t| t >= limits.home_settle);
+        // Hysteresis: a relay earlier in the order must stay linked for the settle time
+        // before it is home again, unless the node only just landed where it is (a failover
+        // moments ago) and this relay has never let it down.
+        let settled = slot.online_for().is_some_and(|t| t >= limits.home_settle)
+            || (!slot.has_failed() && home_age.is_some_and(|age| age < limits.home_settle));
         if is_current || !current_usable || settled {
             home = Some(slot);
             break;
@@ -198,6 +208,9 @@ fn arrange(inner: &Arc<Inner>) {
                 tracing::info!(relay = %new.relay, "home relay");
             }
             *h = home.clone();
+            if let Ok(mut since) = inner.home_since.lock() {
+                *since = home.as_ref().map(|_| Instant::now());
+            }
         }
     }
     // Mirror the home link (or, with none, the first link being tried) into the node's state.

@@ -140,6 +140,7 @@ pub(super) async fn run_link(inner: Arc<Inner>, slot: Arc<Slot>, endpoint: quinn
                 if slot.is_retired() {
                     break;
                 }
+                slot.mark_failed();
                 tracing::warn!(relay = %slot.relay, "relay link down: {err}");
                 retry.after(&slot, err, attempt)
             }
@@ -152,6 +153,7 @@ pub(super) async fn run_link(inner: Arc<Inner>, slot: Arc<Slot>, endpoint: quinn
                 } else {
                     tracing::debug!(attempt, "relay connect failed: {text}");
                 }
+                slot.mark_failed();
                 let wait = retry.after(&slot, e, attempt);
                 slot.tried.send_replace(true);
                 inner.fleet_changed();

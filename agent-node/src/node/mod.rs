@@ -82,6 +82,8 @@ struct Inner {
     conn: watch::Sender<Option<quinn::Connection>>,
     /// The home link.
     home: Mutex<Option<Arc<Slot>>>,
+    /// Since when the home link is home.
+    home_since: Mutex<Option<tokio::time::Instant>>,
     /// Every relay link, by relay.
     slots: Mutex<HashMap<NodeId, Arc<Slot>>>,
     /// The fleet (pinned admin key, relay map) of a fleet node.
@@ -170,6 +172,7 @@ impl Node {
             }),
             conn: watch::Sender::new(None),
             home: Mutex::new(None),
+            home_since: Mutex::new(None),
             slots: Mutex::new(HashMap::new()),
             map_updates: watch::Sender::new(fleet.as_ref().and_then(|f| {
                 f.map

@@ -35,6 +35,10 @@ pub(super) struct Slot {
     pub(super) draining_until: std::sync::Mutex<Option<Instant>>,
     /// Set when the node gives this link up: its task stops reconnecting.
     pub(super) retired: AtomicBool,
+    /// Set once a connection attempt failed or a connection was lost: the relay has let this
+    /// node down at least once (a relay that comes and goes must prove itself for the settle
+    /// time before it is home again).
+    pub(super) failed: AtomicBool,
     /// Whether the first connection attempt has finished (either way).
     pub(super) tried: watch::Sender<bool>,
 }
@@ -74,6 +78,7 @@ impl Slot {
             online_since: std::sync::Mutex::new(None),
             draining_until: std::sync::Mutex::new(None),
             retired: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             tried: watch::Sender::new(false),
         })
     }
@@ -140,6 +145,16 @@ impl Slot {
                 b"link no longer needed",
             );
         }
+    }
+
+    /// Notes that an attempt failed or the connection was lost.
+    pub(super) fn mark_failed(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// Whether an attempt ever failed or a connection was ever lost.
+    pub(super) fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     /// Whether the link was given up.

@@ -177,6 +177,7 @@ async fn nodes_spread_by_the_hash_and_reach_callees_homed_on_other_relays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_relay_moves_only_its_nodes_which_return_home_without_flapping() {
+    nullport_tests::init_tracing();
     let mut fleet = Fleet::start(3).await;
     let lost = 1;
     // Eight nodes homed on the relay that will be lost, two on each of the others.
