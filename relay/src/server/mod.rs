@@ -116,6 +116,8 @@ impl RelayHandle {
             .metrics
             .map_version
             .store(map.version, Ordering::Relaxed);
+        // The map names the network admin: the admin's lists the store holds are in force now.
+        store_sync::enforce_admin_lists(&self.shared);
         tracing::info!(
             version = map.version,
             relays = map.relays.len(),

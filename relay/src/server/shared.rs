@@ -91,9 +91,12 @@ impl Shared {
     pub(crate) fn enforce_admission(&self) -> usize {
         let admins = super::store_sync::admin_keys(self);
         let before = self.store.revocations.len();
-        self.store
-            .revocations
-            .retain(|signer, _| admins.contains(signer) || self.admission.check(signer).is_ok());
+        // A shared store keeps every list the fleet accepted (this relay's view of it, which
+        // the admin's lists must stay in until the map says who the admin is).
+        let shared = self.store.is_shared();
+        self.store.revocations.retain(|signer, _| {
+            shared || admins.contains(signer) || self.admission.check(signer).is_ok()
+        });
         if self.store.revocations.len() != before {
             self.store.touch(crate::store::Part::Revocations);
         }

@@ -80,14 +80,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut changes: UnboundedReceiver<Chan
                 if admin_keys(&shared).contains(&signer) {
                     let closed = enforce_admin_lists(&shared);
                     tracing::info!(%signer, version, closed, "network admin's list from the fleet in force");
-                } else if shared.admission.check(&signer).is_err() {
-                    // The same rule as for lists published here: only admitted signers.
-                    shared
-                        .store
-                        .revocations
-                        .remove_if(&signer, |_, held| held.0 == version);
-                    continue;
                 } else {
+                    // Pushed whether or not the signer is admitted here: another relay of the
+                    // fleet took it from an admitted node.
                     tracing::info!(%signer, version, "revocation list from the fleet");
                 }
                 let _ = shared.push.send(Push::Revocations(list));

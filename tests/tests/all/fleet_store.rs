@@ -53,9 +53,26 @@ async fn fleet(cluster: &EtcdCluster, n: usize) -> Fleet {
         );
         state.push(dir);
     }
-    let map = RelayMap {
+    let map = relay_map(&admin, 1, &relays.iter().collect::<Vec<_>>());
+    for r in &relays {
+        r.relay().handle().set_relay_map(map.clone()).unwrap();
+    }
+    Fleet {
+        admin,
+        relays,
+        state,
+    }
+}
+
+/// The relay map of `relays`, version `version`, signed by `admin`.
+fn relay_map(
+    admin: &Identity,
+    version: u64,
+    relays: &[&TestNet],
+) -> nullport_protocol::relay_link::SignedRelayMap {
+    RelayMap {
         admin: admin.node_id(),
-        version: 1,
+        version,
         issued: now(),
         relays: relays
             .iter()
@@ -66,16 +83,8 @@ async fn fleet(cluster: &EtcdCluster, n: usize) -> Fleet {
             })
             .collect(),
     }
-    .sign(&admin)
-    .unwrap();
-    for r in &relays {
-        r.relay().handle().set_relay_map(map.clone()).unwrap();
-    }
-    Fleet {
-        admin,
-        relays,
-        state,
-    }
+    .sign(admin)
+    .unwrap()
 }
 
 /// Starts a node on `net` (joining with `invite`, if any) and waits for its admission.
@@ -390,7 +399,25 @@ async fn fleet_store_a_revocation_accepted_at_relay_1_is_enforced_at_relay_3() {
     .await
     .unwrap();
     assert_eq!(refused, Refusal::KeyRevoked);
-    let (_elsewhere, r) = join(&fleet.relays[1], victim_id, None).await;
+    let (_elsewhere, r) = join(&fleet.relays[1], victim_id.clone(), None).await;
+    assert!(
+        matches!(r, Err(Error::RelayRefused(Refusal::KeyRevoked))),
+        "{r:?}"
+    );
+    // A relay that starts later, on the same store, enforces it as soon as it holds the map.
+    let late = TestNet::start_with(RelayOptions {
+        allow: Some(vec![]),
+        store: Some(cluster.spec()),
+        ..Default::default()
+    })
+    .await;
+    let mut all: Vec<&TestNet> = fleet.relays.iter().collect();
+    all.push(&late);
+    late.relay()
+        .handle()
+        .set_relay_map(relay_map(&fleet.admin, 2, &all))
+        .unwrap();
+    let (_after_map, r) = join(&late, victim_id, None).await;
     assert!(
         matches!(r, Err(Error::RelayRefused(Refusal::KeyRevoked))),
         "{r:?}"
