@@ -37,16 +37,22 @@ pub(crate) enum MapCommand {
     Show {
         /// The map file (`map sign --out`).
         file: PathBuf,
+        /// Also require the map to be signed by this admin key, as nodes that pin it do.
+        #[arg(long, value_name = "NODEID")]
+        admin: Option<NodeId>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
     /// Print the fleet bootstrap string of each relay in a map, one a line
-    /// (`fleet:<admin>/<relay>@<host:port>`: what `nullport join` and `nullport up` take to
-    /// join the fleet through that relay). Verifies the map first.
+    /// (`fleet:<admin>/<relay>@<host:port>`: what a node joins the fleet with, through that
+    /// relay). Verifies the map first.
     Bootstrap {
         /// The map file.
         file: PathBuf,
+        /// Also require the map to be signed by this admin key, as nodes that pin it do.
+        #[arg(long, value_name = "NODEID")]
+        admin: Option<NodeId>,
     },
 }
 
@@ -211,8 +217,18 @@ fn bootstrap(map: &RelayMap, relay: &RelayEntry) -> Option<FleetBootstrap> {
     })
 }
 
-fn show(file: &Path, json: bool) -> anyhow::Result<()> {
-    let map = map_file::load(file)?.map;
+/// Loads and verifies a map file, and checks its admin if one is given.
+fn load(file: &Path, admin: Option<NodeId>) -> anyhow::Result<RelayMap> {
+    let verified = map_file::load(file)?;
+    if let Some(admin) = admin {
+        RelayMap::verify(&verified.signed, &admin)
+            .with_context(|| format!("relay map {}", file.display()))?;
+    }
+    Ok(verified.map)
+}
+
+fn show(file: &Path, admin: Option<NodeId>, json: bool) -> anyhow::Result<()> {
+    let map = load(file, admin)?;
     if json {
         let relays: Vec<serde_json::Value> = map
             .relays
@@ -269,9 +285,9 @@ fn print_out(text: &str) -> anyhow::Result<()> {
 pub(crate) fn run(command: MapCommand) -> anyhow::Result<()> {
     match command {
         MapCommand::Sign(args) => sign(args),
-        MapCommand::Show { file, json } => show(&file, json),
-        MapCommand::Bootstrap { file } => {
-            let map = map_file::load(&file)?.map;
+        MapCommand::Show { file, admin, json } => show(&file, admin, json),
+        MapCommand::Bootstrap { file, admin } => {
+            let map = load(&file, admin)?;
             let text: String = map
                 .relays
                 .iter()

@@ -45,7 +45,19 @@ async fn map_sign_show_and_bootstrap_print_what_was_signed() {
     assert_eq!(json["admin"], admin.to_string());
     assert_eq!(json["relays"].as_array().unwrap().len(), 2);
 
-    let lines = ok(&["map", "bootstrap", &file]).await;
+    // Checked against the admin key nodes pin: the right one passes, another is refused.
+    let pinned = admin.to_string();
+    ok(&["map", "show", &file, "--admin", &pinned]).await;
+    let other = keys.key("r2.key").await.to_string();
+    let e = fails(&["map", "show", &file, "--admin", &other]).await;
+    assert!(
+        e.contains(&format!("not by the network admin {other}")),
+        "{e}"
+    );
+    let e = fails(&["map", "bootstrap", &file, "--admin", &other]).await;
+    assert!(e.contains("not by the network admin"), "{e}");
+
+    let lines = ok(&["map", "bootstrap", &file, "--admin", &pinned]).await;
     let parsed: Vec<FleetBootstrap> = lines.lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(parsed.len(), 2);
     assert!(parsed.iter().all(|b| b.admin == admin));
