@@ -91,6 +91,9 @@ pub enum AddressProblem {
     /// The port is not 1-65535.
     #[error("port {0:?} is not 1-65535")]
     BadPort(String),
+    /// A `fleet:` bootstrap that does not parse.
+    #[error("{0}")]
+    Fleet(String),
 }
 
 /// Why the relay could not be reached.

@@ -37,4 +37,4 @@ pub use channel::{AbortHandle, Channel};
 pub use error::{AddressProblem, Error, LinkLost, Refusal, SetupError, Unreachable};
 pub use handshake::IncomingChannel;
 pub use node::{Handlers, LinkState, Node, NodeConfig, NodeLimits};
-pub use relay_addr::RelayAddr;
+pub use relay_addr::{RelayAddr, RelaySpec};

@@ -1,4 +1,5 @@
-//! Relay addresses: `<relay NodeId>@<host>:<port>`. The NodeId pins the relay's key.
+//! Relay addresses: `<relay NodeId>@<host>:<port>` (the NodeId pins the relay's key), and
+//! [`RelaySpec`]: such an address, or a fleet's `fleet:<admin>/<relay>@<host>:<port>`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -79,6 +80,67 @@ impl FromStr for RelayAddr {
     }
 }
 
+/// Where a node finds its relay: one relay pinned by its key (`<relay NodeId>@host:port`), or
+/// a fleet (`fleet:<admin NodeId>/<relay NodeId>@host:port`: the network admin key pinned,
+/// and one relay to ask for the signed relay map).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelaySpec {
+    /// A lone relay.
+    Single(RelayAddr),
+    /// A fleet of relays.
+    Fleet(nullport_keyring::relay_map::FleetBootstrap),
+}
+
+impl RelaySpec {
+    /// The relay the node dials first (the lone relay, or the fleet's bootstrap relay).
+    pub fn first_relay(&self) -> Result<RelayAddr, Error> {
+        match self {
+            RelaySpec::Single(addr) => Ok(addr.clone()),
+            RelaySpec::Fleet(b) => format!("{}@{}", b.relay, b.addr).parse(),
+        }
+    }
+
+    /// The admin key a fleet node pins (none for a lone relay).
+    pub fn admin(&self) -> Option<NodeId> {
+        match self {
+            RelaySpec::Single(_) => None,
+            RelaySpec::Fleet(b) => Some(b.admin),
+        }
+    }
+}
+
+impl fmt::Display for RelaySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RelaySpec::Single(addr) => addr.fmt(f),
+            RelaySpec::Fleet(b) => b.fmt(f),
+        }
+    }
+}
+
+impl FromStr for RelaySpec {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        if text
+            .trim()
+            .starts_with(nullport_keyring::relay_map::BOOTSTRAP_PREFIX)
+        {
+            let bootstrap =
+                text.parse()
+                    .map_err(|e: nullport_keyring::relay_map::RelayMapError| {
+                        Error::InvalidRelayAddress {
+                            address: text.to_owned(),
+                            problem: AddressProblem::Fleet(e.to_string()),
+                        }
+                    })?;
+            Ok(RelaySpec::Fleet(bootstrap))
+        } else {
+            text.parse().map(RelaySpec::Single)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +154,27 @@ mod tests {
             let addr: RelayAddr = text.parse().unwrap();
             assert_eq!(addr.to_string(), text);
         }
+    }
+
+    #[test]
+    fn specs_are_a_lone_relay_or_a_fleet() {
+        let id = Identity::from_seed([1; 32]).node_id();
+        let admin = Identity::from_seed([2; 32]).node_id();
+        let single: RelaySpec = format!("{id}@h:1").parse().unwrap();
+        assert!(matches!(single, RelaySpec::Single(_)));
+        assert_eq!(single.admin(), None);
+        let text = format!("fleet:{admin}/{id}@h:1");
+        let fleet: RelaySpec = text.parse().unwrap();
+        assert_eq!(fleet.admin(), Some(admin));
+        assert_eq!(fleet.first_relay().unwrap().node_id, id);
+        assert_eq!(fleet.to_string(), text);
+        assert!(matches!(
+            format!("fleet:{admin}@h:1").parse::<RelaySpec>(),
+            Err(Error::InvalidRelayAddress {
+                problem: AddressProblem::Fleet(_),
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -161,14 +161,14 @@ async fn main() -> Res<()> {
     let tool = Daemon::start(
         tool_home,
         tool_id,
-        relay_addr.clone(),
+        nullport_node::RelaySpec::Single(relay_addr.clone()),
         NodeLimits::default(),
     )
     .await?;
     let agent = Daemon::start(
         agent_home.clone(),
         agent_id,
-        relay_addr,
+        nullport_node::RelaySpec::Single(relay_addr),
         NodeLimits::default(),
     )
     .await?;

@@ -177,6 +177,20 @@ pub struct Status {
     /// What changed on disk that only a restart applies, if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_needed: Option<String>,
+    /// A fleet node: where it is homed, the relay map it holds, its relay links.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// The fleet side of a node's status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// The relay the node is homed on (none while no link is up).
+    pub home: Option<String>,
+    /// The version of the relay map held (none: not received yet).
+    pub map_version: Option<u64>,
+    /// Every relay link: the relay's NodeId and whether the link is up.
+    pub links: Vec<(String, bool)>,
 }
 
 /// One revocation list held.

@@ -42,6 +42,12 @@ impl Home {
         &self.dir
     }
 
+    /// The newest relay map of a fleet node (kept so a restart neither waits for the
+    /// bootstrap relay nor takes an older map).
+    pub fn relay_map(&self) -> PathBuf {
+        self.dir.join("relay-map.json")
+    }
+
     /// The identity key file.
     pub fn key(&self) -> PathBuf {
         self.dir.join("identity.key")

@@ -155,14 +155,14 @@ async fn demo(root: &std::path::Path) -> anyhow::Result<()> {
     let tool = Daemon::start(
         tool_home.clone(),
         tool_id.clone(),
-        relay_addr.clone(),
+        nullport_node::RelaySpec::Single(relay_addr.clone()),
         NodeLimits::default(),
     )
     .await?;
     let agent = Daemon::start(
         agent_home.clone(),
         agent_id.clone(),
-        relay_addr.clone(),
+        nullport_node::RelaySpec::Single(relay_addr.clone()),
         NodeLimits::default(),
     )
     .await?;

@@ -178,6 +178,15 @@ impl NodeConfig {
         }
     }
 
+    /// The config for `spec`: a lone relay ([`NodeConfig::new`]) or a fleet
+    /// ([`NodeConfig::fleet`]).
+    pub fn for_relay(identity: Arc<Identity>, spec: &crate::RelaySpec) -> Result<Self, Error> {
+        match spec {
+            crate::RelaySpec::Single(addr) => Ok(Self::new(identity, addr.clone())),
+            crate::RelaySpec::Fleet(bootstrap) => Self::fleet(identity, bootstrap),
+        }
+    }
+
     /// A fleet node's config from its bootstrap (`fleet:<admin>/<relay>@<host>:<port>`):
     /// the admin key pinned, the named relay asked for the map first.
     pub fn fleet(

@@ -95,11 +95,11 @@ pub(crate) async fn audit(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> 
                 source = from;
                 let w = w.ok_or_else(|| anyhow!("no witnessed checkpoint yet ({from})"))?;
                 let cp = audit::witness::from_json(&w)?;
-                let relay: RelayAddr = load_config(home)?
+                let relay: RelaySpec = load_config(home)?
                     .relay
                     .ok_or_else(|| anyhow!("no relay in the config: cannot check the witness"))?
                     .parse()?;
-                Some(audit::witness::verify(&cp, &node, &relay.node_id)?)
+                Some(verify_witness(home, &cp, &node, &relay)?)
             } else {
                 None
             };
@@ -168,4 +168,38 @@ pub(crate) async fn audit(home: &Home, cmd: AuditCommand) -> anyhow::Result<()> 
             Ok(())
         }
     }
+}
+
+/// Checks a witnessed checkpoint against the relay that countersigned it: the lone relay's
+/// key, or (a fleet node) any relay of the relay map kept in the home, which the node took
+/// only under its pinned admin key.
+fn verify_witness(
+    home: &Home,
+    cp: &nullport_protocol::relay_link::WitnessedCheckpoint,
+    node: &nullport_protocol::NodeId,
+    relay: &RelaySpec,
+) -> anyhow::Result<nullport_audit::Checkpoint> {
+    let keys: Vec<nullport_protocol::NodeId> = match relay {
+        RelaySpec::Single(addr) => vec![addr.node_id],
+        RelaySpec::Fleet(bootstrap) => {
+            let mut keys = vec![bootstrap.relay];
+            if let Ok(held) = nullport_relay::map_file::load(&home.relay_map())
+                && held.map.admin == bootstrap.admin
+            {
+                keys.extend(held.map.relays.iter().map(|r| r.node_id));
+            }
+            keys
+        }
+    };
+    let mut last = None;
+    for key in &keys {
+        match nullport_audit::witness::verify(cp, node, key) {
+            Ok(v) => return Ok(v),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(
+        || anyhow!("no relay key to check the witness with"),
+        Into::into,
+    ))
 }

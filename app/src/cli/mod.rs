@@ -23,7 +23,7 @@ use nullport::control::{ControlRequest, ControlResponse};
 use nullport::daemon::Daemon;
 use nullport::home::Home;
 use nullport_keyring::{KdfParams, PassphraseSource, Policy, Protection, TrustStore, key_file};
-use nullport_node::RelayAddr;
+use nullport_node::RelaySpec;
 use nullport_protocol::{Identity, NodeId, ServiceName};
 use services::ExposeArgs;
 use tokio::io::{AsyncWriteExt, BufReader};

@@ -38,9 +38,9 @@ pub(crate) async fn join(
 ) -> anyhow::Result<()> {
     let bytes = nullport_keyring::invite::Invite::from_text(invite)
         .map_err(|e| anyhow!("{e}: an invite looks like npi1..."))?;
-    let relay_addr: RelayAddr = relay.parse()?;
+    let relay_addr: RelaySpec = relay.parse()?;
     let identity = Arc::new(load_identity(home, passphrase_file)?);
-    let mut config = nullport_node::NodeConfig::new(identity.clone(), relay_addr.clone());
+    let mut config = nullport_node::NodeConfig::for_relay(identity.clone(), &relay_addr)?;
     config.join = Some(bytes);
     config.limits.refused_backoff_max = std::time::Duration::from_secs(60);
     let node = nullport_node::Node::start(config).await?;
@@ -144,6 +144,18 @@ pub(crate) async fn status(home: &Home, json: bool) -> anyhow::Result<()> {
     println!("node     {}", status.node_id);
     println!("relay    {}", status.relay);
     println!("link     {}", status.link);
+    if let Some(fleet) = &status.fleet {
+        let map = fleet
+            .map_version
+            .map_or_else(|| "none yet".to_owned(), |v| format!("version {v}"));
+        println!(
+            "home     {} (relay map {map})",
+            fleet.home.as_deref().unwrap_or("none (no relay link up)")
+        );
+        for (relay, up) in &fleet.links {
+            println!("  link   {relay} {}", if *up { "up" } else { "connecting" });
+        }
+    }
     if let Some(note) = &status.restart_needed {
         println!("config   {note}");
     }
@@ -213,10 +225,13 @@ pub(crate) async fn up(home: &Home, args: UpArgs) -> anyhow::Result<()> {
         (Some(r), _) => r.clone(),
         (None, Some(r)) => r.clone(),
         (None, None) => {
-            bail!("no relay: pass --relay <relay NodeId>@host:port (it is saved for next time)")
+            bail!(
+                "no relay: pass --relay <relay NodeId>@host:port, or a fleet's \
+                 fleet:<admin NodeId>/<relay NodeId>@host:port (it is saved for next time)"
+            )
         }
     };
-    let relay: RelayAddr = relay_text.parse()?;
+    let relay: RelaySpec = relay_text.parse()?;
     // A passphrase in the environment would stay readable in /proc/PID/environ for the
     // daemon's lifetime: hand it over through a pipe and start again without it.
     if args.passphrase_file.is_none() && std::env::var_os("NULLPORT_PASSPHRASE").is_some() {

@@ -503,5 +503,19 @@ fn status(state: &State) -> Status {
         retired_keys: access.rotations.len(),
         config_error: state.reload_error.lock().ok().and_then(|r| r.clone()),
         restart_needed: restart_needed(state),
+        fleet: state.relay.admin().map(|_| crate::control::FleetStatus {
+            home: state.node.home_relay().map(|r| r.to_string()),
+            map_version: state.node.relay_map().and_then(|m| {
+                nullport_keyring::relay_map::RelayMap::verify_self_signed(&m)
+                    .ok()
+                    .map(|m| m.version)
+            }),
+            links: state
+                .node
+                .relay_links()
+                .into_iter()
+                .map(|(r, up)| (r.to_string(), up))
+                .collect(),
+        }),
     }
 }

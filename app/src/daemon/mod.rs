@@ -10,6 +10,7 @@ mod console;
 mod control;
 mod incoming;
 mod lists;
+mod relay_map;
 mod scrape;
 
 use std::collections::BTreeMap;
@@ -32,7 +33,7 @@ use crate::config_file::ConfigError;
 use crate::config_file::NodeFile;
 use crate::home::Home;
 use crate::mcp::approvals::Approvals;
-use nullport_node::{Error, Node, NodeConfig, NodeLimits, RelayAddr};
+use nullport_node::{Error, Node, NodeConfig, NodeLimits, RelaySpec};
 
 pub use control::explain;
 
@@ -139,7 +140,7 @@ impl Files {
 
 pub(crate) struct State {
     pub(crate) home: Home,
-    pub(crate) relay: RelayAddr,
+    pub(crate) relay: RelaySpec,
     pub(crate) node: Node,
     pub(crate) identity: Arc<Identity>,
     pub(crate) files: RwLock<Files>,
@@ -331,7 +332,7 @@ impl Daemon {
     pub async fn start(
         home: Home,
         identity: Arc<Identity>,
-        relay: RelayAddr,
+        relay: RelaySpec,
         limits: NodeLimits,
     ) -> Result<Daemon, DaemonError> {
         let socket = home.socket();
@@ -369,8 +370,22 @@ impl Daemon {
         let approval_timeout = files.config.approvals.timeout();
         let started_link = files.config.link.clone();
         let pins = Arc::new(crate::mcp::pins::Pins::load(home.pins(), audit.clone())?);
-        let mut node_config = NodeConfig::new(identity.clone(), relay.clone());
-        node_config.limits = limits;
+        let mut node_config = NodeConfig::for_relay(identity.clone(), &relay)?;
+        node_config.limits = match &relay {
+            // A fleet node notices a relay that died without a word sooner (it has somewhere
+            // to go), unless the config file set the link timings itself.
+            RelaySpec::Fleet(_) if limits.idle_timeout == NodeLimits::default().idle_timeout => {
+                NodeLimits {
+                    keep_alive: node_config.limits.keep_alive,
+                    idle_timeout: node_config.limits.idle_timeout,
+                    ..limits
+                }
+            }
+            _ => limits,
+        };
+        if relay.admin().is_some() {
+            node_config.relay_map = relay_map::load(&home.relay_map());
+        }
         let node = Node::start(node_config).await?;
         let placeholder = Access {
             me: identity.node_id(),
@@ -415,6 +430,9 @@ impl Daemon {
         tasks.spawn(lists::revocation_loop(state.clone()).instrument(span.clone()));
         tasks.spawn(lists::rotation_loop(state.clone()).instrument(span.clone()));
         tasks.spawn(channels::oversee(state.clone()).instrument(span.clone()));
+        if state.relay.admin().is_some() {
+            tasks.spawn(relay_map::keep(state.clone()).instrument(span.clone()));
+        }
         tasks.spawn(notifications(state.clone()).instrument(span));
         unbind.0 = None;
         Ok(Daemon { state, tasks })

@@ -88,7 +88,14 @@ pub(crate) async fn handle(
         let _ = send.finish();
         return;
     }
-    let target_conn = shared.routes.get(&target).map(|r| r.conn.clone());
+    // A relay that announced a planned stop takes no new channels: callers go to the
+    // target's next relay ("not here"), so no channel opened now is cut when it stops.
+    let draining = shared.draining.load(Ordering::Acquire);
+    let target_conn = if draining {
+        None
+    } else {
+        shared.routes.get(&target).map(|r| r.conn.clone())
+    };
     let opened = match target_conn {
         Some(conn) => timeout(shared.limits.request_deadline, conn.open_bi())
             .await

@@ -129,8 +129,10 @@ impl RelayHandle {
 
     /// Tells every node online that this relay stops within `within`: nodes that can go
     /// elsewhere (fleet members) move now; channels already open keep running until the
-    /// relay really stops.
+    /// relay really stops, and new dials are answered "not here" (callers try the target's
+    /// next relay).
     pub fn announce_drain(&self, within: std::time::Duration) {
+        self.shared.draining.store(true, Ordering::Release);
         let secs = u32::try_from(within.as_secs()).unwrap_or(u32::MAX);
         tracing::info!(within_secs = secs, "announcing drain to every node");
         self.shared
@@ -231,6 +233,7 @@ impl Relay {
             admin_version: AtomicU64::new(0),
             pending_per_ip: Mutex::new(HashMap::new()),
             map: Mutex::new(None),
+            draining: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "testing")]
             hooks: config.testing,
         });

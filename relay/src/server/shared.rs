@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     /// Version of the network admin's list in force (0: none).
     pub(crate) admin_version: AtomicU64,
     pub(crate) pending_per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Set once the relay announced a planned stop: new dials are answered "not here".
+    pub(crate) draining: std::sync::atomic::AtomicBool,
     /// The fleet's relay map this relay hands out (none: a lone relay).
     pub(crate) map: Mutex<Option<SignedRelayMap>>,
     #[cfg(feature = "testing")]
