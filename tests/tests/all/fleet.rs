@@ -2,7 +2,6 @@
 //! rendezvous hashing, reaching callees homed on other relays, losing and regaining a relay,
 //! planned stops, and maps that are forged, older, or leave a relay out.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
