@@ -492,6 +492,31 @@ mod tests {
     }
 
     #[test]
+    fn members_of_the_shared_store_are_admitted_beside_the_file_and_never_over_a_bar() {
+        let (a, b, c) = (
+            Identity::from_seed([1; 32]).node_id(),
+            Identity::from_seed([2; 32]).node_id(),
+            Identity::from_seed([3; 32]).node_id(),
+        );
+        let adm = Admission::fixed([a]);
+        assert_eq!(adm.check(&b), Err(Refusal::NotListed));
+        assert_eq!(adm.add_member(b), Ok(()));
+        assert!(adm.admits(&a) && adm.admits(&b));
+        adm.remove_member(&b);
+        assert_eq!(adm.check(&b), Err(Refusal::NotListed));
+        // Removing a member never removes a file entry; a barred key never becomes one.
+        adm.remove_member(&a);
+        assert!(adm.admits(&a));
+        adm.set_revoked([c]);
+        assert_eq!(adm.add_member(c), Err(Refusal::Revoked));
+        assert_eq!(adm.check(&c), Err(Refusal::Revoked));
+        // A rotation retires a member too.
+        assert_eq!(adm.add_member(b), Ok(()));
+        adm.retire(&b, &Identity::from_seed([4; 32]).node_id());
+        assert_eq!(adm.check(&b), Err(Refusal::Retired));
+    }
+
+    #[test]
     fn added_keys_carry_their_label_and_retired_ones_leave_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("allow");

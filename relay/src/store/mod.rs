@@ -505,6 +505,15 @@ mod tests {
         );
     }
 
+    #[cfg(not(feature = "etcd"))]
+    #[tokio::test]
+    async fn an_etcd_store_without_the_feature_is_refused_naming_it() {
+        let spec: StoreSpec = "etcd://127.0.0.1:2379".parse().unwrap();
+        let refused = Store::open(&spec, None, Arc::default()).await.err();
+        let text = refused.map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("`etcd` cargo feature"), "{text}");
+    }
+
     #[tokio::test]
     async fn the_file_store_refuses_rollbacks_and_keeps_the_first_rotation() {
         let store = Store::load(None).await;
