@@ -148,7 +148,19 @@ pub(super) async fn dial_fleet(
             walk.last_error = Some(Error::RelayUnreachable(crate::error::Unreachable::NotYet));
             break;
         }
-        tokio::time::sleep(POLL).await;
+        // Woken by the first link still connecting (the one earliest in the order), and
+        // every POLL for the others.
+        if let Some(first) = deferred.first() {
+            let mut conn = first.conn.subscribe();
+            let mut tried = first.tried.subscribe();
+            if first.connection().is_none() && !first.is_down() {
+                tokio::select! {
+                    _ = conn.changed() => {}
+                    _ = tried.changed() => {}
+                    () = tokio::time::sleep(POLL) => {}
+                }
+            }
+        }
     }
     drop(slots);
     match walk.last_error {

@@ -90,8 +90,7 @@ pub(crate) async fn handle(
     }
     // A relay that announced a planned stop takes no new channels: callers go to the
     // target's next relay ("not here"), so no channel opened now is cut when it stops.
-    let draining = shared.draining.load(Ordering::Acquire);
-    let target_conn = if draining {
+    let target_conn = if shared.is_draining() {
         None
     } else {
         shared.routes.get(&target).map(|r| r.conn.clone())

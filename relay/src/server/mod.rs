@@ -132,7 +132,9 @@ impl RelayHandle {
     /// relay really stops, and new dials are answered "not here" (callers try the target's
     /// next relay).
     pub fn announce_drain(&self, within: std::time::Duration) {
-        self.shared.draining.store(true, Ordering::Release);
+        if let Ok(mut until) = self.shared.draining_until.lock() {
+            *until = Some(Instant::now() + within);
+        }
         let secs = u32::try_from(within.as_secs()).unwrap_or(u32::MAX);
         tracing::info!(within_secs = secs, "announcing drain to every node");
         self.shared
@@ -233,7 +235,7 @@ impl Relay {
             admin_version: AtomicU64::new(0),
             pending_per_ip: Mutex::new(HashMap::new()),
             map: Mutex::new(None),
-            draining: std::sync::atomic::AtomicBool::new(false),
+            draining_until: Mutex::new(None),
             #[cfg(feature = "testing")]
             hooks: config.testing,
         });
@@ -510,18 +512,8 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming, guard: 
         }
     }
     drop(guard);
-    if write_message(
-        &mut ctl_send,
-        &RelayToNode::Welcome {
-            version: LINK_VERSION,
-            node_id,
-        },
-    )
-    .await
-    .is_err()
-    {
-        return;
-    }
+    // The route first, then the Welcome: a node that reads Welcome is reachable at once (a
+    // caller it tells right away, or one walking a fleet, never finds it "not here").
     let generation = shared.next_generation.fetch_add(1, Ordering::Relaxed);
     let old = shared.routes.insert(
         node_id,
@@ -546,11 +538,37 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming, guard: 
     if let Err(refusal) = shared.admission.check(&node_id) {
         conn.close(refusal.close_code().into(), refusal.to_string().as_bytes());
     }
-    shared.metrics.admitted.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("node", peer = %node_id);
-    serve_node(shared.clone(), node_id, conn, ctl_send, ctl_recv)
-        .instrument(span)
-        .await;
+    let welcomed = write_message(
+        &mut ctl_send,
+        &RelayToNode::Welcome {
+            version: LINK_VERSION,
+            node_id,
+        },
+    )
+    .await
+    .is_ok();
+    if welcomed {
+        shared.metrics.admitted.fetch_add(1, Ordering::Relaxed);
+        // A node that arrives while the relay drains is told too, with the time left.
+        if let Some(left) = shared.drain_left() {
+            let secs = u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX);
+            let told = conn.clone();
+            tokio::spawn(async move {
+                if let Ok((mut send, _recv)) = told.open_bi().await {
+                    let _ = crate::link::write_control(
+                        &mut send,
+                        &RelayToNode::Draining { within_secs: secs },
+                    )
+                    .await;
+                    let _ = send.finish();
+                }
+            });
+        }
+        let span = tracing::info_span!("node", peer = %node_id);
+        serve_node(shared.clone(), node_id, conn, ctl_send, ctl_recv)
+            .instrument(span)
+            .await;
+    }
     let removed = shared
         .routes
         .remove_if(&node_id, |_, r| r.generation == generation);

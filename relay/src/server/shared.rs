@@ -52,8 +52,9 @@ pub(crate) struct Shared {
     /// Version of the network admin's list in force (0: none).
     pub(crate) admin_version: AtomicU64,
     pub(crate) pending_per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Set once the relay announced a planned stop: new dials are answered "not here".
-    pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// When the planned stop the relay announced is due (none: not draining). Meanwhile
+    /// new dials are answered "not here", and nodes that arrive are told.
+    pub(crate) draining_until: Mutex<Option<tokio::time::Instant>>,
     /// The fleet's relay map this relay hands out (none: a lone relay).
     pub(crate) map: Mutex<Option<SignedRelayMap>>,
     #[cfg(feature = "testing")]
@@ -69,6 +70,17 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// Whether the relay announced a planned stop.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining_until.lock().is_ok_and(|u| u.is_some())
+    }
+
+    /// Time left until the announced stop, while draining.
+    pub(crate) fn drain_left(&self) -> Option<std::time::Duration> {
+        let until = self.draining_until.lock().ok().and_then(|u| *u)?;
+        Some(until.saturating_duration_since(tokio::time::Instant::now()))
+    }
+
     /// The relay map this relay holds, if it is part of a fleet.
     pub(crate) fn relay_map(&self) -> Option<SignedRelayMap> {
         self.map.lock().ok().and_then(|m| m.clone())
