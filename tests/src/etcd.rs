@@ -102,7 +102,8 @@ impl EtcdCluster {
             .args(["--initial-cluster", &initial])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "nullport-test"])
-            // Loopback: elect within a second instead of the defaults' several.
+            // Loopback: a lost leader is replaced within about a second (etcd's defaults,
+            // 100 ms and 1 s, take up to two), inside the relays' 2 s bound on a decision.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--logger", "zap", "--log-level", "warn"])
             .stdin(Stdio::null())
@@ -182,6 +183,28 @@ impl EtcdCluster {
             .await
             .map_err(|e| e.to_string())?;
         Ok(())
+    }
+
+    /// Which running member leads the cluster now (None: no leader, or no member answered).
+    pub async fn leader(&self) -> Option<usize> {
+        for (i, m) in self.members.iter().enumerate() {
+            if m.child.is_none() {
+                continue;
+            }
+            let url = format!("http://127.0.0.1:{}", m.client);
+            let options = etcd_client::ConnectOptions::new()
+                .with_timeout(Duration::from_secs(1))
+                .with_connect_timeout(Duration::from_secs(1));
+            let Ok(mut client) = etcd_client::Client::connect([url], Some(options)).await else {
+                continue;
+            };
+            if let Ok(status) = client.status().await
+                && status.header().map(|h| h.member_id()) == Some(status.leader())
+            {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// A client of the cluster (for tests that look at what the relays wrote).
