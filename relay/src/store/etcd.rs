@@ -39,6 +39,9 @@ pub(super) const PREFIX: &str = "/nullport/v1/";
 /// [`STORE_TIMEOUT`], may reach another).
 const ATTEMPT: std::time::Duration = std::time::Duration::from_millis(750);
 
+/// Keys per page when the whole view is read.
+const PAGE: i64 = 500;
+
 /// Pause before trying again when a member did not answer.
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -162,23 +165,52 @@ impl Etcd {
 
     /// Every entry under the prefix, verified, and the revision they are at.
     pub(super) async fn snapshot(&self) -> Result<(Vec<Entry>, i64), StoreError> {
+        // Pages of [`PAGE`] keys, all at the first page's revision (one consistent view, each
+        // answer far below gRPC's message bound whatever the fleet's size).
+        let end = prefix_end(PREFIX);
+        let mut start = PREFIX.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut entries = Vec::new();
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let got = self.page(&start, options).await?;
+            if revision == 0 {
+                revision = got.header().map_or(0, |h| h.revision());
+            }
+            entries.extend(got.kvs().iter().filter_map(parse));
+            match got.kvs().last() {
+                Some(last) if got.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok((entries, revision)),
+            }
+        }
+    }
+
+    /// One page of the snapshot, tried again within [`STORE_TIMEOUT`].
+    async fn page(
+        &self,
+        start: &[u8],
+        options: GetOptions,
+    ) -> Result<etcd_client::GetResponse, StoreError> {
         let deadline = Instant::now() + STORE_TIMEOUT;
-        let got = loop {
+        loop {
             let mut client = self.client.clone();
-            let all = client.get(PREFIX, Some(GetOptions::new().with_prefix()));
+            let got = client.get(start.to_vec(), Some(options.clone()));
             let attempt = deadline.min(Instant::now() + ATTEMPT);
-            match within("reading the shared state", attempt, all).await {
-                Ok(got) => break got,
+            match within("reading the shared state", attempt, got).await {
+                Ok(got) => return Ok(got),
                 Err(e) if Instant::now() + RETRY_PAUSE < deadline => {
                     tracing::debug!("{e}; trying again");
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Err(e) => return Err(e),
             }
-        };
-        let revision = got.header().map_or(0, |h| h.revision());
-        let entries = got.kvs().iter().filter_map(parse).collect();
-        Ok((entries, revision))
+        }
     }
 
     /// Puts the state directory's files into the store, each entry only where it is newer
@@ -411,6 +443,15 @@ impl Etcd {
             (false, false) => RotationPut::Taken,
         })
     }
+}
+
+/// The first key after every key that starts with `prefix` (its last byte plus one).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {

@@ -558,3 +558,38 @@ async fn fleet_store_quorum_loss_keeps_channels_and_fails_new_invites_closed_unt
     drop(c_again);
     sinker.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_store_a_relay_reads_a_view_larger_than_a_page() {
+    init_tracing();
+    let test = "fleet_store_a_relay_reads_a_view_larger_than_a_page";
+    let Some(cluster) = EtcdCluster::start(test, 1).await else {
+        return;
+    };
+    // 700 members (the relay reads 500 keys a page), put there by hand.
+    let mut client = cluster.client().await;
+    let members: Vec<Arc<Identity>> = (0..700).map(|_| fresh()).collect();
+    for m in &members {
+        client
+            .put(
+                format!("/nullport/v1/members/{}", m.node_id()),
+                "enrolled by hand",
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let last = members
+        .iter()
+        .max_by_key(|m| m.node_id().to_string())
+        .unwrap()
+        .clone();
+    let relay = TestNet::start_with(RelayOptions {
+        allow: Some(vec![]),
+        store: Some(cluster.spec()),
+        ..Default::default()
+    })
+    .await;
+    let (_node, r) = join(&relay, last, None).await;
+    r.expect("the member on the last page");
+}
