@@ -364,7 +364,7 @@ pub(crate) fn follow(watcher: &mut MapWatcher, relay: &RelayHandle, forced: bool
 
 /// A planned stop with a map: tell the nodes, then keep serving up to `--drain-secs` (less
 /// if every node has gone, or a second signal comes).
-pub(crate) async fn drain(args: &FleetArgs, relay: &RelayHandle) {
+pub(crate) async fn drain(args: &FleetArgs, relay: &RelayHandle, stop: &mut super::StopSignals) {
     if args.map.is_none() || args.drain_secs == 0 {
         return;
     }
@@ -385,6 +385,6 @@ pub(crate) async fn drain(args: &FleetArgs, relay: &RelayHandle) {
     tokio::select! {
         _ = tokio::time::sleep(within) => {}
         _ = gone => super::say!("drained: no node is linked any more"),
-        _ = super::shutdown_signal() => super::say!("second signal: stopping now"),
+        () = stop.next() => super::say!("second signal: stopping now"),
     }
 }

@@ -253,6 +253,9 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // SIGTERM and SIGINT from the first moment too: a stop asked while the relay starts
+    // waits for it (and gets its drain) instead of killing it half-started.
+    let mut stop = StopSignals::new();
     // SIGHUP from the first moment: a reload asked while starting is handled once the relay
     // runs, instead of killing it.
     let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -335,8 +338,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         hup,
         map,
     ));
-    shutdown_signal().await;
-    cli_map::drain(&args.fleet, &relay.handle()).await;
+    stop.next().await;
+    cli_map::drain(&args.fleet, &relay.handle(), &mut stop).await;
     say!("shutting down");
     watcher.abort();
     relay.shutdown().await;
@@ -428,18 +431,43 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// SIGTERM and SIGINT, caught from when this is made (until then their default action
+/// would kill the process).
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let catch = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("no {name} handler: {e}");
+                None
             }
-            Err(_) => std::future::pending().await,
+        };
+        StopSignals {
+            term: catch(SignalKind::terminate(), "SIGTERM"),
+            int: catch(SignalKind::interrupt(), "SIGINT"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        async fn on(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = on(&mut self.term) => {},
+            () = on(&mut self.int) => {},
+        }
     }
 }
 
