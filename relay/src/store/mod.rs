@@ -283,7 +283,7 @@ impl Store {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(InviteRefusal::Used),
                     Err(e) => {
-                        tracing::warn!(peer = %member, "invite use refused: {e}");
+                        tracing::warn!(peer = %member, "invite use refused (fail closed): {e}");
                         Err(InviteRefusal::Unavailable)
                     }
                 }
