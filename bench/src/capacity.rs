@@ -40,7 +40,7 @@ pub struct Step {
 }
 
 /// An idle node: its connection and control stream, kept open.
-struct Idle {
+pub(crate) struct Idle {
     _conn: quinn::Connection,
     _control: (quinn::SendStream, quinn::RecvStream),
 }
@@ -97,7 +97,7 @@ async fn admit(
 
 /// Connects `want` more nodes (`CONCURRENCY` at a time, spread over `endpoints`), adding
 /// them to `idle`; returns how many failed and the first error.
-async fn admit_many(
+pub(crate) async fn admit_many(
     endpoints: &[quinn::Endpoint],
     want: usize,
     relay_id: NodeId,

@@ -50,14 +50,18 @@ pub fn bench_limits() -> RelayLimits {
     }
 }
 
-/// Role `relay`: a relay on loopback; prints `relay ID ADDR`.
-pub async fn relay() -> Result<()> {
+/// Role `relay`: a relay on loopback; prints `relay ID ADDR`. With `map_file`, it serves
+/// the relay map in that file once the file appears (`np-bench fleet`).
+pub async fn relay(map_file: Option<std::path::PathBuf>) -> Result<()> {
     let identity = Arc::new(Identity::generate()?);
     let listen: SocketAddr = "127.0.0.1:0".parse()?;
     let mut config = RelayConfig::new(identity, listen, Arc::new(Admission::open()));
     config.limits = bench_limits();
     let relay = Relay::bind(config).await?;
     crate::say(&format!("relay {} {}", relay.node_id(), relay.local_addr()));
+    if let Some(path) = map_file {
+        crate::fleet::serve_map_file(relay.handle(), path).await;
+    }
     std::future::pending::<()>().await;
     Ok(())
 }
