@@ -6,6 +6,7 @@
 
 pub mod etcd;
 pub mod fuzz;
+pub mod netns;
 pub mod skip;
 
 use std::net::SocketAddr;

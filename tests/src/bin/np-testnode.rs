@@ -7,7 +7,35 @@
 //! np-testnode send --relay <id>@host:port <peer> <bytes>   prints "ok <bytes> <seconds>"
 //! np-testnode lag --listen ADDR --to ADDR --delay-ms D --jitter-ms J
 //!                                                   prints "lag <addr>", forwards UDP both ways
+//! np-testnode fleet-nodes --bootstrap fleet:<admin>/<relay>@host:port --seeds S,S,...
+//!     [--keep-alive-ms N] [--idle-ms N] [--settle-ms N]
+//!                                                   fleet nodes in one process, see below
 //! ```
+//!
+//! `fleet-nodes` starts one fleet node per seed (identity:
+//! `nullport_tests::netns::seeded_identity`), node `i` being the `i`-th seed, each serving the
+//! sink. Limits are the fleet defaults (`NodeConfig::fleet`) unless given. It prints, one line
+//! per event:
+//!
+//! ```text
+//! node <i> <NodeId>                  once per node, as it starts
+//! home <i> <relay NodeId|none> <unix-ms>   whenever node i's home relay changes (looked at
+//!                                    every 10 ms)
+//! sent <tag> <bytes> <ms>            a `send` delivered intact (the sink's SHA-256 matched)
+//! links <tag> <relay>=<up|down>,...  node i's relay links, for `links`
+//! error <tag> <what>                 a command failed
+//! ```
+//!
+//! and reads commands on stdin, one a line, each run at once beside the others (the tag names
+//! the answer):
+//!
+//! ```text
+//! send <tag> <i> <peer NodeId> <bytes> [<pace-ms>]   node i sends to peer's sink, spread over
+//!                                                     pace-ms if given, and checks the digest
+//! links <tag> <i>
+//! ```
+//!
+//! It exits when stdin closes.
 //!
 //! `lag` stands in for `tc netem delay` where the kernel has no netem: every datagram, each
 //! way, waits D ms plus a pseudo-random 0..J ms, so packets are also reordered.
@@ -17,6 +45,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nullport_keyring::relay_map::FleetBootstrap;
 use nullport_node::{Node, NodeConfig, RelayAddr};
 use nullport_protocol::{Identity, NodeId};
 use nullport_relay::{Admission, Relay, RelayConfig};
@@ -26,7 +55,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 fn usage() -> ! {
     eprintln!(
         "usage: np-testnode relay --listen ADDR | sink --relay ADDR | send --relay ADDR PEER BYTES \
-         | lag --listen ADDR --to ADDR --delay-ms D --jitter-ms J"
+         | lag --listen ADDR --to ADDR --delay-ms D --jitter-ms J \
+         | fleet-nodes --bootstrap FLEET --seeds S,S,... [--keep-alive-ms N] [--idle-ms N] \
+         [--settle-ms N]"
     );
     std::process::exit(2)
 }
@@ -75,23 +106,8 @@ async fn main() {
             let peer: NodeId = peer.parse().unwrap_or_else(|_| usage());
             let len: usize = bytes.parse().unwrap_or_else(|_| usage());
             let node = start(identity, relay).await;
-            let data = nullport_tests::pattern(len, 7);
             let started = Instant::now();
-            let result = async {
-                let mut ch = node.dial(peer, "sink").await.map_err(|e| e.to_string())?;
-                ch.write_all(&data).await.map_err(|e| e.to_string())?;
-                ch.shutdown().await.map_err(|e| e.to_string())?;
-                let mut digest = Vec::new();
-                ch.read_to_end(&mut digest)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if digest != Sha256::digest(&data).to_vec() {
-                    return Err("digest mismatch".to_owned());
-                }
-                Ok::<_, String>(())
-            }
-            .await;
-            match result {
+            match send(&node, peer, len, Duration::ZERO).await {
                 Ok(()) => say(&format!("ok {len} {:.3}", started.elapsed().as_secs_f64())),
                 Err(e) => {
                     say(&format!("error {e}"));
@@ -120,8 +136,35 @@ async fn main() {
                 std::process::exit(1);
             }
         }
+        ["fleet-nodes", options @ ..] => fleet_nodes(fleet_options(options)).await,
         _ => usage(),
     }
+}
+
+/// Sends `len` bytes of the test pattern to `peer`'s sink, spread evenly over `pace` (zero:
+/// as fast as the channel takes them), and checks the SHA-256 the sink answers.
+async fn send(node: &Node, peer: NodeId, len: usize, pace: Duration) -> Result<(), String> {
+    const CHUNK: usize = 64 * 1024;
+    let data = nullport_tests::pattern(len, 7);
+    let mut ch = node.dial(peer, "sink").await.map_err(|e| e.to_string())?;
+    let chunks = len.div_ceil(CHUNK).max(1);
+    let started = tokio::time::Instant::now();
+    for (k, chunk) in data.chunks(CHUNK).enumerate() {
+        ch.write_all(chunk).await.map_err(|e| e.to_string())?;
+        if !pace.is_zero() {
+            let due = started + pace.mul_f64((k + 1) as f64 / chunks as f64);
+            tokio::time::sleep_until(due).await;
+        }
+    }
+    ch.shutdown().await.map_err(|e| e.to_string())?;
+    let mut digest = Vec::new();
+    ch.read_to_end(&mut digest)
+        .await
+        .map_err(|e| e.to_string())?;
+    if digest != Sha256::digest(&data).to_vec() {
+        return Err("digest mismatch".to_owned());
+    }
+    Ok(())
 }
 
 /// Per-datagram delays: `delay_ms` plus a pseudo-random 0..=`jitter_ms` (xorshift).
@@ -213,4 +256,144 @@ async fn start(identity: Arc<Identity>, relay: &str) -> Node {
         std::process::exit(1);
     }
     node
+}
+
+/// What `fleet-nodes` runs.
+struct FleetOptions {
+    bootstrap: FleetBootstrap,
+    seeds: Vec<u64>,
+    keep_alive: Option<Duration>,
+    idle: Option<Duration>,
+    settle: Option<Duration>,
+}
+
+fn fleet_options(args: &[&str]) -> FleetOptions {
+    let ms = |v: &str| Duration::from_millis(v.parse().unwrap_or_else(|_| usage()));
+    let (mut bootstrap, mut seeds) = (None, Vec::new());
+    let (mut keep_alive, mut idle, mut settle) = (None, None, None);
+    let mut words = args.iter();
+    while let Some(flag) = words.next() {
+        let value = words.next().unwrap_or_else(|| usage());
+        match *flag {
+            "--bootstrap" => bootstrap = Some(value.parse().unwrap_or_else(|_| usage())),
+            "--seeds" => {
+                seeds = value
+                    .split(',')
+                    .map(|s| s.parse().unwrap_or_else(|_| usage()))
+                    .collect();
+            }
+            "--keep-alive-ms" => keep_alive = Some(ms(value)),
+            "--idle-ms" => idle = Some(ms(value)),
+            "--settle-ms" => settle = Some(ms(value)),
+            _ => usage(),
+        }
+    }
+    FleetOptions {
+        bootstrap: bootstrap.unwrap_or_else(|| usage()),
+        seeds,
+        keep_alive,
+        idle,
+        settle,
+    }
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// `fleet-nodes`: starts the nodes, reports their homes, runs commands until stdin closes.
+async fn fleet_nodes(options: FleetOptions) {
+    use tokio::io::AsyncBufReadExt;
+    let mut nodes = Vec::new();
+    for (i, seed) in options.seeds.iter().enumerate() {
+        let identity = Arc::new(nullport_tests::netns::seeded_identity(*seed));
+        let mut config = NodeConfig::fleet(identity, &options.bootstrap).unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(2)
+        });
+        let limits = &mut config.limits;
+        limits.keep_alive = options.keep_alive.unwrap_or(limits.keep_alive);
+        limits.idle_timeout = options.idle.unwrap_or(limits.idle_timeout);
+        limits.home_settle = options.settle.unwrap_or(limits.home_settle);
+        let node = match Node::start(config).await {
+            Ok(n) => Arc::new(n),
+            Err(e) => {
+                eprintln!("node {i}: {e}");
+                std::process::exit(1)
+            }
+        };
+        say(&format!("node {i} {}", node.node_id()));
+        let serving = node.clone();
+        tokio::spawn(async move { nullport_tests::sink(&serving).await });
+        nodes.push(node);
+    }
+    let nodes: Arc<[Arc<Node>]> = nodes.into();
+    let watcher = tokio::spawn(watch_homes(nodes.clone()));
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let node = |i: &str| i.parse::<usize>().ok().and_then(|i| nodes.get(i).cloned());
+        match words.as_slice() {
+            ["send", tag, from, peer, bytes, pace @ ..] if pace.len() <= 1 => {
+                let tag = (*tag).to_owned();
+                let parsed = (
+                    node(from),
+                    peer.parse::<NodeId>(),
+                    bytes.parse::<usize>(),
+                    pace.first().map_or(Ok(0), |p| p.parse::<u64>()),
+                );
+                let (Some(from), Ok(peer), Ok(len), Ok(pace)) = parsed else {
+                    say(&format!("error {tag} bad send command: {line}"));
+                    continue;
+                };
+                let pace = Duration::from_millis(pace);
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let within = pace + Duration::from_secs(60);
+                    let result = tokio::time::timeout(within, send(&from, peer, len, pace))
+                        .await
+                        .unwrap_or_else(|_| Err(format!("not done within {within:?}")));
+                    match result {
+                        Ok(()) => say(&format!(
+                            "sent {tag} {len} {}",
+                            started.elapsed().as_millis()
+                        )),
+                        Err(e) => say(&format!("error {tag} {e}")),
+                    }
+                });
+            }
+            ["links", tag, i] => match node(i) {
+                Some(n) => {
+                    let links: Vec<String> = n
+                        .relay_links()
+                        .iter()
+                        .map(|(r, up)| format!("{r}={}", if *up { "up" } else { "down" }))
+                        .collect();
+                    say(&format!("links {tag} {}", links.join(",")));
+                }
+                None => say(&format!("error {tag} no node {i}")),
+            },
+            _ => say(&format!("error - unknown command: {line}")),
+        }
+    }
+    watcher.abort();
+}
+
+/// Prints `home <i> <relay|none> <unix-ms>` whenever a node's home changes.
+async fn watch_homes(nodes: Arc<[Arc<Node>]>) {
+    let mut seen: Vec<Option<Option<NodeId>>> = vec![None; nodes.len()];
+    loop {
+        for (i, node) in nodes.iter().enumerate() {
+            let home = node.home_relay();
+            if seen[i] != Some(home) {
+                seen[i] = Some(home);
+                let home = home.map_or_else(|| "none".to_owned(), |r| r.to_string());
+                say(&format!("home {i} {home} {}", unix_ms()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -6,6 +6,7 @@
 mod exhaustion;
 mod faults;
 mod fleet;
+mod fleet_netns;
 mod fleet_store;
 mod full_disk;
 mod fuzz_replay;

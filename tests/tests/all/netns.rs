@@ -6,81 +6,12 @@
 //! prerequisite fails the test; elsewhere it is skipped with a loud message.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use nullport_tests::netns::{Namespaces, can_run, run};
+
 const TESTNODE: &str = env!("CARGO_BIN_EXE_np-testnode");
-
-fn run(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn prerequisites() -> Result<(), String> {
-    let uid = run(&["id", "-u"])?;
-    if uid.trim() != "0" {
-        return Err("not root".into());
-    }
-    for tool in ["ip", "nft", "ss"] {
-        run(&["sh", "-c", &format!("command -v {tool}")])
-            .map_err(|_| format!("{tool} not installed"))?;
-    }
-    Ok(())
-}
-
-/// Three namespaces, removed on drop (with every process in them).
-struct Namespaces {
-    names: [String; 3],
-    children: Vec<Child>,
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for n in &self.names {
-            let _ = run(&["ip", "netns", "del", n]);
-        }
-    }
-}
-
-impl Namespaces {
-    fn exec(&self, ns: usize, args: &[&str]) -> Result<String, String> {
-        let mut full = vec!["ip", "netns", "exec", self.names[ns].as_str()];
-        full.extend_from_slice(args);
-        run(&full)
-    }
-
-    fn spawn(
-        &mut self,
-        ns: usize,
-        args: &[&str],
-    ) -> Result<(BufReader<std::process::ChildStdout>, u32), String> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.names[ns]])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let pid = child.id();
-        self.children.push(child);
-        Ok((BufReader::new(stdout), pid))
-    }
-}
 
 fn first_line(reader: &mut BufReader<std::process::ChildStdout>) -> String {
     let mut line = String::new();
@@ -94,15 +25,7 @@ fn setup(tag: &str) -> Result<Namespaces, String> {
         format!("np-a-{tag}"),
         format!("np-b-{tag}"),
     ];
-    let ns = Namespaces {
-        names: names.clone(),
-        children: Vec::new(),
-    };
-    for n in &names {
-        run(&["ip", "netns", "add", n])?;
-        ns.exec(0, &["true"])?;
-        run(&["ip", "-n", n, "link", "set", "lo", "up"])?;
-    }
+    let ns = Namespaces::create(names.to_vec())?;
     // relay <-> A on 198.18.1.0/24, relay <-> B on 198.18.2.0/24 (RFC 2544 benchmark range).
     for (i, side) in [(1, "a"), (2, "b")] {
         let (r_if, n_if) = (format!("r{side}{tag}"), format!("{side}r{tag}"));
@@ -134,28 +57,9 @@ fn setup(tag: &str) -> Result<Namespaces, String> {
         run(&["ip", "-n", &names[0], "link", "set", r_if, "up"])?;
         run(&["ip", "-n", &names[i], "link", "set", n_if, "up"])?;
         // Node hosts: drop every new inbound connection or datagram.
-        ns.exec(i, &["nft", "add table inet nullport_test"])?;
-        ns.exec(i, &["nft", "add chain inet nullport_test input { type filter hook input priority 0; policy accept; }"])?;
-        ns.exec(
-            i,
-            &[
-                "nft",
-                "add rule inet nullport_test input ct state new counter drop",
-            ],
-        )?;
+        ns.drop_new_inbound(i)?;
     }
     Ok(ns)
-}
-
-fn drop_counter(ns: &Namespaces, i: usize) -> u64 {
-    let text = ns
-        .exec(i, &["nft", "list chain inet nullport_test input"])
-        .unwrap_or_default();
-    text.split("packets ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]
@@ -170,11 +74,11 @@ fn zero_inbound_ports_nodes_behind_drop_all_firewalls_still_talk() {
     let (relay_id, b_id) = (relay_id.as_str(), b_id.as_str());
 
     // The firewall is live: a probe datagram from the relay host to B is dropped and counted.
-    let before = drop_counter(&ns, 2);
+    let before = ns.dropped_inbound(2);
     let _ = ns.exec(0, &["bash", "-c", "echo probe > /dev/udp/198.18.2.2/9"]);
     std::thread::sleep(Duration::from_millis(200));
     assert!(
-        drop_counter(&ns, 2) > before,
+        ns.dropped_inbound(2) > before,
         "nftables drop rule did not see the probe"
     );
 
@@ -225,17 +129,6 @@ fn exec_timed(ns: &Namespaces, i: usize, secs: u64, args: &[&str]) -> (bool, Str
             String::from_utf8_lossy(&out.stdout).trim().to_owned(),
         ),
         Err(e) => (false, format!("spawn: {e}")),
-    }
-}
-
-/// Reports the test as not run (fails under CI) when namespaces cannot be made.
-fn can_run(test: &str) -> bool {
-    match prerequisites() {
-        Ok(()) => true,
-        Err(why) => {
-            nullport_tests::skip::not_run(test, &format!("{why} (needs root, iproute2, nftables)"));
-            false
-        }
     }
 }
 
