@@ -269,6 +269,8 @@ struct FileLayout {
 /// ```toml
 /// [link]
 /// superseded_retry_secs = 30   # after another process with this key took over the link
+/// keep_alive_secs = 10         # keep-alive towards the relay (a fleet's default: 3)
+/// idle_timeout_secs = 30       # a relay link silent this long is lost (a fleet's default: 9)
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,6 +279,13 @@ pub struct LinkTable {
     /// one (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_retry_secs: Option<u64>,
+    /// Seconds between keep-alives towards the relay (default 10; a fleet node's 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_secs: Option<u64>,
+    /// Seconds of silence after which a relay link counts as lost (default 30; a fleet
+    /// node's 9). A relay that dies without a word is noticed within keep-alive + this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
 }
 
 impl LinkTable {
@@ -284,11 +293,24 @@ impl LinkTable {
         *self == LinkTable::default()
     }
 
-    /// The node limits these settings give (defaults elsewhere).
-    pub fn limits(&self) -> nullport_node::NodeLimits {
-        let mut limits = nullport_node::NodeLimits::default();
+    /// The node limits these settings give (defaults elsewhere: a lone relay's, or with
+    /// `fleet` a fleet node's).
+    pub fn limits(&self, fleet: bool) -> nullport_node::NodeLimits {
+        use std::time::Duration;
+        let mut limits = if fleet {
+            nullport_node::NodeLimits::fleet()
+        } else {
+            nullport_node::NodeLimits::default()
+        };
         if let Some(secs) = self.superseded_retry_secs {
-            limits.superseded_backoff = std::time::Duration::from_secs(secs.max(1));
+            limits.superseded_backoff = Duration::from_secs(secs.max(1));
+        }
+        if let Some(secs) = self.keep_alive_secs {
+            limits.keep_alive = Duration::from_secs(secs.max(1));
+        }
+        if let Some(secs) = self.idle_timeout_secs {
+            // Above the keep-alive, or the link would time out between two keep-alives.
+            limits.idle_timeout = Duration::from_secs(secs.max(1)).max(limits.keep_alive * 2);
         }
         limits
     }

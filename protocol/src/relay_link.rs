@@ -109,6 +109,11 @@ pub enum LinkErrorCode {
     /// The relay holds as many revocation lists as it is configured to.
     #[error("the relay holds its maximum number of revocation lists")]
     ListsFull,
+    /// A decision that needs the fleet's shared state (an enrollment, an invite use, a newer
+    /// list or rotation) cannot be made now: the relay's state store has no quorum. Refused,
+    /// never granted; try again later.
+    #[error("state store unavailable: the relay cannot decide this now; try again later")]
+    StoreUnavailable,
 }
 
 /// Node → relay.

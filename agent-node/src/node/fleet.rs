@@ -255,7 +255,10 @@ fn arrange(inner: &Arc<Inner>) {
             return true;
         }
         let drop_now = !in_map.contains(id)
-            || (!slot.in_use() && (slot.idle_for() >= limits.extra_link_idle || slot.is_down()));
+            || (!slot.in_use()
+                && (slot.idle_for() >= limits.extra_link_idle
+                    || slot.is_down()
+                    || slot.is_draining()));
         if drop_now {
             tracing::debug!(relay = %slot.relay, "closing a link no longer needed");
             slot.retire();

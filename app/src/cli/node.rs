@@ -251,7 +251,7 @@ pub(crate) async fn up(home: &Home, args: UpArgs) -> anyhow::Result<()> {
         home.clone(),
         identity.clone(),
         relay.clone(),
-        file.link.limits(),
+        file.link.limits(relay.admin().is_some()),
     )
     .await?;
     if let Some(listener) = metrics {

@@ -371,18 +371,7 @@ impl Daemon {
         let started_link = files.config.link.clone();
         let pins = Arc::new(crate::mcp::pins::Pins::load(home.pins(), audit.clone())?);
         let mut node_config = NodeConfig::for_relay(identity.clone(), &relay)?;
-        node_config.limits = match &relay {
-            // A fleet node notices a relay that died without a word sooner (it has somewhere
-            // to go), unless the config file set the link timings itself.
-            RelaySpec::Fleet(_) if limits.idle_timeout == NodeLimits::default().idle_timeout => {
-                NodeLimits {
-                    keep_alive: node_config.limits.keep_alive,
-                    idle_timeout: node_config.limits.idle_timeout,
-                    ..limits
-                }
-            }
-            _ => limits,
-        };
+        node_config.limits = limits;
         if relay.admin().is_some() {
             node_config.relay_map = relay_map::load(&home.relay_map());
         }

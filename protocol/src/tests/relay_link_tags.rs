@@ -145,6 +145,7 @@ fn error_codes_are_the_documented_ones() {
         (C::KeyRetired, 11),
         (C::AlreadyRotated, 12),
         (C::ListsFull, 13),
+        (C::StoreUnavailable, 14),
     ];
     for (code, expected) in codes {
         let mut out = Vec::new();

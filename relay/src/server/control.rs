@@ -138,9 +138,8 @@ pub(crate) async fn serve(
 }
 
 /// The refusal a node gets when a decision needs the shared store and it cannot answer (the
-/// relay logs the [`StoreError`], "state store unavailable"): `RateLimited`, the one code that
-/// tells a node to try again later rather than that it is refused for good.
-pub(crate) const STORE_UNAVAILABLE: LinkErrorCode = LinkErrorCode::RateLimited;
+/// relay logs the [`StoreError`] too): "state store unavailable", try again later.
+pub(crate) const STORE_UNAVAILABLE: LinkErrorCode = LinkErrorCode::StoreUnavailable;
 
 fn unavailable(what: &str, e: &StoreError) -> LinkErrorCode {
     tracing::warn!("{what} refused (fail closed): {e}");

@@ -516,7 +516,7 @@ async fn fleet_store_quorum_loss_keeps_channels_and_fails_new_invites_closed_unt
         matches!(
             &r,
             Err(Error::RelayRefused(Refusal::Enrollment(
-                LinkErrorCode::RateLimited
+                LinkErrorCode::StoreUnavailable
             )))
         ),
         "{r:?}"
