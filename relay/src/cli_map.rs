@@ -364,7 +364,11 @@ pub(crate) fn follow(watcher: &mut MapWatcher, relay: &RelayHandle, forced: bool
 
 /// A planned stop with a map: tell the nodes, then keep serving up to `--drain-secs` (less
 /// if every node has gone, or a second signal comes).
-pub(crate) async fn drain(args: &FleetArgs, relay: &RelayHandle, stop: &mut super::StopSignals) {
+pub(crate) async fn drain(
+    args: &FleetArgs,
+    relay: &RelayHandle,
+    stop: &mut super::stop::StopSignals,
+) {
     if args.map.is_none() || args.drain_secs == 0 {
         return;
     }

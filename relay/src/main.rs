@@ -12,6 +12,7 @@ use nullport_protocol::Identity;
 use nullport_relay::{Admission, Relay, RelayConfig};
 
 mod cli_map;
+mod stop;
 
 /// nullport's rendezvous relay: the only listener in a nullport network.
 ///
@@ -255,7 +256,7 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     // SIGTERM and SIGINT from the first moment too: a stop asked while the relay starts
     // waits for it (and gets its drain) instead of killing it half-started.
-    let mut stop = StopSignals::new();
+    let mut stop = stop::StopSignals::new();
     // SIGHUP from the first moment: a reload asked while starting is handled once the relay
     // runs, instead of killing it.
     let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -429,46 +430,6 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
             .display()
     );
     Ok(())
-}
-
-/// SIGTERM and SIGINT, caught from when this is made (until then their default action
-/// would kill the process).
-struct StopSignals {
-    term: Option<tokio::signal::unix::Signal>,
-    int: Option<tokio::signal::unix::Signal>,
-}
-
-impl StopSignals {
-    fn new() -> StopSignals {
-        use tokio::signal::unix::{SignalKind, signal};
-        let catch = |kind: SignalKind, name: &str| match signal(kind) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!("no {name} handler: {e}");
-                None
-            }
-        };
-        StopSignals {
-            term: catch(SignalKind::terminate(), "SIGTERM"),
-            int: catch(SignalKind::interrupt(), "SIGINT"),
-        }
-    }
-
-    /// The next SIGTERM or SIGINT.
-    async fn next(&mut self) {
-        async fn on(s: &mut Option<tokio::signal::unix::Signal>) {
-            match s {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        }
-        tokio::select! {
-            () = on(&mut self.term) => {},
-            () = on(&mut self.int) => {},
-        }
-    }
 }
 
 /// Whether logs are JSON (set once in `main`).
