@@ -8,7 +8,7 @@
 //! np-testnode lag --listen ADDR --to ADDR --delay-ms D --jitter-ms J
 //!                                                   prints "lag <addr>", forwards UDP both ways
 //! np-testnode fleet-nodes --bootstrap fleet:<admin>/<relay>@host:port --seeds S,S,...
-//!     [--keep-alive-ms N] [--idle-ms N] [--settle-ms N]
+//!     [--keep-alive-ms N] [--idle-ms N] [--settle-ms N] [--extra-idle-ms N]
 //!                                                   fleet nodes in one process, see below
 //! ```
 //!
@@ -57,7 +57,7 @@ fn usage() -> ! {
         "usage: np-testnode relay --listen ADDR | sink --relay ADDR | send --relay ADDR PEER BYTES \
          | lag --listen ADDR --to ADDR --delay-ms D --jitter-ms J \
          | fleet-nodes --bootstrap FLEET --seeds S,S,... [--keep-alive-ms N] [--idle-ms N] \
-         [--settle-ms N]"
+         [--settle-ms N] [--extra-idle-ms N]"
     );
     std::process::exit(2)
 }
@@ -265,12 +265,13 @@ struct FleetOptions {
     keep_alive: Option<Duration>,
     idle: Option<Duration>,
     settle: Option<Duration>,
+    extra_idle: Option<Duration>,
 }
 
 fn fleet_options(args: &[&str]) -> FleetOptions {
     let ms = |v: &str| Duration::from_millis(v.parse().unwrap_or_else(|_| usage()));
     let (mut bootstrap, mut seeds) = (None, Vec::new());
-    let (mut keep_alive, mut idle, mut settle) = (None, None, None);
+    let (mut keep_alive, mut idle, mut settle, mut extra_idle) = (None, None, None, None);
     let mut words = args.iter();
     while let Some(flag) = words.next() {
         let value = words.next().unwrap_or_else(|| usage());
@@ -285,6 +286,7 @@ fn fleet_options(args: &[&str]) -> FleetOptions {
             "--keep-alive-ms" => keep_alive = Some(ms(value)),
             "--idle-ms" => idle = Some(ms(value)),
             "--settle-ms" => settle = Some(ms(value)),
+            "--extra-idle-ms" => extra_idle = Some(ms(value)),
             _ => usage(),
         }
     }
@@ -294,6 +296,7 @@ fn fleet_options(args: &[&str]) -> FleetOptions {
         keep_alive,
         idle,
         settle,
+        extra_idle,
     }
 }
 
@@ -318,6 +321,7 @@ async fn fleet_nodes(options: FleetOptions) {
         limits.keep_alive = options.keep_alive.unwrap_or(limits.keep_alive);
         limits.idle_timeout = options.idle.unwrap_or(limits.idle_timeout);
         limits.home_settle = options.settle.unwrap_or(limits.home_settle);
+        limits.extra_link_idle = options.extra_idle.unwrap_or(limits.extra_link_idle);
         let node = match Node::start(config).await {
             Ok(n) => Arc::new(n),
             Err(e) => {

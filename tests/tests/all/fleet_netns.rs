@@ -5,7 +5,8 @@
 //! so that 20 are homed on the relay that is then killed with SIGKILL.
 //!
 //! Checked: every node's home is its rendezvous first choice; callers reach callees homed on
-//! other relays; after `kill -9` of one relay, each of its nodes is homed on its next relay,
+//! other relays; after `kill -9` of one relay (and of the etcd member on its host), each of
+//! its nodes is homed on its next relay,
 //! and reached there by a caller on another host, within a stated bound (p50 and max printed),
 //! while a transfer between nodes of the two other relays runs across the loss intact and no
 //! other node changes home; when the relay is back (same key, same address), its nodes go
@@ -31,7 +32,7 @@ impl Fleet {
     /// Callers look for each node of `lost` (4 KiB from `prober[its host]`) in two ways
     /// at once, until each has reached it once, or `deadline`: one caller retrying (a new
     /// dial 100 ms after each failure, as a program retrying would), and fresh dials every
-    /// 500 ms whatever the earlier ones are doing (when a new dial first gets through).
+    /// 250 ms whatever the earlier ones are doing (when a new dial first gets through).
     fn probe(&mut self, lost: &[usize], prober: [usize; NODE_HOSTS], deadline: Instant) -> Probes {
         let mut p = Probes::default();
         let mut due: Vec<(Instant, String, usize)> = Vec::new();
@@ -48,12 +49,12 @@ impl Fleet {
                 outstanding.push((tag.clone(), *g));
             }
             due.retain(|(at, _, _)| *at > now);
-            // Fresh dials go on every 500 ms while the node has not been reached by one.
+            // Fresh dials go on every 250 ms while the node has not been reached by one.
             for g in lost.iter().filter(|g| !p.fresh.contains_key(g)) {
                 let sent = p.fresh_sent.entry(*g).or_insert(1);
                 if !due.iter().any(|(_, t, d)| d == g && t.starts_with("fresh")) {
                     due.push((
-                        now + Duration::from_millis(500),
+                        now + Duration::from_millis(250),
                         format!("fresh{g}-{sent}"),
                         *g,
                     ));
@@ -93,7 +94,7 @@ impl Fleet {
 struct Probes {
     /// By one caller retrying after each failure.
     retrying: HashMap<usize, u128>,
-    /// By a fresh dial (one every 500 ms).
+    /// By a fresh dial (one every 250 ms).
     fresh: HashMap<usize, u128>,
     /// Failed attempts of the retrying caller.
     failed: HashMap<usize, u32>,
@@ -184,6 +185,24 @@ fn kill_9_scenario(test: &str, tag: &str, timers: Timers) {
         eprintln!("relay 0 -> a callee homed on relay {r}: 1 MiB in {said} (bytes, ms)");
     }
 
+    // The caller's extra links (to relays 1 and 2) close once idle, when the test sets that
+    // time short (the default is a minute).
+    if let Some(extra) = timers.extra_idle {
+        let started = Instant::now();
+        while f.links(caller) != [(0, true)] {
+            assert!(
+                started.elapsed() < extra + Duration::from_secs(3),
+                "extra links not closed when idle: {:?}",
+                f.links(caller)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "the caller's extra links closed {:?} after its last transfer",
+            started.elapsed()
+        );
+    }
+
     // A transfer between nodes homed on relays 0 and 2, paced to run across the loss and the
     // moves that follow it.
     let far = f.homed(2, 1, &[]);
@@ -192,12 +211,13 @@ fn kill_9_scenario(test: &str, tag: &str, timers: Timers) {
     f.send("across", caller, far, 16 << 20, pace);
     f.idle(Duration::from_millis(500));
 
-    // kill -9 relay 1. Each of its nodes must be homed on its next relay, and reached there
+    // Relay host 1 is lost: kill -9 of its relay and its etcd member (the two others keep
+    // quorum). Each of the relay's nodes must be homed on its next relay, and reached there
     // by a caller on the other node host (homed on another relay), within `bound`: a node
     // notices the silence after its idle timeout, counted from its first keep-alive that goes
     // unanswered (so up to a keep-alive interval later), then links to its next relay.
     let bound = timers.idle + timers.keep_alive + Duration::from_secs(2);
-    let killed = f.kill_relay(LOST);
+    let killed = f.lose_host(LOST);
     let lost: Vec<usize> = (0..f.nodes.len())
         .filter(|g| f.nodes[*g].order[0] == LOST)
         .collect();
@@ -268,8 +288,10 @@ fn kill_9_scenario(test: &str, tag: &str, timers: Timers) {
     let said = f.sent("across", pace + Duration::from_secs(30));
     eprintln!("16 MiB across the loss, relay 0 -> relay 2: intact ({said})");
 
-    // Relay 1 returns (same key, same address): its nodes go home after the settle time.
+    // The host returns: its etcd member rejoins, the relay starts again (same key, same
+    // address, same store): its nodes go home after the settle time.
     let back = unix_ms();
+    f.start_etcd(LOST);
     f.start_relay(LOST);
     f.wait(
         timers.settle + Duration::from_secs(10),
@@ -348,6 +370,7 @@ fn fleet_netns_kill_9_of_a_relay_moves_its_nodes_within_the_idle_timeout_and_bac
         "k",
         Timers {
             flags: Vec::new(),
+            extra_idle: None,
             keep_alive: Duration::from_secs(3),
             idle: Duration::from_secs(9),
             settle: Duration::from_secs(5),
@@ -357,20 +380,19 @@ fn fleet_netns_kill_9_of_a_relay_moves_its_nodes_within_the_idle_timeout_and_bac
 
 #[test]
 fn fleet_netns_kill_9_with_short_link_timers_fails_over_in_seconds() {
-    // Keep-alive 500 ms, idle 2 s, settle 2 s: what an operator may choose for faster failover.
+    // Keep-alive 500 ms, idle 2 s, settle 2 s: what an operator may choose for faster failover
+    // (and extra links closed after 1 s idle instead of a minute).
+    #[rustfmt::skip]
     let flags = [
-        "--keep-alive-ms",
-        "500",
-        "--idle-ms",
-        "2000",
-        "--settle-ms",
-        "2000",
+        "--keep-alive-ms", "500", "--idle-ms", "2000", "--settle-ms", "2000",
+        "--extra-idle-ms", "1000",
     ];
     kill_9_scenario(
         "fleet_netns_kill_9_with_short_link_timers_fails_over_in_seconds",
         "s",
         Timers {
             flags: flags.iter().map(|s| (*s).to_owned()).collect(),
+            extra_idle: Some(Duration::from_secs(1)),
             keep_alive: Duration::from_millis(500),
             idle: Duration::from_secs(2),
             settle: Duration::from_secs(2),

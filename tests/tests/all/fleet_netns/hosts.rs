@@ -29,6 +29,8 @@ pub(super) const NODE_NS: usize = RELAY_NS + RELAYS;
 pub(super) struct Timers {
     /// `np-testnode` flags (empty: the fleet defaults of `NodeConfig::fleet`).
     pub(super) flags: Vec<String>,
+    /// How long an unused extra link stays open (None: the default, a minute).
+    pub(super) extra_idle: Option<Duration>,
     /// The keep-alive interval towards relays.
     pub(super) keep_alive: Duration,
     /// Silence after which a node drops its link to a relay.
@@ -75,6 +77,9 @@ pub(super) struct Fleet {
     relay_bin: PathBuf,
     relay_ids: Vec<NodeId>,
     relays: Vec<Option<usize>>,
+    /// Questions asked (to tag them).
+    asked: u64,
+    etcd: Vec<Option<usize>>,
     stdins: Vec<ChildStdin>,
     pub(super) nodes: Vec<Planned>,
     events: mpsc::Receiver<Event>,
@@ -101,6 +106,8 @@ impl Fleet {
             relay_bin,
             relay_ids: Vec::new(),
             relays: vec![None; RELAYS],
+            asked: 0,
+            etcd: vec![None; RELAYS],
             stdins: Vec::new(),
             nodes: Vec::new(),
             events: received,
@@ -109,7 +116,10 @@ impl Fleet {
         };
         f.keys_and_map();
         f.plan();
-        f.start_etcd();
+        for r in 0..RELAYS {
+            f.start_etcd(r);
+        }
+        f.wait_etcd(0);
         for r in 0..RELAYS {
             f.start_relay(r);
         }
@@ -143,49 +153,50 @@ impl Fleet {
         out
     }
 
-    fn start_etcd(&mut self) {
+    /// Starts etcd member `r` on relay host `r` (again, after [`Fleet::lose_host`], on its
+    /// data directory: the cluster flags are then ignored).
+    pub(super) fn start_etcd(&mut self, r: usize) {
         let cluster: Vec<String> = (0..RELAYS)
             .map(|r| format!("m{r}=http://{}:2380", address(RELAY_NS + r)))
             .collect();
         let cluster = cluster.join(",");
-        for r in 0..RELAYS {
-            let ip = address(RELAY_NS + r);
-            let (client, peer) = (format!("http://{ip}:2379"), format!("http://{ip}:2380"));
-            let log = File::create(self.dir.path().join(format!("etcd{r}.log"))).unwrap();
-            let (name, data) = (format!("m{r}"), self.path(&format!("etcd{r}")));
-            #[rustfmt::skip]
-            let args = [
-                "etcd", "--name", &name, "--data-dir", &data,
-                "--listen-client-urls", &client, "--advertise-client-urls", &client,
-                "--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer,
-                "--initial-cluster", &cluster, "--initial-cluster-state", "new",
-                "--initial-cluster-token", "nullport-fleet-netns",
-                "--heartbeat-interval", "50", "--election-timeout", "500",
-                "--logger", "zap", "--log-level", "warn",
-            ];
-            let (out, err) = (log.try_clone().unwrap(), log);
-            self.ns
-                .spawn_with(RELAY_NS + r, &args, Stdio::null(), out.into(), err.into())
-                .unwrap();
-        }
+        let ip = address(RELAY_NS + r);
+        let (client, peer) = (format!("http://{ip}:2379"), format!("http://{ip}:2380"));
+        let log_path = self.dir.path().join(format!("etcd{r}.log"));
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .unwrap();
+        let (name, data) = (format!("m{r}"), self.path(&format!("etcd{r}")));
+        #[rustfmt::skip]
+        let args = [
+            "etcd", "--name", &name, "--data-dir", &data,
+            "--listen-client-urls", &client, "--advertise-client-urls", &client,
+            "--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer,
+            "--initial-cluster", &cluster, "--initial-cluster-state", "new",
+            "--initial-cluster-token", "nullport-fleet-netns",
+            "--heartbeat-interval", "50", "--election-timeout", "500",
+            "--logger", "zap", "--log-level", "warn",
+        ];
+        let (out, err) = (log.try_clone().unwrap(), log);
+        let id = self
+            .ns
+            .spawn_with(RELAY_NS + r, &args, Stdio::null(), out.into(), err.into())
+            .unwrap();
+        self.etcd[r] = Some(id);
+    }
+
+    /// Waits until the etcd cluster takes a write (it has quorum), asking from relay host `r`.
+    pub(super) fn wait_etcd(&self, r: usize) {
         let endpoints = self.store().replace("etcd://", "");
         let started = Instant::now();
-        while self
-            .ns
-            .exec(
-                RELAY_NS,
-                &[
-                    "etcdctl",
-                    "--endpoints",
-                    &endpoints,
-                    "--command-timeout=1s",
-                    "put",
-                    "/nullport-test/ready",
-                    "1",
-                ],
-            )
-            .is_err()
-        {
+        #[rustfmt::skip]
+        let put = [
+            "etcdctl", "--endpoints", &endpoints, "--command-timeout=1s",
+            "put", "/nullport-test/ready", "1",
+        ];
+        while self.ns.exec(RELAY_NS + r, &put).is_err() {
             assert!(
                 started.elapsed() < Duration::from_secs(30),
                 "etcd cluster not ready: {}",
@@ -345,11 +356,13 @@ impl Fleet {
         }
     }
 
-    /// Kills relay `r` with SIGKILL; returns when (unix ms).
-    pub(super) fn kill_relay(&mut self, r: usize) -> u128 {
-        let id = self.relays[r].take().unwrap();
+    /// Relay host `r` is lost: its relay and its etcd member are killed with SIGKILL at
+    /// once; returns when (unix ms).
+    pub(super) fn lose_host(&mut self, r: usize) -> u128 {
+        let (relay, etcd) = (self.relays[r].take().unwrap(), self.etcd[r].take().unwrap());
         let at = unix_ms();
-        self.ns.kill(id);
+        self.ns.kill(relay);
+        self.ns.kill(etcd);
         at
     }
 
@@ -460,6 +473,10 @@ impl Fleet {
                     self.answers
                         .insert((*tag).to_owned(), (true, rest.join(" "), at));
                 }
+                ["links", tag, rest @ ..] => {
+                    self.answers
+                        .insert((*tag).to_owned(), (true, rest.join(" "), at));
+                }
                 ["error", tag, rest @ ..] => {
                     self.answers
                         .insert((*tag).to_owned(), (false, rest.join(" "), at));
@@ -498,6 +515,26 @@ impl Fleet {
         );
         let line = format!("send {tag} {local} {peer} {bytes} {}\n", pace.as_millis());
         self.stdins[host].write_all(line.as_bytes()).unwrap();
+    }
+
+    /// Node `g`'s relay links: (relay index, up).
+    pub(super) fn links(&mut self, g: usize) -> Vec<(usize, bool)> {
+        self.asked += 1;
+        let tag = format!("links{}", self.asked);
+        let line = format!("links {tag} {}\n", self.nodes[g].local);
+        self.stdins[self.nodes[g].host]
+            .write_all(line.as_bytes())
+            .unwrap();
+        let said = self.sent(&tag, Duration::from_secs(5));
+        said.split(',')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (id, up) = l.split_once('=').unwrap();
+                let id: NodeId = id.parse().unwrap();
+                let r = self.relay_ids.iter().position(|r| *r == id).unwrap();
+                (r, up == "up")
+            })
+            .collect()
     }
 
     /// Waits for the answer under `tag`; panics if it is an error.
