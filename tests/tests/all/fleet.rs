@@ -9,7 +9,9 @@ use nullport_keyring::relay_map::{FleetBootstrap, RelayEntry, RelayMap, rendezvo
 use nullport_node::{Node, NodeConfig, NodeLimits};
 use nullport_protocol::relay_link::SignedRelayMap;
 use nullport_protocol::{Identity, NodeId};
+use nullport_relay::testing::{Direction, Tamper, TamperMode, Tap, TestHooks};
 use nullport_tests::{RelayOptions, TestNet, fast_limits, pattern, send_to_sink, sink};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Three relays and the admin key of their map.
 struct Fleet {
@@ -19,9 +21,20 @@ struct Fleet {
 
 impl Fleet {
     async fn start(n: usize) -> Fleet {
+        Fleet::start_with(n, |_| TestHooks::default()).await
+    }
+
+    /// A fleet whose relay `i` runs with `hooks(i)` (a tampering or tapping relay).
+    async fn start_with(n: usize, hooks: impl Fn(usize) -> TestHooks) -> Fleet {
         let mut relays = Vec::new();
-        for _ in 0..n {
-            relays.push(TestNet::start_with(RelayOptions::default()).await);
+        for i in 0..n {
+            relays.push(
+                TestNet::start_with(RelayOptions {
+                    hooks: hooks(i),
+                    ..RelayOptions::default()
+                })
+                .await,
+            );
         }
         let admin = Identity::generate().unwrap();
         let fleet = Fleet { relays, admin };
@@ -360,5 +373,149 @@ async fn forged_and_older_maps_are_refused_and_unlisted_relays_are_never_dialled
             .iter()
             .all(|n| n.node != listed_only.node_id()),
         "a relay left out of the map saw the node"
+    );
+}
+
+/// Sends `payload` from a caller homed on relay 0 to an echo service of a callee homed on
+/// relay 1 (the callee's relay, the one the channel runs through, may misbehave).
+async fn across_under(hooks: TestHooks, payload: &[u8]) -> (Vec<u8>, Option<std::io::Error>) {
+    let cell = std::sync::Mutex::new(Some(hooks));
+    let fleet = Fleet::start_with(2, |i| {
+        if i == 1 {
+            cell.lock().unwrap().take().unwrap_or_default()
+        } else {
+            TestHooks::default()
+        }
+    })
+    .await;
+    let callee = Arc::new(fleet.node(fleet.homed_on(1, 1).remove(0), 1).await);
+    let caller = fleet.node(fleet.homed_on(0, 1).remove(0), 0).await;
+    wait_home(&callee, fleet.relay_id(1), Duration::from_secs(10)).await;
+    wait_home(&caller, fleet.relay_id(0), Duration::from_secs(10)).await;
+    let serving = callee.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = serving.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut ch) = incoming.accept().await {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = ch.read(&mut buf).await {
+                        if n == 0 || ch.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = ch.shutdown().await;
+                }
+            });
+        }
+    });
+    let mut ch = match caller.dial(callee.node_id(), "secret-service").await {
+        Ok(ch) => ch,
+        Err(e) => return (Vec::new(), Some(std::io::Error::other(e))),
+    };
+    let mut got = Vec::new();
+    let r = async {
+        ch.write_all(payload).await?;
+        ch.shutdown().await?;
+        ch.read_to_end(&mut got).await
+    }
+    .await;
+    (got, r.err())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callees_relay_reads_nothing_and_its_tampering_is_detected() {
+    // A tap on the relay the channel runs through: no plaintext, no service name.
+    let tap = Arc::new(Tap::default());
+    let marker = b"CANARY-fleet-plaintext-marker".repeat(100);
+    let (got, err) = across_under(
+        TestHooks {
+            splice: Some(tap.clone()),
+            ..TestHooks::default()
+        },
+        &marker,
+    )
+    .await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(got, marker);
+    let seen = tap.bytes.lock().map(|b| b.clone()).unwrap_or_default();
+    assert!(
+        seen.len() > marker.len() * 2,
+        "the tap saw {} bytes",
+        seen.len()
+    );
+    for needle in [&b"CANARY-fleet"[..], b"secret-service"] {
+        assert!(
+            !seen.windows(needle.len()).any(|w| w == needle),
+            "the callee's relay saw {:?}",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    // Tampering by it, both ways, in the handshake and in data: detected, nothing altered
+    // delivered.
+    let payload = pattern(300_000, 9);
+    for (direction, offset, mode) in [
+        (Direction::CallerToTarget, 10, TamperMode::FlipBit),
+        (Direction::TargetToCaller, 50, TamperMode::FlipBit),
+        (Direction::CallerToTarget, 100_000, TamperMode::FlipBit),
+        (
+            Direction::TargetToCaller,
+            200_000,
+            TamperMode::DuplicateChunk,
+        ),
+        (Direction::CallerToTarget, 150_000, TamperMode::DropChunk),
+    ] {
+        let hooks = TestHooks {
+            splice: Some(Arc::new(Tamper::new(direction, offset, mode))),
+            ..TestHooks::default()
+        };
+        let (got, err) = across_under(hooks, &payload).await;
+        assert!(
+            err.is_some(),
+            "{direction:?} {offset} {mode:?}: tampering went unnoticed"
+        );
+        assert!(
+            payload.starts_with(&got) && got.len() < payload.len(),
+            "{direction:?} {offset} {mode:?}: altered bytes delivered"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_of_the_fleet_that_reroutes_a_dial_is_refused_by_the_caller() {
+    // Relay 1 routes dials for the callee (offline) to another node it holds. The caller
+    // walks the callee's order whatever it is: relay 0 answers "not here", relay 1 reroutes.
+    let callee = Identity::generate().unwrap().node_id();
+    let mallory = Identity::generate().unwrap();
+    let mallory_id = mallory.node_id();
+    let fleet = Fleet::start_with(2, |i| {
+        if i == 1 {
+            TestHooks {
+                reroute: Some((callee, mallory_id)),
+                ..TestHooks::default()
+            }
+        } else {
+            TestHooks::default()
+        }
+    })
+    .await;
+    // Mallory is linked to relay 1 (bootstrapped there; it is reachable there whatever its
+    // home), the real callee is offline.
+    let m = Arc::new(fleet.node(mallory, 1).await);
+    m.wait_online(Duration::from_secs(5)).await.unwrap();
+    let serving = m.clone();
+    tokio::spawn(async move { sink(&serving).await });
+    let caller = fleet.node(fleet.homed_on(0, 1).remove(0), 0).await;
+    wait_home(&caller, fleet.relay_id(0), Duration::from_secs(10)).await;
+    let r = caller.dial(callee, "sink").await;
+    // Mallory answers under its own identity: the caller's prologue names the callee, so
+    // message 2 fails authentication (and Mallory never learns who called).
+    assert!(
+        matches!(
+            r,
+            Err(nullport_node::Error::Protocol(
+                nullport_protocol::Error::Authentication
+            ))
+        ),
+        "{r:?}"
     );
 }
