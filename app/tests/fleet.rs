@@ -2,6 +2,8 @@
 //! kept in the home, the home relay in `status`, a service called across relays, and a
 //! restart that starts from the kept map even when the bootstrap relay is gone.
 
+#![allow(missing_docs, clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;
