@@ -71,8 +71,8 @@ impl Fleet {
     }
 }
 
-async fn up(home: &Path, relay: &str) -> Child {
-    let child = Command::new(NULLPORT)
+fn up(home: &Path, relay: &str) -> Child {
+    Command::new(NULLPORT)
         .arg("--home")
         .arg(home)
         .args(["up", "--relay", relay])
@@ -81,8 +81,7 @@ async fn up(home: &Path, relay: &str) -> Child {
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .unwrap();
-    child
+        .unwrap()
 }
 
 /// Waits until `status` says the node is homed on `relay`; returns the status text.
@@ -125,8 +124,8 @@ async fn daemons_join_a_fleet_home_by_the_hash_and_call_each_other_across_relays
     ok(&tool, &["trust", "add", "agent", &agent_id.to_string()]).await;
     ok(&agent, &["trust", "add", "tool", &tool_id.to_string()]).await;
     // Both bootstrap through relay 0; each ends on its own first choice.
-    let mut tool_daemon = up(&tool, &fleet.bootstrap(0)).await;
-    let _agent_daemon = up(&agent, &fleet.bootstrap(0)).await;
+    let mut tool_daemon = up(&tool, &fleet.bootstrap(0));
+    let _agent_daemon = up(&agent, &fleet.bootstrap(0));
     let status = homed(&tool, &fleet.first_choice(&tool_id)).await;
     assert!(status.contains("relay map version 1"), "{status}");
     eprintln!("{status}");
@@ -149,7 +148,7 @@ async fn daemons_join_a_fleet_home_by_the_hash_and_call_each_other_across_relays
     }
     let alive: Vec<RelayEntry> = fleet.entries()[1..].to_vec();
     let expected = rendezvous_order(&tool_id, &alive)[0].node_id;
-    let _tool_again = up(&tool, &fleet.bootstrap(0)).await;
+    let _tool_again = up(&tool, &fleet.bootstrap(0));
     homed(&tool, &expected).await;
     let started = Instant::now();
     loop {
