@@ -154,24 +154,6 @@ fn echo(node: Arc<Node>) {
     });
 }
 
-/// Relay role option: wait for a map file at `path`, then serve it.
-pub async fn serve_map_file(relay: nullport_relay::RelayHandle, path: PathBuf) {
-    loop {
-        if path.exists() {
-            match map_file::load(&path) {
-                Ok(verified) => {
-                    if let Err(e) = relay.set_relay_map(verified.signed) {
-                        eprintln!("relay map refused: {e}");
-                    }
-                    return;
-                }
-                Err(e) => eprintln!("{e}"),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Runs the fleet measurements and prints a Markdown table.
 pub async fn run(quick: bool, json: Option<PathBuf>) -> Result<()> {
     let (samples, cold, failover_nodes, memory_nodes) = if quick {

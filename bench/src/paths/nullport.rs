@@ -60,10 +60,28 @@ pub async fn relay(map_file: Option<std::path::PathBuf>) -> Result<()> {
     let relay = Relay::bind(config).await?;
     crate::say(&format!("relay {} {}", relay.node_id(), relay.local_addr()));
     if let Some(path) = map_file {
-        crate::fleet::serve_map_file(relay.handle(), path).await;
+        serve_map_file(relay.handle(), path).await;
     }
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// Relay role option: wait for a map file at `path`, then serve it.
+async fn serve_map_file(relay: nullport_relay::RelayHandle, path: std::path::PathBuf) {
+    loop {
+        if path.exists() {
+            match nullport_relay::map_file::load(&path) {
+                Ok(verified) => {
+                    if let Err(e) = relay.set_relay_map(verified.signed) {
+                        eprintln!("relay map refused: {e}");
+                    }
+                    return;
+                }
+                Err(e) => eprintln!("{e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Starts a node with a fresh identity on the relay at `relay` (`ID@ADDR`) and waits until

@@ -197,9 +197,7 @@ async fn publish_revocations(
     }
     let parsed =
         nullport_keyring::revocation::verify_signed(&list).map_err(|_| LinkErrorCode::Refused)?;
-    if parsed.signer != sender
-        || crate::server::store_sync::admin_keys(shared).contains(&parsed.signer)
-    {
+    if parsed.signer != sender || shared.admin_keys().contains(&parsed.signer) {
         return Err(LinkErrorCode::Refused);
     }
     {
@@ -321,7 +319,7 @@ pub(crate) async fn enroll(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut verified = Err(InviteError::Invalid);
-    for admin in crate::server::store_sync::admin_keys(shared) {
+    for admin in shared.admin_keys() {
         verified = Invite::verify(invite, &admin, now);
         if !matches!(verified, Err(InviteError::Invalid)) {
             break;

@@ -83,7 +83,7 @@ impl RelayHandle {
             .map_version
             .store(map.version, Ordering::Relaxed);
         // The map names the network admin: the admin's lists the store holds are in force now.
-        store_sync::enforce_admin_lists(&self.shared);
+        self.shared.enforce_admin_lists();
         tracing::info!(
             version = map.version,
             relays = map.relays.len(),

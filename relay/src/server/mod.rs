@@ -138,7 +138,7 @@ impl Relay {
         .reload_admin_list()
         .await?;
         // The admin lists the shared store holds (the file's list is applied above).
-        store_sync::enforce_admin_lists(&shared);
+        shared.enforce_admin_lists();
         let node_id = config.identity.node_id();
         let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
         let tasks = vec![

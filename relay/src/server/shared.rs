@@ -94,6 +94,36 @@ impl Shared {
             .collect()
     }
 
+    /// The keys whose invites and revocation lists bind this relay as the network admin's.
+    pub(crate) fn admin_keys(&self) -> Vec<NodeId> {
+        let mut keys = vec![self.identity.node_id()];
+        if let Some(signed) = self.relay_map()
+            && let Ok(map) = nullport_keyring::relay_map::RelayMap::verify_self_signed(&signed)
+            && !keys.contains(&map.admin)
+        {
+            keys.push(map.admin);
+        }
+        keys
+    }
+
+    /// Revokes, here, the union of the keys every admin list in the cache revokes (each list
+    /// verified again), and closes the links of nodes no longer admitted. Returns how many.
+    pub(crate) fn enforce_admin_lists(&self) -> usize {
+        let mut revoked = Vec::new();
+        for admin in self.admin_keys() {
+            let Some(held) = self.store.revocations.get(&admin).map(|e| e.1.clone()) else {
+                continue;
+            };
+            if let Ok(list) = nullport_keyring::revocation::verify_signed(&held)
+                && list.signer == admin
+            {
+                revoked.extend(list.keys);
+            }
+        }
+        self.admission.set_revoked(revoked);
+        self.enforce_admission()
+    }
+
     /// The counters of `node`'s connection, if it is online.
     pub(crate) fn counters(&self, node: &NodeId) -> Option<Arc<crate::nodes::NodeCounters>> {
         self.routes.get(node).map(|r| r.counters.clone())
@@ -103,7 +133,7 @@ impl Shared {
     /// admitted, telling it why, and drops the revocation lists of signers no longer
     /// admitted (they can publish no newer one). Returns how many links were closed.
     pub(crate) fn enforce_admission(&self) -> usize {
-        let admins = super::store_sync::admin_keys(self);
+        let admins = self.admin_keys();
         let before = self.store.revocations.len();
         // A shared store keeps every list the fleet accepted (this relay's view of it, which
         // the admin's lists must stay in until the map says who the admin is).
@@ -135,7 +165,7 @@ impl Shared {
         list: &nullport_keyring::revocation::RevocationList,
         signed: nullport_protocol::relay_link::SignedRevocations,
     ) -> bool {
-        if !super::store_sync::admin_keys(self).contains(&list.signer) {
+        if !self.admin_keys().contains(&list.signer) {
             return false;
         }
         // The newest list of each admin key is in force (with a shared store, the cache may
@@ -151,7 +181,7 @@ impl Shared {
             self.store.touch(crate::store::Part::Revocations);
             let _ = self.push.send(Push::Revocations(signed));
         }
-        let closed = super::store_sync::enforce_admin_lists(self);
+        let closed = self.enforce_admin_lists();
         tracing::info!(
             version = list.version,
             keys = list.keys.len(),

@@ -3,13 +3,12 @@
 //! lists they accepted are pushed to this relay's nodes (and the network admin's enforced),
 //! all from the cache, in the order the store's follower reports them.
 //!
-//! Also the one place that says who the network admin is: this relay's own key (a lone
-//! relay, as before the fleet) and the admin key of the relay map it holds.
+//! Who the network admin is (this relay's own key, and the admin key of the relay map it
+//! holds) is `Shared::admin_keys`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use nullport_protocol::NodeId;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::error::{Error, StateError};
@@ -17,42 +16,12 @@ use crate::push::Push;
 use crate::server::shared::Shared;
 use crate::store::Change;
 
-/// The keys whose invites and revocation lists bind this relay as the network admin's.
-pub(crate) fn admin_keys(shared: &Shared) -> Vec<NodeId> {
-    let mut keys = vec![shared.identity.node_id()];
-    if let Some(signed) = shared.relay_map()
-        && let Ok(map) = nullport_keyring::relay_map::RelayMap::verify_self_signed(&signed)
-        && !keys.contains(&map.admin)
-    {
-        keys.push(map.admin);
-    }
-    keys
-}
-
-/// Revokes, here, the union of the keys every admin list in the cache revokes (each list
-/// verified again), and closes the links of nodes no longer admitted. Returns how many.
-pub(crate) fn enforce_admin_lists(shared: &Shared) -> usize {
-    let mut revoked = Vec::new();
-    for admin in admin_keys(shared) {
-        let Some(held) = shared.store.revocations.get(&admin).map(|e| e.1.clone()) else {
-            continue;
-        };
-        if let Ok(list) = nullport_keyring::revocation::verify_signed(&held)
-            && list.signer == admin
-        {
-            revoked.extend(list.keys);
-        }
-    }
-    shared.admission.set_revoked(revoked);
-    shared.enforce_admission()
-}
-
 /// Re-reads the network admin's list from the state directory: in force here first (a
 /// revocation only ever refuses more), then shared with the fleet (a store that cannot take it
 /// now is asked again at the next reload). Returns the version in force.
 pub(crate) async fn reload_admin_list(shared: &Shared) -> Result<u64, Error> {
     if let Some(dir) = shared.store.dir().map(|d| d.to_owned()) {
-        let admins = admin_keys(shared);
+        let admins = shared.admin_keys();
         let read =
             tokio::task::spawn_blocking(move || crate::store::read_admin_list_of(&dir, &admins))
                 .await
@@ -77,8 +46,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut changes: UnboundedReceiver<Chan
                 version,
                 list,
             } => {
-                if admin_keys(&shared).contains(&signer) {
-                    let closed = enforce_admin_lists(&shared);
+                if shared.admin_keys().contains(&signer) {
+                    let closed = shared.enforce_admin_lists();
                     tracing::info!(%signer, version, closed, "network admin's list from the fleet in force");
                 } else {
                     // Pushed whether or not the signer is admitted here: another relay of the
