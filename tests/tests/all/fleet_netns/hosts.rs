@@ -127,6 +127,24 @@ impl Fleet {
         f
     }
 
+    /// Starts `args` on host `ns`, killed if the test dies without cleaning up (a timeout's
+    /// SIGKILL): `setpriv --pdeathsig KILL`, where util-linux has it.
+    fn spawn(
+        &mut self,
+        ns: usize,
+        args: &[&str],
+        stdin: Stdio,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<usize, String> {
+        let mut full = Vec::new();
+        if nullport_tests::skip::have("setpriv") {
+            full.extend(["setpriv", "--pdeathsig", "KILL", "--"]);
+        }
+        full.extend_from_slice(args);
+        self.ns.spawn_with(ns, &full, stdin, stdout, stderr)
+    }
+
     fn relay_bin(&self) -> &str {
         self.relay_bin.to_str().unwrap()
     }
@@ -181,8 +199,7 @@ impl Fleet {
         ];
         let (out, err) = (log.try_clone().unwrap(), log);
         let id = self
-            .ns
-            .spawn_with(RELAY_NS + r, &args, Stdio::null(), out.into(), err.into())
+            .spawn(RELAY_NS + r, &args, Stdio::null(), out.into(), err.into())
             .unwrap();
         self.etcd[r] = Some(id);
     }
@@ -329,8 +346,7 @@ impl Fleet {
             "--map", &map, "--store", &store, "--state-dir", &state,
         ];
         let id = self
-            .ns
-            .spawn_with(
+            .spawn(
                 RELAY_NS + r,
                 &args,
                 Stdio::null(),
@@ -393,8 +409,7 @@ impl Fleet {
             args.extend(timers.flags.iter().map(String::as_str));
             let log = File::create(self.dir.path().join(format!("nodes{h}.log"))).unwrap();
             let id = self
-                .ns
-                .spawn_with(
+                .spawn(
                     NODE_NS + h,
                     &args,
                     Stdio::piped(),
