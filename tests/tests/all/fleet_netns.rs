@@ -12,7 +12,9 @@
 //! other node changes home; when the relay is back (same key, same address), its nodes go
 //! home after the settle time and stay there. Run twice: with the fleet nodes' default link
 //! timers (keep-alive 3 s, idle timeout 9 s, settle 5 s) and with short ones (500 ms, 2 s,
-//! 2 s), whose figures these tests print.
+//! 2 s), whose figures these tests print. A third test stops the relay the planned way
+//! (SIGTERM: a drain announced): its nodes move first, and every channel opened after the
+//! announcement ends intact although the relay stops while it runs.
 //!
 //! Needs root, iproute2, nftables, etcd and the workspace's `nullport-relay` binary next to
 //! `np-testnode` (`cargo build --workspace`). Under `CI=true` a missing prerequisite fails.
@@ -137,12 +139,18 @@ fn network(tag: &str) -> Result<Namespaces, String> {
 /// figures mean something only on an otherwise quiet machine.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// The whole scenario (see the module doc), with `timers`.
-fn kill_9_scenario(test: &str, tag: &str, timers: Timers) {
+/// The fleet up, every node homed on its rendezvous first choice (checked); None (and the
+/// test reported as not run) when namespaces or etcd cannot be had. Returns when the homes
+/// settled (unix ms).
+fn fleet_up(
+    test: &str,
+    tag: &str,
+    timers: &Timers,
+) -> Option<(Fleet, u128, std::sync::MutexGuard<'static, ()>)> {
     if !can_run(test) || !nullport_tests::skip::require(test, &["etcd", "etcdctl"]) {
-        return;
+        return None;
     }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let relay_bin = Path::new(TESTNODE).parent().unwrap().join("nullport-relay");
     assert!(
         relay_bin.exists(),
@@ -166,9 +174,7 @@ fn kill_9_scenario(test: &str, tag: &str, timers: Timers) {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let mut f = Fleet::start(ns, relay_bin, &timers);
-
-    // Every node is homed on its rendezvous first choice.
+    let mut f = Fleet::start(ns, relay_bin, timers);
     f.wait(
         Duration::from_secs(30),
         "not every node homed on its first choice",
@@ -179,6 +185,30 @@ fn kill_9_scenario(test: &str, tag: &str, timers: Timers) {
         .map(|r| (0..f.nodes.len()).filter(|g| f.home(*g) == Some(r)).count())
         .collect();
     assert_eq!(spread, HOMED);
+    Some((f, settled, serial))
+}
+
+/// A caller for each node of `lost`: a node of the other host homed on another relay, a
+/// few lost nodes each, so that no caller goes over the relays' 50 dials a second.
+fn callers(f: &Fleet, lost: &[usize]) -> HashMap<usize, usize> {
+    lost.iter()
+        .enumerate()
+        .map(|(k, g)| {
+            let other = (f.nodes[*g].host + 1) % NODE_HOSTS;
+            let callers: Vec<usize> = (0..f.nodes.len())
+                .filter(|c| f.nodes[*c].host == other && f.nodes[*c].order[0] != LOST)
+                .collect();
+            (*g, callers[k % callers.len()])
+        })
+        .collect()
+}
+
+/// The whole scenario (see the module doc), with `timers`.
+fn kill_9_scenario(test: &str, tag: &str, timers: Timers) {
+    // Every node homed on its rendezvous first choice.
+    let Some((mut f, settled, _serial)) = fleet_up(test, tag, &timers) else {
+        return;
+    };
 
     // A caller homed on relay 0 reaches callees homed on relays 1 and 2, on the other host
     // (1 MiB each, SHA-256 checked by the sink).
@@ -225,19 +255,7 @@ fn kill_9_scenario(test: &str, tag: &str, timers: Timers) {
     let lost: Vec<usize> = (0..f.nodes.len())
         .filter(|g| f.nodes[*g].order[0] == LOST)
         .collect();
-    // Each lost node is looked for by a node of the other host homed on another relay, a
-    // few lost nodes each, so that no caller goes over the relays' 50 dials a second.
-    let prober: HashMap<usize, usize> = lost
-        .iter()
-        .enumerate()
-        .map(|(k, g)| {
-            let other = (f.nodes[*g].host + 1) % NODE_HOSTS;
-            let callers: Vec<usize> = (0..f.nodes.len())
-                .filter(|c| f.nodes[*c].host == other && f.nodes[*c].order[0] != LOST)
-                .collect();
-            (*g, callers[k % callers.len()])
-        })
-        .collect();
+    let prober = callers(&f, &lost);
     let probes = f.probe(
         &lost,
         &prober,
@@ -417,4 +435,121 @@ fn fleet_netns_kill_9_with_short_link_timers_fails_over_in_seconds() {
             settle: Duration::from_secs(2),
         },
     );
+}
+
+impl Fleet {
+    /// Stops relay `r` the planned way (SIGTERM: it announces a drain to its nodes, serves
+    /// for `--drain-secs`, 5 by default, then stops); returns when (unix ms).
+    fn stop_relay(&mut self, r: usize) -> u128 {
+        let id = self.relays[r].unwrap();
+        let pid = self.ns.child(id).id().to_string();
+        let at = unix_ms();
+        run(&["kill", "-TERM", &pid]).unwrap();
+        at
+    }
+
+    /// Waits until relay `r` has logged `what`.
+    fn relay_logged(&mut self, r: usize, what: &str, within: Duration) {
+        let path = self.dir.path().join(format!("relay{r}.log"));
+        self.wait(within, &format!("relay {r} did not log {what:?}"), |_| {
+            std::fs::read_to_string(&path).is_ok_and(|t| t.contains(what))
+        });
+    }
+
+    /// Waits until relay `r`'s process has ended.
+    fn relay_exited(&mut self, r: usize, within: Duration) {
+        let id = self.relays[r].take().unwrap();
+        let started = Instant::now();
+        while self.ns.child(id).try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < within, "relay {r} still runs");
+            self.pump(Duration::from_millis(20));
+        }
+        self.ns.kill(id);
+    }
+}
+
+#[test]
+fn fleet_netns_a_relay_stopped_with_sigterm_sees_its_nodes_move_first_and_loses_no_new_channel() {
+    let test = "fleet_netns_a_relay_stopped_with_sigterm_sees_its_nodes_move_first_and_loses_no_new_channel";
+    let timers = Timers {
+        flags: Vec::new(),
+        extra_idle: None,
+        keep_alive: Duration::from_secs(3),
+        idle: Duration::from_secs(9),
+        settle: Duration::from_secs(5),
+    };
+    let Some((mut f, settled, _serial)) = fleet_up(test, "d", &timers) else {
+        return;
+    };
+    let lost: Vec<usize> = (0..f.nodes.len())
+        .filter(|g| f.nodes[*g].order[0] == LOST)
+        .collect();
+    let caller = callers(&f, &lost);
+    let stopped = f.stop_relay(LOST);
+    f.relay_logged(LOST, "draining: told", Duration::from_secs(5));
+    // A channel to each of the relay's nodes, opened after the announcement and spread over
+    // 8 s, past the end of the 5 s drain: each must end intact (the sink's SHA-256). A dial
+    // may find its callee nowhere for a moment while it moves ("offline"): tried again.
+    let pace = Duration::from_secs(8);
+    let mut attempt: HashMap<usize, u32> = lost.iter().map(|g| (*g, 0)).collect();
+    for g in &lost {
+        f.send(&format!("after{g}-0"), caller[g], *g, 2 << 20, pace);
+    }
+    f.wait(
+        Duration::from_secs(3),
+        "the relay's nodes did not move",
+        |f| {
+            lost.iter()
+                .all(|g| f.home(*g) == Some(f.nodes[*g].order[1]))
+        },
+    );
+    let mut moved: Vec<u128> = lost
+        .iter()
+        .map(|g| f.homed_at(*g, f.nodes[*g].order[1], stopped).unwrap() - stopped)
+        .collect();
+    let moved = p50_max(&mut moved);
+    f.relay_exited(LOST, Duration::from_secs(10));
+    let exited = unix_ms() - stopped;
+    let mut done = 0;
+    let started = Instant::now();
+    while done < lost.len() {
+        assert!(
+            started.elapsed() < pace + Duration::from_secs(30),
+            "channels not done"
+        );
+        f.pump(Duration::from_millis(20));
+        for g in &lost {
+            let tag = format!("after{g}-{}", attempt[g]);
+            match f.answers.remove(&tag) {
+                Some((true, _, _)) => done += 1,
+                Some((false, why, _)) => {
+                    assert!(
+                        why.contains("offline"),
+                        "a channel opened after the announcement failed: {why}"
+                    );
+                    let n = attempt.get_mut(g).unwrap();
+                    *n += 1;
+                    f.send(&format!("after{g}-{n}"), caller[g], *g, 2 << 20, pace);
+                }
+                None => {}
+            }
+        }
+    }
+    let retried = attempt.values().filter(|n| **n > 0).count();
+    eprintln!(
+        "SIGTERM (drain 5 s): {} nodes homed on their next relay after p50 {} ms max {} ms; the \
+         relay stopped {exited} ms after the signal; {} channels opened after it ended \
+         intact ({retried} dials tried again)",
+        lost.len(),
+        moved.0,
+        moved.1,
+        lost.len()
+    );
+    for g in (0..f.nodes.len()).filter(|g| f.nodes[*g].order[0] != LOST) {
+        assert!(
+            f.homes[g].iter().all(|(ms, _)| *ms <= settled),
+            "node {g} changed home: {:?}",
+            f.homes[g]
+        );
+    }
 }

@@ -72,11 +72,11 @@ pub(super) struct Planned {
 
 /// The hosts, the processes, and what the node hosts said.
 pub(super) struct Fleet {
-    ns: Namespaces,
-    dir: tempfile::TempDir,
+    pub(super) ns: Namespaces,
+    pub(super) dir: tempfile::TempDir,
     relay_bin: PathBuf,
     relay_ids: Vec<NodeId>,
-    relays: Vec<Option<usize>>,
+    pub(super) relays: Vec<Option<usize>>,
     /// Questions asked (to tag them).
     asked: u64,
     etcd: Vec<Option<usize>>,
