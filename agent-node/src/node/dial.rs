@@ -88,6 +88,32 @@ pub(super) async fn dial_fleet(
     service: ServiceName,
     blob: Vec<u8>,
 ) -> Result<Channel, Error> {
+    // A target found nowhere while one of its relays announced a stop is most likely moving
+    // to its next relay right now (tens of milliseconds): look again for a short while
+    // instead of reporting it offline.
+    let until = tokio::time::Instant::now() + MOVING;
+    loop {
+        match walk(inner, target, &service, &blob).await {
+            Err(Error::PeerOffline(_))
+                if tokio::time::Instant::now() < until && inner.order_draining(&target) =>
+            {
+                tokio::time::sleep(POLL * 10).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long a dial looks again for a target whose relay is draining.
+const MOVING: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One walk over `target`'s relays.
+async fn walk(
+    inner: &Arc<Inner>,
+    target: NodeId,
+    service: &ServiceName,
+    blob: &[u8],
+) -> Result<Channel, Error> {
     let order = inner.relay_order(&target);
     // Every link of the walk is started at once and held (a lease) for the whole dial, so
     // none is closed as idle while the dial waits on another.
@@ -110,9 +136,14 @@ pub(super) async fn dial_fleet(
     let mut deferred = Vec::new();
     for slot in live.into_iter().chain(draining) {
         match slot.connection() {
+            // A relay found down moments ago is not waited for again (its new link is
+            // still trying): the caller learns "offline" now, not after a connect timeout.
+            None if inner.recently_down(&slot.relay_id()) => {
+                walk.last_error = Some(slot_error(slot));
+            }
             Some(conn) => {
                 if let Some(result) = walk
-                    .try_relay(inner, slot, &conn, target, &service, &blob)
+                    .try_relay(inner, slot, &conn, target, service, blob)
                     .await
                 {
                     return result;
@@ -130,7 +161,7 @@ pub(super) async fn dial_fleet(
             let slot = deferred.remove(i);
             if let Some(conn) = slot.connection()
                 && let Some(result) = walk
-                    .try_relay(inner, slot, &conn, target, &service, &blob)
+                    .try_relay(inner, slot, &conn, target, service, blob)
                     .await
             {
                 return result;
@@ -140,6 +171,7 @@ pub(super) async fn dial_fleet(
         deferred.retain(|s| {
             let down = s.is_down() || s.is_retired();
             if down {
+                inner.note_down(&s.relay_id());
                 walk.last_error = Some(slot_error(s));
             }
             !down

@@ -34,6 +34,9 @@ use crate::relay_addr::RelayAddr;
 /// How often the manager looks again without being woken.
 const TICK: Duration = Duration::from_millis(250);
 
+/// How long a relay found down is not waited for by dials (its link keeps retrying).
+const DOWN_MEMORY: Duration = Duration::from_secs(10);
+
 /// The fleet side of a node: the pinned admin key and the newest map it verified.
 pub(super) struct Fleet {
     /// The network admin key that signs relay maps.
@@ -134,6 +137,38 @@ impl Inner {
         drop(held);
         self.map_updates.send_replace(Some(signed));
         self.fleet_changed();
+    }
+
+    /// Notes that the link to `relay` was found down (a dial does not wait for it again for
+    /// a while).
+    pub(super) fn note_down(&self, relay: &NodeId) {
+        if let Ok(mut down) = self.down.lock() {
+            down.insert(*relay, Instant::now());
+        }
+    }
+
+    /// Notes that a link to `relay` is up.
+    pub(super) fn note_up(&self, relay: &NodeId) {
+        if let Ok(mut down) = self.down.lock() {
+            down.remove(relay);
+        }
+    }
+
+    /// Whether a link to `relay` was found down within [`DOWN_MEMORY`].
+    pub(super) fn recently_down(&self, relay: &NodeId) -> bool {
+        self.down
+            .lock()
+            .is_ok_and(|down| down.get(relay).is_some_and(|at| at.elapsed() < DOWN_MEMORY))
+    }
+
+    /// Whether any relay of `node`'s order announced a stop (`node` may be moving).
+    pub(super) fn order_draining(&self, node: &NodeId) -> bool {
+        let Ok(slots) = self.slots.lock() else {
+            return false;
+        };
+        self.relay_order(node)
+            .iter()
+            .any(|r| slots.get(&r.node_id).is_some_and(|s| s.is_draining()))
     }
 
     /// The relay behind `slot` said it stops within `within_secs`: not a home meanwhile.
@@ -244,6 +279,7 @@ fn arrange(inner: &Arc<Inner>) {
     // Close what is not needed: links to relays outside the map at once, others once unused
     // and idle.
     let in_map: HashSet<NodeId> = order.iter().map(|r| r.node_id).collect();
+    let mut down_now = Vec::new();
     let Ok(mut slots) = inner.slots.lock() else {
         return;
     };
@@ -260,9 +296,16 @@ fn arrange(inner: &Arc<Inner>) {
                     || slot.is_down()
                     || slot.is_draining()));
         if drop_now {
+            if slot.is_down() {
+                down_now.push(*id);
+            }
             tracing::debug!(relay = %slot.relay, "closing a link no longer needed");
             slot.retire();
         }
         !drop_now
     });
+    drop(slots);
+    for id in down_now {
+        inner.note_down(&id);
+    }
 }

@@ -119,6 +119,7 @@ pub(super) async fn run_link(inner: Arc<Inner>, slot: Arc<Slot>, endpoint: quinn
                 slot.conn.send_replace(Some(conn.clone()));
                 slot.state.send_replace(LinkState::Online);
                 slot.tried.send_replace(true);
+                inner.note_up(&slot.relay_id());
                 inner.fleet_changed();
                 // Catch up on revocation lists and rotations published while this node was
                 // away (every page of them), and on the relay map of a fleet. The task ends

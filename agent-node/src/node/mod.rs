@@ -86,6 +86,8 @@ struct Inner {
     home_since: Mutex<Option<tokio::time::Instant>>,
     /// Every relay link, by relay.
     slots: Mutex<HashMap<NodeId, Arc<Slot>>>,
+    /// Relays whose link was found down, and when (dials do not wait on them for a while).
+    down: Mutex<HashMap<NodeId, tokio::time::Instant>>,
     /// The fleet (pinned admin key, relay map) of a fleet node.
     fleet: Option<fleet::Fleet>,
     /// Each newer relay map the node takes.
@@ -174,6 +176,7 @@ impl Node {
             home: Mutex::new(None),
             home_since: Mutex::new(None),
             slots: Mutex::new(HashMap::new()),
+            down: Mutex::new(HashMap::new()),
             map_updates: watch::Sender::new(fleet.as_ref().and_then(|f| {
                 f.map
                     .lock()
