@@ -20,7 +20,6 @@ use nullport_relay::map_file::{self, VerifiedMap};
 use serde::Serialize;
 
 use crate::capacity::{Idle, admit_many};
-use crate::paths::nullport::NodeOpener;
 use crate::procs::{self, Proc};
 use crate::report::Percentiles;
 use crate::workload;
@@ -165,36 +164,43 @@ pub async fn run(quick: bool, json: Option<PathBuf>) -> Result<()> {
     let mut fleet = Fleet::start(dir.path()).await?;
     let (x, y) = (0, 1);
 
-    // Same relay: caller and callee homed on X.
+    // One caller homed on X; a callee homed on X too, and one homed on Y.
     let same_callee = Arc::new(fleet.node_on(x).await?);
     echo(same_callee.clone());
-    let caller = fleet.node_on(x).await?;
-    let same = NodeOpener {
-        node: caller,
-        peer: same_callee.node_id(),
-    };
-    let setup_same = workload::setup_times(&same, samples).await?;
-    let rtt_same = workload::round_trips(&same, 64, samples * 5).await?;
-
-    // Across relays: the callee homed on Y.
     let cross_callee = Arc::new(fleet.node_on(y).await?);
     echo(cross_callee.clone());
+    // Cold: a fresh caller each time, whose first dial opens its link to Y.
     let mut setup_cold = Vec::new();
     for _ in 0..cold {
-        let fresh = NodeOpener {
-            node: fleet.node_on(x).await?,
+        let fresh = fleet.node_on(x).await?;
+        let opener = ReachOpener {
+            node: &fresh,
             peer: cross_callee.node_id(),
         };
-        setup_cold.extend(workload::setup_times(&fresh, 1).await?);
-        fresh.node.shutdown().await;
+        setup_cold.extend(workload::setup_times(&opener, 1).await?);
+        fresh.shutdown().await;
     }
-    let cross = NodeOpener {
-        node: same.node,
+    let caller = fleet.node_on(x).await?;
+    let same = ReachOpener {
+        node: &caller,
+        peer: same_callee.node_id(),
+    };
+    let cross = ReachOpener {
+        node: &caller,
         peer: cross_callee.node_id(),
     };
     let _warm_up = workload::setup_times(&cross, 1).await?;
-    let setup_warm = workload::setup_times(&cross, samples).await?;
-    let rtt_cross = workload::round_trips(&cross, 64, samples * 5).await?;
+    // Same relay and the callee's relay in alternating blocks, so that whatever else the
+    // machine does weighs on both alike.
+    let blocks = 10;
+    let (mut setup_same, mut setup_warm) = (Vec::new(), Vec::new());
+    let (mut rtt_same, mut rtt_cross) = (Vec::new(), Vec::new());
+    for _ in 0..blocks {
+        setup_same.extend(workload::setup_times(&same, samples / blocks).await?);
+        setup_warm.extend(workload::setup_times(&cross, samples / blocks).await?);
+        rtt_same.extend(workload::round_trips(&same, 64, samples * 5 / blocks).await?);
+        rtt_cross.extend(workload::round_trips(&cross, 64, samples * 5 / blocks).await?);
+    }
 
     // Memory per idle node: the fleet's third relay against a lone relay, the same links.
     let (fleet_kib, alone_kib) = memory(&fleet.members[2], memory_nodes).await?;
@@ -213,8 +219,12 @@ pub async fn run(quick: bool, json: Option<PathBuf>) -> Result<()> {
     let mut failover = Vec::new();
     for (node, next) in &homed {
         wait_home(node, *next, Duration::from_secs(60)).await?;
-        // Reached by the caller homed on X (which never used Y for it).
-        workload::setup_times(&cross_reacher(&cross, node.node_id()), 1).await?;
+        // Reached by the caller homed on X.
+        let reach = ReachOpener {
+            node: &caller,
+            peer: node.node_id(),
+        };
+        workload::setup_times(&reach, 1).await?;
         failover.push(killed.elapsed().as_secs_f64() * 1e3);
     }
 
@@ -238,14 +248,6 @@ pub async fn run(quick: bool, json: Option<PathBuf>) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
-}
-
-/// An opener from the warm caller to `peer`.
-fn cross_reacher(cross: &NodeOpener, peer: NodeId) -> ReachOpener<'_> {
-    ReachOpener {
-        node: &cross.node,
-        peer,
-    }
 }
 
 /// Opens channels from a borrowed node.
