@@ -11,64 +11,19 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{NULLPORT, nullport, ok, pipe_output};
-use nullport_keyring::relay_map::{FleetBootstrap, RelayEntry, RelayMap, rendezvous_order};
+use nullport_keyring::relay_map::{RelayEntry, rendezvous_order};
 use nullport_protocol::{Identity, NodeId};
-use nullport_tests::{RelayOptions, TestNet};
+use nullport_tests::fleet::TestFleet;
 use tokio::process::{Child, Command};
 
-struct Fleet {
-    relays: Vec<TestNet>,
-    admin: Identity,
+/// The bootstrap string through relay `via`.
+fn bootstrap(fleet: &TestFleet, via: usize) -> String {
+    fleet.bootstrap(via).to_string()
 }
 
-impl Fleet {
-    async fn start(n: usize) -> Fleet {
-        let mut relays = Vec::new();
-        for _ in 0..n {
-            relays.push(TestNet::start_with(RelayOptions::default()).await);
-        }
-        let fleet = Fleet {
-            relays,
-            admin: Identity::generate().unwrap(),
-        };
-        let signed = RelayMap {
-            admin: fleet.admin.node_id(),
-            version: 1,
-            issued: 1,
-            relays: fleet.entries(),
-        }
-        .sign(&fleet.admin)
-        .unwrap();
-        for r in &fleet.relays {
-            r.relay().handle().set_relay_map(signed.clone()).unwrap();
-        }
-        fleet
-    }
-
-    fn entries(&self) -> Vec<RelayEntry> {
-        self.relays
-            .iter()
-            .map(|r| RelayEntry {
-                node_id: r.relay_identity.node_id(),
-                addrs: vec![r.addr.to_string()],
-                region: None,
-            })
-            .collect()
-    }
-
-    fn bootstrap(&self, via: usize) -> String {
-        FleetBootstrap {
-            admin: self.admin.node_id(),
-            relay: self.relays[via].relay_identity.node_id(),
-            addr: self.relays[via].addr.to_string(),
-        }
-        .to_string()
-    }
-
-    /// The relay a node homes on when every relay is up.
-    fn first_choice(&self, node: &NodeId) -> NodeId {
-        rendezvous_order(node, &self.entries())[0].node_id
-    }
+/// The relay a node homes on when every relay is up.
+fn first_choice(fleet: &TestFleet, node: &NodeId) -> NodeId {
+    rendezvous_order(node, &fleet.entries())[0].node_id
 }
 
 fn up(home: &Path, relay: &str) -> Child {
@@ -107,7 +62,7 @@ async fn homed(home: &Path, relay: &NodeId) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemons_join_a_fleet_home_by_the_hash_and_call_each_other_across_relays() {
-    let mut fleet = Fleet::start(3).await;
+    let mut fleet = TestFleet::start(3).await;
     let dir = tempfile::tempdir().unwrap();
     let tool = dir.path().join("tool");
     let agent = dir.path().join("agent");
@@ -124,12 +79,12 @@ async fn daemons_join_a_fleet_home_by_the_hash_and_call_each_other_across_relays
     ok(&tool, &["trust", "add", "agent", &agent_id.to_string()]).await;
     ok(&agent, &["trust", "add", "tool", &tool_id.to_string()]).await;
     // Both bootstrap through relay 0; each ends on its own first choice.
-    let mut tool_daemon = up(&tool, &fleet.bootstrap(0));
-    let _agent_daemon = up(&agent, &fleet.bootstrap(0));
-    let status = homed(&tool, &fleet.first_choice(&tool_id)).await;
+    let mut tool_daemon = up(&tool, &bootstrap(&fleet, 0));
+    let _agent_daemon = up(&agent, &bootstrap(&fleet, 0));
+    let status = homed(&tool, &first_choice(&fleet, &tool_id)).await;
     assert!(status.contains("relay map version 1"), "{status}");
     eprintln!("{status}");
-    homed(&agent, &fleet.first_choice(&agent_id)).await;
+    homed(&agent, &first_choice(&fleet, &agent_id)).await;
     // The map is kept in the home, in the relay's map file format.
     let kept = nullport_relay::map_file::load(&tool.join("relay-map.json")).unwrap();
     assert_eq!(kept.map.version, 1);
@@ -148,7 +103,7 @@ async fn daemons_join_a_fleet_home_by_the_hash_and_call_each_other_across_relays
     }
     let alive: Vec<RelayEntry> = fleet.entries()[1..].to_vec();
     let expected = rendezvous_order(&tool_id, &alive)[0].node_id;
-    let _tool_again = up(&tool, &fleet.bootstrap(0));
+    let _tool_again = up(&tool, &bootstrap(&fleet, 0));
     homed(&tool, &expected).await;
     let started = Instant::now();
     loop {

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod etcd;
+pub mod fleet;
 pub mod fuzz;
 pub mod netns;
 pub mod skip;

@@ -5,113 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nullport_keyring::relay_map::{FleetBootstrap, RelayEntry, RelayMap, rendezvous_order};
+use nullport_keyring::relay_map::{FleetBootstrap, RelayEntry, RelayMap};
 use nullport_node::{Node, NodeConfig, NodeLimits};
-use nullport_protocol::relay_link::SignedRelayMap;
 use nullport_protocol::{Identity, NodeId};
 use nullport_relay::testing::{Direction, Tamper, TamperMode, Tap, TestHooks};
+use nullport_tests::fleet::TestFleet;
 use nullport_tests::{RelayOptions, TestNet, fast_limits, pattern, send_to_sink, sink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Three relays and the admin key of their map.
-struct Fleet {
-    relays: Vec<TestNet>,
-    admin: Identity,
-}
-
-impl Fleet {
-    async fn start(n: usize) -> Fleet {
-        Fleet::start_with(n, |_| TestHooks::default()).await
-    }
-
-    /// A fleet whose relay `i` runs with `hooks(i)` (a tampering or tapping relay).
-    async fn start_with(n: usize, hooks: impl Fn(usize) -> TestHooks) -> Fleet {
-        let mut relays = Vec::new();
-        for i in 0..n {
-            relays.push(
-                TestNet::start_with(RelayOptions {
-                    hooks: hooks(i),
-                    ..RelayOptions::default()
-                })
-                .await,
-            );
-        }
-        let admin = Identity::generate().unwrap();
-        let fleet = Fleet { relays, admin };
-        let signed = fleet.map(1, &fleet.admin);
-        for r in &fleet.relays {
-            r.relay().handle().set_relay_map(signed.clone()).unwrap();
-        }
-        fleet
-    }
-
-    fn entries(&self) -> Vec<RelayEntry> {
-        self.relays
-            .iter()
-            .map(|r| RelayEntry {
-                node_id: r.relay_identity.node_id(),
-                addrs: vec![r.addr.to_string()],
-                region: None,
-            })
-            .collect()
-    }
-
-    fn map(&self, version: u64, signer: &Identity) -> SignedRelayMap {
-        RelayMap {
-            admin: signer.node_id(),
-            version,
-            issued: 1,
-            relays: self.entries(),
-        }
-        .sign(signer)
-        .unwrap()
-    }
-
-    /// The index of `node`'s relays in its rendezvous order.
-    fn order(&self, node: &NodeId) -> Vec<usize> {
-        let entries = self.entries();
-        rendezvous_order(node, &entries)
-            .iter()
-            .map(|e| {
-                self.relays
-                    .iter()
-                    .position(|r| r.relay_identity.node_id() == e.node_id)
-                    .unwrap()
-            })
-            .collect()
-    }
-
-    fn bootstrap(&self, via: usize) -> FleetBootstrap {
-        FleetBootstrap {
-            admin: self.admin.node_id(),
-            relay: self.relays[via].relay_identity.node_id(),
-            addr: self.relays[via].addr.to_string(),
-        }
-    }
-
-    fn relay_id(&self, i: usize) -> NodeId {
-        self.relays[i].relay_identity.node_id()
-    }
-
-    /// A node of this fleet (bootstrapped through relay `via`), not yet waited for.
-    async fn node(&self, identity: Identity, via: usize) -> Node {
-        let mut config = NodeConfig::fleet(Arc::new(identity), &self.bootstrap(via)).unwrap();
-        config.limits = fleet_limits();
-        Node::start(config).await.unwrap()
-    }
-
-    /// Identities whose home is relay `home` (the first `count` found).
-    fn homed_on(&self, home: usize, count: usize) -> Vec<Identity> {
-        let mut found = Vec::new();
-        while found.len() < count {
-            let id = Identity::generate().unwrap();
-            if self.order(&id.node_id())[0] == home {
-                found.push(id);
-            }
-        }
-        found
-    }
-}
 
 fn fleet_limits() -> NodeLimits {
     NodeLimits {
@@ -142,17 +42,17 @@ async fn wait_home(node: &Node, relay: NodeId, within: Duration) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_spread_by_the_hash_and_reach_callees_homed_on_other_relays() {
-    let fleet = Fleet::start(3).await;
+    let fleet = TestFleet::start(3).await;
     // One caller homed on relay 0, callees homed on relays 1 and 2; all bootstrap via 0.
     let caller_id = fleet.homed_on(0, 1).remove(0);
     let mut callees = Vec::new();
     for home in [1, 2] {
         let id = fleet.homed_on(home, 1).remove(0);
-        let node = fleet.node(id, 0).await;
+        let node = fleet.node(id, 0, fleet_limits()).await;
         wait_home(&node, fleet.relay_id(home), Duration::from_secs(10)).await;
         callees.push(Arc::new(node));
     }
-    let caller = fleet.node(caller_id, 0).await;
+    let caller = fleet.node(caller_id, 0, fleet_limits()).await;
     wait_home(&caller, fleet.relay_id(0), Duration::from_secs(10)).await;
     assert!(
         caller.relay_map().is_some(),
@@ -190,14 +90,14 @@ async fn nodes_spread_by_the_hash_and_reach_callees_homed_on_other_relays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_relay_moves_only_its_nodes_which_return_home_without_flapping() {
     nullport_tests::init_tracing();
-    let mut fleet = Fleet::start(3).await;
+    let mut fleet = TestFleet::start(3).await;
     let lost = 1;
     // Eight nodes homed on the relay that will be lost, two on each of the others.
     let mut nodes: Vec<(Arc<Node>, Vec<usize>)> = Vec::new();
     for (home, count) in [(0usize, 2usize), (1, 8), (2, 2)] {
         for id in fleet.homed_on(home, count) {
             let order = fleet.order(&id.node_id());
-            let node = Arc::new(fleet.node(id, 0).await);
+            let node = Arc::new(fleet.node(id, 0, fleet_limits()).await);
             let serving = node.clone();
             tokio::spawn(async move { sink(&serving).await });
             nodes.push((node, order));
@@ -264,14 +164,16 @@ async fn a_lost_relay_moves_only_its_nodes_which_return_home_without_flapping() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_announcing_a_stop_sees_its_nodes_move_first_and_loses_no_new_channel() {
-    let mut fleet = Fleet::start(3).await;
+    let mut fleet = TestFleet::start(3).await;
     let stopping = 2;
     let callee_id = fleet.homed_on(stopping, 1).remove(0);
     let next = fleet.order(&callee_id.node_id())[1];
-    let callee = Arc::new(fleet.node(callee_id, 0).await);
+    let callee = Arc::new(fleet.node(callee_id, 0, fleet_limits()).await);
     let serving = callee.clone();
     tokio::spawn(async move { sink(&serving).await });
-    let caller = fleet.node(fleet.homed_on(0, 1).remove(0), 0).await;
+    let caller = fleet
+        .node(fleet.homed_on(0, 1).remove(0), 0, fleet_limits())
+        .await;
     wait_home(&callee, fleet.relay_id(stopping), Duration::from_secs(10)).await;
     wait_home(&caller, fleet.relay_id(0), Duration::from_secs(10)).await;
     fleet.relays[stopping]
@@ -293,7 +195,7 @@ async fn a_relay_announcing_a_stop_sees_its_nodes_move_first_and_loses_no_new_ch
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_older_maps_are_refused_and_unlisted_relays_are_never_dialled() {
-    let fleet = Fleet::start(2).await;
+    let fleet = TestFleet::start(2).await;
     // A relay whose map is signed by another key (it accepts it: relays pin nothing).
     let rogue = TestNet::start_with(RelayOptions::default()).await;
     let mallory = Identity::generate().unwrap();
@@ -380,7 +282,7 @@ async fn forged_and_older_maps_are_refused_and_unlisted_relays_are_never_dialled
 /// relay 1 (the callee's relay, the one the channel runs through, may misbehave).
 async fn across_under(hooks: TestHooks, payload: &[u8]) -> (Vec<u8>, Option<std::io::Error>) {
     let cell = std::sync::Mutex::new(Some(hooks));
-    let fleet = Fleet::start_with(2, |i| {
+    let fleet = TestFleet::start_with(2, |i| {
         if i == 1 {
             cell.lock().unwrap().take().unwrap_or_default()
         } else {
@@ -388,8 +290,14 @@ async fn across_under(hooks: TestHooks, payload: &[u8]) -> (Vec<u8>, Option<std:
         }
     })
     .await;
-    let callee = Arc::new(fleet.node(fleet.homed_on(1, 1).remove(0), 1).await);
-    let caller = fleet.node(fleet.homed_on(0, 1).remove(0), 0).await;
+    let callee = Arc::new(
+        fleet
+            .node(fleet.homed_on(1, 1).remove(0), 1, fleet_limits())
+            .await,
+    );
+    let caller = fleet
+        .node(fleet.homed_on(0, 1).remove(0), 0, fleet_limits())
+        .await;
     wait_home(&callee, fleet.relay_id(1), Duration::from_secs(10)).await;
     wait_home(&caller, fleet.relay_id(0), Duration::from_secs(10)).await;
     let serving = callee.clone();
@@ -487,7 +395,7 @@ async fn a_relay_of_the_fleet_that_reroutes_a_dial_is_refused_by_the_caller() {
     let callee = Identity::generate().unwrap().node_id();
     let mallory = Identity::generate().unwrap();
     let mallory_id = mallory.node_id();
-    let fleet = Fleet::start_with(2, |i| {
+    let fleet = TestFleet::start_with(2, |i| {
         if i == 1 {
             TestHooks {
                 reroute: Some((callee, mallory_id)),
@@ -500,11 +408,13 @@ async fn a_relay_of_the_fleet_that_reroutes_a_dial_is_refused_by_the_caller() {
     .await;
     // Mallory is linked to relay 1 (bootstrapped there; it is reachable there whatever its
     // home), the real callee is offline.
-    let m = Arc::new(fleet.node(mallory, 1).await);
+    let m = Arc::new(fleet.node(mallory, 1, fleet_limits()).await);
     m.wait_online(Duration::from_secs(5)).await.unwrap();
     let serving = m.clone();
     tokio::spawn(async move { sink(&serving).await });
-    let caller = fleet.node(fleet.homed_on(0, 1).remove(0), 0).await;
+    let caller = fleet
+        .node(fleet.homed_on(0, 1).remove(0), 0, fleet_limits())
+        .await;
     wait_home(&caller, fleet.relay_id(0), Duration::from_secs(10)).await;
     let r = caller.dial(callee, "sink").await;
     // Mallory answers under its own identity: the caller's prologue names the callee, so
