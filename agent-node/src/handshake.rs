@@ -127,6 +127,14 @@ impl IncomingChannel {
     }
 }
 
+impl IncomingChannel {
+    /// Holds `lease` (the use count of the relay link it came over) for as long as the
+    /// channel lives.
+    pub(crate) fn lease(&mut self, lease: &std::sync::Arc<()>) {
+        self.drain = self.drain.leased(lease);
+    }
+}
+
 /// Runs the responder side on an incoming stream for a dial from `caller`.
 pub(crate) async fn respond(
     keys: &HandshakeKeys,

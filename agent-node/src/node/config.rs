@@ -109,9 +109,11 @@ pub struct NodeLimits {
     /// Fleet nodes: an extra link (to reach callees homed elsewhere, or a former home) closes
     /// once no channel uses it and it has been idle this long.
     pub extra_link_idle: Duration,
-    /// Fleet nodes: time a relay has to answer a dial before the next relay is tried (and
-    /// its link is closed as lost).
+    /// Fleet nodes: time a relay has to answer a dial before the next relay is tried.
     pub relay_answer_timeout: Duration,
+    /// Fleet nodes: how often the node asks a relay other than its home for the newest map
+    /// (so a relay removed from the map cannot keep it on the old one).
+    pub map_refresh: Duration,
 }
 
 impl Default for NodeLimits {
@@ -134,6 +136,7 @@ impl Default for NodeLimits {
             home_settle: Duration::from_secs(5),
             extra_link_idle: Duration::from_secs(60),
             relay_answer_timeout: Duration::from_secs(3),
+            map_refresh: Duration::from_secs(300),
         }
     }
 }

@@ -69,8 +69,13 @@ pub(super) async fn slot_exchange(
 /// Reads one message from `recv`, and the pages that follow it when it says `more`.
 pub(super) async fn read_pages(recv: &mut quinn::RecvStream) -> Result<Vec<RelayToNode>, Error> {
     let mut pages = Vec::new();
+    let mut bytes = 0usize;
     loop {
         let message = read_message::<RelayToNode>(recv, MAX_CONTROL_MESSAGE).await?;
+        bytes = bytes.saturating_add(super::push::size(&message));
+        if bytes > super::push::MAX_PUSH_BYTES {
+            return Err(Error::Link(LinkErrorCode::TooLarge));
+        }
         let more = matches!(
             message,
             RelayToNode::Revocations { more: true, .. } | RelayToNode::Rotations { more: true, .. }
@@ -85,8 +90,9 @@ pub(super) async fn read_pages(recv: &mut quinn::RecvStream) -> Result<Vec<Relay
     }
 }
 
-/// Pages of one paged answer a node reads at most (4 GiB at the relay's page size).
-pub(super) const MAX_PAGES: usize = 8192;
+/// Pages of one paged answer a node reads at most (and at most `push::MAX_PUSH_BYTES` of
+/// lists and rotations in all).
+pub(super) const MAX_PAGES: usize = 1024;
 
 /// Splits paged answers into the revocation lists and the rotations they carry.
 pub(super) fn collect_pages(

@@ -115,9 +115,38 @@ async fn walk(
     blob: &[u8],
 ) -> Result<Channel, Error> {
     let order = inner.relay_order(&target);
-    // Every link of the walk is started at once and held (a lease) for the whole dial, so
+    let mut walk = Walk::default();
+    // A few relays at a time, in order: a target is almost always at one of its first
+    // relays, and a node does not open links to the whole fleet for one dial.
+    for group in order.chunks(DIAL_SPREAD) {
+        if let Some(result) = walk_group(inner, group, &mut walk, target, service, blob).await {
+            return result;
+        }
+    }
+    // What went wrong, most telling first: a relay that misbehaved, then "offline" (some
+    // relay answered, none holds the target), then why no relay could be asked.
+    match (walk.misbehaved, walk.last_error) {
+        (Some(e), _) => Err(e),
+        (None, Some(e)) if walk.not_here == 0 => Err(e),
+        _ => Err(Error::PeerOffline(target)),
+    }
+}
+
+/// Relays whose links a dial starts at once.
+const DIAL_SPREAD: usize = 3;
+
+/// Dials through the relays of `group`; `Some` ends the walk.
+async fn walk_group(
+    inner: &Arc<Inner>,
+    group: &[crate::relay_addr::RelayAddr],
+    walk: &mut Walk,
+    target: NodeId,
+    service: &ServiceName,
+    blob: &[u8],
+) -> Option<Result<Channel, Error>> {
+    // Every link of the group is started at once and held (a lease) for the whole dial, so
     // none is closed as idle while the dial waits on another.
-    let slots: Vec<(Arc<Slot>, Arc<()>)> = order
+    let slots: Vec<(Arc<Slot>, Arc<()>)> = group
         .iter()
         .filter_map(|relay| inner.slot_for(relay).ok())
         .map(|slot| {
@@ -132,7 +161,6 @@ async fn walk(
     // behind it.
     let (live, draining): (Vec<&Arc<Slot>>, Vec<&Arc<Slot>>) =
         slots.iter().map(|(s, _)| s).partition(|s| !s.is_draining());
-    let mut walk = Walk::default();
     let mut deferred = Vec::new();
     for slot in live.into_iter().chain(draining) {
         match slot.connection() {
@@ -146,7 +174,7 @@ async fn walk(
                     .try_relay(inner, slot, &conn, target, service, blob)
                     .await
                 {
-                    return result;
+                    return Some(result);
                 }
             }
             None if slot.is_down() => walk.last_error = Some(slot_error(slot)),
@@ -164,7 +192,7 @@ async fn walk(
                     .try_relay(inner, slot, &conn, target, service, blob)
                     .await
             {
-                return result;
+                return Some(result);
             }
             continue;
         }
@@ -195,10 +223,7 @@ async fn walk(
         }
     }
     drop(slots);
-    match walk.last_error {
-        Some(e) if walk.not_here == 0 => Err(e),
-        _ => Err(Error::PeerOffline(target)),
-    }
+    None
 }
 
 /// How often a dial looks again at links still connecting.
@@ -209,6 +234,8 @@ const POLL: std::time::Duration = std::time::Duration::from_millis(10);
 struct Walk {
     last_error: Option<Error>,
     not_here: usize,
+    /// The last error a relay caused (refusal, bad answer, failed handshake).
+    misbehaved: Option<Error>,
 }
 
 impl Walk {
@@ -232,19 +259,22 @@ impl Walk {
                 self.not_here += 1;
                 None
             }
-            Err(e @ Error::Timeout { .. }) => {
-                // A relay that does not answer a dial in time is treated as lost: its link
-                // is closed (and reconnected), and the next relay tried.
-                tracing::info!(relay = %slot.relay, "{e}; trying the next relay");
-                conn.close(0u32.into(), b"dial answer timed out");
-                self.last_error = Some(e);
-                None
-            }
+            // The callee's own answer (after the handshake proved it) ends the walk, and so
+            // does this node shutting down.
+            Err(e @ (Error::Denied { .. } | Error::Shutdown)) => Some(Err(e)),
             Err(e @ (Error::RelayLinkLost(_) | Error::RelayUnreachable(_))) => {
                 self.last_error = Some(e);
                 None
             }
-            Err(other) => Some(Err(other)),
+            Err(e) => {
+                // Anything else is this relay's doing (no answer in time, a refusal, a
+                // malformed answer, a splice to someone who is not the target): the next
+                // relay of the order may hold the target, so the walk goes on; the link
+                // stays (a slow relay's live channels are not cut for it).
+                tracing::warn!(relay = %slot.relay, "relay misbehaved or failed a dial: {e}; trying the next relay");
+                self.misbehaved = Some(e);
+                None
+            }
         }
     }
 }

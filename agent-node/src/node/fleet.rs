@@ -34,6 +34,12 @@ use crate::relay_addr::RelayAddr;
 /// How often the manager looks again without being woken.
 const TICK: Duration = Duration::from_millis(250);
 
+/// Longest drain a node believes (seconds).
+const MAX_DRAIN_SECS: u32 = 600;
+
+/// Relays a node without a home links to at once, in its order (more only as those fail).
+const LOOKAHEAD: usize = 2;
+
 /// How long a relay found down is not waited for by dials (its link keeps retrying).
 const DOWN_MEMORY: Duration = Duration::from_secs(10);
 
@@ -79,12 +85,25 @@ impl Inner {
         if let Some(slot) = slots.get(&relay.node_id)
             && !slot.is_retired()
         {
-            return Ok(slot.clone());
+            if slot.relay == *relay {
+                return Ok(slot.clone());
+            }
+            // The map moved this relay to another address: the old link goes.
+            tracing::info!(relay = %relay, "relay address changed in the map");
+            slot.retire();
         }
+        // A fleet node's link may hold half of its handshakes in progress (one relay
+        // cannot starve the others); a lone relay's link all of them.
+        let share = if self.fleet.is_some() {
+            self.config.limits.max_pending_handshakes / 2
+        } else {
+            self.config.limits.max_pending_handshakes
+        };
         let slot = Arc::new(Slot::new(
             &self.config.identity,
             relay.clone(),
             &self.config.limits,
+            share,
         )?);
         slots.insert(relay.node_id, slot.clone());
         let span = tracing::info_span!("link", relay = %relay.node_id.fmt_short());
@@ -174,9 +193,20 @@ impl Inner {
     /// The relay behind `slot` said it stops within `within_secs`: not a home meanwhile.
     pub(super) fn relay_draining(&self, slot: &Slot, within_secs: u32) {
         tracing::info!(relay = %slot.relay, within_secs, "relay announced a planned stop");
-        if let Ok(mut until) = slot.draining_until.lock() {
-            *until = Some(Instant::now() + Duration::from_secs(within_secs.max(1).into()));
+        // A drain counts as a failure: once it is over, the relay must stay up for the settle
+        // time before it is home again (a relay announcing drains it never carries out moves
+        // its nodes once, not back and forth). Bounded: a drain of days is a lie.
+        let until =
+            Instant::now() + Duration::from_secs(within_secs.clamp(1, MAX_DRAIN_SECS).into());
+        if let Ok(mut d) = slot.draining_until.lock() {
+            *d = Some(until);
         }
+        if let Ok(mut since) = slot.online_since.lock()
+            && since.is_some()
+        {
+            *since = Some(until);
+        }
+        slot.mark_failed();
         self.fleet_changed();
     }
 }
@@ -184,9 +214,72 @@ impl Inner {
 /// Keeps the node's links and its home in line with its rendezvous order, until the node
 /// stops.
 pub(super) async fn manage(inner: Arc<Inner>) {
+    let mut refreshed = Instant::now();
+    let mut turn = 0usize;
     loop {
         arrange(&inner);
+        if inner.fleet.is_some() && refreshed.elapsed() >= inner.config.limits.map_refresh {
+            refreshed = Instant::now();
+            turn = turn.wrapping_add(1);
+            refresh_map(&inner, turn);
+        }
         let _ = tokio::time::timeout(TICK, inner.changed.notified()).await;
+    }
+}
+
+/// Asks a relay other than the home one for the newest map (each time the next one in the
+/// order): a relay the admin removed from the map, and that keeps running, cannot keep its
+/// nodes on the old map by never handing on the new one. The link is an extra link, closed
+/// again when idle.
+fn refresh_map(inner: &Arc<Inner>, turn: usize) {
+    let home = inner.home_slot().map(|h| h.relay_id());
+    let others: Vec<RelayAddr> = inner
+        .relay_order(&inner.node_id)
+        .into_iter()
+        .filter(|r| Some(r.node_id) != home)
+        .collect();
+    if others.is_empty() {
+        return;
+    }
+    let relay = others[turn % others.len()].clone();
+    let Ok(slot) = inner.slot_for(&relay) else {
+        return;
+    };
+    let asking = inner.clone();
+    if let Ok(mut tasks) = inner.tasks.lock() {
+        tasks.spawn(async move {
+            let _lease = slot.uses.clone();
+            slot.touch();
+            let mut conn = slot.conn.subscribe();
+            let up = tokio::time::timeout(asking.config.limits.connect_timeout, async {
+                while conn.borrow_and_update().is_none() {
+                    if conn.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            if up.is_err() {
+                return;
+            }
+            match super::control::slot_exchange(
+                &asking,
+                &slot,
+                nullport_protocol::relay_link::NodeToRelay::MapQuery,
+            )
+            .await
+            {
+                Ok(mut answers) => {
+                    if let Some(nullport_protocol::relay_link::RelayToNode::Map {
+                        map: Some(map),
+                    }) = answers.pop()
+                    {
+                        asking.offer_map(map, &slot);
+                    }
+                }
+                Err(e) => tracing::debug!(relay = %slot.relay, "map refresh failed: {e}"),
+            }
+        });
     }
 }
 
@@ -207,13 +300,26 @@ fn arrange(inner: &Arc<Inner>) {
     let mut home: Option<Arc<Slot>> = None;
     let mut first: Option<Arc<Slot>> = None;
     let mut fallback: Option<Arc<Slot>> = None;
+    // Links still making their first attempt, in this walk: at most LOOKAHEAD at once, so a
+    // node with no home up (starting, failing over) does not link to the whole fleet.
+    let mut trying = 0;
     for relay in &order {
+        let known = inner
+            .slots
+            .lock()
+            .is_ok_and(|s| s.get(&relay.node_id).is_some_and(|s| !s.is_retired()));
+        if trying >= LOOKAHEAD && !known {
+            break;
+        }
         let Ok(slot) = inner.slot_for(relay) else {
             continue;
         };
         wanted.insert(relay.node_id);
         first.get_or_insert_with(|| slot.clone());
         if slot.connection().is_none() {
+            if !slot.is_down() {
+                trying += 1;
+            }
             continue;
         }
         if slot.is_draining() {

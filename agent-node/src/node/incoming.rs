@@ -12,10 +12,12 @@ use tracing::Instrument;
 
 use super::Inner;
 use super::conn::describe;
-use super::control::{collect_pages, read_pages};
+use super::push;
 use super::slot::Slot;
 use crate::error::Error;
 use crate::handshake::respond;
+use crate::link::read_message;
+use nullport_protocol::relay_link::MAX_CONTROL_MESSAGE;
 
 /// Serves the streams the relay opens on `conn` until the connection ends; returns why. Each
 /// stream's task belongs to this call: when the connection ends, the handshakes in flight on
@@ -67,32 +69,17 @@ pub(super) async fn handle_incoming(
     mut recv: quinn::RecvStream,
 ) {
     let limits = &inner.config.limits;
-    let header = timeout(limits.handshake.handshake_timeout, read_pages(&mut recv)).await;
-    let header = match header {
-        Ok(Ok(mut pages))
-            if pages.len() == 1 && matches!(pages[0], RelayToNode::Incoming { .. }) =>
-        {
-            pages.pop()
-        }
-        Ok(Ok(pages)) => {
+    let first = timeout(
+        limits.handshake.handshake_timeout,
+        read_message::<RelayToNode>(&mut recv, MAX_CONTROL_MESSAGE),
+    )
+    .await;
+    let header = match first {
+        Ok(Ok(header @ RelayToNode::Incoming { .. })) => Some(header),
+        Ok(Ok(first)) => {
             // A push from the relay: new revocation lists or rotations, a newer relay map,
             // or a planned stop.
-            for page in &pages {
-                match page {
-                    RelayToNode::Map { map: Some(map) } => inner.offer_map(map.clone(), &slot),
-                    RelayToNode::Draining { within_secs } => {
-                        inner.relay_draining(&slot, *within_secs);
-                    }
-                    _ => {}
-                }
-            }
-            let (lists, rotations) = collect_pages(pages);
-            if !lists.is_empty() {
-                let _ = inner.revocations.send(lists);
-            }
-            if !rotations.is_empty() {
-                let _ = inner.rotations.send(rotations);
-            }
+            push::receive(&inner, &slot, first, recv).await;
             return;
         }
         _ => None,
@@ -104,6 +91,14 @@ pub(super) async fn handle_incoming(
     let link = slot;
     let span = tracing::info_span!("incoming", peer = %caller.fmt_short(), %session);
     async {
+        // Each link may hold at most half of the node's handshakes in progress: a relay
+        // that opens handshakes it never completes (claiming any callers it likes) cannot
+        // starve the node's other links.
+        let Ok(_link_permit) = link.pending.clone().try_acquire_owned() else {
+            tracing::warn!(relay = %link.relay, "too many handshakes in progress on this relay link; refusing");
+            let _ = send.reset(0u32.into());
+            return;
+        };
         let Ok(_permit) = inner.pending.clone().try_acquire_owned() else {
             tracing::warn!("too many handshakes in progress; refusing");
             let _ = send.reset(0u32.into());
@@ -135,14 +130,17 @@ pub(super) async fn handle_incoming(
                 limits.handshake,
                 send,
                 recv,
-                inner.drain.leased(&link.uses),
+                inner.drain.clone(),
             ),
         )
         .await;
         drop(slot_count);
-        link.touch();
         match result {
-            Ok(Ok(incoming)) => {
+            Ok(Ok(mut incoming)) => {
+                // Only an authenticated caller's channel counts as use of this link (a
+                // relay opening handshakes it never completes does not keep it open).
+                incoming.lease(&link.uses);
+                link.touch();
                 tracing::debug!(service = incoming.service(), "authenticated");
                 if let Err(
                     mpsc::error::TrySendError::Full(incoming)

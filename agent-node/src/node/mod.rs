@@ -8,6 +8,7 @@ mod dial;
 mod fleet;
 mod incoming;
 mod link;
+mod push;
 mod slot;
 
 use std::collections::HashMap;
@@ -130,7 +131,7 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node, Error> {
         let keys = HandshakeKeys::new(&config.identity)?;
         // Validate the TLS setup once before anything starts (each link builds its own).
-        Slot::new(&config.identity, config.relay.clone(), &config.limits)?;
+        Slot::new(&config.identity, config.relay.clone(), &config.limits, 1)?;
         let fleet = config.admin.map(|admin| {
             let held = config.relay_map.as_ref().and_then(|signed| {
                 match nullport_keyring::relay_map::RelayMap::verify(signed, &admin) {

@@ -41,6 +41,10 @@ pub(super) struct Slot {
     pub(super) failed: AtomicBool,
     /// Whether the first connection attempt has finished (either way).
     pub(super) tried: watch::Sender<bool>,
+    /// One push stream from this relay at a time.
+    pub(super) push_gate: tokio::sync::Semaphore,
+    /// Incoming handshakes in progress on this link (a fleet node: half the node's bound).
+    pub(super) pending: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Slot {
@@ -54,10 +58,12 @@ impl std::fmt::Debug for Slot {
 
 impl Slot {
     /// A link (not yet connected) to `relay`, whose key is pinned in its TLS configuration.
+    /// `handshakes`: incoming handshakes this link may have in progress at once.
     pub(super) fn new(
         identity: &nullport_protocol::Identity,
         relay: RelayAddr,
         limits: &NodeLimits,
+        handshakes: usize,
     ) -> Result<Slot, Error> {
         let presented: PresentedKey = Arc::default();
         let crypto = client_crypto(identity, relay.node_id, presented.clone())?;
@@ -80,6 +86,8 @@ impl Slot {
             retired: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             tried: watch::Sender::new(false),
+            push_gate: tokio::sync::Semaphore::new(1),
+            pending: Arc::new(tokio::sync::Semaphore::new(handshakes.max(1))),
         })
     }
 

@@ -28,10 +28,15 @@ pub(crate) async fn reload_admin_list(shared: &Shared) -> Result<u64, Error> {
                 .map_err(StateError::from)??;
         if let Some((list, signed)) = read {
             shared.apply_admin_list(&list, signed.clone());
-            shared
+            // In force here already; shared with the fleet at the next reload if the store
+            // cannot take it now (counted in the store metrics, not logged twice a second).
+            if let Err(e) = shared
                 .store
                 .publish_admin_list(list.signer, list.version, &signed)
-                .await?;
+                .await
+            {
+                tracing::debug!("admin list not shared with the fleet yet: {e}");
+            }
         }
     }
     Ok(shared.admin_version.load(Ordering::Acquire))

@@ -355,14 +355,17 @@ impl Store {
     }
 
     /// Publishes the network admin's list read from the state directory to the shared store
-    /// (once per version; nothing to do for files, whose cache the caller updates).
+    /// (nothing to do for files, whose cache the caller updates). Called at every reload
+    /// (twice a second): the store keeps the list only if it holds no newer one, so a list
+    /// deleted or rolled back in etcd by someone with access to it is put back within half
+    /// a second by the relay that holds the file.
     pub(crate) async fn publish_admin_list(
         &self,
         signer: NodeId,
         version: u64,
         list: &SignedRevocations,
     ) -> Result<(), StoreError> {
-        if !self.is_shared() || self.admin_published.load(Ordering::Acquire) >= version {
+        if !self.is_shared() {
             return Ok(());
         }
         // Stored, or a newer one is held already: either way this version is published.

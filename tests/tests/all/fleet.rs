@@ -389,36 +389,52 @@ async fn the_callees_relay_reads_nothing_and_its_tampering_is_detected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_of_the_fleet_that_reroutes_a_dial_is_refused_by_the_caller() {
-    // Relay 1 routes dials for the callee (offline) to another node it holds. The caller
-    // walks the callee's order whatever it is: relay 0 answers "not here", relay 1 reroutes.
-    let callee = Identity::generate().unwrap().node_id();
+async fn a_relay_of_the_fleet_that_reroutes_dials_is_passed_over_and_named() {
+    // The callee's first relay (1) turns rogue: it routes dials for the callee to Mallory.
+    let mut fleet = TestFleet::start(2).await;
+    let callee_id = fleet.homed_on(1, 1).remove(0);
+    let callee = callee_id.node_id();
     let mallory = Identity::generate().unwrap();
-    let mallory_id = mallory.node_id();
-    let fleet = TestFleet::start_with(2, |i| {
-        if i == 1 {
-            TestHooks {
-                reroute: Some((callee, mallory_id)),
+    fleet.relays[1]
+        .restart(RelayOptions {
+            hooks: TestHooks {
+                reroute: Some((callee, mallory.node_id())),
                 ..TestHooks::default()
-            }
-        } else {
-            TestHooks::default()
-        }
-    })
-    .await;
-    // Mallory is linked to relay 1 (bootstrapped there; it is reachable there whatever its
-    // home), the real callee is offline.
+            },
+            ..RelayOptions::default()
+        })
+        .await;
+    fleet.relays[1]
+        .relay()
+        .handle()
+        .set_relay_map(fleet.map(1, &fleet.admin))
+        .unwrap();
     let m = Arc::new(fleet.node(mallory, 1, fleet_limits()).await);
     m.wait_online(Duration::from_secs(5)).await.unwrap();
     let serving = m.clone();
     tokio::spawn(async move { sink(&serving).await });
+    // The callee is homed on the rogue relay and still linked to relay 0 (its bootstrap).
+    let linger = NodeLimits {
+        extra_link_idle: Duration::from_secs(120),
+        ..fleet_limits()
+    };
+    let c = Arc::new(fleet.node(callee_id, 0, linger).await);
+    wait_home(&c, fleet.relay_id(1), Duration::from_secs(10)).await;
+    assert!(c.relay_links().contains(&(fleet.relay_id(0), true)));
+    let serving = c.clone();
+    tokio::spawn(async move { sink(&serving).await });
+    // A caller homed on the rogue relay tries it first (its link there is up): the splice
+    // to Mallory fails the handshake (Mallory learns nothing), and the walk goes on to
+    // relay 0, where the callee is.
     let caller = fleet
-        .node(fleet.homed_on(0, 1).remove(0), 0, fleet_limits())
+        .node(fleet.homed_on(1, 1).remove(0), 1, fleet_limits())
         .await;
-    wait_home(&caller, fleet.relay_id(0), Duration::from_secs(10)).await;
+    wait_home(&caller, fleet.relay_id(1), Duration::from_secs(10)).await;
+    send_to_sink(&caller, callee, &pattern(64 * 1024, 4)).await;
+    // With the callee gone, the dial fails naming what the relay did, not "offline".
+    c.close().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let r = caller.dial(callee, "sink").await;
-    // Mallory answers under its own identity: the caller's prologue names the callee, so
-    // message 2 fails authentication (and Mallory never learns who called).
     assert!(
         matches!(
             r,
@@ -428,4 +444,69 @@ async fn a_relay_of_the_fleet_that_reroutes_a_dial_is_refused_by_the_caller() {
         ),
         "{r:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_removed_from_the_map_that_keeps_running_loses_its_nodes() {
+    // The admin removes relay 1 (compromised, say) from the map; relay 1 keeps running and
+    // keeps serving the old map. Its nodes learn the new map from another relay (the map
+    // refresh) and leave it.
+    let fleet = TestFleet::start(3).await;
+    let captive = fleet.homed_on(1, 1).remove(0);
+    let limits = NodeLimits {
+        map_refresh: Duration::from_millis(500),
+        ..fleet_limits()
+    };
+    let node = fleet.node(captive, 1, limits).await;
+    wait_home(&node, fleet.relay_id(1), Duration::from_secs(10)).await;
+    let without_1 = RelayMap {
+        admin: fleet.admin.node_id(),
+        version: 2,
+        issued: 2,
+        relays: vec![fleet.entries()[0].clone(), fleet.entries()[2].clone()],
+    }
+    .sign(&fleet.admin)
+    .unwrap();
+    for i in [0, 2] {
+        fleet.relays[i]
+            .relay()
+            .handle()
+            .set_relay_map(without_1.clone())
+            .unwrap();
+    }
+    let start = Instant::now();
+    while node.home_relay() == Some(fleet.relay_id(1))
+        || node.relay_map() != Some(without_1.clone())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the node stayed with the removed relay"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        node.relay_links()
+            .iter()
+            .all(|(r, _)| *r != fleet.relay_id(1)),
+        "a link to the removed relay stayed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_that_never_happen_move_a_node_once_not_back_and_forth() {
+    let fleet = TestFleet::start(2).await;
+    let id = fleet.homed_on(1, 1).remove(0);
+    let node = fleet.node(id, 1, fleet_limits()).await;
+    wait_home(&node, fleet.relay_id(1), Duration::from_secs(10)).await;
+    // Relay 1 announces 1 s drains and never stops.
+    fleet.relays[1]
+        .relay()
+        .handle()
+        .announce_drain(Duration::from_secs(1));
+    wait_home(&node, fleet.relay_id(0), Duration::from_secs(5)).await;
+    // The drain "ends" after 1 s: the node does not hurry back, it waits the settle time
+    // (1.5 s here) counted from the drain's end, as for a relay that failed it.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert_eq!(node.home_relay(), Some(fleet.relay_id(0)));
+    wait_home(&node, fleet.relay_id(1), Duration::from_secs(5)).await;
 }
