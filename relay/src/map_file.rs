@@ -18,7 +18,6 @@
 //! unknown fields, another format number, bad hex, a body that is not one canonical map, and
 //! a signature that does not verify under the admin key the map names.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -159,39 +158,15 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, MapProblem> {
 /// Writes a map file atomically (temporary file in the same directory, fsync, rename),
 /// readable by all (a map is public: relays and their operators read it).
 pub fn save(path: &Path, verified: &VerifiedMap) -> Result<(), MapFileError> {
-    let at = |e: std::io::Error| MapFileError {
-        path: path.to_owned(),
-        problem: MapProblem::Io(e),
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let written = (|| {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        file.write_all(render(verified).as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map_err(at)
+    nullport_keyring::fs::write_atomic(path, render(verified).as_bytes(), 0o644, true).map_err(
+        |e| MapFileError {
+            path: path.to_owned(),
+            problem: MapProblem::Io(match e {
+                nullport_keyring::Error::Io { error, .. } => error,
+                other => std::io::Error::other(other.to_string()),
+            }),
+        },
+    )
 }
 
 /// Follows a map file for a running relay: [`MapWatcher::check`] loads it when it changed

@@ -18,6 +18,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 /// fsynced and then moved into place, so a crash leaves exactly the old or the new file.
 /// Without `overwrite`, an existing file is an error (checked atomically by linking).
 pub fn write_private(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(), Error> {
+    write_atomic(path, bytes, 0o600, overwrite)
+}
+
+/// [`write_private`] with another file mode (`0o644` for a file others should read, such as
+/// a relay map).
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, overwrite: bool) -> Result<(), Error> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -33,7 +39,7 @@ pub fn write_private(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(), E
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&tmp)
             .map_err(io(&tmp))?;
         file.write_all(bytes).map_err(io(&tmp))?;
