@@ -79,6 +79,28 @@ impl Inner {
             .collect()
     }
 
+    /// Every address of `relay` in the map, in its order (the first is `relay` itself); a
+    /// relay the map does not list (a lone relay, the bootstrap): `relay` alone.
+    pub(super) fn relay_addresses(&self, relay: &RelayAddr) -> Vec<RelayAddr> {
+        let held = self
+            .fleet
+            .as_ref()
+            .and_then(|f| f.map.lock().ok().and_then(|m| m.clone()));
+        let listed = held.and_then(|(map, _)| {
+            map.relay(&relay.node_id).map(|entry| {
+                entry
+                    .addrs
+                    .iter()
+                    .filter_map(|a| format!("{}@{a}", entry.node_id).parse::<RelayAddr>().ok())
+                    .collect::<Vec<_>>()
+            })
+        });
+        match listed {
+            Some(addrs) if addrs.first() == Some(relay) => addrs,
+            _ => vec![relay.clone()],
+        }
+    }
+
     /// The link to `relay`, started if the node has none.
     pub(super) fn slot_for(self: &Arc<Self>, relay: &RelayAddr) -> Result<Arc<Slot>, Error> {
         let mut slots = self.slots.lock().map_err(|_| Error::Shutdown)?;

@@ -21,37 +21,62 @@ use crate::backoff::Backoff;
 use crate::error::{Error, Refusal, Unreachable};
 use crate::link::{read_message, write_message};
 
-pub(super) async fn connect_once(
-    inner: &Inner,
+/// The QUIC and TLS handshake with the relay at one of its addresses.
+async fn reach(
     slot: &Slot,
+    address: &crate::relay_addr::RelayAddr,
     endpoint: &quinn::Endpoint,
-) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), Error> {
-    let relay = &slot.relay;
-    let addr = relay.resolve().await?[0];
+    limits: &super::NodeLimits,
+) -> Result<quinn::Connection, Error> {
+    let addr = address.resolve().await?[0];
     if let Ok(mut p) = slot.presented.lock() {
         *p = None;
     }
     let connecting = endpoint
         .connect_with(slot.client.clone(), addr, "nullport-relay")
         .map_err(|e| Error::RelayUnreachable(Unreachable::Connect(e)))?;
-    let limits = &inner.config.limits;
-    let conn = match timeout(limits.connect_timeout, connecting).await {
-        Ok(Ok(conn)) => conn,
+    match timeout(limits.connect_timeout, connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => {
             let presented = slot.presented.lock().ok().and_then(|p| p.clone());
-            return Err(match presented {
-                Some(p) if p != relay.node_id.to_string() => {
+            Err(match presented {
+                Some(p) if p != slot.relay.node_id.to_string() => {
                     Error::RelayRefused(Refusal::WrongRelayKey {
-                        expected: relay.node_id,
+                        expected: slot.relay.node_id,
                         presented: p,
                     })
                 }
                 _ => describe(&e),
-            });
+            })
         }
-        Err(_) => {
-            return Err(Error::RelayUnreachable(Unreachable::NoAnswer { addr }));
+        Err(_) => Err(Error::RelayUnreachable(Unreachable::NoAnswer { addr })),
+    }
+}
+
+pub(super) async fn connect_once(
+    inner: &Inner,
+    slot: &Slot,
+    endpoint: &quinn::Endpoint,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), Error> {
+    let relay = &slot.relay;
+    let limits = &inner.config.limits;
+    // Every address the map lists for this relay, in order (a lone relay: its one address);
+    // the first that answers is used.
+    let addresses = inner.relay_addresses(relay);
+    let last = addresses.len().saturating_sub(1);
+    let mut reached = None;
+    for (i, address) in addresses.iter().enumerate() {
+        match reach(slot, address, endpoint, limits).await {
+            Ok(conn) => {
+                reached = Some(conn);
+                break;
+            }
+            Err(e) if i == last => return Err(e),
+            Err(e) => tracing::debug!(%address, "relay address not reached: {e}; trying the next"),
         }
+    }
+    let Some(conn) = reached else {
+        return Err(Error::RelayUnreachable(Unreachable::NotYet));
     };
     let admitted = timeout(limits.connect_timeout, async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| describe(&e))?;

@@ -510,3 +510,32 @@ async fn drains_that_never_happen_move_a_node_once_not_back_and_forth() {
     assert_eq!(node.home_relay(), Some(fleet.relay_id(0)));
     wait_home(&node, fleet.relay_id(1), Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relays_addresses_are_tried_in_the_order_the_map_lists_them() {
+    let fleet = TestFleet::start(2).await;
+    // Relay 1's first address answers nothing; its second is where it listens.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut entries = fleet.entries();
+    entries[1].addrs = vec![dead.to_string(), fleet.relays[1].addr.to_string()];
+    let map = RelayMap {
+        admin: fleet.admin.node_id(),
+        version: 2,
+        issued: 2,
+        relays: entries,
+    }
+    .sign(&fleet.admin)
+    .unwrap();
+    for r in &fleet.relays {
+        r.relay().handle().set_relay_map(map.clone()).unwrap();
+    }
+    let limits = NodeLimits {
+        connect_timeout: Duration::from_millis(500),
+        ..fleet_limits()
+    };
+    let node = fleet.node(fleet.homed_on(1, 1).remove(0), 0, limits).await;
+    wait_home(&node, fleet.relay_id(1), Duration::from_secs(10)).await;
+}
