@@ -153,12 +153,21 @@ impl Node {
             .await
             .ok()
             .and_then(|a| a.first().copied());
+        let any_v6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
+        let any_v4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
         let bind: SocketAddr = match (config.bind, relay_ip) {
             (Some(bind), _) => bind,
-            (None, Some(SocketAddr::V6(_))) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-            (None, _) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            (None, Some(SocketAddr::V6(_))) => any_v6,
+            (None, _) => any_v4,
         };
-        let endpoint = quinn::Endpoint::client(bind).map_err(|e| {
+        // A fleet node may meet relays of both address families in its map: a dual-stack
+        // socket when the machine has IPv6 (quinn maps IPv4 addresses onto it), else IPv4.
+        let dual = fleet.is_some() && config.bind.is_none() && bind == any_v4;
+        let endpoint = match dual.then(|| quinn::Endpoint::client(any_v6)) {
+            Some(Ok(endpoint)) => Ok(endpoint),
+            _ => quinn::Endpoint::client(bind),
+        }
+        .map_err(|e| {
             Error::Setup(SetupError::Bind {
                 addr: bind,
                 kind: e.kind(),

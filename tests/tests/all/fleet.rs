@@ -539,3 +539,56 @@ async fn a_relays_addresses_are_tried_in_the_order_the_map_lists_them() {
     let node = fleet.node(fleet.homed_on(1, 1).remove(0), 0, limits).await;
     wait_home(&node, fleet.relay_id(1), Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_bootstrapped_over_ipv4_reaches_a_relay_listed_at_an_ipv6_address() {
+    // Relay 0 on 127.0.0.1 (the bootstrap), relay 1 on [::1] only.
+    let v4 = TestNet::start_with(RelayOptions::default()).await;
+    let v6 = TestNet::start_with(RelayOptions {
+        listen: Some("[::1]:0".parse().unwrap()),
+        ..RelayOptions::default()
+    })
+    .await;
+    let admin = Identity::generate().unwrap();
+    let entries = vec![
+        RelayEntry {
+            node_id: v4.relay_identity.node_id(),
+            addrs: vec![v4.addr.to_string()],
+            region: None,
+        },
+        RelayEntry {
+            node_id: v6.relay_identity.node_id(),
+            addrs: vec![v6.addr.to_string()],
+            region: None,
+        },
+    ];
+    let map = RelayMap {
+        admin: admin.node_id(),
+        version: 1,
+        issued: 1,
+        relays: entries.clone(),
+    }
+    .sign(&admin)
+    .unwrap();
+    for r in [&v4, &v6] {
+        r.relay().handle().set_relay_map(map.clone()).unwrap();
+    }
+    // A node whose first choice is the IPv6 relay, bootstrapped through the IPv4 one.
+    let identity = loop {
+        let id = Identity::generate().unwrap();
+        if nullport_keyring::relay_map::rendezvous_order(&id.node_id(), &entries)[0].node_id
+            == v6.relay_identity.node_id()
+        {
+            break id;
+        }
+    };
+    let bootstrap = FleetBootstrap {
+        admin: admin.node_id(),
+        relay: v4.relay_identity.node_id(),
+        addr: v4.addr.to_string(),
+    };
+    let mut config = NodeConfig::fleet(Arc::new(identity), &bootstrap).unwrap();
+    config.limits = fleet_limits();
+    let node = Node::start(config).await.unwrap();
+    wait_home(&node, v6.relay_identity.node_id(), Duration::from_secs(10)).await;
+}
