@@ -64,8 +64,7 @@ impl RelayHandle {
             .map
             .lock()
             .map_err(|_| Error::RelayMap("map lock poisoned".into()))?;
-        if let Some(current) = held.as_ref() {
-            let current = RelayMap::verify_self_signed(current).map_err(|e| refused(&e))?;
+        if let Some((current, _)) = held.as_ref() {
             if current.admin != map.admin {
                 return Err(Error::RelayMap(format!(
                     "signed by {}, the map held by {}",
@@ -76,19 +75,16 @@ impl RelayHandle {
                 return Ok(false);
             }
         }
-        *held = Some(signed.clone());
+        let (version, relays) = (map.version, map.relays.len());
+        *held = Some((map, signed.clone()));
         drop(held);
         self.shared
             .metrics
             .map_version
-            .store(map.version, Ordering::Relaxed);
+            .store(version, Ordering::Relaxed);
         // The map names the network admin: the admin's lists the store holds are in force now.
         self.shared.enforce_admin_lists();
-        tracing::info!(
-            version = map.version,
-            relays = map.relays.len(),
-            "relay map in force"
-        );
+        tracing::info!(version, relays, "relay map in force");
         let _ = self.shared.push.send(crate::push::Push::Map(signed));
         Ok(true)
     }

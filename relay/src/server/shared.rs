@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use nullport_keyring::relay_map::RelayMap;
 use nullport_protocol::relay_link::SignedRelayMap;
 use nullport_protocol::{Identity, NodeId, SessionId};
 use tokio::sync::mpsc;
@@ -55,8 +56,9 @@ pub(crate) struct Shared {
     /// When the planned stop the relay announced is due (none: not draining). Meanwhile
     /// new dials are answered "not here", and nodes that arrive are told.
     pub(crate) draining_until: Mutex<Option<tokio::time::Instant>>,
-    /// The fleet's relay map this relay hands out (none: a lone relay).
-    pub(crate) map: Mutex<Option<SignedRelayMap>>,
+    /// The fleet's relay map this relay hands out (none: a lone relay): what it says, verified
+    /// once when it was taken, and its signed form.
+    pub(crate) map: Mutex<Option<(RelayMap, SignedRelayMap)>>,
     #[cfg(feature = "testing")]
     pub(crate) hooks: crate::testing::TestHooks,
 }
@@ -83,7 +85,10 @@ impl Shared {
 
     /// The relay map this relay holds, if it is part of a fleet.
     pub(crate) fn relay_map(&self) -> Option<SignedRelayMap> {
-        self.map.lock().ok().and_then(|m| m.clone())
+        self.map
+            .lock()
+            .ok()
+            .and_then(|m| m.as_ref().map(|(_, s)| s.clone()))
     }
 
     /// A snapshot of every node online.
@@ -97,11 +102,15 @@ impl Shared {
     /// The keys whose invites and revocation lists bind this relay as the network admin's.
     pub(crate) fn admin_keys(&self) -> Vec<NodeId> {
         let mut keys = vec![self.identity.node_id()];
-        if let Some(signed) = self.relay_map()
-            && let Ok(map) = nullport_keyring::relay_map::RelayMap::verify_self_signed(&signed)
-            && !keys.contains(&map.admin)
+        let admin = self
+            .map
+            .lock()
+            .ok()
+            .and_then(|m| m.as_ref().map(|(map, _)| map.admin));
+        if let Some(admin) = admin
+            && !keys.contains(&admin)
         {
-            keys.push(map.admin);
+            keys.push(admin);
         }
         keys
     }

@@ -201,33 +201,21 @@ fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Option<T
     }
 }
 
+/// The network admin's list as read from the state directory: what it says, and as signed.
+pub type AdminList = (
+    nullport_keyring::revocation::RevocationList,
+    SignedRevocations,
+);
+
 /// Reads the network admin's revocation list from `dir` (none yet: `Ok(None)`); it must be
 /// signed by `admin`.
-pub fn read_admin_list(
-    dir: &Path,
-    admin: &NodeId,
-) -> Result<
-    Option<(
-        nullport_keyring::revocation::RevocationList,
-        SignedRevocations,
-    )>,
-    StateError,
-> {
+pub fn read_admin_list(dir: &Path, admin: &NodeId) -> Result<Option<AdminList>, StateError> {
     read_admin_list_of(dir, std::slice::from_ref(admin))
 }
 
 /// Reads the network admin's revocation list from `dir` (none yet: `Ok(None)`); it must be
 /// signed by one of `admins` (a fleet relay's own key, or its relay map's admin key).
-pub fn read_admin_list_of(
-    dir: &Path,
-    admins: &[NodeId],
-) -> Result<
-    Option<(
-        nullport_keyring::revocation::RevocationList,
-        SignedRevocations,
-    )>,
-    StateError,
-> {
+pub fn read_admin_list_of(dir: &Path, admins: &[NodeId]) -> Result<Option<AdminList>, StateError> {
     let path = dir.join(ADMIN_REVOCATIONS_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,

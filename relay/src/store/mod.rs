@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 pub use crate::error::StoreError;
 use crate::metrics::Metrics;
 pub(crate) use files::persist;
-pub use files::{read_admin_list, read_admin_list_of, write_admin_list};
+pub use files::{AdminList, read_admin_list, read_admin_list_of, write_admin_list};
 pub use spec::StoreSpec;
 
 pub use files::ADMIN_REVOCATIONS_FILE;
