@@ -166,7 +166,7 @@ pub async fn run(counts: &[usize], json: Option<PathBuf>, baseline: bool) -> Res
     b.wait_online(Duration::from_secs(10)).await?;
     tokio::spawn(echo_server(b.clone()));
     let opener = crate::paths::nullport::NodeOpener {
-        node: a,
+        node: Arc::new(a),
         peer: b.node_id(),
     };
 

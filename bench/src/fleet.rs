@@ -20,6 +20,7 @@ use nullport_relay::map_file::{self, VerifiedMap};
 use serde::Serialize;
 
 use crate::capacity::{Idle, admit_many};
+use crate::paths::nullport::NodeOpener;
 use crate::procs::{self, Proc};
 use crate::report::Percentiles;
 use crate::workload;
@@ -172,21 +173,20 @@ pub async fn run(quick: bool, json: Option<PathBuf>) -> Result<()> {
     // Cold: a fresh caller each time, whose first dial opens its link to Y.
     let mut setup_cold = Vec::new();
     for _ in 0..cold {
-        let fresh = fleet.node_on(x).await?;
-        let opener = ReachOpener {
-            node: &fresh,
+        let opener = NodeOpener {
+            node: Arc::new(fleet.node_on(x).await?),
             peer: cross_callee.node_id(),
         };
         setup_cold.extend(workload::setup_times(&opener, 1).await?);
-        fresh.shutdown().await;
+        opener.node.close().await;
     }
-    let caller = fleet.node_on(x).await?;
-    let same = ReachOpener {
-        node: &caller,
+    let caller = Arc::new(fleet.node_on(x).await?);
+    let same = NodeOpener {
+        node: caller.clone(),
         peer: same_callee.node_id(),
     };
-    let cross = ReachOpener {
-        node: &caller,
+    let cross = NodeOpener {
+        node: caller.clone(),
         peer: cross_callee.node_id(),
     };
     let _warm_up = workload::setup_times(&cross, 1).await?;
@@ -220,8 +220,8 @@ pub async fn run(quick: bool, json: Option<PathBuf>) -> Result<()> {
     for (node, next) in &homed {
         wait_home(node, *next, Duration::from_secs(60)).await?;
         // Reached by the caller homed on X.
-        let reach = ReachOpener {
-            node: &caller,
+        let reach = NodeOpener {
+            node: caller.clone(),
             peer: node.node_id(),
         };
         workload::setup_times(&reach, 1).await?;
@@ -248,29 +248,6 @@ pub async fn run(quick: bool, json: Option<PathBuf>) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
-}
-
-/// Opens channels from a borrowed node.
-struct ReachOpener<'a> {
-    node: &'a Node,
-    peer: NodeId,
-}
-
-impl workload::Opener for ReachOpener<'_> {
-    fn open(
-        &self,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = std::io::Result<workload::Stream>> + Send + '_>,
-    > {
-        Box::pin(async move {
-            let ch = self
-                .node
-                .dial(self.peer, "bench")
-                .await
-                .map_err(std::io::Error::other)?;
-            Ok(Box::pin(ch) as workload::Stream)
-        })
-    }
 }
 
 /// Relay RSS per idle node (raw relay links, Hello/Welcome): on `member` (a relay of the

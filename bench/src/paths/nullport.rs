@@ -21,8 +21,8 @@ const SERVICE: &str = "bench";
 
 /// Opens channels from a node to one peer's bench service.
 pub struct NodeOpener {
-    /// The calling node.
-    pub node: Node,
+    /// The calling node (shared: one caller may open to several peers).
+    pub node: Arc<Node>,
     /// The node serving the bench service.
     pub peer: NodeId,
 }
@@ -117,7 +117,10 @@ pub async fn start() -> Result<Path> {
     Ok(Path {
         name: "nullport",
         security: "end to end (Noise XX, Ed25519 identities), relay-blind",
-        opener: Arc::new(NodeOpener { node, peer }),
+        opener: Arc::new(NodeOpener {
+            node: Arc::new(node),
+            peer,
+        }),
         relay_pid: Some(relay.pid()),
         _procs: vec![relay, server],
         _keep: Vec::new(),
