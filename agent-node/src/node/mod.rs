@@ -363,6 +363,17 @@ impl Node {
         self.inner.map_updates.borrow().clone()
     }
 
+    /// The relay map in force, as the node verified it when it took it (what it says, and
+    /// its signed form); none for a lone-relay node or before the first map.
+    pub fn relay_map_in_force(
+        &self,
+    ) -> Option<(nullport_keyring::relay_map::RelayMap, SignedRelayMap)> {
+        self.inner
+            .fleet
+            .as_ref()
+            .and_then(|f| f.map.lock().ok().and_then(|m| m.clone()))
+    }
+
     /// A receiver that sees each newer relay map the node takes.
     pub fn watch_relay_map(&self) -> watch::Receiver<Option<SignedRelayMap>> {
         self.inner.map_updates.subscribe()

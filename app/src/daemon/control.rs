@@ -505,11 +505,7 @@ fn status(state: &State) -> Status {
         restart_needed: restart_needed(state),
         fleet: state.relay.admin().map(|_| crate::control::FleetStatus {
             home: state.node.home_relay().map(|r| r.to_string()),
-            map_version: state.node.relay_map().and_then(|m| {
-                nullport_keyring::relay_map::RelayMap::verify_self_signed(&m)
-                    .ok()
-                    .map(|m| m.version)
-            }),
+            map_version: state.node.relay_map_in_force().map(|(map, _)| map.version),
             links: state
                 .node
                 .relay_links()

@@ -7,7 +7,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use nullport_keyring::relay_map::RelayMap;
 use nullport_protocol::relay_link::SignedRelayMap;
 use nullport_relay::map_file::{self, VerifiedMap};
 
@@ -32,11 +31,11 @@ pub(crate) fn load(path: &Path) -> Option<SignedRelayMap> {
 pub(crate) async fn keep(state: Arc<State>) {
     let mut maps = state.node.watch_relay_map();
     while maps.changed().await.is_ok() {
-        let Some(signed) = maps.borrow_and_update().clone() else {
+        if maps.borrow_and_update().is_none() {
             continue;
-        };
-        // The node verified it under the pinned admin key before taking it.
-        let Ok(map) = RelayMap::verify_self_signed(&signed) else {
+        }
+        // As the node verified it under the pinned admin key when it took it.
+        let Some((map, signed)) = state.node.relay_map_in_force() else {
             continue;
         };
         let version = map.version;
