@@ -271,3 +271,50 @@ pub async fn raw_hello(conn: &quinn::Connection) -> (quinn::SendStream, quinn::R
     ));
     (send, recv)
 }
+
+/// Echoes every byte of every channel `node` accepts, until the node shuts down (a channel
+/// ends when the caller closes it, with a close of its own).
+pub fn serve_echo(node: Arc<Node>) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        while let Some(incoming) = node.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ch) = incoming.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match ch.read(&mut buf).await {
+                        Ok(0) => {
+                            let _ = ch.shutdown().await;
+                            return;
+                        }
+                        Ok(n) => {
+                            if ch.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// Writes `payload` on `ch`, closes its sending side and reads everything back: what came
+/// back, and the error that ended it (none: a clean close).
+pub async fn exchange(
+    ch: &mut nullport_node::Channel,
+    payload: &[u8],
+) -> (Vec<u8>, Option<std::io::Error>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut got = Vec::new();
+    let r = async {
+        ch.write_all(payload).await?;
+        ch.shutdown().await?;
+        ch.read_to_end(&mut got).await
+    }
+    .await;
+    (got, r.err())
+}

@@ -10,8 +10,7 @@ use nullport_node::{Node, NodeConfig, NodeLimits};
 use nullport_protocol::{Identity, NodeId};
 use nullport_relay::testing::{Direction, Tamper, TamperMode, Tap, TestHooks};
 use nullport_tests::fleet::TestFleet;
-use nullport_tests::{RelayOptions, TestNet, fast_limits, pattern, send_to_sink, sink};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use nullport_tests::{RelayOptions, TestNet, fast_limits, pattern, send_to_sink, serve_echo, sink};
 
 fn fleet_limits() -> NodeLimits {
     NodeLimits {
@@ -300,34 +299,12 @@ async fn across_under(hooks: TestHooks, payload: &[u8]) -> (Vec<u8>, Option<std:
         .await;
     wait_home(&callee, fleet.relay_id(1), Duration::from_secs(10)).await;
     wait_home(&caller, fleet.relay_id(0), Duration::from_secs(10)).await;
-    let serving = callee.clone();
-    tokio::spawn(async move {
-        while let Some(incoming) = serving.accept().await {
-            tokio::spawn(async move {
-                if let Ok(mut ch) = incoming.accept().await {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    while let Ok(n) = ch.read(&mut buf).await {
-                        if n == 0 || ch.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = ch.shutdown().await;
-                }
-            });
-        }
-    });
+    let _echo = serve_echo(callee.clone());
     let mut ch = match caller.dial(callee.node_id(), "secret-service").await {
         Ok(ch) => ch,
         Err(e) => return (Vec::new(), Some(std::io::Error::other(e))),
     };
-    let mut got = Vec::new();
-    let r = async {
-        ch.write_all(payload).await?;
-        ch.shutdown().await?;
-        ch.read_to_end(&mut got).await
-    }
-    .await;
-    (got, r.err())
+    nullport_tests::exchange(&mut ch, payload).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,38 +8,13 @@ use nullport_protocol::relay_link::LinkErrorCode;
 use nullport_protocol::{DenyReason, Identity, Signature};
 use nullport_relay::RelayLimits;
 use nullport_relay::testing::{Direction, Tamper, TamperMode, Tap, TestHooks};
-use nullport_tests::{RelayOptions, TestNet, fast_limits, init_tracing, pattern, send_to_sink};
+use nullport_tests::{
+    RelayOptions, TestNet, fast_limits, init_tracing, pattern, send_to_sink, serve_echo,
+};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Serves every incoming channel on `node` with an echo (accepting all).
-fn serve_echo(node: Arc<Node>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Some(incoming) = node.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ch) = incoming.accept().await else {
-                    return;
-                };
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match ch.read(&mut buf).await {
-                        Ok(0) => {
-                            let _ = ch.shutdown().await;
-                            return;
-                        }
-                        Ok(n) => {
-                            if ch.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(_) => return,
-                    }
-                }
-            });
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_round_trip_through_the_relay() {
     init_tracing();
@@ -276,14 +251,8 @@ async fn exchange_under(
         Ok(ch) => ch,
         Err(e) => return (Vec::new(), Some(std::io::Error::other(e)), net),
     };
-    let mut got = Vec::new();
-    let r = async {
-        ch.write_all(payload).await?;
-        ch.shutdown().await?;
-        ch.read_to_end(&mut got).await
-    }
-    .await;
-    (got, r.err(), net)
+    let (got, err) = nullport_tests::exchange(&mut ch, payload).await;
+    (got, err, net)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
