@@ -31,7 +31,7 @@ use super::slot::Slot;
 use crate::error::Error;
 use crate::relay_addr::RelayAddr;
 
-/// How often the manager looks again without being woken.
+/// How often a fleet node's manager looks again without being woken.
 const TICK: Duration = Duration::from_millis(250);
 
 /// Longest drain a node believes (seconds).
