@@ -106,7 +106,12 @@ pub(super) async fn connect_once(
             }
             Ok(RelayToNode::Error { code }) => Err(Error::Link(code)),
             Ok(_) => Err(Error::Link(LinkErrorCode::Malformed)),
-            Err(e) => Err(conn.close_reason().map(|c| describe(&c)).unwrap_or(e)),
+            // A relay that refuses this node closes the connection with the reason; the
+            // stream error may be seen first, so wait a moment for the reason itself.
+            Err(e) => Err(timeout(CLOSE_REASON_WAIT, conn.closed())
+                .await
+                .map(|c| describe(&c))
+                .unwrap_or(e)),
         }
     })
     .await;
@@ -116,6 +121,9 @@ pub(super) async fn connect_once(
         Err(_) => Err(Error::RelayUnreachable(Unreachable::NoWelcome)),
     }
 }
+
+/// Longest a failed admission waits for the relay's close reason.
+const CLOSE_REASON_WAIT: Duration = Duration::from_millis(200);
 
 pub(super) async fn run_link(inner: Arc<Inner>, slot: Arc<Slot>, endpoint: quinn::Endpoint) {
     let limits = inner.config.limits.clone();
