@@ -245,7 +245,13 @@ pub(super) async fn manage(inner: Arc<Inner>) {
             turn = turn.wrapping_add(1);
             refresh_map(&inner, turn);
         }
-        let _ = tokio::time::timeout(TICK, inner.changed.notified()).await;
+        if inner.fleet.is_some() {
+            // Settle times, drains and idle links run out by themselves: look again.
+            let _ = tokio::time::timeout(TICK, inner.changed.notified()).await;
+        } else {
+            // A lone relay's one link only changes when its task says so.
+            inner.changed.notified().await;
+        }
     }
 }
 
