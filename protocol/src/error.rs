@@ -34,6 +34,9 @@ pub enum Error {
     /// spliced from another session, or sent under another prologue (peer, session, version).
     #[error("message failed authentication (tampered, replayed, reordered or misrouted)")]
     Authentication,
+    /// A resumed open arrived a second time (its ticket counter was used before): a replay.
+    #[error("resumed open replayed (its counter was used before)")]
+    Replayed,
     /// A Diffie-Hellman result was all zero: the peer sent a low-order key.
     #[error("peer sent a low-order X25519 key")]
     LowOrderKey,

@@ -37,6 +37,7 @@ use crate::limits::{
 };
 use crate::node_id::NodeId;
 use crate::noise;
+use crate::resume::{SessionCache, TicketId};
 use crate::wire::{DenyReason, FrameType, IdentityProof, Msg3Payload, ServiceName};
 
 /// Label that starts every prologue.
@@ -70,6 +71,7 @@ pub struct HandshakeKeys {
     pub(crate) static_private: Zeroizing<Vec<u8>>,
     pub(crate) proof: IdentityProof,
     verified: Arc<ProofCache>,
+    sessions: Arc<SessionCache>,
 }
 
 /// Identity proofs this process has already verified, so that repeated channels between the
@@ -146,12 +148,19 @@ impl HandshakeKeys {
             static_private: Zeroizing::new(private),
             proof,
             verified: Arc::default(),
+            sessions: Arc::default(),
         }
     }
 
     /// The identity these keys belong to.
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// The resumption secrets this process holds ([`crate::resume`]): forget a peer's when
+    /// its key is revoked or rotated away.
+    pub fn sessions(&self) -> &SessionCache {
+        &self.sessions
     }
 
     #[cfg(test)]
@@ -187,6 +196,22 @@ fn check_proof(
         verified.insert(key);
     }
     Ok(proof.node_id)
+}
+
+/// Derives this finished handshake's resumption secret and hands it to `store` with its
+/// expiry (nothing when resumption is off).
+fn remember(
+    hs: &mut snow::HandshakeState,
+    limits: Limits,
+    now: Instant,
+    store: impl FnOnce(TicketId, Zeroizing<[u8; 32]>, Instant),
+) {
+    if limits.resume_lifetime.is_zero() {
+        return;
+    }
+    if let Some((id, secret)) = crate::resume::derive(hs) {
+        store(id, secret, now + limits.resume_lifetime);
+    }
 }
 
 fn check_deadline(now: Instant, deadline: Instant) -> Result<(), Error> {
@@ -235,6 +260,7 @@ pub struct Initiator {
     request: DialRequest,
     proof: IdentityProof,
     verified: Arc<ProofCache>,
+    sessions: Arc<SessionCache>,
     deadline: Instant,
     limits: Limits,
 }
@@ -271,6 +297,7 @@ impl Initiator {
             request,
             proof: keys.proof.clone(),
             verified: keys.verified.clone(),
+            sessions: keys.sessions.clone(),
             deadline: now + limits.handshake_timeout,
             limits,
         })
@@ -318,6 +345,9 @@ impl Initiator {
         write_prefixed(out, 32 + TAG_LEN + plain.len() + TAG_LEN, |buf| {
             hs.write_message(&plain, buf).map_err(Error::from)
         })?;
+        remember(&mut self.hs, self.limits, now, |id, secret, expires| {
+            self.sessions.store_outgoing(got, id, secret, expires);
+        });
         let hash = handshake_hash(&self.hs);
         let transport = self.hs.into_transport_mode()?;
         Ok(AwaitingVerdict {
@@ -334,6 +364,10 @@ pub struct AwaitingVerdict {
 }
 
 impl AwaitingVerdict {
+    pub(crate) fn new(channel: Channel, deadline: Instant) -> Self {
+        Self { channel, deadline }
+    }
+
     /// When this handshake times out.
     pub fn deadline(&self) -> Instant {
         self.deadline
@@ -370,6 +404,7 @@ pub struct Responder {
     hs: snow::HandshakeState,
     proof: IdentityProof,
     verified: Arc<ProofCache>,
+    sessions: Arc<SessionCache>,
     local: NodeId,
     caller: NodeId,
     deadline: Instant,
@@ -397,6 +432,7 @@ impl Responder {
             hs,
             proof: keys.proof.clone(),
             verified: keys.verified.clone(),
+            sessions: keys.sessions.clone(),
             local: keys.node_id,
             caller,
             deadline: now + limits.handshake_timeout,
@@ -433,6 +469,7 @@ impl Responder {
         Ok(AwaitingFinish {
             hs: self.hs,
             verified: self.verified,
+            sessions: self.sessions,
             local: self.local,
             caller: self.caller,
             deadline: self.deadline,
@@ -445,6 +482,7 @@ impl Responder {
 pub struct AwaitingFinish {
     hs: snow::HandshakeState,
     verified: Arc<ProofCache>,
+    sessions: Arc<SessionCache>,
     local: NodeId,
     caller: NodeId,
     deadline: Instant,
@@ -480,12 +518,16 @@ impl AwaitingFinish {
                 proven,
             });
         }
+        remember(&mut self.hs, self.limits, now, |id, secret, expires| {
+            self.sessions.store_incoming(proven, id, secret, expires);
+        });
         let hash = handshake_hash(&self.hs);
         let transport = self.hs.into_transport_mode()?;
-        Ok(Request {
-            channel: Channel::new(transport, proven, body.service, hash, self.limits),
-            blob: body.blob,
-        })
+        Ok(Request::with_pending(
+            Channel::new(transport, proven, body.service, hash, self.limits),
+            body.blob,
+            Vec::new(),
+        ))
     }
 }
 
@@ -494,6 +536,8 @@ impl AwaitingFinish {
 pub struct Request {
     pub(crate) channel: Channel,
     blob: Vec<u8>,
+    /// Handshake bytes that go out in front of the verdict (R2 of a resumed open).
+    pending: Vec<u8>,
 }
 
 impl fmt::Debug for Request {
@@ -507,6 +551,14 @@ impl fmt::Debug for Request {
 }
 
 impl Request {
+    pub(crate) fn with_pending(channel: Channel, blob: Vec<u8>, pending: Vec<u8>) -> Self {
+        Self {
+            channel,
+            blob,
+            pending,
+        }
+    }
+
     /// The caller, as proven by the handshake.
     pub fn peer(&self) -> NodeId {
         self.channel.peer()
@@ -529,12 +581,14 @@ impl Request {
 
     /// Accepts: appends the accept frame to `out` and returns the channel.
     pub fn accept(mut self, out: &mut Vec<u8>) -> Result<Channel, Error> {
+        out.extend_from_slice(&self.pending);
         self.channel.write_frame(FrameType::Accept, &[], out)?;
         Ok(self.channel)
     }
 
     /// Refuses: appends the deny frame (with only the reason code) to `out`.
     pub fn deny(mut self, reason: DenyReason, out: &mut Vec<u8>) -> Result<(), Error> {
+        out.extend_from_slice(&self.pending);
         self.channel
             .write_frame(FrameType::Deny, &[reason.code()], out)
     }

@@ -6,6 +6,8 @@
 //! - [`Identity`]: the secret key, and context-bound signatures ([`domain`]);
 //! - the end-to-end handshake ([`handshake`]): `Noise_XX_25519_AESGCM_SHA256` bound to the
 //!   identities, with an explicit accept or deny before any application byte;
+//! - resumed opens ([`resume`]): one round trip between nodes that ran the full handshake
+//!   minutes ago;
 //! - the [`Channel`] it yields, and the length-prefixed framing ([`Deframer`]);
 //! - the node <-> relay messages ([`relay_link`]) and key encodings for TLS ([`identity`]);
 //! - the frames of typed RPC calls over one channel ([`rpc`]).
@@ -28,6 +30,7 @@ pub mod node_id;
 pub mod noise;
 pub mod reason;
 pub mod relay_link;
+pub mod resume;
 pub mod rpc;
 pub mod wire;
 
@@ -45,4 +48,5 @@ pub use handshake::{
 pub use identity::{Identity, SignatureError};
 pub use limits::Limits;
 pub use node_id::{NodeId, NodeIdError};
+pub use resume::{Answered, Opening, Resumed, SessionCache};
 pub use wire::{DenyReason, ServiceName};

@@ -43,6 +43,10 @@ pub struct Limits {
     /// A channel closes with `NonceExhausted` before sending or receiving more messages
     /// than this in one direction (well below the 2^64 - 1 Noise nonce limit).
     pub max_messages: u64,
+    /// How long after a full handshake the two nodes may open channels by resumption (one
+    /// round trip, no identity proofs; see [`crate::resume`]); never extended by a resumed
+    /// open. Zero turns resumption off: every channel runs the full handshake.
+    pub resume_lifetime: Duration,
 }
 
 impl Default for Limits {
@@ -51,6 +55,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             rekey_after: 1 << 20,
             max_messages: u64::MAX - 1024,
+            resume_lifetime: crate::resume::DEFAULT_RESUME_LIFETIME,
         }
     }
 }

@@ -22,6 +22,18 @@ pub(crate) fn params() -> NoiseParams {
         .unwrap_or_else(|_| unreachable!("constant pattern parses"))
 }
 
+/// The Noise protocol name of a resumed open ([`crate::resume`]): the same suite, with the
+/// resumption secret as the PSK and no static keys.
+pub const RESUME_PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
+
+/// A snow builder for resumed opens with the zero-DH-checking resolver.
+pub(crate) fn resume_builder<'a>() -> snow::Builder<'a> {
+    let params = RESUME_PATTERN
+        .parse()
+        .unwrap_or_else(|_| unreachable!("constant pattern parses"));
+    snow::Builder::with_resolver(params, Box::new(ZeroCheckResolver))
+}
+
 /// A snow builder for nullport's suite with the zero-DH-checking resolver.
 pub(crate) fn builder<'a>() -> snow::Builder<'a> {
     snow::Builder::with_resolver(params(), Box::new(ZeroCheckResolver))

@@ -81,45 +81,62 @@ pub(crate) struct Msg3Payload {
 impl Msg3Payload {
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         self.proof.encode(out);
-        out.push(self.service.0.len() as u8); // <= 64, checked by ServiceName
-        out.extend_from_slice(self.service.0.as_bytes());
-        out.extend_from_slice(&(self.blob.len() as u16).to_be_bytes()); // <= 16 KiB
-        out.extend_from_slice(&self.blob);
+        encode_service_blob(&self.service, &self.blob, out);
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        const WHAT: Error = Error::Malformed {
-            what: "handshake message 3 payload",
-        };
         let proof_bytes = bytes
             .get(..IDENTITY_PROOF_LEN)
             .ok_or(Error::BadIdentityProof)?;
         let proof = IdentityProof::decode(proof_bytes)?;
-        let rest = &bytes[IDENTITY_PROOF_LEN..];
-        let (&name_len, rest) = rest.split_first().ok_or(WHAT)?;
-        let name = rest.get(..usize::from(name_len)).ok_or(WHAT)?;
-        let name = std::str::from_utf8(name).map_err(|_| Error::InvalidServiceName)?;
-        let service = ServiceName::new(name)?;
-        let rest = &rest[usize::from(name_len)..];
-        let len_bytes: [u8; 2] = rest.get(..2).ok_or(WHAT)?.try_into().map_err(|_| WHAT)?;
-        let blob_len = usize::from(u16::from_be_bytes(len_bytes));
-        if blob_len > MAX_HELLO_BLOB {
-            return Err(Error::TooLarge {
-                what: "handshake blob",
-                len: blob_len,
-                max: MAX_HELLO_BLOB,
-            });
-        }
-        let rest = &rest[2..];
-        if rest.len() != blob_len {
-            return Err(WHAT); // truncated, or trailing bytes
-        }
+        let (service, blob) =
+            decode_service_blob(&bytes[IDENTITY_PROOF_LEN..], "handshake message 3 payload")?;
         Ok(Self {
             proof,
             service,
-            blob: rest.to_vec(),
+            blob,
         })
     }
+}
+
+/// Appends `name_len u8 || name || blob_len u16 BE || blob` (the caller's request in
+/// handshake message 3 after the proof, and in a resumed open).
+pub(crate) fn encode_service_blob(service: &ServiceName, blob: &[u8], out: &mut Vec<u8>) {
+    out.push(service.0.len() as u8); // <= 64, checked by ServiceName
+    out.extend_from_slice(service.0.as_bytes());
+    out.extend_from_slice(&(blob.len() as u16).to_be_bytes()); // <= 16 KiB, checked by callers
+    out.extend_from_slice(blob);
+}
+
+/// Reads what [`encode_service_blob`] wrote, exactly (no trailing bytes).
+pub(crate) fn decode_service_blob(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<(ServiceName, Vec<u8>), Error> {
+    let malformed = || Error::Malformed { what };
+    let (&name_len, rest) = bytes.split_first().ok_or_else(malformed)?;
+    let name = rest.get(..usize::from(name_len)).ok_or_else(malformed)?;
+    let name = std::str::from_utf8(name).map_err(|_| Error::InvalidServiceName)?;
+    let service = ServiceName::new(name)?;
+    let rest = &rest[usize::from(name_len)..];
+    let len_bytes: [u8; 2] = rest
+        .get(..2)
+        .ok_or_else(malformed)?
+        .try_into()
+        .map_err(|_| malformed())?;
+    let blob_len = usize::from(u16::from_be_bytes(len_bytes));
+    if blob_len > MAX_HELLO_BLOB {
+        return Err(Error::TooLarge {
+            what: "handshake blob",
+            len: blob_len,
+            max: MAX_HELLO_BLOB,
+        });
+    }
+    let rest = &rest[2..];
+    if rest.len() != blob_len {
+        return Err(malformed()); // truncated, or trailing bytes
+    }
+    Ok((service, rest.to_vec()))
 }
 
 /// The type byte that starts every decrypted transport frame.

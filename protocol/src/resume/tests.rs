@@ -1,0 +1,393 @@
+//! Resumed opens in memory, with a relay in the middle that replays, splices, re-labels and
+//! flips bytes; and the state each side keeps.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::tests::{Tap, TestNode, connect, messages, only_message, open_all, request, seal};
+use crate::{DenyReason, Responder};
+
+/// The caller's first message of a new open to `b` in `session` (R1 when it holds a ticket).
+fn open(a: &TestNode, b: &TestNode, session: u64, now: Instant) -> (Opening, Vec<u8>) {
+    let mut out = Vec::new();
+    let opening = Opening::start(
+        &a.keys,
+        request(b, session),
+        Limits::default(),
+        now,
+        &mut out,
+    )
+    .unwrap_or_else(|e| panic!("open: {e}"));
+    (opening, only_message(&out))
+}
+
+fn answer(
+    b: &TestNode,
+    caller: NodeId,
+    session: u64,
+    r1: &[u8],
+    now: Instant,
+) -> Result<(Resumed, Vec<u8>), Error> {
+    let mut out = Vec::new();
+    respond(
+        &b.keys,
+        caller,
+        SessionId(session),
+        Limits::default(),
+        r1,
+        now,
+        &mut out,
+    )
+    .map(|r| (r, out))
+}
+
+fn request_of(r: Resumed) -> Request {
+    match r {
+        Resumed::Request(req) => *req,
+        Resumed::Refused => panic!("refused"),
+    }
+}
+
+fn verdict_of(a: Answered) -> AwaitingVerdict {
+    match a {
+        Answered::Verdict(v) => v,
+        Answered::Retry(_) => panic!("retry"),
+    }
+}
+
+/// A full handshake, so both sides hold a ticket.
+fn pair() -> (TestNode, TestNode) {
+    let (a, b) = (TestNode::new(1), TestNode::new(2));
+    let _ = connect(&a, &b, &mut Tap::default());
+    assert_eq!(a.keys.sessions().len(), (1, 0));
+    assert_eq!(b.keys.sessions().len(), (0, 1));
+    (a, b)
+}
+
+/// A whole resumed open accepted by `b`: the two channels.
+fn resume(a: &TestNode, b: &TestNode, session: u64) -> (Channel, Channel) {
+    let now = Instant::now();
+    let (opening, r1) = open(a, b, session, now);
+    assert!(opening.is_resumed());
+    let (resumed, out) = answer(b, a.id(), session, &r1, now).unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.is_empty(), "R2 waits for the verdict");
+    let mut out = Vec::new();
+    let callee = request_of(resumed)
+        .accept(&mut out)
+        .unwrap_or_else(|e| panic!("accept: {e}"));
+    let m = messages(&out);
+    assert_eq!(
+        (m.len(), m[0].len()),
+        (2, R2_LEN),
+        "R2 then the accept frame"
+    );
+    let mut ignored = Vec::new();
+    let verdict = verdict_of(
+        opening
+            .handle_response(&a.keys, &m[0], now, &mut ignored)
+            .unwrap_or_else(|e| panic!("R2: {e}")),
+    );
+    let caller = verdict
+        .handle_verdict(&m[1], now)
+        .unwrap_or_else(|e| panic!("verdict: {e}"));
+    (caller, callee)
+}
+
+#[test]
+fn a_resumed_open_carries_data_both_ways_and_the_request() {
+    let (a, b) = pair();
+    let (mut ca, mut cb) = resume(&a, &b, 9);
+    assert_eq!((ca.peer(), cb.peer()), (b.id(), a.id()));
+    assert_eq!(cb.service().as_str(), "files");
+    assert_eq!(ca.handshake_hash(), cb.handshake_hash());
+    let (got, err) = open_all(&mut cb, &seal(&mut ca, b"ping"));
+    assert_eq!((got.as_slice(), err), (&b"ping"[..], None));
+    let (got, err) = open_all(&mut ca, &seal(&mut cb, b"pong"));
+    assert_eq!((got.as_slice(), err), (&b"pong"[..], None));
+    // A second resumed open has keys of its own (fresh ephemerals), and so on.
+    let (c2, _) = resume(&a, &b, 10);
+    assert_ne!(c2.handshake_hash(), ca.handshake_hash());
+}
+
+#[test]
+fn the_callee_sees_the_service_and_blob_and_may_deny() {
+    let (a, b) = pair();
+    let now = Instant::now();
+    let (opening, r1) = open(&a, &b, 3, now);
+    let (resumed, _) = answer(&b, a.id(), 3, &r1, now).unwrap_or_else(|e| panic!("{e}"));
+    let req = request_of(resumed);
+    assert_eq!(
+        (req.service().as_str(), req.blob()),
+        ("files", &b"token-bytes"[..])
+    );
+    let mut out = Vec::new();
+    req.deny(DenyReason::NotAllowed, &mut out)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let m = messages(&out);
+    let verdict = verdict_of(
+        opening
+            .handle_response(&a.keys, &m[0], now, &mut Vec::new())
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    assert!(matches!(
+        verdict.handle_verdict(&m[1], now),
+        Err(Error::Denied {
+            reason: DenyReason::NotAllowed
+        })
+    ));
+}
+
+#[test]
+fn a_replayed_resumed_open_is_refused() {
+    let (a, b) = pair();
+    let now = Instant::now();
+    let (_, r1) = open(&a, &b, 4, now);
+    assert!(answer(&b, a.id(), 4, &r1, now).is_ok());
+    // The relay plays the very same bytes again, in the same session or another.
+    assert!(matches!(
+        answer(&b, a.id(), 4, &r1, now),
+        Err(Error::Replayed)
+    ));
+    assert!(matches!(
+        answer(&b, a.id(), 5, &r1, now),
+        Err(Error::Authentication)
+    ));
+}
+
+#[test]
+fn a_resumed_open_cannot_move_to_another_session_caller_or_counter() {
+    let (a, b) = pair();
+    let c = TestNode::new(3);
+    let now = Instant::now();
+    let (_, r1) = open(&a, &b, 6, now);
+    assert!(matches!(
+        answer(&b, a.id(), 7, &r1, now),
+        Err(Error::Authentication)
+    ));
+    // The relay names another caller: the ticket proves who made R1.
+    assert!(matches!(
+        answer(&b, c.id(), 6, &r1, now),
+        Err(Error::CallerMismatch { relay_said, proven }) if relay_said == c.id() && proven == a.id()
+    ));
+    // Another counter in the clear header than the one R1 was made for.
+    let mut moved = r1.clone();
+    moved[R1_HEADER_LEN - 1] ^= 0x02;
+    assert!(matches!(
+        answer(&b, a.id(), 6, &moved, now),
+        Err(Error::Authentication)
+    ));
+    // None of these used up the real counter.
+    assert!(answer(&b, a.id(), 6, &r1, now).is_ok());
+}
+
+#[test]
+fn two_resumptions_spliced_into_each_other_fail() {
+    let (a, b) = pair();
+    let now = Instant::now();
+    let (open1, r1a) = open(&a, &b, 20, now);
+    let (open2, r1b) = open(&a, &b, 21, now);
+    let accept = |r1: &[u8], session| {
+        let (resumed, _) = answer(&b, a.id(), session, r1, now).unwrap_or_else(|e| panic!("{e}"));
+        let mut out = Vec::new();
+        let _ = request_of(resumed).accept(&mut out);
+        messages(&out)
+    };
+    let (m1, m2) = (accept(&r1a, 20), accept(&r1b, 21));
+    // Each caller gets the other's R2.
+    for (opening, wrong) in [(open1, &m2[0]), (open2, &m1[0])] {
+        assert!(matches!(
+            opening.handle_response(&a.keys, wrong, now, &mut Vec::new()),
+            Err(Error::Authentication)
+        ));
+    }
+}
+
+#[test]
+fn every_flipped_bit_of_r1_and_r2_is_refused() {
+    let (a, b) = pair();
+    let now = Instant::now();
+    let (_, r1) = open(&a, &b, 30, now);
+    for i in 0..r1.len() {
+        let mut bad = r1.clone();
+        bad[i] ^= 1 << (i % 8);
+        match answer(&b, a.id(), 30, &bad, now) {
+            // A changed ticket id names no ticket: the full handshake decides.
+            Ok((Resumed::Refused, out)) => {
+                assert!(i < TICKET_ID_LEN, "byte {i}");
+                assert_eq!(only_message(&out), [REFUSED]);
+            }
+            Ok((Resumed::Request(_), _)) => panic!("byte {i} flipped and accepted"),
+            Err(e) => assert!(
+                matches!(e, Error::Authentication | Error::LowOrderKey),
+                "byte {i}: {e}"
+            ),
+        }
+    }
+    let (opening, r1) = open(&a, &b, 31, now);
+    let (resumed, _) = answer(&b, a.id(), 31, &r1, now).unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    let _ = request_of(resumed).accept(&mut out);
+    let r2 = messages(&out).remove(0);
+    let mut bad = r2.clone();
+    bad[40] ^= 0x10;
+    assert!(matches!(
+        opening.handle_response(&a.keys, &bad, now, &mut Vec::new()),
+        Err(Error::Authentication)
+    ));
+    let (opening, _) = open(&a, &b, 32, now);
+    assert!(matches!(
+        opening.handle_response(&a.keys, &r2[..R2_LEN - 1], now, &mut Vec::new()),
+        Err(Error::Malformed { .. })
+    ));
+}
+
+#[test]
+fn r1_bounds_are_checked_before_anything_else() {
+    let (a, b) = pair();
+    let now = Instant::now();
+    let short = vec![0u8; MIN_R1_LEN - 1];
+    assert!(matches!(
+        answer(&b, a.id(), 1, &short, now),
+        Err(Error::Malformed { .. })
+    ));
+    let long = vec![0u8; MAX_R1_LEN + 1];
+    assert!(matches!(
+        answer(&b, a.id(), 1, &long, now),
+        Err(Error::TooLarge { .. })
+    ));
+    assert!(!is_resumption(&[0u8; 32]));
+    assert!(is_resumption(&short));
+}
+
+#[test]
+fn a_callee_that_lost_its_state_refuses_and_the_full_handshake_runs_on_the_same_stream() {
+    let (a, b) = pair();
+    b.keys.sessions().clear(); // a restart, an eviction, or a revocation
+    let now = Instant::now();
+    let (opening, r1) = open(&a, &b, 40, now);
+    let (resumed, out) = answer(&b, a.id(), 40, &r1, now).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(resumed, Resumed::Refused));
+    let refused = only_message(&out);
+    let mut out = Vec::new();
+    let retry = match opening.handle_response(&a.keys, &refused, now, &mut out) {
+        Ok(Answered::Retry(o)) => o,
+        _ => panic!("expected the full handshake"),
+    };
+    assert!(!retry.is_resumed());
+    let msg1 = only_message(&out);
+    assert!(!is_resumption(&msg1));
+    assert_eq!(
+        a.keys.sessions().len().0,
+        0,
+        "the caller dropped the dead ticket"
+    );
+    // The rest of the full handshake, same session.
+    let resp = Responder::new(&b.keys, a.id(), SessionId(40), Limits::default(), now)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    let resp = resp
+        .handle_hello(&msg1, now, &mut out)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let msg2 = only_message(&out);
+    let mut out = Vec::new();
+    let verdict = verdict_of(
+        retry
+            .handle_response(&a.keys, &msg2, now, &mut out)
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let req = resp
+        .handle_finish(&only_message(&out), now)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    let _ = req.accept(&mut out);
+    assert!(verdict.handle_verdict(&only_message(&out), now).is_ok());
+    // ... which left a new ticket on both sides.
+    let (again, _) = resume(&a, &b, 41);
+    assert_eq!(again.peer(), b.id());
+}
+
+#[test]
+fn a_forgotten_peer_and_an_expired_ticket_need_the_full_handshake() {
+    let (a, b) = pair();
+    let now = Instant::now();
+    // The caller forgets the callee (its key was revoked): a full handshake.
+    a.keys.sessions().forget(&b.id());
+    assert!(!open(&a, &b, 50, now).0.is_resumed());
+    // The callee forgets the caller: R1 is refused.
+    let (a, b) = pair();
+    b.keys.sessions().forget(&a.id());
+    let (_, r1) = open(&a, &b, 51, now);
+    assert!(matches!(
+        answer(&b, a.id(), 51, &r1, now),
+        Ok((Resumed::Refused, _))
+    ));
+    // Past the lifetime, neither side resumes.
+    let (a, b) = pair();
+    let later = now + Limits::default().resume_lifetime + Duration::from_secs(1);
+    let (_, r1) = open(&a, &b, 52, now);
+    assert!(matches!(
+        answer(&b, a.id(), 52, &r1, later),
+        Ok((Resumed::Refused, _))
+    ));
+    assert!(!open(&a, &b, 53, later).0.is_resumed());
+}
+
+#[test]
+fn resumption_off_keeps_no_secret_and_always_runs_the_full_handshake() {
+    let (a, b) = (TestNode::new(1), TestNode::new(2));
+    let limits = Limits {
+        resume_lifetime: Duration::ZERO,
+        ..Limits::default()
+    };
+    let now = Instant::now();
+    let (verdict, req) = crate::tests::handshake_until_decision(
+        &a,
+        &b,
+        request(&b, 1),
+        limits,
+        now,
+        &mut Tap::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    let _ = req.accept(&mut out);
+    assert!(verdict.handle_verdict(&only_message(&out), now).is_ok());
+    assert!(a.keys.sessions().is_empty() && b.keys.sessions().is_empty());
+    let mut out = Vec::new();
+    let opening = Opening::start(&a.keys, request(&b, 2), limits, now, &mut out)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!opening.is_resumed());
+}
+
+#[test]
+fn both_sides_derive_the_same_ticket_and_only_from_a_finished_handshake() {
+    // The ticket a caller leases names the secret its callee stored for it.
+    let (a, b) = pair();
+    let now = Instant::now();
+    let (_, r1) = open(&a, &b, 60, now);
+    let (resumed, _) = answer(&b, a.id(), 60, &r1, now).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(resumed, Resumed::Request(_)));
+    // A handshake that fails at message 3 (a flipped byte) leaves the callee no ticket.
+    let (a, b) = (TestNode::new(1), TestNode::new(2));
+    let mut out = Vec::new();
+    let init = Initiator::start(&a.keys, request(&b, 61), Limits::default(), now, &mut out)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let msg1 = only_message(&out);
+    let resp = Responder::new(&b.keys, a.id(), SessionId(61), Limits::default(), now)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    let resp = resp
+        .handle_hello(&msg1, now, &mut out)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut out3 = Vec::new();
+    let _ = init
+        .handle_response(&only_message(&out), now, &mut out3)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut msg3 = only_message(&out3);
+    msg3[40] ^= 1;
+    assert!(matches!(
+        resp.handle_finish(&msg3, now),
+        Err(Error::Authentication)
+    ));
+    assert_eq!(b.keys.sessions().len(), (0, 0));
+}
