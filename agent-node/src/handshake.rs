@@ -1,11 +1,12 @@
-//! Async drivers for the sans-IO end-to-end handshake, over one relayed QUIC stream pair.
+//! Async drivers for the sans-IO end-to-end handshake (full or resumed), over one relayed
+//! QUIC stream pair.
 
 use std::time::Instant;
 
 use nullport_protocol::limits::MAX_NOISE_MESSAGE;
+use nullport_protocol::resume::{self, Answered, Opening, Resumed};
 use nullport_protocol::{
-    Deframer, DenyReason, DialRequest, HandshakeKeys, Initiator, Limits, NodeId, Request,
-    Responder, SessionId,
+    Deframer, DenyReason, HandshakeKeys, Limits, NodeId, Request, Responder, SessionId,
 };
 
 use crate::channel::Channel;
@@ -35,25 +36,36 @@ async fn write_all(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), Err
         .map_err(|e| LinkLost::Write(e).into())
 }
 
-/// Runs the initiator side on a dial stream the relay has answered with `session`.
+/// Runs the rest of the caller's side of an open (full or resumed) whose first message is
+/// already on its way, on a dial stream the relay has answered.
 pub(crate) async fn initiate(
     keys: &HandshakeKeys,
-    request: DialRequest,
-    limits: Limits,
+    mut opening: Opening,
+    (expected, service): (NodeId, String),
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     drain: Drain,
 ) -> Result<Channel, Error> {
-    let service = request.service.to_string();
-    let expected = request.expected;
     let mut deframer = Deframer::new(MAX_NOISE_MESSAGE);
     let mut out = Vec::new();
-    let init = Initiator::start(keys, request, limits, Instant::now(), &mut out)?;
-    write_all(&mut send, &out).await?;
-    let msg2 = next_message(&mut recv, &mut deframer).await?;
-    out.clear();
-    let awaiting = init.handle_response(&msg2, Instant::now(), &mut out)?;
-    write_all(&mut send, &out).await?;
+    // At most two answers: REFUSED to a resumed open turns it into the full handshake.
+    let awaiting = loop {
+        let answer = next_message(&mut recv, &mut deframer).await?;
+        out.clear();
+        match opening.handle_response(keys, &answer, Instant::now(), &mut out)? {
+            Answered::Verdict(awaiting) => {
+                if !out.is_empty() {
+                    write_all(&mut send, &out).await?;
+                }
+                break awaiting;
+            }
+            Answered::Retry(full) => {
+                tracing::debug!("callee holds no resumption ticket; full handshake");
+                write_all(&mut send, &out).await?;
+                opening = *full;
+            }
+        }
+    };
     let verdict = next_message(&mut recv, &mut deframer).await?;
     match awaiting.handle_verdict(&verdict, Instant::now()) {
         Ok(inner) => Ok(Channel::new(inner, send, recv, deframer, Vec::new(), drain)),
@@ -135,7 +147,9 @@ impl IncomingChannel {
     }
 }
 
-/// Runs the responder side on an incoming stream for a dial from `caller`.
+/// Runs the responder side on an incoming stream for a dial from `caller`: a resumed open
+/// when the first message is one and this node holds its ticket, the full handshake
+/// otherwise (after REFUSED, on the same stream).
 pub(crate) async fn respond(
     keys: &HandshakeKeys,
     caller: NodeId,
@@ -146,10 +160,37 @@ pub(crate) async fn respond(
     drain: Drain,
 ) -> Result<IncomingChannel, Error> {
     let mut deframer = Deframer::new(MAX_NOISE_MESSAGE);
-    let responder = Responder::new(keys, caller, session, limits, Instant::now())?;
-    let msg1 = next_message(&mut recv, &mut deframer).await?;
+    let mut first = next_message(&mut recv, &mut deframer).await?;
     let mut out = Vec::new();
-    let awaiting = responder.handle_hello(&msg1, Instant::now(), &mut out)?;
+    if resume::is_resumption(&first) {
+        match resume::respond(
+            keys,
+            caller,
+            session,
+            limits,
+            &first,
+            Instant::now(),
+            &mut out,
+        )? {
+            Resumed::Request(request) => {
+                return Ok(IncomingChannel {
+                    request: *request,
+                    send,
+                    recv,
+                    deframer,
+                    session,
+                    drain,
+                });
+            }
+            Resumed::Refused => {
+                write_all(&mut send, &out).await?;
+                out.clear();
+                first = next_message(&mut recv, &mut deframer).await?;
+            }
+        }
+    }
+    let responder = Responder::new(keys, caller, session, limits, Instant::now())?;
+    let awaiting = responder.handle_hello(&first, Instant::now(), &mut out)?;
     write_all(&mut send, &out).await?;
     let msg3 = next_message(&mut recv, &mut deframer).await?;
     let request = awaiting.handle_finish(&msg3, Instant::now())?;

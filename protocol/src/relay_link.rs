@@ -8,9 +8,10 @@
 //! streams:
 //! - the **control stream** (opened by the node right after the QUIC handshake):
 //!   `NodeToRelay::Hello` → `RelayToNode::Welcome`, then presence queries;
-//! - a **dial stream** (opened by the caller): `NodeToRelay::Dial` → `RelayToNode::Dialed`
-//!   or `RelayToNode::Error`, then the relay splices raw bytes (the end-to-end handshake and
-//!   channel) to
+//! - a **dial stream** (opened by the caller): `NodeToRelay::Dial` (or `DialWith`, whose
+//!   caller-chosen session lets the handshake's first message follow without waiting) →
+//!   `RelayToNode::Dialed` or `RelayToNode::Error`, then the relay splices raw bytes (the
+//!   end-to-end handshake and channel) to
 //! - an **incoming stream** (opened by the relay to the target): `RelayToNode::Incoming`,
 //!   then the same raw bytes.
 //!
@@ -165,6 +166,16 @@ pub enum NodeToRelay {
     },
     /// Control stream: the newest relay map you hold (fleets; a lone relay has none).
     MapQuery,
+    /// First message on a dial stream, as [`NodeToRelay::Dial`] but with the session id
+    /// chosen by the caller (random), so that the caller's first end-to-end handshake
+    /// message follows at once on the same stream instead of waiting for `Dialed` (which
+    /// echoes `session`). The relay splices those bytes after `Incoming`.
+    DialWith {
+        /// The NodeId to reach.
+        target: NodeId,
+        /// The session id both ends bind into the end-to-end prologue.
+        session: SessionId,
+    },
 }
 
 /// A key rotation statement as it travels: `postcard({old, new, issued})` signed by both

@@ -151,7 +151,10 @@ pub(super) async fn handle_incoming(
                     let _ = incoming.deny(DenyReason::Unavailable).await;
                 }
             }
-            Ok(Err(Error::Protocol(e @ nullport_protocol::Error::CallerMismatch { .. }))) => {
+            Ok(Err(Error::Protocol(
+                e @ (nullport_protocol::Error::CallerMismatch { .. }
+                | nullport_protocol::Error::Replayed),
+            ))) => {
                 tracing::warn!("relay misbehaviour: {e}");
             }
             Ok(Err(e)) => tracing::info!("incoming handshake failed: {e}"),

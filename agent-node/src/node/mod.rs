@@ -220,6 +220,18 @@ impl Node {
         self.inner.node_id
     }
 
+    /// Forgets the resumption secrets shared with `peer` (its key was revoked or rotated
+    /// away, or it lost this node's trust): its next channel, either way, runs the full
+    /// handshake. Every channel, resumed or not, is still decided by the callee's policy.
+    pub fn forget_sessions(&self, peer: &NodeId) {
+        self.inner.keys.sessions().forget(peer);
+    }
+
+    /// Resumption secrets held: (as caller, as callee).
+    pub fn resumption_secrets(&self) -> (usize, usize) {
+        self.inner.keys.sessions().len()
+    }
+
     /// The relay link's state now.
     pub fn state(&self) -> LinkState {
         self.inner.state.borrow().clone()

@@ -58,6 +58,9 @@ pub(crate) fn apply_list(
         list
     };
     state.rebuild_access();
+    for key in &list.keys {
+        state.node.forget_sessions(key);
+    }
     let scope = state
         .access()
         .scope_of(&list.signer)
@@ -160,6 +163,7 @@ fn follow(state: &State, r: Rotation, signed: SignedRotation) {
     if let Ok(mut map) = state.rotations.lock() {
         map.insert(r.old, r.new);
     }
+    state.node.forget_sessions(&r.old);
     let mut all = read_rotations(&state.home);
     all.push(signed);
     if let Ok(bytes) = serde_json::to_vec(&all)

@@ -39,7 +39,7 @@ fn node_to_relay_tags_are_the_documented_ones() {
         old_sig: Signature([0; 64]),
         new_sig: Signature([0; 64]),
     };
-    let cases: [(NodeToRelay, u8); 11] = [
+    let cases: [(NodeToRelay, u8); 12] = [
         (NodeToRelay::Hello { version: 2 }, 0),
         (NodeToRelay::Dial { target: id() }, 1),
         (NodeToRelay::Presence { target: id() }, 2),
@@ -62,6 +62,13 @@ fn node_to_relay_tags_are_the_documented_ones() {
             9,
         ),
         (NodeToRelay::MapQuery, 10),
+        (
+            NodeToRelay::DialWith {
+                target: id(),
+                session: SessionId(7),
+            },
+            11,
+        ),
     ];
     for (m, expected) in cases {
         assert_eq!(tag(&m), expected, "{m:?}");

@@ -112,7 +112,10 @@ pub(crate) async fn serve(
             NodeToRelay::MapQuery => vec![RelayToNode::Map {
                 map: shared.relay_map(),
             }],
-            NodeToRelay::Hello { .. } | NodeToRelay::Join { .. } | NodeToRelay::Dial { .. } => {
+            NodeToRelay::Hello { .. }
+            | NodeToRelay::Join { .. }
+            | NodeToRelay::Dial { .. }
+            | NodeToRelay::DialWith { .. } => {
                 conn.close(
                     close_code::PROTOCOL_VIOLATION.into(),
                     b"unexpected control message",

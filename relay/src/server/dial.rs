@@ -1,5 +1,6 @@
 //! Dial streams: a node asks to be connected to another by NodeId; the relay opens a stream
-//! to the target, tells each side the session id (and the target who called), and splices.
+//! to the target, tells each side the session id (its own, or the one the caller chose) and
+//! the target who called, and splices.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,8 +26,11 @@ pub(crate) async fn handle(
         read_message::<NodeToRelay>(&mut recv, shared.limits.max_link_message),
     )
     .await;
-    let target = match request {
-        Ok(Ok(NodeToRelay::Dial { target })) => target,
+    // `DialWith`: the caller chose the session (its handshake's first message is already
+    // on the stream behind the request; it is spliced like everything after `Dialed`).
+    let (target, chosen) = match request {
+        Ok(Ok(NodeToRelay::Dial { target })) => (target, None),
+        Ok(Ok(NodeToRelay::DialWith { target, session })) => (target, Some(session)),
         Ok(Err(ReadError::Decode(e))) => {
             shared
                 .metrics
@@ -109,7 +113,8 @@ pub(crate) async fn handle(
         let _ = send.finish();
         return;
     };
-    let session = SessionId(shared.next_session.fetch_add(1, Ordering::Relaxed));
+    let session =
+        chosen.unwrap_or_else(|| SessionId(shared.next_session.fetch_add(1, Ordering::Relaxed)));
     let incoming = RelayToNode::Incoming {
         caller: shared.caller_label(caller),
         session,

@@ -14,6 +14,7 @@ mod grpc;
 mod key_and_handshake;
 mod netns;
 mod relay;
+mod resume;
 mod rpc;
 mod rpc_attacks;
 mod rpc_policy;

@@ -1,0 +1,324 @@
+//! Resumed opens between real nodes through a real relay: which opens resume (seen from the
+//! relay's side of the wire), bytes intact, a relay that tampers with, replays or splices a
+//! resumed open, a callee that lost its state, and taking resumption away.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use nullport_node::{Error, Node};
+use nullport_protocol::{DenyReason, NodeId, SessionId};
+use nullport_relay::testing::{Direction, HookOutput, SpliceHook, TestHooks};
+use nullport_tests::{RelayOptions, TestNet, exchange, pattern, serve_echo};
+use sha2::{Digest, Sha256};
+
+/// What the relay does to one session's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Act {
+    /// Forward untouched.
+    Pass,
+    /// Flip a bit at this offset of this direction.
+    Flip(Direction, usize),
+    /// Replace the caller's first chunk with the one recorded from session number `n`.
+    ReplayFrom(usize),
+}
+
+/// A relay that records every session's first chunks and acts on chosen sessions (numbered
+/// from 0 in the order they first carry a byte).
+#[derive(Debug, Default)]
+struct Scripted {
+    acts: HashMap<usize, Act>,
+    state: Mutex<Script>,
+}
+
+#[derive(Debug, Default)]
+struct Script {
+    order: Vec<SessionId>,
+    /// The first chunk each way, per session number.
+    first: HashMap<(usize, bool), Bytes>,
+    offsets: HashMap<(usize, bool), usize>,
+}
+
+impl Scripted {
+    fn with(acts: &[(usize, Act)]) -> Arc<Self> {
+        Arc::new(Self {
+            acts: acts.iter().copied().collect(),
+            state: Mutex::default(),
+        })
+    }
+
+    /// The first handshake message's length in session `n`, caller to callee: 32 for the
+    /// full handshake's message 1, more for a resumed open.
+    fn first_message_len(&self, n: usize) -> Option<usize> {
+        let s = self.state.lock().unwrap();
+        let chunk = s.first.get(&(n, true))?;
+        Some(usize::from(u16::from_be_bytes([chunk[0], chunk[1]])))
+    }
+
+    fn sessions(&self) -> usize {
+        self.state.lock().unwrap().order.len()
+    }
+}
+
+impl SpliceHook for Scripted {
+    fn on_chunk(&self, session: SessionId, direction: Direction, chunk: Bytes) -> HookOutput {
+        let mut s = self.state.lock().unwrap();
+        let n = match s.order.iter().position(|x| *x == session) {
+            Some(n) => n,
+            None => {
+                s.order.push(session);
+                s.order.len() - 1
+            }
+        };
+        let up = direction == Direction::CallerToTarget;
+        let start = *s.offsets.get(&(n, up)).unwrap_or(&0);
+        s.offsets.insert((n, up), start + chunk.len());
+        if start == 0 {
+            s.first.insert((n, up), chunk.clone());
+        }
+        let out = match self.acts.get(&n).copied().unwrap_or(Act::Pass) {
+            Act::Flip(d, at) if d == direction && (start..start + chunk.len()).contains(&at) => {
+                let mut v = chunk.to_vec();
+                v[at - start] ^= 0x01;
+                Bytes::from(v)
+            }
+            Act::ReplayFrom(from) if up && start == 0 => {
+                s.first.get(&(from, true)).cloned().unwrap_or(chunk)
+            }
+            _ => chunk,
+        };
+        HookOutput::forward(vec![out])
+    }
+}
+
+async fn net_with(hook: Arc<Scripted>) -> (TestNet, Node, Arc<Node>) {
+    let net = TestNet::start_with(RelayOptions {
+        hooks: TestHooks {
+            splice: Some(hook),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let (a, b) = (net.node().await, Arc::new(net.node().await));
+    (net, a, b)
+}
+
+/// Accepts `incoming` and echoes until the caller closes, then closes.
+async fn echo(incoming: nullport_node::IncomingChannel) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut ch) = incoming.accept().await else {
+        return;
+    };
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = ch.read(&mut buf).await {
+        if n == 0 || ch.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = ch.shutdown().await;
+}
+
+async fn echo_ok(a: &Node, b: NodeId, payload: &[u8]) {
+    let mut ch = a.dial(b, "echo").await.unwrap();
+    let (got, err) = exchange(&mut ch, payload).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(Sha256::digest(&got), Sha256::digest(payload));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_after_the_first_are_resumed_and_carry_bytes_intact() {
+    let hook = Scripted::with(&[]);
+    let (_net, a, b) = net_with(hook.clone()).await;
+    let _server = serve_echo(b.clone());
+    let payload = pattern(1 << 20, 3);
+    echo_ok(&a, b.node_id(), &payload).await;
+    assert_eq!(hook.first_message_len(0), Some(32), "first: full handshake");
+    assert_eq!(
+        (a.resumption_secrets(), b.resumption_secrets()),
+        ((1, 0), (0, 1))
+    );
+    echo_ok(&a, b.node_id(), &payload).await;
+    let resumed = hook.first_message_len(1).unwrap();
+    assert!(resumed > 32, "second: resumed open ({resumed} bytes)");
+    // Many at once: each its own counter, none refused as a replay.
+    let a = Arc::new(a);
+    let mut tasks = Vec::new();
+    for i in 0..40u64 {
+        let (a, target) = (a.clone(), b.node_id());
+        tasks.push(tokio::spawn(async move {
+            echo_ok(&a, target, &pattern(4096, i)).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(hook.sessions(), 42);
+    for n in 2..42 {
+        assert!(hook.first_message_len(n).unwrap() > 32, "session {n}");
+    }
+    // Resumed opens make no new secrets: still one each way.
+    assert_eq!(
+        (a.resumption_secrets(), b.resumption_secrets()),
+        ((1, 0), (0, 1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_tampers_with_a_resumed_open_is_detected_both_ways() {
+    // Session 1 (the first resumed open): a bit of R1's encrypted part flipped; session 2:
+    // a bit of R2 flipped. Session 3 resumes cleanly: neither failure cost the ticket.
+    let hook = Scripted::with(&[
+        (1, Act::Flip(Direction::CallerToTarget, 2 + 24 + 40)),
+        (2, Act::Flip(Direction::TargetToCaller, 2 + 10)),
+    ]);
+    let (_net, a, b) = net_with(hook.clone()).await;
+    let _server = serve_echo(b.clone());
+    echo_ok(&a, b.node_id(), b"first").await;
+    // R1 tampered: the callee fails it and says nothing more (the stream just ends).
+    let r = a.dial(b.node_id(), "echo").await;
+    assert!(
+        matches!(r, Err(Error::Protocol(nullport_protocol::Error::Truncated))),
+        "{r:?}"
+    );
+    // R2 tampered: the caller fails it.
+    let r = a.dial(b.node_id(), "echo").await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::Protocol(nullport_protocol::Error::Authentication))
+        ),
+        "{r:?}"
+    );
+    echo_ok(&a, b.node_id(), b"third").await;
+    assert!(hook.first_message_len(3).unwrap() > 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_open_replayed_into_another_session_reaches_no_one() {
+    // Session 2's R1 is replaced by session 1's: the callee's prologue names session 2, so
+    // the replay fails authentication and the callee's application never sees it.
+    let hook = Scripted::with(&[(2, Act::ReplayFrom(1))]);
+    let (_net, a, b) = net_with(hook.clone()).await;
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = {
+        let (b, seen) = (b.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = b.accept().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(echo(incoming));
+            }
+        })
+    };
+    echo_ok(&a, b.node_id(), b"full").await;
+    echo_ok(&a, b.node_id(), b"resumed").await;
+    let r = a.dial(b.node_id(), "echo").await;
+    assert!(r.is_err(), "replayed open accepted");
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    echo_ok(&a, b.node_id(), b"after").await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callee_that_restarted_answers_with_the_full_handshake_on_the_same_dial() {
+    let hook = Scripted::with(&[]);
+    let net = TestNet::start_with(RelayOptions {
+        hooks: TestHooks {
+            splice: Some(hook.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let a = net.node().await;
+    let identity = Arc::new(nullport_protocol::Identity::generate().unwrap());
+    let b = Arc::new(
+        net.node_unchecked(identity.clone(), nullport_tests::fast_limits())
+            .await,
+    );
+    b.wait_online(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let server = serve_echo(b.clone());
+    echo_ok(&a, b.node_id(), b"before").await;
+    server.abort();
+    b.close().await;
+    drop(b);
+    // The same identity in a new process state: no resumption secrets.
+    let b = Arc::new(
+        net.node_unchecked(identity, nullport_tests::fast_limits())
+            .await,
+    );
+    b.wait_online(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let _server = serve_echo(b.clone());
+    assert_eq!(b.resumption_secrets(), (0, 0));
+    echo_ok(&a, b.node_id(), b"after restart").await;
+    // One dial: R1 refused, then message 1 of the full handshake on the same stream.
+    let s = hook.sessions() - 1;
+    assert!(hook.first_message_len(s).unwrap() > 32, "tried to resume");
+    assert_eq!(
+        b.resumption_secrets(),
+        (0, 1),
+        "and the full handshake made a new secret"
+    );
+    echo_ok(&a, b.node_id(), b"resumed again").await;
+    assert!(hook.first_message_len(s + 1).unwrap() > 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callee_decides_every_resumed_open_and_forgetting_a_peer_ends_resumption() {
+    let hook = Scripted::with(&[]);
+    let (_net, a, b) = net_with(hook.clone()).await;
+    // The callee refuses any open whose token (blob) says "revoked": its decision, resumed
+    // or not.
+    let server = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = b.accept().await {
+                if incoming.blob() == b"revoked" {
+                    let _ = incoming.deny(DenyReason::NotAllowed).await;
+                    continue;
+                }
+                tokio::spawn(echo(incoming));
+            }
+        })
+    };
+    echo_ok(&a, b.node_id(), b"granted").await;
+    let r = a.dial_with(b.node_id(), "echo", b"revoked".to_vec()).await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::Denied {
+                reason: DenyReason::NotAllowed,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert!(
+        hook.first_message_len(1).unwrap() > 32,
+        "that was a resumed open"
+    );
+    // The callee forgets the caller (as when its key is revoked): the next open runs the
+    // full handshake.
+    b.forget_sessions(&a.node_id());
+    assert_eq!(b.resumption_secrets(), (0, 0));
+    echo_ok(&a, b.node_id(), b"again").await;
+    let s = hook.sessions() - 1;
+    assert!(
+        hook.first_message_len(s).unwrap() > 32,
+        "the caller still tried"
+    );
+    assert_eq!(
+        b.resumption_secrets(),
+        (0, 1),
+        "full handshake after the refusal"
+    );
+    // The caller forgets the callee: it does not even try.
+    a.forget_sessions(&b.node_id());
+    echo_ok(&a, b.node_id(), b"full again").await;
+    assert_eq!(hook.first_message_len(hook.sessions() - 1), Some(32));
+    server.abort();
+}
