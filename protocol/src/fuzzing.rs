@@ -392,3 +392,129 @@ pub fn channel_frames(data: &[u8]) -> Vec<u8> {
     });
     delivered
 }
+
+/// Keys for a caller (seed 1) and a callee (seed 2) that share a live resumption ticket.
+fn resumable_pair(now: Instant) -> (HandshakeKeys, HandshakeKeys) {
+    let (a, b) = (keys(1), keys(2));
+    let secret = zeroize::Zeroizing::new([7u8; 32]);
+    let expires = now + std::time::Duration::from_secs(60);
+    a.sessions()
+        .store_outgoing(b.node_id(), FUZZ_TICKET, secret.clone(), expires);
+    b.sessions()
+        .store_incoming(a.node_id(), FUZZ_TICKET, secret, expires);
+    (a, b)
+}
+
+const FUZZ_TICKET: crate::resume::TicketId = [0x5a; crate::resume::TICKET_ID_LEN];
+
+fn fuzz_request(to: &HandshakeKeys, blob: Vec<u8>) -> Option<DialRequest> {
+    Some(DialRequest {
+        expected: to.node_id(),
+        session: SessionId(1),
+        service: ServiceName::new("fuzz").ok()?,
+        blob,
+    })
+}
+
+/// A callee holding a live ticket fed `data` as R1 (with the real ticket id in front when
+/// `genuine_id`, so the AEAD is reached). Property: a forged R1 never yields a request.
+pub fn resume_responder(data: &[u8], genuine_id: bool) {
+    use crate::resume::{Resumed, respond};
+    let now = Instant::now();
+    let (a, b) = resumable_pair(now);
+    let mut r1 = Vec::with_capacity(data.len() + 16);
+    if genuine_id {
+        r1.extend_from_slice(&FUZZ_TICKET);
+    }
+    r1.extend_from_slice(data);
+    let mut out = Vec::new();
+    let r = respond(
+        &b,
+        a.node_id(),
+        SessionId(1),
+        Limits::default(),
+        &r1,
+        now,
+        &mut out,
+    );
+    assert!(
+        !matches!(r, Ok(Resumed::Request(_))),
+        "forged resumed open accepted"
+    );
+}
+
+/// A caller that sent a genuine R1, fed `data` as the answer and then a verdict. Property:
+/// a forged answer never yields a channel (REFUSED, exactly, turns into the full handshake).
+pub fn resume_initiator(data: &[u8]) {
+    use crate::resume::{Answered, Opening};
+    let now = Instant::now();
+    let (a, b) = resumable_pair(now);
+    let Some(request) = fuzz_request(&b, Vec::new()) else {
+        return;
+    };
+    let mut out = Vec::new();
+    let Ok(opening) = Opening::start(&a, request, Limits::default(), now, &mut out) else {
+        return;
+    };
+    let (answer, verdict) = data.split_at(data.len().min(crate::resume::R2_LEN + 1));
+    out.clear();
+    match opening.handle_response(&a, answer, now, &mut out) {
+        Ok(Answered::Verdict(awaiting)) => {
+            let verdict = awaiting.handle_verdict(verdict, now);
+            panic!("forged R2 authenticated (verdict: {:?})", verdict.err());
+        }
+        Ok(Answered::Retry(_)) => assert_eq!(answer, [crate::resume::REFUSED]),
+        Err(_) => {}
+    }
+}
+
+/// The request inside R1, behind the AEAD: a genuine caller encrypts `data` as R1's payload.
+/// Property: a request only when `data` is exactly one well-formed service and blob, and
+/// then with exactly those.
+pub fn resume_payload(data: &[u8]) {
+    use crate::resume::{R1_HEADER_LEN, Resumed, respond};
+    let now = Instant::now();
+    let (a, b) = resumable_pair(now);
+    let Ok(hs) = noise::resume_builder()
+        .prologue(&crate::resume::prologue_for_fuzzing(
+            &a.node_id(),
+            &b.node_id(),
+            SessionId(1),
+            &FUZZ_TICKET,
+            1,
+        ))
+        .and_then(|builder| builder.psk(0, &[7u8; 32]))
+        .and_then(|builder| builder.build_initiator())
+    else {
+        return;
+    };
+    let mut hs = hs;
+    let mut r1 = vec![0u8; R1_HEADER_LEN + 32 + data.len() + TAG_LEN];
+    r1[..16].copy_from_slice(&FUZZ_TICKET);
+    r1[16..R1_HEADER_LEN].copy_from_slice(&1u64.to_be_bytes());
+    let Ok(n) = hs.write_message(data, &mut r1[R1_HEADER_LEN..]) else {
+        return;
+    };
+    r1.truncate(R1_HEADER_LEN + n);
+    let mut out = Vec::new();
+    let got = respond(
+        &b,
+        a.node_id(),
+        SessionId(1),
+        Limits::default(),
+        &r1,
+        now,
+        &mut out,
+    );
+    let expected = crate::wire::decode_service_blob(data, "fuzz").ok();
+    match (got, expected) {
+        (Ok(Resumed::Request(req)), Some((service, blob))) => {
+            assert_eq!((req.service(), req.blob()), (&service, &blob[..]));
+        }
+        (Ok(Resumed::Request(_)), None) => panic!("malformed request accepted"),
+        (Ok(Resumed::Refused), _) => panic!("live ticket refused"),
+        (Err(_), Some(_)) if data.len() + R1_HEADER_LEN + 48 > crate::resume::MAX_R1_LEN => {}
+        (Err(e), Some(_)) => panic!("well-formed request refused: {e}"),
+        (Err(_), None) => {}
+    }
+}

@@ -38,6 +38,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("relay_link_live", relay_link_live),
     ("rpc_frame", rpc_frame),
     ("relay_map", relay_map),
+    ("resume_open", resume_open),
 ];
 
 /// The deframer and an established channel's reader on arbitrary bytes (first byte: the
@@ -81,6 +82,21 @@ pub fn handshake_responder(data: &[u8]) {
             fuzzing::responder_messages(rest);
         } else {
             let _ = fuzzing::decode_msg3_payload(rest);
+        }
+    }
+}
+
+/// Resumed opens (first byte selects): a callee holding a live ticket fed R1 (0: as is, 1:
+/// behind the real ticket id, so the AEAD is reached), a caller fed R2 and a verdict (2),
+/// or R1's request behind the AEAD, encrypted by a genuine caller (3). Properties: a forged
+/// R1 or R2 never authenticates; a request only for exactly one well-formed service and blob.
+pub fn resume_open(data: &[u8]) {
+    if let Some((&selector, rest)) = data.split_first() {
+        match selector % 4 {
+            0 => fuzzing::resume_responder(rest, false),
+            1 => fuzzing::resume_responder(rest, true),
+            2 => fuzzing::resume_initiator(rest),
+            _ => fuzzing::resume_payload(rest),
         }
     }
 }

@@ -79,6 +79,18 @@ fn prologue(
     p
 }
 
+/// The prologue of a resumed open (fuzz targets build genuine R1 messages with it).
+#[cfg(feature = "fuzzing")]
+pub fn prologue_for_fuzzing(
+    initiator: &NodeId,
+    responder: &NodeId,
+    session: SessionId,
+    id: &TicketId,
+    counter: u64,
+) -> Vec<u8> {
+    prologue(initiator, responder, session, id, counter)
+}
+
 /// True when a dial's first handshake message is a resumed open (R1) rather than message 1
 /// of the full handshake (exactly 32 bytes).
 pub fn is_resumption(first_message: &[u8]) -> bool {
