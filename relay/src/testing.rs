@@ -50,6 +50,8 @@ pub struct TestHooks {
     pub reroute: Option<(NodeId, NodeId)>,
     /// Targets are told this caller instead of the authenticated one.
     pub relabel_caller: Option<NodeId>,
+    /// Answer `DialWith` as a relay older than it does (`Error { malformed }`).
+    pub legacy_dial: bool,
 }
 
 /// Records every spliced byte.

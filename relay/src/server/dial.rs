@@ -30,7 +30,9 @@ pub(crate) async fn handle(
     // on the stream behind the request; it is spliced like everything after `Dialed`).
     let (target, chosen) = match request {
         Ok(Ok(NodeToRelay::Dial { target })) => (target, None),
-        Ok(Ok(NodeToRelay::DialWith { target, session })) => (target, Some(session)),
+        Ok(Ok(NodeToRelay::DialWith { target, session })) if !shared.legacy_dial() => {
+            (target, Some(session))
+        }
         Ok(Err(ReadError::Decode(e))) => {
             shared
                 .metrics

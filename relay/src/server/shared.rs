@@ -246,6 +246,17 @@ impl Shared {
         target
     }
 
+    /// True when this relay plays one that predates `DialWith` (tests only).
+    #[cfg(feature = "testing")]
+    pub(crate) fn legacy_dial(&self) -> bool {
+        self.hooks.legacy_dial
+    }
+
+    #[cfg(not(feature = "testing"))]
+    pub(crate) fn legacy_dial(&self) -> bool {
+        false
+    }
+
     #[cfg(feature = "testing")]
     pub(crate) fn caller_label(&self, caller: NodeId) -> NodeId {
         self.hooks.relabel_caller.unwrap_or(caller)

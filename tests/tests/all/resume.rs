@@ -322,3 +322,31 @@ async fn the_callee_decides_every_resumed_open_and_forgetting_a_peer_ends_resump
     assert_eq!(hook.first_message_len(hook.sessions() - 1), Some(32));
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_predates_dial_with_still_carries_channels() {
+    // Such a relay answers DialWith "malformed"; the node dials again with Dial, waits for
+    // the relay's session, and runs the same handshake (full, then resumed) behind it.
+    let hook = Scripted::with(&[]);
+    let net = TestNet::start_with(RelayOptions {
+        hooks: TestHooks {
+            splice: Some(hook.clone()),
+            legacy_dial: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let (a, b) = (net.node().await, Arc::new(net.node().await));
+    let _server = serve_echo(b.clone());
+    let payload = pattern(256 * 1024, 8);
+    echo_ok(&a, b.node_id(), &payload).await;
+    echo_ok(&a, b.node_id(), &payload).await;
+    assert_eq!(
+        hook.sessions(),
+        2,
+        "one splice per channel: the refused DialWith carried none"
+    );
+    assert_eq!(hook.first_message_len(0), Some(32));
+    assert!(hook.first_message_len(1).unwrap() > 32);
+}
