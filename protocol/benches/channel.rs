@@ -1,7 +1,7 @@
 //! Handshake and channel throughput, next to the raw AEADs measured in the same run.
 //!
 //! `cargo bench -p nullport-protocol` (add `-- --quick` for a smoke run). Prints a Markdown
-//! table: handshakes per second, and seal+open MB/s for 64 B, 1 KiB and 64 KiB messages over
+//! table: handshakes and resumed opens per second, and seal+open MB/s for 64 B, 1 KiB and 64 KiB messages over
 //! a nullport channel, raw AES-256-GCM (ring, the cipher our channel uses) and raw
 //! ChaCha20-Poly1305 (RustCrypto), with the channel's ratio to each.
 
@@ -9,6 +9,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use nullport_protocol::resume::{self, Answered, Opening, Resumed};
 use nullport_protocol::{
     Channel, Deframer, DialRequest, HandshakeKeys, Identity, Initiator, Limits, Responder,
     ServiceName, SessionId,
@@ -29,6 +30,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| measurement | value |\n| --- | --- |");
     println!(
         "| handshakes/s (XX + proofs + accept, one core) | {:.0} |",
+        n as f64 / elapsed.as_secs_f64()
+    );
+    // Resumed opens between the same two keys (the full handshake above left a ticket).
+    let mut session = 1u64;
+    let (n, elapsed) = repeat(budget, || {
+        session += 1;
+        resumed(&ka, &kb, session).map(drop)
+    })?;
+    println!(
+        "| resumed opens/s (NNpsk0 + accept, one core) | {:.0} |",
         n as f64 / elapsed.as_secs_f64()
     );
     println!();
@@ -153,5 +164,46 @@ fn handshake(
     out.clear();
     let cb = req.accept(&mut out)?;
     let ca = verdict.handle_verdict(&out[2..], now)?;
+    Ok((ca, cb))
+}
+
+fn resumed(
+    ka: &HandshakeKeys,
+    kb: &HandshakeKeys,
+    session: u64,
+) -> Result<(Channel, Channel), Box<dyn std::error::Error>> {
+    let now = Instant::now();
+    let limits = Limits::default();
+    let mut buf = Vec::new();
+    let dial = DialRequest {
+        expected: kb.node_id(),
+        session: SessionId(session),
+        service: ServiceName::new("bench")?,
+        blob: Vec::new(),
+    };
+    let opening = Opening::start(ka, dial, limits, now, &mut buf)?;
+    if !opening.is_resumed() {
+        return Err("no resumption ticket".into());
+    }
+    let mut out = Vec::new();
+    let Resumed::Request(req) = resume::respond(
+        kb,
+        ka.node_id(),
+        SessionId(session),
+        limits,
+        &buf[2..],
+        now,
+        &mut out,
+    )?
+    else {
+        return Err("resumed open refused".into());
+    };
+    let cb = req.accept(&mut out)?;
+    buf.clear();
+    let Answered::Verdict(verdict) = opening.handle_response(ka, &out[2..50], now, &mut buf)?
+    else {
+        return Err("resumed open answered REFUSED".into());
+    };
+    let ca = verdict.handle_verdict(&out[52..], now)?;
     Ok((ca, cb))
 }
