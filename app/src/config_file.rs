@@ -271,6 +271,7 @@ struct FileLayout {
 /// superseded_retry_secs = 30   # after another process with this key took over the link
 /// keep_alive_secs = 10         # keep-alive towards the relay (a fleet's default: 3)
 /// idle_timeout_secs = 30       # a relay link silent this long is lost (a fleet's default: 9)
+/// resume_secs = 600            # channels to a peer resume for this long after a full handshake (0: off)
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -286,6 +287,11 @@ pub struct LinkTable {
     /// node's 9). A relay that dies without a word is noticed within keep-alive + this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_secs: Option<u64>,
+    /// Seconds after a full end-to-end handshake with a peer during which further channels
+    /// between the two open by resumption (one round trip, no identity proofs; the callee
+    /// still decides each; `docs/protocol.md`). Default 600; 0 turns resumption off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_secs: Option<u64>,
 }
 
 impl LinkTable {
@@ -311,6 +317,9 @@ impl LinkTable {
         if let Some(secs) = self.idle_timeout_secs {
             // Above the keep-alive, or the link would time out between two keep-alives.
             limits.idle_timeout = Duration::from_secs(secs.max(1)).max(limits.keep_alive * 2);
+        }
+        if let Some(secs) = self.resume_secs {
+            limits.handshake.resume_lifetime = Duration::from_secs(secs);
         }
         limits
     }

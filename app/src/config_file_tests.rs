@@ -93,3 +93,22 @@ fn child_environment_is_built_from_nothing() {
         ]
     );
 }
+
+#[test]
+fn link_table_sets_resumption_and_zero_turns_it_off() {
+    let table: LinkTable = toml::from_str("resume_secs = 0").unwrap();
+    assert!(table.limits(false).handshake.resume_lifetime.is_zero());
+    let table: LinkTable = toml::from_str("resume_secs = 30").unwrap();
+    assert_eq!(
+        table.limits(true).handshake.resume_lifetime,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(
+        LinkTable::default().limits(false).handshake.resume_lifetime,
+        nullport_protocol::resume::DEFAULT_RESUME_LIFETIME
+    );
+    assert!(
+        toml::from_str::<LinkTable>("resume = 3").is_err(),
+        "unknown key"
+    );
+}
