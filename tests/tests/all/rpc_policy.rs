@@ -254,7 +254,10 @@ async fn rpc_token_narrowed_to_one_method() {
     .await
     .unwrap_err();
     assert_eq!(e.code, Code::Denied, "{e}");
-    // An expired token is refused at the channel.
+    // An expired token is refused at the channel, though the holder holds a resumption
+    // secret for the target (so this open is a resumed one: the callee decides it all the
+    // same).
+    assert_eq!(holder.resumption_secrets().0, 1);
     let expired = Token::issue(
         &issuer,
         holder.node_id(),
