@@ -27,7 +27,7 @@ const FORMAT: u32 = 1;
 #[non_exhaustive]
 pub enum CompareError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: cannot be read or written")]
     Io {
         /// The file.
         path: PathBuf,
@@ -35,7 +35,7 @@ pub enum CompareError {
         source: std::io::Error,
     },
     /// A file is not the JSON it should be.
-    #[error("{path}: not a valid {what}: {source}")]
+    #[error("{path}: not a valid {what}")]
     Json {
         /// The file.
         path: PathBuf,
