@@ -19,7 +19,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 
-use nullport_protocol::limits::MAX_FRAME_DATA;
+use nullport_protocol::channel::{FRAME_OVERHEAD, OPENED_DATA_OFFSET, max_sealed_len};
+use nullport_protocol::limits::{MAX_FRAME_DATA, MAX_NOISE_MESSAGE};
 use nullport_protocol::{Deframer, DenyReason, NodeId, Received, ServiceName};
 
 /// Ends a [`Channel`] with a reason from another task (see the module doc). Cheap to clone.
@@ -102,16 +103,25 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Largest slice of one `poll_write` sealed at once (4 full frames).
 const MAX_WRITE: usize = 4 * MAX_FRAME_DATA;
 
+/// The outgoing buffer: one `poll_write`'s frames, plus room for a close or abort frame
+/// sealed while they are still waiting to go out.
+const OUT_CAPACITY: usize = max_sealed_len(MAX_WRITE) + FRAME_OVERHEAD + 1;
+
 /// An established end-to-end channel.
 pub struct Channel {
     inner: nullport_protocol::Channel,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     deframer: Deframer,
+    /// The last message opened (`type || body`), initialised once and reused: the bytes
+    /// not yet read are `plain[plain_pos..plain_end]`.
     plain: Vec<u8>,
     plain_pos: usize,
+    plain_end: usize,
+    /// Sealed frames (initialised once and reused): `out[out_pos..out_end]` still to send.
     out: Vec<u8>,
     out_pos: usize,
+    out_end: usize,
     read_done: bool,
     failed: Option<(io::ErrorKind, String, Option<nullport_protocol::Error>)>,
     close_sent: bool,
@@ -157,15 +167,20 @@ impl Channel {
         first_out: Vec<u8>,
         drain: Drain,
     ) -> Self {
+        let mut out = first_out;
+        let out_end = out.len();
+        out.resize(out_end.max(OUT_CAPACITY), 0);
         Self {
             inner,
             send,
             recv,
             deframer,
-            plain: Vec::with_capacity(MAX_FRAME_DATA),
+            plain: vec![0; MAX_NOISE_MESSAGE],
             plain_pos: 0,
-            out: first_out,
+            plain_end: 0,
+            out,
             out_pos: 0,
+            out_end,
             read_done: false,
             failed: None,
             close_sent: false,
@@ -224,11 +239,13 @@ impl Channel {
         if !self.abort_sent {
             self.abort_sent = true;
             if !self.close_sent {
+                let mut frame = Vec::with_capacity(FRAME_OVERHEAD + 1);
                 let sealed = match ending {
-                    Ending::Abort(reason) => self.inner.seal_abort(reason, &mut self.out),
-                    Ending::Close => self.inner.seal_close(&mut self.out),
+                    Ending::Abort(reason) => self.inner.seal_abort(reason, &mut frame),
+                    Ending::Close => self.inner.seal_close(&mut frame),
                 };
                 self.close_sent = sealed.is_ok();
+                self.queue(&frame);
             }
         }
         if self.poll_flush_out(cx).is_pending() {
@@ -297,10 +314,20 @@ impl Channel {
         })
     }
 
+    /// Appends already sealed bytes to what is waiting to go out.
+    fn queue(&mut self, sealed: &[u8]) {
+        let end = self.out_end + sealed.len();
+        if end > self.out.len() {
+            self.out.resize(end, 0);
+        }
+        self.out[self.out_end..end].copy_from_slice(sealed);
+        self.out_end = end;
+    }
+
     fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.out_pos < self.out.len() {
-            let n = match ready!(Pin::new(&mut self.send).poll_write(cx, &self.out[self.out_pos..]))
-            {
+        while self.out_pos < self.out_end {
+            let pending = &self.out[self.out_pos..self.out_end];
+            let n = match ready!(Pin::new(&mut self.send).poll_write(cx, pending)) {
                 Ok(n) => n,
                 Err(e) => {
                     // The peer stopped reading (or the stream broke) on our sending side:
@@ -312,8 +339,8 @@ impl Channel {
             };
             self.out_pos += n;
         }
-        self.out.clear();
         self.out_pos = 0;
+        self.out_end = 0;
         Poll::Ready(Ok(()))
     }
 }
@@ -329,8 +356,8 @@ impl AsyncRead for Channel {
             return Poll::Ready(Err(e));
         }
         loop {
-            if this.plain_pos < this.plain.len() {
-                let n = (this.plain.len() - this.plain_pos).min(buf.remaining());
+            if this.plain_pos < this.plain_end {
+                let n = (this.plain_end - this.plain_pos).min(buf.remaining());
                 buf.put_slice(&this.plain[this.plain_pos..this.plain_pos + n]);
                 this.plain_pos += n;
                 return Poll::Ready(Ok(()));
@@ -341,10 +368,10 @@ impl AsyncRead for Channel {
             if let Some(e) = this.failure() {
                 return Poll::Ready(Err(e));
             }
-            this.plain.clear();
             this.plain_pos = 0;
+            this.plain_end = 0;
             let next = match this.deframer.next_message() {
-                Ok(Some(message)) => Some(this.inner.open(message, &mut this.plain)),
+                Ok(Some(message)) => Some(this.inner.open_into(message, &mut this.plain)),
                 Ok(None) => None,
                 Err(e) => {
                     let kind = kind_of(&e);
@@ -353,6 +380,8 @@ impl AsyncRead for Channel {
             };
             match next {
                 Some(Ok(Received::Data(n))) => {
+                    this.plain_pos = OPENED_DATA_OFFSET;
+                    this.plain_end = OPENED_DATA_OFFSET + n;
                     this.bytes_in += n as u64;
                     continue;
                 }
@@ -419,9 +448,14 @@ impl AsyncWrite for Channel {
         }
         ready!(this.poll_flush_out(cx))?;
         let n = data.len().min(MAX_WRITE);
-        if let Err(e) = this.inner.seal(&data[..n], &mut this.out) {
-            let kind = kind_of(&e);
-            return Poll::Ready(Err(this.fail(kind, Some(e.clone()), e.to_string())));
+        // Everything earlier went out: the frames go to the start of the buffer, one QUIC
+        // write below if the stream's window takes them.
+        match this.inner.seal_into(&data[..n], &mut this.out) {
+            Ok(written) => this.out_end = written,
+            Err(e) => {
+                let kind = kind_of(&e);
+                return Poll::Ready(Err(this.fail(kind, Some(e.clone()), e.to_string())));
+            }
         }
         this.bytes_out += n as u64;
         // Start sending now; the bytes are accepted either way (at most MAX_WRITE buffered).
@@ -449,10 +483,12 @@ impl AsyncWrite for Channel {
         }
         if !this.close_sent {
             ready!(this.poll_flush_out(cx))?;
-            if let Err(e) = this.inner.seal_close(&mut this.out) {
+            let mut frame = Vec::with_capacity(FRAME_OVERHEAD);
+            if let Err(e) = this.inner.seal_close(&mut frame) {
                 let kind = kind_of(&e);
                 return Poll::Ready(Err(this.fail(kind, Some(e.clone()), e.to_string())));
             }
+            this.queue(&frame);
             this.close_sent = true;
         }
         ready!(this.poll_flush_out(cx))?;

@@ -6,10 +6,12 @@
 //! `np-bench capacity` holds many idle authenticated nodes on one relay and reports its
 //! memory per node, idle CPU, admissions per second and dial latency under load.
 //! `np-bench rpc` measures typed RPC calls against the raw channel under them, and gRPC
-//! (tonic) over nullport against tonic over TCP.
+//! (tonic) over nullport against tonic over TCP. `np-bench compare` sets a run's
+//! nullport/splice ratios against a committed baseline (CI's regression report).
 #![forbid(unsafe_code)]
 
 mod capacity;
+mod compare;
 mod fleet;
 mod paths;
 mod pattern;
@@ -86,6 +88,20 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// nullport's ratios to the bare quinn splice in `run --json` results against a
+    /// committed baseline: metric, baseline, current, change in %. Reports, never fails on
+    /// the figures (only on a missing or malformed file).
+    Compare {
+        /// The baseline file (e.g. bench/baseline/run-quick.json).
+        #[arg(long)]
+        baseline: PathBuf,
+        /// The results of `np-bench run --json` to compare.
+        #[arg(long)]
+        current: PathBuf,
+        /// Write the current ratios to the baseline file instead (refresh it).
+        #[arg(long)]
+        write: bool,
+    },
     #[command(hide = true)]
     ServeTcp,
     #[command(hide = true)]
@@ -136,6 +152,11 @@ async fn main() -> Result<()> {
             json,
             baseline,
         } => capacity::run(&nodes, json, baseline).await,
+        Cmd::Compare {
+            baseline,
+            current,
+            write,
+        } => Ok(compare::run(&baseline, &current, write)?),
         Cmd::Rpc { quick, json } => rpc::run(quick, json).await,
         Cmd::ServeRpc { relay, allow } => rpc::serve(&relay, allow).await,
         Cmd::ServeTcp => paths::tcp::serve().await,
@@ -270,7 +291,17 @@ async fn measure(path: &paths::Path, sizes: &Sizes) -> Result<PathResult> {
         (Some(a), Some(b)) => Some((b - a) / (4.0 * sizes.bulk as f64 / f64::from(1u32 << 30))),
         _ => None,
     };
+    let mut pids = vec![std::process::id()];
+    pids.extend(path._procs.iter().flat_map(|p| procs::tree(p.pid())));
+    let switches = || -> u64 { pids.iter().map(|&p| procs::context_switches(p)).sum() };
+    let switches_before = switches();
     let rtt64 = workload::round_trips(opener.as_ref(), 64, sizes.round_trips).await?;
+    // Counted over the whole call (its warm-up and stream setup too: about 1.1x the
+    // round trips, a constant share on every path).
+    let rtt64_switches = Some(
+        switches().saturating_sub(switches_before) as f64
+            / (sizes.round_trips / 10 + 10 + rtt64.len()) as f64,
+    );
     let rtt16k = workload::round_trips(opener.as_ref(), 16 << 10, sizes.round_trips).await?;
     let setup = workload::setup_times(opener.as_ref(), sizes.setups).await?;
     let channels_per_s = workload::streams_per_second(opener.clone(), 8, sizes.rate_window).await?;
@@ -283,6 +314,7 @@ async fn measure(path: &paths::Path, sizes: &Sizes) -> Result<PathResult> {
         bulk8_down_gbps,
         relay_cpu_s_per_gib,
         rtt64_us: Percentiles::of(rtt64),
+        rtt64_switches,
         rtt16k_us: Percentiles::of(rtt16k),
         setup_us: Percentiles::of(setup),
         channels_per_s,

@@ -1,10 +1,10 @@
 //! Results: one record per path, printed as Markdown tables (absolute figures, then
 //! nullport's ratio to every other path, then the targets) and saved as JSON.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// p50 / p99 / p99.9 of a sample, in microseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Percentiles {
     /// Median.
     pub p50: f64,
@@ -34,7 +34,7 @@ impl Percentiles {
 }
 
 /// Everything measured on one path.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PathResult {
     /// Path name.
     pub name: String,
@@ -52,6 +52,10 @@ pub struct PathResult {
     pub relay_cpu_s_per_gib: Option<f64>,
     /// 64-byte request/response round trips, microseconds.
     pub rtt64_us: Percentiles,
+    /// Context switches per 64-byte round trip, over every thread of every process of the
+    /// path (client, relay, server), from `/proc/PID/task/*/status`.
+    #[serde(default)]
+    pub rtt64_switches: Option<f64>,
     /// 16 KiB request/response round trips, microseconds.
     pub rtt16k_us: Percentiles,
     /// New stream/channel to its first echoed byte, microseconds.
@@ -60,13 +64,15 @@ pub struct PathResult {
     pub channels_per_s: f64,
 }
 
-struct Metric {
-    label: &'static str,
-    higher_is_better: bool,
-    get: fn(&PathResult) -> Option<f64>,
+/// One row of the tables: its label, which way is better, and its figure in a result.
+pub(crate) struct Metric {
+    pub(crate) label: &'static str,
+    pub(crate) higher_is_better: bool,
+    pub(crate) get: fn(&PathResult) -> Option<f64>,
 }
 
-const METRICS: &[Metric] = &[
+/// The rows, in table order.
+pub(crate) const METRICS: &[Metric] = &[
     Metric {
         label: "bulk 1 stream up, Gbit/s",
         higher_is_better: true,
@@ -106,6 +112,11 @@ const METRICS: &[Metric] = &[
         label: "64 B RTT p99.9, us",
         higher_is_better: false,
         get: |r| Some(r.rtt64_us.p999),
+    },
+    Metric {
+        label: "context switches per 64 B round trip",
+        higher_is_better: false,
+        get: |r| r.rtt64_switches,
     },
     Metric {
         label: "16 KiB RTT p50, us",
