@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
@@ -295,13 +295,24 @@ async fn connect_reports_a_refused_dial_and_closes_the_connection() {
     // Closed by the daemon (a reset or an end, either way nothing arrives).
     let _ = tcp.read_to_end(&mut got).await;
     assert!(got.is_empty());
-    connect.kill().await.unwrap();
-    let out = connect.wait_with_output().await.unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // `connect` prints why (for this connection and the one that waited for the port).
+    let mut lines = tokio::io::BufReader::new(connect.stderr.take().unwrap()).lines();
+    let said = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("does not expose") {
+                return line;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("connect never said why");
     assert!(
-        stderr.contains("tool does not expose a service named \"nothing\""),
-        "{stderr}"
+        said.starts_with("127.0.0.1:")
+            && said.ends_with(": tool does not expose a service named \"nothing\""),
+        "{said}"
     );
+    connect.kill().await.unwrap();
 }
 
 /// Sends `line` with `fds` on a new control connection to the daemon of `home`; returns
