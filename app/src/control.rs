@@ -1,7 +1,9 @@
 //! The daemon's control protocol on its Unix socket (mode 0600, in the node's home).
 //!
 //! One JSON request line, one JSON response line. After a successful `pipe` response the
-//! connection carries the channel's raw bytes both ways.
+//! connection carries the channel's raw bytes both ways. An `attach` request line carries
+//! file descriptors (`SCM_RIGHTS`, see [`crate::fdpass`]) that the daemon splices to the
+//! channel itself: the connection then carries only the outcome.
 
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +88,38 @@ pub enum ControlRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
     },
+    /// Open a channel to `peer`/`service` and splice it, inside the daemon, to the file
+    /// descriptors sent with this line: answered once the channel is open (or refused,
+    /// with the same errors as `pipe`); for [`Local::Stdio`], answered again when it has
+    /// ended (`ok`, or not with `note`: why), and closed if this connection closes first.
+    Attach {
+        /// Alias or NodeId.
+        peer: String,
+        /// Service name.
+        service: String,
+        /// What the descriptors are.
+        local: Local,
+        /// An MCP session (as for `pipe`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        mcp: bool,
+        /// Pin the callee's tool manifests on this side too (as for `pipe`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pin: bool,
+        /// A capability token (text form) to present in the handshake.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+}
+
+/// What the descriptors sent with an `attach` request are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Local {
+    /// One connected stream socket (`connect`), served until both directions are done.
+    Socket,
+    /// Standard input, then standard output (`pipe`), served until the channel is done
+    /// sending.
+    Stdio,
 }
 
 /// The daemon's answer.
@@ -240,7 +274,8 @@ pub struct ChannelStatus {
 }
 
 /// Sends one request to the daemon listening on `socket`; returns its answer and the
-/// connection (which carries the channel's bytes after a successful `pipe`).
+/// connection (which carries the channel's bytes after a successful `pipe`). The same as
+/// [`request_with_fds`] without descriptors.
 pub async fn request(
     socket: &std::path::Path,
     request: &ControlRequest,
@@ -248,15 +283,37 @@ pub async fn request(
     ControlResponse,
     tokio::io::BufReader<tokio::net::UnixStream>,
 )> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    request_with_fds(socket, request, &[]).await
+}
+
+/// [`request`] with file descriptors sent along with the request line (`attach`).
+pub async fn request_with_fds(
+    socket: &std::path::Path,
+    request: &ControlRequest,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> std::io::Result<(
+    ControlResponse,
+    tokio::io::BufReader<tokio::net::UnixStream>,
+)> {
     let stream = tokio::net::UnixStream::connect(socket).await?;
     let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
     line.push(b'\n');
+    crate::fdpass::send_with_fds(&stream, &line, fds).await?;
     let mut reader = tokio::io::BufReader::new(stream);
-    reader.get_mut().write_all(&line).await?;
-    let mut answer = String::new();
-    reader.read_line(&mut answer).await?;
-    let response = serde_json::from_str(&answer)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let response = read_response(&mut reader).await?;
     Ok((response, reader))
+}
+
+/// Reads the daemon's next answer on a control connection (`attach` on standard streams
+/// answers twice). The end of the stream instead is an `UnexpectedEof` error.
+pub async fn read_response(
+    reader: &mut tokio::io::BufReader<tokio::net::UnixStream>,
+) -> std::io::Result<ControlResponse> {
+    use tokio::io::AsyncBufReadExt;
+    let mut answer = String::new();
+    if reader.read_line(&mut answer).await? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    serde_json::from_str(&answer)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }

@@ -18,6 +18,7 @@ pub mod config_file;
 pub mod control;
 pub mod daemon;
 pub mod edit;
+pub mod fdpass;
 pub mod home;
 pub mod mcp;
 pub mod metrics;

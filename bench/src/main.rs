@@ -46,7 +46,7 @@ enum Cmd {
         /// Also write the raw results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Only these paths (comma separated): tcp, ssh, rathole, quinn, nullport.
+        /// Only these paths (comma separated): tcp, ssh, rathole, quinn, nullport, nullport-user.
         #[arg(long, value_delimiter = ',')]
         paths: Option<Vec<String>>,
         /// Bytes per bulk run (default 1 GiB; 32 MiB with --quick).
@@ -198,13 +198,21 @@ async fn run(
     };
     let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == name));
     let mut results = Vec::new();
-    for key in ["tcp", "ssh", "rathole", "quinn", "nullport"] {
+    for key in [
+        "tcp",
+        "ssh",
+        "rathole",
+        "quinn",
+        "nullport",
+        "nullport-user",
+    ] {
         if !wanted(key) {
             continue;
         }
         let missing = match key {
             "ssh" => paths::ssh::unavailable(),
             "rathole" => paths::rathole::unavailable(),
+            "nullport-user" => paths::nullport_user::unavailable(),
             _ => None,
         };
         if let Some(why) = missing {
@@ -222,6 +230,7 @@ async fn run(
             "ssh" => paths::ssh::start().await?,
             "rathole" => paths::rathole::start().await?,
             "quinn" => paths::quinn_splice::start().await?,
+            "nullport-user" => paths::nullport_user::start().await?,
             _ => paths::nullport::start().await?,
         };
         let limit = if quick {

@@ -448,7 +448,16 @@ pub(crate) async fn control(
     home: &Home,
     request: &ControlRequest,
 ) -> anyhow::Result<(ControlResponse, BufReader<UnixStream>)> {
-    nullport::control::request(&home.socket(), request)
+    control_with_fds(home, request, &[]).await
+}
+
+/// [`control`] with file descriptors handed to the daemon along with the request.
+pub(crate) async fn control_with_fds(
+    home: &Home,
+    request: &ControlRequest,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> anyhow::Result<(ControlResponse, BufReader<UnixStream>)> {
+    nullport::control::request_with_fds(&home.socket(), request, fds)
         .await
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {

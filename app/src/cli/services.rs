@@ -1,6 +1,7 @@
 //! `expose`, `unexpose`, `allow`, `deny`, `connect`, `pipe`: services offered and used.
 
 use super::*;
+use nullport::control::Local;
 use nullport::sandbox::{Level as SandboxLevel, Sandbox};
 
 /// `expose`: what to offer, and whether it may replace a service of the same name.
@@ -275,7 +276,77 @@ pub(crate) async fn pipe(
     token: Option<String>,
 ) -> anyhow::Result<()> {
     let (peer, service) = split_target(target)?;
-    let (stream, pipe_id) = open_pipe(home, peer, service, mcp, read_token(token)?).await?;
+    let token = read_token(token)?;
+    // Standard input and output go to the daemon, which splices them to the channel itself;
+    // this process only waits for the outcome. They are copied through this process instead
+    // when they cannot be handed over (a pipe or terminal this user cannot reopen) or the
+    // daemon is older than this command (it does not know `attach`).
+    let handed = (|| -> std::io::Result<_> {
+        use std::os::fd::AsFd;
+        let input = nullport::fdpass::reopen_for_daemon(std::io::stdin().as_fd(), false)?;
+        let output = nullport::fdpass::reopen_for_daemon(std::io::stdout().as_fd(), true)?;
+        Ok((input, output))
+    })();
+    match handed {
+        Ok((input, output)) => {
+            use std::os::fd::AsFd;
+            let request = ControlRequest::Attach {
+                peer: peer.to_owned(),
+                service: service.to_owned(),
+                local: Local::Stdio,
+                mcp: mcp != Mcp::No,
+                pin: mcp == Mcp::Pinned,
+                token: token.clone(),
+            };
+            let (response, mut stream) =
+                control_with_fds(home, &request, &[input.as_fd(), output.as_fd()]).await?;
+            // The daemon holds its own copies now.
+            drop((input, output));
+            if !attach_unknown(&response) {
+                if !response.ok {
+                    bail!(
+                        "{}",
+                        response.error.unwrap_or_else(|| "channel refused".into())
+                    );
+                }
+                return match nullport::control::read_response(&mut stream).await {
+                    Ok(ended) if ended.ok => Ok(()),
+                    Ok(ended) => bail!(
+                        "{target}: {}",
+                        ended
+                            .note
+                            .or(ended.error)
+                            .unwrap_or_else(|| "the pipe failed".into())
+                    ),
+                    Err(e) => bail!("{target}: the daemon went away before the pipe ended ({e})"),
+                };
+            }
+        }
+        Err(e) => tracing::debug!("standard streams not handed to the daemon ({e}): copying"),
+    }
+    copy_pipe(home, target, (peer, service), mcp, token).await
+}
+
+/// Whether the daemon refused an `attach` request for not knowing it (it is older than this
+/// command): the caller copies the bytes through itself instead, as before `attach`.
+fn attach_unknown(response: &ControlResponse) -> bool {
+    !response.ok
+        && response
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("bad request: unknown variant `attach`"))
+}
+
+/// `pipe` through this process: standard input and output copied to and from the control
+/// connection, which the daemon splices to the channel.
+async fn copy_pipe(
+    home: &Home,
+    target: &str,
+    (peer, service): (&str, &str),
+    mcp: Mcp,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    let (stream, pipe_id) = open_pipe(home, peer, service, mcp, token).await?;
     let (mut from_daemon, mut to_daemon) = tokio::io::split(stream);
     let upload = async {
         let r = tokio::io::copy(&mut tokio::io::stdin(), &mut to_daemon).await;
@@ -303,6 +374,42 @@ pub(crate) async fn pipe(
         && let Some(reason) = r.note
     {
         bail!("{target}: {reason}");
+    }
+    Ok(())
+}
+
+/// Hands one accepted local connection to the daemon, which dials `peer`/`service` and
+/// splices the two itself (this process's copy closes on return). A daemon older than this
+/// command gets the bytes copied through this process instead.
+async fn hand_over<S>(
+    home: &Home,
+    peer: &str,
+    service: &str,
+    token: Option<String>,
+    mut local: S,
+) -> anyhow::Result<()>
+where
+    S: std::os::fd::AsFd + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let request = ControlRequest::Attach {
+        peer: peer.to_owned(),
+        service: service.to_owned(),
+        local: Local::Socket,
+        mcp: false,
+        pin: false,
+        token: token.clone(),
+    };
+    let (response, _) = control_with_fds(home, &request, &[local.as_fd()]).await?;
+    if attach_unknown(&response) {
+        let (mut stream, _) = open_pipe(home, peer, service, Mcp::No, token).await?;
+        let _ = tokio::io::copy_bidirectional(&mut local, &mut stream).await;
+        return Ok(());
+    }
+    if !response.ok {
+        bail!(
+            "{}",
+            response.error.unwrap_or_else(|| "channel refused".into())
+        );
     }
     Ok(())
 }
@@ -339,22 +446,20 @@ pub(crate) async fn connect(
     eprintln!(
         "note: every local user can connect to {bound} and use your access to {peer}/{service}; use --listen unix:PATH for a socket only you can use"
     );
-    // Each local connection's pipe belongs to this set (finished ones reaped as they end).
+    // Each local connection is handed to the daemon by a task of this set (finished ones
+    // reaped as they end).
     let mut pipes = tokio::task::JoinSet::new();
     loop {
-        let (mut tcp, from) = tokio::select! {
+        let (tcp, from) = tokio::select! {
             accepted = listener.accept() => accepted?,
             Some(_) = pipes.join_next() => continue,
         };
         let home = home.clone();
         let (peer, service, token) = (peer.to_owned(), service.to_owned(), token.clone());
         pipes.spawn(async move {
-            match open_pipe(&home, &peer, &service, Mcp::No, token).await {
-                Ok((mut stream, _)) => {
-                    let _ = tcp.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await;
-                }
-                Err(e) => eprintln!("{from}: {e:#}"),
+            let _ = tcp.set_nodelay(true);
+            if let Err(e) = hand_over(&home, &peer, &service, token, tcp).await {
+                eprintln!("{from}: {e:#}");
             }
         });
     }
@@ -385,18 +490,15 @@ pub(crate) async fn connect_unix(
     let serve = async {
         let mut pipes = tokio::task::JoinSet::new();
         loop {
-            let (mut local, _) = tokio::select! {
+            let (local, _) = tokio::select! {
                 accepted = listener.accept() => accepted?,
                 Some(_) = pipes.join_next() => continue,
             };
             let home = home.clone();
             let (peer, service, token) = (peer.to_owned(), service.to_owned(), token.clone());
             pipes.spawn(async move {
-                match open_pipe(&home, &peer, &service, Mcp::No, token).await {
-                    Ok((mut stream, _)) => {
-                        let _ = tokio::io::copy_bidirectional(&mut local, &mut stream).await;
-                    }
-                    Err(e) => eprintln!("unix:{e:#}"),
+                if let Err(e) = hand_over(&home, &peer, &service, token, local).await {
+                    eprintln!("unix:{e:#}");
                 }
             });
         }

@@ -1,5 +1,5 @@
 //! The daemon's control socket: one JSON request line, one JSON response line (and, after a
-//! successful `pipe`, the channel's bytes). The socket is created with a 0077 umask inside
+//! successful `pipe`, the channel's bytes; an `attach` is served by [`super::attach`]). The socket is created with a 0077 umask inside
 //! the node's home, which must be a directory of this user with no access for others.
 
 use std::sync::Arc;
@@ -59,27 +59,70 @@ pub(crate) async fn serve(state: Arc<State>, listener: UnixListener) {
 }
 
 async fn connection(state: Arc<State>, stream: UnixStream) {
-    let mut reader = BufReader::new(stream);
-    let mut line = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut limited = tokio::io::AsyncReadExt::take(&mut reader, MAX_CONTROL_LINE as u64);
-        tokio::io::AsyncBufReadExt::read_until(&mut limited, b'\n', &mut line).await
-    })
+    // Read with `recvmsg`: an `attach` line carries descriptors, which a plain read drops.
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        crate::fdpass::read_line_with_fds(&stream, MAX_CONTROL_LINE),
+    )
     .await;
-    if !matches!(read, Ok(Ok(n)) if n > 0) {
-        return;
-    }
+    let mut stream = stream;
+    let (line, fds) = match read {
+        Ok(Ok((line, fds))) if !line.is_empty() => (line, fds),
+        Ok(Err(e)) => {
+            let _ = respond(
+                &mut stream,
+                &ControlResponse::error(format!("bad request: {e}")),
+            )
+            .await;
+            return;
+        }
+        _ => return,
+    };
     let request: ControlRequest = match serde_json::from_slice(&line) {
         Ok(r) => r,
         Err(e) => {
             let _ = respond(
-                reader.get_mut(),
+                &mut stream,
                 &ControlResponse::error(format!("bad request: {e}")),
             )
             .await;
             return;
         }
     };
+    if let ControlRequest::Attach {
+        peer,
+        service,
+        local,
+        mcp,
+        pin,
+        token,
+    } = request
+    {
+        let request = crate::daemon::attach::Attach {
+            peer,
+            service,
+            mcp,
+            pin,
+            token,
+            local,
+        };
+        crate::daemon::attach::attach(&state, stream, request, fds).await;
+        return;
+    }
+    if !fds.is_empty() {
+        let e = crate::fdpass::FdPassError::Count {
+            expected: 0,
+            got: fds.len(),
+        };
+        drop(fds);
+        let _ = respond(
+            &mut stream,
+            &ControlResponse::error(format!("bad request: {e}")),
+        )
+        .await;
+        return;
+    }
+    let mut reader = BufReader::new(stream);
     if let ControlRequest::Pipe {
         peer,
         service,
@@ -220,47 +263,45 @@ async fn handle(state: &Arc<State>, request: ControlRequest) -> ControlResponse 
             };
             r
         }
-        ControlRequest::Pipe { .. } | ControlRequest::WatchApprovals => {
-            ControlResponse::error("streams are handled elsewhere")
-        }
+        ControlRequest::Pipe { .. }
+        | ControlRequest::Attach { .. }
+        | ControlRequest::WatchApprovals => ControlResponse::error("streams are handled elsewhere"),
     }
 }
 
-async fn pipe(
+/// An outgoing channel opened for a local user, registered for `status`.
+pub(crate) struct OutChannel {
+    /// The channel, counting its bytes for `status`.
+    pub(crate) channel: Counted<nullport_node::Channel>,
+    /// The callee.
+    pub(crate) target: nullport_protocol::NodeId,
+    /// The channel's handshake hash (for MCP sessions).
+    pub(crate) handshake: [u8; 32],
+    /// Its entry in the channel list (removed when dropped).
+    pub(crate) registered: crate::daemon::channels::Registered,
+}
+
+/// Opens a channel to `peer`/`service` for a local user (`pipe`, `attach`): the token is
+/// checked, the peer resolved, the dial audited; an error is what the user should read.
+pub(crate) async fn open_channel(
     state: &Arc<State>,
-    mut reader: BufReader<UnixStream>,
-    peer: String,
-    service: String,
-    (mcp, pin): (bool, bool),
+    peer: &str,
+    service: &str,
     token: Option<String>,
-) {
+) -> Result<OutChannel, String> {
     let blob = match token
         .as_deref()
         .map(nullport_keyring::token::Token::from_text)
     {
         None => Vec::new(),
         Some(Ok(t)) => t.to_bytes(),
-        Some(Err(e)) => {
-            let _ = respond(
-                reader.get_mut(),
-                &ControlResponse::error(format!("bad token: {e}")),
-            )
-            .await;
-            return;
-        }
+        Some(Err(e)) => return Err(format!("bad token: {e}")),
     };
-    let resolved = state
+    let target = state
         .files
         .read()
         .map_err(|_| "trust store unavailable".to_owned())
-        .and_then(|f| f.trust.resolve(&peer).map_err(|e| e.to_string()));
-    let target = match resolved {
-        Ok(id) => id,
-        Err(e) => {
-            let _ = respond(reader.get_mut(), &ControlResponse::error(e)).await;
-            return;
-        }
-    };
+        .and_then(|f| f.trust.resolve(peer).map_err(|e| e.to_string()))?;
     // The link is down and the node knows why: say so now instead of waiting out the dial.
     let link = state.node.state();
     if matches!(
@@ -271,21 +312,41 @@ async fn pipe(
                 ..
             }
     ) {
-        let message =
-            format!("cannot reach {peer}: the relay link is down ({link}); see `nullport status`");
-        let _ = respond(reader.get_mut(), &ControlResponse::error(message)).await;
-        return;
+        return Err(format!(
+            "cannot reach {peer}: the relay link is down ({link}); see `nullport status`"
+        ));
     }
-    let dialed = state.node.dial_with(target, &service, blob).await;
-    state.audit.dial(&target, &service, dialed.is_ok());
-    let mut channel = match dialed {
-        Ok(ch) => ch,
-        Err(e) => {
-            let _ = respond(
-                reader.get_mut(),
-                &ControlResponse::error(explain(&e, &peer, &service, &state.node.node_id())),
-            )
-            .await;
+    let dialed = state.node.dial_with(target, service, blob).await;
+    state.audit.dial(&target, service, dialed.is_ok());
+    let mut channel = dialed.map_err(|e| explain(&e, peer, service, &state.node.node_id()))?;
+    let registered = state.channels.register_out(target, service);
+    channel.use_abort_handle(registered.abort.clone());
+    let handshake = *channel.handshake_hash();
+    Ok(OutChannel {
+        channel: Counted::new(channel, registered.counters.clone()),
+        target,
+        handshake,
+        registered,
+    })
+}
+
+async fn pipe(
+    state: &Arc<State>,
+    mut reader: BufReader<UnixStream>,
+    peer: String,
+    service: String,
+    (mcp, pin): (bool, bool),
+    token: Option<String>,
+) {
+    let OutChannel {
+        mut channel,
+        target,
+        handshake,
+        registered: _registered,
+    } = match open_channel(state, &peer, &service, token).await {
+        Ok(out) => out,
+        Err(message) => {
+            let _ = respond(reader.get_mut(), &ControlResponse::error(message)).await;
             return;
         }
     };
@@ -298,10 +359,6 @@ async fn pipe(
     if respond(reader.get_mut(), &opened).await.is_err() {
         return;
     }
-    let registered = state.channels.register_out(target, &service);
-    channel.use_abort_handle(registered.abort.clone());
-    let handshake = *channel.handshake_hash();
-    let mut channel = Counted::new(channel, registered.counters.clone());
     let mut local = reader;
     let run = async {
         let ended: std::io::Result<()> = if mcp {
@@ -439,7 +496,10 @@ fn restart_needed(state: &State) -> Option<String> {
     })
 }
 
-async fn respond(stream: &mut UnixStream, response: &ControlResponse) -> std::io::Result<()> {
+pub(crate) async fn respond(
+    stream: &mut UnixStream,
+    response: &ControlResponse,
+) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(response).map_err(std::io::Error::other)?;
     line.push(b'\n');
     stream.write_all(&line).await

@@ -5,6 +5,7 @@
 //! (the control socket), `lists` (revocation lists and rotations from the relay), `scrape`
 //! (the metrics listener).
 
+mod attach;
 mod channels;
 mod console;
 mod control;

@@ -1,0 +1,159 @@
+//! `attach`: a channel spliced, inside the daemon, to descriptors the client handed over
+//! with its request ([`crate::fdpass`]): a local connection (`nullport connect`) or the
+//! caller's standard input and output (`nullport pipe`). The bytes go from the local socket
+//! to the channel in this one process; the client only waits for the outcome.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+
+use crate::control::{ControlResponse, Local};
+use crate::daemon::State;
+use crate::daemon::control::{OutChannel, open_channel, respond};
+use crate::fdpass::{FdPassError, LocalSocket, LocalStdio};
+use crate::mcp::Session;
+use crate::services::io::{forward, forward_pipe};
+
+/// Most handed-over connections the daemon serves at once (each holds one or two
+/// descriptors); beyond it, `attach` is refused with [`FdPassError::Busy`].
+pub const MAX_ATTACHED: usize = 4096;
+
+static ATTACHED: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_ATTACHED);
+
+/// An `attach` request.
+pub(crate) struct Attach {
+    pub(crate) peer: String,
+    pub(crate) service: String,
+    pub(crate) mcp: bool,
+    pub(crate) pin: bool,
+    pub(crate) token: Option<String>,
+    pub(crate) local: Local,
+}
+
+/// What was handed over, ready to serve.
+enum LocalEnd {
+    Socket(LocalSocket),
+    Stdio(LocalStdio),
+}
+
+fn take_local(local: Local, mut fds: Vec<OwnedFd>) -> Result<LocalEnd, FdPassError> {
+    let expected = match local {
+        Local::Socket => 1,
+        Local::Stdio => 2,
+    };
+    if fds.len() != expected {
+        return Err(FdPassError::Count {
+            expected,
+            got: fds.len(),
+        });
+    }
+    Ok(match (fds.pop(), fds.pop()) {
+        (Some(fd), None) => LocalEnd::Socket(LocalSocket::from_fd(fd)?),
+        (Some(output), Some(input)) => LocalEnd::Stdio(LocalStdio::new(input, output)?),
+        _ => return Err(FdPassError::Count { expected, got: 0 }),
+    })
+}
+
+/// Serves one `attach` request: answers on `control` whether the channel opened (with the
+/// same messages as `pipe`); a socket is then served on its own (the client may go), while
+/// standard streams are served until the channel is done or the client goes away (then the
+/// channel is closed), and the outcome is the second answer.
+pub(crate) async fn attach(
+    state: &Arc<State>,
+    mut control: UnixStream,
+    request: Attach,
+    fds: Vec<OwnedFd>,
+) {
+    let Ok(_permit) = ATTACHED.try_acquire() else {
+        drop(fds);
+        let busy = FdPassError::Busy(MAX_ATTACHED);
+        let _ = respond(&mut control, &ControlResponse::error(busy)).await;
+        return;
+    };
+    let local = match take_local(request.local, fds) {
+        Ok(local) => local,
+        Err(e) => {
+            let _ = respond(&mut control, &ControlResponse::error(e)).await;
+            return;
+        }
+    };
+    let out = match open_channel(state, &request.peer, &request.service, request.token).await {
+        Ok(out) => out,
+        Err(message) => {
+            drop(local);
+            let _ = respond(&mut control, &ControlResponse::error(message)).await;
+            return;
+        }
+    };
+    if respond(&mut control, &ControlResponse::ok()).await.is_err() {
+        return;
+    }
+    let mcp = (request.mcp, request.pin);
+    match local {
+        LocalEnd::Socket(socket) => {
+            drop(control);
+            splice(state, out, socket, &request.service, mcp, false).await;
+        }
+        LocalEnd::Stdio(stdio) => {
+            let run = splice(state, out, stdio, &request.service, mcp, true);
+            let mut byte = [0u8; 1];
+            let gone = async {
+                // The client sends nothing more: the end of the stream is its going away.
+                while matches!(control.read(&mut byte).await, Ok(n) if n > 0) {}
+            };
+            let reason = tokio::select! {
+                reason = run => reason,
+                () = gone => {
+                    tracing::info!("pipe: the client went away; channel closed");
+                    return;
+                }
+            };
+            let mut ended = ControlResponse::ok();
+            ended.ok = reason.is_none();
+            ended.note = reason;
+            let _ = respond(&mut control, &ended).await;
+        }
+    }
+}
+
+/// Forwards between the channel and `local` (until the channel is done sending, for a
+/// pipe), through the MCP caller side if asked; returns why it did not end cleanly.
+async fn splice<L>(
+    state: &Arc<State>,
+    out: OutChannel,
+    mut local: L,
+    service: &str,
+    (mcp, pin): (bool, bool),
+    pipe: bool,
+) -> Option<String>
+where
+    L: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let OutChannel {
+        mut channel,
+        target,
+        handshake,
+        registered: _registered,
+    } = out;
+    let ended: std::io::Result<()> = if mcp {
+        let session = Session {
+            caller: state.node.node_id(),
+            service: service.to_owned(),
+            handshake,
+            signer: state.identity.clone(),
+            caller_alias: None,
+        };
+        let pins = pin.then(|| (state.pins.clone(), format!("{target}/{service}")));
+        crate::mcp::caller_pipe(local, channel, session, target, state.audit.clone(), pins).await
+    } else if pipe {
+        forward_pipe(&mut channel, &mut local).await.map(drop)
+    } else {
+        forward(&mut channel, &mut local).await.map(drop)
+    };
+    if let Err(e) = &ended {
+        tracing::info!("attached channel ended: {e}");
+    }
+    ended.err().map(|e| e.to_string())
+}

@@ -1,0 +1,383 @@
+//! `nullport connect` and `nullport pipe` hand their descriptors to the daemon, which splices
+//! them to the channel itself: real daemons (`nullport up`) on a loopback relay, real
+//! `connect`/`pipe` processes, byte-exact transfers, and the daemon's descriptors counted in
+//! `/proc`.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+const MIB: usize = 1 << 20;
+
+/// A TCP echo server in this process (each connection: echo until end of input, then close
+/// the write side); returns its port.
+async fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// `len` bytes that are not all alike (a byte lost, doubled or reordered shows).
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Two daemons; the callee exposes its echo server as `echo` to the caller.
+async fn echo_pair() -> (Net, std::path::PathBuf, std::path::PathBuf) {
+    let (net, tool, agent) = pair().await;
+    let port = echo_server().await;
+    ok(
+        &tool,
+        &["expose", "tcp", "echo", &format!("127.0.0.1:{port}")],
+    )
+    .await;
+    ok(&tool, &["allow", "agent", "echo"]).await;
+    (net, tool, agent)
+}
+
+/// `nullport connect TARGET --listen 127.0.0.1:PORT`, once it listens.
+async fn connect(home: &Path, target: &str) -> (Child, u16) {
+    let port = free_port();
+    let child = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(home)
+        .args(["connect", target, "--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_tcp(port).await;
+    (child, port)
+}
+
+/// Descriptors the process `pid` holds open.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// The channels `nullport status` lists on `home`.
+async fn channels(home: &Path) -> usize {
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(home, &["status", "--json"]).await).unwrap();
+    status["channels"].as_array().map_or(0, Vec::len)
+}
+
+/// Waits (at most 15 s) until `home` lists no channel.
+async fn no_channels(home: &Path) {
+    let started = Instant::now();
+    while channels(home).await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "channels still open: {}",
+            ok(home, &["status"]).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One 64-byte round trip through `port`, then close.
+async fn echo_once(port: u16) {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let sent = pattern(64);
+    tcp.write_all(&sent).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tcp.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, sent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_carries_64_mib_both_ways_and_the_daemon_keeps_the_connection_when_connect_dies() {
+    let (_net, _tool, agent) = echo_pair().await;
+    let (mut connect, port) = connect(&agent, "tool/echo").await;
+    let data = pattern(64 * MIB);
+    let expected = Sha256::digest(&data);
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut from, mut to) = tcp.into_split();
+    let (killed_tx, killed_rx) = tokio::sync::oneshot::channel::<()>();
+    let upload = tokio::spawn(async move {
+        // 16 MiB, then (once `connect` is dead) the rest.
+        to.write_all(&data[..16 * MIB]).await.unwrap();
+        killed_rx.await.unwrap();
+        to.write_all(&data[16 * MIB..]).await.unwrap();
+        to.shutdown().await.unwrap();
+    });
+    let mut hash = Sha256::new();
+    let mut received = 0;
+    let mut buf = vec![0u8; 256 << 10];
+    let mut killed_tx = Some(killed_tx);
+    loop {
+        let n = from.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        received += n;
+        if received >= 16 * MIB
+            && let Some(tx) = killed_tx.take()
+        {
+            // The connection no longer runs through `connect`: it goes on without it.
+            connect.kill().await.unwrap();
+            tx.send(()).unwrap();
+        }
+    }
+    upload.await.unwrap();
+    assert!(killed_tx.is_none(), "connect was never killed");
+    assert_eq!(received, 64 * MIB);
+    assert_eq!(hash.finalize(), expected);
+    no_channels(&agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipe_carries_64_mib_both_ways() {
+    let (_net, _tool, agent) = echo_pair().await;
+    let data = pattern(64 * MIB);
+    let expected = Sha256::digest(&data);
+    let (mut child, mut stdin) = spawn_pipe(&agent, "tool/echo");
+    let mut stdout = child.stdout.take().unwrap();
+    let upload = tokio::spawn(async move {
+        stdin.write_all(&data).await.unwrap();
+        // Dropped: the end of input.
+    });
+    let mut hash = Sha256::new();
+    let mut received = 0;
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = stdout.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        received += n;
+    }
+    upload.await.unwrap();
+    let status = child.wait().await.unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(status.success(), "pipe failed: {stderr}");
+    assert_eq!(received, 64 * MIB);
+    assert_eq!(hash.finalize(), expected);
+    no_channels(&agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipe_reads_a_regular_file_on_standard_input() {
+    let (net, _tool, agent) = echo_pair().await;
+    let data = pattern(8 * MIB);
+    let file = net.dir.path().join("input.bin");
+    std::fs::write(&file, &data).unwrap();
+    let out = Command::new(NULLPORT)
+        .arg("--home")
+        .arg(&agent)
+        .args(["pipe", "tool/echo"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data, "bytes differ");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_pipe_closes_the_channel_at_the_callee() {
+    let (_net, tool, agent) = pair().await;
+    // The callee's service: reports its first bytes, then the end of its connection.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 5];
+        s.read_exact(&mut buf).await.unwrap();
+        first_tx.send(buf).unwrap();
+        let mut rest = [0u8; 1024];
+        while matches!(s.read(&mut rest).await, Ok(n) if n > 0) {}
+        let _ = ended_tx.send(());
+    });
+    ok(
+        &tool,
+        &["expose", "tcp", "hold", &format!("127.0.0.1:{port}")],
+    )
+    .await;
+    ok(&tool, &["allow", "agent", "hold"]).await;
+    let (mut child, mut stdin) = spawn_pipe(&agent, "tool/hold");
+    stdin.write_all(b"ping\n").await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), first_rx)
+        .await
+        .expect("the service never got the bytes")
+        .unwrap();
+    assert_eq!(first, b"ping\n");
+    assert_eq!(channels(&agent).await, 1);
+    assert_eq!(channels(&tool).await, 1);
+    // Killed, with its standard input still open here: the daemon must notice by itself.
+    child.kill().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(15), ended_rx)
+        .await
+        .expect("the callee's connection stayed open after pipe was killed")
+        .unwrap();
+    no_channels(&agent).await;
+    no_channels(&tool).await;
+    drop(stdin);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_holds_no_more_descriptors_after_200_connections() {
+    let (net, _tool, agent) = echo_pair().await;
+    let daemon = net.daemons[1].id().unwrap();
+    let (_connect, port) = connect(&agent, "tool/echo").await;
+    echo_once(port).await;
+    no_channels(&agent).await;
+    let baseline = fd_count(daemon);
+    for _ in 0..200 {
+        echo_once(port).await;
+    }
+    no_channels(&agent).await;
+    let started = Instant::now();
+    while fd_count(daemon) > baseline && started.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        fd_count(daemon) <= baseline,
+        "the daemon holds {} descriptors, {baseline} before 200 connections",
+        fd_count(daemon)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_reports_a_refused_dial_and_closes_the_connection() {
+    let (_net, _tool, agent) = echo_pair().await;
+    let (mut connect, port) = connect(&agent, "tool/nothing").await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut got = Vec::new();
+    // Closed by the daemon (a reset or an end, either way nothing arrives).
+    let _ = tcp.read_to_end(&mut got).await;
+    assert!(got.is_empty());
+    // `connect` prints why (for this connection and the one that waited for the port).
+    let mut lines = tokio::io::BufReader::new(connect.stderr.take().unwrap()).lines();
+    let said = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("does not expose") {
+                return line;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("connect never said why");
+    assert!(
+        said.starts_with("127.0.0.1:")
+            && said.ends_with(": tool does not expose a service named \"nothing\""),
+        "{said}"
+    );
+    connect.kill().await.unwrap();
+}
+
+/// Sends `line` with `fds` on a new control connection to the daemon of `home`; returns
+/// its answer.
+async fn raw_request(home: &Path, line: &str, fds: &[std::os::fd::BorrowedFd<'_>]) -> String {
+    let socket = nullport::home::Home::at(home).socket();
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    nullport::fdpass::send_with_fds(&stream, line.as_bytes(), fds)
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let mut reader = tokio::io::BufReader::new(stream);
+    tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut answer)
+        .await
+        .unwrap();
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_takes_only_the_descriptors_a_request_carries() {
+    let (net, _tool, agent) = echo_pair().await;
+    let daemon = net.daemons[1].id().unwrap();
+    let file = std::fs::File::open(NULLPORT).unwrap();
+    let fd = file.as_fd();
+    ok(&agent, &["status"]).await;
+    let baseline = fd_count(daemon);
+    let attach = r#"{"op":"attach","peer":"tool","service":"echo","local":"socket"}"#;
+    let stdio = r#"{"op":"attach","peer":"tool","service":"echo","local":"stdio"}"#;
+    let cases: [(&str, Vec<_>, &str); 5] = [
+        (
+            "{\"op\":\"status\"}\n",
+            vec![fd],
+            "this request takes 0 file descriptor(s), 1 were sent",
+        ),
+        (
+            &format!("{attach}\n"),
+            vec![fd, fd, fd],
+            "more than 2 file descriptors sent on one control connection",
+        ),
+        (
+            &format!("{attach}\n"),
+            vec![fd, fd],
+            "this request takes 1 file descriptor(s), 2 were sent",
+        ),
+        (
+            &format!("{attach}\n"),
+            vec![fd],
+            "the connection handed over: not a socket",
+        ),
+        (
+            &format!("{stdio}\n"),
+            vec![fd],
+            "this request takes 2 file descriptor(s), 1 were sent",
+        ),
+    ];
+    for (line, fds, error) in &cases {
+        let answer = raw_request(&agent, line, fds).await;
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["ok"], false, "{line}: {answer}");
+        let said = answer["error"].as_str().unwrap();
+        assert!(said.contains(error), "{line}: {said}");
+    }
+    let started = Instant::now();
+    while fd_count(daemon) > baseline && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(fd_count(daemon) <= baseline, "descriptors kept");
+}
