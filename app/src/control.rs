@@ -120,6 +120,12 @@ pub enum Local {
     /// Standard input, then standard output (`pipe`), served until the channel is done
     /// sending.
     Stdio,
+    /// One listening stream socket (`connect --listen`): the daemon accepts on it and
+    /// serves each connection as a [`Local::Socket`] of its own. Answered once (`ok`:
+    /// serving), then with one line (`ok: false`, `error`) per connection whose channel was
+    /// refused; the daemon stops accepting when this control connection closes (connections
+    /// already served go on).
+    Listener,
 }
 
 /// The daemon's answer.

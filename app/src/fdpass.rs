@@ -235,6 +235,67 @@ impl LocalSocket {
     }
 }
 
+/// A listening socket handed over by `connect --listen` (TCP or Unix).
+pub enum LocalListener {
+    /// A TCP listener.
+    Tcp(tokio::net::TcpListener),
+    /// A Unix stream listener.
+    Unix(tokio::net::UnixListener),
+}
+
+impl LocalListener {
+    /// Takes `fd`, which must be a listening, non-blocking stream socket (TCP or Unix).
+    pub fn from_fd(fd: OwnedFd) -> Result<Self, FdPassError> {
+        let unusable = |reason: String| FdPassError::Unusable {
+            what: "the listening socket handed over",
+            reason,
+        };
+        let kind = rustix::net::sockopt::socket_type(&fd)
+            .map_err(|e| unusable(format!("not a socket ({e})")))?;
+        if kind != rustix::net::SocketType::STREAM {
+            return Err(unusable("not a stream socket".into()));
+        }
+        if !rustix::net::sockopt::socket_acceptconn(&fd).map_err(|e| unusable(e.to_string()))? {
+            return Err(unusable("not listening".into()));
+        }
+        let flags = rustix::fs::fcntl_getfl(&fd).map_err(|e| unusable(e.to_string()))?;
+        if !flags.contains(OFlags::NONBLOCK) {
+            return Err(unusable("not non-blocking".into()));
+        }
+        let domain =
+            rustix::net::sockopt::socket_domain(&fd).map_err(|e| unusable(e.to_string()))?;
+        use rustix::net::AddressFamily;
+        if domain == AddressFamily::INET || domain == AddressFamily::INET6 {
+            let std = std::net::TcpListener::from(fd);
+            Ok(Self::Tcp(
+                tokio::net::TcpListener::from_std(std).map_err(|e| unusable(e.to_string()))?,
+            ))
+        } else if domain == AddressFamily::UNIX {
+            let std = std::os::unix::net::UnixListener::from(fd);
+            Ok(Self::Unix(
+                tokio::net::UnixListener::from_std(std).map_err(|e| unusable(e.to_string()))?,
+            ))
+        } else {
+            Err(unusable("neither TCP nor a Unix socket".into()))
+        }
+    }
+
+    /// The next connection, and who made it (for messages).
+    pub async fn accept(&self) -> io::Result<(LocalSocket, String)> {
+        match self {
+            Self::Tcp(l) => {
+                let (s, from) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((LocalSocket::Tcp(s), from.to_string()))
+            }
+            Self::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                Ok((LocalSocket::Unix(s), "local socket".into()))
+            }
+        }
+    }
+}
+
 impl AsyncRead for LocalSocket {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -271,8 +271,11 @@ async fn the_daemon_holds_no_more_descriptors_after_200_connections() {
     echo_once(port).await;
     no_channels(&agent).await;
     let baseline = fd_count(daemon);
+    // Paced under the relay's default dial rate (50/s per identity): the daemon now accepts
+    // and dials as fast as connections come, and a dial over the rate is refused.
     for _ in 0..200 {
         echo_once(port).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     no_channels(&agent).await;
     let started = Instant::now();
@@ -380,4 +383,49 @@ async fn the_daemon_takes_only_the_descriptors_a_request_carries() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(fd_count(daemon) <= baseline, "descriptors kept");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_hands_its_listener_over_again_after_a_daemon_restart_and_killing_it_closes_the_port()
+ {
+    let (mut net, _tool, agent) = echo_pair().await;
+    let (mut connect, port) = connect(&agent, "tool/echo").await;
+    echo_once(port).await;
+    // The caller's daemon goes away and comes back: `connect` hands the socket over again.
+    let mut old = net.daemons.remove(1);
+    old.kill().await.unwrap();
+    old.wait().await.unwrap();
+    net.up(&agent).await;
+    let started = Instant::now();
+    loop {
+        // Until the new daemon holds the socket, a connection is told "not running" and
+        // closed; then it is served.
+        let served = async {
+            let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            tcp.write_all(b"after restart").await.ok()?;
+            tcp.shutdown().await.ok()?;
+            let mut got = Vec::new();
+            tcp.read_to_end(&mut got).await.ok()?;
+            (got == b"after restart").then_some(())
+        };
+        if served.await.is_some() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not served again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // `connect` ends: the daemon lets go of the socket, and the port is closed.
+    connect.kill().await.unwrap();
+    connect.wait().await.unwrap();
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the port still accepts after connect ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -337,6 +337,61 @@ fn attach_unknown(response: &ControlResponse) -> bool {
             .is_some_and(|e| e.starts_with("bad request: unknown variant `attach`"))
 }
 
+/// How often `connect` asks again for a daemon it cannot reach.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Hands `listener` to the daemon, which then accepts on it and serves every connection
+/// itself (no hand-over per connection); prints what the daemon reports about refused
+/// connections, and hands the listener over again whenever the daemon lets go of it (a
+/// restart). Returns `None` when the daemon does not take listeners (connections are then
+/// handed over one by one), or why the daemon cannot be asked right now.
+async fn listen_through_daemon(
+    home: &Home,
+    (peer, service): (&str, &str),
+    token: &Option<String>,
+    listener: &impl std::os::fd::AsFd,
+) -> Option<anyhow::Error> {
+    use tokio::io::AsyncBufReadExt;
+    let request = ControlRequest::Attach {
+        peer: peer.to_owned(),
+        service: service.to_owned(),
+        local: Local::Listener,
+        mcp: false,
+        pin: false,
+        token: token.clone(),
+    };
+    loop {
+        let (response, mut reader) =
+            match control_with_fds(home, &request, &[listener.as_fd()]).await {
+                Ok(answer) => answer,
+                Err(e) => return Some(e),
+            };
+        if !response.ok {
+            let error = response.error.unwrap_or_default();
+            if error.starts_with("bad request: unknown variant") {
+                return None;
+            }
+            return Some(anyhow!("{error}"));
+        }
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line).await {
+                Ok(n) if n > 0 => {
+                    if let Ok(note) = serde_json::from_str::<ControlResponse>(&line)
+                        && let Some(e) = note.error
+                    {
+                        eprintln!("{}", super::printable(&e));
+                    }
+                }
+                _ => break,
+            }
+        }
+        eprintln!("the daemon let go of the listening socket (restarted?); handing it over again");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// `pipe` through this process: standard input and output copied to and from the control
 /// connection, which the daemon splices to the channel.
 async fn copy_pipe(
@@ -446,8 +501,17 @@ pub(crate) async fn connect(
     eprintln!(
         "note: every local user can connect to {bound} and use your access to {peer}/{service}; use --listen unix:PATH for a socket only you can use"
     );
-    // Each local connection is handed to the daemon by a task of this set (finished ones
-    // reaped as they end).
+    // The daemon accepts on the socket itself; without it (a daemon that predates that),
+    // each local connection is handed to the daemon by a task of this set.
+    while let Some(e) = listen_through_daemon(home, (peer, service), &token, &listener).await {
+        // The daemon is unreachable: connections meanwhile are told so and closed; it is
+        // asked again every second.
+        if let Ok(accepted) = tokio::time::timeout(RETRY, listener.accept()).await {
+            let (tcp, from) = accepted?;
+            drop(tcp);
+            eprintln!("{from}: {e:#}");
+        }
+    }
     let mut pipes = tokio::task::JoinSet::new();
     loop {
         let (tcp, from) = tokio::select! {
@@ -488,6 +552,12 @@ pub(crate) async fn connect_unix(
     }
     println!("listening on unix:{} -> {peer}/{service}", path.display());
     let serve = async {
+        while let Some(e) = listen_through_daemon(home, (peer, service), &token, &listener).await {
+            if let Ok(accepted) = tokio::time::timeout(RETRY, listener.accept()).await {
+                drop(accepted?);
+                eprintln!("unix:{}: {e:#}", path.display());
+            }
+        }
         let mut pipes = tokio::task::JoinSet::new();
         loop {
             let (local, _) = tokio::select! {

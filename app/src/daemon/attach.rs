@@ -1,6 +1,7 @@
 //! `attach`: a channel spliced, inside the daemon, to descriptors the client handed over
-//! with its request ([`crate::fdpass`]): a local connection (`nullport connect`) or the
-//! caller's standard input and output (`nullport pipe`). The bytes go from the local socket
+//! with its request ([`crate::fdpass`]): `nullport connect`'s listening socket (the daemon
+//! accepts on it; a local connection each, for daemons' clients that hand over one at a
+//! time) or the caller's standard input and output (`nullport pipe`). The bytes go from the local socket
 //! to the channel in this one process; the client only waits for the outcome.
 
 use std::os::fd::OwnedFd;
@@ -12,7 +13,7 @@ use tokio::net::UnixStream;
 use crate::control::{ControlResponse, Local};
 use crate::daemon::State;
 use crate::daemon::control::{OutChannel, open_channel, respond};
-use crate::fdpass::{FdPassError, LocalSocket, LocalStdio};
+use crate::fdpass::{FdPassError, LocalListener, LocalSocket, LocalStdio};
 use crate::mcp::Session;
 use crate::services::io::{forward, forward_pipe};
 
@@ -40,7 +41,7 @@ enum LocalEnd {
 
 fn take_local(local: Local, mut fds: Vec<OwnedFd>) -> Result<LocalEnd, FdPassError> {
     let expected = match local {
-        Local::Socket => 1,
+        Local::Socket | Local::Listener => 1,
         Local::Stdio => 2,
     };
     if fds.len() != expected {
@@ -64,8 +65,24 @@ pub(crate) async fn attach(
     state: &Arc<State>,
     mut control: UnixStream,
     request: Attach,
-    fds: Vec<OwnedFd>,
+    mut fds: Vec<OwnedFd>,
 ) {
+    if request.local == Local::Listener {
+        let listener = match (fds.pop(), fds.is_empty()) {
+            (Some(fd), true) => LocalListener::from_fd(fd),
+            (fd, _) => Err(FdPassError::Count {
+                expected: 1,
+                got: fds.len() + usize::from(fd.is_some()),
+            }),
+        };
+        match listener {
+            Ok(listener) => serve_listener(state, control, request, listener).await,
+            Err(e) => {
+                let _ = respond(&mut control, &ControlResponse::error(e)).await;
+            }
+        }
+        return;
+    }
     let Ok(_permit) = ATTACHED.try_acquire() else {
         drop(fds);
         let busy = FdPassError::Busy(MAX_ATTACHED);
@@ -116,6 +133,67 @@ pub(crate) async fn attach(
             let _ = respond(&mut control, &ended).await;
         }
     }
+}
+
+/// Serves `connect --listen`'s listening socket: accepts on it, and serves each connection
+/// as a handed-over socket (dial, then splice, in this process), until the client closes
+/// `control`. A connection whose channel is refused is closed and reported on `control`
+/// (`peer address: message`), which the client prints. Connections already served outlive
+/// the client, as handed-over sockets do.
+async fn serve_listener(
+    state: &Arc<State>,
+    mut control: UnixStream,
+    request: Attach,
+    listener: LocalListener,
+) {
+    if respond(&mut control, &ControlResponse::ok()).await.is_err() {
+        return;
+    }
+    let (mut from_client, mut to_client) = control.into_split();
+    let (refused, mut notes) = tokio::sync::mpsc::channel::<String>(64);
+    let mut byte = [0u8; 1];
+    let gone = async { while matches!(from_client.read(&mut byte).await, Ok(n) if n > 0) {} };
+    tokio::pin!(gone);
+    loop {
+        tokio::select! {
+            () = &mut gone => break,
+            Some(note) = notes.recv() => {
+                let line = ControlResponse::error(note);
+                if respond(&mut to_client, &line).await.is_err() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((socket, from)) => {
+                    let Ok(permit) = ATTACHED.try_acquire() else {
+                        let _ = refused.try_send(format!("{from}: {}", FdPassError::Busy(MAX_ATTACHED)));
+                        continue;
+                    };
+                    let (state, refused) = (state.clone(), refused.clone());
+                    let (peer, service, token) =
+                        (request.peer.clone(), request.service.clone(), request.token.clone());
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        match open_channel(&state, &peer, &service, token).await {
+                            Ok(out) => {
+                                splice(&state, out, socket, &service, (false, false), false).await;
+                            }
+                            Err(message) => {
+                                drop(socket);
+                                let _ = refused.try_send(format!("{from}: {message}"));
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of descriptors or memory for a moment: let some connections end.
+                    tracing::warn!("connect --listen: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    tracing::debug!("connect --listen: the client went away; no longer accepting");
 }
 
 /// Forwards between the channel and `local` (until the channel is done sending, for a

@@ -497,7 +497,7 @@ fn restart_needed(state: &State) -> Option<String> {
 }
 
 pub(crate) async fn respond(
-    stream: &mut UnixStream,
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
     response: &ControlResponse,
 ) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(response).map_err(std::io::Error::other)?;
