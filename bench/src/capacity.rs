@@ -142,17 +142,38 @@ async fn echo_server(node: Arc<Node>) {
 
 /// Runs the steps in `counts` (cumulative) and prints a Markdown table. With `baseline`,
 /// the relay is the bare quinn splice server (same TLS and transport settings, no relay
-/// link): how much of the per-node memory is quinn and TLS's own.
-pub async fn run(counts: &[usize], json: Option<PathBuf>, baseline: bool) -> Result<()> {
+/// link): how much of the per-node memory is quinn and TLS's own. With `external`
+/// (`ID@ADDR` and process id), the relay is one already running, started by the caller
+/// (pinned to its own core, or under a heap profiler). The nodes stay connected `hold`
+/// longer after the last step.
+pub async fn run(
+    counts: &[usize],
+    json: Option<PathBuf>,
+    baseline: bool,
+    external: Option<(String, u32)>,
+    hold: Duration,
+) -> Result<()> {
     if baseline {
         return run_baseline(counts).await;
     }
-    let relay = Proc::role(&["relay"])?;
-    let relay_id: NodeId = relay.word(1)?.parse()?;
-    let addr: std::net::SocketAddr = relay.word(2)?.parse()?;
-    let relay_addr: RelayAddr = format!("{relay_id}@{addr}").parse()?;
+    // Held until the end: dropping it stops the relay this run started.
+    let mut started: Option<Proc> = None;
+    let (text, relay_pid) = match external {
+        Some(given) => given,
+        None => {
+            let relay = Proc::role(&["relay"])?;
+            let text = format!("{}@{}", relay.word(1)?, relay.word(2)?);
+            let pid = relay.pid();
+            started = Some(relay);
+            (text, pid)
+        }
+    };
+    let (id, addr) = text.split_once('@').context("relay as ID@ADDR")?;
+    let relay_id: NodeId = id.parse()?;
+    let addr: std::net::SocketAddr = addr.parse()?;
+    let relay_addr: RelayAddr = text.parse()?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let base_rss = procs::rss_kib(relay.pid());
+    let base_rss = procs::rss_kib(relay_pid);
 
     // Two real nodes for dial latency under load.
     let a = Node::start(NodeConfig::new(
@@ -187,11 +208,11 @@ pub async fn run(counts: &[usize], json: Option<PathBuf>, baseline: bool) -> Res
             eprintln!("{failed} of {want} admissions failed; first: {e}");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let rss = procs::rss_kib(relay.pid());
-        let cpu0 = procs::cpu_seconds(relay.pid());
+        let rss = procs::rss_kib(relay_pid);
+        let cpu0 = procs::cpu_seconds(relay_pid);
         let window = Duration::from_secs(10);
         tokio::time::sleep(window).await;
-        let idle_cpu = (procs::cpu_seconds(relay.pid()) - cpu0) / window.as_secs_f64() * 100.0;
+        let idle_cpu = (procs::cpu_seconds(relay_pid) - cpu0) / window.as_secs_f64() * 100.0;
         let dial = crate::workload::setup_times(&opener, 200).await?;
         let step = Step {
             nodes: idle.len(),
@@ -225,6 +246,12 @@ pub async fn run(counts: &[usize], json: Option<PathBuf>, baseline: bool) -> Res
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_vec_pretty(&steps)?)?;
     }
+    if !hold.is_zero() {
+        eprintln!("holding {} nodes for {hold:?}", idle.len());
+        tokio::time::sleep(hold).await;
+    }
+    drop(idle);
+    drop(started);
     Ok(())
 }
 
