@@ -33,6 +33,9 @@ pub struct Step {
     pub relay_kib_per_node: f64,
     /// Admissions per second while adding this step's nodes.
     pub admissions_per_s: f64,
+    /// Relay CPU time per admission while adding them, milliseconds (what the relay can
+    /// admit per core-second, whatever the load generator manages: 1000 / this).
+    pub relay_cpu_ms_per_admission: f64,
     /// Relay CPU while the nodes idle, percent of one core.
     pub relay_idle_cpu_percent: f64,
     /// Dial to first echo between two real nodes through the loaded relay, microseconds.
@@ -201,9 +204,13 @@ pub async fn run(
     for &count in counts {
         let want = count.saturating_sub(idle.len());
         let started = Instant::now();
+        let cpu_before = procs::cpu_seconds(relay_pid);
         let (failed, first_error) =
             admit_many(&endpoints, want, relay_id, addr, true, &mut idle).await?;
+        let admitted = (want - failed).max(1) as f64;
         let admissions_per_s = (want - failed) as f64 / started.elapsed().as_secs_f64();
+        let relay_cpu_ms_per_admission =
+            (procs::cpu_seconds(relay_pid) - cpu_before) * 1000.0 / admitted;
         if let Some(e) = first_error {
             eprintln!("{failed} of {want} admissions failed; first: {e}");
         }
@@ -219,6 +226,7 @@ pub async fn run(
             relay_rss_kib: rss,
             relay_kib_per_node: rss.saturating_sub(base_rss) as f64 / idle.len().max(1) as f64,
             admissions_per_s,
+            relay_cpu_ms_per_admission,
             relay_idle_cpu_percent: idle_cpu,
             dial_us: Percentiles::of(dial),
         };
@@ -228,16 +236,17 @@ pub async fn run(
     println!(
         "## np-bench capacity: one relay process, idle authenticated nodes from one load generator\n\n\
          Relay RSS with no nodes: {base_rss} KiB.\n\n\
-         | nodes | relay RSS MiB | KiB per node | admissions/s | idle CPU % of a core | dial to first echo p50 / p99 us |\n\
-         | ---: | ---: | ---: | ---: | ---: | ---: |"
+         | nodes | relay RSS MiB | KiB per node | admissions/s | relay CPU ms per admission | idle CPU % of a core | dial to first echo p50 / p99 us |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for s in &steps {
         println!(
-            "| {} | {:.0} | {:.1} | {:.0} | {:.1} | {:.0} / {:.0} |",
+            "| {} | {:.0} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} / {:.0} |",
             s.nodes,
             s.relay_rss_kib as f64 / 1024.0,
             s.relay_kib_per_node,
             s.admissions_per_s,
+            s.relay_cpu_ms_per_admission,
             s.relay_idle_cpu_percent,
             s.dial_us.p50,
             s.dial_us.p99
