@@ -33,6 +33,9 @@ pub struct Step {
     pub relay_kib_per_node: f64,
     /// Admissions per second while adding this step's nodes.
     pub admissions_per_s: f64,
+    /// Relay CPU time per admission while adding them, milliseconds (what the relay can
+    /// admit per core-second, whatever the load generator manages: 1000 / this).
+    pub relay_cpu_ms_per_admission: f64,
     /// Relay CPU while the nodes idle, percent of one core.
     pub relay_idle_cpu_percent: f64,
     /// Dial to first echo between two real nodes through the loaded relay, microseconds.
@@ -142,17 +145,38 @@ async fn echo_server(node: Arc<Node>) {
 
 /// Runs the steps in `counts` (cumulative) and prints a Markdown table. With `baseline`,
 /// the relay is the bare quinn splice server (same TLS and transport settings, no relay
-/// link): how much of the per-node memory is quinn and TLS's own.
-pub async fn run(counts: &[usize], json: Option<PathBuf>, baseline: bool) -> Result<()> {
+/// link): how much of the per-node memory is quinn and TLS's own. With `external`
+/// (`ID@ADDR` and process id), the relay is one already running, started by the caller
+/// (pinned to its own core, or under a heap profiler). The nodes stay connected `hold`
+/// longer after the last step.
+pub async fn run(
+    counts: &[usize],
+    json: Option<PathBuf>,
+    baseline: bool,
+    external: Option<(String, u32)>,
+    hold: Duration,
+) -> Result<()> {
     if baseline {
         return run_baseline(counts).await;
     }
-    let relay = Proc::role(&["relay"])?;
-    let relay_id: NodeId = relay.word(1)?.parse()?;
-    let addr: std::net::SocketAddr = relay.word(2)?.parse()?;
-    let relay_addr: RelayAddr = format!("{relay_id}@{addr}").parse()?;
+    // Held until the end: dropping it stops the relay this run started.
+    let mut started: Option<Proc> = None;
+    let (text, relay_pid) = match external {
+        Some(given) => given,
+        None => {
+            let relay = Proc::role(&["relay"])?;
+            let text = format!("{}@{}", relay.word(1)?, relay.word(2)?);
+            let pid = relay.pid();
+            started = Some(relay);
+            (text, pid)
+        }
+    };
+    let (id, addr) = text.split_once('@').context("relay as ID@ADDR")?;
+    let relay_id: NodeId = id.parse()?;
+    let addr: std::net::SocketAddr = addr.parse()?;
+    let relay_addr: RelayAddr = text.parse()?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let base_rss = procs::rss_kib(relay.pid());
+    let base_rss = procs::rss_kib(relay_pid);
 
     // Two real nodes for dial latency under load.
     let a = Node::start(NodeConfig::new(
@@ -180,24 +204,29 @@ pub async fn run(counts: &[usize], json: Option<PathBuf>, baseline: bool) -> Res
     for &count in counts {
         let want = count.saturating_sub(idle.len());
         let started = Instant::now();
+        let cpu_before = procs::cpu_seconds(relay_pid);
         let (failed, first_error) =
             admit_many(&endpoints, want, relay_id, addr, true, &mut idle).await?;
+        let admitted = (want - failed).max(1) as f64;
         let admissions_per_s = (want - failed) as f64 / started.elapsed().as_secs_f64();
+        let relay_cpu_ms_per_admission =
+            (procs::cpu_seconds(relay_pid) - cpu_before) * 1000.0 / admitted;
         if let Some(e) = first_error {
             eprintln!("{failed} of {want} admissions failed; first: {e}");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let rss = procs::rss_kib(relay.pid());
-        let cpu0 = procs::cpu_seconds(relay.pid());
+        let rss = procs::rss_kib(relay_pid);
+        let cpu0 = procs::cpu_seconds(relay_pid);
         let window = Duration::from_secs(10);
         tokio::time::sleep(window).await;
-        let idle_cpu = (procs::cpu_seconds(relay.pid()) - cpu0) / window.as_secs_f64() * 100.0;
+        let idle_cpu = (procs::cpu_seconds(relay_pid) - cpu0) / window.as_secs_f64() * 100.0;
         let dial = crate::workload::setup_times(&opener, 200).await?;
         let step = Step {
             nodes: idle.len(),
             relay_rss_kib: rss,
             relay_kib_per_node: rss.saturating_sub(base_rss) as f64 / idle.len().max(1) as f64,
             admissions_per_s,
+            relay_cpu_ms_per_admission,
             relay_idle_cpu_percent: idle_cpu,
             dial_us: Percentiles::of(dial),
         };
@@ -207,16 +236,17 @@ pub async fn run(counts: &[usize], json: Option<PathBuf>, baseline: bool) -> Res
     println!(
         "## np-bench capacity: one relay process, idle authenticated nodes from one load generator\n\n\
          Relay RSS with no nodes: {base_rss} KiB.\n\n\
-         | nodes | relay RSS MiB | KiB per node | admissions/s | idle CPU % of a core | dial to first echo p50 / p99 us |\n\
-         | ---: | ---: | ---: | ---: | ---: | ---: |"
+         | nodes | relay RSS MiB | KiB per node | admissions/s | relay CPU ms per admission | idle CPU % of a core | dial to first echo p50 / p99 us |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for s in &steps {
         println!(
-            "| {} | {:.0} | {:.1} | {:.0} | {:.1} | {:.0} / {:.0} |",
+            "| {} | {:.0} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} / {:.0} |",
             s.nodes,
             s.relay_rss_kib as f64 / 1024.0,
             s.relay_kib_per_node,
             s.admissions_per_s,
+            s.relay_cpu_ms_per_admission,
             s.relay_idle_cpu_percent,
             s.dial_us.p50,
             s.dial_us.p99
@@ -225,6 +255,12 @@ pub async fn run(counts: &[usize], json: Option<PathBuf>, baseline: bool) -> Res
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_vec_pretty(&steps)?)?;
     }
+    if !hold.is_zero() {
+        eprintln!("holding {} nodes for {hold:?}", idle.len());
+        tokio::time::sleep(hold).await;
+    }
+    drop(idle);
+    drop(started);
     Ok(())
 }
 

@@ -66,6 +66,17 @@ enum Cmd {
         /// (what quinn and TLS cost per connection, without nullport's relay link).
         #[arg(long)]
         baseline: bool,
+        /// Load a relay that is already running (`ID@ADDR`, e.g. `np-bench relay` started
+        /// under `taskset` or a heap profiler) instead of starting one.
+        #[arg(long, requires = "relay_pid", conflicts_with = "baseline")]
+        relay: Option<String>,
+        /// That relay's process id (its memory and CPU are read from `/proc`).
+        #[arg(long, requires = "relay")]
+        relay_pid: Option<u32>,
+        /// Keep the nodes connected this many seconds after the last step (time to take a
+        /// heap snapshot of the loaded relay).
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
     },
     /// Typed RPC against the raw channel, and tonic over nullport against tonic over TCP:
     /// 64 B calls one at a time (p50/p99) and many in flight (calls/s), with ratios.
@@ -151,7 +162,14 @@ async fn main() -> Result<()> {
             nodes,
             json,
             baseline,
-        } => capacity::run(&nodes, json, baseline).await,
+            relay,
+            relay_pid,
+            hold,
+        } => {
+            let external = relay.zip(relay_pid);
+            let hold = Duration::from_secs(hold);
+            capacity::run(&nodes, json, baseline, external, hold).await
+        }
         Cmd::Compare {
             baseline,
             current,

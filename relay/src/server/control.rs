@@ -2,6 +2,7 @@
 //! enrollment with an invite (the first message of a control stream, instead of `Hello`).
 //! Every request is refused once the node is no longer admitted (its link is being closed).
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +18,10 @@ use crate::push::{Push, revocation_pages, rotation_pages};
 use crate::server::shared::Shared;
 use crate::store::{InviteRefusal, RotationPut, StoreError};
 
-/// Serves requests on the control stream until it ends.
 /// Longest the relay waits for a last answer to be acknowledged before it closes a link.
 pub(crate) const ANSWER_DELIVERY: Duration = Duration::from_secs(1);
 
+/// Serves requests on the control stream until it ends.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     node_id: NodeId,
@@ -29,7 +30,6 @@ pub(crate) async fn serve(
     mut recv: quinn::RecvStream,
 ) {
     loop {
-        let mut rotated = false;
         let request =
             crate::link::read_message::<NodeToRelay>(&mut recv, MAX_CONTROL_MESSAGE).await;
         let request = match request {
@@ -48,96 +48,116 @@ pub(crate) async fn serve(
             }
             Err(ReadError::Stream(_)) => return,
         };
-        if let Err(refusal) = shared.admission.check(&node_id) {
-            conn.close(refusal.close_code().into(), refusal.to_string().as_bytes());
-            return;
-        }
-        let answers = match request {
-            NodeToRelay::Presence { target } => {
-                let online = target != node_id && shared.routes.contains_key(&target);
-                vec![RelayToNode::Presence { target, online }]
-            }
-            NodeToRelay::Witness { checkpoint } => {
-                vec![match witness(&shared, node_id, checkpoint).await {
-                    Ok(cp) => RelayToNode::Witnessed {
-                        checkpoint: Some(cp),
-                    },
-                    Err(code) => RelayToNode::Error { code },
-                }]
-            }
-            NodeToRelay::WitnessQuery => vec![RelayToNode::Witnessed {
-                checkpoint: shared.store.witnessed.get(&node_id).map(|c| c.clone()),
-            }],
-            NodeToRelay::PublishRevocations { list } => {
-                vec![
-                    match publish_revocations(&shared, node_id, list.clone()).await {
-                        Ok(()) => RelayToNode::Revocations {
-                            lists: vec![list],
-                            more: false,
-                        },
-                        Err(code) => RelayToNode::Error { code },
-                    },
-                ]
-            }
-            NodeToRelay::RevocationQuery => {
-                let lists: Vec<SignedRevocations> = shared
-                    .store
-                    .revocations
-                    .iter()
-                    .map(|e| e.value().1.clone())
-                    .collect();
-                revocation_pages(&lists)
-            }
-            NodeToRelay::PublishRotation { rotation } => {
-                match publish_rotation(&shared, node_id, rotation.clone()).await {
-                    Ok(()) => {
-                        rotated = true;
-                        vec![RelayToNode::Rotations {
-                            rotations: vec![rotation],
-                            more: false,
-                        }]
-                    }
-                    Err(code) => vec![RelayToNode::Error { code }],
-                }
-            }
-            NodeToRelay::RotationQuery => {
-                let rotations: Vec<SignedRotation> = shared
-                    .store
-                    .rotations
-                    .iter()
-                    .map(|e| e.value().clone())
-                    .collect();
-                rotation_pages(&rotations)
-            }
-            NodeToRelay::MapQuery => vec![RelayToNode::Map {
-                map: shared.relay_map(),
-            }],
-            NodeToRelay::Hello { .. }
-            | NodeToRelay::Join { .. }
-            | NodeToRelay::Dial { .. }
-            | NodeToRelay::DialWith { .. } => {
-                conn.close(
-                    close_code::PROTOCOL_VIOLATION.into(),
-                    b"unexpected control message",
-                );
-                return;
-            }
-        };
-        for answer in &answers {
-            if write_control(&mut send, answer).await.is_err() {
-                return;
-            }
-        }
-        if rotated {
-            // This key is retired: its link ends once the node has the answer (the relay
-            // waits for the acknowledgement of the finished control stream, bounded), and
-            // whatever else changed in the re-read allowlist takes effect on live links too.
-            let _ = send.finish();
-            let _ = tokio::time::timeout(ANSWER_DELIVERY, send.stopped()).await;
-            shared.enforce_admission();
+        // On the heap while it runs: this task lives as long as the node and mostly waits
+        // above; with the answering inline, every idle node's task would be the size of the
+        // largest answer's state (store writes, signatures).
+        let answered = Box::pin(answer(&shared, node_id, &conn, &mut send, request)).await;
+        if answered.is_break() {
             return;
         }
     }
+}
+
+/// Answers one control request; `Break` when the link is done (closed, or the control
+/// stream failed).
+async fn answer(
+    shared: &Arc<Shared>,
+    node_id: NodeId,
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    request: NodeToRelay,
+) -> ControlFlow<()> {
+    let mut rotated = false;
+    if let Err(refusal) = shared.admission.check(&node_id) {
+        conn.close(refusal.close_code().into(), refusal.to_string().as_bytes());
+        return ControlFlow::Break(());
+    }
+    let answers = match request {
+        NodeToRelay::Presence { target } => {
+            let online = target != node_id && shared.routes.contains_key(&target);
+            vec![RelayToNode::Presence { target, online }]
+        }
+        NodeToRelay::Witness { checkpoint } => {
+            vec![match witness(shared, node_id, checkpoint).await {
+                Ok(cp) => RelayToNode::Witnessed {
+                    checkpoint: Some(cp),
+                },
+                Err(code) => RelayToNode::Error { code },
+            }]
+        }
+        NodeToRelay::WitnessQuery => vec![RelayToNode::Witnessed {
+            checkpoint: shared.store.witnessed.get(&node_id).map(|c| c.clone()),
+        }],
+        NodeToRelay::PublishRevocations { list } => {
+            vec![
+                match publish_revocations(shared, node_id, list.clone()).await {
+                    Ok(()) => RelayToNode::Revocations {
+                        lists: vec![list],
+                        more: false,
+                    },
+                    Err(code) => RelayToNode::Error { code },
+                },
+            ]
+        }
+        NodeToRelay::RevocationQuery => {
+            let lists: Vec<SignedRevocations> = shared
+                .store
+                .revocations
+                .iter()
+                .map(|e| e.value().1.clone())
+                .collect();
+            revocation_pages(&lists)
+        }
+        NodeToRelay::PublishRotation { rotation } => {
+            match publish_rotation(shared, node_id, rotation.clone()).await {
+                Ok(()) => {
+                    rotated = true;
+                    vec![RelayToNode::Rotations {
+                        rotations: vec![rotation],
+                        more: false,
+                    }]
+                }
+                Err(code) => vec![RelayToNode::Error { code }],
+            }
+        }
+        NodeToRelay::RotationQuery => {
+            let rotations: Vec<SignedRotation> = shared
+                .store
+                .rotations
+                .iter()
+                .map(|e| e.value().clone())
+                .collect();
+            rotation_pages(&rotations)
+        }
+        NodeToRelay::MapQuery => vec![RelayToNode::Map {
+            map: shared.relay_map(),
+        }],
+        NodeToRelay::Hello { .. }
+        | NodeToRelay::Join { .. }
+        | NodeToRelay::Dial { .. }
+        | NodeToRelay::DialWith { .. } => {
+            conn.close(
+                close_code::PROTOCOL_VIOLATION.into(),
+                b"unexpected control message",
+            );
+            return ControlFlow::Break(());
+        }
+    };
+    for answer in &answers {
+        if write_control(send, answer).await.is_err() {
+            return ControlFlow::Break(());
+        }
+    }
+    if rotated {
+        // This key is retired: its link ends once the node has the answer (the relay
+        // waits for the acknowledgement of the finished control stream, bounded), and
+        // whatever else changed in the re-read allowlist takes effect on live links too.
+        let _ = send.finish();
+        let _ = tokio::time::timeout(ANSWER_DELIVERY, send.stopped()).await;
+        shared.enforce_admission();
+        return ControlFlow::Break(());
+    }
+    ControlFlow::Continue(())
 }
 
 /// The refusal a node gets when a decision needs the shared store and it cannot answer (the

@@ -301,110 +301,30 @@ enum Entry {
     MayEnroll,
 }
 
+/// An admitted connection: its node and its control stream, `Hello` (or `Join`) read.
+struct Admitted {
+    node_id: NodeId,
+    conn: quinn::Connection,
+    ctl_send: quinn::SendStream,
+    ctl_recv: quinn::RecvStream,
+}
+
+/// Admits one connection, then serves its node until it goes.
+///
+/// The admission runs in a future of its own on the heap, freed once it is done: this task
+/// lives as long as the node, and a task's memory is its future's largest state, so the
+/// handshake and `Hello` (timers, enrollment) would otherwise be paid for by every idle node.
 async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming, guard: PendingGuard) {
-    let deadline = Instant::now() + shared.limits.admission_deadline;
-    let refused = || {
-        shared
-            .metrics
-            .admission_refused
-            .fetch_add(1, Ordering::Relaxed);
-    };
-    let Ok(connecting) = incoming.accept() else {
-        refused();
+    let Some(admitted) = Box::pin(admit(&shared, incoming)).await else {
         return;
     };
-    let conn = match timeout_at(deadline, connecting).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            tracing::debug!("handshake failed: {e}");
-            refused();
-            return;
-        }
-        Err(_) => {
-            tracing::debug!("admission deadline passed during handshake");
-            refused();
-            return;
-        }
-    };
-    let Some(node_id) = tls::peer_node_id(&conn) else {
-        conn.close(close_code::NOT_ADMITTED.into(), b"no valid node key");
-        refused();
-        return;
-    };
-    // The verifier decided during the handshake; decide again in case admission changed.
-    let entry = match shared.admission.check(&node_id) {
-        Ok(()) => Entry::Admitted,
-        Err(Refusal::NotListed) if shared.admission.enrolling() => Entry::MayEnroll,
-        Err(refusal) => {
-            conn.close(refusal.close_code().into(), refusal.to_string().as_bytes());
-            refused();
-            return;
-        }
-    };
-    let (mut ctl_send, mut ctl_recv) = match timeout_at(deadline, conn.accept_bi()).await {
-        Ok(Ok(streams)) => streams,
-        _ => {
-            conn.close(close_code::ADMISSION_TIMEOUT.into(), b"no hello in time");
-            refused();
-            return;
-        }
-    };
-    let hello = timeout_at(
-        deadline,
-        read_message::<NodeToRelay>(&mut ctl_recv, shared.limits.max_link_message),
-    )
-    .await;
-    match (hello, entry) {
-        (Ok(Ok(NodeToRelay::Hello { version })), Entry::Admitted) if version == LINK_VERSION => {}
-        (Ok(Ok(NodeToRelay::Join { invite, version })), _) if version == LINK_VERSION => {
-            if let Err(code) = control::enroll(&shared, node_id, &invite).await {
-                tracing::info!(peer = %node_id, "enrollment refused: {code}");
-                let _ = write_message(&mut ctl_send, &RelayToNode::Error { code }).await;
-                let _ = ctl_send.finish();
-                // Close once the node has the reason (acknowledged), not after a guess.
-                let _ = timeout(control::ANSWER_DELIVERY, ctl_send.stopped()).await;
-                conn.close(close_code::NOT_ADMITTED.into(), b"enrollment refused");
-                refused();
-                return;
-            }
-        }
-        (Ok(Ok(NodeToRelay::Hello { version })), Entry::MayEnroll) if version == LINK_VERSION => {
-            // Let in only to enroll, and it did not: refused, learning nothing.
-            conn.close(close_code::NOT_ADMITTED.into(), b"not admitted");
-            refused();
-            return;
-        }
-        (Ok(Ok(NodeToRelay::Hello { .. } | NodeToRelay::Join { .. })), _) => {
-            let _ = write_message(
-                &mut ctl_send,
-                &RelayToNode::Error {
-                    code: LinkErrorCode::UnsupportedVersion,
-                },
-            )
-            .await;
-            conn.close(
-                close_code::UNSUPPORTED_VERSION.into(),
-                b"unsupported relay-link version",
-            );
-            refused();
-            return;
-        }
-        (Err(_), _) => {
-            conn.close(close_code::ADMISSION_TIMEOUT.into(), b"no hello in time");
-            refused();
-            return;
-        }
-        (Ok(Err(ReadError::Decode(_))) | Ok(Ok(_)), _) => {
-            conn.close(close_code::PROTOCOL_VIOLATION.into(), b"expected hello");
-            refused();
-            return;
-        }
-        (Ok(Err(_)), _) => {
-            refused();
-            return;
-        }
-    }
     drop(guard);
+    let Admitted {
+        node_id,
+        conn,
+        mut ctl_send,
+        ctl_recv,
+    } = admitted;
     // The route first, then the Welcome: a node that reads Welcome is reachable at once (a
     // caller it tells right away, or one walking a fleet, never finds it "not here").
     let generation = shared.next_generation.fetch_add(1, Ordering::Relaxed);
@@ -468,6 +388,119 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming, guard: 
     if removed.is_some() {
         shared.metrics.nodes_online.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The handshake (bounded by the admission deadline), the admission decision, and the
+/// control stream's first message; `None` if the connection was refused (and closed).
+async fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Option<Admitted> {
+    let deadline = Instant::now() + shared.limits.admission_deadline;
+    let refused = || {
+        shared
+            .metrics
+            .admission_refused
+            .fetch_add(1, Ordering::Relaxed);
+    };
+    let Ok(connecting) = incoming.accept() else {
+        refused();
+        return None;
+    };
+    let conn = match timeout_at(deadline, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!("handshake failed: {e}");
+            refused();
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!("admission deadline passed during handshake");
+            refused();
+            return None;
+        }
+    };
+    let Some(node_id) = tls::peer_node_id(&conn) else {
+        conn.close(close_code::NOT_ADMITTED.into(), b"no valid node key");
+        refused();
+        return None;
+    };
+    // The verifier decided during the handshake; decide again in case admission changed.
+    let entry = match shared.admission.check(&node_id) {
+        Ok(()) => Entry::Admitted,
+        Err(Refusal::NotListed) if shared.admission.enrolling() => Entry::MayEnroll,
+        Err(refusal) => {
+            conn.close(refusal.close_code().into(), refusal.to_string().as_bytes());
+            refused();
+            return None;
+        }
+    };
+    let (mut ctl_send, mut ctl_recv) = match timeout_at(deadline, conn.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        _ => {
+            conn.close(close_code::ADMISSION_TIMEOUT.into(), b"no hello in time");
+            refused();
+            return None;
+        }
+    };
+    let hello = timeout_at(
+        deadline,
+        read_message::<NodeToRelay>(&mut ctl_recv, shared.limits.max_link_message),
+    )
+    .await;
+    match (hello, entry) {
+        (Ok(Ok(NodeToRelay::Hello { version })), Entry::Admitted) if version == LINK_VERSION => {}
+        (Ok(Ok(NodeToRelay::Join { invite, version })), _) if version == LINK_VERSION => {
+            if let Err(code) = control::enroll(shared, node_id, &invite).await {
+                tracing::info!(peer = %node_id, "enrollment refused: {code}");
+                let _ = write_message(&mut ctl_send, &RelayToNode::Error { code }).await;
+                let _ = ctl_send.finish();
+                // Close once the node has the reason (acknowledged), not after a guess.
+                let _ = timeout(control::ANSWER_DELIVERY, ctl_send.stopped()).await;
+                conn.close(close_code::NOT_ADMITTED.into(), b"enrollment refused");
+                refused();
+                return None;
+            }
+        }
+        (Ok(Ok(NodeToRelay::Hello { version })), Entry::MayEnroll) if version == LINK_VERSION => {
+            // Let in only to enroll, and it did not: refused, learning nothing.
+            conn.close(close_code::NOT_ADMITTED.into(), b"not admitted");
+            refused();
+            return None;
+        }
+        (Ok(Ok(NodeToRelay::Hello { .. } | NodeToRelay::Join { .. })), _) => {
+            let _ = write_message(
+                &mut ctl_send,
+                &RelayToNode::Error {
+                    code: LinkErrorCode::UnsupportedVersion,
+                },
+            )
+            .await;
+            conn.close(
+                close_code::UNSUPPORTED_VERSION.into(),
+                b"unsupported relay-link version",
+            );
+            refused();
+            return None;
+        }
+        (Err(_), _) => {
+            conn.close(close_code::ADMISSION_TIMEOUT.into(), b"no hello in time");
+            refused();
+            return None;
+        }
+        (Ok(Err(ReadError::Decode(_))) | Ok(Ok(_)), _) => {
+            conn.close(close_code::PROTOCOL_VIOLATION.into(), b"expected hello");
+            refused();
+            return None;
+        }
+        (Ok(Err(_)), _) => {
+            refused();
+            return None;
+        }
+    }
+    Some(Admitted {
+        node_id,
+        conn,
+        ctl_send,
+        ctl_recv,
+    })
 }
 
 /// Serves an admitted node until its connection ends: the control stream on one task, each
