@@ -44,7 +44,8 @@ enum Cmd {
         /// Also write the raw results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Only these paths (comma separated): tcp, ssh, rathole, quinn, nullport.
+        /// Only these paths (comma separated): tcp, ssh, rathole, quinn, nullport, iroh,
+        /// iroh-tunnel (the last two need the cargo feature `iroh`).
         #[arg(long, value_delimiter = ',')]
         paths: Option<Vec<String>>,
         /// Bytes per bulk run (default 1 GiB; 32 MiB with --quick).
@@ -113,6 +114,9 @@ enum Cmd {
         #[arg(long)]
         relay: String,
     },
+    /// The iroh paths' processes: `iroh relay|serve|tunnel-out|tunnel-in ARGS...`.
+    #[command(hide = true)]
+    Iroh { role: String, args: Vec<String> },
 }
 
 /// Prints one line to standard output and flushes it (children announce themselves so).
@@ -144,6 +148,7 @@ async fn main() -> Result<()> {
         Cmd::ServeNode { relay } => paths::nullport::serve(&relay).await,
         Cmd::QuinnRelay => paths::quinn_splice::relay().await,
         Cmd::ServeQuinn { relay } => paths::quinn_splice::serve(&relay).await,
+        Cmd::Iroh { role, args } => paths::over_iroh::role(&role, &args).await,
     }
 }
 
@@ -177,13 +182,22 @@ async fn run(
     };
     let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == name));
     let mut results = Vec::new();
-    for key in ["tcp", "ssh", "rathole", "quinn", "nullport"] {
+    for key in [
+        "tcp",
+        "ssh",
+        "rathole",
+        "quinn",
+        "nullport",
+        "iroh",
+        "iroh-tunnel",
+    ] {
         if !wanted(key) {
             continue;
         }
         let missing = match key {
             "ssh" => paths::ssh::unavailable(),
             "rathole" => paths::rathole::unavailable(),
+            "iroh" | "iroh-tunnel" => paths::over_iroh::unavailable(),
             _ => None,
         };
         if let Some(why) = missing {
@@ -201,6 +215,8 @@ async fn run(
             "ssh" => paths::ssh::start().await?,
             "rathole" => paths::rathole::start().await?,
             "quinn" => paths::quinn_splice::start().await?,
+            "iroh" => paths::over_iroh::start(false).await?,
+            "iroh-tunnel" => paths::over_iroh::start(true).await?,
             _ => paths::nullport::start().await?,
         };
         let limit = if quick {

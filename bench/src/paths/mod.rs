@@ -2,6 +2,7 @@
 //! streams to a bench server behind it.
 
 pub mod nullport;
+pub mod over_iroh;
 pub mod quinn_splice;
 pub mod rathole;
 pub mod ssh;
