@@ -136,8 +136,8 @@ impl Drop for RelayWitness {
         match relay_bytes(self.stats) {
             Ok((r, s)) => eprintln!(
                 "iroh relay carried {:.2} GiB in, {:.2} GiB out while the path ran",
-                (r - self.at_start.0) as f64 / f64::from(1u32 << 30),
-                (s - self.at_start.1) as f64 / f64::from(1u32 << 30),
+                r.saturating_sub(self.at_start.0) as f64 / f64::from(1u32 << 30),
+                s.saturating_sub(self.at_start.1) as f64 / f64::from(1u32 << 30),
             ),
             Err(e) => eprintln!("iroh relay stats unavailable: {e:#}"),
         }
