@@ -46,7 +46,8 @@ enum Cmd {
         /// Also write the raw results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Only these paths (comma separated): tcp, ssh, rathole, quinn, nullport, nullport-user.
+        /// Only these paths (comma separated): tcp, ssh, rathole, quinn, nullport,
+        /// nullport-user, iroh, iroh-tunnel (the last two need the cargo feature `iroh`).
         #[arg(long, value_delimiter = ',')]
         paths: Option<Vec<String>>,
         /// Bytes per bulk run (default 1 GiB; 32 MiB with --quick).
@@ -140,6 +141,9 @@ enum Cmd {
         #[arg(long)]
         relay: String,
     },
+    /// The iroh paths' processes: `iroh relay|serve|tunnel-out|tunnel-in ARGS...`.
+    #[command(hide = true)]
+    Iroh { role: String, args: Vec<String> },
 }
 
 /// Prints one line to standard output and flushes it (children announce themselves so).
@@ -183,6 +187,7 @@ async fn main() -> Result<()> {
         Cmd::ServeNode { relay } => paths::nullport::serve(&relay).await,
         Cmd::QuinnRelay => paths::quinn_splice::relay().await,
         Cmd::ServeQuinn { relay } => paths::quinn_splice::serve(&relay).await,
+        Cmd::Iroh { role, args } => paths::over_iroh::role(&role, &args).await,
     }
 }
 
@@ -223,6 +228,8 @@ async fn run(
         "quinn",
         "nullport",
         "nullport-user",
+        "iroh",
+        "iroh-tunnel",
     ] {
         if !wanted(key) {
             continue;
@@ -231,6 +238,7 @@ async fn run(
             "ssh" => paths::ssh::unavailable(),
             "rathole" => paths::rathole::unavailable(),
             "nullport-user" => paths::nullport_user::unavailable(),
+            "iroh" | "iroh-tunnel" => paths::over_iroh::unavailable(),
             _ => None,
         };
         if let Some(why) = missing {
@@ -249,6 +257,8 @@ async fn run(
             "rathole" => paths::rathole::start().await?,
             "quinn" => paths::quinn_splice::start().await?,
             "nullport-user" => paths::nullport_user::start().await?,
+            "iroh" => paths::over_iroh::start(false).await?,
+            "iroh-tunnel" => paths::over_iroh::start(true).await?,
             _ => paths::nullport::start().await?,
         };
         let limit = if quick {

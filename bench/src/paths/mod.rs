@@ -3,6 +3,7 @@
 
 pub mod nullport;
 pub mod nullport_user;
+pub mod over_iroh;
 pub mod quinn_splice;
 pub mod rathole;
 pub mod ssh;
