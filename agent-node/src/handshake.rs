@@ -172,9 +172,14 @@ pub(crate) async fn respond(
             Instant::now(),
             &mut out,
         )? {
-            Resumed::Request(request) => {
+            Resumed::Confirming(confirming) => {
+                // R2 now; the request reaches the application only once the caller's
+                // Confirm shows it is live (not an R1 a relay withheld or replayed).
+                write_all(&mut send, &out).await?;
+                let confirm = next_message(&mut recv, &mut deframer).await?;
+                let request = confirming.handle_confirm(&confirm, Instant::now())?;
                 return Ok(IncomingChannel {
-                    request: *request,
+                    request,
                     send,
                     recv,
                     deframer,

@@ -41,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         resumed(&ka, &kb, session).map(drop)
     })?;
     println!(
-        "| resumed opens/s (NNpsk0 + accept, one core) | {:.0} |",
+        "| resumed opens/s (NNpsk0 + confirm + accept, one core) | {:.0} |",
         n as f64 / elapsed.as_secs_f64()
     );
     println!();
@@ -201,25 +201,26 @@ fn resumed(
     if !opening.is_resumed() {
         return Err("no resumption ticket".into());
     }
-    let mut out = Vec::new();
-    let Resumed::Request(req) = resume::respond(
+    let mut r2 = Vec::new();
+    let Resumed::Confirming(confirming) = resume::respond(
         kb,
         ka.node_id(),
         SessionId(session),
         limits,
         &buf[2..],
         now,
-        &mut out,
+        &mut r2,
     )?
     else {
         return Err("resumed open refused".into());
     };
-    let cb = req.accept(&mut out)?;
     buf.clear();
-    let Answered::Verdict(verdict) = opening.handle_response(ka, &out[2..50], now, &mut buf)?
-    else {
+    let Answered::Verdict(verdict) = opening.handle_response(ka, &r2[2..], now, &mut buf)? else {
         return Err("resumed open answered REFUSED".into());
     };
-    let ca = verdict.handle_verdict(&out[52..], now)?;
+    let req = confirming.handle_confirm(&buf[2..], now)?;
+    let mut out = Vec::new();
+    let cb = req.accept(&mut out)?;
+    let ca = verdict.handle_verdict(&out[2..], now)?;
     Ok((ca, cb))
 }

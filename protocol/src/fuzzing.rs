@@ -399,9 +399,9 @@ fn resumable_pair(now: Instant) -> (HandshakeKeys, HandshakeKeys) {
     let secret = zeroize::Zeroizing::new([7u8; 32]);
     let expires = now + std::time::Duration::from_secs(60);
     a.sessions()
-        .store_outgoing(b.node_id(), FUZZ_TICKET, secret.clone(), expires);
+        .store_outgoing(b.node_id(), FUZZ_TICKET, secret.clone(), (now, expires));
     b.sessions()
-        .store_incoming(a.node_id(), FUZZ_TICKET, secret, expires);
+        .store_incoming(a.node_id(), FUZZ_TICKET, secret, (now, expires));
     (a, b)
 }
 
@@ -438,7 +438,7 @@ pub fn resume_responder(data: &[u8], genuine_id: bool) {
         &mut out,
     );
     assert!(
-        !matches!(r, Ok(Resumed::Request(_))),
+        !matches!(r, Ok(Resumed::Confirming(_))),
         "forged resumed open accepted"
     );
 }
@@ -508,10 +508,10 @@ pub fn resume_payload(data: &[u8]) {
     );
     let expected = crate::wire::decode_service_blob(data, "fuzz").ok();
     match (got, expected) {
-        (Ok(Resumed::Request(req)), Some((service, blob))) => {
+        (Ok(Resumed::Confirming(req)), Some((service, blob))) => {
             assert_eq!((req.service(), req.blob()), (&service, &blob[..]));
         }
-        (Ok(Resumed::Request(_)), None) => panic!("malformed request accepted"),
+        (Ok(Resumed::Confirming(_)), None) => panic!("malformed request accepted"),
         (Ok(Resumed::Refused), _) => panic!("live ticket refused"),
         (Err(_), Some(_)) if data.len() + R1_HEADER_LEN + 48 > crate::resume::MAX_R1_LEN => {}
         (Err(e), Some(_)) => panic!("well-formed request refused: {e}"),

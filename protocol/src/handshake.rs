@@ -198,19 +198,51 @@ fn check_proof(
     Ok(proof.node_id)
 }
 
-/// Derives this finished handshake's resumption secret and hands it to `store` with its
-/// expiry (nothing when resumption is off).
-fn remember(
-    hs: &mut snow::HandshakeState,
-    limits: Limits,
-    now: Instant,
-    store: impl FnOnce(TicketId, Zeroizing<[u8; 32]>, Instant),
-) {
-    if limits.resume_lifetime.is_zero() {
-        return;
+/// A finished full handshake's resumption secret, not kept yet: the caller keeps it when the
+/// callee accepts, the callee when it accepts (never for a denied request).
+pub(crate) struct PendingTicket {
+    sessions: Arc<SessionCache>,
+    peer: NodeId,
+    id: TicketId,
+    secret: Zeroizing<[u8; 32]>,
+    /// When the handshake finished, and when the secret expires.
+    times: (Instant, Instant),
+    outgoing: bool,
+}
+
+impl PendingTicket {
+    /// Derives it from the finished handshake `hs` with `peer` (none when resumption is
+    /// off). The initiator's `hs` has written message 3; the responder's has read it.
+    fn derive(
+        hs: &mut snow::HandshakeState,
+        sessions: &Arc<SessionCache>,
+        peer: NodeId,
+        limits: Limits,
+        now: Instant,
+    ) -> Option<Self> {
+        if limits.resume_lifetime.is_zero() {
+            return None;
+        }
+        let (id, secret) = crate::resume::derive(hs)?;
+        Some(Self {
+            sessions: sessions.clone(),
+            peer,
+            id,
+            secret,
+            times: (now, now + limits.resume_lifetime),
+            outgoing: hs.is_initiator(),
+        })
     }
-    if let Some((id, secret)) = crate::resume::derive(hs) {
-        store(id, secret, now + limits.resume_lifetime);
+
+    /// Keeps the secret for resumed opens with the peer.
+    fn keep(self) {
+        if self.outgoing {
+            self.sessions
+                .store_outgoing(self.peer, self.id, self.secret, self.times);
+        } else {
+            self.sessions
+                .store_incoming(self.peer, self.id, self.secret, self.times);
+        }
     }
 }
 
@@ -345,14 +377,13 @@ impl Initiator {
         write_prefixed(out, 32 + TAG_LEN + plain.len() + TAG_LEN, |buf| {
             hs.write_message(&plain, buf).map_err(Error::from)
         })?;
-        remember(&mut self.hs, self.limits, now, |id, secret, expires| {
-            self.sessions.store_outgoing(got, id, secret, expires);
-        });
+        let ticket = PendingTicket::derive(&mut self.hs, &self.sessions, got, self.limits, now);
         let hash = handshake_hash(&self.hs);
         let transport = self.hs.into_transport_mode()?;
         Ok(AwaitingVerdict {
             channel: Channel::new(transport, got, self.request.service, hash, self.limits),
             deadline: self.deadline,
+            ticket,
         })
     }
 }
@@ -361,11 +392,17 @@ impl Initiator {
 pub struct AwaitingVerdict {
     channel: Channel,
     deadline: Instant,
+    /// The resumption secret of this full handshake, kept once the callee accepts.
+    ticket: Option<PendingTicket>,
 }
 
 impl AwaitingVerdict {
     pub(crate) fn new(channel: Channel, deadline: Instant) -> Self {
-        Self { channel, deadline }
+        Self {
+            channel,
+            deadline,
+            ticket: None,
+        }
     }
 
     /// When this handshake times out.
@@ -384,7 +421,12 @@ impl AwaitingVerdict {
         check_deadline(now, self.deadline)?;
         let (frame_type, len) = self.channel.read_frame(message)?;
         match (frame_type, len) {
-            (FrameType::Accept, 0) => Ok(self.channel),
+            (FrameType::Accept, 0) => {
+                if let Some(ticket) = self.ticket.take() {
+                    ticket.keep();
+                }
+                Ok(self.channel)
+            }
             (FrameType::Deny, 1) => Err(Error::Denied {
                 reason: DenyReason::from_code(self.channel.last_body(1)[0]),
             }),
@@ -518,15 +560,13 @@ impl AwaitingFinish {
                 proven,
             });
         }
-        remember(&mut self.hs, self.limits, now, |id, secret, expires| {
-            self.sessions.store_incoming(proven, id, secret, expires);
-        });
+        let ticket = PendingTicket::derive(&mut self.hs, &self.sessions, proven, self.limits, now);
         let hash = handshake_hash(&self.hs);
         let transport = self.hs.into_transport_mode()?;
-        Ok(Request::with_pending(
+        Ok(Request::new(
             Channel::new(transport, proven, body.service, hash, self.limits),
             body.blob,
-            Vec::new(),
+            ticket,
         ))
     }
 }
@@ -536,8 +576,9 @@ impl AwaitingFinish {
 pub struct Request {
     pub(crate) channel: Channel,
     blob: Vec<u8>,
-    /// Handshake bytes that go out in front of the verdict (R2 of a resumed open).
-    pending: Vec<u8>,
+    /// The resumption secret of this full handshake, kept only if the request is accepted
+    /// (a denied caller gets no cheaper way back).
+    ticket: Option<PendingTicket>,
 }
 
 impl fmt::Debug for Request {
@@ -551,11 +592,11 @@ impl fmt::Debug for Request {
 }
 
 impl Request {
-    pub(crate) fn with_pending(channel: Channel, blob: Vec<u8>, pending: Vec<u8>) -> Self {
+    pub(crate) fn new(channel: Channel, blob: Vec<u8>, ticket: Option<PendingTicket>) -> Self {
         Self {
             channel,
             blob,
-            pending,
+            ticket,
         }
     }
 
@@ -581,14 +622,15 @@ impl Request {
 
     /// Accepts: appends the accept frame to `out` and returns the channel.
     pub fn accept(mut self, out: &mut Vec<u8>) -> Result<Channel, Error> {
-        out.extend_from_slice(&self.pending);
         self.channel.write_frame(FrameType::Accept, &[], out)?;
+        if let Some(ticket) = self.ticket.take() {
+            ticket.keep();
+        }
         Ok(self.channel)
     }
 
     /// Refuses: appends the deny frame (with only the reason code) to `out`.
     pub fn deny(mut self, reason: DenyReason, out: &mut Vec<u8>) -> Result<(), Error> {
-        out.extend_from_slice(&self.pending);
         self.channel
             .write_frame(FrameType::Deny, &[reason.code()], out)
     }

@@ -156,6 +156,10 @@ pub enum FrameType {
     /// The sender ends the channel, both directions, for the reason in the one byte that
     /// follows (a [`DenyReason`] code); nothing follows it.
     Abort = 6,
+    /// First frame from the caller of a resumed open, right after the responder's R2: proves
+    /// the caller holds this channel's keys (it is live, not a replayed or withheld R1); the
+    /// responder's application sees the request only after it. Empty.
+    Confirm = 7,
 }
 
 impl FrameType {
@@ -167,6 +171,7 @@ impl FrameType {
             4 => FrameType::Accept,
             5 => FrameType::Deny,
             6 => FrameType::Abort,
+            7 => FrameType::Confirm,
             _ => return Err(Error::Malformed { what: "frame type" }),
         })
     }
@@ -179,6 +184,7 @@ impl FrameType {
             FrameType::Accept => "accept",
             FrameType::Deny => "deny",
             FrameType::Abort => "abort",
+            FrameType::Confirm => "confirm",
         }
     }
 }

@@ -107,6 +107,9 @@ struct Inner {
     drain: Drain,
 }
 
+/// How often a node drops expired resumption secrets.
+const SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A running node. Dropping it closes the relay link and stops its tasks.
 pub struct Node {
     inner: Arc<Inner>,
@@ -206,6 +209,17 @@ impl Node {
             config,
         });
         let span = tracing::info_span!("node", id = %inner.node_id.fmt_short());
+        // Expired resumption secrets leave memory within SWEEP of expiry, used or not.
+        if let Ok(mut tasks) = inner.tasks.lock() {
+            let keys = Arc::downgrade(&inner);
+            tasks.spawn(async move {
+                loop {
+                    tokio::time::sleep(SWEEP).await;
+                    let Some(inner) = keys.upgrade() else { return };
+                    inner.keys.sessions().sweep(std::time::Instant::now());
+                }
+            });
+        }
         let link = tokio::spawn(fleet::manage(inner.clone()).instrument(span));
         Ok(Node {
             inner,

@@ -1,4 +1,4 @@
-//! Resumed opens: a channel in one round trip between two nodes that completed a full
+//! Resumed opens: a channel without identity proofs between two nodes that completed a full
 //! handshake a few minutes ago.
 //!
 //! ```text
@@ -6,20 +6,25 @@
 //!   R1 -> ticket id (16) || counter (u64 BE) || psk, e + service + blob
 //!         responder: finds the ticket (none: answers REFUSED, one byte, and the caller
 //!         runs the full handshake on the same stream), authenticates R1, checks that the
-//!         counter was never used; the application decides
-//!   R2 <- e, ee                                         (exactly 48 bytes)
+//!         counter was never used
+//!   R2 <- e, ee                                         (exactly 48 bytes, at once)
+//!   frame -> Confirm                                    (first transport frame, empty)
+//!         responder: the caller is live; only now does the application see the request
 //!   frame <- Accept | Deny(reason)                      (first transport frame)
 //! ```
 //!
 //! `Noise_NNpsk0_25519_AESGCM_SHA256` with the ticket's secret as the PSK. The secret is
 //! derived by both sides from the split keys of a completed full handshake (HKDF-SHA256,
-//! salted with its handshake hash) and never travels; its ticket id is derived the same way
-//! and is only a name. The prologue binds the version, both NodeIds, the relay session, the
-//! ticket id and the counter, so a resumed open cannot be moved to another session, pair or
-//! counter. Fresh ephemeral keys on both sides (`ee`) make every resumed channel's keys
-//! forward secret; the ticket's lifetime (default 10 minutes from the full handshake, never
-//! extended) bounds how long a stolen secret could open channels, and the callee's replay
-//! window makes each counter usable once. The callee's policy decides every resumed open
+//! salted with its handshake hash) that the callee accepted, and never travels; its ticket id
+//! is derived the same way and is only a name. The prologue binds the version, both NodeIds,
+//! the relay session, the ticket id and the counter, so a resumed open cannot be moved to
+//! another session, pair or counter. Fresh ephemeral keys on both sides (`ee`) make every
+//! resumed channel's keys forward secret; the ticket's lifetime (default 10 minutes from the
+//! full handshake, never extended) bounds how long a stolen secret could open channels, and
+//! the callee's replay window makes each counter usable once. R1 alone is not enough for the
+//! callee to act on: a relay could withhold it and deliver it later, so the application sees
+//! the request only after the caller's `Confirm`, which only the live caller (holder of the
+//! ephemeral key behind R1) can make. The callee's policy then decides every resumed open
 //! exactly as it decides a full one. `docs/protocol.md` has the reasoning.
 
 mod tickets;
@@ -44,7 +49,7 @@ use crate::limits::{
 };
 use crate::node_id::NodeId;
 use crate::noise;
-use crate::wire::{decode_service_blob, encode_service_blob};
+use crate::wire::{FrameType, decode_service_blob, encode_service_blob};
 
 /// Label that starts the prologue of a resumed open.
 const PROLOGUE_LABEL: &[u8] = b"nullport/e2e-resume";
@@ -276,13 +281,15 @@ impl ResumeInitiator {
         }
         let hash = handshake_hash(&self.hs);
         let transport = self.hs.into_transport_mode()?;
-        let channel = Channel::new(
+        let mut channel = Channel::new(
             transport,
             self.request.expected,
             self.request.service,
             hash,
             self.limits,
         );
+        // Proof that this caller is live, for the callee to act on the request.
+        channel.write_frame(FrameType::Confirm, &[], out)?;
         Ok(Answered::Verdict(AwaitingVerdict::new(
             channel,
             self.deadline,
@@ -300,12 +307,54 @@ fn handshake_hash(hs: &snow::HandshakeState) -> [u8; 32] {
 
 /// The callee's answer to R1.
 pub enum Resumed {
-    /// Authenticated: the caller's request, for the application's decision. R2 goes out
-    /// with the verdict ([`Request::accept`] / [`Request::deny`]).
-    Request(Box<Request>),
+    /// Authenticated: R2 was appended to `out` (send it now); the caller's `Confirm` comes
+    /// next ([`AwaitingConfirm::handle_confirm`]).
+    Confirming(Box<AwaitingConfirm>),
     /// No such ticket: REFUSED was appended to `out`; the caller's message 1 of the full
     /// handshake comes next on the same stream.
     Refused,
+}
+
+/// The callee's side of a resumed open after R2: waiting for the caller's `Confirm`.
+pub struct AwaitingConfirm {
+    channel: Channel,
+    blob: Vec<u8>,
+    deadline: Instant,
+}
+
+impl AwaitingConfirm {
+    /// When this open times out.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The service R1 asked for (for tests and fuzzing; act on [`Request`] only).
+    pub fn service(&self) -> &crate::ServiceName {
+        self.channel.service()
+    }
+
+    /// The blob R1 carried (for tests and fuzzing; act on [`Request`] only).
+    pub fn blob(&self) -> &[u8] {
+        &self.blob
+    }
+
+    /// Handles the caller's first transport frame, which must be `Confirm`: the request, for
+    /// the application's decision.
+    pub fn handle_confirm(mut self, message: &[u8], now: Instant) -> Result<Request, Error> {
+        if now > self.deadline {
+            return Err(Error::Timeout);
+        }
+        match self.channel.read_frame(message)? {
+            (FrameType::Confirm, 0) => Ok(Request::new(self.channel, self.blob, None)),
+            (FrameType::Confirm, _) => Err(Error::Malformed {
+                what: "confirm frame",
+            }),
+            (other, _) => {
+                self.channel.poison();
+                Err(Error::UnexpectedFrame { what: other.name() })
+            }
+        }
+    }
 }
 
 /// Handles R1 of a dial the relay says comes from `caller` in `session`.
@@ -365,16 +414,17 @@ pub fn respond(
         return Err(Error::Replayed);
     }
     let (service, blob) = decode_service_blob(&plain[..n], "resumed open payload")?;
-    let mut r2 = Vec::with_capacity(2 + R2_LEN);
-    write_prefixed(&mut r2, R2_LEN, |buf| {
+    write_prefixed(out, R2_LEN, |buf| {
         hs.write_message(&[], buf).map_err(Error::from)
     })?;
     let hash = handshake_hash(&hs);
     let transport = hs.into_transport_mode()?;
     let channel = Channel::new(transport, ticket_caller, service, hash, limits);
-    Ok(Resumed::Request(Box::new(Request::with_pending(
-        channel, blob, r2,
-    ))))
+    Ok(Resumed::Confirming(Box::new(AwaitingConfirm {
+        channel,
+        blob,
+        deadline: now + limits.handshake_timeout,
+    })))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::tests::{Tap, TestNode, connect, messages, only_message, open_all, request, seal};
+use crate::tests::{Tap, TestNode, connect, only_message, open_all, request, seal};
 use crate::{DenyReason, Responder};
 
 /// The caller's first message of a new open to `b` in `session` (R1 when it holds a ticket).
@@ -41,11 +41,37 @@ fn answer(
     .map(|r| (r, out))
 }
 
-fn request_of(r: Resumed) -> Request {
+fn confirming_of(r: Resumed) -> AwaitingConfirm {
     match r {
-        Resumed::Request(req) => *req,
+        Resumed::Confirming(c) => *c,
         Resumed::Refused => panic!("refused"),
     }
+}
+
+/// The caller handles R2 (from `out`): its verdict state and its Confirm message.
+fn caller_confirms(opening: Opening, a: &TestNode, r2_out: &[u8]) -> (AwaitingVerdict, Vec<u8>) {
+    let mut confirm = Vec::new();
+    let verdict = verdict_of(
+        opening
+            .handle_response(&a.keys, &only_message(r2_out), Instant::now(), &mut confirm)
+            .unwrap_or_else(|e| panic!("R2: {e}")),
+    );
+    (verdict, only_message(&confirm))
+}
+
+/// R1 answered, R2 handled and confirmed: the callee's request and the caller's verdict state.
+fn until_decision(a: &TestNode, b: &TestNode, session: u64) -> (AwaitingVerdict, Request) {
+    let now = Instant::now();
+    let (opening, r1) = open(a, b, session, now);
+    assert!(opening.is_resumed());
+    let (resumed, r2) = answer(b, a.id(), session, &r1, now).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(only_message(&r2).len(), R2_LEN, "R2 at once");
+    let confirming = confirming_of(resumed);
+    let (verdict, confirm) = caller_confirms(opening, a, &r2);
+    let request = confirming
+        .handle_confirm(&confirm, now)
+        .unwrap_or_else(|e| panic!("confirm: {e}"));
+    (verdict, request)
 }
 
 fn verdict_of(a: Answered) -> AwaitingVerdict {
@@ -66,29 +92,13 @@ fn pair() -> (TestNode, TestNode) {
 
 /// A whole resumed open accepted by `b`: the two channels.
 fn resume(a: &TestNode, b: &TestNode, session: u64) -> (Channel, Channel) {
-    let now = Instant::now();
-    let (opening, r1) = open(a, b, session, now);
-    assert!(opening.is_resumed());
-    let (resumed, out) = answer(b, a.id(), session, &r1, now).unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.is_empty(), "R2 waits for the verdict");
+    let (verdict, request) = until_decision(a, b, session);
     let mut out = Vec::new();
-    let callee = request_of(resumed)
+    let callee = request
         .accept(&mut out)
         .unwrap_or_else(|e| panic!("accept: {e}"));
-    let m = messages(&out);
-    assert_eq!(
-        (m.len(), m[0].len()),
-        (2, R2_LEN),
-        "R2 then the accept frame"
-    );
-    let mut ignored = Vec::new();
-    let verdict = verdict_of(
-        opening
-            .handle_response(&a.keys, &m[0], now, &mut ignored)
-            .unwrap_or_else(|e| panic!("R2: {e}")),
-    );
     let caller = verdict
-        .handle_verdict(&m[1], now)
+        .handle_verdict(&only_message(&out), Instant::now())
         .unwrap_or_else(|e| panic!("verdict: {e}"));
     (caller, callee)
 }
@@ -112,10 +122,7 @@ fn a_resumed_open_carries_data_both_ways_and_the_request() {
 #[test]
 fn the_callee_sees_the_service_and_blob_and_may_deny() {
     let (a, b) = pair();
-    let now = Instant::now();
-    let (opening, r1) = open(&a, &b, 3, now);
-    let (resumed, _) = answer(&b, a.id(), 3, &r1, now).unwrap_or_else(|e| panic!("{e}"));
-    let req = request_of(resumed);
+    let (verdict, req) = until_decision(&a, &b, 3);
     assert_eq!(
         (req.service().as_str(), req.blob()),
         ("files", &b"token-bytes"[..])
@@ -123,17 +130,45 @@ fn the_callee_sees_the_service_and_blob_and_may_deny() {
     let mut out = Vec::new();
     req.deny(DenyReason::NotAllowed, &mut out)
         .unwrap_or_else(|e| panic!("{e}"));
-    let m = messages(&out);
-    let verdict = verdict_of(
-        opening
-            .handle_response(&a.keys, &m[0], now, &mut Vec::new())
-            .unwrap_or_else(|e| panic!("{e}")),
-    );
     assert!(matches!(
-        verdict.handle_verdict(&m[1], now),
+        verdict.handle_verdict(&only_message(&out), Instant::now()),
         Err(Error::Denied {
             reason: DenyReason::NotAllowed
         })
+    ));
+}
+
+#[test]
+fn an_r1_never_confirmed_reaches_no_application() {
+    // A relay that withholds R1 and delivers it later (or again after a forged REFUSED)
+    // gets R2 back, but without the caller's ephemeral key it cannot make the Confirm: the
+    // callee's application never sees the request.
+    let (a, b) = pair();
+    let now = Instant::now();
+    let (_, r1) = open(&a, &b, 11, now);
+    let (resumed, _) = answer(&b, a.id(), 11, &r1, now).unwrap_or_else(|e| panic!("{e}"));
+    let confirming = confirming_of(resumed);
+    // A Confirm from another resumed open (a live caller's, spliced in) fails.
+    let (opening, r1b) = open(&a, &b, 12, now);
+    let (resumed_b, r2b) = answer(&b, a.id(), 12, &r1b, now).unwrap_or_else(|e| panic!("{e}"));
+    let (_, confirm_b) = caller_confirms(opening, &a, &r2b);
+    assert!(matches!(
+        confirming.handle_confirm(&confirm_b, now),
+        Err(Error::Authentication)
+    ));
+    // And the real one for the other open works; a second Confirm is not a request.
+    let request = confirming_of(resumed_b)
+        .handle_confirm(&confirm_b, now)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(request.peer(), a.id());
+    // Past the deadline, a Confirm is too late.
+    let (opening, r1c) = open(&a, &b, 13, now);
+    let (resumed_c, r2c) = answer(&b, a.id(), 13, &r1c, now).unwrap_or_else(|e| panic!("{e}"));
+    let (_, confirm_c) = caller_confirms(opening, &a, &r2c);
+    let late = now + Limits::default().handshake_timeout + Duration::from_secs(1);
+    assert!(matches!(
+        confirming_of(resumed_c).handle_confirm(&confirm_c, late),
+        Err(Error::Timeout)
     ));
 }
 
@@ -186,15 +221,13 @@ fn two_resumptions_spliced_into_each_other_fail() {
     let now = Instant::now();
     let (open1, r1a) = open(&a, &b, 20, now);
     let (open2, r1b) = open(&a, &b, 21, now);
-    let accept = |r1: &[u8], session| {
-        let (resumed, _) = answer(&b, a.id(), session, r1, now).unwrap_or_else(|e| panic!("{e}"));
-        let mut out = Vec::new();
-        let _ = request_of(resumed).accept(&mut out);
-        messages(&out)
+    let r2 = |r1: &[u8], session| {
+        let (_, out) = answer(&b, a.id(), session, r1, now).unwrap_or_else(|e| panic!("{e}"));
+        only_message(&out)
     };
-    let (m1, m2) = (accept(&r1a, 20), accept(&r1b, 21));
+    let (m1, m2) = (r2(&r1a, 20), r2(&r1b, 21));
     // Each caller gets the other's R2.
-    for (opening, wrong) in [(open1, &m2[0]), (open2, &m1[0])] {
+    for (opening, wrong) in [(open1, &m2), (open2, &m1)] {
         assert!(matches!(
             opening.handle_response(&a.keys, wrong, now, &mut Vec::new()),
             Err(Error::Authentication)
@@ -216,7 +249,7 @@ fn every_flipped_bit_of_r1_and_r2_is_refused() {
                 assert!(i < TICKET_ID_LEN, "byte {i}");
                 assert_eq!(only_message(&out), [REFUSED]);
             }
-            Ok((Resumed::Request(_), _)) => panic!("byte {i} flipped and accepted"),
+            Ok((Resumed::Confirming(_), _)) => panic!("byte {i} flipped and accepted"),
             Err(e) => assert!(
                 matches!(e, Error::Authentication | Error::LowOrderKey),
                 "byte {i}: {e}"
@@ -224,10 +257,8 @@ fn every_flipped_bit_of_r1_and_r2_is_refused() {
         }
     }
     let (opening, r1) = open(&a, &b, 31, now);
-    let (resumed, _) = answer(&b, a.id(), 31, &r1, now).unwrap_or_else(|e| panic!("{e}"));
-    let mut out = Vec::new();
-    let _ = request_of(resumed).accept(&mut out);
-    let r2 = messages(&out).remove(0);
+    let (_, out) = answer(&b, a.id(), 31, &r1, now).unwrap_or_else(|e| panic!("{e}"));
+    let r2 = only_message(&out);
     let mut bad = r2.clone();
     bad[40] ^= 0x10;
     assert!(matches!(
@@ -366,7 +397,7 @@ fn both_sides_derive_the_same_ticket_and_only_from_a_finished_handshake() {
     let now = Instant::now();
     let (_, r1) = open(&a, &b, 60, now);
     let (resumed, _) = answer(&b, a.id(), 60, &r1, now).unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(resumed, Resumed::Request(_)));
+    assert!(matches!(resumed, Resumed::Confirming(_)));
     // A handshake that fails at message 3 (a flipped byte) leaves the callee no ticket.
     let (a, b) = (TestNode::new(1), TestNode::new(2));
     let mut out = Vec::new();
@@ -390,4 +421,35 @@ fn both_sides_derive_the_same_ticket_and_only_from_a_finished_handshake() {
         Err(Error::Authentication)
     ));
     assert_eq!(b.keys.sessions().len(), (0, 0));
+}
+
+#[test]
+fn a_denied_caller_gets_no_resumption_secret() {
+    // Only an accepted full handshake leaves secrets: a caller the callee refuses (not
+    // allowed, revoked) has no cheaper way back.
+    let (a, b) = (TestNode::new(1), TestNode::new(2));
+    let now = Instant::now();
+    let (verdict, req) = crate::tests::handshake_until_decision(
+        &a,
+        &b,
+        request(&b, 70),
+        Limits::default(),
+        now,
+        &mut Tap::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    req.deny(DenyReason::Revoked, &mut out)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(verdict.handle_verdict(&only_message(&out), now).is_err());
+    assert_eq!(
+        (a.keys.sessions().len(), b.keys.sessions().len()),
+        ((0, 0), (0, 0))
+    );
+    // Accepted: both keep one.
+    let _ = connect(&a, &b, &mut Tap::default());
+    assert_eq!(
+        (a.keys.sessions().len(), b.keys.sessions().len()),
+        ((1, 0), (0, 1))
+    );
 }

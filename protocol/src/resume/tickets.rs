@@ -118,7 +118,41 @@ struct State {
     /// Incoming ticket ids in the order they were stored (oldest first), for the bound.
     incoming_order: VecDeque<TicketId>,
     per_caller: HashMap<NodeId, VecDeque<TicketId>>,
+    /// When expired secrets were last dropped.
+    last_sweep: Option<Instant>,
 }
+
+impl State {
+    /// Drops every expired secret (zeroized as it goes), at most once per [`SWEEP_EVERY`].
+    fn sweep_if_due(&mut self, now: Instant) {
+        if self
+            .last_sweep
+            .is_some_and(|at| now.saturating_duration_since(at) < SWEEP_EVERY)
+        {
+            return;
+        }
+        self.sweep(now);
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        self.last_sweep = Some(now);
+        self.outgoing.retain(|_, o| now < o.expires);
+        let before = self.incoming.len();
+        self.incoming.retain(|_, t| now < t.expires);
+        if self.incoming.len() != before {
+            let incoming = &self.incoming;
+            self.incoming_order.retain(|id| incoming.contains_key(id));
+            self.per_caller.retain(|_, ids| {
+                ids.retain(|id| incoming.contains_key(id));
+                !ids.is_empty()
+            });
+        }
+    }
+}
+
+/// How often the cache drops expired secrets when it is used (a node also sweeps it on a
+/// timer, so an idle process does not keep them either).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The resumption secrets of one process (shared by its handshakes, like its keys).
 #[derive(Default)]
@@ -155,9 +189,10 @@ impl SessionCache {
         callee: NodeId,
         id: TicketId,
         secret: Secret,
-        expires: Instant,
+        (now, expires): (Instant, Instant),
     ) {
         let Ok(mut s) = self.state.lock() else { return };
+        s.sweep_if_due(now);
         if s.outgoing.len() >= OUTGOING_ENTRIES && !s.outgoing.contains_key(&callee) {
             // Drop the entry closest to expiry.
             if let Some(victim) = s
@@ -186,10 +221,11 @@ impl SessionCache {
         caller: NodeId,
         id: TicketId,
         secret: Secret,
-        expires: Instant,
+        (now, expires): (Instant, Instant),
     ) {
         let Ok(mut s) = self.state.lock() else { return };
         let s = &mut *s;
+        s.sweep_if_due(now);
         if s.incoming.contains_key(&id) {
             return; // cannot happen short of a hash collision; never overwrite a window
         }
@@ -198,6 +234,7 @@ impl SessionCache {
             && let Some(old) = mine.pop_front()
         {
             s.incoming.remove(&old);
+            s.incoming_order.retain(|x| *x != old);
         }
         mine.push_back(id);
         while s.incoming.len() >= INCOMING_ENTRIES {
@@ -223,6 +260,7 @@ impl SessionCache {
     /// Takes the next counter of the caller's ticket for `callee`, if it has a live one.
     pub(crate) fn lease(&self, callee: &NodeId, now: Instant) -> Option<Lease> {
         let mut s = self.state.lock().ok()?;
+        s.sweep_if_due(now);
         let entry = s.outgoing.get_mut(callee)?;
         if now >= entry.expires || entry.next > MAX_RESUMPTIONS {
             s.outgoing.remove(callee);
@@ -243,6 +281,7 @@ impl SessionCache {
             return Lookup::Unknown;
         };
         let s = &mut *s;
+        s.sweep_if_due(now);
         match s.incoming.get(id) {
             Some(t) if now < t.expires => Lookup::Found {
                 caller: t.caller,
@@ -251,6 +290,7 @@ impl SessionCache {
             Some(t) => {
                 let caller = t.caller;
                 s.incoming.remove(id);
+                s.incoming_order.retain(|x| x != id);
                 forget_id(&mut s.per_caller, &caller, id);
                 Lookup::Unknown
             }
@@ -288,6 +328,14 @@ impl SessionCache {
                 s.incoming.remove(&id);
             }
             s.incoming_order.retain(|id| s.incoming.contains_key(id));
+        }
+    }
+
+    /// Drops every secret whose lifetime is over (each zeroized as it goes). A node calls this
+    /// on a timer, so that an idle process does not keep expired secrets in memory.
+    pub fn sweep(&self, now: Instant) {
+        if let Ok(mut s) = self.state.lock() {
+            s.sweep(now);
         }
     }
 
@@ -381,7 +429,12 @@ mod tests {
     fn leases_count_up_and_expire() {
         let cache = SessionCache::default();
         let now = Instant::now();
-        cache.store_outgoing(node(2), [7; 16], secret(1), now + Duration::from_secs(5));
+        cache.store_outgoing(
+            node(2),
+            [7; 16],
+            secret(1),
+            (now, now + Duration::from_secs(5)),
+        );
         let a = cache.lease(&node(2), now).map(|l| l.counter);
         let b = cache.lease(&node(2), now).map(|l| l.counter);
         assert_eq!((a, b), (Some(1), Some(2)));
@@ -401,9 +454,9 @@ mod tests {
         let now = Instant::now();
         let later = now + Duration::from_secs(60);
         for i in 0..6u8 {
-            cache.store_incoming(node(1), [i; 16], secret(i), later);
+            cache.store_incoming(node(1), [i; 16], secret(i), (now, later));
         }
-        cache.store_incoming(node(2), [100; 16], secret(9), later);
+        cache.store_incoming(node(2), [100; 16], secret(9), (now, later));
         assert_eq!(cache.len(), (0, INCOMING_PER_CALLER + 1));
         assert!(
             matches!(cache.lookup(&[0; 16], now), Lookup::Unknown),
@@ -432,15 +485,66 @@ mod tests {
     #[test]
     fn callee_bound_holds_over_many_callers() {
         let cache = SessionCache::default();
-        let later = Instant::now() + Duration::from_secs(60);
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
         for i in 0..(INCOMING_ENTRIES + 10) {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&(i as u64).to_be_bytes());
             let mut seed = [1u8; 32];
             seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
             let caller = crate::Identity::from_seed(seed).node_id();
-            cache.store_incoming(caller, id, secret(1), later);
+            cache.store_incoming(caller, id, secret(1), (now, later));
         }
         assert!(cache.len().1 <= INCOMING_ENTRIES);
+        let order = cache
+            .state
+            .lock()
+            .map(|s| s.incoming_order.len())
+            .unwrap_or(0);
+        assert!(
+            order <= INCOMING_ENTRIES,
+            "{order} ids in the eviction order"
+        );
+    }
+
+    #[test]
+    fn one_caller_cycling_its_tickets_leaves_nothing_behind() {
+        let cache = SessionCache::default();
+        let now = Instant::now();
+        for i in 0..20_000u64 {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&i.to_be_bytes());
+            cache.store_incoming(node(1), id, secret(1), (now, now + Duration::from_secs(60)));
+        }
+        let s = cache.state.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(
+            (s.incoming.len(), s.incoming_order.len(), s.per_caller.len()),
+            (INCOMING_PER_CALLER, INCOMING_PER_CALLER, 1)
+        );
+    }
+
+    #[test]
+    fn expired_secrets_are_dropped_by_a_sweep_and_by_use() {
+        let cache = SessionCache::default();
+        let now = Instant::now();
+        let soon = now + Duration::from_millis(10);
+        cache.store_outgoing(node(2), [1; 16], secret(1), (now, soon));
+        cache.store_incoming(node(3), [2; 16], secret(2), (now, soon));
+        assert_eq!(cache.len(), (1, 1));
+        cache.sweep(soon);
+        assert_eq!(cache.len(), (0, 0), "a sweep at expiry drops both");
+        // Used after a second, the cache sweeps itself.
+        cache.store_outgoing(node(2), [1; 16], secret(1), (now, soon));
+        cache.store_incoming(node(3), [2; 16], secret(2), (now, soon));
+        let later = now + Duration::from_secs(2);
+        cache.store_incoming(
+            node(4),
+            [3; 16],
+            secret(3),
+            (later, later + Duration::from_secs(60)),
+        );
+        assert_eq!(cache.len(), (0, 1));
+        let s = cache.state.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!((s.incoming_order.len(), s.per_caller.len()), (1, 1));
     }
 }

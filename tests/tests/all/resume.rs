@@ -21,6 +21,8 @@ enum Act {
     Flip(Direction, usize),
     /// Replace the caller's first chunk with the one recorded from session number `n`.
     ReplayFrom(usize),
+    /// Forward the caller's first chunk (R1) and drop everything the caller sends after it.
+    DropAfterFirst,
 }
 
 /// A relay that records every session's first chunks and acts on chosen sessions (numbered
@@ -85,6 +87,7 @@ impl SpliceHook for Scripted {
             Act::ReplayFrom(from) if up && start == 0 => {
                 s.first.get(&(from, true)).cloned().unwrap_or(chunk)
             }
+            Act::DropAfterFirst if up && start > 0 => return HookOutput::forward(Vec::new()),
             _ => chunk,
         };
         HookOutput::forward(vec![out])
@@ -349,4 +352,59 @@ async fn a_relay_that_predates_dial_with_still_carries_channels() {
     );
     assert_eq!(hook.first_message_len(0), Some(32));
     assert!(hook.first_message_len(1).unwrap() > 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_open_whose_caller_never_confirms_reaches_no_application() {
+    // The relay passes R1 and R2 but drops what the caller sends after R1 (its Confirm): the
+    // callee holds an authenticated R1 and still shows its application nothing, as it would
+    // for an R1 withheld and delivered later, or replayed after a forged REFUSED.
+    let hook = Scripted::with(&[(1, Act::DropAfterFirst)]);
+    let net = TestNet::start_with(RelayOptions {
+        hooks: TestHooks {
+            splice: Some(hook.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let a = net.node().await;
+    let mut limits = nullport_tests::fast_limits();
+    limits.handshake.handshake_timeout = std::time::Duration::from_secs(2);
+    let b = Arc::new(
+        net.node_unchecked(
+            Arc::new(nullport_protocol::Identity::generate().unwrap()),
+            limits,
+        )
+        .await,
+    );
+    b.wait_online(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = {
+        let (b, seen) = (b.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = b.accept().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(echo(incoming));
+            }
+        })
+    };
+    echo_ok(&a, b.node_id(), b"full").await;
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        a.dial(b.node_id(), "echo"),
+    )
+    .await
+    .expect("the callee gives up within its handshake timeout");
+    assert!(r.is_err(), "an unconfirmed open completed: {r:?}");
+    assert!(
+        hook.first_message_len(1).unwrap() > 32,
+        "it was a resumed open"
+    );
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    echo_ok(&a, b.node_id(), b"next").await;
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    server.abort();
 }
