@@ -40,35 +40,59 @@ async fn write_all(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), Err
 /// already on its way, on a dial stream the relay has answered.
 pub(crate) async fn initiate(
     keys: &HandshakeKeys,
-    mut opening: Opening,
+    opening: Opening,
     (expected, service): (NodeId, String),
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     drain: Drain,
 ) -> Result<Channel, Error> {
+    let resumed = opening.is_resumed();
+    let result = open(keys, opening, (expected, service), &mut send, &mut recv).await;
+    match result {
+        Ok((inner, deframer)) => Ok(Channel::new(inner, send, recv, deframer, Vec::new(), drain)),
+        Err(e) => {
+            // A resumed open that failed for any reason but the callee's verdict drops the
+            // secret: if the two sides disagree about it (one restarted or speaks another
+            // version), the next open runs the full handshake instead of failing again.
+            if resumed && !matches!(e, Error::Denied { .. }) {
+                keys.sessions().forget(&expected);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The caller's side of an open after its first message, up to the verdict.
+async fn open(
+    keys: &HandshakeKeys,
+    mut opening: Opening,
+    (expected, service): (NodeId, String),
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Result<(nullport_protocol::Channel, Deframer), Error> {
     let mut deframer = Deframer::new(MAX_NOISE_MESSAGE);
     let mut out = Vec::new();
     // At most two answers: REFUSED to a resumed open turns it into the full handshake.
     let awaiting = loop {
-        let answer = next_message(&mut recv, &mut deframer).await?;
+        let answer = next_message(recv, &mut deframer).await?;
         out.clear();
         match opening.handle_response(keys, &answer, Instant::now(), &mut out)? {
             Answered::Verdict(awaiting) => {
                 if !out.is_empty() {
-                    write_all(&mut send, &out).await?;
+                    write_all(send, &out).await?;
                 }
                 break awaiting;
             }
             Answered::Retry(full) => {
                 tracing::debug!("callee holds no resumption ticket; full handshake");
-                write_all(&mut send, &out).await?;
+                write_all(send, &out).await?;
                 opening = *full;
             }
         }
     };
-    let verdict = next_message(&mut recv, &mut deframer).await?;
+    let verdict = next_message(recv, &mut deframer).await?;
     match awaiting.handle_verdict(&verdict, Instant::now()) {
-        Ok(inner) => Ok(Channel::new(inner, send, recv, deframer, Vec::new(), drain)),
+        Ok(inner) => Ok((inner, deframer)),
         Err(nullport_protocol::Error::Denied { reason }) => Err(Error::Denied {
             peer: expected,
             service,

@@ -234,9 +234,10 @@ impl Node {
         self.inner.node_id
     }
 
-    /// Forgets the resumption secrets shared with `peer` (its key was revoked or rotated
-    /// away, or it lost this node's trust): its next channel, either way, runs the full
-    /// handshake. Every channel, resumed or not, is still decided by the callee's policy.
+    /// Forgets the resumption secrets shared with `peer` (the daemon calls it when the
+    /// peer's key is revoked or rotated away): its next channel, either way, runs the full
+    /// handshake. Every channel, resumed or not, is still decided by the callee's policy, so
+    /// a peer that is only denied a service (`deny`, a policy edit) gains nothing by resuming.
     pub fn forget_sessions(&self, peer: &NodeId) {
         self.inner.keys.sessions().forget(peer);
     }

@@ -169,11 +169,12 @@ async fn channels_after_the_first_are_resumed_and_carry_bytes_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_tampers_with_a_resumed_open_is_detected_both_ways() {
-    // Session 1 (the first resumed open): a bit of R1's encrypted part flipped; session 2:
-    // a bit of R2 flipped. Session 3 resumes cleanly: neither failure cost the ticket.
+    // Session 1 (a resumed open): a bit of R1's encrypted part flipped; session 3 (resumed
+    // again after a full one): a bit of R2 flipped. A failed resumed open drops the caller's
+    // secret (in case the two sides disagree about it): the open after each is full.
     let hook = Scripted::with(&[
         (1, Act::Flip(Direction::CallerToTarget, 2 + 24 + 40)),
-        (2, Act::Flip(Direction::TargetToCaller, 2 + 10)),
+        (3, Act::Flip(Direction::TargetToCaller, 2 + 10)),
     ]);
     let (_net, a, b) = net_with(hook.clone()).await;
     let _server = serve_echo(b.clone());
@@ -184,6 +185,8 @@ async fn a_relay_that_tampers_with_a_resumed_open_is_detected_both_ways() {
         matches!(r, Err(Error::Protocol(nullport_protocol::Error::Truncated))),
         "{r:?}"
     );
+    echo_ok(&a, b.node_id(), b"full again").await;
+    assert_eq!(hook.first_message_len(2), Some(32));
     // R2 tampered: the caller fails it.
     let r = a.dial(b.node_id(), "echo").await;
     assert!(
@@ -193,8 +196,14 @@ async fn a_relay_that_tampers_with_a_resumed_open_is_detected_both_ways() {
         ),
         "{r:?}"
     );
-    echo_ok(&a, b.node_id(), b"third").await;
-    assert!(hook.first_message_len(3).unwrap() > 32);
+    assert!(
+        hook.first_message_len(3).unwrap() > 32,
+        "session 3 was resumed"
+    );
+    echo_ok(&a, b.node_id(), b"full once more").await;
+    assert_eq!(hook.first_message_len(4), Some(32));
+    echo_ok(&a, b.node_id(), b"resumed").await;
+    assert!(hook.first_message_len(5).unwrap() > 32);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
