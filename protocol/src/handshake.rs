@@ -37,7 +37,7 @@ use crate::limits::{
 };
 use crate::node_id::NodeId;
 use crate::noise;
-use crate::resume::{SessionCache, TicketId};
+use crate::resume::tickets::{PendingTicket, SessionCache};
 use crate::wire::{DenyReason, FrameType, IdentityProof, Msg3Payload, ServiceName};
 
 /// Label that starts every prologue.
@@ -196,54 +196,6 @@ fn check_proof(
         verified.insert(key);
     }
     Ok(proof.node_id)
-}
-
-/// A finished full handshake's resumption secret, not kept yet: the caller keeps it when the
-/// callee accepts, the callee when it accepts (never for a denied request).
-pub(crate) struct PendingTicket {
-    sessions: Arc<SessionCache>,
-    peer: NodeId,
-    id: TicketId,
-    secret: Zeroizing<[u8; 32]>,
-    /// When the handshake finished, and when the secret expires.
-    times: (Instant, Instant),
-    outgoing: bool,
-}
-
-impl PendingTicket {
-    /// Derives it from the finished handshake `hs` with `peer` (none when resumption is
-    /// off). The initiator's `hs` has written message 3; the responder's has read it.
-    fn derive(
-        hs: &mut snow::HandshakeState,
-        sessions: &Arc<SessionCache>,
-        peer: NodeId,
-        limits: Limits,
-        now: Instant,
-    ) -> Option<Self> {
-        if limits.resume_lifetime.is_zero() {
-            return None;
-        }
-        let (id, secret) = crate::resume::derive(hs)?;
-        Some(Self {
-            sessions: sessions.clone(),
-            peer,
-            id,
-            secret,
-            times: (now, now + limits.resume_lifetime),
-            outgoing: hs.is_initiator(),
-        })
-    }
-
-    /// Keeps the secret for resumed opens with the peer.
-    fn keep(self) {
-        if self.outgoing {
-            self.sessions
-                .store_outgoing(self.peer, self.id, self.secret, self.times);
-        } else {
-            self.sessions
-                .store_incoming(self.peer, self.id, self.secret, self.times);
-        }
-    }
 }
 
 fn check_deadline(now: Instant, deadline: Instant) -> Result<(), Error> {

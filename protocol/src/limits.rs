@@ -33,6 +33,10 @@ pub const MAX_HANDSHAKE_MSG3_LEN: usize = (32 + TAG_LEN) + MAX_MSG3_PAYLOAD + TA
 /// Largest plaintext a single transport frame carries (type byte excluded).
 pub const MAX_FRAME_DATA: usize = MAX_NOISE_MESSAGE - TAG_LEN - 1;
 
+/// Lifetime of a resumption secret by default ([`crate::resume`]): channels opened later
+/// than this after the full handshake run a full handshake again (and make a new secret).
+pub const DEFAULT_RESUME_LIFETIME: Duration = Duration::from_secs(600);
+
 /// Tunable limits of a handshake and a channel. `Default` gives safe values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -55,7 +59,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             rekey_after: 1 << 20,
             max_messages: u64::MAX - 1024,
-            resume_lifetime: crate::resume::DEFAULT_RESUME_LIFETIME,
+            resume_lifetime: DEFAULT_RESUME_LIFETIME,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! [`mcp`], [`audit`]. This file holds the command tree and the helpers they share.
 
 mod audit;
+mod listen;
 mod mcp;
 mod meta;
 mod node;

@@ -12,7 +12,7 @@ use tokio::net::UnixStream;
 
 use crate::control::{ControlResponse, Local};
 use crate::daemon::State;
-use crate::daemon::control::{OutChannel, open_channel, respond};
+use crate::daemon::outgoing::{OutChannel, open_channel, respond};
 use crate::fdpass::{FdPassError, LocalListener, LocalSocket, LocalStdio};
 use crate::mcp::Session;
 use crate::services::io::{forward, forward_pipe};

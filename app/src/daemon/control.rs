@@ -11,10 +11,10 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::control::{
     ChannelStatus, ControlRequest, ControlResponse, ListStatus, ServiceStatus, Status,
 };
+use crate::daemon::outgoing::{OutChannel, open_channel, respond};
 use crate::daemon::{DaemonError, State, lists};
 use crate::mcp::Session;
-use crate::services::io::{Counted, forward_pipe};
-use nullport_node::Error;
+use crate::services::io::forward_pipe;
 
 /// Largest control request line (a signed revocation list of the largest size, as JSON).
 const MAX_CONTROL_LINE: usize = 4 << 20;
@@ -269,67 +269,6 @@ async fn handle(state: &Arc<State>, request: ControlRequest) -> ControlResponse 
     }
 }
 
-/// An outgoing channel opened for a local user, registered for `status`.
-pub(crate) struct OutChannel {
-    /// The channel, counting its bytes for `status`.
-    pub(crate) channel: Counted<nullport_node::Channel>,
-    /// The callee.
-    pub(crate) target: nullport_protocol::NodeId,
-    /// The channel's handshake hash (for MCP sessions).
-    pub(crate) handshake: [u8; 32],
-    /// Its entry in the channel list (removed when dropped).
-    pub(crate) registered: crate::daemon::channels::Registered,
-}
-
-/// Opens a channel to `peer`/`service` for a local user (`pipe`, `attach`): the token is
-/// checked, the peer resolved, the dial audited; an error is what the user should read.
-pub(crate) async fn open_channel(
-    state: &Arc<State>,
-    peer: &str,
-    service: &str,
-    token: Option<String>,
-) -> Result<OutChannel, String> {
-    let blob = match token
-        .as_deref()
-        .map(nullport_keyring::token::Token::from_text)
-    {
-        None => Vec::new(),
-        Some(Ok(t)) => t.to_bytes(),
-        Some(Err(e)) => return Err(format!("bad token: {e}")),
-    };
-    let target = state
-        .files
-        .read()
-        .map_err(|_| "trust store unavailable".to_owned())
-        .and_then(|f| f.trust.resolve(peer).map_err(|e| e.to_string()))?;
-    // The link is down and the node knows why: say so now instead of waiting out the dial.
-    let link = state.node.state();
-    if matches!(
-        link,
-        nullport_node::LinkState::Refused { .. }
-            | nullport_node::LinkState::Connecting {
-                last_error: Some(_),
-                ..
-            }
-    ) {
-        return Err(format!(
-            "cannot reach {peer}: the relay link is down ({link}); see `nullport status`"
-        ));
-    }
-    let dialed = state.node.dial_with(target, service, blob).await;
-    state.audit.dial(&target, service, dialed.is_ok());
-    let mut channel = dialed.map_err(|e| explain(&e, peer, service, &state.node.node_id()))?;
-    let registered = state.channels.register_out(target, service);
-    channel.use_abort_handle(registered.abort.clone());
-    let handshake = *channel.handshake_hash();
-    Ok(OutChannel {
-        channel: Counted::new(channel, registered.counters.clone()),
-        target,
-        handshake,
-        registered,
-    })
-}
-
 async fn pipe(
     state: &Arc<State>,
     mut reader: BufReader<UnixStream>,
@@ -385,56 +324,6 @@ async fn pipe(
     state
         .pipe_endings
         .send_modify(|endings| endings.end(pipe_id, reason));
-}
-
-/// Turns a dial error into what a person should read.
-pub fn explain(e: &Error, peer: &str, service: &str, me: &nullport_protocol::NodeId) -> String {
-    use nullport_protocol::DenyReason;
-    match e {
-        Error::Denied {
-            reason: DenyReason::UnknownService,
-            ..
-        } => format!("{peer} does not expose a service named {service:?}"),
-        Error::Denied {
-            reason: DenyReason::NotAllowed,
-            ..
-        } => {
-            format!(
-                "{peer} refused {service:?}: not allowed (its operator can run `nullport allow {me} {service}`)"
-            )
-        }
-        Error::Denied {
-            reason: DenyReason::BadToken,
-            ..
-        } => format!(
-            "{peer} refused the capability token for {service:?} (expired, not yours, not trusted, or wider than its issuer may grant)"
-        ),
-        Error::Denied {
-            reason: DenyReason::Revoked,
-            ..
-        } => format!("{peer} refused {service:?}: your key or your token is revoked there"),
-        Error::Denied {
-            reason: DenyReason::Expired,
-            ..
-        } => format!("{peer} refused {service:?}: the capability token expired"),
-        Error::Denied {
-            reason: DenyReason::RateLimited,
-            ..
-        } => format!(
-            "{peer} refused {service:?}: you have as many channels open there as it allows (or it is full)"
-        ),
-        Error::Denied {
-            reason: DenyReason::Unavailable,
-            ..
-        } => {
-            format!("{peer} accepted you for {service:?}, but the service behind it is unavailable")
-        }
-        Error::PeerOffline(_) => format!("{peer} is offline (not connected to the relay)"),
-        Error::RelayUnreachable(_) | Error::RelayRefused(_) | Error::RelayLinkLost(_) => {
-            format!("cannot reach {peer}: the relay link is down ({e}); see `nullport status`")
-        }
-        other => other.to_string(),
-    }
 }
 
 /// Streams approval events as JSON lines (the calls waiting now first) until the client
@@ -494,15 +383,6 @@ fn restart_needed(state: &State) -> Option<String> {
             changed.join(" and ")
         )
     })
-}
-
-pub(crate) async fn respond(
-    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
-    response: &ControlResponse,
-) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(response).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    stream.write_all(&line).await
 }
 
 fn status(state: &State) -> Status {

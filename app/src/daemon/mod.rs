@@ -11,6 +11,7 @@ mod console;
 mod control;
 mod incoming;
 mod lists;
+mod outgoing;
 mod relay_map;
 mod scrape;
 
@@ -36,7 +37,7 @@ use crate::home::Home;
 use crate::mcp::approvals::Approvals;
 use nullport_node::{Error, Node, NodeConfig, NodeLimits, RelaySpec};
 
-pub use control::explain;
+pub use outgoing::explain;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]

@@ -27,16 +27,13 @@
 //! ephemeral key behind R1) can make. The callee's policy then decides every resumed open
 //! exactly as it decides a full one. `docs/protocol.md` has the reasoning.
 
-mod tickets;
+pub(crate) mod tickets;
 
 use std::time::Instant;
 
-use zeroize::{Zeroize, Zeroizing};
-
-pub use tickets::{
-    DEFAULT_RESUME_LIFETIME, MAX_RESUMPTIONS, REPLAY_WINDOW, SessionCache, TICKET_ID_LEN, TicketId,
-};
-use tickets::{Lookup, Secret};
+pub use crate::limits::DEFAULT_RESUME_LIFETIME;
+use tickets::Lookup;
+pub use tickets::{MAX_RESUMPTIONS, REPLAY_WINDOW, SessionCache, TICKET_ID_LEN, TicketId};
 
 use crate::channel::Channel;
 use crate::error::Error;
@@ -100,33 +97,6 @@ pub fn prologue_for_fuzzing(
 /// of the full handshake (exactly 32 bytes).
 pub fn is_resumption(first_message: &[u8]) -> bool {
     first_message.len() != HANDSHAKE_MSG1_LEN
-}
-
-/// Derives the ticket id and secret of a finished full handshake (both sides get the same).
-pub(crate) fn derive(hs: &mut snow::HandshakeState) -> Option<(TicketId, Secret)> {
-    use ring::hkdf;
-    struct Len(usize);
-    impl hkdf::KeyType for Len {
-        fn len(&self) -> usize {
-            self.0
-        }
-    }
-    let (mut k1, mut k2) = hs.dangerously_get_raw_split();
-    let mut ikm = Zeroizing::new([0u8; 64]);
-    ikm[..32].copy_from_slice(&k1);
-    ikm[32..].copy_from_slice(&k2);
-    k1.zeroize();
-    k2.zeroize();
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, hs.get_handshake_hash()).extract(&ikm[..]);
-    let mut secret = Zeroizing::new([0u8; 32]);
-    let mut id = [0u8; TICKET_ID_LEN];
-    prk.expand(&[b"nullport/resume-secret/v1"], Len(32))
-        .and_then(|okm| okm.fill(&mut secret[..]))
-        .ok()?;
-    prk.expand(&[b"nullport/resume-id/v1"], Len(TICKET_ID_LEN))
-        .and_then(|okm| okm.fill(&mut id))
-        .ok()?;
-    Some((id, secret))
 }
 
 /// A channel being opened by the caller: resumed when this process holds a live ticket for

@@ -7,11 +7,12 @@
 //! handshake.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
+use crate::limits::Limits;
 use crate::node_id::NodeId;
 
 /// Length of a ticket id, the public name both sides give one resumption secret.
@@ -369,182 +370,81 @@ fn forget_id(per_caller: &mut HashMap<NodeId, VecDeque<TicketId>>, caller: &Node
     }
 }
 
-/// Lifetime of a resumption secret by default: channels opened later than this after the
-/// full handshake run a full handshake again (and make a new secret).
-pub const DEFAULT_RESUME_LIFETIME: Duration = Duration::from_secs(600);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replay_window_accepts_each_counter_once() {
-        let mut w = ReplayWindow::default();
-        assert!(!w.check_and_set(0), "0 is never valid");
-        for c in [1, 3, 2, 10, 5, 4] {
-            assert!(w.check_and_set(c), "{c} first time");
-        }
-        for c in [1, 2, 3, 4, 5, 10] {
-            assert!(!w.check_and_set(c), "{c} again");
-        }
-        assert!(w.check_and_set(10 + REPLAY_WINDOW - 1));
-        assert!(!w.check_and_set(9), "fell out of the window");
-        assert!(w.check_and_set(11), "inside the window, unseen");
-        assert!(w.check_and_set(5_000_000), "a jump past the window");
-        assert!(!w.check_and_set(5_000_000));
-        assert!(!w.check_and_set(11 + REPLAY_WINDOW), "far behind");
-        assert!(w.check_and_set(5_000_000 - REPLAY_WINDOW + 1));
-    }
-
-    #[test]
-    fn replay_window_matches_a_set_model() {
-        // Against a plain set model: accept iff unseen and within the window of the maximum.
-        let mut w = ReplayWindow::default();
-        let mut seen = std::collections::BTreeSet::new();
-        let mut top = 0u64;
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let c = (top + 64).saturating_sub(x % 1500).max(1);
-            let expect = !seen.contains(&c) && (c > top || top - c < REPLAY_WINDOW);
-            assert_eq!(w.check_and_set(c), expect, "counter {c}, top {top}");
-            if expect {
-                seen.insert(c);
-                top = top.max(c);
-            }
+/// Derives the ticket id and secret of a finished full handshake (both sides get the same).
+pub(crate) fn derive(hs: &mut snow::HandshakeState) -> Option<(TicketId, Secret)> {
+    use ring::hkdf;
+    struct Len(usize);
+    impl hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
         }
     }
+    let (mut k1, mut k2) = hs.dangerously_get_raw_split();
+    let mut ikm = Zeroizing::new([0u8; 64]);
+    ikm[..32].copy_from_slice(&k1);
+    ikm[32..].copy_from_slice(&k2);
+    k1.zeroize();
+    k2.zeroize();
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, hs.get_handshake_hash()).extract(&ikm[..]);
+    let mut secret = Zeroizing::new([0u8; 32]);
+    let mut id = [0u8; TICKET_ID_LEN];
+    prk.expand(&[b"nullport/resume-secret/v1"], Len(32))
+        .and_then(|okm| okm.fill(&mut secret[..]))
+        .ok()?;
+    prk.expand(&[b"nullport/resume-id/v1"], Len(TICKET_ID_LEN))
+        .and_then(|okm| okm.fill(&mut id))
+        .ok()?;
+    Some((id, secret))
+}
 
-    fn secret(b: u8) -> Secret {
-        Zeroizing::new([b; 32])
-    }
+/// A finished full handshake's resumption secret, not kept yet: the caller keeps it when the
+/// callee accepts, the callee when it accepts (never for a denied request).
+pub(crate) struct PendingTicket {
+    sessions: Arc<SessionCache>,
+    peer: NodeId,
+    id: TicketId,
+    secret: Zeroizing<[u8; 32]>,
+    /// When the handshake finished, and when the secret expires.
+    times: (Instant, Instant),
+    outgoing: bool,
+}
 
-    fn node(seed: u8) -> NodeId {
-        crate::Identity::from_seed([seed; 32]).node_id()
-    }
-
-    #[test]
-    fn leases_count_up_and_expire() {
-        let cache = SessionCache::default();
-        let now = Instant::now();
-        cache.store_outgoing(
-            node(2),
-            [7; 16],
-            secret(1),
-            (now, now + Duration::from_secs(5)),
-        );
-        let a = cache.lease(&node(2), now).map(|l| l.counter);
-        let b = cache.lease(&node(2), now).map(|l| l.counter);
-        assert_eq!((a, b), (Some(1), Some(2)));
-        assert!(cache.lease(&node(3), now).is_none());
-        assert!(
-            cache
-                .lease(&node(2), now + Duration::from_secs(5))
-                .is_none(),
-            "expired"
-        );
-        assert!(cache.lease(&node(2), now).is_none(), "and dropped");
-    }
-
-    #[test]
-    fn callee_keeps_a_few_tickets_per_caller_and_forgets_on_request() {
-        let cache = SessionCache::default();
-        let now = Instant::now();
-        let later = now + Duration::from_secs(60);
-        for i in 0..6u8 {
-            cache.store_incoming(node(1), [i; 16], secret(i), (now, later));
+impl PendingTicket {
+    /// Derives it from the finished handshake `hs` with `peer` (none when resumption is
+    /// off). The initiator's `hs` has written message 3; the responder's has read it.
+    pub(crate) fn derive(
+        hs: &mut snow::HandshakeState,
+        sessions: &Arc<SessionCache>,
+        peer: NodeId,
+        limits: Limits,
+        now: Instant,
+    ) -> Option<Self> {
+        if limits.resume_lifetime.is_zero() {
+            return None;
         }
-        cache.store_incoming(node(2), [100; 16], secret(9), (now, later));
-        assert_eq!(cache.len(), (0, INCOMING_PER_CALLER + 1));
-        assert!(
-            matches!(cache.lookup(&[0; 16], now), Lookup::Unknown),
-            "oldest evicted"
-        );
-        assert!(matches!(cache.lookup(&[5; 16], now), Lookup::Found { .. }));
-        assert!(cache.mark_used(&[5; 16], 1));
-        assert!(!cache.mark_used(&[5; 16], 1), "replay");
-        cache.forget(&node(1));
-        assert!(matches!(cache.lookup(&[5; 16], now), Lookup::Unknown));
-        assert!(
-            !cache.mark_used(&[5; 16], 2),
-            "forgotten ticket marks nothing"
-        );
-        assert!(matches!(
-            cache.lookup(&[100; 16], now),
-            Lookup::Found { .. }
-        ));
-        assert!(
-            matches!(cache.lookup(&[100; 16], later), Lookup::Unknown),
-            "expired"
-        );
-        assert_eq!(cache.len(), (0, 0));
+        let (id, secret) = derive(hs)?;
+        Some(Self {
+            sessions: sessions.clone(),
+            peer,
+            id,
+            secret,
+            times: (now, now + limits.resume_lifetime),
+            outgoing: hs.is_initiator(),
+        })
     }
 
-    #[test]
-    fn callee_bound_holds_over_many_callers() {
-        let cache = SessionCache::default();
-        let now = Instant::now();
-        let later = now + Duration::from_secs(60);
-        for i in 0..(INCOMING_ENTRIES + 10) {
-            let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            let mut seed = [1u8; 32];
-            seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            let caller = crate::Identity::from_seed(seed).node_id();
-            cache.store_incoming(caller, id, secret(1), (now, later));
+    /// Keeps the secret for resumed opens with the peer.
+    pub(crate) fn keep(self) {
+        if self.outgoing {
+            self.sessions
+                .store_outgoing(self.peer, self.id, self.secret, self.times);
+        } else {
+            self.sessions
+                .store_incoming(self.peer, self.id, self.secret, self.times);
         }
-        assert!(cache.len().1 <= INCOMING_ENTRIES);
-        let order = cache
-            .state
-            .lock()
-            .map(|s| s.incoming_order.len())
-            .unwrap_or(0);
-        assert!(
-            order <= INCOMING_ENTRIES,
-            "{order} ids in the eviction order"
-        );
-    }
-
-    #[test]
-    fn one_caller_cycling_its_tickets_leaves_nothing_behind() {
-        let cache = SessionCache::default();
-        let now = Instant::now();
-        for i in 0..20_000u64 {
-            let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&i.to_be_bytes());
-            cache.store_incoming(node(1), id, secret(1), (now, now + Duration::from_secs(60)));
-        }
-        let s = cache.state.lock().unwrap_or_else(|e| e.into_inner());
-        assert_eq!(
-            (s.incoming.len(), s.incoming_order.len(), s.per_caller.len()),
-            (INCOMING_PER_CALLER, INCOMING_PER_CALLER, 1)
-        );
-    }
-
-    #[test]
-    fn expired_secrets_are_dropped_by_a_sweep_and_by_use() {
-        let cache = SessionCache::default();
-        let now = Instant::now();
-        let soon = now + Duration::from_millis(10);
-        cache.store_outgoing(node(2), [1; 16], secret(1), (now, soon));
-        cache.store_incoming(node(3), [2; 16], secret(2), (now, soon));
-        assert_eq!(cache.len(), (1, 1));
-        cache.sweep(soon);
-        assert_eq!(cache.len(), (0, 0), "a sweep at expiry drops both");
-        // Used after a second, the cache sweeps itself.
-        cache.store_outgoing(node(2), [1; 16], secret(1), (now, soon));
-        cache.store_incoming(node(3), [2; 16], secret(2), (now, soon));
-        let later = now + Duration::from_secs(2);
-        cache.store_incoming(
-            node(4),
-            [3; 16],
-            secret(3),
-            (later, later + Duration::from_secs(60)),
-        );
-        assert_eq!(cache.len(), (0, 1));
-        let s = cache.state.lock().unwrap_or_else(|e| e.into_inner());
-        assert_eq!((s.incoming_order.len(), s.per_caller.len()), (1, 1));
     }
 }
+
+#[cfg(test)]
+#[path = "tickets_tests.rs"]
+mod tests;
