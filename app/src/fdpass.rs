@@ -203,35 +203,52 @@ pub enum LocalSocket {
 impl LocalSocket {
     /// Takes `fd`, which must be a connected, non-blocking stream socket (TCP or Unix).
     pub fn from_fd(fd: OwnedFd) -> Result<Self, FdPassError> {
-        let unusable = |reason: String| FdPassError::Unusable {
-            what: "the connection handed over",
-            reason,
-        };
-        let kind = rustix::net::sockopt::socket_type(&fd)
-            .map_err(|e| unusable(format!("not a socket ({e})")))?;
-        if kind != rustix::net::SocketType::STREAM {
-            return Err(unusable("not a stream socket".into()));
-        }
-        let flags = rustix::fs::fcntl_getfl(&fd).map_err(|e| unusable(e.to_string()))?;
-        if !flags.contains(OFlags::NONBLOCK) {
-            return Err(unusable("not non-blocking".into()));
-        }
-        let domain =
-            rustix::net::sockopt::socket_domain(&fd).map_err(|e| unusable(e.to_string()))?;
-        use rustix::net::AddressFamily;
-        if domain == AddressFamily::INET || domain == AddressFamily::INET6 {
-            let std = std::net::TcpStream::from(fd);
-            Ok(Self::Tcp(
-                tokio::net::TcpStream::from_std(std).map_err(|e| unusable(e.to_string()))?,
-            ))
-        } else if domain == AddressFamily::UNIX {
-            let std = std::os::unix::net::UnixStream::from(fd);
-            Ok(Self::Unix(
-                UnixStream::from_std(std).map_err(|e| unusable(e.to_string()))?,
-            ))
-        } else {
-            Err(unusable("neither TCP nor a Unix socket".into()))
-        }
+        let what = "the connection handed over";
+        let wrap = |e: io::Error| unusable(what, e.to_string());
+        Ok(match stream_socket(&fd, what, false)? {
+            Domain::Tcp => Self::Tcp(
+                tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd)).map_err(wrap)?,
+            ),
+            Domain::Unix => Self::Unix(
+                UnixStream::from_std(std::os::unix::net::UnixStream::from(fd)).map_err(wrap)?,
+            ),
+        })
+    }
+}
+
+/// The address family of a handed-over socket.
+enum Domain {
+    Tcp,
+    Unix,
+}
+
+fn unusable(what: &'static str, reason: String) -> FdPassError {
+    FdPassError::Unusable { what, reason }
+}
+
+/// Checks that `fd` is a non-blocking stream socket (listening when `listening`), TCP or
+/// Unix, and says which.
+fn stream_socket(fd: &OwnedFd, what: &'static str, listening: bool) -> Result<Domain, FdPassError> {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let kind =
+        sockopt::socket_type(fd).map_err(|e| unusable(what, format!("not a socket ({e})")))?;
+    if kind != SocketType::STREAM {
+        return Err(unusable(what, "not a stream socket".into()));
+    }
+    if listening && !sockopt::socket_acceptconn(fd).map_err(|e| unusable(what, e.to_string()))? {
+        return Err(unusable(what, "not listening".into()));
+    }
+    let flags = rustix::fs::fcntl_getfl(fd).map_err(|e| unusable(what, e.to_string()))?;
+    if !flags.contains(OFlags::NONBLOCK) {
+        return Err(unusable(what, "not non-blocking".into()));
+    }
+    let domain = sockopt::socket_domain(fd).map_err(|e| unusable(what, e.to_string()))?;
+    if domain == AddressFamily::INET || domain == AddressFamily::INET6 {
+        Ok(Domain::Tcp)
+    } else if domain == AddressFamily::UNIX {
+        Ok(Domain::Unix)
+    } else {
+        Err(unusable(what, "neither TCP nor a Unix socket".into()))
     }
 }
 
@@ -246,38 +263,17 @@ pub enum LocalListener {
 impl LocalListener {
     /// Takes `fd`, which must be a listening, non-blocking stream socket (TCP or Unix).
     pub fn from_fd(fd: OwnedFd) -> Result<Self, FdPassError> {
-        let unusable = |reason: String| FdPassError::Unusable {
-            what: "the listening socket handed over",
-            reason,
-        };
-        let kind = rustix::net::sockopt::socket_type(&fd)
-            .map_err(|e| unusable(format!("not a socket ({e})")))?;
-        if kind != rustix::net::SocketType::STREAM {
-            return Err(unusable("not a stream socket".into()));
-        }
-        if !rustix::net::sockopt::socket_acceptconn(&fd).map_err(|e| unusable(e.to_string()))? {
-            return Err(unusable("not listening".into()));
-        }
-        let flags = rustix::fs::fcntl_getfl(&fd).map_err(|e| unusable(e.to_string()))?;
-        if !flags.contains(OFlags::NONBLOCK) {
-            return Err(unusable("not non-blocking".into()));
-        }
-        let domain =
-            rustix::net::sockopt::socket_domain(&fd).map_err(|e| unusable(e.to_string()))?;
-        use rustix::net::AddressFamily;
-        if domain == AddressFamily::INET || domain == AddressFamily::INET6 {
-            let std = std::net::TcpListener::from(fd);
-            Ok(Self::Tcp(
-                tokio::net::TcpListener::from_std(std).map_err(|e| unusable(e.to_string()))?,
-            ))
-        } else if domain == AddressFamily::UNIX {
-            let std = std::os::unix::net::UnixListener::from(fd);
-            Ok(Self::Unix(
-                tokio::net::UnixListener::from_std(std).map_err(|e| unusable(e.to_string()))?,
-            ))
-        } else {
-            Err(unusable("neither TCP nor a Unix socket".into()))
-        }
+        let what = "the listening socket handed over";
+        let wrap = |e: io::Error| unusable(what, e.to_string());
+        Ok(match stream_socket(&fd, what, true)? {
+            Domain::Tcp => Self::Tcp(
+                tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd)).map_err(wrap)?,
+            ),
+            Domain::Unix => Self::Unix(
+                tokio::net::UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
+                    .map_err(wrap)?,
+            ),
+        })
     }
 
     /// The next connection, and who made it (for messages).
