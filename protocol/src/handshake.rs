@@ -206,7 +206,7 @@ fn check_deadline(now: Instant, deadline: Instant) -> Result<(), Error> {
     }
 }
 
-fn handshake_hash(hs: &snow::HandshakeState) -> [u8; 32] {
+pub(crate) fn handshake_hash(hs: &snow::HandshakeState) -> [u8; 32] {
     let mut h = [0u8; 32];
     let src = hs.get_handshake_hash();
     let n = src.len().min(32);

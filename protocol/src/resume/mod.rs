@@ -39,7 +39,7 @@ use crate::channel::Channel;
 use crate::error::Error;
 use crate::frame::write_prefixed;
 use crate::handshake::{
-    AwaitingVerdict, DialRequest, HandshakeKeys, Initiator, Request, SessionId,
+    AwaitingVerdict, DialRequest, HandshakeKeys, Initiator, Request, SessionId, handshake_hash,
 };
 use crate::limits::{
     HANDSHAKE_MSG1_LEN, Limits, MAX_HELLO_BLOB, MAX_SERVICE_NAME, PROTOCOL_VERSION, TAG_LEN,
@@ -265,14 +265,6 @@ impl ResumeInitiator {
             self.deadline,
         )))
     }
-}
-
-fn handshake_hash(hs: &snow::HandshakeState) -> [u8; 32] {
-    let mut h = [0u8; 32];
-    let src = hs.get_handshake_hash();
-    let n = src.len().min(32);
-    h[..n].copy_from_slice(&src[..n]);
-    h
 }
 
 /// The callee's answer to R1.
