@@ -186,43 +186,37 @@ pub(crate) async fn respond(
     let mut deframer = Deframer::new(MAX_NOISE_MESSAGE);
     let mut first = next_message(&mut recv, &mut deframer).await?;
     let mut out = Vec::new();
-    if resume::is_resumption(&first) {
-        match resume::respond(
-            keys,
-            caller,
-            session,
-            limits,
-            &first,
-            Instant::now(),
-            &mut out,
-        )? {
-            Resumed::Confirming(confirming) => {
-                // R2 now; the request reaches the application only once the caller's
-                // Confirm shows it is live (not an R1 a relay withheld or replayed).
-                write_all(&mut send, &out).await?;
-                let confirm = next_message(&mut recv, &mut deframer).await?;
-                let request = confirming.handle_confirm(&confirm, Instant::now())?;
-                return Ok(IncomingChannel {
-                    request,
-                    send,
-                    recv,
-                    deframer,
-                    session,
-                    drain,
-                });
-            }
-            Resumed::Refused => {
-                write_all(&mut send, &out).await?;
-                out.clear();
-                first = next_message(&mut recv, &mut deframer).await?;
+    let request = 'request: {
+        if resume::is_resumption(&first) {
+            match resume::respond(
+                keys,
+                caller,
+                session,
+                limits,
+                &first,
+                Instant::now(),
+                &mut out,
+            )? {
+                Resumed::Confirming(confirming) => {
+                    // R2 now; the request reaches the application only once the caller's
+                    // Confirm shows it is live (not an R1 a relay withheld or replayed).
+                    write_all(&mut send, &out).await?;
+                    let confirm = next_message(&mut recv, &mut deframer).await?;
+                    break 'request confirming.handle_confirm(&confirm, Instant::now())?;
+                }
+                Resumed::Refused => {
+                    write_all(&mut send, &out).await?;
+                    out.clear();
+                    first = next_message(&mut recv, &mut deframer).await?;
+                }
             }
         }
-    }
-    let responder = Responder::new(keys, caller, session, limits, Instant::now())?;
-    let awaiting = responder.handle_hello(&first, Instant::now(), &mut out)?;
-    write_all(&mut send, &out).await?;
-    let msg3 = next_message(&mut recv, &mut deframer).await?;
-    let request = awaiting.handle_finish(&msg3, Instant::now())?;
+        let responder = Responder::new(keys, caller, session, limits, Instant::now())?;
+        let awaiting = responder.handle_hello(&first, Instant::now(), &mut out)?;
+        write_all(&mut send, &out).await?;
+        let msg3 = next_message(&mut recv, &mut deframer).await?;
+        awaiting.handle_finish(&msg3, Instant::now())?
+    };
     Ok(IncomingChannel {
         request,
         send,
