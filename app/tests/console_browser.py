@@ -33,6 +33,16 @@ def shot(name):
     driver.save_screenshot(os.path.join(shots, name + ".png"))
 
 
+def submit(button, url):
+    """Clicks a form's button and waits until the browser has left the page it was on and
+    landed on `url`. The form posts and redirects back to the same URL, so waiting for the
+    URL alone would return before the post was even sent, and the next `driver.get` could
+    race the redirect."""
+    button.click()
+    wait.until(EC.staleness_of(button))
+    wait.until(EC.url_to_be(url))
+
+
 def pending_section():
     """Waits for a waiting call on the approvals page (reloading as a person would)."""
     deadline = time.time() + 40
@@ -58,15 +68,13 @@ try:
     report["first_title"] = section.find_element(By.TAG_NAME, "h2").text
     shot("approvals")
     section.find_element(By.NAME, "reason").send_keys("looked right in the browser")
-    section.find_element(By.CSS_SELECTOR, "button.approve").click()
-    wait.until(EC.url_to_be(base + "/approvals"))
+    submit(section.find_element(By.CSS_SELECTOR, "button.approve"), base + "/approvals")
 
     # The second call: deny it.
     section = pending_section()
     report["second_args"] = section.find_element(By.CSS_SELECTOR, "pre.args").text
     section.find_element(By.NAME, "reason").send_keys("not this one")
-    section.find_element(By.CSS_SELECTOR, "button.deny").click()
-    wait.until(EC.url_to_be(base + "/approvals"))
+    submit(section.find_element(By.CSS_SELECTOR, "button.deny"), base + "/approvals")
 
     # A live channel on the status page: close it from the page.
     deadline = time.time() + 40
@@ -80,11 +88,11 @@ try:
         raise SystemExit("the channel never showed")
     report["channel_row"] = rows[0].text
     shot("status-channel")
-    rows[0].find_element(By.CSS_SELECTOR, "button.close").click()
-    wait.until(EC.url_to_be(base + "/"))
+    submit(rows[0].find_element(By.CSS_SELECTOR, "button.close"), base + "/")
 
     # The audit trail, verified from the page.
     driver.get(base + "/audit")
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "button[name='verify']")))
     shot("audit")
     driver.find_element(By.CSS_SELECTOR, "button[name='verify']").click()
     wait.until(EC.presence_of_element_located((By.ID, "verify")))
