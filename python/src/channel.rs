@@ -3,6 +3,7 @@
 //! read and a write can be in progress at once).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nullport_node::AbortHandle;
@@ -31,6 +32,9 @@ pub(crate) struct ChannelState {
     reader: Mutex<Option<Reader>>,
     writer: Mutex<Option<Writer>>,
     abort: AbortHandle,
+    /// `write_eof` was called: writes are refused here (the Rust channel would fail
+    /// entirely, reading included).
+    eof_sent: AtomicBool,
 }
 
 impl ChannelState {
@@ -111,6 +115,7 @@ pub(crate) fn channel_into_py(channel: nullport_node::Channel) -> Channel {
             reader: Mutex::new(Some(reader)),
             writer: Mutex::new(Some(writer)),
             abort,
+            eof_sent: AtomicBool::new(false),
         }),
         peer,
         service,
@@ -150,7 +155,10 @@ impl Channel {
         crate::aio::future_into_coro(py, async move {
             let guard = CancelGuard(Some(state.clone()));
             let mut reader = state.reader.lock().await;
-            let reader = reader.as_mut().ok_or_else(closed)?;
+            let Some(reader) = reader.as_mut() else {
+                guard.done();
+                return Err(closed());
+            };
             let mut buf = vec![0u8; n.clamp(1, MAX_READ)];
             let got = reader.read(&mut buf).await;
             guard.done();
@@ -167,7 +175,10 @@ impl Channel {
         crate::aio::future_into_coro(py, async move {
             let guard = CancelGuard(Some(state.clone()));
             let mut reader = state.reader.lock().await;
-            let reader = reader.as_mut().ok_or_else(closed)?;
+            let Some(reader) = reader.as_mut() else {
+                guard.done();
+                return Err(closed());
+            };
             let mut buf = vec![0u8; n];
             let mut filled = 0;
             while filled < n {
@@ -196,7 +207,14 @@ impl Channel {
         crate::aio::future_into_coro(py, async move {
             let guard = CancelGuard(Some(state.clone()));
             let mut writer = state.writer.lock().await;
-            let writer = writer.as_mut().ok_or_else(closed)?;
+            let Some(writer) = writer.as_mut() else {
+                guard.done();
+                return Err(closed());
+            };
+            if state.eof_sent.load(Ordering::Acquire) {
+                guard.done();
+                return Err(ChannelClosed::new_err("cannot write after write_eof()"));
+            }
             let written = async {
                 writer.write_all(&data).await?;
                 writer.flush().await
@@ -213,6 +231,7 @@ impl Channel {
         crate::aio::future_into_coro(py, async move {
             let mut writer = state.writer.lock().await;
             let writer = writer.as_mut().ok_or_else(closed)?;
+            state.eof_sent.store(true, Ordering::Release);
             writer.shutdown().await.map_err(channel_error)
         })
     }
