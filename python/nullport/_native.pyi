@@ -4,6 +4,7 @@ Import everything from ``nullport``, not from here.
 """
 
 import os
+from pathlib import Path
 from typing import Any, AsyncIterator, Dict, List, Optional, Union
 
 _Path = Union[str, "os.PathLike[str]"]
@@ -90,7 +91,7 @@ class Identity:
     def node_id(self) -> str:
         """The NodeId (``np...``)."""
     @property
-    def home(self) -> Optional[str]:
+    def home(self) -> Optional[Path]:
         """The home this identity was loaded from, if any."""
 
 class Channel:
