@@ -134,7 +134,8 @@ class Channel:
     async def __aexit__(self, *exc: Any) -> None: ...
 
 class Incoming:
-    """An authenticated caller waiting for this node's decision."""
+    """An authenticated caller waiting for this node's decision. One dropped undecided is
+    denied as ``service unavailable``."""
 
     @property
     def peer(self) -> str:
@@ -165,7 +166,7 @@ class Node:
     @staticmethod
     async def start(
         identity: Identity,
-        relay: str,
+        relay: Optional[str] = None,
         home: Optional[_Path] = None,
         *,
         timeout: float = 10.0,
@@ -173,7 +174,8 @@ class Node:
         """Starts a node linked to ``relay`` (``<relay NodeId>@<host>:<port>`` or
         ``fleet:<admin>/<relay>@<host>:<port>``) and waits up to ``timeout`` seconds until
         the relay admits it. ``home``: a nullport home whose trust store resolves aliases
-        (default: the identity's home). Raises ``InvalidAddress``, ``RelayRefused``,
+        (default: the identity's home); without ``relay``, the relay of that home's
+        ``config.toml``. Raises ``InvalidAddress``, ``RelayRefused``,
         ``RelayUnreachable``, ``Timeout``."""
     @property
     def node_id(self) -> str:

@@ -204,6 +204,17 @@ async def test_deny_with_a_reason_reaches_the_caller(start_node) -> None:
         await waiting.accept()
 
 
+async def test_an_incoming_dropped_undecided_is_denied_as_unavailable(start_node) -> None:
+    caller = await start_node()
+    callee = await start_node()
+    dialing = asyncio.create_task(caller.dial(callee.node_id, "ignored"))
+    incoming = await asyncio.wait_for(callee.accept(), 10)
+    del incoming
+    with pytest.raises(nullport.NotAllowed) as raised:
+        await asyncio.wait_for(dialing, 10)
+    assert str(raised.value) == f'peer {callee.node_id} refused service "ignored": service unavailable'
+
+
 async def test_streams_round_trip_with_flow_control(start_node) -> None:
     """open_connection and streams_of: 8 MiB each way through StreamWriter.drain (the writer's
     buffer is bounded) and StreamReader, write_eof, close, extra info."""

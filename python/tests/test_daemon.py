@@ -126,3 +126,19 @@ async def test_an_alias_of_the_home_resolves(tool, make_home, relay) -> None:
         tool.run("allow", node.node_id, "cat")
         async with await node.dial("tool", "cat") as channel:
             assert await send_and_collect(channel, b"x") == b"x"
+
+
+async def test_the_relay_comes_from_the_homes_config(make_home, relay) -> None:
+    home = make_home("configured")
+    identity = nullport.Identity.from_home(home.path)
+    with pytest.raises(nullport.InvalidAddress) as raised:
+        await nullport.Node.start(identity)
+    assert str(raised.value) == (
+        f'no relay given, and none in {home.path / "config.toml"} (relay = "np...@host:port")'
+    )
+    with (home.path / "config.toml").open("a") as config:
+        config.write(f'relay = "{relay.address}"\n')
+    async with await nullport.Node.start(identity) as node:
+        assert node.status()["relay"] == relay.address
+    with pytest.raises(nullport.InvalidAddress, match="no home to read one from"):
+        await nullport.Node.start(nullport.Identity.generate())
