@@ -115,7 +115,8 @@ class Channel:
     def is_closed(self) -> bool:
         """Whether this side closed or aborted the channel."""
     async def read(self, n: int = 65536) -> bytes:
-        """Reads up to ``n`` bytes; ``b""`` once the peer has finished sending. Raises
+        """Reads up to ``n`` bytes; ``b""`` once the peer has finished sending (and for
+        ``n == 0``). ``n < 0``: everything until the peer finishes sending. Raises
         ``ChannelClosed`` if the channel failed or was closed by this side."""
     async def readexactly(self, n: int) -> bytes:
         """Reads exactly ``n`` bytes; raises ``asyncio.IncompleteReadError`` if the peer

@@ -147,24 +147,38 @@ impl Channel {
         &self.handshake_hash
     }
 
-    /// Reads up to `n` bytes (at least 1); returns `b""` once the peer has finished
-    /// sending. Raises `ChannelClosed` if the channel failed or was closed by this side.
+    /// Reads up to `n` bytes; returns `b""` once the peer has finished sending (and for
+    /// `n == 0`). With `n < 0`, reads until the peer has finished sending and returns it
+    /// all (as `asyncio.StreamReader.read(-1)`). Raises `ChannelClosed` if the channel
+    /// failed or was closed by this side.
     #[pyo3(signature = (n=65536))]
-    fn read<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
+    fn read<'py>(&self, py: Python<'py>, n: isize) -> PyResult<Bound<'py, PyAny>> {
         let state = self.state.clone();
         crate::aio::future_into_coro(py, async move {
+            if n == 0 {
+                return Ok(Vec::new());
+            }
             let guard = CancelGuard(Some(state.clone()));
             let mut reader = state.reader.lock().await;
             let Some(reader) = reader.as_mut() else {
                 guard.done();
                 return Err(closed());
             };
-            let mut buf = vec![0u8; n.clamp(1, MAX_READ)];
-            let got = reader.read(&mut buf).await;
+            let got = match usize::try_from(n) {
+                Ok(n) => {
+                    let mut buf = vec![0u8; n.min(MAX_READ)];
+                    reader.read(&mut buf).await.map(|got| {
+                        buf.truncate(got);
+                        buf
+                    })
+                }
+                Err(_) => {
+                    let mut buf = Vec::new();
+                    reader.read_to_end(&mut buf).await.map(|_| buf)
+                }
+            };
             guard.done();
-            let got = got.map_err(channel_error)?;
-            buf.truncate(got);
-            Ok(buf)
+            got.map_err(channel_error)
         })
     }
 

@@ -72,9 +72,12 @@ async def test_callee_sends_first_and_read_returns_empty_at_the_end(start_node) 
 
     async with serving(callee, talk):
         async with await caller.dial(callee.node_id, "hello") as channel:
+            assert await channel.read(0) == b""
             assert await channel.readexactly(len(message)) == message
             assert await channel.read() == b""
             assert await channel.read() == b""
+        async with await caller.dial(callee.node_id, "hello") as channel:
+            assert await channel.read(-1) == message
 
 
 async def test_readexactly_short_raises_incomplete_read(start_node) -> None:
