@@ -5,9 +5,29 @@ Import everything from ``nullport``, not from here.
 
 import os
 from pathlib import Path
-from typing import Any, AsyncIterator, Dict, List, Optional, Union
+from typing import Any, AsyncIterator, Dict, List, Optional, Union, final
 
 _Path = Union[str, "os.PathLike[str]"]
+
+__all__ = [
+    "Channel",
+    "ChannelClosed",
+    "HandshakeFailed",
+    "Identity",
+    "IdentityError",
+    "Incoming",
+    "IncomingIter",
+    "InvalidAddress",
+    "Node",
+    "NodeClosed",
+    "NotAllowed",
+    "NullportError",
+    "PeerOffline",
+    "RelayLinkLost",
+    "RelayRefused",
+    "RelayUnreachable",
+    "Timeout",
+]
 
 class NullportError(Exception):
     """Base class of every error nullport raises."""
@@ -50,6 +70,7 @@ class ChannelClosed(NullportError):
     """The channel is closed (by this side, or it ended with an error or an abort by the
     peer)."""
 
+@final
 class Identity:
     """A node identity (an Ed25519 key pair); its public half is the node's NodeId.
 
@@ -94,6 +115,7 @@ class Identity:
     def home(self) -> Optional[Path]:
         """The home this identity was loaded from, if any."""
 
+@final
 class Channel:
     """An end-to-end encrypted channel to one service of one peer (a byte stream both ways).
 
@@ -134,6 +156,7 @@ class Channel:
     async def __aenter__(self) -> Channel: ...
     async def __aexit__(self, *exc: Any) -> None: ...
 
+@final
 class Incoming:
     """An authenticated caller waiting for this node's decision. One dropped undecided is
     denied as ``service unavailable``."""
@@ -154,12 +177,14 @@ class Incoming:
         (``"not allowed"``, ``"service not exposed"``, ``"capability token rejected"``,
         ``"rate limited"``, ``"service unavailable"``, ... or ``"unknown_service"``...)."""
 
+@final
 class IncomingIter:
     """The async iterator ``Node.incoming()`` returns."""
 
     def __aiter__(self) -> AsyncIterator[Incoming]: ...
     async def __anext__(self) -> Incoming: ...
 
+@final
 class Node:
     """A running node: dials out to its relay, opens channels to peers' services, takes
     incoming channels. ``async with await Node.start(identity, relay) as node:``."""
