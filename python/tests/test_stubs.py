@@ -10,12 +10,16 @@ import pytest
 
 
 def test_stubs_match_the_native_module() -> None:
+    """Every class, method, argument and default of `nullport._native` is in the stub as it
+    is at runtime. (Classes not marked `@final` in the stub are tolerated: it only tells
+    type checkers what pyo3 already enforces.)"""
     pytest.importorskip("mypy.stubtest")
     out = subprocess.run(
         [
             sys.executable,
             "-m",
             "mypy.stubtest",
+            "--concise",
             "--ignore-disjoint-bases",
             # pyo3's module __all__ (every class): the stub declares the names themselves.
             "--allowlist",
@@ -26,4 +30,10 @@ def test_stubs_match_the_native_module() -> None:
         text=True,
         timeout=600,
     )
-    assert out.returncode == 0, out.stdout + out.stderr
+    errors = [
+        line
+        for line in out.stdout.splitlines()
+        if line.strip() and "isn't marked with @final in the stub" not in line
+    ]
+    assert out.returncode in (0, 1) and not out.stderr.strip(), out.stdout + out.stderr
+    assert errors == [], "\n".join(errors)
