@@ -9,6 +9,26 @@ from typing import Any, AsyncIterator, Dict, List, Optional, Union, final
 
 _Path = Union[str, "os.PathLike[str]"]
 
+__all__ = [
+    "Channel",
+    "ChannelClosed",
+    "HandshakeFailed",
+    "Identity",
+    "IdentityError",
+    "Incoming",
+    "IncomingIter",
+    "InvalidAddress",
+    "Node",
+    "NodeClosed",
+    "NotAllowed",
+    "NullportError",
+    "PeerOffline",
+    "RelayLinkLost",
+    "RelayRefused",
+    "RelayUnreachable",
+    "Timeout",
+]
+
 class NullportError(Exception):
     """Base class of every error nullport raises."""
 

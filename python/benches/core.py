@@ -2,7 +2,7 @@
 throughput through Channel and through the asyncio streams, two embedded nodes on one
 `nullport-relay` process on loopback.
 
-    python python/bench/core.py [--bin-dir target/release] [--bytes 268435456] [--trips 2000]
+    python python/benches/core.py [--bin-dir target/release] [--bytes 268435456] [--trips 2000]
 
 Compare with the Rust library in the same run: `cargo bench -p nullport-tests --bench relay`
 (its relay is in-process, this one a separate process: say so next to the figures).
