@@ -51,6 +51,11 @@ def files_host(tmp_path):
     relay.stop()
 
 
+def open_channels(home) -> int:
+    """Channels the daemon of `home` has open now."""
+    return len(json.loads(run(home, "status", "--json").stdout)["channels"])
+
+
 async def agent_node(host):
     identity = nullport.Identity.from_home(str(host["agent"]))
     return await nullport.Node.start(identity, host["relay"].address)
@@ -135,6 +140,8 @@ async def test_shutdown_is_bounded_whatever_closes_first(files_host, order):
                     async with nullport.mcp.connect(node, "tool/files") as (r2, w2):
                         async with ClientSession(r2, w2) as inner:
                             await inner.initialize()
+                            if order != "peer-first":
+                                assert open_channels(files_host["tool"]) == 2
                             ready.set()
                             if order == "peer-first":
                                 files_host["daemon"].stop()
@@ -164,7 +171,7 @@ async def test_shutdown_is_bounded_whatever_closes_first(files_host, order):
         # The host saw both sessions end (its channels are closed), unless it is gone.
         if order != "peer-first":
             with anyio.fail_after(10):
-                while "in  " in run(files_host["tool"], "status").stdout:
+                while open_channels(files_host["tool"]):
                     await anyio.sleep(0.05)
 
 

@@ -1,0 +1,190 @@
+"""A Python MCP server (the SDK's MCPServer) served by an embedded node behind the Rust
+firewall and policy file: used from the Rust bridge (`nullport mcp bridge`, driven by the SDK's
+stdio_client) and from Python (`nullport.mcp.connect`); refusals; access taken away live."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.server.mcpserver import MCPServer
+
+import nullport
+import nullport.mcp
+
+from mcp_helpers import Daemon, Relay, error_code, new_home, nullport_bin, run, text_of, write_policy
+
+RULE = ["add", "whoami", "wait"]
+
+
+class Tools:
+    """The server under test, with hooks to see what its handlers went through."""
+
+    def __init__(self) -> None:
+        self.waiting = anyio.Event()
+        self.cancelled = anyio.Event()
+        self.server = MCPServer("pytools")
+
+        @self.server.tool()
+        def add(a: int, b: int) -> str:
+            """Adds two numbers."""
+            return str(a + b)
+
+        @self.server.tool()
+        def whoami() -> str:
+            """The caller's alias here, as the handshake proved it."""
+            caller = nullport.mcp.current_caller()
+            return caller.alias or caller.peer if caller else "nobody"
+
+        @self.server.tool()
+        async def wait() -> str:
+            """Waits until cancelled."""
+            self.waiting.set()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self.cancelled.set()
+            return "never"
+
+        @self.server.tool()
+        def secret() -> str:
+            """Not for callers."""
+            return "s3cret"
+
+
+@pytest.fixture
+def net(tmp_path):
+    """A relay; the Python tool node's home (`pytools`); a daemon `agent` that trusts it; a
+    Python caller's home `pyagent`; the tool home's policy allows both callers RULE."""
+    relay = Relay(tmp_path)
+    pytools, pytools_id = new_home(tmp_path, "pytools")
+    agent, agent_id = new_home(tmp_path, "agent")
+    pyagent, pyagent_id = new_home(tmp_path, "pyagent")
+    run(pytools, "trust", "add", "agent", agent_id)
+    run(pytools, "trust", "add", "pyagent", pyagent_id)
+    for home in (agent, pyagent):
+        run(home, "trust", "add", "pytools", pytools_id)
+    write_policy(pytools, "tools", {"agent": RULE, "pyagent": RULE})
+    daemon = Daemon(agent, relay)
+    yield dict(relay=relay, pytools=pytools, pytools_id=pytools_id, agent=agent, pyagent=pyagent, pyagent_id=pyagent_id)
+    daemon.stop()
+    relay.stop()
+
+
+async def start(home, relay):
+    return await nullport.Node.start(nullport.Identity.from_home(str(home)), relay.address)
+
+
+async def test_a_python_server_behind_the_firewall_from_the_rust_bridge(net):
+    tools = Tools()
+    async with await start(net["pytools"], net["relay"]) as node:
+        async with nullport.mcp.expose(node, "tools", tools.server):
+            params = StdioServerParameters(
+                command=nullport_bin(), args=["--home", str(net["agent"]), "mcp", "bridge", "pytools/tools"]
+            )
+            async with stdio_client(params) as (read, write):
+                async with ClientSession(read, write) as session:
+                    init = await session.initialize()
+                    assert init.server_info.name == "pytools"
+                    listed = await session.list_tools()
+                    assert sorted(t.name for t in listed.tools) == sorted(RULE)
+                    assert text_of(await session.call_tool("add", {"a": 2, "b": 3})) == "5"
+                    assert text_of(await session.call_tool("whoami", {})) == "agent"
+                    with pytest.raises(Exception) as refused:
+                        await session.call_tool("secret", {})
+                    assert error_code(refused.value) == nullport.mcp.DENIED
+    audit = (net["pytools"] / "audit.log").read_text()
+    assert '"target":"secret"' in audit and '"outcome":"denied"' in audit
+    # The bridge's daemon checked the Python host's receipts.
+    agent_audit = (net["agent"] / "audit.log").read_text()
+    received = [line for line in agent_audit.splitlines() if '"role":"received"' in line]
+    assert len(received) == 3 and all('"valid":true' in line for line in received)
+
+
+async def test_a_python_server_behind_the_firewall_from_python(net):
+    tools = Tools()
+    async with await start(net["pytools"], net["relay"]) as host, await start(net["pyagent"], net["relay"]) as agent:
+        async with nullport.mcp.expose(host, "tools", tools.server) as service:
+            async with nullport.mcp.connect(agent, "pytools/tools") as streams:
+                async with ClientSession(*streams) as session:
+                    await session.initialize()
+                    listed = await session.list_tools()
+                    assert sorted(t.name for t in listed.tools) == sorted(RULE)
+                    assert text_of(await session.call_tool("whoami", {})) == "pyagent"
+                    assert service.open_sessions == 1
+                    with pytest.raises(Exception) as refused:
+                        await session.call_tool("secret", {})
+                    assert error_code(refused.value) == nullport.mcp.DENIED
+            assert [(r.decision, r.valid) for r in streams.receipts] == [("allowed", True), ("denied", True)]
+            assert all(r.callee == net["pytools_id"] and r.signature_valid() for r in streams.receipts)
+
+
+async def test_a_caller_without_a_rule_is_refused(net, tmp_path):
+    stranger, _ = new_home(tmp_path, "stranger")
+    run(stranger, "trust", "add", "pytools", net["pytools_id"])
+    async with await start(net["pytools"], net["relay"]) as host, await start(stranger, net["relay"]) as node:
+        async with nullport.mcp.expose(host, "tools", Tools().server) as service:
+            with pytest.raises(nullport.NotAllowed, match="not allowed"):
+                async with nullport.mcp.connect(node, "pytools/tools"):
+                    pass
+            assert service.open_sessions == 0
+    audit = (net["pytools"] / "audit.log").read_text()
+    assert "no policy rule allows this caller" in audit
+
+
+async def test_removing_the_rule_ends_the_live_session(net):
+    tools = Tools()
+    async with await start(net["pytools"], net["relay"]) as host, await start(net["pyagent"], net["relay"]) as agent:
+        async with nullport.mcp.expose(host, "tools", tools.server) as service:
+            async with nullport.mcp.connect(agent, "pytools/tools") as (read, write):
+                async with ClientSession(read, write) as session:
+                    await session.initialize()
+                    outcome = {}
+
+                    async def call_wait():
+                        try:
+                            await session.call_tool("wait", {})
+                        except Exception as e:  # the error the SDK raises
+                            outcome["error"] = e
+
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(call_wait)
+                        await tools.waiting.wait()
+                        write_policy(net["pytools"], "tools", {"agent": RULE})
+                        with anyio.fail_after(30):
+                            service.reload()
+                    assert error_code(outcome["error"]) == nullport.mcp.CHANNEL_ENDED
+                    assert "not allowed" in str(outcome["error"])
+            with anyio.fail_after(10):
+                await tools.cancelled.wait()
+                while service.open_sessions:
+                    await anyio.sleep(0.05)
+            with pytest.raises(nullport.NotAllowed):
+                async with nullport.mcp.connect(agent, "pytools/tools"):
+                    pass
+    audit = (net["pytools"] / "audit.log").read_text()
+    assert '"outcome":"closed"' in audit
+
+
+async def test_cancelling_a_caller_task_ends_its_session_at_the_server(net):
+    tools = Tools()
+    async with await start(net["pytools"], net["relay"]) as host, await start(net["pyagent"], net["relay"]) as agent:
+        async with nullport.mcp.expose(host, "tools", tools.server) as service:
+
+            async def caller():
+                async with nullport.mcp.connect(agent, "pytools/tools") as (read, write):
+                    async with ClientSession(read, write) as session:
+                        await session.initialize()
+                        await session.call_tool("wait", {})
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(caller)
+                    await tools.waiting.wait()
+                    assert service.open_sessions == 1
+                    tg.cancel_scope.cancel()
+                # The handler under the cancelled call was cancelled, and the session ended.
+                await tools.cancelled.wait()
+                while service.open_sessions:
+                    await anyio.sleep(0.05)
