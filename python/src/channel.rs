@@ -147,7 +147,7 @@ impl Channel {
     #[pyo3(signature = (n=65536))]
     fn read<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
         let state = self.state.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::aio::future_into_coro(py, async move {
             let guard = CancelGuard(Some(state.clone()));
             let mut reader = state.reader.lock().await;
             let reader = reader.as_mut().ok_or_else(closed)?;
@@ -164,7 +164,7 @@ impl Channel {
     /// if the peer finishes sending first.
     fn readexactly<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
         let state = self.state.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::aio::future_into_coro(py, async move {
             let guard = CancelGuard(Some(state.clone()));
             let mut reader = state.reader.lock().await;
             let reader = reader.as_mut().ok_or_else(closed)?;
@@ -193,7 +193,7 @@ impl Channel {
     /// link (flow control: a slow peer slows the writer down).
     fn write<'py>(&self, py: Python<'py>, data: PyBackedBytes) -> PyResult<Bound<'py, PyAny>> {
         let state = self.state.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::aio::future_into_coro(py, async move {
             let guard = CancelGuard(Some(state.clone()));
             let mut writer = state.writer.lock().await;
             let writer = writer.as_mut().ok_or_else(closed)?;
@@ -210,7 +210,7 @@ impl Channel {
     /// Finishes sending (the peer reads the end); reading goes on.
     fn write_eof<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let state = self.state.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::aio::future_into_coro(py, async move {
             let mut writer = state.writer.lock().await;
             let writer = writer.as_mut().ok_or_else(closed)?;
             writer.shutdown().await.map_err(channel_error)
@@ -221,7 +221,7 @@ impl Channel {
     /// A read or write waiting in another task ends. Closing twice is harmless.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let state = self.state.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::aio::future_into_coro(py, async move {
             state.shut(None).await;
             Ok(())
         })
@@ -230,7 +230,7 @@ impl Channel {
     /// Aborts the channel now: the peer's reads fail with "service unavailable".
     fn abort<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let state = self.state.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::aio::future_into_coro(py, async move {
             state.shut(Some(DenyReason::Unavailable)).await;
             Ok(())
         })
@@ -249,9 +249,7 @@ impl Channel {
     }
 
     fn __aenter__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        let this: Py<Channel> = slf.unbind();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(this) })
+        crate::aio::ready(slf.py(), slf.into_any())
     }
 
     #[pyo3(signature = (*_exc))]

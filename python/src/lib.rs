@@ -5,6 +5,7 @@
 //! app crate for homes and the MCP firewall): no second implementation of anything.
 #![forbid(unsafe_code)]
 
+mod aio;
 mod channel;
 mod errors;
 mod identity;

@@ -230,7 +230,7 @@ impl Node {
         let id = identity.inner.clone();
         let config = NodeConfig::for_relay(id.clone(), &spec).map_err(node_error)?;
         let home = home.map(Home::at).or_else(|| identity.home.clone());
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::aio::future_into_coro(py, async move {
             let node = nullport_node::Node::start(config)
                 .await
                 .map_err(node_error)?;
@@ -278,7 +278,7 @@ impl Node {
         let shared = self.shared.clone();
         let target = shared.resolve_peer(peer)?;
         let blob = token_blob(token)?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::aio::future_into_coro(py, async move {
             let mut closed = shared.closed.subscribe();
             if *closed.borrow() {
                 return Err(node_error(nullport_node::Error::Shutdown));
@@ -295,7 +295,7 @@ impl Node {
     fn presence<'py>(&self, py: Python<'py>, peer: &str) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
         let target = shared.resolve_peer(peer)?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::aio::future_into_coro(py, async move {
             shared.node.presence(target).await.map_err(node_error)
         })
     }
@@ -314,7 +314,7 @@ impl Node {
     /// node is closed.
     fn accept<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::aio::future_into_coro(py, async move {
             next_incoming(&shared)
                 .await
                 .ok_or_else(|| NodeClosed::new_err("node is shut down"))
@@ -351,16 +351,14 @@ impl Node {
     /// `NodeClosed`. Open channels end with the link. Closing twice is harmless.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::aio::future_into_coro(py, async move {
             shared.close().await;
             Ok(())
         })
     }
 
     fn __aenter__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        let this: Py<Node> = slf.unbind();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(this) })
+        crate::aio::ready(slf.py(), slf.into_any())
     }
 
     #[pyo3(signature = (*_exc))]
@@ -396,7 +394,7 @@ impl IncomingIter {
 
     fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::aio::future_into_coro(py, async move {
             next_incoming(&shared)
                 .await
                 .ok_or_else(|| PyStopAsyncIteration::new_err(()))
@@ -452,7 +450,7 @@ impl Incoming {
     /// Accepts the channel; returns the `Channel`.
     fn accept<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::aio::future_into_coro(py, async move {
             let incoming = inner.lock().await.take().ok_or_else(decided)?;
             let channel: Channel = incoming
                 .accept()
@@ -470,7 +468,7 @@ impl Incoming {
     fn deny<'py>(&self, py: Python<'py>, reason: &str) -> PyResult<Bound<'py, PyAny>> {
         let reason = deny_reason(reason)?;
         let inner = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::aio::future_into_coro(py, async move {
             let incoming = inner.lock().await.take().ok_or_else(decided)?;
             incoming.deny(reason).await.map_err(node_error)
         })
