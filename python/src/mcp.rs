@@ -149,9 +149,7 @@ impl McpLink {
     /// side is done. Cancelling it loses nothing.
     fn recv<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let lines = self.lines.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            Ok(lines.lock().await.recv().await)
-        })
+        crate::aio::future_into_coro(py, async move { Ok(lines.lock().await.recv().await) })
     }
 
     /// Sends one JSON-RPC message (one line, without a newline). Raises `ChannelClosed` once
@@ -159,7 +157,7 @@ impl McpLink {
     fn send<'py>(&self, py: Python<'py>, line: PyBackedBytes) -> PyResult<Bound<'py, PyAny>> {
         let out = self.out.lock().ok().and_then(|o| o.clone());
         let pipe = self.pipe.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::aio::future_into_coro(py, async move {
             let ended = || {
                 let why = pipe
                     .as_ref()
@@ -189,7 +187,7 @@ impl McpLink {
         let within = Duration::try_from_secs_f64(timeout)
             .map_err(|e| PyValueError::new_err(format!("timeout: {e}")))?;
         let pipe = self.pipe.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::aio::future_into_coro(py, async move {
             let Some(pipe) = pipe else { return Ok(()) };
             let Some(mut task) = pipe.task.lock().await.take() else {
                 return Ok(());
@@ -284,7 +282,7 @@ fn mcp_connect<'py>(
     let shared = node.shared.clone();
     let target = shared.resolve_peer(peer)?;
     let audit = audit_for(&shared, None, audit)?;
-    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+    crate::aio::future_into_coro(py, async move {
         let channel = shared
             .node
             .dial(target, &service)
@@ -407,9 +405,7 @@ impl McpService {
     /// The next caller session (an `McpLink`), or None once the service is closed.
     fn next_session<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let sessions = self.sessions.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            Ok(sessions.lock().await.recv().await)
-        })
+        crate::aio::future_into_coro(py, async move { Ok(sessions.lock().await.recv().await) })
     }
 
     /// Re-reads the home's policy, trust store and revocation lists. Live sessions whose
