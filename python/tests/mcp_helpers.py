@@ -167,3 +167,22 @@ def error_code(exc: BaseException) -> Optional[int]:
     if code is None:
         code = getattr(exc, "code", None)
     return code
+
+
+def start_files_host(directory: Path) -> dict:
+    """A relay; a tool host daemon (`tool`) exposing the official filesystem server as `files`
+    over `docs/` (holding `hello.txt`), allowing the agent `read_text_file,list_*`; the agent's
+    home (`agent`, trusting the host as `tool`). Stop `daemon` and `relay` when done."""
+    need_filesystem_server()
+    relay = Relay(directory)
+    tool, tool_id = new_home(directory, "tool")
+    agent, agent_id = new_home(directory, "agent")
+    run(tool, "trust", "add", "agent", agent_id)
+    run(agent, "trust", "add", "tool", tool_id)
+    data = directory / "docs"
+    data.mkdir()
+    (data / "hello.txt").write_text("hello from the tool host\n")
+    run(tool, "expose", "mcp", "files", "--", "node", str(FILESYSTEM_SERVER), str(data))
+    run(tool, "mcp", "allow", "agent", "files", "--tools", "read_text_file,list_*")
+    daemon = Daemon(tool, relay)
+    return dict(relay=relay, tool=tool, tool_id=tool_id, agent=agent, agent_id=agent_id, data=data, daemon=daemon)

@@ -15,40 +15,17 @@ import nullport
 import nullport.mcp
 from nullport import _native
 
-from mcp_helpers import (
-    FILESYSTEM_SERVER,
-    Daemon,
-    Relay,
-    error_code,
-    need_filesystem_server,
-    new_home,
-    run,
-    text_of,
-)
+from mcp_helpers import error_code, new_home, run, start_files_host, text_of
 
 ALLOWED = ["list_allowed_directories", "list_directory", "list_directory_with_sizes", "read_text_file"]
 
 
 @pytest.fixture
 def files_host(tmp_path):
-    """A relay; a tool host daemon exposing the filesystem server as `files`, allowing the
-    agent `read_text_file,list_*`; the agent's home (trusting the host as `tool`)."""
-    need_filesystem_server()
-    relay = Relay(tmp_path)
-    tool, tool_id = new_home(tmp_path, "tool")
-    agent, agent_id = new_home(tmp_path, "agent")
-    run(tool, "trust", "add", "agent", agent_id)
-    run(agent, "trust", "add", "tool", tool_id)
-    data = tmp_path / "docs"
-    data.mkdir()
-    (data / "hello.txt").write_text("hello from the tool host\n")
-    run(tool, "expose", "mcp", "files", "--", "node", str(FILESYSTEM_SERVER), str(data))
-    run(tool, "mcp", "allow", "agent", "files", "--tools", "read_text_file,list_*")
-    daemon = Daemon(tool, relay)
-    host = dict(relay=relay, tool=tool, tool_id=tool_id, agent=agent, agent_id=agent_id, data=data, daemon=daemon)
+    host = start_files_host(tmp_path)
     yield host
-    daemon.stop()
-    relay.stop()
+    host["daemon"].stop()
+    host["relay"].stop()
 
 
 def open_channels(home) -> int:
