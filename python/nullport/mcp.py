@@ -184,15 +184,17 @@ async def _pump_in(link: Any, sink: Any) -> None:
                 return
 
 
-async def _pump_out(link: Any, source: Any, on_failure: Any) -> None:
-    """Messages from the SDK's write stream to the link; closes the link's input at the end."""
+async def _pump_out(link: Any, source: Any) -> None:
+    """Messages from the SDK's write stream to the link; closes the link's input at the end.
+
+    A send fails only once the Rust side is gone, whose end the reader then reads too (after
+    the answers it gave the requests still waiting): the read stream is left to it."""
     try:
         async with source:
             async for message in source:
                 await link.send(_dump(message))
     except (anyio.ClosedResourceError, anyio.BrokenResourceError, _native.ChannelClosed):
-        # The session is over: let the reader side see the end instead of waiting.
-        await on_failure.aclose()
+        pass
     finally:
         link.close_input()
 
@@ -205,7 +207,7 @@ async def _streams_over(link: Any, close_timeout: float) -> AsyncIterator[Tuple[
     write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_pump_in, link, read_writer)
-        tg.start_soon(_pump_out, link, write_reader, read_writer)
+        tg.start_soon(_pump_out, link, write_reader)
         try:
             yield read_stream, write_stream
         finally:
