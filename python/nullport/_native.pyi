@@ -240,8 +240,11 @@ class McpService:
     def close(self) -> None:
         """Stops serving: open sessions end, new callers are refused."""
 
-async def mcp_connect(node: Node, peer: str, service: str, audit: bool = True) -> McpLink:
-    """Dials ``service`` on ``peer`` and runs the caller side of ``nullport mcp bridge``."""
+async def mcp_connect(
+    node: Node, peer: str, service: str, audit: bool = True, token: Optional[str] = None
+) -> McpLink:
+    """Dials ``service`` on ``peer`` (presenting ``token``) and runs the caller side of
+    ``nullport mcp bridge``."""
 
 def mcp_serve(node: Node, service: str, home: Optional[_Path] = None, audit: bool = True) -> McpService:
     """Serves MCP service ``service`` of ``node`` behind the firewall, decided by ``home``."""

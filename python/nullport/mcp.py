@@ -229,11 +229,14 @@ async def connect(
     node: Any,
     target: str,
     *,
+    token: Optional[str] = None,
     audit: bool = True,
     close_timeout: float = CLOSE_TIMEOUT,
 ) -> AsyncIterator[McpStreams]:
     """Opens an MCP session with ``target`` (``"PEER/SERVICE"``, the peer a NodeId or an alias
     of the node's home) and yields the SDK's ``(read, write)`` streams for ``ClientSession``.
+    ``token``: a capability token to present (as ``nullport token issue`` prints it, or
+    ``@FILE``), as ``nullport mcp bridge --token`` does.
 
     Raises the node's exceptions if the dial fails (``PeerOffline``, ``NotAllowed``...).
     Leaving the block ends the session within ``close_timeout`` seconds (the channel is
@@ -243,7 +246,7 @@ async def connect(
     if not math.isfinite(close_timeout) or close_timeout < 0:
         raise ValueError("close_timeout must be a finite number of seconds >= 0")
     peer, service = _split(target)
-    link = await _native.mcp_connect(node, peer, service, audit)
+    link = await _native.mcp_connect(node, peer, service, audit, token)
     async with _streams_over(link, close_timeout) as (read, write):
         yield McpStreams(read, write, link)
 

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::errors::{ChannelClosed, NullportError, node_error};
-use crate::node::{Node, NodeShared};
+use crate::node::{Node, NodeShared, token_blob};
 
 /// Lines waiting in either direction of a link.
 const LINK_QUEUE: usize = 64;
@@ -266,26 +266,29 @@ fn audit_for(shared: &NodeShared, home: Option<&Home>, audit: bool) -> PyResult<
     }
 }
 
-/// Opens an MCP session with `service` on `peer` (a NodeId or an alias of the node's home):
-/// dials it and runs the caller side of `nullport mcp bridge` over the channel. Returns an
-/// `McpLink`. `audit`: record signatures and receipts in the node's home audit log, as the
-/// bridge does in its daemon's (when the node has a home).
+/// Opens an MCP session with `service` on `peer` (a NodeId or an alias of the node's home),
+/// presenting `token` (as `Node.dial` takes it) if given: dials it and runs the caller side
+/// of `nullport mcp bridge` over the channel. Returns an `McpLink`. `audit`: record
+/// signatures and receipts in the node's home audit log, as the bridge does in its daemon's
+/// (when the node has a home).
 #[pyfunction]
-#[pyo3(signature = (node, peer, service, audit=true))]
+#[pyo3(signature = (node, peer, service, audit=true, token=None))]
 fn mcp_connect<'py>(
     py: Python<'py>,
     node: &Node,
     peer: &str,
     service: String,
     audit: bool,
+    token: Option<String>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let shared = node.shared.clone();
     let target = shared.resolve_peer(peer)?;
+    let blob = token_blob(token)?;
     let audit = audit_for(&shared, None, audit)?;
     crate::aio::future_into_coro(py, async move {
         let channel = shared
             .node
-            .dial(target, &service)
+            .dial_with(target, &service, blob)
             .await
             .map_err(node_error)?;
         let session = Session {

@@ -155,7 +155,7 @@ impl Drop for Node {
 }
 
 /// Turns a token as `nullport token` prints it (or `@FILE`) into the handshake blob.
-fn token_blob(token: Option<String>) -> PyResult<Vec<u8>> {
+pub(crate) fn token_blob(token: Option<String>) -> PyResult<Vec<u8>> {
     let Some(token) = token else {
         return Ok(Vec::new());
     };

@@ -188,3 +188,29 @@ async def test_cancelling_a_caller_task_ends_its_session_at_the_server(net):
                 await tools.cancelled.wait()
                 while service.open_sessions:
                     await anyio.sleep(0.05)
+
+
+async def test_a_capability_token_opens_the_service_with_its_scope(net, tmp_path):
+    """No rule for the caller, but a token from an issuer the host trusts for the service:
+    the caller gets the token's tools, within the issuer's own rule."""
+    admin, admin_id = new_home(tmp_path, "admin")
+    holder, holder_id = new_home(tmp_path, "holder")
+    run(admin, "trust", "add", "holder", holder_id)
+    run(holder, "trust", "add", "pytools", net["pytools_id"])
+    run(net["pytools"], "trust", "add", "admin", admin_id)
+    write_policy(net["pytools"], "tools", {"admin": ["add", "whoami"]})
+    with open(net["pytools"] / "policy.toml", "a") as policy:
+        policy.write('[tokens.tools]\nissuers = ["admin"]\n')
+    token = run(admin, "token", "issue", "--to", "holder", "--service", "tools", "--tools", "add,wait").stdout.strip()
+    async with await start(net["pytools"], net["relay"]) as host, await start(holder, net["relay"]) as node:
+        async with nullport.mcp.expose(host, "tools", Tools().server):
+            with pytest.raises(nullport.NotAllowed, match="not allowed"):
+                async with nullport.mcp.connect(node, "pytools/tools"):
+                    pass
+            async with nullport.mcp.connect(node, "pytools/tools", token=token) as streams:
+                async with ClientSession(*streams) as session:
+                    await session.initialize()
+                    listed = await session.list_tools()
+                    # `wait`: in the token, not in the issuer's rule; `whoami`: not in the token.
+                    assert [t.name for t in listed.tools] == ["add"]
+                    assert text_of(await session.call_tool("add", {"a": 1, "b": 1})) == "2"
