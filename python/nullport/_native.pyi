@@ -218,6 +218,10 @@ class McpLink:
         """The next message (one line, no newline), or None once the other side is done."""
     async def send(self, line: bytes) -> None:
         """Sends one message (one line, no newline); ``ChannelClosed`` once ended."""
+    def send_nowait(self, line: bytes) -> bool:
+        """Queues one message without waiting; False if the queue is full."""
+    def recv_nowait(self) -> Optional[bytes]:
+        """The next message if one is already here (None: none now, or ended)."""
     def close_input(self) -> None:
         """Stops sending: the other side reads the end of this session's input."""
     async def aclose(self, timeout: float = 2.0) -> None:

@@ -175,7 +175,9 @@ async def _pump_in(link: Any, sink: Any) -> None:
     """Lines from the link to the SDK's read stream, until the link ends."""
     async with sink:
         while True:
-            line = await link.recv()
+            line = link.recv_nowait()
+            if line is None:
+                line = await link.recv()
             if line is None:
                 return
             try:
@@ -192,7 +194,9 @@ async def _pump_out(link: Any, source: Any) -> None:
     try:
         async with source:
             async for message in source:
-                await link.send(_dump(message))
+                line = _dump(message)
+                if not link.send_nowait(line):
+                    await link.send(line)
     except (anyio.ClosedResourceError, anyio.BrokenResourceError, _native.ChannelClosed):
         pass
     finally:

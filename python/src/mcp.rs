@@ -118,6 +118,15 @@ impl McpLink {
         }
     }
 
+    /// The error of a send after the session ended.
+    fn ended(&self) -> PyErr {
+        let why = self
+            .pipe
+            .as_ref()
+            .and_then(|p| p.ended.lock().ok().and_then(|e| e.clone()));
+        ChannelClosed::new_err(why.unwrap_or_else(|| "the MCP session has ended".into()))
+    }
+
     fn stop_sending(&self) {
         if let Ok(mut out) = self.out.lock() {
             out.take();
@@ -170,6 +179,29 @@ impl McpLink {
             let out = out.ok_or_else(ended)?;
             out.send(line.to_vec()).await.map_err(|_| ended())
         })
+    }
+
+    /// Queues one JSON-RPC message without waiting: False if the queue is full (then
+    /// `await send(line)`). Raises `ChannelClosed` as `send` does.
+    fn send_nowait(&self, line: PyBackedBytes) -> PyResult<bool> {
+        if line.contains(&b'\n') {
+            return Err(PyValueError::new_err("a JSON-RPC message is one line"));
+        }
+        let out = self.out.lock().ok().and_then(|o| o.clone());
+        let Some(out) = out else {
+            return Err(self.ended());
+        };
+        match out.try_send(line.to_vec()) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.ended()),
+        }
+    }
+
+    /// The next JSON-RPC message if one is already here, without waiting (None: none now,
+    /// or the session is over: then `await recv()` says which).
+    fn recv_nowait(&self) -> Option<Vec<u8>> {
+        self.lines.try_lock().ok()?.try_recv().ok()
     }
 
     /// Stops sending: the other side reads the end of this session's input (the caller pipe
