@@ -70,9 +70,14 @@ impl Bridge {
     /// Called by the event loop when the wake-up socket is readable: completes the futures
     /// of every finished operation.
     fn _on_readable(&self, py: Python<'_>) {
-        self.shared.signalled.store(false, Ordering::Release);
+        // Drain first, then clear the flag, then take the queue: a completion that set the
+        // flag before it was cleared is in the queue taken below; one that sets it after
+        // writes a new byte. (Clearing before draining could drain the only byte of a flag
+        // still set: every later completion would then see the flag set and never wake the
+        // loop.)
         let mut sink = [0u8; 256];
         while matches!((&self.read).read(&mut sink), Ok(n) if n > 0) {}
+        self.shared.signalled.store(false, Ordering::Release);
         let done = match self.shared.queue.lock() {
             Ok(mut queue) => std::mem::take(&mut *queue),
             Err(_) => Vec::new(),
