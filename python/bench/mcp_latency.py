@@ -1,7 +1,9 @@
 """MCP tools/call latency from Python, three ways, in one run on loopback: the official
 filesystem server over direct stdio; through `nullport mcp bridge` (a daemon on each side);
 through the package (`nullport.mcp.connect`, the agent's own embedded node; a daemon on the
-tool host). Also the time to a ready session (connect + initialize).
+tool host). Also the time to a ready session (connect + initialize). Then a Python MCP server
+served by an embedded node (`nullport.mcp.expose`: no server process per session), reached
+through the bridge and through the package.
 
     python python/bench/mcp_latency.py [--calls 500]
 
@@ -27,23 +29,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import nullport  # noqa: E402
 import nullport.mcp  # noqa: E402
-from mcp_helpers import FILESYSTEM_SERVER, bridge_command, start_files_host  # noqa: E402
+from mcp.server.mcpserver import MCPServer  # noqa: E402
+from mcp_helpers import (  # noqa: E402
+    FILESYSTEM_SERVER,
+    Daemon,
+    bridge_command,
+    new_home,
+    run,
+    start_files_host,
+    write_policy,
+)
 
 
-async def measure(streams_cm, path: str, calls: int) -> dict:
+def phase(name: str) -> None:
+    print(f"mcp_latency: {name}", file=sys.stderr, flush=True)
+
+
+async def measure(streams_cm, path: str, calls: int, tool: str = "read_text_file") -> dict:
+    phase(f"session ({tool})")
     started = time.perf_counter()
     async with streams_cm as streams:
         async with ClientSession(streams[0], streams[1]) as session:
             await session.initialize()
             ready = time.perf_counter() - started
             for _ in range(20):  # warm-up
-                await session.call_tool("read_text_file", {"path": path})
+                await session.call_tool(tool, {"path": path})
             samples = []
             for _ in range(calls):
                 t = time.perf_counter()
-                result = await session.call_tool("read_text_file", {"path": path})
+                result = await session.call_tool(tool, {"path": path})
                 samples.append(time.perf_counter() - t)
                 assert not result.is_error
+    phase("session closed")
     samples.sort()
     return {
         "ready_ms": round(ready * 1e3, 1),
@@ -58,19 +75,37 @@ async def main(calls: int) -> None:
         try:
             hello = str(host["data"] / "hello.txt")
             direct = StdioServerParameters(command="node", args=[str(FILESYSTEM_SERVER), str(host["data"])])
-            from mcp_helpers import Daemon
-
             agent_daemon = Daemon(host["agent"], host["relay"])
             command = bridge_command(host["agent"], "tool/files")
             bridge = StdioServerParameters(command=command[0], args=command[1:])
             out = {"calls": calls}
             out["stdio"] = await measure(stdio_client(direct), hello, calls)
             out["bridge"] = await measure(stdio_client(bridge), hello, calls)
-            agent_daemon.stop()
-            identity = nullport.Identity.from_home(str(host["agent"]))
-            async with await nullport.Node.start(identity, host["relay"].address) as node:
-                # The node's own start is not counted: an agent starts it once.
-                out["package"] = await measure(nullport.mcp.connect(node, "tool/files"), hello, calls)
+            # A Python server on an embedded node: `pyhost`, allowing the agent `size`.
+            pyhost, pyhost_id = new_home(Path(d), "pyhost")
+            run(pyhost, "trust", "add", "agent", host["agent_id"])
+            run(host["agent"], "trust", "add", "pyhost", pyhost_id)
+            write_policy(pyhost, "tools", {"agent": ["size"]})
+            server = MCPServer("pytools")
+
+            @server.tool()
+            def size(path: str) -> str:
+                return str(len(path))
+
+            host_node = await nullport.Node.start(nullport.Identity.from_home(str(pyhost)), host["relay"].address)
+            async with host_node, nullport.mcp.expose(host_node, "tools", server):
+                command = bridge_command(host["agent"], "pyhost/tools")
+                bridge = StdioServerParameters(command=command[0], args=command[1:])
+                out["python_server_bridge"] = await measure(stdio_client(bridge), hello, calls, "size")
+                agent_daemon.stop()
+                phase("agent daemon stopped")
+                identity = nullport.Identity.from_home(str(host["agent"]))
+                async with await nullport.Node.start(identity, host["relay"].address) as node:
+                    # The node's own start is not counted: an agent starts it once.
+                    out["package"] = await measure(nullport.mcp.connect(node, "tool/files"), hello, calls)
+                    out["python_server_package"] = await measure(
+                        nullport.mcp.connect(node, "pyhost/tools"), hello, calls, "size"
+                    )
             print(json.dumps(out))
         finally:
             host["daemon"].stop()
