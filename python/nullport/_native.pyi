@@ -4,9 +4,30 @@ Import everything from ``nullport``, not from here.
 """
 
 import os
-from typing import Any, AsyncIterator, Dict, List, Optional, Union
+from pathlib import Path
+from typing import Any, AsyncIterator, Dict, List, Optional, Union, final
 
 _Path = Union[str, "os.PathLike[str]"]
+
+__all__ = [
+    "Channel",
+    "ChannelClosed",
+    "HandshakeFailed",
+    "Identity",
+    "IdentityError",
+    "Incoming",
+    "IncomingIter",
+    "InvalidAddress",
+    "Node",
+    "NodeClosed",
+    "NotAllowed",
+    "NullportError",
+    "PeerOffline",
+    "RelayLinkLost",
+    "RelayRefused",
+    "RelayUnreachable",
+    "Timeout",
+]
 
 class NullportError(Exception):
     """Base class of every error nullport raises."""
@@ -49,6 +70,7 @@ class ChannelClosed(NullportError):
     """The channel is closed (by this side, or it ended with an error or an abort by the
     peer)."""
 
+@final
 class Identity:
     """A node identity (an Ed25519 key pair); its public half is the node's NodeId.
 
@@ -90,9 +112,10 @@ class Identity:
     def node_id(self) -> str:
         """The NodeId (``np...``)."""
     @property
-    def home(self) -> Optional[str]:
+    def home(self) -> Optional[Path]:
         """The home this identity was loaded from, if any."""
 
+@final
 class Channel:
     """An end-to-end encrypted channel to one service of one peer (a byte stream both ways).
 
@@ -114,7 +137,8 @@ class Channel:
     def is_closed(self) -> bool:
         """Whether this side closed or aborted the channel."""
     async def read(self, n: int = 65536) -> bytes:
-        """Reads up to ``n`` bytes; ``b""`` once the peer has finished sending. Raises
+        """Reads up to ``n`` bytes; ``b""`` once the peer has finished sending (and for
+        ``n == 0``). ``n < 0``: everything until the peer finishes sending. Raises
         ``ChannelClosed`` if the channel failed or was closed by this side."""
     async def readexactly(self, n: int) -> bytes:
         """Reads exactly ``n`` bytes; raises ``asyncio.IncompleteReadError`` if the peer
@@ -132,8 +156,10 @@ class Channel:
     async def __aenter__(self) -> Channel: ...
     async def __aexit__(self, *exc: Any) -> None: ...
 
+@final
 class Incoming:
-    """An authenticated caller waiting for this node's decision."""
+    """An authenticated caller waiting for this node's decision. One dropped undecided is
+    denied as ``service unavailable``."""
 
     @property
     def peer(self) -> str:
@@ -151,12 +177,14 @@ class Incoming:
         (``"not allowed"``, ``"service not exposed"``, ``"capability token rejected"``,
         ``"rate limited"``, ``"service unavailable"``, ... or ``"unknown_service"``...)."""
 
+@final
 class IncomingIter:
     """The async iterator ``Node.incoming()`` returns."""
 
     def __aiter__(self) -> AsyncIterator[Incoming]: ...
     async def __anext__(self) -> Incoming: ...
 
+@final
 class Node:
     """A running node: dials out to its relay, opens channels to peers' services, takes
     incoming channels. ``async with await Node.start(identity, relay) as node:``."""
@@ -164,7 +192,7 @@ class Node:
     @staticmethod
     async def start(
         identity: Identity,
-        relay: str,
+        relay: Optional[str] = None,
         home: Optional[_Path] = None,
         *,
         timeout: float = 10.0,
@@ -172,7 +200,8 @@ class Node:
         """Starts a node linked to ``relay`` (``<relay NodeId>@<host>:<port>`` or
         ``fleet:<admin>/<relay>@<host>:<port>``) and waits up to ``timeout`` seconds until
         the relay admits it. ``home``: a nullport home whose trust store resolves aliases
-        (default: the identity's home). Raises ``InvalidAddress``, ``RelayRefused``,
+        (default: the identity's home); without ``relay``, the relay of that home's
+        ``config.toml``. Raises ``InvalidAddress``, ``RelayRefused``,
         ``RelayUnreachable``, ``Timeout``."""
     @property
     def node_id(self) -> str:

@@ -45,7 +45,7 @@ class _ChannelTransport(asyncio.Transport):
         self._eof_sent = False
         self._closing = False
         self._aborted = False
-        self._exc: Optional[BaseException] = None
+        self._exc: Optional[Exception] = None
         self._lost = False
         protocol.connection_made(self)
         self._reader = loop.create_task(self._run_reader())
@@ -131,7 +131,7 @@ class _ChannelTransport(asyncio.Transport):
                 self._lost = True
                 self._protocol.connection_lost(self._exc)
 
-    def _fatal(self, exc: BaseException) -> None:
+    def _fatal(self, exc: Exception) -> None:
         if self._exc is None:
             self._exc = exc
         self._aborted = True

@@ -51,7 +51,7 @@ impl Shared {
         if let Ok(mut queue) = self.queue.lock() {
             queue.push(completion);
         }
-        if !self.signalled.swap(true, Ordering::AcqRel) {
+        if !self.signalled.swap(true, Ordering::SeqCst) {
             // A full socket buffer means a wake-up is pending anyway.
             let _ = (&self.wake).write(&[1]);
         }
@@ -70,14 +70,12 @@ impl Bridge {
     /// Called by the event loop when the wake-up socket is readable: completes the futures
     /// of every finished operation.
     fn _on_readable(&self, py: Python<'_>) {
-        // Drain first, then clear the flag, then take the queue: a completion that set the
-        // flag before it was cleared is in the queue taken below; one that sets it after
-        // writes a new byte. (Clearing before draining could drain the only byte of a flag
-        // still set: every later completion would then see the flag set and never wake the
-        // loop.)
+        // In this order: drain the wake-up bytes, clear the flag, take the queue. A task
+        // that queues after the flag is cleared writes a new byte (another call); one that
+        // queued before is in the queue taken below.
         let mut sink = [0u8; 256];
         while matches!((&self.read).read(&mut sink), Ok(n) if n > 0) {}
-        self.shared.signalled.store(false, Ordering::Release);
+        self.shared.signalled.store(false, Ordering::SeqCst);
         let done = match self.shared.queue.lock() {
             Ok(mut queue) => std::mem::take(&mut *queue),
             Err(_) => Vec::new(),

@@ -3,6 +3,7 @@
 //! read and a write can be in progress at once).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nullport_node::AbortHandle;
@@ -31,6 +32,9 @@ pub(crate) struct ChannelState {
     reader: Mutex<Option<Reader>>,
     writer: Mutex<Option<Writer>>,
     abort: AbortHandle,
+    /// `write_eof` was called: writes are refused here (the Rust channel would fail
+    /// entirely, reading included).
+    eof_sent: AtomicBool,
 }
 
 impl ChannelState {
@@ -111,6 +115,7 @@ pub(crate) fn channel_into_py(channel: nullport_node::Channel) -> Channel {
             reader: Mutex::new(Some(reader)),
             writer: Mutex::new(Some(writer)),
             abort,
+            eof_sent: AtomicBool::new(false),
         }),
         peer,
         service,
@@ -142,21 +147,38 @@ impl Channel {
         &self.handshake_hash
     }
 
-    /// Reads up to `n` bytes (at least 1); returns `b""` once the peer has finished
-    /// sending. Raises `ChannelClosed` if the channel failed or was closed by this side.
+    /// Reads up to `n` bytes; returns `b""` once the peer has finished sending (and for
+    /// `n == 0`). With `n < 0`, reads until the peer has finished sending and returns it
+    /// all (as `asyncio.StreamReader.read(-1)`). Raises `ChannelClosed` if the channel
+    /// failed or was closed by this side.
     #[pyo3(signature = (n=65536))]
-    fn read<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
+    fn read<'py>(&self, py: Python<'py>, n: isize) -> PyResult<Bound<'py, PyAny>> {
         let state = self.state.clone();
         crate::aio::future_into_coro(py, async move {
+            if n == 0 {
+                return Ok(Vec::new());
+            }
             let guard = CancelGuard(Some(state.clone()));
             let mut reader = state.reader.lock().await;
-            let reader = reader.as_mut().ok_or_else(closed)?;
-            let mut buf = vec![0u8; n.clamp(1, MAX_READ)];
-            let got = reader.read(&mut buf).await;
+            let Some(reader) = reader.as_mut() else {
+                guard.done();
+                return Err(closed());
+            };
+            let got = match usize::try_from(n) {
+                Ok(n) => {
+                    let mut buf = vec![0u8; n.min(MAX_READ)];
+                    reader.read(&mut buf).await.map(|got| {
+                        buf.truncate(got);
+                        buf
+                    })
+                }
+                Err(_) => {
+                    let mut buf = Vec::new();
+                    reader.read_to_end(&mut buf).await.map(|_| buf)
+                }
+            };
             guard.done();
-            let got = got.map_err(channel_error)?;
-            buf.truncate(got);
-            Ok(buf)
+            got.map_err(channel_error)
         })
     }
 
@@ -167,7 +189,10 @@ impl Channel {
         crate::aio::future_into_coro(py, async move {
             let guard = CancelGuard(Some(state.clone()));
             let mut reader = state.reader.lock().await;
-            let reader = reader.as_mut().ok_or_else(closed)?;
+            let Some(reader) = reader.as_mut() else {
+                guard.done();
+                return Err(closed());
+            };
             let mut buf = vec![0u8; n];
             let mut filled = 0;
             while filled < n {
@@ -196,7 +221,14 @@ impl Channel {
         crate::aio::future_into_coro(py, async move {
             let guard = CancelGuard(Some(state.clone()));
             let mut writer = state.writer.lock().await;
-            let writer = writer.as_mut().ok_or_else(closed)?;
+            let Some(writer) = writer.as_mut() else {
+                guard.done();
+                return Err(closed());
+            };
+            if state.eof_sent.load(Ordering::Acquire) {
+                guard.done();
+                return Err(ChannelClosed::new_err("cannot write after write_eof()"));
+            }
             let written = async {
                 writer.write_all(&data).await?;
                 writer.flush().await
@@ -213,6 +245,7 @@ impl Channel {
         crate::aio::future_into_coro(py, async move {
             let mut writer = state.writer.lock().await;
             let writer = writer.as_mut().ok_or_else(closed)?;
+            state.eof_sent.store(true, Ordering::Release);
             writer.shutdown().await.map_err(channel_error)
         })
     }

@@ -171,6 +171,20 @@ pub(crate) fn token_blob(token: Option<String>) -> PyResult<Vec<u8>> {
         .map_err(|e| address_error(format!("bad token: {e}")))
 }
 
+/// The relay of a home's `config.toml`.
+fn configured_relay(home: &Home) -> PyResult<String> {
+    let config = home.config();
+    nullport::config_file::NodeFile::load(&config)
+        .map_err(address_error)?
+        .relay
+        .ok_or_else(|| {
+            address_error(format!(
+                "no relay given, and none in {} (relay = \"np...@host:port\")",
+                config.display()
+            ))
+        })
+}
+
 /// A deny reason by its text (`"not allowed"`) or name (`"not_allowed"`).
 fn deny_reason(text: &str) -> PyResult<DenyReason> {
     let all = [
@@ -213,23 +227,33 @@ impl Node {
     /// `timeout` seconds until the relay admits it.
     ///
     /// `home`: a nullport home whose trust store resolves peer aliases (default: the home the
-    /// identity was loaded from, if any). Raises `InvalidAddress` (bad relay string),
+    /// identity was loaded from, if any); without `relay`, the relay of that home's
+    /// `config.toml` (as `nullport up` uses it). Raises `InvalidAddress` (bad relay string),
     /// `RelayRefused`, `RelayUnreachable` or `Timeout`.
     #[staticmethod]
-    #[pyo3(signature = (identity, relay, home=None, *, timeout=10.0))]
+    #[pyo3(signature = (identity, relay=None, home=None, *, timeout=10.0))]
     fn start<'py>(
         py: Python<'py>,
         identity: &Identity,
-        relay: String,
+        relay: Option<String>,
         home: Option<PathBuf>,
         timeout: f64,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let home = home.map(Home::at).or_else(|| identity.home.clone());
+        let relay = match (relay, &home) {
+            (Some(relay), _) => relay,
+            (None, Some(home)) => configured_relay(home)?,
+            (None, None) => {
+                return Err(address_error(
+                    "no relay given, and no home to read one from (pass relay=\"np...@host:port\")",
+                ));
+            }
+        };
         let spec: RelaySpec = relay.trim().parse().map_err(node_error)?;
         let within = Duration::try_from_secs_f64(timeout)
             .map_err(|e| PyValueError::new_err(format!("timeout: {e}")))?;
         let id = identity.inner.clone();
         let config = NodeConfig::for_relay(id.clone(), &spec).map_err(node_error)?;
-        let home = home.map(Home::at).or_else(|| identity.home.clone());
         crate::aio::future_into_coro(py, async move {
             let node = nullport_node::Node::start(config)
                 .await
@@ -419,6 +443,19 @@ impl Incoming {
             service: incoming.service().to_owned(),
             blob: incoming.blob().to_vec(),
             inner: Arc::new(tokio::sync::Mutex::new(Some(incoming))),
+        }
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        // Undecided: the caller is told the service is unavailable, instead of waiting out
+        // its dial or seeing a broken stream.
+        let undecided = self.inner.try_lock().ok().and_then(|mut i| i.take());
+        if let Some(incoming) = undecided {
+            pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+                let _ = incoming.deny(DenyReason::Unavailable).await;
+            });
         }
     }
 }
