@@ -27,6 +27,11 @@ __all__ = [
     "RelayRefused",
     "RelayUnreachable",
     "Timeout",
+    "McpLink",
+    "McpService",
+    "mcp_connect",
+    "mcp_receipt_signature_valid",
+    "mcp_serve",
 ]
 
 class NullportError(Exception):
@@ -228,6 +233,7 @@ class Node:
 
 # --- MCP (used by ``nullport.mcp``; import that, not these) ---------------------------------
 
+@final
 class McpLink:
     """One MCP session as JSON-RPC lines to and from the Rust MCP side: the caller pipe of
     ``nullport mcp bridge`` (client) or the firewall of a served session (serving side)."""
@@ -258,6 +264,7 @@ class McpLink:
     def receipts(self) -> List[tuple[str, bool]]:
         """The receipts received so far (client side): ``(json, checks passed)``."""
 
+@final
 class McpService:
     """An MCP service of this node served by a server in this process, behind the firewall."""
     @property

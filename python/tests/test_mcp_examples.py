@@ -14,51 +14,45 @@ from mcp.client.stdio import stdio_client
 
 import nullport.mcp
 
-from mcp_helpers import REPO, Daemon, Relay, error_code, new_home, nullport_bin, run, start_files_host, stop, text_of
+from conftest import REPO
+from mcp_helpers import bridge_args, error_code, files_host, nullport_bin, text_of
 
 EXAMPLES = REPO / "python" / "examples"
 
 
-def test_the_remote_files_agent_reads_through_the_firewall(tmp_path):
-    host = start_files_host(tmp_path)
-    try:
-        hello = host["data"] / "hello.txt"
-        out = subprocess.run(
-            [sys.executable, str(EXAMPLES / "mcp_remote_files.py"), "--home", str(host["agent"]),
-             "--relay", host["relay"].address, "tool/files", str(hello)],
-            capture_output=True, text=True, timeout=120,
-        )
-        assert out.returncode == 0, out.stderr
-        lines = out.stdout.splitlines()
-        assert lines[0] == "tools: list_allowed_directories, list_directory, list_directory_with_sizes, read_text_file"
-        assert lines[1] == "hello from the tool host"
-        # (The request id is the SDK's.)
-        assert re.fullmatch(rf"receipt: call \d+ allowed, signed by {host['tool_id']}, valid=True", lines[2]), lines[2]
-        assert len(lines) == 3, out.stdout
-    finally:
-        host["daemon"].stop()
-        host["relay"].stop()
+def test_the_remote_files_agent_reads_through_the_firewall(relay, make_home, tmp_path):
+    host = files_host(relay, make_home, tmp_path)
+    hello = host.data / "hello.txt"
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "mcp_remote_files.py"), "--home", str(host.agent.path),
+         "--relay", relay.address, "tool/files", str(hello)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "tools: list_allowed_directories, list_directory, list_directory_with_sizes, read_text_file"
+    assert lines[1] == "hello from the tool host"
+    # (The request id is the SDK's.)
+    assert re.fullmatch(rf"receipt: call \d+ allowed, signed by {host.tool.node_id}, valid=True", lines[2]), lines[2]
+    assert len(lines) == 3, out.stdout
 
 
-async def test_the_tool_service_serves_its_one_named_caller(tmp_path):
-    relay = Relay(tmp_path)
-    notes, notes_id = new_home(tmp_path, "notes")
-    planner, planner_id = new_home(tmp_path, "planner")
-    other, other_id = new_home(tmp_path, "other")
-    run(notes, "trust", "add", "planner", planner_id)
-    run(notes, "trust", "add", "other", other_id)
-    run(notes, "mcp", "allow", "planner", "notes", "--tools", "add_note,list_notes")
+async def test_the_tool_service_serves_its_one_named_caller(relay, make_home):
+    notes, planner, other = make_home("notes"), make_home("planner"), make_home("other")
+    notes.run("trust", "add", "planner", planner.node_id)
+    notes.run("trust", "add", "other", other.node_id)
+    notes.run("mcp", "allow", "planner", "notes", "--tools", "add_note,list_notes")
     for home in (planner, other):
-        run(home, "trust", "add", "notes", notes_id)
+        home.run("trust", "add", "notes", notes.node_id)
     service = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "mcp_tool_service.py"), "--home", str(notes), "--relay", relay.address],
+        [sys.executable, str(EXAMPLES / "mcp_tool_service.py"), "--home", str(notes.path), "--relay", relay.address],
         stdout=subprocess.PIPE, text=True,
     )
-    daemons = []
     try:
-        assert service.stdout.readline().strip() == f"serving notes as {notes_id}"
-        daemons = [Daemon(planner, relay), Daemon(other, relay)]
-        bridge = StdioServerParameters(command=nullport_bin(), args=["--home", str(planner), "mcp", "bridge", "notes/notes"])
+        assert service.stdout.readline().strip() == f"serving notes as {notes.node_id}"
+        planner.up(relay)
+        other.up(relay)
+        bridge = StdioServerParameters(command=nullport_bin(), args=bridge_args(planner, "notes/notes"))
         with anyio.fail_after(60):
             async with stdio_client(bridge) as (read, write):
                 async with ClientSession(read, write) as session:
@@ -72,7 +66,7 @@ async def test_the_tool_service_serves_its_one_named_caller(tmp_path):
                     assert error_code(refused.value) == nullport.mcp.DENIED
         # Anyone else: the bridge cannot open the service (its dial is refused).
         other_bridge = subprocess.run(
-            [nullport_bin(), "--home", str(other), "mcp", "bridge", "notes/notes"],
+            [nullport_bin(), *bridge_args(other, "notes/notes")],
             input="", capture_output=True, text=True, timeout=60,
         )
         assert other_bridge.returncode != 0 and "not allowed" in other_bridge.stderr, other_bridge.stderr
@@ -80,7 +74,6 @@ async def test_the_tool_service_serves_its_one_named_caller(tmp_path):
         assert service.wait(timeout=30) == 0
         assert service.stdout.read().strip() == "stopped"
     finally:
-        for daemon in daemons:
-            daemon.stop()
-        stop(service)
-        relay.stop()
+        if service.poll() is None:
+            service.kill()
+            service.wait()

@@ -5,7 +5,7 @@ tool host). Also the time to a ready session (connect + initialize). Then a Pyth
 served by an embedded node (`nullport.mcp.expose`: no server process per session), reached
 through the bridge and through the package.
 
-    python python/bench/mcp_latency.py [--calls 500]
+    python python/benches/mcp.py [--calls 1000]    (NULLPORT_BIN_DIR=target/release for release binaries)
 
 Needs the binaries (`cargo build -p nullport -p nullport-relay`, found as the tests find
 them) and the peers of `scripts/install-peers`. Prints one JSON object.
@@ -30,19 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import nullport  # noqa: E402
 import nullport.mcp  # noqa: E402
 from mcp.server.mcpserver import MCPServer  # noqa: E402
-from mcp_helpers import (  # noqa: E402
-    FILESYSTEM_SERVER,
-    Daemon,
-    bridge_command,
-    new_home,
-    run,
-    start_files_host,
-    write_policy,
-)
+from conftest import Home, Relay  # noqa: E402
+from mcp_helpers import FILESYSTEM_SERVER, bridge_args, files_host, nullport_bin, write_policy  # noqa: E402
 
 
 def phase(name: str) -> None:
-    print(f"mcp_latency: {name}", file=sys.stderr, flush=True)
+    print(f"mcp bench: {name}", file=sys.stderr, flush=True)
 
 
 async def measure(streams_cm, path: str, calls: int, tool: str = "read_text_file") -> dict:
@@ -71,20 +64,28 @@ async def measure(streams_cm, path: str, calls: int, tool: str = "read_text_file
 
 async def main(calls: int) -> None:
     with tempfile.TemporaryDirectory() as d:
-        host = start_files_host(Path(d))
+        directory = Path(d)
+        (directory / "relay").mkdir()
+        relay = Relay(directory / "relay")
+        homes = []
+
+        def make_home(name: str) -> Home:
+            homes.append(Home(directory / name))
+            return homes[-1]
+
         try:
-            hello = str(host["data"] / "hello.txt")
-            direct = StdioServerParameters(command="node", args=[str(FILESYSTEM_SERVER), str(host["data"])])
-            agent_daemon = Daemon(host["agent"], host["relay"])
-            command = bridge_command(host["agent"], "tool/files")
-            bridge = StdioServerParameters(command=command[0], args=command[1:])
+            host = files_host(relay, make_home, directory)
+            hello = str(host.data / "hello.txt")
+            direct = StdioServerParameters(command="node", args=[str(FILESYSTEM_SERVER), str(host.data)])
+            host.agent.up(relay)
+            bridge = StdioServerParameters(command=nullport_bin(), args=bridge_args(host.agent, "tool/files"))
             out = {"calls": calls}
             out["stdio"] = await measure(stdio_client(direct), hello, calls)
             out["bridge"] = await measure(stdio_client(bridge), hello, calls)
             # A Python server on an embedded node: `pyhost`, allowing the agent `size`.
-            pyhost, pyhost_id = new_home(Path(d), "pyhost")
-            run(pyhost, "trust", "add", "agent", host["agent_id"])
-            run(host["agent"], "trust", "add", "pyhost", pyhost_id)
+            pyhost = make_home("pyhost")
+            pyhost.run("trust", "add", "agent", host.agent.node_id)
+            host.agent.run("trust", "add", "pyhost", pyhost.node_id)
             write_policy(pyhost, "tools", {"agent": ["size"]})
             server = MCPServer("pytools")
 
@@ -92,15 +93,14 @@ async def main(calls: int) -> None:
             def size(path: str) -> str:
                 return str(len(path))
 
-            host_node = await nullport.Node.start(nullport.Identity.from_home(str(pyhost)), host["relay"].address)
+            host_node = await nullport.Node.start(nullport.Identity.from_home(str(pyhost.path)), relay.address)
             async with host_node, nullport.mcp.expose(host_node, "tools", server):
-                command = bridge_command(host["agent"], "pyhost/tools")
-                bridge = StdioServerParameters(command=command[0], args=command[1:])
+                bridge = StdioServerParameters(command=nullport_bin(), args=bridge_args(host.agent, "pyhost/tools"))
                 out["python_server_bridge"] = await measure(stdio_client(bridge), hello, calls, "size")
-                agent_daemon.stop()
+                host.agent.stop()
                 phase("agent daemon stopped")
-                identity = nullport.Identity.from_home(str(host["agent"]))
-                async with await nullport.Node.start(identity, host["relay"].address) as node:
+                identity = nullport.Identity.from_home(str(host.agent.path))
+                async with await nullport.Node.start(identity, relay.address) as node:
                     # The node's own start is not counted: an agent starts it once.
                     out["package"] = await measure(nullport.mcp.connect(node, "tool/files"), hello, calls)
                     out["python_server_package"] = await measure(
@@ -108,8 +108,9 @@ async def main(calls: int) -> None:
                     )
             print(json.dumps(out))
         finally:
-            host["daemon"].stop()
-            host["relay"].stop()
+            for home in homes:
+                home.stop()
+            relay.stop()
 
 
 if __name__ == "__main__":
