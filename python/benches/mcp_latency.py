@@ -5,7 +5,7 @@ tool host). Also the time to a ready session (connect + initialize). Then a Pyth
 served by an embedded node (`nullport.mcp.expose`: no server process per session), reached
 through the bridge and through the package.
 
-    python python/benches/mcp.py [--calls 1000]    (NULLPORT_BIN_DIR=target/release for release binaries)
+    python python/benches/mcp_latency.py [--calls 1000]    (NULLPORT_BIN_DIR=target/release for release binaries)
 
 Needs the binaries (`cargo build -p nullport -p nullport-relay`, found as the tests find
 them) and the peers of `scripts/install-peers`. Prints one JSON object.
