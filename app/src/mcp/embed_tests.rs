@@ -316,11 +316,15 @@ async fn removing_the_rule_ends_the_live_session() {
     std::fs::write(s.home.policy(), "").unwrap();
     s.service.reload().unwrap();
     let mut ended = None;
-    while let Some(v) = c.next().await {
-        if v["id"] == 3 {
-            ended = Some(v);
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(v) = c.next().await {
+            if v["id"] == 3 {
+                ended = Some(v);
+            }
         }
-    }
+    })
+    .await;
+    assert!(drained.is_ok(), "the session was not ended by the reload");
     let ended = ended.unwrap_or_default();
     assert_eq!(ended["error"]["code"], crate::mcp::CHANNEL_ENDED, "{ended}");
     let err = c.pipe.await.unwrap().unwrap_err();
