@@ -190,14 +190,19 @@ async def _pump_out(link: Any, source: Any) -> None:
     """Messages from the SDK's write stream to the link; closes the link's input at the end.
 
     A send fails only once the Rust side is gone, whose end the reader then reads too (after
-    the answers it gave the requests still waiting): the read stream is left to it."""
+    the answers it gave the requests still waiting): the read stream is left to say so, and
+    what the SDK sends from then on is dropped, so that the SDK reports the connection's end
+    (an MCP error) rather than a broken stream."""
     try:
         async with source:
             async for message in source:
                 line = _dump(message)
-                if not link.send_nowait(line):
-                    await link.send(line)
-    except (anyio.ClosedResourceError, anyio.BrokenResourceError, _native.ChannelClosed):
+                try:
+                    if not link.send_nowait(line):
+                        await link.send(line)
+                except _native.ChannelClosed:
+                    link.close_input()
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
         pass
     finally:
         link.close_input()
