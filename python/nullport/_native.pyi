@@ -27,6 +27,11 @@ __all__ = [
     "RelayRefused",
     "RelayUnreachable",
     "Timeout",
+    "McpLink",
+    "McpService",
+    "mcp_connect",
+    "mcp_receipt_signature_valid",
+    "mcp_serve",
 ]
 
 class NullportError(Exception):
@@ -225,3 +230,64 @@ class Node:
         """Closes the node cleanly; ``incoming()`` ends, later dials raise ``NodeClosed``."""
     async def __aenter__(self) -> Node: ...
     async def __aexit__(self, *exc: Any) -> None: ...
+
+# --- MCP (used by ``nullport.mcp``; import that, not these) ---------------------------------
+
+@final
+class McpLink:
+    """One MCP session as JSON-RPC lines to and from the Rust MCP side: the caller pipe of
+    ``nullport mcp bridge`` (client) or the firewall of a served session (serving side)."""
+    @property
+    def peer(self) -> str:
+        """The callee (client side) or the caller (serving side), a NodeId."""
+    @property
+    def alias(self) -> Optional[str]:
+        """The caller's alias in the serving home's trust store (serving side)."""
+    @property
+    def service(self) -> str:
+        """The MCP service."""
+    @property
+    def error(self) -> Optional[str]:
+        """Why the session ended, if it ended with an error (client side)."""
+    async def recv(self) -> Optional[bytes]:
+        """The next message (one line, no newline), or None once the other side is done."""
+    async def send(self, line: bytes) -> None:
+        """Sends one message (one line, no newline); ``ChannelClosed`` once ended."""
+    def send_nowait(self, line: bytes) -> bool:
+        """Queues one message without waiting; False if the queue is full."""
+    def recv_nowait(self) -> Optional[bytes]:
+        """The next message if one is already here (None: none now, or ended)."""
+    def close_input(self) -> None:
+        """Stops sending: the other side reads the end of this session's input."""
+    async def aclose(self, timeout: float = 2.0) -> None:
+        """Stops sending and waits up to ``timeout`` s for the Rust side to finish."""
+    def receipts(self) -> List[tuple[str, bool]]:
+        """The receipts received so far (client side): ``(json, checks passed)``."""
+
+@final
+class McpService:
+    """An MCP service of this node served by a server in this process, behind the firewall."""
+    @property
+    def service(self) -> str:
+        """The service's name."""
+    @property
+    def open_sessions(self) -> int:
+        """Caller sessions open now."""
+    async def next_session(self) -> Optional[McpLink]:
+        """The next admitted caller session, or None once the service is closed."""
+    def reload(self) -> None:
+        """Re-reads the home's policy and trust store; ends sessions no longer allowed."""
+    def close(self) -> None:
+        """Stops serving: open sessions end, new callers are refused."""
+
+async def mcp_connect(
+    node: Node, peer: str, service: str, audit: bool = True, token: Optional[str] = None
+) -> McpLink:
+    """Dials ``service`` on ``peer`` (presenting ``token``) and runs the caller side of
+    ``nullport mcp bridge``."""
+
+def mcp_serve(node: Node, service: str, home: Optional[_Path] = None, audit: bool = True) -> McpService:
+    """Serves MCP service ``service`` of ``node`` behind the firewall, decided by ``home``."""
+
+def mcp_receipt_signature_valid(receipt: str) -> bool:
+    """Whether a receipt (its JSON) carries a valid signature of the callee it names."""

@@ -276,7 +276,7 @@ impl Table {
     /// Ends the incoming channels that no longer pass: against `access` in full when
     /// `full`, else only their token expiry; and those idle for `idle`. Returns each ended
     /// channel's (peer, service, why).
-    fn sweep(
+    pub(crate) fn sweep(
         &self,
         access: &Access,
         full: bool,

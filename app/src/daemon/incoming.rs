@@ -8,9 +8,11 @@ use nullport_audit::ChannelOutcome;
 use nullport_protocol::DenyReason;
 use tracing::Instrument;
 
+use crate::access::{Access, Grant};
+use crate::audit::Audit;
 use crate::config_file::ServiceSpec;
 use crate::daemon::State;
-use crate::daemon::channels::Registered;
+use crate::daemon::channels::{Registered, Table};
 use crate::mcp::UpstreamSpec;
 use crate::services::exec::Exec;
 use crate::services::io::Counted;
@@ -40,34 +42,11 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
     let name = incoming.service().to_owned();
     let blob = incoming.blob().to_vec();
     let access = state.access();
-    let (grant, registered) = match state
-        .channels
-        .admit(&access, peer, &name, &blob, unix_now())
-    {
-        Ok(admitted) => admitted,
-        Err(refusal) => {
-            tracing::info!("denied: {refusal}");
-            if !blob.is_empty() {
-                state
-                    .audit
-                    .token(&peer, &name, &[], false, &refusal.to_string());
-            }
-            state
-                .audit
-                .channel(&peer, &name, ChannelOutcome::Denied, &refusal.to_string());
-            let _ = incoming.deny(refusal.reason()).await;
-            return;
-        }
+    let Some((incoming, grant, registered)) =
+        admit(&state.channels, &state.audit, &access, incoming).await
+    else {
+        return;
     };
-    if let Some(token) = &grant.token {
-        state
-            .audit
-            .token(&peer, &name, &token.token.ids(), true, &grant.rule);
-    }
-    tracing::info!(rule = %grant.rule, target = %grant.service, "accepted");
-    state
-        .audit
-        .channel(&peer, &name, ChannelOutcome::Accepted, &grant.rule);
     let alias = access.trust.alias_of(&peer).map(str::to_owned);
     let caller = Caller {
         peer,
@@ -115,6 +94,38 @@ async fn serve_incoming(state: Arc<State>, incoming: IncomingChannel) {
     }
 }
 
+/// The access decision for a channel a peer opened, and the slot it takes in `channels`, in
+/// one step; audited either way. A refused channel is denied here, with the refusal's reason
+/// (None then).
+pub(crate) async fn admit(
+    channels: &Table,
+    audit: &Audit,
+    access: &Access,
+    incoming: IncomingChannel,
+) -> Option<(IncomingChannel, Grant, Registered)> {
+    let peer = incoming.peer();
+    let name = incoming.service().to_owned();
+    let blob = incoming.blob();
+    let (grant, registered) = match channels.admit(access, peer, &name, blob, unix_now()) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            tracing::info!("denied: {refusal}");
+            if !blob.is_empty() {
+                audit.token(&peer, &name, &[], false, &refusal.to_string());
+            }
+            audit.channel(&peer, &name, ChannelOutcome::Denied, &refusal.to_string());
+            let _ = incoming.deny(refusal.reason()).await;
+            return None;
+        }
+    };
+    if let Some(token) = &grant.token {
+        audit.token(&peer, &name, &token.token.ids(), true, &grant.rule);
+    }
+    tracing::info!(rule = %grant.rule, target = %grant.service, "accepted");
+    audit.channel(&peer, &name, ChannelOutcome::Accepted, &grant.rule);
+    Some((incoming, grant, registered))
+}
+
 fn mcp_kind(state: &State, upstream: UpstreamSpec) -> Mcp {
     Mcp {
         upstream,
@@ -128,7 +139,7 @@ fn mcp_kind(state: &State, upstream: UpstreamSpec) -> Mcp {
 
 /// Prepares `kind` for the caller (denying the channel if it cannot be), accepts the channel,
 /// gives it the handle that ends it, and runs the service over it.
-async fn serve<K: Kind>(
+pub(crate) async fn serve<K: Kind>(
     kind: &K,
     incoming: IncomingChannel,
     registered: &Registered,

@@ -6,11 +6,11 @@
 //! (the metrics listener).
 
 mod attach;
-mod channels;
+pub(crate) mod channels;
 mod console;
 mod control;
-mod incoming;
-mod lists;
+pub(crate) mod incoming;
+pub(crate) mod lists;
 mod outgoing;
 mod relay_map;
 mod scrape;

@@ -23,7 +23,8 @@ use crate::audit::Audit;
 /// The live upstream of one session.
 #[derive(Clone)]
 enum Upstream {
-    Stdio(Arc<tokio::sync::Mutex<tokio::process::ChildStdin>>),
+    /// A byte stream: a server process's stdin, or an in-process server's stream.
+    Pipe(Arc<tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>>),
     Http(Arc<HttpUpstream>),
 }
 
@@ -32,7 +33,11 @@ impl Upstream {
     async fn send(&self, line: Vec<u8>, out: &Outbound) -> std::io::Result<()> {
         let to_caller = &out.tx;
         match self {
-            Upstream::Stdio(stdin) => stdin.lock().await.write_all(&line).await,
+            Upstream::Pipe(input) => {
+                let mut input = input.lock().await;
+                input.write_all(&line).await?;
+                input.flush().await
+            }
             Upstream::Http(http) => {
                 let mut answers = Vec::new();
                 let result = http.post(&line, |m| answers.push(m)).await;
@@ -213,29 +218,18 @@ where
                     async move { crate::services::io::log_stderr(stderr, &service).await },
                 )
             });
-            // Server -> caller, filtered.
-            let server_out = out.clone();
-            let server_task = OwnedTask::spawn(async move {
-                let _stderr = stderr_task;
-                let mut out = BufReader::new(stdout);
-                loop {
-                    match read_line(&mut out, 64 << 20).await {
-                        Ok(Line::Message(line)) => {
-                            if !server_out.deliver(&line).await {
-                                return;
-                            }
-                        }
-                        Ok(Line::TooLong) => {
-                            tracing::warn!("dropping an oversize message from the MCP server")
-                        }
-                        Ok(Line::End) | Err(_) => return,
-                    }
-                }
-            });
             (
-                Upstream::Stdio(Arc::new(tokio::sync::Mutex::new(stdin))),
+                Upstream::Pipe(Arc::new(tokio::sync::Mutex::new(Box::new(stdin)))),
                 Some(child),
-                Some(server_task),
+                Some(server_output(Box::new(stdout), out.clone(), stderr_task)),
+            )
+        }
+        UpstreamSpec::Embedded(embedded) => {
+            let (output, input) = tokio::io::split(embedded.open(&session)?);
+            (
+                Upstream::Pipe(Arc::new(tokio::sync::Mutex::new(Box::new(input)))),
+                None,
+                Some(server_output(Box::new(output), out.clone(), None)),
             )
         }
     };
@@ -300,7 +294,7 @@ where
                             out.expect(id, request_sha.clone(), "allowed");
                         }
                         match &upstream {
-                            Upstream::Stdio(_) => upstream.send(line, &out).await?,
+                            Upstream::Pipe(_) => upstream.send(line, &out).await?,
                             // HTTP: initialize first and alone (it creates the session); the
                             // rest concurrently, so a slow call does not hold up a ping.
                             Upstream::Http(_) if decision.method == "initialize" => {
@@ -452,6 +446,11 @@ where
     })
     .await;
     drop(requests);
+    // The end of the caller's input: a stdio server's stdin closes with the drop; an
+    // in-process server's stream needs its write side shut.
+    if let Upstream::Pipe(input) = &upstream {
+        let _ = input.lock().await.shutdown().await;
+    }
     drop(upstream);
     if let Some(mut task) = server_task.filter(|_| !server_ended) {
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut task).await;
@@ -468,4 +467,30 @@ where
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), &mut write_task).await;
     caller_result
+}
+
+/// Reads a server's output (a process's stdout, an in-process server's stream) and delivers
+/// it through the firewall to the caller, until it ends or the caller is gone.
+fn server_output(
+    output: Box<dyn AsyncRead + Send + Unpin>,
+    out: Outbound,
+    stderr_task: Option<OwnedTask<()>>,
+) -> OwnedTask<()> {
+    OwnedTask::spawn(async move {
+        let _stderr = stderr_task;
+        let mut output = BufReader::new(output);
+        loop {
+            match read_line(&mut output, 64 << 20).await {
+                Ok(Line::Message(line)) => {
+                    if !out.deliver(&line).await {
+                        return;
+                    }
+                }
+                Ok(Line::TooLong) => {
+                    tracing::warn!("dropping an oversize message from the MCP server")
+                }
+                Ok(Line::End) | Err(_) => return,
+            }
+        }
+    })
 }

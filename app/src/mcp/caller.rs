@@ -17,6 +17,20 @@ use crate::audit::Audit;
 /// range JSON-RPC leaves to implementations).
 pub const CHANNEL_ENDED: i64 = -32003;
 
+/// A callee's receipt as the caller side received it, and whether it checked out: signed
+/// by the callee, for this caller and channel, over the request this side sent and the
+/// answer it received.
+#[derive(Debug, Clone)]
+pub struct CheckedReceipt {
+    /// The receipt.
+    pub receipt: receipt::Receipt,
+    /// Whether every check passed.
+    pub valid: bool,
+}
+
+/// Where an embedder receives the receipts [`caller_pipe_with`] checked.
+pub type ReceiptSink = tokio::sync::mpsc::UnboundedSender<CheckedReceipt>;
+
 /// The caller's side of an MCP session (`nullport mcp bridge`): relays lines between the
 /// local MCP client and the channel, signs each `tools/call` it sends (announced just before
 /// it), and checks the callee's receipts (audited, not passed to the client).
@@ -27,6 +41,24 @@ pub async fn caller_pipe<L, C>(
     callee: NodeId,
     audit: Audit,
     pins: Option<(Arc<Pins>, String)>,
+) -> std::io::Result<()>
+where
+    L: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    caller_pipe_with(local, channel, session, callee, audit, pins, None).await
+}
+
+/// [`caller_pipe`], handing each checked receipt to `receipts` as well (for an embedder that
+/// shows them to its caller; the local client still never sees them).
+pub async fn caller_pipe_with<L, C>(
+    local: L,
+    channel: C,
+    session: Session,
+    callee: NodeId,
+    audit: Audit,
+    pins: Option<(Arc<Pins>, String)>,
+    receipts: Option<ReceiptSink>,
 ) -> std::io::Result<()>
 where
     L: AsyncRead + AsyncWrite + Unpin,
@@ -167,6 +199,9 @@ where
                                 tracing::warn!(peer = %callee.fmt_short(), "MCP receipt does not match what was sent and received");
                             }
                             audit.record(receipt_event(&r, "received", valid));
+                            if let Some(sink) = &receipts {
+                                let _ = sink.send(CheckedReceipt { receipt: r, valid });
+                            }
                         }
                         continue;
                     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use nullport_keyring::McpGrant;
 use nullport_protocol::NodeId;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite};
 
 use super::http::HttpTarget;
 use nullport_audit::Event;
@@ -27,6 +27,44 @@ pub enum UpstreamSpec {
     },
     /// A local Streamable HTTP server.
     Http(HttpTarget),
+    /// A server living in this process (an embedding program's own MCP server): one byte
+    /// stream of newline-delimited JSON-RPC per caller session, from its factory.
+    Embedded(Embedded),
+}
+
+/// A byte stream to an in-process MCP server (one per caller session).
+pub trait EmbeddedIo: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> EmbeddedIo for T {}
+
+/// The factory of an in-process upstream: for each caller session (after the access
+/// decision, before the first message), one stream whose other end the embedder's server
+/// serves. Shutting down this side's writes is the end of the caller's session; the server
+/// closing its end ends the session, as a stdio server exiting would.
+#[derive(Clone)]
+pub struct Embedded(Arc<EmbeddedFactory>);
+
+/// What an [`Embedded`] upstream calls per caller session.
+pub type EmbeddedFactory = dyn Fn(&Session) -> std::io::Result<Box<dyn EmbeddedIo>> + Send + Sync;
+
+impl Embedded {
+    /// An upstream whose sessions `factory` opens.
+    pub fn new(
+        factory: impl Fn(&Session) -> std::io::Result<Box<dyn EmbeddedIo>> + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(factory))
+    }
+
+    /// Opens the stream of one caller session.
+    pub fn open(&self, session: &Session) -> std::io::Result<Box<dyn EmbeddedIo>> {
+        (self.0)(session)
+    }
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Embedded(..)")
+    }
 }
 
 /// One line read with a bound.
