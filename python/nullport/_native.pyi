@@ -220,7 +220,8 @@ class Node:
         """Whether ``peer`` is connected to the relay now."""
     def incoming(self) -> IncomingIter:
         """The incoming channels (``async for incoming in node.incoming():``); ends when
-        the node closes."""
+        the node closes. Until the program first calls ``incoming()`` or ``accept()``, a
+        channel to a service nothing serves is refused at once as an unknown service."""
     async def accept(self) -> Incoming:
         """The next incoming channel; raises ``NodeClosed`` once the node is closed."""
     def status(self) -> Dict[str, Any]:

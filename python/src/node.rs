@@ -40,6 +40,10 @@ pub(crate) struct NodeShared {
     routes: Mutex<HashMap<String, mpsc::Sender<IncomingChannel>>>,
     /// The incoming channels no route takes.
     incoming: tokio::sync::Mutex<mpsc::Receiver<IncomingChannel>>,
+    /// Set once the program asks for incoming channels (`incoming()` or `accept()`). Until
+    /// then a channel no route takes is refused at once as an unknown service, instead of
+    /// waiting in a queue nobody reads until the caller's dial times out.
+    listening: std::sync::atomic::AtomicBool,
     /// Set once the node is closed.
     closed: watch::Sender<bool>,
 }
@@ -123,10 +127,17 @@ async fn dispatch(
             .lock()
             .ok()
             .and_then(|r| r.get(incoming.service()).cloned());
+        let listening = node.listening.load(std::sync::atomic::Ordering::Acquire);
         drop(node);
         let full = match route {
             Some(tx) => tx.try_send(incoming),
-            None => default.try_send(incoming),
+            None if listening => default.try_send(incoming),
+            None => {
+                tokio::spawn(async move {
+                    let _ = incoming.deny(DenyReason::UnknownService).await;
+                });
+                continue;
+            }
         };
         if let Err(
             mpsc::error::TrySendError::Full(incoming) | mpsc::error::TrySendError::Closed(incoming),
@@ -271,6 +282,7 @@ impl Node {
                 relay: spec.to_string(),
                 routes: Mutex::new(HashMap::new()),
                 incoming: tokio::sync::Mutex::new(default_rx),
+                listening: std::sync::atomic::AtomicBool::new(false),
                 closed,
             });
             tokio::spawn(dispatch(Arc::downgrade(&shared), default_tx, closed_rx));
@@ -327,8 +339,13 @@ impl Node {
     /// The incoming channels, as an async iterator of `Incoming` (accept or deny each);
     /// it ends when the node closes. Channels arrive only once the peer proved who it is.
     /// Until a caller is accepted or denied it waits (up to its own dial timeout); more
-    /// than 64 waiting are denied as unavailable.
+    /// than 64 waiting are denied as unavailable. Until the program first calls
+    /// `incoming()` or `accept()`, a channel to a service no route serves is refused at once
+    /// as an unknown service (a node that only dials never leaves a caller waiting).
     fn incoming(&self) -> IncomingIter {
+        self.shared
+            .listening
+            .store(true, std::sync::atomic::Ordering::Release);
         IncomingIter {
             shared: self.shared.clone(),
         }
@@ -337,6 +354,9 @@ impl Node {
     /// The next incoming channel (as `incoming()` yields them); raises `NodeClosed` once the
     /// node is closed.
     fn accept<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.shared
+            .listening
+            .store(true, std::sync::atomic::Ordering::Release);
         let shared = self.shared.clone();
         crate::aio::future_into_coro(py, async move {
             next_incoming(&shared)
@@ -400,6 +420,9 @@ impl Node {
 }
 
 async fn next_incoming(shared: &NodeShared) -> Option<Incoming> {
+    shared
+        .listening
+        .store(true, std::sync::atomic::Ordering::Release);
     let incoming = shared.incoming.lock().await.recv().await?;
     Some(Incoming::new(incoming))
 }

@@ -311,3 +311,22 @@ async def test_presence(start_node) -> None:
     b = await start_node()
     assert await a.presence(b.node_id) is True
     assert await a.presence(nullport.Identity.generate().node_id) is False
+
+
+async def test_a_node_that_never_asked_for_incoming_channels_refuses_them_at_once(start_node) -> None:
+    """A node that only dials leaves no caller waiting for its dial timeout: a channel to a
+    service nothing serves is refused as not exposed. Once the program asks for incoming
+    channels, they wait for its decision."""
+    caller = await start_node()
+    callee = await start_node()
+    with pytest.raises(nullport.NotAllowed) as raised:
+        await asyncio.wait_for(caller.dial(callee.node_id, "nothing"), 10)
+    assert type(raised.value) is nullport.NotAllowed
+    assert str(raised.value) == f'peer {callee.node_id} refused service "nothing": service not exposed'
+    incoming = callee.incoming()
+    dialing = asyncio.create_task(caller.dial(callee.node_id, "later"))
+    waiting = await asyncio.wait_for(incoming.__anext__(), 10)
+    assert waiting.service == "later"
+    async with await waiting.accept():
+        async with await dialing as channel:
+            assert channel.service == "later"
