@@ -187,6 +187,10 @@ where
                                 .ok()
                                 .and_then(|id| id_key(&id))
                                 .and_then(|k| pending.lock().ok()?.remove(&k));
+                            // A receipt answers one call this side sent: the embedder is
+                            // handed only those (so a callee cannot grow its list without
+                            // bound by sending receipts nobody asked for).
+                            let solicited = expected.is_some();
                             let valid = r.verify()
                                 && r.callee == callee.to_string()
                                 && r.caller == session.signer.node_id().to_string()
@@ -199,7 +203,9 @@ where
                                 tracing::warn!(peer = %callee.fmt_short(), "MCP receipt does not match what was sent and received");
                             }
                             audit.record(receipt_event(&r, "received", valid));
-                            if let Some(sink) = &receipts {
+                            if let Some(sink) = &receipts
+                                && solicited
+                            {
                                 let _ = sink.send(CheckedReceipt { receipt: r, valid });
                             }
                         }
@@ -341,3 +347,7 @@ fn checked_list(pins: &Pins, scope: &str, mut answer: serde_json::Value) -> Vec<
     }
     serde_json::to_vec(&answer).unwrap_or_default()
 }
+
+#[cfg(test)]
+#[path = "caller_tests.rs"]
+mod tests;
