@@ -118,7 +118,8 @@ class Receipt:
         fields = json.loads(text)
         try:
             request_id = json.loads(fields["id"])
-        except ValueError:
+        except (ValueError, RecursionError):
+            # Kept as the text the callee signed (a receipt never makes the list raise).
             request_id = fields["id"]
         return cls(
             id=request_id,

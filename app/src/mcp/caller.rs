@@ -2,6 +2,7 @@
 //! over the channel, each `tools/call` signed, each receipt checked.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nullport_protocol::NodeId;
@@ -75,6 +76,8 @@ where
     // Requests sent and not answered yet: if the channel ends, each gets an error answer
     // (the client sees why at once instead of waiting forever).
     let awaiting: Mutex<HashMap<String, serde_json::Value>> = Mutex::new(HashMap::new());
+    // Set once a receipt nobody asked for was dropped (warned about once per session).
+    let unasked_warned = AtomicBool::new(false);
     let handshake_hex: String = session
         .handshake
         .iter()
@@ -187,10 +190,16 @@ where
                                 .ok()
                                 .and_then(|id| id_key(&id))
                                 .and_then(|k| pending.lock().ok()?.remove(&k));
-                            // A receipt answers one call this side sent: the embedder is
-                            // handed only those (so a callee cannot grow its list without
-                            // bound by sending receipts nobody asked for).
-                            let solicited = expected.is_some();
+                            // A receipt answers one call this side sent, once: only those
+                            // are audited and handed to the embedder, so a callee cannot
+                            // grow the audit log or the embedder's list without bound by
+                            // sending receipts nobody asked for (dropped, warned once).
+                            if expected.is_none() {
+                                if !unasked_warned.swap(true, Ordering::Relaxed) {
+                                    tracing::warn!(peer = %callee.fmt_short(), "dropping MCP receipts for calls this side did not make (or already has a receipt for)");
+                                }
+                                continue;
+                            }
                             let valid = r.verify()
                                 && r.callee == callee.to_string()
                                 && r.caller == session.signer.node_id().to_string()
@@ -203,9 +212,7 @@ where
                                 tracing::warn!(peer = %callee.fmt_short(), "MCP receipt does not match what was sent and received");
                             }
                             audit.record(receipt_event(&r, "received", valid));
-                            if let Some(sink) = &receipts
-                                && solicited
-                            {
+                            if let Some(sink) = &receipts {
                                 let _ = sink.send(CheckedReceipt { receipt: r, valid });
                             }
                         }

@@ -19,6 +19,20 @@ struct Pipe {
     /// The callee's end of the channel, read line by line.
     peer: Lines<BufReader<DuplexStream>>,
     receipts: tokio::sync::mpsc::UnboundedReceiver<CheckedReceipt>,
+    /// The caller's audit log.
+    audit: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Pipe {
+    /// The receipt events in the caller's audit log.
+    fn audited_receipts(&self) -> usize {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"receipt\""))
+            .count()
+    }
 }
 
 fn start() -> Pipe {
@@ -35,12 +49,15 @@ fn start() -> Pipe {
     let (local, client) = tokio::io::duplex(1 << 20);
     let (channel, peer) = tokio::io::duplex(1 << 20);
     let (sink, receipts) = tokio::sync::mpsc::unbounded_channel();
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.log");
+    let log = Audit::open(&audit, &caller, Default::default()).unwrap();
     tokio::spawn(caller_pipe_with(
         local,
         channel,
         session,
         callee.node_id(),
-        Audit::disabled(),
+        log,
         None,
         Some(sink),
     ));
@@ -51,6 +68,8 @@ fn start() -> Pipe {
         client,
         peer: BufReader::new(peer).lines(),
         receipts,
+        audit,
+        _dir: dir,
     }
 }
 
@@ -93,6 +112,7 @@ async fn receipts_nobody_asked_for_never_reach_the_embedder() {
     }
     from_callee_then_sync(&mut p, &unasked).await;
     assert!(p.receipts.try_recv().is_err());
+    assert_eq!(p.audited_receipts(), 0);
 }
 
 #[tokio::test]
@@ -123,4 +143,5 @@ async fn the_receipt_of_a_call_made_reaches_the_embedder_checked() {
     assert_eq!(got.receipt, r);
     assert!(!got.valid);
     assert!(p.receipts.try_recv().is_err());
+    assert_eq!(p.audited_receipts(), 1);
 }
