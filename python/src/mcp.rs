@@ -414,7 +414,29 @@ fn mcp_serve(
     let incoming = shared.route(service)?;
     let running = {
         let embedded = embedded.clone();
-        OwnedTask::spawn(async move { embedded.run(incoming).await })
+        // Revocation lists and rotations from the relay, as the daemon takes them: subscribed
+        // before fetching what the relay holds, so nothing published meanwhile is missed.
+        // The node is held only weakly: this ends with it.
+        let node = Arc::downgrade(&shared);
+        let lists = shared.node.revocation_updates();
+        let rotations = shared.node.rotation_updates();
+        OwnedTask::spawn(async move {
+            let following = async {
+                let forget = |key: &nullport_protocol::NodeId| {
+                    if let Some(shared) = node.upgrade() {
+                        shared.node.forget_sessions(key);
+                    }
+                };
+                if let Some(shared) = node.upgrade() {
+                    embedded.catch_up(&shared.node, &forget).await;
+                }
+                embedded.follow_lists(lists, rotations, forget).await;
+            };
+            tokio::select! {
+                _ = embedded.run(incoming) => {}
+                _ = following => {}
+            }
+        })
     };
     Ok(McpService {
         embedded,

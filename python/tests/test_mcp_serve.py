@@ -235,3 +235,42 @@ async def test_many_sessions_and_calls_in_a_row_lose_nothing(net, start):
                 assert len(receipts) == 100 and all(r.valid for r in receipts)
             while service.open_sessions:
                 await anyio.sleep(0.05)
+
+
+async def test_a_token_its_issuer_revokes_ends_the_session_and_is_refused(net, start, make_home, relay):
+    """The issuer revokes the token on its own daemon (`nullport revoke`), which publishes
+    the list through the relay: the Python host's node takes it as a daemon would (saved in
+    its home, in force at once), the live session on the token ends and a new one is
+    refused as revoked."""
+    admin, holder = make_home("admin"), make_home("holder")
+    admin.run("trust", "add", "holder", holder.node_id)
+    holder.run("trust", "add", "pytools", net.pytools.node_id)
+    net.pytools.run("trust", "add", "admin", admin.node_id)
+    write_policy(net.pytools, "tools", {"admin": ["add", "wait"]})
+    with open(net.pytools.path / "policy.toml", "a") as policy:
+        policy.write('[tokens.tools]\nissuers = ["admin"]\n')
+    admin.up(relay)
+    token = admin.run("token", "issue", "--to", "holder", "--service", "tools", "--tools", "add").strip()
+    async with await start(net.pytools) as host, await start(holder) as node:
+        async with nullport.mcp.expose(host, "tools", Tools().server) as service:
+            async with nullport.mcp.connect(node, "pytools/tools", token=token) as streams:
+                async with ClientSession(*streams) as session:
+                    await session.initialize()
+                    assert text_of(await session.call_tool("add", {"a": 1, "b": 1})) == "2"
+                    admin.run("revoke", token)
+                    with anyio.fail_after(20):
+                        while service.open_sessions:
+                            await anyio.sleep(0.05)
+                    with pytest.raises(Exception) as ended:
+                        with anyio.fail_after(20):
+                            await session.call_tool("add", {"a": 2, "b": 2})
+                    assert error_code(ended.value) == nullport.mcp.CHANNEL_ENDED
+            with pytest.raises(nullport.NotAllowed) as refused:
+                async with nullport.mcp.connect(node, "pytools/tools", token=token):
+                    pass
+            assert str(refused.value) == f'peer {net.pytools.node_id} refused service "tools": access revoked'
+    assert (net.pytools.path / "revocations.json").exists() or any(
+        p.name.startswith("revocations") for p in net.pytools.path.iterdir()
+    )
+    audit = (net.pytools.path / "audit.log").read_text()
+    assert '"revocation"' in audit or "revocation" in audit

@@ -495,6 +495,13 @@ impl Node {
         Ok(collect_pages(pages).0)
     }
 
+    /// Every key rotation the relay holds (unverified here: check each with
+    /// `nullport_keyring::rotation::verify_signed`).
+    pub async fn rotations(&self) -> Result<Vec<SignedRotation>, Error> {
+        let pages = control_exchange(&self.inner, NodeToRelay::RotationQuery).await?;
+        Ok(collect_pages(pages).1)
+    }
+
     /// Key rotations as they arrive from the relay (unverified here).
     pub fn rotation_updates(&self) -> tokio::sync::broadcast::Receiver<Vec<SignedRotation>> {
         self.inner.rotations.subscribe()

@@ -18,7 +18,7 @@ use crate::daemon::State;
 use crate::home::Home;
 
 /// The rotations this node followed (the first per old key).
-fn read_rotations(home: &Home) -> Vec<SignedRotation> {
+pub(crate) fn read_rotations(home: &Home) -> Vec<SignedRotation> {
     std::fs::read(home.rotations())
         .ok()
         .and_then(|b| serde_json::from_slice::<Vec<SignedRotation>>(&b).ok())
@@ -99,9 +99,8 @@ pub(crate) async fn revocation_loop(state: Arc<State>) {
     }
 }
 
-/// Why a rotation is not followed.
-fn refuse_rotation(state: &State, r: &Rotation) -> Option<String> {
-    let access = state.access();
+/// Why a rotation is not followed, by the access snapshot in force.
+pub(crate) fn refuse_rotation(access: &crate::access::Access, r: &Rotation) -> Option<String> {
     if let Some(signer) = access.key_revoked_everywhere(&r.old) {
         return Some(format!("the old key is revoked (list of {signer})"));
     }
@@ -152,7 +151,7 @@ fn follow(state: &State, r: Rotation, signed: SignedRotation) {
         }
         return;
     }
-    if let Some(why) = refuse_rotation(state, &r) {
+    if let Some(why) = refuse_rotation(&state.access(), &r) {
         tracing::warn!(old = %r.old, new = %r.new, "rotation refused: {why}");
         state.audit.node(
             nullport_audit::NodeEvent::RotationRefused,
@@ -164,31 +163,10 @@ fn follow(state: &State, r: Rotation, signed: SignedRotation) {
         map.insert(r.old, r.new);
     }
     state.node.forget_sessions(&r.old);
-    let mut all = read_rotations(&state.home);
-    all.push(signed);
-    if let Ok(bytes) = serde_json::to_vec(&all)
-        && let Err(e) = nullport_keyring::fs::write_private(&state.home.rotations(), &bytes, true)
-    {
-        tracing::error!("saving rotations: {e}");
-    }
+    record_rotation(&state.home, signed);
     let mut moved = Vec::new();
     if let Ok(mut files) = state.files.write() {
-        let aliases: Vec<String> = files
-            .trust
-            .entries()
-            .filter(|(_, id)| **id == r.old)
-            .map(|(a, _)| a.to_owned())
-            .collect();
-        for alias in aliases {
-            if files.trust.add(&alias, r.new, true).is_ok() {
-                moved.push(alias);
-            }
-        }
-        if !moved.is_empty()
-            && let Err(e) = files.trust.save()
-        {
-            tracing::error!("saving the trust store: {e}");
-        }
+        moved = move_aliases(&mut files.trust, &r);
     }
     state.rebuild_access();
     tracing::warn!(old = %r.old, new = %r.new, aliases = ?moved, "key rotation applied");
@@ -201,4 +179,37 @@ fn follow(state: &State, r: Rotation, signed: SignedRotation) {
             moved.join(", ")
         ),
     );
+}
+
+/// Adds `signed` to the rotations kept in `home` (`rotations.json`).
+pub(crate) fn record_rotation(home: &Home, signed: SignedRotation) {
+    let mut all = read_rotations(home);
+    all.push(signed);
+    if let Ok(bytes) = serde_json::to_vec(&all)
+        && let Err(e) = nullport_keyring::fs::write_private(&home.rotations(), &bytes, true)
+    {
+        tracing::error!("saving rotations: {e}");
+    }
+}
+
+/// Moves every alias of `trust` that named the rotation's old key to its new key, saves the
+/// store if any moved, and returns the aliases moved.
+pub(crate) fn move_aliases(trust: &mut nullport_keyring::TrustStore, r: &Rotation) -> Vec<String> {
+    let aliases: Vec<String> = trust
+        .entries()
+        .filter(|(_, id)| **id == r.old)
+        .map(|(a, _)| a.to_owned())
+        .collect();
+    let mut moved = Vec::new();
+    for alias in aliases {
+        if trust.add(&alias, r.new, true).is_ok() {
+            moved.push(alias);
+        }
+    }
+    if !moved.is_empty()
+        && let Err(e) = trust.save()
+    {
+        tracing::error!("saving the trust store: {e}");
+    }
+    moved
 }

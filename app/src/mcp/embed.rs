@@ -126,6 +126,24 @@ impl EmbeddedMcp {
         self.inner.access.borrow().clone()
     }
 
+    /// Puts in force the snapshot in force changed by `change` (live sessions are re-checked
+    /// against it by [`EmbeddedMcp::run`]).
+    pub(crate) fn update_access(&self, change: impl FnOnce(&mut Access)) {
+        let mut access = Access::clone(&self.access());
+        change(&mut access);
+        self.inner.access.send_replace(Arc::new(access));
+    }
+
+    /// The home whose files decide.
+    pub fn home(&self) -> &Home {
+        &self.inner.home
+    }
+
+    /// The audit log.
+    pub(crate) fn audit(&self) -> &Audit {
+        &self.inner.audit
+    }
+
     /// Incoming channels of this service open now.
     pub fn open_sessions(&self) -> usize {
         self.inner.channels.totals().0.0

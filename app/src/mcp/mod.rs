@@ -8,6 +8,7 @@ pub mod approvals;
 mod callee;
 mod caller;
 pub mod embed;
+mod embed_lists;
 pub mod firewall;
 pub mod http;
 pub mod pins;
