@@ -144,8 +144,11 @@ pub enum Error {
         /// The name.
         name: String,
     },
-    /// An alias with characters outside `[A-Za-z0-9._-]` or longer than 64.
-    #[error("invalid alias {name:?}: use 1-64 characters of A-Z a-z 0-9 . _ -")]
+    /// An alias with characters outside `[A-Za-z0-9._-]`, longer than 64, or starting with
+    /// `np` in any case (it would read as a NodeId).
+    #[error(
+        "invalid alias {name:?}: use 1-64 characters of A-Z a-z 0-9 . _ -, not starting with \"np\" in any case"
+    )]
     InvalidAlias {
         /// The alias.
         name: String,

@@ -134,7 +134,11 @@ impl TrustStore {
 fn check_alias(alias: &str) -> Result<(), Error> {
     let ok = !alias.is_empty()
         && alias.len() <= 64
-        && !alias.starts_with("np")
+        // Not `np...` in any case: an alias must never read as a NodeId (a person reading
+        // `NP4P47...` takes it for that node; NodeIds are case-insensitive to many eyes).
+        && !alias
+            .get(..2)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("np"))
         && alias
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
@@ -178,7 +182,16 @@ mod tests {
             Identity::from_seed([1; 32]).node_id(),
             Identity::from_seed([2; 32]).node_id(),
         );
-        for bad in ["", "has space", "np-looks-like-an-id", "x/y"] {
+        let upper = b.to_string().to_uppercase();
+        for bad in [
+            "",
+            "has space",
+            "np-looks-like-an-id",
+            "NP-looks-like-an-id",
+            "Np4p",
+            upper.as_str(),
+            "x/y",
+        ] {
             assert!(
                 matches!(store.add(bad, a, false), Err(Error::InvalidAlias { .. })),
                 "{bad}"
