@@ -916,18 +916,25 @@ async fn pipe_says_why_its_channel_ended_and_fails() {
     ok(&tool, &["allow", "agent", "cat"]).await;
     net.up(&tool).await;
     net.up(&agent).await;
-    let (child, mut stdin) = spawn_pipe(&agent, "tool/cat");
+    let (mut child, mut stdin) = spawn_pipe(&agent, "tool/cat");
     stdin.write_all(b"live\n").await.unwrap();
-    let started = Instant::now();
-    while !ok(&tool, &["status"]).await.contains("in  agent") {
-        assert!(started.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The echo is back through the live channel before access is taken away (waiting for
+    // `status` to list the channel is not enough: the bytes may still be on their way).
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut echoed = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stdout.read_line(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, "live\n");
+    assert!(ok(&tool, &["status"]).await.contains("in  agent"));
     ok(&tool, &["deny", "agent", "cat"]).await;
     let out = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output())
         .await
         .unwrap()
         .unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -937,7 +944,7 @@ async fn pipe_says_why_its_channel_ended_and_fails() {
         stderr.contains("tool/cat: channel closed by the peer: not allowed"),
         "{stderr}"
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "live\n");
+    assert_eq!(rest, "", "nothing more after the echo");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
