@@ -492,10 +492,11 @@ async fn fleet_store_quorum_loss_keeps_channels_and_fails_new_invites_closed_unt
     cluster.stop(leader);
     send(&mut channel, &mut sent, 2).await;
     let (c_id, c_invite) = (fresh(), invite(1));
-    // (Decisions fail closed until the others elect a leader, within a second here; a node
-    // refused meanwhile enrolls at its next attempt.)
+    // (Decisions fail closed until the others elect a leader, within a second on a quiet
+    // machine; a node refused meanwhile enrolls at its next attempt. The bound is a
+    // liveness bound, generous for a loaded CI machine: one run there needed over 5 s.)
     let (c, r) = join(r2, c_id.clone(), Some(c_invite)).await;
-    let took = online_within(&c, Duration::from_secs(5)).await;
+    let took = online_within(&c, Duration::from_secs(20)).await;
     eprintln!("one member down: an invite use, first answer {r:?}, online after {took:?}");
 
     // Two members down: no quorum.
