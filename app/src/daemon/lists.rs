@@ -152,11 +152,7 @@ fn follow(state: &State, r: Rotation, signed: SignedRotation) {
         return;
     }
     if let Some(why) = refuse_rotation(&state.access(), &r) {
-        tracing::warn!(old = %r.old, new = %r.new, "rotation refused: {why}");
-        state.audit.node(
-            nullport_audit::NodeEvent::RotationRefused,
-            format!("{} -> {}: {why}", r.old, r.new),
-        );
+        rotation_refused(&state.audit, &r, &why);
         return;
     }
     if let Ok(mut map) = state.rotations.lock() {
@@ -169,16 +165,7 @@ fn follow(state: &State, r: Rotation, signed: SignedRotation) {
         moved = move_aliases(&mut files.trust, &r);
     }
     state.rebuild_access();
-    tracing::warn!(old = %r.old, new = %r.new, aliases = ?moved, "key rotation applied");
-    state.audit.node(
-        nullport_audit::NodeEvent::Rotation,
-        format!(
-            "{} -> {} (aliases moved: {})",
-            r.old,
-            r.new,
-            moved.join(", ")
-        ),
-    );
+    rotation_applied(&state.audit, &r, &moved);
 }
 
 /// Adds `signed` to the rotations kept in `home` (`rotations.json`).
@@ -212,4 +199,27 @@ pub(crate) fn move_aliases(trust: &mut nullport_keyring::TrustStore, r: &Rotatio
         tracing::error!("saving the trust store: {e}");
     }
     moved
+}
+
+/// Logs and audits a rotation followed, with the aliases it moved.
+pub(crate) fn rotation_applied(audit: &crate::audit::Audit, r: &Rotation, moved: &[String]) {
+    tracing::warn!(old = %r.old, new = %r.new, aliases = ?moved, "key rotation applied");
+    audit.node(
+        nullport_audit::NodeEvent::Rotation,
+        format!(
+            "{} -> {} (aliases moved: {})",
+            r.old,
+            r.new,
+            moved.join(", ")
+        ),
+    );
+}
+
+/// Logs and audits a rotation not followed, and why.
+pub(crate) fn rotation_refused(audit: &crate::audit::Audit, r: &Rotation, why: &str) {
+    tracing::warn!(old = %r.old, new = %r.new, "rotation refused: {why}");
+    audit.node(
+        nullport_audit::NodeEvent::RotationRefused,
+        format!("{} -> {}: {why}", r.old, r.new),
+    );
 }

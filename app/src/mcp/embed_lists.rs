@@ -14,7 +14,9 @@ use tokio::sync::broadcast;
 
 use super::embed::EmbeddedMcp;
 use crate::access::Access;
-use crate::daemon::lists::{move_aliases, record_rotation, refuse_rotation};
+use crate::daemon::lists::{
+    move_aliases, record_rotation, refuse_rotation, rotation_applied, rotation_refused,
+};
 
 impl EmbeddedMcp {
     /// Fetches every list and rotation `node`'s relay holds now and applies them.
@@ -111,11 +113,7 @@ impl EmbeddedMcp {
                 continue;
             }
             if let Some(why) = refuse_rotation(&access, &r) {
-                tracing::warn!(old = %r.old, new = %r.new, "rotation refused: {why}");
-                self.audit().node(
-                    nullport_audit::NodeEvent::RotationRefused,
-                    format!("{} -> {}: {why}", r.old, r.new),
-                );
+                rotation_refused(self.audit(), &r, &why);
                 continue;
             }
             forget(&r.old);
@@ -126,16 +124,7 @@ impl EmbeddedMcp {
                 a.rotations.insert(r.old, r.new);
                 a.trust = trust;
             });
-            tracing::warn!(old = %r.old, new = %r.new, aliases = ?moved, "key rotation applied");
-            self.audit().node(
-                nullport_audit::NodeEvent::Rotation,
-                format!(
-                    "{} -> {} (aliases moved: {})",
-                    r.old,
-                    r.new,
-                    moved.join(", ")
-                ),
-            );
+            rotation_applied(self.audit(), &r, &moved);
         }
     }
 }
