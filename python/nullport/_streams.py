@@ -134,6 +134,10 @@ class _ChannelTransport(asyncio.Transport):
     def _fatal(self, exc: Exception) -> None:
         if self._exc is None:
             self._exc = exc
+        self._drop_all()
+
+    def _drop_all(self) -> None:
+        """Stops both directions at once: nothing buffered is sent, both tasks wake."""
         self._aborted = True
         self._closing = True
         self._buffer.clear()
@@ -208,12 +212,7 @@ class _ChannelTransport(asyncio.Transport):
         """Drops what is buffered and aborts the channel (the peer's reads fail)."""
         if self._aborted:
             return
-        self._aborted = True
-        self._closing = True
-        self._buffer.clear()
-        self._buffer_size = 0
-        self._reading.set()
-        self._wake_writer.set()
+        self._drop_all()
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol  # type: ignore[assignment]
