@@ -193,6 +193,11 @@ impl Channel {
         }
     }
 
+    /// Counts `n` application bytes sent before the channel existed (a dial's first bytes).
+    pub(crate) fn count_sent(&mut self, n: usize) {
+        self.bytes_out += n as u64;
+    }
+
     /// A handle that ends this channel with a reason from anywhere (see [`AbortHandle`]).
     pub fn abort_handle(&self) -> AbortHandle {
         self.abort.clone()

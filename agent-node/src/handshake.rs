@@ -1,9 +1,11 @@
 //! Async drivers for the sans-IO end-to-end handshake (full or resumed), over one relayed
 //! QUIC stream pair.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use nullport_protocol::limits::MAX_NOISE_MESSAGE;
+use nullport_protocol::limits::{MAX_FIRST_BYTES, MAX_NOISE_MESSAGE};
 use nullport_protocol::resume::{self, Answered, Opening, Resumed};
 use nullport_protocol::{
     Deframer, DenyReason, HandshakeKeys, Limits, NodeId, Request, Responder, SessionId,
@@ -36,20 +38,96 @@ async fn write_all(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), Err
         .map_err(|e| LinkLost::Write(e).into())
 }
 
+/// The application bytes a dial sends behind its handshake's last message, before the
+/// verdict ([`Node::dial_sending`](crate::Node::dial_sending)).
+pub enum FirstBytes<'a> {
+    /// These bytes (at most [`MAX_FIRST_BYTES`](nullport_protocol::limits::MAX_FIRST_BYTES)).
+    Bytes(Vec<u8>),
+    /// Whatever this gives at the moment the handshake's last message goes out, one round
+    /// trip or more after the dial started: it is called at most once, with a buffer of
+    /// `MAX_FIRST_BYTES`, must not wait (a socket's `try_read`), and returns how many bytes
+    /// it put there (0: none ready).
+    Ready(ReadReady<'a>),
+}
+
+/// Reads what is ready into the buffer without waiting; returns how many bytes
+/// ([`FirstBytes::Ready`]).
+pub type ReadReady<'a> = Box<dyn FnOnce(&mut [u8]) -> usize + Send + 'a>;
+
+impl std::fmt::Debug for FirstBytes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FirstBytes::Bytes(b) => write!(f, "FirstBytes::Bytes({} bytes)", b.len()),
+            FirstBytes::Ready(_) => f.write_str("FirstBytes::Ready"),
+        }
+    }
+}
+
+/// A dial's first bytes, taken once, and whether they may have left this node.
+pub(crate) struct First<'a> {
+    source: Mutex<Option<FirstBytes<'a>>>,
+    /// How many bytes were handed to the stream (0: none yet). Set before the write that
+    /// carries them: from then on the callee may have read them, so the dial is never
+    /// tried again elsewhere.
+    sent: AtomicUsize,
+}
+
+impl<'a> First<'a> {
+    pub(crate) fn new(source: FirstBytes<'a>) -> Self {
+        Self {
+            source: Mutex::new(Some(source)),
+            sent: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether bytes may have left this node.
+    pub(crate) fn were_sent(&self) -> bool {
+        self.sent.load(Ordering::Acquire) > 0
+    }
+
+    /// The bytes to send now (empty once taken).
+    fn take(&self) -> Vec<u8> {
+        let source = self.source.lock().ok().and_then(|mut s| s.take());
+        match source {
+            None => Vec::new(),
+            Some(FirstBytes::Bytes(bytes)) => bytes,
+            Some(FirstBytes::Ready(read)) => {
+                let mut buf = vec![0u8; MAX_FIRST_BYTES];
+                let n = read(&mut buf).min(MAX_FIRST_BYTES);
+                buf.truncate(n);
+                buf
+            }
+        }
+    }
+}
+
 /// Runs the rest of the caller's side of an open (full or resumed) whose first message is
 /// already on its way, on a dial stream the relay has answered.
 pub(crate) async fn initiate(
     keys: &HandshakeKeys,
     opening: Opening,
     (expected, service): (NodeId, String),
+    first: &First<'_>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     drain: Drain,
 ) -> Result<Channel, Error> {
     let resumed = opening.is_resumed();
-    let result = open(keys, opening, (expected, service), &mut send, &mut recv).await;
+    let result = open(
+        keys,
+        opening,
+        (expected, service),
+        first,
+        &mut send,
+        &mut recv,
+    )
+    .await;
     match result {
-        Ok((inner, deframer)) => Ok(Channel::new(inner, send, recv, deframer, Vec::new(), drain)),
+        Ok((inner, deframer)) => {
+            let mut channel = Channel::new(inner, send, recv, deframer, Vec::new(), drain);
+            channel.count_sent(first.sent.load(Ordering::Acquire));
+            Ok(channel)
+        }
         Err(e) => {
             // A resumed open that failed for any reason but the callee's verdict drops the
             // secret: if the two sides disagree about it (one restarted or speaks another
@@ -67,6 +145,7 @@ async fn open(
     keys: &HandshakeKeys,
     mut opening: Opening,
     (expected, service): (NodeId, String),
+    first: &First<'_>,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Result<(nullport_protocol::Channel, Deframer), Error> {
@@ -77,7 +156,12 @@ async fn open(
         let answer = next_message(recv, &mut deframer).await?;
         out.clear();
         match opening.handle_response(keys, &answer, Instant::now(), &mut out)? {
-            Answered::Verdict(awaiting) => {
+            Answered::Verdict(mut awaiting) => {
+                // The first bytes ride in the same write as message 3 (or Confirm); the
+                // callee reads them only once it has accepted.
+                let bytes = first.take();
+                awaiting.seal_first(&bytes, &mut out)?;
+                first.sent.store(bytes.len(), Ordering::Release);
                 if !out.is_empty() {
                     write_all(send, &out).await?;
                 }

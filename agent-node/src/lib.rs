@@ -35,6 +35,6 @@ pub mod tls;
 
 pub use channel::{AbortHandle, Channel};
 pub use error::{AddressProblem, Error, LinkLost, Refusal, SetupError, Unreachable};
-pub use handshake::IncomingChannel;
+pub use handshake::{FirstBytes, IncomingChannel, ReadReady};
 pub use node::{Handlers, LinkState, Node, NodeConfig, NodeLimits};
 pub use relay_addr::{RelayAddr, RelaySpec};

@@ -214,6 +214,17 @@ impl LocalSocket {
             ),
         })
     }
+
+    /// Reads what the client has already sent into `buf`, without waiting; 0 when nothing
+    /// is ready (or the read failed: the splice that follows meets the same error). A dial's
+    /// first bytes ([`nullport_node::FirstBytes::Ready`]).
+    pub fn read_ready(&self, buf: &mut [u8]) -> usize {
+        let read = match self {
+            Self::Tcp(s) => s.try_read(buf),
+            Self::Unix(s) => s.try_read(buf),
+        };
+        read.unwrap_or(0)
+    }
 }
 
 /// The address family of a handed-over socket.

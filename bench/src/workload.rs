@@ -26,6 +26,21 @@ pub trait Opener: Send + Sync {
     /// Opens a new stream (a new TCP connection, ssh channel, QUIC stream or nullport
     /// channel) to the bench server.
     fn open(&self) -> Pin<Box<dyn std::future::Future<Output = io::Result<Stream>> + Send + '_>>;
+
+    /// Opens a new stream and sends `first` on it, the quickest way the path has: by
+    /// default a write right after [`Opener::open`] (a TCP connect, then the data; a QUIC
+    /// stream's data goes in its first packet anyway); a nullport channel sends them behind
+    /// its handshake's last message (`Node::dial_sending`).
+    fn open_sending<'a>(
+        &'a self,
+        first: &'a [u8],
+    ) -> Pin<Box<dyn std::future::Future<Output = io::Result<Stream>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut s = self.open().await?;
+            s.write_all(first).await?;
+            Ok(s)
+        })
+    }
 }
 
 /// Serves one stream: reads the operation and carries it out.
@@ -210,8 +225,7 @@ pub async fn setup_times(opener: &dyn Opener, count: usize) -> io::Result<Vec<f6
 }
 
 async fn first_echo(opener: &dyn Opener) -> io::Result<()> {
-    let mut s = opener.open().await?;
-    s.write_all(b"E!").await?;
+    let mut s = opener.open_sending(b"E!").await?;
     s.flush().await?;
     let mut b = [0u8; 1];
     s.read_exact(&mut b).await?;

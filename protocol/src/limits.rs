@@ -33,6 +33,10 @@ pub const MAX_HANDSHAKE_MSG3_LEN: usize = (32 + TAG_LEN) + MAX_MSG3_PAYLOAD + TA
 /// Largest plaintext a single transport frame carries (type byte excluded).
 pub const MAX_FRAME_DATA: usize = MAX_NOISE_MESSAGE - TAG_LEN - 1;
 
+/// The most first bytes a dial sends behind its last handshake message, before the verdict
+/// ([`crate::AwaitingVerdict::seal_first`]): one data frame.
+pub const MAX_FIRST_BYTES: usize = MAX_FRAME_DATA;
+
 /// Lifetime of a resumption secret by default ([`crate::resume`]): channels opened later
 /// than this after the full handshake run a full handshake again (and make a new secret).
 pub const DEFAULT_RESUME_LIFETIME: Duration = Duration::from_secs(600);

@@ -23,7 +23,7 @@ use super::slot::Slot;
 use crate::channel::Channel;
 use crate::drain::Drain;
 use crate::error::{Error, LinkLost};
-use crate::handshake::initiate;
+use crate::handshake::{First, initiate};
 use crate::link::read_message;
 
 /// Dials `target` through the relay link `conn`; `Ok(None)` when the relay answers that the
@@ -38,26 +38,23 @@ async fn dial_via(
     conn: &quinn::Connection,
     drain: Drain,
     target: NodeId,
-    service: ServiceName,
-    blob: Vec<u8>,
+    ask: &Ask<'_>,
 ) -> Result<Option<Channel>, Error> {
-    match dial_once(inner, conn, drain.clone(), target, &service, &blob, true).await {
+    match dial_once(inner, conn, drain.clone(), target, ask, true).await {
         Err(Error::Link(LinkErrorCode::Malformed)) => {
             tracing::debug!("relay does not take DialWith; dialing without pipelining");
-            dial_once(inner, conn, drain, target, &service, &blob, false).await
+            dial_once(inner, conn, drain, target, ask, false).await
         }
         other => other,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn dial_once(
     inner: &Inner,
     conn: &quinn::Connection,
     drain: Drain,
     target: NodeId,
-    service: &ServiceName,
-    blob: &[u8],
+    ask: &Ask<'_>,
     pipelined: bool,
 ) -> Result<Option<Channel>, Error> {
     let limits = &inner.config.limits;
@@ -65,8 +62,8 @@ async fn dial_once(
     let request = |session| DialRequest {
         expected: target,
         session,
-        service: service.clone(),
-        blob: blob.to_vec(),
+        service: ask.service.clone(),
+        blob: ask.blob.clone(),
     };
     let mut out = Vec::with_capacity(256);
     let mut opening = None;
@@ -132,7 +129,8 @@ async fn dial_once(
     let result = initiate(
         &inner.keys,
         opening,
-        (target, service.to_string()),
+        (target, ask.service.to_string()),
+        &ask.first,
         send,
         recv,
         drain,
@@ -140,6 +138,14 @@ async fn dial_once(
     .await;
     tracing::debug!(resumed, ok = result.is_ok(), "open");
     result.map(Some)
+}
+
+/// What one dial asks of the callee, and the bytes it sends before the verdict.
+pub(super) struct Ask<'a> {
+    pub(super) service: ServiceName,
+    /// Capability tokens, sent encrypted in the handshake.
+    pub(super) blob: Vec<u8>,
+    pub(super) first: First<'a>,
 }
 
 /// A random session id (the relay binds nothing to it; both ends bind it into the prologue).
@@ -155,8 +161,7 @@ fn random_session() -> Result<SessionId, Error> {
 pub(super) async fn dial_home(
     inner: &Inner,
     target: NodeId,
-    service: ServiceName,
-    blob: Vec<u8>,
+    ask: &Ask<'_>,
 ) -> Result<Channel, Error> {
     let conn = wait_connection(inner, inner.config.limits.dial_timeout).await?;
     let drain = match inner.home_slot() {
@@ -166,7 +171,7 @@ pub(super) async fn dial_home(
         }
         None => inner.drain.clone(),
     };
-    dial_via(inner, &conn, drain, target, service, blob)
+    dial_via(inner, &conn, drain, target, ask)
         .await?
         .ok_or(Error::PeerOffline(target))
 }
@@ -175,17 +180,18 @@ pub(super) async fn dial_home(
 pub(super) async fn dial_fleet(
     inner: &Arc<Inner>,
     target: NodeId,
-    service: ServiceName,
-    blob: Vec<u8>,
+    ask: &Ask<'_>,
 ) -> Result<Channel, Error> {
     // A target found nowhere while one of its relays announced a stop is most likely moving
     // to its next relay right now (tens of milliseconds): look again for a short while
     // instead of reporting it offline.
     let until = tokio::time::Instant::now() + MOVING;
     loop {
-        match walk(inner, target, &service, &blob).await {
+        match walk(inner, target, ask).await {
             Err(Error::PeerOffline(_))
-                if tokio::time::Instant::now() < until && inner.order_draining(&target) =>
+                if tokio::time::Instant::now() < until
+                    && inner.order_draining(&target)
+                    && !ask.first.were_sent() =>
             {
                 tokio::time::sleep(POLL * 10).await;
             }
@@ -198,18 +204,13 @@ pub(super) async fn dial_fleet(
 const MOVING: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One walk over `target`'s relays.
-async fn walk(
-    inner: &Arc<Inner>,
-    target: NodeId,
-    service: &ServiceName,
-    blob: &[u8],
-) -> Result<Channel, Error> {
+async fn walk(inner: &Arc<Inner>, target: NodeId, ask: &Ask<'_>) -> Result<Channel, Error> {
     let order = inner.relay_order(&target);
     let mut walk = Walk::default();
     // A few relays at a time, in order: a target is almost always at one of its first
     // relays, and a node does not open links to the whole fleet for one dial.
     for group in order.chunks(DIAL_SPREAD) {
-        if let Some(result) = walk_group(inner, group, &mut walk, target, service, blob).await {
+        if let Some(result) = walk_group(inner, group, &mut walk, target, ask).await {
             return result;
         }
     }
@@ -231,8 +232,7 @@ async fn walk_group(
     group: &[crate::relay_addr::RelayAddr],
     walk: &mut Walk,
     target: NodeId,
-    service: &ServiceName,
-    blob: &[u8],
+    ask: &Ask<'_>,
 ) -> Option<Result<Channel, Error>> {
     // Every link of the group is started at once and held (a lease) for the whole dial, so
     // none is closed as idle while the dial waits on another.
@@ -260,10 +260,7 @@ async fn walk_group(
                 walk.last_error = Some(slot_error(slot));
             }
             Some(conn) => {
-                if let Some(result) = walk
-                    .try_relay(inner, slot, &conn, target, service, blob)
-                    .await
-                {
+                if let Some(result) = walk.try_relay(inner, slot, &conn, target, ask).await {
                     return Some(result);
                 }
             }
@@ -278,9 +275,7 @@ async fn walk_group(
         if let Some(i) = deferred.iter().position(|s| s.connection().is_some()) {
             let slot = deferred.remove(i);
             if let Some(conn) = slot.connection()
-                && let Some(result) = walk
-                    .try_relay(inner, slot, &conn, target, service, blob)
-                    .await
+                && let Some(result) = walk.try_relay(inner, slot, &conn, target, ask).await
             {
                 return Some(result);
             }
@@ -337,13 +332,15 @@ impl Walk {
         slot: &Slot,
         conn: &quinn::Connection,
         target: NodeId,
-        service: &ServiceName,
-        blob: &[u8],
+        ask: &Ask<'_>,
     ) -> Option<Result<Channel, Error>> {
         slot.touch();
         let drain = inner.drain.leased(&slot.uses);
-        match dial_via(inner, conn, drain, target, service.clone(), blob.to_vec()).await {
+        match dial_via(inner, conn, drain, target, ask).await {
             Ok(Some(channel)) => Some(Ok(channel)),
+            // The callee may have accepted and read the first bytes: trying another relay
+            // could deliver them twice, so the walk ends with this error.
+            Err(e) if ask.first.were_sent() => Some(Err(e)),
             Ok(None) => {
                 tracing::debug!(relay = %slot.relay, "not here");
                 self.not_here += 1;

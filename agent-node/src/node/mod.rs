@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::channel::Channel;
 use crate::drain::Drain;
 use crate::error::{Error, SetupError};
-use crate::handshake::IncomingChannel;
+use crate::handshake::{FirstBytes, IncomingChannel};
 pub use config::{LinkState, NodeConfig, NodeLimits};
 use conn::wait_connection;
 use control::{collect_pages, control_exchange, control_request, slot_exchange};
@@ -274,12 +274,49 @@ impl Node {
         service: &str,
         blob: Vec<u8>,
     ) -> Result<Channel, Error> {
+        self.dial_sending(target, service, blob, FirstBytes::Bytes(Vec::new()))
+            .await
+    }
+
+    /// Opens a channel like [`Node::dial_with`] and sends `first` in the same packet as the
+    /// handshake's last message: the callee's first answer can arrive one round trip sooner
+    /// than after a dial and a write. `first` is bytes, or a way to read whatever is ready
+    /// at that moment (for a socket whose client is still sending; see [`FirstBytes`]).
+    ///
+    /// The bytes leave only once the handshake has proven the callee (and goes on to prove
+    /// this node); the callee reads them only after it accepted, as the channel's first
+    /// data. On a denial they are dropped unread and this returns [`Error::Denied`], as
+    /// `dial_with` does. Like any write whose answer never came, an error after they left
+    /// (a lost link, no verdict in time) cannot tell whether the callee read them; this
+    /// dial is then not tried again through another relay of a fleet.
+    pub async fn dial_sending(
+        &self,
+        target: NodeId,
+        service: &str,
+        blob: Vec<u8>,
+        first: FirstBytes<'_>,
+    ) -> Result<Channel, Error> {
         let service = ServiceName::new(service)?;
         if target == self.inner.node_id {
             return Err(nullport_protocol::Error::SelfDial.into());
         }
+        if let FirstBytes::Bytes(bytes) = &first
+            && bytes.len() > nullport_protocol::limits::MAX_FIRST_BYTES
+        {
+            return Err(nullport_protocol::Error::TooLarge {
+                what: "first bytes of a dial",
+                len: bytes.len(),
+                max: nullport_protocol::limits::MAX_FIRST_BYTES,
+            }
+            .into());
+        }
+        let ask = dial::Ask {
+            service,
+            blob,
+            first: crate::handshake::First::new(first),
+        };
         let inner = &self.inner;
-        let span = tracing::debug_span!("dial", peer = %target.fmt_short(), %service);
+        let span = tracing::debug_span!("dial", peer = %target.fmt_short(), service = %ask.service);
         let in_fleet = inner
             .fleet
             .as_ref()
@@ -288,9 +325,9 @@ impl Node {
             inner.config.limits.dial_timeout,
             async {
                 if in_fleet {
-                    dial::dial_fleet(inner, target, service, blob).await
+                    dial::dial_fleet(inner, target, &ask).await
                 } else {
-                    dial::dial_home(inner, target, service, blob).await
+                    dial::dial_home(inner, target, &ask).await
                 }
             }
             .instrument(span),

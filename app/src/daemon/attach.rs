@@ -16,6 +16,7 @@ use crate::daemon::outgoing::{OutChannel, open_channel, respond};
 use crate::fdpass::{FdPassError, LocalListener, LocalSocket, LocalStdio};
 use crate::mcp::Session;
 use crate::services::io::{forward, forward_pipe};
+use nullport_node::FirstBytes;
 
 /// Most handed-over connections the daemon serves at once (each holds one or two
 /// descriptors); beyond it, `attach` is refused with [`FdPassError::Busy`].
@@ -96,7 +97,14 @@ pub(crate) async fn attach(
             return;
         }
     };
-    let out = match open_channel(state, &request.peer, &request.service, request.token).await {
+    let out = match open_channel(
+        state,
+        (&request.peer, &request.service),
+        request.token,
+        FirstBytes::Bytes(Vec::new()),
+    )
+    .await
+    {
         Ok(out) => out,
         Err(message) => {
             drop(local);
@@ -174,7 +182,11 @@ async fn serve_listener(
                         (request.peer.clone(), request.service.clone(), request.token.clone());
                     tokio::spawn(async move {
                         let _permit = permit;
-                        match open_channel(&state, &peer, &service, token).await {
+                        // What the client sends while the handshake runs goes out with
+                        // its last message: one round trip less to the first answer.
+                        let ready = FirstBytes::Ready(Box::new(|buf| socket.read_ready(buf)));
+                        let opened = open_channel(&state, (&peer, &service), token, ready).await;
+                        match opened {
                             Ok(out) => {
                                 splice(&state, out, socket, &service, (false, false), false).await;
                             }

@@ -15,6 +15,7 @@ use crate::daemon::outgoing::{OutChannel, open_channel, respond};
 use crate::daemon::{DaemonError, State, lists};
 use crate::mcp::Session;
 use crate::services::io::forward_pipe;
+use nullport_node::FirstBytes;
 
 /// Largest control request line (a signed revocation list of the largest size, as JSON).
 const MAX_CONTROL_LINE: usize = 4 << 20;
@@ -282,7 +283,14 @@ async fn pipe(
         target,
         handshake,
         registered: _registered,
-    } = match open_channel(state, &peer, &service, token).await {
+    } = match open_channel(
+        state,
+        (&peer, &service),
+        token,
+        FirstBytes::Bytes(Vec::new()),
+    )
+    .await
+    {
         Ok(out) => out,
         Err(message) => {
             let _ = respond(reader.get_mut(), &ControlResponse::error(message)).await;

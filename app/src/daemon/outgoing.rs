@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use nullport_node::Error;
+use nullport_node::{Error, FirstBytes};
 use tokio::io::AsyncWriteExt;
 
 use crate::control::ControlResponse;
@@ -25,11 +25,12 @@ pub(crate) struct OutChannel {
 
 /// Opens a channel to `peer`/`service` for a local user (`pipe`, `attach`): the token is
 /// checked, the peer resolved, the dial audited; an error is what the user should read.
+/// `first` goes out behind the handshake ([`nullport_node::Node::dial_sending`]).
 pub(crate) async fn open_channel(
     state: &Arc<State>,
-    peer: &str,
-    service: &str,
+    (peer, service): (&str, &str),
     token: Option<String>,
+    first: FirstBytes<'_>,
 ) -> Result<OutChannel, String> {
     let blob = match token
         .as_deref()
@@ -58,7 +59,7 @@ pub(crate) async fn open_channel(
             "cannot reach {peer}: the relay link is down ({link}); see `nullport status`"
         ));
     }
-    let dialed = state.node.dial_with(target, service, blob).await;
+    let dialed = state.node.dial_sending(target, service, blob, first).await;
     state.audit.dial(&target, service, dialed.is_ok());
     let mut channel = dialed.map_err(|e| explain(&e, peer, service, &state.node.node_id()))?;
     let registered = state.channels.register_out(target, service);

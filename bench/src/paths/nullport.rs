@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use nullport_node::{Node, NodeConfig, RelayAddr};
+use nullport_node::{FirstBytes, Node, NodeConfig, RelayAddr};
 use nullport_protocol::{Identity, NodeId};
 use nullport_relay::{Admission, Relay, RelayConfig, RelayLimits};
 
@@ -33,6 +33,25 @@ impl Opener for NodeOpener {
             let ch = self
                 .node
                 .dial(self.peer, SERVICE)
+                .await
+                .map_err(io::Error::other)?;
+            Ok(Box::pin(ch) as Stream)
+        })
+    }
+
+    fn open_sending<'a>(
+        &'a self,
+        first: &'a [u8],
+    ) -> Pin<Box<dyn std::future::Future<Output = io::Result<Stream>> + Send + 'a>> {
+        Box::pin(async move {
+            let ch = self
+                .node
+                .dial_sending(
+                    self.peer,
+                    SERVICE,
+                    Vec::new(),
+                    FirstBytes::Bytes(first.to_vec()),
+                )
                 .await
                 .map_err(io::Error::other)?;
             Ok(Box::pin(ch) as Stream)

@@ -453,3 +453,24 @@ fn a_denied_caller_gets_no_resumption_secret() {
         ((1, 0), (0, 1))
     );
 }
+
+#[test]
+fn first_bytes_behind_confirm_are_read_only_after_the_callee_accepts() {
+    let (a, b) = pair();
+    let (mut verdict, request) = until_decision(&a, &b, 21);
+    let mut early = Vec::new();
+    verdict
+        .seal_first(b"first request", &mut early)
+        .unwrap_or_else(|e| panic!("seal_first: {e}"));
+    let mut out = Vec::new();
+    let mut callee = request
+        .accept(&mut out)
+        .unwrap_or_else(|e| panic!("accept: {e}"));
+    let mut caller = verdict
+        .handle_verdict(&only_message(&out), Instant::now())
+        .unwrap_or_else(|e| panic!("verdict: {e}"));
+    let (got, err) = open_all(&mut callee, &[only_message(&early)]);
+    assert_eq!((got.as_slice(), err), (&b"first request"[..], None));
+    let (back, err) = open_all(&mut caller, &seal(&mut callee, b"answer"));
+    assert_eq!((back.as_slice(), err), (&b"answer"[..], None));
+}

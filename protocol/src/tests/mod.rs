@@ -4,6 +4,7 @@
 //! [`Deframer`] would, so tests tamper with the very messages a relay could touch.
 
 mod channel_attacks;
+mod first_bytes;
 mod handshake_attacks;
 mod relay_link_tags;
 mod vectors;

@@ -5,6 +5,7 @@
 
 mod exhaustion;
 mod faults;
+mod first_bytes;
 mod fleet;
 mod fleet_netns;
 mod fleet_store;
