@@ -211,9 +211,18 @@ class Node:
     @property
     def node_id(self) -> str:
         """This node's NodeId."""
-    async def dial(self, peer: str, service: str, token: Optional[str] = None) -> Channel:
+    async def dial(
+        self,
+        peer: str,
+        service: str,
+        token: Optional[str] = None,
+        *,
+        first: Optional[bytes] = None,
+    ) -> Channel:
         """Opens a channel to ``service`` on ``peer`` (NodeId or alias), presenting
-        ``token`` (as ``nullport token issue`` prints it, or ``@FILE``). Raises
+        ``token`` (as ``nullport token issue`` prints it, or ``@FILE``). ``first`` (at most
+        65,518 bytes) goes out with the handshake's last message: the peer's first answer
+        comes a round trip sooner; the peer reads it only once it accepted. Raises
         ``PeerOffline``, ``NotAllowed``, ``InvalidAddress``, ``Timeout``,
         ``HandshakeFailed``, ``NodeClosed``."""
     async def presence(self, peer: str) -> bool:

@@ -207,6 +207,32 @@ async def test_deny_with_a_reason_reaches_the_caller(start_node) -> None:
         await waiting.accept()
 
 
+async def test_first_bytes_go_with_the_handshake_and_a_refusal_drops_them(start_node) -> None:
+    """``dial(first=...)``: the callee reads them as the channel's first bytes, once it
+    accepted; refused, the caller gets NotAllowed as always; too many is InvalidAddress."""
+    caller = await start_node()
+    callee = await start_node()
+    first = os.urandom(65_518)
+    async with serving(callee, echo):
+        channel = await caller.dial(callee.node_id, "echo", first=first)
+        async with channel:
+            got = await send_and_collect(channel, b"and the rest")
+        assert got == first + b"and the rest"
+        with pytest.raises(nullport.InvalidAddress, match="at most 65518"):
+            await caller.dial(callee.node_id, "echo", first=first + b"!")
+
+    async def deny_all() -> None:
+        async for incoming in callee.incoming():
+            await incoming.deny("not_allowed")
+
+    server = asyncio.create_task(deny_all())
+    try:
+        with pytest.raises(nullport.NotAllowed):
+            await caller.dial(callee.node_id, "echo", first=b"never read")
+    finally:
+        server.cancel()
+
+
 async def test_an_incoming_dropped_undecided_is_denied_as_unavailable(start_node) -> None:
     caller = await start_node()
     callee = await start_node()
