@@ -103,22 +103,20 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Largest slice of one `poll_write` sealed at once (4 full frames).
 const MAX_WRITE: usize = 4 * MAX_FRAME_DATA;
 
-/// The outgoing buffer: one `poll_write`'s frames, plus room for a close or abort frame
-/// sealed while they are still waiting to go out.
-const OUT_CAPACITY: usize = max_sealed_len(MAX_WRITE) + FRAME_OVERHEAD + 1;
-
 /// An established end-to-end channel.
 pub struct Channel {
     inner: nullport_protocol::Channel,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     deframer: Deframer,
-    /// The last message opened (`type || body`), initialised once and reused: the bytes
-    /// not yet read are `plain[plain_pos..plain_end]`.
+    /// The last message opened (`type || body`), reused: the bytes not yet read are
+    /// `plain[plain_pos..plain_end]`. Grown to the largest message read so far (at most
+    /// one Noise message), so a channel that carries small messages holds little.
     plain: Vec<u8>,
     plain_pos: usize,
     plain_end: usize,
-    /// Sealed frames (initialised once and reused): `out[out_pos..out_end]` still to send.
+    /// Sealed frames, reused: `out[out_pos..out_end]` still to send. Grown to the largest
+    /// write sealed so far (at most one `poll_write`'s frames and a close or abort frame).
     out: Vec<u8>,
     out_pos: usize,
     out_end: usize,
@@ -167,15 +165,14 @@ impl Channel {
         first_out: Vec<u8>,
         drain: Drain,
     ) -> Self {
-        let mut out = first_out;
+        let out = first_out;
         let out_end = out.len();
-        out.resize(out_end.max(OUT_CAPACITY), 0);
         Self {
             inner,
             send,
             recv,
             deframer,
-            plain: vec![0; MAX_NOISE_MESSAGE],
+            plain: Vec::new(),
             plain_pos: 0,
             plain_end: 0,
             out,
@@ -376,7 +373,12 @@ impl AsyncRead for Channel {
             this.plain_pos = 0;
             this.plain_end = 0;
             let next = match this.deframer.next_message() {
-                Ok(Some(message)) => Some(this.inner.open_into(message, &mut this.plain)),
+                Ok(Some(message)) => {
+                    if this.plain.len() < message.len() {
+                        this.plain.resize(message.len().min(MAX_NOISE_MESSAGE), 0);
+                    }
+                    Some(this.inner.open_into(message, &mut this.plain))
+                }
                 Ok(None) => None,
                 Err(e) => {
                     let kind = kind_of(&e);
@@ -455,6 +457,10 @@ impl AsyncWrite for Channel {
         let n = data.len().min(MAX_WRITE);
         // Everything earlier went out: the frames go to the start of the buffer, one QUIC
         // write below if the stream's window takes them.
+        let need = max_sealed_len(n);
+        if this.out.len() < need {
+            this.out.resize(need, 0);
+        }
         match this.inner.seal_into(&data[..n], &mut this.out) {
             Ok(written) => this.out_end = written,
             Err(e) => {

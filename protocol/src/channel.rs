@@ -84,7 +84,7 @@ impl Channel {
             service,
             handshake_hash,
             limits,
-            scratch: vec![0u8; MAX_NOISE_MESSAGE],
+            scratch: Vec::new(),
             sent: 0,
             received: 0,
             sent_since_rekey: 0,
@@ -180,6 +180,7 @@ impl Channel {
     /// Decrypts one message (without its length prefix), appending application bytes to
     /// `out`. An abort frame is [`Error::Aborted`].
     pub fn open(&mut self, message: &[u8], out: &mut Vec<u8>) -> Result<Received, Error> {
+        self.grow_scratch(message.len());
         let mut buf = std::mem::take(&mut self.scratch);
         let result = self.open_into(message, &mut buf);
         if let Ok(Received::Data(n)) = result {
@@ -292,6 +293,7 @@ impl Channel {
                 max: out.len(),
             });
         };
+        self.grow_scratch(plain_len);
         self.scratch[0] = frame_type as u8;
         self.scratch[1..plain_len].copy_from_slice(body);
         let written = match self
@@ -320,6 +322,7 @@ impl Channel {
 
     /// Decrypts one message into the scratch buffer: its frame type and body length.
     pub(crate) fn read_frame(&mut self, message: &[u8]) -> Result<(FrameType, usize), Error> {
+        self.grow_scratch(message.len());
         let mut buf = std::mem::take(&mut self.scratch);
         let result = self.read_frame_into(message, &mut buf);
         self.scratch = buf;
@@ -383,6 +386,15 @@ impl Channel {
     /// The body of the last frame read by [`Channel::read_frame`].
     pub(crate) fn last_body(&self, len: usize) -> &[u8] {
         &self.scratch[1..1 + len]
+    }
+
+    /// Makes the scratch buffer hold at least `len` bytes (at most one Noise message): it
+    /// grows with the largest frame seen, so a channel of small frames holds little.
+    fn grow_scratch(&mut self, len: usize) {
+        let len = len.min(MAX_NOISE_MESSAGE);
+        if self.scratch.len() < len {
+            self.scratch.resize(len, 0);
+        }
     }
 
     pub(crate) fn poison(&mut self) {

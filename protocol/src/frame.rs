@@ -2,9 +2,11 @@
 //! splits a stream back into messages.
 //!
 //! On the wire every Noise message (handshake or transport) is `len(2, big-endian) || message`
-//! with `1 <= len <= 65535`. The deframer owns one fixed buffer (one maximal frame plus its
-//! prefix), so memory is bounded whatever the peer sends; the caller reads from its socket
-//! straight into [`Deframer::spare`].
+//! with `1 <= len <= 65535`. The deframer owns one buffer that starts small and grows, only
+//! when a message does not fit, to one maximal message plus its prefix: memory is bounded
+//! whatever the peer sends, and a stream of small messages (a handshake, an idle or
+//! interactive channel) holds little. The caller reads from its socket straight into
+//! [`Deframer::spare`].
 
 use crate::error::Error;
 use crate::limits::{LENGTH_PREFIX, MAX_NOISE_MESSAGE};
@@ -38,10 +40,13 @@ pub(crate) fn write_prefixed(
     Ok(written)
 }
 
+/// The message size a [`Deframer`] has room for before its first large message.
+const INITIAL_MESSAGE: usize = 4096;
+
 /// Splits a byte stream into length-prefixed messages, with a hard bound on message size.
 #[derive(Debug)]
 pub struct Deframer {
-    buf: Box<[u8]>,
+    buf: Vec<u8>,
     start: usize,
     end: usize,
     max_message: usize,
@@ -52,7 +57,7 @@ impl Deframer {
     pub fn new(max_message: usize) -> Self {
         let max_message = max_message.min(MAX_NOISE_MESSAGE);
         Self {
-            buf: vec![0u8; LENGTH_PREFIX + max_message].into_boxed_slice(),
+            buf: vec![0u8; LENGTH_PREFIX + max_message.min(INITIAL_MESSAGE)],
             start: 0,
             end: 0,
             max_message,
@@ -62,16 +67,7 @@ impl Deframer {
     /// Lowers (or raises, up to 65535) the size bound, e.g. from handshake to transport.
     /// Buffered bytes are kept.
     pub fn set_max_message(&mut self, max_message: usize) {
-        let max_message = max_message.min(MAX_NOISE_MESSAGE);
-        if LENGTH_PREFIX + max_message > self.buf.len() {
-            let mut bigger = vec![0u8; LENGTH_PREFIX + max_message].into_boxed_slice();
-            let len = self.end - self.start;
-            bigger[..len].copy_from_slice(&self.buf[self.start..self.end]);
-            self.buf = bigger;
-            self.start = 0;
-            self.end = len;
-        }
-        self.max_message = max_message;
+        self.max_message = max_message.min(MAX_NOISE_MESSAGE);
     }
 
     /// Free space to read into; call [`Deframer::commit`] with the count read. Empty only
@@ -82,7 +78,21 @@ impl Deframer {
             self.end -= self.start;
             self.start = 0;
         }
+        // Full with an incomplete message: grow to the largest message allowed (a longer
+        // one is refused by `next_message`, so this happens at most once).
+        let full_size = LENGTH_PREFIX + self.max_message;
+        if self.end == self.buf.len() && self.buf.len() < full_size && !self.head_complete() {
+            self.buf.resize(full_size, 0);
+        }
         &mut self.buf[self.end..]
+    }
+
+    /// Whether a whole message is buffered at the front.
+    fn head_complete(&self) -> bool {
+        let avail = &self.buf[self.start..self.end];
+        avail.get(..LENGTH_PREFIX).is_some_and(|prefix| {
+            avail.len() >= LENGTH_PREFIX + usize::from(u16::from_be_bytes([prefix[0], prefix[1]]))
+        })
     }
 
     /// Records that `n` bytes were written into [`Deframer::spare`].
@@ -211,7 +221,50 @@ mod tests {
         );
     }
 
+    #[test]
+    fn small_messages_keep_the_buffer_small_and_a_large_one_grows_it_once() {
+        let mut d = Deframer::new(MAX_NOISE_MESSAGE);
+        let small = encode(&vec![vec![3u8; 100]; 200]);
+        for chunk in small.chunks(700) {
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                let n = d.push(rest);
+                rest = &rest[n..];
+                while let Ok(Some(_)) = d.next_message() {}
+            }
+        }
+        assert_eq!(d.buf.len(), LENGTH_PREFIX + INITIAL_MESSAGE);
+        let big = encode(&[vec![9u8; 20_000]]);
+        let mut rest = &big[..];
+        while !rest.is_empty() {
+            let n = d.push(rest);
+            assert!(n > 0, "room for the rest of an incomplete message");
+            rest = &rest[n..];
+        }
+        assert_eq!(d.buf.len(), LENGTH_PREFIX + MAX_NOISE_MESSAGE);
+        assert_eq!(d.next_message(), Ok(Some(&vec![9u8; 20_000][..])));
+        // An oversize length never grows it past the bound, and stays an error.
+        let mut d = Deframer::new(5000);
+        let mut oversize = vec![0x13, 0x89]; // 5001
+        oversize.resize(LENGTH_PREFIX + INITIAL_MESSAGE, 0);
+        d.push(&oversize);
+        assert!(d.spare().len() <= LENGTH_PREFIX + 5000 - oversize.len());
+        assert!(matches!(
+            d.next_message(),
+            Err(Error::TooLarge { len: 5001, .. })
+        ));
+    }
+
     proptest! {
+        #[test]
+        fn round_trip_any_chunking_through_growth(
+            messages in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..12_000), 0..8),
+            chunk in 1usize..20_000,
+        ) {
+            let bytes = encode(&messages);
+            prop_assert_eq!(decode_in_chunks(&bytes, chunk, MAX_NOISE_MESSAGE), Ok(messages));
+        }
+
         #[test]
         fn round_trip_any_chunking(
             messages in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..600), 0..20),
