@@ -31,6 +31,10 @@ pub enum Error {
     /// The dialed node is not connected to the relay.
     #[error("peer {0} is offline")]
     PeerOffline(NodeId),
+    /// The dialed node refused to start the handshake: it has as many in progress as it
+    /// allows (from this node, or in all). Nothing reached it; a later dial may succeed.
+    #[error("peer {0} is busy: too many channels being opened there right now; try again shortly")]
+    PeerBusy(NodeId),
     /// The relay refused the request.
     #[error("relay refused the request: {0}")]
     Link(LinkErrorCode),

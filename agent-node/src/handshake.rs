@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use nullport_protocol::limits::{MAX_FIRST_BYTES, MAX_NOISE_MESSAGE};
+use nullport_protocol::relay_link::STREAM_BUSY;
 use nullport_protocol::resume::{self, Answered, Opening, Resumed};
 use nullport_protocol::{
     Deframer, DenyReason, HandshakeKeys, Limits, NodeId, Request, Responder, SessionId,
@@ -101,6 +102,19 @@ impl<'a> First<'a> {
     }
 }
 
+/// Whether `e` is a callee's refusal to start a handshake ([`STREAM_BUSY`]), read from the
+/// dial stream's reset (by the relay's answer or by the handshake).
+pub(crate) fn refused_busy(e: &Error) -> bool {
+    let reset = match e {
+        Error::RelayLinkLost(LinkLost::ReadStream(quinn::ReadError::Reset(code)))
+        | Error::RelayLinkLost(LinkLost::Read(quinn::ReadExactError::ReadError(
+            quinn::ReadError::Reset(code),
+        ))) => *code,
+        _ => return false,
+    };
+    reset == STREAM_BUSY.into()
+}
+
 /// Runs the rest of the caller's side of an open (full or resumed) whose first message is
 /// already on its way, on a dial stream the relay has answered.
 pub(crate) async fn initiate(
@@ -128,6 +142,8 @@ pub(crate) async fn initiate(
             channel.count_sent(first.sent.load(Ordering::Acquire));
             Ok(channel)
         }
+        // Refused before the handshake began: the secret is still good.
+        Err(e) if refused_busy(&e) => Err(e),
         Err(e) => {
             // A resumed open that failed for any reason but the callee's verdict drops the
             // secret: if the two sides disagree about it (one restarted or speaks another

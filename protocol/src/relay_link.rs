@@ -60,6 +60,12 @@ pub mod close_code {
     pub const KEY_RETIRED: u32 = 9;
 }
 
+/// The reset code of a dial stream that a callee refuses before the handshake's first byte
+/// because it has as many handshakes in progress as it allows (from that caller, over that
+/// relay link, or in all). The relay passes a stream's reset code on to the other side of
+/// its splice, so the caller can say "busy" instead of "stream reset".
+pub const STREAM_BUSY: u32 = 1;
+
 /// The QUIC transport error code of a TLS `access_denied` alert (0x100 + alert 49): what a
 /// node sees when the relay refuses its key inside the TLS handshake.
 pub const TLS_ACCESS_DENIED: u64 = 0x100 + 49;

@@ -22,6 +22,7 @@ __all__ = [
     "NodeClosed",
     "NotAllowed",
     "NullportError",
+    "PeerBusy",
     "PeerOffline",
     "RelayLinkLost",
     "RelayRefused",
@@ -39,6 +40,9 @@ class NullportError(Exception):
 
 class PeerOffline(NullportError):
     """The dialed node is not connected to the relay."""
+
+class PeerBusy(NullportError):
+    """The dialed node refused to start the handshake: it has as many being opened as it allows. Try again shortly."""
 
 class NotAllowed(NullportError):
     """The peer refused the channel (its policy, an unknown service, a rejected token...):
@@ -223,7 +227,7 @@ class Node:
         ``token`` (as ``nullport token issue`` prints it, or ``@FILE``). ``first`` (at most
         65,518 bytes) goes out with the handshake's last message: the peer's first answer
         comes a round trip sooner; the peer reads it only once it accepted. Raises
-        ``PeerOffline``, ``NotAllowed``, ``InvalidAddress``, ``Timeout``,
+        ``PeerOffline``, ``PeerBusy``, ``NotAllowed``, ``InvalidAddress``, ``Timeout``,
         ``HandshakeFailed``, ``NodeClosed``."""
     async def presence(self, peer: str) -> bool:
         """Whether ``peer`` is connected to the relay now."""

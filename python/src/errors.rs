@@ -19,6 +19,12 @@ create_exception!(
 );
 create_exception!(
     nullport,
+    PeerBusy,
+    NullportError,
+    "The dialed node refused to start the handshake: it has as many being opened as it allows. Try again shortly."
+);
+create_exception!(
+    nullport,
     NotAllowed,
     NullportError,
     "The peer refused the channel (its policy, an unknown service, a rejected token...): the message names the reason."
@@ -83,6 +89,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("NullportError", py.get_type::<NullportError>())?;
     m.add("PeerOffline", py.get_type::<PeerOffline>())?;
+    m.add("PeerBusy", py.get_type::<PeerBusy>())?;
     m.add("NotAllowed", py.get_type::<NotAllowed>())?;
     m.add("RelayRefused", py.get_type::<RelayRefused>())?;
     m.add("RelayUnreachable", py.get_type::<RelayUnreachable>())?;
@@ -107,6 +114,7 @@ pub(crate) fn node_error(e: nullport_node::Error) -> PyErr {
         E::RelayRefused(_) | E::Link(_) => RelayRefused::new_err(msg),
         E::RelayLinkLost(_) => RelayLinkLost::new_err(msg),
         E::PeerOffline(_) => PeerOffline::new_err(msg),
+        E::PeerBusy(_) => PeerBusy::new_err(msg),
         E::Denied { .. } | E::Protocol(P::Denied { .. }) => NotAllowed::new_err(msg),
         E::Protocol(P::InvalidServiceName | P::SelfDial) => InvalidAddress::new_err(msg),
         E::Protocol(_) => HandshakeFailed::new_err(msg),

@@ -304,7 +304,7 @@ impl Node {
     /// peer's first answer comes one round trip sooner than after a dial and a write; the
     /// peer reads it only once it accepted, and drops it unread if it refuses.
     ///
-    /// Raises `PeerOffline`, `NotAllowed` (the peer refused: the message says why),
+    /// Raises `PeerOffline`, `PeerBusy`, `NotAllowed` (the peer refused: the message says why),
     /// `InvalidAddress` (bad NodeId, unknown alias, bad service name or token, `first` too
     /// long), `Timeout`, `HandshakeFailed`, `NodeClosed`.
     #[pyo3(signature = (peer, service, token=None, *, first=None))]

@@ -23,7 +23,7 @@ use super::slot::Slot;
 use crate::channel::Channel;
 use crate::drain::Drain;
 use crate::error::{Error, LinkLost};
-use crate::handshake::{First, initiate};
+use crate::handshake::{First, initiate, refused_busy};
 use crate::link::read_message;
 
 /// Dials `target` through the relay link `conn`; `Ok(None)` when the relay answers that the
@@ -40,13 +40,20 @@ async fn dial_via(
     target: NodeId,
     ask: &Ask<'_>,
 ) -> Result<Option<Channel>, Error> {
-    match dial_once(inner, conn, drain.clone(), target, ask, true).await {
+    let result = match dial_once(inner, conn, drain.clone(), target, ask, true).await {
         Err(Error::Link(LinkErrorCode::Malformed)) => {
             tracing::debug!("relay does not take DialWith; dialing without pipelining");
             dial_once(inner, conn, drain, target, ask, false).await
         }
         other => other,
-    }
+    };
+    result.map_err(|e| {
+        if refused_busy(&e) {
+            Error::PeerBusy(target)
+        } else {
+            e
+        }
+    })
 }
 
 async fn dial_once(

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use nullport_protocol::relay_link::RelayToNode;
+use nullport_protocol::relay_link::{RelayToNode, STREAM_BUSY};
 use nullport_protocol::{DenyReason, NodeId};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -96,12 +96,12 @@ pub(super) async fn handle_incoming(
         // starve the node's other links.
         let Ok(_link_permit) = link.pending.clone().try_acquire_owned() else {
             tracing::warn!(relay = %link.relay, "too many handshakes in progress on this relay link; refusing");
-            let _ = send.reset(0u32.into());
+            let _ = send.reset(STREAM_BUSY.into());
             return;
         };
         let Ok(_permit) = inner.pending.clone().try_acquire_owned() else {
             tracing::warn!("too many handshakes in progress; refusing");
-            let _ = send.reset(0u32.into());
+            let _ = send.reset(STREAM_BUSY.into());
             return;
         };
         let slot_count = {
@@ -112,7 +112,7 @@ pub(super) async fn handle_incoming(
             if *n >= limits.max_pending_per_peer {
                 tracing::warn!("too many handshakes from this caller; refusing");
                 drop(m);
-                let _ = send.reset(0u32.into());
+                let _ = send.reset(STREAM_BUSY.into());
                 return;
             }
             *n += 1;

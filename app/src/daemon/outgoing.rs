@@ -125,6 +125,9 @@ pub fn explain(e: &Error, peer: &str, service: &str, me: &nullport_protocol::Nod
             format!("{peer} accepted you for {service:?}, but the service behind it is unavailable")
         }
         Error::PeerOffline(_) => format!("{peer} is offline (not connected to the relay)"),
+        Error::PeerBusy(_) => format!(
+            "{peer} is busy: too many channels are being opened there right now; try again shortly"
+        ),
         Error::RelayUnreachable(_) | Error::RelayRefused(_) | Error::RelayLinkLost(_) => {
             format!("cannot reach {peer}: the relay link is down ({e}); see `nullport status`")
         }

@@ -78,7 +78,12 @@ pub(crate) async fn pump(
             }
             Err(e) => {
                 tracing::debug!(%session, ?side, "splice source failed: {e}");
-                let _ = to.reset(0u32.into());
+                // A reset's code is passed on (a callee's "busy" reaches its caller).
+                let code = match e {
+                    quinn::ReadError::Reset(code) => code,
+                    _ => 0u32.into(),
+                };
+                let _ = to.reset(code);
                 return;
             }
         }

@@ -165,6 +165,80 @@ async fn handshake_flood_at_a_callee_is_capped_per_caller() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callee_at_its_handshake_cap_answers_busy_and_the_caller_says_so() {
+    let net = TestNet::start().await;
+    // B holds at most 8 handshakes in progress (all of them over its one relay link).
+    let limits = nullport_node::NodeLimits {
+        max_pending_handshakes: 8,
+        ..fast_limits()
+    };
+    let b = Arc::new(
+        net.node_unchecked(Arc::new(Identity::generate().unwrap()), limits)
+            .await,
+    );
+    b.wait_online(Duration::from_secs(5)).await.unwrap();
+    let _server = nullport_tests::serve_echo(b.clone());
+    let a = net.node().await;
+    // The attacker: half-open dials that never send message 1, one more than B takes.
+    let (_ep, conn, _) = nullport_tests::raw_connect(&net, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let _control = raw_hello(&conn).await;
+    let mut streams = Vec::new();
+    for _ in 0..9 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let mut buf = Vec::new();
+        relay_link::encode(
+            &NodeToRelay::Dial {
+                target: b.node_id(),
+            },
+            relay_link::MAX_LINK_MESSAGE,
+            &mut buf,
+        )
+        .unwrap();
+        send.write_all(&buf).await.unwrap();
+        streams.push((send, recv));
+    }
+    // The ninth is refused with the busy code, passed on by the relay.
+    let mut refused = 0;
+    for (_, recv) in &mut streams {
+        let mut buf = [0u8; 64];
+        loop {
+            match tokio::time::timeout(Duration::from_millis(500), recv.read(&mut buf)).await {
+                Ok(Ok(Some(_))) => continue, // the Dialed answer
+                Ok(Err(quinn::ReadError::Reset(code))) => {
+                    assert_eq!(code, relay_link::STREAM_BUSY.into());
+                    refused += 1;
+                    break;
+                }
+                Ok(other) => panic!("unexpected end of a half-open dial: {other:?}"),
+                Err(_) => break, // still waiting for its message 1
+            }
+        }
+    }
+    assert_eq!(refused, 1);
+    // A real caller now gets a clear "busy", not a stream reset.
+    let r = a.dial(b.node_id(), "echo").await;
+    assert!(
+        matches!(r, Err(nullport_node::Error::PeerBusy(id)) if id == b.node_id()),
+        "{r:?}"
+    );
+    // Once the half-open dials are gone, it gets through.
+    drop(streams);
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match a.dial(b.node_id(), "echo").await {
+            Ok(_) => break,
+            Err(nullport_node::Error::PeerBusy(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_backpressures_only_its_sender() {
     let net = TestNet::start().await;
     let (a, b, c, d) = (
