@@ -30,13 +30,14 @@ use crate::channel::Channel;
 use crate::domain;
 use crate::error::Error;
 use crate::frame::write_prefixed;
-use crate::identity::{Identity, verify};
+use crate::identity::Identity;
 use crate::limits::{
     HANDSHAKE_MSG1_LEN, HANDSHAKE_MSG2_LEN, IDENTITY_PROOF_LEN, Limits, MAX_FIRST_BYTES,
     MAX_HANDSHAKE_MSG2_LEN, MAX_HANDSHAKE_MSG3_LEN, MAX_HELLO_BLOB, PROTOCOL_VERSION, TAG_LEN,
 };
 use crate::node_id::NodeId;
 use crate::noise;
+use crate::proofs::{ProofCache, check_proof};
 use crate::resume::tickets::{PendingTicket, SessionCache};
 use crate::wire::{DenyReason, FrameType, IdentityProof, Msg3Payload, ServiceName};
 
@@ -72,49 +73,6 @@ pub struct HandshakeKeys {
     pub(crate) proof: IdentityProof,
     verified: Arc<ProofCache>,
     sessions: Arc<SessionCache>,
-}
-
-/// Identity proofs this process has already verified, so that repeated channels between the
-/// same two processes skip the Ed25519 verification (about 50 us each way). An entry is the
-/// exact bytes checked (NodeId, the Noise-authenticated static key, the signature: 128
-/// bytes); only proofs that verified are stored, so a hit means the very same check already
-/// succeeded. Bounded (128 KiB); the oldest entry is dropped first.
-#[derive(Debug, Default)]
-pub(crate) struct ProofCache {
-    entries: std::sync::Mutex<std::collections::VecDeque<ProofKey>>,
-}
-
-type ProofKey = [u8; 128];
-
-/// Entries a [`ProofCache`] holds.
-const PROOF_CACHE_ENTRIES: usize = 1024;
-
-impl ProofCache {
-    /// None when the static key is not 32 bytes (then nothing is cached).
-    fn key(proof: &IdentityProof, remote_static: &[u8]) -> Option<ProofKey> {
-        let remote_static: &[u8; 32] = remote_static.try_into().ok()?;
-        let mut key = [0u8; 128];
-        key[..32].copy_from_slice(proof.node_id.as_bytes());
-        key[32..64].copy_from_slice(remote_static);
-        key[64..].copy_from_slice(&proof.signature);
-        Some(key)
-    }
-
-    fn contains(&self, key: &ProofKey) -> bool {
-        self.entries
-            .lock()
-            .map(|e| e.iter().any(|k| k == key))
-            .unwrap_or(false)
-    }
-
-    fn insert(&self, key: ProofKey) {
-        if let Ok(mut e) = self.entries.lock() {
-            if e.len() >= PROOF_CACHE_ENTRIES {
-                e.pop_front();
-            }
-            e.push_back(key);
-        }
-    }
 }
 
 impl fmt::Debug for HandshakeKeys {
@@ -165,37 +123,13 @@ impl HandshakeKeys {
 
     #[cfg(test)]
     pub(crate) fn verified_proofs(&self) -> usize {
-        self.verified.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.verified.len()
     }
 
     #[cfg(test)]
     pub(crate) fn proof_for_tests(&self) -> (NodeId, [u8; 64]) {
         (self.proof.node_id, self.proof.signature)
     }
-}
-
-/// Checks a peer's identity proof against the static key Noise authenticated.
-fn check_proof(
-    proof: &IdentityProof,
-    hs: &snow::HandshakeState,
-    verified: &ProofCache,
-) -> Result<NodeId, Error> {
-    let remote_static = hs.get_remote_static().ok_or(Error::BadIdentityProof)?;
-    let key = ProofCache::key(proof, remote_static);
-    if key.as_ref().is_some_and(|k| verified.contains(k)) {
-        return Ok(proof.node_id);
-    }
-    verify(
-        &proof.node_id,
-        domain::NOISE_STATIC_V1,
-        remote_static,
-        &proof.signature,
-    )
-    .map_err(|_| Error::BadIdentityProof)?;
-    if let Some(key) = key {
-        verified.insert(key);
-    }
-    Ok(proof.node_id)
 }
 
 fn check_deadline(now: Instant, deadline: Instant) -> Result<(), Error> {

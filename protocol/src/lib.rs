@@ -28,6 +28,7 @@ pub mod identity;
 pub mod limits;
 pub mod node_id;
 pub mod noise;
+mod proofs;
 pub mod reason;
 pub mod relay_link;
 pub mod resume;
