@@ -91,6 +91,29 @@ async fn unauthenticated_flood_is_bounded_and_reclaimed() {
     assert_eq!(metrics.nodes_online.load(Ordering::Relaxed), 1);
 }
 
+/// `n` dials to `target` over a raw relay link that never send message 1: handshakes the
+/// callee holds in progress until its deadline.
+async fn half_open_dials(
+    conn: &quinn::Connection,
+    target: nullport_protocol::NodeId,
+    n: usize,
+) -> Vec<(quinn::SendStream, quinn::RecvStream)> {
+    let mut streams = Vec::new();
+    for _ in 0..n {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let mut buf = Vec::new();
+        relay_link::encode(
+            &NodeToRelay::Dial { target },
+            relay_link::MAX_LINK_MESSAGE,
+            &mut buf,
+        )
+        .unwrap();
+        let _ = send.write_all(&buf).await;
+        streams.push((send, recv));
+    }
+    streams
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_flood_at_a_callee_is_capped_per_caller() {
     nullport_tests::init_tracing();
@@ -122,21 +145,7 @@ async fn handshake_flood_at_a_callee_is_capped_per_caller() {
         .unwrap();
     let _control = raw_hello(&conn).await;
     let mut reset = 0;
-    let mut streams = Vec::new();
-    for _ in 0..50 {
-        let (mut send, recv) = conn.open_bi().await.unwrap();
-        let mut buf = Vec::new();
-        relay_link::encode(
-            &NodeToRelay::Dial {
-                target: b.node_id(),
-            },
-            relay_link::MAX_LINK_MESSAGE,
-            &mut buf,
-        )
-        .unwrap();
-        let _ = send.write_all(&buf).await;
-        streams.push((send, recv));
-    }
+    let mut streams = half_open_dials(&conn, b.node_id(), 50).await;
     // Past its per-caller cap, B resets the extra streams (the relay propagates the reset).
     // A refused stream is reset (its `Dialed` may be discarded with it); one still waiting
     // for the handshake just stays silent.
@@ -184,21 +193,7 @@ async fn a_callee_at_its_handshake_cap_answers_busy_and_the_caller_says_so() {
         .await
         .unwrap();
     let _control = raw_hello(&conn).await;
-    let mut streams = Vec::new();
-    for _ in 0..9 {
-        let (mut send, recv) = conn.open_bi().await.unwrap();
-        let mut buf = Vec::new();
-        relay_link::encode(
-            &NodeToRelay::Dial {
-                target: b.node_id(),
-            },
-            relay_link::MAX_LINK_MESSAGE,
-            &mut buf,
-        )
-        .unwrap();
-        send.write_all(&buf).await.unwrap();
-        streams.push((send, recv));
-    }
+    let mut streams = half_open_dials(&conn, b.node_id(), 9).await;
     // The ninth is refused with the busy code, passed on by the relay.
     let mut refused = 0;
     for (_, recv) in &mut streams {
