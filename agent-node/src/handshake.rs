@@ -42,7 +42,7 @@ async fn write_all(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), Err
 /// The application bytes a dial sends behind its handshake's last message, before the
 /// verdict ([`Node::dial_sending`](crate::Node::dial_sending)).
 pub enum FirstBytes<'a> {
-    /// These bytes (at most [`MAX_FIRST_BYTES`](nullport_protocol::limits::MAX_FIRST_BYTES)).
+    /// These bytes (at most [`MAX_FIRST_BYTES`]).
     Bytes(Vec<u8>),
     /// Whatever this gives at the moment the handshake's last message goes out, one round
     /// trip or more after the dial started: it is called at most once, with a buffer of
