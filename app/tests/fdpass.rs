@@ -318,6 +318,54 @@ async fn connect_reports_a_refused_dial_and_closes_the_connection() {
     connect.kill().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_dial_resets_a_client_that_already_sent_its_request() {
+    // The daemon sends what the client wrote during the handshake as the dial's first bytes
+    // (peeked, not read): when the dial is refused, the client must see a failure, never a
+    // clean end that a send-then-read-to-end client would take for success.
+    let (_net, _tool, agent) = echo_pair().await;
+    let (mut connect, port) = connect(&agent, "tool/nothing").await;
+    for size in [100usize, 60_000] {
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        tcp.write_all(&vec![b'x'; size]).await.unwrap();
+        tcp.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut got))
+            .await
+            .expect("the refused connection was never closed");
+        assert_eq!(
+            read.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "{size} bytes sent"
+        );
+        assert!(got.is_empty());
+    }
+    connect.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_counts_the_bytes_sent_with_the_handshake() {
+    let (_net, _tool, agent) = echo_pair().await;
+    let (mut connect, port) = connect(&agent, "tool/echo").await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // Written at once: most of it leaves as the dial's first bytes.
+    let sent = pattern(50_000);
+    tcp.write_all(&sent).await.unwrap();
+    let mut got = vec![0u8; sent.len()];
+    tcp.read_exact(&mut got).await.unwrap();
+    assert!(got == sent, "echo differs");
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&agent, &["status", "--json"]).await).unwrap();
+    let channel = &status["channels"][0];
+    assert_eq!(
+        (channel["bytes_out"].as_u64(), channel["bytes_in"].as_u64()),
+        (Some(50_000), Some(50_000)),
+        "{status}"
+    );
+    drop(tcp);
+    connect.kill().await.unwrap();
+}
+
 /// Sends `line` with `fds` on a new control connection to the daemon of `home`; returns
 /// its answer.
 async fn raw_request(home: &Path, line: &str, fds: &[std::os::fd::BorrowedFd<'_>]) -> String {

@@ -183,9 +183,18 @@ async fn serve_listener(
                     tokio::spawn(async move {
                         let _permit = permit;
                         // What the client sends while the handshake runs goes out with
-                        // its last message: one round trip less to the first answer.
-                        let ready = FirstBytes::Ready(Box::new(|buf| socket.read_ready(buf)));
+                        // its last message: one round trip less to the first answer. It is
+                        // peeked, and taken from the socket only once the channel is open.
+                        let mut peeked = 0;
+                        let ready = FirstBytes::Ready(Box::new(|buf| {
+                            peeked = socket.peek_ready(buf);
+                            peeked
+                        }));
                         let opened = open_channel(&state, (&peer, &service), token, ready).await;
+                        let opened = opened.and_then(|out| match socket.discard_peeked(peeked) {
+                            Ok(()) => Ok(out),
+                            Err(e) => Err(format!("the local connection failed: {e}")),
+                        });
                         match opened {
                             Ok(out) => {
                                 splice(&state, out, socket, &service, (false, false), false).await;

@@ -63,6 +63,11 @@ pub(crate) async fn open_channel(
     state.audit.dial(&target, service, dialed.is_ok());
     let mut channel = dialed.map_err(|e| explain(&e, peer, service, &state.node.node_id()))?;
     let registered = state.channels.register_out(target, service);
+    // The first bytes went out with the handshake, before the counting wrapper existed.
+    registered.counters.bytes_out.fetch_add(
+        channel.byte_counts().1,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     channel.use_abort_handle(registered.abort.clone());
     let handshake = *channel.handshake_hash();
     Ok(OutChannel {
