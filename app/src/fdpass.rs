@@ -215,6 +215,14 @@ impl LocalSocket {
         })
     }
 
+    /// Makes closing this connection a reset, not a clean end (TCP; a Unix socket closed
+    /// with unread data reads as reset already): for a connection whose channel failed.
+    pub fn reset_on_drop(&self) {
+        if let Self::Tcp(s) = self {
+            crate::services::io::reset_on_drop(s);
+        }
+    }
+
     /// Copies what the client has already sent into `buf` without taking it from the socket
     /// and without waiting; 0 when nothing is ready (or on an error, which the splice that
     /// follows meets again). A dial's first bytes ([`nullport_node::FirstBytes::Ready`]):

@@ -366,6 +366,77 @@ async fn status_counts_the_bytes_sent_with_the_handshake() {
     connect.kill().await.unwrap();
 }
 
+/// A backend for `expose tcp`: for each connection, reads 5 bytes, reports them, then
+/// reports how its connection ended (a clean end or the error kind); with `reset_after`, it
+/// resets the connection itself after the 5 bytes instead.
+async fn reporting_backend(
+    reset_after: bool,
+) -> (
+    u16,
+    tokio::sync::mpsc::Receiver<Result<usize, std::io::ErrorKind>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 5];
+                s.read_exact(&mut first).await.unwrap();
+                let _ = tx.send(Ok(first.len())).await;
+                if reset_after {
+                    s.set_zero_linger().unwrap();
+                    return;
+                }
+                let mut rest = Vec::new();
+                let end = s.read_to_end(&mut rest).await.map_err(|e| e.kind());
+                let _ = tx.send(end).await;
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_on_either_side_reaches_the_other_as_a_reset_not_a_clean_end() {
+    let (_net, tool, agent) = pair().await;
+    for (service, reset_by_backend) in [("quiet", false), ("rude", true)] {
+        let (port, mut backend) = reporting_backend(reset_by_backend).await;
+        ok(
+            &tool,
+            &["expose", "tcp", service, &format!("127.0.0.1:{port}")],
+        )
+        .await;
+        ok(&tool, &["allow", "agent", service]).await;
+        let (mut connect, listen) = connect(&agent, &format!("tool/{service}")).await;
+        let mut client = TcpStream::connect(("127.0.0.1", listen)).await.unwrap();
+        client.write_all(b"hello").await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), backend.recv()).await;
+        assert_eq!(got.unwrap().unwrap(), Ok(5));
+        if reset_by_backend {
+            // The backend reset: the client reads a reset, not an end.
+            let mut rest = Vec::new();
+            let end = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
+                .await
+                .expect("the client's connection stayed open");
+            assert_eq!(
+                end.map_err(|e| e.kind()),
+                Err(std::io::ErrorKind::ConnectionReset)
+            );
+        } else {
+            // The client resets: the backend reads a reset, not an end.
+            client.set_zero_linger().unwrap();
+            drop(client);
+            let end = tokio::time::timeout(Duration::from_secs(10), backend.recv())
+                .await
+                .expect("the backend's connection stayed open");
+            assert_eq!(end.unwrap(), Err(std::io::ErrorKind::ConnectionReset));
+        }
+        connect.kill().await.unwrap();
+    }
+}
+
 /// Sends `line` with `fds` on a new control connection to the daemon of `home`; returns
 /// its answer.
 async fn raw_request(home: &Path, line: &str, fds: &[std::os::fd::BorrowedFd<'_>]) -> String {

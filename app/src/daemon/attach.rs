@@ -217,6 +217,23 @@ async fn serve_listener(
     tracing::debug!("connect --listen: the client went away; no longer accepting");
 }
 
+/// How a local end is closed when its channel failed.
+trait LocalEnding {
+    /// Makes the coming close read as a failure where the transport can say so.
+    fn close_as_failed(&self);
+}
+
+impl LocalEnding for LocalSocket {
+    fn close_as_failed(&self) {
+        self.reset_on_drop();
+    }
+}
+
+impl LocalEnding for LocalStdio {
+    /// Pipes and terminals have no reset; `pipe` reports the failure and exits 1.
+    fn close_as_failed(&self) {}
+}
+
 /// Forwards between the channel and `local` (until the channel is done sending, for a
 /// pipe), through the MCP caller side if asked; returns why it did not end cleanly.
 async fn splice<L>(
@@ -228,7 +245,7 @@ async fn splice<L>(
     pipe: bool,
 ) -> Option<String>
 where
-    L: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    L: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + LocalEnding,
 {
     let OutChannel {
         mut channel,
@@ -246,10 +263,16 @@ where
         };
         let pins = pin.then(|| (state.pins.clone(), format!("{target}/{service}")));
         crate::mcp::caller_pipe(local, channel, session, target, state.audit.clone(), pins).await
-    } else if pipe {
-        forward_pipe(&mut channel, &mut local).await.map(drop)
     } else {
-        forward(&mut channel, &mut local).await.map(drop)
+        let forwarded = if pipe {
+            forward_pipe(&mut channel, &mut local).await
+        } else {
+            forward(&mut channel, &mut local).await
+        };
+        if forwarded.is_err() {
+            local.close_as_failed();
+        }
+        forwarded.map(drop)
     };
     if let Err(e) = &ended {
         tracing::info!("attached channel ended: {e}");

@@ -141,8 +141,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Shared<S> {
 /// Forwards bytes both ways until both directions are done; a half-close propagates as a
 /// half-close. Unlike `copy_bidirectional`, a failed write in one direction (say, the peer
 /// stopped reading after it finished) does not cut off bytes still arriving in the other.
-/// A channel (`a`) that fails (aborted, truncated, tampered with) ends both directions at
-/// once, with its error.
+/// A failure is never passed on as a clean end: a channel (`a`) that fails (aborted,
+/// truncated, tampered with) ends both directions at once with its error, and `b` is not
+/// shut down (the caller closes it as failed, e.g. [`reset_on_drop`]); a local side (`b`)
+/// whose read fails (the client reset its connection) ends both directions with that error,
+/// and the channel gets no close frame (dropped without one, its peer reads a reset).
 pub async fn forward<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -162,6 +165,58 @@ where
     forward_until(a, b, true).await
 }
 
+/// Makes dropping `tcp` send a reset instead of a clean end (`SO_LINGER` 0): for a
+/// connection whose other side failed, so that its peer does not take a cut stream for a
+/// complete one.
+pub fn reset_on_drop(tcp: &TcpStream) {
+    if let Err(e) = tcp.set_zero_linger() {
+        tracing::debug!("could not make the connection reset on close: {e}");
+    }
+}
+
+/// How one direction of a forward ended.
+enum Copied {
+    /// The source ended cleanly; this many bytes went through.
+    Done(u64),
+    /// Reading the source failed.
+    ReadFailed(io::Error),
+    /// Writing to the destination failed.
+    WriteFailed(io::Error),
+}
+
+/// Copies `from` into `to` until `from` ends, saying which side failed if one did. The
+/// destination is shut down (a half-close) only after a clean end.
+async fn copy_direction<R, W>(from: &mut R, to: &mut W) -> Copied
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => return Copied::ReadFailed(e),
+        };
+        if let Err(e) = async {
+            to.write_all(&buf[..n]).await?;
+            to.flush().await
+        }
+        .await
+        {
+            return Copied::WriteFailed(e);
+        }
+        total += n as u64;
+    }
+    let _ = to.shutdown().await;
+    Copied::Done(total)
+}
+
+/// The buffer of one forwarding direction (tokio's `copy` uses 8 KiB).
+const COPY_BUFFER: usize = 16 * 1024;
+
 async fn forward_until<A, B>(a: &mut A, b: &mut B, until_a_done: bool) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -169,34 +224,40 @@ where
 {
     let (mut a_read, mut a_write) = tokio::io::split(a);
     let (mut b_read, mut b_write) = tokio::io::split(b);
-    let a_to_b = async {
-        let r = tokio::io::copy(&mut a_read, &mut b_write).await;
-        let _ = b_write.shutdown().await;
-        r
-    };
-    let b_to_a = async {
-        let r = tokio::io::copy(&mut b_read, &mut a_write).await;
-        let _ = a_write.shutdown().await;
-        r
-    };
+    let a_to_b = copy_direction(&mut a_read, &mut b_write);
+    let b_to_a = copy_direction(&mut b_read, &mut a_write);
     tokio::pin!(a_to_b, b_to_a);
     let mut to_a = None;
     let to_b = loop {
         tokio::select! {
             r = &mut a_to_b => break r,
-            r = &mut b_to_a, if to_a.is_none() => to_a = Some(r),
+            r = &mut b_to_a, if to_a.is_none() => {
+                // The local side failed: the channel must not end as if it were complete.
+                if let Copied::ReadFailed(e) = r {
+                    return Err(e);
+                }
+                to_a = Some(r);
+            }
         }
     };
-    // The channel (`a`) failed: it is over both ways; do not wait for `b` to finish.
-    let to_b = to_b?;
+    // The channel (`a`) failed, or `b` stopped taking its bytes: over both ways; do not
+    // wait for `b` to finish.
+    let to_b = match to_b {
+        Copied::Done(n) => n,
+        Copied::ReadFailed(e) | Copied::WriteFailed(e) => return Err(e),
+    };
     // Callers pass the channel as `a`: what it delivered to `b` decides the outcome; a write
     // towards a peer that already finished is not a failure.
     let to_a = match to_a {
         Some(r) => r,
-        None if until_a_done => Ok(0),
+        None if until_a_done => Copied::Done(0),
         None => b_to_a.await,
     };
-    Ok((to_b, to_a.unwrap_or(0)))
+    match to_a {
+        Copied::ReadFailed(e) => Err(e),
+        Copied::Done(n) => Ok((to_b, n)),
+        Copied::WriteFailed(_) => Ok((to_b, 0)),
+    }
 }
 
 /// Longest stderr line of a service process that is logged; the rest of a longer line is

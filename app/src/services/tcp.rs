@@ -68,7 +68,14 @@ impl Ready for Connected {
             Connected::Http(tcp, relay) => return (*relay).run(channel, tcp).await,
         };
         let ended = forward(&mut channel, &mut tcp).await.map(drop);
-        let _ = tokio::time::timeout(Duration::from_secs(2), channel.get_mut().shutdown()).await;
+        if ended.is_ok() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), channel.get_mut().shutdown()).await;
+        } else {
+            // One side failed: neither may look like a complete stream to the other (the
+            // channel, dropped without its close frame, reads as reset at the caller).
+            crate::services::io::reset_on_drop(&tcp);
+        }
         ended
     }
 }
