@@ -228,7 +228,7 @@ class Node:
         65,518 bytes) goes out with the handshake's last message: the peer's first answer
         comes a round trip sooner; the peer reads it only once it accepted. Raises
         ``PeerOffline``, ``PeerBusy``, ``NotAllowed``, ``InvalidAddress``, ``Timeout``,
-        ``HandshakeFailed``, ``NodeClosed``."""
+        ``HandshakeFailed``, ``NodeClosed``; ``ValueError`` for a longer ``first``."""
     async def presence(self, peer: str) -> bool:
         """Whether ``peer`` is connected to the relay now."""
     def incoming(self) -> IncomingIter:

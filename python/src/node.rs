@@ -305,8 +305,8 @@ impl Node {
     /// peer reads it only once it accepted, and drops it unread if it refuses.
     ///
     /// Raises `PeerOffline`, `PeerBusy`, `NotAllowed` (the peer refused: the message says why),
-    /// `InvalidAddress` (bad NodeId, unknown alias, bad service name or token, `first` too
-    /// long), `Timeout`, `HandshakeFailed`, `NodeClosed`.
+    /// `InvalidAddress` (bad NodeId, unknown alias, bad service name or token), `Timeout`,
+    /// `HandshakeFailed`, `NodeClosed`; `ValueError` for a `first` longer than 65,518 bytes.
     #[pyo3(signature = (peer, service, token=None, *, first=None))]
     fn dial<'py>(
         &self,
@@ -314,19 +314,23 @@ impl Node {
         peer: &str,
         service: String,
         token: Option<String>,
-        first: Option<Vec<u8>>,
+        first: Option<pyo3::pybacked::PyBackedBytes>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
         let target = shared.resolve_peer(peer)?;
         let blob = token_blob(token)?;
-        let first = first.unwrap_or_default();
-        if first.len() > nullport_protocol::limits::MAX_FIRST_BYTES {
-            return Err(crate::errors::InvalidAddress::new_err(format!(
-                "first bytes of a dial: {} bytes, at most {}",
-                first.len(),
-                nullport_protocol::limits::MAX_FIRST_BYTES
-            )));
-        }
+        // Checked before anything is copied.
+        let first = match first {
+            Some(b) if b.len() > nullport_protocol::limits::MAX_FIRST_BYTES => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "first bytes of a dial: {} bytes, at most {}",
+                    b.len(),
+                    nullport_protocol::limits::MAX_FIRST_BYTES
+                )));
+            }
+            Some(b) => b.to_vec(),
+            None => Vec::new(),
+        };
         crate::aio::future_into_coro(py, async move {
             let mut closed = shared.closed.subscribe();
             if *closed.borrow() {
