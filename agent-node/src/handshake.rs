@@ -15,6 +15,7 @@ use nullport_protocol::{
 use crate::channel::Channel;
 use crate::drain::Drain;
 use crate::error::{Error, LinkLost};
+use crate::held::Held;
 
 /// Reads until the deframer holds one complete message and returns a copy of it.
 async fn next_message(
@@ -203,14 +204,15 @@ async fn open(
 }
 
 /// A caller that completed the handshake and waits for this node's decision. Nothing but
-/// the handshake has been exchanged; no application byte flows before [`accept`].
+/// the handshake has been exchanged; no application byte reaches this node's application
+/// before [`accept`] (the caller's first bytes, if any, are held unread until then; a caller
+/// that sends more than them before the verdict cannot be accepted).
 ///
 /// [`accept`]: IncomingChannel::accept
 pub struct IncomingChannel {
     request: Request,
     send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    deframer: Deframer,
+    held: Held,
     session: SessionId,
     drain: Drain,
 }
@@ -241,11 +243,28 @@ impl IncomingChannel {
         self.request.blob()
     }
 
-    /// Accepts the channel.
-    pub async fn accept(self) -> Result<Channel, Error> {
+    /// Accepts the channel. Fails (and ends it) if the caller sent more than its first
+    /// bytes before this decision.
+    pub async fn accept(mut self) -> Result<Channel, Error> {
+        // Stop holding before Accept goes out: what the caller sends after it is the
+        // channel's.
+        let holding = match self.held.finish().await {
+            Ok(holding) => holding,
+            Err(e) => {
+                let _ = self.send.reset(0u32.into());
+                return Err(e);
+            }
+        };
         let mut out = Vec::new();
         let inner = self.request.accept(&mut out)?;
-        let mut channel = Channel::new(inner, self.send, self.recv, self.deframer, out, self.drain);
+        let mut channel = Channel::new(
+            inner,
+            self.send,
+            holding.recv,
+            holding.deframer,
+            out,
+            self.drain,
+        );
         tokio::io::AsyncWriteExt::flush(&mut channel)
             .await
             .map_err(|e| LinkLost::Stream(e.kind()))?;
@@ -320,8 +339,7 @@ pub(crate) async fn respond(
     Ok(IncomingChannel {
         request,
         send,
-        recv,
-        deframer,
+        held: Held::start(recv, deframer),
         session,
         drain,
     })

@@ -25,6 +25,7 @@ pub mod channel;
 mod drain;
 pub mod error;
 pub mod handshake;
+mod held;
 #[cfg(feature = "http")]
 pub mod http;
 mod link;

@@ -222,3 +222,131 @@ async fn too_many_first_bytes_are_refused_before_any_dial() {
     );
     assert_eq!(counter.last_session_up(), 0, "nothing was dialed");
 }
+
+/// A rogue caller's dial over a raw relay link: a real handshake, then `junk` bytes right
+/// after message 3, before any verdict (the protocol allows one frame). Returns the task
+/// writing them (it holds the sending side) and the receiving side.
+async fn rogue_dial(
+    conn: &quinn::Connection,
+    keys: &nullport_protocol::HandshakeKeys,
+    target: nullport_protocol::NodeId,
+    session: u64,
+    junk: usize,
+) -> (
+    tokio::task::JoinHandle<quinn::SendStream>,
+    quinn::RecvStream,
+) {
+    use nullport_protocol::relay_link::{self, NodeToRelay, RelayToNode};
+    use nullport_protocol::{DialRequest, Initiator, Limits, ServiceName};
+    let session = SessionId(session);
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut out = Vec::new();
+    relay_link::encode(
+        &NodeToRelay::DialWith { target, session },
+        relay_link::MAX_LINK_MESSAGE,
+        &mut out,
+    )
+    .unwrap();
+    let request = DialRequest {
+        expected: target,
+        session,
+        service: ServiceName::new("echo").unwrap(),
+        blob: Vec::new(),
+    };
+    let now = std::time::Instant::now();
+    let init = Initiator::start(keys, request, Limits::default(), now, &mut out).unwrap();
+    send.write_all(&out).await.unwrap();
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+    recv.read_exact(&mut body).await.unwrap();
+    assert!(matches!(
+        relay_link::decode::<RelayToNode>(&body),
+        Ok(RelayToNode::Dialed { .. })
+    ));
+    let mut len = [0u8; 2];
+    recv.read_exact(&mut len).await.unwrap();
+    let mut msg2 = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    recv.read_exact(&mut msg2).await.unwrap();
+    out.clear();
+    let _awaiting = init.handle_response(&msg2, now, &mut out).unwrap();
+    out.extend(std::iter::repeat_n(0x42, junk));
+    // Written in the background (flow control may hold it back); the task keeps the stream.
+    let writer = tokio::spawn(async move {
+        let _ = send.write_all(&out).await;
+        send
+    });
+    (writer, recv)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_sending_more_than_its_first_bytes_before_the_verdict_is_cut_off_and_stalls_no_one()
+ {
+    let net = TestNet::start().await;
+    let b = Arc::new(net.node().await);
+    let honest = net.node().await;
+    let honest_id = honest.node_id();
+    // B accepts the honest caller at once and holds every other request undecided until
+    // told, as an application that takes its time may.
+    let (decide, decided) = tokio::sync::watch::channel(false);
+    let (refused_tx, mut refused) = tokio::sync::mpsc::unbounded_channel();
+    {
+        let b = b.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = b.accept().await {
+                let (mut decided, refused_tx) = (decided.clone(), refused_tx.clone());
+                tokio::spawn(async move {
+                    if incoming.peer() != honest_id {
+                        let _ = decided.wait_for(|d| *d).await;
+                    }
+                    match incoming.accept().await {
+                        Ok(mut ch) => {
+                            let mut buf = vec![0u8; 64 * 1024];
+                            while let Ok(n) = ch.read(&mut buf).await {
+                                if n == 0 || ch.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = ch.shutdown().await;
+                        }
+                        Err(e) => {
+                            let _ = refused_tx.send(e.to_string());
+                        }
+                    }
+                });
+            }
+        });
+    }
+    // Four rogue dials, each with 8 MiB after message 3: more than B's relay link's whole
+    // receive window (16 MiB) if B left them unread.
+    let (_ep, conn, identity) = nullport_tests::raw_connect(&net, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let _control = nullport_tests::raw_hello(&conn).await;
+    let keys = nullport_protocol::HandshakeKeys::new(&identity).unwrap();
+    let mut rogue = Vec::new();
+    for i in 0..4 {
+        rogue.push(rogue_dial(&conn, &keys, b.node_id(), 1000 + i, 8 << 20).await);
+    }
+    // The honest caller still gets through, both ways, byte for byte.
+    let payload = pattern(1 << 20, 5);
+    let exchange = async {
+        let mut ch = honest.dial(b.node_id(), "echo").await.unwrap();
+        nullport_tests::exchange(&mut ch, &payload).await
+    };
+    let (got, err) = tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("the honest caller was stalled by the rogue's undecided channels");
+    assert!(err.is_none(), "{err:?}");
+    assert!(got == payload, "echo differs");
+    // B's decision on each rogue channel: it cannot be accepted.
+    decide.send(true).unwrap();
+    for _ in 0..4 {
+        let why = tokio::time::timeout(Duration::from_secs(10), refused.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(why.contains("beyond the first bytes"), "{why}");
+    }
+    drop(rogue);
+}
