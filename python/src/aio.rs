@@ -28,8 +28,10 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyModule;
 
-/// A result to hand to a Python future on the loop's thread.
-type Deliver = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
+/// A result to hand to a Python future on the loop's thread: called with `true` to make the
+/// future's value, or with `false` when the future was cancelled meanwhile (the result is
+/// then given back or dropped, and `None` returned).
+type Deliver = Box<dyn FnOnce(Python<'_>, bool) -> Option<PyResult<Py<PyAny>>> + Send>;
 
 /// A finished operation: its future, and how to make its result.
 struct Completion {
@@ -82,17 +84,22 @@ impl Bridge {
         };
         for Completion { future, deliver } in done {
             let future = future.bind(py);
-            // A cancelled future's result is dropped (a channel in it is reset).
+            // A cancelled future's result is given back if its operation says how (an
+            // incoming channel), else dropped (a channel in it is reset).
             if future
                 .call_method0(pyo3::intern!(py, "done"))
                 .and_then(|d| d.is_truthy())
                 .unwrap_or(true)
             {
+                let _ = deliver(py, false);
                 continue;
             }
-            let set = match deliver(py) {
-                Ok(value) => future.call_method1(pyo3::intern!(py, "set_result"), (value,)),
-                Err(e) => future.call_method1(pyo3::intern!(py, "set_exception"), (e.value(py),)),
+            let set = match deliver(py, true) {
+                Some(Ok(value)) => future.call_method1(pyo3::intern!(py, "set_result"), (value,)),
+                Some(Err(e)) => {
+                    future.call_method1(pyo3::intern!(py, "set_exception"), (e.value(py),))
+                }
+                None => continue,
             };
             if let Err(e) = set {
                 e.write_unraisable(py, Some(future));
@@ -201,6 +208,22 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
+    future_into_coro_giving_back(py, fut, drop)
+}
+
+/// [`future_into_coro`] for an operation whose result must not be lost: if the awaiting
+/// task was cancelled after the operation finished but before its result reached Python,
+/// `give_back` gets the result (an incoming channel goes back to its queue).
+pub(crate) fn future_into_coro_giving_back<'py, F, T, G>(
+    py: Python<'py>,
+    fut: F,
+    give_back: G,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+    G: FnOnce(T) + Send + 'static,
+{
     let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
     let bridge = bridge(py, &event_loop)?;
     let future = event_loop.call_method0("create_future")?;
@@ -208,13 +231,18 @@ where
     let target = future.clone().unbind();
     let task = pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
         let result = CatchUnwind(Box::pin(fut)).await;
-        let deliver: Deliver = Box::new(move |py| match result {
-            Ok(Ok(value)) => value.into_py_any(py),
-            Ok(Err(e)) => Err(e),
-            Err(panic) => Err(PyRuntimeError::new_err(format!(
+        let deliver: Deliver = Box::new(move |py, to_python| match result {
+            Ok(Ok(value)) if !to_python => {
+                give_back(value);
+                None
+            }
+            _ if !to_python => None,
+            Ok(Ok(value)) => Some(value.into_py_any(py)),
+            Ok(Err(e)) => Some(Err(e)),
+            Err(panic) => Some(Err(PyRuntimeError::new_err(format!(
                 "nullport: internal error (a Rust panic): {}",
                 panic_message(&*panic)
-            ))),
+            )))),
         });
         shared.complete(Completion {
             future: target,

@@ -40,6 +40,9 @@ pub(crate) struct NodeShared {
     routes: Mutex<HashMap<String, mpsc::Sender<IncomingChannel>>>,
     /// The incoming channels no route takes.
     incoming: tokio::sync::Mutex<mpsc::Receiver<IncomingChannel>>,
+    /// Puts an incoming channel back in `incoming` (one taken for a Python task that was
+    /// cancelled before it got it). Weak: the queue still ends when the node closes.
+    requeue: mpsc::WeakSender<IncomingChannel>,
     /// Set once the program asks for incoming channels (`incoming()` or `accept()`). Until
     /// then a channel no route takes is refused at once as an unknown service, instead of
     /// waiting in a queue nobody reads until the caller's dial times out.
@@ -282,6 +285,7 @@ impl Node {
                 relay: spec.to_string(),
                 routes: Mutex::new(HashMap::new()),
                 incoming: tokio::sync::Mutex::new(default_rx),
+                requeue: default_tx.downgrade(),
                 listening: std::sync::atomic::AtomicBool::new(false),
                 closed,
             });
@@ -380,11 +384,16 @@ impl Node {
             .listening
             .store(true, std::sync::atomic::Ordering::Release);
         let shared = self.shared.clone();
-        crate::aio::future_into_coro(py, async move {
-            next_incoming(&shared)
-                .await
-                .ok_or_else(|| NodeClosed::new_err("node is shut down"))
-        })
+        let back = self.shared.clone();
+        crate::aio::future_into_coro_giving_back(
+            py,
+            async move {
+                next_incoming(&shared)
+                    .await
+                    .ok_or_else(|| NodeClosed::new_err("node is shut down"))
+            },
+            move |incoming| give_back(&back, incoming),
+        )
     }
 
     /// The node's state: a dict with `node_id`, `state` (the relay link's state in words),
@@ -441,6 +450,26 @@ impl Node {
     }
 }
 
+/// Puts back an incoming channel that was taken for a Python task cancelled before it got
+/// it, so that the next `accept()` or `incoming()` sees it (a lost one would be denied).
+fn give_back(shared: &NodeShared, incoming: Incoming) {
+    let Some(channel) = incoming.take() else {
+        return;
+    };
+    let returned = match shared.requeue.upgrade() {
+        Some(queue) => queue.try_send(channel).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+        }),
+        None => Err(channel),
+    };
+    // The queue is full or gone: refused as any channel the program cannot take.
+    if let Err(channel) = returned {
+        pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+            let _ = channel.deny(DenyReason::Unavailable).await;
+        });
+    }
+}
+
 async fn next_incoming(shared: &NodeShared) -> Option<Incoming> {
     shared
         .listening
@@ -463,11 +492,16 @@ impl IncomingIter {
 
     fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
-        crate::aio::future_into_coro(py, async move {
-            next_incoming(&shared)
-                .await
-                .ok_or_else(|| PyStopAsyncIteration::new_err(()))
-        })
+        let back = self.shared.clone();
+        crate::aio::future_into_coro_giving_back(
+            py,
+            async move {
+                next_incoming(&shared)
+                    .await
+                    .ok_or_else(|| PyStopAsyncIteration::new_err(()))
+            },
+            move |incoming| give_back(&back, incoming),
+        )
     }
 }
 
@@ -492,12 +526,18 @@ impl Incoming {
     }
 }
 
+impl Incoming {
+    /// The channel, if still undecided (then this object no longer holds it).
+    fn take(&self) -> Option<IncomingChannel> {
+        self.inner.try_lock().ok().and_then(|mut i| i.take())
+    }
+}
+
 impl Drop for Incoming {
     fn drop(&mut self) {
         // Undecided: the caller is told the service is unavailable, instead of waiting out
         // its dial or seeing a broken stream.
-        let undecided = self.inner.try_lock().ok().and_then(|mut i| i.take());
-        if let Some(incoming) = undecided {
+        if let Some(incoming) = self.take() {
             pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
                 let _ = incoming.deny(DenyReason::Unavailable).await;
             });

@@ -233,6 +233,27 @@ async def test_first_bytes_go_with_the_handshake_and_a_refusal_drops_them(start_
         server.cancel()
 
 
+async def test_cancelling_a_wait_for_incoming_channels_loses_none(start_node) -> None:
+    """A task waiting in ``accept()`` (or ``incoming()``) cancelled just as a channel
+    arrives: the channel goes to the next wait, not to the cancelled one (where it was
+    denied as unavailable). Cancelled at many moments around the arrival."""
+    caller = await start_node()
+    callee = await start_node()
+    for i in range(40):
+        waiting = asyncio.create_task(callee.accept())
+        dialing = asyncio.create_task(caller.dial(callee.node_id, "echo"))
+        await asyncio.sleep((i % 10) / 2000)
+        waiting.cancel()
+        try:
+            incoming = await waiting
+        except asyncio.CancelledError:
+            incoming = await asyncio.wait_for(callee.accept(), 10)
+        accepted = await incoming.accept()
+        channel = await asyncio.wait_for(dialing, 10)
+        await channel.close()
+        await accepted.close()
+
+
 async def test_an_incoming_dropped_undecided_is_denied_as_unavailable(start_node) -> None:
     caller = await start_node()
     callee = await start_node()
