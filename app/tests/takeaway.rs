@@ -998,3 +998,41 @@ async fn two_revokes_at_once_both_count() {
     assert!(issued.contains(&a) && issued.contains(&b), "{issued}");
     assert!(issued.contains("\"version\": 2"), "{issued}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_peer_ends_the_channels_to_it_and_refuses_new_dials() {
+    let mut net = Net::start().await;
+    let (tool, tool_id) = net.node("tool").await;
+    let (agent, agent_id) = net.node("agent").await;
+    ok(&tool, &["trust", "add", "agent", &agent_id]).await;
+    ok(&agent, &["trust", "add", "tool", &tool_id]).await;
+    ok(&tool, &["expose", "exec", "cat", "--", "cat"]).await;
+    ok(&tool, &["allow", "agent", "cat"]).await;
+    net.up(&tool).await;
+    net.up(&agent).await;
+    let (mut child, mut stdin) = spawn_pipe(&agent, "tool/cat");
+    stdin.write_all(b"live\n").await.unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut echoed = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stdout.read_line(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, "live\n");
+    // The agent revokes the tool's key (stolen, say): its own channel to it ends at once...
+    ok(&agent, &["revoke", "tool"]).await;
+    let out = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output())
+        .await
+        .expect("the channel to a revoked key stayed open")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "pipe exited 0: {stderr}");
+    assert!(stderr.contains("revoked"), "{stderr}");
+    // ... and it dials that key no more.
+    let said = fails(&agent, &["pipe", "tool/cat"]).await;
+    assert!(
+        said.contains("is revoked here") && said.contains("does not dial a revoked key"),
+        "{said}"
+    );
+    drop(stdin);
+}

@@ -274,8 +274,9 @@ impl Table {
     }
 
     /// Ends the incoming channels that no longer pass: against `access` in full when
-    /// `full`, else only their token expiry; and those idle for `idle`. Returns each ended
-    /// channel's (peer, service, why).
+    /// `full`, else only their token expiry; and those idle for `idle`. With `full`, also
+    /// the outgoing channels to a key revoked here. Returns each ended channel's (peer,
+    /// service, why).
     pub(crate) fn sweep(
         &self,
         access: &Access,
@@ -289,12 +290,20 @@ impl Table {
             return ended;
         };
         for c in open.values_mut() {
-            let Some(authority) = &c.authority else {
-                continue;
-            };
             if c.ended {
                 continue;
             }
+            let Some(authority) = &c.authority else {
+                // A channel this node opened: it ends when the peer's key is revoked here
+                // (a stolen key must not go on serving this node's users).
+                if full && let Some(signer) = access.key_revoked_everywhere(&c.peer) {
+                    c.ended = true;
+                    c.abort.abort(DenyReason::Revoked);
+                    let why = format!("the peer's key is revoked here (by {signer})");
+                    ended.push((c.peer, c.service.clone(), why));
+                }
+                continue;
+            };
             let bytes = c.counters.bytes_in.load(Ordering::Relaxed)
                 + c.counters.bytes_out.load(Ordering::Relaxed);
             if bytes != c.activity.0 {

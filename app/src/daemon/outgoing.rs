@@ -45,6 +45,12 @@ pub(crate) async fn open_channel(
         .read()
         .map_err(|_| "trust store unavailable".to_owned())
         .and_then(|f| f.trust.resolve(peer).map_err(|e| e.to_string()))?;
+    // A key revoked here is not dialed: it may be a stolen one, proving itself as the peer.
+    if let Some(signer) = state.access().key_revoked_everywhere(&target) {
+        return Err(format!(
+            "{peer} is revoked here (by {signer}): this node does not dial a revoked key; see `nullport revocations show`"
+        ));
+    }
     // The link is down and the node knows why: say so now instead of waiting out the dial.
     let link = state.node.state();
     if matches!(
