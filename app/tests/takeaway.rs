@@ -905,9 +905,17 @@ async fn a_rotation_of_the_revoker_never_lifts_its_revocations() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipe_says_why_its_channel_ended_and_fails() {
-    let mut net = Net::start().await;
+/// A tool exposing `cat` to an agent, and a `pipe` from the agent to it whose first line
+/// came back (the channel is live end to end, not merely listed by `status`).
+async fn cat_through_pipe(
+    net: &mut Net,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    tokio::process::Child,
+    tokio::process::ChildStdin,
+    tokio::io::BufReader<tokio::process::ChildStdout>,
+) {
     let (tool, tool_id) = net.node("tool").await;
     let (agent, agent_id) = net.node("agent").await;
     ok(&tool, &["trust", "add", "agent", &agent_id]).await;
@@ -918,8 +926,6 @@ async fn pipe_says_why_its_channel_ended_and_fails() {
     net.up(&agent).await;
     let (mut child, mut stdin) = spawn_pipe(&agent, "tool/cat");
     stdin.write_all(b"live\n").await.unwrap();
-    // The echo is back through the live channel before access is taken away (waiting for
-    // `status` to list the channel is not enough: the bytes may still be on their way).
     let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
     let mut echoed = String::new();
     tokio::time::timeout(Duration::from_secs(5), stdout.read_line(&mut echoed))
@@ -927,6 +933,13 @@ async fn pipe_says_why_its_channel_ended_and_fails() {
         .unwrap()
         .unwrap();
     assert_eq!(echoed, "live\n");
+    (tool, agent, child, stdin, stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipe_says_why_its_channel_ended_and_fails() {
+    let mut net = Net::start().await;
+    let (tool, _agent, child, _stdin, mut stdout) = cat_through_pipe(&mut net).await;
     assert!(ok(&tool, &["status"]).await.contains("in  agent"));
     ok(&tool, &["deny", "agent", "cat"]).await;
     let out = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output())
@@ -1002,23 +1015,7 @@ async fn two_revokes_at_once_both_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_peer_ends_the_channels_to_it_and_refuses_new_dials() {
     let mut net = Net::start().await;
-    let (tool, tool_id) = net.node("tool").await;
-    let (agent, agent_id) = net.node("agent").await;
-    ok(&tool, &["trust", "add", "agent", &agent_id]).await;
-    ok(&agent, &["trust", "add", "tool", &tool_id]).await;
-    ok(&tool, &["expose", "exec", "cat", "--", "cat"]).await;
-    ok(&tool, &["allow", "agent", "cat"]).await;
-    net.up(&tool).await;
-    net.up(&agent).await;
-    let (mut child, mut stdin) = spawn_pipe(&agent, "tool/cat");
-    stdin.write_all(b"live\n").await.unwrap();
-    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
-    let mut echoed = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stdout.read_line(&mut echoed))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(echoed, "live\n");
+    let (_tool, agent, child, stdin, _stdout) = cat_through_pipe(&mut net).await;
     // The agent revokes the tool's key (stolen, say): its own channel to it ends at once...
     ok(&agent, &["revoke", "tool"]).await;
     let out = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output())

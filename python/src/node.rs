@@ -380,20 +380,9 @@ impl Node {
     /// The next incoming channel (as `incoming()` yields them); raises `NodeClosed` once the
     /// node is closed.
     fn accept<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.shared
-            .listening
-            .store(true, std::sync::atomic::Ordering::Release);
-        let shared = self.shared.clone();
-        let back = self.shared.clone();
-        crate::aio::future_into_coro_giving_back(
-            py,
-            async move {
-                next_incoming(&shared)
-                    .await
-                    .ok_or_else(|| NodeClosed::new_err("node is shut down"))
-            },
-            move |incoming| give_back(&back, incoming),
-        )
+        next_incoming_coro(py, &self.shared, || {
+            NodeClosed::new_err("node is shut down")
+        })
     }
 
     /// The node's state: a dict with `node_id`, `state` (the relay link's state in words),
@@ -470,6 +459,24 @@ fn give_back(shared: &NodeShared, incoming: Incoming) {
     }
 }
 
+/// A coroutine for the next incoming channel (`ended` once the node is closed); a channel
+/// taken for a task cancelled before it got it is given back.
+fn next_incoming_coro<'py>(
+    py: Python<'py>,
+    shared: &Arc<NodeShared>,
+    ended: fn() -> PyErr,
+) -> PyResult<Bound<'py, PyAny>> {
+    shared
+        .listening
+        .store(true, std::sync::atomic::Ordering::Release);
+    let (shared, back) = (shared.clone(), shared.clone());
+    crate::aio::future_into_coro_giving_back(
+        py,
+        async move { next_incoming(&shared).await.ok_or_else(ended) },
+        move |incoming| give_back(&back, incoming),
+    )
+}
+
 async fn next_incoming(shared: &NodeShared) -> Option<Incoming> {
     shared
         .listening
@@ -491,17 +498,7 @@ impl IncomingIter {
     }
 
     fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let shared = self.shared.clone();
-        let back = self.shared.clone();
-        crate::aio::future_into_coro_giving_back(
-            py,
-            async move {
-                next_incoming(&shared)
-                    .await
-                    .ok_or_else(|| PyStopAsyncIteration::new_err(()))
-            },
-            move |incoming| give_back(&back, incoming),
-        )
+        next_incoming_coro(py, &self.shared, || PyStopAsyncIteration::new_err(()))
     }
 }
 
