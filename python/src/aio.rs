@@ -132,7 +132,16 @@ import weakref
 bridges = weakref.WeakKeyDictionary()
 
 async def awaiting(future):
-    return await future
+    try:
+        return await future
+    except BaseException:
+        # Cancelled after the result was set but before this task resumed (asyncio throws
+        # the cancellation in anyway): a result that must not be lost is given back.
+        if future.done() and not future.cancelled() and future.exception() is None:
+            give_back = getattr(future.result(), '_give_back', None)
+            if give_back is not None:
+                give_back()
+        raise
 
 async def ready(value):
     return value

@@ -9,6 +9,7 @@ mod aio;
 mod channel;
 mod errors;
 mod identity;
+mod incoming;
 mod mcp;
 mod node;
 

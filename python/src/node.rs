@@ -1,5 +1,5 @@
-//! `Node`: the embedded Rust [`nullport_node::Node`], its incoming channels (`Incoming`), and
-//! the routing of incoming channels by service ([`NodeShared::route`]).
+//! `Node`: the embedded Rust [`nullport_node::Node`], the queue of its incoming channels
+//! (`incoming()`, `accept()`), and their routing by service ([`NodeShared::route`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,9 +14,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use tokio::sync::{mpsc, watch};
 
-use crate::channel::{Channel, channel_into_py};
+use crate::channel::channel_into_py;
 use crate::errors::{NodeClosed, address_error, keyring_error, node_error};
 use crate::identity::Identity;
+pub(crate) use crate::incoming::Incoming;
 
 /// Incoming channels waiting for `incoming()` (beyond: the caller is denied as unavailable).
 const INCOMING_QUEUE: usize = 64;
@@ -195,41 +196,6 @@ fn configured_relay(home: &Home) -> PyResult<String> {
             address_error(format!(
                 "no relay given, and none in {} (relay = \"np...@host:port\")",
                 config.display()
-            ))
-        })
-}
-
-/// A deny reason by its text (`"not allowed"`) or name (`"not_allowed"`).
-fn deny_reason(text: &str) -> PyResult<DenyReason> {
-    let all = [
-        DenyReason::NotAllowed,
-        DenyReason::UnknownService,
-        DenyReason::BadToken,
-        DenyReason::RateLimited,
-        DenyReason::Unavailable,
-        DenyReason::Revoked,
-        DenyReason::Expired,
-        DenyReason::Idle,
-    ];
-    let names = [
-        "not_allowed",
-        "unknown_service",
-        "bad_token",
-        "rate_limited",
-        "unavailable",
-        "revoked",
-        "expired",
-        "idle",
-    ];
-    let wanted = text.trim().to_ascii_lowercase();
-    all.iter()
-        .zip(names)
-        .find(|(reason, name)| reason.to_string() == wanted || *name == wanted)
-        .map(|(reason, _)| *reason)
-        .ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "unknown deny reason {text:?} (one of: {})",
-                names.join(", ")
             ))
         })
 }
@@ -439,26 +405,6 @@ impl Node {
     }
 }
 
-/// Puts back an incoming channel that was taken for a Python task cancelled before it got
-/// it, so that the next `accept()` or `incoming()` sees it (a lost one would be denied).
-fn give_back(shared: &NodeShared, incoming: Incoming) {
-    let Some(channel) = incoming.take() else {
-        return;
-    };
-    let returned = match shared.requeue.upgrade() {
-        Some(queue) => queue.try_send(channel).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
-        }),
-        None => Err(channel),
-    };
-    // The queue is full or gone: refused as any channel the program cannot take.
-    if let Err(channel) = returned {
-        pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
-            let _ = channel.deny(DenyReason::Unavailable).await;
-        });
-    }
-}
-
 /// A coroutine for the next incoming channel (`ended` once the node is closed); a channel
 /// taken for a task cancelled before it got it is given back.
 fn next_incoming_coro<'py>(
@@ -469,11 +415,11 @@ fn next_incoming_coro<'py>(
     shared
         .listening
         .store(true, std::sync::atomic::Ordering::Release);
-    let (shared, back) = (shared.clone(), shared.clone());
+    let shared = shared.clone();
     crate::aio::future_into_coro_giving_back(
         py,
         async move { next_incoming(&shared).await.ok_or_else(ended) },
-        move |incoming| give_back(&back, incoming),
+        |incoming: Incoming| incoming.give_back(),
     )
 }
 
@@ -482,7 +428,7 @@ async fn next_incoming(shared: &NodeShared) -> Option<Incoming> {
         .listening
         .store(true, std::sync::atomic::Ordering::Release);
     let incoming = shared.incoming.lock().await.recv().await?;
-    Some(Incoming::new(incoming))
+    Some(Incoming::new(incoming, shared.requeue.clone()))
 }
 
 /// The async iterator `Node.incoming()` returns.
@@ -499,101 +445,5 @@ impl IncomingIter {
 
     fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         next_incoming_coro(py, &self.shared, || PyStopAsyncIteration::new_err(()))
-    }
-}
-
-/// An authenticated caller waiting for this node's decision: `await accept()` (returns a
-/// `Channel`) or `await deny(reason)`. No application byte flows before `accept`.
-#[pyclass(module = "nullport._native", frozen)]
-pub struct Incoming {
-    inner: Arc<tokio::sync::Mutex<Option<IncomingChannel>>>,
-    peer: String,
-    service: String,
-    blob: Vec<u8>,
-}
-
-impl Incoming {
-    pub(crate) fn new(incoming: IncomingChannel) -> Self {
-        Incoming {
-            peer: incoming.peer().to_string(),
-            service: incoming.service().to_owned(),
-            blob: incoming.blob().to_vec(),
-            inner: Arc::new(tokio::sync::Mutex::new(Some(incoming))),
-        }
-    }
-}
-
-impl Incoming {
-    /// The channel, if still undecided (then this object no longer holds it).
-    fn take(&self) -> Option<IncomingChannel> {
-        self.inner.try_lock().ok().and_then(|mut i| i.take())
-    }
-}
-
-impl Drop for Incoming {
-    fn drop(&mut self) {
-        // Undecided: the caller is told the service is unavailable, instead of waiting out
-        // its dial or seeing a broken stream.
-        if let Some(incoming) = self.take() {
-            pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
-                let _ = incoming.deny(DenyReason::Unavailable).await;
-            });
-        }
-    }
-}
-
-fn decided() -> PyErr {
-    PyValueError::new_err("this incoming channel was already accepted or denied")
-}
-
-#[pymethods]
-impl Incoming {
-    /// The caller's NodeId, proven by the handshake.
-    #[getter]
-    fn peer(&self) -> &str {
-        &self.peer
-    }
-
-    /// The service asked for.
-    #[getter]
-    fn service(&self) -> &str {
-        &self.service
-    }
-
-    /// The opaque blob (capability tokens) the caller presented; empty if none.
-    #[getter]
-    fn token_blob(&self) -> &[u8] {
-        &self.blob
-    }
-
-    /// Accepts the channel; returns the `Channel`.
-    fn accept<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        crate::aio::future_into_coro(py, async move {
-            let incoming = inner.lock().await.take().ok_or_else(decided)?;
-            let channel: Channel = incoming
-                .accept()
-                .await
-                .map(channel_into_py)
-                .map_err(node_error)?;
-            Ok(channel)
-        })
-    }
-
-    /// Refuses the channel; the caller's dial raises `NotAllowed` with this reason:
-    /// `"not allowed"` (default), `"service not exposed"`, `"capability token rejected"`,
-    /// `"rate limited"`, `"service unavailable"`, ... (or their names: `"unknown_service"`...).
-    #[pyo3(signature = (reason="not allowed"))]
-    fn deny<'py>(&self, py: Python<'py>, reason: &str) -> PyResult<Bound<'py, PyAny>> {
-        let reason = deny_reason(reason)?;
-        let inner = self.inner.clone();
-        crate::aio::future_into_coro(py, async move {
-            let incoming = inner.lock().await.take().ok_or_else(decided)?;
-            incoming.deny(reason).await.map_err(node_error)
-        })
-    }
-
-    fn __repr__(&self) -> String {
-        format!("Incoming(peer={}, service={:?})", self.peer, self.service)
     }
 }

@@ -254,6 +254,40 @@ async def test_cancelling_a_wait_for_incoming_channels_loses_none(start_node) ->
         await accepted.close()
 
 
+async def test_a_wait_cancelled_in_the_turn_its_channel_arrives_loses_none(start_node) -> None:
+    """The other order: the channel reaches the waiting task's future, and the task is
+    cancelled in that same loop turn, before it resumes (as a timeout firing then does):
+    the channel is given back, not lost."""
+    caller = await start_node()
+    callee = await start_node()
+    for next_one in (callee.accept, lambda: callee.incoming().__anext__()):
+        waiting = asyncio.ensure_future(next_one())
+        dialing = asyncio.create_task(caller.dial(callee.node_id, "echo"))
+        loop = asyncio.get_running_loop()
+        arrived = loop.create_future()
+        # Polled every loop turn: cancel the task in the turn its result lands.
+        def poll() -> None:
+            if waiting.done():
+                arrived.set_result(None)
+                return
+            inner = getattr(waiting, "_fut_waiter", None)
+            if inner is not None and inner.done():
+                waiting.cancel()
+                arrived.set_result(None)
+                return
+            loop.call_soon(poll)
+        loop.call_soon(poll)
+        await asyncio.wait_for(arrived, 10)
+        try:
+            incoming = await waiting
+        except asyncio.CancelledError:
+            incoming = await asyncio.wait_for(callee.accept(), 10)
+        accepted = await incoming.accept()
+        channel = await asyncio.wait_for(dialing, 10)
+        await channel.close()
+        await accepted.close()
+
+
 async def test_an_incoming_dropped_undecided_is_denied_as_unavailable(start_node) -> None:
     caller = await start_node()
     callee = await start_node()

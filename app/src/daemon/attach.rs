@@ -200,6 +200,8 @@ async fn serve_listener(
                                 splice(&state, out, socket, &service, (false, false), false).await;
                             }
                             Err(message) => {
+                                // A reset, not a clean end, even if the client sent nothing.
+                                socket.reset_on_drop();
                                 drop(socket);
                                 let _ = refused.try_send(format!("{from}: {message}"));
                             }

@@ -152,8 +152,13 @@ pub(crate) async fn serve<K: Kind>(
             return;
         }
     };
-    let Ok(mut channel) = incoming.accept().await else {
-        return;
+    let mut channel = match incoming.accept().await {
+        Ok(channel) => channel,
+        Err(e) => {
+            tracing::info!("channel failed before it was accepted: {e}");
+            ready.abandon();
+            return;
+        }
     };
     channel.use_abort_handle(registered.abort.clone());
     let channel = Counted::new(channel, registered.counters.clone());

@@ -49,4 +49,12 @@ pub trait Ready: Send {
         self,
         channel: Counted<nullport_node::Channel>,
     ) -> impl Future<Output = std::io::Result<()>> + Send;
+
+    /// The channel could not be accepted after all (it failed, or its caller broke the
+    /// protocol): ends what was prepared as failed, not as a clean end. By default, drops it.
+    fn abandon(self)
+    where
+        Self: Sized,
+    {
+    }
 }

@@ -62,6 +62,11 @@ impl Kind for Tcp<'_> {
 }
 
 impl Ready for Connected {
+    fn abandon(self) {
+        let (Connected::Bytes(tcp) | Connected::Http(tcp, _)) = &self;
+        crate::services::io::reset_on_drop(tcp);
+    }
+
     async fn run(self, mut channel: Counted<nullport_node::Channel>) -> io::Result<()> {
         let mut tcp = match self {
             Connected::Bytes(tcp) => tcp,
