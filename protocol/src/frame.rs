@@ -100,13 +100,22 @@ impl Deframer {
         self.end = (self.end + n).min(self.buf.len());
     }
 
-    /// Copies as much of `bytes` as fits and returns how many were taken.
+    /// Copies as much of `bytes` as fits (growing the buffer for an incomplete message, as
+    /// [`Deframer::spare`] does) and returns how many were taken: everything, unless complete
+    /// messages fill the buffer first.
     pub fn push(&mut self, bytes: &[u8]) -> usize {
-        let spare = self.spare();
-        let n = spare.len().min(bytes.len());
-        spare[..n].copy_from_slice(&bytes[..n]);
-        self.commit(n);
-        n
+        let mut taken = 0;
+        while taken < bytes.len() {
+            let spare = self.spare();
+            if spare.is_empty() {
+                break;
+            }
+            let n = spare.len().min(bytes.len() - taken);
+            spare[..n].copy_from_slice(&bytes[taken..taken + n]);
+            self.commit(n);
+            taken += n;
+        }
+        taken
     }
 
     /// The next complete message, if one is buffered. A zero or oversize length is an error
@@ -235,12 +244,7 @@ mod tests {
         }
         assert_eq!(d.buf.len(), LENGTH_PREFIX + INITIAL_MESSAGE);
         let big = encode(&[vec![9u8; 20_000]]);
-        let mut rest = &big[..];
-        while !rest.is_empty() {
-            let n = d.push(rest);
-            assert!(n > 0, "room for the rest of an incomplete message");
-            rest = &rest[n..];
-        }
+        assert_eq!(d.push(&big), big.len(), "grew to take the whole message");
         assert_eq!(d.buf.len(), LENGTH_PREFIX + MAX_NOISE_MESSAGE);
         assert_eq!(d.next_message(), Ok(Some(&vec![9u8; 20_000][..])));
         // An oversize length never grows it past the bound, and stays an error.
