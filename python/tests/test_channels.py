@@ -233,6 +233,19 @@ async def test_first_bytes_go_with_the_handshake_and_a_refusal_drops_them(start_
         server.cancel()
 
 
+async def the_channel_arrives_once(callee: nullport.Node, waiting: "asyncio.Future", dialing: "asyncio.Task") -> None:
+    """The dialed channel reaches the callee exactly once: through the (maybe cancelled)
+    wait, or else through the next ``accept()``; accepted, the dial completes."""
+    try:
+        incoming = await waiting
+    except asyncio.CancelledError:
+        incoming = await asyncio.wait_for(callee.accept(), 10)
+    accepted = await incoming.accept()
+    channel = await asyncio.wait_for(dialing, 10)
+    await channel.close()
+    await accepted.close()
+
+
 async def test_cancelling_a_wait_for_incoming_channels_loses_none(start_node) -> None:
     """A task waiting in ``accept()`` (or ``incoming()``) cancelled just as a channel
     arrives: the channel goes to the next wait, not to the cancelled one (where it was
@@ -244,14 +257,7 @@ async def test_cancelling_a_wait_for_incoming_channels_loses_none(start_node) ->
         dialing = asyncio.create_task(caller.dial(callee.node_id, "echo"))
         await asyncio.sleep((i % 10) / 2000)
         waiting.cancel()
-        try:
-            incoming = await waiting
-        except asyncio.CancelledError:
-            incoming = await asyncio.wait_for(callee.accept(), 10)
-        accepted = await incoming.accept()
-        channel = await asyncio.wait_for(dialing, 10)
-        await channel.close()
-        await accepted.close()
+        await the_channel_arrives_once(callee, waiting, dialing)
 
 
 async def test_a_wait_cancelled_in_the_turn_its_channel_arrives_loses_none(start_node) -> None:
@@ -278,14 +284,7 @@ async def test_a_wait_cancelled_in_the_turn_its_channel_arrives_loses_none(start
             loop.call_soon(poll)
         loop.call_soon(poll)
         await asyncio.wait_for(arrived, 10)
-        try:
-            incoming = await waiting
-        except asyncio.CancelledError:
-            incoming = await asyncio.wait_for(callee.accept(), 10)
-        accepted = await incoming.accept()
-        channel = await asyncio.wait_for(dialing, 10)
-        await channel.close()
-        await accepted.close()
+        await the_channel_arrives_once(callee, waiting, dialing)
 
 
 async def test_an_incoming_dropped_undecided_is_denied_as_unavailable(start_node) -> None:

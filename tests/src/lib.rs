@@ -261,15 +261,25 @@ pub async fn raw_hello(conn: &quinn::Connection) -> (quinn::SendStream, quinn::R
     )
     .unwrap();
     send.write_all(&buf).await.unwrap();
+    assert!(matches!(
+        read_relay_answer(&mut recv).await,
+        Ok(nullport_protocol::relay_link::RelayToNode::Welcome { .. })
+    ));
+    (send, recv)
+}
+
+/// Reads one relay-link message (`len || postcard`) from the relay on a raw stream.
+pub async fn read_relay_answer(
+    recv: &mut quinn::RecvStream,
+) -> Result<
+    nullport_protocol::relay_link::RelayToNode,
+    nullport_protocol::relay_link::LinkDecodeError,
+> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix).await.unwrap();
     let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
     recv.read_exact(&mut body).await.unwrap();
-    assert!(matches!(
-        nullport_protocol::relay_link::decode::<nullport_protocol::relay_link::RelayToNode>(&body),
-        Ok(nullport_protocol::relay_link::RelayToNode::Welcome { .. })
-    ));
-    (send, recv)
+    nullport_protocol::relay_link::decode(&body)
 }
 
 /// Echoes every byte of every channel `node` accepts, until the node shuts down (a channel

@@ -93,13 +93,7 @@ fn pair() -> (TestNode, TestNode) {
 /// A whole resumed open accepted by `b`: the two channels.
 fn resume(a: &TestNode, b: &TestNode, session: u64) -> (Channel, Channel) {
     let (verdict, request) = until_decision(a, b, session);
-    let mut out = Vec::new();
-    let callee = request
-        .accept(&mut out)
-        .unwrap_or_else(|e| panic!("accept: {e}"));
-    let caller = verdict
-        .handle_verdict(&only_message(&out), Instant::now())
-        .unwrap_or_else(|e| panic!("verdict: {e}"));
+    let (caller, callee, _) = crate::tests::accept_both(verdict, request);
     (caller, callee)
 }
 
@@ -462,13 +456,7 @@ fn first_bytes_behind_confirm_are_read_only_after_the_callee_accepts() {
     verdict
         .seal_first(b"first request", &mut early)
         .unwrap_or_else(|e| panic!("seal_first: {e}"));
-    let mut out = Vec::new();
-    let mut callee = request
-        .accept(&mut out)
-        .unwrap_or_else(|e| panic!("accept: {e}"));
-    let mut caller = verdict
-        .handle_verdict(&only_message(&out), Instant::now())
-        .unwrap_or_else(|e| panic!("verdict: {e}"));
+    let (mut caller, mut callee, _) = crate::tests::accept_both(verdict, request);
     let (got, err) = open_all(&mut callee, &[only_message(&early)]);
     assert_eq!((got.as_slice(), err), (&b"first request"[..], None));
     let (back, err) = open_all(&mut caller, &seal(&mut callee, b"answer"));

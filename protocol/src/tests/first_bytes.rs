@@ -27,13 +27,7 @@ fn until_decision_with(first: &[u8], session: u64) -> (AwaitingVerdict, Request,
 }
 
 fn accept(verdict: AwaitingVerdict, request: Request) -> (Channel, Channel) {
-    let mut out = Vec::new();
-    let callee = request
-        .accept(&mut out)
-        .unwrap_or_else(|e| panic!("accept: {e}"));
-    let caller = verdict
-        .handle_verdict(&only_message(&out), Instant::now())
-        .unwrap_or_else(|e| panic!("verdict: {e}"));
+    let (caller, callee, _) = accept_both(verdict, request);
     (caller, callee)
 }
 

@@ -99,16 +99,26 @@ pub(crate) fn connect(a: &TestNode, b: &TestNode, tap: &mut Tap) -> (Channel, Ch
         .unwrap_or_else(|e| {
             panic!("handshake failed: {e}");
         });
+    let (initiator, responder, accept) = accept_both(verdict, request);
+    tap.to_initiator.push(accept);
+    (initiator, responder)
+}
+
+/// The callee accepts `request` and the caller reads the verdict: (caller, callee, the
+/// Accept message).
+pub(crate) fn accept_both(
+    verdict: AwaitingVerdict,
+    request: Request,
+) -> (Channel, Channel, Vec<u8>) {
     let mut out = Vec::new();
-    let responder = request
+    let callee = request
         .accept(&mut out)
         .unwrap_or_else(|e| panic!("accept: {e}"));
     let accept = only_message(&out);
-    tap.to_initiator.push(accept.clone());
-    let initiator = verdict
-        .handle_verdict(&accept, now)
+    let caller = verdict
+        .handle_verdict(&accept, Instant::now())
         .unwrap_or_else(|e| panic!("verdict: {e}"));
-    (initiator, responder)
+    (caller, callee, accept)
 }
 
 pub(crate) fn handshake_until_decision(

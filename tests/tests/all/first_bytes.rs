@@ -256,12 +256,8 @@ async fn rogue_dial(
     let now = std::time::Instant::now();
     let init = Initiator::start(keys, request, Limits::default(), now, &mut out).unwrap();
     send.write_all(&out).await.unwrap();
-    let mut prefix = [0u8; 4];
-    recv.read_exact(&mut prefix).await.unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
-    recv.read_exact(&mut body).await.unwrap();
     assert!(matches!(
-        relay_link::decode::<RelayToNode>(&body),
+        nullport_tests::read_relay_answer(&mut recv).await,
         Ok(RelayToNode::Dialed { .. })
     ));
     let mut len = [0u8; 2];
