@@ -35,6 +35,21 @@ pub enum Error {
     /// allows (from this node, or in all). Nothing reached it; a later dial may succeed.
     #[error("peer {0} is busy: too many channels being opened there right now; try again shortly")]
     PeerBusy(NodeId),
+    /// The dial's stream was reset (or stopped) while the channel was being set up, by the
+    /// peer or by the relay: the peer gave up on the handshake (its deadline passed, it is
+    /// shutting down, it cut off a caller that broke the protocol) or the relay cut the
+    /// splice. The relay link itself is up (a lost link is [`Error::RelayLinkLost`]); a new
+    /// dial may succeed. `code` is the reset's application error code (0 unless the one who
+    /// cut it said more; the busy code is [`Error::PeerBusy`]).
+    #[error(
+        "the channel to {peer} was cut while it was being set up (stream reset with code {code}, by the peer or the relay); the relay link is up, a new dial may succeed"
+    )]
+    DialReset {
+        /// The peer dialed.
+        peer: NodeId,
+        /// The reset's (or stop's) application error code.
+        code: u64,
+    },
     /// The relay refused the request.
     #[error("relay refused the request: {0}")]
     Link(LinkErrorCode),

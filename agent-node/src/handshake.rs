@@ -103,17 +103,23 @@ impl<'a> First<'a> {
     }
 }
 
+/// The application error code of a reset (or stop) of the dial stream that `e` met, if it
+/// met one: the callee's (or the relay's) doing, not the relay link's loss.
+pub(crate) fn stream_reset(e: &Error) -> Option<u64> {
+    use quinn::{ReadError, ReadExactError, WriteError};
+    let code = match e {
+        Error::RelayLinkLost(LinkLost::ReadStream(ReadError::Reset(code)))
+        | Error::RelayLinkLost(LinkLost::Read(ReadExactError::ReadError(ReadError::Reset(code))))
+        | Error::RelayLinkLost(LinkLost::Write(WriteError::Stopped(code))) => *code,
+        _ => return None,
+    };
+    Some(code.into_inner())
+}
+
 /// Whether `e` is a callee's refusal to start a handshake ([`STREAM_BUSY`]), read from the
 /// dial stream's reset (by the relay's answer or by the handshake).
 pub(crate) fn refused_busy(e: &Error) -> bool {
-    let reset = match e {
-        Error::RelayLinkLost(LinkLost::ReadStream(quinn::ReadError::Reset(code)))
-        | Error::RelayLinkLost(LinkLost::Read(quinn::ReadExactError::ReadError(
-            quinn::ReadError::Reset(code),
-        ))) => *code,
-        _ => return false,
-    };
-    reset == STREAM_BUSY.into()
+    stream_reset(e) == Some(u64::from(STREAM_BUSY))
 }
 
 /// Runs the rest of the caller's side of an open (full or resumed) whose first message is
@@ -251,7 +257,8 @@ impl IncomingChannel {
         let holding = match self.held.finish().await {
             Ok(holding) => holding,
             Err(e) => {
-                let _ = self.send.reset(0u32.into());
+                // Its caller broke the rule: both directions end with the same code.
+                let _ = self.send.reset(crate::held::TOO_EARLY.into());
                 return Err(e);
             }
         };

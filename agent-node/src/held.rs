@@ -19,7 +19,7 @@ pub(crate) const PRE_VERDICT_MAX: usize = LENGTH_PREFIX + MAX_NOISE_MESSAGE;
 
 /// The reset code of a stream whose caller sent more than [`PRE_VERDICT_MAX`] before the
 /// verdict.
-const TOO_EARLY: u32 = 2;
+pub(crate) const TOO_EARLY: u32 = 2;
 
 /// The stream and what was read of it, handed back when the decision is made.
 pub(crate) struct Holding {

@@ -19,6 +19,7 @@ with the Rust error messages unchanged.
 from ._native import (
     Channel,
     ChannelClosed,
+    DialReset,
     HandshakeFailed,
     IdentityError,
     Identity,
@@ -40,6 +41,7 @@ from ._streams import open_connection, streams_of
 __all__ = [
     "Channel",
     "ChannelClosed",
+    "DialReset",
     "HandshakeFailed",
     "Identity",
     "IdentityError",

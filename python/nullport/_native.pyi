@@ -23,6 +23,7 @@ __all__ = [
     "NotAllowed",
     "NullportError",
     "PeerBusy",
+    "DialReset",
     "PeerOffline",
     "RelayLinkLost",
     "RelayRefused",
@@ -43,6 +44,10 @@ class PeerOffline(NullportError):
 
 class PeerBusy(NullportError):
     """The dialed node refused to start the handshake: it has as many being opened as it allows. Try again shortly."""
+
+class DialReset(NullportError):
+    """The channel was cut while it was being set up (its stream reset by the peer or the
+    relay); the relay link is up, and a new dial may succeed."""
 
 class NotAllowed(NullportError):
     """The peer refused the channel (its policy, an unknown service, a rejected token...):
@@ -227,8 +232,9 @@ class Node:
         ``token`` (as ``nullport token issue`` prints it, or ``@FILE``). ``first`` (at most
         65,518 bytes) goes out with the handshake's last message: the peer's first answer
         comes a round trip sooner; the peer reads it only once it accepted. Raises
-        ``PeerOffline``, ``PeerBusy``, ``NotAllowed``, ``InvalidAddress``, ``Timeout``,
-        ``HandshakeFailed``, ``NodeClosed``; ``ValueError`` for a longer ``first``."""
+        ``PeerOffline``, ``PeerBusy``, ``DialReset``, ``NotAllowed``, ``InvalidAddress``,
+        ``Timeout``, ``HandshakeFailed``, ``NodeClosed``; ``ValueError`` for a longer
+        ``first``."""
     async def presence(self, peer: str) -> bool:
         """Whether ``peer`` is connected to the relay now."""
     def incoming(self) -> IncomingIter:

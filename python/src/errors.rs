@@ -25,6 +25,12 @@ create_exception!(
 );
 create_exception!(
     nullport,
+    DialReset,
+    NullportError,
+    "The channel was cut while it was being set up (its stream reset by the peer or the relay); the relay link is up, and a new dial may succeed."
+);
+create_exception!(
+    nullport,
     NotAllowed,
     NullportError,
     "The peer refused the channel (its policy, an unknown service, a rejected token...): the message names the reason."
@@ -90,6 +96,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("NullportError", py.get_type::<NullportError>())?;
     m.add("PeerOffline", py.get_type::<PeerOffline>())?;
     m.add("PeerBusy", py.get_type::<PeerBusy>())?;
+    m.add("DialReset", py.get_type::<DialReset>())?;
     m.add("NotAllowed", py.get_type::<NotAllowed>())?;
     m.add("RelayRefused", py.get_type::<RelayRefused>())?;
     m.add("RelayUnreachable", py.get_type::<RelayUnreachable>())?;
@@ -115,6 +122,7 @@ pub(crate) fn node_error(e: nullport_node::Error) -> PyErr {
         E::RelayLinkLost(_) => RelayLinkLost::new_err(msg),
         E::PeerOffline(_) => PeerOffline::new_err(msg),
         E::PeerBusy(_) => PeerBusy::new_err(msg),
+        E::DialReset { .. } => DialReset::new_err(msg),
         E::Denied { .. } | E::Protocol(P::Denied { .. }) => NotAllowed::new_err(msg),
         E::Protocol(P::InvalidServiceName | P::SelfDial) => InvalidAddress::new_err(msg),
         E::Protocol(_) => HandshakeFailed::new_err(msg),

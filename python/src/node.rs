@@ -274,9 +274,10 @@ impl Node {
     /// peer's first answer comes one round trip sooner than after a dial and a write; the
     /// peer reads it only once it accepted, and drops it unread if it refuses.
     ///
-    /// Raises `PeerOffline`, `PeerBusy`, `NotAllowed` (the peer refused: the message says why),
-    /// `InvalidAddress` (bad NodeId, unknown alias, bad service name or token), `Timeout`,
-    /// `HandshakeFailed`, `NodeClosed`; `ValueError` for a `first` longer than 65,518 bytes.
+    /// Raises `PeerOffline`, `PeerBusy`, `DialReset`, `NotAllowed` (the peer refused: the
+    /// message says why), `InvalidAddress` (bad NodeId, unknown alias, bad service name or
+    /// token), `Timeout`, `HandshakeFailed`, `NodeClosed`; `ValueError` for a `first` longer
+    /// than 65,518 bytes.
     #[pyo3(signature = (peer, service, token=None, *, first=None))]
     fn dial<'py>(
         &self,

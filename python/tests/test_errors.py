@@ -24,6 +24,8 @@ def test_the_installed_wheel_is_under_test() -> None:
 def test_exception_hierarchy() -> None:
     for name in [
         "PeerOffline",
+        "PeerBusy",
+        "DialReset",
         "NotAllowed",
         "RelayRefused",
         "RelayUnreachable",

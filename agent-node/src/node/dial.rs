@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use nullport_protocol::relay_link::{
-    self, LinkErrorCode, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode,
+    self, LinkErrorCode, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode, STREAM_BUSY,
 };
 use nullport_protocol::resume::Opening;
 use nullport_protocol::{DialRequest, NodeId, ServiceName, SessionId};
@@ -23,7 +23,7 @@ use super::slot::Slot;
 use crate::channel::Channel;
 use crate::drain::Drain;
 use crate::error::{Error, LinkLost};
-use crate::handshake::{First, initiate, refused_busy};
+use crate::handshake::{First, initiate, stream_reset};
 use crate::link::read_message;
 
 /// Dials `target` through the relay link `conn`; `Ok(None)` when the relay answers that the
@@ -47,12 +47,11 @@ async fn dial_via(
         }
         other => other,
     };
-    result.map_err(|e| {
-        if refused_busy(&e) {
-            Error::PeerBusy(target)
-        } else {
-            e
-        }
+    // A reset of the dial stream is the callee's (or the relay's) doing, not a lost link.
+    result.map_err(|e| match stream_reset(&e) {
+        Some(code) if code == u64::from(STREAM_BUSY) => Error::PeerBusy(target),
+        Some(code) => Error::DialReset { peer: target, code },
+        None => e,
     })
 }
 
@@ -356,7 +355,10 @@ impl Walk {
             // The callee's own answer (after the handshake proved it) ends the walk, and so
             // does this node shutting down.
             Err(e @ (Error::Denied { .. } | Error::Shutdown)) => Some(Err(e)),
-            Err(e @ (Error::RelayLinkLost(_) | Error::RelayUnreachable(_))) => {
+            Err(
+                e
+                @ (Error::RelayLinkLost(_) | Error::RelayUnreachable(_) | Error::DialReset { .. }),
+            ) => {
                 self.last_error = Some(e);
                 None
             }

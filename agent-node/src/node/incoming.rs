@@ -96,12 +96,12 @@ pub(super) async fn handle_incoming(
         // starve the node's other links.
         let Ok(_link_permit) = link.pending.clone().try_acquire_owned() else {
             tracing::warn!(relay = %link.relay, "too many handshakes in progress on this relay link; refusing");
-            let _ = send.reset(STREAM_BUSY.into());
+            refuse_busy(&mut send, &mut recv);
             return;
         };
         let Ok(_permit) = inner.pending.clone().try_acquire_owned() else {
             tracing::warn!("too many handshakes in progress; refusing");
-            let _ = send.reset(STREAM_BUSY.into());
+            refuse_busy(&mut send, &mut recv);
             return;
         };
         let slot_count = {
@@ -112,7 +112,7 @@ pub(super) async fn handle_incoming(
             if *n >= limits.max_pending_per_peer {
                 tracing::warn!("too many handshakes from this caller; refusing");
                 drop(m);
-                let _ = send.reset(STREAM_BUSY.into());
+                refuse_busy(&mut send, &mut recv);
                 return;
             }
             *n += 1;
@@ -163,4 +163,11 @@ pub(super) async fn handle_incoming(
     }
     .instrument(span)
     .await;
+}
+
+/// Refuses an incoming dial before its handshake: both directions end with the busy code,
+/// which the relay passes on and the caller reports as [`crate::Error::PeerBusy`].
+fn refuse_busy(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
+    let _ = send.reset(STREAM_BUSY.into());
+    let _ = recv.stop(STREAM_BUSY.into());
 }

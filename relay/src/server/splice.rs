@@ -16,15 +16,16 @@ use crate::server::shared::{Shared, Side};
 /// Largest chunk read at once.
 const CHUNK: usize = 64 * 1024;
 
-/// Copies `from` to `to` until the end of the stream or an error, then propagates it: a
-/// clean end as a clean end (FIN), anything else as a reset, so truncation is never dressed
-/// up as completion.
 /// The per-node counters a pump adds to: the sending node's and the receiving node's.
 pub(crate) struct Counted {
     pub(crate) sender: Option<Arc<crate::nodes::NodeCounters>>,
     pub(crate) receiver: Option<Arc<crate::nodes::NodeCounters>>,
 }
 
+/// Copies `from` to `to` until the end of the stream or an error, then propagates it: a
+/// clean end as a clean end (FIN), anything else as a reset, so truncation is never dressed
+/// up as completion. A reset's or a stop's code is passed on to the other node (a
+/// callee's "busy" reaches its caller).
 pub(crate) async fn pump(
     shared: Arc<Shared>,
     session: SessionId,
@@ -37,8 +38,10 @@ pub(crate) async fn pump(
     loop {
         let chunk = tokio::select! {
             r = from.read_chunk(CHUNK, true) => r,
-            _ = to.stopped() => {
-                let _ = from.stop(0u32.into());
+            stopped = to.stopped() => {
+                // A stop's code is passed on, as a reset's is below.
+                let code = stopped.ok().flatten().unwrap_or(0u32.into());
+                let _ = from.stop(code);
                 return;
             }
         };
@@ -51,8 +54,12 @@ pub(crate) async fn pump(
                 }
                 let (chunks, finish) = shared.hook_chunk(session, side, chunk.bytes);
                 for bytes in chunks {
-                    if to.write_chunk(bytes).await.is_err() {
-                        let _ = from.stop(0u32.into());
+                    if let Err(e) = to.write_chunk(bytes).await {
+                        let code = match e {
+                            quinn::WriteError::Stopped(code) => code,
+                            _ => 0u32.into(),
+                        };
+                        let _ = from.stop(code);
                         return;
                     }
                 }

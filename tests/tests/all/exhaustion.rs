@@ -196,13 +196,19 @@ async fn a_callee_at_its_handshake_cap_answers_busy_and_the_caller_says_so() {
     let mut streams = half_open_dials(&conn, b.node_id(), 9).await;
     // The ninth is refused with the busy code, passed on by the relay.
     let mut refused = 0;
-    for (_, recv) in &mut streams {
+    for (send, recv) in &mut streams {
         let mut buf = [0u8; 64];
         loop {
             match tokio::time::timeout(Duration::from_millis(500), recv.read(&mut buf)).await {
                 Ok(Ok(Some(_))) => continue, // the Dialed answer
                 Ok(Err(quinn::ReadError::Reset(code))) => {
                     assert_eq!(code, relay_link::STREAM_BUSY.into());
+                    // B stopped reading it with the same code, and the relay passed the
+                    // stop on too.
+                    let stopped = tokio::time::timeout(Duration::from_secs(5), send.stopped())
+                        .await
+                        .expect("the refused dial was never stopped");
+                    assert_eq!(stopped, Ok(Some(relay_link::STREAM_BUSY.into())));
                     refused += 1;
                     break;
                 }
@@ -231,6 +237,52 @@ async fn a_callee_at_its_handshake_cap_answers_busy_and_the_caller_says_so() {
             Err(e) => panic!("{e}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_the_callee_cuts_is_a_dial_reset_and_the_relay_link_stays_up() {
+    let net = TestNet::start().await;
+    let a = net.node().await;
+    let b = Arc::new(net.node().await);
+    let _server = nullport_tests::serve_echo(b.clone());
+    // C, on a raw relay link, cuts every incoming dial once the relay has announced it:
+    // reset and stop with code 7.
+    let (_ep, conn, c) = nullport_tests::raw_connect(&net, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let _control = raw_hello(&conn).await;
+    let cutter = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let header = nullport_tests::read_relay_answer(&mut recv).await;
+                assert!(
+                    matches!(header, Ok(relay_link::RelayToNode::Incoming { .. })),
+                    "{header:?}"
+                );
+                let _ = send.reset(7u32.into());
+                let _ = recv.stop(7u32.into());
+            }
+        })
+    };
+    // The caller names the cut, its peer and its code, instead of "relay link lost".
+    for _ in 0..3 {
+        let r = a.dial(c.node_id(), "echo").await;
+        assert!(
+            matches!(&r, Err(nullport_node::Error::DialReset { peer, code: 7 }) if *peer == c.node_id()),
+            "{r:?}"
+        );
+    }
+    // Its relay link is up: the next dial, to B, goes through on it at once.
+    let started = Instant::now();
+    let mut ch = a.dial(b.node_id(), "echo").await.unwrap();
+    ch.write_all(b"still here").await.unwrap();
+    ch.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    ch.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"still here");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    cutter.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
