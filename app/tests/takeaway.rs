@@ -899,12 +899,15 @@ async fn a_rotation_of_the_revoker_never_lifts_its_revocations() {
     net.daemons.remove(0);
     net.up(&tool).await;
     // Right after the restart the relay may still route to the old daemon's connection
-    // until it notices it is gone (a dial that times out or finds the tool offline); a
-    // liveness bound, not a timing target.
+    // until it notices it is gone (a dial that times out, finds the tool offline, or is cut
+    // by the relay); a liveness bound, not a timing target.
     let started = Instant::now();
     let e = loop {
         let e = fails(&agent, &["pipe", "tool/hello"]).await;
-        let transient = e.contains("timed out") || e.contains("offline") || e.contains("busy");
+        let transient = e.contains("timed out")
+            || e.contains("offline")
+            || e.contains("busy")
+            || e.contains("was cut while it was being set up");
         if !transient || started.elapsed() > Duration::from_secs(30) {
             break e;
         }
