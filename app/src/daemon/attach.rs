@@ -97,11 +97,19 @@ pub(crate) async fn attach(
             return;
         }
     };
+    // What a `pipe`'s standard input already holds goes out with the handshake's last
+    // message (not through the MCP caller side, which must read every message first).
+    let first = match &local {
+        LocalEnd::Stdio(stdio) if !request.mcp => {
+            FirstBytes::Ready(Box::new(|buf| stdio.take_ready(buf)))
+        }
+        _ => FirstBytes::Bytes(Vec::new()),
+    };
     let out = match open_channel(
         state,
         (&request.peer, &request.service),
         request.token,
-        FirstBytes::Bytes(Vec::new()),
+        first,
     )
     .await
     {

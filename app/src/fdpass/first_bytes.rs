@@ -1,12 +1,13 @@
 //! A handed-over connection's first bytes and failed ends: peeking what the client sent
 //! during the handshake (a dial's first bytes), taking it once the channel is open, and
-//! closing as a reset when the channel failed.
+//! closing as a reset when the channel failed; what a `pipe`'s standard input already holds.
 
 use std::io;
 
 use rustix::net::RecvFlags;
+use tokio::io::Interest;
 
-use super::LocalSocket;
+use super::{Input, LocalSocket, LocalStdio};
 
 impl LocalSocket {
     /// Makes closing this connection a reset, not a clean end (TCP; a Unix socket closed
@@ -49,5 +50,24 @@ impl LocalSocket {
             }
         }
         Ok(())
+    }
+}
+
+impl LocalStdio {
+    /// Reads what standard input already holds into `buf`, without waiting: a `pipe`'s
+    /// first bytes ([`nullport_node::FirstBytes::Ready`]). A pipe cannot give bytes back, so
+    /// they are taken: if the dial then fails, `pipe` fails with them consumed, as it would
+    /// had it read them itself. 0 when nothing is ready, for a regular file (read through
+    /// blocking calls off the runtime, so not here), or on an error (which the splice that
+    /// follows meets again).
+    pub fn take_ready(&self, buf: &mut [u8]) -> usize {
+        let taken = match &self.input {
+            Input::Pipe(r) => r.try_read(buf),
+            Input::Socket(s) => s.try_io(Interest::READABLE, |fd| {
+                rustix::net::recv(fd, &mut *buf, RecvFlags::DONTWAIT).map(|(n, _)| n)
+            }),
+            Input::File(_) => return 0,
+        };
+        taken.unwrap_or(0)
     }
 }
