@@ -341,7 +341,14 @@ enum SharedSocket {
 
 impl SharedSocket {
     fn new(fd: OwnedFd) -> io::Result<Self> {
-        use rustix::net::AddressFamily;
+        use rustix::net::{AddressFamily, SocketType};
+        // A datagram or packet socket would cut messages larger than a read to the read's
+        // size, and has no end of stream: only byte streams are carried.
+        if rustix::net::sockopt::socket_type(&fd)? != SocketType::STREAM {
+            return Err(io::Error::other(
+                "a datagram or packet socket, not a byte stream (use a stream socket or a pipe)",
+            ));
+        }
         let domain = rustix::net::sockopt::socket_domain(&fd)?;
         if domain == AddressFamily::UNIX {
             UnixStream::from_std(std::os::unix::net::UnixStream::from(fd)).map(Self::Unix)

@@ -308,6 +308,70 @@ async fn pipe_sends_what_its_input_holds_with_the_handshake() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn pipe_refuses_a_datagram_or_packet_socket_on_standard_input() {
+    // Such a socket cuts a message larger than one read to the read's size and never ends:
+    // refused with a clear error, never carried with bytes silently lost.
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+    let (_net, _tool, agent) = echo_pair().await;
+    for kind in [SocketType::SEQPACKET, SocketType::DGRAM] {
+        let (ours, theirs) =
+            socketpair(AddressFamily::UNIX, kind, SocketFlags::CLOEXEC, None).unwrap();
+        rustix::net::send(&ours, &pattern(100_000), rustix::net::SendFlags::empty()).unwrap();
+        let out = Command::new(NULLPORT)
+            .arg("--home")
+            .arg(&agent)
+            .args(["pipe", "tool/echo"])
+            .stdin(std::fs::File::from(theirs))
+            .output()
+            .await
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{kind:?}: {said}");
+        assert!(
+            said.contains("standard input: a datagram or packet socket, not a byte stream"),
+            "{kind:?}: {said}"
+        );
+        assert!(out.stdout.is_empty());
+        drop(ours);
+    }
+    no_channels(&agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipe_whose_daemon_dies_during_the_dial_says_so() {
+    let mut net = Net::start().await;
+    let (agent, _) = net.node("agent").await;
+    net.up(&agent).await;
+    // The callee never decides: the dial waits for its verdict.
+    let (callee, callee_id) = net.library_node().await;
+    let (mut child, _stdin) = spawn_pipe(&agent, &format!("{}/svc", callee_id.node_id()));
+    let held = tokio::time::timeout(Duration::from_secs(10), callee.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut daemon = net.daemons.pop().unwrap();
+    daemon.kill().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("pipe did not notice its daemon died")
+        .unwrap();
+    let mut said = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("closed the connection before answering (it stopped or crashed"),
+        "{said}"
+    );
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn killing_pipe_closes_the_channel_at_the_callee() {
     let (_net, tool, agent) = pair().await;
     // The callee's service: reports its first bytes, then the end of its connection.

@@ -467,6 +467,11 @@ pub(crate) async fn control_with_fds(
                     home.dir().display()
                 )
             }
+            // It took the request and closed without an answer: it stopped or crashed.
+            std::io::ErrorKind::UnexpectedEof => anyhow!(
+                "the nullport daemon for {} closed the connection before answering (it stopped or crashed; see its log, and `nullport up` to start it again)",
+                home.dir().display()
+            ),
             _ => anyhow!("control socket {}: {e}", home.socket().display()),
         })
 }
