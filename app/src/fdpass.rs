@@ -368,6 +368,13 @@ impl SharedSocket {
         }
     }
 
+    /// One non-blocking read into `buf` (`WouldBlock` when nothing is there).
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.try_io(Interest::READABLE, |fd| {
+            rustix::net::recv(fd, &mut *buf, RecvFlags::DONTWAIT).map(|(n, _)| n)
+        })
+    }
+
     /// One non-blocking call (`op` gets the descriptor); `WouldBlock` clears the readiness.
     fn try_io<R>(
         &self,
@@ -512,11 +519,7 @@ impl AsyncRead for LocalStdio {
         };
         loop {
             ready!(socket.poll_ready(cx, Interest::READABLE))?;
-            let unfilled = buf.initialize_unfilled();
-            let read = socket.try_io(Interest::READABLE, |fd| {
-                rustix::net::recv(fd, &mut *unfilled, RecvFlags::DONTWAIT).map(|(n, _)| n)
-            });
-            match read {
+            match socket.try_recv(buf.initialize_unfilled()) {
                 Ok(n) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));

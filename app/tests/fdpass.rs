@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
+use nullport_tests::upstream::Upstream;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -220,38 +221,12 @@ async fn pipe_reads_a_regular_file_on_standard_input() {
     assert!(out.stdout == data, "bytes differ");
 }
 
-/// Counts the bytes the relay carried from callers to callees.
-#[derive(Debug, Default)]
-struct Upstream(std::sync::atomic::AtomicUsize);
-
-impl nullport_relay::testing::SpliceHook for Upstream {
-    fn on_chunk(
-        &self,
-        _session: nullport_protocol::SessionId,
-        direction: nullport_relay::testing::Direction,
-        chunk: bytes::Bytes,
-    ) -> nullport_relay::testing::HookOutput {
-        if direction == nullport_relay::testing::Direction::CallerToTarget {
-            self.0
-                .fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
-        }
-        nullport_relay::testing::HookOutput::forward(vec![chunk])
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn pipe_sends_what_its_input_holds_with_the_handshake() {
     let upstream = std::sync::Arc::new(Upstream::default());
     let mut net = Net {
         dir: tempfile::tempdir().unwrap(),
-        relay: nullport_tests::TestNet::start_with(nullport_tests::RelayOptions {
-            hooks: nullport_relay::testing::TestHooks {
-                splice: Some(upstream.clone()),
-                ..Default::default()
-            },
-            ..Default::default()
-        })
-        .await,
+        relay: nullport_tests::TestNet::start_with(Upstream::relay_options(&upstream)).await,
         daemons: Vec::new(),
     };
     let (agent, _) = net.node("agent").await;
@@ -268,20 +243,9 @@ async fn pipe_sends_what_its_input_holds_with_the_handshake() {
         .await
         .unwrap()
         .unwrap();
-    let want = 34 + 168 + (2 + 1 + request.len() + 16);
-    let crossed = async {
-        while upstream.0.load(std::sync::atomic::Ordering::Relaxed) < want {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), crossed)
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "{} of {want} bytes crossed before the verdict",
-                upstream.0.load(std::sync::atomic::Ordering::Relaxed)
-            )
-        });
+    upstream
+        .wait_last_session_up(34 + 168 + (2 + 1 + request.len() + 16))
+        .await;
     // Read only once accepted, intact; the channel then goes on as any other.
     let mut channel = incoming.accept().await.unwrap();
     let mut got = vec![0u8; request.len()];

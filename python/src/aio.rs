@@ -240,18 +240,21 @@ where
     let target = future.clone().unbind();
     let task = pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
         let result = CatchUnwind(Box::pin(fut)).await;
-        let deliver: Deliver = Box::new(move |py, to_python| match result {
-            Ok(Ok(value)) if !to_python => {
-                give_back(value);
-                None
+        let deliver: Deliver = Box::new(move |py, to_python| {
+            if !to_python {
+                if let Ok(Ok(value)) = result {
+                    give_back(value);
+                }
+                return None;
             }
-            _ if !to_python => None,
-            Ok(Ok(value)) => Some(value.into_py_any(py)),
-            Ok(Err(e)) => Some(Err(e)),
-            Err(panic) => Some(Err(PyRuntimeError::new_err(format!(
-                "nullport: internal error (a Rust panic): {}",
-                panic_message(&*panic)
-            )))),
+            Some(match result {
+                Ok(Ok(value)) => value.into_py_any(py),
+                Ok(Err(e)) => Err(e),
+                Err(panic) => Err(PyRuntimeError::new_err(format!(
+                    "nullport: internal error (a Rust panic): {}",
+                    panic_message(&*panic)
+                ))),
+            })
         });
         shared.complete(Completion {
             future: target,

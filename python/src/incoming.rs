@@ -54,9 +54,7 @@ impl Incoming {
             None => Err(channel),
         };
         if let Err(channel) = returned {
-            pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
-                let _ = channel.deny(DenyReason::Unavailable).await;
-            });
+            deny_unavailable(channel);
         }
     }
 
@@ -71,11 +69,16 @@ impl Drop for Incoming {
         // Undecided: the caller is told the service is unavailable, instead of waiting out
         // its dial or seeing a broken stream.
         if let Some(incoming) = self.take() {
-            pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
-                let _ = incoming.deny(DenyReason::Unavailable).await;
-            });
+            deny_unavailable(incoming);
         }
     }
+}
+
+/// Tells an undecided caller, in the background, that the service is unavailable.
+fn deny_unavailable(incoming: IncomingChannel) {
+    pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+        let _ = incoming.deny(DenyReason::Unavailable).await;
+    });
 }
 
 fn decided() -> PyErr {

@@ -425,9 +425,6 @@ fn next_incoming_coro<'py>(
 }
 
 async fn next_incoming(shared: &NodeShared) -> Option<Incoming> {
-    shared
-        .listening
-        .store(true, std::sync::atomic::Ordering::Release);
     let incoming = shared.incoming.lock().await.recv().await?;
     Some(Incoming::new(incoming, shared.requeue.clone()))
 }

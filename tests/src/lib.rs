@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod fuzz;
 pub mod netns;
 pub mod skip;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

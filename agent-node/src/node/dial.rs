@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use nullport_protocol::relay_link::{
-    self, LinkErrorCode, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode, STREAM_BUSY,
+    self, LinkErrorCode, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode,
 };
 use nullport_protocol::resume::Opening;
 use nullport_protocol::{DialRequest, NodeId, ServiceName, SessionId};
@@ -23,7 +23,7 @@ use super::slot::Slot;
 use crate::channel::Channel;
 use crate::drain::Drain;
 use crate::error::{Error, LinkLost};
-use crate::handshake::{First, initiate, stream_reset};
+use crate::handshake::{First, initiate, refused_busy, stream_reset};
 use crate::link::read_message;
 
 /// Dials `target` through the relay link `conn`; `Ok(None)` when the relay answers that the
@@ -49,7 +49,7 @@ async fn dial_via(
     };
     // A reset of the dial stream is the callee's (or the relay's) doing, not a lost link.
     result.map_err(|e| match stream_reset(&e) {
-        Some(code) if code == u64::from(STREAM_BUSY) => Error::PeerBusy(target),
+        Some(_) if refused_busy(&e) => Error::PeerBusy(target),
         Some(code) => Error::DialReset { peer: target, code },
         None => e,
     })

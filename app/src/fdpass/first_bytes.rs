@@ -5,7 +5,6 @@
 use std::io;
 
 use rustix::net::RecvFlags;
-use tokio::io::Interest;
 
 use super::{Input, LocalSocket, LocalStdio};
 
@@ -63,9 +62,7 @@ impl LocalStdio {
     pub fn take_ready(&self, buf: &mut [u8]) -> usize {
         let taken = match &self.input {
             Input::Pipe(r) => r.try_read(buf),
-            Input::Socket(s) => s.try_io(Interest::READABLE, |fd| {
-                rustix::net::recv(fd, &mut *buf, RecvFlags::DONTWAIT).map(|(n, _)| n)
-            }),
+            Input::Socket(s) => s.try_recv(buf),
             Input::File(_) => return 0,
         };
         taken.unwrap_or(0)

@@ -3,53 +3,19 @@
 //! application only after it accepts, intact and in order, and never after a denial.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use nullport_node::{Error, FirstBytes, Node};
 use nullport_protocol::limits::MAX_FIRST_BYTES;
 use nullport_protocol::{DenyReason, SessionId};
-use nullport_relay::testing::{Direction, HookOutput, SpliceHook, TestHooks};
-use nullport_tests::{RelayOptions, TestNet, pattern};
+use nullport_tests::upstream::Upstream;
+use nullport_tests::{TestNet, pattern};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Counts the bytes each session carried from caller to callee.
-#[derive(Debug, Default)]
-struct Counter {
-    up: Mutex<Vec<(SessionId, usize)>>,
-}
-
-impl Counter {
-    /// Bytes carried caller to callee in the last session that carried any.
-    fn last_session_up(&self) -> usize {
-        self.up.lock().unwrap().last().map_or(0, |(_, n)| *n)
-    }
-}
-
-impl SpliceHook for Counter {
-    fn on_chunk(&self, session: SessionId, direction: Direction, chunk: Bytes) -> HookOutput {
-        if direction == Direction::CallerToTarget {
-            let mut up = self.up.lock().unwrap();
-            match up.iter_mut().find(|(s, _)| *s == session) {
-                Some((_, n)) => *n += chunk.len(),
-                None => up.push((session, chunk.len())),
-            }
-        }
-        HookOutput::forward(vec![chunk])
-    }
-}
-
-async fn net() -> (TestNet, Arc<Counter>, Arc<Node>, Node) {
-    let counter = Arc::new(Counter::default());
-    let net = TestNet::start_with(RelayOptions {
-        hooks: TestHooks {
-            splice: Some(counter.clone()),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
+async fn net() -> (TestNet, Arc<Upstream>, Arc<Node>, Node) {
+    let counter = Arc::new(Upstream::default());
+    let net = TestNet::start_with(Upstream::relay_options(&counter)).await;
     let (a, b) = (Arc::new(net.node().await), net.node().await);
     (net, counter, a, b)
 }
@@ -79,20 +45,9 @@ async fn first_bytes_cross_before_the_verdict_and_are_read_only_after_accept() {
         .await
         .unwrap()
         .unwrap();
-    let want = full_handshake_then_data(MAX_FIRST_BYTES);
-    let crossed = async {
-        while counter.last_session_up() < want {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), crossed)
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "only {} of {want} bytes crossed before the verdict",
-                counter.last_session_up()
-            )
-        });
+    counter
+        .wait_last_session_up(full_handshake_then_data(MAX_FIRST_BYTES))
+        .await;
     assert!(!dial.is_finished(), "the dial waits for the verdict");
     let mut callee = incoming.accept().await.unwrap();
     let mut caller = dial.await.unwrap().unwrap();
