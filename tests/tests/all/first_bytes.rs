@@ -2,8 +2,8 @@
 //! they cross the relay before the callee decides (one round trip saved), reach the callee's
 //! application only after it accepts, intact and in order, and never after a denial.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nullport_node::{Error, FirstBytes, Node};
