@@ -97,7 +97,7 @@ async fn half_open_dials(
     conn: &quinn::Connection,
     target: nullport_protocol::NodeId,
     n: usize,
-) -> Vec<(quinn::SendStream, quinn::RecvStream)> {
+) -> Vec<(StopWatch, quinn::RecvStream)> {
     let mut streams = Vec::new();
     for _ in 0..n {
         let (mut send, recv) = conn.open_bi().await.unwrap();
@@ -109,10 +109,23 @@ async fn half_open_dials(
         )
         .unwrap();
         let _ = send.write_all(&buf).await;
-        streams.push((send, recv));
+        // A refused dial's stream is stopped by the callee (through the relay); quinn does
+        // not answer a stop by itself, and a stream never reset keeps counting against the
+        // relay's stream limit for this connection, which would stall the next `open_bi`
+        // until the connection idles out. So the sending half is reset once stopped, with
+        // the stop's code, as a client that drops it would.
+        let watch = tokio::spawn(async move {
+            let code = send.stopped().await.ok().flatten()?;
+            let _ = send.reset(code);
+            Some(code)
+        });
+        streams.push((watch, recv));
     }
     streams
 }
+
+/// The stop code a half-open dial's sending half received (`None`: the connection ended).
+type StopWatch = tokio::task::JoinHandle<Option<quinn::VarInt>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_flood_at_a_callee_is_capped_per_caller() {
@@ -196,7 +209,7 @@ async fn a_callee_at_its_handshake_cap_answers_busy_and_the_caller_says_so() {
     let mut streams = half_open_dials(&conn, b.node_id(), 9).await;
     // The ninth is refused with the busy code, passed on by the relay.
     let mut refused = 0;
-    for (send, recv) in &mut streams {
+    for (watch, recv) in &mut streams {
         let mut buf = [0u8; 64];
         loop {
             match tokio::time::timeout(Duration::from_millis(500), recv.read(&mut buf)).await {
@@ -205,10 +218,11 @@ async fn a_callee_at_its_handshake_cap_answers_busy_and_the_caller_says_so() {
                     assert_eq!(code, relay_link::STREAM_BUSY.into());
                     // B stopped reading it with the same code, and the relay passed the
                     // stop on too.
-                    let stopped = tokio::time::timeout(Duration::from_secs(5), send.stopped())
+                    let stopped = tokio::time::timeout(Duration::from_secs(5), watch)
                         .await
-                        .expect("the refused dial was never stopped");
-                    assert_eq!(stopped, Ok(Some(relay_link::STREAM_BUSY.into())));
+                        .expect("the refused dial was never stopped")
+                        .unwrap();
+                    assert_eq!(stopped, Some(relay_link::STREAM_BUSY.into()));
                     refused += 1;
                     break;
                 }
