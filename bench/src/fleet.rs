@@ -195,9 +195,8 @@ pub async fn run(quick: bool, json: Option<PathBuf>) -> Result<()> {
     // A dial across relays right after the callee's link came up has been seen to say
     // "offline" (once, in a CI run; cause not traced): wait until a caller on X reaches the
     // callee on Y before timing anything across.
-    let prober = fleet.node_on(x).await?;
     let probe = NodeOpener {
-        node: Arc::new(prober),
+        node: Arc::new(fleet.node_on(x).await?),
         peer: cross_callee.node_id(),
     };
     reachable(&probe, Duration::from_secs(30)).await?;
