@@ -195,6 +195,18 @@ impl Channel {
         self.bytes_out += n as u64;
     }
 
+    /// Makes `first` (the first bytes a resumed open's R1 carried) the first data this
+    /// channel reads. Only on a fresh channel, before any read.
+    pub(crate) fn preload(&mut self, first: Vec<u8>) {
+        if first.is_empty() {
+            return;
+        }
+        self.bytes_in += first.len() as u64;
+        self.plain_pos = 0;
+        self.plain_end = first.len();
+        self.plain = first;
+    }
+
     /// A handle that ends this channel with a reason from anywhere (see [`AbortHandle`]).
     pub fn abort_handle(&self) -> AbortHandle {
         self.abort.clone()

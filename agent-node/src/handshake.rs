@@ -8,6 +8,7 @@ use std::time::Instant;
 use nullport_protocol::limits::{MAX_FIRST_BYTES, MAX_NOISE_MESSAGE};
 use nullport_protocol::relay_link::STREAM_BUSY;
 use nullport_protocol::resume::{self, Answered, Opening, Resumed};
+use nullport_protocol::wire::Replaced;
 use nullport_protocol::{
     Deframer, DenyReason, HandshakeKeys, Limits, NodeId, Request, Responder, SessionId,
 };
@@ -68,10 +69,13 @@ impl std::fmt::Debug for FirstBytes<'_> {
 /// A dial's first bytes, taken once, and whether they may have left this node.
 pub(crate) struct First<'a> {
     source: Mutex<Option<FirstBytes<'a>>>,
-    /// How many bytes were handed to the stream (0: none yet). Set before the write that
-    /// carries them: from then on the callee may have read them, so the dial is never
-    /// tried again elsewhere.
+    /// How many bytes were handed to the stream behind a full handshake (0: none yet). Set
+    /// before the write that carries them: from then on the callee may have read them, so
+    /// the dial is never tried again elsewhere. (Bytes a resumed open's R1 carried do not
+    /// count: the dial's next open names that R1, so the callee takes them once.)
     sent: AtomicUsize,
+    /// Resumed opens of this dial given up so far, for its next open to name.
+    given_up: Mutex<Vec<Replaced>>,
 }
 
 impl<'a> First<'a> {
@@ -79,6 +83,29 @@ impl<'a> First<'a> {
         Self {
             source: Mutex::new(Some(source)),
             sent: AtomicUsize::new(0),
+            given_up: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A copy of the first bytes for R1 of a resumed open, if they are known now
+    /// ([`FirstBytes::Bytes`]; a [`FirstBytes::Ready`] source is read only after the
+    /// answer, when more is ready). The source keeps them for a later open of the dial.
+    pub(crate) fn for_r1(&self) -> Vec<u8> {
+        match self.source.lock().ok().as_deref() {
+            Some(Some(FirstBytes::Bytes(bytes))) => bytes.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The resumed opens of this dial given up so far.
+    pub(crate) fn given_up(&self) -> Vec<Replaced> {
+        self.given_up.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// Records a resumed open of this dial that did not become a channel.
+    pub(crate) fn give_up(&self, open: Replaced) {
+        if let Ok(mut g) = self.given_up.lock() {
+            g.push(open);
         }
     }
 
@@ -134,6 +161,11 @@ pub(crate) async fn initiate(
     drain: Drain,
 ) -> Result<Channel, Error> {
     let resumed = opening.is_resumed();
+    let carried = if opening.carried_first() {
+        first.for_r1().len()
+    } else {
+        0
+    };
     let result = open(
         keys,
         opening,
@@ -146,7 +178,7 @@ pub(crate) async fn initiate(
     match result {
         Ok((inner, deframer)) => {
             let mut channel = Channel::new(inner, send, recv, deframer, Vec::new(), drain);
-            channel.count_sent(first.sent.load(Ordering::Acquire));
+            channel.count_sent(first.sent.load(Ordering::Acquire).max(carried));
             Ok(channel)
         }
         // Refused before the handshake began: the secret is still good.
@@ -180,18 +212,20 @@ async fn open(
         out.clear();
         match opening.handle_response(keys, &answer, Instant::now(), &mut out)? {
             Answered::Verdict(mut awaiting) => {
-                // The first bytes ride in the same write as message 3 (or Confirm); the
-                // callee reads them only once it has accepted.
-                let bytes = first.take();
-                awaiting.seal_first(&bytes, &mut out)?;
-                first.sent.store(bytes.len(), Ordering::Release);
+                // The first bytes ride in the same write as message 3 (or right after R2 when
+                // R1 did not carry them); the callee reads them only once it has accepted.
+                if awaiting.wants_first() {
+                    let bytes = first.take();
+                    first.sent.store(bytes.len(), Ordering::Release);
+                    awaiting.seal_first(&bytes, &mut out)?;
+                }
                 if !out.is_empty() {
                     write_all(send, &out).await?;
                 }
                 break awaiting;
             }
             Answered::Retry(full) => {
-                tracing::debug!("callee holds no resumption ticket; full handshake");
+                tracing::debug!("callee refused the resumed open; full handshake");
                 write_all(send, &out).await?;
                 opening = *full;
             }
@@ -217,6 +251,9 @@ async fn open(
 /// [`accept`]: IncomingChannel::accept
 pub struct IncomingChannel {
     request: Request,
+    /// The first bytes a resumed open's R1 carried, read by the application only after
+    /// [`IncomingChannel::accept`].
+    first: Vec<u8>,
     send: quinn::SendStream,
     held: Held,
     session: SessionId,
@@ -272,6 +309,7 @@ impl IncomingChannel {
             out,
             self.drain,
         );
+        channel.preload(self.first);
         tokio::io::AsyncWriteExt::flush(&mut channel)
             .await
             .map_err(|e| LinkLost::Stream(e.kind()))?;
@@ -323,12 +361,10 @@ pub(crate) async fn respond(
                 Instant::now(),
                 &mut out,
             )? {
-                Resumed::Confirming(confirming) => {
-                    // R2 now; the request reaches the application only once the caller's
-                    // Confirm shows it is live (not an R1 a relay withheld or replayed).
+                Resumed::Opened(request) => {
+                    // R2 now (the verdict follows when the application decides).
                     write_all(&mut send, &out).await?;
-                    let confirm = next_message(&mut recv, &mut deframer).await?;
-                    break 'request confirming.handle_confirm(&confirm, Instant::now())?;
+                    break 'request request;
                 }
                 Resumed::Refused => {
                     write_all(&mut send, &out).await?;
@@ -343,8 +379,22 @@ pub(crate) async fn respond(
         let msg3 = next_message(&mut recv, &mut deframer).await?;
         awaiting.handle_finish(&msg3, Instant::now())?
     };
+    if request.is_duplicate() {
+        // An earlier open of this dial, one a relay told the caller had failed, reached this
+        // node and took effect: this one is denied before the application sees it.
+        tracing::warn!(peer = %caller, "an open replaced one that already took effect; denied as a duplicate");
+        out.clear();
+        request.deny(DenyReason::Duplicate, &mut out)?;
+        write_all(&mut send, &out).await?;
+        let _ = send.finish();
+        drain.hand_over(&send);
+        return Err(nullport_protocol::Error::Replayed.into());
+    }
+    let mut request = request;
+    let first = request.take_first();
     Ok(IncomingChannel {
         request,
+        first,
         send,
         held: Held::start(recv, deframer),
         session,

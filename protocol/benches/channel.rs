@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use nullport_protocol::resume::{self, Answered, Opening, Resumed};
+use nullport_protocol::resume::{self, Answered, Early, Opening, Resumed};
 use nullport_protocol::{
     Channel, Deframer, DialRequest, HandshakeKeys, Identity, Initiator, Limits, Received,
     Responder, ServiceName, SessionId,
@@ -197,12 +197,12 @@ fn resumed(
         service: ServiceName::new("bench")?,
         blob: Vec::new(),
     };
-    let opening = Opening::start(ka, dial, limits, now, &mut buf)?;
+    let opening = Opening::start(ka, dial, Early::default(), limits, now, &mut buf)?;
     if !opening.is_resumed() {
         return Err("no resumption ticket".into());
     }
     let mut r2 = Vec::new();
-    let Resumed::Confirming(confirming) = resume::respond(
+    let Resumed::Opened(req) = resume::respond(
         kb,
         ka.node_id(),
         SessionId(session),
@@ -218,7 +218,6 @@ fn resumed(
     let Answered::Verdict(verdict) = opening.handle_response(ka, &r2[2..], now, &mut buf)? else {
         return Err("resumed open answered REFUSED".into());
     };
-    let req = confirming.handle_confirm(&buf[2..], now)?;
     let mut out = Vec::new();
     let cb = req.accept(&mut out)?;
     let ca = verdict.handle_verdict(&out[2..], now)?;

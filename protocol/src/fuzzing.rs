@@ -438,7 +438,7 @@ pub fn resume_responder(data: &[u8], genuine_id: bool) {
         &mut out,
     );
     assert!(
-        !matches!(r, Ok(Resumed::Confirming(_))),
+        !matches!(r, Ok(Resumed::Opened(_))),
         "forged resumed open accepted"
     );
 }
@@ -453,7 +453,11 @@ pub fn resume_initiator(data: &[u8]) {
         return;
     };
     let mut out = Vec::new();
-    let Ok(opening) = Opening::start(&a, request, Limits::default(), now, &mut out) else {
+    let early = crate::resume::Early {
+        first: b"first",
+        replaces: &[],
+    };
+    let Ok(opening) = Opening::start(&a, request, early, Limits::default(), now, &mut out) else {
         return;
     };
     let (answer, verdict) = data.split_at(data.len().min(crate::resume::R2_LEN + 1));
@@ -469,8 +473,8 @@ pub fn resume_initiator(data: &[u8]) {
 }
 
 /// The request inside R1, behind the AEAD: a genuine caller encrypts `data` as R1's payload.
-/// Property: a request only when `data` is exactly one well-formed service and blob, and
-/// then with exactly those.
+/// Property: a request only when `data` is a well-formed payload (age, given-up opens,
+/// service, blob, first bytes), and then with exactly its service, blob and first bytes.
 pub fn resume_payload(data: &[u8]) {
     use crate::resume::{R1_HEADER_LEN, Resumed, respond};
     let now = Instant::now();
@@ -506,12 +510,13 @@ pub fn resume_payload(data: &[u8]) {
         now,
         &mut out,
     );
-    let expected = crate::wire::decode_service_blob(data, "fuzz").ok();
+    let expected = crate::resume::R1Payload::decode(data).ok();
     match (got, expected) {
-        (Ok(Resumed::Confirming(req)), Some((service, blob))) => {
-            assert_eq!((req.service(), req.blob()), (&service, &blob[..]));
+        (Ok(Resumed::Opened(mut req)), Some(p)) => {
+            assert_eq!((req.service(), req.blob()), (&p.service, &p.blob[..]));
+            assert_eq!(req.take_first(), p.first);
         }
-        (Ok(Resumed::Confirming(_)), None) => panic!("malformed request accepted"),
+        (Ok(Resumed::Opened(_)), None) => panic!("malformed request accepted"),
         (Ok(Resumed::Refused), _) => panic!("live ticket refused"),
         (Err(_), Some(_)) if data.len() + R1_HEADER_LEN + 48 > crate::resume::MAX_R1_LEN => {}
         (Err(e), Some(_)) => panic!("well-formed request refused: {e}"),

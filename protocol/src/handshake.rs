@@ -33,13 +33,18 @@ use crate::frame::write_prefixed;
 use crate::identity::Identity;
 use crate::limits::{
     HANDSHAKE_MSG1_LEN, HANDSHAKE_MSG2_LEN, IDENTITY_PROOF_LEN, Limits, MAX_FIRST_BYTES,
-    MAX_HANDSHAKE_MSG2_LEN, MAX_HANDSHAKE_MSG3_LEN, MAX_HELLO_BLOB, PROTOCOL_VERSION, TAG_LEN,
+    MAX_HANDSHAKE_MSG2_LEN, MAX_HANDSHAKE_MSG3_LEN, MAX_HELLO_BLOB, MAX_REPLACED_LIST,
+    PROTOCOL_VERSION, TAG_LEN,
 };
 use crate::node_id::NodeId;
 use crate::noise;
 use crate::proofs::{ProofCache, check_proof};
+use crate::resume::tickets::Burn;
 use crate::resume::tickets::{PendingTicket, SessionCache};
-use crate::wire::{DenyReason, FrameType, IdentityProof, Msg3Payload, ServiceName};
+use crate::wire::{DenyReason, FrameType, IdentityProof, Msg3Payload, Replaced, ServiceName};
+pub use request::Request;
+
+mod request;
 
 /// Label that starts every prologue.
 const PROLOGUE_LABEL: &[u8] = b"nullport/e2e";
@@ -176,6 +181,8 @@ impl fmt::Debug for DialRequest {
 pub struct Initiator {
     hs: snow::HandshakeState,
     request: DialRequest,
+    /// Resumed opens of the same dial given up before this one (named in message 3).
+    replaces: Vec<Replaced>,
     proof: IdentityProof,
     verified: Arc<ProofCache>,
     sessions: Arc<SessionCache>,
@@ -188,6 +195,19 @@ impl Initiator {
     pub fn start(
         keys: &HandshakeKeys,
         request: DialRequest,
+        limits: Limits,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Result<Self, Error> {
+        Self::start_replacing(keys, request, Vec::new(), limits, now, out)
+    }
+
+    /// Starts a handshake whose message 3 names resumed opens of the same dial that were
+    /// given up ([`crate::resume::Early::replaces`]).
+    pub(crate) fn start_replacing(
+        keys: &HandshakeKeys,
+        request: DialRequest,
+        replaces: Vec<Replaced>,
         limits: Limits,
         now: Instant,
         out: &mut Vec<u8>,
@@ -213,6 +233,7 @@ impl Initiator {
         Ok(Self {
             hs,
             request,
+            replaces,
             proof: keys.proof.clone(),
             verified: keys.verified.clone(),
             sessions: keys.sessions.clone(),
@@ -256,8 +277,10 @@ impl Initiator {
             proof: self.proof,
             service: self.request.service.clone(),
             blob: self.request.blob,
+            replaces: self.replaces,
         };
-        let mut plain = Vec::with_capacity(IDENTITY_PROOF_LEN + 3 + 64 + body.blob.len());
+        let mut plain =
+            Vec::with_capacity(MAX_REPLACED_LIST + IDENTITY_PROOF_LEN + 67 + body.blob.len());
         body.encode(&mut plain);
         let hs = &mut self.hs;
         write_prefixed(out, 32 + TAG_LEN + plain.len() + TAG_LEN, |buf| {
@@ -286,19 +309,26 @@ pub struct AwaitingVerdict {
 }
 
 impl AwaitingVerdict {
-    pub(crate) fn new(channel: Channel, deadline: Instant) -> Self {
+    /// A resumed open's, after R2 (`first_sealed`: R1 carried the first bytes).
+    pub(crate) fn new(channel: Channel, deadline: Instant, first_sealed: bool) -> Self {
         Self {
             channel,
             deadline,
             ticket: None,
-            first_sealed: false,
+            first_sealed,
         }
     }
 
+    /// Whether the dial's first bytes may still be sealed ([`AwaitingVerdict::seal_first`]):
+    /// false once they went out, in R1 of a resumed open or by an earlier call.
+    pub fn wants_first(&self) -> bool {
+        !self.first_sealed
+    }
+
     /// Seals the caller's first application bytes (at most [`MAX_FIRST_BYTES`], once) as
-    /// one data frame (`len || ciphertext`) appended to `out`, to go out in the same write as the handshake's last
-    /// message (message 3, or a resumed open's `Confirm`): one round trip sooner than writing
-    /// them after the verdict.
+    /// one data frame (`len || ciphertext`) appended to `out`, to go out in the same write as
+    /// the handshake's last message (message 3; after R2 of a resumed open whose R1 did not
+    /// carry them): one round trip sooner than writing them after the verdict.
     ///
     /// Both sides are proven by then: the caller checked the callee's proof (or resumption
     /// secret and fresh key), and the frame follows the message that proves the caller.
@@ -478,6 +508,15 @@ impl AwaitingFinish {
                 proven,
             });
         }
+        // The resumed opens this dial gave up can never take effect now; if one already
+        // did, this open is its duplicate.
+        let mut duplicate = false;
+        for given_up in &body.replaces {
+            let burn = self
+                .sessions
+                .burn(&proven, &given_up.id, given_up.counter, now);
+            duplicate |= burn == Burn::AlreadyUsed;
+        }
         let ticket = PendingTicket::derive(&mut self.hs, &self.sessions, proven, self.limits, now);
         let hash = handshake_hash(&self.hs);
         let transport = self.hs.into_transport_mode()?;
@@ -485,71 +524,7 @@ impl AwaitingFinish {
             Channel::new(transport, proven, body.service, hash, self.limits),
             body.blob,
             ticket,
-        ))
-    }
-}
-
-/// An authenticated caller's request, waiting for the callee's decision. No application
-/// byte can flow until [`Request::accept`].
-pub struct Request {
-    pub(crate) channel: Channel,
-    blob: Vec<u8>,
-    /// The resumption secret of this full handshake, kept only if the request is accepted
-    /// (a denied caller gets no cheaper way back).
-    ticket: Option<PendingTicket>,
-}
-
-impl fmt::Debug for Request {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Request")
-            .field("peer", &self.channel.peer())
-            .field("service", self.channel.service())
-            .field("blob_len", &self.blob.len())
-            .finish()
-    }
-}
-
-impl Request {
-    pub(crate) fn new(channel: Channel, blob: Vec<u8>, ticket: Option<PendingTicket>) -> Self {
-        Self {
-            channel,
-            blob,
-            ticket,
-        }
-    }
-
-    /// The caller, as proven by the handshake.
-    pub fn peer(&self) -> NodeId {
-        self.channel.peer()
-    }
-
-    /// The requested service.
-    pub fn service(&self) -> &ServiceName {
-        self.channel.service()
-    }
-
-    /// The opaque blob (capability tokens) the caller sent.
-    pub fn blob(&self) -> &[u8] {
-        &self.blob
-    }
-
-    /// The Noise handshake hash of this channel.
-    pub fn handshake_hash(&self) -> &[u8; 32] {
-        self.channel.handshake_hash()
-    }
-
-    /// Accepts: appends the accept frame to `out` and returns the channel.
-    pub fn accept(mut self, out: &mut Vec<u8>) -> Result<Channel, Error> {
-        self.channel.write_frame(FrameType::Accept, &[], out)?;
-        if let Some(ticket) = self.ticket.take() {
-            ticket.keep();
-        }
-        Ok(self.channel)
-    }
-
-    /// Refuses: appends the deny frame (with only the reason code) to `out`.
-    pub fn deny(mut self, reason: DenyReason, out: &mut Vec<u8>) -> Result<(), Error> {
-        self.channel
-            .write_frame(FrameType::Deny, &[reason.code()], out)
+        )
+        .duplicate_if(duplicate))
     }
 }

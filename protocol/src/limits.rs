@@ -25,8 +25,17 @@ pub const IDENTITY_PROOF_LEN: usize = 32 + 64;
 pub const HANDSHAKE_MSG2_LEN: usize = 32 + (32 + TAG_LEN) + (IDENTITY_PROOF_LEN + TAG_LEN);
 /// Largest message 2 accepted: room for a malformed (overlong) proof to be reported as such.
 pub const MAX_HANDSHAKE_MSG2_LEN: usize = HANDSHAKE_MSG2_LEN + 256;
-/// Largest payload of handshake message 3: proof, service name, blob (with their lengths).
-pub const MAX_MSG3_PAYLOAD: usize = IDENTITY_PROOF_LEN + 1 + MAX_SERVICE_NAME + 2 + MAX_HELLO_BLOB;
+/// Length of a ticket id, the public name both sides give one resumption secret.
+pub const TICKET_ID_LEN: usize = 16;
+/// Most given-up resumed opens one open names ([`crate::wire::Replaced`]).
+pub const MAX_REPLACED: usize = 8;
+/// Largest list of given-up resumed opens in message 3: count, then ticket id and counter
+/// of each.
+pub const MAX_REPLACED_LIST: usize = 1 + MAX_REPLACED * (TICKET_ID_LEN + 8);
+/// Largest payload of handshake message 3: proof, service name, blob (with their lengths),
+/// and the given-up resumed opens it replaces.
+pub const MAX_MSG3_PAYLOAD: usize =
+    IDENTITY_PROOF_LEN + 1 + MAX_SERVICE_NAME + 2 + MAX_HELLO_BLOB + MAX_REPLACED_LIST;
 /// Largest handshake message 3.
 pub const MAX_HANDSHAKE_MSG3_LEN: usize = (32 + TAG_LEN) + MAX_MSG3_PAYLOAD + TAG_LEN;
 

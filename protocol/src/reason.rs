@@ -24,6 +24,10 @@ pub enum DenyReason {
     Expired,
     /// The channel carried nothing for longer than the callee's idle timeout.
     Idle,
+    /// The same dial already reached the callee through a resumed open that a relay told the
+    /// caller had failed: the callee acted on that one, and refuses this one so the request
+    /// takes effect once.
+    Duplicate,
     /// A reason code this version does not know.
     Other(u8),
 }
@@ -40,6 +44,7 @@ impl DenyReason {
             DenyReason::Revoked => 6,
             DenyReason::Expired => 7,
             DenyReason::Idle => 8,
+            DenyReason::Duplicate => 9,
             DenyReason::Other(code) => code,
         }
     }
@@ -55,6 +60,7 @@ impl DenyReason {
             6 => DenyReason::Revoked,
             7 => DenyReason::Expired,
             8 => DenyReason::Idle,
+            9 => DenyReason::Duplicate,
             other => DenyReason::Other(other),
         }
     }
@@ -71,6 +77,9 @@ impl fmt::Display for DenyReason {
             DenyReason::Revoked => f.write_str("access revoked"),
             DenyReason::Expired => f.write_str("capability token expired"),
             DenyReason::Idle => f.write_str("idle for too long"),
+            DenyReason::Duplicate => {
+                f.write_str("already received through an earlier open of the same dial")
+            }
             DenyReason::Other(code) => write!(f, "refused (code {code})"),
         }
     }

@@ -4,7 +4,9 @@
 use std::fmt;
 
 use crate::error::Error;
-use crate::limits::{IDENTITY_PROOF_LEN, MAX_HELLO_BLOB, MAX_SERVICE_NAME};
+use crate::limits::{
+    IDENTITY_PROOF_LEN, MAX_HELLO_BLOB, MAX_REPLACED, MAX_SERVICE_NAME, TICKET_ID_LEN,
+};
 use crate::node_id::NodeId;
 pub use crate::reason::DenyReason;
 
@@ -76,26 +78,79 @@ pub(crate) struct Msg3Payload {
     pub(crate) proof: IdentityProof,
     pub(crate) service: ServiceName,
     pub(crate) blob: Vec<u8>,
+    /// Resumed opens of the same dial that a relay said failed (none: nothing follows the
+    /// blob).
+    pub(crate) replaces: Vec<Replaced>,
 }
 
 impl Msg3Payload {
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         self.proof.encode(out);
         encode_service_blob(&self.service, &self.blob, out);
+        if !self.replaces.is_empty() {
+            out.push(self.replaces.len() as u8); // <= MAX_REPLACED, checked by the initiator
+            for r in &self.replaces {
+                out.extend_from_slice(&r.id);
+                out.extend_from_slice(&r.counter.to_be_bytes());
+            }
+        }
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        const WHAT: &str = "handshake message 3 payload";
         let proof_bytes = bytes
             .get(..IDENTITY_PROOF_LEN)
             .ok_or(Error::BadIdentityProof)?;
         let proof = IdentityProof::decode(proof_bytes)?;
-        let (service, blob) =
-            decode_service_blob(&bytes[IDENTITY_PROOF_LEN..], "handshake message 3 payload")?;
+        let (service, blob, rest) = decode_service_blob_prefix(&bytes[IDENTITY_PROOF_LEN..], WHAT)?;
+        let replaces = match rest.split_first() {
+            None => Vec::new(),
+            Some((&n, list)) => {
+                let n = usize::from(n);
+                if n == 0 || n > MAX_REPLACED || list.len() != n * REPLACED_LEN {
+                    return Err(Error::Malformed { what: WHAT });
+                }
+                list.chunks_exact(REPLACED_LEN)
+                    .map(Replaced::decode)
+                    .collect()
+            }
+        };
         Ok(Self {
             proof,
             service,
             blob,
+            replaces,
         })
+    }
+}
+
+/// Bytes of one [`Replaced`] on the wire: ticket id, counter (u64 BE).
+pub(crate) const REPLACED_LEN: usize = TICKET_ID_LEN + 8;
+
+/// A resumed open (R1) that its caller gave up because a relay said it failed (no such
+/// ticket, the target is not here, a reset, no answer), named in the dial's next open so the
+/// callee burns its counter: if a relay withheld it and delivers it later, it is refused as
+/// a replay, and if it did reach the callee, the later open is refused as a duplicate. Each
+/// dial's request then takes effect at most once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replaced {
+    /// The ticket the given-up open used.
+    pub id: [u8; TICKET_ID_LEN],
+    /// Its counter.
+    pub counter: u64,
+}
+
+impl Replaced {
+    /// Reads one from exactly [`REPLACED_LEN`] bytes.
+    pub(crate) fn decode(bytes: &[u8]) -> Self {
+        let mut id = [0u8; TICKET_ID_LEN];
+        id.copy_from_slice(&bytes[..TICKET_ID_LEN]);
+        let mut counter = [0u8; 8];
+        counter.copy_from_slice(&bytes[TICKET_ID_LEN..REPLACED_LEN]);
+        Self {
+            id,
+            counter: u64::from_be_bytes(counter),
+        }
     }
 }
 
@@ -108,11 +163,11 @@ pub(crate) fn encode_service_blob(service: &ServiceName, blob: &[u8], out: &mut 
     out.extend_from_slice(blob);
 }
 
-/// Reads what [`encode_service_blob`] wrote, exactly (no trailing bytes).
-pub(crate) fn decode_service_blob(
-    bytes: &[u8],
+/// Reads what [`encode_service_blob`] wrote at the start of `bytes`; returns the rest.
+pub(crate) fn decode_service_blob_prefix<'a>(
+    bytes: &'a [u8],
     what: &'static str,
-) -> Result<(ServiceName, Vec<u8>), Error> {
+) -> Result<(ServiceName, Vec<u8>, &'a [u8]), Error> {
     let malformed = || Error::Malformed { what };
     let (&name_len, rest) = bytes.split_first().ok_or_else(malformed)?;
     let name = rest.get(..usize::from(name_len)).ok_or_else(malformed)?;
@@ -133,10 +188,8 @@ pub(crate) fn decode_service_blob(
         });
     }
     let rest = &rest[2..];
-    if rest.len() != blob_len {
-        return Err(malformed()); // truncated, or trailing bytes
-    }
-    Ok((service, rest.to_vec()))
+    let blob = rest.get(..blob_len).ok_or_else(malformed)?; // truncated
+    Ok((service, blob.to_vec(), &rest[blob_len..]))
 }
 
 /// The type byte that starts every decrypted transport frame.
@@ -156,10 +209,6 @@ pub enum FrameType {
     /// The sender ends the channel, both directions, for the reason in the one byte that
     /// follows (a [`DenyReason`] code); nothing follows it.
     Abort = 6,
-    /// First frame from the caller of a resumed open, right after the responder's R2: proves
-    /// the caller holds this channel's keys (it is live, not a replayed or withheld R1); the
-    /// responder's application sees the request only after it. Empty.
-    Confirm = 7,
 }
 
 impl FrameType {
@@ -171,7 +220,6 @@ impl FrameType {
             4 => FrameType::Accept,
             5 => FrameType::Deny,
             6 => FrameType::Abort,
-            7 => FrameType::Confirm,
             _ => return Err(Error::Malformed { what: "frame type" }),
         })
     }
@@ -184,7 +232,6 @@ impl FrameType {
             FrameType::Accept => "accept",
             FrameType::Deny => "deny",
             FrameType::Abort => "abort",
-            FrameType::Confirm => "confirm",
         }
     }
 }
@@ -203,6 +250,7 @@ mod tests {
             },
             service: ServiceName::new("files").unwrap(),
             blob,
+            replaces: Vec::new(),
         }
     }
 
@@ -238,6 +286,34 @@ mod tests {
             Msg3Payload::decode(&bytes[..50]),
             Err(Error::BadIdentityProof)
         );
+    }
+
+    #[test]
+    fn msg3_names_the_resumed_opens_it_replaces_exactly() {
+        let mut p = payload(vec![9; 4]);
+        p.replaces = (1..=MAX_REPLACED as u64)
+            .map(|counter| Replaced {
+                id: [counter as u8; TICKET_ID_LEN],
+                counter,
+            })
+            .collect();
+        let mut bytes = Vec::new();
+        p.encode(&mut bytes);
+        assert_eq!(Msg3Payload::decode(&bytes), Ok(p.clone()));
+        let list = IDENTITY_PROOF_LEN + 1 + 5 + 2 + 4;
+        // A count that does not match the list, zero, or more than allowed: malformed.
+        for (count, len) in [(3u8, bytes.len()), (0, list + 1), (9, bytes.len())] {
+            let mut bad = bytes[..len].to_vec();
+            bad[list] = count;
+            assert!(
+                matches!(Msg3Payload::decode(&bad), Err(Error::Malformed { .. })),
+                "count {count}"
+            );
+        }
+        assert!(matches!(
+            Msg3Payload::decode(&bytes[..bytes.len() - 1]),
+            Err(Error::Malformed { .. })
+        ));
     }
 
     proptest! {

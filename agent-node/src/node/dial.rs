@@ -13,7 +13,7 @@ use std::time::Instant;
 use nullport_protocol::relay_link::{
     self, LinkErrorCode, MAX_LINK_MESSAGE, NodeToRelay, RelayToNode,
 };
-use nullport_protocol::resume::Opening;
+use nullport_protocol::resume::{Early, Opening};
 use nullport_protocol::{DialRequest, NodeId, ServiceName, SessionId};
 use tokio::time::timeout;
 
@@ -81,18 +81,19 @@ async fn dial_once(
             &mut out,
         )
         .map_err(Error::Encode)?;
-        opening = Some(Opening::start(
-            &inner.keys,
-            request(session),
-            limits.handshake,
-            Instant::now(),
-            &mut out,
-        )?);
+        opening = Some(start(inner, request(session), ask, &mut out)?);
         Some(session)
     } else {
         relay_link::encode(&NodeToRelay::Dial { target }, MAX_LINK_MESSAGE, &mut out)
             .map_err(Error::Encode)?;
         None
+    };
+    // A resumed open that does not become a channel is named by the dial's next open.
+    let given_up = opening.as_ref().and_then(Opening::given_up);
+    let give_up = || {
+        if let Some(open) = given_up {
+            ask.first.give_up(open);
+        }
     };
     let answer = timeout(limits.relay_answer_timeout, async {
         send.write_all(&out)
@@ -103,28 +104,36 @@ async fn dial_once(
     .await
     .map_err(|_| Error::Timeout {
         what: "relay answer to a dial",
-    })??;
+    })
+    .and_then(|answer| answer)
+    .inspect_err(|_| give_up())?;
     let session = match answer {
         RelayToNode::Dialed { session } if chosen.is_none_or(|c| c == session) => session,
         // A relay that answers another session than the one asked for is broken or lying.
-        RelayToNode::Dialed { .. } => return Err(Error::Link(LinkErrorCode::Malformed)),
+        RelayToNode::Dialed { .. } => {
+            give_up();
+            return Err(Error::Link(LinkErrorCode::Malformed));
+        }
         RelayToNode::Error {
             code: LinkErrorCode::Offline,
-        } => return Ok(None),
-        RelayToNode::Error { code } => return Err(Error::Link(code)),
-        _ => return Err(Error::Link(LinkErrorCode::Malformed)),
+        } => {
+            give_up();
+            return Ok(None);
+        }
+        RelayToNode::Error { code } => {
+            give_up();
+            return Err(Error::Link(code));
+        }
+        _ => {
+            give_up();
+            return Err(Error::Link(LinkErrorCode::Malformed));
+        }
     };
     let opening = match opening {
         Some(opening) => opening,
         None => {
             out.clear();
-            let opening = Opening::start(
-                &inner.keys,
-                request(session),
-                limits.handshake,
-                Instant::now(),
-                &mut out,
-            )?;
+            let opening = start(inner, request(session), ask, &mut out)?;
             send.write_all(&out)
                 .await
                 .map_err(|e| Error::RelayLinkLost(LinkLost::Write(e)))?;
@@ -132,6 +141,7 @@ async fn dial_once(
         }
     };
     let resumed = opening.is_resumed();
+    let given_up = opening.given_up();
     let result = initiate(
         &inner.keys,
         opening,
@@ -143,7 +153,34 @@ async fn dial_once(
     )
     .await;
     tracing::debug!(resumed, ok = result.is_ok(), "open");
+    if let (Err(_), Some(open)) = (&result, given_up) {
+        ask.first.give_up(open);
+    }
     result.map(Some)
+}
+
+/// Starts the dial's next open: resumed when a ticket allows (with the first bytes, if
+/// known, in R1), naming the resumed opens this dial gave up before.
+fn start(
+    inner: &Inner,
+    request: DialRequest,
+    ask: &Ask<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Opening, Error> {
+    let first = ask.first.for_r1();
+    let replaces = ask.first.given_up();
+    let early = Early {
+        first: &first,
+        replaces: &replaces,
+    };
+    Ok(Opening::start(
+        &inner.keys,
+        request,
+        early,
+        inner.config.limits.handshake,
+        Instant::now(),
+        out,
+    )?)
 }
 
 /// What one dial asks of the callee, and the bytes it sends before the verdict.

@@ -1,15 +1,15 @@
 //! Resumed opens: a channel without identity proofs between two nodes that completed a full
-//! handshake a few minutes ago.
+//! handshake a few minutes ago, in one round trip.
 //!
 //! ```text
 //! initiator (caller)                                    responder (callee)
-//!   R1 -> ticket id (16) || counter (u64 BE) || psk, e + service + blob
+//!   R1 -> ticket id (16) || counter (u64 BE) || psk, e + age, given-up opens, service,
+//!         blob, first bytes
 //!         responder: finds the ticket (none: answers REFUSED, one byte, and the caller
-//!         runs the full handshake on the same stream), authenticates R1, checks that the
-//!         counter was never used
+//!         runs the full handshake on the same stream), authenticates R1, checks that R1 is
+//!         fresh (the caller's age of the secret against its own), that the counter was
+//!         never used, and burns the given-up opens' counters; the application decides
 //!   R2 <- e, ee                                         (exactly 48 bytes, at once)
-//!   frame -> Confirm                                    (first transport frame, empty)
-//!         responder: the caller is live; only now does the application see the request
 //!   frame <- Accept | Deny(reason)                      (first transport frame)
 //! ```
 //!
@@ -19,20 +19,24 @@
 //! is derived the same way and is only a name. The prologue binds the version, both NodeIds,
 //! the relay session, the ticket id and the counter, so a resumed open cannot be moved to
 //! another session, pair or counter. Fresh ephemeral keys on both sides (`ee`) make every
-//! resumed channel's keys forward secret; the ticket's lifetime (default 10 minutes from the
-//! full handshake, never extended) bounds how long a stolen secret could open channels, and
-//! the callee's replay window makes each counter usable once. R1 alone is not enough for the
-//! callee to act on: a relay could withhold it and deliver it later, so the application sees
-//! the request only after the caller's `Confirm`, which only the live caller (holder of the
-//! ephemeral key behind R1) can make. The callee's policy then decides every resumed open
-//! exactly as it decides a full one. `docs/protocol.md` has the reasoning.
+//! resumed channel's keys after R1 forward secret; R1 itself (request and first bytes) is
+//! sealed under the secret and the caller's ephemeral key only, as TLS 1.3 early data is.
+//!
+//! R1 is acted on at once, so what a relay could do with a withheld R1 is bounded by three
+//! rules: the callee's replay window makes each counter usable once; R1 carries the caller's
+//! age of the secret, and a callee whose own age is more than [`max_early_delay`] beyond it
+//! refuses R1 as stale (a relay can hold an R1 back no longer than that); and a caller that
+//! gives up a resumed open because a relay said it failed names it in the dial's next open
+//! ([`Replaced`]), so the callee burns its counter or, if it already acted on it, denies the
+//! later open as a duplicate: a dial takes effect at most once. `docs/protocol.md` has the
+//! reasoning.
 
 pub(crate) mod tickets;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use crate::limits::DEFAULT_RESUME_LIFETIME;
-use tickets::Lookup;
+use tickets::{Burn, Lookup};
 pub use tickets::{MAX_RESUMPTIONS, REPLAY_WINDOW, SessionCache, TICKET_ID_LEN, TicketId};
 
 use crate::channel::Channel;
@@ -42,25 +46,39 @@ use crate::handshake::{
     AwaitingVerdict, DialRequest, HandshakeKeys, Initiator, Request, SessionId, handshake_hash,
 };
 use crate::limits::{
-    HANDSHAKE_MSG1_LEN, Limits, MAX_HELLO_BLOB, MAX_SERVICE_NAME, PROTOCOL_VERSION, TAG_LEN,
+    HANDSHAKE_MSG1_LEN, Limits, MAX_HELLO_BLOB, MAX_NOISE_MESSAGE, MAX_REPLACED, MAX_SERVICE_NAME,
+    PROTOCOL_VERSION, TAG_LEN,
 };
 use crate::node_id::NodeId;
 use crate::noise;
-use crate::wire::{FrameType, decode_service_blob, encode_service_blob};
+pub use crate::wire::Replaced;
+use crate::wire::{decode_service_blob_prefix, encode_service_blob};
 
 /// Label that starts the prologue of a resumed open.
 const PROLOGUE_LABEL: &[u8] = b"nullport/e2e-resume";
-/// The responder's whole answer when it holds no such ticket: run the full handshake.
+/// The responder's whole answer when it holds no such ticket, or R1 is stale: run the full
+/// handshake.
 pub const REFUSED: u8 = 0x01;
 /// Bytes in front of the Noise message of R1: ticket id and counter.
 pub const R1_HEADER_LEN: usize = TICKET_ID_LEN + 8;
-/// Smallest R1: header, ephemeral key, the shortest request (1-byte service, empty blob), tag.
-pub const MIN_R1_LEN: usize = R1_HEADER_LEN + 32 + (1 + 1 + 2) + TAG_LEN;
-/// Largest R1.
-pub const MAX_R1_LEN: usize =
-    R1_HEADER_LEN + 32 + (1 + MAX_SERVICE_NAME + 2 + MAX_HELLO_BLOB) + TAG_LEN;
+/// Bytes of R1's payload in front of the request: the caller's age of the secret (u32 ms)
+/// and the count of given-up opens.
+const R1_PAYLOAD_HEADER: usize = 4 + 1;
+/// Smallest R1: header, ephemeral key, age, no given-up opens, the shortest request (1-byte
+/// service, empty blob), no first bytes, tag.
+pub const MIN_R1_LEN: usize = R1_HEADER_LEN + 32 + R1_PAYLOAD_HEADER + (1 + 1 + 2) + TAG_LEN;
+/// Largest R1: one whole length-prefixed message (the first bytes take what the request
+/// leaves; more first bytes than fit go after R2 instead).
+pub const MAX_R1_LEN: usize = MAX_NOISE_MESSAGE;
 /// Size of R2: the responder's ephemeral key and an empty encrypted payload.
 pub const R2_LEN: usize = 32 + TAG_LEN;
+
+/// How much older than the caller's age of the secret the callee's own may be for R1 to
+/// count as fresh: half the handshake deadline (5 s by default). A relay can deliver an R1
+/// at most this late (plus one message's transit); a caller still waits for its answer then.
+pub fn max_early_delay(limits: &Limits) -> Duration {
+    limits.handshake_timeout / 2
+}
 
 /// The prologue: `label || version || initiator || responder || session || ticket || counter`.
 fn prologue(
@@ -99,6 +117,16 @@ pub fn is_resumption(first_message: &[u8]) -> bool {
     first_message.len() != HANDSHAKE_MSG1_LEN
 }
 
+/// What a caller's open carries besides its request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Early<'a> {
+    /// The dial's first application bytes, for R1 if the open is resumed and they fit
+    /// ([`Opening::carried_first`]); otherwise the caller seals them after the answer.
+    pub first: &'a [u8],
+    /// Resumed opens of this dial that a relay said failed (at most [`MAX_REPLACED`]).
+    pub replaces: &'a [Replaced],
+}
+
 /// A channel being opened by the caller: resumed when this process holds a live ticket for
 /// the callee, full otherwise.
 pub enum Opening {
@@ -113,34 +141,70 @@ pub enum Opening {
 pub enum Answered {
     /// Authenticated both ways; waiting for the responder's accept or deny.
     Verdict(AwaitingVerdict),
-    /// The responder held no such ticket: the full handshake started on the same stream
-    /// (its message 1 appended to `out`); hand it the next answer.
+    /// The responder held no such ticket (or found R1 stale): the full handshake started on
+    /// the same stream (its message 1 appended to `out`), naming the refused R1 among the
+    /// opens it replaces; hand it the next answer. First bytes that R1 carried were not
+    /// read: seal them after message 2 as for any full handshake.
     Retry(Box<Opening>),
 }
 
 impl Opening {
-    /// Starts the cheapest open allowed and appends its first message to `out`.
+    /// Starts the cheapest open allowed and appends its first message to `out`. An open
+    /// that replaces given-up opens of another ticket than the live one, or
+    /// `MAX_REPLACED - 1` or more, runs the full handshake.
     pub fn start(
         keys: &HandshakeKeys,
         request: DialRequest,
+        early: Early<'_>,
         limits: Limits,
         now: Instant,
         out: &mut Vec<u8>,
     ) -> Result<Self, Error> {
+        if early.replaces.len() > MAX_REPLACED {
+            return Err(Error::TooLarge {
+                what: "given-up opens of one dial",
+                len: early.replaces.len(),
+                max: MAX_REPLACED,
+            });
+        }
+        let full = |request, out: &mut Vec<u8>| {
+            Initiator::start_replacing(keys, request, early.replaces.to_vec(), limits, now, out)
+                .map(Self::Full)
+        };
         if limits.resume_lifetime.is_zero() || request.expected == keys.node_id() {
-            return Initiator::start(keys, request, limits, now, out).map(Self::Full);
+            return full(request, out);
+        }
+        // Room to name this open too if it is refused (REFUSED's full handshake names it).
+        if early.replaces.len() + 1 >= MAX_REPLACED {
+            return full(request, out);
         }
         match keys.sessions().lease(&request.expected, now) {
-            Some(lease) => {
-                ResumeInitiator::start(keys, lease, request, limits, now, out).map(Self::Resumed)
+            Some(lease) if early.replaces.iter().all(|r| r.id == lease.id) => {
+                ResumeInitiator::start(lease, request, early, limits, (keys, now), out)
+                    .map(Self::Resumed)
             }
-            None => Initiator::start(keys, request, limits, now, out).map(Self::Full),
+            _ => full(request, out),
         }
     }
 
     /// True for a resumed open.
     pub fn is_resumed(&self) -> bool {
         matches!(self, Self::Resumed(_))
+    }
+
+    /// Whether the first message carried the dial's first bytes (a resumed open they fit
+    /// in). They take effect only if the open does; name [`Opening::given_up`] in the
+    /// dial's next open if it does not.
+    pub fn carried_first(&self) -> bool {
+        matches!(self, Self::Resumed(r) if r.carried_first)
+    }
+
+    /// The resumed open this is, to name in the dial's next open if this one is given up.
+    pub fn given_up(&self) -> Option<Replaced> {
+        match self {
+            Self::Full(_) => None,
+            Self::Resumed(r) => Some(r.this),
+        }
     }
 
     /// When this open times out.
@@ -174,15 +238,20 @@ pub struct ResumeInitiator {
     request: DialRequest,
     deadline: Instant,
     limits: Limits,
+    /// This open's ticket and counter.
+    this: Replaced,
+    /// The given-up opens R1 named.
+    replaces: Vec<Replaced>,
+    carried_first: bool,
 }
 
 impl ResumeInitiator {
     fn start(
-        keys: &HandshakeKeys,
         lease: tickets::Lease,
         request: DialRequest,
+        early: Early<'_>,
         limits: Limits,
-        now: Instant,
+        (keys, now): (&HandshakeKeys, Instant),
         out: &mut Vec<u8>,
     ) -> Result<Self, Error> {
         if request.blob.len() > MAX_HELLO_BLOB {
@@ -203,8 +272,25 @@ impl ResumeInitiator {
             .prologue(&prologue)?
             .psk(0, &lease.secret)?
             .build_initiator()?;
-        let mut plain = Vec::with_capacity(3 + MAX_SERVICE_NAME + request.blob.len());
+        let age_ms = u32::try_from(lease.age.as_millis()).unwrap_or(u32::MAX);
+        let mut plain = Vec::with_capacity(
+            R1_PAYLOAD_HEADER
+                + 8 * early.replaces.len()
+                + 3
+                + MAX_SERVICE_NAME
+                + request.blob.len(),
+        );
+        plain.extend_from_slice(&age_ms.to_be_bytes());
+        plain.push(early.replaces.len() as u8); // <= MAX_REPLACED, checked by Opening::start
+        for r in early.replaces {
+            plain.extend_from_slice(&r.counter.to_be_bytes());
+        }
         encode_service_blob(&request.service, &request.blob, &mut plain);
+        let room = MAX_R1_LEN - R1_HEADER_LEN - 32 - TAG_LEN - plain.len();
+        let carried_first = !early.first.is_empty() && early.first.len() <= room;
+        if carried_first {
+            plain.extend_from_slice(early.first);
+        }
         write_prefixed(out, R1_HEADER_LEN + 32 + plain.len() + TAG_LEN, |buf| {
             let (header, body) = buf.split_at_mut(R1_HEADER_LEN);
             header[..TICKET_ID_LEN].copy_from_slice(&lease.id);
@@ -217,6 +303,12 @@ impl ResumeInitiator {
             request,
             deadline: now + limits.handshake_timeout,
             limits,
+            this: Replaced {
+                id: lease.id,
+                counter: lease.counter,
+            },
+            replaces: early.replaces.to_vec(),
+            carried_first,
         })
     }
 
@@ -231,10 +323,21 @@ impl ResumeInitiator {
             return Err(Error::Timeout);
         }
         if message == [REFUSED] {
-            // No such ticket at the callee (restarted, expired, evicted, forgotten), or a
-            // relay claiming so: either way the full handshake decides, on the same stream.
+            // No such ticket at the callee (restarted, expired, evicted, forgotten), R1 too
+            // late, or a relay claiming so: either way the full handshake decides, on the
+            // same stream, and names this R1 so that it can never take effect as well.
             keys.sessions().forget_outgoing(&self.request.expected);
-            let init = Initiator::start(keys, self.request, self.limits, now, out)?;
+            let mut replaces = self.replaces;
+            if replaces.len() >= MAX_REPLACED {
+                return Err(Error::TooLarge {
+                    what: "given-up opens of one dial",
+                    len: replaces.len() + 1,
+                    max: MAX_REPLACED,
+                });
+            }
+            replaces.push(self.this);
+            let init =
+                Initiator::start_replacing(keys, self.request, replaces, self.limits, now, out)?;
             return Ok(Answered::Retry(Box::new(Opening::Full(init))));
         }
         if message.len() != R2_LEN {
@@ -251,71 +354,71 @@ impl ResumeInitiator {
         }
         let hash = handshake_hash(&self.hs);
         let transport = self.hs.into_transport_mode()?;
-        let mut channel = Channel::new(
+        let channel = Channel::new(
             transport,
             self.request.expected,
             self.request.service,
             hash,
             self.limits,
         );
-        // Proof that this caller is live, for the callee to act on the request.
-        channel.write_frame(FrameType::Confirm, &[], out)?;
         Ok(Answered::Verdict(AwaitingVerdict::new(
             channel,
             self.deadline,
+            self.carried_first,
         )))
     }
 }
 
 /// The callee's answer to R1.
+#[allow(clippy::large_enum_variant)] // one per open, moved once
 pub enum Resumed {
-    /// Authenticated: R2 was appended to `out` (send it now); the caller's `Confirm` comes
-    /// next ([`AwaitingConfirm::handle_confirm`]).
-    Confirming(Box<AwaitingConfirm>),
-    /// No such ticket: REFUSED was appended to `out`; the caller's message 1 of the full
-    /// handshake comes next on the same stream.
+    /// Authenticated and fresh: R2 was appended to `out` (send it now); the request, with
+    /// the first bytes R1 carried, is for the application's decision, unless it
+    /// [`Request::is_duplicate`].
+    Opened(Request),
+    /// No such ticket, or R1 too late: REFUSED was appended to `out`; the caller's message 1
+    /// of the full handshake comes next on the same stream.
     Refused,
 }
 
-/// The callee's side of a resumed open after R2: waiting for the caller's `Confirm`.
-pub struct AwaitingConfirm {
-    channel: Channel,
-    blob: Vec<u8>,
-    deadline: Instant,
+/// R1's payload, parsed: `age_ms (u32 BE) || n (u8) || n × given-up counter (u64 BE) ||
+/// service len (u8) || service || blob len (u16 BE) || blob || first bytes`.
+pub(crate) struct R1Payload<'a> {
+    pub(crate) age: Duration,
+    pub(crate) replaced: Vec<u64>,
+    pub(crate) service: crate::ServiceName,
+    pub(crate) blob: Vec<u8>,
+    pub(crate) first: &'a [u8],
 }
 
-impl AwaitingConfirm {
-    /// When this open times out.
-    pub fn deadline(&self) -> Instant {
-        self.deadline
-    }
-
-    /// The service R1 asked for (for tests and fuzzing; act on [`Request`] only).
-    pub fn service(&self) -> &crate::ServiceName {
-        self.channel.service()
-    }
-
-    /// The blob R1 carried (for tests and fuzzing; act on [`Request`] only).
-    pub fn blob(&self) -> &[u8] {
-        &self.blob
-    }
-
-    /// Handles the caller's first transport frame, which must be `Confirm`: the request, for
-    /// the application's decision.
-    pub fn handle_confirm(mut self, message: &[u8], now: Instant) -> Result<Request, Error> {
-        if now > self.deadline {
-            return Err(Error::Timeout);
+impl<'a> R1Payload<'a> {
+    pub(crate) fn decode(bytes: &'a [u8]) -> Result<Self, Error> {
+        const WHAT: &str = "resumed open payload";
+        let malformed = || Error::Malformed { what: WHAT };
+        let (age, rest) = bytes.split_at_checked(4).ok_or_else(malformed)?;
+        let age = u32::from_be_bytes(age.try_into().map_err(|_| malformed())?);
+        let (&n, rest) = rest.split_first().ok_or_else(malformed)?;
+        let n = usize::from(n);
+        if n > MAX_REPLACED {
+            return Err(malformed());
         }
-        match self.channel.read_frame(message)? {
-            (FrameType::Confirm, 0) => Ok(Request::new(self.channel, self.blob, None)),
-            (FrameType::Confirm, _) => Err(Error::Malformed {
-                what: "confirm frame",
-            }),
-            (other, _) => {
-                self.channel.poison();
-                Err(Error::UnexpectedFrame { what: other.name() })
-            }
-        }
+        let (list, rest) = rest.split_at_checked(8 * n).ok_or_else(malformed)?;
+        let replaced = list
+            .chunks_exact(8)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                u64::from_be_bytes(b)
+            })
+            .collect();
+        let (service, blob, first) = decode_service_blob_prefix(rest, WHAT)?;
+        Ok(Self {
+            age: Duration::from_millis(u64::from(age)),
+            replaced,
+            service,
+            blob,
+            first,
+        })
     }
 }
 
@@ -348,15 +451,20 @@ pub fn respond(
     counter.copy_from_slice(&header[TICKET_ID_LEN..]);
     let counter = u64::from_be_bytes(counter);
     let sessions = keys.sessions();
-    let (ticket_caller, secret) = match sessions.lookup(&id, now) {
-        Lookup::Found { caller, secret } => (caller, secret),
-        Lookup::Unknown => {
-            write_prefixed(out, 1, |buf| {
-                buf[0] = REFUSED;
-                Ok(1)
-            })?;
-            return Ok(Resumed::Refused);
-        }
+    let refuse = |out: &mut Vec<u8>| {
+        write_prefixed(out, 1, |buf| {
+            buf[0] = REFUSED;
+            Ok(1)
+        })
+        .map(|_| Resumed::Refused)
+    };
+    let (ticket_caller, secret, own_age) = match sessions.lookup(&id, now) {
+        Lookup::Found {
+            caller,
+            secret,
+            age,
+        } => (caller, secret, age),
+        Lookup::Unknown => return refuse(out),
     };
     let prologue = prologue(&ticket_caller, &keys.node_id(), session, &id, counter);
     let mut hs = noise::resume_builder()
@@ -372,21 +480,32 @@ pub fn respond(
             proven: ticket_caller,
         });
     }
+    let payload = R1Payload::decode(&plain[..n])?;
+    if own_age > payload.age + max_early_delay(&limits) {
+        // Held back on the way (or this side's clock ran while the caller's slept): not
+        // acted on, not burned; the caller, if it still waits, runs the full handshake and
+        // names this R1 there.
+        return refuse(out);
+    }
     if !sessions.mark_used(&id, counter) {
         return Err(Error::Replayed);
     }
-    let (service, blob) = decode_service_blob(&plain[..n], "resumed open payload")?;
+    let mut duplicate = false;
+    for given_up in payload.replaced {
+        duplicate |= sessions.burn(&ticket_caller, &id, given_up, now) == Burn::AlreadyUsed;
+    }
     write_prefixed(out, R2_LEN, |buf| {
         hs.write_message(&[], buf).map_err(Error::from)
     })?;
     let hash = handshake_hash(&hs);
     let transport = hs.into_transport_mode()?;
-    let channel = Channel::new(transport, ticket_caller, service, hash, limits);
-    Ok(Resumed::Confirming(Box::new(AwaitingConfirm {
-        channel,
-        blob,
-        deadline: now + limits.handshake_timeout,
-    })))
+    let first = payload.first.to_vec();
+    let channel = Channel::new(transport, ticket_caller, payload.service, hash, limits);
+    Ok(Resumed::Opened(
+        Request::new(channel, payload.blob, None)
+            .with_first(first)
+            .duplicate_if(duplicate),
+    ))
 }
 
 #[cfg(test)]

@@ -9,10 +9,21 @@ use crate::{DenyReason, Responder};
 
 /// The caller's first message of a new open to `b` in `session` (R1 when it holds a ticket).
 fn open(a: &TestNode, b: &TestNode, session: u64, now: Instant) -> (Opening, Vec<u8>) {
+    open_with(a, b, session, Early::default(), now)
+}
+
+fn open_with(
+    a: &TestNode,
+    b: &TestNode,
+    session: u64,
+    early: Early<'_>,
+    now: Instant,
+) -> (Opening, Vec<u8>) {
     let mut out = Vec::new();
     let opening = Opening::start(
         &a.keys,
         request(b, session),
+        early,
         Limits::default(),
         now,
         &mut out,
@@ -41,37 +52,77 @@ fn answer(
     .map(|r| (r, out))
 }
 
-fn confirming_of(r: Resumed) -> AwaitingConfirm {
+fn opened(r: Resumed) -> Request {
     match r {
-        Resumed::Confirming(c) => *c,
+        Resumed::Opened(request) => request,
         Resumed::Refused => panic!("refused"),
     }
 }
 
-/// The caller handles R2 (from `out`): its verdict state and its Confirm message.
-fn caller_confirms(opening: Opening, a: &TestNode, r2_out: &[u8]) -> (AwaitingVerdict, Vec<u8>) {
-    let mut confirm = Vec::new();
+/// The caller handles R2 (from `out`): its verdict state. It sends nothing back.
+fn caller_reads_r2(opening: Opening, a: &TestNode, r2_out: &[u8]) -> AwaitingVerdict {
+    let mut nothing = Vec::new();
     let verdict = verdict_of(
         opening
-            .handle_response(&a.keys, &only_message(r2_out), Instant::now(), &mut confirm)
+            .handle_response(&a.keys, &only_message(r2_out), Instant::now(), &mut nothing)
             .unwrap_or_else(|e| panic!("R2: {e}")),
     );
-    (verdict, only_message(&confirm))
+    assert!(nothing.is_empty(), "the caller answers R2 with nothing");
+    verdict
 }
 
-/// R1 answered, R2 handled and confirmed: the callee's request and the caller's verdict state.
+/// R1 answered and R2 handled: the callee's request and the caller's verdict state.
 fn until_decision(a: &TestNode, b: &TestNode, session: u64) -> (AwaitingVerdict, Request) {
     let now = Instant::now();
     let (opening, r1) = open(a, b, session, now);
     assert!(opening.is_resumed());
     let (resumed, r2) = answer(b, a.id(), session, &r1, now).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(only_message(&r2).len(), R2_LEN, "R2 at once");
-    let confirming = confirming_of(resumed);
-    let (verdict, confirm) = caller_confirms(opening, a, &r2);
-    let request = confirming
-        .handle_confirm(&confirm, now)
-        .unwrap_or_else(|e| panic!("confirm: {e}"));
-    (verdict, request)
+    (caller_reads_r2(opening, a, &r2), opened(resumed))
+}
+
+/// The rest of a full handshake that `retry` started (message 1 in `msg1`), to the
+/// callee's request.
+fn finish_full(
+    retry: Opening,
+    msg1: &[u8],
+    (a, b): (&TestNode, &TestNode),
+    session: u64,
+    now: Instant,
+) -> (AwaitingVerdict, Request) {
+    let resp = Responder::new(&b.keys, a.id(), SessionId(session), Limits::default(), now)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    let resp = resp
+        .handle_hello(msg1, now, &mut out)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let msg2 = only_message(&out);
+    let mut out = Vec::new();
+    let verdict = verdict_of(
+        retry
+            .handle_response(&a.keys, &msg2, now, &mut out)
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let req = resp
+        .handle_finish(&only_message(&out), now)
+        .unwrap_or_else(|e| panic!("{e}"));
+    (verdict, req)
+}
+
+/// A forged (or real) REFUSED handed to a caller's resumed open: the full handshake it
+/// starts instead, and its message 1.
+fn refused(opening: Opening, a: &TestNode, now: Instant) -> (Opening, Vec<u8>) {
+    let mut out = Vec::new();
+    let mut refused = Vec::new();
+    crate::frame::write_prefixed(&mut refused, 1, |buf| {
+        buf[0] = REFUSED;
+        Ok(1)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    match opening.handle_response(&a.keys, &only_message(&refused), now, &mut out) {
+        Ok(Answered::Retry(o)) => (*o, only_message(&out)),
+        _ => panic!("expected the full handshake"),
+    }
 }
 
 fn verdict_of(a: Answered) -> AwaitingVerdict {
@@ -133,37 +184,26 @@ fn the_callee_sees_the_service_and_blob_and_may_deny() {
 }
 
 #[test]
-fn an_r1_never_confirmed_reaches_no_application() {
-    // A relay that withholds R1 and delivers it later (or again after a forged REFUSED)
-    // gets R2 back, but without the caller's ephemeral key it cannot make the Confirm: the
-    // callee's application never sees the request.
+fn an_r1_held_back_longer_than_the_early_delay_is_refused_unburned() {
+    // A relay that withholds R1 and delivers it later: the callee compares its own age of
+    // the secret with the caller's, sealed in R1, and acts only on a fresh R1.
     let (a, b) = pair();
     let now = Instant::now();
     let (_, r1) = open(&a, &b, 11, now);
-    let (resumed, _) = answer(&b, a.id(), 11, &r1, now).unwrap_or_else(|e| panic!("{e}"));
-    let confirming = confirming_of(resumed);
-    // A Confirm from another resumed open (a live caller's, spliced in) fails.
-    let (opening, r1b) = open(&a, &b, 12, now);
-    let (resumed_b, r2b) = answer(&b, a.id(), 12, &r1b, now).unwrap_or_else(|e| panic!("{e}"));
-    let (_, confirm_b) = caller_confirms(opening, &a, &r2b);
-    assert!(matches!(
-        confirming.handle_confirm(&confirm_b, now),
-        Err(Error::Authentication)
-    ));
-    // And the real one for the other open works; a second Confirm is not a request.
-    let request = confirming_of(resumed_b)
-        .handle_confirm(&confirm_b, now)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let delay = max_early_delay(&Limits::default());
+    let late = now + delay + Duration::from_millis(1);
+    let (resumed, out) = answer(&b, a.id(), 11, &r1, late).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(resumed, Resumed::Refused));
+    assert_eq!(only_message(&out), [REFUSED]);
+    // Within the delay it is fresh, and refusing it earlier did not use its counter up.
+    // (The two sides' tickets were born a moment apart in `pair`: a margin for that.)
+    let within = now + delay - Duration::from_millis(100);
+    let request = opened(
+        answer(&b, a.id(), 11, &r1, within)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0,
+    );
     assert_eq!(request.peer(), a.id());
-    // Past the deadline, a Confirm is too late.
-    let (opening, r1c) = open(&a, &b, 13, now);
-    let (resumed_c, r2c) = answer(&b, a.id(), 13, &r1c, now).unwrap_or_else(|e| panic!("{e}"));
-    let (_, confirm_c) = caller_confirms(opening, &a, &r2c);
-    let late = now + Limits::default().handshake_timeout + Duration::from_secs(1);
-    assert!(matches!(
-        confirming_of(resumed_c).handle_confirm(&confirm_c, late),
-        Err(Error::Timeout)
-    ));
 }
 
 #[test]
@@ -243,7 +283,7 @@ fn every_flipped_bit_of_r1_and_r2_is_refused() {
                 assert!(i < TICKET_ID_LEN, "byte {i}");
                 assert_eq!(only_message(&out), [REFUSED]);
             }
-            Ok((Resumed::Confirming(_), _)) => panic!("byte {i} flipped and accepted"),
+            Ok((Resumed::Opened(_), _)) => panic!("byte {i} flipped and accepted"),
             Err(e) => assert!(
                 matches!(e, Error::Authentication | Error::LowOrderKey),
                 "byte {i}: {e}"
@@ -379,8 +419,15 @@ fn resumption_off_keeps_no_secret_and_always_runs_the_full_handshake() {
     assert!(verdict.handle_verdict(&only_message(&out), now).is_ok());
     assert!(a.keys.sessions().is_empty() && b.keys.sessions().is_empty());
     let mut out = Vec::new();
-    let opening = Opening::start(&a.keys, request(&b, 2), limits, now, &mut out)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let opening = Opening::start(
+        &a.keys,
+        request(&b, 2),
+        Early::default(),
+        limits,
+        now,
+        &mut out,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(!opening.is_resumed());
 }
 
@@ -391,7 +438,7 @@ fn both_sides_derive_the_same_ticket_and_only_from_a_finished_handshake() {
     let now = Instant::now();
     let (_, r1) = open(&a, &b, 60, now);
     let (resumed, _) = answer(&b, a.id(), 60, &r1, now).unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(resumed, Resumed::Confirming(_)));
+    assert!(matches!(resumed, Resumed::Opened(_)));
     // A handshake that fails at message 3 (a flipped byte) leaves the callee no ticket.
     let (a, b) = (TestNode::new(1), TestNode::new(2));
     let mut out = Vec::new();
@@ -448,17 +495,5 @@ fn a_denied_caller_gets_no_resumption_secret() {
     );
 }
 
-#[test]
-fn first_bytes_behind_confirm_are_read_only_after_the_callee_accepts() {
-    let (a, b) = pair();
-    let (mut verdict, request) = until_decision(&a, &b, 21);
-    let mut early = Vec::new();
-    verdict
-        .seal_first(b"first request", &mut early)
-        .unwrap_or_else(|e| panic!("seal_first: {e}"));
-    let (mut caller, mut callee, _) = crate::tests::accept_both(verdict, request);
-    let (got, err) = open_all(&mut callee, &[only_message(&early)]);
-    assert_eq!((got.as_slice(), err), (&b"first request"[..], None));
-    let (back, err) = open_all(&mut caller, &seal(&mut callee, b"answer"));
-    assert_eq!((back.as_slice(), err), (&b"answer"[..], None));
-}
+#[path = "early_tests.rs"]
+mod early;

@@ -15,8 +15,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::limits::Limits;
 use crate::node_id::NodeId;
 
-/// Length of a ticket id, the public name both sides give one resumption secret.
-pub const TICKET_ID_LEN: usize = 16;
+pub use crate::limits::TICKET_ID_LEN;
 
 /// The public name of one resumption secret.
 pub type TicketId = [u8; TICKET_ID_LEN];
@@ -42,11 +41,15 @@ pub(crate) struct Lease {
     pub(crate) id: TicketId,
     pub(crate) secret: Secret,
     pub(crate) counter: u64,
+    /// How long ago this side's full handshake made the secret.
+    pub(crate) age: Duration,
 }
 
 struct Outgoing {
     id: TicketId,
     secret: Secret,
+    /// When the full handshake made the secret (this side's clock).
+    born: Instant,
     expires: Instant,
     next: u64,
 }
@@ -54,8 +57,21 @@ struct Outgoing {
 struct Incoming {
     caller: NodeId,
     secret: Secret,
+    born: Instant,
     expires: Instant,
     window: ReplayWindow,
+}
+
+/// What [`SessionCache::burn`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Burn {
+    /// The counter was unused; now it can never be.
+    Burned,
+    /// The counter was used (or is too old to tell): the given-up open may have reached
+    /// this node.
+    AlreadyUsed,
+    /// No live ticket of this caller by that id.
+    NotHeld,
 }
 
 /// Counters seen, as in IPsec and WireGuard: the highest, and a bitmap of the
@@ -177,8 +193,12 @@ impl std::fmt::Debug for SessionCache {
 
 /// Which of the callee's checks a resumed open failed.
 pub(crate) enum Lookup {
-    /// The ticket's secret and the caller it belongs to.
-    Found { caller: NodeId, secret: Secret },
+    /// The ticket's secret, the caller it belongs to, and how long ago this side made it.
+    Found {
+        caller: NodeId,
+        secret: Secret,
+        age: Duration,
+    },
     /// No such ticket (never made, expired, evicted, forgotten, or this process restarted).
     Unknown,
 }
@@ -210,6 +230,7 @@ impl SessionCache {
             Outgoing {
                 id,
                 secret,
+                born: now,
                 expires,
                 next: 1,
             },
@@ -252,6 +273,7 @@ impl SessionCache {
             Incoming {
                 caller,
                 secret,
+                born: now,
                 expires,
                 window: ReplayWindow::default(),
             },
@@ -273,6 +295,7 @@ impl SessionCache {
             id: entry.id,
             secret: entry.secret.clone(),
             counter,
+            age: now.saturating_duration_since(entry.born),
         })
     }
 
@@ -287,6 +310,7 @@ impl SessionCache {
             Some(t) if now < t.expires => Lookup::Found {
                 caller: t.caller,
                 secret: t.secret.clone(),
+                age: now.saturating_duration_since(t.born),
             },
             Some(t) => {
                 let caller = t.caller;
@@ -308,6 +332,27 @@ impl SessionCache {
         s.incoming
             .get_mut(id)
             .is_some_and(|t| t.window.check_and_set(counter))
+    }
+
+    /// Burns counter `counter` of `caller`'s ticket `id`: the caller gave up an open under it
+    /// (a relay said it failed) and names it in a later open, so that the open, if a relay
+    /// delivers it after all, is refused as a replay. Says whether the counter was used
+    /// already (the given-up open did reach this node) or the ticket is not `caller`'s live
+    /// one here (nothing to burn: an open under it cannot be accepted either).
+    pub(crate) fn burn(&self, caller: &NodeId, id: &TicketId, counter: u64, now: Instant) -> Burn {
+        let Ok(mut s) = self.state.lock() else {
+            return Burn::NotHeld;
+        };
+        match s.incoming.get_mut(id) {
+            Some(t) if t.caller == *caller && now < t.expires => {
+                if t.window.check_and_set(counter) {
+                    Burn::Burned
+                } else {
+                    Burn::AlreadyUsed
+                }
+            }
+            _ => Burn::NotHeld,
+        }
     }
 
     /// Forgets the caller's ticket for `callee` (the callee no longer holds it).

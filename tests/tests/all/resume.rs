@@ -21,8 +21,8 @@ enum Act {
     Flip(Direction, usize),
     /// Replace the caller's first chunk with the one recorded from session number `n`.
     ReplayFrom(usize),
-    /// Forward the caller's first chunk (R1) and drop everything the caller sends after it.
-    DropAfterFirst,
+    /// Hold the caller's first chunk (R1) back this many milliseconds, then forward it.
+    HoldFirst(u64),
 }
 
 /// A relay that records every session's first chunks and acts on chosen sessions (numbered
@@ -87,7 +87,12 @@ impl SpliceHook for Scripted {
             Act::ReplayFrom(from) if up && start == 0 => {
                 s.first.get(&(from, true)).cloned().unwrap_or(chunk)
             }
-            Act::DropAfterFirst if up && start > 0 => return HookOutput::forward(Vec::new()),
+            Act::HoldFirst(ms) if up && start == 0 => {
+                // The splice task waits: nothing of this session moves meanwhile.
+                drop(s);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                chunk
+            }
             _ => chunk,
         };
         HookOutput::forward(vec![out])
@@ -368,11 +373,13 @@ async fn a_relay_that_predates_dial_with_still_carries_channels() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resumed_open_whose_caller_never_confirms_reaches_no_application() {
-    // The relay passes R1 and R2 but drops what the caller sends after R1 (its Confirm): the
-    // callee holds an authenticated R1 and still shows its application nothing, as it would
-    // for an R1 withheld and delivered later, or replayed after a forged REFUSED.
-    let hook = Scripted::with(&[(1, Act::DropAfterFirst)]);
+async fn a_resumed_open_the_relay_holds_back_is_refused_and_the_dial_completes_once() {
+    // The relay holds R1 back longer than the callee's early delay (half its handshake
+    // timeout: 1 s here), then delivers it. The callee sees from the caller's age of the
+    // secret, sealed in R1, that R1 is stale: it answers REFUSED without acting, and the
+    // caller runs the full handshake on the same dial. The application sees one request
+    // for the dial, and the bytes arrive intact.
+    let hook = Scripted::with(&[(1, Act::HoldFirst(1_500))]);
     let net = TestNet::start_with(RelayOptions {
         hooks: TestHooks {
             splice: Some(hook.clone()),
@@ -405,19 +412,32 @@ async fn a_resumed_open_whose_caller_never_confirms_reaches_no_application() {
         })
     };
     echo_ok(&a, b.node_id(), b"full").await;
-    let r = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        a.dial(b.node_id(), "echo"),
-    )
-    .await
-    .expect("the callee gives up within its handshake timeout");
-    assert!(r.is_err(), "an unconfirmed open completed: {r:?}");
+    let payload = pattern(100_000, 7);
+    let mut ch = a
+        .dial_sending(
+            b.node_id(),
+            "echo",
+            Vec::new(),
+            nullport_node::FirstBytes::Bytes(b"held".to_vec()),
+        )
+        .await
+        .expect("the dial completes with the full handshake");
+    let (got, err) = exchange(&mut ch, &payload).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(&got[..4], b"held", "the first bytes arrive once, first");
+    assert_eq!(Sha256::digest(&got[4..]), Sha256::digest(&payload));
     assert!(
         hook.first_message_len(1).unwrap() > 32,
         "it was a resumed open"
     );
-    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        seen.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one request per dial"
+    );
+    // The full handshake left a new ticket: the next dial resumes again.
     echo_ok(&a, b.node_id(), b"next").await;
-    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(hook.first_message_len(2).unwrap() > 32);
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
     server.abort();
 }

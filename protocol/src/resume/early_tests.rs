@@ -1,0 +1,135 @@
+//! Resumed opens that act at once: what a relay can do with an R1 it says failed (forged
+//! REFUSED, "not here" and a retry elsewhere), and the first bytes R1 carries.
+
+use std::time::Instant;
+
+use super::*;
+
+#[test]
+fn a_forged_refused_then_the_withheld_r1_takes_effect_at_most_once() {
+    // The relay answers a resumed open with a forged REFUSED, keeps R1, lets the caller run
+    // the full handshake (which names the R1 it replaces), and delivers R1 as well.
+    let now = Instant::now();
+    // Order 1: the full handshake reaches the callee first; the late R1 is then a replay.
+    let (a, b) = pair();
+    let (opening, r1) = open(&a, &b, 12, now);
+    let given_up = opening.given_up();
+    let (retry, msg1) = refused(opening, &a, now);
+    let (verdict, req) = finish_full(retry, &msg1, (&a, &b), 12, now);
+    assert!(!req.is_duplicate());
+    let (_, _, _) = crate::tests::accept_both(verdict, req);
+    assert!(given_up.is_some());
+    assert!(matches!(
+        answer(&b, a.id(), 12, &r1, now),
+        Err(Error::Replayed)
+    ));
+    // Order 2: the withheld R1 reaches the callee first and takes effect; the full
+    // handshake that replaces it is then a duplicate, denied, and the caller learns why.
+    let (a, b) = pair();
+    let (opening, r1) = open(&a, &b, 13, now);
+    let (retry, msg1) = refused(opening, &a, now);
+    let first = opened(
+        answer(&b, a.id(), 13, &r1, now)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0,
+    );
+    assert!(!first.is_duplicate());
+    let (verdict, req) = finish_full(retry, &msg1, (&a, &b), 13, now);
+    assert!(req.is_duplicate());
+    let mut out = Vec::new();
+    req.deny(DenyReason::Duplicate, &mut out)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        verdict.handle_verdict(&only_message(&out), now),
+        Err(Error::Denied {
+            reason: DenyReason::Duplicate
+        })
+    ));
+}
+
+#[test]
+fn an_open_on_another_relay_burns_the_given_up_r1_or_is_its_duplicate() {
+    // A relay said "offline" (or reset the dial) after taking R1; the dial goes on through
+    // another relay with a new resumed open that names the first.
+    let now = Instant::now();
+    let (a, b) = pair();
+    let (first, r1) = open(&a, &b, 14, now);
+    let given_up = [first.given_up().unwrap_or_else(|| panic!("resumed"))];
+    let early = Early {
+        first: b"",
+        replaces: &given_up,
+    };
+    let (second, r1b) = open_with(&a, &b, 15, early, now);
+    assert!(second.is_resumed(), "same ticket: still resumed");
+    let req = opened(
+        answer(&b, a.id(), 15, &r1b, now)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0,
+    );
+    assert!(!req.is_duplicate());
+    assert!(matches!(
+        answer(&b, a.id(), 14, &r1, now),
+        Err(Error::Replayed)
+    ));
+    // The other order: the first relay delivered R1 after all; the second open is its
+    // duplicate.
+    let (a, b) = pair();
+    let (first, r1) = open(&a, &b, 16, now);
+    let given_up = [first.given_up().unwrap_or_else(|| panic!("resumed"))];
+    let _ = opened(
+        answer(&b, a.id(), 16, &r1, now)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0,
+    );
+    let early = Early {
+        first: b"",
+        replaces: &given_up,
+    };
+    let (_, r1b) = open_with(&a, &b, 17, early, now);
+    let req = opened(
+        answer(&b, a.id(), 17, &r1b, now)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0,
+    );
+    assert!(req.is_duplicate());
+    assert!(matches!(req.accept(&mut Vec::new()), Err(Error::Replayed)));
+    // A given-up open under another ticket than the live one makes the next open full.
+    let other = [Replaced {
+        id: [0xee; TICKET_ID_LEN],
+        counter: 1,
+    }];
+    let early = Early {
+        first: b"",
+        replaces: &other,
+    };
+    assert!(!open_with(&a, &b, 18, early, now).0.is_resumed());
+}
+
+#[test]
+fn the_first_bytes_ride_in_r1_and_reach_the_callee_only_through_its_request() {
+    let (a, b) = pair();
+    let now = Instant::now();
+    let early = Early {
+        first: b"first request",
+        replaces: &[],
+    };
+    let (opening, r1) = open_with(&a, &b, 22, early, now);
+    assert!(opening.carried_first());
+    let (resumed, r2) = answer(&b, a.id(), 22, &r1, now).unwrap_or_else(|e| panic!("{e}"));
+    let mut request = opened(resumed);
+    let verdict = caller_reads_r2(opening, &a, &r2);
+    assert!(!verdict.wants_first(), "sent once, in R1");
+    assert_eq!(request.take_first(), b"first request");
+    let (mut caller, mut callee, _) = crate::tests::accept_both(verdict, request);
+    let (back, err) = open_all(&mut caller, &seal(&mut callee, b"answer"));
+    assert_eq!((back.as_slice(), err), (&b"answer"[..], None));
+    // More than fits in R1 goes after R2 instead, as one frame.
+    let big = vec![7u8; MAX_R1_LEN];
+    let early = Early {
+        first: &big,
+        replaces: &[],
+    };
+    let (opening, r1) = open_with(&a, &b, 23, early, now);
+    assert!(opening.is_resumed() && !opening.carried_first());
+    assert!(r1.len() < 200);
+}
