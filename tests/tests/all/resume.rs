@@ -23,6 +23,9 @@ enum Act {
     ReplayFrom(usize),
     /// Hold the caller's first chunk (R1) back this many milliseconds, then forward it.
     HoldFirst(u64),
+    /// Answer the caller with a forged REFUSED instead of the callee's first chunk (R2), and
+    /// drop everything else the callee sends.
+    ForgeRefused,
 }
 
 /// A relay that records every session's first chunks and acts on chosen sessions (numbered
@@ -93,6 +96,8 @@ impl SpliceHook for Scripted {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
                 chunk
             }
+            Act::ForgeRefused if !up && start == 0 => Bytes::from_static(&[0, 1, 1]),
+            Act::ForgeRefused if !up => return HookOutput::forward(Vec::new()),
             _ => chunk,
         };
         HookOutput::forward(vec![out])
@@ -438,6 +443,55 @@ async fn a_resumed_open_the_relay_holds_back_is_refused_and_the_dial_completes_o
     // The full handshake left a new ticket: the next dial resumes again.
     echo_ok(&a, b.node_id(), b"next").await;
     assert!(hook.first_message_len(2).unwrap() > 32);
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_refused_makes_a_resumed_open_take_effect_at_most_once() {
+    // The relay delivers R1 (the callee acts on it at once), then tells the caller the
+    // callee refused it. The caller falls back to the full handshake on the same dial,
+    // naming the R1; that fallback reaches a callee that is past its handshake, so the dial
+    // fails. The callee's application saw the dial's request once, and the caller's next
+    // dial works.
+    let hook = Scripted::with(&[(1, Act::ForgeRefused)]);
+    let (_net, a, b) = net_with(hook.clone()).await;
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = {
+        let (b, seen) = (b.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = b.accept().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(echo(incoming));
+            }
+        })
+    };
+    echo_ok(&a, b.node_id(), b"full").await;
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        a.dial_sending(
+            b.node_id(),
+            "echo",
+            Vec::new(),
+            nullport_node::FirstBytes::Bytes(b"once".to_vec()),
+        ),
+    )
+    .await
+    .expect("the dial ends");
+    assert!(
+        r.is_err(),
+        "a dial through a forged REFUSED completed: {r:?}"
+    );
+    assert!(
+        hook.first_message_len(1).unwrap() > 32,
+        "it was a resumed open"
+    );
+    assert_eq!(
+        seen.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the callee's application saw the dial once"
+    );
+    echo_ok(&a, b.node_id(), b"next").await;
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
     server.abort();
 }
