@@ -382,13 +382,13 @@ pub(crate) async fn respond(
     if request.is_duplicate() {
         // An earlier open of this dial, one a relay told the caller had failed, reached this
         // node and took effect: this one is denied before the application sees it.
-        tracing::warn!(peer = %caller, "an open replaced one that already took effect; denied as a duplicate");
+        tracing::info!(peer = %caller, "an open named an earlier open of its dial that may have taken effect; denied as a duplicate");
         out.clear();
         request.deny(DenyReason::Duplicate, &mut out)?;
         write_all(&mut send, &out).await?;
         let _ = send.finish();
         drain.hand_over(&send);
-        return Err(nullport_protocol::Error::Replayed.into());
+        return Err(nullport_protocol::Error::Duplicate.into());
     }
     let mut request = request;
     let first = request.take_first();

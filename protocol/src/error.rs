@@ -37,6 +37,13 @@ pub enum Error {
     /// A resumed open arrived a second time (its ticket counter was used before): a replay.
     #[error("resumed open replayed (its counter was used before)")]
     Replayed,
+    /// The open named an earlier resumed open of the same dial that reached this node and
+    /// was accepted or is still undecided: it may have taken effect, so this one is not
+    /// (the caller gets `Deny` with [`crate::DenyReason::Duplicate`]).
+    #[error(
+        "an earlier open of the same dial may already have taken effect; denied as a duplicate"
+    )]
+    Duplicate,
     /// A Diffie-Hellman result was all zero: the peer sent a low-order key.
     #[error("peer sent a low-order X25519 key")]
     LowOrderKey,

@@ -120,6 +120,11 @@ impl HandshakeKeys {
         self.node_id
     }
 
+    /// The shared handle of [`HandshakeKeys::sessions`].
+    pub(crate) fn sessions_handle(&self) -> Arc<SessionCache> {
+        self.sessions.clone()
+    }
+
     /// The resumption secrets this process holds ([`crate::resume`]): forget a peer's when
     /// its key is revoked or rotated away.
     pub fn sessions(&self) -> &SessionCache {
@@ -464,6 +469,7 @@ impl Responder {
             caller: self.caller,
             deadline: self.deadline,
             limits: self.limits,
+            hello_at: now,
         })
     }
 }
@@ -477,6 +483,11 @@ pub struct AwaitingFinish {
     caller: NodeId,
     deadline: Instant,
     limits: Limits,
+    /// When message 2 went out: the birth of this side's resumption secret. The caller's
+    /// is later (it needs message 2), whatever a relay does, so the callee never counts
+    /// the secret younger than the caller does; a relay that holds message 3 back cannot
+    /// make later resumed opens look fresher.
+    hello_at: Instant,
 }
 
 impl AwaitingFinish {
@@ -517,7 +528,13 @@ impl AwaitingFinish {
                 .burn(&proven, &given_up.id, given_up.counter, now);
             duplicate |= burn == Burn::AlreadyUsed;
         }
-        let ticket = PendingTicket::derive(&mut self.hs, &self.sessions, proven, self.limits, now);
+        let ticket = PendingTicket::derive(
+            &mut self.hs,
+            &self.sessions,
+            proven,
+            self.limits,
+            self.hello_at,
+        );
         let hash = handshake_hash(&self.hs);
         let transport = self.hs.into_transport_mode()?;
         Ok(Request::new(

@@ -25,8 +25,8 @@ pub enum DenyReason {
     /// The channel carried nothing for longer than the callee's idle timeout.
     Idle,
     /// The same dial already reached the callee through a resumed open that a relay told the
-    /// caller had failed: the callee acted on that one, and refuses this one so the request
-    /// takes effect once.
+    /// caller had failed, and the callee accepted that one or is still deciding it: it may
+    /// have taken effect, so this one is refused and the request takes effect at most once.
     Duplicate,
     /// A reason code this version does not know.
     Other(u8),
@@ -78,7 +78,7 @@ impl fmt::Display for DenyReason {
             DenyReason::Expired => f.write_str("capability token expired"),
             DenyReason::Idle => f.write_str("idle for too long"),
             DenyReason::Duplicate => {
-                f.write_str("already received through an earlier open of the same dial")
+                f.write_str("an earlier open of the same dial may already have taken effect")
             }
             DenyReason::Other(code) => write!(f, "refused (code {code})"),
         }

@@ -157,6 +157,8 @@ pub(super) async fn handle_incoming(
             ))) => {
                 tracing::warn!("relay misbehaviour: {e}");
             }
+            // Denied already, with the reason the caller gets; not the relay's doing.
+            Ok(Err(Error::Protocol(nullport_protocol::Error::Duplicate))) => {}
             Ok(Err(e)) => tracing::info!("incoming handshake failed: {e}"),
             Err(_) => tracing::info!("incoming handshake timed out"),
         }

@@ -5,7 +5,7 @@ use std::fmt;
 use crate::channel::Channel;
 use crate::error::Error;
 use crate::node_id::NodeId;
-use crate::resume::tickets::PendingTicket;
+use crate::resume::tickets::{PendingTicket, UnacceptedOpen};
 use crate::wire::{DenyReason, FrameType, ServiceName};
 
 /// An authenticated caller's request, waiting for the callee's decision. No application
@@ -20,6 +20,8 @@ pub struct Request {
     first: Vec<u8>,
     /// An earlier open of the same dial already reached this node.
     duplicate: bool,
+    /// For a resumed open: records, unless accepted, that it took no effect.
+    unaccepted: Option<UnacceptedOpen>,
 }
 
 impl fmt::Debug for Request {
@@ -40,7 +42,13 @@ impl Request {
             ticket,
             first: Vec::new(),
             duplicate: false,
+            unaccepted: None,
         }
+    }
+
+    pub(crate) fn unless_accepted(mut self, open: UnacceptedOpen) -> Self {
+        self.unaccepted = Some(open);
+        self
     }
 
     pub(crate) fn with_first(mut self, first: Vec<u8>) -> Self {
@@ -54,8 +62,9 @@ impl Request {
     }
 
     /// True when this open named an earlier resumed open of the same dial (one a relay said
-    /// had failed) that did reach this node: that one took effect, so this one must be
-    /// denied with [`DenyReason::Duplicate`] without the application seeing it.
+    /// had failed) that did reach this node and was accepted, or is still undecided (or is
+    /// too old to tell): that one may have taken effect, so this one must be denied with
+    /// [`DenyReason::Duplicate`] without the application seeing it.
     /// [`Request::accept`] refuses it.
     pub fn is_duplicate(&self) -> bool {
         self.duplicate
@@ -90,12 +99,15 @@ impl Request {
     }
 
     /// Accepts: appends the accept frame to `out` and returns the channel. A duplicate
-    /// ([`Request::is_duplicate`]) cannot be accepted: [`Error::Replayed`].
+    /// ([`Request::is_duplicate`]) cannot be accepted: [`Error::Duplicate`].
     pub fn accept(mut self, out: &mut Vec<u8>) -> Result<Channel, Error> {
         if self.duplicate {
-            return Err(Error::Replayed);
+            return Err(Error::Duplicate);
         }
         self.channel.write_frame(FrameType::Accept, &[], out)?;
+        if let Some(open) = self.unaccepted.take() {
+            open.accepted();
+        }
         if let Some(ticket) = self.ticket.take() {
             ticket.keep();
         }

@@ -1,7 +1,7 @@
 //! Resumed opens that act at once: what a relay can do with an R1 it says failed (forged
 //! REFUSED, "not here" and a retry elsewhere), and the first bytes R1 carries.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::*;
 
@@ -76,7 +76,8 @@ fn an_open_on_another_relay_burns_the_given_up_r1_or_is_its_duplicate() {
     let (a, b) = pair();
     let (first, r1) = open(&a, &b, 16, now);
     let given_up = [first.given_up().unwrap_or_else(|| panic!("resumed"))];
-    let _ = opened(
+    // Still undecided at the callee (its application may act on it): counts as taken.
+    let undecided = opened(
         answer(&b, a.id(), 16, &r1, now)
             .unwrap_or_else(|e| panic!("{e}"))
             .0,
@@ -92,7 +93,8 @@ fn an_open_on_another_relay_burns_the_given_up_r1_or_is_its_duplicate() {
             .0,
     );
     assert!(req.is_duplicate());
-    assert!(matches!(req.accept(&mut Vec::new()), Err(Error::Replayed)));
+    assert!(matches!(req.accept(&mut Vec::new()), Err(Error::Duplicate)));
+    drop(undecided);
     // A given-up open under another ticket than the live one makes the next open full.
     let other = [Replaced {
         id: [0xee; TICKET_ID_LEN],
@@ -132,4 +134,115 @@ fn the_first_bytes_ride_in_r1_and_reach_the_callee_only_through_its_request() {
     let (opening, r1) = open_with(&a, &b, 23, early, now);
     assert!(opening.is_resumed() && !opening.carried_first());
     assert!(r1.len() < 200);
+}
+
+#[test]
+fn a_given_up_r1_the_callee_did_not_accept_is_no_duplicate() {
+    // The callee denied the R1 (or dropped it undecided, or could not send R2), and the
+    // relay kept the answer from the caller: that R1 took no effect, so the dial's next
+    // open that names it is decided afresh, not denied as a duplicate.
+    let now = Instant::now();
+    for deny in [true, false] {
+        let (a, b) = pair();
+        let (first, r1) = open(&a, &b, 40, now);
+        let given_up = [first.given_up().unwrap_or_else(|| panic!("resumed"))];
+        let req = opened(
+            answer(&b, a.id(), 40, &r1, now)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .0,
+        );
+        if deny {
+            req.deny(DenyReason::NotAllowed, &mut Vec::new())
+                .unwrap_or_else(|e| panic!("{e}"));
+        } else {
+            drop(req);
+        }
+        let early = Early {
+            first: b"",
+            replaces: &given_up,
+        };
+        let (_, r1b) = open_with(&a, &b, 41, early, now);
+        let req = opened(
+            answer(&b, a.id(), 41, &r1b, now)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .0,
+        );
+        assert!(!req.is_duplicate(), "deny: {deny}");
+        // The given-up R1 itself stays spent.
+        assert!(matches!(
+            answer(&b, a.id(), 40, &r1, now),
+            Err(Error::Replayed)
+        ));
+    }
+}
+
+#[test]
+fn a_given_up_r1_that_took_effect_is_remembered_after_its_ticket_expires_or_is_evicted() {
+    // R1 took effect, the relay forged REFUSED and held the caller's full handshake back
+    // until the callee's ticket expired (or four newer full handshakes evicted it): the
+    // retired ticket's record still makes the full handshake a duplicate.
+    for evict in [false, true] {
+        let (a, b) = pair();
+        let lifetime = Limits::default().resume_lifetime;
+        // Near the end of the ticket's life, unless it is evicted.
+        let at = if evict {
+            Instant::now()
+        } else {
+            Instant::now() + lifetime - Duration::from_secs(2)
+        };
+        let (opening, r1) = open(&a, &b, 50, at);
+        let (retry, msg1) = refused(opening, &a, at);
+        let mut taken = opened(
+            answer(&b, a.id(), 50, &r1, at)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .0,
+        );
+        let _ = taken.take_first();
+        let mut out = Vec::new();
+        let _callee = taken.accept(&mut out).unwrap_or_else(|e| panic!("{e}"));
+        if evict {
+            for _ in 0..4 {
+                let _ = crate::tests::connect(&a, &b, &mut crate::tests::Tap::default());
+            }
+        }
+        // The full handshake, held back 3 s: past the ticket's expiry.
+        let (_, req) = finish_full(retry, &msg1, (&a, &b), 50, at + Duration::from_secs(3));
+        assert!(req.is_duplicate(), "evict: {evict}");
+    }
+}
+
+#[test]
+fn a_message_3_held_back_does_not_make_later_r1s_look_fresher() {
+    // The callee's secret is born when its message 2 leaves, before the caller's can be:
+    // holding message 3 back does not shift the callee's clock of the secret.
+    let (a, b) = (TestNode::new(1), TestNode::new(2));
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    let init = Initiator::start(&a.keys, request(&b, 60), Limits::default(), t0, &mut out)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let resp = Responder::new(&b.keys, a.id(), SessionId(60), Limits::default(), t0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut m2 = Vec::new();
+    let resp = resp
+        .handle_hello(&only_message(&out), t0, &mut m2)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut m3 = Vec::new();
+    let verdict = init
+        .handle_response(&only_message(&m2), t0, &mut m3)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Message 3 held back 9 s by the relay.
+    let held = t0 + Duration::from_secs(9);
+    let req = resp
+        .handle_finish(&only_message(&m3), held)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut v = Vec::new();
+    let _ = req.accept(&mut v);
+    let _ = verdict.handle_verdict(&only_message(&v), held);
+    // An R1 made at t0 + 1 s and held 4.9 s more: 13.9 s after the full handshake.
+    let (_, r1) = open(&a, &b, 61, t0 + Duration::from_secs(1));
+    let late = t0 + Duration::from_millis(5_900) + Duration::from_secs(9);
+    assert!(matches!(
+        answer(&b, a.id(), 61, &r1, late),
+        Ok((Resumed::Refused, _))
+    ));
 }

@@ -24,19 +24,21 @@
 //!
 //! R1 is acted on at once, so what a relay could do with a withheld R1 is bounded by three
 //! rules: the callee's replay window makes each counter usable once; R1 carries the caller's
-//! age of the secret, and a callee whose own age is more than [`max_early_delay`] beyond it
-//! refuses R1 as stale (a relay can hold an R1 back no longer than that); and a caller that
-//! gives up a resumed open because a relay said it failed names it in the dial's next open
-//! ([`Replaced`]), so the callee burns its counter or, if it already acted on it, denies the
-//! later open as a duplicate: a dial takes effect at most once. `docs/protocol.md` has the
-//! reasoning.
+//! age of the secret, and a callee whose own age (dated from its message 2 of the full
+//! handshake, before the caller's secret can exist) is more than [`max_early_delay`] beyond
+//! it refuses R1 as stale (a relay can hold an R1 back no longer than that); and a caller
+//! that gives up a resumed open because a relay said it failed names it in the dial's next
+//! open ([`Replaced`]), so the callee burns its counter or, if it accepted it or is still
+//! deciding it, denies the later open as a duplicate: a dial takes effect at most once.
+//! `docs/protocol.md` has the reasoning.
 
+mod record;
 pub(crate) mod tickets;
 
 use std::time::{Duration, Instant};
 
 pub use crate::limits::DEFAULT_RESUME_LIFETIME;
-use tickets::{Burn, Lookup};
+use tickets::{Burn, Lookup, UnacceptedOpen};
 pub use tickets::{MAX_RESUMPTIONS, REPLAY_WINDOW, SessionCache, TICKET_ID_LEN, TicketId};
 
 use crate::channel::Channel;
@@ -61,11 +63,11 @@ const PROLOGUE_LABEL: &[u8] = b"nullport/e2e-resume";
 pub const REFUSED: u8 = 0x01;
 /// Bytes in front of the Noise message of R1: ticket id and counter.
 pub const R1_HEADER_LEN: usize = TICKET_ID_LEN + 8;
-/// Bytes of R1's payload in front of the request: the caller's age of the secret (u32 ms)
-/// and the count of given-up opens.
-const R1_PAYLOAD_HEADER: usize = 4 + 1;
-/// Smallest R1: header, ephemeral key, age, no given-up opens, the shortest request (1-byte
-/// service, empty blob), no first bytes, tag.
+/// Bytes of R1's payload in front of the request: the caller's age of the secret (u32 ms),
+/// its early delay (u32 ms) and the count of given-up opens.
+const R1_PAYLOAD_HEADER: usize = 4 + 4 + 1;
+/// Smallest R1: header, ephemeral key, age and delay, no given-up opens, the shortest
+/// request (1-byte service, empty blob), no first bytes, tag.
 pub const MIN_R1_LEN: usize = R1_HEADER_LEN + 32 + R1_PAYLOAD_HEADER + (1 + 1 + 2) + TAG_LEN;
 /// Largest R1: one whole length-prefixed message (the first bytes take what the request
 /// leaves; more first bytes than fit go after R2 instead).
@@ -273,6 +275,7 @@ impl ResumeInitiator {
             .psk(0, &lease.secret)?
             .build_initiator()?;
         let age_ms = u32::try_from(lease.age.as_millis()).unwrap_or(u32::MAX);
+        let delay_ms = u32::try_from(max_early_delay(&limits).as_millis()).unwrap_or(u32::MAX);
         let mut plain = Vec::with_capacity(
             R1_PAYLOAD_HEADER
                 + 8 * early.replaces.len()
@@ -281,6 +284,7 @@ impl ResumeInitiator {
                 + request.blob.len(),
         );
         plain.extend_from_slice(&age_ms.to_be_bytes());
+        plain.extend_from_slice(&delay_ms.to_be_bytes());
         plain.push(early.replaces.len() as u8); // <= MAX_REPLACED, checked by Opening::start
         for r in early.replaces {
             plain.extend_from_slice(&r.counter.to_be_bytes());
@@ -381,10 +385,14 @@ pub enum Resumed {
     Refused,
 }
 
-/// R1's payload, parsed: `age_ms (u32 BE) || n (u8) || n × given-up counter (u64 BE) ||
-/// service len (u8) || service || blob len (u16 BE) || blob || first bytes`.
+/// R1's payload, parsed: `age_ms (u32 BE) || delay_ms (u32 BE) || n (u8) || n × given-up
+/// counter (u64 BE) || service len (u8) || service || blob len (u16 BE) || blob || first
+/// bytes`.
 pub(crate) struct R1Payload<'a> {
     pub(crate) age: Duration,
+    /// The caller's own early delay: half its handshake deadline, so at most half of how
+    /// long it waits for the answer.
+    pub(crate) delay: Duration,
     pub(crate) replaced: Vec<u64>,
     pub(crate) service: crate::ServiceName,
     pub(crate) blob: Vec<u8>,
@@ -397,6 +405,8 @@ impl<'a> R1Payload<'a> {
         let malformed = || Error::Malformed { what: WHAT };
         let (age, rest) = bytes.split_at_checked(4).ok_or_else(malformed)?;
         let age = u32::from_be_bytes(age.try_into().map_err(|_| malformed())?);
+        let (delay, rest) = rest.split_at_checked(4).ok_or_else(malformed)?;
+        let delay = u32::from_be_bytes(delay.try_into().map_err(|_| malformed())?);
         let (&n, rest) = rest.split_first().ok_or_else(malformed)?;
         let n = usize::from(n);
         if n > MAX_REPLACED {
@@ -414,6 +424,7 @@ impl<'a> R1Payload<'a> {
         let (service, blob, first) = decode_service_blob_prefix(rest, WHAT)?;
         Ok(Self {
             age: Duration::from_millis(u64::from(age)),
+            delay: Duration::from_millis(u64::from(delay)),
             replaced,
             service,
             blob,
@@ -481,7 +492,10 @@ pub fn respond(
         });
     }
     let payload = R1Payload::decode(&plain[..n])?;
-    if own_age > payload.age + max_early_delay(&limits) {
+    // The shorter of the two sides' early delays: an R1 is acted on only while its caller
+    // still waits for the answer, whatever either side's deadline.
+    let delay = max_early_delay(&limits).min(payload.delay);
+    if own_age > payload.age + delay {
         // Held back on the way (or this side's clock ran while the caller's slept): not
         // acted on, not burned; the caller, if it still waits, runs the full handshake and
         // names this R1 there.
@@ -501,10 +515,12 @@ pub fn respond(
     let transport = hs.into_transport_mode()?;
     let first = payload.first.to_vec();
     let channel = Channel::new(transport, ticket_caller, payload.service, hash, limits);
+    let unaccepted = UnacceptedOpen::new(keys.sessions_handle(), id, counter);
     Ok(Resumed::Opened(
         Request::new(channel, payload.blob, None)
             .with_first(first)
-            .duplicate_if(duplicate),
+            .duplicate_if(duplicate)
+            .unless_accepted(unaccepted),
     ))
 }
 

@@ -347,22 +347,7 @@ fn a_callee_that_lost_its_state_refuses_and_the_full_handshake_runs_on_the_same_
         "the caller dropped the dead ticket"
     );
     // The rest of the full handshake, same session.
-    let resp = Responder::new(&b.keys, a.id(), SessionId(40), Limits::default(), now)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut out = Vec::new();
-    let resp = resp
-        .handle_hello(&msg1, now, &mut out)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let msg2 = only_message(&out);
-    let mut out = Vec::new();
-    let verdict = verdict_of(
-        retry
-            .handle_response(&a.keys, &msg2, now, &mut out)
-            .unwrap_or_else(|e| panic!("{e}")),
-    );
-    let req = resp
-        .handle_finish(&only_message(&out), now)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (verdict, req) = finish_full(*retry, &msg1, (&a, &b), 40, now);
     let mut out = Vec::new();
     let _ = req.accept(&mut out);
     assert!(verdict.handle_verdict(&only_message(&out), now).is_ok());

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use zeroize::{Zeroize, Zeroizing};
 
+pub(crate) use super::record::Burn;
+use super::record::Record;
 use crate::limits::Limits;
 use crate::node_id::NodeId;
 
@@ -32,9 +34,7 @@ const INCOMING_ENTRIES: usize = 4096;
 const INCOMING_PER_CALLER: usize = 4;
 /// Resumed opens one ticket allows; then the caller runs a full handshake again.
 pub const MAX_RESUMPTIONS: u64 = 1 << 20;
-/// Counters a callee accepts behind the highest it has seen (opens racing each other
-/// arrive slightly out of order).
-pub const REPLAY_WINDOW: u64 = 1024;
+pub use super::record::REPLAY_WINDOW;
 
 /// What a caller uses for one resumed open.
 pub(crate) struct Lease {
@@ -59,74 +59,22 @@ struct Incoming {
     secret: Secret,
     born: Instant,
     expires: Instant,
-    window: ReplayWindow,
+    record: Record,
 }
 
-/// What [`SessionCache::burn`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Burn {
-    /// The counter was unused; now it can never be.
-    Burned,
-    /// The counter was used (or is too old to tell): the given-up open may have reached
-    /// this node.
-    AlreadyUsed,
-    /// No live ticket of this caller by that id.
-    NotHeld,
+/// A callee's ticket that expired or was evicted: its secret is gone (no open under it can
+/// be accepted), but the record of its counters stays for [`RETIRED_FOR`], so that a dial's
+/// open naming a given-up R1 under it still learns whether that R1 took effect.
+struct Retired {
+    caller: NodeId,
+    record: Record,
+    until: Instant,
 }
 
-/// Counters seen, as in IPsec and WireGuard: the highest, and a bitmap of the
-/// [`REPLAY_WINDOW`] below it.
-#[derive(Default)]
-pub(crate) struct ReplayWindow {
-    top: u64,
-    seen: [u64; (REPLAY_WINDOW / 64) as usize],
-}
-
-impl ReplayWindow {
-    /// Records `counter`; false when it was seen before or is too old to tell.
-    pub(crate) fn check_and_set(&mut self, counter: u64) -> bool {
-        if counter == 0 {
-            return false; // counters start at 1
-        }
-        if counter > self.top {
-            let shift = counter - self.top;
-            if shift >= REPLAY_WINDOW {
-                self.seen = Default::default();
-            } else {
-                for _ in 0..shift {
-                    self.shift_one();
-                }
-            }
-            self.top = counter;
-            self.set(0);
-            return true;
-        }
-        let back = self.top - counter;
-        if back >= REPLAY_WINDOW || self.get(back) {
-            return false;
-        }
-        self.set(back);
-        true
-    }
-
-    fn shift_one(&mut self) {
-        // Bit i means "top - i was seen"; moving top up by one moves every bit up by one.
-        let mut carry = 0;
-        for word in &mut self.seen {
-            let next = *word >> 63;
-            *word = (*word << 1) | carry;
-            carry = next;
-        }
-    }
-
-    fn get(&self, back: u64) -> bool {
-        self.seen[(back / 64) as usize] & (1 << (back % 64)) != 0
-    }
-
-    fn set(&mut self, back: u64) {
-        self.seen[(back / 64) as usize] |= 1 << (back % 64);
-    }
-}
+/// How long a retired ticket's record of counters is kept: longer than any one dial's opens
+/// take (each open is bounded by the handshake deadline, 10 s by default; a fleet dial tries
+/// a few relays).
+const RETIRED_FOR: Duration = Duration::from_secs(120);
 
 #[derive(Default)]
 struct State {
@@ -135,6 +83,9 @@ struct State {
     /// Incoming ticket ids in the order they were stored (oldest first), for the bound.
     incoming_order: VecDeque<TicketId>,
     per_caller: HashMap<NodeId, VecDeque<TicketId>>,
+    /// Expired and evicted tickets' records (at most [`INCOMING_ENTRIES`]), oldest first.
+    retired: HashMap<TicketId, Retired>,
+    retired_order: VecDeque<TicketId>,
     /// When expired secrets were last dropped.
     last_sweep: Option<Instant>,
 }
@@ -154,16 +105,68 @@ impl State {
     fn sweep(&mut self, now: Instant) {
         self.last_sweep = Some(now);
         self.outgoing.retain(|_, o| now < o.expires);
-        let before = self.incoming.len();
-        self.incoming.retain(|_, t| now < t.expires);
-        if self.incoming.len() != before {
+        let ids: Vec<TicketId> = self
+            .incoming
+            .iter()
+            .filter(|(_, t)| now >= t.expires)
+            .map(|(id, _)| *id)
+            .collect();
+        let expired: Vec<(TicketId, Incoming)> = ids
+            .into_iter()
+            .filter_map(|id| self.incoming.remove(&id).map(|t| (id, t)))
+            .collect();
+        if !expired.is_empty() {
             let incoming = &self.incoming;
             self.incoming_order.retain(|id| incoming.contains_key(id));
             self.per_caller.retain(|_, ids| {
                 ids.retain(|id| incoming.contains_key(id));
                 !ids.is_empty()
             });
+            for (id, t) in expired {
+                self.retire(id, t, now);
+            }
         }
+        self.retired.retain(|_, r| now < r.until);
+        let retired = &self.retired;
+        self.retired_order.retain(|id| retired.contains_key(id));
+    }
+
+    /// Keeps the record of a ticket that expired or was evicted (its secret is dropped,
+    /// zeroized, with `ticket`).
+    fn retire(&mut self, id: TicketId, ticket: Incoming, now: Instant) {
+        let Incoming { caller, record, .. } = ticket;
+        let until = now + RETIRED_FOR;
+        if self
+            .retired
+            .insert(
+                id,
+                Retired {
+                    caller,
+                    record,
+                    until,
+                },
+            )
+            .is_none()
+        {
+            self.retired_order.push_back(id);
+        }
+        while self.retired.len() > INCOMING_ENTRIES {
+            let Some(old) = self.retired_order.pop_front() else {
+                break;
+            };
+            self.retired.remove(&old);
+        }
+    }
+
+    /// The record of counters of `caller`'s ticket `id`, live or retired.
+    fn record_of(&mut self, caller: &NodeId, id: &TicketId, now: Instant) -> Option<&mut Record> {
+        if let Some(t) = self.incoming.get_mut(id) {
+            return (t.caller == *caller).then_some(&mut t.record);
+        }
+        self.retired
+            .get_mut(id)
+            .filter(|r| r.caller == *caller && now < r.until)
+            .map(|r| &mut r.record)
     }
 }
 
@@ -251,20 +254,29 @@ impl SessionCache {
         if s.incoming.contains_key(&id) {
             return; // cannot happen short of a hash collision; never overwrite a window
         }
-        let mine = s.per_caller.entry(caller).or_default();
-        if mine.len() >= INCOMING_PER_CALLER
-            && let Some(old) = mine.pop_front()
-        {
-            s.incoming.remove(&old);
+        let evicted = {
+            let mine = s.per_caller.entry(caller).or_default();
+            let old = if mine.len() >= INCOMING_PER_CALLER {
+                mine.pop_front()
+            } else {
+                None
+            };
+            mine.push_back(id);
+            old
+        };
+        if let Some(old) = evicted {
             s.incoming_order.retain(|x| *x != old);
+            if let Some(gone) = s.incoming.remove(&old) {
+                s.retire(old, gone, now);
+            }
         }
-        mine.push_back(id);
         while s.incoming.len() >= INCOMING_ENTRIES {
             let Some(old) = s.incoming_order.pop_front() else {
                 break;
             };
             if let Some(gone) = s.incoming.remove(&old) {
                 forget_id(&mut s.per_caller, &gone.caller, &old);
+                s.retire(old, gone, now);
             }
         }
         s.incoming_order.push_back(id);
@@ -275,7 +287,7 @@ impl SessionCache {
                 secret,
                 born: now,
                 expires,
-                window: ReplayWindow::default(),
+                record: Record::default(),
             },
         );
     }
@@ -314,7 +326,9 @@ impl SessionCache {
             },
             Some(t) => {
                 let caller = t.caller;
-                s.incoming.remove(id);
+                if let Some(gone) = s.incoming.remove(id) {
+                    s.retire(*id, gone, now);
+                }
                 s.incoming_order.retain(|x| x != id);
                 forget_id(&mut s.per_caller, &caller, id);
                 Lookup::Unknown
@@ -331,27 +345,35 @@ impl SessionCache {
         };
         s.incoming
             .get_mut(id)
-            .is_some_and(|t| t.window.check_and_set(counter))
+            .is_some_and(|t| t.record.use_counter(counter))
+    }
+
+    /// Records that counter `counter` of ticket `id`, used, took no effect: the callee did
+    /// not accept that open (denied, dropped undecided, or its answer could not be sent).
+    pub(crate) fn undo(&self, id: &TicketId, counter: u64) {
+        let Ok(mut s) = self.state.lock() else { return };
+        if let Some(t) = s.incoming.get_mut(id) {
+            t.record.undo(counter);
+        } else if let Some(r) = s.retired.get_mut(id) {
+            r.record.undo(counter);
+        }
     }
 
     /// Burns counter `counter` of `caller`'s ticket `id`: the caller gave up an open under it
     /// (a relay said it failed) and names it in a later open, so that the open, if a relay
     /// delivers it after all, is refused as a replay. Says whether the counter was used
-    /// already (the given-up open did reach this node) or the ticket is not `caller`'s live
-    /// one here (nothing to burn: an open under it cannot be accepted either).
+    /// already by an open that was not recorded as having taken no effect (the given-up open
+    /// reached this node and was accepted or is still undecided, or it is too old to tell),
+    /// or that this node holds no record of `caller`'s ticket `id` (never held, forgotten, or
+    /// retired more than [`RETIRED_FOR`] ago: no open under it can be accepted either).
     pub(crate) fn burn(&self, caller: &NodeId, id: &TicketId, counter: u64, now: Instant) -> Burn {
         let Ok(mut s) = self.state.lock() else {
-            return Burn::NotHeld;
+            // Cannot tell: count it as used (at most once before availability).
+            return Burn::AlreadyUsed;
         };
-        match s.incoming.get_mut(id) {
-            Some(t) if t.caller == *caller && now < t.expires => {
-                if t.window.check_and_set(counter) {
-                    Burn::Burned
-                } else {
-                    Burn::AlreadyUsed
-                }
-            }
-            _ => Burn::NotHeld,
+        match s.record_of(caller, id, now) {
+            Some(record) => record.burn(counter),
+            None => Burn::NotHeld,
         }
     }
 
@@ -375,6 +397,10 @@ impl SessionCache {
             }
             s.incoming_order.retain(|id| s.incoming.contains_key(id));
         }
+        // Its opens are refused from now on anyway; nothing of it is kept.
+        s.retired.retain(|_, r| r.caller != *peer);
+        let retired = &s.retired;
+        s.retired_order.retain(|id| retired.contains_key(id));
     }
 
     /// Drops every secret whose lifetime is over (each zeroized as it goes). A node calls this
@@ -486,6 +512,41 @@ impl PendingTicket {
         } else {
             self.sessions
                 .store_incoming(self.peer, self.id, self.secret, self.times);
+        }
+    }
+}
+
+/// A resumed open the callee has not accepted: dropped without
+/// [`UnacceptedOpen::accepted`] (denied, dropped undecided, or its R2 could not be sent),
+/// it records that its counter took no effect, so that the dial's next open that names it
+/// is not denied as a duplicate.
+pub(crate) struct UnacceptedOpen {
+    sessions: Arc<SessionCache>,
+    id: TicketId,
+    counter: u64,
+    armed: bool,
+}
+
+impl UnacceptedOpen {
+    pub(crate) fn new(sessions: Arc<SessionCache>, id: TicketId, counter: u64) -> Self {
+        Self {
+            sessions,
+            id,
+            counter,
+            armed: true,
+        }
+    }
+
+    /// The callee accepted the open: it took effect.
+    pub(crate) fn accepted(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for UnacceptedOpen {
+    fn drop(&mut self) {
+        if self.armed {
+            self.sessions.undo(&self.id, self.counter);
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The resumption cache's bounds, expiry and replay window.
 use super::*;
+use crate::resume::record::ReplayWindow;
 
 #[test]
 fn replay_window_accepts_each_counter_once() {

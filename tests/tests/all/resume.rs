@@ -132,6 +132,26 @@ async fn echo(incoming: nullport_node::IncomingChannel) {
     let _ = ch.shutdown().await;
 }
 
+/// Serves echo on `b`, counting the requests its application sees.
+fn counting_echo(
+    b: &Arc<Node>,
+) -> (
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = {
+        let (b, seen) = (b.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = b.accept().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(echo(incoming));
+            }
+        })
+    };
+    (seen, server)
+}
+
 async fn echo_ok(a: &Node, b: NodeId, payload: &[u8]) {
     let mut ch = a.dial(b, "echo").await.unwrap();
     let (got, err) = exchange(&mut ch, payload).await;
@@ -226,16 +246,7 @@ async fn a_resumed_open_replayed_into_another_session_reaches_no_one() {
     // the replay fails authentication and the callee's application never sees it.
     let hook = Scripted::with(&[(2, Act::ReplayFrom(1))]);
     let (_net, a, b) = net_with(hook.clone()).await;
-    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let server = {
-        let (b, seen) = (b.clone(), seen.clone());
-        tokio::spawn(async move {
-            while let Some(incoming) = b.accept().await {
-                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(echo(incoming));
-            }
-        })
-    };
+    let (seen, server) = counting_echo(&b);
     echo_ok(&a, b.node_id(), b"full").await;
     echo_ok(&a, b.node_id(), b"resumed").await;
     let r = a.dial(b.node_id(), "echo").await;
@@ -406,16 +417,7 @@ async fn a_resumed_open_the_relay_holds_back_is_refused_and_the_dial_completes_o
     b.wait_online(std::time::Duration::from_secs(5))
         .await
         .unwrap();
-    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let server = {
-        let (b, seen) = (b.clone(), seen.clone());
-        tokio::spawn(async move {
-            while let Some(incoming) = b.accept().await {
-                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(echo(incoming));
-            }
-        })
-    };
+    let (seen, server) = counting_echo(&b);
     echo_ok(&a, b.node_id(), b"full").await;
     let payload = pattern(100_000, 7);
     let mut ch = a
@@ -456,16 +458,7 @@ async fn a_forged_refused_makes_a_resumed_open_take_effect_at_most_once() {
     // dial works.
     let hook = Scripted::with(&[(1, Act::ForgeRefused)]);
     let (_net, a, b) = net_with(hook.clone()).await;
-    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let server = {
-        let (b, seen) = (b.clone(), seen.clone());
-        tokio::spawn(async move {
-            while let Some(incoming) = b.accept().await {
-                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(echo(incoming));
-            }
-        })
-    };
+    let (seen, server) = counting_echo(&b);
     echo_ok(&a, b.node_id(), b"full").await;
     let r = tokio::time::timeout(
         std::time::Duration::from_secs(30),
