@@ -400,8 +400,13 @@ fn resumable_pair(now: Instant) -> (HandshakeKeys, HandshakeKeys) {
     let expires = now + std::time::Duration::from_secs(60);
     a.sessions()
         .store_outgoing(b.node_id(), FUZZ_TICKET, secret.clone(), (now, expires));
-    b.sessions()
-        .store_incoming(a.node_id(), FUZZ_TICKET, secret, (now, expires));
+    b.sessions().store_incoming(
+        a.node_id(),
+        FUZZ_TICKET,
+        secret,
+        (now, expires),
+        crate::resume::tickets::RETIRED_FOR,
+    );
     (a, b)
 }
 

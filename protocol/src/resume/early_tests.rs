@@ -246,3 +246,154 @@ fn a_message_3_held_back_does_not_make_later_r1s_look_fresher() {
         Ok((Resumed::Refused, _))
     ));
 }
+
+#[test]
+fn a_counter_burned_before_use_is_no_duplicate_when_named_again() {
+    // The relay withholds R1#1 and says it failed; R1#2 names #1 (burned: never used) and is
+    // reset before the callee decides (undone); the dial's third open names both. Neither
+    // took effect, so the third is no duplicate. (Found by the second review.)
+    let now = Instant::now();
+    let (a, b) = pair();
+    let (first, r1_withheld) = open(&a, &b, 70, now);
+    let g1 = first.given_up().unwrap_or_else(|| panic!("resumed"));
+    let list1 = [g1];
+    let early = Early {
+        first: b"",
+        replaces: &list1,
+    };
+    let (second, r1b) = open_with(&a, &b, 71, early, now);
+    let g2 = second.given_up().unwrap_or_else(|| panic!("resumed"));
+    drop(opened(
+        answer(&b, a.id(), 71, &r1b, now)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0,
+    ));
+    let list2 = [g1, g2];
+    let early = Early {
+        first: b"",
+        replaces: &list2,
+    };
+    let (_, r1c) = open_with(&a, &b, 72, early, now);
+    let req = opened(
+        answer(&b, a.id(), 72, &r1c, now)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0,
+    );
+    assert!(!req.is_duplicate());
+    assert!(matches!(
+        answer(&b, a.id(), 70, &r1_withheld, now),
+        Err(Error::Replayed)
+    ));
+}
+
+#[test]
+fn another_callers_churn_cannot_flush_a_given_up_r1_that_took_effect() {
+    // A peer the callee accepts cycles 4,200 full handshakes while a relay stretches a dial
+    // whose R1 took effect under a ticket that has since expired: the victim's record stays
+    // (records are bounded per caller first), so the dial's full handshake is a duplicate.
+    // (Found by the second review.)
+    let (a, b) = pair();
+    let lifetime = Limits::default().resume_lifetime;
+    let at = Instant::now() + lifetime - Duration::from_secs(2);
+    let (opening, r1) = open(&a, &b, 80, at);
+    let (retry, msg1) = refused(opening, &a, at);
+    let mut taken = opened(
+        answer(&b, a.id(), 80, &r1, at)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0,
+    );
+    let _ = taken.take_first();
+    let _callee = taken
+        .accept(&mut Vec::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t = at + Duration::from_secs(3);
+    b.keys.sessions().sweep(t);
+    let attacker = crate::Identity::from_seed([9; 32]).node_id();
+    for i in 0u32..4200 {
+        let mut id = [0u8; TICKET_ID_LEN];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        id[15] = 0xaa;
+        b.keys.sessions().store_incoming(
+            attacker,
+            id,
+            zeroize::Zeroizing::new([1; 32]),
+            (t, t + lifetime),
+            tickets::RETIRED_FOR,
+        );
+    }
+    let (_, req) = finish_full(retry, &msg1, (&a, &b), 80, t);
+    assert!(req.is_duplicate(), "the victim's record was flushed");
+}
+
+#[test]
+fn a_record_dropped_early_makes_its_callers_unknown_tickets_count_as_taken() {
+    // When records must be dropped before their time (one caller's own churn beyond its
+    // share), that caller's given-up R1s under unknown tickets count as having taken effect
+    // until the dropped record's time is over: a false duplicate at worst, never a second
+    // effect.
+    let cache = SessionCache::default();
+    let caller = crate::Identity::from_seed([3; 32]).node_id();
+    let other = crate::Identity::from_seed([4; 32]).node_id();
+    let t = Instant::now();
+    let life = Duration::from_secs(600);
+    for i in 0u8..20 {
+        cache.store_incoming(
+            caller,
+            [i + 1; TICKET_ID_LEN],
+            zeroize::Zeroizing::new([1; 32]),
+            (t, t + life),
+            tickets::RETIRED_FOR,
+        );
+    }
+    // 4 live, 8 retired, 8 dropped early: their caller is marked.
+    let unknown = [0xfe; TICKET_ID_LEN];
+    assert_eq!(
+        cache.burn(&caller, &unknown, 1, t),
+        tickets::Burn::AlreadyUsed
+    );
+    assert_eq!(cache.burn(&other, &unknown, 1, t), tickets::Burn::NotHeld);
+    let after = t + tickets::RETIRED_FOR + Duration::from_secs(1);
+    cache.sweep(after);
+    assert_eq!(
+        cache.burn(&caller, &unknown, 1, after),
+        tickets::Burn::NotHeld
+    );
+}
+
+#[test]
+fn a_ticket_evicted_long_after_its_handshake_keeps_its_record_from_the_eviction() {
+    // The callee's application took 200 s to accept a full handshake whose acceptance
+    // evicted an older ticket of the same caller: that ticket's record is kept from the
+    // eviction (the node's timer keeps the cache's clock current), not from the new
+    // handshake's message 2. (Found by the second review.)
+    let cache = SessionCache::default();
+    let caller = crate::Identity::from_seed([3; 32]).node_id();
+    let t = Instant::now();
+    let life = Duration::from_secs(600);
+    let ids: Vec<TicketId> = (0u8..5).map(|i| [i + 1; TICKET_ID_LEN]).collect();
+    for id in &ids[..4] {
+        cache.store_incoming(
+            caller,
+            *id,
+            zeroize::Zeroizing::new([1; 32]),
+            (t, t + life),
+            tickets::RETIRED_FOR,
+        );
+    }
+    assert!(cache.mark_used(&ids[0], 5));
+    let hello_at = t + Duration::from_secs(1);
+    // The node's sweep timer runs meanwhile.
+    cache.sweep(t + Duration::from_secs(195));
+    cache.store_incoming(
+        caller,
+        ids[4],
+        zeroize::Zeroizing::new([1; 32]),
+        (hello_at, hello_at + life),
+        tickets::RETIRED_FOR,
+    );
+    let now = t + Duration::from_secs(200);
+    assert_eq!(
+        cache.burn(&caller, &ids[0], 5, now),
+        tickets::Burn::AlreadyUsed
+    );
+}

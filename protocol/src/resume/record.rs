@@ -74,8 +74,9 @@ impl ReplayWindow {
     }
 }
 
-/// Used counters recorded as having taken no effect, per ticket (beyond that, the oldest
-/// is forgotten and counts as having taken effect: at most once before availability).
+/// Used counters recorded as having taken no effect, and burned ones, per ticket, each (beyond
+/// that, the oldest is forgotten and counts as having taken effect: at most once before
+/// availability).
 const UNDONE_MAX: usize = 64;
 
 /// The counters of one callee ticket.
@@ -84,6 +85,9 @@ pub(crate) struct Record {
     window: ReplayWindow,
     /// Used counters whose opens took no effect, oldest first.
     undone: VecDeque<u64>,
+    /// Counters burned before any open used them (so none ever can), oldest first: a later
+    /// open of the same dial may name them again.
+    burned: VecDeque<u64>,
 }
 
 impl Record {
@@ -94,7 +98,10 @@ impl Record {
 
     /// Burns `counter` of a given-up open (`SessionCache::burn`).
     pub(crate) fn burn(&mut self, counter: u64) -> Burn {
-        if self.window.check_and_set(counter) || self.undone.contains(&counter) {
+        if self.window.check_and_set(counter) {
+            remember(&mut self.burned, counter);
+            Burn::Burned
+        } else if self.undone.contains(&counter) || self.burned.contains(&counter) {
             Burn::Burned
         } else {
             Burn::AlreadyUsed
@@ -103,12 +110,18 @@ impl Record {
 
     /// Records that the open that used `counter` took no effect.
     pub(crate) fn undo(&mut self, counter: u64) {
-        if self.undone.contains(&counter) {
-            return;
-        }
-        if self.undone.len() >= UNDONE_MAX {
-            self.undone.pop_front();
-        }
-        self.undone.push_back(counter);
+        remember(&mut self.undone, counter);
     }
+}
+
+/// Adds `counter` to a bounded list of counters that took no effect (the oldest forgotten
+/// beyond [`UNDONE_MAX`]: it then counts as having taken effect).
+fn remember(list: &mut VecDeque<u64>, counter: u64) {
+    if list.contains(&counter) {
+        return;
+    }
+    if list.len() >= UNDONE_MAX {
+        list.pop_front();
+    }
+    list.push_back(counter);
 }

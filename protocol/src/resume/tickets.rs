@@ -14,6 +14,8 @@ use zeroize::{Zeroize, Zeroizing};
 
 pub(crate) use super::record::Burn;
 use super::record::Record;
+use super::retired::RetiredRecords;
+pub(crate) use super::retired::{RETIRED_FOR, retention};
 use crate::limits::Limits;
 use crate::node_id::NodeId;
 
@@ -60,21 +62,9 @@ struct Incoming {
     born: Instant,
     expires: Instant,
     record: Record,
+    /// How long its record is kept once it expires or is evicted.
+    retire_for: Duration,
 }
-
-/// A callee's ticket that expired or was evicted: its secret is gone (no open under it can
-/// be accepted), but the record of its counters stays for [`RETIRED_FOR`], so that a dial's
-/// open naming a given-up R1 under it still learns whether that R1 took effect.
-struct Retired {
-    caller: NodeId,
-    record: Record,
-    until: Instant,
-}
-
-/// How long a retired ticket's record of counters is kept: longer than any one dial's opens
-/// take (each open is bounded by the handshake deadline, 10 s by default; a fleet dial tries
-/// a few relays).
-const RETIRED_FOR: Duration = Duration::from_secs(120);
 
 #[derive(Default)]
 struct State {
@@ -83,9 +73,11 @@ struct State {
     /// Incoming ticket ids in the order they were stored (oldest first), for the bound.
     incoming_order: VecDeque<TicketId>,
     per_caller: HashMap<NodeId, VecDeque<TicketId>>,
-    /// Expired and evicted tickets' records (at most [`INCOMING_ENTRIES`]), oldest first.
-    retired: HashMap<TicketId, Retired>,
-    retired_order: VecDeque<TicketId>,
+    /// Expired and evicted tickets' records of counters.
+    retired: RetiredRecords,
+    /// The latest time any call gave (a node's timer sweeps every few seconds): when a
+    /// record is retired, its time starts no earlier than this.
+    clock: Option<Instant>,
     /// When expired secrets were last dropped.
     last_sweep: Option<Instant>,
 }
@@ -93,6 +85,7 @@ struct State {
 impl State {
     /// Drops every expired secret (zeroized as it goes), at most once per [`SWEEP_EVERY`].
     fn sweep_if_due(&mut self, now: Instant) {
+        self.clock = self.clock.max(Some(now));
         if self
             .last_sweep
             .is_some_and(|at| now.saturating_duration_since(at) < SWEEP_EVERY)
@@ -103,6 +96,7 @@ impl State {
     }
 
     fn sweep(&mut self, now: Instant) {
+        self.clock = self.clock.max(Some(now));
         self.last_sweep = Some(now);
         self.outgoing.retain(|_, o| now < o.expires);
         let ids: Vec<TicketId> = self
@@ -126,36 +120,20 @@ impl State {
                 self.retire(id, t, now);
             }
         }
-        self.retired.retain(|_, r| now < r.until);
-        let retired = &self.retired;
-        self.retired_order.retain(|id| retired.contains_key(id));
+        self.retired.sweep(now);
     }
 
     /// Keeps the record of a ticket that expired or was evicted (its secret is dropped,
     /// zeroized, with `ticket`).
     fn retire(&mut self, id: TicketId, ticket: Incoming, now: Instant) {
-        let Incoming { caller, record, .. } = ticket;
-        let until = now + RETIRED_FOR;
-        if self
-            .retired
-            .insert(
-                id,
-                Retired {
-                    caller,
-                    record,
-                    until,
-                },
-            )
-            .is_none()
-        {
-            self.retired_order.push_back(id);
-        }
-        while self.retired.len() > INCOMING_ENTRIES {
-            let Some(old) = self.retired_order.pop_front() else {
-                break;
-            };
-            self.retired.remove(&old);
-        }
+        let Incoming {
+            caller,
+            record,
+            retire_for,
+            ..
+        } = ticket;
+        let from = self.clock.map_or(now, |clock| clock.max(now));
+        self.retired.retire(id, caller, record, from + retire_for);
     }
 
     /// The record of counters of `caller`'s ticket `id`, live or retired.
@@ -163,10 +141,7 @@ impl State {
         if let Some(t) = self.incoming.get_mut(id) {
             return (t.caller == *caller).then_some(&mut t.record);
         }
-        self.retired
-            .get_mut(id)
-            .filter(|r| r.caller == *caller && now < r.until)
-            .map(|r| &mut r.record)
+        self.retired.record_of(caller, id, now)
     }
 }
 
@@ -240,13 +215,16 @@ impl SessionCache {
         );
     }
 
-    /// Remembers, as the callee, the secret shared with `caller`.
+    /// Remembers, as the callee, the secret shared with `caller`, born at `now` (when this
+    /// side's message 2 left), and keeps its record of counters `retire_for` once it expires
+    /// or is evicted ([`retention`]).
     pub(crate) fn store_incoming(
         &self,
         caller: NodeId,
         id: TicketId,
         secret: Secret,
         (now, expires): (Instant, Instant),
+        retire_for: Duration,
     ) {
         let Ok(mut s) = self.state.lock() else { return };
         let s = &mut *s;
@@ -288,6 +266,7 @@ impl SessionCache {
                 born: now,
                 expires,
                 record: Record::default(),
+                retire_for,
             },
         );
     }
@@ -354,8 +333,8 @@ impl SessionCache {
         let Ok(mut s) = self.state.lock() else { return };
         if let Some(t) = s.incoming.get_mut(id) {
             t.record.undo(counter);
-        } else if let Some(r) = s.retired.get_mut(id) {
-            r.record.undo(counter);
+        } else {
+            s.retired.undo(id, counter);
         }
     }
 
@@ -365,16 +344,18 @@ impl SessionCache {
     /// already by an open that was not recorded as having taken no effect (the given-up open
     /// reached this node and was accepted or is still undecided, or it is too old to tell),
     /// or that this node holds no record of `caller`'s ticket `id` (never held, forgotten, or
-    /// retired more than [`RETIRED_FOR`] ago: no open under it can be accepted either).
+    /// retired longer ago than its record is kept, [`RETIRED_FOR`] or more: no open under it
+    /// can be accepted either). Unknown ids of a caller whose records were dropped early
+    /// count as used.
     pub(crate) fn burn(&self, caller: &NodeId, id: &TicketId, counter: u64, now: Instant) -> Burn {
         let Ok(mut s) = self.state.lock() else {
             // Cannot tell: count it as used (at most once before availability).
             return Burn::AlreadyUsed;
         };
-        match s.record_of(caller, id, now) {
-            Some(record) => record.burn(counter),
-            None => Burn::NotHeld,
+        if let Some(record) = s.record_of(caller, id, now) {
+            return record.burn(counter);
         }
+        s.retired.unknown(caller, now)
     }
 
     /// Forgets the caller's ticket for `callee` (the callee no longer holds it).
@@ -398,9 +379,7 @@ impl SessionCache {
             s.incoming_order.retain(|id| s.incoming.contains_key(id));
         }
         // Its opens are refused from now on anyway; nothing of it is kept.
-        s.retired.retain(|_, r| r.caller != *peer);
-        let retired = &s.retired;
-        s.retired_order.retain(|id| retired.contains_key(id));
+        s.retired.forget(peer);
     }
 
     /// Drops every secret whose lifetime is over (each zeroized as it goes). A node calls this
@@ -478,6 +457,8 @@ pub(crate) struct PendingTicket {
     /// When the handshake finished, and when the secret expires.
     times: (Instant, Instant),
     outgoing: bool,
+    /// How long the callee keeps its record of counters once the ticket is gone.
+    retire_for: Duration,
 }
 
 impl PendingTicket {
@@ -501,6 +482,7 @@ impl PendingTicket {
             secret,
             times: (now, now + limits.resume_lifetime),
             outgoing: hs.is_initiator(),
+            retire_for: retention(limits.handshake_timeout),
         })
     }
 
@@ -510,8 +492,13 @@ impl PendingTicket {
             self.sessions
                 .store_outgoing(self.peer, self.id, self.secret, self.times);
         } else {
-            self.sessions
-                .store_incoming(self.peer, self.id, self.secret, self.times);
+            self.sessions.store_incoming(
+                self.peer,
+                self.id,
+                self.secret,
+                self.times,
+                self.retire_for,
+            );
         }
     }
 }

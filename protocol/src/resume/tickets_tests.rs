@@ -79,9 +79,9 @@ fn callee_keeps_a_few_tickets_per_caller_and_forgets_on_request() {
     let now = Instant::now();
     let later = now + Duration::from_secs(60);
     for i in 0..6u8 {
-        cache.store_incoming(node(1), [i; 16], secret(i), (now, later));
+        cache.store_incoming(node(1), [i; 16], secret(i), (now, later), RETIRED_FOR);
     }
-    cache.store_incoming(node(2), [100; 16], secret(9), (now, later));
+    cache.store_incoming(node(2), [100; 16], secret(9), (now, later), RETIRED_FOR);
     assert_eq!(cache.len(), (0, INCOMING_PER_CALLER + 1));
     assert!(
         matches!(cache.lookup(&[0; 16], now), Lookup::Unknown),
@@ -118,7 +118,7 @@ fn callee_bound_holds_over_many_callers() {
         let mut seed = [1u8; 32];
         seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
         let caller = crate::Identity::from_seed(seed).node_id();
-        cache.store_incoming(caller, id, secret(1), (now, later));
+        cache.store_incoming(caller, id, secret(1), (now, later), RETIRED_FOR);
     }
     assert!(cache.len().1 <= INCOMING_ENTRIES);
     let order = cache
@@ -139,7 +139,13 @@ fn one_caller_cycling_its_tickets_leaves_nothing_behind() {
     for i in 0..20_000u64 {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&i.to_be_bytes());
-        cache.store_incoming(node(1), id, secret(1), (now, now + Duration::from_secs(60)));
+        cache.store_incoming(
+            node(1),
+            id,
+            secret(1),
+            (now, now + Duration::from_secs(60)),
+            RETIRED_FOR,
+        );
     }
     let s = cache.state.lock().unwrap_or_else(|e| e.into_inner());
     assert_eq!(
@@ -154,19 +160,20 @@ fn expired_secrets_are_dropped_by_a_sweep_and_by_use() {
     let now = Instant::now();
     let soon = now + Duration::from_millis(10);
     cache.store_outgoing(node(2), [1; 16], secret(1), (now, soon));
-    cache.store_incoming(node(3), [2; 16], secret(2), (now, soon));
+    cache.store_incoming(node(3), [2; 16], secret(2), (now, soon), RETIRED_FOR);
     assert_eq!(cache.len(), (1, 1));
     cache.sweep(soon);
     assert_eq!(cache.len(), (0, 0), "a sweep at expiry drops both");
     // Used after a second, the cache sweeps itself.
     cache.store_outgoing(node(2), [1; 16], secret(1), (now, soon));
-    cache.store_incoming(node(3), [2; 16], secret(2), (now, soon));
+    cache.store_incoming(node(3), [2; 16], secret(2), (now, soon), RETIRED_FOR);
     let later = now + Duration::from_secs(2);
     cache.store_incoming(
         node(4),
         [3; 16],
         secret(3),
         (later, later + Duration::from_secs(60)),
+        RETIRED_FOR,
     );
     assert_eq!(cache.len(), (0, 1));
     let s = cache.state.lock().unwrap_or_else(|e| e.into_inner());
