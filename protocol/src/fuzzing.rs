@@ -405,7 +405,7 @@ fn resumable_pair(now: Instant) -> (HandshakeKeys, HandshakeKeys) {
         FUZZ_TICKET,
         secret,
         (now, expires),
-        crate::resume::tickets::RETIRED_FOR,
+        crate::resume::retired::RETIRED_FOR,
     );
     (a, b)
 }

@@ -318,7 +318,7 @@ fn another_callers_churn_cannot_flush_a_given_up_r1_that_took_effect() {
             id,
             zeroize::Zeroizing::new([1; 32]),
             (t, t + lifetime),
-            tickets::RETIRED_FOR,
+            retired::RETIRED_FOR,
         );
     }
     let (_, req) = finish_full(retry, &msg1, (&a, &b), 80, t);
@@ -342,7 +342,7 @@ fn a_record_dropped_early_makes_its_callers_unknown_tickets_count_as_taken() {
             [i + 1; TICKET_ID_LEN],
             zeroize::Zeroizing::new([1; 32]),
             (t, t + life),
-            tickets::RETIRED_FOR,
+            retired::RETIRED_FOR,
         );
     }
     // 4 live, 8 retired, 8 dropped early: their caller is marked.
@@ -352,7 +352,7 @@ fn a_record_dropped_early_makes_its_callers_unknown_tickets_count_as_taken() {
         tickets::Burn::AlreadyUsed
     );
     assert_eq!(cache.burn(&other, &unknown, 1, t), tickets::Burn::NotHeld);
-    let after = t + tickets::RETIRED_FOR + Duration::from_secs(1);
+    let after = t + retired::RETIRED_FOR + Duration::from_secs(1);
     cache.sweep(after);
     assert_eq!(
         cache.burn(&caller, &unknown, 1, after),
@@ -377,7 +377,7 @@ fn a_ticket_evicted_long_after_its_handshake_keeps_its_record_from_the_eviction(
             *id,
             zeroize::Zeroizing::new([1; 32]),
             (t, t + life),
-            tickets::RETIRED_FOR,
+            retired::RETIRED_FOR,
         );
     }
     assert!(cache.mark_used(&ids[0], 5));
@@ -389,7 +389,7 @@ fn a_ticket_evicted_long_after_its_handshake_keeps_its_record_from_the_eviction(
         ids[4],
         zeroize::Zeroizing::new([1; 32]),
         (hello_at, hello_at + life),
-        tickets::RETIRED_FOR,
+        retired::RETIRED_FOR,
     );
     let now = t + Duration::from_secs(200);
     assert_eq!(

@@ -33,7 +33,7 @@
 //! `docs/protocol.md` has the reasoning.
 
 mod record;
-mod retired;
+pub(crate) mod retired;
 pub(crate) mod tickets;
 
 use std::time::{Duration, Instant};

@@ -15,7 +15,7 @@ use zeroize::{Zeroize, Zeroizing};
 pub(crate) use super::record::Burn;
 use super::record::Record;
 use super::retired::RetiredRecords;
-pub(crate) use super::retired::{RETIRED_FOR, retention};
+use super::retired::retention;
 use crate::limits::Limits;
 use crate::node_id::NodeId;
 
@@ -344,7 +344,7 @@ impl SessionCache {
     /// already by an open that was not recorded as having taken no effect (the given-up open
     /// reached this node and was accepted or is still undecided, or it is too old to tell),
     /// or that this node holds no record of `caller`'s ticket `id` (never held, forgotten, or
-    /// retired longer ago than its record is kept, [`RETIRED_FOR`] or more: no open under it
+    /// retired longer ago than its record is kept, [`super::retired::RETIRED_FOR`] or more: no open under it
     /// can be accepted either). Unknown ids of a caller whose records were dropped early
     /// count as used.
     pub(crate) fn burn(&self, caller: &NodeId, id: &TicketId, counter: u64, now: Instant) -> Burn {

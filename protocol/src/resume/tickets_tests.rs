@@ -1,6 +1,7 @@
 //! The resumption cache's bounds, expiry and replay window.
 use super::*;
 use crate::resume::record::ReplayWindow;
+use crate::resume::retired::RETIRED_FOR;
 
 #[test]
 fn replay_window_accepts_each_counter_once() {
