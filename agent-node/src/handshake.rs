@@ -87,6 +87,14 @@ impl<'a> First<'a> {
         }
     }
 
+    /// How many bytes [`First::for_r1`] gives, without copying them.
+    fn known_len(&self) -> usize {
+        match self.source.lock().ok().as_deref() {
+            Some(Some(FirstBytes::Bytes(bytes))) => bytes.len(),
+            _ => 0,
+        }
+    }
+
     /// A copy of the first bytes for R1 of a resumed open, if they are known now
     /// ([`FirstBytes::Bytes`]; a [`FirstBytes::Ready`] source is read only after the
     /// answer, when more is ready). The source keeps them for a later open of the dial.
@@ -102,7 +110,8 @@ impl<'a> First<'a> {
         self.given_up.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
-    /// Records a resumed open of this dial that did not become a channel.
+    /// Records a resumed open of this dial, to be named by its next open if it does not
+    /// become a channel.
     pub(crate) fn give_up(&self, open: Replaced) {
         if let Ok(mut g) = self.given_up.lock() {
             g.push(open);
@@ -162,7 +171,7 @@ pub(crate) async fn initiate(
 ) -> Result<Channel, Error> {
     let resumed = opening.is_resumed();
     let carried = if opening.carried_first() {
-        first.for_r1().len()
+        first.known_len()
     } else {
         0
     };
@@ -318,13 +327,23 @@ impl IncomingChannel {
 
     /// Refuses the channel; the caller gets `Denied { reason }`.
     pub async fn deny(mut self, reason: DenyReason) -> Result<(), Error> {
-        let mut out = Vec::new();
-        self.request.deny(reason, &mut out)?;
-        write_all(&mut self.send, &out).await?;
-        let _ = self.send.finish();
-        self.drain.hand_over(&self.send);
-        Ok(())
+        send_deny(self.request, reason, &mut self.send, &self.drain).await
     }
+}
+
+/// Sends `request`'s denial for `reason` and ends this side of the stream.
+async fn send_deny(
+    request: Request,
+    reason: DenyReason,
+    send: &mut quinn::SendStream,
+    drain: &Drain,
+) -> Result<(), Error> {
+    let mut out = Vec::new();
+    request.deny(reason, &mut out)?;
+    write_all(send, &out).await?;
+    let _ = send.finish();
+    drain.hand_over(send);
+    Ok(())
 }
 
 impl IncomingChannel {
@@ -350,7 +369,7 @@ pub(crate) async fn respond(
     let mut deframer = Deframer::new(MAX_NOISE_MESSAGE);
     let mut first = next_message(&mut recv, &mut deframer).await?;
     let mut out = Vec::new();
-    let request = 'request: {
+    let mut request = 'request: {
         if resume::is_resumption(&first) {
             match resume::respond(
                 keys,
@@ -381,16 +400,11 @@ pub(crate) async fn respond(
     };
     if request.is_duplicate() {
         // An earlier open of this dial, one a relay told the caller had failed, reached this
-        // node and took effect: this one is denied before the application sees it.
+        // node and may have taken effect: this one is denied before the application sees it.
         tracing::info!(peer = %caller, "an open named an earlier open of its dial that may have taken effect; denied as a duplicate");
-        out.clear();
-        request.deny(DenyReason::Duplicate, &mut out)?;
-        write_all(&mut send, &out).await?;
-        let _ = send.finish();
-        drain.hand_over(&send);
+        send_deny(request, DenyReason::Duplicate, &mut send, &drain).await?;
         return Err(nullport_protocol::Error::Duplicate.into());
     }
-    let mut request = request;
     let first = request.take_first();
     Ok(IncomingChannel {
         request,

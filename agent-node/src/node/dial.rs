@@ -88,13 +88,6 @@ async fn dial_once(
             .map_err(Error::Encode)?;
         None
     };
-    // A resumed open that does not become a channel is named by the dial's next open.
-    let given_up = opening.as_ref().and_then(Opening::given_up);
-    let give_up = || {
-        if let Some(open) = given_up {
-            ask.first.give_up(open);
-        }
-    };
     let answer = timeout(limits.relay_answer_timeout, async {
         send.write_all(&out)
             .await
@@ -104,30 +97,16 @@ async fn dial_once(
     .await
     .map_err(|_| Error::Timeout {
         what: "relay answer to a dial",
-    })
-    .and_then(|answer| answer)
-    .inspect_err(|_| give_up())?;
+    })??;
     let session = match answer {
         RelayToNode::Dialed { session } if chosen.is_none_or(|c| c == session) => session,
         // A relay that answers another session than the one asked for is broken or lying.
-        RelayToNode::Dialed { .. } => {
-            give_up();
-            return Err(Error::Link(LinkErrorCode::Malformed));
-        }
+        RelayToNode::Dialed { .. } => return Err(Error::Link(LinkErrorCode::Malformed)),
         RelayToNode::Error {
             code: LinkErrorCode::Offline,
-        } => {
-            give_up();
-            return Ok(None);
-        }
-        RelayToNode::Error { code } => {
-            give_up();
-            return Err(Error::Link(code));
-        }
-        _ => {
-            give_up();
-            return Err(Error::Link(LinkErrorCode::Malformed));
-        }
+        } => return Ok(None),
+        RelayToNode::Error { code } => return Err(Error::Link(code)),
+        _ => return Err(Error::Link(LinkErrorCode::Malformed)),
     };
     let opening = match opening {
         Some(opening) => opening,
@@ -141,7 +120,6 @@ async fn dial_once(
         }
     };
     let resumed = opening.is_resumed();
-    let given_up = opening.given_up();
     let result = initiate(
         &inner.keys,
         opening,
@@ -153,14 +131,13 @@ async fn dial_once(
     )
     .await;
     tracing::debug!(resumed, ok = result.is_ok(), "open");
-    if let (Err(_), Some(open)) = (&result, given_up) {
-        ask.first.give_up(open);
-    }
     result.map(Some)
 }
 
 /// Starts the dial's next open: resumed when a ticket allows (with the first bytes, if
-/// known, in R1), naming the resumed opens this dial gave up before.
+/// known, in R1), naming the resumed opens this dial gave up before. A resumed open counts
+/// as given up from here on: if it becomes a channel the dial ends, and if it does not
+/// (whatever the relay or the callee answers, or nothing), the dial's next open names it.
 fn start(
     inner: &Inner,
     request: DialRequest,
@@ -173,14 +150,18 @@ fn start(
         first: &first,
         replaces: &replaces,
     };
-    Ok(Opening::start(
+    let opening = Opening::start(
         &inner.keys,
         request,
         early,
         inner.config.limits.handshake,
         Instant::now(),
         out,
-    )?)
+    )?;
+    if let Some(open) = opening.given_up() {
+        ask.first.give_up(open);
+    }
+    Ok(opening)
 }
 
 /// What one dial asks of the callee, and the bytes it sends before the verdict.
