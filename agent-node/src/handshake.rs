@@ -221,7 +221,7 @@ async fn open(
         out.clear();
         match opening.handle_response(keys, &answer, Instant::now(), &mut out)? {
             Answered::Verdict(mut awaiting) => {
-                // The first bytes ride in the same write as message 3 (or right after R2 when
+                // The first bytes ride in the same write as message 3 (or right after R2 or K2 when
                 // R1 did not carry them); the callee reads them only once it has accepted.
                 if awaiting.wants_first() {
                     let bytes = first.take();
@@ -381,7 +381,7 @@ pub(crate) async fn respond(
                 &mut out,
             )? {
                 Resumed::Opened(request) => {
-                    // R2 now (the verdict follows when the application decides).
+                    // R2 or K2 now (the verdict follows when the application decides).
                     write_all(&mut send, &out).await?;
                     break 'request request;
                 }

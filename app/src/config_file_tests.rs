@@ -107,6 +107,9 @@ fn link_table_sets_resumption_and_zero_turns_it_off() {
         LinkTable::default().limits(false).handshake.resume_lifetime,
         nullport_protocol::resume::DEFAULT_RESUME_LIFETIME
     );
+    assert!(!LinkTable::default().limits(false).handshake.resume_dh);
+    let table: LinkTable = toml::from_str("resume_dh = true").unwrap();
+    assert!(table.limits(false).handshake.resume_dh);
     assert!(
         toml::from_str::<LinkTable>("resume = 3").is_err(),
         "unknown key"

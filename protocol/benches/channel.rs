@@ -34,16 +34,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "| handshakes/s (XX + proofs + accept, one core) | {:.0} |",
         n as f64 / elapsed.as_secs_f64()
     );
-    // Resumed opens between the same two keys (the full handshake above left a ticket).
+    // Resumed opens between the same two keys (the full handshake above left a ticket), of
+    // both kinds.
     let mut session = 1u64;
-    let (n, elapsed) = repeat(budget, || {
-        session += 1;
-        resumed(&ka, &kb, session).map(drop)
-    })?;
-    println!(
-        "| resumed opens/s (NNpsk0 + confirm + accept, one core) | {:.0} |",
-        n as f64 / elapsed.as_secs_f64()
-    );
+    for (dh, what) in [
+        (false, "keyed: HKDF + AES-GCM + accept"),
+        (true, "with a DH: NNpsk0 + accept"),
+    ] {
+        let limits = Limits {
+            resume_dh: dh,
+            ..Limits::default()
+        };
+        let (n, elapsed) = repeat(budget, || {
+            session += 1;
+            resumed(&ka, &kb, session, limits).map(drop)
+        })?;
+        println!(
+            "| resumed opens/s ({what}, one core) | {:.0} |",
+            n as f64 / elapsed.as_secs_f64()
+        );
+    }
     println!();
     println!(
         "| message size | channel seal+open MB/s | channel into buffers MB/s | raw AES-256-GCM (ring) MB/s | raw ChaCha20-Poly1305 MB/s | channel / AES-GCM | buffers / AES-GCM | channel / ChaCha |"
@@ -187,9 +197,9 @@ fn resumed(
     ka: &HandshakeKeys,
     kb: &HandshakeKeys,
     session: u64,
+    limits: Limits,
 ) -> Result<(Channel, Channel), Box<dyn std::error::Error>> {
     let now = Instant::now();
-    let limits = Limits::default();
     let mut buf = Vec::new();
     let dial = DialRequest {
         expected: kb.node_id(),

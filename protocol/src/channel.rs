@@ -17,6 +17,7 @@ use std::fmt;
 use crate::error::Error;
 use crate::limits::{LENGTH_PREFIX, Limits, MAX_FRAME_DATA, MAX_NOISE_MESSAGE, TAG_LEN};
 use crate::node_id::NodeId;
+use crate::transport::Transport;
 use crate::wire::{DenyReason, FrameType, ServiceName};
 
 /// What one incoming message turned out to be.
@@ -45,7 +46,7 @@ pub const fn max_sealed_len(data_len: usize) -> usize {
 
 /// An established end-to-end channel.
 pub struct Channel {
-    pub(crate) transport: snow::TransportState,
+    pub(crate) transport: Transport,
     peer: NodeId,
     service: ServiceName,
     handshake_hash: [u8; 32],
@@ -72,7 +73,7 @@ impl fmt::Debug for Channel {
 
 impl Channel {
     pub(crate) fn new(
-        transport: snow::TransportState,
+        transport: Transport,
         peer: NodeId,
         service: ServiceName,
         handshake_hash: [u8; 32],
@@ -126,8 +127,7 @@ impl Channel {
         for chunk in data.chunks(MAX_FRAME_DATA) {
             if self.sent_since_rekey >= self.limits.rekey_after {
                 self.write_frame(FrameType::Rekey, &[], out)?;
-                self.transport.rekey_outgoing();
-                self.sent_since_rekey = 0;
+                self.rekey_outgoing()?;
             }
             self.write_frame(FrameType::Data, chunk, out)?;
         }
@@ -152,8 +152,7 @@ impl Channel {
         for chunk in data.chunks(MAX_FRAME_DATA) {
             if self.sent_since_rekey >= self.limits.rekey_after {
                 at += self.write_frame_into(FrameType::Rekey, &[], &mut out[at..])?;
-                self.transport.rekey_outgoing();
-                self.sent_since_rekey = 0;
+                self.rekey_outgoing()?;
             }
             at += self.write_frame_into(FrameType::Data, chunk, &mut out[at..])?;
         }
@@ -203,8 +202,7 @@ impl Channel {
                 Ok(Received::Close)
             }
             FrameType::Rekey if body_len == 0 => {
-                self.transport.rekey_incoming();
-                Ok(Received::Control)
+                self.transport.rekey_incoming().map(|()| Received::Control)
             }
             FrameType::Abort if body_len == 1 => Err(Error::Aborted {
                 reason: DenyReason::from_code(out[OPENED_DATA_OFFSET]),
@@ -227,6 +225,15 @@ impl Channel {
         } else {
             Err(Error::Truncated)
         }
+    }
+
+    fn rekey_outgoing(&mut self) -> Result<(), Error> {
+        if let Err(e) = self.transport.rekey_outgoing() {
+            self.failed = true;
+            return Err(e);
+        }
+        self.sent_since_rekey = 0;
+        Ok(())
     }
 
     fn check_can_send(&self) -> Result<(), Error> {
@@ -311,7 +318,7 @@ impl Channel {
             }
             Err(e) => {
                 self.failed = true;
-                return Err(Error::from(e));
+                return Err(e);
             }
         };
         out[..LENGTH_PREFIX].copy_from_slice(&(written as u16).to_be_bytes());
@@ -366,7 +373,7 @@ impl Channel {
             Ok(n) => n,
             Err(e) => {
                 self.failed = true;
-                return Err(Error::from(e));
+                return Err(e);
             }
         };
         self.received += 1;

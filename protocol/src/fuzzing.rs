@@ -327,10 +327,7 @@ pub fn channel_frames(data: &[u8]) -> Vec<u8> {
             rest = tail;
             let mut wire = Vec::new();
             if crate::frame::write_prefixed(&mut wire, plain.len() + TAG_LEN, |buf| {
-                sender
-                    .transport
-                    .write_message(plain, buf)
-                    .map_err(Error::from)
+                sender.transport.write_message(plain, buf)
             })
             .is_err()
             {
@@ -362,7 +359,9 @@ pub fn channel_frames(data: &[u8]) -> Vec<u8> {
                     assert_eq!(plain, [FrameType::Rekey as u8]);
                     assert!(out.is_empty());
                     // The sender switches keys right after a rekey frame, as `seal` does.
-                    sender.transport.rekey_outgoing();
+                    if let Err(e) = sender.transport.rekey_outgoing() {
+                        panic!("the harness's rekey failed: {e}");
+                    }
                 }
                 Err(e) => {
                     assert!(out.is_empty(), "an error delivered bytes");
@@ -448,9 +447,10 @@ pub fn resume_responder(data: &[u8], genuine_id: bool) {
     );
 }
 
-/// A caller that sent a genuine R1, fed `data` as the answer and then a verdict. Property:
-/// a forged answer never yields a channel (REFUSED, exactly, turns into the full handshake).
-pub fn resume_initiator(data: &[u8]) {
+/// A caller that sent a genuine R1 (with a DH when `dh`, keyed otherwise), fed `data` as the
+/// answer and then a verdict. Property: a forged answer never yields a channel (REFUSED,
+/// exactly, turns into the full handshake).
+pub fn resume_initiator(data: &[u8], dh: bool) {
     use crate::resume::{Answered, Opening};
     let now = Instant::now();
     let (a, b) = resumable_pair(now);
@@ -462,7 +462,11 @@ pub fn resume_initiator(data: &[u8]) {
         first: b"first",
         replaces: &[],
     };
-    let Ok(opening) = Opening::start(&a, request, early, Limits::default(), now, &mut out) else {
+    let limits = Limits {
+        resume_dh: dh,
+        ..Limits::default()
+    };
+    let Ok(opening) = Opening::start(&a, request, early, limits, now, &mut out) else {
         return;
     };
     let (answer, verdict) = data.split_at(data.len().min(crate::resume::R2_LEN + 1));
@@ -477,31 +481,38 @@ pub fn resume_initiator(data: &[u8]) {
     }
 }
 
-/// The request inside R1, behind the AEAD: a genuine caller encrypts `data` as R1's payload.
-/// Property: a request only when `data` is a well-formed payload (age, given-up opens,
-/// service, blob, first bytes), and then with exactly its service, blob and first bytes.
-pub fn resume_payload(data: &[u8]) {
-    use crate::resume::{R1_HEADER_LEN, Resumed, respond};
+/// The request inside R1, behind the AEAD: a genuine caller encrypts `data` as R1's payload
+/// (keyed when `keyed`, with a DH otherwise). Property: a request only when `data` is a
+/// well-formed payload (age, given-up opens, service, blob, first bytes), and then with
+/// exactly its service, blob and first bytes.
+pub fn resume_payload(data: &[u8], keyed: bool) {
+    use crate::resume::{KIND_DH, KIND_KEYED, R1_HEADER_LEN, Resumed, respond};
     let now = Instant::now();
     let (a, b) = resumable_pair(now);
-    let Ok(hs) = noise::resume_builder()
-        .prologue(&crate::resume::prologue_for_fuzzing(
-            &a.node_id(),
-            &b.node_id(),
-            SessionId(1),
-            &FUZZ_TICKET,
-            1,
-        ))
-        .and_then(|builder| builder.psk(0, &[7u8; 32]))
-        .and_then(|builder| builder.build_initiator())
-    else {
-        return;
-    };
-    let mut hs = hs;
+    let kind = if keyed { KIND_KEYED } else { KIND_DH };
+    let prologue = crate::resume::prologue_for_fuzzing(
+        kind,
+        &a.node_id(),
+        &b.node_id(),
+        SessionId(1),
+        &FUZZ_TICKET,
+        1,
+    );
     let mut r1 = vec![0u8; R1_HEADER_LEN + 32 + data.len() + TAG_LEN];
     r1[..16].copy_from_slice(&FUZZ_TICKET);
-    r1[16..R1_HEADER_LEN].copy_from_slice(&1u64.to_be_bytes());
-    let Ok(n) = hs.write_message(data, &mut r1[R1_HEADER_LEN..]) else {
+    r1[16..R1_HEADER_LEN - 1].copy_from_slice(&1u64.to_be_bytes());
+    r1[R1_HEADER_LEN - 1] = kind;
+    let sealed = if keyed {
+        crate::resume::seal_keyed_for_fuzzing(&[7u8; 32], &prologue, data, &mut r1[R1_HEADER_LEN..])
+    } else {
+        noise::resume_builder()
+            .prologue(&prologue)
+            .and_then(|builder| builder.psk(0, &[7u8; 32]))
+            .and_then(|builder| builder.build_initiator())
+            .and_then(|mut hs| hs.write_message(data, &mut r1[R1_HEADER_LEN..]))
+            .map_err(Error::from)
+    };
+    let Ok(n) = sealed else {
         return;
     };
     r1.truncate(R1_HEADER_LEN + n);
@@ -523,7 +534,7 @@ pub fn resume_payload(data: &[u8]) {
         }
         (Ok(Resumed::Opened(_)), None) => panic!("malformed request accepted"),
         (Ok(Resumed::Refused), _) => panic!("live ticket refused"),
-        (Err(_), Some(_)) if data.len() + R1_HEADER_LEN + 48 > crate::resume::MAX_R1_LEN => {}
+        (Err(_), Some(_)) if r1.len() > crate::resume::MAX_R1_LEN => {}
         (Err(e), Some(_)) => panic!("well-formed request refused: {e}"),
         (Err(_), None) => {}
     }

@@ -41,6 +41,7 @@ use crate::noise;
 use crate::proofs::{ProofCache, check_proof};
 use crate::resume::tickets::Burn;
 use crate::resume::tickets::{PendingTicket, SessionCache};
+use crate::transport::Transport;
 use crate::wire::{DenyReason, FrameType, IdentityProof, Msg3Payload, Replaced, ServiceName};
 pub use request::Request;
 
@@ -295,7 +296,13 @@ impl Initiator {
         let hash = handshake_hash(&self.hs);
         let transport = self.hs.into_transport_mode()?;
         Ok(AwaitingVerdict {
-            channel: Channel::new(transport, got, self.request.service, hash, self.limits),
+            channel: Channel::new(
+                Transport::Noise(transport),
+                got,
+                self.request.service,
+                hash,
+                self.limits,
+            ),
             deadline: self.deadline,
             ticket,
             first_sealed: false,
@@ -538,7 +545,13 @@ impl AwaitingFinish {
         let hash = handshake_hash(&self.hs);
         let transport = self.hs.into_transport_mode()?;
         Ok(Request::new(
-            Channel::new(transport, proven, body.service, hash, self.limits),
+            Channel::new(
+                Transport::Noise(transport),
+                proven,
+                body.service,
+                hash,
+                self.limits,
+            ),
             body.blob,
             ticket,
         )

@@ -33,6 +33,7 @@ pub mod reason;
 pub mod relay_link;
 pub mod resume;
 pub mod rpc;
+mod transport;
 pub mod wire;
 
 #[cfg(test)]

@@ -64,6 +64,13 @@ pub struct Limits {
     /// round trip, no identity proofs; see [`crate::resume`]); never extended by a resumed
     /// open. Zero turns resumption off: every channel runs the full handshake.
     pub resume_lifetime: Duration,
+    /// Whether a resumed open mixes a fresh X25519 exchange into its channel's keys (`ee`,
+    /// forward secrecy per channel). Off (the default), a resumed channel's keys are derived
+    /// from the resumption secret alone, without public-key operations: forward secrecy is
+    /// then bounded by the secret's lifetime ([`Limits::resume_lifetime`]). On, this side
+    /// opens with the DH and, as callee, refuses keyed opens (the caller then runs the full
+    /// handshake).
+    pub resume_dh: bool,
 }
 
 impl Default for Limits {
@@ -73,6 +80,7 @@ impl Default for Limits {
             rekey_after: 1 << 20,
             max_messages: u64::MAX - 1024,
             resume_lifetime: DEFAULT_RESUME_LIFETIME,
+            resume_dh: false,
         }
     }
 }

@@ -104,10 +104,14 @@ async fn serve_map_file(relay: nullport_relay::RelayHandle, path: std::path::Pat
 }
 
 /// Starts a node with a fresh identity on the relay at `relay` (`ID@ADDR`) and waits until
-/// it is online.
+/// it is online. With `NP_BENCH_RESUME_DH=1` in the environment, its resumed opens mix in a
+/// fresh DH (`[link] resume_dh`), to compare both kinds of resumed open with one build.
 pub async fn start_node(relay: &str) -> Result<Node> {
     let relay: RelayAddr = relay.parse().context("relay address")?;
-    let node = Node::start(NodeConfig::new(Arc::new(Identity::generate()?), relay)).await?;
+    let mut config = NodeConfig::new(Arc::new(Identity::generate()?), relay);
+    config.limits.handshake.resume_dh =
+        std::env::var_os("NP_BENCH_RESUME_DH").is_some_and(|v| v == "1");
+    let node = Node::start(config).await?;
     node.wait_online(Duration::from_secs(10)).await?;
     Ok(node)
 }

@@ -3,24 +3,30 @@
 //!
 //! ```text
 //! initiator (caller)                                    responder (callee)
-//!   R1 -> ticket id (16) || counter (u64 BE) || psk, e + age, given-up opens, service,
-//!         blob, first bytes
+//!   R1 -> ticket id (16) || counter (u64 BE) || kind || sealed: age, given-up opens,
+//!         service, blob, first bytes
 //!         responder: finds the ticket (none: answers REFUSED, one byte, and the caller
 //!         runs the full handshake on the same stream), authenticates R1, checks that R1 is
 //!         fresh (the caller's age of the secret against its own), that the counter was
 //!         never used, and burns the given-up opens' counters; the application decides
-//!   R2 <- e, ee                                         (exactly 48 bytes, at once)
+//!   K2 <- an empty AEAD message (keyed), or R2 <- e, ee (with a DH), at once
 //!   frame <- Accept | Deny(reason)                      (first transport frame)
 //! ```
 //!
-//! `Noise_NNpsk0_25519_AESGCM_SHA256` with the ticket's secret as the PSK. The secret is
-//! derived by both sides from the split keys of a completed full handshake (HKDF-SHA256,
-//! salted with its handshake hash) that the callee accepted, and never travels; its ticket id
-//! is derived the same way and is only a name. The prologue binds the version, both NodeIds,
-//! the relay session, the ticket id and the counter, so a resumed open cannot be moved to
-//! another session, pair or counter. Fresh ephemeral keys on both sides (`ee`) make every
-//! resumed channel's keys after R1 forward secret; R1 itself (request and first bytes) is
-//! sealed under the secret and the caller's ephemeral key only, as TLS 1.3 early data is.
+//! The secret is derived by both sides from the split keys of a completed full handshake
+//! (HKDF-SHA256, salted with its handshake hash) that the callee accepted, and never
+//! travels; its ticket id is derived the same way and is only a name. Two kinds of open:
+//! - **keyed** ([`KIND_KEYED`], the default): every key of the open and its channel comes
+//!   from the secret and the prologue by HKDF (`keyed.rs`); no public-key operation.
+//!   Forward secrecy is bounded by the secret's lifetime.
+//! - **with a DH** ([`KIND_DH`], [`Limits::resume_dh`]): `Noise_NNpsk0_25519_AESGCM_SHA256`
+//!   with the secret as the PSK; fresh ephemeral keys on both sides (`ee`) make every
+//!   channel's keys after R1 forward secret on their own. R1 itself is sealed under the
+//!   secret and the caller's ephemeral key only, as TLS 1.3 early data is.
+//!
+//! The prologue binds the version, the kind, both NodeIds, the relay session, the ticket id
+//! and the counter, so a resumed open cannot be moved to another kind, session, pair or
+//! counter.
 //!
 //! R1 is acted on at once, so what a relay could do with a withheld R1 is bounded by three
 //! rules: the callee's replay window makes each counter usable once; R1 carries the caller's
@@ -32,13 +38,17 @@
 //! deciding it, denies the later open as a duplicate: a dial takes effect at most once.
 //! `docs/protocol.md` has the reasoning.
 
+mod keyed;
 mod record;
 pub(crate) mod retired;
+mod sealer;
 pub(crate) mod tickets;
 
 use std::time::{Duration, Instant};
 
 pub use crate::limits::DEFAULT_RESUME_LIFETIME;
+pub use keyed::K2_LEN;
+use sealer::Sealer;
 use tickets::{Burn, Lookup, UnacceptedOpen};
 pub use tickets::{MAX_RESUMPTIONS, REPLAY_WINDOW, SessionCache, TICKET_ID_LEN, TicketId};
 
@@ -46,14 +56,13 @@ use crate::channel::Channel;
 use crate::error::Error;
 use crate::frame::write_prefixed;
 use crate::handshake::{
-    AwaitingVerdict, DialRequest, HandshakeKeys, Initiator, Request, SessionId, handshake_hash,
+    AwaitingVerdict, DialRequest, HandshakeKeys, Initiator, Request, SessionId,
 };
 use crate::limits::{
     HANDSHAKE_MSG1_LEN, Limits, MAX_HELLO_BLOB, MAX_NOISE_MESSAGE, MAX_REPLACED, MAX_SERVICE_NAME,
     PROTOCOL_VERSION, TAG_LEN,
 };
 use crate::node_id::NodeId;
-use crate::noise;
 pub use crate::wire::Replaced;
 use crate::wire::{decode_service_blob_prefix, encode_service_blob};
 
@@ -62,14 +71,20 @@ const PROLOGUE_LABEL: &[u8] = b"nullport/e2e-resume";
 /// The responder's whole answer when it holds no such ticket, or R1 is stale: run the full
 /// handshake.
 pub const REFUSED: u8 = 0x01;
-/// Bytes in front of the Noise message of R1: ticket id and counter.
-pub const R1_HEADER_LEN: usize = TICKET_ID_LEN + 8;
+/// Bytes in front of R1's sealed part: ticket id, counter and kind ([`KIND_DH`] or
+/// [`KIND_KEYED`]).
+pub const R1_HEADER_LEN: usize = TICKET_ID_LEN + 8 + 1;
+/// Kind of a resumed open with a fresh DH (`NNpsk0`): R1's sealed part is a Noise message.
+pub const KIND_DH: u8 = 1;
+/// Kind of a keyed resumed open (no DH; keys from the secret, [`K2_LEN`]-byte answer).
+pub const KIND_KEYED: u8 = 2;
 /// Bytes of R1's payload in front of the request: the caller's age of the secret (u32 ms),
 /// its early delay (u32 ms) and the count of given-up opens.
 const R1_PAYLOAD_HEADER: usize = 4 + 4 + 1;
-/// Smallest R1: header, ephemeral key, age and delay, no given-up opens, the shortest
-/// request (1-byte service, empty blob), no first bytes, tag.
-pub const MIN_R1_LEN: usize = R1_HEADER_LEN + 32 + R1_PAYLOAD_HEADER + (1 + 1 + 2) + TAG_LEN;
+/// Smallest R1 (keyed): header, age and delay, no given-up opens, the shortest request
+/// (1-byte service, empty blob), no first bytes, tag. One with a DH has 32 bytes more (the
+/// ephemeral key).
+pub const MIN_R1_LEN: usize = R1_HEADER_LEN + R1_PAYLOAD_HEADER + (1 + 1 + 2) + TAG_LEN;
 /// Largest R1: one whole length-prefixed message (the first bytes take what the request
 /// leaves; more first bytes than fit go after R2 instead).
 pub const MAX_R1_LEN: usize = MAX_NOISE_MESSAGE;
@@ -83,17 +98,20 @@ pub fn max_early_delay(limits: &Limits) -> Duration {
     limits.handshake_timeout / 2
 }
 
-/// The prologue: `label || version || initiator || responder || session || ticket || counter`.
+/// The prologue: `label || version || kind || initiator || responder || session || ticket ||
+/// counter`.
 fn prologue(
+    kind: u8,
     initiator: &NodeId,
     responder: &NodeId,
     session: SessionId,
     id: &TicketId,
     counter: u64,
 ) -> Vec<u8> {
-    let mut p = Vec::with_capacity(PROLOGUE_LABEL.len() + 1 + 64 + 8 + TICKET_ID_LEN + 8);
+    let mut p = Vec::with_capacity(PROLOGUE_LABEL.len() + 2 + 64 + 8 + TICKET_ID_LEN + 8);
     p.extend_from_slice(PROLOGUE_LABEL);
     p.push(PROTOCOL_VERSION);
+    p.push(kind);
     p.extend_from_slice(initiator.as_bytes());
     p.extend_from_slice(responder.as_bytes());
     p.extend_from_slice(&session.0.to_be_bytes());
@@ -105,13 +123,26 @@ fn prologue(
 /// The prologue of a resumed open (fuzz targets build genuine R1 messages with it).
 #[cfg(feature = "fuzzing")]
 pub fn prologue_for_fuzzing(
+    kind: u8,
     initiator: &NodeId,
     responder: &NodeId,
     session: SessionId,
     id: &TicketId,
     counter: u64,
 ) -> Vec<u8> {
-    prologue(initiator, responder, session, id, counter)
+    prologue(kind, initiator, responder, session, id, counter)
+}
+
+/// Seals `payload` as a keyed R1's sealed part under `secret` (fuzz targets build genuine
+/// keyed R1 messages with it).
+#[cfg(feature = "fuzzing")]
+pub fn seal_keyed_for_fuzzing(
+    secret: &[u8; 32],
+    prologue: &[u8],
+    payload: &[u8],
+    out: &mut [u8],
+) -> Result<usize, Error> {
+    keyed::Keys::derive(secret, prologue)?.seal_open(payload, out)
 }
 
 /// True when a dial's first handshake message is a resumed open (R1) rather than message 1
@@ -132,6 +163,7 @@ pub struct Early<'a> {
 
 /// A channel being opened by the caller: resumed when this process holds a live ticket for
 /// the callee, full otherwise.
+#[allow(clippy::large_enum_variant)] // one per dial, moved a few times
 pub enum Opening {
     /// The full handshake (message 1 sent).
     Full(Initiator),
@@ -218,7 +250,7 @@ impl Opening {
         }
     }
 
-    /// Handles the responder's first answer (message 2, R2, or REFUSED).
+    /// Handles the responder's first answer (message 2, R2, K2, or REFUSED).
     pub fn handle_response(
         self,
         keys: &HandshakeKeys,
@@ -237,7 +269,7 @@ impl Opening {
 
 /// The caller's side of a resumed open, after R1.
 pub struct ResumeInitiator {
-    hs: snow::HandshakeState,
+    sealer: Sealer,
     request: DialRequest,
     deadline: Instant,
     limits: Limits,
@@ -264,17 +296,20 @@ impl ResumeInitiator {
                 max: MAX_HELLO_BLOB,
             });
         }
+        let kind = if limits.resume_dh {
+            KIND_DH
+        } else {
+            KIND_KEYED
+        };
         let prologue = prologue(
+            kind,
             &keys.node_id(),
             &request.expected,
             request.session,
             &lease.id,
             lease.counter,
         );
-        let mut hs = noise::resume_builder()
-            .prologue(&prologue)?
-            .psk(0, &lease.secret)?
-            .build_initiator()?;
+        let mut sealer = Sealer::new(kind, &lease.secret, &prologue, true)?;
         let age_ms = u32::try_from(lease.age.as_millis()).unwrap_or(u32::MAX);
         let delay_ms = u32::try_from(max_early_delay(&limits).as_millis()).unwrap_or(u32::MAX);
         let mut plain = Vec::with_capacity(
@@ -291,20 +326,22 @@ impl ResumeInitiator {
             plain.extend_from_slice(&r.counter.to_be_bytes());
         }
         encode_service_blob(&request.service, &request.blob, &mut plain);
-        let room = MAX_R1_LEN - R1_HEADER_LEN - 32 - TAG_LEN - plain.len();
+        let overhead = sealer.overhead();
+        let room = MAX_R1_LEN - R1_HEADER_LEN - overhead - plain.len();
         let carried_first = !early.first.is_empty() && early.first.len() <= room;
         if carried_first {
             plain.extend_from_slice(early.first);
         }
-        write_prefixed(out, R1_HEADER_LEN + 32 + plain.len() + TAG_LEN, |buf| {
+        write_prefixed(out, R1_HEADER_LEN + overhead + plain.len(), |buf| {
             let (header, body) = buf.split_at_mut(R1_HEADER_LEN);
             header[..TICKET_ID_LEN].copy_from_slice(&lease.id);
-            header[TICKET_ID_LEN..].copy_from_slice(&lease.counter.to_be_bytes());
-            let n = hs.write_message(&plain, body).map_err(Error::from)?;
+            header[TICKET_ID_LEN..TICKET_ID_LEN + 8].copy_from_slice(&lease.counter.to_be_bytes());
+            header[TICKET_ID_LEN + 8] = kind;
+            let n = sealer.seal_open(&plain, body)?;
             Ok(R1_HEADER_LEN + n)
         })?;
         Ok(Self {
-            hs,
+            sealer,
             request,
             deadline: now + limits.handshake_timeout,
             limits,
@@ -318,7 +355,7 @@ impl ResumeInitiator {
     }
 
     fn handle_response(
-        mut self,
+        self,
         keys: &HandshakeKeys,
         message: &[u8],
         now: Instant,
@@ -345,20 +382,7 @@ impl ResumeInitiator {
                 Initiator::start_replacing(keys, self.request, replaces, self.limits, now, out)?;
             return Ok(Answered::Retry(Box::new(Opening::Full(init))));
         }
-        if message.len() != R2_LEN {
-            return Err(Error::Malformed {
-                what: "resumed open answer (wrong length)",
-            });
-        }
-        let mut payload = [0u8; R2_LEN];
-        let n = self.hs.read_message(message, &mut payload)?;
-        if n != 0 {
-            return Err(Error::Malformed {
-                what: "resumed open answer payload",
-            });
-        }
-        let hash = handshake_hash(&self.hs);
-        let transport = self.hs.into_transport_mode()?;
+        let (transport, hash) = self.sealer.read_answer(message)?;
         let channel = Channel::new(
             transport,
             self.request.expected,
@@ -377,7 +401,7 @@ impl ResumeInitiator {
 /// The callee's answer to R1.
 #[allow(clippy::large_enum_variant)] // one per open, moved once
 pub enum Resumed {
-    /// Authenticated and fresh: R2 was appended to `out` (send it now); the request, with
+    /// Authenticated and fresh: R2 or K2 was appended to `out` (send it now); the request, with
     /// the first bytes R1 carried, is for the application's decision, unless it
     /// [`Request::is_duplicate`].
     Opened(Request),
@@ -460,8 +484,23 @@ pub fn respond(
     let mut id = [0u8; TICKET_ID_LEN];
     id.copy_from_slice(&header[..TICKET_ID_LEN]);
     let mut counter = [0u8; 8];
-    counter.copy_from_slice(&header[TICKET_ID_LEN..]);
+    counter.copy_from_slice(&header[TICKET_ID_LEN..TICKET_ID_LEN + 8]);
     let counter = u64::from_be_bytes(counter);
+    let kind = header[TICKET_ID_LEN + 8];
+    match kind {
+        KIND_KEYED => {}
+        KIND_DH if message.len() >= MIN_R1_LEN + 32 => {}
+        KIND_DH => {
+            return Err(Error::Malformed {
+                what: "resumed open (too short)",
+            });
+        }
+        _ => {
+            return Err(Error::Malformed {
+                what: "resumed open kind",
+            });
+        }
+    }
     let sessions = keys.sessions();
     let refuse = |out: &mut Vec<u8>| {
         write_prefixed(out, 1, |buf| {
@@ -470,6 +509,11 @@ pub fn respond(
         })
         .map(|_| Resumed::Refused)
     };
+    if kind == KIND_KEYED && limits.resume_dh {
+        // This side wants a fresh DH in every channel: the caller runs the full handshake
+        // (and names this R1 there, so it can never take effect).
+        return refuse(out);
+    }
     let (ticket_caller, secret, own_age) = match sessions.lookup(&id, now) {
         Lookup::Found {
             caller,
@@ -478,13 +522,10 @@ pub fn respond(
         } => (caller, secret, age),
         Lookup::Unknown => return refuse(out),
     };
-    let prologue = prologue(&ticket_caller, &keys.node_id(), session, &id, counter);
-    let mut hs = noise::resume_builder()
-        .prologue(&prologue)?
-        .psk(0, &secret)?
-        .build_responder()?;
+    let prologue = prologue(kind, &ticket_caller, &keys.node_id(), session, &id, counter);
+    let mut sealer = Sealer::new(kind, &secret, &prologue, false)?;
     let mut plain = vec![0u8; body.len()];
-    let n = hs.read_message(body, &mut plain)?;
+    let n = sealer.open_open(body, &mut plain)?;
     // Authenticated: only the holder of the secret made R1 for this session and counter.
     if ticket_caller != caller {
         return Err(Error::CallerMismatch {
@@ -509,11 +550,7 @@ pub fn respond(
     for given_up in payload.replaced {
         duplicate |= sessions.burn(&ticket_caller, &id, given_up, now) == Burn::AlreadyUsed;
     }
-    write_prefixed(out, R2_LEN, |buf| {
-        hs.write_message(&[], buf).map_err(Error::from)
-    })?;
-    let hash = handshake_hash(&hs);
-    let transport = hs.into_transport_mode()?;
+    let (transport, hash) = sealer.write_answer(out)?;
     let first = payload.first.to_vec();
     let channel = Channel::new(transport, ticket_caller, payload.service, hash, limits);
     let unaccepted = UnacceptedOpen::new(keys.sessions_handle(), id, counter);

@@ -1,11 +1,39 @@
 //! Resumed opens in memory, with a relay in the middle that replays, splices, re-labels and
 //! flips bytes; and the state each side keeps.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use super::*;
 use crate::tests::{Tap, TestNode, connect, only_message, open_all, request, seal};
 use crate::{DenyReason, Responder};
+
+thread_local! {
+    /// Whether this thread's opens use a DH ([`Limits::resume_dh`]); see [`both_kinds`].
+    static DH: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The limits of this thread's opens: keyed, or with a DH inside [`both_kinds`]'s second run.
+fn limits() -> Limits {
+    Limits {
+        resume_dh: DH.with(Cell::get),
+        ..Limits::default()
+    }
+}
+
+/// Runs `test` for both kinds of resumed open: keyed (the default), then with a DH.
+fn both_kinds(test: impl Fn()) {
+    for dh in [false, true] {
+        DH.with(|c| c.set(dh));
+        test();
+    }
+    DH.with(|c| c.set(false));
+}
+
+/// The size of the callee's answer to this thread's opens (K2 or R2).
+fn answer_len() -> usize {
+    if DH.with(Cell::get) { R2_LEN } else { K2_LEN }
+}
 
 /// The caller's first message of a new open to `b` in `session` (R1 when it holds a ticket).
 fn open(a: &TestNode, b: &TestNode, session: u64, now: Instant) -> (Opening, Vec<u8>) {
@@ -20,15 +48,8 @@ fn open_with(
     now: Instant,
 ) -> (Opening, Vec<u8>) {
     let mut out = Vec::new();
-    let opening = Opening::start(
-        &a.keys,
-        request(b, session),
-        early,
-        Limits::default(),
-        now,
-        &mut out,
-    )
-    .unwrap_or_else(|e| panic!("open: {e}"));
+    let opening = Opening::start(&a.keys, request(b, session), early, limits(), now, &mut out)
+        .unwrap_or_else(|e| panic!("open: {e}"));
     (opening, only_message(&out))
 }
 
@@ -44,7 +65,7 @@ fn answer(
         &b.keys,
         caller,
         SessionId(session),
-        Limits::default(),
+        limits(),
         r1,
         now,
         &mut out,
@@ -77,7 +98,7 @@ fn until_decision(a: &TestNode, b: &TestNode, session: u64) -> (AwaitingVerdict,
     let (opening, r1) = open(a, b, session, now);
     assert!(opening.is_resumed());
     let (resumed, r2) = answer(b, a.id(), session, &r1, now).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(only_message(&r2).len(), R2_LEN, "R2 at once");
+    assert_eq!(only_message(&r2).len(), answer_len(), "the answer at once");
     (caller_reads_r2(opening, a, &r2), opened(resumed))
 }
 
@@ -150,37 +171,41 @@ fn resume(a: &TestNode, b: &TestNode, session: u64) -> (Channel, Channel) {
 
 #[test]
 fn a_resumed_open_carries_data_both_ways_and_the_request() {
-    let (a, b) = pair();
-    let (mut ca, mut cb) = resume(&a, &b, 9);
-    assert_eq!((ca.peer(), cb.peer()), (b.id(), a.id()));
-    assert_eq!(cb.service().as_str(), "files");
-    assert_eq!(ca.handshake_hash(), cb.handshake_hash());
-    let (got, err) = open_all(&mut cb, &seal(&mut ca, b"ping"));
-    assert_eq!((got.as_slice(), err), (&b"ping"[..], None));
-    let (got, err) = open_all(&mut ca, &seal(&mut cb, b"pong"));
-    assert_eq!((got.as_slice(), err), (&b"pong"[..], None));
-    // A second resumed open has keys of its own (fresh ephemerals), and so on.
-    let (c2, _) = resume(&a, &b, 10);
-    assert_ne!(c2.handshake_hash(), ca.handshake_hash());
+    both_kinds(|| {
+        let (a, b) = pair();
+        let (mut ca, mut cb) = resume(&a, &b, 9);
+        assert_eq!((ca.peer(), cb.peer()), (b.id(), a.id()));
+        assert_eq!(cb.service().as_str(), "files");
+        assert_eq!(ca.handshake_hash(), cb.handshake_hash());
+        let (got, err) = open_all(&mut cb, &seal(&mut ca, b"ping"));
+        assert_eq!((got.as_slice(), err), (&b"ping"[..], None));
+        let (got, err) = open_all(&mut ca, &seal(&mut cb, b"pong"));
+        assert_eq!((got.as_slice(), err), (&b"pong"[..], None));
+        // A second resumed open has keys of its own (fresh ephemerals), and so on.
+        let (c2, _) = resume(&a, &b, 10);
+        assert_ne!(c2.handshake_hash(), ca.handshake_hash());
+    });
 }
 
 #[test]
 fn the_callee_sees_the_service_and_blob_and_may_deny() {
-    let (a, b) = pair();
-    let (verdict, req) = until_decision(&a, &b, 3);
-    assert_eq!(
-        (req.service().as_str(), req.blob()),
-        ("files", &b"token-bytes"[..])
-    );
-    let mut out = Vec::new();
-    req.deny(DenyReason::NotAllowed, &mut out)
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(
-        verdict.handle_verdict(&only_message(&out), Instant::now()),
-        Err(Error::Denied {
-            reason: DenyReason::NotAllowed
-        })
-    ));
+    both_kinds(|| {
+        let (a, b) = pair();
+        let (verdict, req) = until_decision(&a, &b, 3);
+        assert_eq!(
+            (req.service().as_str(), req.blob()),
+            ("files", &b"token-bytes"[..])
+        );
+        let mut out = Vec::new();
+        req.deny(DenyReason::NotAllowed, &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            verdict.handle_verdict(&only_message(&out), Instant::now()),
+            Err(Error::Denied {
+                reason: DenyReason::NotAllowed
+            })
+        ));
+    });
 }
 
 #[test]
@@ -225,85 +250,110 @@ fn a_replayed_resumed_open_is_refused() {
 
 #[test]
 fn a_resumed_open_cannot_move_to_another_session_caller_or_counter() {
-    let (a, b) = pair();
-    let c = TestNode::new(3);
-    let now = Instant::now();
-    let (_, r1) = open(&a, &b, 6, now);
-    assert!(matches!(
-        answer(&b, a.id(), 7, &r1, now),
-        Err(Error::Authentication)
-    ));
-    // The relay names another caller: the ticket proves who made R1.
-    assert!(matches!(
-        answer(&b, c.id(), 6, &r1, now),
-        Err(Error::CallerMismatch { relay_said, proven }) if relay_said == c.id() && proven == a.id()
-    ));
-    // Another counter in the clear header than the one R1 was made for.
-    let mut moved = r1.clone();
-    moved[R1_HEADER_LEN - 1] ^= 0x02;
-    assert!(matches!(
-        answer(&b, a.id(), 6, &moved, now),
-        Err(Error::Authentication)
-    ));
-    // None of these used up the real counter.
-    assert!(answer(&b, a.id(), 6, &r1, now).is_ok());
+    both_kinds(|| {
+        let (a, b) = pair();
+        let c = TestNode::new(3);
+        let now = Instant::now();
+        let (_, r1) = open(&a, &b, 6, now);
+        assert!(matches!(
+            answer(&b, a.id(), 7, &r1, now),
+            Err(Error::Authentication)
+        ));
+        // The relay names another caller: the ticket proves who made R1.
+        assert!(matches!(
+            answer(&b, c.id(), 6, &r1, now),
+            Err(Error::CallerMismatch { relay_said, proven }) if relay_said == c.id() && proven == a.id()
+        ));
+        // Another counter in the clear header than the one R1 was made for.
+        let mut moved = r1.clone();
+        moved[R1_HEADER_LEN - 2] ^= 0x02;
+        assert!(matches!(
+            answer(&b, a.id(), 6, &moved, now),
+            Err(Error::Authentication)
+        ));
+        // None of these used up the real counter.
+        assert!(answer(&b, a.id(), 6, &r1, now).is_ok());
+    });
 }
 
 #[test]
 fn two_resumptions_spliced_into_each_other_fail() {
-    let (a, b) = pair();
-    let now = Instant::now();
-    let (open1, r1a) = open(&a, &b, 20, now);
-    let (open2, r1b) = open(&a, &b, 21, now);
-    let r2 = |r1: &[u8], session| {
-        let (_, out) = answer(&b, a.id(), session, r1, now).unwrap_or_else(|e| panic!("{e}"));
-        only_message(&out)
-    };
-    let (m1, m2) = (r2(&r1a, 20), r2(&r1b, 21));
-    // Each caller gets the other's R2.
-    for (opening, wrong) in [(open1, &m2), (open2, &m1)] {
-        assert!(matches!(
-            opening.handle_response(&a.keys, wrong, now, &mut Vec::new()),
-            Err(Error::Authentication)
-        ));
-    }
+    both_kinds(|| {
+        let (a, b) = pair();
+        let now = Instant::now();
+        let (open1, r1a) = open(&a, &b, 20, now);
+        let (open2, r1b) = open(&a, &b, 21, now);
+        let r2 = |r1: &[u8], session| {
+            let (_, out) = answer(&b, a.id(), session, r1, now).unwrap_or_else(|e| panic!("{e}"));
+            only_message(&out)
+        };
+        let (m1, m2) = (r2(&r1a, 20), r2(&r1b, 21));
+        // Each caller gets the other's R2.
+        for (opening, wrong) in [(open1, &m2), (open2, &m1)] {
+            assert!(matches!(
+                opening.handle_response(&a.keys, wrong, now, &mut Vec::new()),
+                Err(Error::Authentication)
+            ));
+        }
+    });
 }
 
 #[test]
 fn every_flipped_bit_of_r1_and_r2_is_refused() {
-    let (a, b) = pair();
-    let now = Instant::now();
-    let (_, r1) = open(&a, &b, 30, now);
-    for i in 0..r1.len() {
-        let mut bad = r1.clone();
-        bad[i] ^= 1 << (i % 8);
-        match answer(&b, a.id(), 30, &bad, now) {
-            // A changed ticket id names no ticket: the full handshake decides.
-            Ok((Resumed::Refused, out)) => {
-                assert!(i < TICKET_ID_LEN, "byte {i}");
-                assert_eq!(only_message(&out), [REFUSED]);
+    both_kinds(|| {
+        let (a, b) = pair();
+        let now = Instant::now();
+        let (_, r1) = open(&a, &b, 30, now);
+        for i in 0..r1.len() {
+            let mut bad = r1.clone();
+            bad[i] ^= 1 << (i % 8);
+            match answer(&b, a.id(), 30, &bad, now) {
+                // A changed ticket id names no ticket: the full handshake decides.
+                Ok((Resumed::Refused, out)) => {
+                    assert!(i < TICKET_ID_LEN, "byte {i}");
+                    assert_eq!(only_message(&out), [REFUSED]);
+                }
+                Ok((Resumed::Opened(_), _)) => panic!("byte {i} flipped and accepted"),
+                // The kind byte: no such kind.
+                Err(Error::Malformed { .. }) if i == R1_HEADER_LEN - 1 => {}
+                Err(e) => assert!(
+                    matches!(e, Error::Authentication | Error::LowOrderKey),
+                    "byte {i}: {e}"
+                ),
             }
-            Ok((Resumed::Opened(_), _)) => panic!("byte {i} flipped and accepted"),
-            Err(e) => assert!(
-                matches!(e, Error::Authentication | Error::LowOrderKey),
-                "byte {i}: {e}"
-            ),
         }
-    }
-    let (opening, r1) = open(&a, &b, 31, now);
-    let (_, out) = answer(&b, a.id(), 31, &r1, now).unwrap_or_else(|e| panic!("{e}"));
-    let r2 = only_message(&out);
-    let mut bad = r2.clone();
-    bad[40] ^= 0x10;
-    assert!(matches!(
-        opening.handle_response(&a.keys, &bad, now, &mut Vec::new()),
-        Err(Error::Authentication)
-    ));
-    let (opening, _) = open(&a, &b, 32, now);
-    assert!(matches!(
-        opening.handle_response(&a.keys, &r2[..R2_LEN - 1], now, &mut Vec::new()),
-        Err(Error::Malformed { .. })
-    ));
+        // The other kind in the header. A keyed R1 read as one with a DH: a Noise message
+        // that is not one, nothing authenticates. One with a DH relabelled keyed, at a callee
+        // that wants a DH: refused unread (the caller runs the full handshake).
+        let mut other = r1.clone();
+        if DH.with(Cell::get) {
+            other[R1_HEADER_LEN - 1] = KIND_KEYED;
+            assert!(matches!(
+                answer(&b, a.id(), 30, &other, now),
+                Ok((Resumed::Refused, _))
+            ));
+        } else {
+            other[R1_HEADER_LEN - 1] = KIND_DH;
+            assert!(matches!(
+                answer(&b, a.id(), 30, &other, now),
+                Err(Error::Authentication | Error::LowOrderKey | Error::Malformed { .. })
+            ));
+        }
+        let (opening, r1) = open(&a, &b, 31, now);
+        let (_, out) = answer(&b, a.id(), 31, &r1, now).unwrap_or_else(|e| panic!("{e}"));
+        let r2 = only_message(&out);
+        let mut bad = r2.clone();
+        bad[answer_len() - 8] ^= 0x10;
+        assert!(matches!(
+            opening.handle_response(&a.keys, &bad, now, &mut Vec::new()),
+            Err(Error::Authentication)
+        ));
+        let (opening, _) = open(&a, &b, 32, now);
+        assert!(matches!(
+            opening.handle_response(&a.keys, &r2[..answer_len() - 1], now, &mut Vec::new()),
+            Err(Error::Malformed { .. })
+        ));
+    });
 }
 
 #[test]
@@ -326,34 +376,82 @@ fn r1_bounds_are_checked_before_anything_else() {
 
 #[test]
 fn a_callee_that_lost_its_state_refuses_and_the_full_handshake_runs_on_the_same_stream() {
+    both_kinds(|| {
+        let (a, b) = pair();
+        b.keys.sessions().clear(); // a restart, an eviction, or a revocation
+        let now = Instant::now();
+        let (opening, r1) = open(&a, &b, 40, now);
+        let (resumed, out) = answer(&b, a.id(), 40, &r1, now).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(resumed, Resumed::Refused));
+        let refused = only_message(&out);
+        let mut out = Vec::new();
+        let retry = match opening.handle_response(&a.keys, &refused, now, &mut out) {
+            Ok(Answered::Retry(o)) => o,
+            _ => panic!("expected the full handshake"),
+        };
+        assert!(!retry.is_resumed());
+        let msg1 = only_message(&out);
+        assert!(!is_resumption(&msg1));
+        assert_eq!(
+            a.keys.sessions().len().0,
+            0,
+            "the caller dropped the dead ticket"
+        );
+        // The rest of the full handshake, same session.
+        let (verdict, req) = finish_full(*retry, &msg1, (&a, &b), 40, now);
+        let mut out = Vec::new();
+        let _ = req.accept(&mut out);
+        assert!(verdict.handle_verdict(&only_message(&out), now).is_ok());
+        // ... which left a new ticket on both sides.
+        let (again, _) = resume(&a, &b, 41);
+        assert_eq!(again.peer(), b.id());
+    });
+}
+
+#[test]
+fn a_callee_that_wants_a_dh_refuses_keyed_opens_and_takes_those_with_one() {
     let (a, b) = pair();
-    b.keys.sessions().clear(); // a restart, an eviction, or a revocation
     let now = Instant::now();
-    let (opening, r1) = open(&a, &b, 40, now);
-    let (resumed, out) = answer(&b, a.id(), 40, &r1, now).unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(resumed, Resumed::Refused));
-    let refused = only_message(&out);
-    let mut out = Vec::new();
-    let retry = match opening.handle_response(&a.keys, &refused, now, &mut out) {
-        Ok(Answered::Retry(o)) => o,
-        _ => panic!("expected the full handshake"),
+    let wants_dh = Limits {
+        resume_dh: true,
+        ..Limits::default()
     };
-    assert!(!retry.is_resumed());
-    let msg1 = only_message(&out);
-    assert!(!is_resumption(&msg1));
-    assert_eq!(
-        a.keys.sessions().len().0,
-        0,
-        "the caller dropped the dead ticket"
-    );
-    // The rest of the full handshake, same session.
-    let (verdict, req) = finish_full(*retry, &msg1, (&a, &b), 40, now);
+    // A keyed R1 (the default) at a callee that wants a DH: refused unread, so the caller
+    // runs the full handshake on the same stream and names it there.
+    let (_, r1) = open(&a, &b, 70, now);
+    assert_eq!(r1[R1_HEADER_LEN - 1], KIND_KEYED);
     let mut out = Vec::new();
-    let _ = req.accept(&mut out);
-    assert!(verdict.handle_verdict(&only_message(&out), now).is_ok());
-    // ... which left a new ticket on both sides.
-    let (again, _) = resume(&a, &b, 41);
-    assert_eq!(again.peer(), b.id());
+    assert!(matches!(
+        respond(&b.keys, a.id(), SessionId(70), wants_dh, &r1, now, &mut out),
+        Ok(Resumed::Refused)
+    ));
+    assert_eq!(only_message(&out), [REFUSED]);
+    // A caller that wants a DH opens with one, and a callee with the default takes it.
+    let mut out = Vec::new();
+    let opening = Opening::start(
+        &a.keys,
+        request(&b, 71),
+        Early::default(),
+        wants_dh,
+        now,
+        &mut out,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let r1 = only_message(&out);
+    assert_eq!(r1[R1_HEADER_LEN - 1], KIND_DH);
+    let (resumed, r2) = answer(&b, a.id(), 71, &r1, now).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(only_message(&r2).len(), R2_LEN);
+    let verdict = caller_reads_r2(opening, &a, &r2);
+    let mut out = Vec::new();
+    let mut callee = opened(resumed)
+        .accept(&mut out)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut caller = verdict
+        .handle_verdict(&only_message(&out), now)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(caller.handshake_hash(), callee.handshake_hash());
+    let wire = seal(&mut caller, b"over a DH");
+    assert_eq!(open_all(&mut callee, &wire), (b"over a DH".to_vec(), None));
 }
 
 #[test]

@@ -207,7 +207,7 @@ async fn a_relay_that_tampers_with_a_resumed_open_is_detected_both_ways() {
     // again after a full one): a bit of R2 flipped. A failed resumed open drops the caller's
     // secret (in case the two sides disagree about it): the open after each is full.
     let hook = Scripted::with(&[
-        (1, Act::Flip(Direction::CallerToTarget, 2 + 24 + 40)),
+        (1, Act::Flip(Direction::CallerToTarget, 2 + 25 + 5)),
         (3, Act::Flip(Direction::TargetToCaller, 2 + 10)),
     ]);
     let (_net, a, b) = net_with(hook.clone()).await;
@@ -487,4 +487,87 @@ async fn a_forged_refused_makes_a_resumed_open_take_effect_at_most_once() {
     echo_ok(&a, b.node_id(), b"next").await;
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_kinds_of_resumed_open_cross_a_real_relay_and_a_callee_that_wants_a_dh_refuses_keyed_ones()
+ {
+    let hook = Scripted::with(&[]);
+    let net = TestNet::start_with(RelayOptions {
+        hooks: TestHooks {
+            splice: Some(hook.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let node = |dh: bool| {
+        let mut limits = nullport_tests::fast_limits();
+        limits.handshake.resume_dh = dh;
+        let identity = Arc::new(nullport_protocol::Identity::generate().unwrap());
+        let net = &net;
+        async move {
+            let node = net.node_unchecked(identity, limits).await;
+            node.wait_online(std::time::Duration::from_secs(5))
+                .await
+                .unwrap();
+            node
+        }
+    };
+    let (with_dh, keyed, b) = (
+        node(true).await,
+        node(false).await,
+        Arc::new(node(true).await),
+    );
+    let (seen, server) = counting_echo(&b);
+    let payload = pattern(256 * 1024, 9);
+    // A caller that wants a DH: full, then resumed with one. R1 = header 25, ephemeral key
+    // 32, age and delay and count 9, "echo" 5, empty blob 2, tag 16.
+    echo_ok(&with_dh, b.node_id(), &payload).await;
+    echo_ok(&with_dh, b.node_id(), &payload).await;
+    assert_eq!(hook.first_message_len(0), Some(32));
+    assert_eq!(hook.first_message_len(1), Some(25 + 32 + 9 + 5 + 2 + 16));
+    // A keyed caller (the default): its keyed R1 (no ephemeral key) is refused unread by the
+    // callee that wants a DH, and the same dial completes through the full handshake.
+    echo_ok(&keyed, b.node_id(), &payload).await;
+    echo_ok(&keyed, b.node_id(), &payload).await;
+    assert_eq!(hook.first_message_len(2), Some(32));
+    assert_eq!(hook.first_message_len(3), Some(25 + 9 + 5 + 2 + 16));
+    // Each dial reached the application exactly once.
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 4);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_resumed_channel_carries_bytes_intact_both_ways_and_across_a_rekey() {
+    // Keyed opens are the default: the second channel is one (its R1 has no ephemeral key).
+    // Rekeys every 16 frames on both nodes, so a 4 MiB echo crosses many of them.
+    let hook = Scripted::with(&[]);
+    let net = TestNet::start_with(RelayOptions {
+        hooks: TestHooks {
+            splice: Some(hook.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let mut limits = nullport_tests::fast_limits();
+    limits.handshake.rekey_after = 16;
+    let start = |limits| {
+        let net = &net;
+        async move {
+            let identity = Arc::new(nullport_protocol::Identity::generate().unwrap());
+            let node = net.node_unchecked(identity, limits).await;
+            node.wait_online(std::time::Duration::from_secs(5))
+                .await
+                .unwrap();
+            node
+        }
+    };
+    let (a, b) = (start(limits.clone()).await, Arc::new(start(limits).await));
+    let _server = serve_echo(b.clone());
+    echo_ok(&a, b.node_id(), b"full").await;
+    let payload = pattern(4 << 20, 5);
+    echo_ok(&a, b.node_id(), &payload).await;
+    assert_eq!(hook.first_message_len(1), Some(25 + 9 + 5 + 2 + 16));
 }
