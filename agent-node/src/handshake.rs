@@ -193,11 +193,15 @@ pub(crate) async fn initiate(
         // Refused before the handshake began: the secret is still good.
         Err(e) if refused_busy(&e) => Err(e),
         Err(e) => {
-            // A resumed open that failed for any reason but the callee's verdict drops the
-            // secret: if the two sides disagree about it (one restarted or speaks another
-            // version), the next open runs the full handshake instead of failing again.
+            // A resumed open that failed for any reason but the callee's verdict drops this
+            // side's secret for calling the peer: if the two sides disagree about it (one
+            // restarted or speaks another version), the next open runs the full handshake
+            // instead of failing again. Only that one: what this node holds as the peer's
+            // callee (its tickets and the records of their counters) stays, or a relay that
+            // breaks one open could erase the record that makes the peer's next open a
+            // duplicate of an R1 that already took effect here.
             if resumed && !matches!(e, Error::Denied { .. }) {
-                keys.sessions().forget(&expected);
+                keys.sessions().forget_outgoing(&expected);
             }
             Err(e)
         }

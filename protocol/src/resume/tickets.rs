@@ -358,8 +358,10 @@ impl SessionCache {
         s.retired.unknown(caller, now)
     }
 
-    /// Forgets the caller's ticket for `callee` (the callee no longer holds it).
-    pub(crate) fn forget_outgoing(&self, callee: &NodeId) {
+    /// Forgets this node's ticket for calling `callee` (the callee no longer holds it, or a
+    /// resumed open to it failed), and nothing else: the tickets this node holds as
+    /// `callee`'s callee, and their counter records, stay.
+    pub fn forget_outgoing(&self, callee: &NodeId) {
         if let Ok(mut s) = self.state.lock() {
             s.outgoing.remove(callee);
         }

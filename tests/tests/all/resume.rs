@@ -571,3 +571,37 @@ async fn a_keyed_resumed_channel_carries_bytes_intact_both_ways_and_across_a_rek
     echo_ok(&a, b.node_id(), &payload).await;
     assert_eq!(hook.first_message_len(1), Some(25 + 9 + 5 + 2 + 16));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_resumed_open_drops_only_the_callers_ticket_not_what_it_holds_as_callee() {
+    // Session 0: B calls A (A now holds B's ticket as callee). Session 1: A calls B (full).
+    // Session 2: A's resumed open to B, its answer (K2) flipped by the relay: A drops its
+    // ticket for calling B, and keeps B's ticket and its counter record, which is what makes
+    // a replacing open of B's a duplicate if an R1 of B's already took effect here (before
+    // this fix, a relay could erase that record by breaking any one of A's opens to B).
+    let hook = Scripted::with(&[(2, Act::Flip(Direction::TargetToCaller, 2 + 10))]);
+    let (_net, a, b) = net_with(hook.clone()).await;
+    let a = Arc::new(a);
+    let _server_a = serve_echo(a.clone());
+    let _server_b = serve_echo(b.clone());
+    echo_ok(&b, a.node_id(), b"b calls a").await;
+    echo_ok(&a, b.node_id(), b"a calls b").await;
+    assert_eq!(a.resumption_secrets(), (1, 1));
+    let r = a.dial(b.node_id(), "echo").await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::Protocol(nullport_protocol::Error::Authentication))
+        ),
+        "{r:?}"
+    );
+    assert_eq!(hook.first_message_len(2), Some(25 + 9 + 5 + 2 + 16));
+    assert_eq!(
+        a.resumption_secrets(),
+        (0, 1),
+        "only the caller's ticket went"
+    );
+    // B's next call to A still resumes under the ticket A kept.
+    echo_ok(&b, a.node_id(), b"b again").await;
+    assert_eq!(hook.first_message_len(3), Some(25 + 9 + 5 + 2 + 16));
+}
