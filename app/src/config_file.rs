@@ -296,8 +296,8 @@ pub struct LinkTable {
     /// Whether every resumed channel mixes in a fresh X25519 exchange (forward secrecy per
     /// channel, about 150 us more per channel). Default false: a resumed channel's keys come
     /// from the resumption secret, so forward secrecy is bounded by `resume_secs`. A callee
-    /// with it set refuses keyed opens (the caller then runs the full handshake), so set it
-    /// on both sides.
+    /// with it set refuses keyed opens, saying why: the caller then runs the full handshake
+    /// and opens to it with a DH from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_dh: Option<bool>,
 }

@@ -299,6 +299,8 @@ pub fn genuine_responder_proof() -> Vec<u8> {
 std::thread_local! {
     /// One established pair per fuzzing process, rebuilt only after a frame ends it.
     static SESSION: std::cell::RefCell<Option<(Channel, Channel)>> = const { std::cell::RefCell::new(None) };
+    /// Sessions built so far in this process (odd: Noise, even: keyed).
+    static PAIRS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Frames behind the AEAD on an established channel: `data` is a sequence of
@@ -313,7 +315,19 @@ pub fn channel_frames(data: &[u8]) -> Vec<u8> {
     let mut delivered = Vec::new();
     SESSION.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let (sender, receiver) = slot.get_or_insert_with(channel_pair);
+        let (sender, receiver) = slot.get_or_insert_with(|| {
+            // Every other session is a keyed resumed channel: the same frames over Noise
+            // cipher states built from derived keys rather than snow's.
+            let n = PAIRS.with(|n| {
+                n.set(n.get() + 1);
+                n.get()
+            });
+            if n.is_multiple_of(2) {
+                keyed_channel_pair()
+            } else {
+                channel_pair()
+            }
+        });
         let mut ended = false;
         let mut rest = data;
         let mut deframer = crate::Deframer::new(crate::limits::MAX_NOISE_MESSAGE);
@@ -421,8 +435,9 @@ fn fuzz_request(to: &HandshakeKeys, blob: Vec<u8>) -> Option<DialRequest> {
 }
 
 /// A callee holding a live ticket fed `data` as R1 (with the real ticket id in front when
-/// `genuine_id`, so the AEAD is reached). Property: a forged R1 never yields a request.
-pub fn resume_responder(data: &[u8], genuine_id: bool) {
+/// `genuine_id`, so the AEAD is reached), wanting a DH in every channel when `dh`.
+/// Property: a forged R1 never yields a request.
+pub fn resume_responder(data: &[u8], genuine_id: bool, dh: bool) {
     use crate::resume::{Resumed, respond};
     let now = Instant::now();
     let (a, b) = resumable_pair(now);
@@ -432,19 +447,56 @@ pub fn resume_responder(data: &[u8], genuine_id: bool) {
     }
     r1.extend_from_slice(data);
     let mut out = Vec::new();
-    let r = respond(
-        &b,
-        a.node_id(),
-        SessionId(1),
-        Limits::default(),
-        &r1,
-        now,
-        &mut out,
-    );
+    let limits = Limits {
+        resume_dh: dh,
+        ..Limits::default()
+    };
+    let r = respond(&b, a.node_id(), SessionId(1), limits, &r1, now, &mut out);
     assert!(
         !matches!(r, Ok(Resumed::Opened(_))),
         "forged resumed open accepted"
     );
+}
+
+/// A channel between keys 1 and 2 opened by a keyed resumed open.
+fn keyed_channel_pair() -> (Channel, Channel) {
+    use crate::resume::{Answered, Opening, Resumed, respond};
+    let now = Instant::now();
+    let (a, b) = resumable_pair(now);
+    let fail = || -> (Channel, Channel) { panic!("keyed resumed open failed") };
+    let Some(request) = fuzz_request(&b, Vec::new()) else {
+        return fail();
+    };
+    let mut r1 = Vec::new();
+    let limits = Limits::default();
+    let Ok(opening) = Opening::start(&a, request, Default::default(), limits, now, &mut r1) else {
+        return fail();
+    };
+    let mut k2 = Vec::new();
+    let Ok(Resumed::Opened(req)) = respond(
+        &b,
+        a.node_id(),
+        SessionId(1),
+        limits,
+        &r1[2..],
+        now,
+        &mut k2,
+    ) else {
+        return fail();
+    };
+    let Ok(Answered::Verdict(verdict)) =
+        opening.handle_response(&a, &k2[2..], now, &mut Vec::new())
+    else {
+        return fail();
+    };
+    let mut accept = Vec::new();
+    let Ok(cb) = req.accept(&mut accept) else {
+        return fail();
+    };
+    match verdict.handle_verdict(&accept[2..], now) {
+        Ok(ca) => (ca, cb),
+        Err(_) => fail(),
+    }
 }
 
 /// A caller that sent a genuine R1 (with a DH when `dh`, keyed otherwise), fed `data` as the
@@ -476,7 +528,10 @@ pub fn resume_initiator(data: &[u8], dh: bool) {
             let verdict = awaiting.handle_verdict(verdict, now);
             panic!("forged R2 authenticated (verdict: {:?})", verdict.err());
         }
-        Ok(Answered::Retry(_)) => assert_eq!(answer, [crate::resume::REFUSED]),
+        Ok(Answered::Retry(_)) => assert!(
+            answer == [crate::resume::REFUSED] || answer == [crate::resume::REFUSED_WANTS_DH],
+            "retry on {answer:02x?}"
+        ),
         Err(_) => {}
     }
 }

@@ -69,7 +69,7 @@ pub struct Limits {
     /// from the resumption secret alone, without public-key operations: forward secrecy is
     /// then bounded by the secret's lifetime ([`Limits::resume_lifetime`]). On, this side
     /// opens with the DH and, as callee, refuses keyed opens (the caller then runs the full
-    /// handshake).
+    /// handshake, and opens to this side with a DH from then on).
     pub resume_dh: bool,
 }
 

@@ -89,7 +89,8 @@ pub fn handshake_responder(data: &[u8]) {
 /// Resumed opens (first byte selects, modulo 4): a callee holding a live ticket fed R1 (0: as
 /// is, 1: behind the real ticket id, so the AEAD is reached), a caller fed the answer (R2 or
 /// K2) and a verdict (2), or R1's request behind the AEAD, encrypted by a genuine caller
-/// (3); bit 2 picks a keyed open (clear) or one with a DH (set) for 2 and 3. Properties: a
+/// (3); bit 2 picks a keyed open (clear) or one with a DH (set) for 2 and 3, and a callee
+/// that wants a DH (set) for 0 and 1. Properties: a
 /// forged R1 or answer never authenticates; a request only for exactly one well-formed
 /// service and blob.
 pub fn resume_open(data: &[u8]) {
@@ -97,8 +98,8 @@ pub fn resume_open(data: &[u8]) {
         // Bit 2 picks the kind of open: keyed (clear) or with a DH (set).
         let dh = selector & 4 != 0;
         match selector % 4 {
-            0 => fuzzing::resume_responder(rest, false),
-            1 => fuzzing::resume_responder(rest, true),
+            0 => fuzzing::resume_responder(rest, false, dh),
+            1 => fuzzing::resume_responder(rest, true, dh),
             2 => fuzzing::resume_initiator(rest, dh),
             _ => fuzzing::resume_payload(rest, !dh),
         }

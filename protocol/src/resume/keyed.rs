@@ -4,7 +4,8 @@
 //! `HKDF-SHA256(salt = LABEL, ikm = secret, info = prologue)` gives five 32-byte values: the
 //! key that seals R1's payload, the key of the callee's answer (K2, an empty AEAD message:
 //! "I hold the secret and acted on this open"), the caller-to-callee and callee-to-caller
-//! transport keys, and the channel's hash (for receipts, as a handshake hash). The prologue
+//! transport keys, and the key of the channel's hash (for receipts, as a handshake hash; it
+//! also covers R1 and K2 as sent). The prologue
 //! names the version, the kind of open, both NodeIds, the relay session, the ticket id and the
 //! counter, so no two opens share a key (the replay window makes each counter usable once)
 //! and none can be moved to another session, pair or counter. Each key seals one message at
@@ -19,6 +20,8 @@ use crate::transport::{CipherState, KeyedTransport, Transport};
 
 /// HKDF salt of a keyed open's keys.
 const LABEL: &[u8] = b"nullport/e2e-keyed/v1";
+/// Label in front of a keyed channel's hash.
+const HASH_LABEL: &[u8] = b"nullport/e2e-keyed-hash/v1";
 /// Size of the callee's answer to a keyed R1: an empty AEAD message.
 pub const K2_LEN: usize = TAG_LEN;
 
@@ -93,8 +96,17 @@ impl Keys {
         Ok(Transport::Keyed(Box::new(keyed)))
     }
 
-    /// The channel's hash: the same on both sides, different for every open.
-    pub(crate) fn channel_hash(&self) -> [u8; 32] {
-        *self.key(4)
+    /// The channel's hash, the same on both sides and different for every open:
+    /// `SHA-256(HASH_LABEL || key 4 || SHA-256(R1) || K2)`, so that, like Noise's handshake
+    /// hash, it commits to the open's whole transcript (the request and first bytes too).
+    pub(crate) fn channel_hash(&self, r1_digest: &[u8; 32], k2: &[u8]) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(HASH_LABEL);
+        ctx.update(self.key(4));
+        ctx.update(r1_digest);
+        ctx.update(k2);
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(ctx.finish().as_ref());
+        hash
     }
 }

@@ -71,6 +71,10 @@ const PROLOGUE_LABEL: &[u8] = b"nullport/e2e-resume";
 /// The responder's whole answer when it holds no such ticket, or R1 is stale: run the full
 /// handshake.
 pub const REFUSED: u8 = 0x01;
+/// The responder's whole answer to a keyed R1 when it wants a DH in every channel
+/// ([`Limits::resume_dh`]): as [`REFUSED`], and the caller's resumed opens to it carry a DH
+/// from now on.
+pub const REFUSED_WANTS_DH: u8 = 0x02;
 /// Bytes in front of R1's sealed part: ticket id, counter and kind ([`KIND_DH`] or
 /// [`KIND_KEYED`]).
 pub const R1_HEADER_LEN: usize = TICKET_ID_LEN + 8 + 1;
@@ -296,7 +300,7 @@ impl ResumeInitiator {
                 max: MAX_HELLO_BLOB,
             });
         }
-        let kind = if limits.resume_dh {
+        let kind = if limits.resume_dh || lease.dh {
             KIND_DH
         } else {
             KIND_KEYED
@@ -332,6 +336,7 @@ impl ResumeInitiator {
         if carried_first {
             plain.extend_from_slice(early.first);
         }
+        let r1_start = out.len() + crate::limits::LENGTH_PREFIX;
         write_prefixed(out, R1_HEADER_LEN + overhead + plain.len(), |buf| {
             let (header, body) = buf.split_at_mut(R1_HEADER_LEN);
             header[..TICKET_ID_LEN].copy_from_slice(&lease.id);
@@ -340,6 +345,7 @@ impl ResumeInitiator {
             let n = sealer.seal_open(&plain, body)?;
             Ok(R1_HEADER_LEN + n)
         })?;
+        sealer.note_r1(&out[r1_start..]);
         Ok(Self {
             sealer,
             request,
@@ -364,7 +370,10 @@ impl ResumeInitiator {
         if now > self.deadline {
             return Err(Error::Timeout);
         }
-        if message == [REFUSED] {
+        if message == [REFUSED_WANTS_DH] {
+            keys.sessions().wants_dh(&self.request.expected);
+        }
+        if message == [REFUSED] || message == [REFUSED_WANTS_DH] {
             // No such ticket at the callee (restarted, expired, evicted, forgotten), R1 too
             // late, or a relay claiming so: either way the full handshake decides, on the
             // same stream, and names this R1 so that it can never take effect as well.
@@ -502,17 +511,18 @@ pub fn respond(
         }
     }
     let sessions = keys.sessions();
-    let refuse = |out: &mut Vec<u8>| {
+    let answer_only = |out: &mut Vec<u8>, byte: u8| {
         write_prefixed(out, 1, |buf| {
-            buf[0] = REFUSED;
+            buf[0] = byte;
             Ok(1)
         })
         .map(|_| Resumed::Refused)
     };
+    let refuse = |out: &mut Vec<u8>| answer_only(out, REFUSED);
     if kind == KIND_KEYED && limits.resume_dh {
         // This side wants a fresh DH in every channel: the caller runs the full handshake
-        // (and names this R1 there, so it can never take effect).
-        return refuse(out);
+        // (and names this R1 there, so it can never take effect), then opens with a DH.
+        return answer_only(out, REFUSED_WANTS_DH);
     }
     let (ticket_caller, secret, own_age) = match sessions.lookup(&id, now) {
         Lookup::Found {
@@ -526,6 +536,7 @@ pub fn respond(
     let mut sealer = Sealer::new(kind, &secret, &prologue, false)?;
     let mut plain = vec![0u8; body.len()];
     let n = sealer.open_open(body, &mut plain)?;
+    sealer.note_r1(message);
     // Authenticated: only the holder of the secret made R1 for this session and counter.
     if ticket_caller != caller {
         return Err(Error::CallerMismatch {

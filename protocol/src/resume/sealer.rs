@@ -14,7 +14,12 @@ use super::{KIND_KEYED, R2_LEN};
 /// from the secret ([`keyed`]).
 pub(super) enum Sealer {
     Dh(Box<snow::HandshakeState>),
-    Keyed { keys: keyed::Keys, initiator: bool },
+    Keyed {
+        keys: keyed::Keys,
+        initiator: bool,
+        /// SHA-256 of R1 (header and sealed part), for the channel hash.
+        r1: [u8; 32],
+    },
 }
 
 impl Sealer {
@@ -28,6 +33,7 @@ impl Sealer {
             return Ok(Self::Keyed {
                 keys: keyed::Keys::derive(secret, prologue)?,
                 initiator,
+                r1: [0; 32],
             });
         }
         let builder = noise::resume_builder().prologue(prologue)?.psk(0, secret)?;
@@ -44,6 +50,14 @@ impl Sealer {
         match self {
             Self::Dh(_) => 32 + TAG_LEN,
             Self::Keyed { .. } => TAG_LEN,
+        }
+    }
+
+    /// Takes note of R1 as sent or received (header and sealed part, no length prefix): a
+    /// keyed channel's hash commits to it, as Noise's handshake hash does.
+    pub(super) fn note_r1(&mut self, r1_message: &[u8]) {
+        if let Self::Keyed { r1, .. } = self {
+            r1.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, r1_message).as_ref());
         }
     }
 
@@ -73,9 +87,15 @@ impl Sealer {
                 let transport = hs.into_transport_mode()?;
                 Ok((Transport::Noise(transport), hash))
             }
-            Self::Keyed { keys, initiator } => {
+            Self::Keyed {
+                keys,
+                initiator,
+                r1,
+            } => {
+                let at = out.len() + crate::limits::LENGTH_PREFIX;
                 write_prefixed(out, K2_LEN, |buf| keys.seal_answer(buf))?;
-                Ok((keys.transport(initiator)?, keys.channel_hash()))
+                let hash = keys.channel_hash(&r1, &out[at..]);
+                Ok((keys.transport(initiator)?, hash))
             }
         }
     }
@@ -100,9 +120,13 @@ impl Sealer {
                 let transport = hs.into_transport_mode()?;
                 Ok((Transport::Noise(transport), hash))
             }
-            Self::Keyed { keys, initiator } => {
+            Self::Keyed {
+                keys,
+                initiator,
+                r1,
+            } => {
                 keys.check_answer(message)?;
-                Ok((keys.transport(initiator)?, keys.channel_hash()))
+                Ok((keys.transport(initiator)?, keys.channel_hash(&r1, message)))
             }
         }
     }

@@ -417,15 +417,45 @@ fn a_callee_that_wants_a_dh_refuses_keyed_opens_and_takes_those_with_one() {
         ..Limits::default()
     };
     // A keyed R1 (the default) at a callee that wants a DH: refused unread, so the caller
-    // runs the full handshake on the same stream and names it there.
-    let (_, r1) = open(&a, &b, 70, now);
+    // runs the full handshake on the same stream and names it there; the refusal says why,
+    // and the caller's later opens to that callee carry a DH though its own limits do not
+    // ask for one.
+    let (opening, r1) = open(&a, &b, 70, now);
     assert_eq!(r1[R1_HEADER_LEN - 1], KIND_KEYED);
     let mut out = Vec::new();
     assert!(matches!(
         respond(&b.keys, a.id(), SessionId(70), wants_dh, &r1, now, &mut out),
         Ok(Resumed::Refused)
     ));
-    assert_eq!(only_message(&out), [REFUSED]);
+    assert_eq!(only_message(&out), [REFUSED_WANTS_DH]);
+    let mut msg1 = Vec::new();
+    let Answered::Retry(retry) = opening
+        .handle_response(&a.keys, &only_message(&out), now, &mut msg1)
+        .unwrap_or_else(|e| panic!("{e}"))
+    else {
+        panic!("no retry");
+    };
+    let (verdict, req) = finish_full(*retry, &only_message(&msg1), (&a, &b), 70, now);
+    let mut out = Vec::new();
+    let _ = req.accept(&mut out);
+    assert!(verdict.handle_verdict(&only_message(&out), now).is_ok());
+    let (_, r1) = open(&a, &b, 72, now);
+    assert_eq!(r1[R1_HEADER_LEN - 1], KIND_DH, "the caller remembered");
+    let mut out = Vec::new();
+    assert!(matches!(
+        respond(&b.keys, a.id(), SessionId(72), wants_dh, &r1, now, &mut out),
+        Ok(Resumed::Opened(_))
+    ));
+    // ... until it forgets the peer: after the next full handshake, keyed again.
+    a.keys.sessions().forget(&b.id());
+    let (full, msg1) = open(&a, &b, 73, now);
+    assert!(!full.is_resumed());
+    let (verdict, req) = finish_full(full, &msg1, (&a, &b), 73, now);
+    let mut out = Vec::new();
+    let _ = req.accept(&mut out);
+    assert!(verdict.handle_verdict(&only_message(&out), now).is_ok());
+    let (_, r1) = open(&a, &b, 74, now);
+    assert_eq!(r1[R1_HEADER_LEN - 1], KIND_KEYED);
     // A caller that wants a DH opens with one, and a callee with the default takes it.
     let mut out = Vec::new();
     let opening = Opening::start(

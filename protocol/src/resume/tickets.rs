@@ -6,7 +6,7 @@
 //! memory and bounded: a process that restarts has none, and its peers fall back to a full
 //! handshake.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,8 @@ const INCOMING_ENTRIES: usize = 4096;
 /// Tickets a callee remembers per caller (a caller that ran several full handshakes at once
 /// keeps only the last one it learned; the callee cannot know which, so it keeps a few).
 const INCOMING_PER_CALLER: usize = 4;
+/// Most callees remembered as wanting a DH in every channel.
+const MAX_WANTS_DH: usize = OUTGOING_ENTRIES;
 /// Resumed opens one ticket allows; then the caller runs a full handshake again.
 pub const MAX_RESUMPTIONS: u64 = 1 << 20;
 pub use super::record::REPLAY_WINDOW;
@@ -45,6 +47,8 @@ pub(crate) struct Lease {
     pub(crate) counter: u64,
     /// How long ago this side's full handshake made the secret.
     pub(crate) age: Duration,
+    /// The callee said it wants a DH in every channel ([`SessionCache::wants_dh`]).
+    pub(crate) dh: bool,
 }
 
 struct Outgoing {
@@ -80,6 +84,10 @@ struct State {
     clock: Option<Instant>,
     /// When expired secrets were last dropped.
     last_sweep: Option<Instant>,
+    /// Callees that refused a keyed open because they want a DH in every channel (at most
+    /// [`MAX_WANTS_DH`]; beyond it a callee's first keyed open each time is refused again,
+    /// which costs a round trip, nothing else).
+    wants_dh: HashSet<NodeId>,
 }
 
 impl State {
@@ -275,6 +283,7 @@ impl SessionCache {
     pub(crate) fn lease(&self, callee: &NodeId, now: Instant) -> Option<Lease> {
         let mut s = self.state.lock().ok()?;
         s.sweep_if_due(now);
+        let dh = s.wants_dh.contains(callee);
         let entry = s.outgoing.get_mut(callee)?;
         if now >= entry.expires || entry.next > MAX_RESUMPTIONS {
             s.outgoing.remove(callee);
@@ -287,7 +296,20 @@ impl SessionCache {
             secret: entry.secret.clone(),
             counter,
             age: now.saturating_duration_since(entry.born),
+            dh,
         })
+    }
+
+    /// Records that `callee` refused a keyed open because it wants a DH in every channel:
+    /// this node's resumed opens to it carry one from now on (until it forgets the peer). A
+    /// relay that forges that refusal only makes this node's opens to `callee` the stronger
+    /// kind.
+    pub(crate) fn wants_dh(&self, callee: &NodeId) {
+        if let Ok(mut s) = self.state.lock() {
+            if s.wants_dh.len() < MAX_WANTS_DH {
+                s.wants_dh.insert(*callee);
+            }
+        }
     }
 
     /// Finds the callee's ticket `id`; an expired one is dropped and reported unknown.
@@ -374,6 +396,7 @@ impl SessionCache {
         let Ok(mut s) = self.state.lock() else { return };
         let s = &mut *s;
         s.outgoing.remove(peer);
+        s.wants_dh.remove(peer);
         if let Some(ids) = s.per_caller.remove(peer) {
             for id in ids {
                 s.incoming.remove(&id);

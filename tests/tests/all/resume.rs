@@ -528,13 +528,16 @@ async fn both_kinds_of_resumed_open_cross_a_real_relay_and_a_callee_that_wants_a
     assert_eq!(hook.first_message_len(0), Some(32));
     assert_eq!(hook.first_message_len(1), Some(25 + 32 + 9 + 5 + 2 + 16));
     // A keyed caller (the default): its keyed R1 (no ephemeral key) is refused unread by the
-    // callee that wants a DH, and the same dial completes through the full handshake.
+    // callee that wants a DH, saying so, and the same dial completes through the full
+    // handshake; its next resumed open to that callee carries a DH.
+    echo_ok(&keyed, b.node_id(), &payload).await;
     echo_ok(&keyed, b.node_id(), &payload).await;
     echo_ok(&keyed, b.node_id(), &payload).await;
     assert_eq!(hook.first_message_len(2), Some(32));
     assert_eq!(hook.first_message_len(3), Some(25 + 9 + 5 + 2 + 16));
+    assert_eq!(hook.first_message_len(4), Some(25 + 32 + 9 + 5 + 2 + 16));
     // Each dial reached the application exactly once.
-    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 4);
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 5);
     server.abort();
 }
 
