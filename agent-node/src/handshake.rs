@@ -46,16 +46,18 @@ async fn write_all(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), Err
 pub enum FirstBytes<'a> {
     /// These bytes (at most [`MAX_FIRST_BYTES`]).
     Bytes(Vec<u8>),
-    /// Whatever this gives at the moment the handshake's last message goes out, one round
-    /// trip or more after the dial started: it is called at most once, with a buffer of
-    /// `MAX_FIRST_BYTES`, must not wait (a socket's `try_read`), and returns how many bytes
-    /// it put there (0: none ready).
+    /// Whatever this gives when the dial's first message goes out (so a resumed open's R1
+    /// carries it: one round trip to the first answer) or, if it gave nothing then, when the
+    /// handshake's last message goes out. It is called at most twice, each time with a
+    /// buffer of `MAX_FIRST_BYTES`, must not wait (a socket's `try_read`), and returns how
+    /// many bytes it put there (0: none ready); once it gave bytes it is not called again
+    /// (the dial keeps them for its later opens).
     Ready(ReadReady<'a>),
 }
 
 /// Reads what is ready into the buffer without waiting; returns how many bytes
 /// ([`FirstBytes::Ready`]).
-pub type ReadReady<'a> = Box<dyn FnOnce(&mut [u8]) -> usize + Send + 'a>;
+pub type ReadReady<'a> = Box<dyn FnMut(&mut [u8]) -> usize + Send + 'a>;
 
 impl std::fmt::Debug for FirstBytes<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,13 +97,28 @@ impl<'a> First<'a> {
         }
     }
 
-    /// A copy of the first bytes for R1 of a resumed open, if they are known now
-    /// ([`FirstBytes::Bytes`]; a [`FirstBytes::Ready`] source is read only after the
-    /// answer, when more is ready). The source keeps them for a later open of the dial.
+    /// A copy of the first bytes for the dial's next open (R1 of a resumed open carries
+    /// them), if they are known now: [`FirstBytes::Bytes`], or what a [`FirstBytes::Ready`]
+    /// source gives now, which then becomes the dial's bytes (a source that gives nothing
+    /// yet is read again behind the handshake's last message). The source keeps them for
+    /// a later open of the dial.
     pub(crate) fn for_r1(&self) -> Vec<u8> {
-        match self.source.lock().ok().as_deref() {
-            Some(Some(FirstBytes::Bytes(bytes))) => bytes.clone(),
-            _ => Vec::new(),
+        let Ok(mut source) = self.source.lock() else {
+            return Vec::new();
+        };
+        match source.as_mut() {
+            Some(FirstBytes::Bytes(bytes)) => bytes.clone(),
+            Some(FirstBytes::Ready(read)) => {
+                let mut buf = vec![0u8; MAX_FIRST_BYTES];
+                let n = read(&mut buf).min(MAX_FIRST_BYTES);
+                if n == 0 {
+                    return Vec::new();
+                }
+                buf.truncate(n);
+                *source = Some(FirstBytes::Bytes(buf.clone()));
+                buf
+            }
+            None => Vec::new(),
         }
     }
 
@@ -129,7 +146,7 @@ impl<'a> First<'a> {
         match source {
             None => Vec::new(),
             Some(FirstBytes::Bytes(bytes)) => bytes,
-            Some(FirstBytes::Ready(read)) => {
+            Some(FirstBytes::Ready(mut read)) => {
                 let mut buf = vec![0u8; MAX_FIRST_BYTES];
                 let n = read(&mut buf).min(MAX_FIRST_BYTES);
                 buf.truncate(n);

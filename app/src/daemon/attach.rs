@@ -190,9 +190,11 @@ async fn serve_listener(
                         (request.peer.clone(), request.service.clone(), request.token.clone());
                     tokio::spawn(async move {
                         let _permit = permit;
-                        // What the client sends while the handshake runs goes out with
-                        // its last message: one round trip less to the first answer. It is
-                        // peeked, and taken from the socket only once the channel is open.
+                        // What the client has sent when the dial starts goes out in a
+                        // resumed open's R1 (one round trip to the first answer), or else
+                        // what it sent while the handshake ran goes out with its last
+                        // message. It is peeked, and taken from the socket only once the
+                        // channel is open.
                         let mut peeked = 0;
                         let ready = FirstBytes::Ready(Box::new(|buf| {
                             peeked = socket.peek_ready(buf);

@@ -132,25 +132,41 @@ async fn a_resumed_open_sends_first_bytes_too_and_a_denial_drops_them_unread() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ready_first_bytes_are_read_once_when_the_last_message_goes_out() {
+async fn ready_first_bytes_are_read_when_the_dial_starts_and_again_only_if_none_were_ready() {
     let (_net, _counter, a, b) = net().await;
     let b = Arc::new(b);
     let _server = nullport_tests::serve_echo(b.clone());
-    let calls = AtomicUsize::new(0);
-    let ready = FirstBytes::Ready(Box::new(|buf: &mut [u8]| {
-        calls.fetch_add(1, Ordering::SeqCst);
-        assert_eq!(buf.len(), MAX_FIRST_BYTES);
-        buf[..5].copy_from_slice(b"ready");
-        5
-    }));
-    let mut ch = a
-        .dial_sending(b.node_id(), "echo", Vec::new(), ready)
-        .await
-        .unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
-    let mut echoed = [0u8; 5];
-    ch.read_exact(&mut echoed).await.unwrap();
-    assert_eq!(&echoed, b"ready");
+    // `gives[i]`: what the source gives on its i-th call (0: nothing ready yet).
+    let dial = |gives: &'static [usize]| {
+        let a = &a;
+        let target = b.node_id();
+        async move {
+            let calls = AtomicUsize::new(0);
+            let ready = FirstBytes::Ready(Box::new(|buf: &mut [u8]| {
+                let i = calls.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(buf.len(), MAX_FIRST_BYTES);
+                let n = gives[i];
+                buf[..n].copy_from_slice(&b"ready"[..n]);
+                n
+            }));
+            let mut ch = a
+                .dial_sending(target, "echo", Vec::new(), ready)
+                .await
+                .unwrap();
+            let mut echoed = [0u8; 5];
+            ch.read_exact(&mut echoed).await.unwrap();
+            assert_eq!(&echoed, b"ready");
+            calls.load(Ordering::SeqCst)
+        }
+    };
+    // A full handshake: the source gave its bytes at the start, once; they went behind
+    // message 3.
+    assert_eq!(dial(&[5]).await, 1);
+    // Resumed opens: bytes ready at the start ride in R1, read once; a source with nothing
+    // ready then is read again behind the answer, once more.
+    assert_eq!(dial(&[5]).await, 1);
+    assert_eq!(dial(&[0, 5]).await, 2);
+    assert_eq!(a.resumption_secrets().0, 1, "still resuming");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

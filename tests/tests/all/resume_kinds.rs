@@ -1,0 +1,131 @@
+//! Both kinds of resumed open between real nodes through a real relay: keyed (the default)
+//! and with a DH, a callee that wants a DH, bytes intact across rekeys, and what a failed
+//! resumed open may drop.
+
+use std::sync::Arc;
+
+use nullport_node::Error;
+use nullport_relay::testing::{Direction, TestHooks};
+use nullport_tests::{RelayOptions, TestNet, pattern, serve_echo};
+
+use super::{Act, Scripted, counting_echo, echo_ok, net_with};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_kinds_of_resumed_open_cross_a_real_relay_and_a_callee_that_wants_a_dh_refuses_keyed_ones()
+ {
+    let hook = Scripted::with(&[]);
+    let net = TestNet::start_with(RelayOptions {
+        hooks: TestHooks {
+            splice: Some(hook.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let node = |dh: bool| {
+        let mut limits = nullport_tests::fast_limits();
+        limits.handshake.resume_dh = dh;
+        let identity = Arc::new(nullport_protocol::Identity::generate().unwrap());
+        let net = &net;
+        async move {
+            let node = net.node_unchecked(identity, limits).await;
+            node.wait_online(std::time::Duration::from_secs(5))
+                .await
+                .unwrap();
+            node
+        }
+    };
+    let (with_dh, keyed, b) = (
+        node(true).await,
+        node(false).await,
+        Arc::new(node(true).await),
+    );
+    let (seen, server) = counting_echo(&b);
+    let payload = pattern(256 * 1024, 9);
+    // A caller that wants a DH: full, then resumed with one. R1 = header 25, ephemeral key
+    // 32, age and delay and count 9, "echo" 5, empty blob 2, tag 16.
+    echo_ok(&with_dh, b.node_id(), &payload).await;
+    echo_ok(&with_dh, b.node_id(), &payload).await;
+    assert_eq!(hook.first_message_len(0), Some(32));
+    assert_eq!(hook.first_message_len(1), Some(25 + 32 + 9 + 5 + 2 + 16));
+    // A keyed caller (the default): its keyed R1 (no ephemeral key) is refused unread by the
+    // callee that wants a DH, saying so, and the same dial completes through the full
+    // handshake; its next resumed open to that callee carries a DH.
+    echo_ok(&keyed, b.node_id(), &payload).await;
+    echo_ok(&keyed, b.node_id(), &payload).await;
+    echo_ok(&keyed, b.node_id(), &payload).await;
+    assert_eq!(hook.first_message_len(2), Some(32));
+    assert_eq!(hook.first_message_len(3), Some(25 + 9 + 5 + 2 + 16));
+    assert_eq!(hook.first_message_len(4), Some(25 + 32 + 9 + 5 + 2 + 16));
+    // Each dial reached the application exactly once.
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 5);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_resumed_channel_carries_bytes_intact_both_ways_and_across_a_rekey() {
+    // Keyed opens are the default: the second channel is one (its R1 has no ephemeral key).
+    // Rekeys every 16 frames on both nodes, so a 4 MiB echo crosses many of them.
+    let hook = Scripted::with(&[]);
+    let net = TestNet::start_with(RelayOptions {
+        hooks: TestHooks {
+            splice: Some(hook.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let mut limits = nullport_tests::fast_limits();
+    limits.handshake.rekey_after = 16;
+    let start = |limits| {
+        let net = &net;
+        async move {
+            let identity = Arc::new(nullport_protocol::Identity::generate().unwrap());
+            let node = net.node_unchecked(identity, limits).await;
+            node.wait_online(std::time::Duration::from_secs(5))
+                .await
+                .unwrap();
+            node
+        }
+    };
+    let (a, b) = (start(limits.clone()).await, Arc::new(start(limits).await));
+    let _server = serve_echo(b.clone());
+    echo_ok(&a, b.node_id(), b"full").await;
+    let payload = pattern(4 << 20, 5);
+    echo_ok(&a, b.node_id(), &payload).await;
+    assert_eq!(hook.first_message_len(1), Some(25 + 9 + 5 + 2 + 16));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_resumed_open_drops_only_the_callers_ticket_not_what_it_holds_as_callee() {
+    // Session 0: B calls A (A now holds B's ticket as callee). Session 1: A calls B (full).
+    // Session 2: A's resumed open to B, its answer (K2) flipped by the relay: A drops its
+    // ticket for calling B, and keeps B's ticket and its counter record, which is what makes
+    // a replacing open of B's a duplicate if an R1 of B's already took effect here (before
+    // this fix, a relay could erase that record by breaking any one of A's opens to B).
+    let hook = Scripted::with(&[(2, Act::Flip(Direction::TargetToCaller, 2 + 10))]);
+    let (_net, a, b) = net_with(hook.clone()).await;
+    let a = Arc::new(a);
+    let _server_a = serve_echo(a.clone());
+    let _server_b = serve_echo(b.clone());
+    echo_ok(&b, a.node_id(), b"b calls a").await;
+    echo_ok(&a, b.node_id(), b"a calls b").await;
+    assert_eq!(a.resumption_secrets(), (1, 1));
+    let r = a.dial(b.node_id(), "echo").await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::Protocol(nullport_protocol::Error::Authentication))
+        ),
+        "{r:?}"
+    );
+    assert_eq!(hook.first_message_len(2), Some(25 + 9 + 5 + 2 + 16));
+    assert_eq!(
+        a.resumption_secrets(),
+        (0, 1),
+        "only the caller's ticket went"
+    );
+    // B's next call to A still resumes under the ticket A kept.
+    echo_ok(&b, a.node_id(), b"b again").await;
+    assert_eq!(hook.first_message_len(3), Some(25 + 9 + 5 + 2 + 16));
+}
