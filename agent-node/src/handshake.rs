@@ -46,12 +46,15 @@ async fn write_all(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), Err
 pub enum FirstBytes<'a> {
     /// These bytes (at most [`MAX_FIRST_BYTES`]).
     Bytes(Vec<u8>),
-    /// Whatever this gives when the dial's first message goes out (so a resumed open's R1
-    /// carries it: one round trip to the first answer) or, if it gave nothing then, when the
-    /// handshake's last message goes out. It is called at most twice, each time with a
-    /// buffer of `MAX_FIRST_BYTES`, must not wait (a socket's `try_read`), and returns how
-    /// many bytes it put there (0: none ready); once it gave bytes it is not called again
-    /// (the dial keeps them for its later opens).
+    /// Whatever this gives when an open of the dial starts (so a keyed resumed open's R1
+    /// carries it: one round trip to the first answer) or, if it gave nothing by then, when
+    /// the handshake's last message goes out. It is called each time an open of the dial
+    /// starts while it gives nothing (once per relay a dial tries; not for an open with a DH,
+    /// whose R1 would carry the bytes without the DH's protection), then once more behind
+    /// the handshake; each time with a buffer of `MAX_FIRST_BYTES`. It must not wait (a
+    /// socket's `try_read`), and returns how many bytes it put there (0: none ready, and
+    /// nothing taken); once it gave bytes it is not called again (the dial keeps them for
+    /// its later opens).
     Ready(ReadReady<'a>),
 }
 
@@ -98,16 +101,17 @@ impl<'a> First<'a> {
     }
 
     /// A copy of the first bytes for the dial's next open (R1 of a resumed open carries
-    /// them), if they are known now: [`FirstBytes::Bytes`], or what a [`FirstBytes::Ready`]
-    /// source gives now, which then becomes the dial's bytes (a source that gives nothing
-    /// yet is read again behind the handshake's last message). The source keeps them for
-    /// a later open of the dial.
-    pub(crate) fn for_r1(&self) -> Vec<u8> {
+    /// them), if they are known now: [`FirstBytes::Bytes`], or, when `read_ready`, what a
+    /// [`FirstBytes::Ready`] source gives now, which then becomes the dial's bytes (a source
+    /// that gives nothing yet is read again behind the handshake's last message). The
+    /// source keeps them for a later open of the dial.
+    pub(crate) fn for_r1(&self, read_ready: bool) -> Vec<u8> {
         let Ok(mut source) = self.source.lock() else {
             return Vec::new();
         };
         match source.as_mut() {
             Some(FirstBytes::Bytes(bytes)) => bytes.clone(),
+            Some(FirstBytes::Ready(_)) if !read_ready => Vec::new(),
             Some(FirstBytes::Ready(read)) => {
                 let mut buf = vec![0u8; MAX_FIRST_BYTES];
                 let n = read(&mut buf).min(MAX_FIRST_BYTES);

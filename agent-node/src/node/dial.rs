@@ -144,7 +144,12 @@ fn start(
     ask: &Ask<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Opening, Error> {
-    let first = ask.first.for_r1();
+    // A source that is read as the client writes goes into a keyed R1 only: in an R1 with
+    // a DH it would travel without the DH's protection, which is what that kind is for.
+    let now = Instant::now();
+    let with_dh = inner.config.limits.handshake.resume_dh
+        || inner.keys.sessions().wants_dh_for(&request.expected, now);
+    let first = ask.first.for_r1(!with_dh);
     let replaces = ask.first.given_up();
     let early = Early {
         first: &first,
@@ -155,7 +160,7 @@ fn start(
         request,
         early,
         inner.config.limits.handshake,
-        Instant::now(),
+        now,
         out,
     )?;
     if let Some(open) = opening.given_up() {

@@ -371,7 +371,8 @@ impl ResumeInitiator {
             return Err(Error::Timeout);
         }
         if message == [REFUSED_WANTS_DH] {
-            keys.sessions().wants_dh(&self.request.expected);
+            let until = now + self.limits.resume_lifetime;
+            keys.sessions().wants_dh(&self.request.expected, now, until);
         }
         if message == [REFUSED] || message == [REFUSED_WANTS_DH] {
             // No such ticket at the callee (restarted, expired, evicted, forgotten), R1 too

@@ -6,7 +6,7 @@
 //! memory and bounded: a process that restarts has none, and its peers fall back to a full
 //! handshake.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,10 +84,10 @@ struct State {
     clock: Option<Instant>,
     /// When expired secrets were last dropped.
     last_sweep: Option<Instant>,
-    /// Callees that refused a keyed open because they want a DH in every channel (at most
-    /// [`MAX_WANTS_DH`]; beyond it a callee's first keyed open each time is refused again,
-    /// which costs a round trip, nothing else).
-    wants_dh: HashSet<NodeId>,
+    /// Callees that refused a keyed open because they want a DH in every channel, each
+    /// until when it is remembered (at most [`MAX_WANTS_DH`], the soonest to end dropped
+    /// first).
+    wants_dh: HashMap<NodeId, Instant>,
 }
 
 impl State {
@@ -107,6 +107,7 @@ impl State {
         self.clock = self.clock.max(Some(now));
         self.last_sweep = Some(now);
         self.outgoing.retain(|_, o| now < o.expires);
+        self.wants_dh.retain(|_, until| now < *until);
         let ids: Vec<TicketId> = self
             .incoming
             .iter()
@@ -283,7 +284,7 @@ impl SessionCache {
     pub(crate) fn lease(&self, callee: &NodeId, now: Instant) -> Option<Lease> {
         let mut s = self.state.lock().ok()?;
         s.sweep_if_due(now);
-        let dh = s.wants_dh.contains(callee);
+        let dh = s.wants_dh.get(callee).is_some_and(|until| now < *until);
         let entry = s.outgoing.get_mut(callee)?;
         if now >= entry.expires || entry.next > MAX_RESUMPTIONS {
             s.outgoing.remove(callee);
@@ -301,15 +302,32 @@ impl SessionCache {
     }
 
     /// Records that `callee` refused a keyed open because it wants a DH in every channel:
-    /// this node's resumed opens to it carry one from now on (until it forgets the peer). A
-    /// relay that forges that refusal only makes this node's opens to `callee` the stronger
-    /// kind.
-    pub(crate) fn wants_dh(&self, callee: &NodeId) {
-        if let Ok(mut s) = self.state.lock() {
-            if s.wants_dh.len() < MAX_WANTS_DH {
-                s.wants_dh.insert(*callee);
+    /// this node's resumed opens to it carry one until `until` (a secret's lifetime from
+    /// now), then try keyed again. The refusal is not authenticated: a relay that forges it
+    /// makes this node's opens to `callee` the stronger, slower kind for that long, no more.
+    /// When [`MAX_WANTS_DH`] callees are remembered, the one remembered the shortest is
+    /// dropped, so a relay forging refusals for many callees cannot lock a genuine one out.
+    pub(crate) fn wants_dh(&self, callee: &NodeId, now: Instant, until: Instant) {
+        let Ok(mut s) = self.state.lock() else { return };
+        s.wants_dh.retain(|_, end| now < *end);
+        if s.wants_dh.len() >= MAX_WANTS_DH && !s.wants_dh.contains_key(callee) {
+            let soonest = s
+                .wants_dh
+                .iter()
+                .min_by_key(|(_, end)| **end)
+                .map(|(id, _)| *id);
+            if let Some(id) = soonest {
+                s.wants_dh.remove(&id);
             }
         }
+        s.wants_dh.insert(*callee, until);
+    }
+
+    /// Whether this node's resumed opens to `callee` carry a DH (it asked for one lately).
+    pub fn wants_dh_for(&self, callee: &NodeId, now: Instant) -> bool {
+        self.state
+            .lock()
+            .is_ok_and(|s| s.wants_dh.get(callee).is_some_and(|until| now < *until))
     }
 
     /// Finds the callee's ticket `id`; an expired one is dropped and reported unknown.

@@ -180,3 +180,35 @@ fn expired_secrets_are_dropped_by_a_sweep_and_by_use() {
     let s = cache.state.lock().unwrap_or_else(|e| e.into_inner());
     assert_eq!((s.incoming_order.len(), s.per_caller.len()), (1, 1));
 }
+
+#[test]
+fn a_callee_wanting_a_dh_is_remembered_for_a_while_and_never_locked_out() {
+    let cache = SessionCache::default();
+    let now = Instant::now();
+    let lifetime = Duration::from_secs(600);
+    let peer = |i: u32| {
+        let mut seed = [7u8; 32];
+        seed[..4].copy_from_slice(&i.to_be_bytes());
+        crate::Identity::from_seed(seed).node_id()
+    };
+    let genuine = peer(0);
+    cache.wants_dh(&genuine, now, now + lifetime);
+    assert!(cache.wants_dh_for(&genuine, now));
+    // A relay forges the refusal for more callees than the cache keeps, later: the oldest
+    // (the genuine one, ending soonest) goes first, and it comes back with its next refusal.
+    let later = now + Duration::from_secs(1);
+    for i in 1..=MAX_WANTS_DH as u32 {
+        cache.wants_dh(&peer(i), later, later + lifetime);
+    }
+    assert!(!cache.wants_dh_for(&genuine, later));
+    cache.wants_dh(&genuine, later, later + lifetime);
+    assert!(cache.wants_dh_for(&genuine, later));
+    assert!(
+        cache.state.lock().unwrap().wants_dh.len() <= MAX_WANTS_DH,
+        "bounded"
+    );
+    // After its lifetime it is forgotten: the next open tries keyed again.
+    assert!(!cache.wants_dh_for(&genuine, later + lifetime));
+    cache.sweep(later + lifetime);
+    assert!(cache.state.lock().unwrap().wants_dh.is_empty());
+}

@@ -129,3 +129,71 @@ async fn a_failed_resumed_open_drops_only_the_callers_ticket_not_what_it_holds_a
     echo_ok(&b, a.node_id(), b"b again").await;
     assert_eq!(hook.first_message_len(3), Some(25 + 9 + 5 + 2 + 16));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_bytes_ride_in_a_keyed_r1_but_never_in_an_r1_with_a_dh() {
+    // A `connect` client's bytes (a `FirstBytes::Ready` source) go in a keyed R1, sealed as
+    // the channel is. In an R1 with a DH they would lack the DH's protection, so they go
+    // behind the answer, as before.
+    let hook = Scripted::with(&[]);
+    let net = TestNet::start_with(RelayOptions {
+        hooks: TestHooks {
+            splice: Some(hook.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let start = |dh: bool| {
+        let net = &net;
+        async move {
+            let mut limits = nullport_tests::fast_limits();
+            limits.handshake.resume_dh = dh;
+            let identity = Arc::new(nullport_protocol::Identity::generate().unwrap());
+            let node = net.node_unchecked(identity, limits).await;
+            node.wait_online(std::time::Duration::from_secs(5))
+                .await
+                .unwrap();
+            node
+        }
+    };
+    let (keyed, with_dh, b) = (
+        start(false).await,
+        start(true).await,
+        Arc::new(start(true).await),
+    );
+    let _server = serve_echo(b.clone());
+    // With a DH: full, then resumed; R1 has no first bytes, the source is read once,
+    // behind the answer.
+    assert_eq!(dial_ready(&with_dh, b.node_id()).await, 1);
+    assert_eq!(dial_ready(&with_dh, b.node_id()).await, 1);
+    assert_eq!(hook.first_message_len(1), Some(25 + 32 + 9 + 5 + 2 + 16));
+    // The keyed caller to a callee that wants a DH: refused once, then told to use one, so
+    // its next R1 has a DH and no first bytes either.
+    assert_eq!(dial_ready(&keyed, b.node_id()).await, 1);
+    assert_eq!(dial_ready(&keyed, b.node_id()).await, 1);
+    assert_eq!(hook.first_message_len(3), Some(25 + 9 + 5 + 2 + 16 + 5));
+    assert_eq!(dial_ready(&keyed, b.node_id()).await, 1);
+    assert_eq!(hook.first_message_len(4), Some(25 + 32 + 9 + 5 + 2 + 16));
+}
+
+/// Dials `target`'s echo with a `FirstBytes::Ready` source that gives "ready" whenever it is
+/// read; checks the echo and returns how often the source was read.
+async fn dial_ready(a: &nullport_node::Node, target: nullport_protocol::NodeId) -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+    let calls = AtomicUsize::new(0);
+    let ready = nullport_node::FirstBytes::Ready(Box::new(|buf: &mut [u8]| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        buf[..5].copy_from_slice(b"ready");
+        5
+    }));
+    let mut ch = a
+        .dial_sending(target, "echo", Vec::new(), ready)
+        .await
+        .unwrap();
+    let mut echoed = [0u8; 5];
+    ch.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ready");
+    calls.load(Ordering::SeqCst)
+}
