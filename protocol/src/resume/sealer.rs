@@ -83,9 +83,7 @@ impl Sealer {
                 write_prefixed(out, R2_LEN, |buf| {
                     hs.write_message(&[], buf).map_err(Error::from)
                 })?;
-                let hash = handshake_hash(&hs);
-                let transport = hs.into_transport_mode()?;
-                Ok((Transport::Noise(transport), hash))
+                noise_channel(*hs)
             }
             Self::Keyed {
                 keys,
@@ -116,9 +114,7 @@ impl Sealer {
                         what: "resumed open answer payload",
                     });
                 }
-                let hash = handshake_hash(&hs);
-                let transport = hs.into_transport_mode()?;
-                Ok((Transport::Noise(transport), hash))
+                noise_channel(*hs)
             }
             Self::Keyed {
                 keys,
@@ -130,4 +126,10 @@ impl Sealer {
             }
         }
     }
+}
+
+/// A finished `NNpsk0`'s ciphers and hash.
+fn noise_channel(hs: snow::HandshakeState) -> Result<(Transport, [u8; 32]), Error> {
+    let hash = handshake_hash(&hs);
+    Ok((Transport::Noise(hs.into_transport_mode()?), hash))
 }

@@ -104,15 +104,20 @@ impl SpliceHook for Scripted {
     }
 }
 
-async fn net_with(hook: Arc<Scripted>) -> (TestNet, Node, Arc<Node>) {
-    let net = TestNet::start_with(RelayOptions {
+/// A relay whose splices go through `hook`.
+async fn hooked_net(hook: Arc<Scripted>) -> TestNet {
+    TestNet::start_with(RelayOptions {
         hooks: TestHooks {
             splice: Some(hook),
             ..Default::default()
         },
         ..Default::default()
     })
-    .await;
+    .await
+}
+
+async fn net_with(hook: Arc<Scripted>) -> (TestNet, Node, Arc<Node>) {
+    let net = hooked_net(hook).await;
     let (a, b) = (net.node().await, Arc::new(net.node().await));
     (net, a, b)
 }

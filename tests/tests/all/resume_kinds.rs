@@ -5,40 +5,37 @@
 use std::sync::Arc;
 
 use nullport_node::Error;
-use nullport_relay::testing::{Direction, TestHooks};
-use nullport_tests::{RelayOptions, TestNet, pattern, serve_echo};
+use nullport_relay::testing::Direction;
+use nullport_tests::{TestNet, pattern, serve_echo};
 
-use super::{Act, Scripted, counting_echo, echo_ok, net_with};
+use super::{Act, Scripted, counting_echo, echo_ok, hooked_net, net_with};
+
+/// The tests' node limits, with a DH in every resumed open when `dh`.
+fn limits(dh: bool) -> nullport_node::NodeLimits {
+    let mut limits = nullport_tests::fast_limits();
+    limits.handshake.resume_dh = dh;
+    limits
+}
+
+/// A node with a fresh identity and `limits` on `net`, online.
+async fn node_with(net: &TestNet, limits: nullport_node::NodeLimits) -> nullport_node::Node {
+    let identity = Arc::new(nullport_protocol::Identity::generate().unwrap());
+    let node = net.node_unchecked(identity, limits).await;
+    node.wait_online(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    node
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_kinds_of_resumed_open_cross_a_real_relay_and_a_callee_that_wants_a_dh_refuses_keyed_ones()
  {
     let hook = Scripted::with(&[]);
-    let net = TestNet::start_with(RelayOptions {
-        hooks: TestHooks {
-            splice: Some(hook.clone()),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
-    let node = |dh: bool| {
-        let mut limits = nullport_tests::fast_limits();
-        limits.handshake.resume_dh = dh;
-        let identity = Arc::new(nullport_protocol::Identity::generate().unwrap());
-        let net = &net;
-        async move {
-            let node = net.node_unchecked(identity, limits).await;
-            node.wait_online(std::time::Duration::from_secs(5))
-                .await
-                .unwrap();
-            node
-        }
-    };
+    let net = hooked_net(hook.clone()).await;
     let (with_dh, keyed, b) = (
-        node(true).await,
-        node(false).await,
-        Arc::new(node(true).await),
+        node_with(&net, limits(true)).await,
+        node_with(&net, limits(false)).await,
+        Arc::new(node_with(&net, limits(true)).await),
     );
     let (seen, server) = counting_echo(&b);
     let payload = pattern(256 * 1024, 9);
@@ -67,28 +64,13 @@ async fn a_keyed_resumed_channel_carries_bytes_intact_both_ways_and_across_a_rek
     // Keyed opens are the default: the second channel is one (its R1 has no ephemeral key).
     // Rekeys every 16 frames on both nodes, so a 4 MiB echo crosses many of them.
     let hook = Scripted::with(&[]);
-    let net = TestNet::start_with(RelayOptions {
-        hooks: TestHooks {
-            splice: Some(hook.clone()),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
-    let mut limits = nullport_tests::fast_limits();
+    let net = hooked_net(hook.clone()).await;
+    let mut limits = limits(false);
     limits.handshake.rekey_after = 16;
-    let start = |limits| {
-        let net = &net;
-        async move {
-            let identity = Arc::new(nullport_protocol::Identity::generate().unwrap());
-            let node = net.node_unchecked(identity, limits).await;
-            node.wait_online(std::time::Duration::from_secs(5))
-                .await
-                .unwrap();
-            node
-        }
-    };
-    let (a, b) = (start(limits.clone()).await, Arc::new(start(limits).await));
+    let (a, b) = (
+        node_with(&net, limits.clone()).await,
+        Arc::new(node_with(&net, limits).await),
+    );
     let _server = serve_echo(b.clone());
     echo_ok(&a, b.node_id(), b"full").await;
     let payload = pattern(4 << 20, 5);
@@ -136,31 +118,11 @@ async fn a_clients_bytes_ride_in_a_keyed_r1_but_never_in_an_r1_with_a_dh() {
     // the channel is. In an R1 with a DH they would lack the DH's protection, so they go
     // behind the answer, as before.
     let hook = Scripted::with(&[]);
-    let net = TestNet::start_with(RelayOptions {
-        hooks: TestHooks {
-            splice: Some(hook.clone()),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
-    let start = |dh: bool| {
-        let net = &net;
-        async move {
-            let mut limits = nullport_tests::fast_limits();
-            limits.handshake.resume_dh = dh;
-            let identity = Arc::new(nullport_protocol::Identity::generate().unwrap());
-            let node = net.node_unchecked(identity, limits).await;
-            node.wait_online(std::time::Duration::from_secs(5))
-                .await
-                .unwrap();
-            node
-        }
-    };
+    let net = hooked_net(hook.clone()).await;
     let (keyed, with_dh, b) = (
-        start(false).await,
-        start(true).await,
-        Arc::new(start(true).await),
+        node_with(&net, limits(false)).await,
+        node_with(&net, limits(true)).await,
+        Arc::new(node_with(&net, limits(true)).await),
     );
     let _server = serve_echo(b.clone());
     // With a DH: full, then resumed; R1 has no first bytes, the source is read once,
