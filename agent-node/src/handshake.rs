@@ -113,13 +113,10 @@ impl<'a> First<'a> {
             Some(FirstBytes::Bytes(bytes)) => bytes.clone(),
             Some(FirstBytes::Ready(_)) if !read_ready => Vec::new(),
             Some(FirstBytes::Ready(read)) => {
-                let mut buf = vec![0u8; MAX_FIRST_BYTES];
-                let n = read(&mut buf).min(MAX_FIRST_BYTES);
-                if n == 0 {
-                    return Vec::new();
+                let buf = read_now(read);
+                if !buf.is_empty() {
+                    *source = Some(FirstBytes::Bytes(buf.clone()));
                 }
-                buf.truncate(n);
-                *source = Some(FirstBytes::Bytes(buf.clone()));
                 buf
             }
             None => Vec::new(),
@@ -150,14 +147,18 @@ impl<'a> First<'a> {
         match source {
             None => Vec::new(),
             Some(FirstBytes::Bytes(bytes)) => bytes,
-            Some(FirstBytes::Ready(mut read)) => {
-                let mut buf = vec![0u8; MAX_FIRST_BYTES];
-                let n = read(&mut buf).min(MAX_FIRST_BYTES);
-                buf.truncate(n);
-                buf
-            }
+            Some(FirstBytes::Ready(mut read)) => read_now(&mut read),
         }
     }
+}
+
+/// What a [`FirstBytes::Ready`] source gives now (at most [`MAX_FIRST_BYTES`]; empty when
+/// nothing is ready).
+fn read_now(read: &mut ReadReady<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; MAX_FIRST_BYTES];
+    let n = read(&mut buf).min(MAX_FIRST_BYTES);
+    buf.truncate(n);
+    buf
 }
 
 /// The application error code of a reset (or stop) of the dial stream that `e` met, if it
