@@ -17,6 +17,7 @@ mod paths;
 mod pattern;
 mod procs;
 mod report;
+mod rounds;
 mod rpc;
 mod workload;
 
@@ -53,6 +54,12 @@ enum Cmd {
         /// Bytes per bulk run (default 1 GiB; 32 MiB with --quick).
         #[arg(long)]
         bytes: Option<u64>,
+        /// Measure every path this many times in turn, all paths running side by side and
+        /// the order reversed each round; report each figure's median over the rounds and
+        /// nullport's ratios paired within rounds (median, min-max). For targets on a
+        /// machine whose speed drifts; 1 measures each path once, one after the other.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+        rounds: u32,
     },
     /// Hold N idle, authenticated, keep-alive nodes on one relay process; report its
     /// memory per node, idle CPU, admissions/s and dial latency while loaded.
@@ -161,7 +168,8 @@ async fn main() -> Result<()> {
             json,
             paths,
             bytes,
-        } => run(quick, json, paths, bytes).await,
+            rounds,
+        } => run(quick, json, paths, bytes, rounds as usize).await,
         Cmd::Capacity {
             nodes,
             json,
@@ -198,11 +206,24 @@ struct Sizes {
     rate_window: Duration,
 }
 
+/// The paths `run` knows, in table order.
+const PATHS: [&str; 8] = [
+    "tcp",
+    "ssh",
+    "rathole",
+    "quinn",
+    "nullport",
+    "nullport-user",
+    "iroh",
+    "iroh-tunnel",
+];
+
 async fn run(
     quick: bool,
     json: Option<PathBuf>,
     only: Option<Vec<String>>,
     bytes: Option<u64>,
+    rounds: usize,
 ) -> Result<()> {
     let sizes = if quick {
         Sizes {
@@ -219,65 +240,14 @@ async fn run(
             rate_window: Duration::from_secs(5),
         }
     };
+    let limit = if quick {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_secs(900)
+    };
     let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == name));
-    let mut results = Vec::new();
-    for key in [
-        "tcp",
-        "ssh",
-        "rathole",
-        "quinn",
-        "nullport",
-        "nullport-user",
-        "iroh",
-        "iroh-tunnel",
-    ] {
-        if !wanted(key) {
-            continue;
-        }
-        let missing = match key {
-            "ssh" => paths::ssh::unavailable(),
-            "rathole" => paths::rathole::unavailable(),
-            "nullport-user" => paths::nullport_user::unavailable(),
-            "iroh" | "iroh-tunnel" => paths::over_iroh::unavailable(),
-            _ => None,
-        };
-        if let Some(why) = missing {
-            // A path asked for by name must run; without --paths, a missing peer is left out
-            // (and said so).
-            if only.is_some() {
-                anyhow::bail!("path {key} was asked for but cannot run: {why}");
-            }
-            eprintln!("skipping {key}: {why}");
-            continue;
-        }
-        eprintln!("--- {key}");
-        let path = match key {
-            "tcp" => paths::tcp::start()?,
-            "ssh" => paths::ssh::start().await?,
-            "rathole" => paths::rathole::start().await?,
-            "quinn" => paths::quinn_splice::start().await?,
-            "nullport-user" => paths::nullport_user::start().await?,
-            "iroh" => paths::over_iroh::start(false).await?,
-            "iroh-tunnel" => paths::over_iroh::start(true).await?,
-            _ => paths::nullport::start().await?,
-        };
-        let limit = if quick {
-            Duration::from_secs(120)
-        } else {
-            Duration::from_secs(900)
-        };
-        match tokio::time::timeout(limit, measure(&path, &sizes)).await {
-            Ok(Ok(result)) => {
-                eprintln!("{result:?}");
-                results.push(result);
-            }
-            Ok(Err(e)) => eprintln!("{}: failed: {e:#}", path.name),
-            Err(_) => eprintln!("{}: gave up after {limit:?}", path.name),
-        }
-        drop(path);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let header = format!(
+    let keys = PATHS.into_iter().filter(|k| wanted(k));
+    let mut header = format!(
         "## np-bench run{} on {}, {} MiB per bulk run, {} round trips, {} setups",
         if quick { " --quick" } else { "" },
         machine(),
@@ -285,13 +255,92 @@ async fn run(
         sizes.round_trips,
         sizes.setups
     );
-    println!("{}", report::markdown(&results, &header));
+    let report = if rounds <= 1 {
+        // One path at a time: started, measured, stopped.
+        let mut results = Vec::new();
+        for key in keys {
+            let Some(path) = start_path(key, only.is_some()).await? else {
+                continue;
+            };
+            match tokio::time::timeout(limit, measure(&path, &sizes)).await {
+                Ok(Ok(result)) => {
+                    eprintln!("{result:?}");
+                    results.push(result);
+                }
+                Ok(Err(e)) => eprintln!("{}: failed: {e:#}", path.name),
+                Err(_) => eprintln!("{}: gave up after {limit:?}", path.name),
+            }
+            drop(path);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        (report::markdown(&results, &header), results)
+    } else {
+        // Every path at once, measured in turn, round after round; a path that fails in
+        // any round fails the run (its medians would rest on fewer rounds than the rest).
+        let mut started = Vec::new();
+        for key in keys {
+            if let Some(path) = start_path(key, only.is_some()).await? {
+                started.push(path);
+            }
+        }
+        let mut per_round = Vec::with_capacity(rounds);
+        for round in 0..rounds {
+            let mut this: Vec<Option<PathResult>> = vec![None; started.len()];
+            for i in rounds::order(round, started.len()) {
+                let path = &started[i];
+                eprintln!("--- round {} of {rounds}: {}", round + 1, path.name);
+                let result = tokio::time::timeout(limit, measure(path, &sizes))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("{}: gave up after {limit:?}", path.name))?
+                    .with_context(|| format!("{} in round {}", path.name, round + 1))?;
+                this[i] = Some(result);
+            }
+            per_round.push(this.into_iter().flatten().collect::<Vec<_>>());
+        }
+        header.push_str(&format!(
+            "; every figure the median of {rounds} rounds (paths side by side, order reversed each round)"
+        ));
+        let medians = rounds::medians(&per_round);
+        (rounds::markdown(&per_round, &medians, &header), medians)
+    };
+    println!("{}", report.0);
     if let Some(path) = json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&results)?)
+        std::fs::write(&path, serde_json::to_vec_pretty(&report.1)?)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("raw results: {}", path.display());
     }
     Ok(())
+}
+
+/// Starts the path `key`; None when its peer is missing here and no `--paths` named it
+/// (said so on standard error). A path named by `--paths` must run.
+async fn start_path(key: &str, named: bool) -> Result<Option<paths::Path>> {
+    let missing = match key {
+        "ssh" => paths::ssh::unavailable(),
+        "rathole" => paths::rathole::unavailable(),
+        "nullport-user" => paths::nullport_user::unavailable(),
+        "iroh" | "iroh-tunnel" => paths::over_iroh::unavailable(),
+        _ => None,
+    };
+    if let Some(why) = missing {
+        if named {
+            anyhow::bail!("path {key} was asked for but cannot run: {why}");
+        }
+        eprintln!("skipping {key}: {why}");
+        return Ok(None);
+    }
+    eprintln!("--- {key}");
+    let path = match key {
+        "tcp" => paths::tcp::start()?,
+        "ssh" => paths::ssh::start().await?,
+        "rathole" => paths::rathole::start().await?,
+        "quinn" => paths::quinn_splice::start().await?,
+        "nullport-user" => paths::nullport_user::start().await?,
+        "iroh" => paths::over_iroh::start(false).await?,
+        "iroh-tunnel" => paths::over_iroh::start(true).await?,
+        _ => paths::nullport::start().await?,
+    };
+    Ok(Some(path))
 }
 
 /// The CPU model and how many CPUs this process may use: `MODEL (N CPUs)`.
