@@ -71,6 +71,17 @@ pub(crate) struct Metric {
     pub(crate) get: fn(&PathResult) -> Option<f64>,
 }
 
+impl Metric {
+    /// Which way is better, as the tables' "better" column says it.
+    pub(crate) fn better(&self) -> &'static str {
+        if self.higher_is_better {
+            "higher"
+        } else {
+            "lower"
+        }
+    }
+}
+
 /// The rows, in table order.
 pub(crate) const METRICS: &[Metric] = &[
     Metric {
@@ -190,15 +201,7 @@ pub fn markdown(results: &[PathResult], header: &str) -> String {
         out.push_str(&" ---: |".repeat(others.len()));
         out.push('\n');
         for m in METRICS {
-            out.push_str(&format!(
-                "| {} | {} |",
-                m.label,
-                if m.higher_is_better {
-                    "higher"
-                } else {
-                    "lower"
-                }
-            ));
+            out.push_str(&format!("| {} | {} |", m.label, m.better()));
             for o in &others {
                 let ratio = match ((m.get)(np), (m.get)(o)) {
                     (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),

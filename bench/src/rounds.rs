@@ -90,12 +90,7 @@ pub fn paired(rounds: &[Vec<PathResult>]) -> String {
     out.push_str(&" ---: |".repeat(others.len()));
     out.push('\n');
     for m in METRICS {
-        let better = if m.higher_is_better {
-            "higher"
-        } else {
-            "lower"
-        };
-        out.push_str(&format!("| {} | {better} |", m.label));
+        out.push_str(&format!("| {} | {} |", m.label, m.better()));
         for &o in &others {
             let ratios: Vec<f64> = rounds
                 .iter()
